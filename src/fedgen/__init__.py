@@ -1,0 +1,23 @@
+"""fedgen: federated training of generative models whose data never leaves its owners.
+
+Python in a few lines::
+
+    from fedgen import load_config, run_experiment
+    cfg = load_config("configs/fmnist_cgan.yaml", ["federation.rounds=5"])
+    summary = run_experiment(cfg, "runs/quick")
+    print(summary["tstr_accuracy"])
+"""
+
+from fedgen.config import ExperimentConfig, load_config
+
+__version__ = "0.1.0"
+
+
+def run_experiment(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """Train an experiment into a run folder; see ``fedgen.experiment.run_experiment``."""
+    from fedgen.experiment import run_experiment as _run
+
+    return _run(*args, **kwargs)
+
+
+__all__ = ["ExperimentConfig", "__version__", "load_config", "run_experiment"]

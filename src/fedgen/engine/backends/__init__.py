@@ -1,0 +1,6 @@
+"""Backends; importing this package registers them."""
+
+from fedgen.engine.backends.base import Backend, LocalWork
+from fedgen.engine.backends.inprocess import InProcessBackend
+
+__all__ = ["Backend", "InProcessBackend", "LocalWork"]

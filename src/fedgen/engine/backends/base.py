@@ -1,0 +1,41 @@
+"""The Backend contract: how client work is executed."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from fedgen.data.client_data import ClientData
+from fedgen.tasks.base import Task
+from fedgen.transforms.base import UpdateTransform
+from fedgen.types import ClientResult, RoundPlan, StateDict
+
+
+@dataclass
+class LocalWork:
+    """Everything a client needs for one round besides its own data."""
+
+    task: Task
+    global_state: StateDict
+    transforms: Sequence[UpdateTransform]
+    local_steps: int | None
+    local_epochs: float | None
+
+
+class Backend(ABC):
+    """Runs the clients of a plan and yields their results, failures included."""
+
+    @abstractmethod
+    def run(
+        self,
+        plan: RoundPlan,
+        work: LocalWork,
+        clients: dict[int, ClientData],
+        private_states: dict[int, StateDict],
+    ) -> Iterator[ClientResult]:
+        """Yield one ``ClientResult`` per instruction, in plan order.
+
+        ``private_states`` holds each client's non-federated tensors between
+        rounds; the backend reads and updates it in place.
+        """

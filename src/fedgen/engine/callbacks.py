@@ -1,0 +1,192 @@
+"""Callbacks that run around rounds: evaluate, sample grids, checkpoint, log, progress.
+
+Order matters and is fixed by ``fedgen.experiment``: evaluation first (it adds
+quality figures to the round's record), then the checkpoint, then the metrics
+line, then the progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from fedgen.engine.checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
+from fedgen.engine.federation import Callback, Federation, RoundRecord
+from fedgen.seeding import torch_generator
+
+log = logging.getLogger(__name__)
+
+QUALITY_KEYS = (
+    "frechet_distance",
+    "kid",
+    "inception_like_score",
+    "precision",
+    "recall",
+    "tstr_accuracy",
+)
+
+
+class EvaluationCallback(Callback):
+    """Every ``every`` rounds and after the last one: quality figures and a sample grid.
+
+    TSTR (a fresh classifier trained on ``tstr_samples`` synthetic images) runs
+    only after the final round: it is the costly figure and the one reported.
+    """
+
+    def __init__(
+        self,
+        evaluate: Callable[[Federation, bool], dict[str, float]],
+        every: int,
+        samples_dir: Path,
+        grid_per_class: int,
+        seed: int,
+    ) -> None:
+        self.evaluate = evaluate
+        self.every = every
+        self.samples_dir = samples_dir
+        self.grid_per_class = grid_per_class
+        self.seed = seed
+        self.latest: dict[str, float] = {}
+
+    def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
+        last = record.round == fed.rounds - 1
+        if not last and (self.every == 0 or (record.round + 1) % self.every != 0):
+            return
+        t0 = time.perf_counter()
+        figures = self.evaluate(fed, last)
+        save_sample_grid(
+            fed, self.samples_dir / f"round_{record.round:04d}.png", self.grid_per_class, self.seed
+        )
+        figures["eval_seconds"] = time.perf_counter() - t0
+        record.metrics.update(figures)
+        self.latest = figures
+
+
+def save_sample_grid(fed: Federation, path: Path, per_class: int, seed: int) -> Path:
+    """A PNG grid from the global generator: one row per class, fixed noise across rounds."""
+    from fedgen.report.grid import class_grid_labels, save_grid
+
+    task = fed.load_global_into_task()
+    labels = class_grid_labels(task.num_classes, per_class)
+    images = task.sample(labels, torch_generator(seed, "grid"))
+    return save_grid(images, path, nrow=per_class)
+
+
+class CheckpointCallback(Callback):
+    """Saves the federation state after every ``every`` rounds and at the end."""
+
+    def __init__(self, directory: Path, every: int, keep: int, meta: dict[str, Any]) -> None:
+        self.directory = directory
+        self.every = every
+        self.keep = keep
+        self.meta = meta
+
+    def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
+        if (record.round + 1) % self.every == 0 or record.round == fed.rounds - 1:
+            self.save(fed)
+
+    def save(self, fed: Federation) -> Path:
+        path = checkpoint_path(self.directory, fed.next_round - 1)
+        save_checkpoint(path, {**self.meta, "federation": fed.state_dict()})
+        prune_checkpoints(self.directory, self.keep)
+        return path
+
+
+class MetricsWriter(Callback):
+    """Appends one JSON object per round to ``metrics.jsonl``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_run_start(self, fed: Federation) -> None:
+        # On resume, drop lines of rounds that the checkpoint does not hold
+        # (they were written after the last checkpoint, then interrupted).
+        if self.path.exists():
+            keep = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("round", -1) < fed.next_round
+            ]
+            self.path.write_text("".join(line + "\n" for line in keep))
+
+    def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(_jsonable(record.metrics)) + "\n")
+
+
+class ProgressCallback(Callback):
+    """A progress bar: round, clients, losses and the latest quality figures."""
+
+    def __init__(self, title: str, enabled: bool = True) -> None:
+        self.title = title
+        self.enabled = enabled
+        self.progress: Progress | None = None
+        self.task_id: Any = None
+        self.quality: dict[str, float] = {}
+
+    def on_run_start(self, fed: Federation) -> None:
+        if not self.enabled:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("round {task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+        )
+        self.progress.start()
+        self.task_id = self.progress.add_task(
+            self.title, total=fed.rounds, completed=fed.next_round, status=""
+        )
+
+    def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
+        m = record.metrics
+        self.quality.update({k: m[k] for k in QUALITY_KEYS if k in m})
+        parts = [
+            f"clients {m.get('clients', 0)}"
+            + (f" ({m['failures']} failed)" if m.get("failures") else "")
+        ]
+        parts += [
+            f"{k.split('/', 1)[1]} {v:.3f}"
+            for k, v in m.items()
+            if k.startswith("loss/") and isinstance(v, float)
+        ]
+        parts += [f"{_short(k)} {v:.3g}" for k, v in self.quality.items()]
+        status = " | ".join(parts)
+        if self.progress is not None:
+            self.progress.update(self.task_id, completed=fed.next_round, status=status)
+        else:
+            log.info("round %d/%d %s", record.round + 1, fed.rounds, status)
+
+    def on_run_end(self, fed: Federation, completed: bool) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _short(key: str) -> str:
+    return {
+        "frechet_distance": "FD",
+        "inception_like_score": "IS-like",
+        "tstr_accuracy": "TSTR",
+    }.get(key, key)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            out[k] = None  # JSON has no NaN/Inf
+        elif isinstance(v, torch.Tensor):
+            out[k] = v.item()
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,224 @@
+"""The one round loop: sample, send, run, collect, transform, aggregate, record.
+
+Only ``Federation`` iterates rounds. Failures are values: a client that
+crashes or sends a malformed update is logged and left out, and the round
+goes on while the strategy has enough results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedgen.data.client_data import ClientData
+from fedgen.engine.backends.base import Backend, LocalWork
+from fedgen.engine.validation import check_update
+from fedgen.errors import ClientUpdateError, RoundFailedError
+from fedgen.seeding import derive_seed, numpy_rng
+from fedgen.strategies.base import Strategy
+from fedgen.tasks.base import Task
+from fedgen.transforms.base import TransformContext, UpdateTransform
+from fedgen.types import ClientResult, StateDict, state_nbytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundRecord:
+    """What one round produced; callbacks add to ``metrics`` (evaluation figures)."""
+
+    round: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Callback:
+    """Hooks around rounds: evaluation, checkpoints, logging, progress."""
+
+    def on_run_start(self, fed: Federation) -> None:
+        """Called once before the first round to run (also on resume)."""
+
+    def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
+        """Called after each round, in callback order."""
+
+    def on_run_end(self, fed: Federation, completed: bool) -> None:
+        """Called once when the loop stops; ``completed`` is False on interruption."""
+
+
+class Federation:
+    """Runs ``rounds`` rounds of federated training of ``task`` over ``clients``."""
+
+    def __init__(
+        self,
+        *,
+        task: Task,
+        clients: Sequence[ClientData],
+        strategy: Strategy,
+        backend: Backend,
+        rounds: int,
+        seed: int,
+        local_steps: int | None = None,
+        local_epochs: float | None = None,
+        transforms: Sequence[UpdateTransform] = (),
+        callbacks: Sequence[Callback] = (),
+        max_update_norm: float | None = None,
+    ) -> None:
+        if (local_steps is None) == (local_epochs is None):
+            raise ValueError("give exactly one of local_steps and local_epochs")
+        self.task = task
+        self.clients = {c.client_id: c for c in clients}
+        self.strategy = strategy
+        self.backend = backend
+        self.rounds = rounds
+        self.seed = seed
+        self.local_steps = local_steps
+        self.local_epochs = local_epochs
+        self.transforms = list(transforms)
+        self.callbacks = list(callbacks)
+        self.max_update_norm = max_update_norm
+        self.global_state: StateDict = task.federated_state()
+        self.private_states: dict[int, StateDict] = {}
+        self.next_round = 0
+        self.history: list[dict[str, Any]] = []
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Run the remaining rounds; return False if interrupted (Ctrl-C).
+
+        On interruption the partial round is dropped: the state stays at the
+        last complete round, which the checkpoint callback has already saved.
+        """
+        for cb in self.callbacks:
+            cb.on_run_start(self)
+        completed = False
+        try:
+            while self.next_round < self.rounds:
+                record = self.run_round(self.next_round)
+                self.next_round += 1
+                self.history.append(record.metrics)
+                for cb in self.callbacks:
+                    cb.on_round_end(self, record)
+            completed = True
+        except KeyboardInterrupt:
+            log.warning(
+                "interrupted in round %d; the last complete round is %d",
+                self.next_round,
+                self.next_round - 1,
+            )
+        finally:
+            for cb in self.callbacks:
+                cb.on_run_end(self, completed)
+        return completed
+
+    def run_round(self, r: int) -> RoundRecord:
+        """One round; returns its record without advancing ``next_round``."""
+        t0 = time.perf_counter()
+        plan = self.strategy.configure(r, sorted(self.clients), numpy_rng(self.seed, "sample", r))
+        work = LocalWork(
+            self.task, self.global_state, self.transforms, self.local_steps, self.local_epochs
+        )
+        failures: dict[int, str] = {}
+        client_metrics: list[dict[str, float]] = []
+        bytes_up = 0
+
+        def accepted() -> Iterator[ClientResult]:
+            nonlocal bytes_up
+            results = self.backend.run(plan, work, self.clients, self.private_states)
+            for res in results:
+                bytes_up += res.bytes_up
+                if res.ok:
+                    try:
+                        assert res.update is not None
+                        check_update(res.update, self.global_state, self.max_update_norm)
+                    except ClientUpdateError as exc:
+                        res.failure = f"rejected update: {exc}"
+                if not res.ok:
+                    log.warning("round %d: client %d failed: %s", r, res.client_id, res.failure)
+                    failures[res.client_id] = res.failure or "no update"
+                    continue
+                client_metrics.append({**res.metrics, "examples": float(res.num_examples)})
+                yield res
+
+        metrics: dict[str, Any] = {"round": r}
+        try:
+            agg = self.strategy.aggregate(r, accepted())
+            ctx = TransformContext(
+                round=r,
+                client_id=None,
+                seed=derive_seed(self.seed, "server", r),
+                num_clients=len(self.clients),
+            )
+            for transform in reversed(self.transforms):
+                agg.delta, t_metrics = transform.on_server(agg.delta, ctx)
+                metrics.update(
+                    {f"{type(transform).__name__.lower()}/{k}": v for k, v in t_metrics.items()}
+                )
+            self.global_state = self.strategy.apply(r, self.global_state, agg)
+            metrics["examples"] = agg.num_examples
+        except RoundFailedError as exc:
+            # The global state is left as it was; the run goes on to the next round.
+            log.error("%s; keeping the previous global state", exc)
+            metrics["round_failed"] = str(exc)
+            metrics["examples"] = 0
+        metrics["clients"] = len(plan.instructions) - len(failures)
+        metrics["failures"] = len(failures)
+        if failures:
+            metrics["failed_clients"] = {str(k): v for k, v in sorted(failures.items())}
+        metrics["bytes_down"] = state_nbytes(self.global_state) * len(plan.instructions)
+        metrics["bytes_up"] = bytes_up
+        metrics.update(_weighted_means(client_metrics))
+        metrics["seconds"] = time.perf_counter() - t0
+        return RoundRecord(r, metrics)
+
+    # -- state ---------------------------------------------------------------
+
+    def load_global_into_task(self) -> Task:
+        """Load the current global state into the task (for sampling/evaluation)."""
+        self.task.load_state(self.global_state)
+        return self.task
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-identically after ``next_round - 1``."""
+        return {
+            "next_round": self.next_round,
+            "global_state": {k: v.clone() for k, v in self.global_state.items()},
+            "private_states": {str(k): v for k, v in self.private_states.items()},
+            "strategy": self.strategy.state_dict(),
+            "transforms": [t.state_dict() for t in self.transforms],
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (the caller checked the experiment matches)."""
+        expected = self.global_state
+        loaded = state["global_state"]
+        if expected.keys() != loaded.keys() or any(
+            expected[k].shape != loaded[k].shape for k in expected
+        ):
+            from fedgen.errors import CheckpointError
+
+            raise CheckpointError(
+                "checkpoint tensors do not match this experiment's model; "
+                "resume with the config the run was started with"
+            )
+        self.global_state = dict(loaded)
+        self.private_states = {int(k): v for k, v in state["private_states"].items()}
+        self.strategy.load_state_dict(state["strategy"])
+        for t, s in zip(self.transforms, state["transforms"], strict=True):
+            t.load_state_dict(s)
+        self.next_round = int(state["next_round"])
+        self.history = list(state["history"])
+
+
+def _weighted_means(client_metrics: list[dict[str, float]]) -> dict[str, float]:
+    """Example-weighted means of per-client numeric metrics (e.g. losses)."""
+    if not client_metrics:
+        return {}
+    total = sum(m["examples"] for m in client_metrics) or 1.0
+    keys = {k for m in client_metrics for k in m if k != "examples"}
+    return {
+        k: sum(m.get(k, 0.0) * m["examples"] for m in client_metrics) / total for k in sorted(keys)
+    }

@@ -1,0 +1,86 @@
+"""Name -> component registries.
+
+Components register themselves where they are defined
+(``@TASKS.register("cgan")``); a recipe names them. Looking up an unknown
+name lists the names that exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from fedgen.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named table of components of one kind (tasks, strategies, ...)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: register ``obj`` under ``name``; a second use of a name is an error."""
+
+        def decorator(obj: T) -> T:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = obj
+            return obj
+
+        return decorator
+
+    def get(self, name: str) -> T:
+        """Return the component called ``name``; raise ``ConfigError`` listing valid names."""
+        _import_builtin_components()
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(sorted(self._items)) or "(none)"
+            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {known}") from None
+
+    def names(self) -> list[str]:
+        """Sorted names of every registered component."""
+        _import_builtin_components()
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        _import_builtin_components()
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+TASKS: Registry[type] = Registry("task")
+STRATEGIES: Registry[type] = Registry("strategy")
+TRANSFORMS: Registry[type] = Registry("transform")
+PARTITIONERS: Registry[type] = Registry("partitioner")
+SOURCES: Registry[object] = Registry("data source")
+BACKENDS: Registry[type] = Registry("backend")
+
+_BUILTINS = (
+    "fedgen.data.sources",
+    "fedgen.data.partition",
+    "fedgen.tasks",
+    "fedgen.strategies",
+    "fedgen.transforms",
+    "fedgen.engine.backends",
+)
+_imported = False
+
+
+def _import_builtin_components() -> None:
+    # Import lazily so that `import fedgen.registry` stays cheap and cycle-free,
+    # while any lookup sees every built-in component.
+    global _imported
+    if _imported:
+        return
+    _imported = True
+    import importlib
+
+    for module in _BUILTINS:
+        importlib.import_module(module)

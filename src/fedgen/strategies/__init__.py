@@ -1,0 +1,6 @@
+"""Server strategies; importing this package registers them."""
+
+from fedgen.strategies.base import Aggregate, Strategy
+from fedgen.strategies.fedavg import FedAvg
+
+__all__ = ["Aggregate", "FedAvg", "Strategy"]

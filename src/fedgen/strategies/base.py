@@ -1,0 +1,54 @@
+"""The Strategy contract: the server's policy, blind to what the model generates.
+
+As in Flower's strategies, a strategy picks clients and their config
+(``configure``) and combines results (``aggregate``); as in pfl-research the
+combination is a running sum, so memory is O(model) not O(cohort). The round
+loop runs the server halves of the update transforms on the aggregate
+between ``aggregate`` and ``apply``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedgen.types import ClientResult, RoundPlan, StateDict
+
+
+@dataclass
+class Aggregate:
+    """The combined update of one round, before it is applied to the global state."""
+
+    delta: StateDict
+    num_examples: int
+    num_clients: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Strategy(ABC):
+    """Server policy: which clients, with what config; how results are combined."""
+
+    @abstractmethod
+    def configure(self, round: int, client_ids: list[int], rng: np.random.Generator) -> RoundPlan:
+        """Choose the clients of round ``round`` and their instructions."""
+
+    @abstractmethod
+    def aggregate(self, round: int, results: Iterable[ClientResult]) -> Aggregate:
+        """Combine the successful results (failures were filtered out by the loop)."""
+
+    @abstractmethod
+    def apply(self, round: int, global_state: StateDict, aggregate: Aggregate) -> StateDict:
+        """The next global state from the current one and the (server-transformed) aggregate."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The strategy's own state (e.g. server optimizer moments) for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state but was given {sorted(state)}")

@@ -1,0 +1,105 @@
+"""Federated averaging (McMahan et al. 2017, "Communication-Efficient Learning of
+Deep Networks from Decentralized Data"), with a server learning rate as in
+Reddi et al. 2021 ("Adaptive Federated Optimization", FedAvg with eta_g)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+from fedgen.errors import ConfigError, RoundFailedError
+from fedgen.registry import STRATEGIES
+from fedgen.seeding import derive_seed
+from fedgen.strategies.base import Aggregate, Strategy
+from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict
+
+
+@STRATEGIES.register("fedavg")
+class FedAvg(Strategy):
+    """Example-weighted mean of client deltas, applied with server learning rate ``server_lr``.
+
+    Args:
+        fraction: share of the clients sampled each round (at least ``min_clients``).
+        min_clients: fewest clients to sample, and fewest successful results
+            needed to aggregate a round.
+        server_lr: step size on the mean delta (1.0 is plain FedAvg).
+        weighted: weight clients by example count (True) or equally (False).
+    """
+
+    def __init__(
+        self,
+        fraction: float = 1.0,
+        min_clients: int = 2,
+        server_lr: float = 1.0,
+        weighted: bool = True,
+        root_seed: int = 0,
+    ) -> None:
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError(f"strategy fraction must be in (0, 1], got {fraction}")
+        if min_clients < 1:
+            raise ConfigError(f"strategy min_clients must be >= 1, got {min_clients}")
+        if server_lr <= 0:
+            raise ConfigError(f"strategy server_lr must be > 0, got {server_lr}")
+        self.fraction = fraction
+        self.min_clients = min_clients
+        self.server_lr = server_lr
+        self.weighted = weighted
+        self.root_seed = root_seed
+
+    def configure(self, round: int, client_ids: list[int], rng: np.random.Generator) -> RoundPlan:
+        if len(client_ids) < self.min_clients:
+            raise ConfigError(
+                f"only {len(client_ids)} clients but min_clients="
+                f"{self.min_clients}; lower strategy.params.min_clients"
+            )
+        k = max(self.min_clients, round_half_up(self.fraction * len(client_ids)))
+        chosen = sorted(rng.choice(client_ids, size=k, replace=False).tolist())
+        return RoundPlan(
+            round,
+            [
+                ClientInstruction(cid, derive_seed(self.root_seed, "round", round, "client", cid))
+                for cid in chosen
+            ],
+        )
+
+    def aggregate(self, round: int, results: Iterable[ClientResult]) -> Aggregate:
+        # Running sums: one accumulator the size of the model, whatever the cohort.
+        total: StateDict = {}
+        weight_sum = 0.0
+        examples = clients = 0
+        for res in results:
+            assert res.update is not None  # the loop passes successful results only
+            w = float(res.num_examples) if self.weighted else 1.0
+            for key, value in res.update.items():
+                contrib = value.to(torch.float64) * w
+                if key in total:
+                    total[key] += contrib
+                else:
+                    total[key] = contrib
+            weight_sum += w
+            examples += res.num_examples
+            clients += 1
+        if clients < self.min_clients or weight_sum <= 0:
+            raise RoundFailedError(
+                f"round {round}: {clients} usable client updates, fewer than "
+                f"min_clients={self.min_clients}"
+            )
+        delta = {k: v / weight_sum for k, v in total.items()}
+        return Aggregate(delta=delta, num_examples=examples, num_clients=clients)
+
+    def apply(self, round: int, global_state: StateDict, aggregate: Aggregate) -> StateDict:
+        new_state = {}
+        for key, value in global_state.items():
+            if key in aggregate.delta and value.is_floating_point():
+                step = (self.server_lr * aggregate.delta[key]).to(value.dtype)
+                new_state[key] = value + step
+            else:
+                new_state[key] = value
+        return new_state
+
+
+def round_half_up(x: float) -> int:
+    """Round to nearest, halves up (Python's round() rounds halves to even)."""
+    return int(np.floor(x + 0.5))

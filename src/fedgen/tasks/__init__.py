@@ -1,0 +1,7 @@
+"""Generative model families; importing this package registers them."""
+
+from fedgen.tasks.base import Task, TaskParams
+from fedgen.tasks.gan import ConditionalGan
+from fedgen.tasks.vae import ConditionalVae
+
+__all__ = ["ConditionalGan", "ConditionalVae", "Task", "TaskParams"]

@@ -1,0 +1,109 @@
+"""The Task contract: one generative model family, unaware that it is federated.
+
+A task owns its networks, runs local training on one client's data from
+whatever state is loaded, samples class-conditional images, and names which
+of its tensors are federated. Following pfl-research, one task instance is
+reused for every client: the backend loads the global state, trains, takes
+the difference and moves on, so memory stays O(model) not O(cohort).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from fedgen.data.client_data import ClientData
+from fedgen.types import StateDict
+
+
+class TaskParams(BaseModel):
+    """Hyper-parameters shared by every task; subclasses add their own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = 64
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+
+
+class Task(ABC):
+    """Base class of every generative task (see module docstring)."""
+
+    #: The pydantic model that validates this task's ``params`` in a recipe.
+    Params: ClassVar[type[TaskParams]] = TaskParams
+
+    def __init__(
+        self, params: TaskParams, num_classes: int, image_shape: tuple[int, int, int], seed: int
+    ) -> None:
+        self.params = params
+        self.num_classes = num_classes
+        self.image_shape = image_shape
+        torch.manual_seed(seed)  # initial weights come from the root seed
+        self.modules = self.build()
+        self._federated = self.federated_modules()
+        unknown = set(self._federated) - set(self.modules)
+        if unknown:
+            raise ValueError(
+                f"federated modules {sorted(unknown)} are not modules of "
+                f"{type(self).__name__}; choose from {sorted(self.modules)}"
+            )
+
+    @abstractmethod
+    def build(self) -> dict[str, nn.Module]:
+        """Create the networks, keyed by name (e.g. ``generator``, ``discriminator``)."""
+
+    def federated_modules(self) -> list[str]:
+        """Names of the modules whose tensors the server aggregates (default: all)."""
+        return list(self.modules)
+
+    @abstractmethod
+    def train_local(
+        self, data: ClientData, steps: int, generator: torch.Generator, config: dict[str, Any]
+    ) -> dict[str, float]:
+        """Train the loaded networks for ``steps`` iterations on ``data``.
+
+        Returns mean losses as ``{"loss/<name>": value}``. ``config`` carries
+        per-round overrides from the strategy (e.g. a learning rate).
+        """
+
+    @abstractmethod
+    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Images in [0, 1] of shape ``(len(labels), *image_shape)`` for ``labels``."""
+
+    # -- state exchange ------------------------------------------------------
+
+    def federated_state(self) -> StateDict:
+        """Detached copies of the federated tensors, keyed ``<module>.<tensor>``."""
+        return {
+            f"{name}.{key}": value.detach().clone()
+            for name in self._federated
+            for key, value in self.modules[name].state_dict().items()
+        }
+
+    def private_state(self) -> StateDict:
+        """Detached copies of the tensors that stay on the client (not federated)."""
+        return {
+            f"{name}.{key}": value.detach().clone()
+            for name, module in self.modules.items()
+            if name not in self._federated
+            for key, value in module.state_dict().items()
+        }
+
+    def load_state(self, state: StateDict) -> None:
+        """Load tensors keyed ``<module>.<tensor>`` (a subset of modules is fine)."""
+        by_module: dict[str, dict[str, torch.Tensor]] = {}
+        for full_key, value in state.items():
+            name, _, key = full_key.partition(".")
+            by_module.setdefault(name, {})[key] = value
+        for name, tensors in by_module.items():
+            if name not in self.modules:
+                raise KeyError(f"state holds tensors of unknown module {name!r}")
+            self.modules[name].load_state_dict(tensors, strict=True)
+
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter count per module."""
+        return {n: sum(p.numel() for p in m.parameters()) for n, m in self.modules.items()}

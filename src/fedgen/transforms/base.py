@@ -1,0 +1,46 @@
+"""The UpdateTransform contract: one step of the update pipeline.
+
+After pfl-research's postprocessors: each transform has a client half,
+applied to a client's update in pipeline order, and a server half, applied to
+the aggregate in reverse order (unmask, decode, add noise ...). Transforms
+know neither the task nor the strategy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fedgen.types import StateDict
+
+
+@dataclass(frozen=True)
+class TransformContext:
+    """Where in the run a transform half is called."""
+
+    round: int
+    client_id: int | None
+    seed: int
+    num_clients: int
+
+
+class UpdateTransform:
+    """Identity by default; subclasses override the halves they need."""
+
+    def on_client(
+        self, update: StateDict, ctx: TransformContext
+    ) -> tuple[StateDict, dict[str, float]]:
+        """Transform one client's update; also return metrics to report (e.g. norms)."""
+        return update, {}
+
+    def on_server(
+        self, aggregate: StateDict, ctx: TransformContext
+    ) -> tuple[StateDict, dict[str, float]]:
+        """Transform the aggregate of the round; also return metrics."""
+        return aggregate, {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,57 @@
+"""Values that cross the client/server boundary and the round loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ClientInstruction:
+    """What the server asks one client to do this round."""
+
+    client_id: int
+    seed: int
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Who takes part in round ``round`` and with which config."""
+
+    round: int
+    instructions: list[ClientInstruction]
+
+    @property
+    def client_ids(self) -> list[int]:
+        return [ins.client_id for ins in self.instructions]
+
+
+@dataclass
+class ClientResult:
+    """What a client sends back: an update (delta from the global state) or a failure.
+
+    ``update`` holds only the federated tensors, as ``local - global``.
+    ``failure`` is a one-line reason when the client crashed, timed out or sent a
+    malformed update; such a result carries no update and is never aggregated.
+    """
+
+    client_id: int
+    num_examples: int
+    update: StateDict | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    failure: str | None = None
+    bytes_up: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None and self.update is not None
+
+
+def state_nbytes(state: StateDict) -> int:
+    """Bytes of the tensors in ``state`` as sent uncompressed."""
+    return sum(t.numel() * t.element_size() for t in state.values())
