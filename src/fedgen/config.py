@@ -53,6 +53,18 @@ class ComponentConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class StrategyConfig(ComponentConfig):
+    """The server strategy (default FedAvg)."""
+
+    name: str = "fedavg"
+
+
+class BackendConfig(ComponentConfig):
+    """How client work is executed (default: sequentially in this process)."""
+
+    name: str = "inprocess"
+
+
 class FederationConfig(_Strict):
     """The round loop: how many rounds, how much local work, what counts as malformed."""
 
@@ -76,6 +88,7 @@ class EvalConfig(_Strict):
     """When and how generation quality is measured."""
 
     every: int = Field(10, ge=0)
+    final: bool = True
     num_quality_samples: int = Field(2000, ge=10)
     tstr_samples: int = Field(30000, ge=10)
     tstr_epochs: int = Field(3, ge=1)
@@ -97,9 +110,9 @@ class ExperimentConfig(_Strict):
     seed: int = 0
     data: DataConfig = DataConfig()
     task: TaskConfig = TaskConfig()
-    strategy: ComponentConfig = ComponentConfig(name="fedavg")
+    strategy: StrategyConfig = StrategyConfig()
     transforms: list[ComponentConfig] = Field(default_factory=list)
-    backend: ComponentConfig = ComponentConfig(name="inprocess")
+    backend: BackendConfig = BackendConfig()
     federation: FederationConfig = FederationConfig()
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()

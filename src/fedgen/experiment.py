@@ -162,7 +162,8 @@ def run_experiment(
         return evaluate_task(exp_holder["exp"], tstr=final)
 
     eval_cb = EvaluationCallback(
-        evaluate, cfg.eval.every, run_dir / "samples", cfg.eval.grid_per_class, cfg.seed
+        evaluate, cfg.eval.every, run_dir / "samples", cfg.eval.grid_per_class, cfg.seed,
+        final=cfg.eval.final,
     )
     callbacks: list[Callback] = [
         eval_cb,

@@ -48,9 +48,11 @@ class EvaluationCallback(Callback):
         samples_dir: Path,
         grid_per_class: int,
         seed: int,
+        final: bool = True,
     ) -> None:
         self.evaluate = evaluate
         self.every = every
+        self.final = final
         self.samples_dir = samples_dir
         self.grid_per_class = grid_per_class
         self.seed = seed
@@ -58,10 +60,11 @@ class EvaluationCallback(Callback):
 
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
         last = record.round == fed.rounds - 1
-        if not last and (self.every == 0 or (record.round + 1) % self.every != 0):
+        periodic = self.every > 0 and (record.round + 1) % self.every == 0
+        if not (periodic or (last and self.final)):
             return
         t0 = time.perf_counter()
-        figures = self.evaluate(fed, last)
+        figures = self.evaluate(fed, last and self.final)
         save_sample_grid(
             fed, self.samples_dir / f"round_{record.round:04d}.png", self.grid_per_class, self.seed
         )

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Make a fresh checkout ready: a venv with fedgen and its dev tools, and the
+# Fashion-MNIST data from Debian. Safe to run again: it only adds what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+# torch is pinned to 2.13.0 in pyproject.toml: the CPU wheel on this machine's disk.
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+   && [ ! -f "${FEDGEN_DATA_DIR:-$HOME/.cache/fedgen/data}/fashion-mnist/train-images-idx3-ubyte.gz" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Fashion-MNIST (Debian package dataset-fashion-mnist)"
+    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  elif command -v sudo >/dev/null; then
+    sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "setup: Fashion-MNIST is missing; run '.venv/bin/fedgen data' for the ways to get it" >&2
+  fi
+fi

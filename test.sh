@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set everything up, then run the test suite (extra arguments go to pytest).
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/setup.sh
+# MNIST and KMNIST ship in no registry package; on this project's machines they
+# sit in ../shared/data beside the checkout. Elsewhere set FEDGEN_DATA_DIR.
+if [ -z "${FEDGEN_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
+  export FEDGEN_DATA_DIR="$(cd ../shared/data && pwd)"
+fi
+if [ -n "${FEDGEN_DATA_DIR:-}" ]; then
+  export FEDGEN_TEST_DATA_DIR="${FEDGEN_TEST_DATA_DIR:-$FEDGEN_DATA_DIR}"
+fi
+# A private cache so tests never reuse a classifier trained by an earlier run.
+export FEDGEN_CACHE_DIR="${FEDGEN_CACHE_DIR:-$(mktemp -d)}"
+exec .venv/bin/python -m pytest -q "$@"

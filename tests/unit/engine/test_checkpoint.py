@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from fedgen.engine.checkpoint import (
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from fedgen.errors import CheckpointError
+
+
+def payload():
+    return {"format": 1, "state": {"w": torch.arange(6.0).view(2, 3)}, "history": [{"a": 1}]}
+
+
+def test_round_trip_is_exact(tmp_path):
+    path = save_checkpoint(checkpoint_path(tmp_path, 3), payload())
+    back = load_checkpoint(path)
+    assert torch.equal(back["state"]["w"], payload()["state"]["w"])
+    assert back["history"] == [{"a": 1}]
+    assert list_checkpoints(tmp_path) == [(3, path)]
+
+
+def test_flipped_byte_is_detected(tmp_path):
+    path = save_checkpoint(checkpoint_path(tmp_path, 0), payload())
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="corrupted.*delete it"):
+        load_checkpoint(path)
+
+
+def test_truncated_file_is_detected(tmp_path):
+    path = save_checkpoint(checkpoint_path(tmp_path, 0), payload())
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_foreign_file_is_rejected(tmp_path):
+    path = tmp_path / "round_0001.ckpt"
+    torch.save(payload(), path)  # a plain torch file, not ours
+    with pytest.raises(CheckpointError, match="not a fedgen checkpoint"):
+        load_checkpoint(path)
+
+
+def test_prune_keeps_the_newest(tmp_path):
+    for r in range(5):
+        save_checkpoint(checkpoint_path(tmp_path, r), payload())
+    prune_checkpoints(tmp_path, keep=2)
+    assert [r for r, _ in list_checkpoints(tmp_path)] == [3, 4]

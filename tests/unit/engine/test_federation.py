@@ -1,0 +1,134 @@
+"""The round loop on real MNIST digits: failures as values, resume bit-identity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedgen.config import load_config
+from fedgen.engine.callbacks import CheckpointCallback
+from fedgen.experiment import build_experiment, restore_latest
+from fedgen.transforms.base import TransformContext, UpdateTransform
+
+
+def tiny_config(mnist_dir, **overrides):
+    items = [
+        "data.sources=[mnist]",
+        f"data.data_dir={mnist_dir}",
+        "data.num_clients=4",
+        "data.partition.kind=iid",
+        "data.partition.params={}",
+        "task.params={batch_size: 16, generator_width: 8, discriminator_width: 8}",
+        "federation.rounds=3",
+        "federation.local_steps=2",
+        "strategy.params={min_clients: 2}",
+    ] + [f"{k}={v}" for k, v in overrides.items()]
+    return load_config(None, items)
+
+
+class Sabotage(UpdateTransform):
+    """Client-side corruption of chosen clients' updates, as a poisoned client would send."""
+
+    def __init__(self, kind: dict[int, str]) -> None:
+        self.kind = kind
+
+    def on_client(self, update, ctx: TransformContext):
+        kind = self.kind.get(ctx.client_id)
+        if kind == "nan":
+            update = {k: torch.full_like(v, float("nan")) for k, v in update.items()}
+        elif kind == "shape":
+            update = {k: v.flatten() for k, v in update.items()}
+        elif kind == "huge":
+            update = {k: v + 1e9 for k, v in update.items()}
+        elif kind == "crash":
+            raise RuntimeError("device ran out of battery")
+        return update, {}
+
+
+def test_malformed_and_crashing_clients_are_failures_and_the_round_goes_on(mnist_dir):
+    # Prepare
+    exp = build_experiment(tiny_config(mnist_dir))
+    fed = exp.federation
+    fed.transforms.append(Sabotage({0: "nan", 1: "crash", 2: "huge"}))
+    before = {k: v.clone() for k, v in fed.global_state.items()}
+    # Execute: clients 0-2 fail, client 3 alone is below min_clients=2.
+    record = fed.run_round(0)
+    # Assert
+    assert record.metrics["failures"] == 3
+    assert set(record.metrics["failed_clients"]) == {"0", "1", "2"}
+    assert "NaN" in record.metrics["failed_clients"]["0"]
+    assert "battery" in record.metrics["failed_clients"]["1"]
+    assert "exceeds" in record.metrics["failed_clients"]["2"]
+    assert "round_failed" in record.metrics
+    assert all(torch.equal(before[k], fed.global_state[k]) for k in before)
+
+
+def test_one_bad_client_is_left_out_and_the_rest_aggregate(mnist_dir):
+    exp = build_experiment(tiny_config(mnist_dir))
+    fed = exp.federation
+    fed.transforms.append(Sabotage({2: "shape"}))
+    before = {k: v.clone() for k, v in fed.global_state.items()}
+    record = fed.run_round(0)
+    assert record.metrics["failures"] == 1 and record.metrics["clients"] == 3
+    assert "round_failed" not in record.metrics
+    assert any(not torch.equal(before[k], fed.global_state[k]) for k in before)
+    assert all(torch.isfinite(v).all() for v in fed.global_state.values())
+
+
+def test_same_seed_same_weights_other_seed_other_weights(mnist_dir):
+    a = build_experiment(tiny_config(mnist_dir)).federation
+    b = build_experiment(tiny_config(mnist_dir)).federation
+    c = build_experiment(tiny_config(mnist_dir, seed=1)).federation
+    for fed in (a, b, c):
+        fed.rounds = 2
+        fed.run()
+    assert all(torch.equal(a.global_state[k], b.global_state[k]) for k in a.global_state)
+    assert any(not torch.equal(a.global_state[k], c.global_state[k]) for k in a.global_state)
+
+
+def interrupt_at(task, call: int) -> None:
+    """Make the task raise KeyboardInterrupt (as Ctrl-C would) on its ``call``-th local training."""
+    original = task.train_local
+    calls = {"n": 0}
+
+    def train_local(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    task.train_local = train_local
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_resume_after_interrupt_is_bit_identical(mnist_dir, tmp_path, every):
+    cfg = tiny_config(mnist_dir, **{"federation.rounds": 4})
+    # Uninterrupted reference.
+    ref = build_experiment(cfg).federation
+    assert ref.run()
+    # Interrupted in round 2, checkpoints every `every` rounds.
+    meta = {"format": 1, "fingerprint": cfg.fingerprint()}
+    ckpt = CheckpointCallback(tmp_path, every=every, keep=2, meta=meta)
+    first = build_experiment(cfg, [ckpt]).federation
+    interrupt_at(first.task, 4 * 2 + 2)  # round 2, second of 4 clients
+    assert first.run() is False
+    # Resume in a fresh process-like object from the newest checkpoint.
+    second = build_experiment(cfg, [CheckpointCallback(tmp_path, every, 2, meta)]).federation
+    restored = restore_latest(second, tmp_path, cfg)
+    assert restored == 1  # rounds 0-1 complete, round 2 dropped
+    assert second.next_round == 2
+    assert second.run()
+    for k in ref.global_state:
+        assert torch.equal(ref.global_state[k], second.global_state[k]), k
+    assert [m["round"] for m in second.history] == [0, 1, 2, 3]
+
+
+def test_resume_refuses_another_experiment(mnist_dir, tmp_path):
+    from fedgen.errors import CheckpointError
+
+    cfg = tiny_config(mnist_dir, **{"federation.rounds": 1})
+    meta = {"format": 1, "fingerprint": cfg.fingerprint()}
+    build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation.run()
+    other = tiny_config(mnist_dir, **{"task.params.lr": 1e-3})
+    with pytest.raises(CheckpointError, match="different experiment"):
+        restore_latest(build_experiment(other).federation, tmp_path, other)
