@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Passive OpenMP waits: on a loaded 2-core machine spinning threads make torch
+# several times slower. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -8,16 +8,21 @@ Python in a few lines::
     print(summary["tstr_accuracy"])
 """
 
+from pathlib import Path
+from typing import Any
+
 from fedgen.config import ExperimentConfig, load_config
 
 __version__ = "0.1.0"
 
 
-def run_experiment(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """Train an experiment into a run folder; see ``fedgen.experiment.run_experiment``."""
+def run_experiment(
+    cfg: ExperimentConfig, out: str | Path, *, progress: bool = True, resume: bool = False
+) -> dict[str, Any]:
+    """Train ``cfg`` into run folder ``out``; see ``fedgen.experiment.run_experiment``."""
     from fedgen.experiment import run_experiment as _run
 
-    return _run(*args, **kwargs)
+    return _run(cfg, out, progress=progress, resume=resume)
 
 
 __all__ = ["ExperimentConfig", "__version__", "load_config", "run_experiment"]

@@ -167,6 +167,10 @@ def data(
 
 def main() -> None:
     """Entry point of the `fedgen` script."""
+    import os
+
+    # Before torch loads: spinning OpenMP threads slow everything on a shared CPU.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()
 

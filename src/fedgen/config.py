@@ -92,7 +92,7 @@ class EvalConfig(_Strict):
     num_quality_samples: int = Field(2000, ge=10)
     tstr_samples: int = Field(30000, ge=10)
     tstr_epochs: int = Field(3, ge=1)
-    classifier_epochs: int = Field(3, ge=1)
+    classifier_epochs: int = Field(1, ge=1)
     grid_per_class: int = Field(10, ge=1)
 
 

@@ -153,7 +153,6 @@ def run_experiment(
     summary says ``"status": "interrupted"``.
     """
     run_dir = Path(out)
-    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / "checkpoints"
     meta = {"format": CHECKPOINT_FORMAT, "fingerprint": cfg.fingerprint()}
     exp_holder: dict[str, Experiment] = {}
@@ -162,7 +161,11 @@ def run_experiment(
         return evaluate_task(exp_holder["exp"], tstr=final)
 
     eval_cb = EvaluationCallback(
-        evaluate, cfg.eval.every, run_dir / "samples", cfg.eval.grid_per_class, cfg.seed,
+        evaluate,
+        cfg.eval.every,
+        run_dir / "samples",
+        cfg.eval.grid_per_class,
+        cfg.seed,
         final=cfg.eval.final,
     )
     callbacks: list[Callback] = [
@@ -173,8 +176,9 @@ def run_experiment(
             cfg.name + (" (centralized)" if cfg.federation.centralized else ""), enabled=progress
         ),
     ]
-    exp = build_experiment(cfg, callbacks)
+    exp = build_experiment(cfg, callbacks)  # loads data first: a missing set fails here
     exp_holder["exp"] = exp
+    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     if resume:
         restore_latest(exp.federation, ckpt_dir, cfg)
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -168,7 +169,7 @@ class ProgressCallback(Callback):
         if self.progress is not None:
             self.progress.update(self.task_id, completed=fed.next_round, status=status)
         else:
-            log.info("round %d/%d %s", record.round + 1, fed.rounds, status)
+            print(f"round {record.round + 1}/{fed.rounds} {status}", file=sys.stderr, flush=True)
 
     def on_run_end(self, fed: Federation, completed: bool) -> None:
         if self.progress is not None:

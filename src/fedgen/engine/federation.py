@@ -109,6 +109,7 @@ class Federation:
                 self.next_round - 1,
             )
         finally:
+            self.backend.close()
             for cb in self.callbacks:
                 cb.on_run_end(self, completed)
         return completed

@@ -14,7 +14,7 @@ def global_norm(update: StateDict) -> float:
     """L2 norm of all tensors of ``update`` taken as one vector."""
     if not update:
         return 0.0
-    return float(torch.sqrt(sum(t.double().pow(2).sum() for t in update.values())))
+    return float(torch.stack([t.double().pow(2).sum() for t in update.values()]).sum().sqrt())
 
 
 @TRANSFORMS.register("clip")

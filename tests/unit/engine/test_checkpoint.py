@@ -28,7 +28,7 @@ def test_flipped_byte_is_detected(tmp_path):
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
-    with pytest.raises(CheckpointError, match="corrupted.*delete it"):
+    with pytest.raises(CheckpointError, match=r"corrupted.*delete it"):
         load_checkpoint(path)
 
 

@@ -132,3 +132,31 @@ def test_resume_refuses_another_experiment(mnist_dir, tmp_path):
     other = tiny_config(mnist_dir, **{"task.params.lr": 1e-3})
     with pytest.raises(CheckpointError, match="different experiment"):
         restore_latest(build_experiment(other).federation, tmp_path, other)
+
+
+def test_process_pool_matches_in_process_bit_for_bit(mnist_dir):
+    """Oracle: parallel workers give the same weights as the sequential loop."""
+    seq = build_experiment(tiny_config(mnist_dir, threads=1)).federation
+    pool = build_experiment(
+        tiny_config(
+            mnist_dir,
+            threads=1,
+            **{"backend.name": "process_pool", "backend.params": "{workers: 2}"},
+        )
+    ).federation
+    for fed in (seq, pool):
+        fed.rounds = 2
+        assert fed.run()
+    assert all(torch.equal(seq.global_state[k], pool.global_state[k]) for k in seq.global_state)
+
+
+def test_process_pool_turns_a_crash_into_a_failure(mnist_dir):
+    exp = build_experiment(
+        tiny_config(mnist_dir, **{"backend.name": "process_pool", "backend.params": "{workers: 2}"})
+    )
+    fed = exp.federation
+    fed.transforms.append(Sabotage({1: "crash"}))
+    record = fed.run_round(0)
+    fed.backend.close()
+    assert record.metrics["failures"] == 1
+    assert "battery" in record.metrics["failed_clients"]["1"]

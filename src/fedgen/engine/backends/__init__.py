@@ -2,5 +2,6 @@
 
 from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.backends.inprocess import InProcessBackend
+from fedgen.engine.backends.process_pool import ProcessPoolBackend
 
-__all__ = ["Backend", "InProcessBackend", "LocalWork"]
+__all__ = ["Backend", "InProcessBackend", "LocalWork", "ProcessPoolBackend"]

@@ -21,6 +21,7 @@ class LocalWork:
     transforms: Sequence[UpdateTransform]
     local_steps: int | None
     local_epochs: float | None
+    round: int = 0
 
 
 class Backend(ABC):
@@ -39,3 +40,6 @@ class Backend(ABC):
         ``private_states`` holds each client's non-federated tensors between
         rounds; the backend reads and updates it in place.
         """
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release workers or connections; called when the run loop stops."""

@@ -43,7 +43,7 @@ def run_client(
     local = task.federated_state()
     update = {k: local[k] - work.global_state[k] for k in work.global_state}
     ctx = TransformContext(
-        round=-1, client_id=ins.client_id, seed=ins.seed, num_clients=num_clients
+        round=work.round, client_id=ins.client_id, seed=ins.seed, num_clients=num_clients
     )
     for transform in work.transforms:
         update, t_metrics = transform.on_client(update, ctx)

@@ -1,0 +1,94 @@
+import pytest
+
+from fedgen.config import ExperimentConfig, load_config
+from fedgen.errors import ConfigError
+
+
+def test_defaults_are_the_default_experiment():
+    cfg = load_config()
+    assert cfg.data.sources == ["fashion-mnist"]
+    assert cfg.data.num_clients == 10
+    assert cfg.data.partition.kind == "dirichlet"
+    assert cfg.data.partition.params == {"alpha": 0.5}
+    assert cfg.task.name == "cgan" and cfg.strategy.name == "fedavg"
+
+
+def test_shipped_recipe_matches_the_defaults():
+    assert load_config("configs/fmnist_cgan.yaml").fingerprint() == load_config().fingerprint()
+
+
+def test_dotted_overrides_parse_yaml_values():
+    cfg = load_config(
+        None,
+        ["federation.rounds=3", "data.partition.params.alpha=0.1", "task.params={latent_dim: 32}"],
+    )
+    assert cfg.federation.rounds == 3
+    assert cfg.data.partition.params["alpha"] == 0.1
+    assert cfg.task.params == {"latent_dim": 32}
+
+
+def test_unknown_key_names_the_key_and_the_allowed_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["federation.round=3"])
+    msg = str(err.value)
+    assert "federation.round" in msg and "rounds" in msg and "local_steps" in msg
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match=r"federation\.rounds"):
+        load_config(None, ["federation.rounds=many"])
+
+
+def test_unknown_component_lists_the_choices():
+    with pytest.raises(ConfigError, match=r"choose from.*cgan.*cvae"):
+        load_config(None, ["task.name=gpt"])
+    with pytest.raises(ConfigError, match=r"choose from.*dirichlet.*iid"):
+        load_config(None, ["data.partition.kind=random"])
+
+
+def test_bad_component_params_are_all_reported_together():
+    with pytest.raises(ConfigError) as err:
+        load_config(
+            None,
+            ["task.params.widht=3", "strategy.params.fractoin=0.5", "data.partition.params.beta=1"],
+        )
+    msg = str(err.value)
+    assert "task.params.widht" in msg
+    assert "strategy.params.fractoin" in msg and "fraction" in msg
+    assert "data.partition.params.beta" in msg and "alpha" in msg
+
+
+def test_exactly_one_local_budget():
+    with pytest.raises(ConfigError, match="exactly one"):
+        load_config(None, ["federation.local_epochs=1"])
+    cfg = load_config(None, ["federation.local_epochs=1", "federation.local_steps=null"])
+    assert cfg.federation.local_epochs == 1
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"dotted\.key=value"):
+        load_config(None, ["rounds"])
+
+
+def test_fingerprint_ignores_rounds_and_eval_but_not_training():
+    base = ExperimentConfig()
+    assert (
+        base.fingerprint()
+        == load_config(None, ["federation.rounds=99", "eval.every=1"]).fingerprint()
+    )
+    assert base.fingerprint() != load_config(None, ["seed=1"]).fingerprint()
+
+
+def test_every_recipe_in_configs_validates():
+    from pathlib import Path
+
+    recipes = sorted(Path("configs").glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        load_config(recipe)
