@@ -54,22 +54,23 @@ class ComponentConfig(_Strict):
 
 
 class StrategyConfig(ComponentConfig):
-    """The server strategy (default FedAvg)."""
+    """The server strategy (default FedAvg, 40% of the clients per round)."""
 
     name: str = "fedavg"
+    params: dict[str, Any] = Field(default_factory=lambda: {"fraction": 0.4})
 
 
 class BackendConfig(ComponentConfig):
-    """How client work is executed (default: sequentially in this process)."""
+    """How client work is executed (default: one worker process per core)."""
 
-    name: str = "inprocess"
+    name: str = "process_pool"
 
 
 class FederationConfig(_Strict):
     """The round loop: how many rounds, how much local work, what counts as malformed."""
 
-    rounds: int = Field(40, ge=1)
-    local_steps: int | None = Field(15, ge=1)
+    rounds: int = Field(60, ge=1)
+    local_steps: int | None = Field(30, ge=1)
     local_epochs: float | None = Field(None, gt=0)
     max_update_norm: float | None = Field(1e4, gt=0)
     centralized: bool = False
