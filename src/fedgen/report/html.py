@@ -1,0 +1,469 @@
+"""The run report: one self-contained HTML page a person can open from any run folder.
+
+It reads what the training loop wrote (``config.yaml``, ``metrics.jsonl``,
+``summary.json``, ``partition.json``, ``samples/*.png``) and renders whatever
+exists; a missing or unreadable file becomes a note at the top of the page, never
+an exception, because the runs most in need of a look are the interrupted ones.
+Images are embedded as base64 data URIs and charts as inline SVG, so the single
+file can be mailed or archived without its folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeGuard
+
+import yaml
+from PIL import Image
+
+from fedgen.report.svg import format_number, heatmap, line_chart
+
+REPORT_NAME = "report.html"
+
+# Per-round bookkeeping the loop writes; every other numeric key is a model metric.
+SYSTEM_CHARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("bytes per round", ("bytes_up", "bytes_down")),
+    ("seconds per round", ("seconds",)),
+    ("clients per round", ("clients", "failures")),
+    ("examples per round", ("examples",)),
+)
+SYSTEM_KEYS = {"round"} | {key for _, keys in SYSTEM_CHARTS for key in keys}
+LOSS_PREFIX = "loss/"
+
+MISSING_MEANS = {
+    "config.yaml": "the resolved config cannot be shown",
+    "summary.json": "no final figures; the run may not have finished",
+    "metrics.jsonl": "no metric curves; the run may have stopped before its first round ended",
+    "partition.json": "no partition heat-map",
+    "samples/": "no sample grids; no evaluation round may have run yet",
+}
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
+       color: #1a1a1a; background: #fafafa; margin: 0; line-height: 1.45; }
+main { max-width: 1080px; margin: 0 auto; padding: 24px 28px 48px; }
+h1 { font-size: 1.6rem; margin: 0 0 4px; }
+h2 { font-size: 1.2rem; margin: 32px 0 10px; padding-bottom: 4px; border-bottom: 1px solid #ddd; }
+.meta { color: #555; font-size: 0.9rem; margin: 0; }
+.notes { background: #fff8e1; border: 1px solid #f0d890; border-radius: 6px;
+         padding: 10px 16px; margin: 16px 0; }
+.notes ul { margin: 4px 0 0; padding-left: 20px; }
+table { border-collapse: collapse; background: #fff; font-size: 0.92rem; }
+th, td { border: 1px solid #ddd; padding: 5px 10px; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.desc { color: #444; }
+.charts { display: flex; flex-wrap: wrap; gap: 14px; }
+.charts svg, .heat svg { background: #fff; border: 1px solid #e2e2e2; border-radius: 4px; }
+.heat { max-height: 640px; overflow: auto; margin-bottom: 14px; }
+details { background: #fff; border: 1px solid #ddd; border-radius: 4px; padding: 6px 12px; }
+summary { cursor: pointer; font-weight: 600; }
+pre { font-size: 0.85rem; overflow-x: auto; margin: 8px 0 4px; }
+.grids { display: flex; flex-wrap: wrap; gap: 18px; }
+figure { margin: 0; background: #fff; border: 1px solid #e2e2e2; border-radius: 4px; padding: 8px; }
+figure img { display: block; max-width: 100%; height: auto; image-rendering: pixelated; }
+figcaption { font-size: 0.9rem; color: #333; margin-top: 6px; }
+.muted { color: #666; font-size: 0.9rem; }
+"""
+
+
+@dataclass
+class _Notes:
+    """What the page must warn about: missing and unreadable files, skipped lines."""
+
+    missing: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def write_report(run_dir: Path, max_sample_grids: int = 12) -> Path:
+    """Render ``run_dir/report.html`` from the files a run wrote, and return its path.
+
+    Args:
+        run_dir: a run folder; any of its files may be missing (the page says which).
+        max_sample_grids: at most this many sample grids are embedded, evenly spread over
+            the run and always including the first and the newest, to bound the file size.
+
+    Raises:
+        FileNotFoundError: if ``run_dir`` is not a folder.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(
+            f"run folder {run_dir} does not exist; pass the folder a training run wrote "
+            f"(it holds config.yaml, metrics.jsonl, summary.json and samples/)"
+        )
+    page = _render(run_dir, max_sample_grids)
+    path = run_dir / REPORT_NAME
+    partial = path.with_name(REPORT_NAME + ".partial")
+    partial.write_text(page, encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
+def _render(run_dir: Path, max_sample_grids: int) -> str:
+    notes = _Notes()
+    config_text = _read_text(run_dir / "config.yaml", notes)
+    config = _parse_yaml(config_text, notes) if config_text is not None else None
+    summary = _read_json(run_dir / "summary.json", notes)
+    partition = _read_json(run_dir / "partition.json", notes)
+    metrics = _read_metrics(run_dir / "metrics.jsonl", notes)
+    samples_dir = run_dir / "samples"
+    sample_files = sorted(samples_dir.glob("*.png")) if samples_dir.is_dir() else []
+    if not sample_files:
+        notes.missing.append("samples/")
+
+    name = run_dir.resolve().name
+    if isinstance(config, dict) and isinstance(config.get("name"), str) and config["name"]:
+        name = config["name"]
+    class_names = _class_names(partition)
+
+    body = [
+        f"<h1>Run {_esc(name)}</h1>",
+        f'<p class="meta">Folder <code>{_esc(str(run_dir.resolve()))}</code> · '
+        f"{len(metrics)} round(s) recorded · report written "
+        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>",
+    ]
+    sections = [
+        _summary_section(summary, metrics, notes),
+        _metrics_section(metrics),
+        _samples_section(sample_files, max_sample_grids, class_names, notes),
+        _partition_section(partition, notes),
+        _config_section(config_text),
+    ]
+    # Notes are known only after every section has looked at its files.
+    body.append(_notes_box(notes))
+    body.extend(section for section in sections if section)
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>fedgen report: {_esc(name)}</title><style>{CSS}</style></head>"
+        f"<body><main>{''.join(body)}</main></body></html>\n"
+    )
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def _read_text(path: Path, notes: _Notes) -> str | None:
+    if not path.is_file():
+        notes.missing.append(path.name)
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        notes.problems.append(f"{path.name} could not be read ({error})")
+        return None
+
+
+def _parse_yaml(text: str, notes: _Notes) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        notes.problems.append(f"config.yaml is not valid YAML ({error}); shown as text")
+        return None
+
+
+def _read_json(path: Path, notes: _Notes) -> dict[str, Any] | None:
+    text = _read_text(path, notes)
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        notes.problems.append(f"{path.name} is not valid JSON ({error}); it was skipped")
+        return None
+    if not isinstance(value, dict):
+        notes.problems.append(f"{path.name} holds a {type(value).__name__}, not an object")
+        return None
+    return value
+
+
+def _read_metrics(path: Path, notes: _Notes) -> list[dict[str, Any]]:
+    text = _read_text(path, notes)
+    if text is None:
+        return []
+    rows: list[dict[str, Any]] = []
+    bad: list[int] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad.append(number)
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(number)
+    if bad:
+        notes.problems.append(
+            f"metrics.jsonl: skipped {len(bad)} line(s) that are not JSON objects "
+            f"(line {', '.join(map(str, bad[:10]))}); a run killed mid-write leaves one"
+        )
+    return rows
+
+
+def _class_names(partition: dict[str, Any] | None) -> list[str]:
+    names = partition.get("class_names") if partition else None
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+def _notes_box(notes: _Notes) -> str:
+    if not notes.missing and not notes.problems:
+        return ""
+    items = [
+        f"<li>Missing <code>{_esc(name)}</code>: {_esc(MISSING_MEANS.get(name, 'not shown'))}</li>"
+        for name in notes.missing
+    ]
+    items += [f"<li>{_esc(problem)}</li>" for problem in notes.problems]
+    return (
+        '<div class="notes"><strong>This report is incomplete.</strong>'
+        f"<ul>{''.join(items)}</ul></div>"
+    )
+
+
+def _summary_section(
+    summary: dict[str, Any] | None, metrics: list[dict[str, Any]], notes: _Notes
+) -> str:
+    if summary is None:
+        if not metrics:
+            return ""
+        # Without summary.json the last recorded round is the best account of where it got.
+        last = metrics[-1]
+        last_rows = "".join(
+            f"<tr><td>{_esc(key)}</td><td class='num'>{_esc(_value(value))}</td></tr>"
+            for key, value in last.items()
+        )
+        return (
+            "<h2>Last recorded round</h2>"
+            '<p class="muted">summary.json is missing; these are the last line of '
+            "metrics.jsonl.</p>"
+            f"<table><tr><th>metric</th><th>value</th></tr>{last_rows}</table>"
+        )
+    descriptions = summary.get("descriptions")
+    descriptions = descriptions if isinstance(descriptions, dict) else {}
+    centralized = summary.get("centralized")
+    centralized = centralized if isinstance(centralized, dict) else None
+    keys = [key for key in summary if key not in ("descriptions", "centralized")]
+    if centralized:
+        keys += [key for key in centralized if key not in keys]
+    header = "<tr><th>figure</th><th>this run</th>"
+    header += "<th>centralized baseline</th>" if centralized is not None else ""
+    header += "<th>computed on</th></tr>"
+    rows = []
+    for key in keys:
+        cells = [f"<td>{_esc(key)}</td>", f"<td class='num'>{_esc(_value(summary.get(key)))}</td>"]
+        if centralized is not None:
+            cells.append(f"<td class='num'>{_esc(_value(centralized.get(key)))}</td>")
+        cells.append(f"<td class='desc'>{_esc(str(descriptions.get(key, '')))}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<h2>Summary</h2><table>{header}{''.join(rows)}</table>"
+
+
+def _metrics_section(metrics: list[dict[str, Any]]) -> str:
+    if not metrics:
+        return ""
+    curves: dict[str, dict[float, float]] = {}
+    not_plotted: set[str] = set()
+    failed: list[tuple[Any, Any]] = []
+    for index, row in enumerate(metrics):
+        round_value = row.get("round")
+        x = float(round_value) if _is_number(round_value) else float(index + 1)
+        for key, value in row.items():
+            if key == "round":
+                continue
+            if _is_number(value):
+                curves.setdefault(key, {})[x] = float(value)  # a re-run round replaces
+            elif key == "failed_clients":
+                if value:
+                    failed.append((row.get("round", index + 1), value))
+            else:
+                not_plotted.add(key)
+
+    charts = []
+    losses = [key for key in curves if key.startswith(LOSS_PREFIX)]
+    if losses:
+        charts.append(
+            line_chart(
+                {key[len(LOSS_PREFIX) :]: _points(curves[key]) for key in losses},
+                "training loss (loss/*)",
+            )
+        )
+    quality = [k for k in curves if k not in SYSTEM_KEYS and not k.startswith(LOSS_PREFIX)]
+    charts += [line_chart({key: _points(curves[key])}, key) for key in quality]
+    for title, keys in SYSTEM_CHARTS:
+        present = {key: _points(curves[key]) for key in keys if key in curves}
+        if present:
+            charts.append(line_chart(present, title))
+
+    parts = ["<h2>Metrics per round</h2>", f'<div class="charts">{"".join(charts)}</div>']
+    if failed:
+        items = "".join(
+            f"<li>round {_esc(_value(r))}: client(s) {_esc(_value(clients))}</li>"
+            for r, clients in failed
+        )
+        parts.append(f'<p class="muted">Rounds with failed clients:</p><ul>{items}</ul>')
+    if not_plotted:
+        parts.append(
+            f'<p class="muted">Not plotted (not numbers): {_esc(", ".join(sorted(not_plotted)))}'
+            "</p>"
+        )
+    return "".join(parts)
+
+
+def _samples_section(files: list[Path], limit: int, class_names: list[str], notes: _Notes) -> str:
+    if not files:
+        return ""
+    ordered = sorted(files, key=lambda path: (_round_of(path), path.name))
+    shown = _spread(ordered, limit)
+    figures = []
+    rounds = []
+    for path in reversed(shown):  # newest first: the latest samples matter most
+        embedded = _embed_png(path, notes)
+        if embedded is None:
+            continue
+        uri, (width, height) = embedded
+        round_number = _round_of(path)
+        label = f"round {round_number}" if round_number >= 0 else path.stem
+        rounds.append(label)
+        figures.append(
+            f'<figure><img src="{uri}" width="{width}" height="{height}" '
+            f'alt="generated samples, {_esc(label)}"><figcaption><strong>{_esc(label)}</strong>'
+            f" · {_esc(path.name)}</figcaption></figure>"
+        )
+    if not figures:
+        return ""
+    note = f"{len(figures)} grid(s), newest first: {', '.join(rounds)}."
+    if len(shown) < len(files):
+        note += f" Showing {len(shown)} of {len(files)} grids, spread over the run."
+    if class_names:
+        note += f" Rows are classes, top to bottom: {', '.join(class_names)}."
+    return (
+        f'<h2>Generated samples</h2><p class="muted">{_esc(note)}</p>'
+        f'<div class="grids">{"".join(figures)}</div>'
+    )
+
+
+def _partition_section(partition: dict[str, Any] | None, notes: _Notes) -> str:
+    if partition is None:
+        return ""
+    counts = partition.get("counts")
+    if not isinstance(counts, list) or not counts:
+        notes.problems.append("partition.json has no 'counts'; the heat-map is not shown")
+        return ""
+    sizes = _numbers(partition.get("sizes"))
+    if len(sizes) != len(counts) or not all(math.isfinite(size) for size in sizes):
+        sizes = [math.fsum(v for v in _numbers(row) if math.isfinite(v)) for row in counts]
+    row_labels = [f"client {i} (n={format_number(size)})" for i, size in enumerate(sizes)]
+    class_names = _class_names(partition) or [f"class {j}" for j in range(len(_numbers(counts[0])))]
+    maps = [("labels per client", counts, class_names)]
+    domain_counts = partition.get("domain_counts")
+    if isinstance(domain_counts, list) and domain_counts:
+        names = partition.get("domain_names") or []
+        domain_names = [str(n) for n in names] or [
+            f"domain {j}" for j in range(len(_numbers(domain_counts[0])))
+        ]
+        maps.append(("domains per client", domain_counts, domain_names))
+    parts = [
+        "<h2>Partition</h2>",
+        f'<p class="muted">{len(counts)} clients; client sizes from '
+        f"{format_number(min(sizes))} to {format_number(max(sizes))} examples.</p>",
+    ]
+    for title, matrix, columns in maps:
+        try:
+            chart = heatmap([_numbers(row) for row in matrix], row_labels, columns, title)
+        except ValueError as error:
+            notes.problems.append(f"partition.json: {title} not shown ({error})")
+            continue
+        parts.append(f'<div class="heat">{chart}</div>')
+    return "".join(parts)
+
+
+def _config_section(text: str | None) -> str:
+    if text is None:
+        return ""
+    lines = text.count("\n") + (0 if text.endswith("\n") else 1)
+    return (
+        "<h2>Config</h2>"
+        f"<details><summary>config.yaml ({lines} lines)</summary>"
+        f"<pre>{_esc(text)}</pre></details>"
+    )
+
+
+# --- small helpers -------------------------------------------------------------------------
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _numbers(row: Any) -> list[float]:
+    """A row of counts as floats; anything that is not a number becomes NaN (a grey cell)."""
+    if not isinstance(row, list):
+        return []
+    return [float(v) if _is_number(v) else math.nan for v in row]
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "—"
+    if _is_number(value):
+        return format_number(value)
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _points(curve: dict[float, float]) -> list[tuple[float, float]]:
+    return sorted(curve.items())
+
+
+def _round_of(path: Path) -> int:
+    """The round number in a sample file name like ``round_0005.png``, or -1."""
+    match = re.search(r"(\d+)", path.stem)
+    return int(match.group(1)) if match else -1
+
+
+def _spread(items: list[Path], limit: int) -> list[Path]:
+    """At most ``limit`` items, evenly spaced, always keeping the first and the last."""
+    if limit < 1:
+        return []
+    if len(items) <= limit:
+        return items
+    if limit == 1:
+        return [items[-1]]
+    picks = sorted({round(k * (len(items) - 1) / (limit - 1)) for k in range(limit)})
+    return [items[i] for i in picks]
+
+
+def _embed_png(path: Path, notes: _Notes) -> tuple[str, tuple[int, int]] | None:
+    """A ``data:`` URI and pixel size for a PNG, or None (and a note) if it is unreadable."""
+    try:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()  # catches a grid truncated by an interrupted write
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "PNG":
+                raise ValueError(f"it is {image.format}, not PNG")
+            size = image.size
+    except (OSError, ValueError, SyntaxError) as error:
+        notes.problems.append(f"samples/{path.name} is not a readable PNG ({error}); skipped")
+        return None
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii"), size
