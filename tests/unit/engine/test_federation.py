@@ -135,15 +135,21 @@ def test_resume_refuses_another_experiment(mnist_dir, tmp_path):
 
 
 def test_process_pool_matches_in_process_bit_for_bit(mnist_dir):
-    """Oracle: parallel workers give the same weights as the sequential loop."""
-    seq = build_experiment(tiny_config(mnist_dir, threads=1)).federation
-    pool = build_experiment(
-        tiny_config(
-            mnist_dir,
-            threads=1,
-            **{"backend.name": "process_pool", "backend.params": "{workers: 2}"},
-        )
-    ).federation
+    """Oracle: parallel workers give the same weights as the sequential loop.
+
+    Enough local steps that both workers train at the same time: workers that
+    shared parameter storage (torch pickles tensors through shared memory)
+    once made this differ.
+    """
+    longer = {"federation.local_steps": 25}
+    seq = build_experiment(tiny_config(mnist_dir, threads=1, **longer)).federation
+    pool_cfg = tiny_config(
+        mnist_dir,
+        threads=1,
+        **longer,
+        **{"backend.name": "process_pool", "backend.params": "{workers: 2}"},
+    )
+    pool = build_experiment(pool_cfg).federation
     for fed in (seq, pool):
         fed.rounds = 2
         assert fed.run()

@@ -11,6 +11,7 @@ its own seed, not from which worker runs it.
 
 from __future__ import annotations
 
+import copy
 import logging
 import multiprocessing as mp
 import os
@@ -37,7 +38,11 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(task: Task, clients: dict[int, ClientData], threads: int) -> None:
     torch.set_num_threads(threads)
-    _WORKER["task"] = task
+    # torch sends tensors to spawned processes through shared memory, so every
+    # worker's unpickled task would alias the same parameter storage and the
+    # workers would train on each other's weights. A private copy per worker
+    # keeps clients independent (the read-only client shards may stay shared).
+    _WORKER["task"] = copy.deepcopy(task)
     _WORKER["clients"] = clients
 
 
