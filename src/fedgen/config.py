@@ -54,10 +54,10 @@ class ComponentConfig(_Strict):
 
 
 class StrategyConfig(ComponentConfig):
-    """The server strategy (default FedAvg, 40% of the clients per round)."""
+    """The server strategy (default FedAvg, 40% of clients per round, EMA for sampling)."""
 
     name: str = "fedavg"
-    params: dict[str, Any] = Field(default_factory=lambda: {"fraction": 0.4})
+    params: dict[str, Any] = Field(default_factory=lambda: {"fraction": 0.4, "ema_decay": 0.9})
 
 
 class BackendConfig(ComponentConfig):

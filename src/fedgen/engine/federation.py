@@ -177,8 +177,8 @@ class Federation:
     # -- state ---------------------------------------------------------------
 
     def load_global_into_task(self) -> Task:
-        """Load the current global state into the task (for sampling/evaluation)."""
-        self.task.load_state(self.global_state)
+        """Load the weights to sample with (the global state, or the strategy's average)."""
+        self.task.load_state(self.strategy.evaluation_state(self.global_state))
         return self.task
 
     def state_dict(self) -> dict[str, Any]:

@@ -44,6 +44,10 @@ class Strategy(ABC):
     def apply(self, round: int, global_state: StateDict, aggregate: Aggregate) -> StateDict:
         """The next global state from the current one and the (server-transformed) aggregate."""
 
+    def evaluation_state(self, global_state: StateDict) -> StateDict:
+        """The weights to sample and evaluate with (default: the global state itself)."""
+        return global_state
+
     def state_dict(self) -> dict[str, Any]:
         """The strategy's own state (e.g. server optimizer moments) for checkpoints."""
         return {}

@@ -5,6 +5,7 @@ Reddi et al. 2021 ("Adaptive Federated Optimization", FedAvg with eta_g)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,10 @@ class FedAvg(Strategy):
             needed to aggregate a round.
         server_lr: step size on the mean delta (1.0 is plain FedAvg).
         weighted: weight clients by example count (True) or equally (False).
+        ema_decay: if set, also keep an exponential moving average of the global
+            state over rounds and sample/evaluate with it (Polyak averaging of the
+            server model; for GAN generators see Yazici et al. 2019, "The Unusual
+            Effectiveness of Averaging in GAN Training"). Training is unaffected.
     """
 
     def __init__(
@@ -34,6 +39,7 @@ class FedAvg(Strategy):
         min_clients: int = 2,
         server_lr: float = 1.0,
         weighted: bool = True,
+        ema_decay: float | None = None,
         root_seed: int = 0,
     ) -> None:
         if not 0.0 < fraction <= 1.0:
@@ -45,7 +51,11 @@ class FedAvg(Strategy):
         self.fraction = fraction
         self.min_clients = min_clients
         self.server_lr = server_lr
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ConfigError(f"strategy ema_decay must be in [0, 1) or null, got {ema_decay}")
         self.weighted = weighted
+        self.ema_decay = ema_decay
+        self.ema: StateDict | None = None
         self.root_seed = root_seed
 
     def configure(self, round: int, client_ids: list[int], rng: np.random.Generator) -> RoundPlan:
@@ -97,7 +107,24 @@ class FedAvg(Strategy):
                 new_state[key] = value + step
             else:
                 new_state[key] = value
+        if self.ema_decay is not None:
+            d = self.ema_decay
+            if self.ema is None:
+                self.ema = {k: v.clone() for k, v in global_state.items()}
+            self.ema = {
+                k: d * self.ema[k] + (1 - d) * v if v.is_floating_point() else v.clone()
+                for k, v in new_state.items()
+            }
         return new_state
+
+    def evaluation_state(self, global_state: StateDict) -> StateDict:
+        return self.ema if self.ema is not None else global_state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.ema is None else {"ema": {k: v.clone() for k, v in self.ema.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ema = dict(state["ema"]) if "ema" in state else None
 
 
 def round_half_up(x: float) -> int:

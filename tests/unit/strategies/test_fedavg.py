@@ -59,3 +59,21 @@ def test_bad_parameters_say_what_to_change():
         FedAvg(fraction=0.0)
     with pytest.raises(ConfigError, match="server_lr"):
         FedAvg(server_lr=-1)
+
+
+def test_ema_tracks_the_global_state_and_survives_a_checkpoint():
+    # Prepare: global 0 -> 2 -> 4 with decay 0.5 starting from the initial state 0.
+    strategy = FedAvg(ema_decay=0.5)
+    state = {"w": torch.zeros(1)}
+    for _ in range(2):
+        agg = strategy.aggregate(0, [result(0, 1, [2.0], 0.0), result(1, 1, [2.0], 0.0)])
+        agg.delta.pop("b")
+        state = strategy.apply(0, state, agg)
+    # Assert: ema = 0.5*(0.5*0 + 0.5*2) + 0.5*4 = 2.5; training state untouched.
+    assert torch.equal(state["w"], torch.tensor([4.0]))
+    assert torch.allclose(strategy.evaluation_state(state)["w"], torch.tensor([2.5]))
+    restored = FedAvg(ema_decay=0.5)
+    restored.load_state_dict(strategy.state_dict())
+    assert torch.equal(restored.evaluation_state(state)["w"], strategy.ema["w"])
+    with pytest.raises(ConfigError, match="ema_decay"):
+        FedAvg(ema_decay=1.0)
