@@ -249,7 +249,7 @@ def _summary_section(
         )
         return (
             "<h2>Last recorded round</h2>"
-            '<p class="muted">summary.json is missing; these are the last line of '
+            '<p class="muted">summary.json is missing; these figures are the last line of '
             "metrics.jsonl.</p>"
             f"<table><tr><th>metric</th><th>value</th></tr>{last_rows}</table>"
         )
@@ -307,7 +307,7 @@ def _metrics_section(metrics: list[dict[str, Any]]) -> str:
     for title, keys in SYSTEM_CHARTS:
         present = {key: _points(curves[key]) for key in keys if key in curves}
         if present:
-            charts.append(line_chart(present, title))
+            charts.append(line_chart(present, title, include_zero=True))
 
     parts = ["<h2>Metrics per round</h2>", f'<div class="charts">{"".join(charts)}</div>']
     if failed:

@@ -48,6 +48,7 @@ def line_chart(
     x_label: str = "round",
     width: int = 480,
     height: int = 280,
+    include_zero: bool = False,
 ) -> str:
     """An inline SVG line chart, one colour per series, with axes, ticks and a legend.
 
@@ -56,6 +57,8 @@ def line_chart(
             skipped and break the line there; a series with one point is drawn as a dot.
         title: shown above the plot.
         x_label: shown under the x axis.
+        include_zero: extend the y axis to 0, for counts (bytes, clients) where a dip from
+            6400 to 5760 should not look like a fall to nothing.
 
     Returns:
         An ``<svg>`` element as a string, ready to paste into HTML.
@@ -66,7 +69,9 @@ def line_chart(
     xs = [x for runs in clean.values() for run in runs for x, _ in run]
     ys = [y for runs in clean.values() for run in runs for _, y in run]
 
-    legend_rows = _legend_rows(list(series), width - 24)
+    # A lone series named like the chart needs no legend.
+    legend_names = [] if list(series) == [title] else list(series)
+    legend_rows = _legend_rows(legend_names, width - 24)
     top = 30 + 16 * len(legend_rows)
     bottom, right = 40, 16
     parts = [_svg_open(width, height, title)]
@@ -98,13 +103,26 @@ def line_chart(
         return "".join(parts)
 
     integer_x = all(float(x).is_integer() for x in xs)
-    x_ticks = _nice_ticks(min(xs), max(xs), target=6, integer=integer_x)
-    y_ticks = _nice_ticks(min(ys), max(ys), target=5, integer=False)
+    # The x axis spans exactly the data (rounds 1..20 should not start at round 0); the
+    # y axis widens to round tick values so the curve never touches the frame.
+    x0, x1 = min(xs), max(xs)
+    if x0 == x1:
+        x0, x1 = x0 - 1, x1 + 1
+    x_ticks = [
+        tick
+        for tick in _nice_ticks(x0, x1, target=6, integer=integer_x)
+        if x0 - 1e-9 * (x1 - x0) <= tick <= x1 + 1e-9 * (x1 - x0)
+    ]
+    y_low, y_high = min(ys), max(ys)
+    if include_zero:
+        y_low, y_high = min(y_low, 0.0), max(y_high, 0.0)
+    integer_y = all(float(y).is_integer() for y in ys)  # counts: no "7.5 clients" tick
+    y_ticks = _nice_ticks(y_low, y_high, target=5, integer=integer_y)
     y_tick_labels = _tick_labels(y_ticks)
     x_tick_labels = _tick_labels(x_ticks)
     left = 14 + CHAR_WIDTH * max(len(label) for label in y_tick_labels)
     plot_w, plot_h = width - left - right, height - top - bottom
-    x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
+    y0, y1 = y_ticks[0], y_ticks[-1]
 
     def px(x: float) -> float:
         return left + (x - x0) / (x1 - x0) * plot_w
@@ -317,7 +335,9 @@ def _tick_labels(ticks: list[float]) -> list[str]:
     for tick in ticks:
         value = tick / divisor
         if abs(value) < scaled_step * 1e-6:
-            value = 0.0  # avoid "-0.0" from floating-point residue
+            # Not "-0.0" from floating-point residue, nor "0M".
+            labels.append("0" if suffix else f"{0.0:.{decimals}f}")
+            continue
         labels.append(f"{value:.{decimals}f}{suffix}")
     return labels
 

@@ -22,6 +22,9 @@ def tiny_config(mnist_dir, **overrides):
         "federation.rounds=3",
         "federation.local_steps=2",
         "strategy.params={min_clients: 2}",
+        # The sequential backend unless a test asks for workers: the test's own
+        # monkey-patched tasks and transforms need not be picklable.
+        "backend.name=inprocess",
     ] + [f"{k}={v}" for k, v in overrides.items()]
     return load_config(None, items)
 

@@ -104,3 +104,36 @@ def test_heatmap_rejects_a_matrix_that_does_not_match_its_labels():
 )
 def test_format_number(value, text):
     assert format_number(value) == text
+
+
+def test_counts_can_start_at_zero_and_the_x_axis_spans_only_the_rounds():
+    points = [(1, 6400), (2, 5760), (3, 6400)]
+
+    plain = texts(line_chart({"examples": points}, "examples per round"))
+    from_zero = texts(line_chart({"examples": points}, "examples per round", include_zero=True))
+
+    assert "0" not in plain and "0" in from_zero
+    assert "examples" in plain  # the legend names the series when the title does not
+    x_ticks = {"0", "0.5", "1", "2", "3", "4"} & set(plain)
+    assert x_ticks == {"1", "2", "3"}
+
+
+def test_a_lone_series_named_like_its_chart_has_no_legend():
+    labels = texts(line_chart({"kid": [(1, 0.1), (2, 0.05)]}, "kid"))
+
+    assert labels.count("kid") == 1  # the title only
+
+
+def test_count_axes_use_whole_numbers_and_zero_has_no_unit():
+    labels = texts(
+        line_chart(
+            {"clients": [(1, 10), (2, 10)], "failures": [(1, 0), (2, 1)]},
+            "clients per round",
+            include_zero=True,
+        )
+    )
+    big = texts(line_chart({"bytes_up": [(1, 2.3e7)]}, "bytes", include_zero=True))
+
+    assert {"0", "2", "4", "6", "8", "10"} <= set(labels)
+    assert not any("." in label for label in labels)
+    assert "0" in big and "0M" not in big
