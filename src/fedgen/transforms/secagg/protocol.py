@@ -1,0 +1,251 @@
+"""One round of secure aggregation, run end to end: what the round loop calls.
+
+``secure_aggregate`` plays every client's half (``SecAggClient``) and the
+server's half (``SecAggServer``) of SecAgg (Bonawitz et al. 2017) or SecAgg+
+(Bell et al. 2020) in one process, passing only messages between them through
+a byte-counting ``Channel``: the server object receives public keys,
+ciphertexts, masked vectors and revealed shares, never a client or an update.
+
+Weighted FedAvg: each client sends ``[w_u / W * x_u / clip, w_u / W]``, its
+update scaled by its normalised weight, plus the weight as one extra
+coordinate; the sum of survivors then gives both the weighted sum and the
+weight sum. ``W`` is a public bound on the weights (the largest weight of the
+round by default: in fedgen the example counts are already public), so every
+coordinate lies in [-1, 1] before fixed-point encoding.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from fedgen.seeding import numpy_rng
+from fedgen.transforms.secagg.channel import PHASES, Channel
+from fedgen.transforms.secagg.client import SecAggClient
+from fedgen.transforms.secagg.config import SecAggConfig, SecAggPlan
+from fedgen.transforms.secagg.errors import SecAggConfigError, SecAggError
+from fedgen.transforms.secagg.fixed_point import decode_sum, rounding_error_bound
+from fedgen.transforms.secagg.graph import neighbour_graph
+from fedgen.transforms.secagg.keys import Entropy
+from fedgen.transforms.secagg.server import SecAggServer
+from fedgen.types import StateDict
+
+T = TypeVar("T")
+
+
+@dataclass
+class SecureSum:
+    """The unmasked result of a secure-aggregation round and what it cost.
+
+    ``weighted_sum`` is the sum over survivors of ``weight * update``;
+    ``max_abs_error`` bounds the fixed-point error of each of its coordinates
+    (clipping aside: ``clipped`` counts clipped coordinates over survivors).
+    Bytes and seconds are per phase, summed over clients.
+    """
+
+    weighted_sum: StateDict
+    weight_sum: float
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    plan: SecAggPlan
+    max_abs_error: float
+    clipped: int
+    bytes_up: dict[str, int] = field(default_factory=dict)
+    bytes_down: dict[str, int] = field(default_factory=dict)
+    client_seconds: dict[str, float] = field(default_factory=dict)
+    server_seconds: dict[str, float] = field(default_factory=dict)
+
+    def mean(self) -> StateDict:
+        """The weighted mean ``weighted_sum / weight_sum`` (FedAvg's aggregate)."""
+        return {k: v / self.weight_sum for k, v in self.weighted_sum.items()}
+
+    def metrics(self) -> dict[str, float]:
+        """Flat figures for a round's metrics: bytes, seconds, survivors."""
+        n = self.plan.num_clients
+        return {
+            "survivors": float(len(self.survivors)),
+            "dropped": float(len(self.dropped)),
+            "bytes_up_per_client": sum(self.bytes_up.values()) / n,
+            "bytes_down_per_client": sum(self.bytes_down.values()) / n,
+            "client_seconds_per_client": sum(self.client_seconds.values()) / n,
+            "server_seconds": sum(self.server_seconds.values()),
+            "max_abs_error": self.max_abs_error,
+            "clipped": float(self.clipped),
+        }
+
+
+def simulate_dropouts(
+    client_ids: Collection[int], rate: float, seed: int, round: int
+) -> tuple[int, ...]:
+    """``round(rate * n)`` clients, drawn from the round's seed, that drop after sharing keys."""
+    ids = sorted(client_ids)
+    count = round_half_up(rate * len(ids))
+    order = numpy_rng(seed, "secagg", "dropouts", round).permutation(len(ids))
+    return tuple(sorted(ids[i] for i in order[:count]))
+
+
+def round_half_up(x: float) -> int:
+    return math.floor(x + 0.5)
+
+
+def _flatten(
+    updates: Mapping[int, StateDict],
+) -> tuple[list[str], list[torch.Size], dict[int, np.ndarray]]:
+    first = next(iter(updates.values()))
+    names = list(first)
+    shapes = [first[k].shape for k in names]
+    flat = {}
+    for cid, upd in updates.items():
+        if list(upd) != names or any(upd[k].shape != s for k, s in zip(names, shapes, strict=True)):
+            raise SecAggError(
+                f"client {cid}'s update has other tensors or shapes than client "
+                f"{next(iter(updates))}'s; every update of a round must match the global state"
+            )
+        vec = torch.cat([upd[k].detach().reshape(-1).double() for k in names]).numpy()
+        if not np.isfinite(vec).all():
+            raise SecAggError(f"client {cid}'s update holds NaN or Inf; reject it before secagg")
+        flat[cid] = vec
+    return names, shapes, flat
+
+
+def _unflatten(vec: np.ndarray, names: list[str], shapes: list[torch.Size]) -> StateDict:
+    # float64, like FedAvg's aggregate: a float32 cast would add error beyond the fixed-point bound.
+    out, start = {}, 0
+    for name, shape in zip(names, shapes, strict=True):
+        size = math.prod(shape)
+        out[name] = torch.from_numpy(vec[start : start + size].copy()).reshape(shape)
+        start += size
+    return out
+
+
+def secure_aggregate(
+    updates: Mapping[int, StateDict],
+    weights: Mapping[int, float],
+    *,
+    config: SecAggConfig,
+    seed: int,
+    round: int,
+    drop_after_sharing: Collection[int] = (),
+    weight_bound: float | None = None,
+    channel: Channel | None = None,
+    entropy: Entropy = os.urandom,
+) -> SecureSum:
+    """Run one round of SecAgg/SecAgg+ over ``updates`` and return the unmasked weighted sum.
+
+    Args:
+        updates: client id (>= 0) -> update (same tensor names and shapes for all).
+        weights: client id -> weight > 0 (e.g. example count).
+        config: the secure-aggregation configuration.
+        seed: root seed; rounding and the SecAgg+ graph derive from it.
+        round: the round number; every key, share and message is bound to it.
+        drop_after_sharing: clients that share keys, then send no masked input.
+        weight_bound: public bound ``W`` on the weights; default: the largest weight.
+        channel: the wire (counts bytes; tests pass one that tampers).
+        entropy: key material source; ``os.urandom`` except in reproducible tests.
+
+    Raises:
+        SecAggRoundFailedError: too few clients survived to remove the masks.
+        ShareTamperedError: a share or ciphertext was altered, swapped or replayed.
+        SecAggConfigError: the configuration is unsound for this round.
+    """
+    ids = sorted(updates)
+    if not ids or set(weights) != set(ids):
+        raise SecAggConfigError(
+            "updates and weights must name the same, non-empty set of clients; "
+            f"got {sorted(updates)} and {sorted(weights)}"
+        )
+    if any(not (math.isfinite(w) and w > 0) for w in weights.values()):
+        raise SecAggConfigError(f"weights must be finite and > 0, got {dict(weights)}")
+    unknown = set(drop_after_sharing) - set(ids)
+    if unknown:
+        raise SecAggConfigError(f"drop_after_sharing names clients {sorted(unknown)} not in round")
+    plan = config.plan(len(ids))
+    bound = max(weights.values()) if weight_bound is None else float(weight_bound)
+    if max(weights.values()) > bound:
+        raise SecAggConfigError(f"weight_bound {bound} is below the largest weight")
+    names, shapes, flat = _flatten(updates)
+    length = sum(math.prod(s) for s in shapes) + 1
+    channel = channel or Channel()
+    client_s: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+    server_s: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+
+    graph = neighbour_graph(ids, plan.neighbours, seed, round)
+    server = SecAggServer(
+        round, plan, graph, length, threshold_hint=f"lower threshold (now {config.threshold:.3g})"
+    )
+    clients = {
+        cid: SecAggClient(
+            cid,
+            round,
+            plan,
+            config.rounding,
+            numpy_rng(seed, "secagg", "rounding", round, cid),
+            entropy,
+        )
+        for cid in ids
+    }
+
+    def timed(bucket: dict[str, float], phase: str, fn: Callable[..., T], *args: Any) -> T:
+        t0 = time.perf_counter()
+        out = fn(*args)
+        bucket[phase] += time.perf_counter() - t0
+        return out
+
+    phase = "advertise_keys"
+    adverts = [
+        channel.upload(phase, timed(client_s, phase, c.advertise_keys)) for c in clients.values()
+    ]
+    directories = timed(server_s, phase, server.collect_keys, adverts)
+    phase = "share_keys"
+    sent = []
+    for cid, directory in directories.items():
+        received = channel.download("advertise_keys", directory)
+        for msg in timed(client_s, phase, clients[cid].share_keys, received):
+            sent.append(channel.upload(phase, msg))
+    inboxes = timed(server_s, phase, server.route_shares, sent)
+    phase = "masked_input"
+    dropped = set(drop_after_sharing)
+    masked = []
+    for cid, inbox in inboxes.items():
+        delivered = [channel.download("share_keys", m) for m in inbox]
+        if cid in dropped:
+            continue
+        w = weights[cid] / bound
+        values = np.append(flat[cid] * (w / config.clip), w)
+        masked.append(
+            channel.upload(
+                phase, timed(client_s, phase, clients[cid].masked_input, delivered, values)
+            )
+        )
+    requests = timed(server_s, phase, server.collect_masked, masked)
+    phase = "unmasking"
+    responses = []
+    for cid, request in requests.items():
+        asked = channel.download(phase, request)
+        responses.append(channel.upload(phase, timed(client_s, phase, clients[cid].unmask, asked)))
+    total = timed(server_s, phase, server.unmask, responses)
+
+    survivors = tuple(sorted(server.masked))
+    decoded = decode_sum(total, plan.levels, plan.modulus_bits)
+    weighted = decoded[:-1] * (config.clip * bound)
+    per_client = rounding_error_bound(plan.levels, config.rounding)
+    return SecureSum(
+        weighted_sum=_unflatten(weighted, names, shapes),
+        weight_sum=float(decoded[-1] * bound),
+        survivors=survivors,
+        dropped=tuple(sorted(set(ids) - set(survivors))),
+        plan=plan,
+        max_abs_error=len(survivors) * per_client * config.clip * bound,
+        clipped=sum(clients[c].clipped for c in survivors),
+        bytes_up=dict(channel.bytes_up),
+        bytes_down=dict(channel.bytes_down),
+        client_seconds=client_s,
+        server_seconds=server_s,
+    )
