@@ -65,6 +65,7 @@ BACKENDS: Registry[type] = Registry("backend")
 _BUILTINS = (
     "fedgen.data.sources",
     "fedgen.data.partition",
+    "fedgen.data.class_drop",
     "fedgen.tasks",
     "fedgen.strategies",
     "fedgen.transforms",

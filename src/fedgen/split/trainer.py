@@ -1,0 +1,212 @@
+"""One training iteration of a U-shaped split conditional GAN over many clients.
+
+HuSCF-GAN (Tawfilis et al. 2025, arXiv 2507.12979), as its public code's
+``train_step`` does it: every client generates a batch of fakes (generator
+split between client and server), the discriminator is trained on the fakes
+(detached) then on the real batch, one optimizer step; then the generator is
+trained through the discriminator with the non-saturating loss. Losses are
+binary cross-entropy on the client; Adam (2e-4, betas (0.5, 0.999)) on every
+client's head/tail and on the server's blocks. Only activations and their
+gradients cross the ``Channel``; a client that drops out mid-iteration is
+reported in ``failures`` and the iteration goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedgen.errors import ConfigError
+from fedgen.split.cut import Cut
+from fedgen.split.messages import Channel
+from fedgen.split.protocol import SplitPass
+from fedgen.split.segments import ClientSegments, ServerSegments
+
+
+@dataclass
+class IterationResult:
+    """What one iteration produced (losses are means over the clients that finished)."""
+
+    d_loss_real: float
+    d_loss_fake: float
+    g_loss: float
+    clients: list[int]
+    failures: dict[int, str] = field(default_factory=dict)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    seconds: float = 0.0
+    #: Server-side output of ``capture_block`` of the discriminator on each real batch.
+    features: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def _adam(module: nn.Module, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+    return torch.optim.Adam(module.parameters(), lr=lr, betas=betas)
+
+
+class UShapedGanTrainer:
+    """Per-client heads/tails of G and D, one server middle of each, trained together.
+
+    Args:
+        generator_blocks: G1..Gn; block 0 takes ``(z, labels)``.
+        discriminator_blocks: D1..Dm; block 0 takes ``(images in [-1, 1], labels)``,
+            the last block returns P(real) of shape ``(B, 1)``.
+        generator_cuts / discriminator_cuts: one ``Cut`` per client id.
+        latent_dim: size of z.
+        capture_block: discriminator block whose server output on the real batch is
+            returned in ``IterationResult.features`` (HuSCF-GAN clusters on D3).
+    """
+
+    def __init__(
+        self,
+        generator_blocks: Sequence[nn.Module],
+        discriminator_blocks: Sequence[nn.Module],
+        generator_cuts: Mapping[int, Cut],
+        discriminator_cuts: Mapping[int, Cut],
+        latent_dim: int,
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.5, 0.999),
+        channel: Channel | None = None,
+        capture_block: int | None = None,
+    ) -> None:
+        if set(generator_cuts) != set(discriminator_cuts):
+            raise ConfigError(
+                "generator_cuts and discriminator_cuts must name the same clients; "
+                f"got {sorted(generator_cuts)} and {sorted(discriminator_cuts)}"
+            )
+        self.client_ids = sorted(generator_cuts)
+        self.latent_dim = latent_dim
+        self.channel = channel or Channel()
+        # Every client starts from the same weights (one template), as after FedAvg.
+        self.gen_clients = {
+            c: ClientSegments(generator_blocks, generator_cuts[c], "generator")
+            for c in self.client_ids
+        }
+        self.disc_clients = {
+            c: ClientSegments(discriminator_blocks, discriminator_cuts[c], "discriminator")
+            for c in self.client_ids
+        }
+        self.gen_server = ServerSegments(generator_blocks, generator_cuts, "generator")
+        self.disc_server = ServerSegments(discriminator_blocks, discriminator_cuts, "discriminator")
+        self.disc_server.capture_block = capture_block
+        self.gen_opts = {c: _adam(m, lr, betas) for c, m in self.gen_clients.items()}
+        self.disc_opts = {c: _adam(m, lr, betas) for c, m in self.disc_clients.items()}
+        self.gen_server_opt = _adam(self.gen_server, lr, betas)
+        self.disc_server_opt = _adam(self.disc_server, lr, betas)
+
+    def _pass(self, name: str) -> SplitPass:
+        if name == "generator":
+            return SplitPass(name, self.gen_clients, self.gen_server, self.channel)
+        return SplitPass(name, self.disc_clients, self.disc_server, self.channel)
+
+    def step(
+        self,
+        batches: Mapping[int, tuple[torch.Tensor, torch.Tensor]],
+        generator: torch.Generator,
+    ) -> IterationResult:
+        """One iteration on ``{client: (real images in [-1, 1] (B,1,28,28), labels (B,))}``.
+
+        Clients absent from ``batches`` sit this iteration out; clients that drop
+        out mid-iteration are listed in ``failures`` and their optimizers do not step.
+        """
+        t0 = time.perf_counter()
+        up0, down0 = self.channel.bytes_up, self.channel.bytes_down
+        unknown = set(batches) - set(self.client_ids)
+        if unknown:
+            raise ConfigError(f"batches for unknown clients {sorted(unknown)}")
+        failures: dict[int, str] = {}
+        active = sorted(batches)
+        for c in active:
+            self.disc_opts[c].zero_grad()
+        self.disc_server_opt.zero_grad()
+
+        # --- generator forward: z and labels never leave the client ---
+        gen = self._pass("generator")
+        z = {
+            c: torch.randn(batches[c][1].shape[0], self.latent_dim, generator=generator)
+            for c in active
+        }
+        fakes = gen.forward({c: (z[c], batches[c][1]) for c in active})
+        failures.update(gen.failures)
+
+        def discriminate(
+            images: Mapping[int, torch.Tensor], target: float
+        ) -> tuple[SplitPass, dict[int, torch.Tensor]]:
+            p = self._pass("discriminator")
+            alive = [c for c in images if c not in failures]
+            probs = p.forward({c: (images[c], batches[c][1]) for c in alive})
+            failures.update(p.failures)
+            losses = {
+                c: F.binary_cross_entropy(prob, torch.full_like(prob, target))
+                for c, prob in probs.items()
+            }
+            if losses:
+                torch.stack(list(losses.values())).sum().backward()
+            p.backward()
+            failures.update(p.failures)
+            return p, losses
+
+        # --- discriminator step: fakes (detached), then the real batch ---
+        _, loss_fake = discriminate({c: f.detach() for c, f in fakes.items()}, 0.0)
+        _, loss_real = discriminate({c: batches[c][0] for c in fakes}, 1.0)
+        features = dict(self.disc_server.captured)
+        ok = [c for c in active if c not in failures]
+        if ok:
+            self.disc_server_opt.step()
+        for c in ok:
+            self.disc_opts[c].step()
+
+        # --- generator step: non-saturating loss through the discriminator ---
+        for c in active:
+            self.gen_opts[c].zero_grad()
+        self.gen_server_opt.zero_grad()
+        _, loss_gen = discriminate({c: f for c, f in fakes.items() if c not in failures}, 1.0)
+        gen.backward()
+        failures.update(gen.failures)
+        ok = [c for c in active if c not in failures]
+        if ok:
+            self.gen_server_opt.step()
+        for c in ok:
+            self.gen_opts[c].step()
+        for c in failures:
+            # A client that left keeps its weights; its partial gradients are dropped.
+            self.gen_opts[c].zero_grad()
+            self.disc_opts[c].zero_grad()
+
+        def mean(losses: dict[int, torch.Tensor]) -> float:
+            vals = [float(v.detach()) for c, v in losses.items() if c in ok]
+            return sum(vals) / len(vals) if vals else float("nan")
+
+        return IterationResult(
+            d_loss_real=mean(loss_real),
+            d_loss_fake=mean(loss_fake),
+            g_loss=mean(loss_gen),
+            clients=ok,
+            failures=failures,
+            bytes_up=self.channel.bytes_up - up0,
+            bytes_down=self.channel.bytes_down - down0,
+            seconds=time.perf_counter() - t0,
+            features={c: f for c, f in features.items() if c in ok},
+        )
+
+    @torch.no_grad()
+    def sample(
+        self, client_id: int, labels: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Images in [-1, 1] from ``client_id``'s head/tail and the server's middle (eval mode)."""
+        modules = [self.gen_clients[client_id], self.gen_server]
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        try:
+            z = torch.randn(labels.shape[0], self.latent_dim, generator=generator)
+            h = self.gen_clients[client_id].forward_head(z, labels)
+            h = self.gen_server({client_id: h})[client_id]
+            return self.gen_clients[client_id].forward_tail(h)
+        finally:
+            for m, mode in zip(modules, modes, strict=True):
+                m.train(mode)

@@ -1,0 +1,208 @@
+"""KLD-weighted clustered aggregation of split models (HuSCF-GAN's aggregation).
+
+Tawfilis, Amer, El-Aasser and Elshabrawy 2025, "HuSCF-GAN" (arXiv
+2507.12979), as the public code (``HuSCFGAN.py``) does it. Once per round,
+from the third round on (rounds 0 and 1 are plain FedAvg):
+
+1. each client's server-side D3 activations on a real batch ``(B, C, H, W)``
+   are averaged over the batch; the flattened means are clustered by k-means
+   (k = number of domains, given: an oracle; or chosen by silhouette);
+2. client ``j``'s weight is ``n_j * exp(-KLD_j)``, normalised, where ``KLD_j``
+   compares ``P_j``, the per-channel spatial softmax of ``j``'s mean activation,
+   with ``Q_j``, the mean of the other clients' ``P``. The code calls
+   ``F.kl_div(log P_j, Q_j, reduction="batchmean")``, which is ``KL(Q_j || P_j)``
+   divided by the channel count (its comment says ``KL(P || global)``); this
+   module reproduces that;
+3. each client's view of the whole network (its head and tail plus the
+   server's middle) is averaged within its cluster with within-cluster KLD
+   weights (heads and tails load from there), and over all clients with
+   global KLD weights (the server's blocks load from there).
+
+Everything here is a pure function of tensors, plus ``KldClusteredAggregator``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
+
+from fedgen.errors import ConfigError
+from fedgen.types import StateDict
+
+
+def cluster_features(activations: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(C*H*W,)``: the batch mean, flattened (the k-means input)."""
+    return activations.detach().flatten(start_dim=1).mean(dim=0)
+
+
+def spatial_softmax(activations: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(C, H*W)``: softmax over positions of the batch-mean map."""
+    return F.softmax(activations.detach().flatten(start_dim=2).mean(dim=0).float(), dim=1)
+
+
+def kld_to_others(probs: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
+    """``(N, C, S)`` per-client distributions -> ``(N,)`` as the code: ``KL(Q_j || P_j) / C``.
+
+    ``Q_j`` is the mean of the other clients' ``P``; ``eps`` is added to both
+    before the logarithm. A single client has no others: its score is 0.
+    """
+    n, c = probs.shape[0], probs.shape[1]
+    if n < 2:
+        return torch.zeros(n, dtype=torch.float64)
+    p = probs.double()
+    q = (p.sum(dim=0, keepdim=True) - p) / (n - 1)
+    p_safe, q_safe = p + eps, q + eps
+    return (q_safe * (q_safe.log() - p_safe.log())).sum(dim=(1, 2)) / c
+
+
+def kld_weights(num_examples: torch.Tensor, kld: torch.Tensor) -> torch.Tensor:
+    """``n_j * exp(-KLD_j)`` normalised to sum to 1."""
+    w = num_examples.double() * torch.exp(-kld.double())
+    total = w.sum()
+    if not total > 0:
+        raise ConfigError("every client has weight 0; give clients with examples")
+    return w / total
+
+
+def kmeans_clusters(features: np.ndarray, k: int, seed: int = 42) -> np.ndarray:
+    """k-means labels ``(N,)`` of ``features (N, F)`` (scikit-learn, ``n_init=10`` as the code)."""
+    n = len(features)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"number of clusters {k!r}: use an integer >= 1")
+    if k > n:
+        raise ConfigError(
+            f"{k} clusters but only {n} clients; use at most {n} clusters "
+            "(or let silhouette choose k)"
+        )
+    if k == 1:
+        return np.zeros(n, dtype=np.int64)
+    return KMeans(n_clusters=k, random_state=seed, n_init=10).fit_predict(features).astype(np.int64)
+
+
+def silhouette_clusters(
+    features: np.ndarray, k_max: int, min_silhouette: float = 0.25, seed: int = 42
+) -> np.ndarray:
+    """k-means with the k in ``2..k_max`` of best silhouette; one cluster if none reaches
+    ``min_silhouette`` (no oracle number of domains)."""
+    n = len(features)
+    if k_max < 1:
+        raise ConfigError(f"k_max={k_max}: use >= 1")
+    if k_max > n:
+        raise ConfigError(f"k_max={k_max} but only {n} clients; use k_max <= {n}")
+    best_labels, best_score = np.zeros(n, dtype=np.int64), -np.inf
+    for k in range(2, min(k_max, n - 1) + 1):
+        labels = kmeans_clusters(features, k, seed)
+        if len(np.unique(labels)) < 2:
+            continue
+        score = float(silhouette_score(features, labels))
+        if score > best_score:
+            best_labels, best_score = labels, score
+    return best_labels if best_score >= min_silhouette else np.zeros(n, dtype=np.int64)
+
+
+def weighted_average(states: Sequence[StateDict], weights: torch.Tensor) -> StateDict:
+    """``sum_j w_j * state_j`` for float tensors; integer counters take the max."""
+    if len(states) != len(weights) or not states:
+        raise ConfigError(f"{len(states)} states but {len(weights)} weights")
+    out: StateDict = {}
+    for key, first in states[0].items():
+        if first.is_floating_point():
+            acc = sum(w * s[key].double() for w, s in zip(weights.tolist(), states, strict=True))
+            out[key] = torch.as_tensor(acc).to(first.dtype)
+        else:
+            out[key] = torch.stack([s[key] for s in states]).amax(dim=0)
+    return out
+
+
+@dataclass
+class ClusteredAggregate:
+    """Cluster of each client, the state each cluster's heads/tails load, the server's state."""
+
+    cluster_of: dict[int, int]
+    cluster_states: dict[int, StateDict]
+    server_state: StateDict
+    cluster_weights: dict[int, float]
+    global_weights: dict[int, float]
+
+
+class KldClusteredAggregator:
+    """HuSCF-GAN's aggregation (module docstring), with an oracle or silhouette-chosen k.
+
+    Args:
+        num_clusters: k (the number of domains, an oracle); ``None`` chooses k by
+            silhouette in ``2..k_max`` (one cluster below ``min_silhouette``).
+        plain_rounds: rounds ``0 .. plain_rounds-1`` are plain FedAvg (2 in the code).
+    """
+
+    def __init__(
+        self,
+        num_clusters: int | None,
+        k_max: int = 4,
+        min_silhouette: float = 0.25,
+        plain_rounds: int = 2,
+        seed: int = 42,
+    ) -> None:
+        if num_clusters is not None and (not isinstance(num_clusters, int) or num_clusters < 1):
+            raise ConfigError(f"num_clusters={num_clusters!r}: use an integer >= 1 or null")
+        self.num_clusters = num_clusters
+        self.k_max = k_max
+        self.min_silhouette = min_silhouette
+        self.plain_rounds = plain_rounds
+        self.seed = seed
+
+    def aggregate(
+        self,
+        round: int,
+        views: Mapping[int, StateDict],
+        num_examples: Mapping[int, int],
+        activations: Mapping[int, torch.Tensor] | None = None,
+    ) -> ClusteredAggregate:
+        """Aggregate each client's full-network ``view`` (same keys for all clients).
+
+        ``activations[j]`` is client ``j``'s server-side D3 output ``(B, C, H, W)``
+        on a real batch; needed from round ``plain_rounds`` on.
+        """
+        ids = sorted(views)
+        if not ids:
+            raise ConfigError("no client views to aggregate")
+        n = torch.tensor([float(num_examples[j]) for j in ids], dtype=torch.float64)
+        states = [views[j] for j in ids]
+        if round < self.plain_rounds:
+            w = n / n.sum()
+            avg = weighted_average(states, w)
+            weights = dict(zip(ids, w.tolist(), strict=True))
+            return ClusteredAggregate({j: 0 for j in ids}, {0: avg}, avg, weights, weights)
+        if activations is None or set(activations) != set(ids):
+            raise ConfigError("clustered rounds need every client's D3 activations")
+        acts = [activations[j] for j in ids]
+        feats = torch.stack([cluster_features(a) for a in acts]).double().numpy()
+        if self.num_clusters is None:
+            labels = silhouette_clusters(
+                feats, min(self.k_max, len(ids)), self.min_silhouette, self.seed
+            )
+        else:
+            labels = kmeans_clusters(feats, self.num_clusters, self.seed)
+        probs = torch.stack([spatial_softmax(a) for a in acts])
+        global_w = kld_weights(n, kld_to_others(probs))
+        server_state = weighted_average(states, global_w)
+        cluster_states: dict[int, StateDict] = {}
+        cluster_w: dict[int, float] = {}
+        for label in np.unique(labels).tolist():
+            members = np.flatnonzero(labels == label)
+            idx = torch.as_tensor(members)
+            w = kld_weights(n[idx], kld_to_others(probs[idx]))
+            cluster_states[int(label)] = weighted_average([states[i] for i in members], w)
+            cluster_w.update({ids[i]: float(wi) for i, wi in zip(members, w.tolist(), strict=True)})
+        return ClusteredAggregate(
+            {j: int(label) for j, label in zip(ids, labels.tolist(), strict=True)},
+            cluster_states,
+            server_state,
+            cluster_w,
+            dict(zip(ids, global_w.tolist(), strict=True)),
+        )

@@ -1,0 +1,118 @@
+"""KLD-weighted clustered aggregation against hand-computed numbers and the code's formula."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedgen.errors import ConfigError
+from fedgen.strategies.clustered import (
+    KldClusteredAggregator,
+    cluster_features,
+    kld_to_others,
+    kld_weights,
+    kmeans_clusters,
+    silhouette_clusters,
+    spatial_softmax,
+    weighted_average,
+)
+
+# One channel, two positions: client A's mean map is (0, 0), client B's is (ln 3, 0),
+# so P_A = (.5, .5) and P_B = (.75, .25).
+ACT_A = torch.tensor([[[[0.0, 0.0]]]])
+ACT_B = torch.tensor([[[[math.log(3.0), 0.0]]]])
+KL_Q_P_A = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # KL(P_B || P_A) = 0.130812
+KL_Q_P_B = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)  # KL(P_A || P_B) = 0.143841
+
+
+def test_kld_is_kl_of_others_to_own_hand_computed() -> None:
+    # Prepare
+    probs = torch.stack([spatial_softmax(ACT_A), spatial_softmax(ACT_B)])
+    # Execute
+    kld = kld_to_others(probs)
+    # Assert: KL(Q || P), not KL(P || Q) (the two differ: 0.1308 vs 0.1438).
+    assert kld.tolist() == pytest.approx([KL_Q_P_A, KL_Q_P_B], abs=1e-7)
+    assert kld_to_others(probs[:1]).tolist() == [0.0]
+
+
+def test_kld_matches_the_public_codes_kl_div_call() -> None:
+    # Prepare: 4 clients, 3 channels, 5 positions.
+    probs = torch.softmax(torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(0)), dim=2)
+    # Execute
+    ours = kld_to_others(probs)
+    # Assert: F.kl_div(log(P + eps), Q + eps, reduction="batchmean") as in HuSCFGAN.py.
+    for i in range(4):
+        q = (probs.sum(0) - probs[i]) / 3
+        ref = F.kl_div((probs[i] + 1e-9).log(), q + 1e-9, reduction="batchmean")
+        assert float(ours[i]) == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_weights_hand_computed() -> None:
+    w = kld_weights(torch.tensor([100.0, 200.0]), torch.tensor([KL_Q_P_A, KL_Q_P_B]))
+    assert w.tolist() == pytest.approx([0.336235, 0.663765], abs=1e-6)
+    with pytest.raises(ConfigError):
+        kld_weights(torch.zeros(2), torch.zeros(2))
+
+
+def test_features_and_weighted_average() -> None:
+    acts = torch.arange(8.0).view(2, 1, 2, 2)  # batch mean: (2, 3, 4, 5)
+    assert cluster_features(acts).tolist() == [2.0, 3.0, 4.0, 5.0]
+    states = [
+        {"w": torch.tensor([1.0]), "n": torch.tensor(3)},
+        {"w": torch.tensor([3.0]), "n": torch.tensor(5)},
+    ]
+    avg = weighted_average(states, torch.tensor([0.25, 0.75], dtype=torch.float64))
+    assert avg["w"].tolist() == [2.5] and avg["n"].item() == 5 and avg["w"].dtype == torch.float32
+
+
+def _two_groups(n_per: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return np.concatenate([rng.normal(0, 0.1, (n_per, 6)), rng.normal(5, 0.1, (n_per, 6))])
+
+
+def test_kmeans_and_more_clusters_than_clients() -> None:
+    labels = kmeans_clusters(_two_groups(), 2)
+    assert len(set(labels[:3])) == 1 and len(set(labels[3:])) == 1 and labels[0] != labels[3]
+    with pytest.raises(ConfigError, match="7 clusters but only 6 clients"):
+        kmeans_clusters(_two_groups(), 7)
+    with pytest.raises(ConfigError):
+        KldClusteredAggregator(num_clusters=0)
+
+
+def test_silhouette_finds_two_groups_and_falls_back_to_one() -> None:
+    labels = silhouette_clusters(_two_groups(), k_max=4)
+    assert len(np.unique(labels)) == 2 and labels[0] != labels[3]
+    noise = np.random.default_rng(1).uniform(size=(8, 6))
+    assert silhouette_clusters(noise, k_max=4, min_silhouette=0.9).tolist() == [0] * 8
+    with pytest.raises(ConfigError, match="k_max"):
+        silhouette_clusters(noise, k_max=9)
+
+
+def test_aggregator_plain_rounds_then_clusters() -> None:
+    # Prepare: 4 clients; 0, 1 look like A, 2, 3 like B; view weight = client id.
+    views = {j: {"w": torch.tensor([float(j)])} for j in range(4)}
+    sizes = {0: 100, 1: 200, 2: 100, 3: 300}
+    acts = {0: ACT_A, 1: ACT_A * 1.01, 2: ACT_B, 3: ACT_B * 1.01}
+    agg = KldClusteredAggregator(num_clusters=2)
+    # Execute
+    plain = agg.aggregate(1, views, sizes)
+    clustered = agg.aggregate(2, views, sizes, acts)
+    auto = KldClusteredAggregator(num_clusters=None, min_silhouette=0.5).aggregate(
+        2, views, sizes, acts
+    )
+    # Assert: round 1 is FedAvg: (0*100 + 1*200 + 2*100 + 3*300) / 700.
+    assert plain.server_state["w"].item() == pytest.approx(1300 / 700)
+    assert plain.cluster_of == {j: 0 for j in range(4)}
+    c = clustered.cluster_of
+    assert c[0] == c[1] != c[2] == c[3]
+    assert auto.cluster_of[0] == auto.cluster_of[1] != auto.cluster_of[2]
+    assert sum(clustered.global_weights.values()) == pytest.approx(1.0)
+    w0, w1 = clustered.cluster_weights[0], clustered.cluster_weights[1]
+    assert w0 + w1 == pytest.approx(1.0) and w1 > w0  # larger client, near-equal KLD
+    assert clustered.cluster_states[c[0]]["w"].item() == pytest.approx(w1, rel=1e-6)
+    with pytest.raises(ConfigError, match="activations"):
+        agg.aggregate(2, views, sizes)
