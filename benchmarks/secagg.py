@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from fedgen.report.results_table import machine_description
 from fedgen.tasks.gan import ConditionalGan, GanParams
 from fedgen.transforms.secagg import (
     SecAggConfig,
@@ -57,18 +57,6 @@ ANCHOR = (
     "2^20-dimensional vectors of 16-bit inputs; 1.98x for 2^14 users and 2^24 dimensions, "
     "over sending data in the clear."
 )
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return (
-        f"{cpu}, {torch.get_num_threads()} torch thread, Python {platform.python_version()}, "
-        f"torch {torch.__version__}"
-    )
 
 
 def model_updates(n: int, seed: int) -> dict[int, dict[str, torch.Tensor]]:
@@ -117,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     with args.out.open("w") as f:
         f.write(
             "# Secure aggregation: bytes and seconds per round\n\n"
-            f"- machine: {machine()}\n"
+            f"- machine: {machine_description()}\n"
             f"- command: `{' '.join(['.venv/bin/python', *sys.argv])}`\n"
             f"- date: {dt.datetime.now().isoformat(timespec='seconds')}\n"
             f"- model vector: {numel} float32 parameters (cGAN, generator_width 8, "
