@@ -75,6 +75,20 @@ def _check_alpha(alpha: float, name: str) -> None:
         )
 
 
+def _check_min_size(min_size: int, name: str) -> None:
+    if min_size < 0:
+        raise ConfigError(f"{name} min_size is {min_size}; use 0 or more")
+
+
+def _check_enough_examples(min_size: int, num_clients: int, available: int, name: str) -> None:
+    if min_size * num_clients > available:
+        raise ConfigError(
+            f"{name} min_size={min_size} for {num_clients} clients needs "
+            f"{min_size * num_clients} examples but there are {available}; lower min_size "
+            "or use fewer clients"
+        )
+
+
 @PARTITIONERS.register("iid")
 @dataclass(frozen=True)
 class IIDPartitioner(Partitioner):
@@ -113,8 +127,7 @@ class DirichletPartitioner(Partitioner):
 
     def __post_init__(self) -> None:
         _check_alpha(self.alpha, "dirichlet")
-        if self.min_size < 0:
-            raise ConfigError(f"dirichlet min_size is {self.min_size}; use 0 or more")
+        _check_min_size(self.min_size, "dirichlet")
         if self.max_tries < 1:
             raise ConfigError(f"dirichlet max_tries is {self.max_tries}; use 1 or more")
 
@@ -125,12 +138,7 @@ class DirichletPartitioner(Partitioner):
         rng: np.random.Generator,
         domains: np.ndarray | None,
     ) -> list[np.ndarray]:
-        if self.min_size * num_clients > len(labels):
-            raise ConfigError(
-                f"dirichlet min_size={self.min_size} for {num_clients} clients "
-                f"needs {self.min_size * num_clients} examples but there are "
-                f"{len(labels)}; lower min_size or use fewer clients"
-            )
+        _check_enough_examples(self.min_size, num_clients, len(labels), "dirichlet")
         by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
         smallest = 0
         for _ in range(self.max_tries):
@@ -269,8 +277,7 @@ class QuantitySkewPartitioner(Partitioner):
 
     def __post_init__(self) -> None:
         _check_alpha(self.alpha, "quantity")
-        if self.min_size < 0:
-            raise ConfigError(f"quantity min_size is {self.min_size}; use 0 or more")
+        _check_min_size(self.min_size, "quantity")
 
     def _split(
         self,
@@ -279,13 +286,8 @@ class QuantitySkewPartitioner(Partitioner):
         rng: np.random.Generator,
         domains: np.ndarray | None,
     ) -> list[np.ndarray]:
+        _check_enough_examples(self.min_size, num_clients, len(labels), "quantity")
         spare = len(labels) - self.min_size * num_clients
-        if spare < 0:
-            raise ConfigError(
-                f"quantity min_size={self.min_size} for {num_clients} clients "
-                f"needs {self.min_size * num_clients} examples but there are "
-                f"{len(labels)}; lower min_size or use fewer clients"
-            )
         shares = rng.dirichlet(np.full(num_clients, self.alpha))
         sizes = self.min_size + rng.multinomial(spare, shares)
         return np.split(rng.permutation(len(labels)), np.cumsum(sizes)[:-1])
