@@ -38,6 +38,12 @@ class ClientResult:
     ``update`` holds only the federated tensors, as ``local - global``.
     ``failure`` is a one-line reason when the client crashed, timed out or sent a
     malformed update; such a result carries no update and is never aggregated.
+
+    ``extras`` carries side information a strategy may use but never applies to the
+    model (split learning: the server-side activations HuSCF-GAN clusters clients
+    by); ``private_keys`` names the keys of ``update`` that a personalising strategy
+    may keep per client instead of sharing (split learning: the client's own head
+    and tail blocks). Server-side validation and FedAvg ignore both.
     """
 
     client_id: int
@@ -46,6 +52,8 @@ class ClientResult:
     metrics: dict[str, float] = field(default_factory=dict)
     failure: str | None = None
     bytes_up: int = 0
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    private_keys: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:

@@ -65,8 +65,30 @@ class ServerProfile:
         return self.ghz * 1e9 * self.flops_per_cycle
 
 
+#: The seven profiles of the published code (``configs/huscf/devices.yaml`` holds the same).
+PUBLISHED_DEVICES: tuple[DeviceProfile, ...] = tuple(
+    DeviceProfile(f"device{i + 1}", mhz, fpc, rate)
+    for i, (mhz, fpc, rate) in enumerate(
+        [
+            (480, 1, 50e6),
+            (6000, 8, 150e6),
+            (15600, 8, 1e9),
+            (5720, 8, 300e6),
+            (4000, 4, 50e6),
+            (9000, 4, 100e6),
+            (12000, 10, 800e6),
+        ]
+    )
+)
+
+
 def load_profiles(path: str | Path) -> tuple[ServerProfile, list[DeviceProfile]]:
     """Read ``server`` and ``devices`` from a YAML file like ``configs/huscf/devices.yaml``."""
+    if not Path(path).is_file():
+        raise ConfigError(
+            f"device profile file {path} does not exist; give a YAML file like "
+            "configs/huscf/devices.yaml (paths are relative to the working directory)"
+        )
     raw = yaml.safe_load(Path(path).read_text())
     if not isinstance(raw, dict) or not isinstance(raw.get("devices"), list) or not raw["devices"]:
         raise ConfigError(f"{path}: expected a mapping with a non-empty 'devices' list")

@@ -52,6 +52,9 @@ class Channel:
     drop_after: dict[int, int] = field(default_factory=dict)
     bytes_up: int = 0
     bytes_down: int = 0
+    #: Bytes each client sent (``up``) and received (``down``), by client id.
+    up_by_client: dict[int, int] = field(default_factory=dict)
+    down_by_client: dict[int, int] = field(default_factory=dict)
     log: list[Message] = field(default_factory=list)
     _sent: dict[int, int] = field(default_factory=dict)
 
@@ -73,8 +76,10 @@ class Channel:
         msg = Message(kind, direction, network, client_id, tensor.detach().clone())
         if direction == "up":
             self.bytes_up += msg.nbytes
+            self.up_by_client[client_id] = self.up_by_client.get(client_id, 0) + msg.nbytes
         else:
             self.bytes_down += msg.nbytes
+            self.down_by_client[client_id] = self.down_by_client.get(client_id, 0) + msg.nbytes
         if self.record:
             self.log.append(msg)
         return msg
@@ -82,6 +87,8 @@ class Channel:
     def reset_counters(self) -> None:
         """Zero the byte counters and the message log (the drop schedule stays)."""
         self.bytes_up = self.bytes_down = 0
+        self.up_by_client.clear()
+        self.down_by_client.clear()
         self.log.clear()
 
 

@@ -44,12 +44,16 @@ class ClientSegments(nn.Module):
             h = block(h)
         return h
 
+    def indexed_blocks(self) -> dict[int, nn.Module]:
+        """``{block index in the whole network: block}`` of the blocks this client holds."""
+        n = self.num_blocks
+        out: dict[int, nn.Module] = dict(enumerate(self.head))
+        out.update({n - self.cut.tail + i: b for i, b in enumerate(self.tail)})
+        return out
+
     def block_states(self) -> dict[int, dict[str, torch.Tensor]]:
         """``{block index: state_dict}`` of the blocks this client holds."""
-        n = self.num_blocks
-        out = {i: b.state_dict() for i, b in enumerate(self.head)}
-        out.update({n - self.cut.tail + i: b.state_dict() for i, b in enumerate(self.tail)})
-        return out
+        return {i: b.state_dict() for i, b in self.indexed_blocks().items()}
 
 
 class ServerSegments(nn.Module):

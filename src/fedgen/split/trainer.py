@@ -42,6 +42,8 @@ class IterationResult:
     seconds: float = 0.0
     #: Server-side output of ``capture_block`` of the discriminator on each real batch.
     features: dict[int, torch.Tensor] = field(default_factory=dict)
+    #: Per finished client: (D loss on real, D loss on fake, G loss).
+    client_losses: dict[int, tuple[float, float, float]] = field(default_factory=dict)
 
 
 def _adam(module: nn.Module, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
@@ -93,6 +95,10 @@ class UShapedGanTrainer:
         self.gen_server = ServerSegments(generator_blocks, generator_cuts, "generator")
         self.disc_server = ServerSegments(discriminator_blocks, discriminator_cuts, "discriminator")
         self.disc_server.capture_block = capture_block
+        self.reset_optimizers(lr, betas)
+
+    def reset_optimizers(self, lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999)) -> None:
+        """Fresh Adam optimizers everywhere (a federated round starts without moments)."""
         self.gen_opts = {c: _adam(m, lr, betas) for c, m in self.gen_clients.items()}
         self.disc_opts = {c: _adam(m, lr, betas) for c, m in self.disc_clients.items()}
         self.gen_server_opt = _adam(self.gen_server, lr, betas)
@@ -106,10 +112,12 @@ class UShapedGanTrainer:
     def step(
         self,
         batches: Mapping[int, tuple[torch.Tensor, torch.Tensor]],
-        generator: torch.Generator,
+        generator: torch.Generator | Mapping[int, torch.Generator],
     ) -> IterationResult:
         """One iteration on ``{client: (real images in [-1, 1] (B,1,28,28), labels (B,))}``.
 
+        ``generator`` draws the latent codes: one for all clients (in client order),
+        or one per client, so a client's noise does not depend on who else takes part.
         Clients absent from ``batches`` sit this iteration out; clients that drop
         out mid-iteration are listed in ``failures`` and their optimizers do not step.
         """
@@ -127,7 +135,11 @@ class UShapedGanTrainer:
         # --- generator forward: z and labels never leave the client ---
         gen = self._pass("generator")
         z = {
-            c: torch.randn(batches[c][1].shape[0], self.latent_dim, generator=generator)
+            c: torch.randn(
+                batches[c][1].shape[0],
+                self.latent_dim,
+                generator=generator if isinstance(generator, torch.Generator) else generator[c],
+            )
             for c in active
         }
         fakes = gen.forward({c: (z[c], batches[c][1]) for c in active})
@@ -191,6 +203,14 @@ class UShapedGanTrainer:
             bytes_down=self.channel.bytes_down - down0,
             seconds=time.perf_counter() - t0,
             features={c: f for c, f in features.items() if c in ok},
+            client_losses={
+                c: (
+                    float(loss_real[c].detach()),
+                    float(loss_fake[c].detach()),
+                    float(loss_gen[c].detach()),
+                )
+                for c in ok
+            },
         )
 
     @torch.no_grad()

@@ -21,12 +21,20 @@ from fedgen.types import ClientResult, RoundPlan, StateDict
 
 @dataclass
 class Aggregate:
-    """The combined update of one round, before it is applied to the global state."""
+    """The combined update of one round, before it is applied to the global state.
+
+    ``private_updates`` maps a client id to the new values of some of its private
+    tensors (a clustered strategy's per-cluster heads and tails); after ``apply``
+    the round loop stores them in the federation's private states, where the
+    backend loads them over the global state. Update transforms run on ``delta``
+    only.
+    """
 
     delta: StateDict
     num_examples: int
     num_clients: int
     metrics: dict[str, float] = field(default_factory=dict)
+    private_updates: dict[int, StateDict] = field(default_factory=dict)
 
 
 class Strategy(ABC):

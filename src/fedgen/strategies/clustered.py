@@ -18,13 +18,16 @@ from the third round on (rounds 0 and 1 are plain FedAvg):
    weights (heads and tails load from there), and over all clients with
    global KLD weights (the server's blocks load from there).
 
-Everything here is a pure function of tensors, plus ``KldClusteredAggregator``.
+Everything here is a pure function of tensors, plus ``KldClusteredAggregator``
+and the registered strategy ``kld_clustered`` (``KldClustered``) that runs it in
+the round loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +35,11 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
-from fedgen.errors import ConfigError
-from fedgen.types import StateDict
+from fedgen.errors import ConfigError, RoundFailedError
+from fedgen.registry import STRATEGIES
+from fedgen.strategies.base import Aggregate, Strategy
+from fedgen.strategies.fedavg import FedAvg
+from fedgen.types import ClientResult, RoundPlan, StateDict
 
 
 def cluster_features(activations: torch.Tensor) -> torch.Tensor:
@@ -206,3 +212,154 @@ class KldClusteredAggregator:
             cluster_w,
             dict(zip(ids, global_w.tolist(), strict=True)),
         )
+
+
+@STRATEGIES.register("kld_clustered")
+class KldClustered(Strategy):
+    """HuSCF-GAN's KLD-weighted clustered aggregation as a strategy (Tawfilis et al. 2025,
+    arXiv 2507.12979; see the module docstring).
+
+    Every client sends its view of the whole networks (as a delta from the global
+    state), the names of the tensors it holds itself (``private_keys``: its head and
+    tail) and its server-side D3 activations (``extras[feature]``); the split backend
+    sends all three. The server's part becomes the new global state (global KLD
+    weights); each client's own tensors come back as its cluster's average
+    (within-cluster KLD weights) in ``Aggregate.private_updates``, filled in by
+    ``apply``, so the clients of one cluster share the very same head and tail.
+    Update transforms act on the global delta only.
+
+    Args:
+        num_clusters: k, the number of domains (an oracle, as published); ``None``
+            chooses k by silhouette in ``2..k_max`` (one cluster below ``min_silhouette``).
+        plain_rounds: rounds ``0 .. plain_rounds-1`` are plain FedAvg (2 in the code).
+        fraction, min_clients: client sampling as FedAvg's (HuSCF-GAN: every client,
+            every round); ``min_clients`` is also the fewest results that aggregate.
+        feature: the ``extras`` key of the activations clients are clustered by.
+        cluster_seed: k-means seed (42 in the code).
+    """
+
+    def __init__(
+        self,
+        num_clusters: int | None = None,
+        k_max: int = 4,
+        min_silhouette: float = 0.25,
+        plain_rounds: int = 2,
+        fraction: float = 1.0,
+        min_clients: int = 1,
+        feature: str = "d3",
+        cluster_seed: int = 42,
+        root_seed: int = 0,
+    ) -> None:
+        if plain_rounds < 0:
+            raise ConfigError(f"strategy plain_rounds={plain_rounds}: use >= 0 (published: 2)")
+        self.aggregator = KldClusteredAggregator(
+            num_clusters, k_max, min_silhouette, plain_rounds, cluster_seed
+        )
+        self.sampler = FedAvg(fraction=fraction, min_clients=min_clients, root_seed=root_seed)
+        self.min_clients = min_clients
+        self.feature = feature
+        #: Client -> cluster of the last aggregated round.
+        self.cluster_of: dict[int, int] = {}
+        #: The representative client's own tensors (see ``evaluation_state``).
+        self.eval_private: StateDict = {}
+        self._pending: tuple[dict[int, int], dict[int, StateDict], dict[int, frozenset[str]]]
+        self._pending = ({}, {}, {})
+
+    def configure(self, round: int, client_ids: list[int], rng: np.random.Generator) -> RoundPlan:
+        k = self.aggregator.num_clusters
+        if k is not None and k > len(client_ids):
+            raise ConfigError(
+                f"strategy num_clusters={k} but only {len(client_ids)} clients; use at most "
+                f"{len(client_ids)} clusters (or num_clusters: null to let silhouette choose)"
+            )
+        plan = self.sampler.configure(round, client_ids, rng)
+        if k is not None and k > len(plan.instructions):
+            raise ConfigError(
+                f"strategy num_clusters={k} but only {len(plan.instructions)} clients are "
+                "sampled per round; raise strategy.params.fraction or lower num_clusters"
+            )
+        return plan
+
+    def aggregate(self, round: int, results: Iterable[ClientResult]) -> Aggregate:
+        deltas: dict[int, StateDict] = {}
+        examples: dict[int, int] = {}
+        features: dict[int, torch.Tensor] = {}
+        own: dict[int, frozenset[str]] = {}
+        for res in results:
+            assert res.update is not None  # the loop passes successful results only
+            if not res.private_keys or self.feature not in res.extras:
+                raise ConfigError(
+                    f"strategy kld_clustered needs each client's own tensors (private_keys) "
+                    f"and activations (extras[{self.feature!r}]); client {res.client_id} "
+                    "sent none: use backend split with a block task (huscf_cgan)"
+                )
+            deltas[res.client_id] = res.update
+            examples[res.client_id] = res.num_examples
+            features[res.client_id] = res.extras[self.feature]
+            own[res.client_id] = res.private_keys
+        k = self.aggregator.num_clusters
+        needed = max(
+            self.min_clients, k if k is not None and round >= self.aggregator.plain_rounds else 1
+        )
+        if len(deltas) < needed:
+            raise RoundFailedError(
+                f"round {round}: {len(deltas)} usable client results, fewer than the "
+                f"{needed} needed (min_clients={self.min_clients}, num_clusters={k})"
+            )
+        clustered = self.aggregator.aggregate(round, deltas, examples, features)
+        self._pending = (clustered.cluster_of, clustered.cluster_states, own)
+        sizes = np.bincount(list(clustered.cluster_of.values()))
+        return Aggregate(
+            delta=clustered.server_state,
+            num_examples=sum(examples.values()),
+            num_clients=len(deltas),
+            metrics={
+                "clusters": float(len(clustered.cluster_states)),
+                "largest_cluster": float(sizes.max()),
+            },
+        )
+
+    def apply(self, round: int, global_state: StateDict, aggregate: Aggregate) -> StateDict:
+        new_state = {
+            k: _add(v, aggregate.delta[k]) if k in aggregate.delta else v
+            for k, v in global_state.items()
+        }
+        cluster_of, cluster_deltas, own = self._pending
+        self._pending = ({}, {}, {})
+        # One absolute tensor per cluster and key, shared by all members.
+        absolute: dict[int, StateDict] = {}
+        for cid, label in sorted(cluster_of.items()):
+            cache = absolute.setdefault(label, {})
+            for key in own[cid]:
+                if key not in cache:
+                    cache[key] = _add(global_state[key], cluster_deltas[label][key])
+        aggregate.private_updates = {
+            cid: {key: absolute[label][key] for key in sorted(own[cid])}
+            for cid, label in sorted(cluster_of.items())
+        }
+        if cluster_of:
+            self.cluster_of = dict(cluster_of)
+            sizes = np.bincount(list(cluster_of.values()))
+            largest = int(np.argmax(sizes))
+            representative = min(c for c, lab in cluster_of.items() if lab == largest)
+            self.eval_private = dict(aggregate.private_updates[representative])
+        return new_state
+
+    def evaluation_state(self, global_state: StateDict) -> StateDict:
+        """A real client's generator: the global middle with the own head and tail of the
+        lowest-numbered client of the largest cluster (the global state before round 0)."""
+        return {**global_state, **self.eval_private}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cluster_of": dict(self.cluster_of), "eval_private": dict(self.eval_private)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.cluster_of = {int(k): int(v) for k, v in state.get("cluster_of", {}).items()}
+        self.eval_private = dict(state.get("eval_private", {}))
+
+
+def _add(value: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``value + delta`` in float64 for floats (then ``value``'s dtype); exact for integers."""
+    if value.is_floating_point():
+        return (value.double() + delta.double()).to(value.dtype)
+    return value + delta.to(value.dtype)

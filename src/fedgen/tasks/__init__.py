@@ -2,6 +2,7 @@
 
 from fedgen.tasks.base import Task, TaskParams
 from fedgen.tasks.gan import ConditionalGan
+from fedgen.tasks.split_gan import HuscfGan
 from fedgen.tasks.vae import ConditionalVae
 
-__all__ = ["ConditionalGan", "ConditionalVae", "Task", "TaskParams"]
+__all__ = ["ConditionalGan", "ConditionalVae", "HuscfGan", "Task", "TaskParams"]

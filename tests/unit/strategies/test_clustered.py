@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedgen.errors import ConfigError
+from fedgen.errors import ConfigError, RoundFailedError
 from fedgen.strategies.clustered import (
+    KldClustered,
     KldClusteredAggregator,
     cluster_features,
     kld_to_others,
@@ -20,6 +21,7 @@ from fedgen.strategies.clustered import (
     spatial_softmax,
     weighted_average,
 )
+from fedgen.types import ClientResult
 
 # One channel, two positions: client A's mean map is (0, 0), client B's is (ln 3, 0),
 # so P_A = (.5, .5) and P_B = (.75, .25).
@@ -116,3 +118,90 @@ def test_aggregator_plain_rounds_then_clusters() -> None:
     assert clustered.cluster_states[c[0]]["w"].item() == pytest.approx(w1, rel=1e-6)
     with pytest.raises(ConfigError, match="activations"):
         agg.aggregate(2, views, sizes)
+
+
+# -- the kld_clustered strategy --------------------------------------------------
+
+GLOBAL = {"net.head": torch.zeros(2), "net.mid": torch.zeros(2)}
+FAR = torch.tensor([[[[50.0, 50.0]]]])  # k-means puts it alone; P = (.5, .5)
+
+
+def _result(cid: int, n: int, head: float, mid: list[float], act: torch.Tensor) -> ClientResult:
+    return ClientResult(
+        client_id=cid,
+        num_examples=n,
+        update={"net.head": torch.full((2,), head), "net.mid": torch.tensor(mid)},
+        extras={"d3": act},
+        private_keys=frozenset({"net.head"}),
+    )
+
+
+def _results() -> list[ClientResult]:
+    return [
+        _result(0, 100, 1.0, [1.0, 0.0], ACT_A),
+        _result(1, 300, 3.0, [0.0, 1.0], ACT_B),
+        _result(2, 200, 10.0, [2.0, 2.0], FAR),
+    ]
+
+
+def test_strategy_shares_cluster_heads_and_kld_weights_the_server_part() -> None:
+    # Prepare
+    strategy = KldClustered(num_clusters=2, plain_rounds=2)
+    # Execute
+    agg = strategy.aggregate(2, _results())
+    new_global = strategy.apply(2, GLOBAL, agg)
+    # Assert: clients 0 and 1 form one cluster; within it, weights n_j * exp(-KL(Q_j || P_j))
+    # with the hand-computed KLDs of ACT_A and ACT_B.
+    wa, wb = 100 * math.exp(-KL_Q_P_A), 300 * math.exp(-KL_Q_P_B)
+    head01 = (wa * 1.0 + wb * 3.0) / (wa + wb)
+    private = agg.private_updates
+    assert sorted(private) == [0, 1, 2] and all(p.keys() == {"net.head"} for p in private.values())
+    assert private[0]["net.head"].tolist() == pytest.approx([head01] * 2, rel=1e-6)
+    assert private[0]["net.head"] is private[1]["net.head"]  # one shared tensor per cluster
+    assert private[2]["net.head"].tolist() == [10.0, 10.0]  # alone: its own head
+    # The server part: global KLD weights over all three clients.
+    acts = [ACT_A, ACT_B, FAR]
+    w = kld_weights(
+        torch.tensor([100.0, 300.0, 200.0]),
+        kld_to_others(torch.stack([spatial_softmax(a) for a in acts])),
+    )
+    mid = w[0] * torch.tensor([1.0, 0.0]) + w[1] * torch.tensor([0.0, 1.0]) + w[2] * 2.0
+    assert new_global["net.mid"].tolist() == pytest.approx(mid.tolist(), rel=1e-6)
+    assert strategy.cluster_of[0] == strategy.cluster_of[1] != strategy.cluster_of[2]
+    assert agg.metrics["clusters"] == 2.0
+
+
+def test_strategy_plain_rounds_are_fedavg_and_evaluation_uses_a_client_generator() -> None:
+    # Prepare
+    strategy = KldClustered(num_clusters=2, plain_rounds=2)
+    # Execute
+    agg = strategy.aggregate(0, _results())
+    new_global = strategy.apply(0, GLOBAL, agg)
+    # Assert: example-weighted means (100, 300, 200).
+    assert new_global["net.head"].tolist() == pytest.approx([(100 + 900 + 2000) / 600] * 2)
+    assert new_global["net.mid"].tolist() == pytest.approx([500 / 600, 700 / 600])
+    assert agg.private_updates[2]["net.head"].tolist() == new_global["net.head"].tolist()
+    # Evaluation loads the lowest client of the largest cluster over the global state,
+    # and that survives a checkpoint.
+    agg = strategy.aggregate(2, _results())
+    g2 = strategy.apply(2, new_global, agg)
+    restored = KldClustered(num_clusters=2)
+    restored.load_state_dict(strategy.state_dict())
+    ev = restored.evaluation_state(g2)
+    assert torch.equal(ev["net.head"], agg.private_updates[0]["net.head"])
+    assert torch.equal(ev["net.mid"], g2["net.mid"])
+
+
+def test_strategy_bad_input_is_a_clear_error() -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(ConfigError, match="num_clusters=5 but only 3 clients"):
+        KldClustered(num_clusters=5).configure(0, [0, 1, 2], rng)
+    with pytest.raises(ConfigError, match="sampled per round"):
+        KldClustered(num_clusters=3, fraction=0.5).configure(0, [0, 1, 2, 3], rng)
+    bare = ClientResult(0, 10, update={"net.head": torch.zeros(2), "net.mid": torch.zeros(2)})
+    with pytest.raises(ConfigError, match="backend split"):
+        KldClustered(num_clusters=1).aggregate(0, [bare])
+    # Failures leave fewer results than clusters: the round fails, the run goes on.
+    with pytest.raises(RoundFailedError, match="fewer than"):
+        KldClustered(num_clusters=3).aggregate(2, _results()[:2])
+    assert KldClustered(num_clusters=2).configure(0, [0, 1, 2], rng).client_ids == [0, 1, 2]

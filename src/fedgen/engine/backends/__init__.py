@@ -3,5 +3,6 @@
 from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.backends.inprocess import InProcessBackend
 from fedgen.engine.backends.process_pool import ProcessPoolBackend
+from fedgen.engine.backends.split import SplitBackend
 
-__all__ = ["Backend", "InProcessBackend", "LocalWork", "ProcessPoolBackend"]
+__all__ = ["Backend", "InProcessBackend", "LocalWork", "ProcessPoolBackend", "SplitBackend"]

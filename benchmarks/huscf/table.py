@@ -1,0 +1,300 @@
+"""HuSCF-GAN vs. its baselines at equal wall time, per scenario: the results table.
+
+    FEDGEN_DATA_DIR=/work/shared/data .venv/bin/python benchmarks/huscf/table.py \
+        --scenarios S1 S4 S6 --minutes 15
+
+For each scenario (``configs/huscf/s<N>.yaml``) and method, trains for the same
+wall-time budget (the round that crosses the budget is the last one: a
+callback sets ``fed.rounds`` to the rounds done), evaluates every domain with
+that domain's client generator on its own real test split
+(``domain_eval.py``: TSTR accuracy/precision/recall/F1/FPR x100 with 29,952
+synthetic images and the paper's CNN, inception-like score), and appends one
+markdown row per run to ``benchmarks/results/huscf.md`` as soon as it ends.
+
+Methods, all on the scenario's partition and architecture:
+
+- ``centralized``: the cGAN on the pooled training data (one client, FedAvg);
+- ``fedavg``: FedAvg cGAN, the whole model trained on every client;
+- ``split_fedavg``: U-shaped split learning (split backend), FedAvg, no clustering;
+- ``huscf``: HuSCF-GAN faithful (the recipe as is: oracle k, BatchNorm);
+- ``fedgen_best``: fedgen's variant: k chosen by silhouette (no oracle) and the
+  light GroupNorm architecture (a quarter of the channels: many more
+  iterations in the same time, no batch statistics mixed across domains).
+
+Seconds and bytes per iteration: for split methods, one iteration of all
+clients together as the backend measures it (activations and gradients only;
+the aggregation traffic is in ``metrics.jsonl``); for whole-model methods, a
+round's wall time and traffic divided by its local steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from domain_eval import PAPER_TSTR_SAMPLES, evaluate_domains
+
+from fedgen.config import load_config
+from fedgen.engine.callbacks import MetricsWriter, ProgressCallback
+from fedgen.engine.federation import Callback, Federation, RoundRecord
+from fedgen.experiment import build_experiment
+
+ROOT = Path(__file__).resolve().parents[2]
+
+METHODS: dict[str, list[str]] = {
+    "centralized": [
+        "federation.centralized=true",
+        "backend.name=inprocess",
+        "backend.params={}",
+        "strategy.name=fedavg",
+        "strategy.params={fraction: 1.0, min_clients: 1}",
+    ],
+    "fedavg": [
+        "backend.name=inprocess",
+        "backend.params={}",
+        "strategy.name=fedavg",
+        "strategy.params={fraction: 1.0, min_clients: 1}",
+    ],
+    "split_fedavg": ["strategy.name=fedavg", "strategy.params={fraction: 1.0, min_clients: 1}"],
+    "huscf": [],
+    "fedgen_best": ["task.params.architecture=light", "strategy.params.num_clusters=null"],
+}
+
+#: Published TSTR (accuracy, precision, recall, F1, FPR) x100 per domain
+#: (youssefga28/HuSCF-GAN, Results/Scenario_*/tables/final_metrics.csv).
+PUBLISHED: dict[str, dict[str, tuple[float, ...]]] = {
+    "S1": {"mnist": (97.87, 97.88, 97.87, 97.86, 0.24)},
+    "S2": {"mnist": (97.17, 97.21, 97.18, 97.15, 0.31)},
+    "S3": {
+        "mnist": (96.83, 96.86, 96.79, 96.81, 0.35),
+        "fashion-mnist": (82.93, 83.37, 82.93, 81.94, 1.90),
+    },
+    "S4": {
+        "mnist": (96.21, 96.28, 96.16, 96.19, 0.42),
+        "fashion-mnist": (81.90, 82.60, 81.90, 81.75, 2.01),
+    },
+    "S5": {
+        "mnist": (96.15, 96.11, 96.10, 96.10, 0.45),
+        "fashion-mnist": (81.46, 81.32, 81.46, 80.61, 1.95),
+    },
+    "S6": {
+        "mnist": (95.94, 95.97, 95.96, 95.93, 0.45),
+        "fashion-mnist": (81.94, 82.26, 81.94, 81.98, 2.01),
+        "kmnist": (72.91, 74.31, 72.91, 73.09, 3.01),
+    },
+}
+TSTR = ("accuracy", "precision", "recall", "f1", "fpr")
+COLUMNS = (
+    "scenario",
+    "method",
+    "domains",
+    "TSTR acc",
+    "prec",
+    "rec",
+    "F1",
+    "FPR",
+    "published acc",
+    "published P/R/F1/FPR",
+    "IS-like",
+    "analytic latency s/it",
+    "measured s/it",
+    "MB/it",
+    "CPU s",
+    "wall s",
+    "rounds",
+    "iterations",
+)
+
+
+class WallBudget(Callback):
+    """Ends the run after the round during which ``seconds`` of wall time were spent.
+
+    Put it first among the callbacks: it lowers ``fed.rounds`` to the rounds done,
+    so the callbacks after it see that round as the final one.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.t0 = 0.0
+
+    def on_run_start(self, fed: Federation) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
+        if time.perf_counter() - self.t0 >= self.seconds:
+            fed.rounds = fed.next_round
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def _mean(history: list[dict[str, Any]], key: str) -> float | None:
+    vals = [m[key] for m in history if isinstance(m.get(key), int | float)]
+    return statistics.fmean(vals) if vals else None
+
+
+def run_one(scenario: str, method: str, args: argparse.Namespace, runs_dir: Path) -> dict[str, Any]:
+    """Train one (scenario, method) under the budget, evaluate per domain, return the row."""
+    overrides = [
+        *METHODS[method],
+        "federation.rounds=100000",
+        "eval.every=0",
+        *args.set,
+    ]
+    if args.local_steps is not None:
+        overrides += [f"federation.local_steps={args.local_steps}", "federation.local_epochs=null"]
+    cfg = load_config(ROOT / f"configs/huscf/{scenario.lower()}.yaml", overrides)
+    run_dir = runs_dir / f"{scenario.lower()}-{method}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    callbacks: list[Callback] = [
+        WallBudget(args.minutes * 60),
+        MetricsWriter(run_dir / "metrics.jsonl"),
+        ProgressCallback(f"{scenario} {method}", enabled=False),
+    ]
+    exp = build_experiment(cfg, callbacks)
+    fed = exp.federation
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    fed.run()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    domains = evaluate_domains(exp, tstr_samples=args.tstr_samples, tstr_epochs=args.tstr_epochs)
+    (run_dir / "domains.json").write_text(json.dumps(domains, indent=1))
+    hist = fed.history
+    split = any("split/seconds_per_iteration" in m for m in hist)
+    if split:
+        per_it = _mean(hist, "split/seconds_per_iteration")
+        bytes_it = _mean(hist, "split/bytes_per_iteration")
+        latency = [m["split/latency_analytic"] for m in hist if "split/latency_analytic" in m]
+    else:
+        per_round = [
+            (m["seconds"] / m["steps"], (m["bytes_up"] + m["bytes_down"]) / m["steps"])
+            for m in hist
+            if m.get("steps")
+        ]
+        per_it = statistics.fmean(p[0] for p in per_round) if per_round else None
+        bytes_it = statistics.fmean(p[1] for p in per_round) if per_round else None
+        latency = []
+    iterations = sum(int(m.get("steps", 0)) for m in hist)
+    return {
+        "scenario": scenario,
+        "method": method,
+        "domains": domains,
+        "seconds_per_iteration": per_it,
+        "bytes_per_iteration": bytes_it,
+        "latency": latency[-1] if latency else None,
+        "cpu_seconds": cpu,
+        "wall_seconds": wall,
+        "rounds": fed.next_round,
+        "iterations": iterations,
+    }
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def markdown_row(row: dict[str, Any]) -> str:
+    names = list(row["domains"])
+    published = PUBLISHED.get(row["scenario"], {})
+
+    def per_domain(key: str) -> str:
+        return " / ".join(f"{100 * row['domains'][d][f'tstr_{key}']:.2f}" for d in names)
+
+    pub_acc = " / ".join(_fmt(published[d][0]) if d in published else "n/a" for d in names)
+    pub_rest = " / ".join(
+        ", ".join(f"{v:.2f}" for v in published[d][1:]) if d in published else "n/a" for d in names
+    )
+    is_like = " / ".join(f"{row['domains'][d]['inception_like_score']:.2f}" for d in names)
+    cells = [
+        row["scenario"],
+        row["method"],
+        " / ".join(names),
+        *(per_domain(k) for k in TSTR),
+        pub_acc,
+        pub_rest,
+        is_like,
+        _fmt(row["latency"], 3),
+        _fmt(row["seconds_per_iteration"], 2),
+        _fmt(None if row["bytes_per_iteration"] is None else row["bytes_per_iteration"] / 1e6, 1),
+        f"{row['cpu_seconds']:.0f}",
+        f"{row['wall_seconds']:.0f}",
+        str(row["rounds"]),
+        str(row["iterations"]),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenarios", nargs="+", default=["S1", "S4", "S6"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--minutes", type=float, default=15.0, help="wall-time budget per run")
+    parser.add_argument(
+        "--local-steps",
+        type=int,
+        default=10,
+        help="local iterations per round (the recipes' 5 epochs are ~59 iterations, longer "
+        "than a faithful budget allows; 0 keeps the recipe's)",
+    )
+    parser.add_argument("--tstr-samples", type=int, default=PAPER_TSTR_SAMPLES)
+    parser.add_argument("--tstr-epochs", type=int, default=15, help="the paper's CNN: 15 epochs")
+    parser.add_argument("--set", action="append", default=[], help="extra dotted.key=value")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "huscf-table")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/results/huscf.md")
+    args = parser.parse_args()
+    if args.local_steps == 0:
+        args.local_steps = None
+    torch.set_num_threads(int(os.environ.get("FEDGEN_THREADS", "1")))
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not args.results.exists()
+    with open(args.results, "a") as f:
+        if new_file:
+            f.write(
+                "# HuSCF-GAN and baselines at equal wall time\n\n"
+                "Written by `benchmarks/huscf/table.py`. TSTR figures x100, per domain in the "
+                "scenario's source order, each domain's client generator tested on that "
+                "domain's real test split. Published: youssefga28/HuSCF-GAN "
+                "Results/Scenario_*/tables/final_metrics.csv (GPU, 50 rounds x 5 epochs); "
+                "published analytic latency 7.68 s/iteration (80 clients, GA).\n"
+            )
+        f.write(
+            f"\n## {dt.datetime.now().isoformat(timespec='seconds')} on {machine()}\n\n"
+            f"Command: `{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}` "
+            f"({args.minutes:g} min per run, local steps {args.local_steps or 'from recipe'}, "
+            f"TSTR {args.tstr_samples} samples x {args.tstr_epochs} epochs)\n\n"
+            "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+        )
+    for scenario in args.scenarios:
+        for method in args.methods:
+            print(f"== {scenario} {method} ({args.minutes:g} min)", flush=True)
+            row = run_one(scenario, method, args, args.runs_dir)
+            line = markdown_row(row)
+            with open(args.results, "a") as f:
+                f.write(line + "\n")
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""Split-learning backend: the clients of a round train one U-shaped GAN together.
+
+HuSCF-GAN (Tawfilis, Amer, El-Aasser, Elshabrawy 2025, arXiv 2507.12979): every
+client keeps the first and last blocks of the generator and discriminator
+(labels, images and losses stay local), the server runs the middle blocks for
+all clients at once, and only activations and gradients cross the wire. Each
+client's cut comes from its device profile and the analytic latency search
+(``fedgen.split.cut_plan``).
+
+Per round, the backend loads the server's blocks from the global state and
+each client's head and tail from its private state (the global state where it
+has none: before any clustered round, or under FedAvg), runs the local
+iterations of all clients in lock-step, and yields one ``ClientResult`` per
+client: its *view* of the whole networks minus the global state as the update,
+its own blocks' keys as ``private_keys``, and the server-side D3 activations'
+batch mean as ``extras["d3"]`` (what the KLD-clustered strategy clusters on).
+Optimizers start fresh every round, so a resumed run is bit-identical. The task
+must expose ``generator_blocks()``, ``discriminator_blocks()``, ``latent_dim``
+and ``capture_block`` (``fedgen.tasks.split_gan.HuscfGan`` does).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedgen.data.client_data import ClientData
+from fedgen.engine.backends.base import Backend, LocalWork
+from fedgen.engine.backends.local_training import local_steps_for
+from fedgen.errors import ConfigError
+from fedgen.registry import BACKENDS
+from fedgen.seeding import derive_seed
+from fedgen.split.cut_plan import CutPlan, plan_cuts
+from fedgen.split.messages import Channel
+from fedgen.split.trainer import UShapedGanTrainer
+from fedgen.split.views import capture_means, client_keys, client_view, load_client, load_server
+from fedgen.tasks.base import Task
+from fedgen.transforms.base import TransformContext
+from fedgen.types import ClientResult, RoundPlan, StateDict, state_nbytes
+
+log = logging.getLogger(__name__)
+
+
+@BACKENDS.register("split")
+class SplitBackend(Backend):
+    """U-shaped split training of a block task (module docstring).
+
+    Args:
+        cuts: ``"exact"`` (minimum analytic latency), ``"genetic"`` (the published
+            GA), or 4-bit cuts ``[G head, G tail, D head, D tail]`` for all clients
+            (one list) or per client.
+        devices: YAML file of device profiles; None uses the published seven.
+        profile_seed: seed of the profile assignment (and of the GA).
+        reproduce_slip: time the server's block-2 backward with block 4's FLOPs,
+            as the published code does (for the reported latency only).
+        drop_after: fault injection for tests and benchmarks: ``{client: k}`` makes
+            the client drop out after its ``k``-th message of every round.
+    """
+
+    def __init__(
+        self,
+        cuts: str | list[list[int]] = "exact",
+        devices: str | None = None,
+        profile_seed: int = 0,
+        reproduce_slip: bool = False,
+        drop_after: dict[Any, int] | None = None,
+    ) -> None:
+        if isinstance(cuts, str) and cuts not in ("exact", "genetic"):
+            raise ConfigError(
+                f"backend cuts={cuts!r}: use 'exact', 'genetic' or a list of 4-bit cuts"
+            )
+        if devices is not None and not Path(devices).is_file():
+            raise ConfigError(
+                f"backend devices={devices!r} does not exist; give a YAML file like "
+                "configs/huscf/devices.yaml, or null for the published profiles"
+            )
+        self.cuts = cuts
+        self.devices = devices
+        self.profile_seed = profile_seed
+        self.reproduce_slip = reproduce_slip
+        try:
+            self.drop_after = {int(k): int(v) for k, v in (drop_after or {}).items()}
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"backend drop_after={drop_after!r}: use a mapping client id -> message count"
+            ) from None
+        self.plan: CutPlan | None = None
+        self._index: dict[int, int] = {}
+        self._trainer: UShapedGanTrainer | None = None
+        self._trainer_ids: tuple[int, ...] = ()
+
+    # -- setup -----------------------------------------------------------------
+
+    def cut_plan(self, task: Task, client_ids: Sequence[int]) -> CutPlan:
+        """Profiles and cuts of every client of the federation (computed once)."""
+        if self.plan is None:
+            _check_task(task)
+            ids = sorted(client_ids)
+            self._index = {c: i for i, c in enumerate(ids)}
+            self.plan = plan_cuts(
+                task.generator_blocks(),  # type: ignore[attr-defined]
+                task.discriminator_blocks(),  # type: ignore[attr-defined]
+                task.latent_dim,  # type: ignore[attr-defined]
+                task.params.batch_size,
+                len(ids),
+                self.cuts,
+                self.devices,
+                self.profile_seed,
+                self.reproduce_slip,
+            )
+            log.info("split cuts (G head, G tail, D head, D tail): %s", self.plan.bits.tolist())
+        return self.plan
+
+    def trainer(self, task: Task, ids: Sequence[int], plan: CutPlan) -> UShapedGanTrainer:
+        """The trainer for this cohort, reused while the cohort stays the same."""
+        key = tuple(ids)
+        if self._trainer is None or key != self._trainer_ids:
+            cuts = {c: plan.cuts(self._index[c]) for c in ids}
+            self._trainer = UShapedGanTrainer(
+                task.generator_blocks(),  # type: ignore[attr-defined]
+                task.discriminator_blocks(),  # type: ignore[attr-defined]
+                {c: g for c, (g, _) in cuts.items()},
+                {c: d for c, (_, d) in cuts.items()},
+                task.latent_dim,  # type: ignore[attr-defined]
+                capture_block=task.capture_block,  # type: ignore[attr-defined]
+            )
+            self._trainer_ids = key
+        return self._trainer
+
+    # -- one round ---------------------------------------------------------------
+
+    def run(
+        self,
+        plan: RoundPlan,
+        work: LocalWork,
+        clients: dict[int, ClientData],
+        private_states: dict[int, StateDict],
+    ) -> Iterator[ClientResult]:
+        ids = plan.client_ids
+        if not ids:
+            return
+        task = work.task
+        cut_plan = self.cut_plan(task, list(clients))
+        trainer = self.trainer(task, ids, cut_plan)
+        load_server(trainer, work.global_state)
+        for c in ids:
+            private = private_states.get(c)
+            load_client(
+                trainer, c, {**work.global_state, **private} if private else work.global_state
+            )
+        config = plan.instructions[0].config
+        trainer.reset_optimizers(float(config.get("lr", task.params.lr)), task.params.betas)
+        trainer.channel = channel = Channel(drop_after=dict(self.drop_after))
+
+        steps = {c: local_steps_for(work, clients[c].num_examples) for c in ids}
+        failures: dict[int, str] = {}
+        data_iters: dict[int, Iterator[tuple[torch.Tensor, torch.Tensor]]] = {}
+        latents: dict[int, torch.Generator] = {}
+        for ins in plan.instructions:
+            gen = torch.Generator().manual_seed(ins.seed)
+            data_iters[ins.client_id] = clients[ins.client_id].batches(task.params.batch_size, gen)
+            latents[ins.client_id] = torch.Generator().manual_seed(
+                derive_seed(ins.seed, "split", "latent")
+            )
+        sums = {c: [0.0, 0.0, 0.0] for c in ids}
+        done = dict.fromkeys(ids, 0)
+        features: dict[int, torch.Tensor] = {}
+        wall: list[float] = []
+        cpu: list[float] = []
+        traffic: list[int] = []
+        for it in range(max(steps.values())):
+            batches = {}
+            for c in ids:
+                if c in failures or it >= steps[c]:
+                    continue
+                try:
+                    images, labels = next(data_iters[c])
+                except Exception as exc:  # a client that cannot read its data fails alone
+                    failures[c] = f"{type(exc).__name__}: {exc}"
+                    continue
+                batches[c] = (images * 2 - 1, labels)  # [-1, 1], the generator's Tanh range
+            if not batches:
+                break
+            c0 = time.process_time()
+            res = trainer.step(batches, latents)
+            cpu.append(time.process_time() - c0)
+            wall.append(res.seconds)
+            traffic.append(res.bytes_up + res.bytes_down)
+            for c, reason in res.failures.items():
+                failures.setdefault(c, f"dropped out in iteration {it}: {reason}")
+            for c, losses in res.client_losses.items():
+                done[c] += 1
+                for i, v in enumerate(losses):
+                    sums[c][i] += v
+            features.update(capture_means(res.features))
+
+        round_metrics = {
+            "split/iterations": float(len(wall)),
+            "split/seconds_per_iteration": statistics.fmean(wall) if wall else 0.0,
+            "split/cpu_seconds_per_iteration": statistics.fmean(cpu) if cpu else 0.0,
+            "split/bytes_per_iteration": statistics.fmean(traffic) if traffic else 0.0,
+            "split/latency_analytic": cut_plan.latency([self._index[c] for c in ids]),
+        }
+        for ins in plan.instructions:
+            c = ins.client_id
+            if c in failures:
+                log.warning("client %d failed in round %d: %s", c, plan.round, failures[c])
+                yield ClientResult(c, clients[c].num_examples, failure=failures[c])
+                continue
+            yield self._result(
+                c,
+                work,
+                clients[c],
+                ins.seed,
+                len(clients),
+                trainer,
+                channel,
+                {
+                    **round_metrics,
+                    "loss/discriminator": (sums[c][0] + sums[c][1]) / max(done[c], 1),
+                    "loss/generator": sums[c][2] / max(done[c], 1),
+                    "steps": float(done[c]),
+                },
+                features.get(c),
+            )
+
+    def _result(
+        self,
+        cid: int,
+        work: LocalWork,
+        data: ClientData,
+        seed: int,
+        num_clients: int,
+        trainer: UShapedGanTrainer,
+        channel: Channel,
+        metrics: dict[str, float],
+        feature: torch.Tensor | None,
+    ) -> ClientResult:
+        view = client_view(trainer, cid)
+        update = {k: view[k] - work.global_state[k] for k in work.global_state}
+        own = client_keys(trainer, cid)
+        ctx = TransformContext(round=work.round, client_id=cid, seed=seed, num_clients=num_clients)
+        for transform in work.transforms:
+            update, t_metrics = transform.on_client(update, ctx)
+            metrics.update(
+                {f"{type(transform).__name__.lower()}/{k}": v for k, v in t_metrics.items()}
+            )
+        # Uploaded: its activations and gradients, then its own blocks for aggregation
+        # (the server already holds the middle).
+        bytes_up = channel.up_by_client.get(cid, 0) + state_nbytes(
+            {k: v for k, v in update.items() if k in own}
+        )
+        return ClientResult(
+            client_id=cid,
+            num_examples=data.num_examples,
+            update=update,
+            metrics=metrics,
+            bytes_up=bytes_up,
+            extras={} if feature is None else {"d3": feature},
+            private_keys=own,
+        )
+
+
+def _check_task(task: Task) -> None:
+    missing = [
+        a
+        for a in ("generator_blocks", "discriminator_blocks", "latent_dim", "capture_block")
+        if not hasattr(task, a)
+    ]
+    if missing:
+        raise ConfigError(
+            f"backend 'split' needs a task made of blocks ({', '.join(missing)} missing on "
+            f"{type(task).__name__}); use task huscf_cgan"
+        )

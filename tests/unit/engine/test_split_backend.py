@@ -1,0 +1,157 @@
+"""The split backend on real MNIST: views, private heads, failures, determinism, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedgen.data.class_drop import ClassDropPartitioner
+from fedgen.data.federated import make_federated_data
+from fedgen.engine.backends.base import LocalWork
+from fedgen.engine.backends.split import SplitBackend
+from fedgen.engine.federation import Federation
+from fedgen.errors import ConfigError
+from fedgen.strategies.fedavg import FedAvg
+from fedgen.tasks.split_gan import HuscfGan, HuscfGanParams
+from fedgen.types import ClientInstruction, RoundPlan
+
+# G head, G tail, D head, D tail: 1 = the optional block (2nd / 2nd-to-last) on the client.
+CUTS = [[1, 0, 0, 1], [0, 0, 0, 0], [0, 1, 1, 0]]
+
+
+@pytest.fixture(scope="module")
+def clients(mnist_dir):
+    torch.set_num_threads(1)
+    data = make_federated_data(
+        ["mnist"], 3, ClassDropPartitioner("iid", 48), seed=0, data_dir=mnist_dir
+    )
+    return {c.client_id: c for c in data.clients}
+
+
+def make_task() -> HuscfGan:
+    return HuscfGan(HuscfGanParams(architecture="light", batch_size=16), 10, (1, 28, 28), seed=1)
+
+
+def run_round(task, clients, private=None, lr=None, backend=None, steps=2):
+    backend = backend or SplitBackend(cuts=CUTS)
+    config = {} if lr is None else {"lr": lr}
+    plan = RoundPlan(0, [ClientInstruction(c, 100 + c, config) for c in sorted(clients)])
+    work = LocalWork(task, task.federated_state(), [], steps, None, 0)
+    return list(backend.run(plan, work, clients, private or {})), work.global_state
+
+
+def test_results_carry_views_own_blocks_and_server_activations(clients):
+    # Prepare
+    task = make_task()
+    # Execute
+    results, global_state = run_round(task, clients)
+    # Assert
+    assert [r.client_id for r in results] == [0, 1, 2] and all(r.ok for r in results)
+    views = {r.client_id: {k: global_state[k] + r.update[k] for k in global_state} for r in results}
+    for r in results:
+        assert r.update.keys() == global_state.keys()
+        assert r.extras["d3"].shape == (1, 32, 7, 7)  # batch mean of D3's (B, 32, 7, 7)
+        assert r.bytes_up > 0 and r.metrics["steps"] == 2.0
+        for key in ("seconds_per_iteration", "bytes_per_iteration", "latency_analytic"):
+            assert r.metrics[f"split/{key}"] > 0
+    blocks = {
+        c: sorted({".".join(k.split(".")[:2]) for k in r.private_keys})
+        for c, r in ((r.client_id, r) for r in results)
+    }
+    assert blocks[0] == [
+        "discriminator.0",
+        "discriminator.3",
+        "discriminator.4",
+        "generator.0",
+        "generator.1",
+        "generator.4",
+    ]
+    assert blocks[1] == ["discriminator.0", "discriminator.4", "generator.0", "generator.4"]
+    # G3 and D3 always run on the server: one shared copy in every client's view.
+    for key in (k for k in global_state if k.startswith(("generator.2.", "discriminator.2."))):
+        assert torch.equal(views[0][key], views[1][key]) and torch.equal(
+            views[1][key], views[2][key]
+        )
+        assert not torch.equal(views[0][key], global_state[key])  # and it trained
+    # Heads are per client.
+    key = "generator.0.fc.weight"
+    assert not torch.equal(views[0][key], views[1][key])
+
+
+def test_private_head_and_tail_are_loaded_over_the_global_state(clients):
+    # Prepare: client 1 holds its own G1 and D5; with lr 0 nothing trains (no BatchNorm
+    # in the light network), so each view is exactly what was loaded.
+    task = make_task()
+    g = task.federated_state()
+    own = {k: torch.full_like(v, 0.5) for k, v in g.items() if k.startswith("generator.0.")}
+    own.update({k: -v for k, v in g.items() if k.startswith("discriminator.4.")})
+    # Execute
+    results, global_state = run_round(task, clients, private={1: own}, lr=0.0)
+    # Assert
+    by_id = {r.client_id: r for r in results}
+    for key, value in global_state.items():
+        expected = own[key] - value if key in own else torch.zeros_like(value)
+        assert torch.equal(by_id[1].update[key], expected), key
+        assert torch.equal(by_id[0].update[key], torch.zeros_like(value)), key
+
+
+def test_same_round_twice_is_bit_identical(clients):
+    # Prepare
+    task = make_task()
+    backend = SplitBackend(cuts=CUTS)
+    # Execute: the second run reuses the trainer, its optimizers start fresh.
+    first, _ = run_round(task, clients, backend=backend)
+    second, _ = run_round(task, clients, backend=backend)
+    # Assert
+    for a, b in zip(first, second, strict=True):
+        assert all(torch.equal(a.update[k], b.update[k]) for k in a.update)
+        assert torch.equal(a.extras["d3"], b.extras["d3"])
+
+
+def test_client_dropping_mid_iteration_is_a_failure_and_the_round_goes_on(clients):
+    # Prepare: client 1 disconnects after its 5th message of the round (mid-iteration 0:
+    # the generator pass takes 4 messages, the discriminator's fake pass 4 more).
+    task = make_task()
+    before = task.federated_state()
+    fed = Federation(
+        task=task,
+        clients=list(clients.values()),
+        strategy=FedAvg(min_clients=2),
+        backend=SplitBackend(cuts=CUTS, drop_after={1: 5}),
+        rounds=1,
+        seed=0,
+        local_steps=2,
+    )
+    # Execute
+    record = fed.run_round(0)
+    # Assert
+    assert record.metrics["failures"] == 1 and record.metrics["clients"] == 2
+    assert "dropped out in iteration 0" in record.metrics["failed_clients"]["1"]
+    assert any(not torch.equal(before[k], fed.global_state[k]) for k in before)
+    assert all(torch.isfinite(v).all() for v in fed.global_state.values())
+
+
+def test_bad_cuts_and_task_are_clear_errors(clients):
+    with pytest.raises(ConfigError, match="4 bits"):
+        run_round(make_task(), clients, backend=SplitBackend(cuts=[[1, 0, 2, 0]]))
+    with pytest.raises(ConfigError, match="'exact', 'genetic'"):
+        SplitBackend(cuts="fastest")
+    with pytest.raises(ConfigError, match="does not exist"):
+        SplitBackend(devices="/no/such/devices.yaml")
+
+
+def test_exact_cuts_follow_the_device_profiles(clients):
+    # Prepare
+    task = make_task()
+    backend = SplitBackend(cuts="exact", profile_seed=3)
+    # Execute
+    plan = backend.cut_plan(task, sorted(clients))
+    # Assert: bits per client, consistent with the per-profile search (same profile, same cut).
+    assert plan.bits.shape == (3, 4) and np.isin(plan.bits, (0, 1)).all()
+    names = [d.name for d in plan.devices]
+    for i in range(3):
+        for j in range(3):
+            if names[i] == names[j]:
+                assert (plan.bits[i] == plan.bits[j]).all()
+    assert plan.latency([0, 1, 2]) > 0

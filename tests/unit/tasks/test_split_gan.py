@@ -1,0 +1,98 @@
+"""The HuSCF-GAN task: the published blocks as one whole model, trained unsplit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fedgen.config import load_config
+from fedgen.data.client_data import ClientData
+from fedgen.data.sources import get_source
+from fedgen.errors import ConfigError
+from fedgen.seeding import torch_generator
+from fedgen.split.huscf_gan import FAITHFUL, discriminator_blocks, generator_blocks
+from fedgen.tasks.split_gan import HuscfGan, HuscfGanParams
+
+
+def make(**params) -> HuscfGan:
+    return HuscfGan(HuscfGanParams(batch_size=16, **params), 10, (1, 28, 28), seed=0)
+
+
+@pytest.fixture(scope="module")
+def client(mnist_dir):
+    torch.set_num_threads(1)
+    data = get_source("mnist").load("train", mnist_dir)
+    return ClientData(0, data.subset(torch.arange(0, 10000, 50)))  # 200 digits
+
+
+def _has_batchnorm(task: HuscfGan) -> bool:
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for module in task.modules.values()
+        for m in module.modules()
+    )
+
+
+def test_presets_and_block_keys() -> None:
+    # Prepare
+    faithful, light = make(architecture="faithful"), make(architecture="light")
+    # Execute
+    state = faithful.federated_state()
+    reference = {
+        f"generator.{i}.{k}": v
+        for i, b in enumerate(generator_blocks(FAITHFUL))
+        for k, v in b.state_dict().items()
+    }
+    reference.update(
+        {
+            f"discriminator.{i}.{k}": v
+            for i, b in enumerate(discriminator_blocks(FAITHFUL))
+            for k, v in b.state_dict().items()
+        }
+    )
+    # Assert: the published blocks, keyed <network>.<block>.<tensor>, shapes equal.
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in reference.items()}
+    assert _has_batchnorm(faithful) and not _has_batchnorm(make())  # default: groupnorm
+    assert not _has_batchnorm(light)
+    assert sum(light.num_parameters().values()) < sum(faithful.num_parameters().values()) / 6
+    assert len(light.generator_blocks()) == len(light.discriminator_blocks()) == 5
+    assert make(architecture="light", width=0.5).spec.width == 0.5
+
+
+def test_whole_model_is_the_blocks_in_order() -> None:
+    # Prepare
+    task = make(architecture="light")
+    z, y = torch.randn(4, 100), torch.tensor([0, 3, 5, 9])
+    # Execute
+    h = task.generator_blocks()[0](z, y)
+    for block in task.generator_blocks()[1:]:
+        h = block(h)
+    # Assert
+    assert torch.equal(task.modules["generator"](z, y), h)
+    assert task.modules["discriminator"](h, y).shape == (4, 1)
+
+
+def test_unsplit_training_learns_and_sampling_is_deterministic(client) -> None:
+    # Prepare
+    task = make(architecture="light")
+    before = task.federated_state()
+    # Execute
+    metrics = task.train_local(client, 3, torch_generator(0, "t"), {})
+    a = task.sample(torch.arange(10), torch_generator(0, "s"))
+    b = task.sample(torch.arange(10), torch_generator(0, "s"))
+    # Assert
+    after = task.federated_state()
+    assert all(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
+    assert set(metrics) == {"loss/discriminator", "loss/generator"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert a.shape == (10, 1, 28, 28) and torch.equal(a, b)
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+
+
+def test_bad_settings_are_clear_errors() -> None:
+    with pytest.raises(ConfigError, match="1x28x28"):
+        HuscfGan(HuscfGanParams(), 10, (3, 32, 32), seed=0)
+    with pytest.raises(ConfigError, match="architecture"):
+        load_config(overrides=["task.name=huscf_cgan", "task.params.architecture=huge"])
+    assert any("BatchNorm" in p for p in make(architecture="faithful").privacy_problems())
