@@ -1,4 +1,4 @@
-"""`fedgen` command line: run, report, sample, eval, data."""
+"""`fedgen` command line: run, report, sample, eval, data, privacy."""
 
 from __future__ import annotations
 
@@ -18,6 +18,13 @@ app = typer.Typer(
 )
 
 DEFAULT_RUNS = Path("runs")
+
+privacy_app = typer.Typer(
+    no_args_is_help=True,
+    help="Differential-privacy arithmetic with Opacus's accountants (Poisson-subsampled "
+    "Gaussian mechanism): epsilon for a noise multiplier, or the multiplier for an epsilon.",
+)
+app.add_typer(privacy_app, name="privacy")
 
 
 def _fail(exc: Exception) -> None:
@@ -69,6 +76,13 @@ def run(
         return
     figures = {k: v for k, v in summary.items() if k != "descriptions"}
     typer.echo(json.dumps(figures, indent=1))
+    if summary["status"] == "budget_exhausted":
+        typer.secho(
+            f"stopped after {summary['rounds']} of {summary.get('planned_rounds')} rounds: "
+            f"{summary.get('stop_reason')}",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     if summary["status"] == "interrupted":
         typer.secho(
             f"interrupted after round {summary['rounds'] - 1}; continue with: "
@@ -163,6 +177,60 @@ def data(
                 typer.echo("    provide it with:\n      " + st.provide.replace("\n", "\n      "))
     except FedgenError as exc:
         _fail(exc)
+
+
+SampleRate = Annotated[
+    float,
+    typer.Option(
+        "--sample-rate",
+        help="Poisson sampling rate q per step (client level: strategy fraction; "
+        "DP-SGD: batch_size / examples)",
+    ),
+]
+Rounds = Annotated[
+    int, typer.Option("--rounds", help="number of steps T (rounds, or DP-SGD steps)")
+]
+Delta = Annotated[float, typer.Option("--delta", help="delta of the guarantee")]
+Accountant = Annotated[str, typer.Option("--accountant", help="rdp or prv")]
+
+
+@privacy_app.command("epsilon")
+def privacy_epsilon(
+    noise_multiplier: Annotated[float, typer.Option("--noise-multiplier", help="z")],
+    sample_rate: SampleRate,
+    rounds: Rounds,
+    delta: Delta,
+    accountant: Accountant = "rdp",
+) -> None:
+    """Print {"epsilon": ..., "delta": ...} after ROUNDS steps at noise multiplier Z."""
+    from fedgen.privacy.accounting import compute_epsilon
+
+    try:
+        eps = compute_epsilon(noise_multiplier, sample_rate, rounds, delta, accountant)
+    except FedgenError as exc:
+        _fail(exc)
+        return
+    typer.echo(json.dumps({"epsilon": eps, "delta": delta}))
+
+
+@privacy_app.command("noise")
+def privacy_noise(
+    epsilon: Annotated[float, typer.Option("--epsilon", help="target epsilon")],
+    sample_rate: SampleRate,
+    rounds: Rounds,
+    delta: Delta,
+    accountant: Accountant = "rdp",
+) -> None:
+    """Print {"noise_multiplier": ..., "epsilon": ..., "delta": ...}: the calibrated z."""
+    from fedgen.privacy.accounting import calibrate_noise, compute_epsilon
+
+    try:
+        z = calibrate_noise(epsilon, sample_rate, rounds, delta, accountant)
+        spent = compute_epsilon(z, sample_rate, rounds, delta, accountant)
+    except FedgenError as exc:
+        _fail(exc)
+        return
+    typer.echo(json.dumps({"noise_multiplier": z, "epsilon": spent, "delta": delta}))
 
 
 def main() -> None:

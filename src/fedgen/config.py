@@ -104,6 +104,22 @@ class CheckpointConfig(_Strict):
     keep: int = Field(2, ge=1)
 
 
+class DpSgdConfig(_Strict):
+    """Sample-level DP-SGD (Opacus) in every client's local training.
+
+    Give ``noise_multiplier``, or ``epsilon`` to have it calibrated for the planned
+    rounds (for the client with the highest sampling rate), or both. Values are
+    checked with the rest of the experiment before round 1
+    (``fedgen.privacy.validation``), so every problem is reported at once.
+    """
+
+    noise_multiplier: float | None = None
+    epsilon: float | None = None
+    delta: float = 1e-5
+    max_grad_norm: float | None = None
+    accountant: str = "rdp"
+
+
 class ExperimentConfig(_Strict):
     """One experiment: data, task, strategy, transforms, backend, loop, evaluation."""
 
@@ -117,6 +133,7 @@ class ExperimentConfig(_Strict):
     federation: FederationConfig = FederationConfig()
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    dpsgd: DpSgdConfig | None = None
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: default)")
 
     def to_yaml(self) -> str:
@@ -131,6 +148,8 @@ class ExperimentConfig(_Strict):
         for key in ("eval", "checkpoint", "name"):
             d.pop(key)
         d["federation"].pop("rounds")
+        if d.get("dpsgd") is None:
+            d.pop("dpsgd", None)  # runs from before DP-SGD existed keep their fingerprint
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from fedgen.engine.callbacks import (
 from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
 from fedgen.engine.federation import Callback, Federation
 from fedgen.errors import CheckpointError, ConfigError
+from fedgen.privacy.errors import PrivacyConfigError
 from fedgen.registry import BACKENDS, PARTITIONERS, STRATEGIES, TASKS, TRANSFORMS
 from fedgen.seeding import derive_seed, torch_generator
 from fedgen.tasks.base import Task
@@ -92,8 +95,36 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
             local_epochs *= cohort / cfg.data.num_clients
     sample = data.train
     task = build_task(cfg, sample.num_classes, tuple(sample.images.shape[1:]))  # type: ignore[arg-type]
-    strategy = STRATEGIES.get(cfg.strategy.name)(**strategy_params, root_seed=cfg.seed)
-    transforms = [TRANSFORMS.get(t.name)(**t.params) for t in cfg.transforms]
+    # Gather every component's problem, so DP settings are reported all at once.
+    problems: list[str] = []
+    strategy = _build_or_note(
+        problems,
+        f"strategy ({cfg.strategy.name})",
+        lambda: STRATEGIES.get(cfg.strategy.name)(**strategy_params, root_seed=cfg.seed),
+    )
+    transforms = [
+        _build_or_note(
+            problems, f"transforms[{i}] ({t.name})", partial(TRANSFORMS.get(t.name), **t.params)
+        )
+        for i, t in enumerate(cfg.transforms)
+    ]
+    privacy = None
+    if problems or cfg.dpsgd is not None or transforms:
+        # Imported here: Opacus loads only for experiments that may use DP.
+        from fedgen.privacy.validation import build_privacy
+
+        privacy = build_privacy(
+            dpsgd=cfg.dpsgd,
+            task=task,
+            clients=clients,
+            strategy=strategy,
+            transforms=transforms,
+            rounds=fed_cfg.rounds,
+            local_steps=local_steps,
+            local_epochs=local_epochs,
+            centralized=fed_cfg.centralized,
+            problems=problems,
+        )
     backend = BACKENDS.get(cfg.backend.name)(**cfg.backend.params)
     federation = Federation(
         task=task,
@@ -107,8 +138,20 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
         transforms=transforms,
         callbacks=callbacks or [],
         max_update_norm=fed_cfg.max_update_norm,
+        privacy=privacy,
     )
     return Experiment(cfg, federation, data, evaluator=None)
+
+
+def _build_or_note(problems: list[str], what: str, build: Callable[[], Any]) -> Any:
+    """``build()``, or None with its ``ConfigError`` noted in ``problems``."""
+    try:
+        return build()
+    except PrivacyConfigError as exc:
+        problems.extend(f"{what}: {p}" for p in exc.problems)
+    except ConfigError as exc:
+        problems.append(f"{what}: {exc}")
+    return None
 
 
 def make_evaluator(cfg: ExperimentConfig, data: Any) -> Any:
@@ -226,8 +269,14 @@ def write_summary(
     """Flat final figures: the last evaluation, totals, status, and what each figure means."""
     fed = exp.federation
     history = fed.history
+    if not completed:
+        status = "interrupted"
+    elif fed.stop_reason is not None:
+        status = "budget_exhausted"
+    else:
+        status = "completed"
     summary: dict[str, Any] = {
-        "status": "completed" if completed else "interrupted",
+        "status": status,
         "rounds": fed.next_round,
         "mode": "centralized" if exp.config.federation.centralized else "federated",
         "task": exp.config.task.name,
@@ -244,10 +293,29 @@ def write_summary(
         last = evaluated[-1]
         summary["evaluated_round"] = last["round"]
         summary.update({k: v for k, v in last.items() if k in _FIGURES or k.startswith("tstr_")})
+    if fed.stop_reason is not None:
+        summary["stop_reason"] = fed.stop_reason
+        summary["planned_rounds"] = fed.rounds
+    descriptions: dict[str, str] = {}
+    if fed.privacy is not None:
+        summary.update(fed.privacy.describe())
+        descriptions.update(_privacy_descriptions(fed.privacy.unit))
     if exp.evaluator is not None:
-        summary["descriptions"] = exp.evaluator.describe()
+        descriptions.update(exp.evaluator.describe())
+    if descriptions:
+        summary["descriptions"] = descriptions
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _privacy_descriptions(unit: str) -> dict[str, str]:
+    who = "a whole client's data" if unit == "client" else "any one training example"
+    return {
+        "epsilon": f"(epsilon, delta)-DP spent by the rounds run, protecting {who}; from "
+        "Opacus's accountant (sample level: the largest over clients). Per-round losses "
+        "and norms in metrics.jsonl are not noised and not covered",
+        "delta": "the delta of the guarantee",
+    }
 
 
 _FIGURES = (

@@ -92,3 +92,25 @@ def test_every_recipe_in_configs_validates():
     assert recipes
     for recipe in recipes:
         load_config(recipe)
+
+
+def test_dpsgd_section_is_optional_and_leaves_the_default_fingerprint_alone():
+    from fedgen.config import ExperimentConfig, load_config
+
+    # The default experiment's fingerprint from before DP-SGD existed (checkpoints
+    # of such runs must still resume).
+    assert ExperimentConfig().fingerprint() == "25361a9e4480189d"
+    cfg = load_config(None, ["dpsgd={epsilon: 10, max_grad_norm: 1.0, delta: 1e-5}"])
+    assert cfg.dpsgd is not None and cfg.dpsgd.delta == 1e-5  # YAML's "1e-5" string
+    assert cfg.fingerprint() != ExperimentConfig().fingerprint()
+
+
+def test_dpsgd_unknown_key_names_the_allowed_ones():
+    import pytest
+
+    from fedgen.config import load_config
+    from fedgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"dpsgd\.epsilonn") as info:
+        load_config(None, ["dpsgd={epsilonn: 10}"])
+    assert "max_grad_norm" in str(info.value)

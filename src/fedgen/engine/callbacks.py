@@ -60,7 +60,7 @@ class EvaluationCallback(Callback):
         self.latest: dict[str, float] = {}
 
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
-        last = record.round == fed.rounds - 1
+        last = fed.is_final_round(record.round)
         periodic = self.every > 0 and (record.round + 1) % self.every == 0
         if not (periodic or (last and self.final)):
             return
@@ -94,7 +94,7 @@ class CheckpointCallback(Callback):
         self.meta = meta
 
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
-        if (record.round + 1) % self.every == 0 or record.round == fed.rounds - 1:
+        if (record.round + 1) % self.every == 0 or fed.is_final_round(record.round):
             self.save(fed)
 
     def save(self, fed: Federation) -> Path:
@@ -165,6 +165,8 @@ class ProgressCallback(Callback):
             if k.startswith("loss/") and isinstance(v, float)
         ]
         parts += [f"{_short(k)} {v:.3g}" for k, v in self.quality.items()]
+        if isinstance(m.get("epsilon"), float):
+            parts.append(f"ε {m['epsilon']:.3g}")
         status = " | ".join(parts)
         if self.progress is not None:
             self.progress.update(self.task_id, completed=fed.next_round, status=status)
@@ -174,6 +176,8 @@ class ProgressCallback(Callback):
     def on_run_end(self, fed: Federation, completed: bool) -> None:
         if self.progress is not None:
             self.progress.stop()
+        if fed.stop_reason is not None:
+            print(f"stopped after {fed.next_round} round(s): {fed.stop_reason}", file=sys.stderr)
 
 
 def _short(key: str) -> str:

@@ -3,6 +3,11 @@
 Only ``Federation`` iterates rounds. Failures are values: a client that
 crashes or sends a malformed update is logged and left out, and the round
 goes on while the strategy has enough results.
+
+With differential privacy on, a ``PrivacyAccounting`` charges every round and
+adds ``epsilon``/``delta`` to its metrics; when one more round would exceed the
+budget the loop stops cleanly after the last round that fits, and says why in
+``stop_reason``.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import Backend, LocalWork
@@ -22,6 +29,9 @@ from fedgen.strategies.base import Strategy
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import TransformContext, UpdateTransform
 from fedgen.types import ClientResult, StateDict, state_nbytes
+
+if TYPE_CHECKING:
+    from fedgen.privacy.budget import PrivacyAccounting
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +74,7 @@ class Federation:
         transforms: Sequence[UpdateTransform] = (),
         callbacks: Sequence[Callback] = (),
         max_update_norm: float | None = None,
+        privacy: PrivacyAccounting | None = None,
     ) -> None:
         if (local_steps is None) == (local_epochs is None):
             raise ValueError("give exactly one of local_steps and local_epochs")
@@ -78,6 +89,12 @@ class Federation:
         self.transforms = list(transforms)
         self.callbacks = list(callbacks)
         self.max_update_norm = max_update_norm
+        self.privacy = privacy
+        #: Why the run stopped before ``rounds`` (e.g. the privacy budget), or None.
+        self.stop_reason: str | None = None
+        self.auxiliary_keys: frozenset[str] = frozenset(
+            key for t in self.transforms for key in getattr(t, "auxiliary_keys", ())
+        )
         self.global_state: StateDict = task.federated_state()
         self.private_states: dict[int, StateDict] = {}
         self.next_round = 0
@@ -95,12 +112,17 @@ class Federation:
             cb.on_run_start(self)
         completed = False
         try:
-            while self.next_round < self.rounds:
+            self.stop_reason = self._budget_stop()
+            while self.next_round < self.rounds and self.stop_reason is None:
                 record = self.run_round(self.next_round)
                 self.next_round += 1
                 self.history.append(record.metrics)
+                # Known before the callbacks run, so they treat this as the final round.
+                self.stop_reason = self._budget_stop()
                 for cb in self.callbacks:
                     cb.on_round_end(self, record)
+            if self.stop_reason is not None:
+                log.warning("%s", self.stop_reason)
             completed = True
         except KeyboardInterrupt:
             log.warning(
@@ -114,12 +136,21 @@ class Federation:
                 cb.on_run_end(self, completed)
         return completed
 
+    def is_final_round(self, r: int) -> bool:
+        """True for the last round the run will hold (planned, or stopped by the budget)."""
+        return r == self.rounds - 1 or (self.stop_reason is not None and r == self.next_round - 1)
+
+    def _budget_stop(self) -> str | None:
+        if self.privacy is None or self.next_round >= self.rounds:
+            return None
+        return self.privacy.stop_reason()
+
     def run_round(self, r: int) -> RoundRecord:
         """One round; returns its record without advancing ``next_round``."""
         t0 = time.perf_counter()
         plan = self.strategy.configure(r, sorted(self.clients), numpy_rng(self.seed, "sample", r))
         work = LocalWork(
-            self.task, self.global_state, self.transforms, self.local_steps, self.local_epochs
+            self.task, self.global_state, self.transforms, self.local_steps, self.local_epochs, r
         )
         failures: dict[int, str] = {}
         client_metrics: list[dict[str, float]] = []
@@ -133,7 +164,12 @@ class Federation:
                 if res.ok:
                     try:
                         assert res.update is not None
-                        check_update(res.update, self.global_state, self.max_update_norm)
+                        check_update(
+                            res.update,
+                            self.global_state,
+                            self.max_update_norm,
+                            self.auxiliary_keys,
+                        )
                     except ClientUpdateError as exc:
                         res.failure = f"rejected update: {exc}"
                 if not res.ok:
@@ -144,8 +180,17 @@ class Federation:
                 yield res
 
         metrics: dict[str, Any] = {"round": r}
+        aggregated = False
         try:
             agg = self.strategy.aggregate(r, accepted())
+            if agg.num_clients == 0 and not agg.delta:
+                # A fixed-denominator mean of no client is zero; its server halves
+                # (e.g. DP noise) must still run on every tensor of the model.
+                agg.delta = {
+                    k: torch.zeros_like(v, dtype=torch.float64)
+                    for k, v in self.global_state.items()
+                    if v.is_floating_point()
+                }
             ctx = TransformContext(
                 round=r,
                 client_id=None,
@@ -159,6 +204,7 @@ class Federation:
                 )
             self.global_state = self.strategy.apply(r, self.global_state, agg)
             metrics["examples"] = agg.num_examples
+            aggregated = True
         except RoundFailedError as exc:
             # The global state is left as it was; the run goes on to the next round.
             log.error("%s; keeping the previous global state", exc)
@@ -171,6 +217,8 @@ class Federation:
         metrics["bytes_down"] = state_nbytes(self.global_state) * len(plan.instructions)
         metrics["bytes_up"] = bytes_up
         metrics.update(_weighted_means(client_metrics))
+        if self.privacy is not None:
+            metrics.update(self.privacy.record(plan.client_ids, aggregated))
         metrics["seconds"] = time.perf_counter() - t0
         return RoundRecord(r, metrics)
 
@@ -190,6 +238,7 @@ class Federation:
             "strategy": self.strategy.state_dict(),
             "transforms": [t.state_dict() for t in self.transforms],
             "history": self.history,
+            **({"privacy": self.privacy.state_dict()} if self.privacy is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -210,6 +259,15 @@ class Federation:
         self.strategy.load_state_dict(state["strategy"])
         for t, s in zip(self.transforms, state["transforms"], strict=True):
             t.load_state_dict(s)
+        if self.privacy is not None:
+            if "privacy" not in state:
+                from fedgen.errors import CheckpointError
+
+                raise CheckpointError(
+                    "the checkpoint holds no privacy accounting, but this run uses DP; "
+                    "resume with the run folder's own config.yaml"
+                )
+            self.privacy.load_state_dict(state["privacy"])
         self.next_round = int(state["next_round"])
         self.history = list(state["history"])
 

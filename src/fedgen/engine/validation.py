@@ -13,10 +13,20 @@ from fedgen.errors import ClientUpdateError
 from fedgen.types import StateDict
 
 
-def check_update(update: StateDict, reference: StateDict, max_norm: float | None) -> float:
-    """Raise ``ClientUpdateError`` if ``update`` does not fit ``reference``; return its L2 norm."""
-    missing = reference.keys() - update.keys()
-    extra = update.keys() - reference.keys()
+def check_update(
+    update: StateDict,
+    reference: StateDict,
+    max_norm: float | None,
+    auxiliary: frozenset[str] = frozenset(),
+) -> float:
+    """Raise ``ClientUpdateError`` if ``update`` does not fit ``reference``; return its L2 norm.
+
+    ``auxiliary`` names side-channel tensors the transforms add to every update (e.g.
+    adaptive clipping's unclipped bit): each must be present, finite and of shape (1,);
+    they do not count toward the norm.
+    """
+    missing = (reference.keys() | auxiliary) - update.keys()
+    extra = update.keys() - reference.keys() - auxiliary
     if missing or extra:
         raise ClientUpdateError(
             f"update keys differ from the model: missing {sorted(missing)[:3]}"
@@ -37,6 +47,12 @@ def check_update(update: StateDict, reference: StateDict, max_norm: float | None
             if not bool(torch.isfinite(value).all()):
                 raise ClientUpdateError(f"{key}: contains NaN or Inf")
             sq += float(value.double().pow(2).sum())
+    for key in sorted(auxiliary):
+        value = update[key]
+        if not isinstance(value, torch.Tensor) or value.shape != (1,):
+            raise ClientUpdateError(f"{key}: expected a tensor of shape (1,)")
+        if not bool(torch.isfinite(value).all()):
+            raise ClientUpdateError(f"{key}: contains NaN or Inf")
     norm = sq**0.5
     if max_norm is not None and norm > max_norm:
         raise ClientUpdateError(

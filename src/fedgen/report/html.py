@@ -133,6 +133,7 @@ def _render(run_dir: Path, max_sample_grids: int) -> str:
     ]
     sections = [
         _summary_section(summary, metrics, notes),
+        _privacy_section(summary),
         _metrics_section(metrics),
         _samples_section(sample_files, max_sample_grids, class_names, notes),
         _partition_section(partition, notes),
@@ -271,6 +272,41 @@ def _summary_section(
         cells.append(f"<td class='desc'>{_esc(str(descriptions.get(key, '')))}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return f"<h2>Summary</h2><table>{header}{''.join(rows)}</table>"
+
+
+def _privacy_section(summary: dict[str, Any] | None) -> str:
+    """The run's differential-privacy guarantee in one sentence, when it has one."""
+    if not summary or not _is_number(summary.get("epsilon")):
+        return ""
+    unit = summary.get("privacy_unit")
+    who = {"client": "a whole client's data", "example": "any one training example"}.get(
+        str(unit), "each protected record"
+    )
+    parts = [
+        f"<p>This run is (&epsilon;, &delta;)-differentially private for {_esc(who)}: "
+        f"&epsilon; = <b>{_esc(_value(summary['epsilon']))}</b>, "
+        f"&delta; = <b>{_esc(_value(summary.get('delta')))}</b>"
+    ]
+    details = [
+        f"{label} {_esc(_value(summary[key]))}"
+        for key, label in (
+            ("epsilon_budget", "budget &epsilon;"),
+            ("accountant", "accountant"),
+            ("noise_multiplier", "client-level noise multiplier"),
+            ("client_sample_rate", "client sampling rate"),
+            ("dpsgd_noise_multiplier", "DP-SGD noise multiplier"),
+        )
+        if key in summary
+    ]
+    if details:
+        parts.append(f" ({', '.join(details)})")
+    parts.append(
+        ".</p><p class='muted'>Computed with Opacus's accountant from the rounds that ran. "
+        "Per-round losses and norms in the metrics are not noised and not covered.</p>"
+    )
+    if summary.get("status") == "budget_exhausted":
+        parts.append(f"<p><b>Stopped early:</b> {_esc(str(summary.get('stop_reason', '')))}</p>")
+    return "<h2>Privacy</h2>" + "".join(parts)
 
 
 def _metrics_section(metrics: list[dict[str, Any]]) -> str:

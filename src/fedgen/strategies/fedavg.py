@@ -31,6 +31,17 @@ class FedAvg(Strategy):
             state over rounds and sample/evaluate with it (Polyak averaging of the
             server model; for GAN generators see Yazici et al. 2019, "The Unusual
             Effectiveness of Averaging in GAN Training"). Training is unaffected.
+        sampling: ``"fixed"`` draws exactly ``max(min_clients, round(fraction * N))``
+            clients without replacement; ``"poisson"`` includes each client
+            independently with probability ``fraction`` (the cohort size varies, may be
+            empty, and is never raised to ``min_clients``). Client-level DP accounts
+            Poisson sampling, so it needs ``"poisson"``.
+        fixed_denominator: divide the unweighted sum by the planned cohort size (the
+            expected ``fraction * N`` for Poisson, ``k`` for fixed sampling) instead of
+            the number of results: McMahan et al. 2018's fixed-denominator estimator,
+            through which one client moves the mean by at most C / (q N). Every round
+            then aggregates, however few clients return (none gives a zero update), so
+            ``min_clients`` no longer fails rounds. Needs ``weighted=False``.
     """
 
     def __init__(
@@ -40,6 +51,8 @@ class FedAvg(Strategy):
         server_lr: float = 1.0,
         weighted: bool = True,
         ema_decay: float | None = None,
+        sampling: str = "fixed",
+        fixed_denominator: bool = False,
         root_seed: int = 0,
     ) -> None:
         if not 0.0 < fraction <= 1.0:
@@ -53,7 +66,17 @@ class FedAvg(Strategy):
         self.server_lr = server_lr
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ConfigError(f"strategy ema_decay must be in [0, 1) or null, got {ema_decay}")
+        if sampling not in ("fixed", "poisson"):
+            raise ConfigError(f"strategy sampling must be 'fixed' or 'poisson', got {sampling!r}")
+        if fixed_denominator and weighted:
+            raise ConfigError(
+                "strategy fixed_denominator=true needs an unweighted mean: set "
+                "strategy.params.weighted=false"
+            )
         self.weighted = weighted
+        self.sampling = sampling
+        self.fixed_denominator = fixed_denominator
+        self._denominator: float | None = None
         self.ema_decay = ema_decay
         self.ema: StateDict | None = None
         self.root_seed = root_seed
@@ -64,8 +87,13 @@ class FedAvg(Strategy):
                 f"only {len(client_ids)} clients but min_clients="
                 f"{self.min_clients}; lower strategy.params.min_clients"
             )
-        k = max(self.min_clients, round_half_up(self.fraction * len(client_ids)))
-        chosen = sorted(rng.choice(client_ids, size=k, replace=False).tolist())
+        if self.sampling == "poisson":
+            picked = rng.random(len(client_ids)) < self.fraction
+            chosen = [cid for cid, keep in zip(client_ids, picked, strict=True) if keep]
+        else:
+            k = max(self.min_clients, round_half_up(self.fraction * len(client_ids)))
+            chosen = sorted(rng.choice(client_ids, size=k, replace=False).tolist())
+        self._denominator = self.expected_clients(len(client_ids))
         return RoundPlan(
             round,
             [
@@ -73,6 +101,18 @@ class FedAvg(Strategy):
                 for cid in chosen
             ],
         )
+
+    def expected_clients(self, num_clients: int) -> float:
+        """The planned cohort size: ``fraction * N`` (Poisson) or the fixed sample size."""
+        if self.sampling == "poisson":
+            return self.fraction * num_clients
+        return float(max(self.min_clients, round_half_up(self.fraction * num_clients)))
+
+    def sample_rate(self, num_clients: int) -> float:
+        """Probability that a given client takes part in a round."""
+        if self.sampling == "poisson":
+            return self.fraction
+        return min(1.0, self.expected_clients(num_clients) / num_clients)
 
     def aggregate(self, round: int, results: Iterable[ClientResult]) -> Aggregate:
         # Running sums: one accumulator the size of the model, whatever the cohort.
@@ -91,12 +131,20 @@ class FedAvg(Strategy):
             weight_sum += w
             examples += res.num_examples
             clients += 1
-        if clients < self.min_clients or weight_sum <= 0:
+        if self.fixed_denominator:
+            if self._denominator is None:
+                raise RoundFailedError(
+                    f"round {round}: fixed_denominator needs configure() before aggregate()"
+                )
+            denominator = self._denominator
+        elif clients < self.min_clients or weight_sum <= 0:
             raise RoundFailedError(
                 f"round {round}: {clients} usable client updates, fewer than "
                 f"min_clients={self.min_clients}"
             )
-        delta = {k: v / weight_sum for k, v in total.items()}
+        else:
+            denominator = weight_sum
+        delta = {k: v / denominator for k, v in total.items()}
         return Aggregate(delta=delta, num_examples=examples, num_clients=clients)
 
     def apply(self, round: int, global_state: StateDict, aggregate: Aggregate) -> StateDict:

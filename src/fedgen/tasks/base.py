@@ -10,7 +10,9 @@ the difference and moves on, so memory stays O(model) not O(cohort).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Any, ClassVar, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -30,6 +32,54 @@ class TaskParams(BaseModel):
     betas: tuple[float, float] = (0.5, 0.999)
 
 
+class LocalTraining:
+    """Where ``train_local`` gets its batches and optimizers: plain, unless a privacy
+    engine is attached to the task.
+
+    Tasks open one per call (``with self.local_training(generator) as local:``) and
+    draw from it, as Opacus's ``PrivacyEngine.make_private`` hands back a wrapped
+    loader and optimizer, so the training code stays the task's own. This plain version
+    changes nothing: the batches are ``data.batches`` and optimizers pass through.
+    """
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def batches(
+        self, data: ClientData, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless training batches ``(images, labels)`` of the client's data."""
+        return data.batches(batch_size, self.generator)
+
+    def optimizer(
+        self, optimizer: torch.optim.Optimizer, modules: Sequence[str]
+    ) -> torch.optim.Optimizer:
+        """The optimizer to step for the parameters of ``modules`` (here: ``optimizer``)."""
+        return optimizer
+
+    def close(self) -> None:
+        """Release whatever was attached for this call (nothing here)."""
+
+    def __enter__(self) -> LocalTraining:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class PrivacyEngine(Protocol):
+    """What a task needs of an attached privacy engine (see ``fedgen.privacy.dpsgd``)."""
+
+    def open(self, task: Task, generator: torch.Generator) -> LocalTraining:
+        """A ``LocalTraining`` for one call of ``task.train_local``."""
+        ...
+
+
 class Task(ABC):
     """Base class of every generative task (see module docstring)."""
 
@@ -43,6 +93,8 @@ class Task(ABC):
         self.num_classes = num_classes
         self.image_shape = image_shape
         torch.manual_seed(seed)  # initial weights come from the root seed
+        #: Set by ``fedgen.privacy.dpsgd.attach_dpsgd``; None trains without DP.
+        self.privacy_engine: PrivacyEngine | None = None
         self.modules = self.build()
         self._federated = self.federated_modules()
         unknown = set(self._federated) - set(self.modules)
@@ -59,6 +111,22 @@ class Task(ABC):
     def federated_modules(self) -> list[str]:
         """Names of the modules whose tensors the server aggregates (default: all)."""
         return list(self.modules)
+
+    def private_data_modules(self) -> list[str]:
+        """Modules whose gradients read a client's examples; DP-SGD makes exactly these
+        private (default: every module)."""
+        return list(self.modules)
+
+    def privacy_problems(self) -> list[str]:
+        """Settings of this task that would leak private data past DP-SGD, each with its
+        fix (e.g. a generator trained on the labels of real examples). Default: none."""
+        return []
+
+    def local_training(self, generator: torch.Generator) -> LocalTraining:
+        """Open the batches/optimizers source for one ``train_local`` call."""
+        if self.privacy_engine is None:
+            return LocalTraining(generator)
+        return self.privacy_engine.open(self, generator)
 
     @abstractmethod
     def train_local(

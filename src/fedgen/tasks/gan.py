@@ -11,7 +11,7 @@ more tightly than concatenating a label plane. Loss: non-saturating BCE
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,10 @@ class GanParams(TaskParams):
     generator_width: int = 32
     discriminator_width: int = 32
     federate: list[str] = Field(default_factory=lambda: ["generator", "discriminator"])
+    #: Labels of fake images: those of the real batch ("data"), or drawn uniformly
+    #: ("uniform"), which DP-SGD needs: the generator's step is not privatized, so it
+    #: must not read the labels of private examples.
+    fake_labels: Literal["data", "uniform"] = "data"
 
 
 class Generator(nn.Module):
@@ -102,6 +106,18 @@ class ConditionalGan(Task):
     def federated_modules(self) -> list[str]:
         return list(self.params.federate)
 
+    def private_data_modules(self) -> list[str]:
+        # Only the discriminator sees real images; the generator learns through it.
+        return ["discriminator"]
+
+    def privacy_problems(self) -> list[str]:
+        if self.params.fake_labels == "data":
+            return [
+                "task.params.fake_labels=data: the generator's step uses the labels of "
+                "private examples without noise; set task.params.fake_labels=uniform"
+            ]
+        return []
+
     def train_local(
         self, data: ClientData, steps: int, generator: torch.Generator, config: dict[str, Any]
     ) -> dict[str, float]:
@@ -109,32 +125,51 @@ class ConditionalGan(Task):
         G, D = self.modules["generator"], self.modules["discriminator"]
         lr = float(config.get("lr", p.lr))
         # Fresh optimizers per round: optimizer state is not federated (standard FedAvg).
-        opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=p.betas)
-        opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=p.betas)
-        G.train()
-        D.train()
-        batches = data.batches(p.batch_size, generator)
-        sum_d = sum_g = 0.0
-        for _ in range(steps):
-            real, y = next(batches)
-            real = real * 2 - 1  # [0,1] -> [-1,1], the generator's range
-            b = real.shape[0]
-            z = torch.randn(b, p.latent_dim, generator=generator)
-            fake = G(z, y)
-            # Discriminator: softplus(-D(real)) + softplus(D(fake)) is BCE with logits.
-            loss_d = F.softplus(-D(real, y)).mean() + F.softplus(D(fake.detach(), y)).mean()
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            # Generator: non-saturating loss, labels drawn from the client's own data.
-            loss_g = F.softplus(-D(fake, y)).mean()
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-            sum_d += float(loss_d.detach())
-            sum_g += float(loss_g.detach())
+        with self.local_training(generator) as local:
+            opt_g = local.optimizer(
+                torch.optim.Adam(G.parameters(), lr=lr, betas=p.betas), ["generator"]
+            )
+            opt_d = local.optimizer(
+                torch.optim.Adam(D.parameters(), lr=lr, betas=p.betas), ["discriminator"]
+            )
+            G.train()
+            D.train()
+            batches = local.batches(data, p.batch_size)
+            sum_d = sum_g = 0.0
+            for _ in range(steps):
+                real, y = next(batches)
+                real = real * 2 - 1  # [0,1] -> [-1,1], the generator's range
+                b = real.shape[0]
+                y_fake = y if p.fake_labels == "data" else self._uniform_labels(b, generator)
+                z = torch.randn(b, p.latent_dim, generator=generator)
+                fake = G(z, y_fake)
+                # Discriminator: softplus(-D(real)) + softplus(D(fake)) is BCE with logits.
+                # Under DP-SGD fake i is clipped together with real i (one per-sample term).
+                loss_d = (
+                    F.softplus(-D(real, y)).mean() + F.softplus(D(fake.detach(), y_fake)).mean()
+                )
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
+                if p.fake_labels == "data":
+                    # Non-saturating loss, labels drawn from the client's own data.
+                    fake_g, y_g = fake, y
+                else:
+                    # A fresh batch of fixed size: the generator's step must depend neither
+                    # on private labels nor on how many examples the batch happened to hold.
+                    y_g = self._uniform_labels(p.batch_size, generator)
+                    fake_g = G(torch.randn(p.batch_size, p.latent_dim, generator=generator), y_g)
+                loss_g = F.softplus(-D(fake_g, y_g)).mean()
+                opt_g.zero_grad(set_to_none=True)
+                loss_g.backward()
+                opt_g.step()
+                sum_d += float(loss_d.detach())
+                sum_g += float(loss_g.detach())
         n = max(steps, 1)
         return {"loss/discriminator": sum_d / n, "loss/generator": sum_g / n}
+
+    def _uniform_labels(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(self.num_classes, (n,), generator=generator)
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -95,33 +95,41 @@ class ConditionalVae(Task):
     def federated_modules(self) -> list[str]:
         return list(self.params.federate)
 
+    def private_data_modules(self) -> list[str]:
+        # The encoder reads real images; the decoder's loss compares against them.
+        return ["encoder", "decoder"]
+
     def train_local(
         self, data: ClientData, steps: int, generator: torch.Generator, config: dict[str, Any]
     ) -> dict[str, float]:
         p = self.params
         enc, dec = self.modules["encoder"], self.modules["decoder"]
         params = [*enc.parameters(), *dec.parameters()]
-        opt = torch.optim.Adam(params, lr=float(config.get("lr", p.lr)), betas=p.betas)
-        enc.train()
-        dec.train()
-        batches = data.batches(p.batch_size, generator)
-        sum_rec = sum_kl = 0.0
-        for _ in range(steps):
-            x, y = next(batches)
-            mu, logvar = enc(x, y)
-            eps = torch.randn(mu.shape, generator=generator)
-            z = mu + eps * (0.5 * logvar).exp()  # reparameterisation
-            logits = dec(z, y)
-            # Per-example sums, batch means: the ELBO in nats per image.
-            rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-            rec = rec.flatten(1).sum(1).mean()
-            kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
-            loss = rec + p.beta * kl
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sum_rec += float(rec.detach())
-            sum_kl += float(kl.detach())
+        with self.local_training(generator) as local:
+            opt = local.optimizer(
+                torch.optim.Adam(params, lr=float(config.get("lr", p.lr)), betas=p.betas),
+                ["encoder", "decoder"],
+            )
+            enc.train()
+            dec.train()
+            batches = local.batches(data, p.batch_size)
+            sum_rec = sum_kl = 0.0
+            for _ in range(steps):
+                x, y = next(batches)
+                mu, logvar = enc(x, y)
+                eps = torch.randn(mu.shape, generator=generator)
+                z = mu + eps * (0.5 * logvar).exp()  # reparameterisation
+                logits = dec(z, y)
+                # Per-example sums, batch means: the ELBO in nats per image.
+                rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+                rec = rec.flatten(1).sum(1).mean()
+                kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+                loss = rec + p.beta * kl
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sum_rec += float(rec.detach())
+                sum_kl += float(kl.detach())
         n = max(steps, 1)
         return {
             "loss/reconstruction": sum_rec / n,

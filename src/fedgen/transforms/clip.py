@@ -1,30 +1,117 @@
-"""Per-update L2 norm clipping (the clipping half of DP-FedAvg, McMahan et al. 2018)."""
+"""Per-update L2 norm clipping: the clipping half of DP-FedAvg (McMahan et al. 2018,
+"Learning Differentially Private Recurrent Language Models"), with the adaptive bound
+of Andrew et al. 2021 ("Differentially Private Learning with Adaptive Clipping").
+
+Fixed: each client's update is scaled so its global L2 norm is at most ``max_norm``.
+
+Adaptive: each client also sends one bit, ``1[norm <= C]``, as an extra update tensor
+(``UNCLIPPED_KEY``), so it travels through the same aggregation (and secure
+aggregation) as the update. The server half reads the aggregated count, adds Gaussian
+noise of standard deviation ``count_noise_stddev`` (Andrew et al.'s sigma_b), and moves
+the bound geometrically toward the ``target_quantile`` of update norms:
+``C <- C * exp(-clip_lr * (unclipped_fraction - target_quantile))``.
+The count needs a known denominator (the expected cohort size), which the privacy
+wiring supplies through ``bind`` (see ``fedgen.privacy.validation``).
+"""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import torch
 
 from fedgen.errors import ConfigError
 from fedgen.registry import TRANSFORMS
+from fedgen.seeding import torch_generator
 from fedgen.transforms.base import TransformContext, UpdateTransform
 from fedgen.types import StateDict
 
+#: Side-channel tensors of transforms start with this prefix; they are not model tensors.
+AUX_PREFIX = "__"
+UNCLIPPED_KEY = "__clip__.unclipped"
+
 
 def global_norm(update: StateDict) -> float:
-    """L2 norm of all tensors of ``update`` taken as one vector."""
-    if not update:
+    """L2 norm of all model tensors of ``update`` taken as one vector (side channels excluded)."""
+    parts = [t.double().pow(2).sum() for k, t in update.items() if not k.startswith(AUX_PREFIX)]
+    if not parts:
         return 0.0
-    return float(torch.stack([t.double().pow(2).sum() for t in update.values()]).sum().sqrt())
+    return float(torch.stack(parts).sum().sqrt())
 
 
 @TRANSFORMS.register("clip")
 class NormClip(UpdateTransform):
-    """Scale each client's update so its global L2 norm is at most ``max_norm``."""
+    """Scale each client's update so its global L2 norm is at most the bound ``C``.
 
-    def __init__(self, max_norm: float) -> None:
-        if not max_norm > 0:
-            raise ConfigError(f"clip max_norm must be > 0, got {max_norm}")
+    Args:
+        max_norm: the bound C (adaptive: its initial value).
+        target_quantile: if set, adapt C each round toward this quantile of the update
+            norms (Andrew et al. 2021 use 0.5).
+        clip_lr: the geometric step size eta_C of the adaptive update (paper: 0.2).
+        count_noise_stddev: standard deviation of the noise on the count of unclipped
+            clients (sigma_b). Default with client-level DP: expected clients / 20, as
+            Andrew et al. recommend; without DP: 0.
+    """
+
+    def __init__(
+        self,
+        max_norm: float,
+        target_quantile: float | None = None,
+        clip_lr: float = 0.2,
+        count_noise_stddev: float | None = None,
+    ) -> None:
+        from fedgen.privacy.accounting import as_number
+
+        max_norm, target_quantile, clip_lr, count_noise_stddev = (
+            as_number(max_norm),
+            as_number(target_quantile),
+            as_number(clip_lr),
+            as_number(count_noise_stddev),
+        )
+        named = {
+            "max_norm": max_norm,
+            "target_quantile": target_quantile,
+            "clip_lr": clip_lr,
+            "count_noise_stddev": count_noise_stddev,
+        }
+        wrong = [f"clip {k}={v!r} must be a number" for k, v in named.items() if isinstance(v, str)]
+        if wrong:
+            raise ConfigError("; ".join(wrong))
+        problems = []
+        if not (max_norm > 0 and math.isfinite(max_norm)):
+            problems.append(f"clip max_norm must be a finite number > 0, got {max_norm}")
+        if target_quantile is not None and not 0 < target_quantile < 1:
+            problems.append(
+                f"clip target_quantile must be in (0, 1) (e.g. 0.5), got {target_quantile}"
+            )
+        if not clip_lr > 0:
+            problems.append(f"clip clip_lr must be > 0 (e.g. 0.2), got {clip_lr}")
+        if count_noise_stddev is not None and not count_noise_stddev >= 0:
+            problems.append(f"clip count_noise_stddev must be >= 0, got {count_noise_stddev}")
+        if problems:
+            raise ConfigError("; ".join(problems))
         self.max_norm = float(max_norm)
+        self.target_quantile = target_quantile
+        self.clip_lr = float(clip_lr)
+        self.count_noise_stddev = count_noise_stddev
+        #: Expected clients per round: the fixed denominator the strategy divides by.
+        self.expected_clients: float | None = None
+
+    @property
+    def adaptive(self) -> bool:
+        return self.target_quantile is not None
+
+    @property
+    def auxiliary_keys(self) -> frozenset[str]:
+        """Side-channel tensors each client adds to its update (checked by the server)."""
+        return frozenset({UNCLIPPED_KEY}) if self.adaptive else frozenset()
+
+    def bind(self, expected_clients: float, count_noise_stddev: float | None) -> None:
+        """Fix the denominator of the aggregated count, and sigma_b if not given."""
+        self.expected_clients = float(expected_clients)
+        if self.count_noise_stddev is None:
+            self.count_noise_stddev = count_noise_stddev
 
     def on_client(
         self, update: StateDict, ctx: TransformContext
@@ -32,4 +119,42 @@ class NormClip(UpdateTransform):
         norm = global_norm(update)
         scale = min(1.0, self.max_norm / (norm + 1e-12))
         clipped = {k: v * scale for k, v in update.items()} if scale < 1.0 else update
+        if self.adaptive:
+            clipped = dict(clipped)
+            clipped[UNCLIPPED_KEY] = torch.tensor([float(norm <= self.max_norm)])
         return clipped, {"update_norm": norm, "clipped": float(scale < 1.0)}
+
+    def on_server(
+        self, aggregate: StateDict, ctx: TransformContext
+    ) -> tuple[StateDict, dict[str, float]]:
+        if not self.adaptive:
+            return aggregate, {}
+        if self.expected_clients is None:
+            raise ConfigError(
+                "adaptive clipping needs a fixed-denominator mean: use strategy fedavg with "
+                "weighted=false and fixed_denominator=true"
+            )
+        aggregate = dict(aggregate)
+        mean_bit = aggregate.pop(UNCLIPPED_KEY, None)
+        # The strategy divided the sum of bits by the expected cohort: undo it.
+        count = 0.0 if mean_bit is None else float(mean_bit.sum()) * self.expected_clients
+        sigma_b = self.count_noise_stddev or 0.0
+        if sigma_b > 0:
+            gen = torch_generator(ctx.seed, "clip", "unclipped-count")
+            count += sigma_b * float(torch.randn((), generator=gen, dtype=torch.float64))
+        unclipped = count / self.expected_clients
+        assert self.target_quantile is not None
+        used = self.max_norm
+        self.max_norm = used * math.exp(-self.clip_lr * (unclipped - self.target_quantile))
+        return aggregate, {
+            "clip_norm": used,
+            "next_clip_norm": self.max_norm,
+            "unclipped_fraction": unclipped,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"max_norm": self.max_norm} if self.adaptive else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "max_norm" in state:
+            self.max_norm = float(state["max_norm"])

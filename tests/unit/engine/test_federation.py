@@ -8,6 +8,7 @@ import torch
 from fedgen.config import load_config
 from fedgen.engine.callbacks import CheckpointCallback
 from fedgen.experiment import build_experiment, restore_latest
+from fedgen.seeding import numpy_rng
 from fedgen.transforms.base import TransformContext, UpdateTransform
 
 
@@ -169,3 +170,26 @@ def test_process_pool_turns_a_crash_into_a_failure(mnist_dir):
     fed.backend.close()
     assert record.metrics["failures"] == 1
     assert "battery" in record.metrics["failed_clients"]["1"]
+
+
+def test_dp_round_with_an_empty_poisson_cohort_still_releases_noise(mnist_dir):
+    # Prepare: fraction 0.05 of 4 clients with this seed samples nobody in round 0.
+    cfg = tiny_config(
+        mnist_dir,
+        **{
+            "strategy.params": "{fraction: 0.05, min_clients: 1, weighted: false, "
+            "sampling: poisson, fixed_denominator: true}",
+            "transforms": "[{name: clip, params: {max_norm: 1.0}}, "
+            "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-3}}]",
+        },
+    )
+    fed = build_experiment(cfg).federation
+    plan = fed.strategy.configure(0, sorted(fed.clients), numpy_rng(0, "sample", 0))
+    assert plan.client_ids == []
+    before = {k: v.clone() for k, v in fed.global_state.items()}
+    # Execute
+    record = fed.run_round(0)
+    # Assert: no client, yet the noised zero mean was applied and accounted.
+    assert record.metrics["clients"] == 0 and "round_failed" not in record.metrics
+    assert all(not torch.equal(before[k], fed.global_state[k]) for k in before)
+    assert record.metrics["epsilon"] > 0

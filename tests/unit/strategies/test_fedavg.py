@@ -77,3 +77,52 @@ def test_ema_tracks_the_global_state_and_survives_a_checkpoint():
     assert torch.equal(restored.evaluation_state(state)["w"], strategy.ema["w"])
     with pytest.raises(ConfigError, match="ema_decay"):
         FedAvg(ema_decay=1.0)
+
+
+def test_poisson_sampling_includes_each_client_with_probability_fraction():
+    # Prepare
+    strategy = FedAvg(fraction=0.3, min_clients=5, sampling="poisson")
+    clients = list(range(20))
+    # Execute: 2000 rounds of independent draws.
+    sizes, hits = [], np.zeros(20)
+    for r in range(2000):
+        plan = strategy.configure(r, clients, np.random.default_rng(r))
+        sizes.append(len(plan.client_ids))
+        hits[plan.client_ids] += 1
+    # Assert: cohort ~ Binomial(20, 0.3) (mean 6, never raised to min_clients, may be
+    # empty) and each client in ~30% of rounds.
+    assert abs(np.mean(sizes) - 6.0) < 0.15
+    assert min(sizes) < 5
+    assert np.all(np.abs(hits / 2000 - 0.3) < 0.05)
+    assert strategy.sample_rate(20) == 0.3 and strategy.expected_clients(20) == 6.0
+
+
+def test_fixed_denominator_divides_by_the_expected_cohort():
+    # Prepare: Poisson q = 0.5 over 8 clients -> denominator 4, whoever returns.
+    strategy = FedAvg(fraction=0.5, weighted=False, sampling="poisson", fixed_denominator=True)
+    strategy.configure(0, list(range(8)), np.random.default_rng(0))
+    # Execute: two results (sum w = [6, 0], b = 4).
+    agg = strategy.aggregate(0, [result(0, 1, [1.0, 2.0], 4.0), result(1, 9, [5.0, -2.0], 0.0)])
+    # Assert
+    assert torch.allclose(agg.delta["w"], torch.tensor([1.5, 0.0], dtype=torch.float64))
+    assert torch.allclose(agg.delta["b"], torch.tensor([1.0], dtype=torch.float64))
+    # No result at all is still a (zero) aggregate: every round releases.
+    empty = strategy.aggregate(1, [])
+    assert empty.num_clients == 0 and empty.delta == {}
+
+
+def test_fixed_denominator_needs_an_unweighted_mean_and_sampling_is_checked():
+    with pytest.raises(ConfigError, match="weighted=false"):
+        FedAvg(fixed_denominator=True)
+    with pytest.raises(ConfigError, match="'fixed' or 'poisson'"):
+        FedAvg(sampling="bernoulli")
+
+
+def test_fixed_sampling_draws_are_unchanged_by_the_new_options():
+    # The default experiment's client draws must stay bit-identical.
+    a = FedAvg(fraction=0.4, min_clients=2, root_seed=3)
+    b = FedAvg(fraction=0.4, min_clients=2, root_seed=3, sampling="fixed")
+    for r in range(5):
+        pa = a.configure(r, list(range(10)), np.random.default_rng(r))
+        pb = b.configure(r, list(range(10)), np.random.default_rng(r))
+        assert pa == pb

@@ -1,0 +1,183 @@
+"""Sample-level DP-SGD inside each client's local training, with Opacus (Abadi et al.
+2016, "Deep Learning with Differential Privacy").
+
+Wrap, don't rewrite, as Opacus's ``PrivacyEngine`` does: a task's ``train_local``
+opens ``task.local_training(generator)`` and draws its batches and optimizers from
+it. With an engine attached that source
+
+- hands out Poisson-sampled batches (each example joins each step independently with
+  probability q = batch_size / n, the sampling Opacus's accountants assume);
+- turns the optimizers of the task's ``private_data_modules()`` into Opacus
+  ``DPOptimizer``s (per-sample gradients clipped to ``max_grad_norm``, Gaussian noise
+  of ``noise_multiplier * max_grad_norm`` on their sum, divided by the expected batch),
+  with per-sample gradients from Opacus's ``GradSampleModule`` hooks, attached for the
+  call and removed after it so the task stays a plain, picklable module tree.
+
+The noise generator is seeded from the client's round seed: reproducible, and
+bit-identical on resume, but torch's PRNG rather than a cryptographically secure one.
+A Poisson draw with no example is drawn again (the networks cannot take an empty
+batch); ``empty_batch_probability`` bounds how often that happens, and the experiment
+check requires it to be negligible against delta.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.validators import ModuleValidator
+
+from fedgen.data.client_data import ClientData
+from fedgen.privacy.errors import PrivacyConfigError
+from fedgen.tasks.base import LocalTraining, Task
+
+# Opacus's per-sample hooks are full backward hooks; on a first layer whose input needs
+# no gradient torch warns on every call. Expected here, and not actionable by a user.
+warnings.filterwarnings(
+    "ignore", message="Full backward hook is firing when gradients are computed with respect"
+)
+
+
+def poisson_sample_rate(batch_size: int, num_examples: int) -> float:
+    """q = batch_size / n, capped at 1 (a shard smaller than a batch is used whole)."""
+    return min(1.0, batch_size / max(num_examples, 1))
+
+
+def empty_batch_probability(batch_size: int, num_examples: int) -> float:
+    """Chance that one Poisson draw holds no example: (1 - q) ** n."""
+    q = poisson_sample_rate(batch_size, num_examples)
+    return float((1.0 - q) ** num_examples)
+
+
+def poisson_batches(
+    data: ClientData, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless Poisson-sampled batches ``(images (B,1,28,28) in [0,1], labels (B,))``.
+
+    B varies around ``batch_size``; each example is in each batch with probability q.
+    """
+    n = data.num_examples
+    if n == 0:
+        raise ValueError(
+            f"client {data.client_id} holds no examples; use a partitioner with "
+            "min_size >= 1 or fewer clients"
+        )
+    q = poisson_sample_rate(batch_size, n)
+    images, labels = data.data.images, data.data.labels
+    while True:
+        mask = torch.rand(n, generator=generator) < q
+        if not bool(mask.any()):
+            continue  # see the module docstring: bounded by empty_batch_probability
+        idx = mask.nonzero().squeeze(1)
+        yield images[idx].float().div_(255.0), labels[idx]
+
+
+class DpSgdTraining(LocalTraining):
+    """One ``train_local`` call under DP-SGD (see the module docstring)."""
+
+    def __init__(self, engine: DpSgdEngine, task: Task, generator: torch.Generator) -> None:
+        super().__init__(generator)
+        self.engine = engine
+        self.task = task
+        self.private = set(task.private_data_modules())
+        # One draw from the client's stream seeds the noise, so the noise is a function
+        # of the client's round seed alone.
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        self.noise_generator = torch.Generator().manual_seed(seed)
+        self.hooked: list[GradSampleModule] = []
+
+    def batches(
+        self, data: ClientData, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return poisson_batches(data, batch_size, self.generator)
+
+    def optimizer(
+        self, optimizer: torch.optim.Optimizer, modules: Sequence[str]
+    ) -> torch.optim.Optimizer:
+        touched = self.private.intersection(modules)
+        if not touched:
+            return optimizer  # e.g. a GAN generator: trained only through private modules
+        if touched != set(modules):
+            raise PrivacyConfigError(
+                [
+                    f"one optimizer trains private modules {sorted(touched)} together with "
+                    f"{sorted(set(modules) - touched)}; DP-SGD clips per-sample gradients "
+                    "of one module group: give each group its own optimizer"
+                ]
+            )
+        for name in modules:
+            self.hooked.append(
+                GradSampleModule(self.task.modules[name], batch_first=True, loss_reduction="mean")
+            )
+        return DPOptimizer(
+            optimizer,
+            noise_multiplier=self.engine.noise_multiplier,
+            max_grad_norm=self.engine.max_grad_norm,
+            expected_batch_size=int(self.task.params.batch_size),
+            loss_reduction="mean",
+            generator=self.noise_generator,
+        )
+
+    def close(self) -> None:
+        # Remove hooks and per-sample buffers: the module is plain again between calls.
+        for gsm in self.hooked:
+            gsm.to_standard_module()
+            for p in gsm._module.parameters():
+                for attr in ("grad_sample", "summed_grad", "_forward_counter"):
+                    if hasattr(p, attr):
+                        delattr(p, attr)
+        self.hooked.clear()
+
+
+class DpSgdEngine:
+    """Attached to a task (``task.privacy_engine``): DP-SGD on its private modules.
+
+    Args:
+        noise_multiplier: sigma, the noise standard deviation in units of
+            ``max_grad_norm``.
+        max_grad_norm: the per-sample gradient clip bound.
+    """
+
+    def __init__(self, noise_multiplier: float, max_grad_norm: float) -> None:
+        self.noise_multiplier = float(noise_multiplier)
+        self.max_grad_norm = float(max_grad_norm)
+
+    def open(self, task: Task, generator: torch.Generator) -> LocalTraining:
+        return DpSgdTraining(self, task, generator)
+
+
+def module_problems(task: Task) -> list[str]:
+    """Opacus's ``ModuleValidator`` on every private-data module, plus the task's own
+    checks: each problem with its fix."""
+    problems = []
+    for name in task.private_data_modules():
+        if name not in task.modules:
+            problems.append(
+                f"{type(task).__name__}.private_data_modules names {name!r}, not a module of "
+                f"the task (modules: {sorted(task.modules)})"
+            )
+            continue
+        for err in ModuleValidator.validate(task.modules[name], strict=False):
+            problems.append(
+                f"task module {name!r}: Opacus cannot make it private: {_first_sentence(err)}; "
+                "fix: replace BatchNorm with GroupNorm or LayerNorm (Opacus's "
+                "ModuleValidator.fix does this), and other listed layers with their DP versions"
+            )
+    problems.extend(task.privacy_problems())
+    return problems
+
+
+def attach_dpsgd(task: Task, noise_multiplier: float, max_grad_norm: float) -> DpSgdEngine:
+    """Attach DP-SGD to ``task``; its ``train_local`` is unchanged."""
+    engine = DpSgdEngine(noise_multiplier, max_grad_norm)
+    task.privacy_engine = engine
+    return engine
+
+
+def _first_sentence(err: Any) -> str:
+    text = str(err).strip()
+    return text.split(". ")[0].rstrip(".")

@@ -1,0 +1,142 @@
+"""DP-SGD with Opacus wrapped around a task's own training code."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedgen.data.client_data import ClientData
+from fedgen.data.sources import get_source
+from fedgen.privacy.dpsgd import DpSgdTraining, attach_dpsgd, poisson_batches
+from fedgen.tasks.gan import ConditionalGan, GanParams
+from fedgen.tasks.vae import ConditionalVae, VaeParams
+
+pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_dir):
+    return get_source("mnist").load("train", mnist_dir)
+
+
+def shard(mnist, n: int) -> ClientData:
+    """The first ``n`` real MNIST training digits as one client's data."""
+    sub = type(mnist)(
+        name=mnist.name,
+        images=mnist.images[:n],
+        labels=mnist.labels[:n],
+        class_names=mnist.class_names,
+    )
+    return ClientData(0, sub)
+
+
+def gan(**params) -> ConditionalGan:
+    torch.set_num_threads(1)
+    p = GanParams(generator_width=8, discriminator_width=8, fake_labels="uniform", **params)
+    return ConditionalGan(p, 10, (1, 28, 28), seed=0)
+
+
+def test_poisson_batches_include_each_example_with_probability_q(mnist):
+    # Prepare: n = 400, batch 40 -> q = 0.1.
+    data = shard(mnist, 400)
+    batches = poisson_batches(data, 40, torch.Generator().manual_seed(1))
+    # Execute: 500 draws.
+    sizes = [next(batches)[0].shape[0] for _ in range(500)]
+    # Assert: B ~ Binomial(400, 0.1): mean 40, variance 36 (sample estimates within
+    # ~5 standard errors).
+    mean = sum(sizes) / len(sizes)
+    var = sum((s - mean) ** 2 for s in sizes) / (len(sizes) - 1)
+    assert abs(mean - 40) < 5 * (36 / 500) ** 0.5
+    assert 28 < var < 46
+    x, _ = next(batches)
+    assert x.dtype == torch.float32 and float(x.min()) >= 0 and float(x.max()) <= 1
+
+
+def pair_loss(D, real, y, fake, y_fake):
+    return F.softplus(-D(real, y)).sum() + F.softplus(D(fake, y_fake)).sum()
+
+
+def test_one_dp_step_equals_clipping_each_real_fake_pair_by_hand(mnist):
+    """Oracle: Opacus's step on the task's discriminator loss = per-pair clip, sum, / batch.
+
+    The cGAN's discriminator loss is two batch means (real, fake); Opacus accumulates
+    the per-sample gradients of both forward passes row by row, so real i and fake i
+    are clipped together as one sample -- the unit whose removal DP-SGD bounds.
+    """
+    # Prepare
+    task = gan(batch_size=8)
+    D = task.modules["discriminator"]
+    gen = torch.Generator().manual_seed(3)
+    real = mnist.images[:5].float() / 127.5 - 1
+    y = mnist.labels[:5]
+    fake = torch.rand(5, 1, 28, 28, generator=gen) * 2 - 1
+    y_fake = torch.randint(0, 10, (5,), generator=gen)
+    clip = 0.05
+    before = [p.detach().clone() for p in D.parameters()]
+    expected = [torch.zeros_like(p) for p in D.parameters()]
+    for i in range(5):  # the slow, obvious reference
+        D.zero_grad()
+        pair_loss(D, real[i : i + 1], y[i : i + 1], fake[i : i + 1], y_fake[i : i + 1]).backward()
+        grads = [p.grad.detach().clone() for p in D.parameters()]
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        factor = min(1.0, clip / (float(norm) + 1e-6))
+        for e, g in zip(expected, grads, strict=True):
+            e += factor * g
+    D.zero_grad()
+    attach_dpsgd(task, noise_multiplier=1e-12, max_grad_norm=clip)
+    # Execute: the task's own loss shape, through the engine, one SGD step of lr 1.
+    with task.local_training(torch.Generator().manual_seed(0)) as local:
+        assert isinstance(local, DpSgdTraining)
+        opt = local.optimizer(torch.optim.SGD(D.parameters(), lr=1.0), ["discriminator"])
+        loss = F.softplus(-D(real, y)).mean() + F.softplus(D(fake, y_fake)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    # Assert: the step is minus the clipped sum over the expected batch size (8).
+    for p, p0, e in zip(D.parameters(), before, expected, strict=True):
+        assert torch.allclose(p0 - p.detach(), e / 8, atol=1e-6), (p0 - p).abs().max()
+
+
+def test_hooks_are_removed_after_training_and_the_task_pickles(mnist):
+    task = gan(batch_size=16)
+    attach_dpsgd(task, noise_multiplier=1.0, max_grad_norm=1.0)
+    task.train_local(shard(mnist, 200), 2, torch.Generator().manual_seed(0), {})
+    D = task.modules["discriminator"]
+    assert all(not m._forward_hooks and not m._backward_hooks for m in D.modules())
+    assert all(not hasattr(p, "grad_sample") for p in D.parameters())
+    clone = pickle.loads(pickle.dumps(copy.deepcopy(task)))
+    clone.train_local(shard(mnist, 200), 1, torch.Generator().manual_seed(0), {})
+
+
+@pytest.mark.parametrize("family", ["cgan", "cvae"])
+def test_dp_training_is_seeded_and_differs_from_plain_training(mnist, family):
+    def trained(dp: bool, seed: int) -> dict[str, torch.Tensor]:
+        if family == "cgan":
+            task = gan(batch_size=16)
+        else:
+            task = ConditionalVae(VaeParams(batch_size=16, width=8), 10, (1, 28, 28), seed=0)
+        if dp:
+            attach_dpsgd(task, noise_multiplier=1.0, max_grad_norm=1.0)
+        task.train_local(shard(mnist, 200), 2, torch.Generator().manual_seed(seed), {})
+        return task.federated_state()
+
+    a, b, c, plain = trained(True, 0), trained(True, 0), trained(True, 1), trained(False, 0)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    assert any(not torch.equal(a[k], plain[k]) for k in a)
+    assert all(torch.isfinite(v).all() for v in a.values())
+
+
+def test_an_optimizer_mixing_private_and_public_modules_is_refused():
+    task = gan(batch_size=16)
+    attach_dpsgd(task, noise_multiplier=1.0, max_grad_norm=1.0)
+    params = [*task.modules["generator"].parameters(), *task.modules["discriminator"].parameters()]
+    with (
+        task.local_training(torch.Generator()) as local,
+        pytest.raises(Exception, match="give each group its own optimizer"),
+    ):
+        local.optimizer(torch.optim.SGD(params, lr=0.1), ["generator", "discriminator"])

@@ -1,0 +1,146 @@
+"""Privacy settings are checked before round 1, every problem at once, each with its fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fedgen.config import load_config
+from fedgen.experiment import build_experiment
+from fedgen.privacy.dpsgd import module_problems
+from fedgen.privacy.errors import PrivacyConfigError
+from fedgen.tasks.gan import ConditionalGan, GanParams
+
+SOUND_STRATEGY = (
+    "strategy.params={fraction: 0.5, min_clients: 1, weighted: false, "
+    "sampling: poisson, fixed_denominator: true}"
+)
+CLIP_AND_NOISE = (
+    "transforms=[{name: clip, params: {max_norm: 1.0}}, "
+    "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-5}}]"
+)
+
+
+def config(mnist_dir, *items: str):
+    base = [
+        "data.sources=[mnist]",
+        f"data.data_dir={mnist_dir}",
+        "data.num_clients=4",
+        "data.partition.kind=iid",
+        "data.partition.params={}",
+        "task.params={batch_size: 32, generator_width: 8, discriminator_width: 8}",
+        "federation.rounds=2",
+        "federation.local_steps=2",
+        "backend.name=inprocess",
+    ]
+    return load_config(None, [*base, *items])
+
+
+def problems_of(cfg) -> list[str]:
+    with pytest.raises(PrivacyConfigError) as info:
+        build_experiment(cfg)
+    return info.value.problems
+
+
+def test_sound_client_level_dp_builds_and_binds(mnist_dir):
+    exp = build_experiment(config(mnist_dir, SOUND_STRATEGY, CLIP_AND_NOISE))
+    privacy = exp.federation.privacy
+    assert privacy is not None and privacy.client is not None
+    assert privacy.client.sample_rate == 0.5 and privacy.client.noise_multiplier == 1.0
+    assert exp.federation.transforms[1].expected_clients == 2.0  # q * N
+
+
+def test_noise_without_clipping_is_rejected(mnist_dir):
+    cfg = config(
+        mnist_dir,
+        SOUND_STRATEGY,
+        "transforms=[{name: client_dp, params: {noise_multiplier: 1.0}}]",
+    )
+    [problem] = problems_of(cfg)
+    assert "no clip bounds the updates" in problem and "{name: clip" in problem
+
+
+def test_example_weighted_fedavg_with_fixed_sampling_lists_every_fix(mnist_dir):
+    # Prepare: the default FedAvg (weighted, fixed-size sampling) under client DP.
+    cfg = config(mnist_dir, "strategy.params={fraction: 0.5}", CLIP_AND_NOISE)
+    # Execute
+    problems = problems_of(cfg)
+    # Assert: all three unsound settings, each naming its fix, in one error.
+    text = "\n".join(problems)
+    assert len(problems) == 3
+    assert "strategy.params.weighted=false" in text
+    assert "strategy.params.fixed_denominator=true" in text
+    assert "strategy.params.sampling=poisson" in text
+
+
+def test_a_budget_that_does_not_fit_one_round_is_rejected(mnist_dir):
+    cfg = config(
+        mnist_dir,
+        SOUND_STRATEGY,
+        "transforms=[{name: clip, params: {max_norm: 1.0}}, "
+        "{name: client_dp, params: {noise_multiplier: 0.5, epsilon: 0.5}}]",
+    )
+    [problem] = problems_of(cfg)
+    assert "in one round" in problem and "raise noise_multiplier or epsilon" in problem
+
+
+def test_bad_epsilon_delta_and_dpsgd_problems_come_together(mnist_dir):
+    cfg = config(
+        mnist_dir,
+        SOUND_STRATEGY,
+        "transforms=[{name: clip, params: {max_norm: 1.0}}, "
+        "{name: client_dp, params: {epsilon: -1.0, delta: 2.0}}]",
+        "dpsgd={noise_multiplier: 1.0}",
+    )
+    problems = problems_of(cfg)
+    text = "\n".join(problems)
+    assert "epsilon must be a finite number > 0" in text
+    assert "delta must be in (0, 1)" in text
+    assert "dpsgd.max_grad_norm is not set" in text  # DP-SGD noise with no clipping
+    assert "task.params.fake_labels=uniform" in text  # the generator would read labels
+
+
+@pytest.mark.parametrize(
+    ("dpsgd", "needle"),
+    [
+        ("{epsilon: 0, max_grad_norm: 1.0}", "epsilon must be a finite number > 0"),
+        ("{epsilon: 10, delta: 1.0, max_grad_norm: 1.0}", "delta must be in (0, 1)"),
+        ("{epsilon: 10, delta: 0.0, max_grad_norm: 1.0}", "delta must be in (0, 1)"),
+        ("{noise_multiplier: 1.0}", "a noise multiplier with no clipping"),
+        ("{max_grad_norm: 1.0}", "needs noise_multiplier or epsilon"),
+        ("{epsilon: 0.01, noise_multiplier: 0.5, max_grad_norm: 1.0}", "in one round"),
+    ],
+)
+def test_dpsgd_bad_input(mnist_dir, dpsgd, needle):
+    cfg = config(mnist_dir, "task.params.fake_labels=uniform", f"dpsgd={dpsgd}")
+    problems = problems_of(cfg)
+    assert any(needle in p for p in problems), problems
+
+
+def test_a_module_opacus_cannot_make_private_is_named_with_its_fix():
+    # Prepare: a cGAN whose discriminator gained a BatchNorm layer.
+    task = ConditionalGan(GanParams(fake_labels="uniform"), 10, (1, 28, 28), seed=0)
+    task.modules["discriminator"].features.insert(1, nn.BatchNorm2d(8 * 4))
+    # Execute
+    problems = module_problems(task)
+    # Assert
+    assert len(problems) == 1
+    assert "'discriminator'" in problems[0] and "BatchNorm" in problems[0]
+    assert "GroupNorm" in problems[0]
+
+
+def test_sound_dpsgd_calibrates_sigma_and_attaches_to_the_task(mnist_dir):
+    cfg = config(
+        mnist_dir,
+        "task.params.fake_labels=uniform",
+        "dpsgd={epsilon: 8, delta: 1.0e-5, max_grad_norm: 1.0}",
+    )
+    exp = build_experiment(cfg)
+    engine = exp.task.privacy_engine
+    sample = exp.federation.privacy.sample
+    assert engine is not None and engine.noise_multiplier == sample.noise_multiplier > 0
+    # Calibrated for the client with the highest rate taking part in every round.
+    assert sample.epsilon() == 0.0
+    assert all(0 < q <= 1 for q in sample.rates.values())
+    assert torch.is_tensor(next(iter(exp.task.federated_state().values())))
