@@ -1,4 +1,4 @@
-"""`fedgen` command line: run, report, sample, eval, data, privacy."""
+"""`fedgen` command line: run, report, sample, eval, data, privacy, attack."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from fedgen.errors import FedgenError
+from fedgen.privacy.attacks.command import attack_command
 
 app = typer.Typer(
     add_completion=False,
@@ -25,6 +26,7 @@ privacy_app = typer.Typer(
     "Gaussian mechanism): epsilon for a noise multiplier, or the multiplier for an epsilon.",
 )
 app.add_typer(privacy_app, name="privacy")
+app.command("attack")(attack_command)
 
 
 def _fail(exc: Exception) -> None:

@@ -203,6 +203,11 @@ class Federation:
                     {f"{type(transform).__name__.lower()}/{k}": v for k, v in t_metrics.items()}
                 )
             self.global_state = self.strategy.apply(r, self.global_state, agg)
+            # Per-client tensors a strategy hands back (e.g. a cluster's shared head
+            # and tail in clustered split learning) replace those clients' private state.
+            for cid, tensors in agg.private_updates.items():
+                self.private_states[cid] = {**self.private_states.get(cid, {}), **tensors}
+            metrics.update({f"strategy/{k}": v for k, v in agg.metrics.items()})
             metrics["examples"] = agg.num_examples
             aggregated = True
         except RoundFailedError as exc:

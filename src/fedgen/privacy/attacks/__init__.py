@@ -9,11 +9,32 @@
 - ``run_attack`` runs either against a run folder; ``attack_command`` is its CLI.
 """
 
-from fedgen.privacy.attacks.image_similarity import match_reconstructions, psnr, ssim
-from fedgen.privacy.attacks.inversion import InversionConfig, invert_gradients
-from fedgen.privacy.attacks.membership import draw_candidates, membership_attack
-from fedgen.privacy.attacks.roc import RocCurve, roc_curve
-from fedgen.privacy.attacks.run import run_attack
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Exports load on first use (PEP 562): the CLI imports ``attack_command`` from this
+# package, and every ``fedgen`` call should not pay for torch models and scipy.
+_EXPORTS = {
+    "InversionConfig": "inversion",
+    "RocCurve": "roc",
+    "draw_candidates": "membership",
+    "invert_gradients": "inversion",
+    "match_reconstructions": "image_similarity",
+    "membership_attack": "membership",
+    "psnr": "image_similarity",
+    "roc_curve": "roc",
+    "run_attack": "run",
+    "ssim": "image_similarity",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
 
 __all__ = [
     "InversionConfig",
