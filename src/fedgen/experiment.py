@@ -108,6 +108,20 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
         )
         for i, t in enumerate(cfg.transforms)
     ]
+    if transforms:
+        # Secure aggregation's composition is checked here, not in build_privacy: it
+        # needs the backend and holds without DP; its problems are raised with the rest.
+        from fedgen.transforms.secagg.validation import secagg_problems
+
+        problems.extend(
+            secagg_problems(
+                strategy=strategy,
+                transforms=transforms,
+                backend=cfg.backend.name,
+                centralized=fed_cfg.centralized,
+                num_clients=len(clients),
+            )
+        )
     privacy = None
     if problems or cfg.dpsgd is not None or transforms:
         # Imported here: Opacus loads only for experiments that may use DP.

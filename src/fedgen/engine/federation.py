@@ -8,13 +8,18 @@ With differential privacy on, a ``PrivacyAccounting`` charges every round and
 adds ``epsilon``/``delta`` to its metrics; when one more round would exceed the
 budget the loop stops cleanly after the last round that fits, and says why in
 ``stop_reason``.
+
+With a ``SecureAggregation`` transform in the pipeline the strategy never sees an
+individual update: the round's accepted updates go through ``secure_aggregate``
+(SecAgg, Bonawitz et al. 2017) and the strategy divides the unmasked sum
+(``Strategy.aggregate_sum``); the server halves then run on that mean as usual.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +30,16 @@ from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.validation import check_update
 from fedgen.errors import ClientUpdateError, RoundFailedError
 from fedgen.seeding import derive_seed, numpy_rng
-from fedgen.strategies.base import Strategy
+from fedgen.strategies.base import Aggregate, Strategy
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import TransformContext, UpdateTransform
+from fedgen.transforms.secagg import (
+    SecAggConfigError,
+    SecAggRoundFailedError,
+    SecureAggregation,
+    secure_aggregate,
+)
+from fedgen.transforms.secagg.channel import Channel
 from fedgen.types import ClientResult, StateDict, state_nbytes
 
 if TYPE_CHECKING:
@@ -94,6 +106,10 @@ class Federation:
         self.stop_reason: str | None = None
         self.auxiliary_keys: frozenset[str] = frozenset(
             key for t in self.transforms for key in getattr(t, "auxiliary_keys", ())
+        )
+        #: The secure-aggregation transform, if any: the round loop then runs the protocol.
+        self.secagg: SecureAggregation | None = next(
+            (t for t in self.transforms if isinstance(t, SecureAggregation)), None
         )
         self.global_state: StateDict = task.federated_state()
         self.private_states: dict[int, StateDict] = {}
@@ -162,6 +178,8 @@ class Federation:
             for res in results:
                 bytes_up += res.bytes_up
                 if res.ok:
+                    # Under secagg this stands for the client's own check before masking:
+                    # a real server could not inspect the update.
                     try:
                         assert res.update is not None
                         check_update(
@@ -181,8 +199,12 @@ class Federation:
 
         metrics: dict[str, Any] = {"round": r}
         aggregated = False
+        channel = Channel()
         try:
-            agg = self.strategy.aggregate(r, accepted())
+            if self.secagg is None:
+                agg = self.strategy.aggregate(r, accepted())
+            else:
+                agg = self._aggregate_securely(r, self.secagg, accepted(), channel, metrics)
             if agg.num_clients == 0 and not agg.delta:
                 # A fixed-denominator mean of no client is zero; its server halves
                 # (e.g. DP noise) must still run on every tensor of the model.
@@ -221,11 +243,80 @@ class Federation:
             metrics["failed_clients"] = {str(k): v for k, v in sorted(failures.items())}
         metrics["bytes_down"] = state_nbytes(self.global_state) * len(plan.instructions)
         metrics["bytes_up"] = bytes_up
+        if self.secagg is not None:
+            # The clients sent the protocol's messages, not their plain updates.
+            metrics["bytes_up"] = sum(channel.bytes_up.values())
+            metrics["bytes_down"] += sum(channel.bytes_down.values())
         metrics.update(_weighted_means(client_metrics))
         if self.privacy is not None:
             metrics.update(self.privacy.record(plan.client_ids, aggregated))
         metrics["seconds"] = time.perf_counter() - t0
         return RoundRecord(r, metrics)
+
+    def _aggregate_securely(
+        self,
+        r: int,
+        secagg: SecureAggregation,
+        results: Iterable[ClientResult],
+        channel: Channel,
+        metrics: dict[str, Any],
+    ) -> Aggregate:
+        """The round's aggregate from a secure sum of the accepted updates.
+
+        Raises ``SecAggRoundFailedError`` (a ``RoundFailedError``) when fewer than two
+        clients remain or too few survive the simulated dropouts.
+        """
+        updates: dict[int, StateDict] = {}
+        weights: dict[int, float] = {}
+        examples: dict[int, int] = {}
+        for res in results:
+            assert res.update is not None  # the loop passes successful results only
+            # The simulation hands each update to that client's half of the protocol
+            # (inside secure_aggregate); the server keeps no individual update.
+            updates[res.client_id], res.update = res.update, None
+            weights[res.client_id] = self.strategy.client_weight(res.num_examples)
+            examples[res.client_id] = res.num_examples
+        if not updates:
+            # The sum of no client is zero: nothing to mask (fixed denominator: noise only).
+            return self.strategy.aggregate_sum(r, {}, 0.0, 0, 0)
+        if len(updates) < 2:
+            updates.clear()
+            raise SecAggRoundFailedError(
+                f"round {r}: only {len(examples)} usable client update, and secure "
+                "aggregation of one client would reveal it; sample more clients per round"
+            )
+        config = secagg.round_config()
+        drops = secagg.dropouts(updates, self.seed, r)
+        metrics["secagg/clip_range"] = config.clip
+        metrics["secagg/dropped"] = float(len(drops))
+        try:
+            secure = secure_aggregate(
+                updates,
+                weights,
+                config=config,
+                seed=derive_seed(self.seed, "secagg"),
+                round=r,
+                drop_after_sharing=drops,
+                channel=channel,
+            )
+        except SecAggConfigError as exc:
+            # A cohort the recipe's plan could not foresee (e.g. clients failed).
+            raise SecAggRoundFailedError(
+                f"round {r}: secure aggregation cannot run over {len(updates)} clients: {exc}"
+            ) from exc
+        finally:
+            updates.clear()
+        metrics.update({f"secagg/{k}": v for k, v in secure.metrics().items()})
+        # Example counts are public in fedgen (every result reports its own), so the
+        # exact weight sum of the survivors is used; the fixed-point error stays in the
+        # numerator, where ``max_abs_error`` bounds it.
+        return self.strategy.aggregate_sum(
+            r,
+            secure.weighted_sum,
+            sum(weights[c] for c in secure.survivors),
+            len(secure.survivors),
+            sum(examples[c] for c in secure.survivors),
+        )
 
     # -- state ---------------------------------------------------------------
 

@@ -14,7 +14,9 @@ Soundness rules for client-level DP (McMahan et al. 2018):
 - ``sampling: poisson``: the accountant analyses Poisson subsampling at rate
   q = ``fraction``; fixed-size sampling is rejected rather than accounted loosely;
 - no other transform unless it declares ``dp_compatible = True`` (it must not change
-  a clipped update's norm bound nor the noise);
+  a clipped update's norm bound nor the noise): ``secagg`` does, listed last, so the
+  server unmasks the exact sum before adding noise (its own placement rules are in
+  ``fedgen.transforms.secagg.validation``);
 - not in centralized mode (one pooled "client" has no client-level guarantee).
 """
 

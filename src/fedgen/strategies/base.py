@@ -12,10 +12,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from fedgen.errors import ConfigError
 from fedgen.types import ClientResult, RoundPlan, StateDict
 
 
@@ -38,7 +39,15 @@ class Aggregate:
 
 
 class Strategy(ABC):
-    """Server policy: which clients, with what config; how results are combined."""
+    """Server policy: which clients, with what config; how results are combined.
+
+    A strategy that can combine a round from a weighted sum alone (secure
+    aggregation hands the server nothing else) sets ``aggregates_sums = True``
+    and overrides ``client_weight`` and ``aggregate_sum``.
+    """
+
+    #: True when ``aggregate_sum`` works: the strategy needs no individual update.
+    aggregates_sums: ClassVar[bool] = False
 
     @abstractmethod
     def configure(self, round: int, client_ids: list[int], rng: np.random.Generator) -> RoundPlan:
@@ -51,6 +60,37 @@ class Strategy(ABC):
     @abstractmethod
     def apply(self, round: int, global_state: StateDict, aggregate: Aggregate) -> StateDict:
         """The next global state from the current one and the (server-transformed) aggregate."""
+
+    def client_weight(self, num_examples: int) -> float:
+        """The weight of one client's update in the sum ``aggregate_sum`` divides.
+
+        Raises:
+            ConfigError: the strategy needs individual updates (see ``aggregates_sums``).
+        """
+        raise self._no_sums()
+
+    def aggregate_sum(
+        self,
+        round: int,
+        weighted_sum: StateDict,
+        weight_sum: float,
+        num_clients: int,
+        num_examples: int,
+    ) -> Aggregate:
+        """Combine a round from ``sum_u client_weight(u) * update_u`` over its ``num_clients``.
+
+        Raises:
+            ConfigError: the strategy needs individual updates (see ``aggregates_sums``).
+            RoundFailedError: too few clients to aggregate the round.
+        """
+        raise self._no_sums()
+
+    def _no_sums(self) -> ConfigError:
+        return ConfigError(
+            f"strategy {type(self).__name__} needs each client's individual update, which "
+            "secure aggregation hides from the server; use strategy fedavg, or remove the "
+            "secagg transform"
+        )
 
     def evaluation_state(self, global_state: StateDict) -> StateDict:
         """The weights to sample and evaluate with (default: the global state itself)."""

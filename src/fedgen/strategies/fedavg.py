@@ -114,6 +114,13 @@ class FedAvg(Strategy):
             return self.fraction
         return min(1.0, self.expected_clients(num_clients) / num_clients)
 
+    #: FedAvg divides a weighted sum, so secure aggregation can hand it the sum alone.
+    aggregates_sums = True
+
+    def client_weight(self, num_examples: int) -> float:
+        """``num_examples`` (weighted) or 1.0 (unweighted, fixed denominator)."""
+        return float(num_examples) if self.weighted else 1.0
+
     def aggregate(self, round: int, results: Iterable[ClientResult]) -> Aggregate:
         # Running sums: one accumulator the size of the model, whatever the cohort.
         total: StateDict = {}
@@ -121,7 +128,7 @@ class FedAvg(Strategy):
         examples = clients = 0
         for res in results:
             assert res.update is not None  # the loop passes successful results only
-            w = float(res.num_examples) if self.weighted else 1.0
+            w = self.client_weight(res.num_examples)
             for key, value in res.update.items():
                 contrib = value.to(torch.float64) * w
                 if key in total:
@@ -131,21 +138,32 @@ class FedAvg(Strategy):
             weight_sum += w
             examples += res.num_examples
             clients += 1
+        return self.aggregate_sum(round, total, weight_sum, clients, examples)
+
+    def aggregate_sum(
+        self,
+        round: int,
+        weighted_sum: StateDict,
+        weight_sum: float,
+        num_clients: int,
+        num_examples: int,
+    ) -> Aggregate:
+        """The mean from a running (or secure) sum: divided by the weight sum or fixed cohort."""
         if self.fixed_denominator:
             if self._denominator is None:
                 raise RoundFailedError(
                     f"round {round}: fixed_denominator needs configure() before aggregate()"
                 )
             denominator = self._denominator
-        elif clients < self.min_clients or weight_sum <= 0:
+        elif num_clients < self.min_clients or weight_sum <= 0:
             raise RoundFailedError(
-                f"round {round}: {clients} usable client updates, fewer than "
+                f"round {round}: {num_clients} usable client updates, fewer than "
                 f"min_clients={self.min_clients}"
             )
         else:
             denominator = weight_sum
-        delta = {k: v / denominator for k, v in total.items()}
-        return Aggregate(delta=delta, num_examples=examples, num_clients=clients)
+        delta = {k: v / denominator for k, v in weighted_sum.items()}
+        return Aggregate(delta=delta, num_examples=num_examples, num_clients=num_clients)
 
     def apply(self, round: int, global_state: StateDict, aggregate: Aggregate) -> StateDict:
         new_state = {}

@@ -10,48 +10,84 @@ with ``fedgen.transforms.secagg.secure_aggregate`` in place of the plain sum.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection
-from typing import Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from fedgen.registry import TRANSFORMS
 from fedgen.transforms.base import TransformContext, UpdateTransform
 from fedgen.transforms.secagg.config import SecAggConfig
+from fedgen.transforms.secagg.errors import SecAggConfigError
 from fedgen.transforms.secagg.protocol import simulate_dropouts
 from fedgen.types import StateDict
+
+if TYPE_CHECKING:
+    from fedgen.transforms.clip import NormClip
 
 
 @TRANSFORMS.register("secagg")
 class SecureAggregation(UpdateTransform):
     """Secure aggregation, SecAgg (Bonawitz et al. 2017) or SecAgg+ (Bell et al. 2020).
 
-    The round loop runs the protocol (``secure_aggregate``) with ``self.config``
+    The round loop runs the protocol (``secure_aggregate``) with ``round_config()``
     when this transform is in the pipeline; ``on_client`` and ``on_server`` are
-    the identity. Place it after client-side transforms (clipping) and before
-    server-side noise: the server then adds noise to the unmasked sum.
+    the identity. It must be the last transform: last on the client (after
+    clipping), first on the server (the sum is unmasked before client_dp adds
+    noise to it).
 
     Args: see ``SecAggConfig`` (threshold, modulus_bits, clip, value_bits,
-    neighbours, rounding, dropout_rate).
+    neighbours, rounding, dropout_rate). ``clip=None`` (the default) follows the
+    pipeline's ``NormClip`` bound each round (see ``bind_clip``): an update of L2
+    norm <= C has every coordinate in [-C, C], so nothing is clipped twice.
     """
+
+    #: Unmasking returns the exact sum (up to fixed-point rounding): DP noise on it stays sound.
+    dp_compatible: ClassVar[bool] = True
 
     def __init__(
         self,
         threshold: float = 2 / 3,
         modulus_bits: int = 32,
-        clip: float = 1.0,
+        clip: float | None = None,
         value_bits: int | None = None,
         neighbours: int | None = None,
         rounding: Literal["stochastic", "nearest"] = "stochastic",
         dropout_rate: float = 0.0,
     ) -> None:
+        #: True when the fixed-point range follows the pipeline's ``NormClip`` bound.
+        self.auto_clip = clip is None
+        self.norm_clip: NormClip | None = None
         self.config = SecAggConfig(
             threshold=threshold,
             modulus_bits=modulus_bits,
-            clip=clip,
+            clip=1.0 if clip is None else clip,
             value_bits=value_bits,
             neighbours=neighbours,
             rounding=rounding,
             dropout_rate=dropout_rate,
         )
+
+    def bind_clip(self, clip: NormClip | None) -> None:
+        """Take the fixed-point range from ``clip`` (when ``clip=None`` was given)."""
+        self.norm_clip = clip
+
+    def round_config(self) -> SecAggConfig:
+        """The configuration for this round: the range follows the clip bound when automatic.
+
+        With adaptive clipping the bound moves every round, and the clip's one-bit
+        side channel (``1[norm <= C]``) needs the range to reach 1.
+        """
+        if not self.auto_clip:
+            return self.config
+        if self.norm_clip is None:
+            raise SecAggConfigError(
+                "secagg has no clip range: add {name: clip, params: {max_norm: ...}} before "
+                "secagg and build with fedgen.experiment.build_experiment, or set secagg's clip"
+            )
+        bound = self.norm_clip.max_norm
+        if self.norm_clip.adaptive:
+            bound = max(bound, 1.0)
+        return dataclasses.replace(self.config, clip=bound)
 
     def dropouts(self, client_ids: Collection[int], seed: int, round: int) -> tuple[int, ...]:
         """The clients to drop after key sharing in ``round`` (simulated ``dropout_rate``)."""

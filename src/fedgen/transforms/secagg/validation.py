@@ -1,0 +1,131 @@
+"""Check where secure aggregation sits in an experiment, before round 1.
+
+Secure aggregation (Bonawitz et al. 2017) hands the server one sum per round and
+nothing else, so it composes only with parts that need nothing else: called from
+``fedgen.experiment.build_experiment``, which raises these problems together with
+every other component's (and the DP checks'), each with its fix.
+
+Rules:
+- one ``secagg``, listed last: last on the client (after ``clip``), first on the
+  server (the sum is unmasked before ``client_dp`` adds noise);
+- a strategy that aggregates from a sum (``Strategy.aggregates_sums``); not
+  ``kld_clustered``, which clusters clients by their individual features;
+- not the ``split`` backend (split learning exchanges activations, not updates) and
+  not centralized mode (one pooled client: nothing to aggregate);
+- a fixed-point range that clips nothing a ``NormClip`` let through: secagg's
+  ``clip`` left unset (it then follows the NormClip bound every round, also when
+  adaptive), or set >= ``max_norm`` with a fixed bound;
+- the configuration resolves for the planned cohort (threshold, modulus).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from fedgen.strategies.base import Strategy
+from fedgen.strategies.fedavg import FedAvg
+from fedgen.transforms.base import UpdateTransform
+from fedgen.transforms.clip import NormClip
+from fedgen.transforms.secagg.errors import SecAggConfigError
+from fedgen.transforms.secagg.transform import SecureAggregation
+
+log = logging.getLogger(__name__)
+
+
+def secagg_problems(
+    *,
+    strategy: Strategy | None,
+    transforms: Sequence[UpdateTransform | None],
+    backend: str,
+    centralized: bool,
+    num_clients: int,
+) -> list[str]:
+    """Every unsound use of ``secagg`` in the experiment, each with its fix; [] if none.
+
+    On success an automatic range is bound to the pipeline's ``NormClip``.
+    ``strategy`` or a transform is None when it failed to build (checks needing it skip).
+    """
+    found = [i for i, t in enumerate(transforms) if isinstance(t, SecureAggregation)]
+    if not found:
+        return []
+    problems: list[str] = []
+    i_sa = found[0]
+    secagg = transforms[i_sa]
+    assert isinstance(secagg, SecureAggregation)
+    if len(found) > 1:
+        problems.append("transforms: secagg appears more than once; keep one, listed last")
+    clips = [i for i, t in enumerate(transforms) if isinstance(t, NormClip)]
+    if any(i > i_sa for i in clips):
+        problems.append(
+            "transforms: secagg is listed before clip, so the updates it masks are not "
+            "clipped yet and the server could never clip them; order the transforms "
+            "[clip, client_dp, secagg]"
+        )
+    elif i_sa != len(transforms) - 1:
+        problems.append(
+            f"transforms: secagg must be the last transform (last on the client, first on "
+            f"the server: the sum is unmasked before any server half such as client_dp "
+            f"noise runs); move transforms[{i_sa}] (secagg) to the end, e.g. "
+            "[clip, client_dp, secagg]"
+        )
+    if strategy is not None and not strategy.aggregates_sums:
+        problems.append(
+            f"strategy {type(strategy).__name__} needs each client's individual update "
+            "(kld_clustered clusters clients by their own features), which secure "
+            "aggregation hides from the server; use strategy fedavg, or remove secagg"
+        )
+    if backend == "split":
+        problems.append(
+            "backend split trains clients jointly with the server over activations (split "
+            "learning): the server sees them by design and there is no update to mask; "
+            "remove secagg, or use backend inprocess or process_pool"
+        )
+    if centralized:
+        problems.append(
+            "federation.centralized=true pools all data in one client: there is no sum of "
+            "clients to protect; remove secagg, or set federation.centralized=false"
+        )
+    problems.extend(_range_problems(secagg, [t for t in transforms if isinstance(t, NormClip)]))
+    if not problems and isinstance(strategy, FedAvg):
+        cohort = max(2, round(strategy.expected_clients(num_clients)))
+        try:
+            secagg.round_config().plan(cohort)
+        except SecAggConfigError as exc:
+            problems.append(f"secagg, for the planned {cohort} clients per round: {exc}")
+    return problems
+
+
+def _range_problems(secagg: SecureAggregation, clips: Sequence[NormClip]) -> list[str]:
+    clip = clips[0] if clips else None
+    if clip is None:
+        if secagg.auto_clip:
+            return [
+                "secagg has no range for its fixed-point encoding: add "
+                "{name: clip, params: {max_norm: 1.0}} before secagg (the range then "
+                "follows max_norm), or set secagg's clip (larger coordinates are clipped)"
+            ]
+        return []
+    if secagg.auto_clip:
+        secagg.bind_clip(clip)
+        log.info(
+            "secagg: fixed-point range follows clip max_norm (now %g)%s",
+            clip.max_norm,
+            ", at least 1 for the unclipped bit" if clip.adaptive else "",
+        )
+        return []
+    c = secagg.config.clip
+    if clip.adaptive:
+        return [
+            f"secagg clip={c:g} is fixed, but adaptive clipping moves its bound (and sends "
+            "a 0/1 bit) each round, so coordinates could exceed it and be clipped; leave "
+            "secagg's clip unset to follow the clip bound"
+        ]
+    if c < clip.max_norm:
+        return [
+            f"secagg clip={c:g} is below clip max_norm={clip.max_norm:g}: a clipped update "
+            "can have a coordinate up to max_norm, which the fixed-point encoding would clip "
+            f"again; set secagg clip >= {clip.max_norm:g}, or leave it unset to follow "
+            "max_norm"
+        ]
+    return []

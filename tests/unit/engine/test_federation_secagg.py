@@ -1,0 +1,180 @@
+"""Secure aggregation inside the one round loop, on real MNIST digits.
+
+Oracle: the same round without secagg (the plain running sum). The two global
+states agree within the fixed-point error bound the protocol reports
+(``secagg/max_abs_error`` bounds the error of the weighted sum; the mean divides
+it by the denominator), plus float32 rounding when the mean is applied.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_federation import interrupt_at, tiny_config
+
+from fedgen.engine.callbacks import CheckpointCallback
+from fedgen.experiment import build_experiment, restore_latest
+from fedgen.transforms.base import TransformContext, UpdateTransform
+from fedgen.transforms.secagg import SecureAggregation
+
+torch.set_num_threads(1)
+
+CLIP = "{name: clip, params: {max_norm: 1.0}}"
+UNWEIGHTED = "{min_clients: 2, weighted: false, fixed_denominator: true}"
+F32 = 2.0**-23
+
+
+def secagg(**params: object) -> str:
+    inner = ", ".join(f"{k}: {v}" for k, v in params.items())
+    return f"{{name: secagg, params: {{{inner}}}}}"
+
+
+class Crash(UpdateTransform):
+    """Chosen clients crash on the client: the plain reference for dropped clients."""
+
+    def __init__(self, ids: set[int]) -> None:
+        self.ids = ids
+
+    def on_client(self, update, ctx: TransformContext):
+        if ctx.client_id in self.ids:
+            raise RuntimeError("client went offline")
+        return update, {}
+
+
+def states_close(a, b, denominator: float, max_abs_error: float) -> None:
+    bound = max_abs_error / denominator
+    for k in a:
+        diff = (a[k].double() - b[k].double()).abs()
+        assert (diff <= bound + 2 * F32 * b[k].double().abs() + 1e-12).all(), k
+
+
+@pytest.mark.parametrize("strategy", ["{min_clients: 2}", UNWEIGHTED])
+def test_secure_round_equals_plain_round_within_the_fixed_point_bound(mnist_dir, strategy):
+    # Prepare
+    plain = build_experiment(
+        tiny_config(mnist_dir, **{"strategy.params": strategy, "transforms": f"[{CLIP}]"})
+    ).federation
+    secure = build_experiment(
+        tiny_config(
+            mnist_dir, **{"strategy.params": strategy, "transforms": f"[{CLIP}, {secagg()}]"}
+        )
+    ).federation
+    before = {k: v.clone() for k, v in plain.global_state.items()}
+    # Execute
+    ref = plain.run_round(0).metrics
+    got = secure.run_round(0).metrics
+    # Assert
+    assert got["secagg/survivors"] == 4 and got["secagg/dropped"] == 0
+    assert got["examples"] == ref["examples"] == 10_000
+    denominator = ref["examples"] if strategy == "{min_clients: 2}" else 4.0
+    states_close(secure.global_state, plain.global_state, denominator, got["secagg/max_abs_error"])
+    assert any(not torch.equal(before[k], secure.global_state[k]) for k in before)
+    # The protocol's messages replace the plain updates on the wire, and cost more.
+    assert got["bytes_up"] > ref["bytes_up"] and got["bytes_down"] > ref["bytes_down"]
+    assert got["bytes_up"] == pytest.approx(4 * got["secagg/bytes_up_per_client"])
+
+
+def test_dropouts_aggregate_the_survivors_only(mnist_dir):
+    # Prepare: dropout_rate 0.25 of 4 clients drops one after key sharing.
+    dropped = set(SecureAggregation(dropout_rate=0.25).dropouts(range(4), seed=0, round=0))
+    assert len(dropped) == 1
+    secure = build_experiment(
+        tiny_config(mnist_dir, transforms=f"[{CLIP}, {secagg(dropout_rate=0.25)}]")
+    ).federation
+    plain = build_experiment(tiny_config(mnist_dir, transforms=f"[{CLIP}]")).federation
+    plain.transforms.append(Crash(dropped))
+    # Execute
+    got = secure.run_round(0).metrics
+    ref = plain.run_round(0).metrics
+    # Assert: the same as a plain round in which the dropped client never answered.
+    assert got["secagg/survivors"] == 3 and got["secagg/dropped"] == 1
+    assert ref["failures"] == 1 and got["examples"] == ref["examples"] < 10_000
+    states_close(
+        secure.global_state, plain.global_state, ref["examples"], got["secagg/max_abs_error"]
+    )
+
+
+def test_below_threshold_the_round_fails_as_a_value_and_the_run_goes_on(mnist_dir):
+    # Prepare: 2 of 4 drop; the default threshold 2/3 needs 3 survivors.
+    fed = build_experiment(
+        tiny_config(
+            mnist_dir,
+            **{"federation.rounds": 2, "transforms": f"[{CLIP}, {secagg(dropout_rate=0.5)}]"},
+        )
+    ).federation
+    before = {k: v.clone() for k, v in fed.global_state.items()}
+    # Execute
+    assert fed.run()
+    # Assert
+    assert [m["round"] for m in fed.history] == [0, 1]
+    for m in fed.history:
+        assert "threshold 3" in m["round_failed"] and m["examples"] == 0
+        assert m["secagg/dropped"] == 2 and m["bytes_up"] > 0
+    assert all(torch.equal(before[k], fed.global_state[k]) for k in before)
+
+
+def test_one_usable_client_is_not_aggregated_securely(mnist_dir):
+    fed = build_experiment(tiny_config(mnist_dir, transforms=f"[{CLIP}, {secagg()}]")).federation
+    fed.transforms.insert(0, Crash({0, 1, 2}))
+    before = {k: v.clone() for k, v in fed.global_state.items()}
+    record = fed.run_round(0)
+    assert "would reveal it" in record.metrics["round_failed"]
+    assert all(torch.equal(before[k], fed.global_state[k]) for k in before)
+
+
+def test_the_server_keeps_no_individual_update(mnist_dir):
+    # Prepare: record what the backend hands the loop.
+    fed = build_experiment(tiny_config(mnist_dir, transforms=f"[{CLIP}, {secagg()}]")).federation
+    seen = []
+    run = fed.backend.run
+
+    def recording(*args):
+        for res in run(*args):
+            seen.append(res)
+            yield res
+
+    fed.backend.run = recording  # type: ignore[method-assign]
+    # Execute
+    record = fed.run_round(0)
+    # Assert
+    assert "round_failed" not in record.metrics and len(seen) == 4
+    assert all(res.ok is False and res.update is None for res in seen)
+
+
+def test_adaptive_clip_bit_travels_through_the_secure_sum(mnist_dir):
+    # Prepare: a small bound, so some updates are clipped and the bit sum is informative.
+    strategy = {"strategy.params": UNWEIGHTED}
+    adaptive = "{name: clip, params: {max_norm: 0.085, target_quantile: 0.5}}"
+    plain = build_experiment(tiny_config(mnist_dir, **strategy, transforms=f"[{adaptive}]"))
+    secure = build_experiment(
+        tiny_config(mnist_dir, **strategy, transforms=f"[{adaptive}, {secagg()}]")
+    )
+    # Execute
+    ref = plain.federation.run_round(0).metrics
+    got = secure.federation.run_round(0).metrics
+    # Assert: the same count of unclipped clients, hence the same next bound.
+    assert got["secagg/clip_range"] == 1.0  # the 0/1 bit needs the range to reach 1
+    assert got["normclip/unclipped_fraction"] == pytest.approx(
+        ref["normclip/unclipped_fraction"], abs=1e-6
+    )
+    assert 0 < ref["normclip/unclipped_fraction"] < 1
+    assert got["normclip/next_clip_norm"] == pytest.approx(ref["normclip/next_clip_norm"])
+
+
+def test_resume_after_interrupt_is_bit_identical_with_secagg(mnist_dir, tmp_path):
+    cfg = tiny_config(
+        mnist_dir,
+        **{"federation.rounds": 3, "transforms": f"[{CLIP}, {secagg(dropout_rate=0.25)}]"},
+    )
+    ref = build_experiment(cfg).federation
+    assert ref.run()
+    meta = {"format": 1, "fingerprint": cfg.fingerprint()}
+    first = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
+    interrupt_at(first.task, 4 + 2)  # round 1, second of 4 clients
+    assert first.run() is False
+    second = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
+    assert restore_latest(second, tmp_path, cfg) == 0
+    assert second.run()
+    for k in ref.global_state:
+        assert torch.equal(ref.global_state[k], second.global_state[k]), k
+    assert [m["secagg/survivors"] for m in second.history] == [3, 3, 3]

@@ -1,0 +1,137 @@
+"""Unsound uses of secure aggregation are rejected before round 1, each with its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedgen.config import load_config
+from fedgen.errors import ConfigError
+from fedgen.experiment import build_experiment
+from fedgen.strategies.clustered import KldClustered
+
+CLIP = "{name: clip, params: {max_norm: 2.0}}"
+DP_STRATEGY = (
+    "{fraction: 1.0, min_clients: 1, weighted: false, sampling: poisson, fixed_denominator: true}"
+)
+DP = "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-3}}"
+SA = "{name: secagg}"
+
+
+def tiny_config(mnist_dir, **overrides):
+    """4 iid MNIST clients, a tiny cGAN, the sequential backend."""
+    items = [
+        "data.sources=[mnist]",
+        f"data.data_dir={mnist_dir}",
+        "data.num_clients=4",
+        "data.partition.kind=iid",
+        "data.partition.params={}",
+        "task.params={batch_size: 16, generator_width: 8, discriminator_width: 8}",
+        "federation.rounds=1",
+        "federation.local_steps=1",
+        "strategy.params={min_clients: 2}",
+        "backend.name=inprocess",
+    ] + [f"{k}={v}" for k, v in overrides.items()]
+    return load_config(None, items)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fix"),
+    [
+        ({"transforms": f"[{SA}, {CLIP}]"}, "order the transforms [clip, client_dp, secagg]"),
+        (
+            {"strategy.params": DP_STRATEGY, "transforms": f"[{CLIP}, {SA}, {DP}]"},
+            "move transforms[1] (secagg) to the end",
+        ),
+        (
+            {"transforms": f"[{CLIP}, {{name: secagg, params: {{clip: 1.0}}}}]"},
+            "set secagg clip >= 2",
+        ),
+        (
+            {
+                "strategy.params": "{weighted: false, fixed_denominator: true}",
+                "transforms": "[{name: clip, params: {max_norm: 1.0, target_quantile: 0.5}}, "
+                "{name: secagg, params: {clip: 5.0}}]",
+            },
+            "leave secagg's clip unset to follow the clip bound",
+        ),
+        ({"transforms": "[{name: secagg}]"}, "add {name: clip, params: {max_norm: 1.0}} before"),
+        (
+            {"strategy.name": "kld_clustered", "strategy.params": "{}", "transforms": f"[{SA}]"},
+            "use strategy fedavg, or remove secagg",
+        ),
+        (
+            {"backend.name": "split", "transforms": f"[{CLIP}, {SA}]"},
+            "use backend inprocess or process_pool",
+        ),
+        (
+            {"federation.centralized": "true", "transforms": f"[{CLIP}, {SA}]"},
+            "set federation.centralized=false",
+        ),
+        (
+            {"transforms": f"[{CLIP}, {{name: secagg, params: {{threshold: 5}}}}]"},
+            "for the planned 4 clients per round: threshold 5 exceeds",
+        ),
+    ],
+    ids=["before-clip", "not-last", "range-below-clip", "fixed-range-adaptive", "no-range",
+         "kld-clustered", "split-backend", "centralized", "threshold-above-cohort"],
+)  # fmt: skip
+def test_unsound_combination_raises_with_its_fix(mnist_dir, overrides, fix):
+    with pytest.raises(ConfigError) as err:
+        build_experiment(tiny_config(mnist_dir, **overrides))
+    assert fix in str(err.value)
+
+
+def test_every_problem_is_listed_together(mnist_dir):
+    cfg = tiny_config(
+        mnist_dir,
+        **{
+            "backend.name": "split",
+            "federation.centralized": "true",
+            "transforms": f"[{SA}, {CLIP}]",
+        },
+    )
+    with pytest.raises(ConfigError) as err:
+        build_experiment(cfg)
+    msg = str(err.value)
+    assert "backend split" in msg and "centralized" in msg and "before clip" in msg
+
+
+def test_clip_dp_secagg_builds_and_the_range_follows_the_clip(mnist_dir):
+    # Prepare
+    cfg = tiny_config(
+        mnist_dir,
+        **{"strategy.params": DP_STRATEGY, "transforms": f"[{CLIP}, {DP}, {SA}]"},
+    )
+    # Execute
+    fed = build_experiment(cfg).federation
+    # Assert
+    clip, _, secagg = fed.transforms
+    assert fed.privacy is not None and fed.secagg is secagg
+    assert secagg.round_config().clip == 2.0
+    clip.max_norm = 3.0  # as adaptive clipping would move it
+    assert secagg.round_config().clip == 3.0
+
+
+def test_an_explicit_range_at_least_the_clip_bound_is_kept(mnist_dir):
+    cfg = tiny_config(mnist_dir, transforms=f"[{CLIP}, {{name: secagg, params: {{clip: 2.5}}}}]")
+    assert build_experiment(cfg).federation.secagg.round_config().clip == 2.5
+
+
+def test_a_strategy_that_needs_individual_updates_cannot_aggregate_a_sum():
+    strategy = KldClustered()
+    assert not strategy.aggregates_sums
+    with pytest.raises(ConfigError, match="use strategy fedavg"):
+        strategy.aggregate_sum(0, {}, 0.0, 0, 0)
+    with pytest.raises(ConfigError, match="use strategy fedavg"):
+        strategy.client_weight(10)
+
+
+@pytest.mark.parametrize("recipe", ["mnist_cgan_secagg.yaml", "mnist_cgan_dp_secagg.yaml"])
+def test_the_secagg_recipes_validate(mnist_dir, recipe):
+    path = Path(__file__).resolve().parents[4] / "configs" / recipe
+    cfg = load_config(path, [f"data.data_dir={mnist_dir}", "backend.name=inprocess"])
+    fed = build_experiment(cfg).federation
+    assert fed.secagg is fed.transforms[-1] and fed.secagg.auto_clip
+    assert fed.secagg.round_config().clip == fed.transforms[0].max_norm
