@@ -33,7 +33,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -50,6 +49,7 @@ from fedgen.config import load_config
 from fedgen.engine.callbacks import MetricsWriter, ProgressCallback
 from fedgen.engine.federation import Callback, Federation, RoundRecord
 from fedgen.experiment import build_experiment
+from fedgen.report.results_table import machine_description
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,18 +135,6 @@ class WallBudget(Callback):
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
         if time.perf_counter() - self.t0 >= self.seconds:
             fed.rounds = fed.next_round
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def _mean(history: list[dict[str, Any]], key: str) -> float | None:
@@ -280,7 +268,7 @@ def main() -> None:
                 "published analytic latency 7.68 s/iteration (80 clients, GA).\n"
             )
         f.write(
-            f"\n## {dt.datetime.now().isoformat(timespec='seconds')} on {machine()}\n\n"
+            f"\n## {dt.datetime.now().isoformat(timespec='seconds')} on {machine_description()}\n\n"
             f"Command: `{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}` "
             f"({args.minutes:g} min per run, local steps {args.local_steps or 'from recipe'}, "
             f"TSTR {args.tstr_samples} samples x {args.tstr_epochs} epochs)\n\n"

@@ -4,30 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_federation import tiny_config
 
-from fedgen.config import load_config
 from fedgen.engine.callbacks import CheckpointCallback
 from fedgen.experiment import build_experiment, restore_latest
 from fedgen.seeding import numpy_rng
 from fedgen.transforms.base import TransformContext, UpdateTransform
-
-
-def tiny_config(mnist_dir, **overrides):
-    items = [
-        "data.sources=[mnist]",
-        f"data.data_dir={mnist_dir}",
-        "data.num_clients=4",
-        "data.partition.kind=iid",
-        "data.partition.params={}",
-        "task.params={batch_size: 16, generator_width: 8, discriminator_width: 8}",
-        "federation.rounds=3",
-        "federation.local_steps=2",
-        "strategy.params={min_clients: 2}",
-        # The sequential backend unless a test asks for workers: the test's own
-        # monkey-patched tasks and transforms need not be picklable.
-        "backend.name=inprocess",
-    ] + [f"{k}={v}" for k, v in overrides.items()]
-    return load_config(None, items)
 
 
 class Sabotage(UpdateTransform):

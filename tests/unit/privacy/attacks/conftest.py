@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_federation import tiny_config as shared_tiny_config
 
-from fedgen.config import load_config
 from fedgen.data.dataset import ImageDataset
 from fedgen.data.sources import get_source
 
@@ -25,24 +25,18 @@ def mnist_splits(mnist_dir: Path) -> tuple[ImageDataset, ImageDataset]:
 
 
 def tiny_config(mnist_dir: Path, **overrides: object):
-    """A 4-client IID MNIST cGAN federation of 2 rounds x 2 steps, no evaluation."""
-    items = [
-        "name=attack-tiny",
-        "data.sources=[mnist]",
-        f"data.data_dir={mnist_dir}",
-        "data.num_clients=4",
-        "data.partition.kind=iid",
-        "data.partition.params={}",
-        "task.params={batch_size: 16, generator_width: 8, discriminator_width: 8}",
-        "federation.rounds=2",
-        "federation.local_steps=2",
-        "strategy.params={min_clients: 2}",
-        "backend.name=inprocess",
-        "eval.final=false",
-        "eval.every=0",
-        "threads=1",
-    ] + [f"{k}={v}" for k, v in overrides.items()]
-    return load_config(None, items)
+    """The shared tiny federation: 2 rounds x 2 steps, no evaluation, one thread."""
+    return shared_tiny_config(
+        mnist_dir,
+        **{
+            "name": "attack-tiny",
+            "federation.rounds": 2,
+            "eval.final": "false",
+            "eval.every": 0,
+            "threads": 1,
+            **overrides,
+        },
+    )
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tiny_federation import tiny_config as shared_tiny_config
 
 from fedgen.config import load_config
 from fedgen.errors import ConfigError
@@ -20,20 +21,10 @@ SA = "{name: secagg}"
 
 
 def tiny_config(mnist_dir, **overrides):
-    """4 iid MNIST clients, a tiny cGAN, the sequential backend."""
-    items = [
-        "data.sources=[mnist]",
-        f"data.data_dir={mnist_dir}",
-        "data.num_clients=4",
-        "data.partition.kind=iid",
-        "data.partition.params={}",
-        "task.params={batch_size: 16, generator_width: 8, discriminator_width: 8}",
-        "federation.rounds=1",
-        "federation.local_steps=1",
-        "strategy.params={min_clients: 2}",
-        "backend.name=inprocess",
-    ] + [f"{k}={v}" for k, v in overrides.items()]
-    return load_config(None, items)
+    """The shared tiny federation, one round of one step."""
+    return shared_tiny_config(
+        mnist_dir, **{"federation.rounds": 1, "federation.local_steps": 1, **overrides}
+    )
 
 
 @pytest.mark.parametrize(
