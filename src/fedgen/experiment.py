@@ -122,6 +122,16 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
                 num_clients=len(clients),
             )
         )
+    if cfg.backend.name == "split" and (
+        cfg.dpsgd is not None or any(t.name == "client_dp" for t in cfg.transforms)
+    ):
+        # The server of split learning sees every client's activations and their
+        # gradients each iteration: no update-level guarantee covers what it observes.
+        problems.append(
+            "backend split: differential privacy covers the federated updates only, but "
+            "the split server sees each client's raw activations and gradients; drop the "
+            "DP settings or use backend process_pool/inprocess with task cgan"
+        )
     privacy = None
     if problems or cfg.dpsgd is not None or transforms:
         # Imported here: Opacus loads only for experiments that may use DP.

@@ -247,7 +247,10 @@ class Federation:
             # The clients sent the protocol's messages, not their plain updates.
             metrics["bytes_up"] = sum(channel.bytes_up.values())
             metrics["bytes_down"] += sum(channel.bytes_down.values())
-        metrics.update(_weighted_means(client_metrics))
+        if self.privacy is None and self.secagg is None:
+            # Per-client losses and norms are computed on private data and released
+            # without noise; under DP or secure aggregation they stay on the clients.
+            metrics.update(_weighted_means(client_metrics))
         if self.privacy is not None:
             metrics.update(self.privacy.record(plan.client_ids, aggregated))
         metrics["seconds"] = time.perf_counter() - t0

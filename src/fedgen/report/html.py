@@ -302,7 +302,8 @@ def _privacy_section(summary: dict[str, Any] | None) -> str:
         parts.append(f" ({', '.join(details)})")
     parts.append(
         ".</p><p class='muted'>Computed with Opacus's accountant from the rounds that ran. "
-        "Per-round losses and norms in the metrics are not noised and not covered.</p>"
+        "Clients' losses and update norms stay on the clients (not in the metrics); "
+        "the server's clip bound and noised unclipped fraction are released.</p>"
     )
     if summary.get("status") == "budget_exhausted":
         parts.append(f"<p><b>Stopped early:</b> {_esc(str(summary.get('stop_reason', '')))}</p>")

@@ -4,11 +4,15 @@ of Andrew et al. 2021 ("Differentially Private Learning with Adaptive Clipping")
 
 Fixed: each client's update is scaled so its global L2 norm is at most ``max_norm``.
 
-Adaptive: each client also sends one bit, ``1[norm <= C]``, as an extra update tensor
-(``UNCLIPPED_KEY``), so it travels through the same aggregation (and secure
-aggregation) as the update. The server half reads the aggregated count, adds Gaussian
-noise of standard deviation ``count_noise_stddev`` (Andrew et al.'s sigma_b), and moves
-the bound geometrically toward the ``target_quantile`` of update norms:
+Adaptive: each client also sends one centred bit, ``1[norm <= C] - 1/2``, as an extra
+update tensor (``UNCLIPPED_KEY``), so it travels through the same aggregation (and
+secure aggregation) as the update. Centring halves the count's sensitivity to 1/2,
+which is what Andrew et al.'s combined multiplier
+``(z_update^-2 + (2 sigma_b)^-2)^-1/2`` assumes; an uncentred 0/1 bit would have
+sensitivity 1 and leave epsilon understated. The server half reads the aggregated
+count, adds Gaussian noise of standard deviation ``count_noise_stddev`` (sigma_b),
+adds back the 1/2, and moves the bound geometrically toward the ``target_quantile``
+of update norms:
 ``C <- C * exp(-clip_lr * (unclipped_fraction - target_quantile))``.
 The count needs a known denominator (the expected cohort size), which the privacy
 wiring supplies through ``bind`` (see ``fedgen.privacy.validation``).
@@ -121,7 +125,7 @@ class NormClip(UpdateTransform):
         clipped = {k: v * scale for k, v in update.items()} if scale < 1.0 else update
         if self.adaptive:
             clipped = dict(clipped)
-            clipped[UNCLIPPED_KEY] = torch.tensor([float(norm <= self.max_norm)])
+            clipped[UNCLIPPED_KEY] = torch.tensor([float(norm <= self.max_norm) - 0.5])
         return clipped, {"update_norm": norm, "clipped": float(scale < 1.0)}
 
     def on_server(
@@ -142,7 +146,7 @@ class NormClip(UpdateTransform):
         if sigma_b > 0:
             gen = torch_generator(ctx.seed, "clip", "unclipped-count")
             count += sigma_b * float(torch.randn((), generator=gen, dtype=torch.float64))
-        unclipped = count / self.expected_clients
+        unclipped = count / self.expected_clients + 0.5  # undo the clients' centring
         assert self.target_quantile is not None
         used = self.max_norm
         self.max_norm = used * math.exp(-self.clip_lr * (unclipped - self.target_quantile))

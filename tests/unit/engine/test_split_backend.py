@@ -155,3 +155,28 @@ def test_exact_cuts_follow_the_device_profiles(clients):
             if names[i] == names[j]:
                 assert (plan.bits[i] == plan.bits[j]).all()
     assert plan.latency([0, 1, 2]) > 0
+
+
+def test_differential_privacy_with_the_split_backend_is_rejected(mnist_dir):
+    # The split server sees raw activations and gradients, which no update-level DP
+    # guarantee covers: the experiment must not start and say why.
+    from pathlib import Path
+
+    from fedgen.config import load_config
+    from fedgen.errors import ConfigError
+    from fedgen.experiment import build_experiment
+
+    recipe = Path(__file__).resolve().parents[3] / "configs" / "huscf" / "s1.yaml"
+    cfg = load_config(
+        recipe,
+        [
+            f"data.data_dir={mnist_dir}",
+            "strategy.name=fedavg",
+            "strategy.params={sampling: poisson, weighted: false, fixed_denominator: true,"
+            " fraction: 0.5, min_clients: 1}",
+            "transforms=[{name: clip, params: {max_norm: 1.0}},"
+            " {name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-5}}]",
+        ],
+    )
+    with pytest.raises(ConfigError, match="backend split"):
+        build_experiment(cfg)

@@ -42,11 +42,13 @@ def test_clipped_norm_never_exceeds_the_bound_and_direction_is_kept(scale):
     assert metrics["update_norm"] == pytest.approx(norm)
 
 
-def test_adaptive_clip_sends_the_unclipped_bit_outside_the_norm():
+def test_adaptive_clip_sends_the_centred_unclipped_bit_outside_the_norm():
+    # The bit is centred (+-1/2) so one client moves the count by at most 1/2: the
+    # sensitivity Andrew et al.'s combined noise multiplier assumes.
     clip = NormClip(max_norm=1.0, target_quantile=0.5)
     small, _ = clip.on_client({"w": torch.tensor([0.5])}, CTX)
     large, _ = clip.on_client({"w": torch.tensor([5.0])}, CTX)
-    assert small[UNCLIPPED_KEY].tolist() == [1.0] and large[UNCLIPPED_KEY].tolist() == [0.0]
+    assert small[UNCLIPPED_KEY].tolist() == [0.5] and large[UNCLIPPED_KEY].tolist() == [-0.5]
     assert global_norm(large) == pytest.approx(1.0)
 
 
