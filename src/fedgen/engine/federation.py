@@ -284,6 +284,17 @@ class Federation:
             return self.strategy.aggregate_sum(r, {}, 0.0, 0, 0)
         if len(updates) < 2:
             updates.clear()
+            if self.privacy is not None:
+                # Under DP a failed round would reveal that the cohort held one client;
+                # release the noise-only round instead (the fixed-denominator mean of no
+                # client), as a round of zero clients does. A strategy that cannot take
+                # an empty sum raises RoundFailedError itself.
+                log.warning(
+                    "round %d: one usable client under secure aggregation; "
+                    "releasing a noise-only round",
+                    r,
+                )
+                return self.strategy.aggregate_sum(r, {}, 0.0, 0, 0)
             raise SecAggRoundFailedError(
                 f"round {r}: only {len(examples)} usable client update, and secure "
                 "aggregation of one client would reveal it; sample more clients per round"

@@ -178,3 +178,28 @@ def test_resume_after_interrupt_is_bit_identical_with_secagg(mnist_dir, tmp_path
     for k in ref.global_state:
         assert torch.equal(ref.global_state[k], second.global_state[k]), k
     assert [m["secagg/survivors"] for m in second.history] == [3, 3, 3]
+
+
+def test_under_dp_one_usable_client_releases_a_noise_only_round(mnist_dir):
+    # Prepare: client-level DP over a secure sum; three of four clients crash.
+    dp = "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-5}}"
+    fed = build_experiment(
+        tiny_config(
+            mnist_dir,
+            **{
+                "strategy.params": "{min_clients: 1, weighted: false, fixed_denominator: true,"
+                " sampling: poisson, fraction: 1.0}",
+                "transforms": f"[{CLIP}, {dp}, {secagg()}]",
+            },
+        )
+    ).federation
+    fed.transforms.insert(0, Crash({0, 1, 2}))
+    before = {k: v.clone() for k, v in fed.global_state.items()}
+    # Execute
+    record = fed.run_round(0)
+    # Assert: no failed round (that would reveal the cohort size); the state moved by
+    # noise alone and the round was charged.
+    assert "round_failed" not in record.metrics
+    assert record.metrics["examples"] == 0
+    assert any(not torch.equal(before[k], fed.global_state[k]) for k in before)
+    assert record.metrics["epsilon"] > 0
