@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import fedgen
 
 from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
 
@@ -35,25 +35,6 @@ FAST = [
     "--set",
     "eval.grid_per_class=4",
 ]
-
-
-def fedgen(
-    *args: str, check: bool = True, env_extra: dict | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(env_extra or {})}
-    if "FEDGEN_DATA_DIR" not in env:
-        env["FEDGEN_DATA_DIR"] = str(Path(__file__).resolve().parents[3] / "shared" / "data")
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedgen.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=600,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"fedgen {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def final_state(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import fedgen
 
 from fedgen.config import load_config
 from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
@@ -55,22 +53,6 @@ EVAL = [
     "eval.grid_per_class=4",
 ]
 NO_EVAL = ["--set", "eval.every=0", "--set", "eval.final=false"]
-
-
-def fedgen(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.setdefault("FEDGEN_DATA_DIR", str(ROOT.parent / "shared" / "data"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedgen.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=600,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"fedgen {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def final_federation(run_dir: Path) -> dict:

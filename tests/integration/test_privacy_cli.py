@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from cli_runner import fedgen
 from opacus.accountants import RDPAccountant
 from typer.testing import CliRunner
 
 from fedgen.cli import app
-
-FEDGEN = Path(sys.executable).with_name("fedgen")
 
 TINY = [
     "--set",
@@ -46,17 +41,6 @@ CLIENT_DP = [
     "transforms=[{name: clip, params: {max_norm: 0.5}}, "
     "{name: client_dp, params: {noise_multiplier: 1.5, delta: 1e-3}}]",
 ]
-
-
-def fedgen(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.setdefault("FEDGEN_DATA_DIR", str(Path(__file__).resolve().parents[3] / "shared" / "data"))
-    proc = subprocess.run(
-        [str(FEDGEN), *args], capture_output=True, text=True, env=env, timeout=600
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"fedgen {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def privacy(*args: str) -> tuple[int, str, str]:

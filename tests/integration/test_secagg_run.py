@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import fedgen
 from opacus.accountants import RDPAccountant
 
 ROOT = Path(__file__).resolve().parents[2]
-FEDGEN = Path(sys.executable).with_name("fedgen")
 
 TINY = [
     "data.num_clients=4",
@@ -33,17 +30,6 @@ TINY = [
     "{name: client_dp, params: {noise_multiplier: 1.5, delta: 1.0e-3}}, "
     "{name: secagg, params: {dropout_rate: 0.25}}]",
 ]
-
-
-def fedgen(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.setdefault("FEDGEN_DATA_DIR", str(ROOT.parent / "shared" / "data"))
-    proc = subprocess.run(
-        [str(FEDGEN), *args], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"fedgen {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def test_clip_dp_secagg_recipe_runs_two_rounds_writing_epsilon_and_secagg_metrics(

@@ -1,0 +1,36 @@
+"""Run the ``fedgen`` command line in a subprocess, as a user would.
+
+One definition for every integration test (pytest puts ``tests/`` on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fedgen(
+    *args: str, check: bool = True, env_extra: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m fedgen.cli ARGS`` from the repository root (or ``cwd``).
+
+    ``FEDGEN_DATA_DIR`` defaults to ``../shared/data`` beside the checkout. With
+    ``check`` a non-zero exit raises ``AssertionError`` with both output streams.
+    """
+    env = {**os.environ, **(env_extra or {})}
+    env.setdefault("FEDGEN_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedgen.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or ROOT,
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fedgen {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
