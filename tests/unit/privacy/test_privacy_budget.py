@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_federation import tiny_config
 
-from fedgen.config import load_config
 from fedgen.engine.callbacks import CheckpointCallback
 from fedgen.experiment import build_experiment, restore_latest
 from fedgen.privacy.accounting import compute_epsilon
@@ -25,19 +25,17 @@ SAMPLE_DP = [
 
 
 def config(mnist_dir, *items: str, rounds: int = 3):
+    """The shared tiny federation (batch 32, 2 local steps) with the default strategy
+    params and ``items`` (``dotted.key=value``) applied last."""
     torch.set_num_threads(1)
-    base = [
-        "data.sources=[mnist]",
-        f"data.data_dir={mnist_dir}",
-        "data.num_clients=4",
-        "data.partition.kind=iid",
-        "data.partition.params={}",
-        "task.params={batch_size: 32, generator_width: 8, discriminator_width: 8}",
-        f"federation.rounds={rounds}",
-        "federation.local_steps=2",
-        "backend.name=inprocess",
-    ]
-    return load_config(None, [*base, *items])
+    overrides = {
+        "task.params": "{batch_size: 32, generator_width: 8, discriminator_width: 8}",
+        "federation.rounds": rounds,
+        # The experiment's default strategy params, not the tiny federation's.
+        "strategy.params": "{fraction: 0.4, ema_decay: 0.9}",
+    }
+    overrides.update(item.split("=", 1) for item in items)
+    return tiny_config(mnist_dir, **overrides)
 
 
 def test_client_level_epsilon_is_in_every_round_and_equals_opacus(mnist_dir):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_federation import tiny_config
 from torch import nn
 
-from fedgen.config import load_config
 from fedgen.experiment import build_experiment
 from fedgen.privacy.dpsgd import module_problems
 from fedgen.privacy.errors import PrivacyConfigError
@@ -23,18 +23,16 @@ CLIP_AND_NOISE = (
 
 
 def config(mnist_dir, *items: str):
-    base = [
-        "data.sources=[mnist]",
-        f"data.data_dir={mnist_dir}",
-        "data.num_clients=4",
-        "data.partition.kind=iid",
-        "data.partition.params={}",
-        "task.params={batch_size: 32, generator_width: 8, discriminator_width: 8}",
-        "federation.rounds=2",
-        "federation.local_steps=2",
-        "backend.name=inprocess",
-    ]
-    return load_config(None, [*base, *items])
+    """The shared tiny federation (batch 32, 2 local steps) with the default strategy
+    params and ``items`` (``dotted.key=value``) applied last."""
+    overrides = {
+        "task.params": "{batch_size: 32, generator_width: 8, discriminator_width: 8}",
+        "federation.rounds": 2,
+        # The experiment's default strategy params, not the tiny federation's.
+        "strategy.params": "{fraction: 0.4, ema_decay: 0.9}",
+    }
+    overrides.update(item.split("=", 1) for item in items)
+    return tiny_config(mnist_dir, **overrides)
 
 
 def problems_of(cfg) -> list[str]:
