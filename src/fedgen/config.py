@@ -11,7 +11,7 @@ import hashlib
 import inspect
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -135,6 +135,12 @@ class ExperimentConfig(_Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     dpsgd: DpSgdConfig | None = None
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: default)")
+    noise_seed: Literal["secret", "root"] = Field(
+        "secret",
+        description="what seeds DP noise: a secret key drawn at run start and kept in "
+        "checkpoints only (secret), or the root seed (root: reruns from the config alone "
+        "are identical, but anyone with the config can regenerate the noise)",
+    )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -150,6 +156,8 @@ class ExperimentConfig(_Strict):
         d["federation"].pop("rounds")
         if d.get("dpsgd") is None:
             d.pop("dpsgd", None)  # runs from before DP-SGD existed keep their fingerprint
+        if d.get("noise_seed") == "secret":
+            d.pop("noise_seed")  # likewise runs from before the noise key existed
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -32,6 +32,7 @@ from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
 from fedgen.engine.federation import Callback, Federation
 from fedgen.errors import CheckpointError, ConfigError
 from fedgen.privacy.errors import PrivacyConfigError
+from fedgen.privacy.noise_key import new_noise_key
 from fedgen.registry import BACKENDS, PARTITIONERS, STRATEGIES, TASKS, TRANSFORMS
 from fedgen.seeding import derive_seed, torch_generator
 from fedgen.tasks.base import Task
@@ -163,6 +164,9 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
         callbacks=callbacks or [],
         max_update_norm=fed_cfg.max_update_norm,
         privacy=privacy,
+        # Drawn for every run (cheap; only noise draws use it). A resume replaces it
+        # with the checkpoint's key.
+        noise_key=new_noise_key() if cfg.noise_seed == "secret" else None,
     )
     return Experiment(cfg, federation, data, evaluator=None)
 

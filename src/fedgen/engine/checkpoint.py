@@ -31,7 +31,10 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     body = buf.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    # Owner-only: a checkpoint holds the server's state, including the secret that
+    # seeds DP noise (``fedgen.privacy.noise_key``).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
         f.write(MAGIC + hashlib.sha256(body).digest() + body)
         f.flush()
         os.fsync(f.fileno())

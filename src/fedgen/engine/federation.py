@@ -29,6 +29,7 @@ from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.validation import check_update
 from fedgen.errors import ClientUpdateError, RoundFailedError
+from fedgen.privacy.noise_key import key_from_state, key_to_state
 from fedgen.seeding import derive_seed, numpy_rng
 from fedgen.strategies.base import Aggregate, Strategy
 from fedgen.tasks.base import Task
@@ -87,6 +88,7 @@ class Federation:
         callbacks: Sequence[Callback] = (),
         max_update_norm: float | None = None,
         privacy: PrivacyAccounting | None = None,
+        noise_key: bytes | None = None,
     ) -> None:
         if (local_steps is None) == (local_epochs is None):
             raise ValueError("give exactly one of local_steps and local_epochs")
@@ -102,6 +104,9 @@ class Federation:
         self.callbacks = list(callbacks)
         self.max_update_norm = max_update_norm
         self.privacy = privacy
+        #: Seeds every DP noise draw (``fedgen.privacy.noise_key``); kept in checkpoints
+        #: only, never in the config. None seeds the noise from ``seed``.
+        self.noise_key = noise_key
         #: Why the run stopped before ``rounds`` (e.g. the privacy budget), or None.
         self.stop_reason: str | None = None
         self.auxiliary_keys: frozenset[str] = frozenset(
@@ -166,7 +171,13 @@ class Federation:
         t0 = time.perf_counter()
         plan = self.strategy.configure(r, sorted(self.clients), numpy_rng(self.seed, "sample", r))
         work = LocalWork(
-            self.task, self.global_state, self.transforms, self.local_steps, self.local_epochs, r
+            self.task,
+            self.global_state,
+            self.transforms,
+            self.local_steps,
+            self.local_epochs,
+            r,
+            self.noise_key,
         )
         failures: dict[int, str] = {}
         client_metrics: list[dict[str, float]] = []
@@ -218,6 +229,7 @@ class Federation:
                 client_id=None,
                 seed=derive_seed(self.seed, "server", r),
                 num_clients=len(self.clients),
+                noise_key=self.noise_key,
             )
             for transform in reversed(self.transforms):
                 agg.delta, t_metrics = transform.on_server(agg.delta, ctx)
@@ -348,6 +360,7 @@ class Federation:
             "strategy": self.strategy.state_dict(),
             "transforms": [t.state_dict() for t in self.transforms],
             "history": self.history,
+            "noise_key": key_to_state(self.noise_key),
             **({"privacy": self.privacy.state_dict()} if self.privacy is not None else {}),
         }
 
@@ -365,6 +378,13 @@ class Federation:
                 "resume with the config the run was started with"
             )
         self.global_state = dict(loaded)
+        # A checkpoint from before noise keys were kept was seeded from the root seed.
+        try:
+            self.noise_key = key_from_state(state.get("noise_key"))
+        except ValueError as exc:
+            from fedgen.errors import CheckpointError
+
+            raise CheckpointError(f"the checkpoint's DP noise key is malformed: {exc}") from exc
         self.private_states = {int(k): v for k, v in state["private_states"].items()}
         self.strategy.load_state_dict(state["strategy"])
         for t, s in zip(self.transforms, state["transforms"], strict=True):

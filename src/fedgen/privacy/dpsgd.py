@@ -13,8 +13,9 @@ it. With an engine attached that source
   with per-sample gradients from Opacus's ``GradSampleModule`` hooks, attached for the
   call and removed after it so the task stays a plain, picklable module tree.
 
-The noise generator is seeded from the client's round seed: reproducible, and
-bit-identical on resume, but torch's PRNG rather than a cryptographically secure one.
+The noise generator is seeded with the run's secret noise key and the client's round
+seed (``fedgen.privacy.noise_key``; the backend sets ``engine.noise_key`` before each
+call): unpredictable from the run's config, bit-identical on resume.
 A Poisson draw with no example is drawn again (the networks cannot take an empty
 batch); ``empty_batch_probability`` bounds how often that happens, and the experiment
 check requires it to be negligible against delta.
@@ -33,6 +34,7 @@ from opacus.validators import ModuleValidator
 
 from fedgen.data.client_data import ClientData
 from fedgen.privacy.errors import PrivacyConfigError
+from fedgen.privacy.noise_key import noise_generator
 from fedgen.tasks.base import LocalTraining, Task
 
 # Opacus's per-sample hooks are full backward hooks; on a first layer whose input needs
@@ -84,10 +86,10 @@ class DpSgdTraining(LocalTraining):
         self.engine = engine
         self.task = task
         self.private = set(task.private_data_modules())
-        # One draw from the client's stream seeds the noise, so the noise is a function
-        # of the client's round seed alone.
+        # One draw from the client's stream says where the noise is drawn; the secret
+        # key makes it unpredictable from that public seed.
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        self.noise_generator = torch.Generator().manual_seed(seed)
+        self.noise_generator = noise_generator(engine.noise_key, seed, "dpsgd")
         self.hooked: list[GradSampleModule] = []
 
     def batches(
@@ -145,6 +147,9 @@ class DpSgdEngine:
     def __init__(self, noise_multiplier: float, max_grad_norm: float) -> None:
         self.noise_multiplier = float(noise_multiplier)
         self.max_grad_norm = float(max_grad_norm)
+        #: The run's secret noise key, set by the backend before each local training
+        #: (``fedgen.privacy.noise_key``); None seeds the noise from the round seed.
+        self.noise_key: bytes | None = None
 
     def open(self, task: Task, generator: torch.Generator) -> LocalTraining:
         return DpSgdTraining(self, task, generator)

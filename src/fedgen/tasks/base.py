@@ -75,6 +75,9 @@ class LocalTraining:
 class PrivacyEngine(Protocol):
     """What a task needs of an attached privacy engine (see ``fedgen.privacy.dpsgd``)."""
 
+    #: The run's secret noise key; the backend sets it before each local training.
+    noise_key: bytes | None
+
     def open(self, task: Task, generator: torch.Generator) -> LocalTraining:
         """A ``LocalTraining`` for one call of ``task.train_local``."""
         ...

@@ -8,9 +8,12 @@ know neither the task nor the strategy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from fedgen.privacy.noise_key import noise_generator
 from fedgen.types import StateDict
 
 
@@ -22,6 +25,13 @@ class TransformContext:
     client_id: int | None
     seed: int
     num_clients: int
+    #: The run's secret noise key (``fedgen.privacy.noise_key``); None seeds noise from
+    #: ``seed`` (the ``noise_seed: root`` mode).
+    noise_key: bytes | None = field(default=None, repr=False)
+
+    def noise_generator(self, *path: str | int) -> torch.Generator:
+        """The generator for DP noise drawn here: keyed by the secret, unless ``root``."""
+        return noise_generator(self.noise_key, self.seed, *path)
 
 
 class UpdateTransform:

@@ -27,7 +27,6 @@ import torch
 
 from fedgen.errors import ConfigError
 from fedgen.registry import TRANSFORMS
-from fedgen.seeding import torch_generator
 from fedgen.transforms.base import TransformContext, UpdateTransform
 from fedgen.types import StateDict
 
@@ -144,7 +143,7 @@ class NormClip(UpdateTransform):
         count = 0.0 if mean_bit is None else float(mean_bit.sum()) * self.expected_clients
         sigma_b = self.count_noise_stddev or 0.0
         if sigma_b > 0:
-            gen = torch_generator(ctx.seed, "clip", "unclipped-count")
+            gen = ctx.noise_generator("clip", "unclipped-count")
             count += sigma_b * float(torch.randn((), generator=gen, dtype=torch.float64))
         unclipped = count / self.expected_clients + 0.5  # undo the clients' centring
         assert self.target_quantile is not None

@@ -12,10 +12,9 @@ too; the two releases together are one Gaussian mechanism with multiplier
 z = (z_update^-2 + (2 sigma_b)^-2)^-1/2, so given z (or the z calibrated from a target
 epsilon), the update noise is z_update = (z^-2 - (2 sigma_b)^-2)^-1/2.
 
-The noise is drawn from a generator seeded from the round's server seed, so a run is
-reproducible and a resumed run bit-identical. It is torch's PRNG, not a
-cryptographically secure one: fine for research, not for a deployment facing an
-adversary who can predict the seed.
+The noise is drawn from a generator keyed by the run's secret noise key
+(``fedgen.privacy.noise_key``): nobody holding the run's config can regenerate it, and a
+resumed run (the key is in its checkpoint) stays bit-identical.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from fedgen.privacy.accounting import (
 )
 from fedgen.privacy.errors import PrivacyConfigError
 from fedgen.registry import TRANSFORMS
-from fedgen.seeding import torch_generator
 from fedgen.transforms.base import TransformContext, UpdateTransform
 from fedgen.transforms.clip import AUX_PREFIX, NormClip
 from fedgen.types import StateDict
@@ -147,7 +145,7 @@ class ClientLevelDP(UpdateTransform):
             )
         assert self.update_noise_multiplier is not None
         std = self.update_noise_multiplier * self.clip.max_norm / self.expected_clients
-        gen = torch_generator(ctx.seed, "client_dp", "noise")
+        gen = ctx.noise_generator("client_dp", "noise")
         noised = {}
         for key, value in aggregate.items():
             if key.startswith(AUX_PREFIX) or not value.is_floating_point():

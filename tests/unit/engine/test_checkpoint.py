@@ -23,6 +23,24 @@ def test_round_trip_is_exact(tmp_path):
     assert list_checkpoints(tmp_path) == [(3, path)]
 
 
+def test_checkpoints_are_readable_by_their_owner_only(tmp_path):
+    # They hold the secret DP noise key (fedgen.privacy.noise_key).
+    path = save_checkpoint(checkpoint_path(tmp_path, 0), payload())
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_malformed_noise_key_in_a_checkpoint_is_a_checkpoint_error(mnist_dir):
+    from tiny_federation import tiny_config
+
+    from fedgen.experiment import build_experiment
+
+    fed = build_experiment(tiny_config(mnist_dir)).federation
+    state = fed.state_dict()
+    state["noise_key"] = "not hex"
+    with pytest.raises(CheckpointError, match="noise key"):
+        fed.load_state_dict(state)
+
+
 def test_flipped_byte_is_detected(tmp_path):
     path = save_checkpoint(checkpoint_path(tmp_path, 0), payload())
     raw = bytearray(path.read_bytes())

@@ -75,11 +75,15 @@ def test_the_run_stops_cleanly_after_the_last_round_that_fits(mnist_dir):
 @pytest.mark.parametrize("items", [CLIENT_DP, SAMPLE_DP], ids=["client-level", "dp-sgd"])
 def test_resume_with_dp_is_bit_identical(mnist_dir, tmp_path, items):
     cfg = config(mnist_dir, *items, rounds=3)
-    ref = build_experiment(cfg).federation
-    assert ref.run()
     # Interrupted after round 0's checkpoint, in round 1.
     meta = {"format": 1, "fingerprint": cfg.fingerprint()}
     first = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
+    # The uninterrupted reference draws its noise with the same secret key; the resumed
+    # run can only have it from the checkpoint.
+    ref = build_experiment(cfg).federation
+    assert ref.noise_key is not None and ref.noise_key != first.noise_key
+    ref.noise_key = first.noise_key
+    assert ref.run()
     original = first.run_round
 
     def interrupt(r):
@@ -91,6 +95,7 @@ def test_resume_with_dp_is_bit_identical(mnist_dir, tmp_path, items):
     assert first.run() is False
     second = build_experiment(cfg).federation
     assert restore_latest(second, tmp_path, cfg) == 0
+    assert second.noise_key == first.noise_key
     assert second.run()
     for k in ref.global_state:
         assert torch.equal(ref.global_state[k], second.global_state[k]), k
@@ -109,3 +114,27 @@ def test_sample_level_reports_the_largest_epsilon_over_clients(mnist_dir):
     # Each sampled client was charged 2 local steps per round it took part in.
     assert all(acc.steps % 2 == 0 and acc.steps > 0 for acc in sample.accountants.values())
     assert fed.history[-1]["epsilon"] == pytest.approx(max(per_client.values()), rel=1e-9)
+
+
+@pytest.mark.parametrize("items", [CLIENT_DP, SAMPLE_DP], ids=["client-level", "dp-sgd"])
+def test_dp_noise_is_keyed_by_a_secret_not_by_the_config(mnist_dir, items):
+    # Two fresh runs of one config (same root seed) draw different noise: the config
+    # alone cannot regenerate it. Their sampling and local training are the same, so
+    # the noise is what differs.
+    cfg = config(mnist_dir, *items, rounds=1)
+    a, b = (build_experiment(cfg).federation for _ in range(2))
+    assert a.run() and b.run()
+    assert a.noise_key != b.noise_key
+    assert any(not torch.equal(a.global_state[k], b.global_state[k]) for k in a.global_state)
+    assert a.noise_key.hex() not in cfg.to_yaml()
+
+
+@pytest.mark.parametrize("items", [CLIENT_DP, SAMPLE_DP], ids=["client-level", "dp-sgd"])
+def test_root_seeded_noise_reruns_identically_from_the_config(mnist_dir, items):
+    cfg = config(mnist_dir, *items, "noise_seed=root", rounds=1)
+    a, b = (build_experiment(cfg).federation for _ in range(2))
+    assert a.noise_key is None and a.run() and b.run()
+    for k in a.global_state:
+        assert torch.equal(a.global_state[k], b.global_state[k]), k
+    # A root-seeded run is another experiment: its checkpoints do not resume a secret one.
+    assert cfg.fingerprint() != config(mnist_dir, *items, rounds=1).fingerprint()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedgen.data.client_data import ClientData
 from fedgen.tasks.base import Task
@@ -22,6 +22,8 @@ class LocalWork:
     local_steps: int | None
     local_epochs: float | None
     round: int = 0
+    #: The run's secret DP noise key (``fedgen.privacy.noise_key``); None: root-seeded.
+    noise_key: bytes | None = field(default=None, repr=False)
 
 
 class Backend(ABC):

@@ -34,6 +34,8 @@ def run_client(
     """
     task = work.task
     task.load_state(work.global_state)
+    if task.privacy_engine is not None:
+        task.privacy_engine.noise_key = work.noise_key
     if private_state:
         task.load_state(private_state)
     gen = torch.Generator()
@@ -43,7 +45,11 @@ def run_client(
     local = task.federated_state()
     update = {k: local[k] - work.global_state[k] for k in work.global_state}
     ctx = TransformContext(
-        round=work.round, client_id=ins.client_id, seed=ins.seed, num_clients=num_clients
+        round=work.round,
+        client_id=ins.client_id,
+        seed=ins.seed,
+        num_clients=num_clients,
+        noise_key=work.noise_key,
     )
     for transform in work.transforms:
         update, t_metrics = transform.on_client(update, ctx)

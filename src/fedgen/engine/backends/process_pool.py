@@ -55,8 +55,11 @@ def _run_in_worker(
     round_: int,
     private: StateDict | None,
     num_clients: int,
+    noise_key: bytes | None,
 ) -> tuple[ClientResult, StateDict]:
-    work = LocalWork(_WORKER["task"], global_state, transforms, local_steps, local_epochs, round_)
+    work = LocalWork(
+        _WORKER["task"], global_state, transforms, local_steps, local_epochs, round_, noise_key
+    )
     return run_client(ins, work, _WORKER["clients"][ins.client_id], private, num_clients)
 
 
@@ -116,6 +119,7 @@ class ProcessPoolBackend(Backend):
                     work.round,
                     private_states.get(ins.client_id),
                     len(clients),
+                    work.noise_key,
                 ),
             )
             for ins in plan.instructions

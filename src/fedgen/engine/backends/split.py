@@ -245,7 +245,13 @@ class SplitBackend(Backend):
         view = client_view(trainer, cid)
         update = {k: view[k] - work.global_state[k] for k in work.global_state}
         own = client_keys(trainer, cid)
-        ctx = TransformContext(round=work.round, client_id=cid, seed=seed, num_clients=num_clients)
+        ctx = TransformContext(
+            round=work.round,
+            client_id=cid,
+            seed=seed,
+            num_clients=num_clients,
+            noise_key=work.noise_key,
+        )
         for transform in work.transforms:
             update, t_metrics = transform.on_client(update, ctx)
             metrics.update(

@@ -1,0 +1,71 @@
+"""The secret that seeds differential-privacy noise.
+
+DP noise protects only if whoever sees the released model cannot predict it. Seeded
+from the root seed, which every run folder's ``config.yaml`` records, it could be
+regenerated and subtracted, and the guarantee would be void. So an experiment draws
+a 256-bit noise key from the operating system's CSPRNG (``secrets``) when it starts,
+and every noise draw (client-level DP noise, the adaptive-clipping count noise,
+DP-SGD's noise) is seeded with HMAC-SHA256(key, where it is drawn). The key is kept
+in checkpoints only, so a resumed run stays bit-identical to an uninterrupted one;
+two fresh runs with the same root seed draw different noise. Checkpoints are
+therefore as secret as the server's state (written owner-readable only).
+
+``noise_seed: root`` in the config seeds the noise from the root seed instead, for
+experiments that must rerun identically from the config alone (the run then protects
+against nobody who holds its config).
+
+The generators are torch's Mersenne Twister seeded with 63 secret bits: unpredictable
+to someone without the key, but not a cryptographically secure generator; a
+deployment facing a strong adversary should draw its noise from a CSPRNG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+import torch
+
+from fedgen.seeding import torch_generator
+
+#: Bytes of a noise key (256 bits, as HMAC-SHA256 wants).
+KEY_BYTES = 32
+
+
+def new_noise_key() -> bytes:
+    """A fresh secret key from the operating system's CSPRNG."""
+    return secrets.token_bytes(KEY_BYTES)
+
+
+def keyed_seed(key: bytes, *path: str | int) -> int:
+    """A 63-bit seed for the draw at ``path``, unpredictable without ``key``."""
+    text = "/".join(str(p) for p in path).encode()
+    digest = hmac.new(key, text, hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def noise_generator(key: bytes | None, seed: int, *path: str | int) -> torch.Generator:
+    """The generator for the noise drawn at (``seed``, ``path``).
+
+    ``seed`` is the public seed of where the draw happens (a round's server seed, a
+    client's round seed); with ``key`` None the noise derives from it alone (the
+    ``noise_seed: root`` mode).
+    """
+    if key is None:
+        return torch_generator(seed, *path)
+    return torch.Generator().manual_seed(keyed_seed(key, seed, *path))
+
+
+def key_to_state(key: bytes | None) -> str | None:
+    """The key as checkpoints store it (hex: checkpoints load with ``weights_only``)."""
+    return None if key is None else key.hex()
+
+
+def key_from_state(value: object) -> bytes | None:
+    """Inverse of ``key_to_state``; raises ``ValueError`` on anything else."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 2 * KEY_BYTES:
+        raise ValueError(f"a noise key is {2 * KEY_BYTES} hex digits, not {value!r:.20}")
+    return bytes.fromhex(value)
