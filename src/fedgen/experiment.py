@@ -121,6 +121,7 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
                 backend=cfg.backend.name,
                 centralized=fed_cfg.centralized,
                 num_clients=len(clients),
+                dimension=_update_dimension(task),
             )
         )
     if cfg.backend.name == "split" and (
@@ -169,6 +170,11 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
         noise_key=new_noise_key() if cfg.noise_seed == "secret" else None,
     )
     return Experiment(cfg, federation, data, evaluator=None)
+
+
+def _update_dimension(task: Task) -> int:
+    """Coordinates of a federated update (its floating-point tensors)."""
+    return sum(v.numel() for v in task.federated_state().values() if v.is_floating_point())
 
 
 def _build_or_note(problems: list[str], what: str, build: Callable[[], Any]) -> Any:

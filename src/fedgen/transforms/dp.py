@@ -19,6 +19,7 @@ resumed run (the key is in its checkpoint) stays bit-identical.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -87,6 +88,13 @@ class ClientLevelDP(UpdateTransform):
         self.clip: NormClip | None = None
         self.sample_rate: float | None = None
         self.expected_clients: float | None = None
+        #: How far secure aggregation's fixed-point rounding can push a clipped update
+        #: past the bound (``bind_rounding_excess``); the noise covers C + this.
+        self.rounding_excess: Callable[[], float] | None = None
+
+    def bind_rounding_excess(self, excess: Callable[[], float]) -> None:
+        """Cover ``excess()`` (this round's bound, in L2 norm) in the sensitivity."""
+        self.rounding_excess = excess
 
     def bind(
         self, clip: NormClip, sample_rate: float, expected_clients: float, rounds: int
@@ -144,7 +152,12 @@ class ClientLevelDP(UpdateTransform):
                 ]
             )
         assert self.update_noise_multiplier is not None
-        std = self.update_noise_multiplier * self.clip.max_norm / self.expected_clients
+        # One client moves the mean by at most its clipped norm (plus what secure
+        # aggregation's rounding may add) over the fixed denominator.
+        sensitivity = self.clip.max_norm
+        if self.rounding_excess is not None:
+            sensitivity += self.rounding_excess()
+        std = self.update_noise_multiplier * sensitivity / self.expected_clients
         gen = ctx.noise_generator("client_dp", "noise")
         noised = {}
         for key, value in aggregate.items():

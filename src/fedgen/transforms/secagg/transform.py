@@ -11,6 +11,7 @@ with ``fedgen.transforms.secagg.secure_aggregate`` in place of the plain sum.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Collection
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -88,6 +89,19 @@ class SecureAggregation(UpdateTransform):
         if self.norm_clip.adaptive:
             bound = max(bound, 1.0)
         return dataclasses.replace(self.config, clip=bound)
+
+    def rounding_bound(self, dimension: int, max_clients: int) -> float:
+        """How far fixed-point rounding can move one client's update, in L2 norm.
+
+        Each of ``dimension`` coordinates moves by at most one quantum
+        (``clip / levels``; half of one when rounding to nearest), so a clipped update
+        of norm C is encoded with norm up to C + this. Planned at ``max_clients``, the
+        largest cohort (fewest levels), so it does not depend on who was sampled.
+        """
+        config = self.round_config()
+        quantum = config.clip / config.plan(max_clients).levels
+        per_coordinate = quantum if config.rounding == "stochastic" else quantum / 2
+        return math.sqrt(dimension) * per_coordinate
 
     def dropouts(self, client_ids: Collection[int], seed: int, round: int) -> tuple[int, ...]:
         """The clients to drop after key sharing in ``round`` (simulated ``dropout_rate``)."""

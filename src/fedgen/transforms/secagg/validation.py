@@ -15,22 +15,32 @@ Rules:
 - a fixed-point range that clips nothing a ``NormClip`` let through: secagg's
   ``clip`` left unset (it then follows the NormClip bound every round, also when
   adaptive), or set >= ``max_norm`` with a fixed bound;
-- the configuration resolves for the planned cohort (threshold, modulus).
+- the configuration resolves for every cohort the strategy can sample: the expected
+  one (threshold) and the largest (modulus: a Poisson cohort can hold every client);
+- under client-level DP, fixed-point rounding (up to one quantum per coordinate) can
+  push a clipped update past the clip bound; ``client_dp`` is bound to that excess and
+  adds noise for the larger sensitivity, and an excess above
+  ``MAX_ROUNDING_EXCESS`` of the bound is rejected (raise ``modulus_bits``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 from fedgen.strategies.base import Strategy
 from fedgen.strategies.fedavg import FedAvg
 from fedgen.transforms.base import UpdateTransform
 from fedgen.transforms.clip import NormClip
+from fedgen.transforms.dp import ClientLevelDP
 from fedgen.transforms.secagg.errors import SecAggConfigError
 from fedgen.transforms.secagg.transform import SecureAggregation
 
 log = logging.getLogger(__name__)
+
+#: Largest rounding excess over the clip bound accepted under client-level DP (1%).
+MAX_ROUNDING_EXCESS = 0.01
 
 
 def secagg_problems(
@@ -40,10 +50,12 @@ def secagg_problems(
     backend: str,
     centralized: bool,
     num_clients: int,
+    dimension: int,
 ) -> list[str]:
     """Every unsound use of ``secagg`` in the experiment, each with its fix; [] if none.
 
-    On success an automatic range is bound to the pipeline's ``NormClip``.
+    On success an automatic range is bound to the pipeline's ``NormClip``, and the
+    rounding excess of an update of ``dimension`` coordinates to ``client_dp``.
     ``strategy`` or a transform is None when it failed to build (checks needing it skip).
     """
     found = [i for i, t in enumerate(transforms) if isinstance(t, SecureAggregation)]
@@ -88,12 +100,43 @@ def secagg_problems(
         )
     problems.extend(_range_problems(secagg, [t for t in transforms if isinstance(t, NormClip)]))
     if not problems and isinstance(strategy, FedAvg):
-        cohort = max(2, round(strategy.expected_clients(num_clients)))
-        try:
-            secagg.round_config().plan(cohort)
-        except SecAggConfigError as exc:
-            problems.append(f"secagg, for the planned {cohort} clients per round: {exc}")
+        expected = max(2, round(strategy.expected_clients(num_clients)))
+        largest = num_clients if strategy.sampling == "poisson" else expected
+        for cohort, what in ((expected, "the planned"), (largest, "up to")):
+            try:
+                secagg.round_config().plan(cohort)
+            except SecAggConfigError as exc:
+                problems.append(f"secagg, for {what} {cohort} clients per round: {exc}")
+                return problems
+        problems.extend(_rounding_problems(secagg, transforms, dimension, largest))
     return problems
+
+
+def _rounding_problems(
+    secagg: SecureAggregation,
+    transforms: Sequence[UpdateTransform | None],
+    dimension: int,
+    largest: int,
+) -> list[str]:
+    """Bind client_dp to the rounding excess; reject an excess DP should not absorb."""
+    dp = next((t for t in transforms if isinstance(t, ClientLevelDP)), None)
+    clip = next((t for t in transforms if isinstance(t, NormClip)), None)
+    if dp is None or clip is None:
+        return []
+    # The excess follows the clip bound when secagg's range does (adaptive too).
+    dp.bind_rounding_excess(lambda: secagg.rounding_bound(dimension, largest))
+    excess = secagg.rounding_bound(dimension, largest) / clip.max_norm
+    if excess <= MAX_ROUNDING_EXCESS:
+        return []
+    config = secagg.round_config()
+    need = config.modulus_bits + max(1, math.ceil(math.log2(excess / MAX_ROUNDING_EXCESS)))
+    return [
+        f"secagg fixed-point rounding can push a clipped update of {dimension} coordinates "
+        f"past clip max_norm by up to {100 * excess:.2g}% with {largest} clients "
+        f"(sqrt(d) quanta of clip/levels), which client_dp's noise would have to cover; "
+        f"raise secagg modulus_bits to >= {min(need, 64)}"
+        + (" (or lower value_bits' cap by leaving it unset)" if config.value_bits else "")
+    ]
 
 
 def _range_problems(secagg: SecureAggregation, clips: Sequence[NormClip]) -> list[str]:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_federation import tiny_config as shared_tiny_config
 
 from fedgen.config import load_config
 from fedgen.errors import ConfigError
 from fedgen.experiment import build_experiment
 from fedgen.strategies.clustered import KldClustered
+from fedgen.transforms.base import TransformContext
 
 CLIP = "{name: clip, params: {max_norm: 2.0}}"
 DP_STRATEGY = (
@@ -126,3 +129,50 @@ def test_the_secagg_recipes_validate(mnist_dir, recipe):
     fed = build_experiment(cfg).federation
     assert fed.secagg is fed.transforms[-1] and fed.secagg.auto_clip
     assert fed.secagg.round_config().clip == fed.transforms[0].max_norm
+
+
+def test_a_poisson_cohort_is_planned_up_to_every_client(mnist_dir):
+    # Prepare: 4 clients sampled with q = 0.5 (2 expected, up to 4); 16-bit values sum
+    # without wrapping modulo 2^17 for 2 clients but not for 4.
+    sa = "{name: secagg, params: {modulus_bits: 17, value_bits: 16}}"
+    strategy = "{fraction: 0.5, min_clients: 1, sampling: poisson}"
+    cfg = tiny_config(mnist_dir, **{"strategy.params": strategy, "transforms": f"[{CLIP}, {sa}]"})
+    # Execute / Assert
+    with pytest.raises(ConfigError) as err:
+        build_experiment(cfg)
+    assert "for up to 4 clients per round" in str(err.value)
+    assert "raise modulus_bits to >= 18" in str(err.value)
+
+
+def test_rounding_excess_past_the_clip_bound_is_rejected_under_dp(mnist_dir):
+    # With 16-bit words and 4 clients one quantum is 2/8191: sqrt(d) of them exceed 1% of
+    # the clip bound 2 for the tiny model's d (~10^4 coordinates).
+    sa = "{name: secagg, params: {modulus_bits: 16}}"
+    cfg = tiny_config(
+        mnist_dir, **{"strategy.params": DP_STRATEGY, "transforms": f"[{CLIP}, {DP}, {sa}]"}
+    )
+    with pytest.raises(ConfigError) as err:
+        build_experiment(cfg)
+    assert "past clip max_norm" in str(err.value)
+    assert "raise secagg modulus_bits to >= " in str(err.value)
+
+
+def test_dp_noise_covers_the_rounding_excess(mnist_dir):
+    # Prepare: 24-bit words, small enough an excess to accept, large enough to see.
+    sa = "{name: secagg, params: {modulus_bits: 24}}"
+    cfg = tiny_config(
+        mnist_dir, **{"strategy.params": DP_STRATEGY, "transforms": f"[{CLIP}, {DP}, {sa}]"}
+    )
+    fed = build_experiment(cfg).federation
+    dp = fed.transforms[1]
+    d = sum(v.numel() for v in fed.global_state.values() if v.is_floating_point())
+    levels = (2**23 - 1) // 4
+    # Execute
+    _, metrics = dp.on_server(
+        {"w": torch.zeros(3)}, TransformContext(round=0, client_id=None, seed=0, num_clients=4)
+    )
+    # Assert: one quantum (2 / levels) per coordinate, and the noise std uses C + that.
+    excess = math.sqrt(d) * 2.0 / levels
+    assert dp.rounding_excess() == pytest.approx(excess, rel=1e-12)
+    assert 0 < excess / 2.0 < 0.01
+    assert metrics["noise_std"] == pytest.approx(1.0 * (2.0 + excess) / 4, rel=1e-12)
