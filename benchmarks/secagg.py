@@ -18,15 +18,13 @@ sending data in the clear."
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from fedgen.report.results_table import machine_description
+from fedgen.report.results_table import ResultsTable
 from fedgen.tasks.gan import ConditionalGan, GanParams
 from fedgen.transforms.secagg import (
     SecAggConfig,
@@ -102,36 +100,34 @@ def main(argv: list[str] | None = None) -> None:
         bits = 16 + math.ceil(math.log2(n)) + 1
         paper = SecAggConfig(clip=1.0, value_bits=16, modulus_bits=bits)
         runs.append((n, 0.0, f"SecAgg 16-bit in Z_(2^{bits})", paper, 2))
-    with args.out.open("w") as f:
-        f.write(
-            "# Secure aggregation: bytes and seconds per round\n\n"
-            f"- machine: {machine_description()}\n"
-            f"- command: `{' '.join(['.venv/bin/python', *sys.argv])}`\n"
-            f"- date: {dt.datetime.now().isoformat(timespec='seconds')}\n"
-            f"- model vector: {numel} float32 parameters (cGAN, generator_width 8, "
+    table = ResultsTable(args.out, COLUMNS)
+    table.start(
+        "secagg",
+        notes=[
+            f"model vector: {numel} float32 parameters (cGAN, generator_width 8, "
             "discriminator_width 16) + 1 weight coordinate; modulus 2^32 (4-byte words), "
-            "stochastic rounding, clip 1.0\n"
-            "- full SecAgg: threshold 2/3 of all clients; SecAgg+: Harary graph with "
+            "stochastic rounding, clip 1.0",
+            "full SecAgg: threshold 2/3 of all clients; SecAgg+: Harary graph with "
             "k = 2*ceil(log2 n) neighbours (even), threshold 1/2 of the k+1 share holders "
-            "(a strict majority)\n"
-            "- bytes: compact binary messages (4-byte ids/round, 32-byte keys, AES-GCM "
+            "(a strict majority)",
+            "bytes: compact binary messages (4-byte ids/round, 32-byte keys, AES-GCM "
             "ciphertexts with nonce and tag, 33-byte Shamir shares); plain = one float32 "
-            "vector up per client. Model download (same for both) not counted.\n"
-            "- per-client bytes are totals over the round divided by the n sampled clients; "
+            "vector up per client. Model download (same for both) not counted.",
+            "per-client bytes are totals over the round divided by the n sampled clients; "
             "dropouts send no masked vector, and in plain aggregation they send nothing, so "
-            "plain bytes up / client = survivors x one vector / n\n"
-            "- expansion up = secagg bytes up / plain bytes up; expansion up+down = secagg "
-            "(up + down) / plain up (down: keys, routed ciphertexts, unmask requests)\n"
-            "- the last rows use the paper's input size: 16-bit values (value_bits 16) in "
+            "plain bytes up / client = survivors x one vector / n",
+            "expansion up = secagg bytes up / plain bytes up; expansion up+down = secagg "
+            "(up + down) / plain up (down: keys, routed ciphertexts, unmask requests)",
+            "the last rows use the paper's input size: 16-bit values (value_bits 16) in "
             "Z_(2^(17 + ceil(log2 n))) (4-byte words on the wire: no bit packing) against "
-            "plain 16-bit values (2 bytes per coordinate)\n"
-            "- error bound: fixed-point bound on each coordinate of the sum (computed, "
-            "survivors x 1 level x clip)\n"
-            "- seconds: one process, all clients run one after the other; client s is the "
-            "mean per client over all phases, server s the server's total\n"
-            f"- anchor: {ANCHOR}\n\n"
-        )
-        f.write("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n")
+            "plain 16-bit values (2 bytes per coordinate)",
+            "error bound: fixed-point bound on each coordinate of the sum (computed, "
+            "survivors x 1 level x clip)",
+            "seconds: one process, all clients run one after the other; client s is the "
+            "mean per client over all phases, server s the server's total",
+            f"anchor: {ANCHOR}",
+        ],
+    )
     cache: dict[int, dict[int, dict[str, torch.Tensor]]] = {}
     for n, rate, protocol, config, plain_word in runs:
         updates = cache.setdefault(n, model_updates(n, seed=n))
@@ -144,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
                 updates, weights, config=config, seed=0, round=n, drop_after_sharing=drop
             )
         except SecAggRoundFailedError as exc:
-            row = [*head, f"round fails: {exc}"] + [""] * (len(COLUMNS) - 6)
+            row = [*head, f"round fails: {exc}"]
         else:
             # Plain: every survivor sends its vector and weight in the clear (+ id, round).
             plain_up = len(out.survivors) * ((numel + 1) * plain_word + 8) / n
@@ -163,9 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{plain_round(updates, out.survivors):.4f}",
                 f"{out.max_abs_error:.2e}",
             ]
-        print(" | ".join(map(str, row)), flush=True)
-        with args.out.open("a") as f:
-            f.write("| " + " | ".join(map(str, row)) + " |\n")
+        print(table.append(dict(zip(COLUMNS, row, strict=False))), flush=True)
 
 
 if __name__ == "__main__":
