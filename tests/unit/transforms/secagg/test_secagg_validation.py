@@ -67,9 +67,29 @@ def tiny_config(mnist_dir, **overrides):
             {"transforms": f"[{CLIP}, {{name: secagg, params: {{threshold: 5}}}}]"},
             "for the planned 4 clients per round: threshold 5 exceeds",
         ),
+        (
+            # q = 0.5 of 4 clients: 2 expected, up to 4, whose 16-bit sum wraps mod 2^17.
+            {
+                "strategy.params": "{fraction: 0.5, min_clients: 1, sampling: poisson}",
+                "transforms": f"[{CLIP}, {{name: secagg, params: {{modulus_bits: 17, "
+                f"value_bits: 16}}}}]",
+            },
+            "for up to 4 clients per round: the sum of 4 clients of 16-bit values could "
+            "wrap modulo 2^17; raise modulus_bits to >= 18",
+        ),
+        (
+            # 16-bit words, 4 clients: sqrt(d) quanta of 2/8191 exceed 1% of the bound 2
+            # for the tiny model's ~10^4 coordinates.
+            {
+                "strategy.params": DP_STRATEGY,
+                "transforms": f"[{CLIP}, {DP}, {{name: secagg, params: {{modulus_bits: 16}}}}]",
+            },
+            "past clip max_norm by up to",
+        ),
     ],
     ids=["before-clip", "not-last", "range-below-clip", "fixed-range-adaptive", "no-range",
-         "kld-clustered", "split-backend", "centralized", "threshold-above-cohort"],
+         "kld-clustered", "split-backend", "centralized", "threshold-above-cohort",
+         "poisson-cohort-above-plan", "dp-rounding-excess"],
 )  # fmt: skip
 def test_unsound_combination_raises_with_its_fix(mnist_dir, overrides, fix):
     with pytest.raises(ConfigError) as err:
@@ -129,32 +149,6 @@ def test_the_secagg_recipes_validate(mnist_dir, recipe):
     fed = build_experiment(cfg).federation
     assert fed.secagg is fed.transforms[-1] and fed.secagg.auto_clip
     assert fed.secagg.round_config().clip == fed.transforms[0].max_norm
-
-
-def test_a_poisson_cohort_is_planned_up_to_every_client(mnist_dir):
-    # Prepare: 4 clients sampled with q = 0.5 (2 expected, up to 4); 16-bit values sum
-    # without wrapping modulo 2^17 for 2 clients but not for 4.
-    sa = "{name: secagg, params: {modulus_bits: 17, value_bits: 16}}"
-    strategy = "{fraction: 0.5, min_clients: 1, sampling: poisson}"
-    cfg = tiny_config(mnist_dir, **{"strategy.params": strategy, "transforms": f"[{CLIP}, {sa}]"})
-    # Execute / Assert
-    with pytest.raises(ConfigError) as err:
-        build_experiment(cfg)
-    assert "for up to 4 clients per round" in str(err.value)
-    assert "raise modulus_bits to >= 18" in str(err.value)
-
-
-def test_rounding_excess_past_the_clip_bound_is_rejected_under_dp(mnist_dir):
-    # With 16-bit words and 4 clients one quantum is 2/8191: sqrt(d) of them exceed 1% of
-    # the clip bound 2 for the tiny model's d (~10^4 coordinates).
-    sa = "{name: secagg, params: {modulus_bits: 16}}"
-    cfg = tiny_config(
-        mnist_dir, **{"strategy.params": DP_STRATEGY, "transforms": f"[{CLIP}, {DP}, {sa}]"}
-    )
-    with pytest.raises(ConfigError) as err:
-        build_experiment(cfg)
-    assert "past clip max_norm" in str(err.value)
-    assert "raise secagg modulus_bits to >= " in str(err.value)
 
 
 def test_dp_noise_covers_the_rounding_excess(mnist_dir):
