@@ -129,3 +129,13 @@ def secure_sum(updates: list[torch.Tensor]) -> torch.Tensor:
             "with one client the sum is that client's update"
         )
     return torch.stack(updates).sum(0)
+
+
+def share_of_sum(update: torch.Tensor, total: torch.Tensor) -> float:
+    """Cosine between one client's ``update`` and the ``total`` it is part of.
+
+    1 when the others add nothing in other directions (the sum then hides nothing of
+    the update's direction, which is all a cosine-matching inversion uses); about
+    1/sqrt(n) for n orthogonal updates of equal norm.
+    """
+    return float(torch.nn.functional.cosine_similarity(update, total, dim=0))

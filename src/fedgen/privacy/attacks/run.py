@@ -31,7 +31,12 @@ from fedgen.errors import CheckpointError, ConfigError
 from fedgen.privacy.attacks.image_similarity import reconstruction_figures
 from fedgen.privacy.attacks.inversion import InversionConfig, invert_gradients
 from fedgen.privacy.attacks.membership import draw_candidates, membership_attack
-from fedgen.privacy.attacks.observed_update import dp_update, gradient_target, secure_sum
+from fedgen.privacy.attacks.observed_update import (
+    dp_update,
+    gradient_target,
+    secure_sum,
+    share_of_sum,
+)
 from fedgen.report.grid import save_grid
 from fedgen.report.svg import line_chart
 from fedgen.seeding import derive_seed, torch_generator
@@ -281,7 +286,12 @@ def _inversion(
         distance=opts.distance,
         restarts=opts.restarts,
     )
-    figures: dict[str, float] = {}
+    figures: dict[str, float] = {
+        # How much the secure sum points the target's way: near 1 when the target's
+        # gradient dominates the others' (e.g. on a model DP noise blew up), and secure
+        # aggregation then hides little of it.
+        "secure_sum_target_cosine": share_of_sum(update, views["secure_sum"][0]),
+    }
     rows_out = [images]
     for name, (observed, dummy_labels, groups) in views.items():
         log.info("inverting the %s view of client %d's update", name, opts.client)
@@ -312,6 +322,7 @@ def _inversion(
             "secure_sum_all": f"the same sum; the attacker reconstructs all "
             f"{len(batches) * opts.batch_size} images (all labels known) and the target's "
             "originals are matched among them",
+            "secure_sum_target_cosine": "cosine between the target's gradient and the sum",
             "psnr": "dB on [0, 1] images after the best one-to-one match, batch mean",
             "psnr_best": "the best single image",
             "ssim": "Gaussian-window SSIM (Wang et al. 2004), batch mean",

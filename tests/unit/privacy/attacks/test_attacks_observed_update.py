@@ -11,6 +11,7 @@ from fedgen.privacy.attacks.observed_update import (
     dp_update,
     gradient_target,
     secure_sum,
+    share_of_sum,
     vae_target,
 )
 from fedgen.tasks.gan import ConditionalGan, GanParams
@@ -72,6 +73,15 @@ def test_secure_sum_is_the_plain_sum_and_needs_two_clients():
     torch.testing.assert_close(secure_sum([a, b, c]), a + b + c)
     with pytest.raises(ConfigError, match="at least 2"):
         secure_sum([a])
+
+
+def test_share_of_sum_is_one_for_a_dominating_update_and_falls_with_orthogonal_peers():
+    g = torch.randn(10_000, generator=torch.Generator().manual_seed(0))
+    assert share_of_sum(g, secure_sum([g, torch.zeros_like(g)])) == pytest.approx(1.0)
+    assert share_of_sum(g, secure_sum([g, 0.001 * g.flip(0)])) > 0.999
+    # Four orthogonal updates of equal norm: cos = 1 / sqrt(4).
+    basis = torch.eye(4) * 3.0
+    assert share_of_sum(basis[0], secure_sum(list(basis))) == pytest.approx(0.5)
 
 
 def test_bad_dp_settings_and_unknown_tasks_are_clear_errors():

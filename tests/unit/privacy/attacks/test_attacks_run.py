@@ -47,6 +47,7 @@ def test_inversion_writes_json_and_a_picture_of_originals_and_reconstructions(ti
     for view in record["rows"][1:]:
         assert f"psnr_{view}" in figures and f"ssim_{view}" in figures
         assert figures[f"psnr_best_{view}"] >= figures[f"psnr_{view}"]
+    assert -1.0 <= figures["secure_sum_target_cosine"] < 1.0  # 4 real clients summed
     with Image.open(tmp_path / "attack_inversion.png") as png:
         # 2 tiles per row, 5 rows, 2-pixel padding, 3x upscaling.
         assert png.size == ((2 * 30 + 2) * 3, (5 * 30 + 2) * 3)
