@@ -34,6 +34,8 @@ SETTINGS: dict[str, tuple[str | None, float | None]] = {
     "dpsgd-10": ("mnist_cgan_dpsgd.yaml", 10.0),
     # Client-level DP at a scale it is designed for: 1,000 clients, ~100 per round.
     "client-10-n1000": ("mnist_cgan_dp_1000.yaml", 10.0),
+    # The same 1,000-client federation without clipping or noise: what DP costs there.
+    "none-n1000": ("mnist_cgan_dp_1000.yaml", None),
 }
 CLIENT_LEVEL = {"mnist_cgan_dp.yaml", "mnist_cgan_dp_1000.yaml"}
 COLUMNS = [
@@ -90,7 +92,10 @@ def main() -> None:
             cfg = load_config(
                 None if recipe is None else CONFIGS / recipe, [*overrides, *args.overrides]
             )
-            if recipe in CLIENT_LEVEL:
+            if recipe in CLIENT_LEVEL and epsilon is None:
+                cfg.transforms = [t for t in cfg.transforms if t.name not in ("clip", "client_dp")]
+                validate_components_of(cfg)
+            elif recipe in CLIENT_LEVEL:
                 # Overrides cannot index the transforms list: set the DP target here.
                 (dp,) = [t for t in cfg.transforms if t.name == "client_dp"]
                 dp.params["epsilon"] = epsilon
