@@ -8,7 +8,10 @@ stay on the client), G5 and D5 produce the image / the probability (so the
 loss stays on the client). ``HuscfGanSpec()`` is the published architecture
 (BatchNorm); ``norm="group"`` swaps every BatchNorm for GroupNorm (no
 statistics shared across clients on the server) and ``width`` scales every
-channel count (``LIGHT`` is fedgen's lighter variant).
+channel count (``LIGHT`` is fedgen's lighter variant). ``aux_classifier``
+gives D5 a second head, class logits beside P(real) (AC-GAN, Odena et al.
+2017): fedgen's variant trains it on the client's real labels, which never
+leave the client because D5 stays there.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class HuscfGanSpec:
     width: float = 1.0
     norm: Norm = "batch"
     groups: int = 8
+    #: D5 also returns class logits: its output is ``(B, 1 + num_classes)``.
+    aux_classifier: bool = False
 
     def __post_init__(self) -> None:
         if self.norm not in ("batch", "group", "none"):
@@ -104,6 +109,24 @@ class DiscriminatorStem(nn.Module):
         return self.act(self.norm(self.conv(torch.cat([x, plane], dim=1))))
 
 
+class DiscriminatorTail(nn.Module):
+    """D5: ``(B, c256d, 3, 3) -> (B, 1)`` P(real), or ``(B, 1 + K)`` with class logits."""
+
+    def __init__(self, spec: HuscfGanSpec) -> None:
+        super().__init__()
+        features = spec.channels()[3] * 3 * 3
+        self.real = nn.Linear(features, 1)
+        self.sigmoid = nn.Sigmoid()  # a module, so the FLOP count sees it
+        self.classes = nn.Linear(features, spec.num_classes) if spec.aux_classifier else None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = h.flatten(start_dim=1)
+        p_real = self.sigmoid(self.real(h))
+        if self.classes is None:
+            return p_real
+        return torch.cat([p_real, self.classes(h)], dim=1)
+
+
 def _up(spec: HuscfGanSpec, c_in: int, c_out: int, k: int, s: int) -> nn.Sequential:
     return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, k, s, 1), _norm2d(spec, c_out), nn.ReLU())
 
@@ -132,7 +155,7 @@ def discriminator_blocks(spec: HuscfGanSpec = FAITHFUL) -> list[nn.Module]:
         _down(spec, c64, c128, 4, 2),  # (B, c128, 7, 7)
         _down(spec, c128, c128, 3, 1),  # (B, c128, 7, 7)
         _down(spec, c128, c256, 4, 2),  # (B, c256, 3, 3)
-        nn.Sequential(nn.Flatten(), nn.Linear(c256 * 3 * 3, 1), nn.Sigmoid()),  # (B, 1)
+        DiscriminatorTail(spec),  # (B, 1) or (B, 1 + K)
     ]
 
 

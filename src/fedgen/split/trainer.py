@@ -6,7 +6,9 @@ split between client and server), the discriminator is trained on the fakes
 (detached) then on the real batch, one optimizer step; then the generator is
 trained through the discriminator with the non-saturating loss. Losses are
 binary cross-entropy on the client; Adam (2e-4, betas (0.5, 0.999)) on every
-client's head/tail and on the server's blocks. Only activations and their
+client's head/tail and on the server's blocks (with ``aux_weight`` > 0 and a
+class head on the last discriminator block, plus the AC-GAN class term of
+``fedgen.split.gan_loss``, on the client too). Only activations and their
 gradients cross the ``Channel``; a client that drops out mid-iteration is
 reported in ``failures`` and the iteration goes on with the rest.
 """
@@ -18,11 +20,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedgen.errors import ConfigError
 from fedgen.split.cut import Cut
+from fedgen.split.gan_loss import gan_loss
 from fedgen.split.messages import Channel
 from fedgen.split.protocol import SplitPass
 from fedgen.split.segments import ClientSegments, ServerSegments
@@ -56,11 +58,13 @@ class UShapedGanTrainer:
     Args:
         generator_blocks: G1..Gn; block 0 takes ``(z, labels)``.
         discriminator_blocks: D1..Dm; block 0 takes ``(images in [-1, 1], labels)``,
-            the last block returns P(real) of shape ``(B, 1)``.
+            the last block returns P(real) of shape ``(B, 1)``, or ``(B, 1 + K)`` with
+            class logits after it.
         generator_cuts / discriminator_cuts: one ``Cut`` per client id.
         latent_dim: size of z.
         capture_block: discriminator block whose server output on the real batch is
             returned in ``IterationResult.features`` (HuSCF-GAN clusters on D3).
+        aux_weight: weight of the AC-GAN class loss (0: the published loss).
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class UShapedGanTrainer:
         betas: tuple[float, float] = (0.5, 0.999),
         channel: Channel | None = None,
         capture_block: int | None = None,
+        aux_weight: float = 0.0,
     ) -> None:
         if set(generator_cuts) != set(discriminator_cuts):
             raise ConfigError(
@@ -82,6 +87,7 @@ class UShapedGanTrainer:
             )
         self.client_ids = sorted(generator_cuts)
         self.latent_dim = latent_dim
+        self.aux_weight = aux_weight
         self.channel = channel or Channel()
         # Every client starts from the same weights (one template), as after FedAvg.
         self.gen_clients = {
@@ -146,15 +152,15 @@ class UShapedGanTrainer:
         failures.update(gen.failures)
 
         def discriminate(
-            images: Mapping[int, torch.Tensor], target: float
+            images: Mapping[int, torch.Tensor], target: float, classify: bool
         ) -> tuple[SplitPass, dict[int, torch.Tensor]]:
             p = self._pass("discriminator")
             alive = [c for c in images if c not in failures]
             probs = p.forward({c: (images[c], batches[c][1]) for c in alive})
             failures.update(p.failures)
             losses = {
-                c: F.binary_cross_entropy(prob, torch.full_like(prob, target))
-                for c, prob in probs.items()
+                c: gan_loss(out, batches[c][1], target, classify, self.aux_weight)
+                for c, out in probs.items()
             }
             if losses:
                 torch.stack(list(losses.values())).sum().backward()
@@ -163,8 +169,8 @@ class UShapedGanTrainer:
             return p, losses
 
         # --- discriminator step: fakes (detached), then the real batch ---
-        _, loss_fake = discriminate({c: f.detach() for c, f in fakes.items()}, 0.0)
-        _, loss_real = discriminate({c: batches[c][0] for c in fakes}, 1.0)
+        _, loss_fake = discriminate({c: f.detach() for c, f in fakes.items()}, 0.0, False)
+        _, loss_real = discriminate({c: batches[c][0] for c in fakes}, 1.0, True)
         features = dict(self.disc_server.captured)
         ok = [c for c in active if c not in failures]
         if ok:
@@ -176,7 +182,7 @@ class UShapedGanTrainer:
         for c in active:
             self.gen_opts[c].zero_grad()
         self.gen_server_opt.zero_grad()
-        _, loss_gen = discriminate({c: f for c, f in fakes.items() if c not in failures}, 1.0)
+        _, loss_gen = discriminate({c: f for c, f in fakes.items() if c not in failures}, 1.0, True)
         gen.backward()
         failures.update(gen.failures)
         ok = [c for c in active if c not in failures]

@@ -17,7 +17,9 @@ as in the split trainer.
 ``architecture`` picks a preset: ``faithful`` (the published network, with
 BatchNorm), ``groupnorm`` (GroupNorm instead: no batch statistics shared across
 clients or domains; the default, since fedgen's federated tasks avoid
-BatchNorm) or ``light`` (GroupNorm, a quarter of the channels).
+BatchNorm) or ``light`` (GroupNorm, a quarter of the channels). ``aux_weight``
+> 0 adds a class head to D5 and the AC-GAN class loss (``fedgen.split.gan_loss``):
+fedgen's variant; 0 is the published loss.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ import dataclasses
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from fedgen.data.client_data import ClientData
 from fedgen.errors import ConfigError
 from fedgen.registry import TASKS
+from fedgen.split.gan_loss import gan_loss
 from fedgen.split.huscf_gan import (
     CLUSTER_BLOCK,
     FAITHFUL,
@@ -53,6 +55,8 @@ class HuscfGanParams(TaskParams):
     architecture: Literal["faithful", "groupnorm", "light"] = "groupnorm"
     #: Channel multiplier overriding the preset's (1.0 = the published widths).
     width: float | None = Field(None, gt=0)
+    #: Weight of the AC-GAN class loss on a class head of D5 (0: published, no head).
+    aux_weight: float = Field(0.0, ge=0)
 
 
 class BlockChain(nn.ModuleList):
@@ -68,7 +72,7 @@ class BlockChain(nn.ModuleList):
 def spec_for(params: HuscfGanParams, num_classes: int) -> HuscfGanSpec:
     """The architecture spec of ``params`` for ``num_classes`` classes."""
     spec = PRESETS[params.architecture]
-    changes: dict[str, Any] = {"num_classes": num_classes}
+    changes: dict[str, Any] = {"num_classes": num_classes, "aux_classifier": params.aux_weight > 0}
     if params.width is not None:
         changes["width"] = params.width
     return dataclasses.replace(spec, **changes)
@@ -147,15 +151,15 @@ class HuscfGan(Task):
                 real = real * 2 - 1  # [0, 1] -> [-1, 1], the generator's Tanh range
                 z = torch.randn(real.shape[0], self.latent_dim, generator=generator)
                 fake = G(z, y)  # (B, 1, 28, 28)
-                p_fake, p_real = D(fake.detach(), y), D(real, y)  # (B, 1) probabilities
-                loss_d = F.binary_cross_entropy(
-                    p_fake, torch.zeros_like(p_fake)
-                ) + F.binary_cross_entropy(p_real, torch.ones_like(p_real))
+                # (B, 1) probabilities, or (B, 1 + K) with class logits
+                out_fake, out_real = D(fake.detach(), y), D(real, y)
+                loss_d = gan_loss(out_fake, y, 0.0) + gan_loss(
+                    out_real, y, 1.0, classify=True, aux_weight=p.aux_weight
+                )
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 opt_d.step()
-                p_gen = D(fake, y)
-                loss_g = F.binary_cross_entropy(p_gen, torch.ones_like(p_gen))
+                loss_g = gan_loss(D(fake, y), y, 1.0, classify=True, aux_weight=p.aux_weight)
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()

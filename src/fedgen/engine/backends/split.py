@@ -129,6 +129,7 @@ class SplitBackend(Backend):
                 {c: d for c, (_, d) in cuts.items()},
                 task.latent_dim,  # type: ignore[attr-defined]
                 capture_block=task.capture_block,  # type: ignore[attr-defined]
+                aux_weight=float(getattr(task.params, "aux_weight", 0.0)),
             )
             self._trainer_ids = key
         return self._trainer
