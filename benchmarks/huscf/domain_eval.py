@@ -30,12 +30,16 @@ from fedgen.types import StateDict
 PAPER_TSTR_SAMPLES = 29952  # 468 batches of 64, per domain
 
 
-def client_generator_state(fed: Federation, client_id: int) -> StateDict:
-    """Client ``client_id``'s whole model: global state + its private tensors, if it has any."""
+def client_generator_state(fed: Federation, client_id: int, averaged: bool = True) -> StateDict:
+    """Client ``client_id``'s whole model: global state + its private tensors, if it has any,
+    as the strategy evaluates them (e.g. their moving averages; ``averaged=False``: the
+    weights as trained, for a side-by-side figure from the same run)."""
     private = fed.private_states.get(client_id)
     if private:
-        return {**fed.global_state, **private}
-    return fed.strategy.evaluation_state(fed.global_state)
+        if not averaged:
+            return {**fed.global_state, **private}
+        return fed.strategy.client_evaluation_state(client_id, fed.global_state, private)
+    return fed.strategy.evaluation_state(fed.global_state) if averaged else fed.global_state
 
 
 def domain_clients(exp: Experiment) -> dict[str, int]:
@@ -53,6 +57,7 @@ def evaluate_domains(
     tstr_epochs: int = 15,
     num_quality_samples: int = 2000,
     classifier_epochs: int = 1,
+    averaged: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """``{source: figures}``: quality and TSTR of the domain's client generator on that domain."""
     cfg = exp.config
@@ -72,7 +77,7 @@ def evaluate_domains(
             tstr_epochs=tstr_epochs,
             classifier_epochs=classifier_epochs,
         )
-        task.load_state(client_generator_state(fed, cid))
+        task.load_state(client_generator_state(fed, cid, averaged))
         gen = torch_generator(cfg.seed, "domain-eval", name)
 
         def generate(labels: torch.Tensor, gen: torch.Generator = gen) -> torch.Tensor:

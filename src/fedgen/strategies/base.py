@@ -96,6 +96,13 @@ class Strategy(ABC):
         """The weights to sample and evaluate with (default: the global state itself)."""
         return global_state
 
+    def client_evaluation_state(
+        self, client_id: int, global_state: StateDict, private: StateDict
+    ) -> StateDict:
+        """The weights to evaluate client ``client_id``'s own model with (split learning:
+        the global state with the client's private tensors on top)."""
+        return {**global_state, **private}
+
     def state_dict(self) -> dict[str, Any]:
         """The strategy's own state (e.g. server optimizer moments) for checkpoints."""
         return {}

@@ -236,6 +236,10 @@ class KldClustered(Strategy):
             every round); ``min_clients`` is also the fewest results that aggregate.
         feature: the ``extras`` key of the activations clients are clustered by.
         cluster_seed: k-means seed (42 in the code).
+        ema_decay: if set, keep an exponential moving average over rounds of the global
+            state and of every client's own tensors, and sample/evaluate with it (as
+            FedAvg's ``ema_decay``; Yazici et al. 2019). Training is unaffected.
+            Not published: fedgen's variant.
     """
 
     def __init__(
@@ -249,9 +253,12 @@ class KldClustered(Strategy):
         feature: str = "d3",
         cluster_seed: int = 42,
         root_seed: int = 0,
+        ema_decay: float | None = None,
     ) -> None:
         if plain_rounds < 0:
             raise ConfigError(f"strategy plain_rounds={plain_rounds}: use >= 0 (published: 2)")
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ConfigError(f"strategy ema_decay must be in [0, 1) or null, got {ema_decay}")
         self.aggregator = KldClusteredAggregator(
             num_clusters, k_max, min_silhouette, plain_rounds, cluster_seed
         )
@@ -262,6 +269,11 @@ class KldClustered(Strategy):
         self.cluster_of: dict[int, int] = {}
         #: The representative client's own tensors (see ``evaluation_state``).
         self.eval_private: StateDict = {}
+        self.ema_decay = ema_decay
+        #: Moving averages (``ema_decay``): of the global state, and of each client's tensors.
+        self.ema_global: StateDict | None = None
+        self.ema_private: dict[int, StateDict] = {}
+        self._representative: int | None = None
         self._pending: tuple[dict[int, int], dict[int, StateDict], dict[int, frozenset[str]]]
         self._pending = ({}, {}, {})
 
@@ -343,19 +355,57 @@ class KldClustered(Strategy):
             largest = int(np.argmax(sizes))
             representative = min(c for c, lab in cluster_of.items() if lab == largest)
             self.eval_private = dict(aggregate.private_updates[representative])
+            self._representative = representative
+        if self.ema_decay is not None:
+            self.ema_global = _ema(self.ema_global, global_state, new_state, self.ema_decay)
+            for cid, tensors in aggregate.private_updates.items():
+                before = {k: global_state[k] for k in tensors}
+                old = self.ema_private.get(cid)
+                self.ema_private[cid] = _ema(old, before, tensors, self.ema_decay)
         return new_state
 
     def evaluation_state(self, global_state: StateDict) -> StateDict:
         """A real client's generator: the global middle with the own head and tail of the
-        lowest-numbered client of the largest cluster (the global state before round 0)."""
+        lowest-numbered client of the largest cluster (the global state before round 0);
+        their moving averages with ``ema_decay``."""
+        if self.ema_global is not None and self._representative in self.ema_private:
+            return {**self.ema_global, **self.ema_private[self._representative]}
         return {**global_state, **self.eval_private}
 
+    def client_evaluation_state(
+        self, client_id: int, global_state: StateDict, private: StateDict
+    ) -> StateDict:
+        if self.ema_global is not None and client_id in self.ema_private:
+            return {**self.ema_global, **self.ema_private[client_id]}
+        return {**global_state, **private}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"cluster_of": dict(self.cluster_of), "eval_private": dict(self.eval_private)}
+        state: dict[str, Any] = {
+            "cluster_of": dict(self.cluster_of),
+            "eval_private": dict(self.eval_private),
+            "representative": self._representative,
+        }
+        if self.ema_global is not None:
+            state["ema_global"] = dict(self.ema_global)
+            state["ema_private"] = {str(c): dict(t) for c, t in self.ema_private.items()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.cluster_of = {int(k): int(v) for k, v in state.get("cluster_of", {}).items()}
         self.eval_private = dict(state.get("eval_private", {}))
+        self._representative = state.get("representative")
+        self.ema_global = dict(state["ema_global"]) if "ema_global" in state else None
+        self.ema_private = {int(c): dict(t) for c, t in state.get("ema_private", {}).items()}
+
+
+def _ema(average: StateDict | None, before: StateDict, after: StateDict, decay: float) -> StateDict:
+    """``decay * average + (1 - decay) * after`` for float tensors (the average starts at
+    ``before``, the state the round began from); other tensors take ``after``."""
+    start = before if average is None else average
+    return {
+        k: decay * start[k] + (1 - decay) * v if v.is_floating_point() else v.clone()
+        for k, v in after.items()
+    }
 
 
 def _add(value: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

@@ -205,3 +205,27 @@ def test_strategy_bad_input_is_a_clear_error() -> None:
     with pytest.raises(RoundFailedError, match="fewer than"):
         KldClustered(num_clusters=3).aggregate(2, _results()[:2])
     assert KldClustered(num_clusters=2).configure(0, [0, 1, 2], rng).client_ids == [0, 1, 2]
+
+
+def test_ema_averages_global_and_own_tensors_over_rounds_and_survives_a_checkpoint() -> None:
+    # Prepare: the same three clients in two plain rounds, decay 0.5.
+    strategy = KldClustered(num_clusters=2, plain_rounds=2, ema_decay=0.5)
+    # Execute
+    g1 = strategy.apply(0, GLOBAL, strategy.aggregate(0, _results()))
+    agg = strategy.aggregate(1, _results())
+    g2 = strategy.apply(1, g1, agg)
+    restored = KldClustered(num_clusters=2, ema_decay=0.5)
+    restored.load_state_dict(strategy.state_dict())
+    # Assert: the average starts at the round-0 start state (zeros): after two rounds it is
+    # 0.25 * 0 + 0.25 * g1 + 0.5 * g2, for the server's tensors and a client's own.
+    expect_mid = 0.25 * g1["net.mid"] + 0.5 * g2["net.mid"]
+    expect_head = 0.25 * g1["net.head"] + 0.5 * agg.private_updates[2]["net.head"]
+    for s in (strategy, restored):
+        ev = s.client_evaluation_state(2, g2, agg.private_updates[2])
+        assert ev["net.mid"].tolist() == pytest.approx(expect_mid.tolist())
+        assert ev["net.head"].tolist() == pytest.approx(expect_head.tolist())
+        assert s.evaluation_state(g2)["net.mid"].tolist() == pytest.approx(expect_mid.tolist())
+    # Training is unaffected: the global state is the plain aggregate.
+    assert g2["net.mid"].tolist() == pytest.approx([2 * 500 / 600, 2 * 700 / 600])
+    with pytest.raises(ConfigError, match="ema_decay"):
+        KldClustered(ema_decay=1.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -11,6 +13,7 @@ from fedgen.data.client_data import ClientData
 from fedgen.data.sources import get_source
 from fedgen.errors import ConfigError
 from fedgen.seeding import torch_generator
+from fedgen.split.gan_loss import gan_loss
 from fedgen.split.huscf_gan import FAITHFUL, discriminator_blocks, generator_blocks
 from fedgen.tasks.split_gan import HuscfGan, HuscfGanParams
 
@@ -96,3 +99,35 @@ def test_bad_settings_are_clear_errors() -> None:
     with pytest.raises(ConfigError, match="architecture"):
         load_config(overrides=["task.name=huscf_cgan", "task.params.architecture=huge"])
     assert any("BatchNorm" in p for p in make(architecture="faithful").privacy_problems())
+
+
+def test_gan_loss_adds_the_class_term_only_where_asked() -> None:
+    # Prepare: P(real) = 0.8 and logits favouring class 1 for one example.
+    out = torch.tensor([[0.8, 0.0, 2.0, 0.0]])
+    y = torch.tensor([1])
+    bce = -math.log(0.8)
+    ce = -math.log(math.exp(2.0) / (2 + math.exp(2.0)))
+    # Execute / Assert
+    assert float(gan_loss(out, y, 1.0)) == pytest.approx(bce)
+    assert float(gan_loss(out, y, 1.0, classify=True, aux_weight=0.5)) == pytest.approx(
+        bce + 0.5 * ce
+    )
+    assert float(gan_loss(out[:, :1], y, 1.0, classify=True, aux_weight=0.5)) == pytest.approx(bce)
+
+
+def test_aux_classifier_head_learns_the_real_labels(client) -> None:
+    # Prepare: the light network with the AC-GAN head, and without.
+    task = make(architecture="light", aux_weight=1.0)
+    plain = make(architecture="light")
+    D = task.modules["discriminator"]
+    images, labels = next(client.batches(128, torch_generator(1, "held")))
+    # Execute
+    task.train_local(client, 60, torch_generator(0, "t"), {})
+    with torch.no_grad():
+        out = D(images * 2 - 1, labels)
+    # Assert: D5 returns P(real) then 10 logits, which now classify real digits
+    # far above chance; without aux_weight D5 is the published single output.
+    assert out.shape == (128, 11) and bool(((out[:, 0] >= 0) & (out[:, 0] <= 1)).all())
+    accuracy = float((out[:, 1:].argmax(dim=1) == labels).float().mean())
+    assert accuracy > 0.5
+    assert plain.modules["discriminator"][4].classes is None
