@@ -34,8 +34,15 @@ SETTINGS: dict[str, tuple[str | None, float | None]] = {
     "dpsgd-10": ("mnist_cgan_dpsgd.yaml", 10.0),
     # Client-level DP at a scale it is designed for: 1,000 clients, ~100 per round.
     "client-10-n1000": ("mnist_cgan_dp_1000.yaml", 10.0),
-    # The same 1,000-client federation without clipping or noise: what DP costs there.
+    # The same 1,000-client federation without noise (clip-n1000: clipped, no noise;
+    # none-n1000: neither): what the noise costs there, and what the clipping costs.
+    "clip-n1000": ("mnist_cgan_dp_1000.yaml", None),
     "none-n1000": ("mnist_cgan_dp_1000.yaml", None),
+}
+# setting -> transforms of its recipe it runs without.
+WITHOUT: dict[str, tuple[str, ...]] = {
+    "clip-n1000": ("client_dp",),
+    "none-n1000": ("clip", "client_dp"),
 }
 CLIENT_LEVEL = {"mnist_cgan_dp.yaml", "mnist_cgan_dp_1000.yaml"}
 COLUMNS = [
@@ -92,8 +99,8 @@ def main() -> None:
             cfg = load_config(
                 None if recipe is None else CONFIGS / recipe, [*overrides, *args.overrides]
             )
-            if recipe in CLIENT_LEVEL and epsilon is None:
-                cfg.transforms = [t for t in cfg.transforms if t.name not in ("clip", "client_dp")]
+            if setting in WITHOUT:
+                cfg.transforms = [t for t in cfg.transforms if t.name not in WITHOUT[setting]]
                 validate_components_of(cfg)
             elif recipe in CLIENT_LEVEL:
                 # Overrides cannot index the transforms list: set the DP target here.
