@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "configs" / "huscf").glob("s*.yaml"))
 
 # 4 clients x 64 digits, the light network, 2 iterations a round; clustering (k = 2)
-# from round 1 on, so a 2-round run holds a clustered round.
+# from round 1 on, so a 2-round run holds a clustered round. fedgen's variant's parts
+# are on (AC-GAN head, moving average), so resuming covers their state too.
 TINY = [
     "--set",
     "data.num_clients=4",
@@ -35,6 +36,10 @@ TINY = [
     "strategy.params.num_clusters=2",
     "--set",
     "strategy.params.plain_rounds=1",
+    "--set",
+    "task.params.aux_weight=1.0",
+    "--set",
+    "strategy.params.ema_decay=0.5",
     "--set",
     "threads=1",
 ]
@@ -137,6 +142,11 @@ def test_resumed_split_run_ends_bit_identical(two_rounds, tmp_path):
     assert a["private_states"].keys() == b["private_states"].keys()
     for cid, state in a["private_states"].items():
         assert all(torch.equal(v, b["private_states"][cid][k]) for k, v in state.items())
+    ema_a, ema_b = a["strategy"]["ema_global"], b["strategy"]["ema_global"]
+    assert all(torch.equal(v, ema_b[k]) for k, v in ema_a.items())
+    assert a["strategy"]["ema_private"].keys() == b["strategy"]["ema_private"].keys() != set()
+    for cid, state in a["strategy"]["ema_private"].items():
+        assert all(torch.equal(v, b["strategy"]["ema_private"][cid][k]) for k, v in state.items())
 
 
 def test_more_clusters_than_clients_is_a_clear_error(tmp_path, mnist_dir):
