@@ -21,7 +21,8 @@ Methods, all on the scenario's partition and architecture:
   light GroupNorm architecture (a quarter of the channels: many more
   iterations in the same time, no batch statistics mixed across domains), an
   AC-GAN class head on D5 trained on the client's own labels (``aux_weight``),
-  and generators evaluated as moving averages over rounds (``ema_decay``).
+  and generators evaluated as moving averages over rounds (``ema_decay`` 0.9,
+  warmed up).
   With ``--compare-raw`` a run with a moving average also writes a second row
   from the same run, the weights as trained (``<method> no-EMA``): the
   average's effect, measured side by side.
@@ -79,6 +80,7 @@ METHODS: dict[str, list[str]] = {
         "strategy.params.num_clusters=null",
         "task.params.aux_weight=1.0",
         "strategy.params.ema_decay=0.9",
+        "strategy.params.ema_warmup=true",
     ],
 }
 

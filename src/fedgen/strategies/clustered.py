@@ -39,6 +39,7 @@ from fedgen.errors import ConfigError, RoundFailedError
 from fedgen.registry import STRATEGIES
 from fedgen.strategies.base import Aggregate, Strategy
 from fedgen.strategies.fedavg import FedAvg
+from fedgen.strategies.moving_average import effective_decay, ema_update
 from fedgen.types import ClientResult, RoundPlan, StateDict
 
 
@@ -240,6 +241,7 @@ class KldClustered(Strategy):
             state and of every client's own tensors, and sample/evaluate with it (as
             FedAvg's ``ema_decay``; Yazici et al. 2019). Training is unaffected.
             Not published: fedgen's variant.
+        ema_warmup: grow the decay over the first rounds, as FedAvg's.
     """
 
     def __init__(
@@ -254,6 +256,7 @@ class KldClustered(Strategy):
         cluster_seed: int = 42,
         root_seed: int = 0,
         ema_decay: float | None = None,
+        ema_warmup: bool = False,
     ) -> None:
         if plain_rounds < 0:
             raise ConfigError(f"strategy plain_rounds={plain_rounds}: use >= 0 (published: 2)")
@@ -270,6 +273,8 @@ class KldClustered(Strategy):
         #: The representative client's own tensors (see ``evaluation_state``).
         self.eval_private: StateDict = {}
         self.ema_decay = ema_decay
+        self.ema_warmup = ema_warmup
+        self.ema_updates = 0
         #: Moving averages (``ema_decay``): of the global state, and of each client's tensors.
         self.ema_global: StateDict | None = None
         self.ema_private: dict[int, StateDict] = {}
@@ -357,11 +362,12 @@ class KldClustered(Strategy):
             self.eval_private = dict(aggregate.private_updates[representative])
             self._representative = representative
         if self.ema_decay is not None:
-            self.ema_global = _ema(self.ema_global, global_state, new_state, self.ema_decay)
+            d = effective_decay(self.ema_decay, self.ema_updates, self.ema_warmup)
+            self.ema_global = ema_update(self.ema_global, global_state, new_state, d)
             for cid, tensors in aggregate.private_updates.items():
                 before = {k: global_state[k] for k in tensors}
-                old = self.ema_private.get(cid)
-                self.ema_private[cid] = _ema(old, before, tensors, self.ema_decay)
+                self.ema_private[cid] = ema_update(self.ema_private.get(cid), before, tensors, d)
+            self.ema_updates += 1
         return new_state
 
     def evaluation_state(self, global_state: StateDict) -> StateDict:
@@ -388,6 +394,7 @@ class KldClustered(Strategy):
         if self.ema_global is not None:
             state["ema_global"] = dict(self.ema_global)
             state["ema_private"] = {str(c): dict(t) for c, t in self.ema_private.items()}
+            state["ema_updates"] = self.ema_updates
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -396,16 +403,7 @@ class KldClustered(Strategy):
         self._representative = state.get("representative")
         self.ema_global = dict(state["ema_global"]) if "ema_global" in state else None
         self.ema_private = {int(c): dict(t) for c, t in state.get("ema_private", {}).items()}
-
-
-def _ema(average: StateDict | None, before: StateDict, after: StateDict, decay: float) -> StateDict:
-    """``decay * average + (1 - decay) * after`` for float tensors (the average starts at
-    ``before``, the state the round began from); other tensors take ``after``."""
-    start = before if average is None else average
-    return {
-        k: decay * start[k] + (1 - decay) * v if v.is_floating_point() else v.clone()
-        for k, v in after.items()
-    }
+        self.ema_updates = int(state.get("ema_updates", 0))
 
 
 def _add(value: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

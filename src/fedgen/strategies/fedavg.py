@@ -14,6 +14,7 @@ from fedgen.errors import ConfigError, RoundFailedError
 from fedgen.registry import STRATEGIES
 from fedgen.seeding import derive_seed
 from fedgen.strategies.base import Aggregate, Strategy
+from fedgen.strategies.moving_average import effective_decay, ema_update
 from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict
 
 
@@ -31,6 +32,8 @@ class FedAvg(Strategy):
             state over rounds and sample/evaluate with it (Polyak averaging of the
             server model; for GAN generators see Yazici et al. 2019, "The Unusual
             Effectiveness of Averaging in GAN Training"). Training is unaffected.
+        ema_warmup: let the decay grow from 0.1 to ``ema_decay`` over the first rounds
+            (``fedgen.strategies.moving_average``), so early rounds fade fast.
         sampling: ``"fixed"`` draws exactly ``max(min_clients, round(fraction * N))``
             clients without replacement; ``"poisson"`` includes each client
             independently with probability ``fraction`` (the cohort size varies, may be
@@ -51,6 +54,7 @@ class FedAvg(Strategy):
         server_lr: float = 1.0,
         weighted: bool = True,
         ema_decay: float | None = None,
+        ema_warmup: bool = False,
         sampling: str = "fixed",
         fixed_denominator: bool = False,
         root_seed: int = 0,
@@ -79,6 +83,8 @@ class FedAvg(Strategy):
         self._denominator: float | None = None
         self.ema_decay = ema_decay
         self.ema: StateDict | None = None
+        self.ema_warmup = ema_warmup
+        self.ema_updates = 0
         self.root_seed = root_seed
 
     def configure(self, round: int, client_ids: list[int], rng: np.random.Generator) -> RoundPlan:
@@ -174,23 +180,22 @@ class FedAvg(Strategy):
             else:
                 new_state[key] = value
         if self.ema_decay is not None:
-            d = self.ema_decay
-            if self.ema is None:
-                self.ema = {k: v.clone() for k, v in global_state.items()}
-            self.ema = {
-                k: d * self.ema[k] + (1 - d) * v if v.is_floating_point() else v.clone()
-                for k, v in new_state.items()
-            }
+            d = effective_decay(self.ema_decay, self.ema_updates, self.ema_warmup)
+            self.ema = ema_update(self.ema, global_state, new_state, d)
+            self.ema_updates += 1
         return new_state
 
     def evaluation_state(self, global_state: StateDict) -> StateDict:
         return self.ema if self.ema is not None else global_state
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.ema is None else {"ema": {k: v.clone() for k, v in self.ema.items()}}
+        if self.ema is None:
+            return {}
+        return {"ema": {k: v.clone() for k, v in self.ema.items()}, "ema_updates": self.ema_updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ema = dict(state["ema"]) if "ema" in state else None
+        self.ema_updates = int(state.get("ema_updates", 0))
 
 
 def round_half_up(x: float) -> int:

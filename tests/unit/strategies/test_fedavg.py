@@ -4,6 +4,7 @@ import torch
 
 from fedgen.errors import ConfigError, RoundFailedError
 from fedgen.strategies.fedavg import FedAvg
+from fedgen.strategies.moving_average import effective_decay
 from fedgen.types import ClientResult
 
 
@@ -126,3 +127,22 @@ def test_fixed_sampling_draws_are_unchanged_by_the_new_options():
         pa = a.configure(r, list(range(10)), np.random.default_rng(r))
         pb = b.configure(r, list(range(10)), np.random.default_rng(r))
         assert pa == pb
+
+
+def test_ema_warmup_grows_the_decay_and_the_count_survives_a_checkpoint():
+    # Prepare: decay 0.9 warmed up: updates 0, 1 use 1/10 and 2/11.
+    assert effective_decay(0.9, 0, True) == pytest.approx(0.1)
+    assert effective_decay(0.9, 1, True) == pytest.approx(2 / 11)
+    assert effective_decay(0.9, 100, True) == 0.9 and effective_decay(0.9, 0, False) == 0.9
+    strategy = FedAvg(ema_decay=0.9, ema_warmup=True, min_clients=1)
+    state = {"w": torch.zeros(1)}
+    # Execute: two rounds moving w to 2, then 4.
+    for target in (2.0, 4.0):
+        result = ClientResult(0, 1, update={"w": torch.tensor([target]) - state["w"]})
+        state = strategy.apply(0, state, strategy.aggregate(0, [result]))
+    restored = FedAvg(ema_decay=0.9, ema_warmup=True)
+    restored.load_state_dict(strategy.state_dict())
+    # Assert: ema = 2/11 * (0.1 * 0 + 0.9 * 2) + 9/11 * 4.
+    expected = 2 / 11 * 1.8 + 9 / 11 * 4
+    assert float(strategy.ema["w"]) == pytest.approx(expected, rel=1e-6)
+    assert restored.ema_updates == 2
