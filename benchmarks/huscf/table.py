@@ -118,6 +118,7 @@ COLUMNS = (
     "F1",
     "FPR",
     "published acc",
+    "vs published",
     "published P/R/F1/FPR",
     "IS-like",
     "analytic latency s/it",
@@ -237,6 +238,13 @@ def markdown_row(row: dict[str, Any]) -> str:
         return " / ".join(f"{100 * row['domains'][d][f'tstr_{key}']:.2f}" for d in names)
 
     pub_acc = " / ".join(_fmt(published[d][0]) if d in published else "n/a" for d in names)
+    # Ours minus published, in TSTR accuracy points: negative means short of it.
+    gap = " / ".join(
+        f"{100 * row['domains'][d]['tstr_accuracy'] - published[d][0]:+.2f}"
+        if d in published
+        else "n/a"
+        for d in names
+    )
     pub_rest = " / ".join(
         ", ".join(f"{v:.2f}" for v in published[d][1:]) if d in published else "n/a" for d in names
     )
@@ -247,6 +255,7 @@ def markdown_row(row: dict[str, Any]) -> str:
         " / ".join(names),
         *(per_domain(k) for k in TSTR),
         pub_acc,
+        gap,
         pub_rest,
         is_like,
         _fmt(row["latency"], 3),
