@@ -35,7 +35,8 @@ SETTINGS: dict[str, tuple[str | None, float | None]] = {
     # Client-level DP at a scale it is designed for: 1,000 clients, ~100 per round.
     "client-10-n1000": ("mnist_cgan_dp_1000.yaml", 10.0),
     # The same 1,000-client federation without noise (clip-n1000: clipped, no noise;
-    # none-n1000: neither): what the noise costs there, and what the clipping costs.
+    # none-n1000: neither; both keep its unweighted fixed-denominator mean and its
+    # Poisson sampling): what the noise costs there, and what the clipping costs.
     "clip-n1000": ("mnist_cgan_dp_1000.yaml", None),
     "none-n1000": ("mnist_cgan_dp_1000.yaml", None),
 }
@@ -63,7 +64,8 @@ COLUMNS = [
 ]
 NOTES = [
     "cGAN, 10 clients, Dirichlet(0.5), FedAvg (`client-10-n1000`: 1,000 iid clients of "
-    "10 images, q = 0.1, batch 10, 5 local steps, clip 0.5); TSTR: a CNN trained on 30,000 "
+    "10 images, q = 0.1, batch 10, 5 local steps, clip 0.5; `clip-n1000`: no noise, "
+    "`none-n1000`: no clipping or noise); TSTR: a CNN trained on 30,000 "
     "synthetic images, tested on the real test split; Frechet distance on the features of a "
     "CNN trained on the real training split (not FID).",
     "membership: 1000 members (clients' training images) vs 1000 held-out test images; LOGAN = "

@@ -22,7 +22,7 @@ Methods, all on the scenario's partition and architecture:
   iterations in the same time, no batch statistics mixed across domains), an
   AC-GAN class head on D5 trained on the client's own labels (``aux_weight``),
   and generators evaluated as moving averages over rounds (``ema_decay`` 0.9,
-  warmed up).
+  warmed up: 0.7 at round 20, 0.9 from round 80).
   With ``--compare-raw`` a run with a moving average also writes a second row
   from the same run, the weights as trained (``<method> no-EMA``): the
   average's effect, measured side by side.
@@ -55,7 +55,7 @@ from fedgen.config import load_config
 from fedgen.engine.callbacks import MetricsWriter, ProgressCallback
 from fedgen.engine.federation import Callback, Federation, RoundRecord
 from fedgen.experiment import build_experiment
-from fedgen.report.results_table import machine_description
+from fedgen.report.results_table import current_commit, machine_description
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -184,7 +184,7 @@ def run_one(
     fed.run()
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     variants = {method: True}
-    if args.compare_raw and getattr(fed.strategy, "ema_global", None) is not None:
+    if args.compare_raw and fed.strategy.averaging:
         variants[f"{method} no-EMA"] = False
     evaluated = {
         name: evaluate_domains(
@@ -308,7 +308,8 @@ def main() -> None:
                 "published analytic latency 7.68 s/iteration (80 clients, GA).\n"
             )
         f.write(
-            f"\n## {dt.datetime.now().isoformat(timespec='seconds')} on {machine_description()}\n\n"
+            f"\n## {dt.datetime.now().isoformat(timespec='seconds')} (commit {current_commit()}) "
+            f"on {machine_description()}\n\n"
             f"Command: `{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}` "
             f"({args.minutes:g} min per run, local steps {args.local_steps or 'from recipe'}, "
             f"TSTR {args.tstr_samples} samples x {args.tstr_epochs} epochs)\n\n"

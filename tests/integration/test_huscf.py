@@ -41,6 +41,8 @@ TINY = [
     "--set",
     "strategy.params.ema_decay=0.5",
     "--set",
+    "strategy.params.ema_warmup=true",
+    "--set",
     "threads=1",
 ]
 EVAL = [
@@ -143,7 +145,9 @@ def test_resumed_split_run_ends_bit_identical(two_rounds, tmp_path):
     for cid, state in a["private_states"].items():
         assert all(torch.equal(v, b["private_states"][cid][k]) for k, v in state.items())
     ema_a, ema_b = a["strategy"]["ema_global"], b["strategy"]["ema_global"]
+    assert ema_a.keys() == ema_b.keys() == a["global_state"].keys()
     assert all(torch.equal(v, ema_b[k]) for k, v in ema_a.items())
+    assert a["strategy"]["ema_updates"] == b["strategy"]["ema_updates"] == 3
     assert a["strategy"]["ema_private"].keys() == b["strategy"]["ema_private"].keys() != set()
     for cid, state in a["strategy"]["ema_private"].items():
         assert all(torch.equal(v, b["strategy"]["ema_private"][cid][k]) for k, v in state.items())

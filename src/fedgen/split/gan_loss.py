@@ -7,7 +7,8 @@ then class logits. The adversarial part is the published binary cross-entropy
 is cross-entropy against the batch's labels, weighted by ``aux_weight``; it is
 added where ``classify`` is set: on the real batch in the discriminator's step
 and on the fakes in the generator's step. The discriminator is not asked to
-classify fakes, so early, label-less fakes do not teach its class head noise.
+classify fakes, so early fakes that do not yet look like their class do not
+teach its class head noise.
 """
 
 from __future__ import annotations

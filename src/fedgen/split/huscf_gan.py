@@ -10,8 +10,12 @@ loss stays on the client). ``HuscfGanSpec()`` is the published architecture
 statistics shared across clients on the server) and ``width`` scales every
 channel count (``LIGHT`` is fedgen's lighter variant). ``aux_classifier``
 gives D5 a second head, class logits beside P(real) (AC-GAN, Odena et al.
-2017): fedgen's variant trains it on the client's real labels, which never
-leave the client because D5 stays there.
+2017): fedgen's variant trains it on the client's real labels. The label
+tensors stay on the client (D5 does), but the gradient D5 sends back to the
+server now depends on each example's class, so per-example gradients at the
+cut cluster by label: the label-leakage channel of split learning (Li et al.
+2022, "Label Leakage and Protection in Two-party Split Learning"). With the
+published single output that gradient is one scalar times a shared vector.
 """
 
 from __future__ import annotations
@@ -109,19 +113,22 @@ class DiscriminatorStem(nn.Module):
         return self.act(self.norm(self.conv(torch.cat([x, plane], dim=1))))
 
 
-class DiscriminatorTail(nn.Module):
-    """D5: ``(B, c256d, 3, 3) -> (B, 1)`` P(real), or ``(B, 1 + K)`` with class logits."""
+class DiscriminatorTail(nn.Sequential):
+    """D5: ``(B, c256d, 3, 3) -> (B, 1)`` P(real), or ``(B, 1 + K)`` with class logits.
+
+    A ``Sequential`` (Flatten, Linear, Sigmoid) as published, so its tensors keep
+    their published names (``4.1.weight``) and older checkpoints load; the class
+    head, if any, is ``classes``.
+    """
 
     def __init__(self, spec: HuscfGanSpec) -> None:
-        super().__init__()
         features = spec.channels()[3] * 3 * 3
-        self.real = nn.Linear(features, 1)
-        self.sigmoid = nn.Sigmoid()  # a module, so the FLOP count sees it
+        super().__init__(nn.Flatten(), nn.Linear(features, 1), nn.Sigmoid())
         self.classes = nn.Linear(features, spec.num_classes) if spec.aux_classifier else None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = h.flatten(start_dim=1)
-        p_real = self.sigmoid(self.real(h))
+        h = self[0](h)
+        p_real = self[2](self[1](h))
         if self.classes is None:
             return p_real
         return torch.cat([p_real, self.classes(h)], dim=1)

@@ -32,7 +32,8 @@ from fedgen.split.segments import ClientSegments, ServerSegments
 
 @dataclass
 class IterationResult:
-    """What one iteration produced (losses are means over the clients that finished)."""
+    """What one iteration produced (losses are means over the clients that finished, and
+    include the AC-GAN class term when the trainer has ``aux_weight`` > 0)."""
 
     d_loss_real: float
     d_loss_fake: float

@@ -100,8 +100,13 @@ class Strategy(ABC):
         self, client_id: int, global_state: StateDict, private: StateDict
     ) -> StateDict:
         """The weights to evaluate client ``client_id``'s own model with (split learning:
-        the global state with the client's private tensors on top)."""
-        return {**global_state, **private}
+        the evaluation state with the client's private tensors on top)."""
+        return {**self.evaluation_state(global_state), **private}
+
+    @property
+    def averaging(self) -> bool:
+        """Whether evaluation uses a moving average rather than the weights as trained."""
+        return False
 
     def state_dict(self) -> dict[str, Any]:
         """The strategy's own state (e.g. server optimizer moments) for checkpoints."""

@@ -240,7 +240,8 @@ class KldClustered(Strategy):
         ema_decay: if set, keep an exponential moving average over rounds of the global
             state and of every client's own tensors, and sample/evaluate with it (as
             FedAvg's ``ema_decay``; Yazici et al. 2019). Training is unaffected.
-            Not published: fedgen's variant.
+            Not published: fedgen's variant. A client's average moves only in rounds
+            it takes part in (HuSCF-GAN: every client, every round).
         ema_warmup: grow the decay over the first rounds, as FedAvg's.
     """
 
@@ -384,6 +385,10 @@ class KldClustered(Strategy):
         if self.ema_global is not None and client_id in self.ema_private:
             return {**self.ema_global, **self.ema_private[client_id]}
         return {**global_state, **private}
+
+    @property
+    def averaging(self) -> bool:
+        return self.ema_global is not None
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {

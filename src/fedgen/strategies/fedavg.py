@@ -32,8 +32,9 @@ class FedAvg(Strategy):
             state over rounds and sample/evaluate with it (Polyak averaging of the
             server model; for GAN generators see Yazici et al. 2019, "The Unusual
             Effectiveness of Averaging in GAN Training"). Training is unaffected.
-        ema_warmup: let the decay grow from 0.1 to ``ema_decay`` over the first rounds
-            (``fedgen.strategies.moving_average``), so early rounds fade fast.
+        ema_warmup: the decay of update t is ``min(ema_decay, (1 + t) / (10 + t))``
+            (``fedgen.strategies.moving_average``): 0.1 at first, 0.7 at round 20, and
+            0.9 from round 80 on, so early rounds fade fast.
         sampling: ``"fixed"`` draws exactly ``max(min_clients, round(fraction * N))``
             clients without replacement; ``"poisson"`` includes each client
             independently with probability ``fraction`` (the cohort size varies, may be
@@ -187,6 +188,10 @@ class FedAvg(Strategy):
 
     def evaluation_state(self, global_state: StateDict) -> StateDict:
         return self.ema if self.ema is not None else global_state
+
+    @property
+    def averaging(self) -> bool:
+        return self.ema is not None
 
     def state_dict(self) -> dict[str, Any]:
         if self.ema is None:

@@ -208,24 +208,31 @@ def test_strategy_bad_input_is_a_clear_error() -> None:
 
 
 def test_ema_averages_global_and_own_tensors_over_rounds_and_survives_a_checkpoint() -> None:
-    # Prepare: the same three clients in two plain rounds, decay 0.5.
-    strategy = KldClustered(num_clusters=2, plain_rounds=2, ema_decay=0.5)
+    # Prepare: two clustered rounds (k = 2, decay 0.5): client 2 (FAR) is alone in its
+    # cluster, so its own head (10) differs from the global head.
+    strategy = KldClustered(num_clusters=2, plain_rounds=0, ema_decay=0.5)
     # Execute
-    g1 = strategy.apply(0, GLOBAL, strategy.aggregate(0, _results()))
-    agg = strategy.aggregate(1, _results())
-    g2 = strategy.apply(1, g1, agg)
+    agg1 = strategy.aggregate(0, _results())
+    g1 = strategy.apply(0, GLOBAL, agg1)
+    agg2 = strategy.aggregate(1, _results())
+    g2 = strategy.apply(1, g1, agg2)
     restored = KldClustered(num_clusters=2, ema_decay=0.5)
     restored.load_state_dict(strategy.state_dict())
-    # Assert: the average starts at the round-0 start state (zeros): after two rounds it is
-    # 0.25 * 0 + 0.25 * g1 + 0.5 * g2, for the server's tensors and a client's own.
+    # Assert: each average starts at the round-0 start state (zeros): after two rounds it
+    # is 0.25 * 0 + 0.25 * (round 1) + 0.5 * (round 2), for the server's tensors and for
+    # the client's own head, which is its cluster's, not the global one.
     expect_mid = 0.25 * g1["net.mid"] + 0.5 * g2["net.mid"]
-    expect_head = 0.25 * g1["net.head"] + 0.5 * agg.private_updates[2]["net.head"]
+    own1, own2 = agg1.private_updates[2]["net.head"], agg2.private_updates[2]["net.head"]
+    expect_head = 0.25 * own1 + 0.5 * own2
+    assert own1.tolist() == [10.0, 10.0] and not torch.equal(own2, g2["net.head"])
     for s in (strategy, restored):
-        ev = s.client_evaluation_state(2, g2, agg.private_updates[2])
+        assert s.averaging and s.ema_updates == 2
+        ev = s.client_evaluation_state(2, g2, agg2.private_updates[2])
         assert ev["net.mid"].tolist() == pytest.approx(expect_mid.tolist())
         assert ev["net.head"].tolist() == pytest.approx(expect_head.tolist())
         assert s.evaluation_state(g2)["net.mid"].tolist() == pytest.approx(expect_mid.tolist())
-    # Training is unaffected: the global state is the plain aggregate.
-    assert g2["net.mid"].tolist() == pytest.approx([2 * 500 / 600, 2 * 700 / 600])
+    # Training is unaffected: the next round starts from the plain aggregate.
+    assert not torch.equal(g2["net.mid"], expect_mid)
+    assert not KldClustered(num_clusters=2).averaging
     with pytest.raises(ConfigError, match="ema_decay"):
         KldClustered(ema_decay=1.0)

@@ -130,10 +130,7 @@ def test_fixed_sampling_draws_are_unchanged_by_the_new_options():
 
 
 def test_ema_warmup_grows_the_decay_and_the_count_survives_a_checkpoint():
-    # Prepare: decay 0.9 warmed up: updates 0, 1 use 1/10 and 2/11.
-    assert effective_decay(0.9, 0, True) == pytest.approx(0.1)
-    assert effective_decay(0.9, 1, True) == pytest.approx(2 / 11)
-    assert effective_decay(0.9, 100, True) == 0.9 and effective_decay(0.9, 0, False) == 0.9
+    # Prepare: decay 0.9 warmed up.
     strategy = FedAvg(ema_decay=0.9, ema_warmup=True, min_clients=1)
     state = {"w": torch.zeros(1)}
     # Execute: two rounds moving w to 2, then 4.
@@ -142,7 +139,12 @@ def test_ema_warmup_grows_the_decay_and_the_count_survives_a_checkpoint():
         state = strategy.apply(0, state, strategy.aggregate(0, [result]))
     restored = FedAvg(ema_decay=0.9, ema_warmup=True)
     restored.load_state_dict(strategy.state_dict())
-    # Assert: ema = 2/11 * (0.1 * 0 + 0.9 * 2) + 9/11 * 4.
-    expected = 2 / 11 * 1.8 + 9 / 11 * 4
+    # Assert: updates 0 and 1 use decays 1/10 and 2/11; 0.9 from update 80 on.
+    assert effective_decay(0.9, 0, True) == pytest.approx(0.1)
+    assert effective_decay(0.9, 1, True) == pytest.approx(2 / 11)
+    assert effective_decay(0.9, 79, True) < 0.9 == effective_decay(0.9, 80, True)
+    assert effective_decay(0.9, 0, False) == 0.9
+    expected = 2 / 11 * (0.1 * 0 + 0.9 * 2) + 9 / 11 * 4
     assert float(strategy.ema["w"]) == pytest.approx(expected, rel=1e-6)
-    assert restored.ema_updates == 2
+    assert torch.equal(restored.ema["w"], strategy.ema["w"]) and restored.ema_updates == 2
+    assert strategy.averaging and not FedAvg().averaging
