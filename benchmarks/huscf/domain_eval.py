@@ -34,12 +34,12 @@ def client_generator_state(fed: Federation, client_id: int, averaged: bool = Tru
     """Client ``client_id``'s whole model: global state + its private tensors, if it has any,
     as the strategy evaluates them (e.g. their moving averages; ``averaged=False``: the
     weights as trained, for a side-by-side figure from the same run)."""
-    private = fed.private_states.get(client_id)
+    private = fed.private_states.get(client_id, {})
+    if not averaged:
+        return {**fed.global_state, **private}
     if private:
-        if not averaged:
-            return {**fed.global_state, **private}
         return fed.strategy.client_evaluation_state(client_id, fed.global_state, private)
-    return fed.strategy.evaluation_state(fed.global_state) if averaged else fed.global_state
+    return fed.strategy.evaluation_state(fed.global_state)
 
 
 def domain_clients(exp: Experiment) -> dict[str, int]:

@@ -159,7 +159,7 @@ def run_one(
     scenario: str, method: str, args: argparse.Namespace, runs_dir: Path
 ) -> list[dict[str, Any]]:
     """Train one (scenario, method) under the budget, evaluate per domain, return the rows
-    (two with a moving average: averaged, and as trained)."""
+    (two with ``--compare-raw`` and a moving average: averaged, and as trained)."""
     overrides = [
         *METHODS[method],
         "federation.rounds=100000",

@@ -375,9 +375,9 @@ class KldClustered(Strategy):
         """A real client's generator: the global middle with the own head and tail of the
         lowest-numbered client of the largest cluster (the global state before round 0);
         their moving averages with ``ema_decay``."""
-        if self.ema_global is not None and self._representative in self.ema_private:
-            return {**self.ema_global, **self.ema_private[self._representative]}
-        return {**global_state, **self.eval_private}
+        if self._representative is None:
+            return {**global_state, **self.eval_private}
+        return self.client_evaluation_state(self._representative, global_state, self.eval_private)
 
     def client_evaluation_state(
         self, client_id: int, global_state: StateDict, private: StateDict
