@@ -95,10 +95,13 @@ class Task(ABC):
         self.params = params
         self.num_classes = num_classes
         self.image_shape = image_shape
-        torch.manual_seed(seed)  # initial weights come from the root seed
         #: Set by ``fedgen.privacy.dpsgd.attach_dpsgd``; None trains without DP.
         self.privacy_engine: PrivacyEngine | None = None
-        self.modules = self.build()
+        # Initial weights come from the root seed. torch's initializers draw from the
+        # global CPU RNG, so seed it inside a fork: the caller's RNG state is restored.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.modules = self.build()
         self._federated = self.federated_modules()
         unknown = set(self._federated) - set(self.modules)
         if unknown:
