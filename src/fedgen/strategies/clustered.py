@@ -69,12 +69,34 @@ def kld_to_others(probs: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
 
 
 def kld_weights(num_examples: torch.Tensor, kld: torch.Tensor) -> torch.Tensor:
-    """``n_j * exp(-KLD_j)`` normalised to sum to 1."""
-    w = num_examples.double() * torch.exp(-kld.double())
-    total = w.sum()
-    if not total > 0:
+    """``n_j * exp(-KLD_j)`` normalised to sum to 1.
+
+    Computed in log space, ``log n_j - KLD_j`` normalised by its log-sum-exp: with
+    every KLD above ~745, ``exp(-KLD)`` underflows to 0 in float64 for all clients,
+    yet the normalised weights are well defined. A client without examples weighs 0.
+
+    Raises:
+        ConfigError: if a KLD is NaN or -inf, a count is negative, no client has
+            examples, or every client with examples has an infinite KLD.
+    """
+    kld, n = kld.double(), num_examples.double()
+    if bool((torch.isnan(kld) | torch.isneginf(kld)).any()):
+        raise ConfigError(
+            f"KLD scores {kld.tolist()} hold NaN or -inf; check the clients' activations "
+            "for NaN/Inf"
+        )
+    if bool((n < 0).any()):
+        raise ConfigError(f"negative example counts {n.tolist()}")
+    if not bool((n > 0).any()):
         raise ConfigError("every client has weight 0; give clients with examples")
-    return w / total
+    log_w = n.log() - kld  # log 0 = -inf: a client without examples weighs 0
+    log_total = torch.logsumexp(log_w, dim=0)
+    if not bool(torch.isfinite(log_total)):
+        raise ConfigError(
+            f"KLD scores {kld.tolist()} are infinite for every client with examples; "
+            "check the clients' activations"
+        )
+    return torch.exp(log_w - log_total)
 
 
 def kmeans_clusters(features: np.ndarray, k: int, seed: int = 42) -> np.ndarray:
