@@ -9,7 +9,8 @@ it. With an engine attached that source
   probability q = batch_size / n, the sampling Opacus's accountants assume);
 - turns the optimizers of the task's ``private_data_modules()`` into Opacus
   ``DPOptimizer``s (per-sample gradients clipped to ``max_grad_norm``, Gaussian noise
-  of ``noise_multiplier * max_grad_norm`` on their sum, divided by the expected batch),
+  of ``noise_multiplier * max_grad_norm`` on their sum, divided by the expected batch
+  q * n, which is n, not ``batch_size``, for a shard smaller than a batch),
   with per-sample gradients from Opacus's ``GradSampleModule`` hooks, attached for the
   call and removed after it so the task stays a plain, picklable module tree.
 
@@ -47,6 +48,12 @@ warnings.filterwarnings(
 def poisson_sample_rate(batch_size: int, num_examples: int) -> float:
     """q = batch_size / n, capped at 1 (a shard smaller than a batch is used whole)."""
     return min(1.0, batch_size / max(num_examples, 1))
+
+
+def expected_batch_size(batch_size: int, num_examples: int) -> int:
+    """q * n, the mean size of a Poisson batch: ``batch_size``, or the whole shard when it
+    is smaller than a batch (q is capped at 1). DP-SGD divides its noisy sum by this."""
+    return max(1, min(batch_size, num_examples))
 
 
 def empty_batch_probability(batch_size: int, num_examples: int) -> float:
@@ -91,10 +98,17 @@ class DpSgdTraining(LocalTraining):
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         self.noise_generator = noise_generator(engine.noise_key, seed, "dpsgd")
         self.hooked: list[GradSampleModule] = []
+        self.dp_optimizers: list[DPOptimizer] = []
+        # q * n of the shard, known once ``batches`` is opened (tasks may make their
+        # optimizers first); until then the task's batch size, right for n >= batch.
+        self.expected_batch = int(task.params.batch_size)
 
     def batches(
         self, data: ClientData, batch_size: int
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.expected_batch = expected_batch_size(batch_size, data.num_examples)
+        for opt in self.dp_optimizers:
+            opt.expected_batch_size = self.expected_batch
         return poisson_batches(data, batch_size, self.generator)
 
     def optimizer(
@@ -115,14 +129,16 @@ class DpSgdTraining(LocalTraining):
             self.hooked.append(
                 GradSampleModule(self.task.modules[name], batch_first=True, loss_reduction="mean")
             )
-        return DPOptimizer(
+        dp_optimizer = DPOptimizer(
             optimizer,
             noise_multiplier=self.engine.noise_multiplier,
             max_grad_norm=self.engine.max_grad_norm,
-            expected_batch_size=int(self.task.params.batch_size),
+            expected_batch_size=self.expected_batch,
             loss_reduction="mean",
             generator=self.noise_generator,
         )
+        self.dp_optimizers.append(dp_optimizer)
+        return dp_optimizer
 
     def close(self) -> None:
         # Remove hooks and per-sample buffers: the module is plain again between calls.
@@ -133,6 +149,7 @@ class DpSgdTraining(LocalTraining):
                     if hasattr(p, attr):
                         delattr(p, attr)
         self.hooked.clear()
+        self.dp_optimizers.clear()
 
 
 class DpSgdEngine:

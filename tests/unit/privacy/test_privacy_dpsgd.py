@@ -140,3 +140,56 @@ def test_an_optimizer_mixing_private_and_public_modules_is_refused():
         pytest.raises(Exception, match="give each group its own optimizer"),
     ):
         local.optimizer(torch.optim.SGD(params, lr=0.1), ["generator", "discriminator"])
+
+
+def dp_step_on_a_shard(mnist, n: int, batch_size: int, clip: float):
+    """One DP-SGD step (SGD, lr 1, no noise) of the cGAN's discriminator on a Poisson
+    batch of the first ``n`` digits; returns (the step, the clipped per-pair sum, B)."""
+    task = gan(batch_size=batch_size)
+    D = task.modules["discriminator"]
+    attach_dpsgd(task, noise_multiplier=1e-12, max_grad_norm=clip)
+    before = [p.detach().clone() for p in D.parameters()]
+    gen = torch.Generator().manual_seed(5)
+    with task.local_training(torch.Generator().manual_seed(0)) as local:
+        # The task's order: optimizers first, then batches (gan.py's train_local).
+        opt = local.optimizer(torch.optim.SGD(D.parameters(), lr=1.0), ["discriminator"])
+        real, y = next(local.batches(shard(mnist, n), batch_size))
+        real = real * 2 - 1
+        b = real.shape[0]
+        fake = torch.rand(b, 1, 28, 28, generator=gen) * 2 - 1
+        y_fake = torch.randint(0, 10, (b,), generator=gen)
+        loss = F.softplus(-D(real, y)).mean() + F.softplus(D(fake, y_fake)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    step = [p0 - p.detach() for p, p0 in zip(D.parameters(), before, strict=True)]
+    D.load_state_dict({k: v for k, v in zip(D.state_dict(), before, strict=True)})
+    clipped = [torch.zeros_like(p) for p in D.parameters()]
+    for i in range(b):  # the slow, obvious reference: clip each real/fake pair, sum
+        D.zero_grad()
+        pair_loss(D, real[i : i + 1], y[i : i + 1], fake[i : i + 1], y_fake[i : i + 1]).backward()
+        grads = [p.grad.detach().clone() for p in D.parameters()]
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        factor = min(1.0, clip / (float(norm) + 1e-6))
+        for c, g in zip(clipped, grads, strict=True):
+            c += factor * g
+    return step, clipped, b
+
+
+def test_a_shard_smaller_than_a_batch_divides_by_its_size_not_the_batch(mnist):
+    """n = 5 < batch 8: q = min(1, 8/5) = 1, every draw holds all 5 examples, and the
+    noisy sum is divided by the expected batch q * n = 5 (as Opacus: q * N), not by 8."""
+    # Execute
+    step, clipped, b = dp_step_on_a_shard(mnist, n=5, batch_size=8, clip=0.05)
+    # Assert
+    assert b == 5
+    for s, c in zip(step, clipped, strict=True):
+        assert torch.allclose(s, c / 5, atol=1e-6), (s - c / 5).abs().max()
+
+
+def test_a_shard_larger_than_a_batch_still_divides_by_the_batch(mnist):
+    # n = 40, batch 8: q = 0.2, expected batch q * n = 8 whatever this draw holds.
+    step, clipped, b = dp_step_on_a_shard(mnist, n=40, batch_size=8, clip=0.05)
+    assert b > 0
+    for s, c in zip(step, clipped, strict=True):
+        assert torch.allclose(s, c / 8, atol=1e-6), (s - c / 8).abs().max()
