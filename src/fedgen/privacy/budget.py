@@ -19,17 +19,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from fedgen.privacy.accounting import PrivacyAccountant
-from fedgen.transforms.dp import ClientLevelDP
+
+
+class NoiseMechanism(Protocol):
+    """What client-level accounting reads from the noise transform (``ClientLevelDP``).
+
+    Read each round rather than copied: z is calibrated after the transform is built.
+    A protocol, not the transform's class, keeps accounting below the transforms layer.
+    """
+
+    @property
+    def delta(self) -> float: ...
+
+    @property
+    def epsilon(self) -> float | None: ...
+
+    @property
+    def noise_multiplier(self) -> float | None: ...
 
 
 @dataclass
 class ClientLevelBudget:
     """Accounting for client-level DP: the noise transform and its sampling rate."""
 
-    transform: ClientLevelDP
+    transform: NoiseMechanism
     sample_rate: float
     accountant: PrivacyAccountant
 
