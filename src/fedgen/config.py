@@ -110,7 +110,7 @@ class DpSgdConfig(_Strict):
     Give ``noise_multiplier``, or ``epsilon`` to have it calibrated for the planned
     rounds (for the client with the highest sampling rate), or both. Values are
     checked with the rest of the experiment before round 1
-    (``fedgen.privacy.validation``), so every problem is reported at once.
+    (``fedgen.assembly.privacy``), so every problem is reported at once.
     """
 
     noise_multiplier: float | None = None

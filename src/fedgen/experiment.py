@@ -112,7 +112,7 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
     if transforms:
         # Secure aggregation's composition is checked here, not in build_privacy: it
         # needs the backend and holds without DP; its problems are raised with the rest.
-        from fedgen.transforms.secagg.validation import secagg_problems
+        from fedgen.assembly.secagg import secagg_problems
 
         problems.extend(
             secagg_problems(
@@ -137,7 +137,7 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
     privacy = None
     if problems or cfg.dpsgd is not None or transforms:
         # Imported here: Opacus loads only for experiments that may use DP.
-        from fedgen.privacy.validation import build_privacy
+        from fedgen.assembly.privacy import build_privacy
 
         privacy = build_privacy(
             dpsgd=cfg.dpsgd,

@@ -3,7 +3,7 @@
 Client-level DP-FedAvg is a pair of update transforms (``fedgen.transforms.clip`` and
 ``fedgen.transforms.dp``); sample-level DP-SGD wraps a task's local training with
 Opacus (``fedgen.privacy.dpsgd``). ``fedgen.privacy.budget`` tracks what a run has
-spent and ``fedgen.privacy.validation`` checks an experiment before round 1.
+spent; ``fedgen.assembly.privacy`` checks an experiment's DP before round 1.
 """
 
 from fedgen.privacy.accounting import (

@@ -15,7 +15,7 @@ adds back the 1/2, and moves the bound geometrically toward the ``target_quantil
 of update norms:
 ``C <- C * exp(-clip_lr * (unclipped_fraction - target_quantile))``.
 The count needs a known denominator (the expected cohort size), which the privacy
-wiring supplies through ``bind`` (see ``fedgen.privacy.validation``).
+wiring supplies through ``bind`` (see ``fedgen.assembly.privacy``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import math
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedgen.errors import ConfigError
 from fedgen.registry import TRANSFORMS
@@ -56,6 +57,16 @@ class NormClip(UpdateTransform):
             clients (sigma_b). Default with client-level DP: expected clients / 20, as
             Andrew et al. recommend; without DP: 0.
     """
+
+    class Params(BaseModel):
+        """The recipe's ``params`` of a ``clip`` transform (see Args)."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        max_norm: float = Field(gt=0, allow_inf_nan=False)
+        target_quantile: float | None = Field(None, gt=0, lt=1)
+        clip_lr: float = Field(0.2, gt=0, allow_inf_nan=False)
+        count_noise_stddev: float | None = Field(None, ge=0, allow_inf_nan=False)
 
     def __init__(
         self,

@@ -144,7 +144,7 @@ def test_a_strategy_that_needs_individual_updates_cannot_aggregate_a_sum():
 
 @pytest.mark.parametrize("recipe", ["mnist_cgan_secagg.yaml", "mnist_cgan_dp_secagg.yaml"])
 def test_the_secagg_recipes_validate(mnist_dir, recipe):
-    path = Path(__file__).resolve().parents[4] / "configs" / recipe
+    path = Path(__file__).resolve().parents[3] / "configs" / recipe
     cfg = load_config(path, [f"data.data_dir={mnist_dir}", "backend.name=inprocess"])
     fed = build_experiment(cfg).federation
     assert fed.secagg is fed.transforms[-1] and fed.secagg.auto_clip
