@@ -16,7 +16,7 @@ Soundness rules for client-level DP (McMahan et al. 2018):
 - no other transform unless it declares ``dp_compatible = True`` (it must not change
   a clipped update's norm bound nor the noise): ``secagg`` does, listed last, so the
   server unmasks the exact sum before adding noise (its own placement rules are in
-  ``fedgen.transforms.secagg.validation``);
+  ``fedgen.assembly.secagg``);
 - not in centralized mode (one pooled "client" has no client-level guarantee).
 """
 
