@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from fedgen.engine.checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
 from fedgen.engine.federation import Callback, Federation, RoundRecord
+from fedgen.images.grid import class_grid_labels, save_grid
 from fedgen.seeding import torch_generator
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,6 @@ class EvaluationCallback(Callback):
 
 def save_sample_grid(fed: Federation, path: Path, per_class: int, seed: int) -> Path:
     """A PNG grid from the global generator: one row per class, fixed noise across rounds."""
-    from fedgen.report.grid import class_grid_labels, save_grid
-
     task = fed.load_global_into_task()
     labels = class_grid_labels(task.num_classes, per_class)
     images = task.sample(labels, torch_generator(seed, "grid"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fedgen.report import class_grid_labels, make_grid_image, save_grid
+from fedgen.images.grid import class_grid_labels, make_grid_image, save_grid
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
