@@ -109,7 +109,7 @@ def report(run_dir: Path) -> None:
 @app.command()
 def sample(
     run_dir: Path,
-    n: Annotated[int, typer.Option("--n", help="images per class")] = 10,
+    n: Annotated[int, typer.Option("--n", min=1, help="images per class")] = 10,
     out: Annotated[Path, typer.Option(help="PNG file to write")] = Path("samples.png"),
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
 ) -> None:
@@ -135,9 +135,20 @@ def eval_(
     tstr_samples: Annotated[int | None, typer.Option(help="synthetic images for TSTR")] = None,
 ) -> None:
     """Evaluate the newest checkpoint of RUN_DIR; write RUN_DIR/eval.json and print it."""
+    from pydantic import ValidationError
+
+    from fedgen.config import EvalConfig
+    from fedgen.errors import ConfigError
     from fedgen.experiment import evaluate_task, load_run
 
     try:
+        if tstr_samples is not None:
+            # The run's own bound (eval.tstr_samples), checked before the run is loaded.
+            try:
+                EvalConfig(tstr_samples=tstr_samples)
+            except ValidationError as exc:
+                msg = exc.errors()[0]["msg"]
+                raise ConfigError(f"--tstr-samples {tstr_samples}: {msg}") from None
         exp = load_run(run_dir)
         if tstr_samples is not None:
             exp.config.eval.tstr_samples = tstr_samples
