@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedgen.errors import ConfigError
+from fedgen.params import ParamsError, explain
 
 
 class _Strict(BaseModel):
@@ -214,40 +215,7 @@ def parse_config(raw: dict[str, Any]) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, ExperimentConfig)) from None
-
-
-def _explain(exc: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
-    lines = []
-    for err in exc.errors():
-        loc = [str(x) for x in err["loc"]]
-        key = prefix + ".".join(loc)
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(root, loc[:-1])
-            lines.append(f"unknown key {key!r}; allowed keys here: {', '.join(allowed)}")
-        else:
-            got = err.get("input")
-            lines.append(f"{key or 'config'}: {err['msg']} (got {got!r})")
-    return "invalid config:\n  " + "\n  ".join(lines)
-
-
-def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
-    current: Any = model
-    for part in path:
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(part)
-            if field is None:
-                return []
-            ann = field.annotation
-            args = getattr(ann, "__args__", ())
-            current = next(
-                (a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
-            )
-        elif part.isdigit():
-            continue
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+        raise ParamsError(explain(exc, ExperimentConfig)) from None
 
 
 def validate_components_of(cfg: ExperimentConfig) -> None:
@@ -296,11 +264,7 @@ def validate_components_of(cfg: ExperimentConfig) -> None:
         try:
             params_model.model_validate(cfg.task.params)
         except ValidationError as exc:
-            problems.append(
-                _explain(exc, params_model, prefix="task.params.").removeprefix(
-                    "invalid config:\n  "
-                )
-            )
+            problems.extend(explain(exc, params_model, prefix="task.params."))
     for key, registry, comp, reserved in (
         ("strategy", STRATEGIES, cfg.strategy, ("root_seed",)),
         ("backend", BACKENDS, cfg.backend, ()),
