@@ -19,9 +19,9 @@ import json
 import time
 from pathlib import Path
 
+from fedgen.attacks import run_attack
 from fedgen.config import load_config, validate_components_of
 from fedgen.experiment import run_experiment
-from fedgen.privacy.attacks import run_attack
 from fedgen.report.results_table import ResultsTable
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
+from fedgen.attacks.command import attack_command
 from fedgen.errors import FedgenError
-from fedgen.privacy.attacks.command import attack_command
 
 app = typer.Typer(
     add_completion=False,

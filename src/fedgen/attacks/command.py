@@ -59,7 +59,7 @@ def attack_command(
 
     Writes RUN_DIR/attack_<kind>.json and a picture, and prints the figures.
     """
-    from fedgen.privacy.attacks.run import run_attack
+    from fedgen.attacks.run import run_attack
 
     given: dict[str, Any] = {
         "seed": seed,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedgen.attacks.membership import draw_candidates, membership_attack
 from fedgen.data.client_data import ClientData
 from fedgen.errors import ConfigError
-from fedgen.privacy.attacks.membership import draw_candidates, membership_attack
 from fedgen.tasks.gan import ConditionalGan, GanParams
 from fedgen.tasks.vae import ConditionalVae, VaeParams
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedgen.errors import ConfigError
-from fedgen.privacy.attacks.observed_update import (
+from fedgen.attacks.observed_update import (
     discriminator_target,
     dp_update,
     gradient_target,
@@ -14,6 +13,7 @@ from fedgen.privacy.attacks.observed_update import (
     share_of_sum,
     vae_target,
 )
+from fedgen.errors import ConfigError
 from fedgen.tasks.gan import ConditionalGan, GanParams
 from fedgen.tasks.vae import ConditionalVae, VaeParams
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedgen.attacks.gan_leaks import distance_to_synthetic_scores
 from fedgen.errors import ConfigError
-from fedgen.privacy.attacks.gan_leaks import distance_to_synthetic_scores
 
 
 class RecordingSampler:

@@ -24,20 +24,20 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedgen.data.client_data import ClientData
-from fedgen.data.dataset import ImageDataset
-from fedgen.engine.checkpoint import list_checkpoints
-from fedgen.errors import CheckpointError, ConfigError
-from fedgen.privacy.attacks.image_similarity import reconstruction_figures
-from fedgen.privacy.attacks.inversion import InversionConfig, invert_gradients
-from fedgen.privacy.attacks.membership import draw_candidates, membership_attack
-from fedgen.privacy.attacks.observed_update import (
+from fedgen.attacks.image_similarity import reconstruction_figures
+from fedgen.attacks.inversion import InversionConfig, invert_gradients
+from fedgen.attacks.membership import draw_candidates, membership_attack
+from fedgen.attacks.observed_update import (
     dp_update,
     gradient_target,
     secure_sum,
     share_of_sum,
 )
-from fedgen.report.grid import save_grid
+from fedgen.data.client_data import ClientData
+from fedgen.data.dataset import ImageDataset
+from fedgen.engine.checkpoint import list_checkpoints
+from fedgen.errors import CheckpointError, ConfigError
+from fedgen.images.grid import save_grid
 from fedgen.report.svg import line_chart
 from fedgen.seeding import derive_seed, torch_generator
 

@@ -6,15 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedgen.errors import ConfigError
-from fedgen.privacy.attacks.image_similarity import reconstruction_figures
-from fedgen.privacy.attacks.inversion import (
+from fedgen.attacks.image_similarity import reconstruction_figures
+from fedgen.attacks.inversion import (
     InversionConfig,
     gradient_distance,
     invert_gradients,
     total_variation,
 )
-from fedgen.privacy.attacks.observed_update import discriminator_target, dp_update, secure_sum
+from fedgen.attacks.observed_update import discriminator_target, dp_update, secure_sum
+from fedgen.errors import ConfigError
 from fedgen.tasks.gan import ConditionalGan, GanParams
 
 B = 2  # the target client's batch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fedgen.privacy.attacks.logan import discriminator_scores
+from fedgen.attacks.logan import discriminator_scores
 from fedgen.tasks.gan import ConditionalGan, GanParams
 
 

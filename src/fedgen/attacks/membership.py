@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fedgen.attacks.elbo import elbo_scores
+from fedgen.attacks.gan_leaks import distance_to_synthetic_scores
+from fedgen.attacks.logan import discriminator_scores
+from fedgen.attacks.roc import RocCurve, membership_figures, roc_curve
 from fedgen.data.dataset import ImageDataset
 from fedgen.errors import ConfigError
-from fedgen.privacy.attacks.elbo import elbo_scores
-from fedgen.privacy.attacks.gan_leaks import distance_to_synthetic_scores
-from fedgen.privacy.attacks.logan import discriminator_scores
-from fedgen.privacy.attacks.roc import RocCurve, membership_figures, roc_curve
 from fedgen.tasks.base import Task
 from fedgen.tasks.gan import ConditionalGan
 from fedgen.tasks.vae import ConditionalVae

@@ -8,8 +8,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
+from fedgen.attacks.roc import membership_figures, roc_curve
 from fedgen.errors import ConfigError
-from fedgen.privacy.attacks.roc import membership_figures, roc_curve
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

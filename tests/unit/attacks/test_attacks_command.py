@@ -7,7 +7,7 @@ import json
 import typer
 from typer.testing import CliRunner
 
-from fedgen.privacy.attacks.command import attack_command
+from fedgen.attacks.command import attack_command
 
 
 def cli() -> typer.Typer:

@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 
-from fedgen.errors import ConfigError
-from fedgen.privacy.attacks.image_similarity import (
+from fedgen.attacks.image_similarity import (
     gaussian_window,
     match_reconstructions,
     psnr,
     reconstruction_figures,
     ssim,
 )
+from fedgen.errors import ConfigError
 
 
 def digits(mnist_splits, n: int) -> torch.Tensor:

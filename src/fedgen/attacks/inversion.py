@@ -22,8 +22,8 @@ from typing import Literal
 
 import torch
 
+from fedgen.attacks.observed_update import GradientTarget
 from fedgen.errors import ConfigError
-from fedgen.privacy.attacks.observed_update import GradientTarget
 
 
 @dataclass(frozen=True)

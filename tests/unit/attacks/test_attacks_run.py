@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from fedgen.attacks.run import run_attack
 from fedgen.errors import CheckpointError, ConfigError
-from fedgen.privacy.attacks.run import run_attack
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fedgen.attacks.elbo import elbo_scores
 from fedgen.errors import ConfigError
-from fedgen.privacy.attacks.elbo import elbo_scores
 from fedgen.tasks.vae import ConditionalVae, VaeParams
 
 
