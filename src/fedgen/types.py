@@ -44,6 +44,11 @@ class ClientResult:
     by); ``private_keys`` names the keys of ``update`` that a personalising strategy
     may keep per client instead of sharing (split learning: the client's own head
     and tail blocks). Server-side validation and FedAvg ignore both.
+
+    ``bytes_up`` / ``bytes_down`` count what this client actually sent / received
+    this round, failed or not. ``bytes_down`` = 0 means the backend does not count it
+    (the client received the whole global state); the split backend fills it with
+    the client's own blocks plus the activations and gradients sent down to it.
     """
 
     client_id: int
@@ -52,6 +57,7 @@ class ClientResult:
     metrics: dict[str, float] = field(default_factory=dict)
     failure: str | None = None
     bytes_up: int = 0
+    bytes_down: int = 0
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     private_keys: frozenset[str] = frozenset()
 

@@ -150,11 +150,12 @@ class SplitBackend(Backend):
         cut_plan = self.cut_plan(task, list(clients))
         trainer = self.trainer(task, ids, cut_plan)
         load_server(trainer, work.global_state)
+        blocks_down: dict[int, int] = {}  # bytes of each client's blocks, sent at round start
         for c in ids:
             private = private_states.get(c)
-            load_client(
-                trainer, c, {**work.global_state, **private} if private else work.global_state
-            )
+            sent = {**work.global_state, **private} if private else work.global_state
+            load_client(trainer, c, sent)
+            blocks_down[c] = state_nbytes({k: sent[k] for k in client_keys(trainer, c)})
         config = plan.instructions[0].config
         trainer.reset_optimizers(float(config.get("lr", task.params.lr)), task.params.betas)
         trainer.channel = channel = Channel(drop_after=dict(self.drop_after))
@@ -212,7 +213,14 @@ class SplitBackend(Backend):
             c = ins.client_id
             if c in failures:
                 log.warning("client %d failed in round %d: %s", c, plan.round, failures[c])
-                yield ClientResult(c, clients[c].num_examples, failure=failures[c])
+                # What crossed before it left: its blocks, then activations and gradients.
+                yield ClientResult(
+                    c,
+                    clients[c].num_examples,
+                    failure=failures[c],
+                    bytes_up=channel.up_by_client.get(c, 0),
+                    bytes_down=blocks_down[c] + channel.down_by_client.get(c, 0),
+                )
                 continue
             yield self._result(
                 c,
@@ -229,6 +237,7 @@ class SplitBackend(Backend):
                     "steps": float(done[c]),
                 },
                 features.get(c),
+                blocks_down[c],
             )
 
     def _result(
@@ -242,6 +251,7 @@ class SplitBackend(Backend):
         channel: Channel,
         metrics: dict[str, float],
         feature: torch.Tensor | None,
+        blocks_down: int,
     ) -> ClientResult:
         view = client_view(trainer, cid)
         update = {k: view[k] - work.global_state[k] for k in work.global_state}
@@ -263,12 +273,16 @@ class SplitBackend(Backend):
         bytes_up = channel.up_by_client.get(cid, 0) + state_nbytes(
             {k: v for k, v in update.items() if k in own}
         )
+        # Downloaded: its own blocks at round start (``blocks_down``; the server keeps
+        # the middle), then the activations and gradients the server sent it.
+        bytes_down = blocks_down + channel.down_by_client.get(cid, 0)
         return ClientResult(
             client_id=cid,
             num_examples=data.num_examples,
             update=update,
             metrics=metrics,
             bytes_up=bytes_up,
+            bytes_down=bytes_down,
             extras={} if feature is None else {"d3": feature},
             private_keys=own,
         )
