@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedgen.data.partition import Partitioner
 from fedgen.errors import ConfigError
@@ -53,6 +54,15 @@ def drop_count_probabilities(scheme: str) -> dict[int, float]:
 @dataclass(frozen=True)
 class ClassDropPartitioner(Partitioner):
     """HuSCF-GAN's iid / non-iid / highly non-iid client shares (module docstring)."""
+
+    class Params(BaseModel):
+        """``data.partition.params`` of ``class_drop``."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        scheme: Scheme = "non_iid"
+        #: A client's share before its size ratio scales it (paper: 750).
+        samples_per_client: int = Field(750, ge=1)
 
     scheme: Scheme = "non_iid"
     samples_per_client: int = 750

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedgen.errors import ConfigError
 from fedgen.registry import PARTITIONERS
@@ -98,6 +99,11 @@ class IIDPartitioner(Partitioner):
     of Deep Networks from Decentralized Data" (AISTATS).
     """
 
+    class Params(BaseModel):
+        """``data.partition.params`` of ``iid``: none."""
+
+        model_config = ConfigDict(extra="forbid")
+
     def _split(
         self,
         labels: np.ndarray,
@@ -120,6 +126,17 @@ class DirichletPartitioner(Partitioner):
     whole draw is repeated until every client holds at least ``min_size``
     examples, at most ``max_tries`` times.
     """
+
+    class Params(BaseModel):
+        """``data.partition.params`` of ``dirichlet``."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        alpha: float = Field(gt=0, allow_inf_nan=False)
+        #: The fewest examples any client may hold.
+        min_size: int = Field(10, ge=0)
+        #: Draws of the whole split before giving up.
+        max_tries: int = Field(100, ge=1)
 
     alpha: float
     min_size: int = 10
@@ -171,6 +188,13 @@ class ShardPartitioner(Partitioner):
     per class) and shards are dealt so that no client gets two of one class:
     the class count per client is exact, not only expected.
     """
+
+    class Params(BaseModel):
+        """``data.partition.params`` of ``shards``."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        classes_per_client: int = Field(2, ge=1)
 
     classes_per_client: int = 2
 
@@ -272,6 +296,15 @@ class QuantitySkewPartitioner(Partitioner):
     the rest are shared by a multinomial draw with the Dirichlet proportions.
     """
 
+    class Params(BaseModel):
+        """``data.partition.params`` of ``quantity``."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        alpha: float = Field(gt=0, allow_inf_nan=False)
+        #: Examples every client gets before the Dirichlet draw shares the rest.
+        min_size: int = Field(1, ge=0)
+
     alpha: float
     min_size: int = 1
 
@@ -309,6 +342,14 @@ class MultiDomainPartitioner(Partitioner):
     clients are smaller. Purities so low that the smallest domain cannot
     supply the others' share are rejected with the lowest feasible purity.
     """
+
+    class Params(BaseModel):
+        """``data.partition.params`` of ``multi_domain``."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        #: The share of each client's data from its own domain.
+        purity: float = Field(0.9, gt=0, le=1)
 
     purity: float = 0.9
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
@@ -265,7 +266,25 @@ class KldClustered(Strategy):
             Not published: fedgen's variant. A client's average moves only in rounds
             it takes part in (HuSCF-GAN: every client, every round).
         ema_warmup: grow the decay over the first rounds, as FedAvg's.
+        root_seed: the run's root seed (client seeds); the experiment builder passes it.
     """
+
+    class Params(BaseModel):
+        """The recipe's ``strategy.params`` (see Args; ``root_seed`` is not one)."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        num_clusters: int | None = Field(None, ge=1)
+        k_max: int = Field(4, ge=1)
+        #: A silhouette score lies in [-1, 1].
+        min_silhouette: float = Field(0.25, ge=-1, le=1)
+        plain_rounds: int = Field(2, ge=0)
+        fraction: float = Field(1.0, gt=0, le=1)
+        min_clients: int = Field(1, ge=1)
+        feature: str = "d3"
+        cluster_seed: int = 42
+        ema_decay: float | None = Field(None, ge=0, lt=1)
+        ema_warmup: bool = False
 
     def __init__(
         self,

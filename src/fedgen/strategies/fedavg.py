@@ -5,10 +5,11 @@ Reddi et al. 2021 ("Adaptive Federated Optimization", FedAvg with eta_g)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedgen.errors import ConfigError, RoundFailedError
 from fedgen.registry import STRATEGIES
@@ -46,7 +47,23 @@ class FedAvg(Strategy):
             through which one client moves the mean by at most C / (q N). Every round
             then aggregates, however few clients return (none gives a zero update), so
             ``min_clients`` no longer fails rounds. Needs ``weighted=False``.
+        root_seed: the run's root seed, which client seeds derive from; the experiment
+            builder passes it (not a recipe key).
     """
+
+    class Params(BaseModel):
+        """The recipe's ``strategy.params`` (see Args; ``root_seed`` is not one)."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        fraction: float = Field(1.0, gt=0, le=1)
+        min_clients: int = Field(2, ge=1)
+        server_lr: float = Field(1.0, gt=0, allow_inf_nan=False)
+        weighted: bool = True
+        ema_decay: float | None = Field(None, ge=0, lt=1)
+        ema_warmup: bool = False
+        sampling: Literal["fixed", "poisson"] = "fixed"
+        fixed_denominator: bool = False
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from fedgen.privacy.accounting import (
     as_number,
@@ -50,6 +51,20 @@ class ClientLevelDP(UpdateTransform):
         delta: the delta of the guarantee (keep it well below 1 / number of clients).
         accountant: ``"rdp"`` or ``"prv"`` (Opacus's accountants).
     """
+
+    class Params(BaseModel):
+        """The recipe's ``params`` of a ``client_dp`` transform (see Args).
+
+        Types only: the ranges (epsilon > 0, delta in (0, 1), a known accountant) are
+        the privacy layer's ``budget_problems``, whose messages say how to fix each.
+        """
+
+        model_config = ConfigDict(extra="forbid")
+
+        noise_multiplier: float | None = None
+        epsilon: float | None = None
+        delta: float = 1e-5
+        accountant: str = "rdp"
 
     def __init__(
         self,

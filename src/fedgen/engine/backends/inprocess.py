@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
+from pydantic import BaseModel, ConfigDict
+
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.backends.local_training import run_client
@@ -17,6 +19,11 @@ log = logging.getLogger(__name__)
 @BACKENDS.register("inprocess")
 class InProcessBackend(Backend):
     """Runs clients one after another in this process; a crash becomes a failure value."""
+
+    class Params(BaseModel):
+        """The recipe's ``backend.params`` of ``inprocess``: none."""
+
+        model_config = ConfigDict(extra="forbid")
 
     def run(
         self,

@@ -26,9 +26,10 @@ import statistics
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import Backend, LocalWork
@@ -62,6 +63,17 @@ class SplitBackend(Backend):
         drop_after: fault injection for tests and benchmarks: ``{client: k}`` makes
             the client drop out after its ``k``-th message of every round.
     """
+
+    class Params(BaseModel):
+        """The recipe's ``backend.params`` of ``split`` (see Args)."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        cuts: Literal["exact", "genetic"] | list[list[int]] = "exact"
+        devices: str | None = None
+        profile_seed: int = 0
+        reproduce_slip: bool = False
+        drop_after: dict[int, int] | None = None
 
     def __init__(
         self,

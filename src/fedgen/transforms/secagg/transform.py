@@ -15,6 +15,8 @@ import math
 from collections.abc import Collection
 from typing import TYPE_CHECKING, ClassVar, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from fedgen.registry import TRANSFORMS
 from fedgen.transforms.base import TransformContext, UpdateTransform
 from fedgen.transforms.secagg.config import SecAggConfig
@@ -44,6 +46,21 @@ class SecureAggregation(UpdateTransform):
 
     #: Unmasking returns the exact sum (up to fixed-point rounding): DP noise on it stays sound.
     dp_compatible: ClassVar[bool] = True
+
+    class Params(BaseModel):
+        """The recipe's ``params`` of a ``secagg`` transform (see ``SecAggConfig``)."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        #: A fraction in (0, 1] of a secret's share holders, or a count (an integer >= 2):
+        #: an integer stays an integer.
+        threshold: int | float = Field(2 / 3, gt=0)
+        modulus_bits: int = Field(32, ge=8, le=64)
+        clip: float | None = Field(None, gt=0, allow_inf_nan=False)
+        value_bits: int | None = Field(None, ge=2, le=64)
+        neighbours: int | None = Field(None, ge=2)
+        rounding: Literal["stochastic", "nearest"] = "stochastic"
+        dropout_rate: float = Field(0.0, ge=0, lt=1)
 
     def __init__(
         self,
