@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -144,7 +146,7 @@ class ExperimentConfig(_Strict):
     )
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return yaml.dump(self.model_dump(mode="json"), Dumper=RecipeDumper, sort_keys=False)
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes the trained weights (not rounds, eval, logging).
@@ -166,21 +168,92 @@ class ExperimentConfig(_Strict):
 # -- loading -------------------------------------------------------------------
 
 
+#: Deepest nesting and most values a config may hold. A recipe is a few levels deep;
+#: the limits stop recursive or endlessly repeated YAML anchors (``&a [*a]``).
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
+#: Integers a config may hold: every seed and count fits in 64 bits.
+MAX_INT = 2**64
+
+#: Exponent floats YAML 1.2 reads as numbers and PyYAML's YAML 1.1 as text: 1e-3, 2.5E4.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """How recipes and ``--set`` values are read: YAML's safe loader, with two YAML 1.2 rules.
+
+    ``1e-3`` and ``2.5E4`` are floats (YAML 1.1, which PyYAML follows, wants ``1.0e-3``
+    and reads ``1e-3`` as text), and ``2024-05-01`` stays text (no implicit dates: no
+    setting takes one). Everything else is YAML 1.1: ``5`` an int, ``0.5`` a float,
+    ``true``/``false``/``null``, ``[a, b]`` a list, ``{k: v}`` a mapping. Quote a value
+    to keep it text: ``name='1e-3'``.
+    """
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789.")
+)
+
+
+class RecipeDumper(yaml.SafeDumper):
+    """Writes configs so that ``RecipeLoader`` and ``yaml.safe_load`` read them back alike.
+
+    Text that either would take for a number or a date (``'1e-3'``, ``'2024-05-01'``)
+    is quoted.
+    """
+
+
+RecipeDumper.add_implicit_resolver(
+    "tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789.")
+)
+
+
+def read_yaml(text: str, what: str) -> Any:
+    """``text`` as ``RecipeLoader`` reads it; ``ConfigError`` naming ``what`` on any failure."""
+    try:
+        return yaml.load(text, Loader=RecipeLoader)
+    # PyYAML raises YAMLError, but also ValueError/KeyError from its scalar constructors
+    # (``!!int x``, ``!!bool 3``) and RecursionError on deep nesting: all mean bad input.
+    except Exception as exc:
+        raise ConfigError(f"{what} is not valid YAML: {_yaml_problem(exc)}") from None
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """One line: what PyYAML found wrong and where."""
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.MarkedYAMLError) and mark is not None:
+        problem = exc.problem or exc.context or "malformed"
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to parse"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     validate_components: bool = True,
 ) -> ExperimentConfig:
-    """Read a YAML recipe (or the defaults), apply ``key.sub=value`` overrides, validate."""
+    """Read a YAML recipe (or the defaults), apply ``key.sub=value`` overrides, validate.
+
+    Raises ``ConfigError``, and nothing else, for any recipe or override: it names the
+    file or the key at fault.
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; recipes live in configs/")
         try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+            found = p.is_file()
+            text = p.read_text(encoding="utf-8") if found else ""
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {p} as UTF-8 text: {exc}") from None
+        if not found:
+            raise ConfigError(f"config file {p} does not exist; recipes live in configs/")
+        loaded = read_yaml(text, str(p))
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{p} must hold a mapping of keys, got {type(loaded).__name__}")
         raw = loaded or {}
@@ -193,29 +266,103 @@ def load_config(
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML."""
+    """Apply one ``dotted.key=value`` override to ``raw`` in place.
+
+    The value is read as a recipe is (``RecipeLoader``): ``5`` an int, ``0.5`` and
+    ``1e-3`` floats, ``true``/``null``, ``[a, b]``, ``{k: v}``, other words text; quote
+    it to keep it text. An empty value is null. A number in the key indexes a list
+    (``transforms.0.params.max_norm=2``); missing sections on the way are created.
+    """
     key, sep, text = item.partition("=")
-    if not sep or not key:
+    parts = key.split(".")
+    if not sep or not all(part.strip() for part in parts):
         raise ConfigError(
             f"override {item!r} must look like dotted.key=value, e.g. federation.rounds=5"
         )
-    value = yaml.safe_load(text) if text.strip() else None
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
+    value = read_yaml(text, f"override {item!r}: the value of {key}") if text.strip() else None
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not (part.isascii() and part.isdecimal() and int(part) < len(node)):
+                raise ConfigError(
+                    f"override {item!r}: {'.'.join(parts[: i + 1])} is not an item of the "
+                    f"{len(node)}-item list {'.'.join(parts[:i])}; index it with "
+                    f"0..{len(node) - 1}"
+                )
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(
+                f"override {item!r}: {'.'.join(parts[:i])} is {_short(node)}, not a section"
+            )
 
 
 def parse_config(raw: dict[str, Any]) -> ExperimentConfig:
     """Validate a raw mapping; turn pydantic's errors into one readable ``ConfigError``."""
+    _check_plain(raw)
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
         raise ParamsError(explain(exc, ExperimentConfig)) from None
+
+
+def _check_plain(raw: object) -> None:
+    """Reject what no recipe holds and later steps would trip over, naming the key.
+
+    Keys are text; values are text, numbers, booleans, null, lists and mappings (or
+    already-built config models); numbers are finite and within 64 bits; nesting and
+    size are bounded. Iterative, so no input can exhaust the stack.
+    """
+    stack: list[tuple[object, str, int]] = [(raw, "", 0)]
+    seen = 0
+    while stack:
+        value, key, depth = stack.pop()
+        seen += 1
+        where = key or "config"
+        if depth > MAX_DEPTH or seen > MAX_VALUES:
+            raise ParamsError(
+                [
+                    f"{where}: the config nests deeper than {MAX_DEPTH} levels or holds more "
+                    f"than {MAX_VALUES} values; does a YAML anchor (&a) refer to itself?"
+                ]
+            )
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise ParamsError([f"{where}: key {_short(k)} is not text; keys are names"])
+                stack.append((v, f"{key}.{k}" if key else k, depth + 1))
+        elif isinstance(value, list | tuple):
+            stack.extend(
+                (v, f"{key}.{i}" if key else str(i), depth + 1) for i, v in enumerate(value)
+            )
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ParamsError([f"{where}: {value} is not a usable setting; give a finite number"])
+        elif isinstance(value, int) and not -MAX_INT < value < MAX_INT:
+            raise ParamsError([f"{where}: {_short(value)} is out of range; keep |n| < 2^64"])
+        elif not (value is None or isinstance(value, str | int | float | BaseModel)):
+            raise ParamsError(
+                [
+                    f"{where}: a {type(value).__name__} ({_short(value)}) is not a config "
+                    "value; give text, a number, true/false, null, a list or a mapping"
+                ]
+            )
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (inputs can be huge)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def validate_components_of(cfg: ExperimentConfig) -> None:
