@@ -58,22 +58,27 @@ def validate_params(cls: type, params: Mapping[str, Any], where: str) -> BaseMod
     model = params_model(cls)
     if not isinstance(params, Mapping):
         raise ParamsError([f"{where} must be a mapping of keys, got {params!r}"])
+    data = dict(params)
     try:
-        return model.model_validate(dict(params))
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ParamsError(explain(exc, model, prefix=f"{where}.")) from None
+        raise ParamsError(explain(exc, model, prefix=f"{where}.", data=data)) from None
 
 
-def explain(exc: ValidationError, root: type[BaseModel], prefix: str = "") -> list[str]:
+def explain(
+    exc: ValidationError, root: type[BaseModel], prefix: str = "", data: Any = None
+) -> list[str]:
     """One line per invalid key of ``exc`` (raised validating ``root``), naming the key.
 
     ``prefix`` is prepended to every dotted key. Errors of one key (pydantic reports
-    one per member of a union) are merged into one line.
+    one per member of a union, or per bad item of a mapping) are merged into one
+    line, which shows the key's whole value when ``data`` (what was validated) is given.
     """
     lines: list[str] = []
     merged: dict[str, tuple[list[str], Any, Any]] = {}
     for err in exc.errors():
         path, model, field_type = _locate(root, err["loc"])
+        got = _value_at(data, path, default=err.get("input"))
         key = prefix + ".".join(path)
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(model.model_fields if model is not None else ()) or "(none)"
@@ -81,7 +86,7 @@ def explain(exc: ValidationError, root: type[BaseModel], prefix: str = "") -> li
         elif err["type"] == "missing":
             lines.append(f"{key}: missing; give a value of type {_type_name(field_type)}")
         else:
-            messages, _, _ = merged.setdefault(key, ([], err.get("input"), field_type))
+            messages, _, _ = merged.setdefault(key, ([], got, field_type))
             if err["msg"] not in messages:
                 messages.append(err["msg"])
     for key, (messages, got, field_type) in merged.items():
@@ -106,23 +111,37 @@ def _locate(
     annotation: Any = None
     tagged = False
     for part in loc:
-        index = isinstance(part, int) or part.isdigit()
+        name = str(part)
+        index = isinstance(part, int) or name.isdigit()
         if model is None:
             tagged = tagged or not index
             if not tagged:
-                path.append(str(part))
+                path.append(name)
             continue
+        path.append(name)
         if index:
-            path.append(str(part))
             continue
-        path.append(part)
-        field = model.model_fields.get(part)
+        field = model.model_fields.get(name)
         holder = model
         if field is None:
             return path, holder, None
         annotation = field.annotation
         model = _model_in(annotation)
     return path, holder, annotation
+
+
+def _value_at(data: Any, path: list[str], default: Any) -> Any:
+    """The value at dotted ``path`` in nested mappings and lists, or ``default``."""
+    if data is None:
+        return default
+    for part in path:
+        if isinstance(data, Mapping) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return default
+    return data
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

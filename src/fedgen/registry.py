@@ -2,7 +2,9 @@
 
 Components register themselves where they are defined
 (``@TASKS.register("cgan")``); a recipe names them. Looking up an unknown
-name lists the names that exist.
+name lists the names that exist. Every registered task, strategy, transform,
+partitioner and backend class declares a pydantic ``Params`` model beside its
+constructor, which checks a recipe's ``params`` (``fedgen.params``).
 """
 
 from __future__ import annotations
