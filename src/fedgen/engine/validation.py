@@ -7,10 +7,20 @@ of the aggregate, and the round goes on while enough clients remain.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import torch
 
 from fedgen.errors import ClientUpdateError
-from fedgen.types import StateDict
+from fedgen.types import ClientResult, StateDict
+
+#: Largest magnitude of an auxiliary tensor: they carry bits and fractions (e.g.
+#: adaptive clipping's centred unclipped bit, +-0.5), never model values.
+MAX_AUXILIARY = 1.0
+#: Longest metric name and most metrics one client may report.
+MAX_METRIC_NAME = 64
+MAX_METRICS = 64
 
 
 def check_update(
@@ -21,41 +31,165 @@ def check_update(
 ) -> float:
     """Raise ``ClientUpdateError`` if ``update`` does not fit ``reference``; return its L2 norm.
 
+    An accepted update is a dict holding exactly the reference's keys (plus
+    ``auxiliary``), each a dense tensor on the reference's device with its shape and
+    dtype and finite values, with a finite L2 norm (over every model tensor, integer
+    ones included) of at most ``max_norm``. Anything else a client could send raises
+    ``ClientUpdateError``, and nothing else is raised.
+
     ``auxiliary`` names side-channel tensors the transforms add to every update (e.g.
-    adaptive clipping's unclipped bit): each must be present, finite and of shape (1,);
-    they do not count toward the norm.
+    adaptive clipping's unclipped bit): each must be present, a floating tensor of shape
+    (1,), finite and within +-``MAX_AUXILIARY``; they do not count toward the norm.
     """
+    if not isinstance(update, Mapping):
+        raise ClientUpdateError(f"update is a {type(update).__name__}, not a mapping of tensors")
+    odd = [k for k in update if not isinstance(k, str)]
+    if odd:
+        raise ClientUpdateError(f"update keys must be tensor names, got {_short(odd[0])}")
     missing = (reference.keys() | auxiliary) - update.keys()
     extra = update.keys() - reference.keys() - auxiliary
     if missing or extra:
         raise ClientUpdateError(
             f"update keys differ from the model: missing {sorted(missing)[:3]}"
-            f", unexpected {sorted(extra)[:3]}"
+            f", unexpected {[_short(k) for k in sorted(extra)[:3]]}"
         )
     sq = 0.0
     for key, ref in reference.items():
-        value = update[key]
-        if not isinstance(value, torch.Tensor):
-            raise ClientUpdateError(f"{key}: expected a tensor, got {type(value).__name__}")
+        value = _dense(update[key], key, ref.device)
         if value.shape != ref.shape:
             raise ClientUpdateError(
                 f"{key}: shape {tuple(value.shape)}, model has {tuple(ref.shape)}"
             )
         if value.dtype != ref.dtype:
             raise ClientUpdateError(f"{key}: dtype {value.dtype}, model has {ref.dtype}")
-        if value.is_floating_point():
-            if not bool(torch.isfinite(value).all()):
-                raise ClientUpdateError(f"{key}: contains NaN or Inf")
-            sq += float(value.double().pow(2).sum())
+        if (value.is_floating_point() or value.is_complex()) and not bool(
+            torch.isfinite(value).all()
+        ):
+            raise ClientUpdateError(f"{key}: contains NaN or Inf")
+        sq += float(value.detach().double().abs().pow(2).sum())
     for key in sorted(auxiliary):
-        value = update[key]
-        if not isinstance(value, torch.Tensor) or value.shape != (1,):
-            raise ClientUpdateError(f"{key}: expected a tensor of shape (1,)")
+        value = _dense(update[key], key, None)
+        if value.shape != (1,) or not value.is_floating_point():
+            raise ClientUpdateError(
+                f"{key}: expected a floating tensor of shape (1,), got {value.dtype} "
+                f"{tuple(value.shape)}"
+            )
         if not bool(torch.isfinite(value).all()):
             raise ClientUpdateError(f"{key}: contains NaN or Inf")
+        if float(value.abs().max()) > MAX_AUXILIARY:
+            raise ClientUpdateError(
+                f"{key}: {float(value[0]):.3g} is outside [-{MAX_AUXILIARY:g}, {MAX_AUXILIARY:g}]"
+            )
     norm = sq**0.5
+    if not math.isfinite(norm):
+        raise ClientUpdateError("update norm overflows float64")
     if max_norm is not None and norm > max_norm:
         raise ClientUpdateError(
             f"update norm {norm:.3g} exceeds federation.max_update_norm={max_norm:.3g}"
         )
     return norm
+
+
+def check_result(
+    result: ClientResult,
+    reference: StateDict,
+    max_norm: float | None,
+    auxiliary: frozenset[str] = frozenset(),
+    max_examples: int | None = None,
+    client_id: int | None = None,
+) -> float:
+    """Check every field of a result a client reports as a success; return its update's norm.
+
+    For the round loop, before a result is aggregated: besides ``check_update`` on its
+    update, the fields a client controls must be what the loop assumes, since they
+    weight the aggregate and land in the run's metrics:
+
+    - ``client_id`` is the id the server sent the work to (``client_id``, when given);
+    - ``num_examples`` is an int in 1..``max_examples`` (the client's shard size, public
+      in fedgen: a weight of 0 fails a secure-aggregation round, a huge one takes over
+      the weighted mean);
+    - ``metrics`` is at most ``MAX_METRICS`` names (text up to ``MAX_METRIC_NAME``
+      characters) with finite int or float values;
+    - ``bytes_up`` is an int >= 0; ``extras`` maps names to finite dense tensors;
+      ``private_keys`` is a frozenset of the update's model keys.
+
+    Raises:
+        ClientUpdateError: naming the first field at fault; nothing else is raised.
+    """
+    if not isinstance(result, ClientResult):
+        raise ClientUpdateError(f"a client sent a {type(result).__name__}, not a ClientResult")
+    if client_id is not None and (
+        type(result.client_id) is not int or result.client_id != client_id
+    ):
+        raise ClientUpdateError(
+            f"result names client {_short(result.client_id)}, but the work went to client "
+            f"{client_id}"
+        )
+    if result.failure is not None:
+        raise ClientUpdateError(f"the client reported a failure: {_short(result.failure, 200)}")
+    if result.update is None:
+        raise ClientUpdateError("the client sent no update")
+    n = result.num_examples
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ClientUpdateError(f"num_examples must be an int >= 1, got {_short(n)}")
+    if max_examples is not None and n > max_examples:
+        raise ClientUpdateError(
+            f"num_examples {n} exceeds the client's {max_examples} training examples"
+        )
+    _check_metrics(result.metrics)
+    if (
+        not isinstance(result.bytes_up, int)
+        or isinstance(result.bytes_up, bool)
+        or result.bytes_up < 0
+    ):
+        raise ClientUpdateError(f"bytes_up must be an int >= 0, got {_short(result.bytes_up)}")
+    if not isinstance(result.extras, dict):
+        raise ClientUpdateError(f"extras must be a dict of tensors, got {_short(result.extras)}")
+    for key, value in result.extras.items():
+        if not isinstance(key, str):
+            raise ClientUpdateError(f"extras keys must be names, got {_short(key)}")
+        tensor = _dense(value, f"extras[{key!r}]", None)
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
+            torch.isfinite(tensor).all()
+        ):
+            raise ClientUpdateError(f"extras[{key!r}]: contains NaN or Inf")
+    private = result.private_keys
+    if not isinstance(private, frozenset) or not private <= reference.keys():
+        raise ClientUpdateError(
+            f"private_keys must be a frozenset of the model's tensor names, got {_short(private)}"
+        )
+    return check_update(result.update, reference, max_norm, auxiliary)
+
+
+def _check_metrics(metrics: object) -> None:
+    if not isinstance(metrics, dict):
+        raise ClientUpdateError(f"metrics must be a dict, got {_short(metrics)}")
+    if len(metrics) > MAX_METRICS:
+        raise ClientUpdateError(f"{len(metrics)} metrics, at most {MAX_METRICS} are accepted")
+    for name, value in metrics.items():
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_METRIC_NAME:
+            raise ClientUpdateError(
+                f"metric names must be text of 1..{MAX_METRIC_NAME} characters, got {_short(name)}"
+            )
+        if type(value) not in (int, float) or not math.isfinite(value):
+            raise ClientUpdateError(f"metric {name!r} must be a finite number, got {_short(value)}")
+
+
+def _dense(value: object, key: str, device: torch.device | None) -> torch.Tensor:
+    """``value`` if it is a dense (strided) tensor on ``device`` (any device when None)."""
+    if not isinstance(value, torch.Tensor):
+        raise ClientUpdateError(f"{key}: expected a tensor, got {type(value).__name__}")
+    if value.layout != torch.strided or value.is_meta or value.is_quantized:
+        raise ClientUpdateError(f"{key}: expected a dense tensor, got layout {value.layout}")
+    if device is not None and value.device != device:
+        raise ClientUpdateError(f"{key}: on device {value.device}, model is on {device}")
+    return value
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: what a client sends can be huge."""
+    try:
+        text = repr(value)
+    except Exception:  # a hostile object's __repr__, or an int past the digit limit
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
