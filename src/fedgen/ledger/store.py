@@ -47,6 +47,8 @@ CREATE TRIGGER {table}_no_{op} BEFORE {OP} ON {table}
 """
 
 RawRow = tuple[Any, Any, Any, Any, Any]
+# SQLite's own error messages quote a damaged schema, whose bytes may not decode as UTF-8.
+_SQLITE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
 
 
 def _schema_sql() -> str:
@@ -106,15 +108,17 @@ class Ledger:
                 )
             else:
                 conn = sqlite3.connect(path, isolation_level=None)
-        except sqlite3.Error as err:
+        except _SQLITE_ERRORS as err:
             raise _damaged(path, err) from err
+        # Damaged text must reach the checks as text, not fail to decode on the way.
+        conn.text_factory = _decode_text
         ledger = cls(conn, path, readonly)
         try:
             if fresh:
                 ledger._create()
             ledger._check_format()
             ledger._load()
-        except sqlite3.Error as err:
+        except _SQLITE_ERRORS as err:
             conn.close()
             raise _damaged(path, err) from err
         except LedgerError:
@@ -244,7 +248,7 @@ class Ledger:
     def _query(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[Any]:
         try:
             return self._conn.execute(sql, params).fetchall()
-        except sqlite3.Error as err:
+        except _SQLITE_ERRORS as err:
             raise _damaged(self.path, err) from err
 
     # -- writing ---------------------------------------------------------------------------
@@ -358,7 +362,7 @@ class Ledger:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
-        except sqlite3.Error as err:
+        except _SQLITE_ERRORS as err:
             raise LedgerError(f"cannot write to the ledger {self.path}: {err}") from err
 
     # -- lifetime --------------------------------------------------------------------------
@@ -376,6 +380,12 @@ class Ledger:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _decode_text(raw: bytes) -> str:
+    """UTF-8, with undecodable bytes kept as lone surrogates (which canonical JSON never
+    contains, so an entry holding them fails verification instead of the read)."""
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _check_file_size(path: Path) -> None:
