@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from fedgen.engine.callbacks import (
 from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
 from fedgen.engine.federation import Callback, Federation
 from fedgen.errors import CheckpointError, ConfigError
+from fedgen.params import ParamsError, validate_params
 from fedgen.privacy.errors import PrivacyConfigError
 from fedgen.privacy.noise_key import new_noise_key
 from fedgen.registry import BACKENDS, PARTITIONERS, STRATEGIES, TASKS, TRANSFORMS
@@ -59,7 +59,7 @@ class Experiment:
 def build_task(cfg: ExperimentConfig, num_classes: int, image_shape: tuple[int, int, int]) -> Task:
     """The task named by the config, with validated params and seeded initial weights."""
     cls = TASKS.get(cfg.task.name)
-    params = cls.Params.model_validate(cfg.task.params)  # type: ignore[attr-defined]
+    params = validate_params(cls, cfg.task.params, "task.params")
     task: Task = cls(params, num_classes, image_shape, derive_seed(cfg.seed, "init"))
     return task
 
@@ -71,7 +71,32 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     fed_cfg = cfg.federation
-    partitioner = PARTITIONERS.get(cfg.data.partition.kind)(**cfg.data.partition.params)
+    # Every component's params are typed before any data is loaded. Their problems join
+    # those found while building below, so that all are reported at once (DP settings
+    # included); without a valid partitioner or task nothing more can be checked.
+    problems: list[str] = []
+    partition_params = _params_or_note(
+        problems,
+        PARTITIONERS.get(cfg.data.partition.kind),
+        cfg.data.partition.params,
+        "data.partition.params",
+    )
+    task_params = _params_or_note(
+        problems, TASKS.get(cfg.task.name), cfg.task.params, "task.params"
+    )
+    strategy_params = _params_or_note(
+        problems, STRATEGIES.get(cfg.strategy.name), cfg.strategy.params, "strategy.params"
+    )
+    transform_params = [
+        _params_or_note(problems, TRANSFORMS.get(t.name), t.params, f"transforms[{i}].params")
+        for i, t in enumerate(cfg.transforms)
+    ]
+    backend_params = _params_or_note(
+        problems, BACKENDS.get(cfg.backend.name), cfg.backend.params, "backend.params"
+    )
+    if partition_params is None or task_params is None:
+        raise ParamsError(problems)
+    partitioner = PARTITIONERS.get(cfg.data.partition.kind)(**partition_params)
     data = make_federated_data(
         cfg.data.sources,
         cfg.data.num_clients,
@@ -80,15 +105,16 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
         data_dir=cfg.data.data_dir,
     )
     clients: list[ClientData] = list(data.clients)
-    strategy_params = dict(cfg.strategy.params)
     local_steps, local_epochs = fed_cfg.local_steps, fed_cfg.local_epochs
     if fed_cfg.centralized:
         # The ceiling: one client holding the pooled data, doing per round the
         # sample-visits of the whole expected cohort, so the budget is equal.
-        fraction = float(strategy_params.get("fraction", 1.0))
-        cohort = max(int(strategy_params.get("min_clients", 2)), int(fraction * len(clients) + 0.5))
+        given = strategy_params or {}
+        fraction = float(given.get("fraction", 1.0))
+        cohort = max(int(given.get("min_clients", 2)), int(fraction * len(clients) + 0.5))
         clients = [ClientData(0, data.train)]
-        strategy_params.update(fraction=1.0, min_clients=1)
+        if strategy_params is not None:
+            strategy_params.update(fraction=1.0, min_clients=1)
         if local_steps is not None:
             local_steps *= cohort
         else:
@@ -96,19 +122,20 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
             local_epochs *= cohort / cfg.data.num_clients
     sample = data.train
     task = build_task(cfg, sample.num_classes, tuple(sample.images.shape[1:]))  # type: ignore[arg-type]
-    # Gather every component's problem, so DP settings are reported all at once.
-    problems: list[str] = []
     strategy = _build_or_note(
         problems,
         f"strategy ({cfg.strategy.name})",
-        lambda: STRATEGIES.get(cfg.strategy.name)(**strategy_params, root_seed=cfg.seed),
+        STRATEGIES.get(cfg.strategy.name),
+        strategy_params,
+        root_seed=cfg.seed,  # the builder's, never a recipe key
     )
     transforms = [
-        _build_or_note(
-            problems, f"transforms[{i}] ({t.name})", partial(TRANSFORMS.get(t.name), **t.params)
-        )
-        for i, t in enumerate(cfg.transforms)
+        _build_or_note(problems, f"transforms[{i}] ({t.name})", TRANSFORMS.get(t.name), params)
+        for i, (t, params) in enumerate(zip(cfg.transforms, transform_params, strict=True))
     ]
+    backend = _build_or_note(
+        problems, f"backend ({cfg.backend.name})", BACKENDS.get(cfg.backend.name), backend_params
+    )
     if transforms:
         # Secure aggregation's composition is checked here, not in build_privacy: it
         # needs the backend and holds without DP; its problems are raised with the rest.
@@ -151,7 +178,6 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
             centralized=fed_cfg.centralized,
             problems=problems,
         )
-    backend = BACKENDS.get(cfg.backend.name)(**cfg.backend.params)
     federation = Federation(
         task=task,
         clients=clients,
@@ -177,10 +203,31 @@ def _update_dimension(task: Task) -> int:
     return sum(v.numel() for v in task.federated_state().values() if v.is_floating_point())
 
 
-def _build_or_note(problems: list[str], what: str, build: Callable[[], Any]) -> Any:
-    """``build()``, or None with its ``ConfigError`` noted in ``problems``."""
+def _params_or_note(
+    problems: list[str], cls: type, params: dict[str, Any], where: str
+) -> dict[str, Any] | None:
+    """``params`` typed by ``cls.Params``, as constructor keywords; None with every problem
+    (each naming its dotted key, which starts with ``where``) noted in ``problems``."""
     try:
-        return build()
+        return dict(validate_params(cls, params, where))
+    except ParamsError as exc:
+        problems.extend(exc.problems)
+    return None
+
+
+def _build_or_note(
+    problems: list[str],
+    what: str,
+    cls: Callable[..., Any],
+    params: dict[str, Any] | None,
+    **injected: Any,
+) -> Any:
+    """``cls(**params, **injected)``, or None: when ``params`` is None (they were invalid,
+    already noted) or when building raises a ``ConfigError`` (noted in ``problems``)."""
+    if params is None:
+        return None
+    try:
+        return cls(**params, **injected)
     except PrivacyConfigError as exc:
         problems.extend(f"{what}: {p}" for p in exc.problems)
     except ConfigError as exc:

@@ -155,6 +155,33 @@ def test_bad_config_and_missing_data_are_clear_errors(tmp_path):
     assert "fedgen data --download kmnist" in proc.stderr
 
 
+def test_a_mistyped_strategy_param_is_one_line_naming_the_key(tmp_path, mnist_dir):
+    # Prepare: one quick round of the tiny cGAN, clients in sequence, no evaluation.
+    quick = [
+        *FAST,
+        *("--set", "federation.rounds=1", "--set", "federation.local_steps=1"),
+        *("--set", "eval.every=0", "--set", "eval.final=false", "--set", "backend.name=inprocess"),
+        *("--set", "task.params={batch_size: 16, generator_width: 8, discriminator_width: 8}"),
+    ]
+    # Execute: a word where server_lr takes a number, then a number in exponent form.
+    bad = fedgen(
+        "run", "--no-progress", "--out", str(tmp_path / "bad"), *quick,
+        "--set", "strategy.params.server_lr=abc", check=False,
+    )  # fmt: skip
+    ok = fedgen(
+        "run", "--no-progress", "--out", str(tmp_path / "ok"), *quick,
+        "--set", "strategy.params.server_lr=1e-1",
+    )  # fmt: skip
+    # Assert: exit 2 before anything ran, no traceback, one line with key, value and type.
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    [line] = [x for x in bad.stderr.splitlines() if "server_lr" in x]
+    assert "strategy.params.server_lr: " in line
+    assert "(got 'abc'; expected float)" in line
+    assert not (tmp_path / "bad").exists()
+    assert ok.returncode == 0
+    assert json.loads((tmp_path / "ok" / "summary.json").read_text())["status"] == "completed"
+
+
 def test_resume_from_corrupted_checkpoint_says_what_to_do(tmp_path, mnist_dir):
     run = tmp_path / "run"
     fedgen(
