@@ -14,11 +14,13 @@ import io
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from fedgen.errors import CheckpointError
+from fedgen.errors import CheckpointError, FedgenError
+from fedgen.privacy.noise_key import key_from_state
+from fedgen.types import StateDict
 
 MAGIC = b"FEDGENC1"
 _NAME = re.compile(r"round_(\d{4,})\.ckpt$")
@@ -89,3 +91,191 @@ def prune_checkpoints(directory: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` checkpoints."""
     for _, path in list_checkpoints(directory)[:-keep]:
         path.unlink(missing_ok=True)
+
+
+# -- restoring a federation ----------------------------------------------------------
+
+
+class Restorable(Protocol):
+    """What ``restore_state`` loads into: a ``Federation``, or anything shaped like one."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+#: Keys of a federation state that checkpoints written before them may lack.
+_OPTIONAL = frozenset({"noise_key"})
+
+
+def restore_checkpoint(
+    target: Restorable,
+    path: Path,
+    *,
+    format: int,
+    fingerprint: str,
+    private_reference: StateDict | None = None,
+) -> dict[str, Any]:
+    """Load the checkpoint at ``path`` into ``target``; return its payload.
+
+    Everything a damaged or foreign file can hold ends in ``CheckpointError`` naming the
+    file, what is wrong and what to do: unreadable, truncated or altered bytes
+    (``load_checkpoint``), another checkpoint ``format`` or experiment ``fingerprint``,
+    or a federation state that does not fit ``target`` (``restore_state``).
+    """
+    payload = load_checkpoint(path)
+    found = payload.get("format")
+    if type(found) is not int or found != format:
+        raise CheckpointError(f"{path} has format {_short(found)}, expected {format}")
+    found = payload.get("fingerprint")
+    if not isinstance(found, str) or found != fingerprint:
+        raise CheckpointError(
+            f"{path} belongs to a different experiment (fingerprint {_short(found)} != "
+            f"{fingerprint}); resume with the run folder's own config.yaml, changing only "
+            "rounds/eval"
+        )
+    restore_state(target, payload.get("federation"), path, private_reference)
+    return payload
+
+
+def restore_state(
+    target: Restorable,
+    state: object,
+    path: Path,
+    private_reference: StateDict | None = None,
+) -> None:
+    """Load a checkpoint's federation ``state`` into ``target`` or raise ``CheckpointError``.
+
+    ``state`` is checked against ``target.state_dict()`` (the freshly built federation
+    of the same config) before anything is loaded: the same top-level keys, every
+    global tensor with the model's shape and dtype, every tensor anywhere (private
+    states, strategy, transforms, privacy) dense and finite, and one under a model
+    tensor's name (an EMA, a client's head) of that tensor's shape. Whatever the
+    components' own ``load_state_dict`` still reject becomes a ``CheckpointError`` too;
+    ``target`` must then not be used (it may hold part of the checkpoint).
+
+    Args:
+        target: the federation to restore.
+        state: the checkpoint payload's ``"federation"`` entry.
+        path: the checkpoint file, named in every message.
+        private_reference: the task's private tensors by name
+            (``task.private_state()``); when given, each client's private tensors must
+            be among them or the model's, with their shapes and dtypes.
+    """
+    checked = _check_state(state, target.state_dict(), path, private_reference)
+    try:
+        target.load_state_dict(checked)
+        target.state_dict()  # what was loaded must be checkpointable again
+    except FedgenError as exc:
+        raise CheckpointError(_unfit(path, _short(str(exc), 300))) from exc
+    # The structure was checked above; what is left is a component refusing its own
+    # part (a strategy state of another strategy, a value of the wrong kind).
+    except Exception as exc:
+        raise CheckpointError(_unfit(path, f"{type(exc).__name__}: {_short(exc)}")) from exc
+
+
+def _unfit(path: Path, problem: str) -> str:
+    return (
+        f"{path} does not fit this experiment ({problem}); resume with the run folder's own "
+        "config.yaml, or delete the file to resume from the previous checkpoint"
+    )
+
+
+def _check_state(
+    state: object,
+    reference: dict[str, Any],
+    path: Path,
+    private_reference: StateDict | None,
+) -> dict[str, Any]:
+    """``state`` itself once it is known to fit ``reference`` (see ``restore_state``)."""
+
+    def fail(problem: str) -> CheckpointError:
+        return CheckpointError(_unfit(path, problem))
+
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise fail(f"its federation state is {_short(state)}, not a mapping of names")
+    missing = reference.keys() - state.keys() - _OPTIONAL
+    if missing:
+        raise fail(f"missing {', '.join(sorted(missing))}")
+    next_round = state["next_round"]
+    if type(next_round) is not int or next_round < 0:
+        raise fail(f"next_round is {_short(next_round)}, not a round number")
+    model: StateDict = reference["global_state"]
+    glob = state["global_state"]
+    if not isinstance(glob, dict) or glob.keys() != model.keys():
+        raise fail("its model tensors are not this model's")
+    for key, ref in model.items():
+        _check_tensor(glob[key], f"global_state[{key!r}]", fail, ref, exact=True)
+    privates = state["private_states"]
+    if not isinstance(privates, dict):
+        raise fail(f"private_states is {_short(privates)}, not a mapping")
+    known = {**model, **(private_reference or {})}
+    for cid, tensors in privates.items():
+        if not (isinstance(cid, str) and cid.isascii() and cid.isdecimal()):
+            raise fail(f"private_states has the key {_short(cid)}, not a client id")
+        if not isinstance(tensors, dict):
+            raise fail(f"private_states[{cid!r}] is {_short(tensors)}, not a mapping")
+        for key, value in tensors.items():
+            where = f"private_states[{cid!r}][{_short(key)}]"
+            if private_reference is not None and key not in known:
+                raise fail(f"{where} is not a tensor of this task")
+            _check_tensor(value, where, fail, known.get(key), exact=True)
+    transforms = state["transforms"]
+    if not isinstance(transforms, list) or len(transforms) != len(reference["transforms"]):
+        raise fail(
+            f"transforms holds {_short(transforms)}, not the states of this experiment's "
+            f"{len(reference['transforms'])} transforms"
+        )
+    try:
+        key_from_state(state.get("noise_key"))
+    except ValueError as exc:
+        raise fail(f"its DP noise key is malformed: {exc}") from None
+    history = state["history"]
+    if not isinstance(history, list) or not all(isinstance(m, dict) for m in history):
+        raise fail("history is not a list of round records")
+    for key in ("strategy", "privacy"):
+        if key in reference and not isinstance(state.get(key), dict):
+            raise fail(f"{key} is {_short(state.get(key))}, not a mapping")
+    for key in ("strategy", "transforms", "privacy"):
+        if key in state:
+            _check_nested(state[key], key, fail, model)
+    return state
+
+
+def _check_nested(value: object, where: str, fail: Any, model: StateDict) -> None:
+    """Every tensor under ``value`` is dense and finite; what is named like a model tensor
+    is a tensor of its shape. Iterative: a hostile payload cannot exhaust the stack."""
+    stack: list[tuple[object, str, object]] = [(value, where, None)]
+    while stack:
+        node, at, name = stack.pop()
+        ref = model.get(name) if isinstance(name, str) else None
+        if isinstance(node, torch.Tensor) or ref is not None:
+            _check_tensor(node, at, fail, ref, exact=False)
+        elif isinstance(node, dict):
+            stack.extend((v, f"{at}[{_short(k)}]", k) for k, v in node.items())
+        elif isinstance(node, list | tuple):
+            stack.extend((v, f"{at}[{i}]", None) for i, v in enumerate(node))
+
+
+def _check_tensor(
+    value: object, where: str, fail: Any, ref: torch.Tensor | None, exact: bool
+) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise fail(f"{where} is {_short(value)}, not a tensor")
+    if value.layout != torch.strided or value.is_meta or value.is_quantized:
+        raise fail(f"{where} is a {value.layout} tensor, not a dense one")
+    if ref is not None and value.shape != ref.shape:
+        raise fail(f"{where} has shape {tuple(value.shape)}, the model's has {tuple(ref.shape)}")
+    if ref is not None and exact and value.dtype != ref.dtype:
+        raise fail(f"{where} is {value.dtype}, the model's is {ref.dtype}")
+    if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+        raise fail(f"{where} holds NaN or Inf")
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters."""
+    try:
+        text = repr(value)
+    except Exception:  # an int past the digit limit, a tensor of an odd kind
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
