@@ -120,6 +120,14 @@ class Ledger:
             ledger._load()
         except _SQLITE_ERRORS as err:
             conn.close()
+            journal = path.with_name(path.name + "-journal")
+            if readonly and isinstance(err, sqlite3.OperationalError) and journal.exists():
+                raise LedgerError(
+                    f"{journal.name} beside {path} holds a write that was interrupted (the run "
+                    f"stopped mid-append), which a readonly open cannot roll back: open the "
+                    f"ledger for writing once (resuming the run does; so does "
+                    f"Ledger.open(path).close()), then verify again"
+                ) from err
             raise _damaged(path, err) from err
         except LedgerError:
             conn.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 from ledger_run import build_run, log_round, start_run, tamper
@@ -15,6 +17,7 @@ from fedgen.ledger import (
     public_key_hex,
     sign,
     update_message,
+    verify_run,
     verify_signature,
 )
 from fedgen.ledger.merkle import MerkleTree, leaf_hash
@@ -191,3 +194,33 @@ def test_opening_a_ledger_of_another_version_says_which_release_to_use(tmp_path)
     tamper(run, "UPDATE meta SET value = '9' WHERE key = 'version'")
     with pytest.raises(LedgerError, match="version '9'"):
         Ledger.open(run.ledger_path)
+
+
+CRASH_MID_APPEND = """
+import os, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA cache_size=1")  # spill pages to the file, so the journal is needed
+conn.execute("BEGIN IMMEDIATE")
+for _ in range(200):
+    conn.execute(
+        "INSERT INTO entries (seq, round, kind, body, leaf_hash) "
+        "VALUES ((SELECT MAX(seq) + 1 FROM entries), 1, 'failure', ?, '00')",
+        ("x" * 1000,),
+    )
+os._exit(1)  # the process dies mid-transaction
+"""
+
+
+def test_a_write_interrupted_by_a_crash_is_rolled_back_by_the_next_writer(tmp_path):
+    run = build_run(tmp_path / "run", rounds=2)
+    with Ledger.open(run.ledger_path, readonly=True) as ledger:
+        size, root = ledger.size, ledger.root()
+    subprocess.run([sys.executable, "-c", CRASH_MID_APPEND, str(run.ledger_path)], check=False)
+    assert (run.run_dir / "ledger.sqlite-journal").stat().st_size > 0
+    with pytest.raises(LedgerError, match=r"interrupted .* open the ledger for writing once"):
+        Ledger.open(run.ledger_path, readonly=True)
+    assert "interrupted" in verify_run(run.run_dir).problems[0]
+    Ledger.open(run.ledger_path).close()
+    with Ledger.open(run.ledger_path, readonly=True) as ledger:
+        assert (ledger.size, ledger.root()) == (size, root)
+    assert verify_run(run.run_dir).ok
