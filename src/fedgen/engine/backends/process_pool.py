@@ -7,60 +7,87 @@ of the client shards, sent once at start; per client it receives only the
 global state and returns only the update, as a real client would. Results
 are identical to the in-process backend: each client's randomness comes from
 its own seed, not from which worker runs it.
+
+The pool is fedgen's own rather than ``concurrent.futures``' because a
+federation needs three things that executor cannot give:
+
+- a client's timeout counts from when *that client* starts on a worker, not
+  from when the server begins waiting for its result;
+- a stuck worker is killed and replaced, and the round goes on;
+- workers never outlive the run: each one dies with its parent, even when the
+  parent is killed with SIGKILL (``parent_watch``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.backends.local_training import run_client
+from fedgen.engine.backends.parent_watch import die_with_parent
 from fedgen.errors import ConfigError
 from fedgen.registry import BACKENDS
 from fedgen.tasks.base import Task
-from fedgen.types import ClientResult, RoundPlan, StateDict
+from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict
 
 log = logging.getLogger(__name__)
 
-_WORKER: dict[str, Any] = {}
 
-
-def _init_worker(task: Task, clients: dict[int, ClientData], threads: int) -> None:
+def _worker_main(
+    conn: Connection, task: Task, clients: dict[int, ClientData], threads: int, parent: int
+) -> None:
+    """A worker's life: train the clients it is sent, one at a time, until told to stop."""
+    die_with_parent(parent)
     torch.set_num_threads(threads)
     # torch sends tensors to spawned processes through shared memory, so every
     # worker's unpickled task would alias the same parameter storage and the
     # workers would train on each other's weights. A private copy per worker
     # keeps clients independent (the read-only client shards may stay shared).
-    _WORKER["task"] = copy.deepcopy(task)
-    _WORKER["clients"] = clients
+    task = copy.deepcopy(task)
+    # Clients are sent only to ready workers, so start-up never eats a client's timeout.
+    conn.send(("ready",))
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return  # the server closed the pipe
+        if job is None:
+            return
+        ins, global_state, transforms, steps, epochs, round_, private, n_clients, key, faults = job
+        work = LocalWork(task, global_state, transforms, steps, epochs, round_, key, faults)
+        try:
+            reply: Any = ("ok", *run_client(ins, work, clients[ins.client_id], private, n_clients))
+        except Exception as exc:  # the client's own error: a failure value for the server
+            reply = ("error", f"{type(exc).__name__}: {exc}")
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, OSError):
+            return
 
 
-def _run_in_worker(
-    ins: Any,
-    global_state: StateDict,
-    transforms: Any,
-    local_steps: int | None,
-    local_epochs: float | None,
-    round_: int,
-    private: StateDict | None,
-    num_clients: int,
-    noise_key: bytes | None,
-) -> tuple[ClientResult, StateDict]:
-    work = LocalWork(
-        _WORKER["task"], global_state, transforms, local_steps, local_epochs, round_, noise_key
-    )
-    return run_client(ins, work, _WORKER["clients"][ins.client_id], private, num_clients)
+@dataclass
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+    #: False until the worker has started up and said so.
+    ready: bool = False
+    #: The plan index and start time of the client it is training, or None when idle.
+    job: int | None = None
+    started: float = 0.0
 
 
 @BACKENDS.register("process_pool")
@@ -70,8 +97,21 @@ class ProcessPoolBackend(Backend):
     Args:
         workers: number of worker processes.
         threads: torch threads per worker.
-        client_timeout: seconds after which a client counts as failed (None: wait).
+        client_timeout: seconds a client may run, from its own start (None: wait).
     """
+
+    class Params(BaseModel):
+        """The recipe's ``backend.params`` of ``process_pool``."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        #: Worker processes (default: one per core).
+        workers: int | None = Field(None, ge=1)
+        #: torch threads per worker.
+        threads: int = Field(1, ge=1)
+        #: Seconds a client may train, counted from when it starts on a worker; past it
+        #: the client counts as failed and its worker is killed and replaced. None: wait.
+        client_timeout: float | None = Field(None, gt=0)
 
     def __init__(
         self, workers: int | None = None, threads: int = 1, client_timeout: float | None = None
@@ -79,24 +119,51 @@ class ProcessPoolBackend(Backend):
         self.workers = workers or os.cpu_count() or 1
         if self.workers < 1 or threads < 1:
             raise ConfigError("backend.params.workers and threads must be >= 1")
+        if client_timeout is not None and client_timeout <= 0:
+            raise ConfigError("backend.params.client_timeout must be > 0 seconds (or null)")
         self.threads = threads
         self.client_timeout = client_timeout
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: list[_Worker] = []
         self._bound: tuple[Task, dict[int, ClientData]] | None = None
+        # spawn, not fork: forking a process whose OpenMP runtime already started
+        # threads can deadlock the child.
+        self._ctx = mp.get_context("spawn")
 
-    def _ensure_pool(self, task: Task, clients: dict[int, ClientData]) -> ProcessPoolExecutor:
-        if self._pool is None or self._bound is None or self._bound[0] is not task:
+    # -- workers -------------------------------------------------------------
+
+    def _start_worker(self) -> _Worker:
+        assert self._bound is not None
+        task, clients = self._bound
+        ours, theirs = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=_worker_main,
+            args=(theirs, task, clients, self.threads, os.getpid()),
+            name="fedgen-client-worker",
+            # A daemon is also terminated when this process exits normally.
+            daemon=True,
+        )
+        process.start()
+        theirs.close()
+        return _Worker(process, ours)
+
+    def _ensure_pool(self, task: Task, clients: dict[int, ClientData]) -> None:
+        if self._bound is None or self._bound[0] is not task or self._bound[1] is not clients:
             self.close()
-            # spawn, not fork: forking a process whose OpenMP runtime already
-            # started threads can deadlock the child.
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=mp.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(task, clients, self.threads),
-            )
             self._bound = (task, clients)
-        return self._pool
+        while len(self._pool) < self.workers:
+            self._pool.append(self._start_worker())
+
+    def _replace(self, worker: _Worker) -> None:
+        """Kill ``worker`` (stuck or dead) and start a fresh one in its place."""
+        _stop(worker, kill=True)
+        self._pool[self._pool.index(worker)] = self._start_worker()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (for tests and diagnostics)."""
+        return [w.process.pid for w in self._pool if w.process.pid is not None]
+
+    # -- a round -------------------------------------------------------------
 
     def run(
         self,
@@ -105,54 +172,131 @@ class ProcessPoolBackend(Backend):
         clients: dict[int, ClientData],
         private_states: dict[int, StateDict],
     ) -> Iterator[ClientResult]:
-        pool = self._ensure_pool(work.task, clients)
-        futures: list[tuple[Any, Future[tuple[ClientResult, StateDict]]]] = [
-            (
-                ins,
-                pool.submit(
-                    _run_in_worker,
-                    ins,
-                    work.global_state,
-                    list(work.transforms),
-                    work.local_steps,
-                    work.local_epochs,
-                    work.round,
-                    private_states.get(ins.client_id),
-                    len(clients),
-                    work.noise_key,
-                ),
+        self._ensure_pool(work.task, clients)
+        todo = list(enumerate(plan.instructions))[::-1]  # popped from the end: plan order
+        done: dict[int, ClientResult] = {}
+        next_out = 0
+        transforms = list(work.transforms)
+
+        def finish(index: int, result: ClientResult) -> None:
+            done[index] = result
+
+        def fail(index: int, reason: str) -> None:
+            ins = plan.instructions[index]
+            finish(
+                index,
+                ClientResult(ins.client_id, clients[ins.client_id].num_examples, failure=reason),
             )
-            for ins in plan.instructions
-        ]
-        broken = False
-        for ins, fut in futures:
-            n = clients[ins.client_id].num_examples
-            try:
-                result, private = fut.result(timeout=self.client_timeout)
-            except FutureTimeout:
-                fut.cancel()
-                yield ClientResult(
-                    ins.client_id, n, failure=f"timed out after {self.client_timeout:g} s"
-                )
-                broken = True  # a stuck worker cannot be reused safely
-                continue
-            except BrokenProcessPool as exc:
-                yield ClientResult(ins.client_id, n, failure=f"worker process died: {exc}")
-                broken = True
-                continue
-            except Exception as exc:  # the client's own error, raised in the worker
-                log.warning("client %d failed in round %d: %r", ins.client_id, plan.round, exc)
-                yield ClientResult(ins.client_id, n, failure=f"{type(exc).__name__}: {exc}")
-                continue
-            if private:
-                private_states[ins.client_id] = private
-            yield result
-        if broken:
-            self.close()
+
+        while next_out < len(plan.instructions):
+            for worker in self._pool:
+                if worker.ready and worker.job is None and todo:
+                    index, ins = todo.pop()
+                    job = _job(ins, work, transforms, private_states, len(clients))
+                    try:
+                        worker.conn.send(job)
+                    except (BrokenPipeError, OSError) as exc:
+                        fail(index, f"worker process died before the client started: {exc}")
+                        self._replace(worker)
+                        continue
+                    worker.job, worker.started = index, time.monotonic()
+            busy = [w for w in self._pool if w.job is not None]
+            starting = [w for w in self._pool if not w.ready]
+            if busy or starting:
+                ready = wait([w.conn for w in busy + starting], timeout=self._wait_timeout(busy))
+                for worker in starting:
+                    if worker.conn in ready:
+                        self._hear_ready(worker)
+                now = time.monotonic()
+                for worker in busy:
+                    assert worker.job is not None
+                    index, ins = worker.job, plan.instructions[worker.job]
+                    if worker.conn in ready:
+                        try:
+                            reply = worker.conn.recv()
+                        except (EOFError, OSError):
+                            code = worker.process.exitcode
+                            worker.process.join(timeout=1)
+                            code = worker.process.exitcode if code is None else code
+                            fail(index, f"worker process died (exit code {code})")
+                            self._replace(worker)
+                            continue
+                        worker.job = None
+                        if reply[0] == "ok":
+                            _, result, private = reply
+                            if private:
+                                private_states[ins.client_id] = private
+                            finish(index, result)
+                        else:
+                            log.warning(
+                                "client %d failed in round %d: %s",
+                                ins.client_id,
+                                plan.round,
+                                reply[1],
+                            )
+                            fail(index, reply[1])
+                    elif (
+                        self.client_timeout is not None
+                        and now - worker.started > self.client_timeout
+                    ):
+                        fail(index, f"timed out after {self.client_timeout:g} s")
+                        # A worker stuck in a client cannot be trusted with the next one.
+                        self._replace(worker)
+            while next_out in done:
+                yield done.pop(next_out)
+                next_out += 1
+
+    def _hear_ready(self, worker: _Worker) -> None:
+        """Read a starting worker's first message; replace it if it died starting up."""
+        try:
+            worker.conn.recv()
+            worker.ready = True
+        except (EOFError, OSError):
+            log.warning("a worker died while starting (exit code %s)", worker.process.exitcode)
+            self._replace(worker)
+
+    def _wait_timeout(self, busy: list[_Worker]) -> float | None:
+        if self.client_timeout is None or not busy:
+            return None
+        now = time.monotonic()
+        return max(0.0, min(w.started + self.client_timeout - now for w in busy)) + 0.01
 
     def close(self) -> None:
-        """Stop the workers (called at the end of a run and after a broken round)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-            self._bound = None
+        """Stop the workers (called when the run loop stops)."""
+        for worker in self._pool:
+            _stop(worker, kill=worker.job is not None)
+        self._pool = []
+        self._bound = None
+
+
+def _job(
+    ins: ClientInstruction,
+    work: LocalWork,
+    transforms: list[Any],
+    private_states: dict[int, StateDict],
+    num_clients: int,
+) -> tuple[Any, ...]:
+    return (
+        ins,
+        work.global_state,
+        transforms,
+        work.local_steps,
+        work.local_epochs,
+        work.round,
+        private_states.get(ins.client_id),
+        num_clients,
+        work.noise_key,
+        work.faults,
+    )
+
+
+def _stop(worker: _Worker, kill: bool) -> None:
+    """End one worker: politely when idle, with SIGKILL when it is busy or does not listen."""
+    if not kill:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            worker.conn.send(None)
+        worker.process.join(timeout=2)
+    if worker.process.is_alive():
+        worker.process.kill()
+        worker.process.join(timeout=5)
+    worker.conn.close()
