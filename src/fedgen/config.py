@@ -123,6 +123,41 @@ class DpSgdConfig(_Strict):
     accountant: str = "rdp"
 
 
+class FaultsConfig(_Strict):
+    """Faults injected into the simulation, to test that a run survives them.
+
+    Each sampled client draws at most one fault per round, with these
+    probabilities, from its own round seed: the same clients fail in the same
+    way in a resumed run as in an uninterrupted one. ``straggle`` sleeps for
+    ``straggle_seconds`` before training (a failure once it passes the backend's
+    ``client_timeout``); ``nan``, ``wrong_shape`` and ``oversized`` corrupt the
+    update the client returns (a NaN, one tensor of the wrong shape, a norm
+    past ``federation.max_update_norm``), which the server must reject.
+    """
+
+    crash_before: float = Field(0.0, ge=0, le=1)
+    crash_after: float = Field(0.0, ge=0, le=1)
+    straggle: float = Field(0.0, ge=0, le=1)
+    straggle_seconds: float = Field(5.0, gt=0)
+    nan: float = Field(0.0, ge=0, le=1)
+    wrong_shape: float = Field(0.0, ge=0, le=1)
+    oversized: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> FaultsConfig:
+        total = sum(getattr(self, k) for k in FAULT_KINDS)
+        if total > 1 + 1e-9:
+            raise ValueError(
+                f"fault probabilities add up to {total:g}; a client draws at most one "
+                "fault per round, so keep their sum <= 1"
+            )
+        return self
+
+
+#: The fault kinds of ``FaultsConfig``, in the order a client's draw is matched.
+FAULT_KINDS = ("crash_before", "crash_after", "straggle", "nan", "wrong_shape", "oversized")
+
+
 class ExperimentConfig(_Strict):
     """One experiment: data, task, strategy, transforms, backend, loop, evaluation."""
 
@@ -137,6 +172,7 @@ class ExperimentConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     dpsgd: DpSgdConfig | None = None
+    faults: FaultsConfig | None = None
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: default)")
     noise_seed: Literal["secret", "root"] = Field(
         "secret",
@@ -159,6 +195,8 @@ class ExperimentConfig(_Strict):
         d["federation"].pop("rounds")
         if d.get("dpsgd") is None:
             d.pop("dpsgd", None)  # runs from before DP-SGD existed keep their fingerprint
+        if d.get("faults") is None:
+            d.pop("faults", None)  # runs from before fault injection keep their fingerprint
         if d.get("noise_seed") == "secret":
             d.pop("noise_seed")  # likewise runs from before the noise key existed
         blob = json.dumps(d, sort_keys=True).encode()

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from fedgen.data.client_data import ClientData
+from fedgen.engine.faults import FaultPlan
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import UpdateTransform
 from fedgen.types import ClientResult, RoundPlan, StateDict
@@ -24,6 +25,8 @@ class LocalWork:
     round: int = 0
     #: The run's secret DP noise key (``fedgen.privacy.noise_key``); None: root-seeded.
     noise_key: bytes | None = field(default=None, repr=False)
+    #: Faults to inject into the clients (``fedgen.engine.faults``); None: none.
+    faults: FaultPlan | None = None
 
 
 class Backend(ABC):

@@ -33,6 +33,9 @@ def run_client(
     Exceptions propagate; the backend turns them into failure values.
     """
     task = work.task
+    fault = work.faults.draw(ins.seed) if work.faults is not None else None
+    if work.faults is not None:
+        work.faults.before_training(fault)
     task.load_state(work.global_state)
     if task.privacy_engine is not None:
         task.privacy_engine.noise_key = work.noise_key
@@ -42,6 +45,8 @@ def run_client(
     gen.manual_seed(ins.seed)
     steps = local_steps_for(work, data.num_examples)
     metrics = task.train_local(data, steps, gen, ins.config)
+    if work.faults is not None:
+        work.faults.after_training(fault)
     local = task.federated_state()
     update = {k: local[k] - work.global_state[k] for k in work.global_state}
     ctx = TransformContext(
@@ -54,6 +59,8 @@ def run_client(
     for transform in work.transforms:
         update, t_metrics = transform.on_client(update, ctx)
         metrics.update({f"{type(transform).__name__.lower()}/{k}": v for k, v in t_metrics.items()})
+    if work.faults is not None:
+        update = work.faults.corrupt(fault, update)
     metrics["steps"] = float(steps)
     result = ClientResult(
         client_id=ins.client_id,
