@@ -28,6 +28,7 @@ from fedgen.engine.callbacks import (
     ProgressCallback,
 )
 from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
+from fedgen.engine.faults import FaultPlan
 from fedgen.engine.federation import Callback, Federation
 from fedgen.errors import CheckpointError, ConfigError
 from fedgen.params import ParamsError, validate_params
@@ -194,6 +195,7 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
         # Drawn for every run (cheap; only noise draws use it). A resume replaces it
         # with the checkpoint's key.
         noise_key=new_noise_key() if cfg.noise_seed == "secret" else None,
+        faults=FaultPlan.from_config(cfg.faults),
     )
     return Experiment(cfg, federation, data, evaluator=None)
 
@@ -367,6 +369,7 @@ def write_summary(
         "bytes_up": sum(m.get("bytes_up", 0) for m in history),
         "bytes_down": sum(m.get("bytes_down", 0) for m in history),
         "failures": sum(m.get("failures", 0) for m in history),
+        **_withheld(fed),
         "parameters": sum(exp.task.num_parameters().values()),
     }
     evaluated = [m for m in history if "frechet_distance" in m]
@@ -387,6 +390,19 @@ def write_summary(
         summary["descriptions"] = descriptions
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _withheld(fed: Federation) -> dict[str, Any]:
+    """Under client-level DP, totals that would reveal the cohorts are withheld too."""
+    if not fed.withholds_cohort:
+        return {}
+    return {
+        "bytes_up": None,
+        "bytes_down": None,
+        "failures": None,
+        "cohort_metrics": "withheld: client-level DP assumes the sampled cohort stays "
+        "secret, so per-round clients, failures, examples and bytes are not recorded",
+    }
 
 
 def _privacy_descriptions(unit: str) -> dict[str, str]:

@@ -27,6 +27,7 @@ import torch
 
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import Backend, LocalWork
+from fedgen.engine.faults import FaultPlan
 from fedgen.engine.validation import check_update
 from fedgen.errors import ClientUpdateError, RoundFailedError
 from fedgen.privacy.noise_key import key_from_state, key_to_state
@@ -89,6 +90,7 @@ class Federation:
         max_update_norm: float | None = None,
         privacy: PrivacyAccounting | None = None,
         noise_key: bytes | None = None,
+        faults: FaultPlan | None = None,
     ) -> None:
         if (local_steps is None) == (local_epochs is None):
             raise ValueError("give exactly one of local_steps and local_epochs")
@@ -107,6 +109,8 @@ class Federation:
         #: Seeds every DP noise draw (``fedgen.privacy.noise_key``); kept in checkpoints
         #: only, never in the config. None seeds the noise from ``seed``.
         self.noise_key = noise_key
+        #: Faults injected into the clients (``fedgen.engine.faults``), or None.
+        self.faults = faults
         #: Why the run stopped before ``rounds`` (e.g. the privacy budget), or None.
         self.stop_reason: str | None = None
         self.auxiliary_keys: frozenset[str] = frozenset(
@@ -157,6 +161,11 @@ class Federation:
                 cb.on_run_end(self, completed)
         return completed
 
+    @property
+    def withholds_cohort(self) -> bool:
+        """True under client-level DP: per-round metrics must not reveal the cohort."""
+        return self.privacy is not None and self.privacy.unit == "client"
+
     def is_final_round(self, r: int) -> bool:
         """True for the last round the run will hold (planned, or stopped by the budget)."""
         return r == self.rounds - 1 or (self.stop_reason is not None and r == self.next_round - 1)
@@ -178,16 +187,19 @@ class Federation:
             self.local_epochs,
             r,
             self.noise_key,
+            self.faults,
         )
         failures: dict[int, str] = {}
         client_metrics: list[dict[str, float]] = []
         bytes_up = 0
+        bytes_down: dict[int, int] = {}
 
         def accepted() -> Iterator[ClientResult]:
             nonlocal bytes_up
             results = self.backend.run(plan, work, self.clients, self.private_states)
             for res in results:
                 bytes_up += res.bytes_up
+                bytes_down[res.client_id] = res.bytes_down
                 if res.ok:
                     # Under secagg this stands for the client's own check before masking:
                     # a real server could not inspect the update.
@@ -253,12 +265,25 @@ class Federation:
         metrics["failures"] = len(failures)
         if failures:
             metrics["failed_clients"] = {str(k): v for k, v in sorted(failures.items())}
-        metrics["bytes_down"] = state_nbytes(self.global_state) * len(plan.instructions)
+        # Backends that know what they sent a client (split learning: its own blocks
+        # and the activations) say so; the others sent it the global state.
+        sent = state_nbytes(self.global_state)
+        metrics["bytes_down"] = sum(bytes_down.get(c) or sent for c in plan.client_ids)
         metrics["bytes_up"] = bytes_up
         if self.secagg is not None:
             # The clients sent the protocol's messages, not their plain updates.
             metrics["bytes_up"] = sum(channel.bytes_up.values())
             metrics["bytes_down"] += sum(channel.bytes_down.values())
+            if failures:
+                # The server of secure aggregation cannot see why an update was refused
+                # (the client checked it before masking): only that the client dropped.
+                metrics["failed_clients"] = {str(k): "dropped" for k in sorted(failures)}
+        if self.withholds_cohort:
+            # Client-level DP's accountant assumes the sampled cohort stays secret
+            # (amplification by sampling): its size, who failed, how many examples and
+            # bytes it moved would all reveal it. They stay with the server.
+            for key in COHORT_KEYS:
+                metrics.pop(key, None)
         if self.privacy is None and self.secagg is None:
             # Per-client losses and norms are computed on private data and released
             # without noise; under DP or secure aggregation they stay on the clients.
@@ -402,12 +427,23 @@ class Federation:
         self.history = list(state["history"])
 
 
+#: Per-round metric keys that reveal the sampled cohort (withheld under client-level DP).
+COHORT_KEYS = ("clients", "failures", "failed_clients", "examples", "bytes_up", "bytes_down")
+
+
 def _weighted_means(client_metrics: list[dict[str, float]]) -> dict[str, float]:
-    """Example-weighted means of per-client numeric metrics (e.g. losses)."""
-    if not client_metrics:
-        return {}
-    total = sum(m["examples"] for m in client_metrics) or 1.0
+    """Example-weighted means of per-client numeric metrics (e.g. losses).
+
+    Each key is averaged over the clients that reported it: a client without a
+    figure (e.g. a loss its task does not have) is left out, not counted as 0.
+    """
+    means: dict[str, float] = {}
     keys = {k for m in client_metrics for k in m if k != "examples"}
-    return {
-        k: sum(m.get(k, 0.0) * m["examples"] for m in client_metrics) / total for k in sorted(keys)
-    }
+    for key in sorted(keys):
+        reporting = [m for m in client_metrics if key in m]
+        total = sum(m["examples"] for m in reporting)
+        if total > 0:
+            means[key] = sum(m[key] * m["examples"] for m in reporting) / total
+        else:
+            means[key] = sum(m[key] for m in reporting) / len(reporting)
+    return means

@@ -305,6 +305,10 @@ def _privacy_section(summary: dict[str, Any] | None) -> str:
         "Clients' losses and update norms stay on the clients (not in the metrics); "
         "the server's clip bound and noised unclipped fraction are released.</p>"
     )
+    if summary.get("cohort_metrics"):
+        parts.append(
+            f"<p class='muted'>Per-round cohorts: {_esc(str(summary['cohort_metrics']))}.</p>"
+        )
     if summary.get("status") == "budget_exhausted":
         parts.append(f"<p><b>Stopped early:</b> {_esc(str(summary.get('stop_reason', '')))}</p>")
     return "<h2>Privacy</h2>" + "".join(parts)
