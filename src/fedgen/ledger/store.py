@@ -1,11 +1,10 @@
-"""The ledger file: an append-only SQLite store of entries and signed tree heads.
+"""The ledger: an append-only SQLite store of entries and signed tree heads.
 
 One file per run (``ledger.sqlite`` in the run folder). Every append is its own transaction
-with ``PRAGMA synchronous=FULL``, so a crash loses at most the entry being written. Triggers
-refuse UPDATE and DELETE on every table; that is defence in depth only, since anyone with the
-file can drop them. What makes the log tamper-evident is that each tree head (RFC 9162 §4.10
-calls it a checkpoint) signs the Merkle root of all entries before it, and ``verify_run``
-recomputes those roots from the entries.
+with ``PRAGMA synchronous=FULL``, so a crash loses at most the entry being written. What makes
+the log tamper-evident is not the file (``sqlite_file`` has its schema and refusing triggers)
+but that each signed tree head (RFC 9162 §4.10) covers the Merkle root of all entries before
+it, and ``verify_run`` recomputes those roots from the entries.
 """
 
 from __future__ import annotations
@@ -24,40 +23,16 @@ from fedgen.ledger.entries import RUN_KINDS, Entry, TreeHead, body_problems, lea
 from fedgen.ledger.errors import LedgerError
 from fedgen.ledger.keys import public_key_hex, sign, update_message, verify_signature
 from fedgen.ledger.merkle import MerkleTree, leaf_hash
-
-FORMAT = "fedgen-ledger"
-VERSION = "1"
-
-_TABLES = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE entries (
-    seq INTEGER PRIMARY KEY, round INTEGER, kind TEXT NOT NULL, body TEXT NOT NULL,
-    leaf_hash TEXT NOT NULL
-);
-CREATE TABLE tree_heads (
-    size INTEGER PRIMARY KEY, root TEXT NOT NULL, round INTEGER, signature TEXT NOT NULL
-);
-CREATE TRIGGER entries_in_order BEFORE INSERT ON entries
-    WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq) + 1, 0) FROM entries)
-    BEGIN SELECT RAISE(ABORT, 'ledger entries are appended in seq order'); END;
-"""
-_REFUSE = """
-CREATE TRIGGER {table}_no_{op} BEFORE {OP} ON {table}
-    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: {table} rows cannot change'); END;
-"""
-
-RawRow = tuple[Any, Any, Any, Any, Any]
-# SQLite's own error messages quote a damaged schema, whose bytes may not decode as UTF-8.
-_SQLITE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
-
-
-def _schema_sql() -> str:
-    refuse = "".join(
-        _REFUSE.format(table=t, op=op.lower(), OP=op)
-        for t in ("meta", "entries", "tree_heads")
-        for op in ("UPDATE", "DELETE")
-    )
-    return _TABLES + refuse
+from fedgen.ledger.sqlite_file import (
+    FORMAT,
+    SQLITE_ERRORS,
+    VERSION,
+    RawRow,
+    check_file_size,
+    damaged,
+    decode_text,
+    schema_sql,
+)
 
 
 class Ledger:
@@ -100,7 +75,7 @@ class Ledger:
                 f"truncated; restore it from a backup if it held a run"
             )
         if not fresh:
-            _check_file_size(path)
+            check_file_size(path)
         try:
             if readonly:
                 conn = sqlite3.connect(
@@ -108,17 +83,17 @@ class Ledger:
                 )
             else:
                 conn = sqlite3.connect(path, isolation_level=None)
-        except _SQLITE_ERRORS as err:
-            raise _damaged(path, err) from err
+        except SQLITE_ERRORS as err:
+            raise damaged(path, err) from err
         # Damaged text must reach the checks as text, not fail to decode on the way.
-        conn.text_factory = _decode_text
+        conn.text_factory = decode_text
         ledger = cls(conn, path, readonly)
         try:
             if fresh:
                 ledger._create()
             ledger._check_format()
             ledger._load()
-        except _SQLITE_ERRORS as err:
+        except SQLITE_ERRORS as err:
             conn.close()
             journal = path.with_name(path.name + "-journal")
             if readonly and isinstance(err, sqlite3.OperationalError) and journal.exists():
@@ -128,7 +103,7 @@ class Ledger:
                     f"ledger for writing once (resuming the run does; so does "
                     f"Ledger.open(path).close()), then verify again"
                 ) from err
-            raise _damaged(path, err) from err
+            raise damaged(path, err) from err
         except LedgerError:
             conn.close()
             raise
@@ -137,7 +112,7 @@ class Ledger:
     def _create(self) -> None:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("BEGIN IMMEDIATE")
-        for statement in _schema_sql().split(";\n"):
+        for statement in schema_sql().split(";\n"):
             if statement.strip():
                 self._conn.execute(statement)
         self._conn.executemany(
@@ -151,7 +126,7 @@ class Ledger:
             self._conn.execute("PRAGMA synchronous=FULL")
         result = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
         if result != ["ok"]:
-            raise _damaged(self.path, "; ".join(str(r) for r in result[:3]))
+            raise damaged(self.path, "; ".join(str(r) for r in result[:3]))
         tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master")}
         if not {"meta", "entries", "tree_heads"} <= tables:
             raise LedgerError(
@@ -256,8 +231,8 @@ class Ledger:
     def _query(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[Any]:
         try:
             return self._conn.execute(sql, params).fetchall()
-        except _SQLITE_ERRORS as err:
-            raise _damaged(self.path, err) from err
+        except SQLITE_ERRORS as err:
+            raise damaged(self.path, err) from err
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -370,7 +345,7 @@ class Ledger:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
-        except _SQLITE_ERRORS as err:
+        except SQLITE_ERRORS as err:
             raise LedgerError(f"cannot write to the ledger {self.path}: {err}") from err
 
     # -- lifetime --------------------------------------------------------------------------
@@ -388,48 +363,3 @@ class Ledger:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _decode_text(raw: bytes) -> str:
-    """UTF-8, with undecodable bytes kept as lone surrogates (which canonical JSON never
-    contains, so an entry holding them fails verification instead of the read)."""
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def _check_file_size(path: Path) -> None:
-    """Catch a cut-off file before SQLite reads its short last page as zeros.
-
-    The SQLite header (https://sqlite.org/fileformat2.html §1.3) gives the page size at offset
-    16 and, when valid, the database size in pages at offset 28; a file shorter than that, or
-    not a whole number of pages, was truncated. A hot journal beside it means a transaction was
-    interrupted; SQLite rolls it back on open, so the size is not judged then.
-    """
-    journal = path.with_name(path.name + "-journal")
-    if journal.exists() and journal.stat().st_size > 0:
-        return
-    try:
-        with open(path, "rb") as f:
-            header = f.read(100)
-        size = path.stat().st_size
-    except OSError as err:
-        raise _damaged(path, err) from err
-    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
-        return  # not SQLite at all: SQLite itself says so
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    pages = int.from_bytes(header[28:32], "big")
-    pages_valid = header[24:28] == header[92:96] and pages > 0
-    if page_size < 512 or size % page_size or (pages_valid and size < pages * page_size):
-        expected = f"{pages * page_size} bytes" if pages_valid else "whole pages"
-        raise _damaged(
-            path, f"the file is truncated: {size} bytes where its header says {expected}"
-        )
-
-
-def _damaged(path: Path, err: object) -> LedgerError:
-    return LedgerError(
-        f"{path} cannot be read as a ledger ({err}). The file is truncated, corrupt or not a "
-        f"fedgen ledger: if you copied the run folder, copy ledger.sqlite again (with any "
-        f"ledger.sqlite-journal beside it); otherwise restore it from a backup. Its entries "
-        f"cannot be trusted as they are."
-    )
