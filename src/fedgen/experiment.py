@@ -326,12 +326,43 @@ def run_experiment(
 
 
 def restore_latest(fed: Federation, ckpt_dir: Path, cfg: ExperimentConfig) -> int:
-    """Load the newest checkpoint into ``fed``; return the round it was taken after."""
+    """Load the newest intact checkpoint into ``fed``; return the round it was taken after.
+
+    A corrupted or truncated newest checkpoint (a crash mid-write on a filesystem
+    that does not honour the rename, a damaged disk) is skipped with a warning and
+    the previous one is used; the rounds after it are trained again. A checkpoint of
+    another experiment is an error, never skipped.
+    """
     found = list_checkpoints(ckpt_dir)
     if not found:
         raise CheckpointError(f"no checkpoint in {ckpt_dir}; start the run without --resume")
-    round_, path = found[-1]
-    payload = load_checkpoint(path)
+    damaged: list[str] = []
+    for round_, path in reversed(found):
+        try:
+            payload = load_checkpoint(path)
+        except CheckpointError as exc:
+            log.warning("skipping a damaged checkpoint: %s", exc)
+            damaged.append(f"{path.name}: {exc}")
+            continue
+        check_checkpoint_meta(payload, path, cfg)
+        if damaged:
+            log.warning(
+                "resuming from %s (after round %d); %d newer checkpoint(s) were damaged "
+                "and are ignored: those rounds are trained again",
+                path.name,
+                round_,
+                len(damaged),
+            )
+        fed.load_state_dict(payload["federation"])
+        return round_
+    raise CheckpointError(
+        f"every checkpoint in {ckpt_dir} is damaged, so the run cannot resume; start it "
+        "again without --resume in a new --out folder. Damage found:\n  " + "\n  ".join(damaged)
+    )
+
+
+def check_checkpoint_meta(payload: dict[str, Any], path: Path, cfg: ExperimentConfig) -> None:
+    """Raise ``CheckpointError`` if ``payload`` is of another format or experiment."""
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} has format {payload.get('format')}, expected {CHECKPOINT_FORMAT}"
@@ -342,8 +373,8 @@ def restore_latest(fed: Federation, ckpt_dir: Path, cfg: ExperimentConfig) -> in
             f"{payload.get('fingerprint')} != {cfg.fingerprint()}); resume "
             "with the run folder's own config.yaml, changing only rounds/eval"
         )
-    fed.load_state_dict(payload["federation"])
-    return round_
+    if not isinstance(payload.get("federation"), dict):
+        raise CheckpointError(f"{path} holds no federation state; it is not a run checkpoint")
 
 
 def write_summary(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -110,15 +111,15 @@ class MetricsWriter(Callback):
         self.path = path
 
     def on_run_start(self, fed: Federation) -> None:
-        # On resume, drop lines of rounds that the checkpoint does not hold
-        # (they were written after the last checkpoint, then interrupted).
-        if self.path.exists():
-            keep = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("round", -1) < fed.next_round
-            ]
-            self.path.write_text("".join(line + "\n" for line in keep))
+        # On resume the file is rewritten from the checkpoint's history: it holds
+        # every line of the rounds the checkpoint covers, evaluation figures
+        # included, so a line cut short by a kill, or lines of rounds trained after
+        # the checkpoint, cannot survive into the resumed run.
+        if fed.next_round > 0 or self.path.exists():
+            text = "".join(json.dumps(_jsonable(m)) + "\n" for m in fed.history)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, self.path)
 
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
         with open(self.path, "a") as f:

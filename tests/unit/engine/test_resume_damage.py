@@ -1,0 +1,60 @@
+"""Resume after damage: a cut metrics line and a corrupted newest checkpoint cost no data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny_federation import tiny_config
+
+from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
+from fedgen.errors import CheckpointError
+from fedgen.experiment import run_experiment
+
+
+def _cfg(mnist_dir, rounds: int):
+    return tiny_config(
+        mnist_dir,
+        **{"federation.rounds": rounds, "eval.every": 0, "eval.final": False},
+    )
+
+
+def _final_state(run_dir):
+    _, path = list_checkpoints(run_dir / "checkpoints")[-1]
+    return load_checkpoint(path)["federation"]["global_state"]
+
+
+def test_resume_survives_a_cut_metrics_line_and_a_corrupted_newest_checkpoint(mnist_dir, tmp_path):
+    # Prepare: an uninterrupted 4-round run, and a 3-round run of the same recipe
+    # whose newest checkpoint and last metrics line are then damaged.
+    ref = tmp_path / "ref"
+    run_experiment(_cfg(mnist_dir, 4), ref, progress=False)
+    run = tmp_path / "run"
+    run_experiment(_cfg(mnist_dir, 3), run, progress=False)
+    newest = list_checkpoints(run / "checkpoints")[-1][1]
+    raw = bytearray(newest.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    newest.write_bytes(bytes(raw))
+    metrics = run / "metrics.jsonl"
+    metrics.write_text(metrics.read_text()[:-25])  # a kill in the middle of a write
+    # Execute: resume to 4 rounds, as the user would, without deleting anything.
+    run_experiment(_cfg(mnist_dir, 4), run, progress=False, resume=True)
+    # Assert: it fell back to round 1's checkpoint, retrained rounds 2-3, and ends
+    # where the uninterrupted run ends, with one intact metrics line per round.
+    got, want = _final_state(run), _final_state(ref)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [m["round"] for m in lines] == [0, 1, 2, 3]
+    ref_lines = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}  # noqa: E731
+    assert [strip(m) for m in lines] == [strip(m) for m in ref_lines]
+
+
+def test_resume_with_every_checkpoint_damaged_says_what_to_do(mnist_dir, tmp_path):
+    run = tmp_path / "run"
+    run_experiment(_cfg(mnist_dir, 2), run, progress=False)
+    for _, path in list_checkpoints(run / "checkpoints"):
+        path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"every checkpoint .* is damaged"):
+        run_experiment(_cfg(mnist_dir, 3), run, progress=False, resume=True)
