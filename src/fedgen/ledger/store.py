@@ -68,6 +68,8 @@ class Ledger:
             )
         if exists and not path.is_file():
             raise LedgerError(f"{path} is not a file; a ledger is one SQLite file")
+        if not exists and not path.parent.is_dir():
+            raise LedgerError(f"cannot create {path}: the folder {path.parent} does not exist")
         fresh = not exists or path.stat().st_size == 0
         if fresh and readonly:
             raise LedgerError(
@@ -303,6 +305,8 @@ class Ledger:
                 or the file cannot be written.
         """
         self._check_writable()
+        if round is not None and not (type(round) is int and round >= 0):
+            raise LedgerError(f"a tree head closes a round (an int >= 0) or None, not {round!r}")
         if self._run_start is None:
             raise LedgerError("cannot sign a tree head before the run_start entry")
         if public_key_hex(key) != self._run_start["server_public_key"]:

@@ -62,8 +62,12 @@ def test_sign_head_again_without_new_entries_returns_the_stored_head(tmp_path):
 
 def test_sign_head_refuses_a_key_other_than_the_run_start_server_key(tmp_path):
     run = build_run(tmp_path / "run", rounds=1, sign_head=False)
-    with Ledger.open(run.ledger_path) as ledger, pytest.raises(LedgerError, match="server key"):
-        ledger.sign_head(0, generate_key())
+    with Ledger.open(run.ledger_path) as ledger:
+        with pytest.raises(LedgerError, match="server key"):
+            ledger.sign_head(0, generate_key())
+        with pytest.raises(LedgerError, match="an int >= 0"):
+            ledger.sign_head(-1, run.server_key)
+        assert ledger.heads()[-1].round is None  # only the pre-round head
 
 
 def test_append_refuses_entries_that_break_the_contract(tmp_path):
@@ -166,6 +170,10 @@ def test_opening_a_missing_file_without_create_says_what_to_do(tmp_path):
     with pytest.raises(LedgerError, match=r"no ledger at .* create=True"):
         Ledger.open(tmp_path / "ledger.sqlite")
     assert not (tmp_path / "ledger.sqlite").exists()
+    with pytest.raises(LedgerError, match="does not exist"):
+        Ledger.open(tmp_path / "absent" / "ledger.sqlite", create=True)
+    with pytest.raises(LedgerError, match="not a file"):
+        Ledger.open(tmp_path, create=True)
 
 
 @pytest.mark.parametrize(
