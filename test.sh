@@ -13,4 +13,8 @@ if [ -n "${FEDGEN_DATA_DIR:-}" ]; then
 fi
 # A private cache so tests never reuse a classifier trained by an earlier run.
 export FEDGEN_CACHE_DIR="${FEDGEN_CACHE_DIR:-$(mktemp -d)}"
+# Style and types are part of the suite: CI runs this script as it is.
+.venv/bin/ruff format --check --quiet src tests benchmarks
+.venv/bin/ruff check --quiet src tests benchmarks
+.venv/bin/mypy src/fedgen
 exec .venv/bin/python -m pytest -q "$@"
