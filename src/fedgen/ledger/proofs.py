@@ -57,8 +57,8 @@ def check_heads(
         heads.append(head)
     if bad_signatures:
         problems.append(
-            f"{bad_signatures[0]}: signature does not verify under the server key {key}"
-            + _and_more(bad_signatures, "tree heads")
+            f"{bad_signatures[0]}: signature does not verify under the server key "
+            f"{(key or '')[:12]}…" + _and_more(bad_signatures, "tree heads")
         )
     if beyond:
         problems.append(
