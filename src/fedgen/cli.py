@@ -26,6 +26,11 @@ privacy_app = typer.Typer(
     "Gaussian mechanism): epsilon for a noise multiplier, or the multiplier for an epsilon.",
 )
 app.add_typer(privacy_app, name="privacy")
+ledger_app = typer.Typer(
+    no_args_is_help=True,
+    help="The run's signed, tamper-evident log of every round (RFC 6962 Merkle log).",
+)
+app.add_typer(ledger_app, name="ledger")
 app.command("attack")(attack_command)
 
 
@@ -244,6 +249,55 @@ def privacy_noise(
         _fail(exc)
         return
     typer.echo(json.dumps({"noise_multiplier": z, "epsilon": spent, "delta": delta}))
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    run_dir: Path,
+    server_key: Annotated[
+        str | None,
+        typer.Option(help="the server's public key (hex) to trust, instead of the log's own"),
+    ] = None,
+) -> None:
+    """Check every signature, inclusion and consistency proof, and the checkpoints on disk.
+
+    Exit status 0 when all holds; otherwise 1, with one line per problem naming the round,
+    the client and what differs.
+    """
+    from fedgen.engine.ledger_callback import checkpoint_anchors
+    from fedgen.ledger import verify_run
+
+    if not run_dir.is_dir():
+        _fail(FedgenError(f"{run_dir} is not a folder"))
+    anchors, unreadable = checkpoint_anchors(run_dir / "checkpoints")
+    report = verify_run(run_dir, server_public_key=server_key, anchors=anchors)
+    problems = report.problems + unreadable
+    for line in report.notes:
+        typer.echo(f"note: {line}")
+    for line in problems:
+        typer.secho(f"problem: {line}", fg=typer.colors.RED)
+    counts = ", ".join(f"{v} {k}" for k, v in report.counts.items())
+    if problems:
+        typer.secho(f"ledger NOT verified: {len(problems)} problem(s) ({counts})", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"ledger verified: {counts}")
+
+
+@ledger_app.command("show")
+def ledger_show(
+    run_dir: Path,
+    round: Annotated[int | None, typer.Option("--round", min=0, help="only this round")] = None,
+) -> None:
+    """Print the log's entries, one line each."""
+    from fedgen.ledger import LEDGER_FILE, Ledger, format_entries
+
+    try:
+        with Ledger.open(run_dir / LEDGER_FILE, readonly=True) as ledger:
+            lines = format_entries(ledger, round=round)
+    except FedgenError as exc:
+        _fail(exc)
+    for line in lines:
+        typer.echo(line)
 
 
 def main() -> None:

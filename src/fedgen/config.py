@@ -173,6 +173,11 @@ class ExperimentConfig(_Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     dpsgd: DpSgdConfig | None = None
     faults: FaultsConfig | None = None
+    ledger: bool = Field(
+        True,
+        description="keep ledger.sqlite, the signed, tamper-evident log of every round "
+        "(fedgen ledger verify RUN checks it)",
+    )
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: default)")
     noise_seed: Literal["secret", "root"] = Field(
         "secret",
@@ -190,7 +195,7 @@ class ExperimentConfig(_Strict):
         A checkpoint from a run with another fingerprint cannot be resumed.
         """
         d = self.model_dump(mode="json")
-        for key in ("eval", "checkpoint", "name"):
+        for key in ("eval", "checkpoint", "name", "ledger"):
             d.pop(key)
         d["federation"].pop("rounds")
         if d.get("dpsgd") is None:

@@ -21,6 +21,7 @@ import yaml
 
 from fedgen.config import ExperimentConfig, load_config, parse_config
 from fedgen.data.client_data import ClientData
+from fedgen.engine.audit import RunAudit
 from fedgen.engine.callbacks import (
     CheckpointCallback,
     EvaluationCallback,
@@ -30,6 +31,7 @@ from fedgen.engine.callbacks import (
 from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
 from fedgen.engine.faults import FaultPlan
 from fedgen.engine.federation import Callback, Federation
+from fedgen.engine.ledger_callback import LedgerCallback
 from fedgen.errors import CheckpointError, ConfigError
 from fedgen.params import ParamsError, validate_params
 from fedgen.privacy.errors import PrivacyConfigError
@@ -196,6 +198,8 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
         # with the checkpoint's key.
         noise_key=new_noise_key() if cfg.noise_seed == "secret" else None,
         faults=FaultPlan.from_config(cfg.faults),
+        # Fresh keys for every run; a resume replaces them with the checkpoint's.
+        audit=RunAudit(sorted(c.client_id for c in clients)) if cfg.ledger else None,
     )
     return Experiment(cfg, federation, data, evaluator=None)
 
@@ -294,9 +298,18 @@ def run_experiment(
         cfg.seed,
         final=cfg.eval.final,
     )
+    ledger_cb = LedgerCallback(run_dir, cfg.fingerprint(), ckpt_dir)
     callbacks: list[Callback] = [
         eval_cb,
-        CheckpointCallback(ckpt_dir, cfg.checkpoint.every, cfg.checkpoint.keep, meta),
+        # The round's entries and signed head go in before the checkpoint that anchors them.
+        ledger_cb,
+        CheckpointCallback(
+            ckpt_dir,
+            cfg.checkpoint.every,
+            cfg.checkpoint.keep,
+            meta,
+            on_written=ledger_cb.log_checkpoint,
+        ),
         MetricsWriter(run_dir / "metrics.jsonl"),
         ProgressCallback(
             cfg.name + (" (centralized)" if cfg.federation.centralized else ""), enabled=progress
@@ -314,6 +327,7 @@ def run_experiment(
                 "--out to choose a new folder"
             )
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        _set_aside_ledger(run_dir)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     (run_dir / "partition.json").write_text(json.dumps(exp.data.to_json(), indent=1))
     t0 = time.perf_counter()
@@ -323,6 +337,22 @@ def run_experiment(
 
     write_report(run_dir)
     return summary
+
+
+def _set_aside_ledger(run_dir: Path) -> None:
+    """A fresh run in a folder whose earlier run died before its first checkpoint.
+
+    That run cannot be resumed, so its log is kept beside, renamed, never deleted,
+    and the new run starts a new log.
+    """
+    ledger = run_dir / "ledger.sqlite"
+    if not ledger.exists():
+        return
+    n = 1
+    while (aside := run_dir / f"ledger.abandoned-{n}.sqlite").exists():
+        n += 1
+    ledger.rename(aside)
+    log.warning("%s belonged to a run that never checkpointed; kept as %s", ledger, aside.name)
 
 
 def restore_latest(fed: Federation, ckpt_dir: Path, cfg: ExperimentConfig) -> int:

@@ -60,6 +60,9 @@ class ClientResult:
     bytes_down: int = 0
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     private_keys: frozenset[str] = frozenset()
+    #: The client's Ed25519 signature (hex) over ``fedgen.ledger.update_message`` of
+    #: this update's digest, when the run keeps a ledger; None otherwise.
+    signature: str | None = None
 
     @property
     def ok(self) -> bool:

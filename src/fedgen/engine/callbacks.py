@@ -87,19 +87,34 @@ def save_sample_grid(fed: Federation, path: Path, per_class: int, seed: int) -> 
 class CheckpointCallback(Callback):
     """Saves the federation state after every ``every`` rounds and at the end."""
 
-    def __init__(self, directory: Path, every: int, keep: int, meta: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        every: int,
+        keep: int,
+        meta: dict[str, Any],
+        on_written: Callable[[int, Path, str], None] | None = None,
+    ) -> None:
         self.directory = directory
         self.every = every
         self.keep = keep
         self.meta = meta
+        #: Called with (round, path, sha256 hex) before a checkpoint takes its name.
+        self.on_written = on_written
 
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
         if (record.round + 1) % self.every == 0 or fed.is_final_round(record.round):
             self.save(fed)
 
     def save(self, fed: Federation) -> Path:
-        path = checkpoint_path(self.directory, fed.next_round - 1)
-        save_checkpoint(path, {**self.meta, "federation": fed.state_dict()})
+        round_ = fed.next_round - 1
+        path = checkpoint_path(self.directory, round_)
+        hook = self.on_written
+        save_checkpoint(
+            path,
+            {**self.meta, "federation": fed.state_dict()},
+            None if hook is None else (lambda digest: hook(round_, path, digest)),
+        )
         prune_checkpoints(self.directory, self.keep)
         return path
 

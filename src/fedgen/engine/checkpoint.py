@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,8 +27,17 @@ MAGIC = b"FEDGENC1"
 _NAME = re.compile(r"round_(\d{4,})\.ckpt$")
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
-    """Atomically write ``payload`` to ``path`` with its checksum."""
+def save_checkpoint(
+    path: Path,
+    payload: dict[str, Any],
+    before_replace: Callable[[str], None] | None = None,
+) -> Path:
+    """Atomically write ``payload`` to ``path`` with its checksum.
+
+    ``before_replace`` is called with the sha256 (hex) of the file's bytes after they
+    are on disk and before the file takes its name (the ledger logs it there, so no
+    checkpoint ever sits under its name unlogged).
+    """
     buf = io.BytesIO()
     torch.save(payload, buf)
     body = buf.getvalue()
@@ -37,9 +47,12 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     # seeds DP noise (``fedgen.privacy.noise_key``).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(MAGIC + hashlib.sha256(body).digest() + body)
+        data = MAGIC + hashlib.sha256(body).digest() + body
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    if before_replace is not None:
+        before_replace(hashlib.sha256(data).hexdigest())
     os.replace(tmp, path)
     return path
 
@@ -105,7 +118,7 @@ class Restorable(Protocol):
 
 
 #: Keys of a federation state that checkpoints written before them may lack.
-_OPTIONAL = frozenset({"noise_key"})
+_OPTIONAL = frozenset({"noise_key", "audit"})
 
 
 def restore_checkpoint(

@@ -18,6 +18,7 @@ individual update: the round's accepted updates go through ``secure_aggregate``
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,10 +27,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fedgen.data.client_data import ClientData
+from fedgen.engine.audit import RoundAudit, RunAudit
 from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.faults import FaultPlan
 from fedgen.engine.validation import check_update
 from fedgen.errors import ClientUpdateError, RoundFailedError
+from fedgen.ledger import state_digest
 from fedgen.privacy.noise_key import key_from_state, key_to_state
 from fedgen.seeding import derive_seed, numpy_rng
 from fedgen.strategies.base import Aggregate, Strategy
@@ -42,7 +45,7 @@ from fedgen.transforms.secagg import (
     secure_aggregate,
 )
 from fedgen.transforms.secagg.channel import Channel
-from fedgen.types import ClientResult, StateDict, state_nbytes
+from fedgen.types import ClientResult, RoundPlan, StateDict, state_nbytes
 
 if TYPE_CHECKING:
     from fedgen.privacy.budget import PrivacyAccounting
@@ -56,6 +59,8 @@ class RoundRecord:
 
     round: int
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: What the ledger logs for this round (None when the run keeps no ledger).
+    audit: RoundAudit | None = None
 
 
 class Callback:
@@ -91,6 +96,7 @@ class Federation:
         privacy: PrivacyAccounting | None = None,
         noise_key: bytes | None = None,
         faults: FaultPlan | None = None,
+        audit: RunAudit | None = None,
     ) -> None:
         if (local_steps is None) == (local_epochs is None):
             raise ValueError("give exactly one of local_steps and local_epochs")
@@ -111,6 +117,8 @@ class Federation:
         self.noise_key = noise_key
         #: Faults injected into the clients (``fedgen.engine.faults``), or None.
         self.faults = faults
+        #: Signing keys for the ledger (``fedgen.engine.audit``), or None: no ledger.
+        self.audit = audit
         #: Why the run stopped before ``rounds`` (e.g. the privacy budget), or None.
         self.stop_reason: str | None = None
         self.auxiliary_keys: frozenset[str] = frozenset(
@@ -188,6 +196,17 @@ class Federation:
             r,
             self.noise_key,
             self.faults,
+            None if self.audit is None else self.audit.client_keys(),
+        )
+        audit = (
+            None
+            if self.audit is None
+            else RoundAudit(
+                r,
+                state_digest(self.global_state),
+                plan.client_ids,
+                _plan_config(plan, self.local_steps, self.local_epochs),
+            )
         )
         failures: dict[int, str] = {}
         client_metrics: list[dict[str, float]] = []
@@ -200,6 +219,16 @@ class Federation:
             for res in results:
                 bytes_up += res.bytes_up
                 bytes_down[res.client_id] = res.bytes_down
+                signed = None
+                if res.ok and audit is not None and self.secagg is None:
+                    # Authenticity before validity: an update its client did not sign
+                    # is refused whatever it holds.
+                    assert self.audit is not None
+                    signed = self.audit.check_signature(res, r)
+                    if signed is None:
+                        res.failure = (
+                            "the update's signature does not verify under the client's enrolled key"
+                        )
                 if res.ok:
                     # Under secagg this stands for the client's own check before masking:
                     # a real server could not inspect the update.
@@ -218,6 +247,11 @@ class Federation:
                     failures[res.client_id] = res.failure or "no update"
                     continue
                 client_metrics.append({**res.metrics, "examples": float(res.num_examples)})
+                if audit is not None:
+                    audit.aggregated.append(res.client_id)
+                    if signed is not None:
+                        digest, signature = signed
+                        audit.updates.append((res.client_id, digest, res.num_examples, signature))
                 yield res
 
         metrics: dict[str, Any] = {"round": r}
@@ -227,7 +261,7 @@ class Federation:
             if self.secagg is None:
                 agg = self.strategy.aggregate(r, accepted())
             else:
-                agg = self._aggregate_securely(r, self.secagg, accepted(), channel, metrics)
+                agg = self._aggregate_securely(r, self.secagg, accepted(), channel, metrics, audit)
             if agg.num_clients == 0 and not agg.delta:
                 # A fixed-denominator mean of no client is zero; its server halves
                 # (e.g. DP noise) must still run on every tensor of the model.
@@ -261,6 +295,12 @@ class Federation:
             log.error("%s; keeping the previous global state", exc)
             metrics["round_failed"] = str(exc)
             metrics["examples"] = 0
+            if audit is not None:
+                audit.round_failure = str(exc)
+        if audit is not None:
+            audit.failures = dict(failures)
+            if aggregated:
+                audit.aggregate_digest = state_digest(self.global_state)
         metrics["clients"] = len(plan.instructions) - len(failures)
         metrics["failures"] = len(failures)
         if failures:
@@ -291,7 +331,7 @@ class Federation:
         if self.privacy is not None:
             metrics.update(self.privacy.record(plan.client_ids, aggregated))
         metrics["seconds"] = time.perf_counter() - t0
-        return RoundRecord(r, metrics)
+        return RoundRecord(r, metrics, audit)
 
     def _aggregate_securely(
         self,
@@ -300,6 +340,7 @@ class Federation:
         results: Iterable[ClientResult],
         channel: Channel,
         metrics: dict[str, Any],
+        audit: RoundAudit | None = None,
     ) -> Aggregate:
         """The round's aggregate from a secure sum of the accepted updates.
 
@@ -358,6 +399,10 @@ class Federation:
         finally:
             updates.clear()
         metrics.update({f"secagg/{k}": v for k, v in secure.metrics().items()})
+        if audit is not None:
+            # The server never held an individual update: it logs the unmasked sum.
+            audit.sum_digest = state_digest(secure.weighted_sum)
+            audit.aggregated = sorted(secure.survivors)
         # Example counts are public in fedgen (every result reports its own), so the
         # exact weight sum of the survivors is used; the fixed-point error stays in the
         # numerator, where ``max_abs_error`` bounds it.
@@ -387,6 +432,7 @@ class Federation:
             "history": self.history,
             "noise_key": key_to_state(self.noise_key),
             **({"privacy": self.privacy.state_dict()} if self.privacy is not None else {}),
+            **({"audit": self.audit.state_dict()} if self.audit is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -423,8 +469,43 @@ class Federation:
                     "resume with the run folder's own config.yaml"
                 )
             self.privacy.load_state_dict(state["privacy"])
+        if self.audit is not None:
+            if "audit" not in state:
+                from fedgen.errors import CheckpointError
+
+                raise CheckpointError(
+                    "the checkpoint holds no ledger keys (it predates the ledger); resume "
+                    "with --set ledger=false to continue without one"
+                )
+            self.audit.load_state_dict(state["audit"])
         self.next_round = int(state["next_round"])
         self.history = list(state["history"])
+
+
+def _plan_config(
+    plan: RoundPlan, local_steps: int | None, local_epochs: float | None
+) -> dict[str, Any]:
+    """The round's configuration as the ledger records it (plain JSON)."""
+    return {
+        "local_steps": local_steps,
+        "local_epochs": local_epochs,
+        "clients": {
+            str(ins.client_id): {"seed": ins.seed, **_plain(ins.config)}
+            for ins in plan.instructions
+        },
+    }
+
+
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    """Keep what JSON can carry exactly; describe the rest."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        exact = isinstance(v, bool | int | str) or v is None
+        if exact or (isinstance(v, float) and math.isfinite(v)):
+            out[str(k)] = v
+        else:
+            out[str(k)] = repr(v)
+    return out
 
 
 #: Per-round metric keys that reveal the sampled cohort (withheld under client-level DP).

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from fedgen.data.client_data import ClientData
+from fedgen.engine.backends.signing import ClientKeys
 from fedgen.engine.faults import FaultPlan
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import UpdateTransform
@@ -27,6 +28,8 @@ class LocalWork:
     noise_key: bytes | None = field(default=None, repr=False)
     #: Faults to inject into the clients (``fedgen.engine.faults``); None: none.
     faults: FaultPlan | None = None
+    #: The clients' signing keys when the run keeps a ledger; None: updates go unsigned.
+    keys: ClientKeys | None = field(default=None, repr=False)
 
 
 class Backend(ABC):

@@ -8,6 +8,7 @@ import torch
 
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import LocalWork
+from fedgen.engine.backends.signing import sign_result
 from fedgen.transforms.base import TransformContext
 from fedgen.types import ClientInstruction, ClientResult, StateDict, state_nbytes
 
@@ -69,4 +70,5 @@ def run_client(
         metrics=metrics,
         bytes_up=state_nbytes(update),
     )
+    sign_result(result, work.keys, work.round)
     return result, task.private_state()

@@ -67,8 +67,20 @@ def _worker_main(
             return  # the server closed the pipe
         if job is None:
             return
-        ins, global_state, transforms, steps, epochs, round_, private, n_clients, key, faults = job
-        work = LocalWork(task, global_state, transforms, steps, epochs, round_, key, faults)
+        (
+            ins,
+            global_state,
+            transforms,
+            steps,
+            epochs,
+            round_,
+            private,
+            n_clients,
+            key,
+            faults,
+            keys,
+        ) = job
+        work = LocalWork(task, global_state, transforms, steps, epochs, round_, key, faults, keys)
         try:
             reply: Any = ("ok", *run_client(ins, work, clients[ins.client_id], private, n_clients))
         except Exception as exc:  # the client's own error: a failure value for the server
@@ -287,6 +299,8 @@ def _job(
         num_clients,
         work.noise_key,
         work.faults,
+        # Only this client's signing key travels to the worker that runs it.
+        None if work.keys is None else work.keys.only(ins.client_id),
     )
 
 

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.backends.local_training import local_steps_for
+from fedgen.engine.backends.signing import sign_result
 from fedgen.errors import ConfigError
 from fedgen.registry import BACKENDS
 from fedgen.seeding import derive_seed
@@ -288,7 +289,7 @@ class SplitBackend(Backend):
         # Downloaded: its own blocks at round start (``blocks_down``; the server keeps
         # the middle), then the activations and gradients the server sent it.
         bytes_down = blocks_down + channel.down_by_client.get(cid, 0)
-        return ClientResult(
+        result = ClientResult(
             client_id=cid,
             num_examples=data.num_examples,
             update=update,
@@ -298,6 +299,10 @@ class SplitBackend(Backend):
             extras={} if feature is None else {"d3": feature},
             private_keys=own,
         )
+        # The client attests the whole update it is credited with (its own blocks and
+        # the middle the server trained for it), as the round's ledger records it.
+        sign_result(result, work.keys, work.round)
+        return result
 
 
 def _check_task(task: Task) -> None:

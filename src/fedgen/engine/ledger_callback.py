@@ -1,0 +1,175 @@
+"""The ledger callback: every round, checkpoint and resume logged and signed.
+
+Runs after evaluation and before the checkpoint callback, so a round's entries
+and signed tree head are in ``ledger.sqlite`` before the checkpoint that holds
+their tree head (its anchor) is written. The checkpoint's own entry is appended
+before the file is renamed into place (``log_checkpoint``), so a checkpoint on
+disk always has an entry; a kill in between leaves an entry whose file is
+missing, which verification treats like a pruned checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fedgen.engine.audit import RunAudit
+from fedgen.engine.checkpoint import checkpoint_path
+from fedgen.engine.federation import Callback, Federation, RoundRecord
+from fedgen.errors import CheckpointError
+from fedgen.ledger import LEDGER_FILE, Ledger, LedgerError, state_digest
+
+log = logging.getLogger(__name__)
+
+
+class LedgerCallback(Callback):
+    """Appends a run's events to ``run_dir/ledger.sqlite`` and signs its tree heads."""
+
+    def __init__(self, run_dir: Path, fingerprint: str, checkpoint_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.path = run_dir / LEDGER_FILE
+        self.fingerprint = fingerprint
+        self.checkpoint_dir = checkpoint_dir
+        self.ledger: Ledger | None = None
+        self.audit: RunAudit | None = None
+
+    def on_run_start(self, fed: Federation) -> None:
+        if fed.audit is None:
+            return
+        self.audit = audit = fed.audit
+        if fed.next_round == 0:
+            self._start(fed, audit)
+        else:
+            self._resume(fed, audit)
+
+    def _start(self, fed: Federation, audit: RunAudit) -> None:
+        self.ledger = ledger = Ledger.open(self.path, create=True)
+        if ledger.size:
+            raise LedgerError(
+                f"{self.path} already holds a run's log; start the run in a new --out folder"
+            )
+        ledger.append(
+            "run_start",
+            {
+                "run_id": audit.run_id,
+                "server_public_key": audit.server_public,
+                "fingerprint": self.fingerprint,
+                "rounds": fed.rounds,
+            },
+        )
+        for cid in sorted(audit.client_public):
+            ledger.append("enrol", {"client_id": cid, "public_key": audit.client_public[cid]})
+        ledger.sign_head(None, audit.server_key)
+
+    def _resume(self, fed: Federation, audit: RunAudit) -> None:
+        if not self.path.is_file():
+            raise CheckpointError(
+                f"{self.path} is missing, so the resumed rounds could not be logged after "
+                "the earlier ones; restore it from a backup, or resume with "
+                "--set ledger=false to continue without a ledger"
+            )
+        # Opening for writing rolls back an append a kill cut short.
+        self.ledger = ledger = Ledger.open(self.path)
+        start = ledger.run_start
+        if start is None or start.get("run_id") != audit.run_id:
+            raise CheckpointError(
+                f"{self.path} is the log of another run than the checkpoint's; restore "
+                "this run's own ledger.sqlite"
+            )
+        last = fed.next_round - 1
+        ckpt = checkpoint_path(self.checkpoint_dir, last)
+        ledger.append(
+            "resume",
+            {
+                "from_round": last,
+                "checkpoint": self._relative(ckpt),
+                "head_size": audit.anchor[0] if audit.anchor else 0,
+            },
+        )
+        head = ledger.sign_head(last, audit.server_key)
+        log.info("ledger: resumed after round %d at entry %d", last, head.size)
+
+    def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
+        rec = record.audit
+        if self.ledger is None or self.audit is None or rec is None:
+            return
+        ledger, r = self.ledger, record.round
+        ledger.append(
+            "round_start",
+            {
+                "round": r,
+                "global_digest": rec.global_digest,
+                "cohort": rec.cohort,
+                "config": rec.config,
+            },
+        )
+        for cid, digest, examples, signature in rec.updates:
+            ledger.append(
+                "update",
+                {
+                    "round": r,
+                    "client_id": cid,
+                    "digest": digest,
+                    "num_examples": examples,
+                    "signature": signature,
+                },
+            )
+        for cid, reason in sorted(rec.failures.items()):
+            ledger.append("failure", {"round": r, "client_id": cid, "reason": reason})
+        if rec.round_failure is not None:
+            ledger.append("failure", {"round": r, "client_id": None, "reason": rec.round_failure})
+        if rec.aggregate_digest is not None:
+            secure = fed.secagg is not None
+            # Secure aggregation over no client sums nothing: the empty sum's digest.
+            sum_digest = (rec.sum_digest or state_digest({})) if secure else None
+            ledger.append(
+                "aggregate",
+                {
+                    "round": r,
+                    "digest": rec.aggregate_digest,
+                    "secure": secure,
+                    "sum_digest": sum_digest,
+                    "clients": rec.aggregated,
+                },
+            )
+        head = ledger.sign_head(r, self.audit.server_key)
+        self.audit.anchor = head.anchor
+
+    def log_checkpoint(self, round: int, path: Path, digest: str) -> None:
+        """Log the checkpoint about to be renamed to ``path`` (its bytes hash to ``digest``)."""
+        if self.ledger is None or self.audit is None:
+            return
+        self.ledger.append(
+            "checkpoint", {"round": round, "file": self._relative(path), "digest": digest}
+        )
+        self.ledger.sign_head(round, self.audit.server_key)
+
+    def on_run_end(self, fed: Federation, completed: bool) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None
+
+    def _relative(self, path: Path) -> str:
+        return path.resolve().relative_to(self.run_dir.resolve()).as_posix()
+
+
+def checkpoint_anchors(checkpoint_dir: Path) -> tuple[list[tuple[int, str]], list[str]]:
+    """The tree heads that the checkpoints on disk hold, and why any could not be read.
+
+    ``fedgen ledger verify`` passes them to ``verify_run`` as anchors: a ledger cut
+    back to an earlier, still valid, prefix is inconsistent with them.
+    """
+    from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
+
+    anchors: list[tuple[int, str]] = []
+    problems: list[str] = []
+    for round_, path in list_checkpoints(checkpoint_dir):
+        try:
+            state = load_checkpoint(path).get("federation", {})
+            anchor = state.get("audit", {}).get("anchor") if isinstance(state, dict) else None
+        except CheckpointError as exc:
+            problems.append(f"round {round_}: checkpoint {path.name} is unreadable: {exc}")
+            continue
+        if anchor:
+            anchors.append((int(anchor[0]), str(anchor[1])))
+    return anchors, problems

@@ -1,0 +1,149 @@
+"""The ledger of real runs: written by the round loop, checked by `fedgen ledger verify`."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import pytest
+import torch
+from cli_runner import fedgen
+from tiny_federation import tiny_config
+
+from fedgen.engine.backends import local_training
+from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
+from fedgen.experiment import run_experiment
+from fedgen.ledger import LEDGER_FILE, Ledger, generate_key, sign, state_digest, update_message
+
+
+def _cfg(mnist_dir, **overrides):
+    return tiny_config(mnist_dir, **{"eval.every": 0, "eval.final": False, **overrides})
+
+
+def _verify(run_dir, check=True):
+    return fedgen("ledger", "verify", str(run_dir), check=check)
+
+
+@pytest.fixture(scope="module")
+def run_dir(mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ledger") / "run"
+    run_experiment(_cfg(mnist_dir), out, progress=False)
+    return out
+
+
+def test_a_run_logs_every_round_and_verifies(run_dir):
+    # Execute
+    result = _verify(run_dir)
+    # Assert: three rounds of signed updates, and the final model is the last aggregate.
+    assert "ledger verified" in result.stdout and "3 rounds" in result.stdout
+    with Ledger.open(run_dir / LEDGER_FILE, readonly=True) as ledger:
+        aggregates = ledger.entries(kind="aggregate")
+        updates = ledger.entries(kind="update")
+        assert [e.round for e in aggregates] == [0, 1, 2]
+        assert len(updates) == 12  # every client, every round
+    _, newest = list_checkpoints(run_dir / "checkpoints")[-1]
+    final = load_checkpoint(newest)["federation"]["global_state"]
+    assert aggregates[-1].body["digest"] == state_digest(final)
+
+
+def test_worker_processes_sign_what_the_server_logs(mnist_dir, tmp_path):
+    out = tmp_path / "pool"
+    cfg = _cfg(
+        mnist_dir,
+        **{
+            "backend.name": "process_pool",
+            "backend.params": "{workers: 2}",
+            "federation.rounds": 2,
+        },
+    )
+    run_experiment(cfg, out, progress=False)
+    assert "8 updates" in _verify(out).stdout
+
+
+def test_a_resumed_run_continues_its_log_and_matches_an_uninterrupted_one(mnist_dir, tmp_path):
+    # Prepare: an uninterrupted 4-round run, and a 3-round run killed after round 2 was
+    # logged but before its checkpoint took its name (round 2's file is missing).
+    ref = tmp_path / "ref"
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 4}), ref, progress=False)
+    run = tmp_path / "run"
+    run_experiment(_cfg(mnist_dir), run, progress=False)
+    list_checkpoints(run / "checkpoints")[-1][1].unlink()
+    # Execute
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 4}), run, progress=False, resume=True)
+    # Assert: the resume is logged, round 2 logged again identically, the log verifies
+    # with no note of divergence, and the model is the uninterrupted run's.
+    result = _verify(run)
+    assert "1 resumes" in result.stdout and "note:" not in result.stdout
+    with Ledger.open(run / LEDGER_FILE, readonly=True) as ledger:
+        resume = ledger.entries(kind="resume")[0]
+        assert resume.body["from_round"] == 1
+        twice = [e.body["digest"] for e in ledger.entries(round=2, kind="aggregate")]
+    assert len(twice) == 2 and twice[0] == twice[1]
+    with Ledger.open(ref / LEDGER_FILE, readonly=True) as ledger:
+        want = ledger.entries(round=3, kind="aggregate")[0].body["digest"]
+    with Ledger.open(run / LEDGER_FILE, readonly=True) as ledger:
+        assert ledger.entries(round=3, kind="aggregate")[0].body["digest"] == want
+
+
+def test_a_replaced_checkpoint_and_an_edited_row_are_named(run_dir, tmp_path):
+    # Prepare: one copy with round 2's checkpoint swapped for round 1's, one with an
+    # update's digest edited in the database (and its leaf hash recomputed).
+    swapped = tmp_path / "swapped"
+    shutil.copytree(run_dir, swapped)
+    files = [p for _, p in list_checkpoints(swapped / "checkpoints")]
+    shutil.copyfile(files[0], files[-1])
+    edited = tmp_path / "edited"
+    shutil.copytree(run_dir, edited)
+    db = sqlite3.connect(edited / LEDGER_FILE)
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+        db.execute(f"DROP TRIGGER {name}")
+    seq, body = db.execute("SELECT seq, body FROM entries WHERE kind='update' LIMIT 1").fetchone()
+    at = body.index('"digest":"') + len('"digest":"')
+    forged = body[:at] + ("1" if body[at] == "0" else "0") + body[at + 1 :]
+    db.execute("UPDATE entries SET body=? WHERE seq=?", (forged, seq))
+    db.commit()
+    db.close()
+    # Execute
+    bad_ckpt = _verify(swapped, check=False)
+    bad_row = _verify(edited, check=False)
+    # Assert
+    assert bad_ckpt.returncode == 1 and "round_0002.ckpt differs" in bad_ckpt.stdout
+    assert bad_row.returncode == 1 and "problem:" in bad_row.stdout
+
+
+def test_an_update_signed_with_another_key_is_refused_and_logged_as_a_failure(
+    mnist_dir, tmp_path, monkeypatch
+):
+    # Prepare: client 1 signs with a key it never enrolled (an impostor).
+    impostor = generate_key()
+    honest = local_training.sign_result
+
+    def sign_result(result, keys, round):
+        honest(result, keys, round)
+        if keys is not None and result.client_id == 1 and result.update is not None:
+            digest = state_digest(result.update)
+            result.signature = sign(impostor, update_message(keys.run_id, round, 1, digest))
+
+    monkeypatch.setattr(local_training, "sign_result", sign_result)
+    out = tmp_path / "impostor"
+    cfg = _cfg(mnist_dir, **{"strategy.params": "{fraction: 1.0, min_clients: 1}"})
+    # Execute
+    summary = run_experiment(cfg, out, progress=False)
+    # Assert: client 1 failed every round, the rest aggregated, the log verifies.
+    assert summary["failures"] == 3
+    with Ledger.open(out / LEDGER_FILE, readonly=True) as ledger:
+        failures = ledger.entries(kind="failure")
+        assert {e.body["client_id"] for e in failures} == {1}
+        assert all("signature" in e.body["reason"] for e in failures)
+        assert all(e.body["client_id"] != 1 for e in ledger.entries(kind="update"))
+    _verify(out)
+
+
+def test_no_ledger_when_the_recipe_turns_it_off(mnist_dir, tmp_path):
+    out = tmp_path / "off"
+    run_experiment(
+        _cfg(mnist_dir, **{"ledger": False, "federation.rounds": 1}), out, progress=False
+    )
+    assert not (out / LEDGER_FILE).exists()
+    state = load_checkpoint(list_checkpoints(out / "checkpoints")[-1][1])["federation"]
+    assert "audit" not in state and torch.is_tensor(next(iter(state["global_state"].values())))
