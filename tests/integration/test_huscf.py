@@ -151,6 +151,9 @@ def test_resumed_split_run_ends_bit_identical(two_rounds, tmp_path):
     assert a["strategy"]["ema_private"].keys() == b["strategy"]["ema_private"].keys() != set()
     for cid, state in a["strategy"]["ema_private"].items():
         assert all(torch.equal(v, b["strategy"]["ema_private"][cid][k]) for k, v in state.items())
+    # The split run's ledger holds both runs' rounds, signed, and the resume.
+    verified = fedgen("ledger", "verify", str(two_rounds))
+    assert "3 rounds" in verified.stdout and "1 resumes" in verified.stdout
 
 
 def test_more_clusters_than_clients_is_a_clear_error(tmp_path, mnist_dir):

@@ -324,6 +324,11 @@ class Federation:
             # bytes it moved would all reveal it. They stay with the server.
             for key in COHORT_KEYS:
                 metrics.pop(key, None)
+            # Secure aggregation's figures count survivors and dropouts, and its bytes
+            # and seconds grow with the cohort: all but the public clip range go too.
+            for key in [k for k in metrics if k.startswith("secagg/")]:
+                if key != "secagg/clip_range":
+                    del metrics[key]
         if self.privacy is None and self.secagg is None:
             # Per-client losses and norms are computed on private data and released
             # without noise; under DP or secure aggregation they stay on the clients.
