@@ -10,6 +10,7 @@ and ``transform`` (the registered ``"secagg"`` pipeline entry).
 
 from fedgen.transforms.secagg.config import SecAggConfig, SecAggPlan
 from fedgen.transforms.secagg.errors import (
+    MalformedMessageError,
     SecAggConfigError,
     SecAggError,
     SecAggRoundFailedError,
@@ -20,6 +21,7 @@ from fedgen.transforms.secagg.protocol import SecureSum, secure_aggregate, simul
 from fedgen.transforms.secagg.transform import SecureAggregation
 
 __all__ = [
+    "MalformedMessageError",
     "SecAggConfig",
     "SecAggConfigError",
     "SecAggError",

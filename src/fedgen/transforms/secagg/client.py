@@ -28,7 +28,6 @@ from fedgen.transforms.secagg.errors import (
 )
 from fedgen.transforms.secagg.fixed_point import encode, modulus_mask, to_wire
 from fedgen.transforms.secagg.keys import (
-    KEY_BYTES,
     Entropy,
     agree,
     derive,
@@ -42,6 +41,7 @@ from fedgen.transforms.secagg.messages import (
     MaskedInput,
     UnmaskRequest,
     UnmaskResponse,
+    check,
 )
 from fedgen.transforms.secagg.prg import expand_mask
 from fedgen.transforms.secagg.shamir import SHARE_BYTES, share_from_bytes, share_to_bytes, split
@@ -120,15 +120,13 @@ class SecAggClient:
     def share_keys(self, directory: KeyDirectory) -> list[EncryptedShare]:
         """Phase 1: Shamir-share ``s_u^SK`` and ``b_u`` among self and neighbours; encrypt each."""
         self._advance("share_keys", "masked_input")
+        check(directory, KeyDirectory, f"client {self.client_id}")
         if directory.round != self.round:
             raise ShareTamperedError(
                 f"client {self.client_id}: key directory of round {directory.round} "
                 f"received in round {self.round} (replayed); the round is aborted"
             )
         keys = {v: k for v, k in directory.keys.items() if v != self.client_id}
-        for v, (c_pk, s_pk) in keys.items():
-            if len(c_pk) != KEY_BYTES or len(s_pk) != KEY_BYTES:
-                raise SecAggError(f"client {v} advertised malformed public keys")
         if len(set(map(tuple, keys.values()))) != len(keys):
             raise ShareTamperedError("two neighbours advertised the same public keys (replayed)")
         self._neighbours = keys
@@ -163,6 +161,7 @@ class SecAggClient:
         return out
 
     def _open(self, msg: EncryptedShare) -> None:
+        check(msg, EncryptedShare, f"client {self.client_id}")
         if msg.receiver != self.client_id or msg.round != self.round:
             raise ShareTamperedError(
                 f"client {self.client_id} in round {self.round} got a share addressed to client "
@@ -222,6 +221,7 @@ class SecAggClient:
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
         """Phase 3: reveal ``b`` shares of survivors and ``s^SK`` shares of dropouts, never both."""
         self._advance("unmask", "done")
+        check(request, UnmaskRequest, f"client {self.client_id}")
         survivors, dropped = set(request.survivors), set(request.dropped)
         if request.round != self.round:
             raise ShareTamperedError(

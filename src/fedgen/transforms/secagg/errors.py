@@ -28,5 +28,14 @@ class ShareTamperedError(SecAggError, RoundFailedError):
     """
 
 
+class MalformedMessageError(SecAggError, RoundFailedError):
+    """A protocol message has a field of the wrong type, length or range.
+
+    What a decoder of the wire format would refuse. The server treats a client whose
+    key advertisement, share set or masked input it cannot use as a dropout (the
+    protocol's U1/U2/U3); anywhere else the round is aborted.
+    """
+
+
 class SecAggSecurityWarning(UserWarning):
     """A configuration that works but gives weaker guarantees than the default."""

@@ -17,6 +17,8 @@ from typing import Literal
 
 import numpy as np
 
+from fedgen.transforms.secagg.errors import MalformedMessageError
+
 
 def word_bytes(modulus_bits: int) -> int:
     """Bytes of one element of ``Z_(2^k)`` on the wire (2, 4 or 8)."""
@@ -73,6 +75,11 @@ def to_wire(residues: np.ndarray, modulus_bits: int) -> bytes:
 
 
 def from_wire(payload: bytes, modulus_bits: int) -> np.ndarray:
-    """Inverse of ``to_wire``: ``uint64`` residues."""
-    dtype = np.dtype(f"<u{word_bytes(modulus_bits)}")
-    return np.frombuffer(payload, dtype=dtype).astype(np.uint64)
+    """Inverse of ``to_wire``: ``uint64`` residues.
+
+    Raises ``MalformedMessageError`` if ``payload`` is not bytes of whole words.
+    """
+    word = word_bytes(modulus_bits)
+    if not isinstance(payload, bytes) or len(payload) % word:
+        raise MalformedMessageError(f"a masked vector is bytes of whole {word}-byte words")
+    return np.frombuffer(payload, dtype=np.dtype(f"<u{word}")).astype(np.uint64)

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fedgen.transforms.secagg.errors import SecAggError
+from fedgen.transforms.secagg.errors import MalformedMessageError, SecAggError
 
 #: Bytes of an X25519 public or private key.
 KEY_BYTES = 32
@@ -38,6 +38,10 @@ def public_bytes(key: X25519PrivateKey) -> bytes:
 
 def derive(secret: bytes, purpose: str, round: int, *ids: int) -> bytes:
     """A 32-byte key from ``secret`` bound to ``purpose``, ``round`` and ``ids``."""
+    if not all(type(i) is int and 0 <= i < 2**64 for i in (round, *ids)):
+        raise SecAggError(
+            f"round and client ids must be ints in [0, 2^64), got {(round, *ids)!r:.60}"
+        )
     info = _DOMAIN + purpose.encode() + struct.pack(f">Q{len(ids)}Q", round, *ids)
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
 
@@ -49,8 +53,11 @@ def agree(
     try:
         peer = X25519PublicKey.from_public_bytes(peer_public)
         shared = private.exchange(peer)
-    except ValueError as exc:  # wrong length, or a low-order point giving an all-zero secret
-        raise SecAggError(f"invalid public key of client {b}: {exc}") from exc
+    # Not bytes, the wrong length, or a low-order point giving an all-zero secret.
+    except (TypeError, ValueError) as exc:
+        raise MalformedMessageError(f"invalid public key of client {b!r:.20}: {exc}") from None
+    if not (type(a) is int and type(b) is int):
+        raise SecAggError(f"client ids must be ints, got {a!r:.20} and {b!r:.20}")
     return derive(shared, purpose, round, min(a, b), max(a, b))
 
 

@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from fedgen.transforms.secagg.client import (
     PAIRWISE_MASK,
@@ -31,12 +31,12 @@ from fedgen.transforms.secagg.client import (
 )
 from fedgen.transforms.secagg.config import SecAggPlan
 from fedgen.transforms.secagg.errors import (
-    SecAggError,
+    MalformedMessageError,
     SecAggRoundFailedError,
     ShareTamperedError,
 )
-from fedgen.transforms.secagg.fixed_point import from_wire, modulus_mask
-from fedgen.transforms.secagg.keys import KEY_BYTES, agree, derive
+from fedgen.transforms.secagg.fixed_point import from_wire, modulus_mask, word_bytes
+from fedgen.transforms.secagg.keys import agree, derive
 from fedgen.transforms.secagg.messages import (
     AdvertiseKeys,
     EncryptedShare,
@@ -44,6 +44,8 @@ from fedgen.transforms.secagg.messages import (
     MaskedInput,
     UnmaskRequest,
     UnmaskResponse,
+    is_id,
+    problem,
 )
 from fedgen.transforms.secagg.prg import expand_mask
 from fedgen.transforms.secagg.shamir import reconstruct, share_from_bytes
@@ -77,6 +79,8 @@ class SecAggServer:
         self.shared: set[int] = set()  # U2: sent their encrypted shares
         self.masked: set[int] = set()  # U3: sent a masked input
         self.masked_sum = np.zeros(vector_length, dtype=np.uint64)
+        #: Clients treated as dropouts because a message of theirs was unusable, and why.
+        self.refused: dict[int, str] = {}
 
     def _check_round(self, who: int, round: int, what: str) -> None:
         if round != self.round:
@@ -86,15 +90,27 @@ class SecAggServer:
             )
 
     def collect_keys(self, adverts: Sequence[AdvertiseKeys]) -> dict[int, KeyDirectory]:
-        """Phase 0: store public keys; give each client its neighbours' keys."""
+        """Phase 0: store public keys; give each client its neighbours' keys.
+
+        A client whose advertisement is malformed or whose keys are not usable X25519
+        points is left out of U1: a dropout, as if it had sent nothing.
+        """
+        seen: set[int] = set()
         for a in adverts:
-            self._check_round(a.client_id, a.round, "advertised keys")
-            if a.client_id not in self.graph or a.client_id in self.public_keys:
+            why = problem(a, AdvertiseKeys)
+            if why is not None and not is_id(getattr(a, "client_id", None)):
+                continue  # unattributable: its sender is a client that sent nothing
+            if a.client_id not in self.graph or a.client_id in seen:
                 raise ShareTamperedError(
                     f"server: keys from unknown or repeated client {a.client_id}; round aborted"
                 )
-            if len(a.encryption_key) != KEY_BYTES or len(a.mask_key) != KEY_BYTES:
-                raise SecAggError(f"client {a.client_id} advertised malformed public keys")
+            seen.add(a.client_id)
+            if why is None:
+                self._check_round(a.client_id, a.round, "advertised keys")
+                why = _unusable_keys(a)
+            if why is not None:
+                self.refused[a.client_id] = f"advertised keys: {why}"
+                continue
             self.public_keys[a.client_id] = (a.encryption_key, a.mask_key)
         return {
             u: KeyDirectory(
@@ -104,17 +120,45 @@ class SecAggServer:
         }
 
     def route_shares(self, shares: Sequence[EncryptedShare]) -> dict[int, list[EncryptedShare]]:
-        """Phase 1: forward each ciphertext to its receiver; the senders form U2."""
-        inbox: dict[int, list[EncryptedShare]] = defaultdict(list)
+        """Phase 1: forward each ciphertext to its receiver; the senders form U2.
+
+        A sender whose shares are malformed, or who did not send one to each neighbour in
+        U1, is left out of U2 and none of its shares is forwarded: a dropout, whose
+        neighbours then hold no share of it and add no mask with it. A share that cannot
+        be attributed to a sender, or a second one for the same receiver, aborts the round.
+        """
+        sent: dict[int, list[EncryptedShare]] = defaultdict(list)
         for s in shares:
+            why = problem(s, EncryptedShare)
+            if why is not None and not is_id(getattr(s, "sender", None)):
+                raise MalformedMessageError(
+                    f"server, round {self.round}: a share message without a valid sender "
+                    f"({why}); its shares cannot be routed, round aborted"
+                )
+            if why is not None:
+                self.refused[s.sender] = f"encrypted share: {why}"
+                continue
             self._check_round(s.sender, s.round, "an encrypted share")
             if s.sender not in self.public_keys or s.receiver not in self.graph.get(s.sender, ()):
                 raise ShareTamperedError(
                     f"server: share from client {s.sender} to {s.receiver}, who are not "
                     "neighbours in this round; round aborted"
                 )
-            self.shared.add(s.sender)
-            inbox[s.receiver].append(s)
+            if any(m.receiver == s.receiver for m in sent[s.sender]):
+                raise ShareTamperedError(
+                    f"server: client {s.sender} sent two shares to client {s.receiver} "
+                    "(replayed or swapped); round aborted"
+                )
+            sent[s.sender].append(s)
+        inbox: dict[int, list[EncryptedShare]] = defaultdict(list)
+        for sender, messages in sorted(sent.items()):
+            expected = {v for v in self.graph[sender] if v in self.public_keys}
+            if sender in self.refused or {m.receiver for m in messages} != expected:
+                self.refused.setdefault(sender, "encrypted shares: not one to each neighbour")
+                continue
+            self.shared.add(sender)
+            for m in messages:
+                inbox[m.receiver].append(m)
         return {u: inbox.get(u, []) for u in sorted(self.shared)}
 
     def _check_enough(self, alive: set[int], stage: str) -> None:
@@ -141,20 +185,27 @@ class SecAggServer:
     def collect_masked(self, inputs: Sequence[MaskedInput]) -> dict[int, UnmaskRequest]:
         """Phase 2: sum the masked vectors (U3); ask each survivor for the shares needed."""
         k = self.plan.modulus_bits
+        expected = self.vector_length * word_bytes(k)
+        seen: set[int] = set()
         for m in inputs:
-            self._check_round(m.client_id, m.round, "a masked input")
-            if m.client_id not in self.shared or m.client_id in self.masked:
+            why = problem(m, MaskedInput)
+            if why is not None and not is_id(getattr(m, "client_id", None)):
+                continue  # unattributable: its sender is a client that sent nothing
+            if why is None:
+                self._check_round(m.client_id, m.round, "a masked input")
+            if m.client_id not in self.shared or m.client_id in seen:
                 raise ShareTamperedError(
                     f"server: masked input from client {m.client_id} that did not share keys "
                     "or sent twice (replayed); round aborted"
                 )
-            vec = from_wire(m.payload, k)
-            if vec.shape[0] != self.vector_length:
-                raise SecAggError(
-                    f"masked input of client {m.client_id} has {vec.shape[0]} coordinates, "
-                    f"expected {self.vector_length}"
-                )
-            self.masked_sum += vec
+            seen.add(m.client_id)
+            if why is None and len(m.payload) != expected:
+                why = f"{len(m.payload)} bytes, expected {expected}"
+            if why is not None:
+                # Not in U3: a dropout of this phase, whose masks unmasking removes.
+                self.refused[m.client_id] = f"masked input: {why}"
+                continue
+            self.masked_sum += from_wire(m.payload, k)
             self.masked.add(m.client_id)
         self.masked_sum &= modulus_mask(k)
         self._check_enough(self.masked, "masked-input collection")
@@ -178,27 +229,50 @@ class SecAggServer:
         dropped = self.shared - self.masked
         seed_shares: dict[int, dict[int, int]] = defaultdict(dict)
         key_shares: dict[int, dict[int, int]] = defaultdict(dict)
-        responders = set()
+        responders, seen = set(), set()
         for r in responses:
-            self._check_round(r.client_id, r.round, "an unmask response")
-            if r.client_id not in self.masked or r.client_id in responders:
+            why = problem(r, UnmaskResponse)
+            if why is not None and not is_id(getattr(r, "client_id", None)):
+                continue  # unattributable: as if its sender had not answered
+            if why is None:
+                self._check_round(r.client_id, r.round, "an unmask response")
+            if r.client_id not in self.masked or r.client_id in seen:
                 raise ShareTamperedError(
                     f"server: unmask response from client {r.client_id} that sent no masked "
                     "input or answered twice; round aborted"
                 )
+            seen.add(r.client_id)
+            if why is not None:
+                continue  # a response the server cannot read counts as none
             if set(r.self_mask_shares) & set(r.key_shares):
                 raise ShareTamperedError(
                     f"client {r.client_id} revealed both shares of one client; round aborted"
                 )
+            try:
+                seeds = {u: share_from_bytes(d) for u, d in r.self_mask_shares.items()}
+                keys = {u: share_from_bytes(d) for u, d in r.key_shares.items()}
+            except MalformedMessageError:
+                continue  # a share outside the field: as if the client had not answered
             responders.add(r.client_id)
             x = shamir_point(r.client_id)
-            for owner, data in r.self_mask_shares.items():
+            for owner, value in seeds.items():
                 if owner in self.masked:
-                    seed_shares[owner][x] = share_from_bytes(data)
-            for owner, data in r.key_shares.items():
+                    seed_shares[owner][x] = value
+            for owner, value in keys.items():
                 if owner in dropped:
-                    key_shares[owner][x] = share_from_bytes(data)
+                    key_shares[owner][x] = value
         self._check_enough(responders, "unmasking")
+        for what, owners, held in (
+            ("self-mask seed", self.masked, seed_shares),
+            ("mask key", dropped, key_shares),
+        ):
+            for u in sorted(owners):
+                if len(held[u]) < t:
+                    raise SecAggRoundFailedError(
+                        f"secure aggregation round {self.round} fails: only {len(held[u])} "
+                        f"shares of client {u}'s {what} arrived, threshold {t}; {self._hint}, "
+                        "or sample more clients per round / reduce dropouts"
+                    )
         total = self.masked_sum
         n = self.vector_length
         for u in sorted(self.masked):
@@ -223,6 +297,22 @@ class SecAggServer:
                 else:
                     total += mask
         return total & modulus_mask(k)
+
+
+def _unusable_keys(advert: AdvertiseKeys) -> str | None:
+    """Why the advertised keys are no X25519 public keys a peer could agree with, or None.
+
+    A low-order point gives every peer the all-zero secret: ``cryptography`` refuses the
+    exchange, which would abort each honest neighbour; the server drops the client instead.
+    """
+    for name in ("encryption_key", "mask_key"):
+        try:
+            X25519PrivateKey.generate().exchange(
+                X25519PublicKey.from_public_bytes(getattr(advert, name))
+            )
+        except ValueError as exc:
+            return f"{name} is not a usable X25519 key ({exc})"
+    return None
 
 
 def _secret_bytes(value: int, owner: int, round: int) -> bytes:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 
-from fedgen.transforms.secagg.errors import SecAggError
+from fedgen.transforms.secagg.errors import MalformedMessageError, SecAggError
 
 #: The smallest prime above 2^256 (2^256 + 297): every 32-byte secret is a field element.
 PRIME = 2**256 + 297
@@ -73,7 +73,18 @@ def lagrange_at_zero(xs: tuple[int, ...], prime: int = PRIME) -> tuple[int, ...]
 
 
 def reconstruct(shares: Mapping[int, int], threshold: int, prime: int = PRIME) -> int:
-    """The secret from at least ``threshold`` shares ``{x: f(x)}`` (the ``threshold`` lowest x)."""
+    """The secret from at least ``threshold`` shares ``{x: f(x)}`` (the ``threshold`` lowest x).
+
+    Raises ``SecAggError`` unless the points are field elements other than 0 and the
+    values field elements (what ``share_from_bytes`` yields), and ``threshold`` >= 1.
+    """
+    if type(threshold) is not int or threshold < 1:
+        raise SecAggError(f"threshold must be an int >= 1, got {threshold!r:.40}")
+    for x, y in shares.items():
+        if not (type(x) is int and 0 < x < prime and type(y) is int and 0 <= y < prime):
+            raise SecAggError(
+                f"share ({x!r:.40}, {y!r:.40}) is not a nonzero point with a field value"
+            )
     if len(shares) < threshold:
         raise SecAggError(f"{len(shares)} shares cannot rebuild a {threshold}-of-n secret")
     xs = tuple(sorted(shares)[:threshold])
@@ -88,7 +99,9 @@ def share_to_bytes(value: int) -> bytes:
 
 def share_from_bytes(data: bytes) -> int:
     """Inverse of ``share_to_bytes``; rejects values outside the field."""
+    if not isinstance(data, bytes) or len(data) != SHARE_BYTES:
+        raise MalformedMessageError(f"malformed share: not {SHARE_BYTES} bytes")
     value = int.from_bytes(data, "big")
-    if len(data) != SHARE_BYTES or value >= PRIME:
-        raise SecAggError("malformed share: wrong length or not a field element")
+    if value >= PRIME:
+        raise MalformedMessageError("malformed share: not a field element")
     return value

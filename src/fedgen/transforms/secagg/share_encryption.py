@@ -14,7 +14,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from fedgen.transforms.secagg.errors import ShareTamperedError
+from fedgen.transforms.secagg.errors import SecAggError, ShareTamperedError
 from fedgen.transforms.secagg.keys import Entropy
 
 NONCE_BYTES = 12
@@ -36,9 +36,21 @@ def encrypt(
 
 
 def decrypt(key: bytes, ciphertext: bytes, round: int, sender: int, receiver: int) -> bytes:
-    """The plaintext; raise ``ShareTamperedError`` if anything it is bound to does not match."""
-    nonce, body = ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:]
+    """The plaintext; raise ``ShareTamperedError`` if anything it is bound to does not match.
+
+    ``SecAggError`` if ``key`` is not a 32-byte key or an id is not a 64-bit number (the
+    caller's values, not the wire's).
+    """
+    if not (isinstance(key, bytes) and len(key) == 32):
+        raise SecAggError("share encryption keys are 32 bytes (HKDF output)")
+    if not all(type(i) is int and 0 <= i < 2**64 for i in (round, sender, receiver)):
+        raise SecAggError(
+            f"round and client ids must be ints in [0, 2^64), got {(round, sender, receiver)!r:.60}"
+        )
     try:
+        if not isinstance(ciphertext, bytes):
+            raise ValueError("not bytes")
+        nonce, body = ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:]
         return AESGCM(key).decrypt(nonce, body, associated_data(round, sender, receiver))
     except (InvalidTag, ValueError):
         raise ShareTamperedError(
