@@ -117,8 +117,11 @@ class Restorable(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-#: Keys of a federation state that checkpoints written before them may lack.
-_OPTIONAL = frozenset({"noise_key", "audit"})
+#: Keys every federation state has; others (noise key, privacy, ledger) depend on the
+#: run and its age, and ``load_state_dict`` says what to do when one is missing.
+_REQUIRED = ("next_round", "global_state", "private_states", "strategy", "transforms", "history")
+#: Parts of a state checked field by field; every other part only for its tensors.
+_PLAIN = frozenset({"next_round", "global_state", "private_states", "history", "noise_key"})
 
 
 def restore_checkpoint(
@@ -137,6 +140,17 @@ def restore_checkpoint(
     or a federation state that does not fit ``target`` (``restore_state``).
     """
     payload = load_checkpoint(path)
+    state = check_payload(payload, path, format=format, fingerprint=fingerprint)
+    restore_state(target, state, path, private_reference)
+    return payload
+
+
+def check_payload(payload: dict[str, Any], path: Path, *, format: int, fingerprint: str) -> Any:
+    """The payload's federation state, if the payload is of ``format`` and ``fingerprint``.
+
+    Raises ``CheckpointError`` otherwise. Values are compared by type first: a payload
+    can hold a tensor where a number belongs, and ``tensor != 1`` is no bool.
+    """
     found = payload.get("format")
     if type(found) is not int or found != format:
         raise CheckpointError(f"{path} has format {_short(found)}, expected {format}")
@@ -147,8 +161,9 @@ def restore_checkpoint(
             f"{fingerprint}); resume with the run folder's own config.yaml, changing only "
             "rounds/eval"
         )
-    restore_state(target, payload.get("federation"), path, private_reference)
-    return payload
+    if not isinstance(payload.get("federation"), dict):
+        raise CheckpointError(f"{path} holds no federation state; it is not a run checkpoint")
+    return payload["federation"]
 
 
 def restore_state(
@@ -207,9 +222,9 @@ def _check_state(
 
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise fail(f"its federation state is {_short(state)}, not a mapping of names")
-    missing = reference.keys() - state.keys() - _OPTIONAL
+    missing = [key for key in _REQUIRED if key not in state]
     if missing:
-        raise fail(f"missing {', '.join(sorted(missing))}")
+        raise fail(f"missing {', '.join(missing)}")
     next_round = state["next_round"]
     if type(next_round) is not int or next_round < 0:
         raise fail(f"next_round is {_short(next_round)}, not a round number")
@@ -246,12 +261,11 @@ def _check_state(
     history = state["history"]
     if not isinstance(history, list) or not all(isinstance(m, dict) for m in history):
         raise fail("history is not a list of round records")
-    for key in ("strategy", "privacy"):
-        if key in reference and not isinstance(state.get(key), dict):
-            raise fail(f"{key} is {_short(state.get(key))}, not a mapping")
-    for key in ("strategy", "transforms", "privacy"):
-        if key in state:
-            _check_nested(state[key], key, fail, model)
+    for key, value in state.items():
+        if isinstance(reference.get(key), dict) and not isinstance(value, dict):
+            raise fail(f"{key} is {_short(value)}, not a mapping")
+        if key not in _PLAIN:
+            _check_nested(value, key, fail, model)
     return state
 
 
