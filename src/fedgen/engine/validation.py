@@ -21,6 +21,8 @@ MAX_AUXILIARY = 1.0
 #: Longest metric name and most metrics one client may report.
 MAX_METRIC_NAME = 64
 MAX_METRICS = 64
+#: Longest signature accepted, in hex digits (an Ed25519 signature has 128).
+MAX_SIGNATURE = 256
 
 
 def check_update(
@@ -110,7 +112,8 @@ def check_result(
       the weighted mean);
     - ``metrics`` is at most ``MAX_METRICS`` names (text up to ``MAX_METRIC_NAME``
       characters) with finite int or float values;
-    - ``bytes_up`` is an int >= 0; ``extras`` maps names to finite dense tensors;
+    - ``bytes_up`` and ``bytes_down`` are ints >= 0; ``signature`` is None or hex (the
+      ledger verifies it); ``extras`` maps names to finite dense tensors;
       ``private_keys`` is a frozenset of the update's model keys.
 
     Raises:
@@ -137,12 +140,20 @@ def check_result(
             f"num_examples {n} exceeds the client's {max_examples} training examples"
         )
     _check_metrics(result.metrics)
-    if (
-        not isinstance(result.bytes_up, int)
-        or isinstance(result.bytes_up, bool)
-        or result.bytes_up < 0
+    for name in ("bytes_up", "bytes_down"):
+        count = getattr(result, name)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ClientUpdateError(f"{name} must be an int >= 0, got {_short(count)}")
+    signature = result.signature
+    if signature is not None and not (
+        isinstance(signature, str)
+        and len(signature) <= MAX_SIGNATURE
+        and all(c in "0123456789abcdef" for c in signature)
     ):
-        raise ClientUpdateError(f"bytes_up must be an int >= 0, got {_short(result.bytes_up)}")
+        raise ClientUpdateError(
+            f"signature must be lowercase hex of at most {MAX_SIGNATURE} digits, "
+            f"got {_short(signature)}"
+        )
     if not isinstance(result.extras, dict):
         raise ClientUpdateError(f"extras must be a dict of tensors, got {_short(result.extras)}")
     for key, value in result.extras.items():

@@ -139,6 +139,8 @@ def hostile_results(draw: st.DrawFn) -> Any:
         ),
         failure=draw(st.one_of(st.none(), st.none(), st.text(max_size=5), scalars)),
         bytes_up=draw(st.one_of(st.integers(0, 10**6), st.integers(-5, 5), scalars)),
+        bytes_down=draw(st.one_of(st.integers(0, 10**6), st.integers(-5, 5), scalars)),
+        signature=draw(st.one_of(st.none(), st.text("0123456789abcdef", max_size=130), scalars)),
         extras=draw(
             st.one_of(
                 st.just({}),
@@ -192,7 +194,11 @@ def test_any_result_is_rejected_or_safe_to_aggregate(result: Any) -> None:
     assert result.client_id == 4
     n = result.num_examples
     assert isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_EXAMPLES
-    assert isinstance(result.bytes_up, int) and result.bytes_up >= 0
+    for count in (result.bytes_up, result.bytes_down):
+        assert type(count) is int and count >= 0
+    assert result.signature is None or (
+        isinstance(result.signature, str) and set(result.signature) <= set("0123456789abcdef")
+    )
     assert all(
         isinstance(k, str) and type(v) in (int, float) and math.isfinite(v)
         for k, v in result.metrics.items()
