@@ -54,23 +54,16 @@ def run(
     ] = False,
 ) -> None:
     """Train an experiment (default: cGAN on Fashion-MNIST, 10 clients, Dirichlet 0.5, FedAvg)."""
-    from fedgen.config import load_config, parse_config
+    from fedgen.config import load_config
     from fedgen.experiment import run_experiment
 
     try:
         if resume is not None:
-            import yaml
-
             cfg_file = resume / "config.yaml"
             if not cfg_file.is_file():
                 raise FedgenError(f"{resume} is not a run folder (no config.yaml)")
-            raw = yaml.safe_load(cfg_file.read_text())
-            from fedgen.config import apply_override, validate_components_of
-
-            for item in set_ or []:
-                apply_override(raw, item)
-            cfg = parse_config(raw)
-            validate_components_of(cfg)
+            # The run's own recipe, read like any recipe: a damaged file is a clear error.
+            cfg = load_config(cfg_file, set_ or [])
             run_dir = resume
         else:
             cfg = load_config(config, set_ or [])

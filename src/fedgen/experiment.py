@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from fedgen.config import ExperimentConfig, load_config, parse_config
+from fedgen.config import ExperimentConfig, load_config
 from fedgen.data.client_data import ClientData
 from fedgen.engine.audit import RunAudit
 from fedgen.engine.callbacks import (
@@ -28,7 +27,12 @@ from fedgen.engine.callbacks import (
     MetricsWriter,
     ProgressCallback,
 )
-from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
+from fedgen.engine.checkpoint import (
+    check_payload,
+    list_checkpoints,
+    load_checkpoint,
+    restore_state,
+)
 from fedgen.engine.faults import FaultPlan
 from fedgen.engine.federation import Callback, Federation
 from fedgen.engine.ledger_callback import LedgerCallback
@@ -374,7 +378,10 @@ def restore_latest(fed: Federation, ckpt_dir: Path, cfg: ExperimentConfig) -> in
             log.warning("skipping a damaged checkpoint: %s", exc)
             damaged.append(f"{path.name}: {exc}")
             continue
-        check_checkpoint_meta(payload, path, cfg)
+        # Intact bytes that do not fit this experiment are an error, never skipped.
+        state = check_payload(
+            payload, path, format=CHECKPOINT_FORMAT, fingerprint=cfg.fingerprint()
+        )
         if damaged:
             log.warning(
                 "resuming from %s (after round %d); %d newer checkpoint(s) were damaged "
@@ -383,28 +390,12 @@ def restore_latest(fed: Federation, ckpt_dir: Path, cfg: ExperimentConfig) -> in
                 round_,
                 len(damaged),
             )
-        fed.load_state_dict(payload["federation"])
+        restore_state(fed, state, path, fed.task.private_state())
         return round_
     raise CheckpointError(
         f"every checkpoint in {ckpt_dir} is damaged, so the run cannot resume; start it "
         "again without --resume in a new --out folder. Damage found:\n  " + "\n  ".join(damaged)
     )
-
-
-def check_checkpoint_meta(payload: dict[str, Any], path: Path, cfg: ExperimentConfig) -> None:
-    """Raise ``CheckpointError`` if ``payload`` is of another format or experiment."""
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path} has format {payload.get('format')}, expected {CHECKPOINT_FORMAT}"
-        )
-    if payload.get("fingerprint") != cfg.fingerprint():
-        raise CheckpointError(
-            f"{path} belongs to a different experiment (fingerprint "
-            f"{payload.get('fingerprint')} != {cfg.fingerprint()}); resume "
-            "with the run folder's own config.yaml, changing only rounds/eval"
-        )
-    if not isinstance(payload.get("federation"), dict):
-        raise CheckpointError(f"{path} holds no federation state; it is not a run checkpoint")
 
 
 def write_summary(
@@ -494,7 +485,7 @@ def load_run(run_dir: str | Path) -> Experiment:
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
-    cfg = parse_config(yaml.safe_load(cfg_path.read_text()))
+    cfg = load_config(cfg_path, validate_components=False)
     exp = build_experiment(cfg)
     restore_latest(exp.federation, run_dir / "checkpoints", cfg)
     return exp

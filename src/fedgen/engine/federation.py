@@ -30,7 +30,7 @@ from fedgen.data.client_data import ClientData
 from fedgen.engine.audit import RoundAudit, RunAudit
 from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.faults import FaultPlan
-from fedgen.engine.validation import check_update
+from fedgen.engine.validation import check_result
 from fedgen.errors import ClientUpdateError, RoundFailedError
 from fedgen.ledger import state_digest
 from fedgen.privacy.noise_key import key_from_state, key_to_state
@@ -213,45 +213,53 @@ class Federation:
         bytes_up = 0
         bytes_down: dict[int, int] = {}
 
+        expected, seen = set(plan.client_ids), set()
+
         def accepted() -> Iterator[ClientResult]:
             nonlocal bytes_up
-            results = self.backend.run(plan, work, self.clients, self.private_states)
-            for res in results:
-                bytes_up += res.bytes_up
-                bytes_down[res.client_id] = res.bytes_down
+            for res in self.backend.run(plan, work, self.clients, self.private_states):
+                cid = res.client_id
+                # Before anything reads it, a result must name a client the work went to,
+                # once: the id keys the failures, the weights and the ledger.
+                if type(cid) is not int or cid not in expected or cid in seen:
+                    log.warning("round %d: dropped a result that names client %.40r", r, cid)
+                    continue
+                seen.add(cid)
+                if res.failure is None:
+                    # Under secagg this stands for the client's own check before masking:
+                    # a real server could not inspect the update.
+                    try:
+                        check_result(
+                            res,
+                            self.global_state,
+                            self.max_update_norm,
+                            self.auxiliary_keys,
+                            max_examples=self.clients[cid].num_examples,
+                            client_id=cid,
+                        )
+                    except ClientUpdateError as exc:
+                        res.failure, res.update = f"rejected update: {exc}", None
+                bytes_up += _count(res.bytes_up)
+                bytes_down[cid] = _count(res.bytes_down)
                 signed = None
-                if res.ok and audit is not None and self.secagg is None:
-                    # Authenticity before validity: an update its client did not sign
-                    # is refused whatever it holds.
-                    assert self.audit is not None
+                if res.ok and self.audit is not None and self.secagg is None:
+                    # A valid update its client did not sign is refused all the same.
                     signed = self.audit.check_signature(res, r)
                     if signed is None:
                         res.failure = (
                             "the update's signature does not verify under the client's enrolled key"
                         )
-                if res.ok:
-                    # Under secagg this stands for the client's own check before masking:
-                    # a real server could not inspect the update.
-                    try:
-                        assert res.update is not None
-                        check_update(
-                            res.update,
-                            self.global_state,
-                            self.max_update_norm,
-                            self.auxiliary_keys,
-                        )
-                    except ClientUpdateError as exc:
-                        res.failure = f"rejected update: {exc}"
                 if not res.ok:
-                    log.warning("round %d: client %d failed: %s", r, res.client_id, res.failure)
-                    failures[res.client_id] = res.failure or "no update"
+                    reason = str(res.failure or "no update")[:200]
+                    log.warning("round %d: client %d failed: %s", r, cid, reason)
+                    failures[cid] = reason
                     continue
                 client_metrics.append({**res.metrics, "examples": float(res.num_examples)})
                 if audit is not None:
-                    audit.aggregated.append(res.client_id)
+                    audit.aggregated.append(cid)
                     if signed is not None:
                         digest, signature = signed
-                        audit.updates.append((res.client_id, digest, res.num_examples, signature))
+                        audit.updates.append((cid, digest, res.num_examples, signature))
                 yield res
 
         metrics: dict[str, Any] = {"round": r}
@@ -332,7 +340,9 @@ class Federation:
         if self.privacy is None and self.secagg is None:
             # Per-client losses and norms are computed on private data and released
             # without noise; under DP or secure aggregation they stay on the clients.
-            metrics.update(_weighted_means(client_metrics))
+            # A client's figure never overwrites one of the loop's own (round, bytes...).
+            means = _weighted_means(client_metrics)
+            metrics.update({k: v for k, v in means.items() if k not in metrics})
         if self.privacy is not None:
             metrics.update(self.privacy.record(plan.client_ids, aggregated))
         metrics["seconds"] = time.perf_counter() - t0
@@ -463,6 +473,19 @@ class Federation:
             raise CheckpointError(f"the checkpoint's DP noise key is malformed: {exc}") from exc
         self.private_states = {int(k): v for k, v in state["private_states"].items()}
         self.strategy.load_state_dict(state["strategy"])
+        # A strategy's own state (e.g. a moving average) must still give a whole model,
+        # or the next round or sample would fail far from the cause.
+        sampled = self.strategy.evaluation_state(self.global_state)
+        if sampled.keys() != self.global_state.keys() or any(
+            not isinstance(sampled[k], torch.Tensor) or sampled[k].shape != v.shape
+            for k, v in self.global_state.items()
+        ):
+            from fedgen.errors import CheckpointError
+
+            raise CheckpointError(
+                "the checkpoint's strategy state (e.g. its moving average, ema) does not cover "
+                "this model's tensors; resume with the run folder's own config.yaml"
+            )
         for t, s in zip(self.transforms, state["transforms"], strict=True):
             t.load_state_dict(s)
         if self.privacy is not None:
@@ -511,6 +534,11 @@ def _plain(config: dict[str, Any]) -> dict[str, Any]:
         else:
             out[str(k)] = repr(v)
     return out
+
+
+def _count(value: object) -> int:
+    """A byte count a client reported, or 0 when it is not one."""
+    return value if type(value) is int and value >= 0 else 0
 
 
 #: Per-round metric keys that reveal the sampled cohort (withheld under client-level DP).

@@ -292,11 +292,6 @@ def test_a_good_checkpoint_restores_exactly(runs: dict[str, Trained], folder: Pa
 # -- through the experiment ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="experiment.restore_latest still calls Federation.load_state_dict directly; "
-    "the lead is to call fedgen.engine.checkpoint.restore_checkpoint (see the fuzz report)",
-)
 def test_restore_latest_refuses_a_payload_of_the_wrong_structure(
     runs: dict[str, Trained], tmp_path: Path
 ) -> None:
@@ -311,11 +306,6 @@ def test_restore_latest_refuses_a_payload_of_the_wrong_structure(
         restore_latest(run.fed, tmp_path, run.cfg)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FedAvg.load_state_dict takes any mapping as its moving average; the next round "
-    "or sample then fails on the missing tensors (strategy owner: require the global keys)",
-)
 def test_a_moving_average_missing_tensors_is_refused(runs: dict[str, Trained], folder: Path):
     run = runs["ema"]
     payload = run.payload()
