@@ -9,8 +9,9 @@ of checkpoint files), runs the real command ``python -m fedgen.cli ledger verify
 appends a row to ``benchmarks/results/faults.md``: the case, what changed, the exit status,
 whether it was detected, the first problem line and the seconds the command took.
 
-Two cases go beyond what the ledger alone can promise and show what an attacker gets from the
-run folder itself: the checkpoints hold every signing key and the only outside anchors.
+Two cases attack the whole run folder, checkpoints included: they are caught by what the
+server keeps outside it, in its key store (``fedgen.engine.keystore``): the private signing
+keys and every signed tree head, which ``fedgen ledger verify`` pins.
 
     taskset -c 0 .venv/bin/python benchmarks/tamper.py [--work DIR] [--out FILE]
 """
@@ -43,7 +44,6 @@ from fedgen.ledger import (
     file_digest,
     generate_key,
     leaf_data,
-    private_key_from_hex,
     public_key_hex,
     sign,
     tree_head_message,
@@ -307,17 +307,24 @@ def deleted_ledger(run: Path) -> str:
     return "ledger.sqlite deleted"
 
 
-def rewritten_with_run_keys(run: Path) -> str:
-    """Round 2's update of one client replaced, re-signed with that client's own key and every
-    tree head with the server's own key, both read from a checkpoint in the run folder; each
-    kept checkpoint's anchor rewritten to the new log and its entry to the new file digest."""
+def rewritten_and_re_keyed(run: Path) -> str:
+    """Round 2's update of one client replaced; as the run folder holds no private key (they
+    stay in the key store), the attacker re-keys the whole log: a new server key in run_start,
+    a new key in every enrolment, every update re-signed, every tree head re-signed, and each
+    kept checkpoint's anchor and entry rewritten to match."""
     checkpoints = list_checkpoints(run / "checkpoints")
-    audit = load_checkpoint(checkpoints[-1][1])["federation"]["audit"]
-    server = private_key_from_hex(audit["server_key"])
+    server = generate_key()
     with LedgerFile(run) as db:
-        seq, _, _, body = db.rows("update", round=2)[0]
-        key = private_key_from_hex(audit["client_keys"][str(body["client_id"])])
-        client = db.replace_update(seq, "d" * 64, key)
+        (start, _, _, body), *_ = db.rows("run_start")
+        db.set_body(start, {**body, "server_public_key": public_key_hex(server)})
+        keys: dict[Any, Ed25519PrivateKey] = {}
+        for seq, _, _, enrol in db.rows("enrol"):
+            keys[enrol["client_id"]] = key = generate_key()
+            db.set_body(seq, {**enrol, "public_key": public_key_hex(key)})
+        target, _, _, victim = db.rows("update", round=2)[0]
+        for seq, _, _, update in db.rows("update"):
+            digest = "d" * 64 if seq == target else update["digest"]
+            db.replace_update(seq, digest, keys[update["client_id"]])
         # In round order: a checkpoint's entry sits before the next checkpoint's anchor.
         for _, path in checkpoints:
             payload = load_checkpoint(path)
@@ -329,9 +336,9 @@ def rewritten_with_run_keys(run: Path) -> str:
             db.set_body(entry, {**logged_body, "digest": file_digest(path)})
         db.write_heads(db.heads(), server)
     return (
-        f"round 2, client {client} (seq {seq}): digest → dddd…, re-signed with its own key and "
-        f"every tree head with the server's, both read from {checkpoints[-1][1].name}; the "
-        f"{len(checkpoints)} checkpoints' anchors and entries rewritten to match"
+        f"round 2, client {victim['client_id']} (seq {target}): digest → dddd…; the whole log "
+        f"re-keyed (server key, {len(keys)} enrolments, every update and head re-signed) and "
+        f"the {len(checkpoints)} checkpoints' anchors and entries rewritten to match"
     )
 
 
@@ -353,11 +360,11 @@ CASES: list[tuple[str, Callable[[Path], str]]] = [
     ("forged tree head", forged_head),
     ("deleted ledger", deleted_ledger),
 ]
-#: What the run folder itself hands an attacker: removing the checkpoints removes the only
-#: anchors kept outside the ledger, and every checkpoint holds every private signing key.
+#: Attacks by whoever holds the whole run folder, checkpoints included: caught only by
+#: what the server keeps outside it (its key store: the signing keys and every signed head).
 BEYOND_THE_LEDGER: list[tuple[str, Callable[[Path], str]]] = [
     ("cut back, later checkpoints deleted", lambda run: cut_back(run, delete_checkpoints=True)),
-    ("history rewritten with the run's own keys", rewritten_with_run_keys),
+    ("history rewritten and the whole log re-keyed", rewritten_and_re_keyed),
 ]
 
 
@@ -425,9 +432,9 @@ def main() -> None:
                 "verified by `python -m fedgen.cli ledger verify COPY` in a subprocess; verify "
                 "s is its wall time, interpreter start and imports included; RUN stands for "
                 "the copy's path",
-                "the last two cases use what the run folder itself gives an attacker: "
-                "removing the checkpoints removes the anchors, and checkpoints hold the "
-                "server's and every client's private signing key",
+                "the last two cases attack the whole run folder, checkpoints included; "
+                "verify pins the server key and the signed heads from the key store "
+                "(FEDGEN_KEY_DIR), outside the folder, where the private keys also stay",
             ],
         )
         commit = current_commit()
@@ -447,7 +454,7 @@ def main() -> None:
             "commit": commit,
             "case": "total",
             "what was changed": f"attacks on the ledger and checkpoints: {ours} of {len(CASES)} "
-            f"detected; with the run folder's own anchors and keys: {beyond} of "
+            f"detected; on the whole run folder, against the key store: {beyond} of "
             f"{len(BEYOND_THE_LEDGER)}",
             "detected": f"{ours + beyond} of {len(caught)} ({(ours + beyond) / len(caught):.0%})",
         }

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 # Passive OpenMP waits: on a loaded 2-core machine spinning threads make torch
 # several times slower. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Runs' ledger keys go to a key store of this test session, not the user's.
+os.environ.setdefault("FEDGEN_KEY_DIR", tempfile.mkdtemp(prefix="fedgen-keys-"))
 
 import pytest
 

@@ -257,12 +257,34 @@ def ledger_verify(
     Exit status 0 when all holds; otherwise 1, with one line per problem naming the round,
     the client and what differs.
     """
+    from fedgen.engine.keystore import KeyStore
     from fedgen.engine.ledger_callback import checkpoint_anchors
-    from fedgen.ledger import verify_run
+    from fedgen.ledger import LEDGER_FILE, Ledger, verify_run
 
     if not run_dir.is_dir():
         _fail(FedgenError(f"{run_dir} is not a folder"))
     anchors, unreadable = checkpoint_anchors(run_dir / "checkpoints")
+    # What the server kept outside the run folder pins the log: its key and its heads.
+    store = KeyStore()
+    try:
+        with Ledger.open(run_dir / LEDGER_FILE, readonly=True) as ledger:
+            run_id = str((ledger.run_start or {}).get("run_id", ""))
+    except FedgenError:
+        run_id = ""  # verify_run names what is wrong with the file
+    stored_key, stored_heads = store.pins(run_id)
+    if stored_key is not None or stored_heads:
+        server_key = server_key or stored_key
+        anchors += stored_heads
+        typer.echo(
+            f"pinned by the key store {store.directory}: the server key and "
+            f"{len(stored_heads)} signed heads"
+        )
+    elif server_key is None:
+        typer.echo(
+            f"note: no entry for this run in the key store {store.directory} (set "
+            "FEDGEN_KEY_DIR): the log's own server key and the checkpoints' heads are "
+            "trusted; pass --server-key to check against a key you hold"
+        )
     report = verify_run(run_dir, server_public_key=server_key, anchors=anchors)
     problems = report.problems + unreadable
     for line in report.notes:

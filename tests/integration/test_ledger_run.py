@@ -12,6 +12,8 @@ from tiny_federation import tiny_config
 
 from fedgen.engine.backends import local_training
 from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
+from fedgen.engine.keystore import KeyStore
+from fedgen.errors import CheckpointError
 from fedgen.experiment import run_experiment
 from fedgen.ledger import LEDGER_FILE, Ledger, generate_key, sign, state_digest, update_message
 
@@ -147,3 +149,51 @@ def test_no_ledger_when_the_recipe_turns_it_off(mnist_dir, tmp_path):
     assert not (out / LEDGER_FILE).exists()
     state = load_checkpoint(list_checkpoints(out / "checkpoints")[-1][1])["federation"]
     assert "audit" not in state and torch.is_tensor(next(iter(state["global_state"].values())))
+
+
+def test_signing_keys_live_in_the_key_store_not_in_the_run_folder(run_dir):
+    # Prepare
+    state = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1][1])["federation"]
+    with Ledger.open(run_dir / LEDGER_FILE, readonly=True) as ledger:
+        run_id = ledger.run_start["run_id"]
+    store = KeyStore()
+    # Assert: checkpoints hold the run id and last head only; the store, owner-only,
+    # holds the keys and every signed head.
+    assert set(state["audit"]) == {"run_id", "anchor"} and state["audit"]["run_id"] == run_id
+    key_file = store.directory / f"{run_id}.keys.json"
+    assert key_file.stat().st_mode & 0o077 == 0
+    assert len(store.heads(run_id)) == 7  # enrolment, then each round and its checkpoint
+    assert "pinned by the key store" in _verify(run_dir).stdout
+
+
+def test_a_log_cut_back_with_its_checkpoints_deleted_is_caught_by_the_stored_heads(
+    run_dir, tmp_path
+):
+    # Prepare: an attacker holding the run folder, not the key store, cuts the log back
+    # to its state after round 0 and deletes the checkpoints that remembered more.
+    cut = tmp_path / "cut"
+    shutil.copytree(run_dir, cut)
+    db = sqlite3.connect(cut / LEDGER_FILE)
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+        db.execute(f"DROP TRIGGER {name}")
+    (size,) = db.execute("SELECT MAX(size) FROM tree_heads WHERE round = 0").fetchone()
+    db.execute("DELETE FROM entries WHERE seq >= ?", (size,))
+    db.execute("DELETE FROM tree_heads WHERE size > ?", (size,))
+    db.commit()
+    db.close()
+    shutil.rmtree(cut / "checkpoints")
+    # Execute
+    result = _verify(cut, check=False)
+    # Assert
+    assert result.returncode == 1, result.stdout
+    assert "problem:" in result.stdout
+
+
+def test_resume_without_the_key_store_says_what_to_do(mnist_dir, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 1}), run, progress=False)
+    monkeypatch.setenv("FEDGEN_KEY_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(CheckpointError, match="key store"):
+        run_experiment(
+            _cfg(mnist_dir, **{"federation.rounds": 2}), run, progress=False, resume=True
+        )

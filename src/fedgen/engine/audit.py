@@ -7,10 +7,11 @@ loop asks it to check each update's signature on receipt and fills a
 ``RoundAudit`` per round; ``LedgerCallback`` (``fedgen.engine.ledger_callback``)
 appends those to ``ledger.sqlite`` and signs the tree heads.
 
-Both private keys live only in checkpoints, which are owner-only files: keep
-them as secret as the server. The ledger itself names every round's cohort, so
-under client-level DP it is as private as the checkpoints, not publishable
-like ``metrics.jsonl``.
+The private keys live in the key store (``fedgen.engine.keystore``), outside
+the run folder: whoever holds the folder cannot re-sign a rewritten history.
+Checkpoints keep only the run id and the last tree head. The ledger itself
+names every round's cohort, so under client-level DP it is as private as the
+checkpoints, not publishable like ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedgen.engine.backends.signing import ClientKeys
+from fedgen.engine.keystore import KeyStore
 from fedgen.errors import CheckpointError
 from fedgen.ledger import (
     LedgerError,
@@ -59,7 +61,8 @@ class RoundAudit:
 class RunAudit:
     """Signing keys of one run: the server's and, in simulation, every client's."""
 
-    def __init__(self, client_ids: list[int]) -> None:
+    def __init__(self, client_ids: list[int], store: KeyStore | None = None) -> None:
+        self.store = store or KeyStore()
         self.run_id = secrets.token_hex(16)
         self.server_key: Ed25519PrivateKey = generate_key()
         client_keys = {c: generate_key() for c in client_ids}
@@ -92,26 +95,42 @@ class RunAudit:
             return None
         return digest, result.signature
 
+    def save_keys(self) -> None:
+        """Put this run's private keys in the key store, unless they are there already
+        (a resumed run's keys came from it)."""
+        if self.store.has(self.run_id):
+            return
+        self.store.save_keys(
+            self.run_id,
+            {
+                "server_key": private_key_hex(self.server_key),
+                "client_keys": {str(c): k for c, k in self._client_private.items()},
+            },
+        )
+
     # -- checkpoints ---------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """The run id and last tree head; the keys stay in the key store."""
         return {
             "run_id": self.run_id,
-            "server_key": private_key_hex(self.server_key),
-            "client_keys": {str(c): k for c, k in self._client_private.items()},
             "anchor": list(self.anchor) if self.anchor is not None else None,
         }
 
     def load_state_dict(self, state: Any) -> None:
-        """Restore the keys a checkpoint holds; ``CheckpointError`` if they are unusable."""
+        """Take the checkpoint's run id and fetch its keys from the key store.
+
+        Raises ``CheckpointError`` when they are missing or unusable.
+        """
         try:
-            run_id = state["run_id"]
-            server = private_key_from_hex(state["server_key"])
-            clients = {int(c): private_key_from_hex(k) for c, k in state["client_keys"].items()}
+            run_id = str(state["run_id"])
             anchor = state.get("anchor")
+            keys = self.store.load_keys(run_id)
+            server = private_key_from_hex(keys["server_key"])
+            clients = {int(c): private_key_from_hex(k) for c, k in keys["client_keys"].items()}
         except (KeyError, TypeError, ValueError, AttributeError, LedgerError) as exc:
             raise CheckpointError(
-                f"the checkpoint's ledger keys are unusable ({exc}); resume with "
+                f"the ledger keys of this run are unusable ({exc}); resume with "
                 "--set ledger=false to continue without the ledger"
             ) from exc
         if set(clients) != set(self.client_public):

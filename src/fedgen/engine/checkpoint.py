@@ -194,6 +194,11 @@ def restore_state(
     try:
         target.load_state_dict(checked)
         target.state_dict()  # what was loaded must be checkpointable again
+    except CheckpointError as exc:
+        # The component's own message says what to do (e.g. a missing key store).
+        raise CheckpointError(
+            f"{path}: {exc}; or delete the file to resume from the previous checkpoint"
+        ) from exc
     except FedgenError as exc:
         raise CheckpointError(_unfit(path, _short(str(exc), 300))) from exc
     # The structure was checked above; what is left is a component refusing its own

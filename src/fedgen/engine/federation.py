@@ -141,6 +141,9 @@ class Federation:
         On interruption the partial round is dropped: the state stays at the
         last complete round, which the checkpoint callback has already saved.
         """
+        if self.audit is not None:
+            # Before any state that names the run id can be checkpointed.
+            self.audit.save_keys()
         for cb in self.callbacks:
             cb.on_run_start(self)
         completed = False

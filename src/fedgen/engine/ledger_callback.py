@@ -17,7 +17,7 @@ from fedgen.engine.audit import RunAudit
 from fedgen.engine.checkpoint import checkpoint_path
 from fedgen.engine.federation import Callback, Federation, RoundRecord
 from fedgen.errors import CheckpointError
-from fedgen.ledger import LEDGER_FILE, Ledger, LedgerError, state_digest
+from fedgen.ledger import LEDGER_FILE, Ledger, LedgerError, TreeHead, state_digest
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class LedgerCallback(Callback):
         )
         for cid in sorted(audit.client_public):
             ledger.append("enrol", {"client_id": cid, "public_key": audit.client_public[cid]})
-        ledger.sign_head(None, audit.server_key)
+        self._sign(None)
 
     def _resume(self, fed: Federation, audit: RunAudit) -> None:
         if not self.path.is_file():
@@ -86,7 +86,7 @@ class LedgerCallback(Callback):
                 "head_size": audit.anchor[0] if audit.anchor else 0,
             },
         )
-        head = ledger.sign_head(last, audit.server_key)
+        head = self._sign(last)
         log.info("ledger: resumed after round %d at entry %d", last, head.size)
 
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
@@ -132,8 +132,7 @@ class LedgerCallback(Callback):
                     "clients": rec.aggregated,
                 },
             )
-        head = ledger.sign_head(r, self.audit.server_key)
-        self.audit.anchor = head.anchor
+        self.audit.anchor = self._sign(r).anchor
 
     def log_checkpoint(self, round: int, path: Path, digest: str) -> None:
         """Log the checkpoint about to be renamed to ``path`` (its bytes hash to ``digest``)."""
@@ -142,7 +141,14 @@ class LedgerCallback(Callback):
         self.ledger.append(
             "checkpoint", {"round": round, "file": self._relative(path), "digest": digest}
         )
-        self.ledger.sign_head(round, self.audit.server_key)
+        self._sign(round)
+
+    def _sign(self, round: int | None) -> TreeHead:
+        """Sign the tree head, and remember it in the key store, outside the run folder."""
+        assert self.ledger is not None and self.audit is not None
+        head = self.ledger.sign_head(round, self.audit.server_key)
+        self.audit.store.append_head(self.audit.run_id, head.size, head.root)
+        return head
 
     def on_run_end(self, fed: Federation, completed: bool) -> None:
         if self.ledger is not None:

@@ -1,0 +1,101 @@
+"""Where a run's signing keys and signed tree heads live: beside the server, not the run.
+
+A ledger is only as strong as the secrecy of the key that signs it and the
+heads that pin it. Kept in the run folder (or its checkpoints), anyone holding
+the folder could re-sign a rewritten history, or cut the log back and delete
+the checkpoints that remembered it. So the server's key, the simulated clients'
+keys and every signed head go to a key store outside the run folder:
+``$FEDGEN_KEY_DIR`` (default ``~/.config/fedgen/keys``), one owner-only file
+pair per run id. The run folder can then be shared and still be checked:
+``fedgen ledger verify`` pins the server key and the heads from the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fedgen.errors import CheckpointError
+
+
+def default_key_dir() -> Path:
+    """``$FEDGEN_KEY_DIR``, or ``~/.config/fedgen/keys``."""
+    env = os.environ.get("FEDGEN_KEY_DIR")
+    return Path(env) if env else Path.home() / ".config" / "fedgen" / "keys"
+
+
+class KeyStore:
+    """Owner-only files in ``directory``: ``<run_id>.keys.json`` and ``<run_id>.heads``."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory or default_key_dir()
+
+    def _path(self, run_id: str, suffix: str) -> Path:
+        if not run_id.isalnum():
+            raise CheckpointError(f"{run_id!r} is not a run id")
+        return self.directory / f"{run_id}{suffix}"
+
+    def save_keys(self, run_id: str, keys: dict[str, Any]) -> Path:
+        """Write a run's private keys (hex) to a new owner-only file."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self._path(run_id, ".keys.json")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(keys, f)
+            f.flush()
+            os.fsync(f.fileno())
+        return path
+
+    def load_keys(self, run_id: str) -> dict[str, Any]:
+        """A run's private keys; ``CheckpointError`` saying what to do when they are gone."""
+        path = self._path(run_id, ".keys.json")
+        try:
+            keys = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"the ledger's signing keys of this run ({path}) cannot be read ({exc}); "
+                "restore the key store (FEDGEN_KEY_DIR) it was written to, or resume with "
+                "--set ledger=false to continue without the ledger"
+            ) from exc
+        if not isinstance(keys, dict):
+            raise CheckpointError(f"{path} holds no keys; restore it from a backup")
+        return keys
+
+    def append_head(self, run_id: str, size: int, root: str) -> None:
+        """Remember a signed tree head, one ``size root`` line each."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self._path(run_id, ".heads")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as f:
+            f.write(f"{size} {root}\n")
+
+    def heads(self, run_id: str) -> list[tuple[int, str]]:
+        """The heads remembered for ``run_id`` (a line cut by a kill is skipped)."""
+        try:
+            text = self._path(run_id, ".heads").read_text()
+        except OSError:
+            return []
+        heads = []
+        for line in text.splitlines():
+            size, _, root = line.partition(" ")
+            if size.isdigit() and len(root) == 64:
+                heads.append((int(size), root))
+        return heads
+
+    def has(self, run_id: str) -> bool:
+        """Whether the store holds this run's keys."""
+        return self._path(run_id, ".keys.json").is_file()
+
+    def pins(self, run_id: str) -> tuple[str | None, list[tuple[int, str]]]:
+        """The server's public key (hex) and the heads this store holds for ``run_id``."""
+        from fedgen.ledger import LedgerError, private_key_from_hex, public_key_hex
+
+        if not run_id.isalnum() or not self.has(run_id):
+            return None, []
+        try:
+            server = public_key_hex(private_key_from_hex(self.load_keys(run_id)["server_key"]))
+        except (CheckpointError, LedgerError, KeyError, TypeError):
+            return None, self.heads(run_id)
+        return server, self.heads(run_id)
