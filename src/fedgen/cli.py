@@ -111,9 +111,10 @@ def sample(
     out: Annotated[Path, typer.Option(help="PNG file to write")] = Path("samples.png"),
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
 ) -> None:
-    """Draw N images per class from the newest checkpoint of RUN_DIR into a PNG grid."""
+    """Draw N samples per condition (images: per class, into a PNG grid) from the newest
+    checkpoint of RUN_DIR, written as the task's modality is shown."""
     from fedgen.experiment import load_run
-    from fedgen.report.grid import class_grid_labels, save_grid
+    from fedgen.registry import SAMPLE_WRITERS
     from fedgen.seeding import torch_generator
 
     try:
@@ -122,9 +123,8 @@ def sample(
         _fail(exc)
         return
     task = exp.federation.load_global_into_task()
-    labels = class_grid_labels(task.num_classes, n)
-    images = task.sample(labels, torch_generator(seed, "cli-sample"))
-    typer.echo(str(save_grid(images, out, nrow=n)))
+    writer = SAMPLE_WRITERS.get(str(task.modality))
+    typer.echo(str(writer(task, out.with_suffix(""), n, torch_generator(seed, "cli-sample"))))
 
 
 @app.command("eval")

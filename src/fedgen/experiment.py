@@ -37,10 +37,11 @@ from fedgen.engine.faults import FaultPlan
 from fedgen.engine.federation import Callback, Federation
 from fedgen.engine.ledger_callback import LedgerCallback
 from fedgen.errors import CheckpointError, ConfigError
+from fedgen.modality import DataSpec, Modality
 from fedgen.params import ParamsError, validate_params
 from fedgen.privacy.errors import PrivacyConfigError
 from fedgen.privacy.noise_key import new_noise_key
-from fedgen.registry import BACKENDS, PARTITIONERS, STRATEGIES, TASKS, TRANSFORMS
+from fedgen.registry import BACKENDS, EVALUATORS, PARTITIONERS, STRATEGIES, TASKS, TRANSFORMS
 from fedgen.seeding import derive_seed, torch_generator
 from fedgen.tasks.base import Task
 
@@ -63,11 +64,15 @@ class Experiment:
         return self.federation.task
 
 
-def build_task(cfg: ExperimentConfig, num_classes: int, image_shape: tuple[int, int, int]) -> Task:
-    """The task named by the config, with validated params and seeded initial weights."""
-    cls = TASKS.get(cfg.task.name)
+def build_task(cfg: ExperimentConfig, spec: DataSpec) -> Task:
+    """The task named by the config for data ``spec``, with validated params and seeded
+    initial weights; ``ConfigError`` when the task does not model that modality."""
+    cls: type[Task] = TASKS.get(cfg.task.name)
     params = validate_params(cls, cfg.task.params, "task.params")
-    task: Task = cls(params, num_classes, image_shape, derive_seed(cfg.seed, "init"))
+    try:
+        task = cls.from_spec(params, spec, derive_seed(cfg.seed, "init"))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(f"task.name: {exc}") from exc
     return task
 
 
@@ -128,7 +133,12 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
             assert local_epochs is not None
             local_epochs *= cohort / cfg.data.num_clients
     sample = data.train
-    task = build_task(cfg, sample.num_classes, tuple(sample.images.shape[1:]))  # type: ignore[arg-type]
+    spec = DataSpec(
+        Modality.IMAGES,
+        num_classes=sample.num_classes,
+        image_shape=tuple(sample.images.shape[1:]),  # type: ignore[arg-type]
+    )
+    task = build_task(cfg, spec)
     strategy = _build_or_note(
         problems,
         f"strategy ({cfg.strategy.name})",
@@ -245,25 +255,17 @@ def _build_or_note(
     return None
 
 
-def make_evaluator(cfg: ExperimentConfig, data: Any) -> Any:
-    """The Evaluator for this experiment's data (trains or loads the feature classifier)."""
-    from fedgen.eval.evaluator import Evaluator
-
-    return Evaluator(
-        data.train,
-        data.test,
-        seed=derive_seed(cfg.seed, "eval") % (2**31),
-        num_quality_samples=cfg.eval.num_quality_samples,
-        tstr_samples=cfg.eval.tstr_samples,
-        tstr_epochs=cfg.eval.tstr_epochs,
-        classifier_epochs=cfg.eval.classifier_epochs,
-    )
+def make_evaluator(cfg: ExperimentConfig, data: Any, modality: Modality = Modality.IMAGES) -> Any:
+    """The evaluator registered for ``modality`` (images: trains or loads the feature
+    classifier of ``data``)."""
+    factory = EVALUATORS.get(str(modality))
+    return factory(data, seed=derive_seed(cfg.seed, "eval") % (2**31), settings=cfg.eval)
 
 
 def evaluate_task(exp: Experiment, tstr: bool) -> dict[str, float]:
     """Quality figures of the current global model (TSTR only when asked)."""
     if exp.evaluator is None:
-        exp.evaluator = make_evaluator(exp.config, exp.data)
+        exp.evaluator = make_evaluator(exp.config, exp.data, exp.task.modality)
     task = exp.federation.load_global_into_task()
     gen = torch_generator(exp.config.seed, "eval-samples", exp.federation.next_round)
 

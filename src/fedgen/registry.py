@@ -10,7 +10,7 @@ constructor, which checks a recipe's ``params`` (``fedgen.params``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from fedgen.errors import ConfigError
 
@@ -63,6 +63,13 @@ TRANSFORMS: Registry[type] = Registry("transform")
 PARTITIONERS: Registry[type] = Registry("partitioner")
 SOURCES: Registry[object] = Registry("data source")
 BACKENDS: Registry[type] = Registry("backend")
+#: Per modality (``fedgen.modality.Modality``): builds the evaluator of a run's samples,
+#: ``factory(data, seed=..., settings=EvalConfig) -> evaluator`` with
+#: ``evaluator.evaluate(generate, tstr=...)`` and ``evaluator.describe()``.
+EVALUATORS: Registry[Any] = Registry("evaluator of a modality")
+#: Per modality: writes samples a person can look at,
+#: ``writer(task, path_without_suffix, per_condition, generator) -> written path``.
+SAMPLE_WRITERS: Registry[Any] = Registry("sample writer of a modality")
 
 _BUILTINS = (
     "fedgen.data.sources",
@@ -72,6 +79,8 @@ _BUILTINS = (
     "fedgen.strategies",
     "fedgen.transforms",
     "fedgen.engine.backends",
+    "fedgen.eval.evaluator",
+    "fedgen.images.grid",
 )
 _imported = False
 

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from fedgen.engine.checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
 from fedgen.engine.federation import Callback, Federation, RoundRecord
-from fedgen.images.grid import class_grid_labels, save_grid
+from fedgen.registry import SAMPLE_WRITERS
 from fedgen.seeding import torch_generator
 
 log = logging.getLogger(__name__)
@@ -68,20 +68,22 @@ class EvaluationCallback(Callback):
             return
         t0 = time.perf_counter()
         figures = self.evaluate(fed, last and self.final)
-        save_sample_grid(
-            fed, self.samples_dir / f"round_{record.round:04d}.png", self.grid_per_class, self.seed
+        save_samples(
+            fed, self.samples_dir / f"round_{record.round:04d}", self.grid_per_class, self.seed
         )
         figures["eval_seconds"] = time.perf_counter() - t0
         record.metrics.update(figures)
         self.latest = figures
 
 
-def save_sample_grid(fed: Federation, path: Path, per_class: int, seed: int) -> Path:
-    """A PNG grid from the global generator: one row per class, fixed noise across rounds."""
+def save_samples(fed: Federation, path: Path, per_condition: int, seed: int) -> Path:
+    """Samples of the global model a person can look at, written by the sample writer of
+    the task's modality (images: a PNG grid, one row per class; fixed noise across rounds).
+    ``path`` has no suffix; the writer adds its own."""
     task = fed.load_global_into_task()
-    labels = class_grid_labels(task.num_classes, per_class)
-    images = task.sample(labels, torch_generator(seed, "grid"))
-    return save_grid(images, path, nrow=per_class)
+    writer = SAMPLE_WRITERS.get(str(task.modality))
+    written: Path = writer(task, path, per_condition, torch_generator(seed, "grid"))
+    return written
 
 
 class CheckpointCallback(Callback):

@@ -451,7 +451,14 @@ class Federation:
             "noise_key": key_to_state(self.noise_key),
             **({"privacy": self.privacy.state_dict()} if self.privacy is not None else {}),
             **({"audit": self.audit.state_dict()} if self.audit is not None else {}),
+            # A frozen pretrained base is never checkpointed: only its digest, so a resume
+            # on another base is refused.
+            **({"frozen_digest": digest} if (digest := self._frozen_digest()) else {}),
         }
+
+    def _frozen_digest(self) -> str | None:
+        frozen = self.task.frozen_tensors()
+        return state_digest(frozen) if frozen else None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned (the caller checked the experiment matches)."""
@@ -474,6 +481,15 @@ class Federation:
             from fedgen.errors import CheckpointError
 
             raise CheckpointError(f"the checkpoint's DP noise key is malformed: {exc}") from exc
+        logged, loaded = state.get("frozen_digest"), self._frozen_digest()
+        if logged != loaded:
+            from fedgen.errors import CheckpointError
+
+            raise CheckpointError(
+                f"the checkpoint was trained on another frozen base model (digest "
+                f"{str(logged)[:12]}..., loaded {str(loaded)[:12]}...); load the base the "
+                "run started with"
+            )
         self.private_states = {int(k): v for k, v in state["private_states"].items()}
         self.strategy.load_state_dict(state["strategy"])
         # A strategy's own state (e.g. a moving average) must still give a whole model,

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from fedgen.config import EvalConfig
 from fedgen.data.dataset import ImageDataset
 from fedgen.eval.classifier import FEATURE_CLASSIFIER_EPOCHS, FeatureClassifier
 from fedgen.eval.frechet import frechet_distance
@@ -20,6 +22,7 @@ from fedgen.eval.inception_like import inception_like_score
 from fedgen.eval.kid import kernel_distance
 from fedgen.eval.precision_recall import precision_recall
 from fedgen.eval.tstr import TSTR_EPOCHS, train_synthetic_test_real
+from fedgen.registry import EVALUATORS
 from fedgen.seeding import derive_seed, torch_generator
 
 Generate = Callable[[torch.Tensor], torch.Tensor]
@@ -245,3 +248,17 @@ class Evaluator:
                 )
             chunks.append(images.clamp(0.0, 1.0))
         return torch.cat(chunks)
+
+
+@EVALUATORS.register("images")
+def image_evaluator(data: Any, *, seed: int, settings: EvalConfig) -> Evaluator:
+    """The images evaluator of a run: ``data`` holds the real ``train`` and ``test`` splits."""
+    return Evaluator(
+        data.train,
+        data.test,
+        seed=seed,
+        num_quality_samples=settings.num_quality_samples,
+        tstr_samples=settings.tstr_samples,
+        tstr_epochs=settings.tstr_epochs,
+        classifier_epochs=settings.classifier_epochs,
+    )

@@ -9,10 +9,21 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+from fedgen.registry import SAMPLE_WRITERS
+
+
+@SAMPLE_WRITERS.register("images")
+def write_class_grid(task: Any, path: Path, per_class: int, generator: torch.Generator) -> Path:
+    """``path``.png: ``per_class`` samples of every class from ``task``, one row per class."""
+    labels = class_grid_labels(task.num_classes, per_class)
+    images = task.sample(labels, generator)
+    return save_grid(images, path.with_suffix(".png"), nrow=per_class)
 
 
 def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:

@@ -1,10 +1,13 @@
 """The Task contract: one generative model family, unaware that it is federated.
 
 A task owns its networks, runs local training on one client's data from
-whatever state is loaded, samples class-conditional images, and names which
-of its tensors are federated. Following pfl-research, one task instance is
-reused for every client: the backend loads the global state, trains, takes
-the difference and moves on, so memory stays O(model) not O(cohort).
+whatever state is loaded, samples from its modality (``modality``: images,
+text, tables) under its kind of condition (``conditioning``: class, prompt,
+column value, none), and says of each tensor whether it is federated, private
+to its client, or a frozen pretrained base (``tensor_kind``). Following
+pfl-research, one task instance is reused for every client: the backend loads
+the global state, trains, takes the difference and moves on, so memory stays
+O(model) not O(cohort); a frozen base is loaded once and never copied.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from fedgen.data.client_data import ClientData
+from fedgen.modality import Conditioning, DataSpec, Modality, TensorKind
 from fedgen.types import StateDict
 
 
@@ -88,6 +92,23 @@ class Task(ABC):
 
     #: The pydantic model that validates this task's ``params`` in a recipe.
     Params: ClassVar[type[TaskParams]] = TaskParams
+    #: What ``sample`` returns; data, metrics, report and ``fedgen sample`` dispatch on it.
+    modality: ClassVar[Modality] = Modality.IMAGES
+    #: What ``sample``'s condition is (see ``fedgen.modality.Conditioning``).
+    conditioning: ClassVar[Conditioning] = Conditioning.CLASS
+
+    @classmethod
+    def from_spec(cls, params: TaskParams, spec: DataSpec, seed: int) -> Task:
+        """Build the task for data described by ``spec`` (image tasks: classes and shape).
+
+        Raises ``ValueError`` when the data is of another modality than the task's.
+        """
+        if spec.modality != cls.modality or spec.image_shape is None:
+            raise ValueError(
+                f"task {cls.__name__} generates {cls.modality}, but the data is "
+                f"{spec.modality}; choose a task for {spec.modality} or other data.sources"
+            )
+        return cls(params, spec.num_classes, spec.image_shape, seed)
 
     def __init__(
         self, params: TaskParams, num_classes: int, image_shape: tuple[int, int, int], seed: int
@@ -118,6 +139,15 @@ class Task(ABC):
         """Names of the modules whose tensors the server aggregates (default: all)."""
         return list(self.modules)
 
+    def tensor_kind(self, module: str, key: str) -> TensorKind:
+        """Whether tensor ``key`` of ``module`` is federated, private or frozen.
+
+        Default: the tensors of ``federated_modules`` are federated, the others
+        private; a task with a pretrained base (e.g. LoRA adapters on a frozen
+        language model) overrides this per tensor.
+        """
+        return TensorKind.FEDERATED if module in self._federated else TensorKind.PRIVATE
+
     def private_data_modules(self) -> list[str]:
         """Modules whose gradients read a client's examples; DP-SGD makes exactly these
         private (default: every module)."""
@@ -145,30 +175,39 @@ class Task(ABC):
         """
 
     @abstractmethod
-    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Images in [0, 1] of shape ``(len(labels), *image_shape)`` for ``labels``."""
+    def sample(self, condition: Any, generator: torch.Generator) -> Any:
+        """A batch of this task's modality for ``condition`` (see ``conditioning``).
+
+        Image tasks conditioned on a class take a LongTensor of labels and return
+        images in [0, 1] of shape ``(len(labels), *image_shape)``.
+        """
 
     # -- state exchange ------------------------------------------------------
 
+    def _tensors(self, kind: TensorKind) -> StateDict:
+        return {
+            f"{name}.{key}": value
+            for name, module in self.modules.items()
+            for key, value in module.state_dict().items()
+            if self.tensor_kind(name, key) == kind
+        }
+
     def federated_state(self) -> StateDict:
         """Detached copies of the federated tensors, keyed ``<module>.<tensor>``."""
-        return {
-            f"{name}.{key}": value.detach().clone()
-            for name in self._federated
-            for key, value in self.modules[name].state_dict().items()
-        }
+        return {k: v.detach().clone() for k, v in self._tensors(TensorKind.FEDERATED).items()}
 
     def private_state(self) -> StateDict:
-        """Detached copies of the tensors that stay on the client (not federated)."""
-        return {
-            f"{name}.{key}": value.detach().clone()
-            for name, module in self.modules.items()
-            if name not in self._federated
-            for key, value in module.state_dict().items()
-        }
+        """Detached copies of the tensors that stay on the client between rounds."""
+        return {k: v.detach().clone() for k, v in self._tensors(TensorKind.PRIVATE).items()}
+
+    def frozen_tensors(self) -> StateDict:
+        """The frozen base's tensors themselves (not copies; empty without a base). The
+        engine records their digest in checkpoints instead of the tensors."""
+        return self._tensors(TensorKind.FROZEN)
 
     def load_state(self, state: StateDict) -> None:
-        """Load tensors keyed ``<module>.<tensor>`` (a subset of modules is fine)."""
+        """Load tensors keyed ``<module>.<tensor>``: any subset of the task's tensors (the
+        federated ones, a client's private ones); a frozen base is never loaded here."""
         by_module: dict[str, dict[str, torch.Tensor]] = {}
         for full_key, value in state.items():
             name, _, key = full_key.partition(".")
@@ -176,7 +215,14 @@ class Task(ABC):
         for name, tensors in by_module.items():
             if name not in self.modules:
                 raise KeyError(f"state holds tensors of unknown module {name!r}")
-            self.modules[name].load_state_dict(tensors, strict=True)
+            frozen = [k for k in tensors if self.tensor_kind(name, k) == TensorKind.FROZEN]
+            if frozen:
+                raise KeyError(f"{name}.{frozen[0]} belongs to the frozen base; it is never loaded")
+            result = self.modules[name].load_state_dict(tensors, strict=False)
+            if result.unexpected_keys:
+                raise KeyError(
+                    f"state holds {name}.{result.unexpected_keys[0]}, not a tensor of {name}"
+                )
 
     def num_parameters(self) -> dict[str, int]:
         """Parameter count per module."""
