@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make a fresh checkout ready: a venv with fedgen and its dev tools, and the
-# Fashion-MNIST data from Debian. Safe to run again: it only adds what is missing.
+# Fashion-MNIST data and the text corpora from Debian. Safe to run again: it only
+# adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,5 +20,29 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
     sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
   else
     echo "setup: Fashion-MNIST is missing; run '.venv/bin/fedgen data' for the ways to get it" >&2
+  fi
+fi
+
+# The text corpora (docs DATA.md "Text"), each checked as fedgen looks for it:
+# the system folder of its Debian packages, else a copy in the data directory.
+data_dir="${FEDGEN_DATA_DIR:-$HOME/.cache/fedgen/data}"
+text_packages=()
+if [ ! -f /usr/share/games/fortunes/art ] || [ ! -f /usr/share/games/fortunes/riddles ]; then
+  [ -d "$data_dir/fortunes" ] || text_packages+=(fortunes fortunes-min)
+fi
+if [ ! -f /usr/lib/bible.data ] || ! command -v bible >/dev/null; then
+  [ -f "$data_dir/kjv/kjv.txt" ] || text_packages+=(bible-kjv bible-kjv-text)
+fi
+if [ ! -d /usr/share/doc/python3.11/html/_sources/library ]; then
+  [ -d "$data_dir/python-docs" ] || text_packages+=(python3.11-doc)
+fi
+if [ "${#text_packages[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing the text corpora (Debian packages ${text_packages[*]})"
+    apt-get update -qq && apt-get install -y -qq "${text_packages[@]}" >/dev/null
+  elif command -v sudo >/dev/null; then
+    sudo apt-get update -qq && sudo apt-get install -y -qq "${text_packages[@]}" >/dev/null
+  else
+    echo "setup: text corpora are missing; run '.venv/bin/fedgen data' for the ways to get them" >&2
   fi
 fi

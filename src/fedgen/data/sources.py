@@ -32,6 +32,7 @@ import torch
 
 from fedgen.data.dataset import ImageDataset
 from fedgen.data.idx import read_idx
+from fedgen.data.text_sources import TEXT_SOURCES
 from fedgen.errors import ChecksumError, ConfigError, DataMissingError
 from fedgen.registry import SOURCES
 from fedgen.seeding import derive_seed
@@ -477,8 +478,14 @@ def get_source(name: str) -> Source:
 
 
 def source_statuses(data_dir: Path | str | None = None) -> list[SourceStatus]:
-    """The status of every registered source, sorted by name."""
-    return [get_source(name).status(data_dir) for name in SOURCES.names()]
+    """The status of every registered source, images and text (``TEXT_SOURCES``), by name."""
+    statuses = [get_source(name).status(data_dir) for name in SOURCES.names()]
+    for name in TEXT_SOURCES.names():
+        text = TEXT_SOURCES.get(name)
+        found = text.locate(data_dir)
+        searched, provide = text.search_dirs(data_dir), text.provide_commands(data_dir)
+        statuses.append(SourceStatus(name, found is not None, found, searched, provide))
+    return sorted(statuses, key=lambda status: status.name)
 
 
 def load_domains(
