@@ -107,9 +107,14 @@ def report(run_dir: Path) -> None:
 @app.command()
 def sample(
     run_dir: Path,
-    n: Annotated[int, typer.Option("--n", min=1, help="images per class")] = 10,
-    out: Annotated[Path, typer.Option(help="PNG file to write")] = Path("samples.png"),
+    n: Annotated[int, typer.Option("--n", min=1, help="samples per class or prompt")] = 10,
+    out: Annotated[Path, typer.Option(help="file to write (images: a PNG grid)")] = Path(
+        "samples.png"
+    ),
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    prompt: Annotated[
+        str | None, typer.Option(help="text tasks: print N continuations of this prompt")
+    ] = None,
 ) -> None:
     """Draw N samples per condition (images: per class, into a PNG grid) from the newest
     checkpoint of RUN_DIR, written as the task's modality is shown."""
@@ -123,8 +128,17 @@ def sample(
         _fail(exc)
         return
     task = exp.federation.load_global_into_task()
+    gen = torch_generator(seed, "cli-sample")
+    if prompt is not None:
+        from fedgen.modality import Conditioning
+
+        if task.conditioning != Conditioning.PROMPT:
+            _fail(FedgenError(f"task {exp.config.task.name} is not prompted; drop --prompt"))
+        for text in task.sample([prompt] * n, gen):
+            typer.echo(f"--- {prompt}{text}")
+        return
     writer = SAMPLE_WRITERS.get(str(task.modality))
-    typer.echo(str(writer(task, out.with_suffix(""), n, torch_generator(seed, "cli-sample"))))
+    typer.echo(str(writer(task, out.with_suffix(""), n, gen)))
 
 
 @app.command("eval")

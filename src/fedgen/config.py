@@ -413,7 +413,15 @@ def validate_components_of(cfg: ExperimentConfig) -> None:
 
     All problems are gathered and raised together, as Opacus's validators do.
     """
-    from fedgen.registry import BACKENDS, PARTITIONERS, SOURCES, STRATEGIES, TASKS, TRANSFORMS
+    from fedgen.registry import (
+        BACKENDS,
+        PARTITIONERS,
+        SOURCES,
+        STRATEGIES,
+        TASKS,
+        TEXT_SOURCES,
+        TRANSFORMS,
+    )
 
     problems: list[str] = []
 
@@ -428,11 +436,14 @@ def validate_components_of(cfg: ExperimentConfig) -> None:
                     f"unknown key '{key}.{p}' for {kind}; allowed: {', '.join(names) or '(none)'}"
                 )
 
+    known = sorted({*SOURCES.names(), *TEXT_SOURCES.names()})
     for src in cfg.data.sources:
-        if src not in SOURCES:
-            problems.append(
-                f"data.sources: unknown source {src!r}; choose from {', '.join(SOURCES.names())}"
-            )
+        if src not in SOURCES and src not in TEXT_SOURCES:
+            problems.append(f"data.sources: unknown source {src!r}; choose from {', '.join(known)}")
+    if any(s in TEXT_SOURCES for s in cfg.data.sources) and len(cfg.data.sources) != 1:
+        problems.append(
+            f"data.sources: a text source federates alone, got {cfg.data.sources}; name one"
+        )
     if cfg.data.partition.kind not in PARTITIONERS:
         problems.append(
             f"data.partition.kind: unknown {cfg.data.partition.kind!r}; choose from "

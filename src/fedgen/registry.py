@@ -62,10 +62,12 @@ STRATEGIES: Registry[type] = Registry("strategy")
 TRANSFORMS: Registry[type] = Registry("transform")
 PARTITIONERS: Registry[type] = Registry("partitioner")
 SOURCES: Registry[object] = Registry("data source")
+#: Text corpora (``fedgen.data.text_sources``), which ``data.sources`` may name too.
+TEXT_SOURCES: Registry[Any] = Registry("text source")
 BACKENDS: Registry[type] = Registry("backend")
 #: Per modality (``fedgen.modality.Modality``): builds the evaluator of a run's samples,
 #: ``factory(data, seed=..., settings=EvalConfig) -> evaluator`` with
-#: ``evaluator.evaluate(generate, tstr=...)`` and ``evaluator.describe()``.
+#: ``evaluator.evaluate_task(task, generator, final) -> figures`` and ``describe()``.
 EVALUATORS: Registry[Any] = Registry("evaluator of a modality")
 #: Per modality: writes samples a person can look at,
 #: ``writer(task, path_without_suffix, per_condition, generator) -> written path``.
@@ -75,12 +77,15 @@ _BUILTINS = (
     "fedgen.data.sources",
     "fedgen.data.partition",
     "fedgen.data.class_drop",
+    "fedgen.data.text_data",
     "fedgen.tasks",
     "fedgen.strategies",
     "fedgen.transforms",
     "fedgen.engine.backends",
     "fedgen.eval.evaluator",
+    "fedgen.eval.perplexity",
     "fedgen.images.grid",
+    "fedgen.samples.text",
 )
 _imported = False
 

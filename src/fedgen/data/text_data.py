@@ -17,9 +17,11 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedgen.data.text_sources import TextSource, get_text_source
 from fedgen.errors import ConfigError
+from fedgen.registry import PARTITIONERS
 from fedgen.seeding import numpy_rng
 
 
@@ -350,3 +352,47 @@ def _check_positive(**values: int) -> None:
     for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
+
+
+@PARTITIONERS.register("themes")
+class ThemePartition:
+    """How a text source is split: whole themes per client (``make_federated_text``).
+
+    Text is non-IID by topic: each client holds ``themes_per_client`` themes (a
+    fortune file, a book of the Bible) and keeps ``heldout_fraction`` of its own
+    documents for its held-out perplexity.
+    """
+
+    class Params(BaseModel):
+        """The recipe's ``data.partition.params`` of ``themes``."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        themes_per_client: int = Field(1, ge=1)
+        heldout_fraction: float = Field(0.1, ge=0, lt=1)
+        #: Cap on each client's text in UTF-8 bytes (None: all of its themes).
+        max_bytes_per_client: int | None = Field(None, ge=1)
+
+    def __init__(
+        self,
+        themes_per_client: int = 1,
+        heldout_fraction: float = 0.1,
+        max_bytes_per_client: int | None = None,
+    ) -> None:
+        self.themes_per_client = themes_per_client
+        self.heldout_fraction = heldout_fraction
+        self.max_bytes_per_client = max_bytes_per_client
+
+    def federate(
+        self, source: str, num_clients: int, seed: int, data_dir: Path | str | None = None
+    ) -> FederatedText:
+        """The federation of ``source`` over ``num_clients`` clients."""
+        return make_federated_text(
+            source,
+            num_clients,
+            self.themes_per_client,
+            seed,
+            self.heldout_fraction,
+            self.max_bytes_per_client,
+            data_dir=data_dir,
+        )

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import cast
 
 from fedgen.errors import ChecksumError, DataMissingError
-from fedgen.registry import Registry
+from fedgen.registry import TEXT_SOURCES
 
 # (path relative to the source folder, content), sorted by path.
 UnitFiles = list[tuple[str, bytes]]
@@ -155,9 +155,6 @@ class TextSource:
             f"(The data directory is the data_dir argument, else ${_DATA_DIR_ENV}, "
             f"else {_DEFAULT_DATA_DIR}.)"
         )
-
-
-TEXT_SOURCES: Registry[TextSource] = Registry("text source")
 
 
 def get_text_source(name: str) -> TextSource:

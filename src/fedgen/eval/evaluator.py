@@ -160,6 +160,15 @@ class Evaluator:
             self._reference = self._quality_metrics(real_train)
         return dict(self._reference)
 
+    def evaluate_task(self, task: Any, generator: torch.Generator, final: bool) -> dict[str, float]:
+        """``evaluate`` of ``task``'s class-conditional samples; TSTR only when ``final``."""
+
+        def generate(labels: torch.Tensor) -> torch.Tensor:
+            images: torch.Tensor = task.sample(labels, generator)
+            return images
+
+        return self.evaluate(generate, tstr=final)
+
     def describe(self) -> dict[str, str]:
         """For each metric key: what it was computed on and with which feature extractor."""
         n = self.num_quality_samples

@@ -117,7 +117,8 @@ def _render(run_dir: Path, max_sample_grids: int) -> str:
     metrics = _read_metrics(run_dir / "metrics.jsonl", notes)
     samples_dir = run_dir / "samples"
     sample_files = sorted(samples_dir.glob("*.png")) if samples_dir.is_dir() else []
-    if not sample_files:
+    text_files = sorted(samples_dir.glob("*.txt")) if samples_dir.is_dir() else []
+    if not sample_files and not text_files:
         notes.missing.append("samples/")
 
     name = run_dir.resolve().name
@@ -136,6 +137,7 @@ def _render(run_dir: Path, max_sample_grids: int) -> str:
         _privacy_section(summary),
         _metrics_section(metrics),
         _samples_section(sample_files, max_sample_grids, class_names, notes),
+        _text_samples_section(text_files, notes),
         _partition_section(partition, notes),
         _config_section(config_text),
     ]
@@ -363,6 +365,22 @@ def _metrics_section(metrics: list[dict[str, Any]]) -> str:
             "</p>"
         )
     return "".join(parts)
+
+
+def _text_samples_section(files: list[Path], notes: _Notes) -> str:
+    """The newest round's generated text, escaped (a model may write any markup)."""
+    if not files:
+        return ""
+    newest = max(files, key=lambda path: (_round_of(path), path.name))
+    text = _read_text(newest, notes)
+    if text is None:
+        return ""
+    shown = text if len(text) <= 20_000 else text[:20_000] + "\n[... cut at 20,000 characters]"
+    return (
+        f'<h2>Generated text</h2><p class="muted">{_esc(newest.name)}, the newest of '
+        f"{len(files)} sample file(s): each block is a prompt and the model's continuation."
+        f"</p><pre>{_esc(shown)}</pre>"
+    )
 
 
 def _samples_section(files: list[Path], limit: int, class_names: list[str], notes: _Notes) -> str:

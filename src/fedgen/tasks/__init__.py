@@ -1,8 +1,9 @@
 """Generative model families; importing this package registers them."""
 
 from fedgen.tasks.base import Task, TaskParams
+from fedgen.tasks.byte_gpt import ByteGptTask
 from fedgen.tasks.gan import ConditionalGan
 from fedgen.tasks.split_gan import HuscfGan
 from fedgen.tasks.vae import ConditionalVae
 
-__all__ = ["ConditionalGan", "ConditionalVae", "HuscfGan", "Task", "TaskParams"]
+__all__ = ["ByteGptTask", "ConditionalGan", "ConditionalVae", "HuscfGan", "Task", "TaskParams"]

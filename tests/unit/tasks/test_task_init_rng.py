@@ -5,6 +5,7 @@ import hashlib
 import pytest
 import torch
 
+from fedgen.modality import DataSpec, Modality
 from fedgen.registry import TASKS
 
 # sha256 over the sorted ``federated_state()`` of the default cgan (10 classes, 1x28x28,
@@ -15,7 +16,12 @@ CGAN_SEED0_SHA256 = "51018261a248b5b07c84fd3daea9a72fd9a98b35144214586bd10128fc2
 
 def make(name: str, seed: int = 0):
     cls = TASKS.get(name)
-    return cls(cls.Params(), 10, (1, 28, 28), seed)
+    spec = (
+        DataSpec(Modality.TEXT, vocab_size=256)
+        if cls.modality == Modality.TEXT
+        else DataSpec(Modality.IMAGES, num_classes=10, image_shape=(1, 28, 28))
+    )
+    return cls.from_spec(cls.Params(), spec, seed)
 
 
 def state_sha256(state: dict[str, torch.Tensor]) -> str:

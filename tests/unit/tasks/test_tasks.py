@@ -6,10 +6,12 @@ from torch import nn
 
 from fedgen.data.client_data import ClientData
 from fedgen.data.sources import get_source
+from fedgen.modality import Modality
 from fedgen.registry import TASKS
 from fedgen.seeding import torch_generator
 
-TASK_NAMES = TASKS.names()
+# The image tasks; the text task runs end to end in tests/integration/test_text_run.py.
+TASK_NAMES = [n for n in TASKS.names() if TASKS.get(n).modality == Modality.IMAGES]
 
 
 @pytest.fixture(scope="module")

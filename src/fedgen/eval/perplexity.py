@@ -1,0 +1,78 @@
+"""Text quality: per-client held-out perplexity, the figure federated LM papers report.
+
+Each client keeps a held-out part of its own text (``fedgen.data.text``); the
+model's perplexity on it is ``exp(mean next-token negative log-likelihood)``,
+from the task's own loss (``Task.nll``). Reported: the mean over clients, the
+worst decile (the 90th percentile over clients: the clients the federation
+serves worst) and the pooled perplexity over every held-out token.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedgen.config import EvalConfig
+from fedgen.registry import EVALUATORS
+
+
+class PerplexityEvaluator:
+    """Held-out perplexity of a text task on every client's own held-out text.
+
+    Args:
+        clients: the clients' text data, each with ``client_id`` and
+            ``heldout_windows(block_size)`` giving ``(x, y)`` windows of held-out tokens.
+        max_windows: at most this many windows per client (the first ones), to bound time.
+    """
+
+    def __init__(self, clients: list[Any], max_windows: int = 64) -> None:
+        if not clients:
+            raise ValueError("perplexity needs at least one client with held-out text")
+        self.clients = clients
+        self.max_windows = max_windows
+
+    def nll_per_client(self, task: Any) -> dict[int, tuple[float, int]]:
+        """Summed held-out NLL (nats) and token count of ``task`` for each client."""
+        block, out = task.params.block_size, {}
+        for c in self.clients:
+            x, y = c.heldout_windows(block)
+            if len(x) == 0:
+                raise ValueError(
+                    f"client {c.client_id} holds fewer than {block + 1} held-out tokens; raise "
+                    "the held-out fraction or the text per client, or lower block_size"
+                )
+            out[c.client_id] = task.nll(x[: self.max_windows], y[: self.max_windows])
+        return out
+
+    def evaluate_task(self, task: Any, generator: torch.Generator, final: bool) -> dict[str, float]:
+        """Mean, worst-decile and pooled held-out perplexity (``generator``, ``final``: unused,
+        perplexity draws nothing and costs the same every round)."""
+        nll = self.nll_per_client(task)
+        values = np.array([math.exp(total / count) for total, count in nll.values()])
+        pooled = sum(t for t, _ in nll.values()) / sum(c for _, c in nll.values())
+        return {
+            "perplexity": float(values.mean()),
+            "perplexity_worst_decile": float(np.quantile(values, 0.9)),
+            "perplexity_pooled": math.exp(pooled),
+        }
+
+    def describe(self) -> dict[str, str]:
+        """What each key was computed on."""
+        where = (
+            f"the held-out text each of {len(self.clients)} clients keeps (up to "
+            f"{self.max_windows} windows of the task's context length each)"
+        )
+        return {
+            "perplexity": f"exp(mean next-token NLL) per client, mean over clients, on {where}",
+            "perplexity_worst_decile": f"the 90th percentile over clients of it, on {where}",
+            "perplexity_pooled": f"exp(mean next-token NLL) over all tokens pooled, on {where}",
+        }
+
+
+@EVALUATORS.register("text")
+def text_evaluator(data: Any, *, seed: int, settings: EvalConfig) -> PerplexityEvaluator:
+    """The text evaluator of a run: ``data.clients`` hold each client's held-out text."""
+    return PerplexityEvaluator(list(data.clients))
