@@ -98,6 +98,9 @@ class EvalConfig(_Strict):
     tstr_epochs: int = Field(3, ge=1)
     classifier_epochs: int = Field(1, ge=1)
     grid_per_class: int = Field(10, ge=1)
+    #: Text: after the last round, fine-tune the global model this many steps on each
+    #: client's own text and report its personalized held-out perplexity (0: don't).
+    personalize_steps: int = Field(0, ge=0)
 
 
 class CheckpointConfig(_Strict):

@@ -29,6 +29,7 @@ TINY = [
     "federation.local_steps=10",
     "eval.every=1",
     "eval.grid_per_class=1",
+    "eval.personalize_steps=10",
     "threads=1",
 ]
 
@@ -48,6 +49,10 @@ def test_a_text_federation_trains_evaluates_samples_and_reports(text_run):
     assert lines[1]["perplexity"] < lines[0]["perplexity"] < 256
     assert lines[1]["perplexity_worst_decile"] >= lines[1]["perplexity"] * 0.99
     assert summary["perplexity"] == lines[1]["perplexity"] and summary["status"] == "completed"
+    # Fine-tuning on its own theme helps every client, the worst-served too.
+    assert "perplexity_personalized" not in lines[0]  # final evaluation only
+    assert summary["perplexity_personalized"] < summary["perplexity"]
+    assert summary["perplexity_personalized_worst_decile"] < summary["perplexity_worst_decile"]
     samples = sorted((out / "samples").glob("*.txt"))
     assert len(samples) == 2 and "--- prompt 'The '" in samples[-1].read_text()
     report = (out / "report.html").read_text()
