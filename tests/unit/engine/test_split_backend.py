@@ -180,3 +180,44 @@ def test_differential_privacy_with_the_split_backend_is_rejected(mnist_dir):
     )
     with pytest.raises(ConfigError, match="backend split"):
         build_experiment(cfg)
+
+
+@pytest.mark.parametrize(
+    ("kind", "failed"),
+    [("crash_before", "before training"), ("crash_after", "after training"), ("nan", None)],
+)
+def test_injected_faults_reach_the_split_clients(clients, kind, failed):
+    # Prepare: every client meets the fault.
+    from fedgen.config import FaultsConfig
+    from fedgen.engine.faults import FaultPlan
+
+    task = make_task()
+    plan = RoundPlan(0, [ClientInstruction(c, 100 + c, {}) for c in sorted(clients)])
+    faults = FaultPlan.from_config(FaultsConfig(**{kind: 1.0}))
+    work = LocalWork(task, task.federated_state(), [], 2, None, 0, faults=faults)
+    # Execute
+    results = list(SplitBackend(cuts=CUTS).run(plan, work, clients, {}))
+    # Assert: one result per client in plan order; crashes are failures, a NaN update is
+    # sent as such (the round loop rejects it).
+    assert [r.client_id for r in results] == [0, 1, 2]
+    if failed:
+        assert all(not r.ok and failed in (r.failure or "") for r in results)
+    else:
+        assert all(r.ok and any(v.isnan().any() for v in r.update.values()) for r in results)
+
+
+def test_a_crash_before_training_leaves_the_other_clients_training(clients):
+    from fedgen.config import FaultsConfig
+    from fedgen.engine.faults import FaultPlan
+
+    task = make_task()
+    faults = FaultPlan.from_config(FaultsConfig(crash_before=0.5))
+    assert faults is not None
+    seeds = {c: 100 + c for c in sorted(clients)}
+    crashed = {c for c, s in seeds.items() if faults.draw(s) == "crash_before"}
+    assert 0 < len(crashed) < len(seeds), "choose seeds so that some but not all crash"
+    plan = RoundPlan(0, [ClientInstruction(c, s, {}) for c, s in seeds.items()])
+    work = LocalWork(task, task.federated_state(), [], 2, None, 0, faults=faults)
+    results = list(SplitBackend(cuts=CUTS).run(plan, work, clients, {}))
+    assert [r.client_id for r in results] == sorted(clients)
+    assert {r.client_id for r in results if not r.ok} == crashed

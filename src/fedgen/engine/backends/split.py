@@ -156,7 +156,17 @@ class SplitBackend(Backend):
         clients: dict[int, ClientData],
         private_states: dict[int, StateDict],
     ) -> Iterator[ClientResult]:
-        ids = plan.client_ids
+        # Injected faults (``fedgen.engine.faults``), drawn per client as run_client does:
+        # a client that crashes before training never joins the joint pass.
+        faults = {
+            ins.client_id: work.faults.draw(ins.seed) if work.faults is not None else None
+            for ins in plan.instructions
+        }
+        ids = [c for c in plan.client_ids if faults[c] != "crash_before"]
+        if len(ids) < len(plan.client_ids):
+            # Results still come in plan order: the crashed clients' failures among them.
+            yield from self._with_crashed(plan, work, clients, private_states, faults, ids)
+            return
         if not ids:
             return
         task = work.task
@@ -224,6 +234,8 @@ class SplitBackend(Backend):
         }
         for ins in plan.instructions:
             c = ins.client_id
+            if faults[c] == "crash_after":
+                failures.setdefault(c, "InjectedFault: injected crash after training")
             if c in failures:
                 log.warning("client %d failed in round %d: %s", c, plan.round, failures[c])
                 # What crossed before it left: its blocks, then activations and gradients.
@@ -251,6 +263,28 @@ class SplitBackend(Backend):
                 },
                 features.get(c),
                 blocks_down[c],
+                faults[c],
+            )
+
+    def _with_crashed(
+        self,
+        plan: RoundPlan,
+        work: LocalWork,
+        clients: dict[int, ClientData],
+        private_states: dict[int, StateDict],
+        faults: dict[int, str | None],
+        ids: list[int],
+    ) -> Iterator[ClientResult]:
+        """The round of the clients in ``ids``, with a failure for each one that crashed
+        before training, all in plan order."""
+        trained = RoundPlan(plan.round, [i for i in plan.instructions if i.client_id in ids])
+        results = {r.client_id: r for r in self.run(trained, work, clients, private_states)}
+        for ins in plan.instructions:
+            c = ins.client_id
+            yield results.get(c) or ClientResult(
+                c,
+                clients[c].num_examples,
+                failure="InjectedFault: injected crash before training",
             )
 
     def _result(
@@ -265,6 +299,7 @@ class SplitBackend(Backend):
         metrics: dict[str, float],
         feature: torch.Tensor | None,
         blocks_down: int,
+        fault: str | None = None,
     ) -> ClientResult:
         view = client_view(trainer, cid)
         update = {k: view[k] - work.global_state[k] for k in work.global_state}
@@ -281,6 +316,8 @@ class SplitBackend(Backend):
             metrics.update(
                 {f"{type(transform).__name__.lower()}/{k}": v for k, v in t_metrics.items()}
             )
+        if work.faults is not None:
+            update = work.faults.corrupt(fault, update)
         # Uploaded: its activations and gradients, then its own blocks for aggregation
         # (the server already holds the middle).
         bytes_up = channel.up_by_client.get(cid, 0) + state_nbytes(
