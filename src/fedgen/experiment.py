@@ -115,7 +115,7 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
     if partition_params is None or task_params is None:
         raise ParamsError(problems)
     partitioner = PARTITIONERS.get(cfg.data.partition.kind)(**partition_params)
-    data, spec = _load_data(cfg, partitioner)
+    data, spec = _load_data(cfg, partitioner, task_params)
     clients: list[Any] = list(data.clients)
     local_steps, local_epochs = fed_cfg.local_steps, fed_cfg.local_epochs
     if fed_cfg.centralized:
@@ -212,11 +212,14 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
     return Experiment(cfg, federation, data, evaluator=None)
 
 
-def _load_data(cfg: ExperimentConfig, partitioner: Any) -> tuple[Any, DataSpec]:
+def _load_data(
+    cfg: ExperimentConfig, partitioner: Any, task_params: dict[str, Any]
+) -> tuple[Any, DataSpec]:
     """The federated data the recipe names and what a task needs to know of it.
 
     Text sources are split by whole themes (partition ``themes``), images by a label
-    partitioner; a recipe that mixes them is refused with the fix.
+    partitioner; a recipe that mixes them is refused with the fix. Text is tokenized
+    with the task's own tokenizer (``Task.tokenizer``: a pretrained model's), else bytes.
     """
     from fedgen.data.federated import make_federated_data
     from fedgen.data.text_data import ThemePartition
@@ -230,8 +233,10 @@ def _load_data(cfg: ExperimentConfig, partitioner: Any) -> tuple[Any, DataSpec]:
             f"{cfg.data.sources}; use {fix}"
         )
     if text:
+        task_cls: type[Task] = TASKS.get(cfg.task.name)
+        tokenizer = task_cls.tokenizer(task_cls.Params.model_validate(task_params))
         corpus = partitioner.federate(
-            cfg.data.sources[0], cfg.data.num_clients, cfg.seed, cfg.data.data_dir
+            cfg.data.sources[0], cfg.data.num_clients, cfg.seed, cfg.data.data_dir, tokenizer
         )
         return corpus, DataSpec(Modality.TEXT, vocab_size=corpus.vocab_size)
     data = make_federated_data(

@@ -384,9 +384,15 @@ class ThemePartition:
         self.max_bytes_per_client = max_bytes_per_client
 
     def federate(
-        self, source: str, num_clients: int, seed: int, data_dir: Path | str | None = None
+        self,
+        source: str,
+        num_clients: int,
+        seed: int,
+        data_dir: Path | str | None = None,
+        tokenizer: Tokenizer | None = None,
     ) -> FederatedText:
-        """The federation of ``source`` over ``num_clients`` clients."""
+        """The federation of ``source`` over ``num_clients`` clients, tokenized by
+        ``tokenizer`` (default ``ByteTokenizer``)."""
         return make_federated_text(
             source,
             num_clients,
@@ -395,4 +401,5 @@ class ThemePartition:
             self.heldout_fraction,
             self.max_bytes_per_client,
             data_dir=data_dir,
+            tokenizer=tokenizer,
         )

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from fedgen.data.client_data import ClientData
+from fedgen.data.text_data import Tokenizer
 from fedgen.modality import Conditioning, DataSpec, Modality, TensorKind
 from fedgen.types import StateDict
 
@@ -109,6 +110,14 @@ class Task(ABC):
                 f"{spec.modality}; choose a task for {spec.modality} or other data.sources"
             )
         return cls(params, spec.num_classes, spec.image_shape, seed)
+
+    @classmethod
+    def tokenizer(cls, params: TaskParams) -> Tokenizer | None:
+        """The tokenizer the data must be tokenized with for this task, or None for the
+        default (text: ``ByteTokenizer``). A pretrained language model returns its own,
+        so that the experiment tokenizes each client's text with it before building the task.
+        """
+        return None
 
     def __init__(
         self, params: TaskParams, num_classes: int, image_shape: tuple[int, int, int], seed: int
