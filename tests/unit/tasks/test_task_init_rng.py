@@ -16,12 +16,15 @@ CGAN_SEED0_SHA256 = "51018261a248b5b07c84fd3daea9a72fd9a98b35144214586bd10128fc2
 
 def make(name: str, seed: int = 0):
     cls = TASKS.get(name)
+    params = cls.Params()
+    # A pretrained text task's data is tokenized with its own tokenizer; bytes otherwise.
+    tokenizer = cls.tokenizer(params)
     spec = (
-        DataSpec(Modality.TEXT, vocab_size=256)
+        DataSpec(Modality.TEXT, vocab_size=tokenizer.vocab_size if tokenizer else 256)
         if cls.modality == Modality.TEXT
         else DataSpec(Modality.IMAGES, num_classes=10, image_shape=(1, 28, 28))
     )
-    return cls.from_spec(cls.Params(), spec, seed)
+    return cls.from_spec(params, spec, seed)
 
 
 def state_sha256(state: dict[str, torch.Tensor]) -> str:

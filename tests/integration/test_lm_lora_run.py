@@ -1,0 +1,85 @@
+"""LoRA fine-tuning of the packaged SmolLM2 over fortunes, end to end: run folder,
+perplexity, samples, report, ledger, and checkpoints that hold adapters, not the base."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+import pytest
+import torch
+from cli_runner import fedgen
+
+from fedgen.config import load_config
+from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
+from fedgen.experiment import run_experiment
+from fedgen.ledger import state_digest
+from fedgen.tasks import lm_base
+
+pytest.importorskip("peft", reason="task lm_lora needs the lm extra: pip install -e '.[lm]'")
+if lm_base.importlib.util.find_spec(lm_base.DEFAULT_PACKAGE) is None:
+    pytest.skip(f"the default base is missing: {lm_base.INSTALL_DEFAULT}", allow_module_level=True)
+
+TINY = [
+    "data.sources=[fortunes]",
+    "data.num_clients=2",
+    "data.partition={kind: themes, params: {themes_per_client: 1, max_bytes_per_client: 4000}}",
+    "task.name=lm_lora",
+    "task.params={block_size: 16, batch_size: 2, max_new_tokens: 6}",
+    "strategy.params={fraction: 1.0, min_clients: 1}",
+    "backend.name=inprocess",
+    "federation.rounds=2",
+    "federation.local_steps=1",
+    "eval.every=1",
+    "eval.grid_per_class=1",
+    "threads=1",
+]
+
+
+def _tensors(node: Any) -> list[torch.Tensor]:
+    if isinstance(node, torch.Tensor):
+        return [node]
+    if isinstance(node, dict):
+        return [t for v in node.values() for t in _tensors(v)]
+    if isinstance(node, list | tuple):
+        return [t for v in node for t in _tensors(v)]
+    return []
+
+
+def test_a_lora_federation_runs_and_checkpoints_adapters_only(tmp_path):
+    # Execute
+    out = tmp_path / "run"
+    summary = run_experiment(load_config(None, TINY), out, progress=False)
+    # Assert: every round evaluated and sampled, the run completed and verifies.
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in lines] == [0, 1] and summary["status"] == "completed"
+    assert all(math.isfinite(m["perplexity"]) and m["perplexity"] < 1000 for m in lines)
+    samples = sorted((out / "samples").glob("*.txt"))
+    assert len(samples) == 2 and "--- prompt 'The '" in samples[-1].read_text()
+    assert json.loads((out / "partition.json").read_text())["tokenizer"] == lm_base.DEFAULT_FILE
+    assert "Generated text" in (out / "report.html").read_text()
+    assert "ledger verified" in fedgen("ledger", "verify", str(out)).stdout
+    # The checkpoint holds the 460,800 adapter numbers and the base's digest, not the base.
+    path = list_checkpoints(out / "checkpoints")[-1][1]
+    state = load_checkpoint(path)["federation"]
+    base = lm_base.load_base_model(lm_base.locate_base(None))
+    base_bytes = sum(t.numel() * t.element_size() for t in base.state_dict().values())
+    assert base_bytes > 500e6 and path.stat().st_size < base_bytes / 50
+    saved = _tensors(state)
+    assert sum(t.numel() for t in _tensors(state["global_state"])) == 460_800
+    assert max(t.numel() for t in saved) == 576 * 8  # the largest adapter, no base matrix
+    assert state["private_states"] == {}
+    # The digest is of the base's own tensors, under the names peft gives them.
+    assert state["frozen_digest"] == state_digest(
+        {_peft_name(k): v for k, v in base.state_dict().items()}
+    )
+
+
+def _peft_name(key: str) -> str:
+    """A base tensor's name inside the task: peft wraps the model and keeps an adapted
+    layer's weight as ``<layer>.base_layer.weight``."""
+    return re.sub(
+        r"\.(q_proj|v_proj)\.weight$", r".\1.base_layer.weight", f"lm.base_model.model.{key}"
+    )
