@@ -1,16 +1,33 @@
-"""One client's round, as any backend runs it: load, train, diff, transform."""
+"""One client's round, as any backend runs it: load, train, diff, transform.
+
+Also the two messages of that round (``fedgen.wire``): the job the server sends
+(``job_message``) and the reply the client sends back (``reply_message``). A backend
+that runs clients in another process encodes them; one that runs them here skips the
+encoding but reports the same byte counts, since ``run_client`` sets a result's
+``bytes_down`` and ``bytes_up`` to the encoded lengths of these two messages.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import LocalWork
-from fedgen.engine.backends.signing import sign_result
-from fedgen.transforms.base import TransformContext
-from fedgen.types import ClientInstruction, ClientResult, StateDict, state_nbytes
+from fedgen.engine.backends.signing import ClientKeys, sign_result
+from fedgen.engine.faults import FaultPlan
+from fedgen.tasks.base import Task
+from fedgen.transforms.base import TransformContext, UpdateTransform
+from fedgen.types import ClientInstruction, ClientResult, StateDict
+from fedgen.wire import Message, WireError
+
+#: Prefixes of a reply's array names: the update's tensors and the extras.
+UPDATE, EXTRAS = "update/", "extras/"
+REPLY_META = frozenset(
+    {"client_id", "num_examples", "has_update", "metrics", "failure", "signature", "private_keys"}
+)
 
 
 def local_steps_for(work: LocalWork, num_examples: int) -> int:
@@ -34,6 +51,9 @@ def run_client(
     Exceptions propagate; the backend turns them into failure values.
     """
     task = work.task
+    # What a wire carries, whether or not this backend encodes it: a job that cannot
+    # be encoded (a tuple in the config) fails the client before it trains.
+    bytes_down = job_message(ins, work, num_clients).nbytes
     fault = work.faults.draw(ins.seed) if work.faults is not None else None
     if work.faults is not None:
         work.faults.before_training(fault)
@@ -68,7 +88,139 @@ def run_client(
         num_examples=data.num_examples,
         update=update,
         metrics=metrics,
-        bytes_up=state_nbytes(update),
+        bytes_down=bytes_down,
     )
     sign_result(result, work.keys, work.round)
+    # A reply that cannot be encoded (a NaN metric) fails the client, in every backend.
+    result.bytes_up = reply_message(result).nbytes
     return result, task.private_state()
+
+
+def job_message(ins: ClientInstruction, work: LocalWork, num_clients: int) -> Message:
+    """What the server sends one client for a round: the global state and its instruction.
+
+    ``meta`` holds the instruction (client id, seed, config), the round, the step
+    budget, the run's DP noise key (hex) and each transform's ``state_dict()`` (its
+    client half reads nothing else that changes between rounds, e.g. an adaptive
+    clip bound). The client's private state and signing key are not in it: they are
+    the client's own and never cross the wire.
+    """
+    return Message(
+        work.global_state,
+        {
+            "client_id": ins.client_id,
+            "seed": ins.seed,
+            "config": ins.config,
+            "round": work.round,
+            "local_steps": work.local_steps,
+            "local_epochs": work.local_epochs,
+            "num_clients": num_clients,
+            "noise_key": None if work.noise_key is None else work.noise_key.hex(),
+            "transforms": [t.state_dict() for t in work.transforms],
+        },
+    )
+
+
+def work_from_job(
+    job: Message,
+    task: Task,
+    transforms: Sequence[UpdateTransform],
+    faults: FaultPlan | None,
+    keys: ClientKeys | None,
+) -> tuple[ClientInstruction, LocalWork, int]:
+    """The instruction, the work and the cohort size a client reads from its job.
+
+    ``task``, ``transforms`` and ``faults`` are the client's own copies, built from the
+    recipe; the job's transform states are loaded into ``transforms``.
+
+    Raises:
+        WireError: the job's meta lacks a field or has a transform state too many or few.
+    """
+    meta = job.meta
+    try:
+        ins = ClientInstruction(meta["client_id"], meta["seed"], meta["config"])
+        states = meta["transforms"]
+        if not isinstance(states, list):
+            raise WireError("the job's transforms must be a list of states")
+        if len(states) != len(transforms):
+            raise WireError(
+                f"the job has {len(states)} transform states, the client has "
+                f"{len(transforms)} transforms"
+            )
+        for transform, state in zip(transforms, states, strict=True):
+            transform.load_state_dict(state)
+        key = meta["noise_key"]
+        work = LocalWork(
+            task,
+            job.arrays,
+            transforms,
+            meta["local_steps"],
+            meta["local_epochs"],
+            meta["round"],
+            None if key is None else bytes.fromhex(key),
+            faults,
+            keys,
+        )
+        return ins, work, meta["num_clients"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WireError(f"a malformed job message: {type(exc).__name__}: {exc}") from exc
+
+
+def reply_message(result: ClientResult) -> Message:
+    """What a client sends back: its update and extras as arrays, everything else as meta.
+
+    Byte counts are not in it (the receiver measures them, and a message cannot hold
+    its own length).
+    """
+    arrays = {UPDATE + k: v for k, v in (result.update or {}).items()}
+    arrays.update({EXTRAS + k: v for k, v in result.extras.items()})
+    return Message(
+        arrays,
+        {
+            "client_id": result.client_id,
+            "num_examples": result.num_examples,
+            "has_update": result.update is not None,
+            "metrics": result.metrics,
+            "failure": result.failure,
+            "signature": result.signature,
+            "private_keys": sorted(result.private_keys),
+        },
+    )
+
+
+def result_from_reply(reply: Message) -> ClientResult:
+    """The ``ClientResult`` a reply message carries (its fields checked later, by the loop).
+
+    Raises:
+        WireError: the reply does not have the shape ``reply_message`` gives one.
+    """
+    meta = reply.meta
+    if set(meta) != REPLY_META:
+        raise WireError(f"a reply's meta must have the fields {sorted(REPLY_META)}")
+    update: StateDict = {}
+    extras: StateDict = {}
+    for name, tensor in reply.arrays.items():
+        if name.startswith(UPDATE):
+            update[name.removeprefix(UPDATE)] = tensor
+        elif name.startswith(EXTRAS):
+            extras[name.removeprefix(EXTRAS)] = tensor
+        else:
+            raise WireError(f"a reply's array {name[:60]!r} is neither update/ nor extras/")
+    has_update = meta["has_update"]
+    if type(has_update) is not bool:
+        raise WireError("a reply's has_update must be true or false")
+    if update and not has_update:
+        raise WireError("a reply without an update (has_update false) carries update arrays")
+    private = meta["private_keys"]
+    if not isinstance(private, list) or not all(isinstance(k, str) for k in private):
+        raise WireError("a reply's private_keys must be a list of names")
+    return ClientResult(
+        client_id=meta["client_id"],
+        num_examples=meta["num_examples"],
+        update=update if has_update else None,
+        metrics=meta["metrics"],
+        failure=meta["failure"],
+        extras=extras,
+        private_keys=frozenset(private),
+        signature=meta["signature"],
+    )

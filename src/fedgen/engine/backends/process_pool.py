@@ -3,10 +3,19 @@
 Small generative models on CPU run fastest with one thread per process
 (thread start-up dominates their small kernels), so the way to use several
 cores is several processes. Each worker holds its own copy of the task and
-of the client shards, sent once at start; per client it receives only the
-global state and returns only the update, as a real client would. Results
+of the client shards, sent once at start, and of the update pipeline and fault
+plan, sent again only when they change. Per client it receives the job message
+(``local_training.job_message``: the global state and the instruction) and
+sends back the reply message (``reply_message``: the update, metrics, failure,
+signature), both encoded with ``fedgen.wire`` as they would cross a network; a
+result's ``bytes_down`` and ``bytes_up`` are those encodings' lengths. Results
 are identical to the in-process backend: each client's randomness comes from
 its own seed, not from which worker runs it.
+
+A worker keeps no client between jobs (any worker may run any client), so the
+client's own belongings, its private state and signing key, travel beside the
+job as a second encoded message, its *custody*, and its new private state comes
+back the same way. A real client would keep them; they are not counted as traffic.
 
 The pool is fedgen's own rather than ``concurrent.futures``' because a
 federation needs three things that executor cannot give:
@@ -25,8 +34,9 @@ import copy
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -37,12 +47,22 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import Backend, LocalWork
-from fedgen.engine.backends.local_training import run_client
+from fedgen.engine.backends.local_training import (
+    job_message,
+    reply_message,
+    result_from_reply,
+    run_client,
+    work_from_job,
+)
 from fedgen.engine.backends.parent_watch import die_with_parent
+from fedgen.engine.backends.signing import ClientKeys
+from fedgen.engine.faults import FaultPlan
 from fedgen.errors import ConfigError
 from fedgen.registry import BACKENDS
 from fedgen.tasks.base import Task
-from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict
+from fedgen.transforms.base import UpdateTransform
+from fedgen.types import ClientResult, RoundPlan, StateDict
+from fedgen.wire import Message, WireError, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -58,37 +78,58 @@ def _worker_main(
     # workers would train on each other's weights. A private copy per worker
     # keeps clients independent (the read-only client shards may stay shared).
     task = copy.deepcopy(task)
+    # The task (sent once, with the process) and the update pipeline and fault plan
+    # (pickled beside a job when they changed) are still Python objects from the
+    # server; that a client builds them from the recipe itself is a later step.
+    transforms: Sequence[UpdateTransform] = ()
+    faults: FaultPlan | None = None
     # Clients are sent only to ready workers, so start-up never eats a client's timeout.
     conn.send(("ready",))
     while True:
         try:
-            job = conn.recv()
+            frame = conn.recv()
+            if frame is None:
+                return
+            setup = conn.recv_bytes() if frame[1] else None
+            job, custody = conn.recv_bytes(), conn.recv_bytes()
         except (EOFError, OSError):
             return  # the server closed the pipe
-        if job is None:
-            return
-        (
-            ins,
-            global_state,
-            transforms,
-            steps,
-            epochs,
-            round_,
-            private,
-            n_clients,
-            key,
-            faults,
-            keys,
-        ) = job
-        work = LocalWork(task, global_state, transforms, steps, epochs, round_, key, faults, keys)
+        # Read every frame before unpickling (which may import modules for seconds):
+        # the server's send of the next worker's job waits for this one's reads.
+        if setup is not None:
+            transforms, faults = pickle.loads(setup)
+        reply, kept = _train(job, custody, task, clients, transforms, faults)
         try:
-            reply: Any = ("ok", *run_client(ins, work, clients[ins.client_id], private, n_clients))
-        except Exception as exc:  # the client's own error: a failure value for the server
-            reply = ("error", f"{type(exc).__name__}: {exc}")
-        try:
-            conn.send(reply)
+            conn.send_bytes(reply)
+            conn.send_bytes(kept)
         except (BrokenPipeError, OSError):
             return
+
+
+def _train(
+    job: bytes,
+    custody: bytes,
+    task: Task,
+    clients: dict[int, ClientData],
+    transforms: Sequence[UpdateTransform],
+    faults: FaultPlan | None,
+) -> tuple[bytes, bytes]:
+    """One client's round in a worker: its encoded reply and its encoded custody."""
+    client_id = -1
+    try:
+        message, held = decode(job), decode(custody)
+        keys = None
+        if held.meta:
+            keys = ClientKeys(held.meta["run_id"], {message.meta["client_id"]: held.meta["key"]})
+        ins, work, num_clients = work_from_job(message, task, transforms, faults, keys)
+        client_id = ins.client_id
+        result, private = run_client(
+            ins, work, clients[client_id], held.arrays or None, num_clients
+        )
+        return encode(reply_message(result)), encode(Message(private))
+    except Exception as exc:  # the client's own error: a failure value for the server
+        failed = ClientResult(client_id, 0, failure=f"{type(exc).__name__}: {exc}")
+        return encode(reply_message(failed)), encode(Message())
 
 
 @dataclass
@@ -100,6 +141,10 @@ class _Worker:
     #: The plan index and start time of the client it is training, or None when idle.
     job: int | None = None
     started: float = 0.0
+    #: Bytes of that client's job message.
+    sent: int = 0
+    #: The transforms and fault plan it holds (compared by identity), None before any.
+    setup: tuple[Any, ...] | None = None
 
 
 @BACKENDS.register("process_pool")
@@ -188,30 +233,42 @@ class ProcessPoolBackend(Backend):
         todo = list(enumerate(plan.instructions))[::-1]  # popped from the end: plan order
         done: dict[int, ClientResult] = {}
         next_out = 0
-        transforms = list(work.transforms)
+        setup = (*work.transforms, work.faults)
+        setup_objects = (list(work.transforms), work.faults)
 
         def finish(index: int, result: ClientResult) -> None:
             done[index] = result
 
-        def fail(index: int, reason: str) -> None:
+        def fail(index: int, reason: str, down: int = 0, up: int = 0) -> None:
             ins = plan.instructions[index]
+            n = clients[ins.client_id].num_examples
             finish(
-                index,
-                ClientResult(ins.client_id, clients[ins.client_id].num_examples, failure=reason),
+                index, ClientResult(ins.client_id, n, failure=reason, bytes_up=up, bytes_down=down)
             )
 
         while next_out < len(plan.instructions):
             for worker in self._pool:
                 if worker.ready and worker.job is None and todo:
                     index, ins = todo.pop()
-                    job = _job(ins, work, transforms, private_states, len(clients))
                     try:
-                        worker.conn.send(job)
+                        job = encode(job_message(ins, work, len(clients)))
+                        custody = _custody(ins.client_id, private_states, work.keys)
+                    except WireError as exc:
+                        fail(index, f"the client's job cannot be encoded: {exc}")
+                        continue
+                    try:
+                        fresh = not _same(worker.setup, setup)
+                        worker.conn.send(("job", fresh))
+                        if fresh:
+                            worker.conn.send_bytes(pickle.dumps(setup_objects))
+                            worker.setup = setup
+                        worker.conn.send_bytes(job)
+                        worker.conn.send_bytes(custody)
                     except (BrokenPipeError, OSError) as exc:
                         fail(index, f"worker process died before the client started: {exc}")
                         self._replace(worker)
                         continue
-                    worker.job, worker.started = index, time.monotonic()
+                    worker.job, worker.started, worker.sent = index, time.monotonic(), len(job)
             busy = [w for w in self._pool if w.job is not None]
             starting = [w for w in self._pool if not w.ready]
             if busy or starting:
@@ -225,33 +282,39 @@ class ProcessPoolBackend(Backend):
                     index, ins = worker.job, plan.instructions[worker.job]
                     if worker.conn in ready:
                         try:
-                            reply = worker.conn.recv()
+                            reply, kept = worker.conn.recv_bytes(), worker.conn.recv_bytes()
                         except (EOFError, OSError):
                             code = worker.process.exitcode
                             worker.process.join(timeout=1)
                             code = worker.process.exitcode if code is None else code
-                            fail(index, f"worker process died (exit code {code})")
+                            fail(index, f"worker process died (exit code {code})", worker.sent)
                             self._replace(worker)
                             continue
                         worker.job = None
-                        if reply[0] == "ok":
-                            _, result, private = reply
-                            if private:
-                                private_states[ins.client_id] = private
-                            finish(index, result)
-                        else:
+                        try:
+                            result = result_from_reply(decode(reply))
+                            private = decode(kept).arrays
+                        except WireError as exc:
+                            fail(index, f"malformed reply: {exc}", worker.sent, len(reply))
+                            continue
+                        if result.failure is not None:
                             log.warning(
                                 "client %d failed in round %d: %s",
                                 ins.client_id,
                                 plan.round,
-                                reply[1],
+                                result.failure,
                             )
-                            fail(index, reply[1])
+                            fail(index, result.failure, worker.sent, len(reply))
+                            continue
+                        if private:
+                            private_states[ins.client_id] = private
+                        result.bytes_down, result.bytes_up = worker.sent, len(reply)
+                        finish(index, result)
                     elif (
                         self.client_timeout is not None
                         and now - worker.started > self.client_timeout
                     ):
-                        fail(index, f"timed out after {self.client_timeout:g} s")
+                        fail(index, f"timed out after {self.client_timeout:g} s", worker.sent)
                         # A worker stuck in a client cannot be trusted with the next one.
                         self._replace(worker)
             while next_out in done:
@@ -281,26 +344,21 @@ class ProcessPoolBackend(Backend):
         self._bound = None
 
 
-def _job(
-    ins: ClientInstruction,
-    work: LocalWork,
-    transforms: list[Any],
-    private_states: dict[int, StateDict],
-    num_clients: int,
-) -> tuple[Any, ...]:
+def _custody(
+    client_id: int, private_states: dict[int, StateDict], keys: ClientKeys | None
+) -> bytes:
+    """The client's own belongings a worker needs to run it: private state, signing key."""
+    # Only this client's signing key travels to the worker that runs it.
+    meta = {} if keys is None else {"run_id": keys.run_id, "key": keys.private[client_id]}
+    return encode(Message(private_states.get(client_id) or {}, meta))
+
+
+def _same(held: tuple[Any, ...] | None, wanted: tuple[Any, ...]) -> bool:
+    """Whether a worker holds exactly these transform and fault-plan objects."""
     return (
-        ins,
-        work.global_state,
-        transforms,
-        work.local_steps,
-        work.local_epochs,
-        work.round,
-        private_states.get(ins.client_id),
-        num_clients,
-        work.noise_key,
-        work.faults,
-        # Only this client's signing key travels to the worker that runs it.
-        None if work.keys is None else work.keys.only(ins.client_id),
+        held is not None
+        and len(held) == len(wanted)
+        and all(a is b for a, b in zip(held, wanted, strict=True))
     )
 
 
