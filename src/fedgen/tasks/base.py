@@ -139,6 +139,9 @@ class Task(ABC):
                 f"federated modules {sorted(unknown)} are not modules of "
                 f"{type(self).__name__}; choose from {sorted(self.modules)}"
             )
+        # What a client that has no private state yet starts from (not from whatever
+        # the previous client left in this reused instance).
+        self._initial_private: StateDict = self.private_state()
 
     @abstractmethod
     def build(self) -> dict[str, nn.Module]:
@@ -208,6 +211,10 @@ class Task(ABC):
     def private_state(self) -> StateDict:
         """Detached copies of the tensors that stay on the client between rounds."""
         return {k: v.detach().clone() for k, v in self._tensors(TensorKind.PRIVATE).items()}
+
+    def initial_private_state(self) -> StateDict:
+        """The private tensors as built: a client's start before it has its own."""
+        return {k: v.clone() for k, v in self._initial_private.items()}
 
     def frozen_tensors(self) -> StateDict:
         """The frozen base's tensors themselves (not copies; empty without a base). The

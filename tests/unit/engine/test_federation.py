@@ -177,3 +177,25 @@ def test_dp_round_with_an_empty_poisson_cohort_still_releases_noise(mnist_dir):
     assert not set(record.metrics) & {"clients", "failures", "examples", "bytes_up"}
     assert all(not torch.equal(before[k], fed.global_state[k]) for k in before)
     assert record.metrics["epsilon"] > 0
+
+
+def test_a_client_without_private_state_starts_from_the_initial_one(mnist_dir):
+    # Prepare: a private discriminator; client 3 trained after three others, and alone.
+    from fedgen.engine.backends.base import LocalWork
+    from fedgen.types import ClientInstruction, RoundPlan
+
+    task_params = (
+        "{batch_size: 16, generator_width: 8, discriminator_width: 8, federate: [generator]}"
+    )
+    fed = build_experiment(tiny_config(mnist_dir, **{"task.params": task_params})).federation
+
+    def client_3_update(order: list[int]) -> dict[str, torch.Tensor]:
+        plan = RoundPlan(0, [ClientInstruction(c, 100 + c, {}) for c in order])
+        work = LocalWork(fed.task, fed.global_state, [], 2, None, 0)
+        results = list(fed.backend.run(plan, work, fed.clients, {}))
+        return next(r for r in results if r.client_id == 3).update
+
+    # Execute
+    after_others, alone = client_3_update([0, 1, 2, 3]), client_3_update([3])
+    # Assert: the same update, whoever trained on the task instance before it.
+    assert all(torch.equal(after_others[k], alone[k]) for k in alone)

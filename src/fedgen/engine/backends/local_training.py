@@ -60,8 +60,9 @@ def run_client(
     task.load_state(work.global_state)
     if task.privacy_engine is not None:
         task.privacy_engine.noise_key = work.noise_key
-    if private_state:
-        task.load_state(private_state)
+    # A client without private state yet starts from the task's initial private tensors,
+    # never from those the previous client left in this reused task instance.
+    task.load_state(private_state or task.initial_private_state())
     gen = torch.Generator()
     gen.manual_seed(ins.seed)
     steps = local_steps_for(work, data.num_examples)
