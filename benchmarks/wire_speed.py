@@ -45,6 +45,7 @@ COLUMNS = [
     "decode µs",
     "encode + decode µs",
     "rounds / s",
+    "rounds / s, all trials",
 ]
 
 
@@ -161,6 +162,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7, help="timing repeats (median kept)")
     parser.add_argument("--rounds", type=int, default=10, help="timed federation rounds")
     parser.add_argument(
+        "--trials", type=int, default=5, help="federation timings per setting (interleaved)"
+    )
+    parser.add_argument(
         "--data-dir",
         default=os.environ.get("FEDGEN_DATA_DIR") or str(ROOT.parent / "shared" / "data"),
     )
@@ -187,7 +191,8 @@ def main() -> None:
             "pool passed them through shared memory instead)",
             f"rounds / s: tiny federation (4 MNIST clients, widths 8, 2 local steps), "
             f"{args.rounds} rounds after a warm-up round, threads 1, a fresh process each; "
-            f"this process and its workers may run on {len(os.sched_getaffinity(0))} core(s)",
+            f"median of {args.trials} trials, the settings interleaved; this process and its "
+            f"workers may run on {len(os.sched_getaffinity(0))} core(s)",
         ],
     )
     for row in message_rows(args.number, args.repeat):
@@ -195,9 +200,17 @@ def main() -> None:
     runs = [("process_pool", current_commit(), None), ("inprocess", current_commit(), None)]
     if args.baseline_src is not None:
         runs.insert(1, ("process_pool", args.baseline_label, args.baseline_src))
-    for backend, label, src in runs:
-        rate = measure_rounds(backend, args.rounds, args.data_dir, src)
-        row = {"measurement": f"tiny federation, {backend}", "code": label, "rounds / s": rate}
+    rates: list[list[float]] = [[] for _ in runs]
+    for _ in range(args.trials):
+        for i, (backend, _label, src) in enumerate(runs):
+            rates[i].append(measure_rounds(backend, args.rounds, args.data_dir, src))
+    for (backend, label, _src), trials in zip(runs, rates, strict=True):
+        row = {
+            "measurement": f"tiny federation, {backend}",
+            "code": label,
+            "rounds / s": statistics.median(trials),
+            "rounds / s, all trials": " ".join(f"{r:.2f}" for r in trials),
+        }
         print(table.append(row), flush=True)
 
 

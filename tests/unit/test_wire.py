@@ -644,10 +644,6 @@ def test_process_pool_and_in_process_train_and_count_the_same_messages(mnist_dir
     # Execute
     for backend, fed in feds.items():
         fed.noise_key = feds["inprocess"].noise_key  # one secret for both runs
-        # Every client starts from the initial private tensors. (Left empty, a client's
-        # first round in-process would start from the previous client's private
-        # tensors, and in a worker from whatever that worker last trained.)
-        fed.private_states = {c: fed.task.private_state() for c in fed.clients}
         try:
             records[backend] = [fed.run_round(r).metrics for r in range(2)]
         finally:
