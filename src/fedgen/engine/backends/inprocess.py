@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict
 
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import Backend, LocalWork
-from fedgen.engine.backends.local_training import run_client
+from fedgen.engine.backends.local_training import job_message, run_client
+from fedgen.errors import FedgenError
 from fedgen.registry import BACKENDS
 from fedgen.types import ClientResult, RoundPlan, StateDict
 
@@ -40,10 +41,15 @@ class InProcessBackend(Backend):
                 )
             except Exception as exc:  # a client crash must not end the round
                 log.warning("client %d failed in round %d: %r", ins.client_id, plan.round, exc)
+                try:  # what was sent to it all the same, as the process pool counts
+                    sent = job_message(ins, work, len(clients)).nbytes
+                except FedgenError:
+                    sent = 0  # a job that cannot be encoded was never sent
                 yield ClientResult(
                     client_id=ins.client_id,
                     num_examples=data.num_examples,
                     failure=f"{type(exc).__name__}: {exc}",
+                    bytes_down=sent,
                 )
                 continue
             if private:
