@@ -31,3 +31,21 @@ def test_a_skip_is_a_skip_elsewhere(tmp_path):
     result = _run(tmp_path, "")
     assert result.returncode == 0, result.stdout
     assert "1 skipped" in result.stdout
+
+
+def test_a_module_skipped_at_collection_fails_under_ci_too(tmp_path):
+    test = tmp_path / "test_module_skip.py"
+    test.write_text(
+        "import pytest\n\npytest.skip('model missing', allow_module_level=True)\n\n"
+        "def test_x():\n    pass\n"
+    )
+    env = {**os.environ, "CI": "true", "PYTHONPATH": str(Path(__file__).parent)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-c", os.devnull, str(test)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0, result.stdout
+    assert "model missing" in result.stdout

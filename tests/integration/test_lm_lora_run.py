@@ -83,3 +83,28 @@ def _peft_name(key: str) -> str:
     return re.sub(
         r"\.(q_proj|v_proj)\.weight$", r".\1.base_layer.weight", f"lm.base_model.model.{key}"
     )
+
+
+def test_client_level_dp_and_secure_aggregation_work_on_the_adapters(tmp_path):
+    # Prepare: the recipe's DP-FedAvg settings and secure aggregation, on LoRA adapters.
+    sets = [
+        *TINY,
+        "federation.rounds=1",
+        "eval.every=0",
+        "eval.final=false",
+        "strategy.params={fraction: 1.0, min_clients: 1, weighted: false, "
+        "sampling: poisson, fixed_denominator: true}",
+        "transforms=[{name: clip, params: {max_norm: 1.0}}, "
+        "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-3}}, "
+        "{name: secagg, params: {dropout_rate: 0.0}}]",
+    ]
+    out = tmp_path / "dp-secagg"
+    # Execute
+    summary = run_experiment(load_config(None, sets), out, progress=False)
+    # Assert: accounted, aggregated securely (the ledger holds the unmasked sum's digest,
+    # no individual update), and only the adapters moved.
+    assert summary["status"] == "completed" and summary["epsilon"] > 0
+    verified = fedgen("ledger", "verify", str(out)).stdout
+    assert "0 updates" in verified
+    state = load_checkpoint(list_checkpoints(out / "checkpoints")[-1][1])["federation"]
+    assert state["global_state"] and all("lora_" in k for k in state["global_state"])
