@@ -115,6 +115,12 @@ def sample(
     prompt: Annotated[
         str | None, typer.Option(help="text tasks: print N continuations of this prompt")
     ] = None,
+    client: Annotated[
+        int | None,
+        typer.Option(
+            help="sample the model as this client holds it (global + its private tensors)"
+        ),
+    ] = None,
 ) -> None:
     """Draw N samples per condition (images: per class, into a PNG grid) from the newest
     checkpoint of RUN_DIR, written as the task's modality is shown."""
@@ -128,6 +134,16 @@ def sample(
         _fail(exc)
         return
     task = exp.federation.load_global_into_task()
+    if client is not None:
+        fed = exp.federation
+        if client not in fed.clients:
+            _fail(
+                FedgenError(
+                    f"no client {client} in this run; clients are 0..{len(fed.clients) - 1}"
+                )
+            )
+        # Its personal tensors (private adapters, a private head) over the global model.
+        task.load_state(fed.private_states.get(client) or task.initial_private_state())
     gen = torch_generator(seed, "cli-sample")
     if prompt is not None:
         from fedgen.modality import Conditioning

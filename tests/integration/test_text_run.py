@@ -69,6 +69,14 @@ def test_fedgen_sample_prints_continuations_of_a_prompt(text_run):
     assert len(blocks) == 2 and all(b.startswith("A fool") for b in blocks)
 
 
+def test_fedgen_sample_as_a_client_holds_the_model_and_refuses_an_unknown_client(text_run):
+    out, _ = text_run
+    result = fedgen("sample", str(out), "--prompt", "A", "--n", "1", "--client", "2")
+    assert result.stdout.startswith("--- A")
+    bad = fedgen("sample", str(out), "--prompt", "A", "--client", "9", check=False)
+    assert bad.returncode == 2 and "no client 9" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_perplexity_equals_the_exponent_of_the_models_own_mean_loss(text_run):
     # Prepare: the trained model, and each client's held-out windows.
     out, _ = text_run
