@@ -108,3 +108,13 @@ def test_client_level_dp_and_secure_aggregation_work_on_the_adapters(tmp_path):
     assert "0 updates" in verified
     state = load_checkpoint(list_checkpoints(out / "checkpoints")[-1][1])["federation"]
     assert state["global_state"] and all("lora_" in k for k in state["global_state"])
+
+
+def test_clients_with_personal_adapters_get_their_own_samples_in_the_report(tmp_path):
+    out = tmp_path / "fedper"
+    sets = [*TINY, "federation.rounds=1", "task.params.personal_layers=[0]"]
+    run_experiment(load_config(None, sets), out, progress=False)
+    names = sorted(p.name for p in (out / "samples").glob("*.txt"))
+    assert names == ["round_0000.txt", "round_0000_client_0.txt", "round_0000_client_1.txt"]
+    report = (out / "report.html").read_text()
+    assert "client 0&#x27;s own model" in report or "client 0's own model" in report

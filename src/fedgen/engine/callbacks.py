@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from fedgen.engine.checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
 from fedgen.engine.federation import Callback, Federation, RoundRecord
+from fedgen.modality import Modality
 from fedgen.registry import SAMPLE_WRITERS
 from fedgen.seeding import torch_generator
 
@@ -83,7 +84,23 @@ def save_samples(fed: Federation, path: Path, per_condition: int, seed: int) -> 
     task = fed.load_global_into_task()
     writer = SAMPLE_WRITERS.get(str(task.modality))
     written: Path = writer(task, path, per_condition, torch_generator(seed, "grid"))
+    if task.modality == Modality.TEXT and task.initial_private_state():
+        # Clients that keep personal tensors (FedPer adapters) each write what their own
+        # model generates, for the first few clients (each costs a generation pass).
+        for cid in sorted(fed.private_states)[:PER_CLIENT_SAMPLES]:
+            task.load_state(fed.private_states[cid])
+            writer(
+                task,
+                path.with_name(f"{path.name}_client_{cid}"),
+                per_condition,
+                torch_generator(seed, "grid", cid),
+            )
+        fed.load_global_into_task()
     return written
+
+
+#: How many clients' own samples a text run with personal tensors writes per evaluation.
+PER_CLIENT_SAMPLES = 4
 
 
 class CheckpointCallback(Callback):

@@ -368,18 +368,25 @@ def _metrics_section(metrics: list[dict[str, Any]]) -> str:
 
 
 def _text_samples_section(files: list[Path], notes: _Notes) -> str:
-    """The newest round's generated text, escaped (a model may write any markup)."""
+    """The newest round's generated text, escaped (a model may write any markup): the
+    global model's, then each client's own where clients keep personal tensors."""
     if not files:
         return ""
-    newest = max(files, key=lambda path: (_round_of(path), path.name))
-    text = _read_text(newest, notes)
-    if text is None:
-        return ""
-    shown = text if len(text) <= 20_000 else text[:20_000] + "\n[... cut at 20,000 characters]"
+    newest = max(_round_of(path) for path in files)
+    parts = []
+    for path in sorted(p for p in files if _round_of(p) == newest):
+        text = _read_text(path, notes)
+        if text is None:
+            continue
+        if len(text) > 20_000:
+            text = text[:20_000] + "\n[... cut at 20,000 characters]"
+        who = path.stem.split("_client_")[1] if "_client_" in path.stem else None
+        title = f"client {who}'s own model" if who else "the global model"
+        parts.append(f"<h3>{_esc(title)} ({_esc(path.name)})</h3><pre>{_esc(text)}</pre>")
     return (
-        f'<h2>Generated text</h2><p class="muted">{_esc(newest.name)}, the newest of '
+        f'<h2>Generated text</h2><p class="muted">Round {newest}, the newest of the '
         f"{len(files)} sample file(s): each block is a prompt and the model's continuation."
-        f"</p><pre>{_esc(shown)}</pre>"
+        f"</p>{''.join(parts)}"
     )
 
 
