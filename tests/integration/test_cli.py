@@ -122,6 +122,10 @@ def test_ctrl_c_then_resume_ends_bit_identical(tmp_path, mnist_dir):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell runs background jobs with SIGINT ignored, and children inherit that (so
+        # Python would not raise KeyboardInterrupt): give the run the default, as a
+        # terminal's Ctrl-C would find it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 300
     while not list_checkpoints(run / "checkpoints") and time.time() < deadline:
