@@ -230,6 +230,10 @@ class ProcessPoolBackend(Backend):
         private_states: dict[int, StateDict],
     ) -> Iterator[ClientResult]:
         self._ensure_pool(work.task, clients)
+        # A round abandoned before all its results were read (the consumer raised) leaves
+        # workers busy with its clients; their replies belong to no current round.
+        for worker in [w for w in self._pool if w.job is not None]:
+            self._replace(worker)
         todo = list(enumerate(plan.instructions))[::-1]  # popped from the end: plan order
         done: dict[int, ClientResult] = {}
         next_out = 0
