@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from fedgen.modality import Conditioning, DataSpec, Modality
 from fedgen.registry import TASKS
-from fedgen.tasks.base import Task, TaskParams
+from fedgen.tasks.base import TaskParams
+from fedgen.tasks.text_task import TextTask
 
 
 class ByteGptParams(TaskParams):
@@ -120,43 +120,19 @@ class ByteGpt(nn.Module):
 
 
 @TASKS.register("byte_gpt")
-class ByteGptTask(Task):
+class ByteGptTask(TextTask):
     """Federated language modelling of raw text with ``ByteGpt`` (see module docstring)."""
 
     Params = ByteGptParams
-    modality = Modality.TEXT
-    conditioning = Conditioning.PROMPT
+    task_name = "byte_gpt"
     params: ByteGptParams
-
-    def __init__(self, params: ByteGptParams, vocab_size: int, seed: int) -> None:
-        self.vocab_size = vocab_size
-        super().__init__(params, 0, (0, 0, 0), seed)
-
-    @classmethod
-    def from_spec(cls, params: TaskParams, spec: DataSpec, seed: int) -> Task:
-        if spec.modality != Modality.TEXT or not spec.vocab_size:
-            raise ValueError(
-                f"task byte_gpt generates text, but the data is {spec.modality}; "
-                "choose a text source (e.g. data.sources=[fortunes])"
-            )
-        assert isinstance(params, ByteGptParams)
-        return cls(params, spec.vocab_size, seed)
 
     def build(self) -> dict[str, nn.Module]:
         return {"model": ByteGpt(self.vocab_size, self.params)}
 
-    def privacy_problems(self) -> list[str]:
-        # Its training loop draws batches itself, not through ``local_training``, so an
-        # attached DP-SGD engine would never see them: refuse rather than pretend.
-        return [
-            "task byte_gpt does not train through DP-SGD yet; drop the dpsgd section "
-            "(client-level DP with transforms clip and client_dp works)"
-        ]
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy in nats of ``y`` given ``x`` (both (B, T))."""
-        logits = self.modules["model"](x)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.modules["model"](x)
+        return logits
 
     def train_local(
         self, data: Any, steps: int, generator: torch.Generator, config: dict[str, Any]
@@ -177,23 +153,6 @@ class ByteGptTask(Task):
             opt.step()
             total += float(loss.detach())
         return {"loss/lm": total / max(steps, 1)}
-
-    @torch.no_grad()
-    def nll(self, x: torch.Tensor, y: torch.Tensor, batch: int = 64) -> tuple[float, int]:
-        """Summed negative log-likelihood (nats) of targets ``y`` given ``x`` (both (N, T)),
-        and how many tokens that is: perplexity is ``exp(sum / tokens)``."""
-        model = self.modules["model"]
-        model.eval()
-        total = 0.0
-        for start in range(0, len(x), batch):
-            logits = model(x[start : start + batch])  # (b, T, vocab)
-            target = y[start : start + batch]
-            total += float(
-                F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"
-                )
-            )
-        return total, y.numel()
 
     @torch.no_grad()
     def sample(self, condition: Any, generator: torch.Generator) -> list[str]:

@@ -32,15 +32,14 @@ import warnings
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from fedgen.errors import ConfigError
-from fedgen.modality import Conditioning, DataSpec, Modality, TensorKind
+from fedgen.modality import DataSpec, TensorKind
 from fedgen.registry import TASKS
 from fedgen.seeding import torch_generator
-from fedgen.tasks.base import Task, TaskParams
+from fedgen.tasks.base import TaskParams
 from fedgen.tasks.lm_base import (
     BaseModelError,
     HfTokenizer,
@@ -50,6 +49,7 @@ from fedgen.tasks.lm_base import (
     locate_base,
     shared_module_tree,
 )
+from fedgen.tasks.text_task import TextTask
 from fedgen.types import StateDict
 
 #: An adapter tensor's key: ``...<block index>...<module>.lora_<A|B>.<adapter>.weight``.
@@ -85,21 +85,21 @@ class LoraLmParams(TaskParams):
 
 
 @TASKS.register("lm_lora")
-class LoraLmTask(Task):
+class LoraLmTask(TextTask):
     """Federated LoRA fine-tuning of a pretrained causal LM (see module docstring)."""
 
     Params = LoraLmParams
-    modality = Modality.TEXT
-    conditioning = Conditioning.PROMPT
+    task_name = "lm_lora"
+    # The logits of a 49k vocabulary take 200 kB per token.
+    nll_batch = 8
     params: LoraLmParams
 
     def __init__(self, params: LoraLmParams, vocab_size: int, seed: int) -> None:
-        self.vocab_size = vocab_size
         self.seed = seed
         self.location = locate_base(params.base_path)
+        # Task.__init__ records the initial private state (its load_state is not used there).
         self._initial_private: StateDict = {}
-        super().__init__(params, 0, (0, 0, 0), seed)
-        self._initial_private = self.private_state()
+        super().__init__(params, vocab_size, seed)
 
     @classmethod
     def tokenizer(cls, params: TaskParams) -> HfTokenizer:
@@ -108,12 +108,7 @@ class LoraLmTask(Task):
         return load_tokenizer(locate_base(params.base_path))
 
     @classmethod
-    def from_spec(cls, params: TaskParams, spec: DataSpec, seed: int) -> Task:
-        if spec.modality != Modality.TEXT or not spec.vocab_size:
-            raise ValueError(
-                f"task lm_lora generates text, but the data is {spec.modality}; "
-                "choose a text source (e.g. data.sources=[fortunes])"
-            )
+    def check_spec(cls, params: TaskParams, spec: DataSpec) -> None:
         assert isinstance(params, LoraLmParams)
         tokenizer = cls.tokenizer(params)
         if spec.vocab_size != tokenizer.vocab_size:
@@ -122,7 +117,6 @@ class LoraLmTask(Task):
                 f"base model's tokenizer ({tokenizer.name}) has {tokenizer.vocab_size}: tokenize "
                 "the clients' text with LoraLmTask.tokenizer(params) (the experiment does)"
             )
-        return cls(params, spec.vocab_size, seed)
 
     # -- the networks ---------------------------------------------------------
 
@@ -242,19 +236,11 @@ class LoraLmTask(Task):
             setattr(new, key, copy.deepcopy(value, memo))
         return new
 
-    def privacy_problems(self) -> list[str]:
-        # Its training loop draws batches itself, not through ``local_training``.
-        return [
-            "task lm_lora does not train through DP-SGD yet; drop the dpsgd section "
-            "(client-level DP with transforms clip and client_dp works)"
-        ]
-
     # -- training and evaluation ------------------------------------------------
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy in nats of ``y`` given ``x`` (both (B, T))."""
-        logits = self.modules["lm"](input_ids=x, use_cache=False).logits  # (B, T, vocab)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.modules["lm"](input_ids=x, use_cache=False).logits
+        return logits
 
     def train_local(
         self, data: Any, steps: int, generator: torch.Generator, config: dict[str, Any]
@@ -280,24 +266,6 @@ class LoraLmTask(Task):
                 total += float(loss.detach())
         lm.eval()
         return {"loss/lm": total / max(steps, 1)}
-
-    @torch.no_grad()
-    def nll(self, x: torch.Tensor, y: torch.Tensor, batch: int = 8) -> tuple[float, int]:
-        """Summed negative log-likelihood (nats) of targets ``y`` given ``x`` (both (N, T)),
-        and how many tokens that is: perplexity is ``exp(sum / tokens)``. Small batches:
-        the logits of a 49k vocabulary take 200 kB per token."""
-        lm = self.modules["lm"]
-        lm.eval()
-        total = 0.0
-        for start in range(0, len(x), batch):
-            logits = lm(input_ids=x[start : start + batch], use_cache=False).logits
-            target = y[start : start + batch]
-            total += float(
-                F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"
-                )
-            )
-        return total, y.numel()
 
     @torch.no_grad()
     def sample(self, condition: Any, generator: torch.Generator) -> list[str]:
