@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class Modality(StrEnum):
@@ -58,3 +59,5 @@ class DataSpec:
     image_shape: tuple[int, int, int] | None = None
     #: Token vocabulary of text.
     vocab_size: int | None = None
+    #: Tables: the merged ``fedgen.data.table_encoder.TableEncoder`` (schema, encoding).
+    table: Any = None

@@ -78,6 +78,8 @@ _BUILTINS = (
     "fedgen.data.partition",
     "fedgen.data.class_drop",
     "fedgen.data.text_data",
+    "fedgen.data.table_sources",
+    "fedgen.data.table_data",
     "fedgen.tasks",
     "fedgen.strategies",
     "fedgen.transforms",

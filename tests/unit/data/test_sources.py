@@ -43,7 +43,17 @@ def _flip_byte(path: Path, offset: int = 100) -> None:
 
 def test_registered_sources(shared_data: Path) -> None:
     names = [s.name for s in source_statuses(shared_data)]
-    assert names == ["digits", "fashion-mnist", "fortunes", "kjv", "kmnist", "mnist", "python-docs"]
+    assert names == [
+        "digits",
+        "fair",
+        "fashion-mnist",
+        "fortunes",
+        "kjv",
+        "kmnist",
+        "mnist",
+        "python-docs",
+        "randhie",
+    ]
 
 
 def test_unknown_source_lists_names() -> None:

@@ -206,7 +206,9 @@ def test_registry_and_fedgen_data_list_the_text_sources(tmp_path: Path) -> None:
         assert source.packages[0] in status.provide
     assert [n for n in statuses if n not in TEXT_SOURCES] == [
         "digits",
+        "fair",
         "fashion-mnist",
         "kmnist",
         "mnist",
+        "randhie",
     ]

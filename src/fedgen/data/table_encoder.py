@@ -1,0 +1,365 @@
+"""The reversible encoding of mixed columns, fitted federatedly: no raw row leaves a client.
+
+Tabular synthesizers (CTGAN and TVAE, Xu et al. NeurIPS 2019) see a table through
+a reversible encoding: a categorical column becomes a one-hot vector; a continuous
+(or integer) column becomes *mode-specific normalization*: a variational Gaussian
+mixture is fitted to the column, each value is represented by the one-hot of a
+mixture mode (drawn from its posterior) and its offset ``(x - mu_k) / (4 sigma_k)``
+within that mode.
+
+Fitted centrally, that encoding needs the pooled rows. Here it is fitted as
+Fed-TGAN (Zhao et al. 2021) does, from statistics each client computes on its
+own rows (``client_statistics``) and the server merges (``merge_statistics``):
+
+- categorical columns: the count of every category. Merged by summing, so the
+  merged categories and frequencies are exactly the pooled ones.
+- continuous and integer columns: count, sum, sum of squares, min and max (merged
+  exactly: pooled mean, variance and range), and the client's own variational
+  Gaussian mixture (weights, means, standard deviations, at most ``max_modes``).
+  The server draws points from the count-weighted union of the clients' mixtures
+  (a density equal to the pooled mixture's) and fits the global mixture to them.
+
+What the server learns is therefore each client's category counts, moments,
+range and mixture parameters: aggregate statistics, not rows, but not protected by
+differential privacy either (a client's min/max is one of its values). Under DP the
+release is refused, not accounted for (``fedgen.data.table_data``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import BayesianGaussianMixture
+
+from fedgen.data.table_schema import ColumnType, SchemaError, TableSchema
+
+#: Modes whose merged weight is below this are dropped (CTGAN's threshold).
+MODE_WEIGHT_THRESHOLD = 0.005
+#: Points the server draws from the union of client mixtures to fit the global one.
+MERGE_POINTS = 5_000
+#: The smallest standard deviation a mode may have (a column constant on a client).
+MIN_STD = 1e-3
+
+
+def _fit_mixture(values: np.ndarray, max_modes: int, seed: int) -> dict[str, list[float]]:
+    """A variational Gaussian mixture of 1-D ``values`` (CTGAN's settings), active modes only."""
+    unique = np.unique(values)
+    if len(unique) == 1:
+        return {"weights": [1.0], "means": [float(unique[0])], "stds": [MIN_STD]}
+    modes = int(min(max_modes, len(unique), len(values)))
+    bgm = BayesianGaussianMixture(
+        n_components=modes,
+        weight_concentration_prior_type="dirichlet_process",
+        weight_concentration_prior=0.001,
+        max_iter=100,
+        random_state=seed,
+    )
+    with warnings.catch_warnings():
+        # Columns of few distinct values rarely converge to tolerance; the fit is still usable.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        bgm.fit(values.reshape(-1, 1))
+    keep = bgm.weights_ > MODE_WEIGHT_THRESHOLD
+    weights = bgm.weights_[keep] / bgm.weights_[keep].sum()
+    return {
+        "weights": [float(w) for w in weights],
+        "means": [float(m) for m in bgm.means_.ravel()[keep]],
+        "stds": [max(float(s), MIN_STD) for s in np.sqrt(bgm.covariances_.ravel()[keep])],
+    }
+
+
+def client_statistics(
+    frame: pd.DataFrame, schema: TableSchema, max_modes: int, seed: int
+) -> dict[str, Any]:
+    """What one client sends to fit the encoder: per column, JSON-ready (see module doc)."""
+    if len(frame) == 0:
+        raise SchemaError("a client with no rows cannot contribute to the table encoder")
+    stats: dict[str, Any] = {"rows": len(frame), "columns": {}}
+    for column in schema.columns:
+        values = frame[column.name]
+        if column.type == ColumnType.CATEGORICAL:
+            counts = values.astype(str).value_counts()
+            stats["columns"][column.name] = {"counts": {str(k): int(v) for k, v in counts.items()}}
+            continue
+        x = values.to_numpy(dtype=np.float64)
+        stats["columns"][column.name] = {
+            "count": len(x),
+            "sum": float(x.sum()),
+            "sum_sq": float((x * x).sum()),
+            "min": float(x.min()),
+            "max": float(x.max()),
+            "mixture": _fit_mixture(x, max_modes, seed),
+        }
+    return stats
+
+
+def statistics_nbytes(stats: dict[str, Any]) -> int:
+    """Bytes of one client's statistics as canonical JSON (what crosses the wire)."""
+    return len(json.dumps(stats, sort_keys=True, separators=(",", ":")).encode())
+
+
+@dataclass(frozen=True)
+class ContinuousEncoding:
+    """Mode-specific normalization of one numeric column (the global mixture's active modes)."""
+
+    name: str
+    integer: bool
+    weights: np.ndarray
+    means: np.ndarray
+    stds: np.ndarray
+    minimum: float
+    maximum: float
+    mean: float
+    std: float
+
+    @property
+    def width(self) -> int:
+        return 1 + len(self.means)
+
+    def posterior(self, x: np.ndarray) -> np.ndarray:
+        """``(N, modes)`` probabilities of each mode given each value."""
+        z = (x[:, None] - self.means[None, :]) / self.stds[None, :]
+        log_p = np.log(self.weights)[None, :] - np.log(self.stds)[None, :] - 0.5 * z * z
+        log_p -= log_p.max(axis=1, keepdims=True)
+        p = np.exp(log_p)
+        return np.asarray(p / p.sum(axis=1, keepdims=True))
+
+    def encode(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``(N, 1 + modes)``: the offset in the drawn mode, then the mode's one-hot."""
+        probs = self.posterior(x)
+        # A mode per value drawn from its posterior (CTGAN), by inverse CDF.
+        u = rng.random(len(x))[:, None]
+        mode = np.minimum((probs.cumsum(axis=1) < u).sum(axis=1), len(self.means) - 1)
+        alpha = (x - self.means[mode]) / (4 * self.stds[mode])
+        out = np.zeros((len(x), self.width), dtype=np.float32)
+        out[:, 0] = np.clip(alpha, -0.99, 0.99)
+        out[np.arange(len(x)), 1 + mode] = 1.0
+        return out
+
+    def decode(self, block: np.ndarray) -> np.ndarray:
+        """Values of ``(N, 1 + modes)`` blocks: the argmax mode, offset in [-1, 1], clipped
+        to the merged range (and rounded for integer columns)."""
+        mode = block[:, 1:].argmax(axis=1)
+        alpha = np.clip(block[:, 0], -1.0, 1.0)
+        x = np.clip(alpha * 4 * self.stds[mode] + self.means[mode], self.minimum, self.maximum)
+        return np.round(x) if self.integer else x
+
+
+@dataclass(frozen=True)
+class CategoricalEncoding:
+    """One-hot of one categorical column over the categories seen in the training rows."""
+
+    name: str
+    categories: tuple[str, ...]
+    counts: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return len(self.categories)
+
+    def index(self, value: Any) -> int:
+        """The one-hot position of ``value``; ``ValueError`` when no training row holds it."""
+        try:
+            return self.categories.index(str(value))
+        except ValueError:
+            raise ValueError(
+                f"column {self.name!r} has no category {str(value)!r} in the training rows; "
+                f"condition on one of {list(self.categories)}"
+            ) from None
+
+    def encode(self, values: pd.Series) -> np.ndarray:
+        lookup = {c: i for i, c in enumerate(self.categories)}
+        codes = values.astype(str).map(lookup)
+        if codes.isna().any():
+            unknown = sorted(set(values.astype(str)) - set(self.categories))
+            raise SchemaError(
+                f"column {self.name!r} holds categories {unknown[:5]} the encoder was not "
+                "fitted on; refit the encoder with every client's statistics"
+            )
+        out = np.zeros((len(values), self.width), dtype=np.float32)
+        out[np.arange(len(values)), codes.to_numpy(dtype=np.int64)] = 1.0
+        return out
+
+    def decode(self, block: np.ndarray) -> np.ndarray:
+        return np.asarray(self.categories, dtype=object)[block.argmax(axis=1)]
+
+
+Encoding = ContinuousEncoding | CategoricalEncoding
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a column's block sits in an encoded row, and how a network should output it."""
+
+    column: str
+    start: int
+    width: int
+    #: ``tanh`` (the offset of a numeric column) or ``softmax`` (a one-hot).
+    activation: str
+
+
+@dataclass(frozen=True)
+class TableEncoder:
+    """The merged encoding of a table: encode rows to ``(N, dim)`` float32 and back."""
+
+    schema: TableSchema
+    encodings: tuple[Encoding, ...]
+    #: Bytes each client sent to fit it (canonical JSON of its statistics).
+    client_bytes: tuple[int, ...] = field(default=())
+
+    @property
+    def dim(self) -> int:
+        return sum(e.width for e in self.encodings)
+
+    def spans(self) -> list[Span]:
+        """Every output block in order: a numeric column gives a tanh offset then a
+        softmax over modes, a categorical column one softmax."""
+        out, start = [], 0
+        for e in self.encodings:
+            if isinstance(e, ContinuousEncoding):
+                out.append(Span(e.name, start, 1, "tanh"))
+                out.append(Span(e.name, start + 1, e.width - 1, "softmax"))
+            else:
+                out.append(Span(e.name, start, e.width, "softmax"))
+            start += e.width
+        return out
+
+    def categorical(self) -> list[tuple[CategoricalEncoding, int]]:
+        """Each categorical column's encoding and its block's start in an encoded row."""
+        out, start = [], 0
+        for e in self.encodings:
+            if isinstance(e, CategoricalEncoding):
+                out.append((e, start))
+            start += e.width
+        return out
+
+    def encoding(self, column: str) -> Encoding:
+        for e in self.encodings:
+            if e.name == column:
+                return e
+        raise ValueError(f"no column {column!r}; the table's columns are {self.schema.names}")
+
+    def encode(self, frame: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
+        """``(N, dim)`` float32 rows of a frame checked against the schema."""
+        frame = self.schema.check(frame, "the rows to encode")
+        blocks = [
+            e.encode(frame[e.name].to_numpy(dtype=np.float64), rng)
+            if isinstance(e, ContinuousEncoding)
+            else e.encode(frame[e.name])
+            for e in self.encodings
+        ]
+        return np.concatenate(blocks, axis=1)
+
+    def decode(self, rows: np.ndarray) -> pd.DataFrame:
+        """The table of ``(N, dim)`` encoded rows (network outputs need not be exact one-hots)."""
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise ValueError(f"expected encoded rows of shape (N, {self.dim}), got {rows.shape}")
+        out, start = {}, 0
+        for e in self.encodings:
+            out[e.name] = e.decode(rows[:, start : start + e.width])
+            start += e.width
+        return pd.DataFrame(out)[self.schema.names]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready description: per column its modes or categories."""
+        columns: dict[str, Any] = {}
+        for e in self.encodings:
+            if isinstance(e, ContinuousEncoding):
+                columns[e.name] = {
+                    "modes": len(e.means),
+                    "mean": e.mean,
+                    "std": e.std,
+                    "min": e.minimum,
+                    "max": e.maximum,
+                }
+            else:
+                columns[e.name] = {
+                    "categories": dict(zip(e.categories, e.counts.tolist(), strict=True))
+                }
+        return {"dim": self.dim, "client_bytes": list(self.client_bytes), "columns": columns}
+
+
+def merge_statistics(
+    stats: Sequence[dict[str, Any]], schema: TableSchema, max_modes: int, seed: int
+) -> TableEncoder:
+    """The server's half: the global encoder from every client's ``client_statistics``."""
+    if not stats:
+        raise SchemaError("the table encoder needs the statistics of at least one client")
+    rng = np.random.default_rng(seed)
+    encodings: list[Encoding] = []
+    for column in schema.columns:
+        parts = [s["columns"][column.name] for s in stats]
+        if column.type == ColumnType.CATEGORICAL:
+            counts: dict[str, int] = {}
+            for p in parts:
+                for k, v in p["counts"].items():
+                    counts[k] = counts.get(k, 0) + v
+            categories = tuple(sorted(counts))
+            encodings.append(
+                CategoricalEncoding(
+                    column.name, categories, np.array([counts[c] for c in categories])
+                )
+            )
+            continue
+        n = sum(p["count"] for p in parts)
+        mean = sum(p["sum"] for p in parts) / n
+        var = max(sum(p["sum_sq"] for p in parts) / n - mean * mean, 0.0)
+        encodings.append(
+            _merge_mixtures(
+                column.name,
+                column.type == ColumnType.INTEGER,
+                parts,
+                max_modes,
+                rng,
+                minimum=min(p["min"] for p in parts),
+                maximum=max(p["max"] for p in parts),
+                mean=mean,
+                std=math.sqrt(var),
+            )
+        )
+    return TableEncoder(schema, tuple(encodings), tuple(statistics_nbytes(s) for s in stats))
+
+
+def _merge_mixtures(
+    name: str,
+    integer: bool,
+    parts: list[dict[str, Any]],
+    max_modes: int,
+    rng: np.random.Generator,
+    **moments: float,
+) -> ContinuousEncoding:
+    """The global mixture of a numeric column, fitted to points drawn from the union of the
+    clients' mixtures, each weighted by its client's row count."""
+    weights = np.concatenate(
+        [np.asarray(p["mixture"]["weights"]) * p["count"] for p in parts]
+    ).astype(np.float64)
+    means = np.concatenate([p["mixture"]["means"] for p in parts])
+    stds = np.concatenate([p["mixture"]["stds"] for p in parts])
+    weights /= weights.sum()
+    component = rng.choice(len(weights), size=MERGE_POINTS, p=weights)
+    points = rng.normal(means[component], stds[component])
+    points = np.clip(points, moments["minimum"], moments["maximum"])
+    fit = _fit_mixture(points, max_modes, int(rng.integers(2**31)))
+    return ContinuousEncoding(
+        name,
+        integer,
+        np.asarray(fit["weights"]),
+        np.asarray(fit["means"]),
+        np.asarray(fit["stds"]),
+        **moments,
+    )
+
+
+def fit_encoder_federated(
+    frames: Sequence[pd.DataFrame], schema: TableSchema, max_modes: int, seed: int
+) -> TableEncoder:
+    """Each client computes its statistics on its own rows; the server merges them."""
+    stats = [client_statistics(f, schema, max_modes, seed + i) for i, f in enumerate(frames)]
+    return merge_statistics(stats, schema, max_modes, seed)
