@@ -2,6 +2,7 @@
 
 from fedgen.tasks.base import Task, TaskParams
 from fedgen.tasks.byte_gpt import ByteGptTask
+from fedgen.tasks.diffusion import ConditionalDdpm
 from fedgen.tasks.gan import ConditionalGan
 from fedgen.tasks.lm_lora import LoraLmTask
 from fedgen.tasks.split_gan import HuscfGan
@@ -9,6 +10,7 @@ from fedgen.tasks.vae import ConditionalVae
 
 __all__ = [
     "ByteGptTask",
+    "ConditionalDdpm",
     "ConditionalGan",
     "ConditionalVae",
     "HuscfGan",

@@ -1,0 +1,273 @@
+"""Class-conditional DDPM with classifier-free guidance and DDIM sampling (task ``ddpm``).
+
+The network (``fedgen.tasks.unet.ConditionalUNet``) predicts the noise; the process
+(``fedgen.tasks.diffusion_process.GaussianDiffusion``) noises and denoises. Training is
+DDPM's simple loss (Ho et al. 2020): the mean squared error between the noise and its
+prediction at a uniformly drawn timestep, one term per example (so Opacus's DP-SGD
+clips each example's gradient). Classifier-free guidance (Ho & Salimans 2022): each
+label is replaced by the "no label" class with probability ``label_dropout`` during
+training, and sampling mixes ``eps_uncond + guidance_scale * (eps_cond - eps_uncond)``
+(1: plain conditional, no second pass; 0: unconditional). Sampling runs
+``sampling_steps`` DDIM steps (Song et al. 2021), ``eta`` 0 deterministic.
+
+Partial federation after FedDiffuse (de Goede et al. 2024): ``federate`` names a
+scheme, or the UNet blocks to federate; the other blocks are private tensors that stay
+with each client (the task contract's private state). Our reading of the schemes, by
+the blocks of ``fedgen.tasks.unet`` (time and class embeddings always federated, so that
+every client's labels mean the same classes):
+
+- ``whole``: every block (plain FedAvg of the UNet);
+- ``usplit``: the encoder half (``in_conv``, ``down0``, ``down1``); latent and decoder
+  stay private;
+- ``ulatdec``: the latent and the decoder (``mid``, ``up1``, ``up0``, ``out``); the
+  encoder stays private;
+- ``udec``: the decoder only (``up1``, ``up0``, ``out``); encoder and latent stay private.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from fedgen.data.client_data import ClientData
+from fedgen.modality import TensorKind
+from fedgen.registry import TASKS
+from fedgen.tasks.base import Task, TaskParams
+from fedgen.tasks.diffusion_process import GaussianDiffusion
+from fedgen.tasks.unet import (
+    DECODER_BLOCKS,
+    EMBEDDING_BLOCKS,
+    ENCODER_BLOCKS,
+    LATENT_BLOCKS,
+    UNET_BLOCKS,
+    ConditionalUNet,
+)
+from fedgen.types import StateDict
+
+#: Partial-federation schemes: the UNet blocks each one federates (see module docstring).
+SCHEMES: dict[str, tuple[str, ...]] = {
+    "whole": UNET_BLOCKS,
+    "usplit": (*EMBEDDING_BLOCKS, *ENCODER_BLOCKS),
+    "ulatdec": (*EMBEDDING_BLOCKS, *LATENT_BLOCKS, *DECODER_BLOCKS),
+    "udec": (*EMBEDDING_BLOCKS, *DECODER_BLOCKS),
+}
+
+
+#: Most images denoised in one batch by ``sample``.
+SAMPLE_CHUNK = 50
+
+
+class DdpmParams(TaskParams):
+    """Hyper-parameters of the class-conditional DDPM."""
+
+    lr: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = Field(64, ge=1)
+    #: UNet width at full resolution (twice that below); a multiple of 8.
+    width: int = 32
+    #: Training steps T of the diffusion chain.
+    timesteps: int = Field(1000, ge=2)
+    schedule: Literal["linear", "cosine"] = "linear"
+    #: Probability that a training label is replaced by "no label" (classifier-free guidance).
+    label_dropout: float = Field(0.1, ge=0, le=1)
+    #: Classifier-free guidance weight at sampling: 0 unconditional, 1 conditional, >1 guided.
+    guidance_scale: float = 2.0
+    #: DDIM steps per sample (at most ``timesteps``).
+    sampling_steps: int = Field(20, ge=1)
+    #: DDIM's eta: 0 deterministic, 1 DDPM's ancestral noise.
+    eta: float = Field(0.0, ge=0, le=1)
+    #: A scheme of ``SCHEMES`` or a list of UNet blocks: what is federated; the rest is private.
+    federate: str | list[str] = "whole"
+
+    @field_validator("guidance_scale")
+    @classmethod
+    def _guidance_not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(
+                f"guidance_scale must be >= 0 (0: unconditional, 1: conditional, >1: "
+                f"guided; Ho & Salimans use 1 to 8), got {value}"
+            )
+        return value
+
+    @field_validator("federate")
+    @classmethod
+    def _known_blocks(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str):
+            if value not in SCHEMES:
+                raise ValueError(
+                    f"unknown partial-federation scheme {value!r}; choose one of "
+                    f"{', '.join(SCHEMES)}, or list UNet blocks from {', '.join(UNET_BLOCKS)}"
+                )
+            return value
+        unknown = [b for b in value if b not in UNET_BLOCKS]
+        if unknown or not value:
+            raise ValueError(
+                f"federate names {unknown or 'no'} blocks the UNet does not have; its blocks "
+                f"are {', '.join(UNET_BLOCKS)} (or name a scheme: {', '.join(SCHEMES)})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _steps_within_chain(self) -> DdpmParams:
+        if self.sampling_steps > self.timesteps:
+            raise ValueError(
+                f"sampling_steps ({self.sampling_steps}) cannot exceed the {self.timesteps} "
+                f"training timesteps: DDIM samples a subsequence of them; use "
+                f"sampling_steps <= {self.timesteps}"
+            )
+        return self
+
+    def federated_blocks(self) -> tuple[str, ...]:
+        """The UNet blocks this setting federates."""
+        return SCHEMES[self.federate] if isinstance(self.federate, str) else tuple(self.federate)
+
+
+@TASKS.register("ddpm")
+class ConditionalDdpm(Task):
+    """Class-conditional DDPM with classifier-free guidance (see module docstring)."""
+
+    Params = DdpmParams
+    params: DdpmParams
+
+    def __init__(
+        self, params: TaskParams, num_classes: int, image_shape: tuple[int, int, int], seed: int
+    ) -> None:
+        assert isinstance(params, DdpmParams)
+        self.diffusion = GaussianDiffusion(params.timesteps, params.schedule)
+        self._blocks = frozenset(params.federated_blocks())
+        self._sampling_seconds = 0.0
+        self._sampled = 0
+        super().__init__(params, num_classes, image_shape, seed)
+
+    def build(self) -> dict[str, nn.Module]:
+        return {"unet": ConditionalUNet(self.image_shape, self.num_classes, self.params.width)}
+
+    def tensor_kind(self, module: str, key: str) -> TensorKind:
+        """A tensor is federated when its UNet block is, private otherwise."""
+        return TensorKind.FEDERATED if key.split(".", 1)[0] in self._blocks else TensorKind.PRIVATE
+
+    def load_state(self, state: StateDict) -> None:
+        """Load as ``Task.load_state``; a state holding federated tensors (the global state)
+        first resets the private blocks to their initial value, so what a model holds in
+        them never depends on which client this instance trained last."""
+        initial = getattr(self, "_initial_private", None)
+        if initial and any(
+            self.tensor_kind(*key.split(".", 1)) == TensorKind.FEDERATED for key in state
+        ):
+            super().load_state(initial)
+        super().load_state(state)
+
+    def private_data_modules(self) -> list[str]:
+        return ["unet"]
+
+    def train_local(
+        self, data: ClientData, steps: int, generator: torch.Generator, config: dict[str, Any]
+    ) -> dict[str, float]:
+        p = self.params
+        unet = self.modules["unet"]
+        T = self.diffusion.timesteps
+        with self.local_training(generator) as local:
+            opt = local.optimizer(
+                torch.optim.Adam(
+                    unet.parameters(), lr=float(config.get("lr", p.lr)), betas=p.betas
+                ),
+                ["unet"],
+            )
+            unet.train()
+            batches = local.batches(data, p.batch_size)
+            total = 0.0
+            for _ in range(steps):
+                images, labels = next(batches)
+                x0 = images * 2 - 1  # [0, 1] -> [-1, 1], the process's data range
+                b = x0.shape[0]
+                t = torch.randint(T, (b,), generator=generator)
+                noise = torch.randn(x0.shape, generator=generator)
+                dropped = torch.rand(b, generator=generator) < p.label_dropout
+                y = torch.where(dropped, torch.full_like(labels, self.num_classes), labels)
+                pred = unet(self.diffusion.q_sample(x0, t, noise), t, y)
+                # One squared error per example (mean over pixels), averaged over the batch.
+                loss = (pred - noise).pow(2).flatten(1).mean(1).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach())
+        unet.eval()
+        return {"loss/denoising": total / max(steps, 1)}
+
+    def guided_eps(self, labels: torch.Tensor) -> Any:
+        """``eps_model(x_t, t)`` of classifier-free guidance for ``labels`` (one per image)."""
+        unet, s = self.modules["unet"], self.params.guidance_scale
+        null = torch.full_like(labels, self.num_classes)
+
+        def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if s == 1.0:
+                out: torch.Tensor = unet(x, t, labels)
+                return out
+            if s == 0.0:
+                out = unet(x, t, null)
+                return out
+            # One batched pass for both predictions: (2B, C, H, W).
+            both = unet(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
+            cond, uncond = both.chunk(2)
+            return uncond + s * (cond - uncond)
+
+        return eps_model
+
+    @torch.no_grad()
+    def sample(
+        self,
+        labels: torch.Tensor,
+        generator: torch.Generator,
+        trajectory: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Images in [0, 1], ``(len(labels), *image_shape)``, after ``sampling_steps`` DDIM
+        steps; ``trajectory`` receives each intermediate ``x_t`` (in [-1, 1] scale) when
+        ``labels`` fit one batch (``SAMPLE_CHUNK``)."""
+        p = self.params
+        self.modules["unet"].eval()
+        start = time.perf_counter()
+        chunks = []
+        # Small batches: a CPU convolves a few dozen 28x28 images per call several times
+        # faster per image than a thousand (they stay in cache).
+        for part in labels.split(SAMPLE_CHUNK):
+            chunks.append(
+                self.diffusion.ddim_sample(
+                    self.guided_eps(part),
+                    (part.shape[0], *self.image_shape),
+                    p.sampling_steps,
+                    generator,
+                    eta=p.eta,
+                    trajectory=trajectory if len(labels) <= SAMPLE_CHUNK else None,
+                )
+            )
+        self._sampling_seconds += time.perf_counter() - start
+        self._sampled += labels.shape[0]
+        return (torch.cat(chunks) + 1) / 2
+
+    def sampling_cost(self) -> dict[str, float]:
+        """Seconds per 1,000 images over the samples drawn since the last call, with the
+        DDIM steps and guidance they were drawn with; resets the count."""
+        figures = {
+            "ddim_steps": float(self.params.sampling_steps),
+            "ddpm_timesteps": float(self.params.timesteps),
+            "guidance_scale": self.params.guidance_scale,
+        }
+        if self._sampled:
+            figures["sample_seconds_per_1000"] = 1000 * self._sampling_seconds / self._sampled
+        self._sampling_seconds, self._sampled = 0.0, 0
+        return figures
+
+    def federated_fraction(self) -> float:
+        """Share of the UNet's parameters that are federated (1.0 for ``whole``)."""
+        unet = self.modules["unet"]
+        total = sum(p.numel() for p in unet.parameters())
+        shared = sum(
+            p.numel()
+            for name, p in unet.named_parameters()
+            if self.tensor_kind("unet", name) == TensorKind.FEDERATED
+        )
+        return shared / total
