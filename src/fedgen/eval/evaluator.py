@@ -167,7 +167,13 @@ class Evaluator:
             images: torch.Tensor = task.sample(labels, generator)
             return images
 
-        return self.evaluate(generate, tstr=final)
+        figures = self.evaluate(generate, tstr=final)
+        # A task whose sampling is costly (diffusion: DDIM steps) times its own sampling and
+        # says how it sampled, so that every figure carries its sampling cost.
+        sampling_cost = getattr(task, "sampling_cost", None)
+        if sampling_cost is not None:
+            figures.update(sampling_cost())
+        return figures
 
     def describe(self) -> dict[str, str]:
         """For each metric key: what it was computed on and with which feature extractor."""
