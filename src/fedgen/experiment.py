@@ -222,8 +222,15 @@ def _load_data(
     with the task's own tokenizer (``Task.tokenizer``: a pretrained model's), else bytes.
     """
     from fedgen.data.federated import make_federated_data
+    from fedgen.data.table_data import TablePartition, federate_tables
+    from fedgen.data.table_sources import is_table_source
     from fedgen.data.text_data import ThemePartition
 
+    if isinstance(partitioner, TablePartition) or any(map(is_table_source, cfg.data.sources)):
+        dp = cfg.dpsgd is not None or any(t.name == "client_dp" for t in cfg.transforms)
+        return federate_tables(
+            cfg.data.sources, partitioner, cfg.data.num_clients, cfg.seed, dp=dp
+        )
     text = any(s in TEXT_SOURCES for s in cfg.data.sources)
     if text != isinstance(partitioner, ThemePartition):
         kind = "text" if text else "image"
@@ -256,6 +263,8 @@ def _load_data(
 
 def _pooled_client(data: Any, spec: DataSpec) -> Any:
     """The centralized ceiling's one client: every client's training data pooled."""
+    if spec.modality == Modality.TABLES:
+        return data.pooled_client()
     if spec.modality == Modality.TEXT:
         from fedgen.data.text_data import TextClientData
 
@@ -531,6 +540,16 @@ _FIGURES = (
     "precision",
     "recall",
     "real_test_accuracy",
+    # Tables (fedgen.eval.table_quality).
+    "quality_score",
+    "column_shapes",
+    "column_pair_trends",
+    "ml_efficacy",
+    "ml_efficacy_real",
+    "ml_efficacy_ratio",
+    "dcr_synthetic_train",
+    "dcr_holdout_train",
+    "dcr_closer_to_train",
 )
 
 
