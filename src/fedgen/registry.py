@@ -81,13 +81,16 @@ _BUILTINS = (
     "fedgen.data.table_sources",
     "fedgen.data.table_data",
     "fedgen.tasks",
+    "fedgen.tasks.tabular",
     "fedgen.strategies",
     "fedgen.transforms",
     "fedgen.engine.backends",
     "fedgen.eval.evaluator",
     "fedgen.eval.perplexity",
+    "fedgen.eval.table_quality",
     "fedgen.images.grid",
     "fedgen.samples.text",
+    "fedgen.samples.table",
 )
 _imported = False
 

@@ -1,0 +1,7 @@
+"""Table synthesizers (TVAE, CTGAN); importing this package registers them."""
+
+from fedgen.tasks.tabular.base import TableTask
+from fedgen.tasks.tabular.ctgan import CtganTask
+from fedgen.tasks.tabular.tvae import TvaeTask
+
+__all__ = ["CtganTask", "TableTask", "TvaeTask"]

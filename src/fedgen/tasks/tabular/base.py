@@ -1,0 +1,163 @@
+"""What every table synthesizer shares: built from a table's encoder, sampling n rows.
+
+A table task models rows in the reversible encoding of ``fedgen.data.table_encoder``
+(fitted federatedly before round 1 and carried by ``DataSpec.table``); it generates
+encoded rows with ``generate`` and this base decodes them to a ``pandas.DataFrame``.
+``sample`` takes an int (n unconditioned rows) or ``(n, {column: value})``: n rows
+whose categorical ``column`` holds ``value``, which a conditional model (CTGAN) is
+asked for directly and every model's output is filtered for. A category absent from
+the training rows is a ``ValueError`` that lists the ones there are.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+
+from fedgen.data.table_encoder import CategoricalEncoding, TableEncoder
+from fedgen.modality import Conditioning, DataSpec, Modality
+from fedgen.tasks.base import Task, TaskParams
+
+#: Batches ``sample`` generates, at most, while filtering for a condition.
+MAX_CONDITION_TRIES = 50
+
+
+class TableTaskParams(TaskParams):
+    """Hyper-parameters every table task has."""
+
+    batch_size: int = Field(500, ge=2)
+    lr: float = Field(2e-4, gt=0)
+    #: Rows generated per forward pass when sampling.
+    sample_batch: int = Field(1000, ge=1)
+
+
+class TableTask(Task):
+    """Base of the table synthesizers (``tvae``, ``ctgan``)."""
+
+    modality = Modality.TABLES
+    conditioning = Conditioning.COLUMN
+    task_name = "table task"
+
+    def __init__(self, params: TaskParams, encoder: TableEncoder, seed: int) -> None:
+        self.encoder = encoder
+        self.spans = encoder.spans()
+        super().__init__(params, 0, (0, 0, 0), seed)
+
+    @classmethod
+    def from_spec(cls, params: TaskParams, spec: DataSpec, seed: int) -> Task:
+        if spec.modality != Modality.TABLES or spec.table is None:
+            raise ValueError(
+                f"task {cls.task_name} generates tables, but the data is {spec.modality}; "
+                "choose a table source (e.g. data.sources=[fair])"
+            )
+        return cls(params, spec.table, seed)
+
+    def privacy_problems(self) -> list[str]:
+        # Table tasks draw their rows themselves (training-by-sampling), not through
+        # ``local_training``, so DP-SGD would never see them; the encoder's statistics are
+        # released without noise too. Refuse rather than pretend.
+        return [
+            f"task {self.task_name} does not train through DP-SGD, and its encoder is fitted "
+            "from client statistics released without noise; drop the dpsgd section"
+        ]
+
+    @abstractmethod
+    def generate(
+        self, n: int, generator: torch.Generator, condition: tuple[int, int] | None
+    ) -> torch.Tensor:
+        """``(n, encoder.dim)`` encoded rows; ``condition`` is ``(categorical column index,
+        category index)`` for models that take a conditional vector (others ignore it)."""
+
+    def sample(self, condition: Any, generator: torch.Generator) -> pd.DataFrame:
+        """Rows of the table: ``condition`` is n, or ``(n, {column: value})``."""
+        if isinstance(condition, int | np.integer):
+            return self.sample_rows(int(condition), generator)
+        n, given = condition
+        if not isinstance(given, Mapping) or len(given) != 1:
+            raise ValueError("condition rows on one column: (n, {column: value})")
+        ((column, value),) = given.items()
+        return self.sample_rows(int(n), generator, column, value)
+
+    def condition_index(self, column: str, value: Any) -> tuple[int, int]:
+        """``(categorical column index, category index)`` of ``column == value``.
+
+        Raises ``ValueError`` for a column that is not categorical or a value absent
+        from the training rows, listing the choices.
+        """
+        categorical = [enc for enc, _ in self.encoder.categorical()]
+        names = [enc.name for enc in categorical]
+        if column not in names:
+            raise ValueError(
+                f"rows can be conditioned on a categorical column; {column!r} is not one: "
+                f"choose from {names}"
+            )
+        enc: CategoricalEncoding = categorical[names.index(column)]
+        return names.index(column), enc.index(value)
+
+    @torch.no_grad()
+    def sample_rows(
+        self, n: int, generator: torch.Generator, column: str | None = None, value: Any = None
+    ) -> pd.DataFrame:
+        """``n`` decoded rows, all with ``column == value`` when a column is given.
+
+        Conditioned rows are generated (with the condition, for a conditional model) and
+        filtered; ``ValueError`` when too few match after ``MAX_CONDITION_TRIES`` batches.
+        """
+        if n < 0:
+            raise ValueError(f"n is {n}; ask for 0 or more rows")
+        for module in self.modules.values():
+            module.eval()
+        if column is None:
+            parts = []
+            for start in range(0, n, self.params.sample_batch):  # type: ignore[attr-defined]
+                count = min(self.params.sample_batch, n - start)  # type: ignore[attr-defined]
+                parts.append(self.generate(count, generator, None).numpy())
+            rows = np.concatenate(parts) if parts else np.zeros((0, self.encoder.dim))
+            return self.encoder.decode(rows)
+        condition = self.condition_index(column, value)
+        wanted = self.encoder.categorical()[condition[0]][0].categories[condition[1]]
+        kept: list[pd.DataFrame] = []
+        have = 0
+        for _ in range(MAX_CONDITION_TRIES):
+            batch = self.encoder.decode(
+                self.generate(self.params.sample_batch, generator, condition).numpy()  # type: ignore[attr-defined]
+            )
+            match = batch[batch[column] == wanted]
+            kept.append(match)
+            have += len(match)
+            if have >= n:
+                break
+        if have < n:
+            raise ValueError(
+                f"the model generated only {have} rows with {column} == {wanted!r} in "
+                f"{MAX_CONDITION_TRIES} batches; train it longer or ask for fewer rows"
+            )
+        return pd.concat(kept, ignore_index=True).iloc[:n].reset_index(drop=True)
+
+
+def apply_activations(
+    raw: torch.Tensor, spans: list[Any], tau: float | None = None
+) -> torch.Tensor:
+    """Network outputs ``(B, dim)`` to encoded rows: tanh for offsets, softmax (or Gumbel-
+    softmax at temperature ``tau``, as CTGAN's generator) for one-hots."""
+    parts = []
+    for span in spans:
+        block = raw[:, span.start : span.start + span.width]
+        if span.activation == "tanh":
+            parts.append(torch.tanh(block))
+        elif tau is None:
+            parts.append(torch.softmax(block, dim=1))
+        else:
+            parts.append(torch.nn.functional.gumbel_softmax(block, tau=tau))
+    return torch.cat(parts, dim=1)
+
+
+def seeded_global_rng(generator: torch.Generator) -> int:
+    """A seed drawn from ``generator`` for the global RNG (dropout, Gumbel noise)."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator))

@@ -1,0 +1,148 @@
+"""TVAE: a variational autoencoder over mode-specifically normalized rows.
+
+Xu, Skoularidou, Cuesta-Infante and Veeramachaneni, "Modeling Tabular data using
+Conditional GAN", NeurIPS 2019, section 4 (TVAE); the same networks as the
+``ctgan`` library's ``TVAE``: an encoder of two ReLU layers to a Gaussian latent,
+a decoder of two ReLU layers back to the encoded row, and a learned standard
+deviation per output for the offsets of numeric columns. The loss is the
+reconstruction (Gaussian for offsets, cross-entropy for one-hots), weighted by
+``loss_factor``, plus the KL divergence to the standard normal prior.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from fedgen.data.table_data import TableClientData
+from fedgen.registry import TASKS
+from fedgen.tasks.tabular.base import TableTask, TableTaskParams, seeded_global_rng
+
+
+class _Decoder(nn.Module):
+    def __init__(self, latent: int, hidden: int, dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
+        self.out = nn.Linear(hidden, dim)
+        # Per-output standard deviation of the offsets' Gaussian likelihood (TVAE: 0.1).
+        self.sigma = nn.Parameter(torch.full((dim,), 0.1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out(self.net(z))  # (B, dim)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, dim: int, hidden: int, latent: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
+        self.mu = nn.Linear(hidden, latent)
+        self.logvar = nn.Linear(hidden, latent)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(x)
+        return self.mu(h), self.logvar(h)  # each (B, latent)
+
+
+@TASKS.register("tvae")
+class TvaeTask(TableTask):
+    """TVAE (see module docstring); both networks are federated."""
+
+    task_name = "tvae"
+
+    class Params(TableTaskParams):
+        """``task.params`` of ``tvae`` (defaults: the ``ctgan`` library's TVAE)."""
+
+        lr: float = Field(1e-3, gt=0)
+        latent_dim: int = Field(128, ge=1)
+        hidden: int = Field(128, ge=1)
+        loss_factor: float = Field(2.0, gt=0)
+        weight_decay: float = Field(1e-5, ge=0)
+
+    params: Params
+
+    def build(self) -> dict[str, nn.Module]:
+        p, dim = self.params, self.encoder.dim
+        return {
+            "encoder": _Encoder(dim, p.hidden, p.latent_dim),
+            "decoder": _Decoder(p.latent_dim, p.hidden, dim),
+        }
+
+    def _decoder(self) -> _Decoder:
+        decoder = self.modules["decoder"]
+        assert isinstance(decoder, _Decoder)
+        return decoder
+
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruction and KL terms (each a mean over the batch) of encoded rows ``x``."""
+        mu, logvar = self.modules["encoder"](x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        decoder = self._decoder()
+        out = decoder(z)
+        recon = x.new_zeros(())
+        for span in self.spans:
+            a, b = span.start, span.start + span.width
+            if span.activation == "tanh":
+                sigma = decoder.sigma[a:b]
+                recon = recon + (
+                    ((x[:, a:b] - torch.tanh(out[:, a:b])) ** 2 / 2 / sigma**2).sum()
+                    + torch.log(sigma).sum() * len(x)
+                )
+            else:
+                recon = recon + F.cross_entropy(
+                    out[:, a:b], x[:, a:b].argmax(dim=1), reduction="sum"
+                )
+        kl = -0.5 * torch.sum(1 + logvar - mu**2 - logvar.exp())
+        return recon / len(x), kl / len(x)
+
+    def train_local(
+        self, data: Any, steps: int, generator: torch.Generator, config: dict[str, Any]
+    ) -> dict[str, float]:
+        assert isinstance(data, TableClientData)
+        p = self.params
+        lr = float(config.get("lr", p.lr))
+        parameters = [q for m in self.modules.values() for q in m.parameters()]
+        opt = torch.optim.Adam(parameters, lr=lr, weight_decay=p.weight_decay)
+        for m in self.modules.values():
+            m.train()
+        batches = data.batches(p.batch_size, generator)
+        totals = {"loss/reconstruction": 0.0, "loss/kl": 0.0}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seeded_global_rng(generator))
+            for _ in range(steps):
+                x, _ = next(batches)
+                recon, kl = self.loss(x)
+                opt.zero_grad()
+                (p.loss_factor * recon + kl).backward()
+                opt.step()
+                # TVAE keeps the likelihood's standard deviations in [0.01, 1].
+                with torch.no_grad():
+                    self._decoder().sigma.clamp_(0.01, 1.0)
+                totals["loss/reconstruction"] += recon.item()
+                totals["loss/kl"] += kl.item()
+        return {k: v / max(steps, 1) for k, v in totals.items()}
+
+    def generate(
+        self, n: int, generator: torch.Generator, condition: tuple[int, int] | None
+    ) -> torch.Tensor:
+        decoder = self._decoder()
+        z = torch.randn(n, self.params.latent_dim, generator=generator)
+        out = decoder(z)
+        parts = []
+        for span in self.spans:
+            block = out[:, span.start : span.start + span.width]
+            if span.activation == "tanh":
+                # TVAE draws the offset from its Gaussian likelihood, not only its mean.
+                noise = torch.randn(block.shape, generator=generator)
+                sigma = decoder.sigma[span.start : span.start + span.width]
+                parts.append(torch.tanh(block) + noise * sigma)
+            else:
+                parts.append(block)  # decoding takes the argmax
+        return torch.cat(parts, dim=1)
