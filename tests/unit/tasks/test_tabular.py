@@ -1,0 +1,72 @@
+"""Table tasks: built from a table's encoder, trained locally, sampled with or without a
+condition; a category absent from training is a clear error."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from fedgen.data.table_data import SiloPartition
+from fedgen.modality import Conditioning, DataSpec, Modality
+from fedgen.registry import EVALUATORS, SAMPLE_WRITERS, TASKS
+from fedgen.tasks.tabular import CtganTask, TvaeTask
+
+
+@pytest.fixture(scope="module")
+def fair():
+    return SiloPartition(max_modes=3).federate("fair", 2, seed=0)
+
+
+def _task(cls, fair, **params):
+    return cls.from_spec(cls.Params(batch_size=100, hidden=32, **params), fair.spec(), 0)
+
+
+def test_table_tasks_are_registered_with_their_modality_and_handlers():
+    for name in ("tvae", "ctgan"):
+        cls = TASKS.get(name)
+        assert cls.modality == Modality.TABLES and cls.conditioning == Conditioning.COLUMN
+    assert "tables" in EVALUATORS and "tables" in SAMPLE_WRITERS
+
+
+def test_a_table_task_refuses_other_data():
+    with pytest.raises(ValueError, match="generates tables, but the data is images"):
+        TvaeTask.from_spec(TvaeTask.Params(), DataSpec(Modality.IMAGES, 10, (1, 28, 28)), 0)
+    with pytest.raises(ValueError, match="multiple of pac"):
+        CtganTask.Params(batch_size=105, pac=10)
+
+
+@pytest.mark.parametrize("cls", [TvaeTask, CtganTask])
+def test_local_training_lowers_the_loss_and_sampling_gives_rows_of_the_schema(cls, fair):
+    task = _task(cls, fair)
+    client = fair.clients[0]
+    gen = torch.Generator().manual_seed(0)
+    before = {k: v.clone() for k, v in task.federated_state().items()}
+    metrics = task.train_local(client, 30, gen, {})
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert any(not torch.equal(before[k], v) for k, v in task.federated_state().items())
+    rows = task.sample(50, gen)
+    assert isinstance(rows, pd.DataFrame) and len(rows) == 50
+    assert list(rows.columns) == fair.schema.names
+    assert set(rows["had_affair"]) <= {"yes", "no"}
+    assert rows["age"].between(17.5, 42.0).all()
+
+
+def test_ctgan_samples_rows_conditioned_on_a_columns_value(fair):
+    task = _task(CtganTask, fair)
+    task.train_local(fair.clients[0], 20, torch.Generator().manual_seed(0), {})
+    rows = task.sample((30, {"had_affair": "yes"}), torch.Generator().manual_seed(1))
+    assert len(rows) == 30 and (rows["had_affair"] == "yes").all()
+
+
+def test_conditioning_on_a_category_absent_from_training_is_a_clear_error(fair):
+    task = _task(TvaeTask, fair)
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=r"no category '7' in the training rows.*'1', '2'"):
+        task.sample((5, {"occupation": "7"}), gen)
+    with pytest.raises(ValueError, match="'age' is not one"):
+        task.sample((5, {"age": 30}), gen)
+
+
+def test_table_tasks_refuse_dp_sgd(fair):
+    assert "does not train through DP-SGD" in _task(TvaeTask, fair).privacy_problems()[0]
