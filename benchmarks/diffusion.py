@@ -1,0 +1,184 @@
+"""Diffusion benchmark (issue 13): federated DDPM, whole and partial, against centralized and
+the federated cGAN, each given the same training wall time, on Fashion-MNIST.
+
+Every method trains from ``configs/fmnist_ddpm.yaml`` (10 clients, Dirichlet 0.5, FedAvg
+of 4 clients a round) until its training wall time passes ``--budget`` seconds: the round
+that crosses it becomes the last. Evaluation is timed apart, after training, with the same
+evaluator settings for every row. A partial scheme's global model holds only the shared
+blocks, so it is evaluated as a client holds it: the global model with the private blocks
+of the client holding the most examples. One row is appended to
+``benchmarks/results/diffusion.md`` as soon as each method ends, so a cut-off run still
+leaves figures.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/diffusion.py --budget 600 [--only whole udec]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedgen.config import load_config
+from fedgen.engine.federation import Federation
+from fedgen.experiment import load_run, make_evaluator, run_experiment
+from fedgen.report.results_table import ResultsTable
+from fedgen.seeding import torch_generator
+
+#: Method name -> recipe overrides.
+METHODS: dict[str, list[str]] = {
+    "ddpm whole": ["task.params.federate=whole"],
+    "cgan": ["task.name=cgan", "task.params={}"],
+    "ddpm udec": ["task.params.federate=udec"],
+    "ddpm centralized": ["federation.centralized=true"],
+    "ddpm usplit": ["task.params.federate=usplit"],
+    "ddpm ulatdec": ["task.params.federate=ulatdec"],
+}
+COLUMNS = [
+    "method",
+    "rounds",
+    "train_seconds",
+    "tstr_accuracy",
+    "frechet_distance",
+    "precision",
+    "recall",
+    "MB_up_down",
+    "federated_share",
+    "sample_s_per_1000",
+    "ddim_steps",
+    "evaluated_as",
+]
+NOTES = [
+    "Fashion-MNIST, 10 clients, Dirichlet(0.5), FedAvg of 4 clients a round (30 local steps, "
+    "EMA 0.9 for sampling); centralized: one client with the pooled data and the same "
+    "sample-visits per round. Every method trains until its training wall time passes the "
+    "budget (the round crossing it is the last); evaluation is timed apart.",
+    "DDPM: UNet width 16 (0.15M parameters), T=1000 linear schedule, label dropout 0.1, "
+    "sampled with 10 DDIM steps (eta 0) and classifier-free guidance 2 (two UNet passes per "
+    "step). `sample_s_per_1000`: seconds to draw 1,000 images on one core at that step count.",
+    "Frechet distance, precision and recall on the 128-d features of a CNN trained on the "
+    "real training split (not Inception/FID), 1,000 generated vs 1,000 real test images; "
+    "TSTR: a fresh CNN trained 3 epochs on 3,000 generated images, tested on the 10,000 real "
+    "test images. `MB_up_down`: all bytes sent both ways over the run (encoded messages).",
+    "Partial schemes (FedDiffuse, our reading; embeddings always shared): usplit shares the "
+    "encoder, ulatdec the latent and decoder, udec the decoder; `federated_share` is the "
+    "share of UNet parameters exchanged. Their rows are evaluated as the client with the most "
+    "examples among those that trained holds the model (shared blocks + its private ones).",
+]
+EVAL = [
+    "eval.every=0",
+    "eval.final=false",
+    "eval.num_quality_samples=1000",
+    "eval.tstr_samples=3000",
+    "backend.name=inprocess",
+    "threads=1",
+    "federation.rounds=100000",
+]
+
+
+#: Images drawn to time sampling.
+SAMPLE_TIMING = 500
+
+
+class WallTimeBudget:
+    """Makes the round that ends after ``seconds`` of training the federation's last.
+
+    The round loop has no wall-time stop; a benchmark needs one so that every method gets
+    the same training time. Rounds are wrapped, not rewritten: ``Federation.rounds`` is set
+    to end after the crossing round, so callbacks treat it as the final one.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.spent = 0.0
+        self._original = Federation.run_round
+
+    def __enter__(self) -> WallTimeBudget:
+        budget = self
+
+        def run_round(fed: Federation, r: int) -> Any:
+            t0 = time.perf_counter()
+            record = budget._original(fed, r)
+            budget.spent += time.perf_counter() - t0
+            if budget.spent >= budget.seconds:
+                fed.rounds = r + 1
+            return record
+
+        Federation.run_round = run_round  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        Federation.run_round = self._original  # type: ignore[method-assign]
+
+
+def evaluate(run_dir: Path, partial: bool) -> tuple[dict[str, Any], str, float]:
+    """Final figures of a finished run (TSTR included, and the seconds to sample 1,000
+    images, timed on 500), what model was evaluated, and the share of it federated."""
+    exp = load_run(run_dir)
+    fed = exp.federation
+    task = fed.load_global_into_task()
+    label = "global model"
+    if partial:
+        # Among clients that trained (and so hold private blocks of their own).
+        client = max(fed.private_states, key=lambda c: fed.clients[c].num_examples)
+        task.load_state(fed.private_states[client])
+        label = f"client {client} ({fed.clients[client].num_examples} examples)"
+    evaluator = make_evaluator(exp.config, exp.data, task.modality)
+    gen = torch_generator(exp.config.seed, "eval-samples", fed.next_round)
+    figures = evaluator.evaluate_task(task, gen, final=True)
+    # Timed the same way for every task (a cGAN does not time its own sampling).
+    labels = torch.arange(SAMPLE_TIMING) % task.num_classes
+    t0 = time.perf_counter()
+    task.sample(labels, gen)
+    figures["sample_seconds_per_1000"] = (time.perf_counter() - t0) * 1000 / SAMPLE_TIMING
+    share = getattr(task, "federated_fraction", lambda: 1.0)()
+    return figures, label, share
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=list(METHODS))
+    parser.add_argument("--budget", type=float, default=600.0, help="training seconds each")
+    parser.add_argument("--set", nargs="*", default=[], dest="overrides")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/runs/diffusion"))
+    parser.add_argument("--table", type=Path, default=Path("benchmarks/results/diffusion.md"))
+    args = parser.parse_args()
+
+    table = ResultsTable(args.table, COLUMNS)
+    notes = [f"Training budget: {args.budget:.0f} s of wall time per method.", *NOTES]
+    table.start("diffusion", notes)
+    for method in args.only:
+        overrides = [*EVAL, *METHODS[method], f"name={method.replace(' ', '-')}", *args.overrides]
+        cfg = load_config(Path("configs/fmnist_ddpm.yaml"), overrides)
+        run_dir = args.out / cfg.name
+        with WallTimeBudget(args.budget) as budget:
+            summary = run_experiment(cfg, run_dir, progress=False)
+        t0 = time.perf_counter()
+        partial = cfg.task.name == "ddpm" and cfg.task.params.get("federate", "whole") != "whole"
+        figures, label, share = evaluate(run_dir, partial)
+        eval_seconds = time.perf_counter() - t0
+        bytes_total = (summary["bytes_up"] or 0) + (summary["bytes_down"] or 0)
+        row = {
+            "method": method,
+            "rounds": summary["rounds"],
+            "train_seconds": budget.spent,
+            "tstr_accuracy": figures.get("tstr_accuracy"),
+            "frechet_distance": figures.get("frechet_distance"),
+            "precision": figures.get("precision"),
+            "recall": figures.get("recall"),
+            "MB_up_down": bytes_total / 1e6,
+            "federated_share": share,
+            "sample_s_per_1000": figures.get("sample_seconds_per_1000"),
+            "ddim_steps": figures.get("ddim_steps"),
+            "evaluated_as": label,
+        }
+        table.append(row)
+        print(json.dumps({**row, "eval_seconds": eval_seconds}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
