@@ -44,7 +44,10 @@ MAX_DISTANCE_ROWS = 2000
 
 def quality_report(real: pd.DataFrame, synthetic: pd.DataFrame, schema: TableSchema) -> dict:
     """sdmetrics' quality report: overall score, column shapes, column pair trends."""
-    from sdmetrics.reports.single_table import QualityReport
+    with warnings.catch_warnings():
+        # sdmetrics 0.32 warns that the single-table report moves; its API is unchanged.
+        warnings.simplefilter("ignore", FutureWarning)
+        from sdmetrics.reports.single_table import QualityReport
 
     metadata = {
         "columns": {
