@@ -20,10 +20,17 @@ from fedgen.registry import SAMPLE_WRITERS
 
 @SAMPLE_WRITERS.register("images")
 def write_class_grid(task: Any, path: Path, per_class: int, generator: torch.Generator) -> Path:
-    """``path``.png: ``per_class`` samples of every class from ``task``, one row per class."""
+    """``path``.png: ``per_class`` samples of every class from ``task``, one row per class;
+    for a task with a ``denoising_strip`` (diffusion), ``path``_denoising.png too."""
     labels = class_grid_labels(task.num_classes, per_class)
     images = task.sample(labels, generator)
-    return save_grid(images, path.with_suffix(".png"), nrow=per_class)
+    written = save_grid(images, path.with_suffix(".png"), nrow=per_class)
+    # A diffusion task also shows how its samples come out of the noise, beside the grid.
+    strip = getattr(task, "denoising_strip", None)
+    if strip is not None:
+        frames, nrow = strip(generator)
+        save_grid(frames, path.with_name(path.with_suffix("").name + "_denoising.png"), nrow=nrow)
+    return written
 
 
 def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
