@@ -248,6 +248,15 @@ class ConditionalDdpm(Task):
         self._sampled += labels.shape[0]
         return (torch.cat(chunks) + 1) / 2
 
+    def denoising_strip(self, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        """One row per class: the noise ``x_T``, ``x_t`` after each DDIM step, the sample;
+        returns the frames in [0, 1] row-major and the frames per row."""
+        trajectory: list[torch.Tensor] = []
+        self.sample(torch.arange(self.num_classes), generator, trajectory=trajectory)
+        frames = torch.stack(trajectory, dim=1)  # (classes, steps + 1, C, H, W)
+        frames = ((frames + 1) / 2).clamp(0, 1)
+        return frames.flatten(0, 1), frames.shape[1]
+
     def sampling_cost(self) -> dict[str, float]:
         """Seconds per 1,000 images over the samples drawn since the last call, with the
         DDIM steps and guidance they were drawn with; resets the count."""
