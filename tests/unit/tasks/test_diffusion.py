@@ -282,3 +282,22 @@ def test_guidance_scale_1_is_the_conditional_model_and_0_the_unconditional():
         guided = make_task(guidance_scale=3.0).guided_eps(labels)(x, t)
         torch.testing.assert_close(guided, uncond + 3 * (cond - uncond), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(make_task(guidance_scale=0.0).guided_eps(labels)(x, t), uncond)
+
+
+def test_dp_sgd_trains_the_unet_with_per_example_gradients(mnist_dir):
+    # Opacus computes per-example gradients for every UNet layer (GroupNorm, no BatchNorm),
+    # so the experiment accepts DP-SGD before round 1 and accounts what the round spent.
+    cfg = tiny_config(
+        mnist_dir,
+        **{
+            "task.name": "ddpm",
+            "task.params": "{width: 8, timesteps: 20, sampling_steps: 2, batch_size: 32}",
+            "federation.rounds": 1,
+            "dpsgd": "{noise_multiplier: 1.0, max_grad_norm: 1.0}",
+        },
+    )
+    fed = build_experiment(cfg).federation
+    before = {k: v.clone() for k, v in fed.global_state.items()}
+    assert fed.run()
+    assert fed.privacy is not None and fed.privacy.describe()["epsilon"] > 0
+    assert all(not torch.equal(before[k], fed.global_state[k]) for k in before if "weight" in k)
