@@ -10,6 +10,10 @@ training, and sampling mixes ``eps_uncond + guidance_scale * (eps_cond - eps_unc
 (1: plain conditional, no second pass; 0: unconditional). Sampling runs
 ``sampling_steps`` DDIM steps (Song et al. 2021), ``eta`` 0 deterministic.
 
+A pretrained UNet (``base_weights``) is fine-tuned whole, or, with ``lora_rank`` > 0,
+through LoRA adapters (``fedgen.tasks.unet_lora``): the base is then frozen (never sent,
+never checkpointed) and only adapters and the class embedding train and travel.
+
 Partial federation after FedDiffuse (de Goede et al. 2024): ``federate`` names a
 scheme, or the UNet blocks to federate; the other blocks are private tensors that stay
 with each client (the task contract's private state). Our reading of the schemes, by
@@ -46,6 +50,7 @@ from fedgen.tasks.unet import (
     UNET_BLOCKS,
     ConditionalUNet,
 )
+from fedgen.tasks.unet_lora import RETRAINED_BLOCKS, add_lora, is_adapter, load_unet_weights
 from fedgen.types import StateDict
 
 #: Partial-federation schemes: the UNet blocks each one federates (see module docstring).
@@ -82,6 +87,13 @@ class DdpmParams(TaskParams):
     eta: float = Field(0.0, ge=0, le=1)
     #: A scheme of ``SCHEMES`` or a list of UNet blocks: what is federated; the rest is private.
     federate: str | list[str] = "whole"
+    #: A file of a trained ddpm UNet's tensors to start from (see ``fedgen.tasks.unet_lora``).
+    base_weights: str | None = None
+    #: LoRA rank on the base's Linear layers: 0 trains the whole UNet; > 0 freezes the
+    #: base (never sent) and trains and federates only adapters and the class embedding.
+    lora_rank: int = Field(0, ge=0)
+    #: LoRA's alpha: adapters are scaled by alpha / rank.
+    lora_alpha: int = Field(8, ge=1)
 
     @field_validator("guidance_scale")
     @classmethod
@@ -121,6 +133,19 @@ class DdpmParams(TaskParams):
             )
         return self
 
+    @model_validator(mode="after")
+    def _lora_needs_a_base(self) -> DdpmParams:
+        if self.lora_rank and self.base_weights is None:
+            raise ValueError(
+                "lora_rank > 0 adapts a pretrained UNet: set base_weights to its file, or "
+                "lora_rank: 0 to train the whole UNet"
+            )
+        if self.lora_rank and self.federate != "whole":
+            raise ValueError(
+                "with lora_rank > 0 only adapters are federated; leave federate at 'whole'"
+            )
+        return self
+
     def federated_blocks(self) -> tuple[str, ...]:
         """The UNet blocks this setting federates."""
         return SCHEMES[self.federate] if isinstance(self.federate, str) else tuple(self.federate)
@@ -144,11 +169,22 @@ class ConditionalDdpm(Task):
         super().__init__(params, num_classes, image_shape, seed)
 
     def build(self) -> dict[str, nn.Module]:
-        return {"unet": ConditionalUNet(self.image_shape, self.num_classes, self.params.width)}
+        p = self.params
+        unet: nn.Module = ConditionalUNet(self.image_shape, self.num_classes, p.width)
+        if p.base_weights is not None:
+            load_unet_weights(unet, p.base_weights)
+        if p.lora_rank:
+            unet = add_lora(unet, p.lora_rank, p.lora_alpha)
+        return {"unet": unet}
 
     def tensor_kind(self, module: str, key: str) -> TensorKind:
-        """A tensor is federated when its UNet block is, private otherwise."""
-        return TensorKind.FEDERATED if key.split(".", 1)[0] in self._blocks else TensorKind.PRIVATE
+        """A tensor is federated when its UNet block is, private otherwise; with LoRA the
+        adapters and the class embedding are federated and the rest is the frozen base."""
+        block = key.split(".", 1)[0]
+        if self.params.lora_rank:
+            federated = is_adapter(key) or block in RETRAINED_BLOCKS
+            return TensorKind.FEDERATED if federated else TensorKind.FROZEN
+        return TensorKind.FEDERATED if block in self._blocks else TensorKind.PRIVATE
 
     def load_state(self, state: StateDict) -> None:
         """Load as ``Task.load_state``; a state holding federated tensors (the global state)
@@ -173,7 +209,9 @@ class ConditionalDdpm(Task):
         with self.local_training(generator) as local:
             opt = local.optimizer(
                 torch.optim.Adam(
-                    unet.parameters(), lr=float(config.get("lr", p.lr)), betas=p.betas
+                    [q for q in unet.parameters() if q.requires_grad],
+                    lr=float(config.get("lr", p.lr)),
+                    betas=p.betas,
                 ),
                 ["unet"],
             )
@@ -271,7 +309,8 @@ class ConditionalDdpm(Task):
         return figures
 
     def federated_fraction(self) -> float:
-        """Share of the UNet's parameters that are federated (1.0 for ``whole``)."""
+        """Share of the UNet's parameters that are federated (1.0 for ``whole``; with LoRA,
+        adapters and class embedding over the base's and the adapters' parameters)."""
         unet = self.modules["unet"]
         total = sum(p.numel() for p in unet.parameters())
         shared = sum(

@@ -1,0 +1,80 @@
+"""A pretrained UNet as a frozen base, and LoRA adapters (peft) on its projection layers.
+
+LoRA (Hu et al., ICLR 2022) keeps a base weight ``W`` frozen and learns ``W + (alpha / r)
+B A``; ``peft``'s ``inject_adapter_in_model`` puts the adapters into any ``nn.Module``.
+On the diffusion UNet they go on every ``Linear`` layer: the attention's ``qkv`` and
+``proj``, each residual block's time/class projection ``emb``, and the time-embedding
+MLP; the convolutions stay as pretrained. The class embedding is retrained whole: a new
+domain's labels name other things than the pretraining set's (digits, not garments).
+
+The base is a file of the UNet's tensors as ``torch.save`` wrote them from a ddpm task's
+``federated_state()`` (keys ``unet.<tensor>``), e.g. exported from a centralized run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fedgen.errors import ConfigError
+
+#: Names (last component) of the Linear layers adapters go on; see the module docstring.
+ADAPTED_LAYERS = ("qkv", "proj", "emb", "time_embed.0", "time_embed.2")
+#: Blocks trained whole (not adapted) on a new domain, and federated with the adapters.
+RETRAINED_BLOCKS = ("class_embed",)
+
+
+def load_unet_weights(unet: nn.Module, path: str) -> None:
+    """Load a ddpm UNet's tensors from ``path`` into ``unet`` (in place).
+
+    Raises ``ConfigError`` when the file is missing, unreadable, or holds a UNet of
+    another shape, saying what to do.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(
+            f"task.params.base_weights: no file {file}; export a trained ddpm UNet with "
+            "torch.save(task.federated_state(), path) (benchmarks/diffusion.py does)"
+        )
+    try:
+        saved = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a file that is not its own
+        raise ConfigError(f"task.params.base_weights: {file} is not a torch file: {exc}") from exc
+    state = {k.removeprefix("unet."): v for k, v in dict(saved).items()}
+    expected = unet.state_dict()
+    missing = sorted(set(expected) - set(state))
+    wrong = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
+    if missing or wrong or set(state) - set(expected):
+        raise ConfigError(
+            f"task.params.base_weights: {file} holds another UNet ({len(missing)} tensors "
+            f"missing, e.g. {missing[:2]}; {len(wrong)} of another shape, e.g. {wrong[:2]}); "
+            "use the width and the number of classes it was trained with"
+        )
+    unet.load_state_dict(state)
+
+
+def add_lora(unet: nn.Module, rank: int, alpha: int) -> nn.Module:
+    """``unet`` with LoRA adapters of ``rank`` on its Linear layers (``ADAPTED_LAYERS``);
+    only the adapters and ``RETRAINED_BLOCKS`` require gradients afterwards. Adapter A
+    is drawn from the global RNG (the task seeds it), B starts at zero."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = [
+        name
+        for name, module in unet.named_modules()
+        if isinstance(module, nn.Linear) and name.endswith(ADAPTED_LAYERS)
+    ]
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, bias="none"
+    )
+    adapted: nn.Module = inject_adapter_in_model(config, unet)
+    for name, param in adapted.named_parameters():
+        param.requires_grad_(is_adapter(name) or name.split(".", 1)[0] in RETRAINED_BLOCKS)
+    return adapted
+
+
+def is_adapter(key: str) -> bool:
+    """True for a LoRA adapter's tensor (``...lora_A.default.weight``, ``...lora_B...``)."""
+    return ".lora_A." in key or ".lora_B." in key
