@@ -49,6 +49,9 @@ def test_a_table_federation_trains_evaluates_samples_and_reports(table_run):
     partition = json.loads((table_run / "partition.json").read_text())
     assert partition["modality"] == "tables" and len(partition["encoder"]["client_bytes"]) == 2
     assert sorted((table_run / "samples").glob("*.csv"))
+    # The picture of each evaluation (histograms, correlations) is in the report.
+    assert len(sorted((table_run / "samples").glob("*.png"))) == 2
+    assert "Generated samples" in (table_run / "report.html").read_text()
     assert "ledger verified" in fedgen("ledger", "verify", str(table_run)).stdout
 
 

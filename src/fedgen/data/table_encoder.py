@@ -14,13 +14,15 @@ own rows (``client_statistics``) and the server merges (``merge_statistics``):
 - categorical columns: the count of every category. Merged by summing, so the
   merged categories and frequencies are exactly the pooled ones.
 - continuous and integer columns: count, sum, sum of squares, min and max (merged
-  exactly: pooled mean, variance and range), and the client's own variational
+  exactly: pooled mean, variance and range), the sums of products of every pair of
+  numeric columns (merged exactly: pooled Pearson correlations, which the report
+  shows beside the synthetic ones), and the client's own variational
   Gaussian mixture (weights, means, standard deviations, at most ``max_modes``).
   The server draws points from the count-weighted union of the clients' mixtures
   (a density equal to the pooled mixture's) and fits the global mixture to them.
 
 What the server learns is therefore each client's category counts, moments,
-range and mixture parameters: aggregate statistics, not rows, but not protected by
+cross-products, range and mixture parameters: aggregate statistics, not rows, but not protected by
 differential privacy either (a client's min/max is one of its values). Under DP the
 release is refused, not accounted for (``fedgen.data.table_data``).
 """
@@ -97,6 +99,16 @@ def client_statistics(
             "max": float(x.max()),
             "mixture": _fit_mixture(x, max_modes, seed),
         }
+    # Sums of products of every pair of numeric columns: with the sums and sums of squares
+    # above they give the pooled Pearson correlations exactly (the report's real matrix).
+    numeric = [c.name for c in schema.columns if c.numeric]
+    stats["cross"] = {
+        f"{a}|{b}": float(
+            (frame[a].to_numpy(dtype=np.float64) * frame[b].to_numpy(dtype=np.float64)).sum()
+        )
+        for i, a in enumerate(numeric)
+        for b in numeric[i + 1 :]
+    }
     return stats
 
 
@@ -213,6 +225,8 @@ class TableEncoder:
     encodings: tuple[Encoding, ...]
     #: Bytes each client sent to fit it (canonical JSON of its statistics).
     client_bytes: tuple[int, ...] = field(default=())
+    #: Pooled Pearson correlations of the numeric columns (in schema order), merged exactly.
+    correlation: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -324,7 +338,30 @@ def merge_statistics(
                 std=math.sqrt(var),
             )
         )
-    return TableEncoder(schema, tuple(encodings), tuple(statistics_nbytes(s) for s in stats))
+    return TableEncoder(
+        schema,
+        tuple(encodings),
+        tuple(statistics_nbytes(s) for s in stats),
+        _merge_correlation(stats, encodings),
+    )
+
+
+def _merge_correlation(
+    stats: Sequence[dict[str, Any]], encodings: list[Encoding]
+) -> np.ndarray | None:
+    """Pooled Pearson correlations of the numeric columns from the clients' sums."""
+    numeric = [e for e in encodings if isinstance(e, ContinuousEncoding)]
+    if not numeric or any("cross" not in s for s in stats):
+        return None
+    n = sum(s["columns"][numeric[0].name]["count"] for s in stats)
+    corr = np.eye(len(numeric))
+    for i, a in enumerate(numeric):
+        for j in range(i + 1, len(numeric)):
+            b = numeric[j]
+            sxy = sum(s["cross"][f"{a.name}|{b.name}"] for s in stats) / n
+            denom = a.std * b.std
+            corr[i, j] = corr[j, i] = (sxy - a.mean * b.mean) / denom if denom > 0 else 0.0
+    return corr
 
 
 def _merge_mixtures(

@@ -82,3 +82,9 @@ def test_rows_with_a_category_the_encoder_never_saw_are_refused(fair_parts, fair
     bad["occupation"] = "7"
     with pytest.raises(ValueError, match=r"column 'occupation' holds categories \['7'\]"):
         fair_encoder.encode(bad, np.random.default_rng(0))
+
+
+def test_merged_correlations_of_numeric_columns_equal_the_pooled_ones(fair_parts, fair_encoder):
+    table, _ = fair_parts
+    pooled = np.corrcoef(table[["age", "yrs_married", "children"]].to_numpy().T)
+    np.testing.assert_allclose(fair_encoder.correlation, pooled, rtol=1e-9, atol=1e-12)
