@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from fedgen.config import ExperimentConfig, load_config
+from fedgen.config import ExperimentConfig, load_config, parse_config
 from fedgen.data.client_data import ClientData
 from fedgen.engine.audit import RunAudit
 from fedgen.engine.callbacks import (
@@ -33,6 +33,7 @@ from fedgen.engine.checkpoint import (
     load_checkpoint,
     restore_state,
 )
+from fedgen.engine.client_side import ClientBuildError, ClientKit, ClientSide
 from fedgen.engine.faults import FaultPlan
 from fedgen.engine.federation import Callback, Federation
 from fedgen.engine.ledger_callback import LedgerCallback
@@ -208,8 +209,37 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
         faults=FaultPlan.from_config(cfg.faults),
         # Fresh keys for every run; a resume replaces them with the checkpoint's.
         audit=RunAudit(sorted(c.client_id for c in clients)) if cfg.ledger else None,
+        client_side=RecipeClientSide(cfg),
     )
     return Experiment(cfg, federation, data, evaluator=None)
+
+
+class RecipeClientSide(ClientSide):
+    """A client's parts built from the recipe alone, wherever the client runs.
+
+    It carries the recipe as plain JSON (what would cross a wire) and ``open`` runs the
+    same ``build_experiment`` the server ran: the same task, the same transforms with
+    the same DP calibration, the same deterministic partition, from which the client
+    keeps the shards. Nothing of the server's is used; the run's secrets (noise key,
+    signing keys) arrive in the client's own messages.
+    """
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.recipe = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+
+    def open(self) -> ClientKit:
+        """Build the kit; ``ClientBuildError`` when this fedgen cannot read the recipe."""
+        try:
+            cfg = parse_config(json.loads(self.recipe))
+            # A client keeps no ledger (its key arrives with its jobs) and runs no workers.
+            cfg = cfg.model_copy(update={"ledger": False})
+            fed = build_experiment(cfg).federation
+        except (ConfigError, ValueError) as exc:
+            raise ClientBuildError(f"this fedgen cannot build the recipe's client: {exc}") from exc
+        return ClientKit(fed.task, fed.transforms, fed.faults, fed.clients)
+
+    def fingerprint(self) -> tuple[object, ...]:
+        return (self.recipe,)
 
 
 def _load_data(
@@ -228,9 +258,7 @@ def _load_data(
 
     if isinstance(partitioner, TablePartition) or any(map(is_table_source, cfg.data.sources)):
         dp = cfg.dpsgd is not None or any(t.name == "client_dp" for t in cfg.transforms)
-        return federate_tables(
-            cfg.data.sources, partitioner, cfg.data.num_clients, cfg.seed, dp=dp
-        )
+        return federate_tables(cfg.data.sources, partitioner, cfg.data.num_clients, cfg.seed, dp=dp)
     text = any(s in TEXT_SOURCES for s in cfg.data.sources)
     if text != isinstance(partitioner, ThemePartition):
         kind = "text" if text else "image"

@@ -29,6 +29,7 @@ import torch
 from fedgen.data.client_data import ClientData
 from fedgen.engine.audit import RoundAudit, RunAudit
 from fedgen.engine.backends.base import Backend, LocalWork
+from fedgen.engine.client_side import ClientKit, ClientSide, LocalClientSide
 from fedgen.engine.faults import FaultPlan
 from fedgen.engine.validation import check_result
 from fedgen.errors import ClientUpdateError, RoundFailedError
@@ -97,6 +98,7 @@ class Federation:
         noise_key: bytes | None = None,
         faults: FaultPlan | None = None,
         audit: RunAudit | None = None,
+        client_side: ClientSide | None = None,
     ) -> None:
         if (local_steps is None) == (local_epochs is None):
             raise ValueError("give exactly one of local_steps and local_epochs")
@@ -119,6 +121,9 @@ class Federation:
         self.faults = faults
         #: Signing keys for the ledger (``fedgen.engine.audit``), or None: no ledger.
         self.audit = audit
+        #: What clients running elsewhere build their parts from (``fedgen.engine.client_side``);
+        #: None: this federation's own task, transforms, fault plan and shards.
+        self.client_side = client_side
         #: Why the run stopped before ``rounds`` (e.g. the privacy budget), or None.
         self.stop_reason: str | None = None
         self.auxiliary_keys: frozenset[str] = frozenset(
@@ -132,6 +137,7 @@ class Federation:
         self.private_states: dict[int, StateDict] = {}
         self.next_round = 0
         self.history: list[dict[str, Any]] = []
+        self._local: LocalClientSide | None = None
 
     # -- the loop ------------------------------------------------------------
 
@@ -200,6 +206,7 @@ class Federation:
             self.noise_key,
             self.faults,
             None if self.audit is None else self.audit.client_keys(),
+            self.client_side or self._local_side(),
         )
         audit = (
             None
@@ -431,6 +438,14 @@ class Federation:
             len(secure.survivors),
             sum(examples[c] for c in secure.survivors),
         )
+
+    def _local_side(self) -> ClientSide:
+        """The client side made of this federation's own objects (kept while they stay)."""
+        kit = ClientKit(self.task, self.transforms, self.faults, self.clients)
+        side = LocalClientSide(kit)
+        if self._local is None or self._local.fingerprint() != side.fingerprint():
+            self._local = side
+        return self._local
 
     # -- state ---------------------------------------------------------------
 

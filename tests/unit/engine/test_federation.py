@@ -148,6 +148,7 @@ def test_process_pool_turns_a_crash_into_a_failure(mnist_dir):
     )
     fed = exp.federation
     fed.transforms.append(Sabotage({1: "crash"}))
+    fed.client_side = None  # workers get the harness's objects, Sabotage included
     record = fed.run_round(0)
     fed.backend.close()
     assert record.metrics["failures"] == 1

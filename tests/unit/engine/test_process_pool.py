@@ -54,7 +54,8 @@ def test_timeout_counts_from_each_clients_start_and_stuck_workers_are_replaced(m
     )
     fed = build_experiment(cfg).federation
     fed.transforms.append(Slow({0, 1}, seconds=10.0))
-    fed.backend._ensure_pool(fed.task, fed.clients)  # start workers before timing
+    fed.client_side = None  # workers get the harness's objects, Slow included
+    fed.backend.start(fed._local_side())  # workers ready before timing
     first_pids = set(fed.backend.worker_pids)
     # Execute
     t0 = time.monotonic()
@@ -86,6 +87,7 @@ def test_a_worker_that_dies_is_a_failure_and_is_replaced(mnist_dir):
     )
     fed = build_experiment(cfg).federation
     fed.transforms.append(_Exit({2}))
+    fed.client_side = None  # workers get the harness's objects, _Exit included
     record = fed.run_round(0)
     fed.backend.close()
     assert record.metrics["failed_clients"] == {"2": "worker process died (exit code 3)"}
@@ -119,7 +121,8 @@ def test_workers_exit_within_seconds_when_the_server_is_killed(mnist_dir, tmp_pa
             "backend.name": "process_pool", "backend.params": "{{workers: 2}}"}})
         fed = build_experiment(cfg).federation
         fed.transforms.append(Slow(set(range(4)), seconds=60.0))
-        fed.backend._ensure_pool(fed.task, fed.clients)
+        fed.client_side = None
+        fed.backend.start(fed._local_side())
         print(" ".join(map(str, fed.backend.worker_pids)), flush=True)
         fed.run_round(0)
         """

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.signing import ClientKeys
+from fedgen.engine.client_side import ClientSide
 from fedgen.engine.faults import FaultPlan
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import UpdateTransform
@@ -30,6 +31,8 @@ class LocalWork:
     faults: FaultPlan | None = None
     #: The clients' signing keys when the run keeps a ledger; None: updates go unsigned.
     keys: ClientKeys | None = field(default=None, repr=False)
+    #: What a client running elsewhere builds its task, transforms and shard from.
+    client_side: ClientSide | None = None
 
 
 class Backend(ABC):

@@ -2,9 +2,10 @@
 
 Small generative models on CPU run fastest with one thread per process
 (thread start-up dominates their small kernels), so the way to use several
-cores is several processes. Each worker holds its own copy of the task and
-of the client shards, sent once at start, and of the update pipeline and fault
-plan, sent again only when they change. Per client it receives the job message
+cores is several processes. A worker receives no server object: it builds its
+own task, update pipeline, fault plan and client shards from the run's
+``ClientSide`` (``fedgen.engine.client_side``; from a recipe, the recipe itself),
+once, when it starts. Per client it receives the job message
 (``local_training.job_message``: the global state and the instruction) and
 sends back the reply message (``reply_message``: the update, metrics, failure,
 signature), both encoded with ``fedgen.wire`` as they would cross a network; a
@@ -34,13 +35,11 @@ import copy
 import logging
 import multiprocessing as mp
 import os
-import pickle
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,49 +55,44 @@ from fedgen.engine.backends.local_training import (
 )
 from fedgen.engine.backends.parent_watch import die_with_parent
 from fedgen.engine.backends.signing import ClientKeys
-from fedgen.engine.faults import FaultPlan
+from fedgen.engine.client_side import ClientBuildError, ClientKit, ClientSide, LocalClientSide
 from fedgen.errors import ConfigError
 from fedgen.registry import BACKENDS
 from fedgen.tasks.base import Task
-from fedgen.transforms.base import UpdateTransform
 from fedgen.types import ClientResult, RoundPlan, StateDict
 from fedgen.wire import Message, WireError, decode, encode
 
 log = logging.getLogger(__name__)
 
 
-def _worker_main(
-    conn: Connection, task: Task, clients: dict[int, ClientData], threads: int, parent: int
-) -> None:
+def _worker_main(conn: Connection, side: ClientSide, threads: int, parent: int) -> None:
     """A worker's life: train the clients it is sent, one at a time, until told to stop."""
     die_with_parent(parent)
+    try:
+        kit = side.open()
+    except Exception as exc:  # a recipe this worker cannot build: say why, then stop
+        with contextlib.suppress(BrokenPipeError, OSError):
+            conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    # After building: a recipe's own thread setting must not override the worker's.
     torch.set_num_threads(threads)
-    # torch sends tensors to spawned processes through shared memory, so every
-    # worker's unpickled task would alias the same parameter storage and the
-    # workers would train on each other's weights. A private copy per worker
-    # keeps clients independent (the read-only client shards may stay shared).
-    task = copy.deepcopy(task)
-    # The task (sent once, with the process) and the update pipeline and fault plan
-    # (pickled beside a job when they changed) are still Python objects from the
-    # server; that a client builds them from the recipe itself is a later step.
-    transforms: Sequence[UpdateTransform] = ()
-    faults: FaultPlan | None = None
+    task = kit.task
+    if isinstance(side, LocalClientSide):
+        # torch sends tensors to spawned processes through shared memory, so every
+        # worker's unpickled task would alias the same parameter storage and the
+        # workers would train on each other's weights. A private copy per worker
+        # keeps clients independent (the read-only client shards may stay shared).
+        task = copy.deepcopy(task)
     # Clients are sent only to ready workers, so start-up never eats a client's timeout.
     conn.send(("ready",))
     while True:
         try:
-            frame = conn.recv()
-            if frame is None:
+            if conn.recv() is None:
                 return
-            setup = conn.recv_bytes() if frame[1] else None
             job, custody = conn.recv_bytes(), conn.recv_bytes()
         except (EOFError, OSError):
             return  # the server closed the pipe
-        # Read every frame before unpickling (which may import modules for seconds):
-        # the server's send of the next worker's job waits for this one's reads.
-        if setup is not None:
-            transforms, faults = pickle.loads(setup)
-        reply, kept = _train(job, custody, task, clients, transforms, faults)
+        reply, kept = _train(job, custody, task, kit)
         try:
             conn.send_bytes(reply)
             conn.send_bytes(kept)
@@ -106,14 +100,7 @@ def _worker_main(
             return
 
 
-def _train(
-    job: bytes,
-    custody: bytes,
-    task: Task,
-    clients: dict[int, ClientData],
-    transforms: Sequence[UpdateTransform],
-    faults: FaultPlan | None,
-) -> tuple[bytes, bytes]:
+def _train(job: bytes, custody: bytes, task: Task, kit: ClientKit) -> tuple[bytes, bytes]:
     """One client's round in a worker: its encoded reply and its encoded custody."""
     client_id = -1
     try:
@@ -121,10 +108,10 @@ def _train(
         keys = None
         if held.meta:
             keys = ClientKeys(held.meta["run_id"], {message.meta["client_id"]: held.meta["key"]})
-        ins, work, num_clients = work_from_job(message, task, transforms, faults, keys)
+        ins, work, num_clients = work_from_job(message, task, kit.transforms, kit.faults, keys)
         client_id = ins.client_id
         result, private = run_client(
-            ins, work, clients[client_id], held.arrays or None, num_clients
+            ins, work, kit.data(client_id), held.arrays or None, num_clients
         )
         return encode(reply_message(result)), encode(Message(private))
     except Exception as exc:  # the client's own error: a failure value for the server
@@ -143,8 +130,6 @@ class _Worker:
     started: float = 0.0
     #: Bytes of that client's job message.
     sent: int = 0
-    #: The transforms and fault plan it holds (compared by identity), None before any.
-    setup: tuple[Any, ...] | None = None
 
 
 @BACKENDS.register("process_pool")
@@ -181,7 +166,10 @@ class ProcessPoolBackend(Backend):
         self.threads = threads
         self.client_timeout = client_timeout
         self._pool: list[_Worker] = []
-        self._bound: tuple[Task, dict[int, ClientData]] | None = None
+        #: Workers that died starting up since one last started well.
+        self._startup_deaths = 0
+        #: The client side the workers were built from, and its fingerprint.
+        self._bound: tuple[ClientSide, tuple[object, ...]] | None = None
         # spawn, not fork: forking a process whose OpenMP runtime already started
         # threads can deadlock the child.
         self._ctx = mp.get_context("spawn")
@@ -190,11 +178,10 @@ class ProcessPoolBackend(Backend):
 
     def _start_worker(self) -> _Worker:
         assert self._bound is not None
-        task, clients = self._bound
         ours, theirs = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=_worker_main,
-            args=(theirs, task, clients, self.threads, os.getpid()),
+            args=(theirs, self._bound[0], self.threads, os.getpid()),
             name="fedgen-client-worker",
             # A daemon is also terminated when this process exits normally.
             daemon=True,
@@ -203,10 +190,11 @@ class ProcessPoolBackend(Backend):
         theirs.close()
         return _Worker(process, ours)
 
-    def _ensure_pool(self, task: Task, clients: dict[int, ClientData]) -> None:
-        if self._bound is None or self._bound[0] is not task or self._bound[1] is not clients:
+    def _ensure_pool(self, side: ClientSide) -> None:
+        fingerprint = side.fingerprint()
+        if self._bound is None or self._bound[1] != fingerprint:
             self.close()
-            self._bound = (task, clients)
+            self._bound = (side, fingerprint)
         while len(self._pool) < self.workers:
             self._pool.append(self._start_worker())
 
@@ -214,6 +202,19 @@ class ProcessPoolBackend(Backend):
         """Kill ``worker`` (stuck or dead) and start a fresh one in its place."""
         _stop(worker, kill=True)
         self._pool[self._pool.index(worker)] = self._start_worker()
+
+    def start(self, side: ClientSide) -> None:
+        """Start the workers for ``side`` and wait until each has built its clients.
+
+        A round starts them itself; this lets a caller (a benchmark, a timing test)
+        keep start-up out of what it measures.
+        """
+        self._ensure_pool(side)
+        while starting := [w for w in self._pool if not w.ready]:
+            ready = wait([w.conn for w in starting])
+            for worker in starting:
+                if worker.conn in ready:
+                    self._hear_ready(worker)
 
     @property
     def worker_pids(self) -> list[int]:
@@ -229,7 +230,13 @@ class ProcessPoolBackend(Backend):
         clients: dict[int, ClientData],
         private_states: dict[int, StateDict],
     ) -> Iterator[ClientResult]:
-        self._ensure_pool(work.task, clients)
+        side = work.client_side
+        if side is None:
+            raise ConfigError(
+                "backend process_pool needs the run's client side (LocalWork.client_side): "
+                "its workers build their clients from it"
+            )
+        self._ensure_pool(side)
         # A round abandoned before all its results were read (the consumer raised) leaves
         # workers busy with its clients; their replies belong to no current round.
         for worker in [w for w in self._pool if w.job is not None]:
@@ -237,8 +244,6 @@ class ProcessPoolBackend(Backend):
         todo = list(enumerate(plan.instructions))[::-1]  # popped from the end: plan order
         done: dict[int, ClientResult] = {}
         next_out = 0
-        setup = (*work.transforms, work.faults)
-        setup_objects = (list(work.transforms), work.faults)
 
         def finish(index: int, result: ClientResult) -> None:
             done[index] = result
@@ -261,11 +266,7 @@ class ProcessPoolBackend(Backend):
                         fail(index, f"the client's job cannot be encoded: {exc}")
                         continue
                     try:
-                        fresh = not _same(worker.setup, setup)
-                        worker.conn.send(("job", fresh))
-                        if fresh:
-                            worker.conn.send_bytes(pickle.dumps(setup_objects))
-                            worker.setup = setup
+                        worker.conn.send(("job",))
                         worker.conn.send_bytes(job)
                         worker.conn.send_bytes(custody)
                     except (BrokenPipeError, OSError) as exc:
@@ -328,11 +329,26 @@ class ProcessPoolBackend(Backend):
     def _hear_ready(self, worker: _Worker) -> None:
         """Read a starting worker's first message; replace it if it died starting up."""
         try:
-            worker.conn.recv()
-            worker.ready = True
+            said = worker.conn.recv()
         except (EOFError, OSError):
             log.warning("a worker died while starting (exit code %s)", worker.process.exitcode)
+            self._startup_deaths += 1
+            if self._startup_deaths > 3 * self.workers:
+                # Not a bad worker but a bad start (e.g. a spawned child that cannot
+                # import the parent's main module): replacing it again would loop forever.
+                self.close()
+                raise ClientBuildError(
+                    f"{self._startup_deaths} worker processes died while starting; run "
+                    "with backend inprocess to see the error in this process"
+                ) from None
             self._replace(worker)
+            return
+        if said[0] == "failed":
+            # Every worker builds from the same description: a fresh one would fail too.
+            self.close()
+            raise ClientBuildError(f"a worker could not build its clients: {said[1]}")
+        worker.ready = True
+        self._startup_deaths = 0
 
     def _wait_timeout(self, busy: list[_Worker]) -> float | None:
         if self.client_timeout is None or not busy:
@@ -355,15 +371,6 @@ def _custody(
     # Only this client's signing key travels to the worker that runs it.
     meta = {} if keys is None else {"run_id": keys.run_id, "key": keys.private[client_id]}
     return encode(Message(private_states.get(client_id) or {}, meta))
-
-
-def _same(held: tuple[Any, ...] | None, wanted: tuple[Any, ...]) -> bool:
-    """Whether a worker holds exactly these transform and fault-plan objects."""
-    return (
-        held is not None
-        and len(held) == len(wanted)
-        and all(a is b for a, b in zip(held, wanted, strict=True))
-    )
 
 
 def _stop(worker: _Worker, kill: bool) -> None:
