@@ -121,6 +121,10 @@ def sample(
             help="sample the model as this client holds it (global + its private tensors)"
         ),
     ] = None,
+    condition: Annotated[
+        str | None,
+        typer.Option(help="tables: N rows whose categorical COLUMN holds VALUE (COLUMN=VALUE)"),
+    ] = None,
 ) -> None:
     """Draw N samples per condition (images: per class, into a PNG grid) from the newest
     checkpoint of RUN_DIR, written as the task's modality is shown."""
@@ -152,6 +156,19 @@ def sample(
             _fail(FedgenError(f"task {exp.config.task.name} is not prompted; drop --prompt"))
         for text in task.sample([prompt] * n, gen):
             typer.echo(f"--- {prompt}{text}")
+        return
+    if condition is not None:
+        from fedgen.modality import Conditioning
+
+        column, sep, value = condition.partition("=")
+        if task.conditioning != Conditioning.COLUMN or not sep:
+            _fail(FedgenError("--condition takes COLUMN=VALUE, for table tasks only"))
+        try:
+            rows = task.sample((n, {column: value}), gen)
+        except ValueError as exc:
+            _fail(FedgenError(str(exc)))
+        rows.to_csv(out.with_suffix(".csv"), index=False)
+        typer.echo(str(out.with_suffix(".csv")))
         return
     writer = SAMPLE_WRITERS.get(str(task.modality))
     typer.echo(str(writer(task, out.with_suffix(""), n, gen)))
