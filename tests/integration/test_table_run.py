@@ -74,6 +74,21 @@ def test_fedgen_sample_writes_n_rows_of_the_schema_as_csv(table_run, tmp_path):
     ]
 
 
+def test_fedgen_sample_conditions_rows_on_a_value_and_refuses_an_absent_category(
+    table_run, tmp_path
+):
+    target = tmp_path / "yes.csv"
+    fedgen(
+        "sample", str(table_run), "--n", "10", "--out", str(target), "--condition", "had_affair=yes"
+    )
+    with target.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 10 and {r["had_affair"] for r in rows} == {"yes"}
+    bad = fedgen("sample", str(table_run), "--condition", "occupation=7", check=False)
+    assert bad.returncode == 2 and "no category '7' in the training rows" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
 def test_differential_privacy_on_a_table_is_refused_with_the_reason(tmp_path):
     bad = fedgen(
         "run",
