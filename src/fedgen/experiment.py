@@ -227,6 +227,13 @@ class RecipeClientSide(ClientSide):
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.recipe = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
 
+    @classmethod
+    def from_json(cls, recipe: str) -> RecipeClientSide:
+        """The client side of a recipe received as JSON (e.g. in a deployed client's hello)."""
+        side = cls.__new__(cls)
+        side.recipe = recipe
+        return side
+
     def open(self) -> ClientKit:
         """Build the kit; ``ClientBuildError`` when this fedgen cannot read the recipe."""
         try:
@@ -363,9 +370,17 @@ def evaluate_task(exp: Experiment, tstr: bool) -> dict[str, float]:
 
 
 def run_experiment(
-    cfg: ExperimentConfig, out: str | Path, *, progress: bool = True, resume: bool = False
+    cfg: ExperimentConfig,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    resume: bool = False,
+    on_ready: Callable[[Experiment], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` into run folder ``out`` (or continue it); return ``summary.json``'s content.
+
+    ``on_ready`` is called with the built (and, on resume, restored) experiment just
+    before the first round runs: a deployment attaches its transport there.
 
     Raises ``CheckpointError`` when resuming from a corrupted checkpoint or one
     of another experiment. On Ctrl-C the last complete round is kept and the
@@ -419,6 +434,8 @@ def run_experiment(
         _set_aside_ledger(run_dir)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     (run_dir / "partition.json").write_text(json.dumps(exp.data.to_json(), indent=1))
+    if on_ready is not None:
+        on_ready(exp)
     t0 = time.perf_counter()
     completed = exp.federation.run()
     summary = write_summary(exp, run_dir, completed, time.perf_counter() - t0)

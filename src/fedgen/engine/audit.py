@@ -30,6 +30,7 @@ from fedgen.ledger import (
     generate_key,
     private_key_from_hex,
     private_key_hex,
+    public_key_from_hex,
     public_key_hex,
     state_digest,
     update_message,
@@ -72,6 +73,8 @@ class RunAudit:
         #: The tree head (size, root) after the last logged round, kept in checkpoints
         #: so a ledger cut back to an earlier valid prefix is caught (anchors).
         self.anchor: tuple[int, str] | None = None
+        #: True once keys came from a checkpoint (a resumed run).
+        self.restored = False
 
     @property
     def server_public(self) -> str:
@@ -80,6 +83,15 @@ class RunAudit:
     def client_keys(self) -> ClientKeys:
         """The keys backends sign with, on the clients' behalf."""
         return ClientKeys(self.run_id, dict(self._client_private))
+
+    def enrol(self, client_id: int, public_hex: str) -> None:
+        """Enrol a key that the client made itself (a deployed client): the server then
+        holds only its public half, and the simulation's key for it is dropped."""
+        if client_id not in self.client_public:
+            raise ValueError(f"client {client_id} is not in this run")
+        public_key_from_hex(public_hex)  # refuses a malformed key before it is logged
+        self._client_private.pop(client_id, None)
+        self.client_public[client_id] = public_hex
 
     def check_signature(self, result: ClientResult, round: int) -> tuple[str, str] | None:
         """``(digest, signature)`` of a correctly signed update; None if the signature is
@@ -105,6 +117,12 @@ class RunAudit:
             {
                 "server_key": private_key_hex(self.server_key),
                 "client_keys": {str(c): k for c, k in self._client_private.items()},
+                # Keys deployed clients made themselves: the store has their public half.
+                "client_public": {
+                    str(c): k
+                    for c, k in self.client_public.items()
+                    if c not in self._client_private
+                },
             },
         )
 
@@ -128,12 +146,15 @@ class RunAudit:
             keys = self.store.load_keys(run_id)
             server = private_key_from_hex(keys["server_key"])
             clients = {int(c): private_key_from_hex(k) for c, k in keys["client_keys"].items()}
+            enrolled = {int(c): str(k) for c, k in keys.get("client_public", {}).items()}
+            for public in enrolled.values():
+                public_key_from_hex(public)
         except (KeyError, TypeError, ValueError, AttributeError, LedgerError) as exc:
             raise CheckpointError(
                 f"the ledger keys of this run are unusable ({exc}); resume with "
                 "--set ledger=false to continue without the ledger"
             ) from exc
-        if set(clients) != set(self.client_public):
+        if set(clients) | set(enrolled) != set(self.client_public):
             raise CheckpointError(
                 "the checkpoint's ledger keys are for other clients; resume with the run "
                 "folder's own config.yaml"
@@ -141,5 +162,6 @@ class RunAudit:
         self.run_id = str(run_id)
         self.server_key = server
         self._client_private = {c: private_key_hex(k) for c, k in clients.items()}
-        self.client_public = {c: public_key_hex(k) for c, k in clients.items()}
+        self.client_public = {c: public_key_hex(k) for c, k in clients.items()} | enrolled
         self.anchor = (int(anchor[0]), str(anchor[1])) if anchor else None
+        self.restored = True

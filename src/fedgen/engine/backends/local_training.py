@@ -17,11 +17,12 @@ import torch
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import LocalWork
 from fedgen.engine.backends.signing import ClientKeys, sign_result
+from fedgen.engine.client_side import ClientKit
 from fedgen.engine.faults import FaultPlan
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import TransformContext, UpdateTransform
 from fedgen.types import ClientInstruction, ClientResult, StateDict
-from fedgen.wire import Message, WireError
+from fedgen.wire import Message, WireError, decode, encode
 
 #: Prefixes of a reply's array names: the update's tensors and the extras.
 UPDATE, EXTRAS = "update/", "extras/"
@@ -95,6 +96,35 @@ def run_client(
     # A reply that cannot be encoded (a NaN metric) fails the client, in every backend.
     result.bytes_up = reply_message(result).nbytes
     return result, task.private_state()
+
+
+def answer_job(
+    job: bytes,
+    task: Task,
+    kit: ClientKit,
+    private_state: StateDict | None,
+    keys: ClientKeys | None,
+    expected_client: int | None = None,
+) -> tuple[bytes, StateDict]:
+    """A client's whole answer to an encoded job: its encoded reply and new private state.
+
+    What a process-pool worker and a Flower ClientApp both run. ``task`` is the
+    client's own instance (``kit.task`` or a copy); ``expected_client`` is the client
+    this node is, when it is one (a job for another client is refused). Any error,
+    the client's own or a malformed job, becomes a failure reply, never an exception.
+    """
+    client_id = -1 if expected_client is None else expected_client
+    try:
+        message = decode(job)
+        ins, work, num_clients = work_from_job(message, task, kit.transforms, kit.faults, keys)
+        if expected_client is not None and ins.client_id != expected_client:
+            raise WireError(f"a job for client {ins.client_id} reached client {expected_client}")
+        client_id = ins.client_id
+        result, private = run_client(ins, work, kit.data(client_id), private_state, num_clients)
+        return encode(reply_message(result)), private
+    except Exception as exc:  # the client's own error: a failure value for the server
+        failed = ClientResult(client_id, 0, failure=f"{type(exc).__name__}: {exc}")
+        return encode(reply_message(failed)), private_state or {}
 
 
 def job_message(ins: ClientInstruction, work: LocalWork, num_clients: int) -> Message:

@@ -47,11 +47,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.backends.local_training import (
+    answer_job,
     job_message,
     reply_message,
     result_from_reply,
-    run_client,
-    work_from_job,
 )
 from fedgen.engine.backends.parent_watch import die_with_parent
 from fedgen.engine.backends.signing import ClientKeys
@@ -102,21 +101,17 @@ def _worker_main(conn: Connection, side: ClientSide, threads: int, parent: int) 
 
 def _train(job: bytes, custody: bytes, task: Task, kit: ClientKit) -> tuple[bytes, bytes]:
     """One client's round in a worker: its encoded reply and its encoded custody."""
-    client_id = -1
     try:
-        message, held = decode(job), decode(custody)
+        held = decode(custody)
         keys = None
         if held.meta:
-            keys = ClientKeys(held.meta["run_id"], {message.meta["client_id"]: held.meta["key"]})
-        ins, work, num_clients = work_from_job(message, task, kit.transforms, kit.faults, keys)
-        client_id = ins.client_id
-        result, private = run_client(
-            ins, work, kit.data(client_id), held.arrays or None, num_clients
-        )
-        return encode(reply_message(result)), encode(Message(private))
-    except Exception as exc:  # the client's own error: a failure value for the server
-        failed = ClientResult(client_id, 0, failure=f"{type(exc).__name__}: {exc}")
+            client_id = decode(job).meta["client_id"]
+            keys = ClientKeys(held.meta["run_id"], {client_id: held.meta["key"]})
+    except (WireError, KeyError, TypeError) as exc:
+        failed = ClientResult(-1, 0, failure=f"malformed custody: {type(exc).__name__}: {exc}")
         return encode(reply_message(failed)), encode(Message())
+    reply, private = answer_job(job, task, kit, held.arrays or None, keys)
+    return reply, encode(Message(private))
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Deployment across machines on Flower: the ServerApp, the ClientApp, local demos."""

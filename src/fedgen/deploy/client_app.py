@@ -1,0 +1,142 @@
+"""fedgen's client side as a Flower ClientApp: one SuperNode is one client.
+
+The SuperNode's ``--node-config`` names its client (``client-id=N``) and, where
+it should keep what must outlive one message, a folder of its own
+(``state-dir="/path"``): the signing key it makes for each run. Flower starts a
+fresh ClientApp process for every message, so each message rebuilds the
+client's parts from the recipe (``RecipeClientSide``), the one the server sent in
+its hello, kept in the run's ``Context.state``; the client keeps its shard only.
+Its private state (personal layers, adapters) stays in the ``Context`` too, and
+never crosses the wire.
+
+Two messages: the hello (a Flower *query*) checks that this fedgen reads the
+recipe and that the client exists, and answers with the client id, its example
+count, the fedgen version and the public half of its signing key; a round's job
+(a Flower *train* message) is answered by ``answer_job``, the code a simulation
+worker runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fedgen import __version__
+from fedgen.engine.backends.flower import HELLO
+from fedgen.engine.backends.flower_records import pack, unpack
+from fedgen.engine.backends.local_training import answer_job
+from fedgen.engine.backends.signing import ClientKeys
+from fedgen.ledger import generate_key, private_key_from_hex, private_key_hex, public_key_hex
+from fedgen.wire import Message, WireError, decode, encode
+
+#: Keys of the run's ``Context.state``: the recipe and run id, the private state.
+STATE_CONFIG, STATE_PRIVATE = "fedgen.client", "fedgen.private"
+
+
+def answer(message: Any, context: Any) -> Any:
+    """The ClientApp's handler for both message types (registered by the app's shim)."""
+    from flwr.app import Message as FlowerMessage
+
+    try:
+        request = decode(unpack(message.content))
+        client_id = node_client_id(context.node_config)
+        if message.metadata.message_type == HELLO:
+            reply = _hello(request, client_id, context)
+        else:
+            reply = _train(unpack(message.content), client_id, context)
+    except (WireError, ValueError, KeyError) as exc:
+        reply = encode(Message({}, {"error": f"{type(exc).__name__}: {exc}"}))
+    return FlowerMessage(pack(reply), reply_to=message)
+
+
+def node_client_id(node_config: Any) -> int:
+    """The client this SuperNode is, from ``--node-config "client-id=N"``."""
+    value = node_config.get("client-id")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"this SuperNode's node config has client-id={value!r}; start it with "
+            "--node-config 'client-id=N' naming one client of the recipe's partition"
+        )
+    return value
+
+
+def _hello(request: Message, client_id: int, context: Any) -> bytes:
+    from flwr.app import ConfigRecord
+
+    from fedgen.experiment import RecipeClientSide
+
+    server_version = request.meta.get("fedgen")
+    if server_version != __version__:
+        return _error(
+            f"this SuperNode runs fedgen {__version__}, the server {server_version}; "
+            "install the same fedgen on both"
+        )
+    recipe = str(request.meta["recipe"])
+    try:
+        kit = RecipeClientSide.from_json(recipe).open()
+        data = kit.data(client_id)
+    except Exception as exc:  # the node's own words reach the server's error
+        return _error(f"{type(exc).__name__}: {exc}")
+    run_id = str(request.meta.get("run_id", ""))
+    key = _signing_key(context, client_id, run_id)
+    context.state[STATE_CONFIG] = ConfigRecord({"recipe": recipe, "run_id": run_id, "key": key})
+    return encode(
+        Message(
+            {},
+            {
+                "client_id": client_id,
+                "num_examples": data.num_examples,
+                "public_key": public_key_hex(private_key_from_hex(key)),
+                "fedgen": __version__,
+            },
+        )
+    )
+
+
+def _train(job: bytes, client_id: int, context: Any) -> bytes:
+    from flwr.app import Array, ArrayRecord
+
+    from fedgen.experiment import RecipeClientSide
+
+    if STATE_CONFIG not in context.state:
+        raise ValueError("a job before the hello: this node has no recipe for the run")
+    held = context.state[STATE_CONFIG]
+    kit = RecipeClientSide.from_json(str(held["recipe"])).open()
+    private = None
+    if STATE_PRIVATE in context.state:
+        private = decode(context.state[STATE_PRIVATE]["wire"].numpy().tobytes()).arrays
+    run_id = str(held["run_id"])
+    keys = ClientKeys(run_id, {client_id: str(held["key"])}) if run_id else None
+    reply, kept = answer_job(job, kit.task, kit, private, keys, expected_client=client_id)
+    if kept:
+        import numpy as np
+
+        wire = np.frombuffer(encode(Message(kept)), dtype=np.uint8).copy()
+        context.state[STATE_PRIVATE] = ArrayRecord(array_dict={"wire": Array(wire)})
+    return reply
+
+
+def _signing_key(context: Any, client_id: int, run_id: str) -> str:
+    """This client's signing key for ``run_id`` (hex), made here and never sent.
+
+    Kept in the node's ``state-dir`` when it has one, so that a ServerApp restarted
+    on the same run meets the key it enrolled; else in the run's Context only.
+    """
+    folder = context.node_config.get("state-dir")
+    if not folder or not run_id:
+        return private_key_hex(generate_key())
+    path = Path(str(folder)) / "keys" / f"run-{run_id}-client-{client_id}.json"
+    if path.is_file():
+        return str(json.loads(path.read_text())["key"])
+    key = private_key_hex(generate_key())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"key": key}, f)
+    return key
+
+
+def _error(text: str) -> bytes:
+    return encode(Message({}, {"error": text}))

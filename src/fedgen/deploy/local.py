@@ -1,0 +1,345 @@
+"""A whole Flower deployment on this machine, for a demonstration or a test.
+
+``up`` makes a CA and the SuperLink's certificate, starts a SuperLink with TLS
+and SuperNode authentication (its state in SQLite, so a restart keeps the
+registrations), registers one key per SuperNode and starts N SuperNodes, node
+``i`` holding client ``i``; ``run`` submits a recipe as a Flower run of fedgen's
+app and waits for it to end; ``down`` stops every process ``up`` started. The
+same commands, pointed at other hosts, are what the README shows for several
+machines: only the addresses and who holds which key change.
+
+Everything lives in one folder: ``certs/``, ``keys/`` (node keys, owner-only),
+``flwr-home/`` (Flower's own state and the CLI's connection), ``nodes/<i>/``
+(each SuperNode's ``state-dir``), ``logs/`` and ``deployment.json`` (ports and
+process ids).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedgen.deploy.app_dir import write_app
+from fedgen.deploy.certs import make_ca, make_node_key, make_server_cert
+from fedgen.errors import FedgenError
+
+#: The connection name the deployment's Flower CLI config uses.
+CONNECTION = "fedgen-local"
+
+
+class DeployError(FedgenError):
+    """A local deployment could not start, run or stop; the message says where to look."""
+
+
+@dataclass
+class LocalDeployment:
+    """What ``up`` started (saved as ``deployment.json`` in its folder)."""
+
+    folder: str
+    port: int
+    nodes: int
+    #: Process-group ids: the SuperLink's, then each SuperNode's.
+    superlink: int = 0
+    supernodes: list[int] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def save(self) -> None:
+        (Path(self.folder) / "deployment.json").write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, folder: Path) -> LocalDeployment:
+        path = folder / "deployment.json"
+        if not path.is_file():
+            raise DeployError(f"{folder} holds no deployment; start one with fedgen deploy up")
+        return cls(**json.loads(path.read_text()))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flower_env(folder: Path) -> dict[str, str]:
+    """The environment of every Flower process and command of this deployment."""
+    env = dict(os.environ)
+    bindir = str(Path(sys.executable).parent)
+    # SuperLink and SuperNode start flower-superexec, flwr-serverapp and flwr-clientapp
+    # by bare name: this venv's must come first.
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env["FLWR_HOME"] = str(folder / "flwr-home")
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    # Runtime dependency installation would fetch packages (a CUDA torch among them).
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env["COLUMNS"] = "200"
+    return env
+
+
+def _tool(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise DeployError(
+            f"{name} is not installed beside {sys.executable}; install fedgen[flower]"
+        )
+    return str(path)
+
+
+def _start(argv: list[str], log: Path, env: dict[str, str]) -> int:
+    """Start a process in its own session (so ``down`` stops its children too)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    return process.pid
+
+
+def _flwr(folder: Path, *args: str, timeout: float = 120) -> dict[str, Any]:
+    """Run ``flwr ARGS --format json``; its JSON answer (``DeployError`` on failure)."""
+    done = subprocess.run(
+        [_tool("flwr"), *args, "--format", "json"],
+        env=flower_env(folder),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    try:
+        answer = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        raise DeployError(
+            f"flwr {' '.join(args)} answered no JSON (exit {done.returncode}): "
+            f"{(done.stdout + done.stderr).strip()[-600:]}"
+        ) from None
+    # flwr exits 0 with --format json even when it failed: its "success" field says.
+    if not isinstance(answer, dict) or answer.get("success") is False:
+        raise DeployError(f"flwr {' '.join(args)} failed: {str(answer)[:600]}")
+    return answer
+
+
+def up(folder: Path, nodes: int, *, timeout: float = 120.0) -> LocalDeployment:
+    """Start a SuperLink and ``nodes`` SuperNodes with TLS and node authentication.
+
+    Raises:
+        DeployError: a process died or the nodes did not come online within ``timeout``;
+            everything started is stopped again first.
+    """
+    folder = folder.resolve()
+    if (folder / "deployment.json").exists():
+        raise DeployError(f"{folder} already holds a deployment; fedgen deploy down it first")
+    if nodes < 1:
+        raise DeployError("a deployment needs at least one SuperNode")
+    certs, keys = folder / "certs", folder / "keys"
+    make_ca(certs)
+    server_pem, server_key = make_server_cert(certs, ["127.0.0.1", "localhost"])
+    env = flower_env(folder)
+    (folder / "flwr-home").mkdir(parents=True, exist_ok=True)
+    dep = LocalDeployment(str(folder), free_port(), nodes)
+    (folder / "flwr-home" / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f"[superlink.{CONNECTION}]\n"
+        f'address = "{dep.address}"\n'
+        f'root-certificates = "{certs / "ca.crt"}"\n'
+    )
+    dep.superlink = _start(
+        [
+            _tool("flower-superlink"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(dep.port),
+            "--ssl-ca-certfile",
+            str(certs / "ca.crt"),
+            "--ssl-certfile",
+            str(server_pem),
+            "--ssl-keyfile",
+            str(server_key),
+            "--enable-supernode-auth",
+            "--disable-runtime-dependency-installation",
+            "--database",
+            str(folder / "superlink.db"),
+        ],
+        folder / "logs" / "superlink.log",
+        env,
+    )
+    dep.save()
+    try:
+        _wait_listening(dep.port, timeout, folder / "logs" / "superlink.log")
+        for i in range(nodes):
+            public = make_node_key(keys / f"node{i}")
+            _flwr(folder, "supernode", "register", str(public), CONNECTION, "--name", f"node{i}")
+            dep.supernodes.append(start_supernode(dep, i))
+            dep.save()
+        wait_online(dep, nodes, timeout)
+    except BaseException:
+        down(folder)
+        raise
+    return dep
+
+
+def start_supernode(dep: LocalDeployment, i: int) -> int:
+    """Start SuperNode ``i`` (client ``i``); returns its process-group id."""
+    folder = Path(dep.folder)
+    state = folder / "nodes" / str(i)
+    state.mkdir(parents=True, exist_ok=True)
+    return _start(
+        [
+            _tool("flower-supernode"),
+            "--superlink",
+            dep.address,
+            "--root-certificates",
+            str(folder / "certs" / "ca.crt"),
+            "--auth-supernode-private-key",
+            str(folder / "keys" / f"node{i}"),
+            "--node-config",
+            f'client-id={i} state-dir="{state}"',
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+        ],
+        folder / "logs" / f"supernode{i}.log",
+        flower_env(folder),
+    )
+
+
+def _wait_listening(port: int, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise DeployError(f"the SuperLink did not listen on port {port} in {timeout:g} s; see {log}")
+
+
+def online_nodes(dep: LocalDeployment) -> int:
+    """How many SuperNodes the SuperLink lists as online."""
+    answer = _flwr(Path(dep.folder), "supernode", "list", CONNECTION)
+    listed = answer.get("nodes", [])
+    return sum(1 for n in listed if isinstance(n, dict) and n.get("status") == "online")
+
+
+def wait_online(dep: LocalDeployment, nodes: int, timeout: float) -> None:
+    """Wait until ``nodes`` SuperNodes are online."""
+    deadline = time.monotonic() + timeout
+    while (seen := online_nodes(dep)) < nodes:
+        if time.monotonic() > deadline:
+            raise DeployError(
+                f"{seen} of {nodes} SuperNodes online after {timeout:g} s; see "
+                f"{Path(dep.folder) / 'logs'}"
+            )
+        time.sleep(1.0)
+
+
+@dataclass
+class RunOutcome:
+    """How a Flower run of a recipe ended."""
+
+    run_id: int
+    status: str
+    log: Path
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "finished:completed"
+
+
+def run(
+    folder: Path,
+    recipe: Path,
+    run_dir: Path,
+    overrides: list[str] | None = None,
+    *,
+    timeout: float | None = None,
+) -> RunOutcome:
+    """Run ``recipe`` into ``run_dir`` on the deployment in ``folder``; wait for the end.
+
+    The ServerApp writes the run folder as ``fedgen run`` does (it must be a path
+    the SuperLink's machine can write). A run folder with checkpoints is resumed.
+    """
+    folder = folder.resolve()
+    LocalDeployment.load(folder)
+    app = write_app(folder / "app")
+    # A TOML file: flwr's inline key=value form cannot hold a quote inside a string.
+    values = {
+        "recipe": str(recipe.resolve()),
+        "run-dir": str(run_dir.resolve()),
+        "overrides": json.dumps(overrides or []),
+    }
+    run_config = folder / "run-config.toml"
+    # A JSON string is a valid TOML basic string (same escapes).
+    run_config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    answer = _flwr(folder, "run", str(app), CONNECTION, "--run-config", str(run_config))
+    run_id = int(str(answer["run-id"]))
+    log = folder / "logs" / f"run-{run_id}.log"
+    streamer = _start(
+        [_tool("flwr"), "log", str(run_id), CONNECTION, "--stream"], log, flower_env(folder)
+    )
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            status = run_status(folder, run_id)
+            if status.startswith("finished"):
+                return RunOutcome(run_id, status, log)
+            if deadline is not None and time.monotonic() > deadline:
+                _flwr(folder, "stop", str(run_id), CONNECTION)
+                return RunOutcome(run_id, f"timed out after {timeout:g} s", log)
+            time.sleep(1.0)
+    finally:
+        _kill_group(streamer)
+
+
+def run_status(folder: Path, run_id: int) -> str:
+    """A Flower run's status, e.g. ``running`` or ``finished:completed``."""
+    answer = _flwr(folder, "ls", CONNECTION, "--run-id", str(run_id))
+    runs = answer.get("runs") or []
+    assert isinstance(runs, list)
+    return str(runs[0]["status"]) if runs else "unknown"
+
+
+def _kill_group(pgid: int, grace: float = 3.0) -> None:
+    """SIGTERM a process group, then SIGKILL what is left after ``grace`` seconds."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def stop_supernode(dep: LocalDeployment, i: int) -> None:
+    """Kill SuperNode ``i`` (and its ClientApp) with SIGKILL, as a crash would."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(dep.supernodes[i], signal.SIGKILL)
+
+
+def down(folder: Path) -> None:
+    """Stop every process of the deployment in ``folder``; keep its files."""
+    folder = folder.resolve()
+    dep = LocalDeployment.load(folder)
+    for pgid in [*dep.supernodes, dep.superlink]:
+        if pgid:
+            _kill_group(pgid)
+    (folder / "deployment.json").unlink()

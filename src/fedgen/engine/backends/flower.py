@@ -1,0 +1,290 @@
+"""Flower backend: the round's clients run on Flower SuperNodes, reached through a Grid.
+
+fedgen's own loop (``Federation``) runs inside a Flower ServerApp
+(``fedgen.deploy.server_app``) and this backend carries each round's jobs and
+replies over Flower's ``Grid``: ``push_messages`` to the SuperNode holding each
+client, then ``pull_messages`` until every reply is in, a client's time is up, or
+its node is gone. Each message holds one ``fedgen.wire`` message
+(``flower_records``), the same bytes the process pool sends, so a result's
+``bytes_down`` and ``bytes_up`` are the same figures in simulation and deployment.
+
+Before the first round the backend says *hello* to every online node: it sends the
+recipe (as JSON) and the run id; each node answers with the client id its node
+config names, its example count, its fedgen version, and the public half of the
+signing key it made for this run (``RunAudit.enrol``). A node that cannot read the
+recipe, names no client, a client the partition does not have, or one another node
+already holds, is refused with its own words before any round runs.
+
+A client's private state (personal layers, adapters) stays on its SuperNode, in
+the run's Flower ``Context``; the server never sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedgen.data.client_data import ClientData
+from fedgen.engine.audit import RunAudit
+from fedgen.engine.backends.base import Backend, LocalWork
+from fedgen.engine.backends.flower_records import pack, unpack
+from fedgen.engine.backends.local_training import job_message, result_from_reply
+from fedgen.errors import ConfigError, FedgenError
+from fedgen.registry import BACKENDS
+from fedgen.types import ClientResult, RoundPlan, StateDict
+from fedgen.wire import Message, WireError, decode, encode
+
+log = logging.getLogger(__name__)
+
+#: Flower message types: the hello is a query, a round's job is a train message.
+HELLO, TRAIN = "query", "train"
+
+
+class DeploymentError(FedgenError):
+    """The federation across SuperNodes cannot start (a node refused, none connected)."""
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """One message's answer: the decoded reply and its length, or why there is none."""
+
+    message: Message | None
+    nbytes: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeHello:
+    """What one SuperNode said of itself."""
+
+    node_id: int
+    client_id: int
+    num_examples: int
+    public_key: str
+    fedgen_version: str
+
+
+@BACKENDS.register("flower")
+class FlowerBackend(Backend):
+    """Runs each round's clients on Flower SuperNodes through the ServerApp's ``Grid``."""
+
+    class Params(BaseModel):
+        """The recipe's ``backend.params`` of ``flower``."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        #: Seconds between pulls for replies (Flower's own send_and_receive waits 3 s).
+        poll_interval: float = Field(0.1, gt=0)
+        #: Seconds a round waits for a client's reply after sending its job; past it the
+        #: client counts as failed. None: wait for every reply.
+        client_timeout: float | None = Field(600.0, gt=0)
+        #: Seconds to wait for the SuperNodes to connect before the first round.
+        nodes_timeout: float = Field(300.0, gt=0)
+
+    def __init__(
+        self,
+        poll_interval: float = 0.1,
+        client_timeout: float | None = 600.0,
+        nodes_timeout: float = 300.0,
+    ) -> None:
+        self.poll_interval = poll_interval
+        self.client_timeout = client_timeout
+        self.nodes_timeout = nodes_timeout
+        self._grid: Any = None
+        #: The node that holds each client, from the hello.
+        self.nodes: dict[int, NodeHello] = {}
+
+    def attach(self, grid: Any) -> None:
+        """Use ``grid`` (the ServerApp's ``flwr.serverapp.Grid``) for every message."""
+        self._grid = grid
+
+    # -- hello -----------------------------------------------------------------
+
+    def hello(self, recipe: str, client_ids: list[int], audit: RunAudit | None) -> None:
+        """Meet the SuperNodes: learn which client each holds, enrol their keys.
+
+        Raises:
+            DeploymentError: no node connected in time, or a node refused the recipe,
+                named no client or an unknown one, or one another node holds.
+        """
+        grid = self._require_grid()
+        deadline = time.monotonic() + self.nodes_timeout
+        while len(nodes := sorted(grid.get_node_ids())) < len(client_ids):
+            if time.monotonic() > deadline:
+                if not nodes:
+                    raise DeploymentError(
+                        f"no SuperNode connected within {self.nodes_timeout:g} s; start them "
+                        "with fedgen deploy up (or flower-supernode --superlink ...)"
+                    )
+                log.warning(
+                    "%d of %d SuperNodes connected after %g s; going on with those",
+                    len(nodes),
+                    len(client_ids),
+                    self.nodes_timeout,
+                )
+                break
+            time.sleep(min(1.0, self.poll_interval * 10))
+        from flwr.app import Message as FlowerMessage
+
+        from fedgen import __version__
+
+        meta = {"recipe": recipe, "fedgen": __version__}
+        if audit is not None:
+            meta["run_id"] = audit.run_id
+        payload = encode(Message({}, meta))
+        messages = [
+            FlowerMessage(pack(payload), dst_node_id=node, message_type=HELLO) for node in nodes
+        ]
+        replies = self._exchange(messages, self.nodes_timeout)
+        problems: list[str] = []
+        holders: dict[int, NodeHello] = {}
+        for node, reply in zip(nodes, replies, strict=True):
+            if reply.message is None:
+                problems.append(f"SuperNode {node}: {reply.error}")
+                continue
+            said = reply.message.meta
+            if "error" in said:
+                problems.append(f"SuperNode {node}: {said['error']}")
+                continue
+            try:
+                hello = NodeHello(
+                    node,
+                    int(said["client_id"]),
+                    int(said["num_examples"]),
+                    str(said["public_key"]),
+                    str(said["fedgen"]),
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                problems.append(f"SuperNode {node}: a malformed hello ({exc!r})")
+                continue
+            if hello.client_id not in client_ids:
+                problems.append(
+                    f"SuperNode {node}: names client {hello.client_id}, which the recipe's "
+                    f"partition does not have (clients {client_ids[0]}..{client_ids[-1]})"
+                )
+            elif hello.client_id in holders:
+                other = holders[hello.client_id].node_id
+                problems.append(
+                    f"SuperNodes {other} and {node} both name client {hello.client_id}; give "
+                    "each node its own client-id in --node-config"
+                )
+            else:
+                holders[hello.client_id] = hello
+        if problems:
+            raise DeploymentError("the SuperNodes refused the run:\n  " + "\n  ".join(problems))
+        missing = sorted(set(client_ids) - set(holders))
+        if missing:
+            log.warning("no SuperNode holds clients %s: they fail when sampled", missing)
+        if audit is not None:
+            for hello in holders.values():
+                enrolled = audit.client_public.get(hello.client_id)
+                if audit.restored and enrolled != hello.public_key:
+                    raise DeploymentError(
+                        f"client {hello.client_id}'s signing key changed since it enrolled in "
+                        "this run (its node lost its state-dir); the ledger could not verify "
+                        "its updates: start a new run"
+                    )
+                audit.enrol(hello.client_id, hello.public_key)
+        self.nodes = holders
+
+    # -- a round ---------------------------------------------------------------
+
+    def run(
+        self,
+        plan: RoundPlan,
+        work: LocalWork,
+        clients: dict[int, ClientData],
+        private_states: dict[int, StateDict],
+    ) -> Iterator[ClientResult]:
+        from flwr.app import Message as FlowerMessage
+
+        self._require_grid()
+        results: dict[int, ClientResult] = {}
+        sent: list[tuple[int, Any, int]] = []  # (plan index, flower message, job bytes)
+        for index, ins in enumerate(plan.instructions):
+            node = self.nodes.get(ins.client_id)
+            if node is None:
+                results[index] = ClientResult(ins.client_id, 0, failure="no SuperNode holds it")
+                continue
+            try:
+                job = encode(job_message(ins, work, len(clients)))
+            except WireError as exc:
+                results[index] = ClientResult(
+                    ins.client_id, 0, failure=f"the client's job cannot be encoded: {exc}"
+                )
+                continue
+            message = FlowerMessage(
+                pack(job), dst_node_id=node.node_id, message_type=TRAIN, group_id=str(plan.round)
+            )
+            sent.append((index, message, len(job)))
+        replies = self._exchange([m for _, m, _ in sent], self.client_timeout)
+        for (index, _, down), reply in zip(sent, replies, strict=True):
+            ins = plan.instructions[index]
+            if reply.message is None:
+                why = str(reply.error)
+                log.warning("client %d failed in round %d: %s", ins.client_id, plan.round, why)
+                results[index] = ClientResult(ins.client_id, 0, failure=why, bytes_down=down)
+                continue
+            try:
+                result = result_from_reply(reply.message)
+            except WireError as exc:
+                results[index] = ClientResult(
+                    ins.client_id, 0, failure=f"malformed reply: {exc}", bytes_down=down
+                )
+                continue
+            result.bytes_down, result.bytes_up = down, reply.nbytes
+            if result.failure is not None:
+                log.warning(
+                    "client %d failed in round %d: %s", ins.client_id, plan.round, result.failure
+                )
+            results[index] = result
+        for index in range(len(plan.instructions)):
+            yield results[index]
+
+    # -- messages --------------------------------------------------------------
+
+    def _require_grid(self) -> Any:
+        if self._grid is None:
+            raise ConfigError(
+                "backend flower runs inside a Flower ServerApp: start the run with "
+                "`fedgen deploy run`, or use backend inprocess or process_pool to simulate"
+            )
+        return self._grid
+
+    def _exchange(self, messages: list[Any], timeout: float | None) -> list[_Reply]:
+        """Push ``messages`` and pull their replies (decoded), one ``_Reply`` per message."""
+        grid = self._require_grid()
+        if not messages:
+            return []
+        ids = list(grid.push_messages(messages))
+        position = {mid: i for i, mid in enumerate(ids)}
+        out = [_Reply(None, error="no reply") for _ in ids]
+        waiting = set(ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while waiting:
+            for reply in grid.pull_messages(list(waiting)):
+                mid = reply.metadata.reply_to_message_id
+                if mid not in waiting:
+                    continue
+                waiting.discard(mid)
+                i = position[mid]
+                if reply.has_error():
+                    out[i] = _Reply(None, error=f"the node failed: {reply.error.reason}")
+                    continue
+                try:
+                    data = unpack(reply.content)
+                    out[i] = _Reply(decode(data), len(data))
+                except WireError as exc:
+                    out[i] = _Reply(None, error=f"malformed reply: {exc}")
+            if waiting and deadline is not None and time.monotonic() > deadline:
+                for mid in waiting:
+                    out[position[mid]] = _Reply(None, error=f"no reply within {timeout:g} s")
+                break
+            if waiting:
+                time.sleep(self.poll_interval)
+        return out
