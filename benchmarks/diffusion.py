@@ -32,11 +32,11 @@ from fedgen.seeding import torch_generator
 #: Method name -> recipe overrides.
 METHODS: dict[str, list[str]] = {
     "ddpm whole": ["task.params.federate=whole"],
-    "cgan": ["task.name=cgan", "task.params={}"],
-    "ddpm udec": ["task.params.federate=udec"],
     "ddpm centralized": ["federation.centralized=true"],
+    "ddpm udec": ["task.params.federate=udec"],
     "ddpm usplit": ["task.params.federate=usplit"],
     "ddpm ulatdec": ["task.params.federate=ulatdec"],
+    "cgan": ["task.name=cgan", "task.params={}"],
 }
 COLUMNS = [
     "method",
@@ -55,7 +55,7 @@ COLUMNS = [
 ]
 NOTES = [
     "Fashion-MNIST, 10 clients, Dirichlet(0.5), FedAvg of 4 clients a round (30 local steps, "
-    "EMA 0.9 for sampling); centralized: one client with the pooled data and the same "
+    "sampling from an EMA 0.9 of the global model, warmed up); centralized: one client with the pooled data and the same "
     "sample-visits per round. Every method trains until its training wall time passes the "
     "budget (the round crossing it is the last); evaluation is timed apart. The machine's 2 "
     "cores were shared with other work: `cpu_seconds` is the CPU time the training rounds "
