@@ -55,7 +55,8 @@ COLUMNS = [
 ]
 NOTES = [
     "Fashion-MNIST, 10 clients, Dirichlet(0.5), FedAvg of 4 clients a round (30 local steps, "
-    "sampling from an EMA 0.9 of the global model, warmed up); centralized: one client with the pooled data and the same "
+    "sampling from an EMA 0.9 of the global model, warmed up); centralized: one client "
+    "with the pooled data and the same "
     "sample-visits per round. Every method trains until its training wall time passes the "
     "budget (the round crossing it is the last); evaluation is timed apart. The machine's 2 "
     "cores were shared with other work: `cpu_seconds` is the CPU time the training rounds "
