@@ -595,6 +595,11 @@ _FIGURES = (
     "dcr_synthetic_train",
     "dcr_holdout_train",
     "dcr_closer_to_train",
+    # Sampling cost of tasks that time their own sampling (ddpm: Task.sampling_cost).
+    "sample_seconds_per_1000",
+    "ddim_steps",
+    "ddpm_timesteps",
+    "guidance_scale",
 )
 
 
