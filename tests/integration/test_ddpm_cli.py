@@ -39,6 +39,7 @@ def test_a_tiny_partial_ddpm_federation_runs_samples_and_reports(tmp_path, mnist
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["task"] == "ddpm"
     assert 0 <= summary["tstr_accuracy"] <= 1 and summary["frechet_distance"] > 0
+    assert summary["ddim_steps"] == 3 and summary["sample_seconds_per_1000"] > 0
     # A grid per evaluation and a denoising strip beside it (10 classes x (3 steps + 1)).
     names = sorted(p.name for p in (out / "samples").glob("*.png"))
     assert names == [
