@@ -118,8 +118,8 @@ def library_method(table: str, synth: str, steps: int, batch: int, seed: int) ->
     # The evaluator's seed as a fedgen run of the same root seed derives it.
     eval_seed = derive_seed(seed, "eval") % (2**31)
     evaluator = TableEvaluator(train, fed.holdout, fed.schema, fed.target, eval_seed)
-    synthetic = fed.schema.check(model.sample(evaluator.quality_rows), "library rows")
-    tstr = fed.schema.check(model.sample(evaluator.tstr_rows), "library rows")
+    synthetic = _library_rows(model, evaluator.quality_rows, fed.schema)
+    tstr = _library_rows(model, evaluator.tstr_rows, fed.schema)
     figures = evaluator.evaluate_table(synthetic, final=True, tstr_synthetic=tstr)
     return {
         **figures,
@@ -129,6 +129,23 @@ def library_method(table: str, synth: str, steps: int, batch: int, seed: int) ->
         "encoder_bytes": None,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _library_rows(model: Any, n: int, schema: Any) -> Any:
+    """``n`` rows of a ctgan-library model, integer columns rounded: the library is given
+    them as floats (the schema check types numbers as float64), so it does not round."""
+    rows = model.sample(n)
+    for column in schema.columns:
+        if column.type == "integer":
+            rows[column.name] = rows[column.name].round()
+    return schema.check(rows, "library rows")
+
+
+def library_steps(table: str, synth: str, sets: list[str]) -> tuple[int, int]:
+    """Batches and batch size of the fedgen centralized run this library run matches."""
+    cfg = load_config(ROOT / f"configs/tabular_{table}_{synth}.yaml", sets)
+    steps = cfg.federation.rounds * (cfg.federation.local_steps or 0) * cfg.data.num_clients
+    return steps, int(cfg.task.params.get("batch_size", 500))
 
 
 def main() -> None:
@@ -179,8 +196,7 @@ def main() -> None:
                 central: dict[str, Any] | None = None
                 for method in args.methods:
                     if method == "library":
-                        steps = central["steps"] if central else args.rounds * args.local_steps
-                        batch = central["batch_size"] if central else 500
+                        steps, batch = library_steps(name, synth, sets)
                         r = library_method(name, synth, steps, batch, 0)
                     else:
                         r = fedgen_method(name, synth, method, sets, Path(tmp), args.alpha)
