@@ -19,6 +19,7 @@ worker runs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from fedgen.engine.backends.local_training import answer_job
 from fedgen.engine.backends.signing import ClientKeys
 from fedgen.ledger import generate_key, private_key_from_hex, private_key_hex, public_key_hex
 from fedgen.wire import Message, WireError, decode, encode
+
+log = logging.getLogger(__name__)
 
 #: Keys of the run's ``Context.state``: the recipe and run id, the private state.
 STATE_CONFIG, STATE_PRIVATE = "fedgen.client", "fedgen.private"
@@ -47,7 +50,7 @@ def answer(message: Any, context: Any) -> Any:
         else:
             reply = _train(unpack(message.content), client_id, context)
     except (WireError, ValueError, KeyError) as exc:
-        reply = encode(Message({}, {"error": f"{type(exc).__name__}: {exc}"}))
+        reply = _error(f"{type(exc).__name__}: {exc}")
     return FlowerMessage(pack(reply), reply_to=message)
 
 
@@ -139,4 +142,6 @@ def _signing_key(context: Any, client_id: int, run_id: str) -> str:
 
 
 def _error(text: str) -> bytes:
+    # Said on both sides: in this node's log, and to the server, which stops the run.
+    log.error("refusing the server's request: %s", text)
     return encode(Message({}, {"error": text}))

@@ -191,10 +191,22 @@ def up(folder: Path, nodes: int, *, timeout: float = 120.0) -> LocalDeployment:
     return dep
 
 
-def start_supernode(dep: LocalDeployment, i: int) -> int:
-    """Start SuperNode ``i`` (client ``i``); returns its process-group id."""
+def add_node(dep: LocalDeployment, client_id: int) -> int:
+    """Register a key for one more SuperNode and start it as client ``client_id``;
+    returns its process-group id (stop it with ``kill_group``)."""
     folder = Path(dep.folder)
-    state = folder / "nodes" / str(i)
+    name = f"extra{client_id}-{len(list((folder / 'keys').glob('extra*.pub')))}"
+    public = make_node_key(folder / "keys" / name)
+    _flwr(folder, "supernode", "register", str(public), CONNECTION, "--name", name)
+    return start_supernode(dep, client_id, key=name)
+
+
+def start_supernode(dep: LocalDeployment, i: int, key: str | None = None) -> int:
+    """Start a SuperNode that is client ``i``, authenticated with key ``key`` (default
+    ``node<i>``); returns its process-group id."""
+    folder = Path(dep.folder)
+    key = key or f"node{i}"
+    state = folder / "nodes" / key
     state.mkdir(parents=True, exist_ok=True)
     return _start(
         [
@@ -204,7 +216,7 @@ def start_supernode(dep: LocalDeployment, i: int) -> int:
             "--root-certificates",
             str(folder / "certs" / "ca.crt"),
             "--auth-supernode-private-key",
-            str(folder / "keys" / f"node{i}"),
+            str(folder / "keys" / key),
             "--node-config",
             f'client-id={i} state-dir="{state}"',
             "--host",
@@ -212,7 +224,7 @@ def start_supernode(dep: LocalDeployment, i: int) -> int:
             "--port",
             str(free_port()),
         ],
-        folder / "logs" / f"supernode{i}.log",
+        folder / "logs" / f"supernode-{key}.log",
         flower_env(folder),
     )
 
@@ -301,7 +313,7 @@ def run(
                 return RunOutcome(run_id, f"timed out after {timeout:g} s", log)
             time.sleep(1.0)
     finally:
-        _kill_group(streamer)
+        kill_group(streamer)
 
 
 def run_status(folder: Path, run_id: int) -> str:
@@ -312,7 +324,7 @@ def run_status(folder: Path, run_id: int) -> str:
     return str(runs[0]["status"]) if runs else "unknown"
 
 
-def _kill_group(pgid: int, grace: float = 3.0) -> None:
+def kill_group(pgid: int, grace: float = 3.0) -> None:
     """SIGTERM a process group, then SIGKILL what is left after ``grace`` seconds."""
     try:
         os.killpg(pgid, signal.SIGTERM)
@@ -341,5 +353,5 @@ def down(folder: Path) -> None:
     dep = LocalDeployment.load(folder)
     for pgid in [*dep.supernodes, dep.superlink]:
         if pgid:
-            _kill_group(pgid)
+            kill_group(pgid)
     (folder / "deployment.json").unlink()
