@@ -1,4 +1,4 @@
-"""`fedgen` command line: run, report, sample, eval, data, privacy, attack."""
+"""`fedgen` command line: run, report, sample, eval, data, privacy, ledger, deploy, attack."""
 
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ ledger_app = typer.Typer(
     help="The run's signed, tamper-evident log of every round (RFC 6962 Merkle log).",
 )
 app.add_typer(ledger_app, name="ledger")
+deploy_app = typer.Typer(
+    no_args_is_help=True,
+    help="Run a recipe across machines on Flower: here, a SuperLink and SuperNodes on "
+    "this machine with TLS and node authentication (needs fedgen[flower]).",
+)
+app.add_typer(deploy_app, name="deploy")
 app.command("attack")(attack_command)
 
 
@@ -360,6 +366,89 @@ def ledger_show(
         _fail(exc)
     for line in lines:
         typer.echo(line)
+
+
+DEFAULT_DEPLOYMENT = Path("runs/deployment")
+
+
+@deploy_app.command("up")
+def deploy_up(
+    nodes: Annotated[int, typer.Option(help="SuperNodes to start; node i holds client i")] = 3,
+    folder: Annotated[
+        Path, typer.Option(help="certificates, keys, logs and state of the deployment")
+    ] = DEFAULT_DEPLOYMENT,
+) -> None:
+    """Start a SuperLink and N SuperNodes on this machine (TLS, node authentication)."""
+    from fedgen.deploy import local
+
+    try:
+        dep = local.up(folder, nodes)
+    except FedgenError as exc:
+        _fail(exc)
+        return
+    typer.echo(
+        f"SuperLink on {dep.address} (TLS, CA {folder / 'certs' / 'ca.crt'}), "
+        f"{nodes} SuperNodes online; logs in {folder / 'logs'}"
+    )
+
+
+@deploy_app.command("run")
+def deploy_run(
+    config: Annotated[
+        Path | None, typer.Argument(help="YAML recipe (default: the default experiment)")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="dotted.key=value override")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder (default: runs/<name>)")] = None,
+    folder: Annotated[Path, typer.Option(help="the deployment's folder")] = DEFAULT_DEPLOYMENT,
+    timeout: Annotated[float | None, typer.Option(help="seconds before the run is stopped")] = None,
+) -> None:
+    """Run a recipe on the deployment; a run folder with checkpoints is resumed."""
+    from fedgen.config import load_config
+    from fedgen.deploy import local
+
+    try:
+        # Read here first: a bad recipe fails before anything is submitted.
+        cfg = load_config(config, set_ or [])
+        run_dir = out or DEFAULT_RUNS / cfg.name
+        recipe = config or _default_recipe(folder)
+        outcome = local.run(folder, recipe, run_dir, set_ or [], timeout=timeout)
+    except FedgenError as exc:
+        _fail(exc)
+        return
+    if not outcome.ok:
+        typer.secho(
+            f"Flower run {outcome.run_id} ended {outcome.status}; its log: {outcome.log}",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(code=1)
+    typer.echo(f"run folder: {run_dir}  (open {run_dir / 'report.html'})")
+
+
+def _default_recipe(folder: Path) -> Path:
+    """The default experiment as a recipe file the ServerApp can read."""
+    from fedgen.config import load_config
+
+    path = folder.resolve() / "default-recipe.yaml"
+    path.write_text(load_config(None).to_yaml())
+    return path
+
+
+@deploy_app.command("down")
+def deploy_down(
+    folder: Annotated[Path, typer.Option(help="the deployment's folder")] = DEFAULT_DEPLOYMENT,
+) -> None:
+    """Stop the SuperLink and SuperNodes that `fedgen deploy up` started."""
+    from fedgen.deploy import local
+
+    try:
+        local.down(folder)
+    except FedgenError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"stopped the deployment in {folder} (its files are kept)")
 
 
 def main() -> None:
