@@ -69,14 +69,66 @@ class BackendConfig(ComponentConfig):
     name: str = "process_pool"
 
 
+class ClockConfig(_Strict):
+    """The simulated clock: each client's compute time per local step (no sleeping).
+
+    ``speeds``: ``equal`` (every client 1 / ``seconds_per_step``), ``lognormal``
+    (heavy-tailed: a client's step time is ``seconds_per_step * exp(sigma * z)``,
+    z drawn once per client from the root seed) or ``profiles`` (the HuSCF device
+    profiles, step time inversely proportional to a device's FLOP/s, relative to the
+    median device). ``jitter`` multiplies each job's time by ``exp(jitter * z)``.
+    """
+
+    speeds: Literal["equal", "lognormal", "profiles"] = "equal"
+    sigma: float = Field(1.0, ge=0, allow_inf_nan=False)
+    jitter: float = Field(0.0, ge=0, allow_inf_nan=False)
+    seconds_per_step: float = Field(1.0, gt=0, allow_inf_nan=False)
+
+
+class FedBuffConfig(_Strict):
+    """FedBuff (Nguyen et al. 2022): a server step every ``buffer_size`` arrivals.
+
+    ``concurrency`` clients train at once (null: every client); an update ``s``
+    server steps stale is weighted ``1 / (1 + s) ** staleness_exponent``. The server
+    learning rate is the strategy's (``strategy.params.server_lr``).
+    """
+
+    buffer_size: int = Field(4, ge=1)
+    staleness_exponent: float = Field(0.5, ge=0, allow_inf_nan=False)
+    concurrency: int | None = Field(None, ge=1)
+
+
+class GossipConfig(_Strict):
+    """Gossip averaging (D-PSGD, Lian et al. 2017): no server, neighbours average.
+
+    ``degree`` is used by ``topology: regular`` only (a random d-regular graph drawn
+    from the root seed).
+    """
+
+    topology: Literal["ring", "regular", "complete"] = "ring"
+    degree: int = Field(3, ge=1)
+    weights: Literal["metropolis", "uniform"] = "metropolis"
+
+
 class FederationConfig(_Strict):
-    """The round loop: how many rounds, how much local work, what counts as malformed."""
+    """The round loop: how many rounds, how much local work, what counts as malformed.
+
+    ``mode`` is the schedule the loop runs: ``sync`` (a cohort per round),
+    ``fedbuff`` (a round is one buffered asynchronous server step) or ``gossip`` (a
+    round is one local step and one neighbour averaging on every client). Only the
+    chosen mode's section (``fedbuff`` / ``gossip``) may be set; ``clock`` gives
+    every mode a simulated time (``sim_time`` in the metrics).
+    """
 
     rounds: int = Field(60, ge=1)
     local_steps: int | None = Field(30, ge=1)
     local_epochs: float | None = Field(None, gt=0)
     max_update_norm: float | None = Field(1e4, gt=0)
     centralized: bool = False
+    mode: Literal["sync", "fedbuff", "gossip"] = "sync"
+    clock: ClockConfig | None = None
+    fedbuff: FedBuffConfig | None = None
+    gossip: GossipConfig | None = None
 
     @model_validator(mode="after")
     def _one_local_budget(self) -> FederationConfig:
@@ -84,6 +136,17 @@ class FederationConfig(_Strict):
             raise ValueError(
                 "set exactly one of federation.local_steps and "
                 "federation.local_epochs (set the other to null)"
+            )
+        for section in ("fedbuff", "gossip"):
+            if getattr(self, section) is not None and self.mode != section:
+                raise ValueError(
+                    f"federation.{section} is set but federation.mode is {self.mode!r}; "
+                    f"set federation.mode={section} or remove federation.{section}"
+                )
+        if self.mode != "sync" and self.centralized:
+            raise ValueError(
+                f"federation.centralized=true trains one model; it has no {self.mode} "
+                "schedule: set federation.mode=sync"
             )
         return self
 
@@ -205,6 +268,11 @@ class ExperimentConfig(_Strict):
             d.pop("dpsgd", None)  # runs from before DP-SGD existed keep their fingerprint
         if d.get("faults") is None:
             d.pop("faults", None)  # runs from before fault injection keep their fingerprint
+        fed = d["federation"]
+        if fed["mode"] == "sync" and fed["clock"] is None:
+            # Runs from before asynchronous and gossip modes keep their fingerprint.
+            for key in ("mode", "clock", "fedbuff", "gossip"):
+                fed.pop(key)
         if d.get("noise_seed") == "secret":
             d.pop("noise_seed")  # likewise runs from before the noise key existed
         blob = json.dumps(d, sort_keys=True).encode()
