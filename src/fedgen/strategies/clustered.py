@@ -33,8 +33,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
 
 from fedgen.errors import ConfigError, RoundFailedError
 from fedgen.registry import STRATEGIES
@@ -112,6 +110,10 @@ def kmeans_clusters(features: np.ndarray, k: int, seed: int = 42) -> np.ndarray:
         )
     if k == 1:
         return np.zeros(n, dtype=np.int64)
+    # Imported here: scikit-learn costs about a second to import, and every deployed
+    # client's process (Flower starts one per message) imports the strategies.
+    from sklearn.cluster import KMeans
+
     return KMeans(n_clusters=k, random_state=seed, n_init=10).fit_predict(features).astype(np.int64)
 
 
@@ -130,6 +132,8 @@ def silhouette_clusters(
         labels = kmeans_clusters(features, k, seed)
         if len(np.unique(labels)) < 2:
             continue
+        from sklearn.metrics import silhouette_score
+
         score = float(silhouette_score(features, labels))
         if score > best_score:
             best_labels, best_score = labels, score
