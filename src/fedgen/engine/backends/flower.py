@@ -25,12 +25,11 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedgen.data.client_data import ClientData
-from fedgen.engine.audit import RunAudit
 from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.backends.flower_records import pack, unpack
 from fedgen.engine.backends.local_training import job_message, result_from_reply
@@ -38,6 +37,9 @@ from fedgen.errors import ConfigError, FedgenError
 from fedgen.registry import BACKENDS
 from fedgen.types import ClientResult, RoundPlan, StateDict
 from fedgen.wire import Message, WireError, decode, encode
+
+if TYPE_CHECKING:  # the audit module imports the backends package: no cycle at run time
+    from fedgen.engine.audit import RunAudit
 
 log = logging.getLogger(__name__)
 
