@@ -107,3 +107,25 @@ def test_differential_privacy_on_a_table_is_refused_with_the_reason(tmp_path):
 def test_fedgen_data_lists_the_tables():
     listing = fedgen("data").stdout
     assert "fair" in listing and "randhie" in listing
+
+
+def test_the_centralized_ceiling_pools_every_clients_rows_under_the_same_encoder():
+    from fedgen.config import load_config
+    from fedgen.experiment import build_experiment
+
+    sets = [
+        "data.sources=[fair]",
+        "data.num_clients=3",
+        "data.partition={kind: table_silos, params: {max_modes: 2}}",
+        "task.name=tvae",
+        "task.params={batch_size: 100, hidden: 16, latent_dim: 8}",
+        "strategy.params={fraction: 1.0, min_clients: 1}",
+        "federation.rounds=1",
+        "federation.local_steps=2",
+    ]
+    federated = build_experiment(load_config(None, sets))
+    central = build_experiment(load_config(None, [*sets, "federation.centralized=true"]))
+    (pooled,) = central.federation.clients.values()
+    assert pooled.num_examples == sum(c.num_examples for c in federated.data.clients)
+    assert central.task.encoder.dim == federated.task.encoder.dim
+    assert central.federation.local_steps == 3 * 2  # the cohort's steps per round
