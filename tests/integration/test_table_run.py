@@ -104,11 +104,6 @@ def test_differential_privacy_on_a_table_is_refused_with_the_reason(tmp_path):
     assert "Traceback" not in bad.stderr
 
 
-def test_fedgen_data_lists_the_tables():
-    listing = fedgen("data").stdout
-    assert "fair" in listing and "randhie" in listing
-
-
 def test_the_centralized_ceiling_pools_every_clients_rows_under_the_same_encoder():
     from fedgen.config import load_config
     from fedgen.experiment import build_experiment
