@@ -37,6 +37,7 @@ from fedgen.engine.client_side import ClientBuildError, ClientKit, ClientSide
 from fedgen.engine.faults import FaultPlan
 from fedgen.engine.federation import Callback, Federation
 from fedgen.engine.ledger_callback import LedgerCallback
+from fedgen.engine.modes import schedule_for
 from fedgen.errors import CheckpointError, ConfigError
 from fedgen.modality import DataSpec, Modality
 from fedgen.params import ParamsError, validate_params
@@ -210,6 +211,8 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
         # Fresh keys for every run; a resume replaces them with the checkpoint's.
         audit=RunAudit(sorted(c.client_id for c in clients)) if cfg.ledger else None,
         client_side=RecipeClientSide(cfg),
+        # federation.mode: a synchronous cohort, a FedBuff step or a gossip step per round.
+        schedule=schedule_for(fed_cfg, [c.client_id for c in clients], cfg.seed),
     )
     return Experiment(cfg, federation, data, evaluator=None)
 

@@ -13,6 +13,13 @@ With a ``SecureAggregation`` transform in the pipeline the strategy never sees a
 individual update: the round's accepted updates go through ``secure_aggregate``
 (SecAgg, Bonawitz et al. 2017) and the strategy divides the unmasked sum
 (``Strategy.aggregate_sum``); the server halves then run on that mean as usual.
+
+What a round is comes from its ``Schedule`` (``fedgen.engine.schedule``): a
+synchronous cohort (the default), a FedBuff server step over the next K arrivals
+on a simulated clock (``fedgen.engine.fedbuff``), or a gossip step in which every
+client trains and averages with its neighbours (``fedgen.engine.gossip``). The
+loop stays one: validation, failures, metrics, ledger and checkpoints are the
+same for every schedule.
 """
 
 from __future__ import annotations
@@ -31,11 +38,12 @@ from fedgen.engine.audit import RoundAudit, RunAudit
 from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.client_side import ClientKit, ClientSide, LocalClientSide
 from fedgen.engine.faults import FaultPlan
+from fedgen.engine.schedule import Job, Schedule, SynchronousSchedule
 from fedgen.engine.validation import check_result
 from fedgen.errors import ClientUpdateError, RoundFailedError
 from fedgen.ledger import state_digest
 from fedgen.privacy.noise_key import key_from_state, key_to_state
-from fedgen.seeding import derive_seed, numpy_rng
+from fedgen.seeding import derive_seed
 from fedgen.strategies.base import Aggregate, Strategy
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import TransformContext, UpdateTransform
@@ -99,6 +107,7 @@ class Federation:
         faults: FaultPlan | None = None,
         audit: RunAudit | None = None,
         client_side: ClientSide | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         if (local_steps is None) == (local_epochs is None):
             raise ValueError("give exactly one of local_steps and local_epochs")
@@ -138,6 +147,9 @@ class Federation:
         self.next_round = 0
         self.history: list[dict[str, Any]] = []
         self._local: LocalClientSide | None = None
+        #: What one round is: a synchronous cohort (default), a FedBuff step, a gossip step.
+        self.schedule: Schedule = schedule or SynchronousSchedule()
+        self.schedule.check(self)
 
     # -- the loop ------------------------------------------------------------
 
@@ -195,19 +207,10 @@ class Federation:
     def run_round(self, r: int) -> RoundRecord:
         """One round; returns its record without advancing ``next_round``."""
         t0 = time.perf_counter()
-        plan = self.strategy.configure(r, sorted(self.clients), numpy_rng(self.seed, "sample", r))
-        work = LocalWork(
-            self.task,
-            self.global_state,
-            self.transforms,
-            self.local_steps,
-            self.local_epochs,
-            r,
-            self.noise_key,
-            self.faults,
-            None if self.audit is None else self.audit.client_keys(),
-            self.client_side or self._local_side(),
-        )
+        step = self.schedule.begin(r, self)
+        plan = step.plan
+        keys = None if self.audit is None else self.audit.client_keys()
+        side = self.client_side or self._local_side()
         audit = (
             None
             if self.audit is None
@@ -227,7 +230,24 @@ class Federation:
 
         def accepted() -> Iterator[ClientResult]:
             nonlocal bytes_up
-            for res in self.backend.run(plan, work, self.clients, self.private_states):
+            for job in step.jobs:
+                yield from checked(job)
+
+        def checked(job: Job) -> Iterator[ClientResult]:
+            nonlocal bytes_up
+            work = LocalWork(
+                self.task,
+                job.start,
+                self.transforms,
+                self.local_steps,
+                self.local_epochs,
+                job.round,
+                self.noise_key,
+                self.faults,
+                keys,
+                side,
+            )
+            for res in self.backend.run(job.plan, work, self.clients, self.private_states):
                 cid = res.client_id
                 # Before anything reads it, a result must name a client the work went to,
                 # once: the id keys the failures, the weights and the ledger.
@@ -241,7 +261,7 @@ class Federation:
                     try:
                         check_result(
                             res,
-                            self.global_state,
+                            job.start,
                             self.max_update_norm,
                             self.auxiliary_keys,
                             max_examples=self.clients[cid].num_examples,
@@ -254,7 +274,7 @@ class Federation:
                 signed = None
                 if res.ok and self.audit is not None and self.secagg is None:
                     # A valid update its client did not sign is refused all the same.
-                    signed = self.audit.check_signature(res, r)
+                    signed = self.audit.check_signature(res, job.round)
                     if signed is None:
                         res.failure = (
                             "the update's signature does not verify under the client's enrolled key"
@@ -277,36 +297,16 @@ class Federation:
         channel = Channel()
         try:
             if self.secagg is None:
-                agg = self.strategy.aggregate(r, accepted())
+                combined = self.schedule.combine(r, self, step, accepted())
             else:
-                agg = self._aggregate_securely(r, self.secagg, accepted(), channel, metrics, audit)
-            if agg.num_clients == 0 and not agg.delta:
-                # A fixed-denominator mean of no client is zero; its server halves
-                # (e.g. DP noise) must still run on every tensor of the model.
-                agg.delta = {
-                    k: torch.zeros_like(v, dtype=torch.float64)
-                    for k, v in self.global_state.items()
-                    if v.is_floating_point()
-                }
-            ctx = TransformContext(
-                round=r,
-                client_id=None,
-                seed=derive_seed(self.seed, "server", r),
-                num_clients=len(self.clients),
-                noise_key=self.noise_key,
-            )
-            for transform in reversed(self.transforms):
-                agg.delta, t_metrics = transform.on_server(agg.delta, ctx)
-                metrics.update(
-                    {f"{type(transform).__name__.lower()}/{k}": v for k, v in t_metrics.items()}
+                combined = self._aggregate_securely(
+                    r, self.secagg, accepted(), channel, metrics, audit
                 )
-            self.global_state = self.strategy.apply(r, self.global_state, agg)
-            # Per-client tensors a strategy hands back (e.g. a cluster's shared head
-            # and tail in clustered split learning) replace those clients' private state.
-            for cid, tensors in agg.private_updates.items():
-                self.private_states[cid] = {**self.private_states.get(cid, {}), **tensors}
-            metrics.update({f"strategy/{k}": v for k, v in agg.metrics.items()})
-            metrics["examples"] = agg.num_examples
+            if combined is None:
+                # The schedule set the new state itself (gossip: no server aggregation).
+                self._server_free_round(client_metrics, metrics)
+            else:
+                self._server_step(r, combined, metrics)
             aggregated = True
         except RoundFailedError as exc:
             # The global state is left as it was; the run goes on to the next round.
@@ -355,8 +355,46 @@ class Federation:
             metrics.update({k: v for k, v in means.items() if k not in metrics})
         if self.privacy is not None:
             metrics.update(self.privacy.record(plan.client_ids, aggregated))
+        # A failed step still took its clients' time (FedBuff: their arrivals are spent).
+        self.schedule.end(r, self, step, metrics)
         metrics["seconds"] = time.perf_counter() - t0
         return RoundRecord(r, metrics, audit)
+
+    def _server_step(self, r: int, agg: Aggregate, metrics: dict[str, Any]) -> None:
+        """Server halves of the transforms (reverse order), then ``strategy.apply``."""
+        if agg.num_clients == 0 and not agg.delta:
+            # A fixed-denominator mean of no client is zero; its server halves
+            # (e.g. DP noise) must still run on every tensor of the model.
+            agg.delta = {
+                k: torch.zeros_like(v, dtype=torch.float64)
+                for k, v in self.global_state.items()
+                if v.is_floating_point()
+            }
+        ctx = TransformContext(
+            round=r,
+            client_id=None,
+            seed=derive_seed(self.seed, "server", r),
+            num_clients=len(self.clients),
+            noise_key=self.noise_key,
+        )
+        for transform in reversed(self.transforms):
+            agg.delta, t_metrics = transform.on_server(agg.delta, ctx)
+            metrics.update(
+                {f"{type(transform).__name__.lower()}/{k}": v for k, v in t_metrics.items()}
+            )
+        self.global_state = self.strategy.apply(r, self.global_state, agg)
+        # Per-client tensors a strategy hands back (e.g. a cluster's shared head
+        # and tail in clustered split learning) replace those clients' private state.
+        for cid, tensors in agg.private_updates.items():
+            self.private_states[cid] = {**self.private_states.get(cid, {}), **tensors}
+        metrics.update({f"strategy/{k}": v for k, v in agg.metrics.items()})
+        metrics["examples"] = agg.num_examples
+
+    def _server_free_round(
+        self, client_metrics: list[dict[str, float]], metrics: dict[str, Any]
+    ) -> None:
+        """A round without server aggregation (gossip) counts the examples it trained on."""
+        metrics["examples"] = int(sum(m["examples"] for m in client_metrics))
 
     def _aggregate_securely(
         self,
@@ -463,6 +501,7 @@ class Federation:
             "strategy": self.strategy.state_dict(),
             "transforms": [t.state_dict() for t in self.transforms],
             "history": self.history,
+            "schedule": self.schedule.state_dict(),
             "noise_key": key_to_state(self.noise_key),
             **({"privacy": self.privacy.state_dict()} if self.privacy is not None else {}),
             **({"audit": self.audit.state_dict()} if self.audit is not None else {}),
@@ -540,6 +579,8 @@ class Federation:
                     "with --set ledger=false to continue without one"
                 )
             self.audit.load_state_dict(state["audit"])
+        # Checkpoints from before schedules hold none: they were synchronous.
+        self.schedule.load_state_dict(state.get("schedule", {}))
         self.next_round = int(state["next_round"])
         self.history = list(state["history"])
 

@@ -1,0 +1,237 @@
+"""FedBuff: buffered asynchronous aggregation on a simulated clock.
+
+Nguyen et al., "Federated Learning with Buffered Asynchronous Aggregation"
+(AISTATS 2022). ``concurrency`` clients train at once, each from the model version
+it was sent; the server steps once every ``buffer_size`` (K) arrivals, weighting an
+update that is ``s`` server versions stale by ``1 / (1 + s) ** a``. The weighted
+updates go to the strategy's own ``aggregate``/``apply`` (FedAvg: the
+example-weighted mean, stepped with ``server_lr``: the paper's eta), so the server
+halves of the transforms and the ledger run per server step as in a sync round.
+
+One round of the loop is one server step. Time is simulated: a job finishes at its
+dispatch time plus ``ClientClock.duration``; arrivals are taken in (finish time,
+client id) order, so the run is a pure function of the root seed. A client trains
+when its result arrives, from the version it was dispatched with: the version
+states still in flight and the event queue are kept in the checkpoint, so a resumed
+run ends bit-identical to an uninterrupted one.
+
+With equal speeds and ``buffer_size`` = ``concurrency`` = every client, every
+update is fresh (s = 0) and a step is exactly a synchronous FedAvg round with all
+clients (the job seeds are the sync loop's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fedgen.config import FedBuffConfig
+from fedgen.engine.client_clock import ClientClock
+from fedgen.engine.schedule import (
+    Federation,
+    Job,
+    Schedule,
+    Step,
+    client_steps,
+    refuse_server_stages,
+)
+from fedgen.errors import ConfigError
+from fedgen.seeding import derive_seed, numpy_rng
+from fedgen.strategies.base import Aggregate
+from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict
+
+
+def staleness_weight(staleness: int, exponent: float) -> float:
+    """FedBuff's polynomial staleness weight ``1 / (1 + s) ** a`` (1.0 when fresh)."""
+    if staleness < 0:
+        raise ValueError(f"staleness must be >= 0, got {staleness}")
+    return 1.0 / (1.0 + staleness) ** exponent
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """One dispatched job: who, from which server version, when it ends, its seed."""
+
+    client_id: int
+    version: int
+    start: float
+    finish: float
+    seed: int
+
+
+class FedBuffSchedule(Schedule):
+    """A round is one FedBuff server step: the next ``buffer_size`` arrivals.
+
+    Args:
+        config: the recipe's ``federation.fedbuff``.
+        clock: client compute times (``federation.clock``; equal speeds if absent).
+        client_ids: every client of the federation.
+        seed: the run's root seed.
+    """
+
+    mode = "fedbuff"
+
+    def __init__(
+        self, config: FedBuffConfig, clock: ClientClock, client_ids: list[int], seed: int
+    ) -> None:
+        n = len(client_ids)
+        self.concurrency = n if config.concurrency is None else config.concurrency
+        if self.concurrency > n:
+            raise ConfigError(
+                f"federation.fedbuff.concurrency={self.concurrency} but the federation has "
+                f"{n} clients; lower it (or null: every client)"
+            )
+        if config.buffer_size > self.concurrency:
+            raise ConfigError(
+                f"federation.fedbuff.buffer_size={config.buffer_size} exceeds the "
+                f"{self.concurrency} clients in flight: the buffer could never fill; lower it"
+            )
+        self.buffer_size = config.buffer_size
+        self.exponent = config.staleness_exponent
+        self.clock = clock
+        self.seed = seed
+        self.client_ids = sorted(client_ids)
+        self.now = 0.0
+        self.in_flight: list[InFlight] = []
+        #: Server versions some in-flight client started from (version -> state).
+        self.versions: dict[int, StateDict] = {}
+        self.jobs_done: dict[int, int] = {}
+        #: (version, times dispatched from it) of each client's latest job: seeds the next.
+        self.last_start: dict[int, tuple[int, int]] = {}
+        self.started = False
+
+    def check(self, fed: Federation) -> None:
+        refuse_server_stages(fed, self.mode)
+        fewest = getattr(fed.strategy, "min_clients", 1)
+        if isinstance(fewest, int) and fewest > self.buffer_size:
+            raise ConfigError(
+                f"strategy min_clients={fewest} exceeds federation.fedbuff.buffer_size="
+                f"{self.buffer_size}: no server step could aggregate; lower min_clients"
+            )
+
+    # -- the round -------------------------------------------------------------
+
+    def begin(self, r: int, fed: Federation) -> Step:
+        in_flight, versions, last_start = self.in_flight, self.versions, self.last_start
+        if not self.started:
+            # The first round dispatches the first jobs, from the initial state.
+            in_flight, last_start = self._dispatch(fed, [], self.client_ids, r, 0.0, last_start)
+            versions = {r: fed.global_state}
+        queue = sorted(in_flight, key=lambda j: (j.finish, j.client_id))
+        arrivals = queue[: self.buffer_size]
+        by_version: dict[int, list[InFlight]] = {}
+        for job in arrivals:
+            by_version.setdefault(job.version, []).append(job)
+        # Work carries this step's round, not the start version: clients sign their update
+        # for the ledger entry it is logged in (the simulation knows it at arrival).
+        jobs = [
+            Job(
+                RoundPlan(r, [ClientInstruction(j.client_id, j.seed) for j in group]),
+                versions[v],
+                r,
+            )
+            for v, group in sorted(by_version.items())
+        ]
+        plan = RoundPlan(r, [ins for job in jobs for ins in job.plan.instructions])
+        staleness = {j.client_id: r - j.version for j in arrivals}
+        return Step(
+            plan,
+            jobs,
+            {
+                "arrivals": arrivals,
+                "in_flight": in_flight,
+                "versions": versions,
+                "last_start": last_start,
+                "staleness": staleness,
+            },
+        )
+
+    def combine(
+        self, r: int, fed: Federation, step: Step, results: Iterator[ClientResult]
+    ) -> Aggregate | None:
+        staleness: dict[int, int] = step.notes["staleness"]
+
+        def weighted() -> Iterator[ClientResult]:
+            for res in results:
+                assert res.update is not None  # the loop passes accepted results only
+                w = staleness_weight(staleness[res.client_id], self.exponent)
+                if w != 1.0:
+                    res.update = {k: v * w for k, v in res.update.items()}
+                yield res
+
+        return fed.strategy.aggregate(r, weighted())
+
+    def end(self, r: int, fed: Federation, step: Step, metrics: dict[str, Any]) -> None:
+        arrivals: list[InFlight] = step.notes["arrivals"]
+        arrived = {j.client_id for j in arrivals}
+        self.now = max(j.finish for j in arrivals)
+        for j in arrivals:
+            self.jobs_done[j.client_id] = self.jobs_done.get(j.client_id, 0) + 1
+        remaining = [j for j in step.notes["in_flight"] if j.client_id not in arrived]
+        busy = {j.client_id for j in remaining}
+        idle = [c for c in self.client_ids if c not in busy]
+        new, self.last_start = self._dispatch(
+            fed, remaining, idle, r + 1, self.now, step.notes["last_start"]
+        )
+        self.in_flight = remaining + new
+        self.started = True
+        self.versions = {**step.notes["versions"], r + 1: fed.global_state}
+        live = {j.version for j in self.in_flight}
+        self.versions = {v: s for v, s in self.versions.items() if v in live}
+        stale = [float(s) for s in step.notes["staleness"].values()]
+        metrics["sim_time"] = self.now
+        metrics["staleness_mean"] = sum(stale) / len(stale)
+        metrics["staleness_max"] = max(stale)
+
+    def _dispatch(
+        self,
+        fed: Federation,
+        busy: list[InFlight],
+        idle: list[int],
+        version: int,
+        now: float,
+        last_start: dict[int, tuple[int, int]],
+    ) -> tuple[list[InFlight], dict[int, tuple[int, int]]]:
+        """Jobs for idle clients (up to ``concurrency`` in flight) from ``version`` at ``now``."""
+        free = self.concurrency - len(busy)
+        if free < len(idle):
+            rng = numpy_rng(self.seed, "fedbuff", "dispatch", version)
+            idle = sorted(rng.choice(idle, size=free, replace=False).tolist())
+        last = dict(last_start)
+        new = []
+        for cid in idle:
+            v, k = last.get(cid, (-1, 0))
+            again = k if v == version else 0
+            # A job is named by the version it starts from, as a sync round's client is;
+            # a client sent the same version twice (the buffer did not fill) is told apart.
+            seed = derive_seed(self.seed, "round", version, "client", cid)
+            if again:
+                seed = derive_seed(self.seed, "round", version, "client", cid, "again", again)
+            last[cid] = (version, again + 1)
+            job = self.jobs_done.get(cid, 0)
+            finish = now + self.clock.duration(cid, job, client_steps(fed, cid))
+            new.append(InFlight(cid, version, now, finish, seed))
+        return new, last
+
+    # -- state -----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "now": self.now,
+            "started": self.started,
+            "in_flight": [asdict(j) for j in self.in_flight],
+            "versions": {
+                str(v): {k: t.clone() for k, t in s.items()} for v, s in self.versions.items()
+            },
+            "jobs_done": {str(k): v for k, v in self.jobs_done.items()},
+            "last_start": {str(k): list(v) for k, v in self.last_start.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.now = float(state["now"])
+        self.started = bool(state["started"])
+        self.in_flight = [InFlight(**j) for j in state["in_flight"]]
+        self.versions = {int(v): dict(s) for v, s in state["versions"].items()}
+        self.jobs_done = {int(k): int(v) for k, v in state["jobs_done"].items()}
+        self.last_start = {int(k): (int(v[0]), int(v[1])) for k, v in state["last_start"].items()}

@@ -1,0 +1,137 @@
+"""Gossip averaging without a server: decentralized parallel SGD on a graph.
+
+Lian et al., "Can Decentralized Algorithms Outperform Centralized Algorithms? A
+Case Study for Decentralized Parallel Stochastic Gradient Descent" (NeurIPS 2017).
+Every client keeps its own model. One round of the loop: every client trains
+locally from its own model, then replaces it by the mixing-matrix-weighted mean of
+its own and its neighbours' trained models (``fedgen.engine.topology``). There is
+no server aggregation: the strategy is not used, and the "global" state the loop
+evaluates, samples and checkpoints is the plain average of the client models.
+``consensus_distance`` (mean squared distance of the client models to that
+average) is reported per round.
+
+With a clock, each client starts a round once it and its neighbours finished the
+previous one (``T_i(t) = max_{j in N(i) + i} T_j(t-1) + d_i(t)``): no global
+barrier, but a slow client still holds back its neighbours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from fedgen.config import GossipConfig
+from fedgen.engine.client_clock import ClientClock
+from fedgen.engine.schedule import (
+    Federation,
+    Job,
+    Schedule,
+    Step,
+    client_steps,
+    refuse_server_stages,
+)
+from fedgen.engine.topology import average, consensus_distance, mix, mixing_matrix, neighbours
+from fedgen.errors import ConfigError
+from fedgen.seeding import derive_seed, numpy_rng
+from fedgen.strategies.base import Aggregate
+from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict
+
+
+class GossipSchedule(Schedule):
+    """A round is one local training job and one mixing step on every client.
+
+    Args:
+        config: the recipe's ``federation.gossip``.
+        clock: client compute times, or None (no ``sim_time``).
+        client_ids: every client (a graph node each, in sorted order).
+        seed: the run's root seed (draws the random regular graph).
+    """
+
+    mode = "gossip"
+
+    def __init__(
+        self, config: GossipConfig, clock: ClientClock | None, client_ids: list[int], seed: int
+    ) -> None:
+        self.client_ids = sorted(client_ids)
+        self.adj = neighbours(
+            config.topology,
+            len(self.client_ids),
+            numpy_rng(seed, "gossip", "topology"),
+            config.degree,
+        )
+        self.w = mixing_matrix(self.adj, config.weights)
+        self.clock = clock
+        self.seed = seed
+        #: Each client's own model (federated tensors), by client id; empty before round 1.
+        self.models: dict[int, StateDict] = {}
+        self.finish: dict[int, float] = {}
+
+    def check(self, fed: Federation) -> None:
+        refuse_server_stages(fed, self.mode)
+        if fed.transforms:
+            raise ConfigError(
+                "federation.mode=gossip has no server to run the transforms' server halves; "
+                "remove the transforms or set federation.mode=sync"
+            )
+
+    def begin(self, r: int, fed: Federation) -> Step:
+        models = self.models or {cid: fed.global_state for cid in self.client_ids}
+        jobs = [
+            Job(
+                RoundPlan(
+                    r, [ClientInstruction(cid, derive_seed(self.seed, "round", r, "client", cid))]
+                ),
+                models[cid],
+                r,
+            )
+            for cid in self.client_ids
+        ]
+        plan = RoundPlan(r, [job.plan.instructions[0] for job in jobs])
+        return Step(plan, jobs, {"models": models})
+
+    def combine(
+        self, r: int, fed: Federation, step: Step, results: Iterator[ClientResult]
+    ) -> Aggregate | None:
+        models: dict[int, StateDict] = step.notes["models"]
+        # A client whose job failed mixes the model it had.
+        trained = dict(models)
+        for res in results:
+            assert res.update is not None  # the loop passes accepted results only
+            start = models[res.client_id]
+            trained[res.client_id] = {
+                k: (v + res.update[k].to(v.dtype)) if k in res.update else v
+                for k, v in start.items()
+            }
+        mixed = mix([trained[c] for c in self.client_ids], self.w)
+        step.notes["mixed"] = dict(zip(self.client_ids, mixed, strict=True))
+        step.notes["consensus_before"] = consensus_distance(list(trained.values()))
+        step.notes["consensus"] = consensus_distance(mixed)
+        fed.global_state = average(mixed)
+        return None
+
+    def end(self, r: int, fed: Federation, step: Step, metrics: dict[str, Any]) -> None:
+        self.models = step.notes["mixed"]
+        metrics["consensus_distance"] = step.notes["consensus"]
+        metrics["consensus_distance_before_mixing"] = step.notes["consensus_before"]
+        if self.clock is None:
+            return
+        previous = dict(self.finish)
+        for i, cid in enumerate(self.client_ids):
+            ready = max(
+                [previous.get(cid, 0.0)]
+                + [previous.get(self.client_ids[j], 0.0) for j in self.adj[i]]
+            )
+            self.finish[cid] = ready + self.clock.duration(cid, r, client_steps(fed, cid))
+        metrics["sim_time"] = max(self.finish.values())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "models": {
+                str(c): {k: t.clone() for k, t in m.items()} for c, m in self.models.items()
+            },
+            "finish": {str(c): t for c, t in self.finish.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.models = {int(c): dict(m) for c, m in state["models"].items()}
+        self.finish = {int(c): float(t) for c, t in state["finish"].items()}

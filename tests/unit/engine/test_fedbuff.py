@@ -1,0 +1,146 @@
+"""FedBuff on the one loop, on real MNIST digits: the sync limit, staleness weights, resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_federation import interrupt_at
+from tiny_federation import tiny_config
+
+from fedgen.config import ClockConfig
+from fedgen.engine.callbacks import CheckpointCallback
+from fedgen.engine.client_clock import ClientClock
+from fedgen.engine.fedbuff import staleness_weight
+from fedgen.errors import ConfigError
+from fedgen.experiment import build_experiment, restore_latest
+
+FEDBUFF = {"federation.mode": "fedbuff"}
+SKEWED = {
+    **FEDBUFF,
+    "federation.fedbuff": "{buffer_size: 2, staleness_exponent: 1.0}",
+    "federation.clock": "{speeds: lognormal, sigma: 1.0, jitter: 0.3}",
+}
+
+
+def test_staleness_weights_match_the_paper_formula():
+    # 1 / (1 + s) ** a, by hand.
+    assert staleness_weight(0, 0.5) == 1.0
+    assert staleness_weight(3, 0.5) == pytest.approx(0.5)
+    assert staleness_weight(8, 1.0) == pytest.approx(1 / 9)
+    assert staleness_weight(5, 0.0) == 1.0
+    with pytest.raises(ValueError):
+        staleness_weight(-1, 0.5)
+
+
+def test_fresh_full_buffer_on_equal_speeds_is_synchronous_fedavg(mnist_dir):
+    # Prepare: K = concurrency = all 4 clients, equal speeds: every update is fresh.
+    sync = build_experiment(tiny_config(mnist_dir)).federation
+    buff = build_experiment(
+        tiny_config(mnist_dir, **FEDBUFF, **{"federation.fedbuff": "{buffer_size: 4}"})
+    ).federation
+
+    # Execute
+    assert sync.run() and buff.run()
+
+    # Assert: bit for bit the same model; one sim second per local step, 2 steps a round.
+    for k in sync.global_state:
+        assert torch.equal(sync.global_state[k], buff.global_state[k]), k
+    assert [m["staleness_max"] for m in buff.history] == [0.0, 0.0, 0.0]
+    assert [m["sim_time"] for m in buff.history] == [2.0, 4.0, 6.0]
+
+
+def test_a_server_step_is_the_staleness_weighted_mean_of_its_arrivals(mnist_dir):
+    # Prepare: record every raw update the backend returns and the state before each step.
+    fed = build_experiment(tiny_config(mnist_dir, **SKEWED, **{"federation.rounds": 6})).federation
+    raw: dict[int, list] = {}
+    original = fed.backend.run
+
+    def recording(plan, work, clients, private):
+        for res in original(plan, work, clients, private):
+            # Every client of one backend call started from one version: find which.
+            version = next(v for v, state in versions.items() if state is work.global_state)
+            raw.setdefault(plan.round, []).append(
+                (res.client_id, res.num_examples, version, dict(res.update))
+            )
+            yield res
+
+    fed.backend.run = recording
+    before = []
+    versions = {}
+    for r in range(6):
+        versions[r] = fed.global_state
+        before.append({k: v.clone() for k, v in fed.global_state.items()})
+        record = fed.run_round(r)
+        fed.next_round += 1
+        fed.history.append(record.metrics)
+
+        # Assert: x + sum n_i w(s_i) delta_i / sum n_i, with s_i = r - start version.
+        arrivals = raw[r]
+        total = sum(n for _, n, _, _ in arrivals)
+        for key, x in before[r].items():
+            expected = (
+                x.to(torch.float64)
+                + sum(
+                    n * staleness_weight(r - v, 1.0) * upd[key].to(torch.float64)
+                    for _, n, v, upd in arrivals
+                )
+                / total
+            )
+            torch.testing.assert_close(fed.global_state[key].to(torch.float64), expected)
+        stale = [r - v for _, _, v, _ in arrivals]
+        assert record.metrics["staleness_max"] == max(stale)
+        assert record.metrics["staleness_mean"] == pytest.approx(sum(stale) / len(stale))
+    # Heavy-tailed speeds make some update stale, and simulated time only moves forward.
+    assert max(m["staleness_max"] for m in fed.history) >= 1
+    times = [m["sim_time"] for m in fed.history]
+    assert times == sorted(times)
+
+
+def test_resumed_fedbuff_run_ends_bit_identical(mnist_dir, tmp_path):
+    cfg = tiny_config(mnist_dir, **SKEWED, **{"federation.rounds": 6})
+    ref = build_experiment(cfg).federation
+    assert ref.run()
+    meta = {"format": 1, "fingerprint": cfg.fingerprint()}
+    first = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
+    interrupt_at(first.task, 2 * 3 + 1)  # in round 3 (2 arrivals a step)
+    assert first.run() is False
+    second = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
+    assert restore_latest(second, tmp_path, cfg) == 2
+    assert second.run()
+    for k in ref.global_state:
+        assert torch.equal(ref.global_state[k], second.global_state[k]), k
+    strip = [{k: v for k, v in m.items() if k != "seconds"} for m in ref.history]
+    assert [{k: v for k, v in m.items() if k != "seconds"} for m in second.history] == strip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"federation.fedbuff": "{buffer_size: 5}"}, "buffer could never fill"),
+        ({"federation.fedbuff": "{concurrency: 9}"}, "federation has 4 clients"),
+        ({"federation.fedbuff": "{buffer_size: 0}"}, "buffer_size"),
+        ({"federation.fedbuff": "{staleness_exponent: -1}"}, "staleness_exponent"),
+        ({"federation.fedbuff": "{buffer: 2}"}, "buffer"),
+        ({"federation.clock": "{speeds: gamma}"}, "speeds"),
+        ({"federation.fedbuff": "{buffer_size: 1}"}, "min_clients=2"),
+        ({"federation.mode": "sync", "federation.fedbuff": "{buffer_size: 2}"}, "mode is 'sync'"),
+        ({"federation.mode": "fedbuf"}, "federation.mode"),
+    ],
+)
+def test_bad_fedbuff_values_are_refused_by_name(mnist_dir, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_experiment(tiny_config(mnist_dir, **{**FEDBUFF, **overrides}))
+
+
+def test_heavy_tailed_clock_is_seeded_and_profiles_follow_device_speeds():
+    a = ClientClock(ClockConfig(speeds="lognormal", sigma=1.0), range(12), seed=3)
+    b = ClientClock(ClockConfig(speeds="lognormal", sigma=1.0), range(12), seed=3)
+    c = ClientClock(ClockConfig(speeds="lognormal", sigma=1.0), range(12), seed=4)
+    assert a.step_seconds == b.step_seconds != c.step_seconds
+    times = sorted(a.step_seconds.values())
+    assert times[-1] / times[0] > 3  # heavy-tailed: a straggler several times slower
+    p = ClientClock(ClockConfig(speeds="profiles"), range(7), seed=0)
+    # The published profiles' slowest device (480 MHz x 1) vs the fastest (15.6 GHz x 8).
+    assert max(p.step_seconds.values()) / min(p.step_seconds.values()) == pytest.approx(
+        15600 * 8 / 480
+    )

@@ -1,0 +1,145 @@
+"""Gossip averaging (D-PSGD): topologies, mixing against exact averages, a real run."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from tiny_federation import tiny_config
+
+from fedgen.engine.topology import average, consensus_distance, mix, mixing_matrix, neighbours
+from fedgen.errors import ConfigError
+from fedgen.experiment import build_experiment
+
+
+def random_models(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        {"w": torch.randn(3, 4, generator=gen), "b": torch.randn(5, generator=gen)}
+        for _ in range(n)
+    ]
+
+
+def test_complete_graph_with_uniform_weights_averages_exactly_in_one_step():
+    # Prepare
+    models = random_models(6)
+    w = mixing_matrix(neighbours("complete", 6, np.random.default_rng(0)), "uniform")
+
+    # Execute
+    mixed = mix(models, w)
+
+    # Assert: every client holds the plain mean of all six.
+    mean = {k: torch.stack([m[k] for m in models]).mean(0) for k in models[0]}
+    for m in mixed:
+        for k in mean:
+            torch.testing.assert_close(m[k], mean[k], rtol=0, atol=1e-6)
+    assert consensus_distance(mixed) < 1e-12
+    assert consensus_distance(models) > 1.0
+
+
+def test_ring_metropolis_weights_by_hand():
+    w = mixing_matrix(neighbours("ring", 4, np.random.default_rng(0)), "metropolis")
+    third = 1 / 3
+    expected = torch.tensor(
+        [
+            [third, third, 0, third],
+            [third, third, third, 0],
+            [0, third, third, third],
+            [third, 0, third, third],
+        ],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(w, expected)
+
+
+def test_consensus_distance_falls_to_zero_over_mixing_only_steps_on_a_ring():
+    models = random_models(8, seed=1)
+    w = mixing_matrix(neighbours("ring", 8, np.random.default_rng(0)), "metropolis")
+    start_mean = average(models)
+    distances = [consensus_distance(models)]
+    for _ in range(150):
+        models = mix(models, w)
+        distances.append(consensus_distance(models))
+    # Monotone on a doubly stochastic W, to ~0, and the average never moves.
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(distances))
+    assert distances[-1] < 1e-9 * distances[0]
+    for k, v in average(models).items():
+        torch.testing.assert_close(v, start_mean[k], rtol=0, atol=1e-5)
+
+
+def test_random_regular_graph_is_seeded_connected_and_regular():
+    a = neighbours("regular", 12, np.random.default_rng(5), degree=3)
+    b = neighbours("regular", 12, np.random.default_rng(5), degree=3)
+    assert a == b
+    assert all(len(n) == 3 and i not in n for i, n in enumerate(a))
+    assert all(i in a[j] for i, n in enumerate(a) for j in n)  # undirected
+    w = mixing_matrix(a, "metropolis")
+    torch.testing.assert_close(w.sum(0), torch.ones(12, dtype=torch.float64))
+    torch.testing.assert_close(w.sum(1), torch.ones(12, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("topology", "n", "degree", "message"),
+    [
+        ("regular", 5, 3, "does not exist"),
+        ("regular", 4, 4, "does not exist"),
+        ("star", 4, 3, "ring, regular or complete"),
+        ("ring", 1, 3, "at least 2 clients"),
+    ],
+)
+def test_impossible_graphs_are_refused(topology, n, degree, message):
+    with pytest.raises(ConfigError, match=message):
+        neighbours(topology, n, np.random.default_rng(0), degree)
+
+
+def test_gossip_run_reports_consensus_and_evaluates_the_average(mnist_dir):
+    # Prepare: a complete graph with uniform weights: one step is exact averaging, so
+    # gossip is FedAvg with equal weights (the clients' models agree after every round).
+    fed = build_experiment(
+        tiny_config(
+            mnist_dir,
+            **{
+                "federation.mode": "gossip",
+                "federation.gossip": "{topology: complete, weights: uniform}",
+                "federation.clock": "{speeds: lognormal}",
+            },
+        )
+    ).federation
+
+    # Execute
+    assert fed.run()
+
+    # Assert
+    models = list(fed.schedule.models.values())
+    assert len(models) == 4
+    assert all(m["consensus_distance"] < 1e-10 for m in fed.history)
+    assert all(m["consensus_distance_before_mixing"] > 0 for m in fed.history)
+    for k, v in average(models).items():
+        assert torch.equal(fed.global_state[k], v), k
+    times = [m["sim_time"] for m in fed.history]
+    assert times == sorted(times) and times[0] > 0
+
+
+def test_gossip_ring_keeps_distinct_client_models(mnist_dir):
+    fed = build_experiment(
+        tiny_config(mnist_dir, **{"federation.mode": "gossip", "federation.rounds": 2})
+    ).federation
+    assert fed.run()
+    models = list(fed.schedule.models.values())
+    assert consensus_distance(models) == pytest.approx(fed.history[-1]["consensus_distance"])
+    assert fed.history[-1]["consensus_distance"] > 0  # a ring of 4 does not average exactly
+
+
+def test_gossip_refuses_server_transforms(mnist_dir):
+    with pytest.raises(ConfigError, match="gossip has no server"):
+        build_experiment(
+            tiny_config(
+                mnist_dir,
+                **{
+                    "federation.mode": "gossip",
+                    "transforms": "[{name: clip, params: {max_norm: 1.0}}]",
+                },
+            )
+        )
