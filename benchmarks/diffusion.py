@@ -96,8 +96,11 @@ class WallTimeBudget:
     to end after the crossing round, so callbacks treat it as the final one.
     """
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, cpu: bool = False) -> None:
         self.seconds = seconds
+        #: Count CPU seconds instead of wall seconds: equal computation for every method
+        #: however busy the shared machine is.
+        self.count_cpu = cpu
         self.spent = 0.0
         #: CPU seconds of this process in those rounds: on a shared machine the wall time
         #: buys different amounts of computation, and this says how much it bought.
@@ -112,7 +115,7 @@ class WallTimeBudget:
             record = budget._original(fed, r)
             budget.spent += time.perf_counter() - t0
             budget.cpu += time.process_time() - c0
-            if budget.spent >= budget.seconds:
+            if (budget.cpu if budget.count_cpu else budget.spent) >= budget.seconds:
                 fed.rounds = r + 1
             return record
 
