@@ -8,7 +8,9 @@ about two minutes for the module.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -86,8 +88,6 @@ def test_deployment_trains_the_simulations_model_bit_for_bit(deployment, mnist_d
 
 
 def _without_seconds(line: str) -> dict[str, object]:
-    import json
-
     record = json.loads(line)
     record.pop("seconds")
     return record
@@ -146,3 +146,55 @@ def test_a_supernode_that_does_not_trust_the_superlink_cannot_join(deployment, t
     # Assert: refused at the TLS handshake.
     assert code != 0
     assert "CERTIFICATE_VERIFY_FAILED" in log.read_text()
+
+
+PLAIN = """\
+seed: 5
+data:
+  sources: [mnist]
+  data_dir: {data}
+  num_clients: 3
+  partition: {{kind: iid, params: {{}}}}
+task:
+  params: {{batch_size: 16, generator_width: 8, discriminator_width: 8}}
+strategy:
+  params: {{fraction: 1.0, min_clients: 2}}
+federation: {{rounds: 3, local_steps: 2}}
+eval: {{every: 0, final: false}}
+backend: {{name: inprocess}}
+"""
+
+
+def test_a_restarted_serverapp_resumes_and_a_lost_node_fails_only_its_client(
+    deployment, mnist_dir, tmp_path
+):
+    # Prepare: a 3-round run whose ServerApp is stopped once round 0 is checkpointed.
+    folder = Path(deployment.folder)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(PLAIN.format(data=mnist_dir))
+    run_dir = tmp_path / "run"
+    # Backend params are part of the run's fingerprint: both starts give the same ones.
+    waiting = ["backend.params.nodes_timeout=15"]
+    handle = local.start_run(folder, recipe, run_dir, waiting)
+    deadline = time.monotonic() + 300
+    while not list_checkpoints(run_dir / "checkpoints") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    # Execute: SuperNode 2 dies, the ServerApp is stopped, then started again on the
+    # same run folder (Flower reports node 2 gone after its missed heartbeats, ~60 s).
+    local.stop_supernode(deployment, 2)
+    local.stop_run(folder, handle.run_id)
+    stopped = local.wait_run(folder, handle, 120)
+    done_before = len((run_dir / "metrics.jsonl").read_text().splitlines())
+    try:
+        outcome = local.run(folder, recipe, run_dir, waiting, timeout=600)
+    finally:
+        deployment.supernodes[2] = local.start_supernode(deployment, 2)
+    # Assert: it went on from its checkpoint to the end, without client 2.
+    assert stopped.status != "finished:completed", "the run ended before it could be stopped"
+    assert outcome.ok, outcome.log.read_text()[-3000:]
+    assert "resuming the run" in outcome.log.read_text()
+    rounds = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    for r in rounds[done_before:]:
+        assert r["clients"] == 2 and r["failed_clients"] == {"2": "no SuperNode holds it"}
+    assert verify_run(run_dir).ok

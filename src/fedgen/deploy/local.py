@@ -271,15 +271,19 @@ class RunOutcome:
         return self.status == "finished:completed"
 
 
-def run(
-    folder: Path,
-    recipe: Path,
-    run_dir: Path,
-    overrides: list[str] | None = None,
-    *,
-    timeout: float | None = None,
-) -> RunOutcome:
-    """Run ``recipe`` into ``run_dir`` on the deployment in ``folder``; wait for the end.
+@dataclass
+class RunHandle:
+    """A submitted Flower run and the process streaming its log to a file."""
+
+    run_id: int
+    log: Path
+    streamer: int
+
+
+def start_run(
+    folder: Path, recipe: Path, run_dir: Path, overrides: list[str] | None = None
+) -> RunHandle:
+    """Submit ``recipe`` as a Flower run writing ``run_dir``; returns at once.
 
     The ServerApp writes the run folder as ``fedgen run`` does (it must be a path
     the SuperLink's machine can write). A run folder with checkpoints is resumed.
@@ -302,18 +306,42 @@ def run(
     streamer = _start(
         [_tool("flwr"), "log", str(run_id), CONNECTION, "--stream"], log, flower_env(folder)
     )
+    return RunHandle(run_id, log, streamer)
+
+
+def wait_run(folder: Path, handle: RunHandle, timeout: float | None = None) -> RunOutcome:
+    """Wait for a run to finish (stopping it after ``timeout`` seconds)."""
+    folder = folder.resolve()
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
-            status = run_status(folder, run_id)
+            status = run_status(folder, handle.run_id)
             if status.startswith("finished"):
-                return RunOutcome(run_id, status, log)
+                return RunOutcome(handle.run_id, status, handle.log)
             if deadline is not None and time.monotonic() > deadline:
-                _flwr(folder, "stop", str(run_id), CONNECTION)
-                return RunOutcome(run_id, f"timed out after {timeout:g} s", log)
+                stop_run(folder, handle.run_id)
+                return RunOutcome(handle.run_id, f"timed out after {timeout:g} s", handle.log)
             time.sleep(1.0)
     finally:
-        kill_group(streamer)
+        kill_group(handle.streamer)
+
+
+def stop_run(folder: Path, run_id: int) -> None:
+    """Stop a run (its ServerApp ends; a later run on the same folder resumes it)."""
+    _flwr(folder.resolve(), "stop", str(run_id), CONNECTION)
+
+
+def run(
+    folder: Path,
+    recipe: Path,
+    run_dir: Path,
+    overrides: list[str] | None = None,
+    *,
+    timeout: float | None = None,
+) -> RunOutcome:
+    """Run ``recipe`` into ``run_dir`` on the deployment in ``folder``; wait for the end."""
+    handle = start_run(folder, recipe, run_dir, overrides)
+    return wait_run(folder, handle, timeout)
 
 
 def run_status(folder: Path, run_id: int) -> str:

@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 
 #: Flower message types: the hello is a query, a round's job is a train message.
 HELLO, TRAIN = "query", "train"
+#: Flower's error codes (``flwr.common.constant.ErrorCode``) for a message or reply that
+#: expired (MESSAGE_UNAVAILABLE 3, REPLY_MESSAGE_UNAVAILABLE 4) and a node that went
+#: offline (NODE_UNAVAILABLE 5).
+UNAVAILABLE = frozenset({3, 4, 5})
 
 
 class DeploymentError(FedgenError):
@@ -58,6 +62,8 @@ class _Reply:
     message: Message | None
     nbytes: int = 0
     error: str | None = None
+    #: True when no answer came (in time, or the node is gone), not a refusal.
+    timed_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,10 +148,16 @@ class FlowerBackend(Backend):
         messages = [
             FlowerMessage(pack(payload), dst_node_id=node, message_type=HELLO) for node in nodes
         ]
-        replies = self._exchange(messages, self.nodes_timeout)
+        # Each node starts a ClientApp process that builds the recipe: give it a round's time.
+        replies = self._exchange(messages, self.client_timeout)
         problems: list[str] = []
         holders: dict[int, NodeHello] = {}
         for node, reply in zip(nodes, replies, strict=True):
+            if reply.message is None and reply.timed_out:
+                # Silent, not refusing: a node listed online that died since. Its client
+                # fails the rounds it is sampled for, as an unreachable client would.
+                log.warning("SuperNode %d did not answer the hello: %s", node, reply.error)
+                continue
             if reply.message is None:
                 problems.append(f"SuperNode {node}: {reply.error}")
                 continue
@@ -265,7 +277,7 @@ class FlowerBackend(Backend):
             return []
         ids = list(grid.push_messages(messages))
         position = {mid: i for i, mid in enumerate(ids)}
-        out = [_Reply(None, error="no reply") for _ in ids]
+        out = [_Reply(None, error="no reply", timed_out=True) for _ in ids]
         waiting = set(ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         while waiting:
@@ -276,7 +288,12 @@ class FlowerBackend(Backend):
                 waiting.discard(mid)
                 i = position[mid]
                 if reply.has_error():
-                    out[i] = _Reply(None, error=f"the node failed: {reply.error.reason}")
+                    # The SuperLink answers for a node that went offline (missed
+                    # heartbeats) or a message that expired: absent, not refusing.
+                    gone = reply.error.code in UNAVAILABLE
+                    out[i] = _Reply(
+                        None, error=f"the node failed: {reply.error.reason}", timed_out=gone
+                    )
                     continue
                 try:
                     data = unpack(reply.content)
@@ -285,7 +302,9 @@ class FlowerBackend(Backend):
                     out[i] = _Reply(None, error=f"malformed reply: {exc}")
             if waiting and deadline is not None and time.monotonic() > deadline:
                 for mid in waiting:
-                    out[position[mid]] = _Reply(None, error=f"no reply within {timeout:g} s")
+                    out[position[mid]] = _Reply(
+                        None, error=f"no reply within {timeout:g} s", timed_out=True
+                    )
                 break
             if waiting:
                 time.sleep(self.poll_interval)
