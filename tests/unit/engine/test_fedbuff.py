@@ -144,3 +144,30 @@ def test_heavy_tailed_clock_is_seeded_and_profiles_follow_device_speeds():
     assert max(p.step_seconds.values()) / min(p.step_seconds.values()) == pytest.approx(
         15600 * 8 / 480
     )
+
+
+def test_fedbuff_run_folder_logs_each_server_step_and_its_ledger_verifies(mnist_dir, tmp_path):
+    import json
+
+    from fedgen.experiment import run_experiment
+    from fedgen.ledger import verify_run
+
+    cfg = tiny_config(mnist_dir, **SKEWED, **{"eval.every": 0, "eval.final": False})
+    run_experiment(cfg, tmp_path, progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if "sim_time" in x]
+    assert [x["round"] for x in steps] == [0, 1, 2]
+    assert all("staleness_max" in x for x in steps)
+    report = verify_run(tmp_path)
+    assert report.ok, report.lines()
+
+
+def test_a_synchronous_round_lasts_as_long_as_its_slowest_client(mnist_dir):
+    cfg = tiny_config(mnist_dir, **{"federation.clock": "{speeds: lognormal, sigma: 1.0}"})
+    fed = build_experiment(cfg).federation
+    assert fed.run()
+    clock = ClientClock(cfg.federation.clock, range(4), seed=cfg.seed)
+    slowest = max(clock.step_seconds.values()) * 2  # 2 local steps, all 4 clients a round
+    assert [m["sim_time"] for m in fed.history] == pytest.approx(
+        [slowest, 2 * slowest, 3 * slowest]
+    )

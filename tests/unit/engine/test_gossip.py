@@ -143,3 +143,32 @@ def test_gossip_refuses_server_transforms(mnist_dir):
                 },
             )
         )
+
+
+def test_resumed_gossip_run_ends_bit_identical(mnist_dir, tmp_path):
+    from test_federation import interrupt_at
+
+    from fedgen.engine.callbacks import CheckpointCallback
+    from fedgen.experiment import restore_latest
+
+    cfg = tiny_config(
+        mnist_dir,
+        **{
+            "federation.mode": "gossip",
+            "federation.rounds": 4,
+            "federation.clock": "{speeds: lognormal, jitter: 0.2}",
+        },
+    )
+    ref = build_experiment(cfg).federation
+    assert ref.run()
+    meta = {"format": 1, "fingerprint": cfg.fingerprint()}
+    first = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
+    interrupt_at(first.task, 4 * 2 + 3)  # round 2, third of 4 clients
+    assert first.run() is False
+    second = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
+    assert restore_latest(second, tmp_path, cfg) == 1
+    assert second.run()
+    for cid, model in ref.schedule.models.items():
+        for k, v in model.items():
+            assert torch.equal(v, second.schedule.models[cid][k]), (cid, k)
+    assert [m["sim_time"] for m in second.history] == [m["sim_time"] for m in ref.history]
