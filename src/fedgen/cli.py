@@ -20,6 +20,13 @@ app = typer.Typer(
 
 DEFAULT_RUNS = Path("runs")
 
+#: The recipe argument and options that `run` and `deploy run` share.
+RecipeArg = Annotated[
+    Path | None, typer.Argument(help="YAML recipe (default: the default experiment)")
+]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="dotted.key=value override")]
+OutOption = Annotated[Path | None, typer.Option(help="run folder (default: runs/<name>)")]
+
 privacy_app = typer.Typer(
     no_args_is_help=True,
     help="Differential-privacy arithmetic with Opacus's accountants (Poisson-subsampled "
@@ -47,13 +54,9 @@ def _fail(exc: Exception) -> None:
 
 @app.command()
 def run(
-    config: Annotated[
-        Path | None, typer.Argument(help="YAML recipe (default: the default experiment)")
-    ] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="dotted.key=value override")
-    ] = None,
-    out: Annotated[Path | None, typer.Option(help="run folder (default: runs/<name>)")] = None,
+    config: RecipeArg = None,
+    set_: SetOption = None,
+    out: OutOption = None,
     resume: Annotated[Path | None, typer.Option(help="continue the run in this folder")] = None,
     no_progress: Annotated[
         bool, typer.Option("--no-progress", help="log lines instead of a bar")
@@ -394,13 +397,9 @@ def deploy_up(
 
 @deploy_app.command("run")
 def deploy_run(
-    config: Annotated[
-        Path | None, typer.Argument(help="YAML recipe (default: the default experiment)")
-    ] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="dotted.key=value override")
-    ] = None,
-    out: Annotated[Path | None, typer.Option(help="run folder (default: runs/<name>)")] = None,
+    config: RecipeArg = None,
+    set_: SetOption = None,
+    out: OutOption = None,
     folder: Annotated[Path, typer.Option(help="the deployment's folder")] = DEFAULT_DEPLOYMENT,
     timeout: Annotated[float | None, typer.Option(help="seconds before the run is stopped")] = None,
 ) -> None:

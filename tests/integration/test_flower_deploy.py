@@ -24,8 +24,9 @@ from fedgen.ledger import verify_run
 
 pytest.importorskip("flwr")
 
-RECIPE = """\
-seed: 3
+#: Three MNIST clients, the tiny cGAN, evaluation off; ``{rest}`` adds the strategy,
+#: transforms and rounds of each test.
+BASE = """\
 data:
   sources: [mnist]
   data_dir: {data}
@@ -33,19 +34,36 @@ data:
   partition: {{kind: iid, params: {{}}}}
 task:
   params: {{batch_size: 16, generator_width: 8, discriminator_width: 8}}
-strategy:
-  params: {{fraction: 1.0, sampling: poisson, weighted: false, fixed_denominator: true,
-            min_clients: 1}}
-transforms:
-  - name: clip
-    params: {{max_norm: 1.0}}
-  - name: client_dp
-    params: {{noise_multiplier: 0.5, delta: 1.0e-5}}
-noise_seed: root
-federation: {{rounds: 2, local_steps: 2}}
 eval: {{every: 0, final: false}}
 backend: {{name: inprocess}}
 """
+
+#: Client-level DP with noise seeded from the root seed (so a simulation draws the same).
+DP = """\
+seed: 3
+strategy:
+  params: {fraction: 1.0, sampling: poisson, weighted: false, fixed_denominator: true,
+           min_clients: 1}
+transforms:
+  - name: clip
+    params: {max_norm: 1.0}
+  - name: client_dp
+    params: {noise_multiplier: 0.5, delta: 1.0e-5}
+noise_seed: root
+federation: {rounds: 2, local_steps: 2}
+"""
+
+PLAIN = """\
+seed: 5
+strategy:
+  params: {fraction: 1.0, min_clients: 2}
+federation: {rounds: 3, local_steps: 2}
+"""
+
+
+def _recipe(path: Path, mnist_dir: Path, rest: str) -> Path:
+    path.write_text(BASE.format(data=mnist_dir) + rest)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +82,7 @@ def _final_state(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_deployment_trains_the_simulations_model_bit_for_bit(deployment, mnist_dir, tmp_path):
     # Prepare: a 2-round cGAN with client-level DP (noise seeded from the root seed,
     # so the simulation draws the same noise) over 3 clients, one per SuperNode.
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE.format(data=mnist_dir))
+    recipe = _recipe(tmp_path / "recipe.yaml", mnist_dir, DP)
     # Execute: the same recipe deployed and simulated in process.
     outcome = local.run(Path(deployment.folder), recipe, tmp_path / "deployed", timeout=600)
     run_experiment(load_config(recipe), tmp_path / "simulated", progress=False)
@@ -99,8 +116,8 @@ def test_a_node_naming_a_client_the_partition_lacks_is_refused(deployment, mnist
     pgid = local.add_node(deployment, 7)
     try:
         local.wait_online(deployment, 4, 60)
-        recipe = tmp_path / "recipe.yaml"
-        recipe.write_text(RECIPE.format(data=mnist_dir).replace("rounds: 2", "rounds: 1"))
+        one_round = DP.replace("rounds: 2", "rounds: 1")
+        recipe = _recipe(tmp_path / "recipe.yaml", mnist_dir, one_round)
         # Execute
         outcome = local.run(folder, recipe, tmp_path / "run", timeout=300)
     finally:
@@ -148,30 +165,12 @@ def test_a_supernode_that_does_not_trust_the_superlink_cannot_join(deployment, t
     assert "CERTIFICATE_VERIFY_FAILED" in log.read_text()
 
 
-PLAIN = """\
-seed: 5
-data:
-  sources: [mnist]
-  data_dir: {data}
-  num_clients: 3
-  partition: {{kind: iid, params: {{}}}}
-task:
-  params: {{batch_size: 16, generator_width: 8, discriminator_width: 8}}
-strategy:
-  params: {{fraction: 1.0, min_clients: 2}}
-federation: {{rounds: 3, local_steps: 2}}
-eval: {{every: 0, final: false}}
-backend: {{name: inprocess}}
-"""
-
-
 def test_a_restarted_serverapp_resumes_and_a_lost_node_fails_only_its_client(
     deployment, mnist_dir, tmp_path
 ):
     # Prepare: a 3-round run whose ServerApp is stopped once round 0 is checkpointed.
     folder = Path(deployment.folder)
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(PLAIN.format(data=mnist_dir))
+    recipe = _recipe(tmp_path / "recipe.yaml", mnist_dir, PLAIN)
     run_dir = tmp_path / "run"
     # Backend params are part of the run's fingerprint: both starts give the same ones.
     waiting = ["backend.params.nodes_timeout=15"]
