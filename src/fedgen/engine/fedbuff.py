@@ -29,8 +29,8 @@ from typing import Any
 from fedgen.config import FedBuffConfig
 from fedgen.engine.client_clock import ClientClock
 from fedgen.engine.schedule import (
-    Federation,
     Job,
+    RoundLoop,
     Schedule,
     Step,
     client_steps,
@@ -101,7 +101,7 @@ class FedBuffSchedule(Schedule):
         self.last_start: dict[int, tuple[int, int]] = {}
         self.started = False
 
-    def check(self, fed: Federation) -> None:
+    def check(self, fed: RoundLoop) -> None:
         refuse_server_stages(fed, self.mode)
         fewest = getattr(fed.strategy, "min_clients", 1)
         if isinstance(fewest, int) and fewest > self.buffer_size:
@@ -112,7 +112,7 @@ class FedBuffSchedule(Schedule):
 
     # -- the round -------------------------------------------------------------
 
-    def begin(self, r: int, fed: Federation) -> Step:
+    def begin(self, r: int, fed: RoundLoop) -> Step:
         in_flight, versions, last_start = self.in_flight, self.versions, self.last_start
         if not self.started:
             # The first round dispatches the first jobs, from the initial state.
@@ -148,7 +148,7 @@ class FedBuffSchedule(Schedule):
         )
 
     def combine(
-        self, r: int, fed: Federation, step: Step, results: Iterator[ClientResult]
+        self, r: int, fed: RoundLoop, step: Step, results: Iterator[ClientResult]
     ) -> Aggregate | None:
         staleness: dict[int, int] = step.notes["staleness"]
 
@@ -162,7 +162,7 @@ class FedBuffSchedule(Schedule):
 
         return fed.strategy.aggregate(r, weighted())
 
-    def end(self, r: int, fed: Federation, step: Step, metrics: dict[str, Any]) -> None:
+    def end(self, r: int, fed: RoundLoop, step: Step, metrics: dict[str, Any]) -> None:
         arrivals: list[InFlight] = step.notes["arrivals"]
         arrived = {j.client_id for j in arrivals}
         self.now = max(j.finish for j in arrivals)
@@ -186,7 +186,7 @@ class FedBuffSchedule(Schedule):
 
     def _dispatch(
         self,
-        fed: Federation,
+        fed: RoundLoop,
         busy: list[InFlight],
         idle: list[int],
         version: int,

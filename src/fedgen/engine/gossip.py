@@ -23,8 +23,8 @@ from typing import Any
 from fedgen.config import GossipConfig
 from fedgen.engine.client_clock import ClientClock
 from fedgen.engine.schedule import (
-    Federation,
     Job,
+    RoundLoop,
     Schedule,
     Step,
     client_steps,
@@ -66,7 +66,7 @@ class GossipSchedule(Schedule):
         self.models: dict[int, StateDict] = {}
         self.finish: dict[int, float] = {}
 
-    def check(self, fed: Federation) -> None:
+    def check(self, fed: RoundLoop) -> None:
         refuse_server_stages(fed, self.mode)
         if fed.transforms:
             raise ConfigError(
@@ -74,7 +74,7 @@ class GossipSchedule(Schedule):
                 "remove the transforms or set federation.mode=sync"
             )
 
-    def begin(self, r: int, fed: Federation) -> Step:
+    def begin(self, r: int, fed: RoundLoop) -> Step:
         models = self.models or {cid: fed.global_state for cid in self.client_ids}
         jobs = [
             Job(
@@ -90,7 +90,7 @@ class GossipSchedule(Schedule):
         return Step(plan, jobs, {"models": models})
 
     def combine(
-        self, r: int, fed: Federation, step: Step, results: Iterator[ClientResult]
+        self, r: int, fed: RoundLoop, step: Step, results: Iterator[ClientResult]
     ) -> Aggregate | None:
         models: dict[int, StateDict] = step.notes["models"]
         # A client whose job failed mixes the model it had.
@@ -109,7 +109,7 @@ class GossipSchedule(Schedule):
         fed.global_state = average(mixed)
         return None
 
-    def end(self, r: int, fed: Federation, step: Step, metrics: dict[str, Any]) -> None:
+    def end(self, r: int, fed: RoundLoop, step: Step, metrics: dict[str, Any]) -> None:
         self.models = step.notes["mixed"]
         metrics["consensus_distance"] = step.notes["consensus"]
         metrics["consensus_distance_before_mixing"] = step.notes["consensus_before"]

@@ -28,7 +28,7 @@ from fedgen.transforms.base import UpdateTransform
 from fedgen.types import ClientResult, RoundPlan, StateDict
 
 
-class Federation(Protocol):
+class RoundLoop(Protocol):
     """What a schedule reads of the round loop (``fedgen.engine.federation.Federation``).
 
     A protocol, so the loop can hold its schedule without an import cycle.
@@ -73,21 +73,21 @@ class Schedule(ABC):
     #: The recipe's ``federation.mode``.
     mode: str = "sync"
 
-    def check(self, fed: Federation) -> None:  # noqa: B027 - optional hook
+    def check(self, fed: RoundLoop) -> None:  # noqa: B027 - optional hook
         """Refuse a federation this schedule cannot run (raises ``ConfigError``)."""
 
     @abstractmethod
-    def begin(self, r: int, fed: Federation) -> Step:
+    def begin(self, r: int, fed: RoundLoop) -> Step:
         """Who trains in round ``r`` and from which state; changes nothing."""
 
     @abstractmethod
     def combine(
-        self, r: int, fed: Federation, step: Step, results: Iterator[ClientResult]
+        self, r: int, fed: RoundLoop, step: Step, results: Iterator[ClientResult]
     ) -> Aggregate | None:
         """The round's aggregate for the server halves and ``strategy.apply``; or None when
         the schedule has set ``fed.global_state`` itself (no server: gossip)."""
 
-    def end(self, r: int, fed: Federation, step: Step, metrics: dict[str, Any]) -> None:  # noqa: B027
+    def end(self, r: int, fed: RoundLoop, step: Step, metrics: dict[str, Any]) -> None:  # noqa: B027
         """Commit the round (after the new state is in ``fed``); add the schedule's metrics."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -112,16 +112,16 @@ class SynchronousSchedule(Schedule):
         self.sim_time = 0.0
         self.jobs_done: dict[int, int] = {}
 
-    def begin(self, r: int, fed: Federation) -> Step:
+    def begin(self, r: int, fed: RoundLoop) -> Step:
         plan = fed.strategy.configure(r, sorted(fed.clients), numpy_rng(fed.seed, "sample", r))
         return Step(plan, [Job(plan, fed.global_state, r)], {})
 
     def combine(
-        self, r: int, fed: Federation, step: Step, results: Iterator[ClientResult]
+        self, r: int, fed: RoundLoop, step: Step, results: Iterator[ClientResult]
     ) -> Aggregate | None:
         return fed.strategy.aggregate(r, results)
 
-    def end(self, r: int, fed: Federation, step: Step, metrics: dict[str, Any]) -> None:
+    def end(self, r: int, fed: RoundLoop, step: Step, metrics: dict[str, Any]) -> None:
         if self.clock is None:
             return
         longest = 0.0
@@ -145,7 +145,7 @@ class SynchronousSchedule(Schedule):
         self.jobs_done = {int(k): int(v) for k, v in state.get("jobs_done", {}).items()}
 
 
-def client_steps(fed: Federation, client_id: int) -> int:
+def client_steps(fed: RoundLoop, client_id: int) -> int:
     """Local steps of one job of ``client_id`` (as ``local_steps_for`` counts them)."""
     if fed.local_steps is not None:
         return fed.local_steps
@@ -154,7 +154,7 @@ def client_steps(fed: Federation, client_id: int) -> int:
     return max(1, math.ceil(fed.local_epochs * fed.clients[client_id].num_examples / batch))
 
 
-def refuse_server_stages(fed: Federation, mode: str) -> None:
+def refuse_server_stages(fed: RoundLoop, mode: str) -> None:
     """Asynchronous and gossip schedules run no secure aggregation or client-level DP.
 
     Both stages assume a synchronous cohort: secure aggregation masks one round's
