@@ -129,23 +129,19 @@ def test_a_node_naming_a_client_the_partition_lacks_is_refused(deployment, mnist
     assert not list_checkpoints(tmp_path / "run" / "checkpoints")
 
 
-def test_a_supernode_that_does_not_trust_the_superlink_cannot_join(deployment, tmp_path):
-    # Prepare: a CA the SuperLink's certificate does not chain to.
-    from fedgen.deploy.certs import make_ca
-
-    rogue = make_ca(tmp_path / "rogue", "rogue CA")
-    # Execute: its output to a file, since the child it starts would hold a pipe open.
-    log = tmp_path / "rogue-node.log"
+def _bad_node(deployment, ca: Path, key: Path, log: Path) -> subprocess.Popen[bytes]:
+    """A SuperNode started with ``ca`` and ``key``, its output in ``log`` (a file: the
+    child it starts would hold a pipe open)."""
     with log.open("wb") as out:
-        node = subprocess.Popen(
+        return subprocess.Popen(
             [
                 local._tool("flower-supernode"),
                 "--superlink",
                 deployment.address,
                 "--root-certificates",
-                str(rogue),
+                str(ca),
                 "--auth-supernode-private-key",
-                str(Path(deployment.folder) / "keys" / "node0"),
+                str(key),
                 "--node-config",
                 "client-id=0",
                 "--port",
@@ -156,13 +152,29 @@ def test_a_supernode_that_does_not_trust_the_superlink_cannot_join(deployment, t
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def test_a_node_that_distrusts_the_superlink_or_is_not_trusted_cannot_join(deployment, tmp_path):
+    # Prepare: a CA the SuperLink's certificate does not chain to, and a node key that
+    # nobody registered.
+    from fedgen.deploy.certs import make_ca, make_node_key
+
+    folder = Path(deployment.folder)
+    rogue_ca = make_ca(tmp_path / "rogue", "rogue CA")
+    stranger = tmp_path / "stranger"
+    make_node_key(stranger)
+    # Execute: both at once (each takes seconds to be refused).
+    distrusting = _bad_node(deployment, rogue_ca, folder / "keys" / "node0", tmp_path / "a.log")
+    untrusted = _bad_node(deployment, folder / "certs" / "ca.crt", stranger, tmp_path / "b.log")
     try:
-        code = node.wait(timeout=120)
+        codes = [distrusting.wait(timeout=120), untrusted.wait(timeout=120)]
     finally:
-        local.kill_group(node.pid)
-    # Assert: refused at the TLS handshake.
-    assert code != 0
-    assert "CERTIFICATE_VERIFY_FAILED" in log.read_text()
+        local.kill_group(distrusting.pid)
+        local.kill_group(untrusted.pid)
+    # Assert: one refused at the TLS handshake, the other by node authentication.
+    assert codes[0] != 0 and codes[1] != 0
+    assert "CERTIFICATE_VERIFY_FAILED" in (tmp_path / "a.log").read_text()
+    assert "Failed to activate SuperNode" in (tmp_path / "b.log").read_text()
 
 
 def test_a_restarted_serverapp_resumes_and_a_lost_node_fails_only_its_client(
