@@ -70,3 +70,22 @@ def test_conditioning_on_a_category_absent_from_training_is_a_clear_error(fair):
 
 def test_table_tasks_refuse_dp_sgd(fair):
     assert "does not train through DP-SGD" in _task(TvaeTask, fair).privacy_problems()[0]
+
+
+def test_tvae_draws_categories_from_its_softmax_or_takes_the_argmax(fair):
+    sampled = _task(TvaeTask, fair)
+    spans = [s for s in sampled.spans if s.activation == "softmax"]
+    rows = sampled.generate(400, torch.Generator().manual_seed(0), None)
+    for span in spans:
+        block = rows[:, span.start : span.start + span.width]
+        assert torch.equal(block.sum(dim=1), torch.ones(400)) and set(block.unique().tolist()) <= {
+            0.0,
+            1.0,
+        }
+    # Drawn from the likelihood, a column's categories vary even where the argmax would not.
+    first = spans[0]
+    drawn = rows[:, first.start : first.start + first.width].argmax(dim=1)
+    assert len(drawn.unique()) > 1
+    argmax = _task(TvaeTask, fair, categories="argmax")
+    raw = argmax.generate(5, torch.Generator().manual_seed(0), None)
+    assert not set(raw[:, first.start : first.start + first.width].unique().tolist()) <= {0.0, 1.0}

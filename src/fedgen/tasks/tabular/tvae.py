@@ -6,12 +6,15 @@ Conditional GAN", NeurIPS 2019, section 4 (TVAE); the same networks as the
 a decoder of two ReLU layers back to the encoded row, and a learned standard
 deviation per output for the offsets of numeric columns. The loss is the
 reconstruction (Gaussian for offsets, cross-entropy for one-hots), weighted by
-``loss_factor``, plus the KL divergence to the standard normal prior.
+``loss_factor``, plus the KL divergence to the standard normal prior. Generated rows
+draw every part from the decoder's likelihood: the offsets from their Gaussians (as
+the library does) and, by default, the categories and modes from their softmax (the
+library takes their argmax; ``categories: argmax`` does too).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +68,11 @@ class TvaeTask(TableTask):
         hidden: int = Field(128, ge=1)
         loss_factor: float = Field(2.0, gt=0)
         weight_decay: float = Field(1e-5, ge=0)
+        #: How a generated row's categories (and modes) are read from the decoder's
+        #: logits: ``sample`` draws them from the softmax (the model's own likelihood, as
+        #: the offsets are drawn from theirs); ``argmax`` takes the most likely, as the
+        #: ctgan library does, which loses rare categories until the latent separates them.
+        categories: Literal["sample", "argmax"] = "sample"
 
     params: Params
 
@@ -143,6 +151,9 @@ class TvaeTask(TableTask):
                 noise = torch.randn(block.shape, generator=generator)
                 sigma = decoder.sigma[span.start : span.start + span.width]
                 parts.append(torch.tanh(block) + noise * sigma)
-            else:
+            elif self.params.categories == "argmax":
                 parts.append(block)  # decoding takes the argmax
+            else:
+                drawn = torch.multinomial(torch.softmax(block, dim=1), 1, generator=generator)
+                parts.append(F.one_hot(drawn[:, 0], block.shape[1]).float())
         return torch.cat(parts, dim=1)
