@@ -94,6 +94,9 @@ def main() -> None:
         "eval.every=0",
         "eval.final=false",
         "noise_seed=root",
+        # One torch thread everywhere: floating-point sums split across threads differ in
+        # the last bits, so bit-identity across backends holds at equal thread counts.
+        "threads=1",
     ]
     cfg = load_config(args.recipe, overrides)
     nodes = cfg.data.num_clients
