@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgen.config import ExperimentConfig, load_config
-
-__version__ = "0.1.0"
+from fedgen.version import __version__
 
 
 def run_experiment(

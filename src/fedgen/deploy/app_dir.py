@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedgen import __version__
+from fedgen.version import __version__
 
 PYPROJECT = """\
 [project]

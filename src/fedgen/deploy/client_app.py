@@ -24,12 +24,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fedgen import __version__
 from fedgen.engine.backends.flower import HELLO
 from fedgen.engine.backends.flower_records import pack, unpack
 from fedgen.engine.backends.local_training import answer_job
 from fedgen.engine.backends.signing import ClientKeys
 from fedgen.ledger import generate_key, private_key_from_hex, private_key_hex, public_key_hex
+from fedgen.version import __version__
 from fedgen.wire import Message, WireError, decode, encode
 
 log = logging.getLogger(__name__)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedgen import __version__
 from fedgen.deploy.client_app import STATE_CONFIG, answer
 from fedgen.engine.backends.flower import HELLO, TRAIN
 from fedgen.engine.backends.flower_records import pack, unpack
 from fedgen.experiment import RecipeClientSide
+from fedgen.version import __version__
 from fedgen.wire import Message, WireError, decode, encode
 
 flwr_app = pytest.importorskip("flwr.app")

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,8 +38,17 @@ from fedgen.registry import BACKENDS
 from fedgen.types import ClientResult, RoundPlan, StateDict
 from fedgen.wire import Message, WireError, decode, encode
 
-if TYPE_CHECKING:  # the audit module imports the backends package: no cycle at run time
-    from fedgen.engine.audit import RunAudit
+
+class KeyEnrolment(Protocol):
+    """What the hello needs of the run's keys (``fedgen.engine.audit.RunAudit``; named by
+    shape, since the audit module imports this package)."""
+
+    run_id: str
+    client_public: dict[int, str]
+    restored: bool
+
+    def enrol(self, client_id: int, public_hex: str) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +122,7 @@ class FlowerBackend(Backend):
 
     # -- hello -----------------------------------------------------------------
 
-    def hello(self, recipe: str, client_ids: list[int], audit: RunAudit | None) -> None:
+    def hello(self, recipe: str, client_ids: list[int], audit: KeyEnrolment | None) -> None:
         """Meet the SuperNodes: learn which client each holds, enrol their keys.
 
         Raises:
@@ -139,7 +148,7 @@ class FlowerBackend(Backend):
             time.sleep(min(1.0, self.poll_interval * 10))
         from flwr.app import Message as FlowerMessage
 
-        from fedgen import __version__
+        from fedgen.version import __version__
 
         meta = {"recipe": recipe, "fedgen": __version__}
         if audit is not None:
