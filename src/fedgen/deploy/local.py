@@ -369,10 +369,20 @@ def kill_group(pgid: int, grace: float = 3.0) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def stop_supernode(dep: LocalDeployment, i: int) -> None:
-    """Kill SuperNode ``i`` (and its ClientApp) with SIGKILL, as a crash would."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(dep.supernodes[i], signal.SIGKILL)
+def stop_supernode(dep: LocalDeployment, i: int, crash: bool = True) -> None:
+    """Stop SuperNode ``i`` (and its ClientApp): with SIGKILL as a crash would (the
+    SuperLink notices after two missed 30 s heartbeats), or politely (it signs off)."""
+    if crash:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(dep.supernodes[i], signal.SIGKILL)
+    else:
+        kill_group(dep.supernodes[i])
+
+
+def restart_supernode(dep: LocalDeployment, i: int) -> None:
+    """Start SuperNode ``i`` again (recorded, so ``down`` stops it too)."""
+    dep.supernodes[i] = start_supernode(dep, i)
+    dep.save()
 
 
 def down(folder: Path) -> None:
