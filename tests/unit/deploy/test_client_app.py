@@ -72,6 +72,11 @@ def test_a_recipe_this_fedgen_cannot_read_is_refused(recipe):
     assert "federation.rounds" in str(said["error"])
 
 
+def test_a_client_the_partition_lacks_is_refused(recipe):
+    said = _ask(HELLO, _hello(recipe), _context({"client-id": 7}))
+    assert "client 7 does not exist: the recipe's partition has clients 0..3" in str(said["error"])
+
+
 def test_a_node_config_without_a_client_is_refused(recipe):
     said = _ask(HELLO, _hello(recipe), _context({"partition-id": 0}))
     assert "--node-config 'client-id=N'" in str(said["error"])
