@@ -1,5 +1,6 @@
 """Building a task draws its initial weights from its own seed, not the global RNG."""
 
+import functools
 import hashlib
 
 import pytest
@@ -14,16 +15,25 @@ from fedgen.registry import TASKS
 CGAN_SEED0_SHA256 = "51018261a248b5b07c84fd3daea9a72fd9a98b35144214586bd10128fc204509"
 
 
+@functools.cache
+def table_spec() -> DataSpec:
+    """A real table's spec (``fair``, 2 silos): the encoder a table task is built from."""
+    from fedgen.data.table_data import SiloPartition
+
+    return SiloPartition(max_modes=3).federate("fair", 2, seed=0).spec()
+
+
 def make(name: str, seed: int = 0):
     cls = TASKS.get(name)
     params = cls.Params()
     # A pretrained text task's data is tokenized with its own tokenizer; bytes otherwise.
     tokenizer = cls.tokenizer(params)
-    spec = (
-        DataSpec(Modality.TEXT, vocab_size=tokenizer.vocab_size if tokenizer else 256)
-        if cls.modality == Modality.TEXT
-        else DataSpec(Modality.IMAGES, num_classes=10, image_shape=(1, 28, 28))
-    )
+    if cls.modality == Modality.TEXT:
+        spec = DataSpec(Modality.TEXT, vocab_size=tokenizer.vocab_size if tokenizer else 256)
+    elif cls.modality == Modality.TABLES:
+        spec = table_spec()
+    else:
+        spec = DataSpec(Modality.IMAGES, num_classes=10, image_shape=(1, 28, 28))
     return cls.from_spec(params, spec, seed)
 
 
