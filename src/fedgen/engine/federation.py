@@ -146,7 +146,6 @@ class Federation:
         self.private_states: dict[int, StateDict] = {}
         self.next_round = 0
         self.history: list[dict[str, Any]] = []
-        self._local: LocalClientSide | None = None
         #: What one round is: a synchronous cohort (default), a FedBuff step, a gossip step.
         self.schedule: Schedule = schedule or SynchronousSchedule()
         self.schedule.check(self)
@@ -478,12 +477,9 @@ class Federation:
         )
 
     def _local_side(self) -> ClientSide:
-        """The client side made of this federation's own objects (kept while they stay)."""
-        kit = ClientKit(self.task, self.transforms, self.faults, self.clients)
-        side = LocalClientSide(kit)
-        if self._local is None or self._local.fingerprint() != side.fingerprint():
-            self._local = side
-        return self._local
+        """The client side made of this federation's own objects (the process pool
+        compares fingerprints, so a fresh wrapper each round reuses its workers)."""
+        return LocalClientSide(ClientKit(self.task, self.transforms, self.faults, self.clients))
 
     # -- state ---------------------------------------------------------------
 

@@ -105,8 +105,7 @@ def _train(job: bytes, custody: bytes, task: Task, kit: ClientKit) -> tuple[byte
         held = decode(custody)
         keys = None
         if held.meta:
-            client_id = decode(job).meta["client_id"]
-            keys = ClientKeys(held.meta["run_id"], {client_id: held.meta["key"]})
+            keys = ClientKeys(held.meta["run_id"], {held.meta["client_id"]: held.meta["key"]})
     except (WireError, KeyError, TypeError) as exc:
         failed = ClientResult(-1, 0, failure=f"malformed custody: {type(exc).__name__}: {exc}")
         return encode(reply_message(failed)), encode(Message())
@@ -364,7 +363,12 @@ def _custody(
 ) -> bytes:
     """The client's own belongings a worker needs to run it: private state, signing key."""
     # Only this client's signing key travels to the worker that runs it.
-    meta = {} if keys is None else {"run_id": keys.run_id, "key": keys.private[client_id]}
+    # The client id rides along so the worker need not decode the job a second time.
+    meta = (
+        {}
+        if keys is None
+        else {"run_id": keys.run_id, "client_id": client_id, "key": keys.private[client_id]}
+    )
     return encode(Message(private_states.get(client_id) or {}, meta))
 
 
