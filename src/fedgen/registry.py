@@ -2,7 +2,7 @@
 
 Components register themselves where they are defined
 (``@TASKS.register("cgan")``); a recipe names them. Looking up an unknown
-name lists the names that exist. Every registered task, strategy, transform,
+name lists the names that exist. Every registered task, strategy, sampler, transform,
 partitioner and backend class declares a pydantic ``Params`` model beside its
 constructor, which checks a recipe's ``params`` (``fedgen.params``).
 """
@@ -59,6 +59,8 @@ class Registry(Generic[T]):
 
 TASKS: Registry[type] = Registry("task")
 STRATEGIES: Registry[type] = Registry("strategy")
+#: Client selection (``fedgen.strategies.sampling``), which every strategy delegates to.
+SAMPLERS: Registry[type] = Registry("client sampler")
 TRANSFORMS: Registry[type] = Registry("transform")
 PARTITIONERS: Registry[type] = Registry("partitioner")
 SOURCES: Registry[object] = Registry("data source")

@@ -16,7 +16,15 @@ from fedgen.config import load_config
 from fedgen.errors import ConfigError
 from fedgen.experiment import build_experiment
 from fedgen.params import ParamsError, params_model, validate_params
-from fedgen.registry import BACKENDS, PARTITIONERS, STRATEGIES, TASKS, TRANSFORMS, Registry
+from fedgen.registry import (
+    BACKENDS,
+    PARTITIONERS,
+    SAMPLERS,
+    STRATEGIES,
+    TASKS,
+    TRANSFORMS,
+    Registry,
+)
 
 #: kind -> (its registry, the dotted key of its params in a recipe, constructor arguments
 #: the experiment builder passes itself, which are never recipe keys; None for tasks,
@@ -24,6 +32,7 @@ from fedgen.registry import BACKENDS, PARTITIONERS, STRATEGIES, TASKS, TRANSFORM
 KINDS: dict[str, tuple[Registry[type], str, dict[str, object] | None]] = {
     "task": (TASKS, "task.params", None),
     "strategy": (STRATEGIES, "strategy.params", {"root_seed": 0}),
+    "sampler": (SAMPLERS, "strategy.params", {}),
     "transform": (TRANSFORMS, "transforms[0].params", {}),
     "partitioner": (PARTITIONERS, "data.partition.params", {}),
     "backend": (BACKENDS, "backend.params", {}),

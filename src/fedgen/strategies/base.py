@@ -12,12 +12,27 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, ClassVar
 
 import numpy as np
 
 from fedgen.errors import ConfigError
+from fedgen.strategies.sampling import ClientSampler
 from fedgen.types import ClientResult, RoundPlan, StateDict
+
+
+class Needs(Enum):
+    """What a strategy's aggregation needs of a round's updates.
+
+    Validation asks a strategy this (``Strategy.needs``) instead of checking its class:
+    secure aggregation hands the server one sum, so it composes only with ``SUM``.
+    """
+
+    #: A weighted sum of the updates (and the sum of the weights) is enough.
+    SUM = "a weighted sum of the updates"
+    #: Every client's own update (to compare, rank, cluster or clip them one by one).
+    INDIVIDUAL = "each client's individual update"
 
 
 @dataclass
@@ -41,13 +56,39 @@ class Aggregate:
 class Strategy(ABC):
     """Server policy: which clients, with what config; how results are combined.
 
-    A strategy that can combine a round from a weighted sum alone (secure
-    aggregation hands the server nothing else) sets ``aggregates_sums = True``
-    and overrides ``client_weight`` and ``aggregate_sum``.
+    Client selection is delegated to ``sampler`` (``fedgen.strategies.sampling``). A
+    strategy declares what its aggregation needs (``needs``): one that can combine a
+    round from a weighted sum alone (secure aggregation hands the server nothing else)
+    sets ``needs = Needs.SUM`` and overrides ``client_weight`` and ``aggregate_sum``;
+    one that needs individual updates says why in ``why_individual``. Client-level DP
+    asks ``dp_problems`` whether the strategy's aggregate has a bounded sensitivity.
     """
 
-    #: True when ``aggregate_sum`` works: the strategy needs no individual update.
-    aggregates_sums: ClassVar[bool] = False
+    #: What ``aggregate`` needs of a round's updates (see ``Needs``).
+    needs: ClassVar[Needs] = Needs.INDIVIDUAL
+    #: Why the strategy needs individual updates, for messages (``needs`` INDIVIDUAL).
+    why_individual: ClassVar[str] = "it combines the updates one by one"
+    #: Who takes part in each round.
+    sampler: ClientSampler
+
+    @property
+    def aggregates_sums(self) -> bool:
+        """True when ``aggregate_sum`` works: the strategy needs no individual update."""
+        return self.needs is Needs.SUM
+
+    def dp_problems(self, what: str, need_independent_sampling: bool) -> list[str]:
+        """Why client-level DP (``what``) is unsound with this strategy, each with its fix;
+        [] when each clipped client moves the aggregate by at most C / m (m the planned
+        cohort), anything the server then does being post-processing.
+
+        Default: refused, since a strategy that does not declare the bound has none.
+        """
+        return [
+            f"{what} needs a strategy whose aggregate one clipped client moves by a bounded "
+            f"amount (an unweighted fixed-denominator mean); {type(self).__name__} "
+            f"declares no such bound ({self.why_individual}); use strategy fedavg or a "
+            "server optimizer (fedavgm, fedadam, fedyogi, fedadagrad)"
+        ]
 
     @abstractmethod
     def configure(self, round: int, client_ids: list[int], rng: np.random.Generator) -> RoundPlan:
@@ -87,9 +128,9 @@ class Strategy(ABC):
 
     def _no_sums(self) -> ConfigError:
         return ConfigError(
-            f"strategy {type(self).__name__} needs each client's individual update, which "
-            "secure aggregation hides from the server; use strategy fedavg, or remove the "
-            "secagg transform"
+            f"strategy {type(self).__name__} needs {Needs.INDIVIDUAL.value} "
+            f"({self.why_individual}), which secure aggregation hides from the server; use "
+            "strategy fedavg (or fedavgm, fedadam, ...), or remove the secagg transform"
         )
 
     def evaluation_state(self, global_state: StateDict) -> StateDict:

@@ -37,8 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedgen.errors import ConfigError, RoundFailedError
 from fedgen.registry import STRATEGIES
 from fedgen.strategies.base import Aggregate, Strategy
-from fedgen.strategies.fedavg import FedAvg
 from fedgen.strategies.moving_average import effective_decay, ema_update
+from fedgen.strategies.sampling import build_sampler, round_plan
 from fedgen.types import ClientResult, RoundPlan, StateDict
 
 
@@ -260,8 +260,9 @@ class KldClustered(Strategy):
         num_clusters: k, the number of domains (an oracle, as published); ``None``
             chooses k by silhouette in ``2..k_max`` (one cluster below ``min_silhouette``).
         plain_rounds: rounds ``0 .. plain_rounds-1`` are plain FedAvg (2 in the code).
-        fraction, min_clients: client sampling as FedAvg's (HuSCF-GAN: every client,
-            every round); ``min_clients`` is also the fewest results that aggregate.
+        fraction, min_clients: fixed-size client sampling (``fedgen.strategies.sampling``,
+            FedAvg's default; HuSCF-GAN: every client, every round); ``min_clients`` is
+            also the fewest results that aggregate.
         feature: the ``extras`` key of the activations clients are clustered by.
         cluster_seed: k-means seed (42 in the code).
         ema_decay: if set, keep an exponential moving average over rounds of the global
@@ -272,6 +273,8 @@ class KldClustered(Strategy):
         ema_warmup: grow the decay over the first rounds, as FedAvg's.
         root_seed: the run's root seed (client seeds); the experiment builder passes it.
     """
+
+    why_individual = "kld_clustered clusters clients by their own features"
 
     class Params(BaseModel):
         """The recipe's ``strategy.params`` (see Args; ``root_seed`` is not one)."""
@@ -311,7 +314,8 @@ class KldClustered(Strategy):
         self.aggregator = KldClusteredAggregator(
             num_clusters, k_max, min_silhouette, plain_rounds, cluster_seed
         )
-        self.sampler = FedAvg(fraction=fraction, min_clients=min_clients, root_seed=root_seed)
+        self.sampler = build_sampler("fixed", fraction, min_clients)
+        self.root_seed = root_seed
         self.min_clients = min_clients
         self.feature = feature
         #: Client -> cluster of the last aggregated round.
@@ -335,7 +339,7 @@ class KldClustered(Strategy):
                 f"strategy num_clusters={k} but only {len(client_ids)} clients; use at most "
                 f"{len(client_ids)} clusters (or num_clusters: null to let silhouette choose)"
             )
-        plan = self.sampler.configure(round, client_ids, rng)
+        plan = round_plan(round, self.sampler.sample(round, client_ids, rng), self.root_seed)
         if k is not None and k > len(plan.instructions):
             raise ConfigError(
                 f"strategy num_clusters={k} but only {len(plan.instructions)} clients are "

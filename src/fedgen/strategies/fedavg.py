@@ -13,10 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedgen.errors import ConfigError, RoundFailedError
 from fedgen.registry import STRATEGIES
-from fedgen.seeding import derive_seed
-from fedgen.strategies.base import Aggregate, Strategy
+from fedgen.strategies.base import Aggregate, Needs, Strategy
 from fedgen.strategies.moving_average import effective_decay, ema_update
-from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict
+from fedgen.strategies.sampling import build_sampler, round_plan
+from fedgen.types import ClientResult, RoundPlan, StateDict
 
 
 @STRATEGIES.register("fedavg")
@@ -77,26 +77,19 @@ class FedAvg(Strategy):
         fixed_denominator: bool = False,
         root_seed: int = 0,
     ) -> None:
-        if not 0.0 < fraction <= 1.0:
-            raise ConfigError(f"strategy fraction must be in (0, 1], got {fraction}")
-        if min_clients < 1:
-            raise ConfigError(f"strategy min_clients must be >= 1, got {min_clients}")
         if server_lr <= 0:
             raise ConfigError(f"strategy server_lr must be > 0, got {server_lr}")
-        self.fraction = fraction
+        self.sampler = build_sampler(sampling, fraction, min_clients)
         self.min_clients = min_clients
         self.server_lr = server_lr
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ConfigError(f"strategy ema_decay must be in [0, 1) or null, got {ema_decay}")
-        if sampling not in ("fixed", "poisson"):
-            raise ConfigError(f"strategy sampling must be 'fixed' or 'poisson', got {sampling!r}")
         if fixed_denominator and weighted:
             raise ConfigError(
                 "strategy fixed_denominator=true needs an unweighted mean: set "
                 "strategy.params.weighted=false"
             )
         self.weighted = weighted
-        self.sampling = sampling
         self.fixed_denominator = fixed_denominator
         self._denominator: float | None = None
         self.ema_decay = ema_decay
@@ -105,41 +98,56 @@ class FedAvg(Strategy):
         self.ema_updates = 0
         self.root_seed = root_seed
 
+    @property
+    def fraction(self) -> float:
+        """The sampler's share of clients per round."""
+        return self.sampler.fraction
+
+    @property
+    def sampling(self) -> str:
+        """The sampler's name (``fixed`` or ``poisson``)."""
+        return self.sampler.name
+
     def configure(self, round: int, client_ids: list[int], rng: np.random.Generator) -> RoundPlan:
-        if len(client_ids) < self.min_clients:
-            raise ConfigError(
-                f"only {len(client_ids)} clients but min_clients="
-                f"{self.min_clients}; lower strategy.params.min_clients"
-            )
-        if self.sampling == "poisson":
-            picked = rng.random(len(client_ids)) < self.fraction
-            chosen = [cid for cid, keep in zip(client_ids, picked, strict=True) if keep]
-        else:
-            k = max(self.min_clients, round_half_up(self.fraction * len(client_ids)))
-            chosen = sorted(rng.choice(client_ids, size=k, replace=False).tolist())
+        chosen = self.sampler.sample(round, client_ids, rng)
         self._denominator = self.expected_clients(len(client_ids))
-        return RoundPlan(
-            round,
-            [
-                ClientInstruction(cid, derive_seed(self.root_seed, "round", round, "client", cid))
-                for cid in chosen
-            ],
-        )
+        return round_plan(round, chosen, self.root_seed, self.client_config(round))
+
+    def client_config(self, round: int) -> dict[str, Any]:
+        """What every client of round ``round`` is told besides its seed (none here)."""
+        return {}
 
     def expected_clients(self, num_clients: int) -> float:
         """The planned cohort size: ``fraction * N`` (Poisson) or the fixed sample size."""
-        if self.sampling == "poisson":
-            return self.fraction * num_clients
-        return float(max(self.min_clients, round_half_up(self.fraction * num_clients)))
+        return self.sampler.expected_clients(num_clients)
 
     def sample_rate(self, num_clients: int) -> float:
         """Probability that a given client takes part in a round."""
-        if self.sampling == "poisson":
-            return self.fraction
-        return min(1.0, self.expected_clients(num_clients) / num_clients)
+        return self.sampler.sample_rate(num_clients)
 
     #: FedAvg divides a weighted sum, so secure aggregation can hand it the sum alone.
-    aggregates_sums = True
+    needs = Needs.SUM
+
+    def dp_problems(self, what: str, need_independent_sampling: bool) -> list[str]:
+        """Client-level DP's conditions on the mean (McMahan et al. 2018): unweighted,
+        divided by the planned cohort, and (for the accountant) Poisson sampling."""
+        problems = []
+        if self.weighted:
+            problems.append(
+                f"{what} with example-weighted FedAvg is unsound (a client with many examples "
+                "moves the mean by more than C/(qN)); set strategy.params.weighted=false"
+            )
+        if not self.fixed_denominator:
+            problems.append(
+                f"{what} needs the fixed-denominator mean (divide by the expected cohort, not "
+                "by who returned); set strategy.params.fixed_denominator=true"
+            )
+        if need_independent_sampling and not self.sampler.independent:
+            problems.append(
+                f"{what}: the accountant assumes Poisson client sampling, but strategy samples "
+                "a fixed number of clients; set strategy.params.sampling=poisson"
+            )
+        return problems
 
     def client_weight(self, num_examples: int) -> float:
         """``num_examples`` (weighted) or 1.0 (unweighted, fixed denominator)."""
@@ -218,8 +226,3 @@ class FedAvg(Strategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ema = dict(state["ema"]) if "ema" in state else None
         self.ema_updates = int(state.get("ema_updates", 0))
-
-
-def round_half_up(x: float) -> int:
-    """Round to nearest, halves up (Python's round() rounds halves to even)."""
-    return int(np.floor(x + 0.5))

@@ -8,7 +8,8 @@ learning rate and moving average. Each states how many Byzantine clients ``f``
 cohort cannot meet it before any client trains, and fails a round that ends with
 too few results (the loop keeps the previous state). All are unweighted: a client
 that lies about its example count must not buy influence. None can aggregate a
-sum, so secure aggregation refuses them (``aggregates_sums = False``).
+sum, so secure aggregation refuses them (``needs = Needs.INDIVIDUAL``), and
+client-level DP refuses them (its sensitivity analysis bounds a mean, not a rule).
 
 - ``median``: coordinate-wise median (Yin et al. 2018); n >= 2f + 1.
 - ``trimmed_mean``: per coordinate, drop the f largest and f smallest values and
@@ -37,7 +38,7 @@ from pydantic import Field
 
 from fedgen.errors import ConfigError, RoundFailedError
 from fedgen.registry import STRATEGIES
-from fedgen.strategies.base import Aggregate
+from fedgen.strategies.base import Aggregate, Needs, Strategy
 from fedgen.strategies.fedavg import FedAvg
 from fedgen.types import ClientResult, RoundPlan, StateDict
 
@@ -48,7 +49,8 @@ class RobustAggregation(FedAvg):
     #: The rule's name in recipes and messages.
     rule: ClassVar[str] = ""
     #: A robust rule needs every individual update.
-    aggregates_sums = False
+    needs = Needs.INDIVIDUAL
+    why_individual = "a robust rule compares the clients' updates with each other"
 
     class Params(FedAvg.Params):
         """FedAvg's params and ``byzantine``: how many poisoned clients to tolerate."""
@@ -100,6 +102,11 @@ class RobustAggregation(FedAvg):
                 f"min_clients to {need}, or lower byzantine"
             )
         return super().configure(round, client_ids, rng)
+
+    def dp_problems(self, what: str, need_independent_sampling: bool) -> list[str]:
+        """Refused: client-level DP's analysis bounds a mean's sensitivity, not a rule's
+        that selects or ranks updates (its output can move by more than C / m)."""
+        return Strategy.dp_problems(self, what, need_independent_sampling)
 
     def required_results(self) -> int:
         """The fewest results for which the rule tolerates ``byzantine`` poisoned ones."""
