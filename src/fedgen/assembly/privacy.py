@@ -9,10 +9,14 @@ for the round loop.
 
 Soundness rules for client-level DP (McMahan et al. 2018):
 - one ``clip`` before ``client_dp`` (noise is scaled to the clip bound);
-- FedAvg with ``weighted: false`` and ``fixed_denominator: true``: each client moves
-  the aggregate by at most C / (q N), whatever its example count;
-- ``sampling: poisson``: the accountant analyses Poisson subsampling at rate
-  q = ``fraction``; fixed-size sampling is rejected rather than accounted loosely;
+- a strategy whose aggregate each clipped client moves by at most C / (q N), whatever
+  its example count: the strategy is asked (``Strategy.dp_problems``), never its class.
+  FedAvg and the server optimizers (FedAvgM, FedAdam, FedYogi, FedAdagrad: post-
+  processing of the noised mean) hold it with ``weighted: false`` and
+  ``fixed_denominator: true``; robust and clustered rules do not;
+- independent (Poisson) client sampling: the accountant analyses Poisson subsampling at
+  rate q = ``fraction`` (the strategy's sampler says whether it draws so); fixed-size
+  sampling is rejected rather than accounted loosely;
 - no other transform unless it declares ``dp_compatible = True`` (it must not change
   a clipped update's norm bound nor the noise): ``secagg`` does, listed last, so the
   server unmasks the exact sum before adding noise (its own placement rules are in
@@ -36,7 +40,6 @@ from fedgen.privacy.accounting import (
 from fedgen.privacy.budget import ClientLevelBudget, PrivacyAccounting, SampleLevelBudget
 from fedgen.privacy.errors import PrivacyConfigError
 from fedgen.strategies.base import Strategy
-from fedgen.strategies.fedavg import FedAvg
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import UpdateTransform
 from fedgen.transforms.clip import NormClip
@@ -98,13 +101,12 @@ def _client_level(
     if not dps:
         if adaptive:
             # Adaptive clipping without DP still needs the fixed denominator for its count.
-            before = len(problems)
-            _strategy_problems(strategy, problems, "adaptive clipping", need_poisson=False)
-            if len(problems) == before:
-                assert isinstance(strategy, FedAvg)
+            found = strategy.dp_problems("adaptive clipping", need_independent_sampling=False)
+            problems.extend(found)
+            if not found:
                 clip = transforms[adaptive[0]]
                 assert isinstance(clip, NormClip)
-                clip.bind(strategy.expected_clients(num_clients), 0.0)
+                clip.bind(strategy.sampler.expected_clients(num_clients), 0.0)
         return None
     before = len(problems)
     if len(dps) > 1:
@@ -129,7 +131,7 @@ def _client_level(
             "sound (it may change a clipped update's norm or the noise); remove it, or "
             "declare dp_compatible = True on the transform class if it provably does not"
         )
-    _strategy_problems(strategy, problems, "client-level DP", need_poisson=True)
+    problems.extend(strategy.dp_problems("client-level DP", need_independent_sampling=True))
     if centralized:
         problems.append(
             "federation.centralized=true pools all data in one client: client-level DP "
@@ -145,42 +147,15 @@ def _client_level(
         )
     if len(problems) > before:
         return None
-    assert isinstance(strategy, FedAvg)
     clip = transforms[clips[0]]
     assert isinstance(clip, NormClip)
-    q = strategy.sample_rate(num_clients)
-    m = strategy.expected_clients(num_clients)
+    q = strategy.sampler.sample_rate(num_clients)
+    m = strategy.sampler.expected_clients(num_clients)
     bind_problems = dp.bind(clip, q, m, rounds)
     if bind_problems:
         problems.extend(bind_problems)
         return None
     return ClientLevelBudget(dp, q, PrivacyAccountant(dp.accountant))
-
-
-def _strategy_problems(
-    strategy: Strategy, problems: list[str], what: str, need_poisson: bool
-) -> None:
-    if not isinstance(strategy, FedAvg):
-        problems.append(
-            f"{what} supports strategy fedavg only (its sensitivity analysis needs a "
-            f"bounded-contribution mean); got {type(strategy).__name__}"
-        )
-        return
-    if strategy.weighted:
-        problems.append(
-            f"{what} with example-weighted FedAvg is unsound (a client with many examples "
-            "moves the mean by more than C/(qN)); set strategy.params.weighted=false"
-        )
-    if not strategy.fixed_denominator:
-        problems.append(
-            f"{what} needs the fixed-denominator mean (divide by the expected cohort, not "
-            "by who returned); set strategy.params.fixed_denominator=true"
-        )
-    if need_poisson and strategy.sampling != "poisson":
-        problems.append(
-            f"{what}: the accountant assumes Poisson client sampling, but strategy samples "
-            "a fixed number of clients; set strategy.params.sampling=poisson"
-        )
 
 
 def _sample_level(

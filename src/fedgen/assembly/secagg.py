@@ -8,8 +8,9 @@ every other component's (and the DP checks'), each with its fix.
 Rules:
 - one ``secagg``, listed last: last on the client (after ``clip``), first on the
   server (the sum is unmasked before ``client_dp`` adds noise);
-- a strategy that aggregates from a sum (``Strategy.aggregates_sums``); not
-  ``kld_clustered``, which clusters clients by their individual features;
+- a strategy whose aggregation needs only a sum (``Strategy.needs``; the strategy is
+  asked, never its class): not ``kld_clustered``, which clusters clients by their
+  individual features, nor a robust rule (Krum, median, ...), which compares them;
 - not the ``split`` backend (split learning exchanges activations, not updates) and
   not centralized mode (one pooled client: nothing to aggregate);
 - a fixed-point range that clips nothing a ``NormClip`` let through: secagg's
@@ -29,8 +30,7 @@ import logging
 import math
 from collections.abc import Sequence
 
-from fedgen.strategies.base import Strategy
-from fedgen.strategies.fedavg import FedAvg
+from fedgen.strategies.base import Needs, Strategy
 from fedgen.transforms.base import UpdateTransform
 from fedgen.transforms.clip import NormClip
 from fedgen.transforms.dp import ClientLevelDP
@@ -81,11 +81,11 @@ def secagg_problems(
             f"noise runs); move transforms[{i_sa}] (secagg) to the end, e.g. "
             "[clip, client_dp, secagg]"
         )
-    if strategy is not None and not strategy.aggregates_sums:
+    if strategy is not None and strategy.needs is not Needs.SUM:
         problems.append(
-            f"strategy {type(strategy).__name__} needs each client's individual update "
-            "(kld_clustered clusters clients by their own features), which secure "
-            "aggregation hides from the server; use strategy fedavg, or remove secagg"
+            f"strategy {type(strategy).__name__} needs {strategy.needs.value} "
+            f"({strategy.why_individual}), which secure aggregation hides from the server; "
+            "use strategy fedavg (or fedavgm, fedadam, ...), or remove secagg"
         )
     if backend == "split":
         problems.append(
@@ -108,9 +108,10 @@ def secagg_problems(
             "clients to protect; remove secagg, or set federation.centralized=false"
         )
     problems.extend(_range_problems(secagg, [t for t in transforms if isinstance(t, NormClip)]))
-    if not problems and isinstance(strategy, FedAvg):
-        expected = max(2, round(strategy.expected_clients(num_clients)))
-        largest = num_clients if strategy.sampling == "poisson" else expected
+    if not problems and strategy is not None:
+        sampler = strategy.sampler
+        expected = max(2, round(sampler.expected_clients(num_clients)))
+        largest = max(expected, sampler.largest_cohort(num_clients))
         for cohort, what in ((expected, "the planned"), (largest, "up to")):
             try:
                 secagg.round_config().plan(cohort)

@@ -53,7 +53,7 @@ def tiny_config(mnist_dir, **overrides):
         ({"transforms": "[{name: secagg}]"}, "add {name: clip, params: {max_norm: 1.0}} before"),
         (
             {"strategy.name": "kld_clustered", "strategy.params": "{}", "transforms": f"[{SA}]"},
-            "use strategy fedavg, or remove secagg",
+            "use strategy fedavg (or fedavgm, fedadam, ...), or remove secagg",
         ),
         (
             {"backend.name": "split", "transforms": f"[{CLIP}, {SA}]"},
