@@ -12,12 +12,14 @@ both. Phases run in order; calling one out of order is an error.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedgen.transforms.secagg import share_encryption
 from fedgen.transforms.secagg.config import SecAggPlan
@@ -242,3 +244,57 @@ class SecAggClient:
         seeds = {u: share_to_bytes(self._held[u][1]) for u in sorted(alive)}
         keys = {u: share_to_bytes(self._held[u][0]) for u in sorted(dropped & set(self._held))}
         return UnmaskResponse(self.client_id, self.round, seeds, keys)
+
+    # -- custody between messages --------------------------------------------------
+
+    def export(self) -> dict[str, object]:
+        """This client's protocol state as plain values (bytes, ints, strings).
+
+        For a client that answers each phase in a fresh process (a Flower ClientApp)
+        and keeps its state on its own node between phases; it holds private keys,
+        so it never leaves the client. The rounding generator is not kept: it is
+        rebuilt from its seed and only drawn from in ``masked_input``.
+        """
+        return {
+            "client_id": self.client_id,
+            "round": self.round,
+            "plan": dataclasses.asdict(self.plan),
+            "rounding": self.rounding,
+            "clipped": self.clipped,
+            "phase": self._phase,
+            "enc_key": self._enc_key.private_bytes_raw(),
+            "mask_key": self._mask_key.private_bytes_raw(),
+            "self_seed": self._self_seed,
+            "neighbours": {v: [c, s] for v, (c, s) in self._neighbours.items()},
+            "held": {u: [share_to_bytes(k), share_to_bytes(b)] for u, (k, b) in self._held.items()},
+        }
+
+    @classmethod
+    def restore(
+        cls, state: dict[str, Any], rng: np.random.Generator, entropy: Entropy = os.urandom
+    ) -> SecAggClient:
+        """The client ``export`` described (raises ``SecAggError`` if it is malformed)."""
+        try:
+            client = cls(
+                int(state["client_id"]),
+                int(state["round"]),
+                SecAggPlan(**state["plan"]),
+                state["rounding"],
+                rng,
+                entropy,
+            )
+            client.clipped = int(state["clipped"])
+            client._phase = str(state["phase"])
+            client._enc_key = X25519PrivateKey.from_private_bytes(state["enc_key"])
+            client._mask_key = X25519PrivateKey.from_private_bytes(state["mask_key"])
+            client._self_seed = bytes(state["self_seed"])
+            client._neighbours = {
+                int(v): (bytes(c), bytes(s)) for v, (c, s) in state["neighbours"].items()
+            }
+            client._held = {
+                int(u): (share_from_bytes(bytes(k)), share_from_bytes(bytes(b)))
+                for u, (k, b) in state["held"].items()
+            }
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SecAggError(f"a malformed secure-aggregation client state: {exc!r:.200}") from exc
+        return client

@@ -26,14 +26,16 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from fedgen.seeding import numpy_rng
+from fedgen.seeding import derive_seed, numpy_rng
 from fedgen.transforms.secagg.channel import PHASES, Channel
-from fedgen.transforms.secagg.client import SecAggClient
+from fedgen.transforms.secagg.client_half import SecAggClientHalf
 from fedgen.transforms.secagg.config import SecAggConfig, SecAggPlan
 from fedgen.transforms.secagg.errors import SecAggConfigError, SecAggError
 from fedgen.transforms.secagg.fixed_point import decode_sum, rounding_error_bound
 from fedgen.transforms.secagg.graph import neighbour_graph
 from fedgen.transforms.secagg.keys import Entropy
+from fedgen.transforms.secagg.link import ClientLink, LocalLink
+from fedgen.transforms.secagg.requests import MaskRequest, ShareBatch, StartRound
 from fedgen.transforms.secagg.server import SecAggServer
 from fedgen.types import StateDict
 
@@ -56,7 +58,8 @@ class SecureSum:
     dropped: tuple[int, ...]
     plan: SecAggPlan
     max_abs_error: float
-    clipped: int
+    #: Coordinates the survivors' encodings clipped; None where only clients know it.
+    clipped: int | None
     bytes_up: dict[str, int] = field(default_factory=dict)
     bytes_down: dict[str, int] = field(default_factory=dict)
     client_seconds: dict[str, float] = field(default_factory=dict)
@@ -77,7 +80,7 @@ class SecureSum:
             "client_seconds_per_client": sum(self.client_seconds.values()) / n,
             "server_seconds": sum(self.server_seconds.values()),
             "max_abs_error": self.max_abs_error,
-            "clipped": float(self.clipped),
+            **({} if self.clipped is None else {"clipped": float(self.clipped)}),
         }
 
 
@@ -139,6 +142,9 @@ def secure_aggregate(
 ) -> SecureSum:
     """Run one round of SecAgg/SecAgg+ over ``updates`` and return the unmasked weighted sum.
 
+    Every client's half runs in this process (``LocalLink``); the server's half sees
+    only the messages that pass through ``channel``.
+
     Args:
         updates: client id (>= 0) -> update (same tensor names and shapes for all).
         weights: client id -> weight > 0 (e.g. example count).
@@ -161,6 +167,51 @@ def secure_aggregate(
             "updates and weights must name the same, non-empty set of clients; "
             f"got {sorted(updates)} and {sorted(weights)}"
         )
+    names, shapes, flat = _flatten(updates)
+    halves = {
+        cid: SecAggClientHalf(cid, round, flat[cid], rounding_seed(seed, round, cid), entropy)
+        for cid in ids
+    }
+    return run_secure_sum(
+        weights,
+        config=config,
+        seed=seed,
+        round=round,
+        names=names,
+        shapes=shapes,
+        link=LocalLink(halves, channel or Channel()),
+        drop_after_sharing=drop_after_sharing,
+        weight_bound=weight_bound,
+    )
+
+
+def rounding_seed(seed: int, round: int, client_id: int) -> int:
+    """The seed of ``client_id``'s stochastic rounding in ``round`` of a run seeded ``seed``."""
+    return derive_seed(seed, "secagg", "rounding", round, client_id)
+
+
+def run_secure_sum(
+    weights: Mapping[int, float],
+    *,
+    config: SecAggConfig,
+    seed: int,
+    round: int,
+    names: list[str],
+    shapes: list[torch.Size],
+    link: ClientLink,
+    drop_after_sharing: Collection[int] = (),
+    weight_bound: float | None = None,
+) -> SecureSum:
+    """The server's side of one round, over ``link``: the unmasked weighted sum.
+
+    ``weights`` names the round's clients (each holds its update, flattened in the
+    order of ``names``/``shapes``); the server sends them requests, routes their
+    shares and unmasks the sum of their masked inputs, and never holds an update.
+    Raises what ``secure_aggregate`` raises.
+    """
+    ids = sorted(weights)
+    if not ids:
+        raise SecAggConfigError("secure aggregation needs at least one client")
     if any(not (math.isfinite(w) and w > 0) for w in weights.values()):
         raise SecAggConfigError(f"weights must be finite and > 0, got {dict(weights)}")
     unknown = set(drop_after_sharing) - set(ids)
@@ -170,69 +221,55 @@ def secure_aggregate(
     bound = max(weights.values()) if weight_bound is None else float(weight_bound)
     if max(weights.values()) > bound:
         raise SecAggConfigError(f"weight_bound {bound} is below the largest weight")
-    names, shapes, flat = _flatten(updates)
     length = sum(math.prod(s) for s in shapes) + 1
-    channel = channel or Channel()
-    client_s: dict[str, float] = dict.fromkeys(PHASES, 0.0)
     server_s: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+
+    def timed(phase: str, fn: Callable[..., T], *args: Any) -> T:
+        t0 = time.perf_counter()
+        out = fn(*args)
+        server_s[phase] += time.perf_counter() - t0
+        return out
 
     graph = neighbour_graph(ids, plan.neighbours, seed, round)
     server = SecAggServer(
         round, plan, graph, length, threshold_hint=f"lower threshold (now {config.threshold:.3g})"
     )
-    clients = {
-        cid: SecAggClient(
-            cid,
-            round,
-            plan,
-            config.rounding,
-            numpy_rng(seed, "secagg", "rounding", round, cid),
-            entropy,
-        )
-        for cid in ids
-    }
-
-    def timed(bucket: dict[str, float], phase: str, fn: Callable[..., T], *args: Any) -> T:
-        t0 = time.perf_counter()
-        out = fn(*args)
-        bucket[phase] += time.perf_counter() - t0
-        return out
-
+    start = StartRound(
+        round,
+        len(ids),
+        length,
+        config.threshold,
+        config.modulus_bits,
+        config.clip,
+        config.value_bits,
+        config.neighbours,
+        config.rounding,
+    )
     phase = "advertise_keys"
-    adverts = [
-        channel.upload(phase, timed(client_s, phase, c.advertise_keys)) for c in clients.values()
-    ]
-    directories = timed(server_s, phase, server.collect_keys, adverts)
+    adverts = link.ask(phase, dict.fromkeys(ids, start))
+    directories = timed(phase, server.collect_keys, [adverts[c] for c in ids if c in adverts])
     phase = "share_keys"
-    sent = []
-    for cid, directory in directories.items():
-        received = channel.download("advertise_keys", directory)
-        for msg in timed(client_s, phase, clients[cid].share_keys, received):
-            sent.append(channel.upload(phase, msg))
-    inboxes = timed(server_s, phase, server.route_shares, sent)
+    batches = link.ask(phase, directories)
+    shares = [
+        share
+        for cid in sorted(batches)
+        if isinstance(batch := batches[cid], ShareBatch) and batch.client_id == cid
+        for share in batch.shares
+    ]
+    inboxes = timed(phase, server.route_shares, shares)
     phase = "masked_input"
     dropped = set(drop_after_sharing)
-    masked = []
-    for cid, inbox in inboxes.items():
-        delivered = [channel.download("share_keys", m) for m in inbox]
-        if cid in dropped:
-            continue
-        w = weights[cid] / bound
-        values = np.append(flat[cid] * (w / config.clip), w)
-        masked.append(
-            channel.upload(
-                phase, timed(client_s, phase, clients[cid].masked_input, delivered, values)
-            )
-        )
-    requests = timed(server_s, phase, server.collect_masked, masked)
+    asks = {
+        cid: MaskRequest(round, tuple(inbox), weights[cid] / bound)
+        for cid, inbox in inboxes.items()
+        if cid not in dropped
+    }
+    masked = link.ask(phase, asks)
+    requests = timed(phase, server.collect_masked, [masked[c] for c in sorted(masked)])
     phase = "unmasking"
-    responses = []
-    for cid, request in requests.items():
-        if cid in dropped:
-            continue  # offline: a masked input forged in its name gets no answer
-        asked = channel.download(phase, request)
-        responses.append(channel.upload(phase, timed(client_s, phase, clients[cid].unmask, asked)))
-    total = timed(server_s, phase, server.unmask, responses)
+    # A dropout is offline: a masked input forged in its name gets no answer.
+    responses = link.ask(phase, {c: r for c, r in requests.items() if c not in dropped})
+    total = timed(phase, server.unmask, [responses[c] for c in sorted(responses)])
 
     survivors = tuple(sorted(server.masked))
     decoded = decode_sum(total, plan.levels, plan.modulus_bits)
@@ -245,9 +282,9 @@ def secure_aggregate(
         dropped=tuple(sorted(set(ids) - set(survivors))),
         plan=plan,
         max_abs_error=len(survivors) * per_client * config.clip * bound,
-        clipped=sum(clients[c].clipped for c in survivors),
-        bytes_up=dict(channel.bytes_up),
-        bytes_down=dict(channel.bytes_down),
-        client_seconds=client_s,
+        clipped=link.clipped(survivors),
+        bytes_up=dict(link.bytes_up),
+        bytes_down=dict(link.bytes_down),
+        client_seconds=dict(link.client_seconds),
         server_seconds=server_s,
     )
