@@ -21,6 +21,7 @@ import torch
 
 from fedgen.errors import CheckpointError, FedgenError
 from fedgen.privacy.noise_key import key_from_state
+from fedgen.transforms.base import PRIVATE_PREFIX
 from fedgen.types import StateDict
 
 MAGIC = b"FEDGENC1"
@@ -250,6 +251,11 @@ def _check_state(
             raise fail(f"private_states[{cid!r}] is {_short(tensors)}, not a mapping")
         for key, value in tensors.items():
             where = f"private_states[{cid!r}][{_short(key)}]"
+            owner = _transform_private_reference(key, model) if isinstance(key, str) else None
+            if owner is not None:
+                # A transform's own tensor (an error-feedback residual) of a model tensor.
+                _check_tensor(value, where, fail, owner, exact=False)
+                continue
             if private_reference is not None and key not in known:
                 raise fail(f"{where} is not a tensor of this task")
             _check_tensor(value, where, fail, known.get(key), exact=True)
@@ -272,6 +278,15 @@ def _check_state(
         if key not in _PLAIN:
             _check_nested(value, key, fail, model)
     return state
+
+
+def _transform_private_reference(key: str, model: StateDict) -> torch.Tensor | None:
+    """The model tensor a transform's private tensor ``PRIVATE_PREFIX<transform>/<key>``
+    belongs to; None for any other key (or one naming no model tensor)."""
+    if not key.startswith(PRIVATE_PREFIX):
+        return None
+    _, sep, name = key.removeprefix(PRIVATE_PREFIX).partition("/")
+    return model.get(name) if sep else None
 
 
 def _check_nested(value: object, where: str, fail: Any, model: StateDict) -> None:

@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -47,6 +47,7 @@ from fedgen.seeding import derive_seed
 from fedgen.strategies.base import Aggregate, Strategy
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import TransformContext, UpdateTransform
+from fedgen.transforms.codec import decode_arrival
 from fedgen.transforms.secagg import (
     SecAggConfigError,
     SecAggRoundFailedError,
@@ -254,10 +255,15 @@ class Federation:
                     log.warning("round %d: dropped a result that names client %.40r", r, cid)
                     continue
                 seen.add(cid)
+                sent = res.update  # issue 15: what the client signed (maybe encoded)
                 if res.failure is None:
                     # Under secagg this stands for the client's own check before masking:
                     # a real server could not inspect the update.
                     try:
+                        # issue 15: codecs decode each update on arrival, before any check.
+                        res.update = decode_arrival(
+                            self.transforms, res.update, job.start, job.round, cid
+                        )
                         check_result(
                             res,
                             job.start,
@@ -273,7 +279,7 @@ class Federation:
                 signed = None
                 if res.ok and self.audit is not None and self.secagg is None:
                     # A valid update its client did not sign is refused all the same.
-                    signed = self.audit.check_signature(res, job.round)
+                    signed = self.audit.check_signature(replace(res, update=sent), job.round)
                     if signed is None:
                         res.failure = (
                             "the update's signature does not verify under the client's enrolled key"

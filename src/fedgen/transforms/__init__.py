@@ -1,18 +1,30 @@
 """Update transforms; importing this package registers them."""
 
-from fedgen.transforms.base import TransformContext, UpdateTransform
+from fedgen.transforms.base import PRIVATE_PREFIX, TransformContext, UpdateTransform
+from fedgen.transforms.cast import CastCodec
 from fedgen.transforms.clip import AUX_PREFIX, UNCLIPPED_KEY, NormClip, global_norm
+from fedgen.transforms.codec import UpdateCodec, decode_arrival
 from fedgen.transforms.dp import ClientLevelDP, effective_noise_multiplier
+from fedgen.transforms.quantize import QSGD, StochasticQuantization
 from fedgen.transforms.secagg import SecureAggregation
+from fedgen.transforms.sparsify import RandomMask, TopK
 
 __all__ = [
     "AUX_PREFIX",
+    "PRIVATE_PREFIX",
+    "QSGD",
     "UNCLIPPED_KEY",
+    "CastCodec",
     "ClientLevelDP",
     "NormClip",
+    "RandomMask",
     "SecureAggregation",
+    "StochasticQuantization",
+    "TopK",
     "TransformContext",
+    "UpdateCodec",
     "UpdateTransform",
+    "decode_arrival",
     "effective_noise_multiplier",
     "global_norm",
 ]

@@ -16,6 +16,11 @@ import torch
 from fedgen.privacy.noise_key import noise_generator
 from fedgen.types import StateDict
 
+#: Keys of a client's private state that belong to its transforms (e.g. error-feedback
+#: residuals): ``PRIVATE_PREFIX + "<transform>/<model tensor>"``. The client's task never
+#: loads them; checkpoints check each against the model tensor it names.
+PRIVATE_PREFIX = "__transform__/"
+
 
 @dataclass(frozen=True)
 class TransformContext:
@@ -28,10 +33,27 @@ class TransformContext:
     #: The run's secret noise key (``fedgen.privacy.noise_key``); None seeds noise from
     #: ``seed`` (the ``noise_seed: root`` mode).
     noise_key: bytes | None = field(default=None, repr=False)
+    #: On a client: its transforms' own private tensors (keys under ``PRIVATE_PREFIX``),
+    #: which a client half may read and replace in place; they stay with the client
+    #: between rounds, in its private state. Empty on the server.
+    private: StateDict = field(default_factory=dict, repr=False)
 
     def noise_generator(self, *path: str | int) -> torch.Generator:
         """The generator for DP noise drawn here: keyed by the secret, unless ``root``."""
         return noise_generator(self.noise_key, self.seed, *path)
+
+
+def split_transform_private(private: StateDict | None) -> tuple[StateDict | None, StateDict]:
+    """A client's private state split into the task's tensors and its transforms' own.
+
+    The task's part is None when ``private`` is None or holds only transforms' tensors
+    (the client then starts from the task's initial private tensors).
+    """
+    if not private:
+        return private, {}
+    own = {k: v for k, v in private.items() if k.startswith(PRIVATE_PREFIX)}
+    task = {k: v for k, v in private.items() if not k.startswith(PRIVATE_PREFIX)}
+    return task or None, own
 
 
 class UpdateTransform:
