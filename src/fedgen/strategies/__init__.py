@@ -3,6 +3,8 @@
 from fedgen.strategies.base import Aggregate, Strategy
 from fedgen.strategies.clustered import KldClustered
 from fedgen.strategies.fedavg import FedAvg
+from fedgen.strategies.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from fedgen.strategies.fedprox import FedProx
 from fedgen.strategies.robust import (
     Bulyan,
     CoordinateMedian,
@@ -17,7 +19,12 @@ __all__ = [
     "Aggregate",
     "Bulyan",
     "CoordinateMedian",
+    "FedAdagrad",
+    "FedAdam",
     "FedAvg",
+    "FedAvgM",
+    "FedProx",
+    "FedYogi",
     "KldClustered",
     "Krum",
     "MultiKrum",

@@ -201,7 +201,7 @@ class FedAvg(Strategy):
         new_state = {}
         for key, value in global_state.items():
             if key in aggregate.delta and value.is_floating_point():
-                step = (self.server_lr * aggregate.delta[key]).to(value.dtype)
+                step = self.server_step(key, aggregate.delta[key]).to(value.dtype)
                 new_state[key] = value + step
             else:
                 new_state[key] = value
@@ -210,6 +210,11 @@ class FedAvg(Strategy):
             self.ema = ema_update(self.ema, global_state, new_state, d)
             self.ema_updates += 1
         return new_state
+
+    def server_step(self, key: str, delta: torch.Tensor) -> torch.Tensor:
+        """The change of tensor ``key`` from the round's mean delta (here ``server_lr *
+        delta``; the server optimizers of ``fedgen.strategies.fedopt`` override it)."""
+        return self.server_lr * delta
 
     def evaluation_state(self, global_state: StateDict) -> StateDict:
         return self.ema if self.ema is not None else global_state
