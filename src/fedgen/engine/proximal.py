@@ -50,7 +50,7 @@ def anchored_parameters(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Pairs (parameter, its value in ``anchor``) for every parameter of ``modules`` named
     ``<module>.<tensor>`` in ``anchor`` (a task's federated-state keys); others are free."""
-    pairs = []
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
     for name, module in modules.items():
         for key, value in module.state_dict(keep_vars=True).items():
             full = f"{name}.{key}"
