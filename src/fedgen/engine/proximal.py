@@ -20,7 +20,7 @@ backend, a pool worker, a Flower ClientApp).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,7 +30,13 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from fedgen.strategies.fedprox import PROXIMAL_MU
 from fedgen.types import ClientInstruction, StateDict
 
-__all__ = ["PROXIMAL_MU", "anchored_parameters", "proximal_mu", "proximal_term"]
+__all__ = [
+    "PROXIMAL_MU",
+    "anchored_at_start",
+    "anchored_parameters",
+    "proximal_mu",
+    "proximal_term",
+]
 
 
 def proximal_mu(ins: ClientInstruction) -> float:
@@ -57,6 +63,12 @@ def anchored_parameters(
             if full in anchor and isinstance(value, torch.nn.Parameter) and value.requires_grad:
                 pairs.append((value, anchor[full]))
     return pairs
+
+
+def anchored_at_start(params: Iterable[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Pairs (parameter, a copy of its value now): for a trainer that is not a task (split
+    learning), whose blocks hold the weights each client started the round from."""
+    return [(p, p.detach().clone()) for p in params]
 
 
 @contextmanager

@@ -10,7 +10,7 @@ tail blocks plus the server's blocks in between (HuSCF-GAN, Tawfilis et al.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -50,6 +50,16 @@ def _server_blocks(trainer: UShapedGanTrainer) -> Iterator[tuple[str, int, nn.Mo
     ):
         for index, block in server.blocks.items():
             yield network, int(index), block
+
+
+def trained_parameters(trainer: UShapedGanTrainer, ids: Iterable[int]) -> Iterator[nn.Parameter]:
+    """Every trainable parameter of a round: the server's blocks', then clients ``ids``'
+    own head and tail blocks' (FedProx anchors each at its value at round start)."""
+    blocks = [b for _, _, b in _server_blocks(trainer)]
+    for cid in ids:
+        blocks.extend(b for _, _, b in _client_blocks(trainer, cid))
+    for block in blocks:
+        yield from (p for p in block.parameters() if p.requires_grad)
 
 
 def load_server(trainer: UShapedGanTrainer, state: StateDict) -> None:

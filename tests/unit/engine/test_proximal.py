@@ -68,3 +68,31 @@ def test_fedprox_pulls_a_real_federation_toward_the_global_weights(mnist_dir):
     assert zero == plain
     assert strong < 0.9 * plain
     assert STRATEGIES.get("fedprox")(mu=0.3).client_config(0) == {"proximal_mu": 0.3}
+
+
+def test_fedprox_reaches_the_split_trainer(mnist_dir):
+    # Prepare: the split backend's block cGAN, one round under FedAvg and FedProx.
+    def run(strategy: str, params: str):
+        cfg = tiny_config(
+            mnist_dir,
+            **{
+                "federation.rounds": 1,
+                "task.name": "huscf_cgan",
+                "task.params": "{batch_size: 16, architecture: light}",
+                "backend.name": "split",
+                "strategy.name": strategy,
+                "strategy.params": params,
+            },
+        )
+        fed = build_experiment(cfg).federation
+        start = {k: v.clone() for k, v in fed.global_state.items()}
+        assert fed.run()
+        return sum(float((fed.global_state[k] - start[k]).norm()) for k in start)
+
+    # Execute
+    plain = run("fedavg", "{min_clients: 2}")
+    zero = run("fedprox", "{min_clients: 2, mu: 0.0}")
+    strong = run("fedprox", "{min_clients: 2, mu: 100.0}")
+    # Assert
+    assert zero == plain
+    assert strong < 0.9 * plain

@@ -35,13 +35,21 @@ from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.backends.local_training import local_steps_for
 from fedgen.engine.backends.signing import sign_result
+from fedgen.engine.proximal import anchored_at_start, proximal_mu, proximal_term
 from fedgen.errors import ConfigError
 from fedgen.registry import BACKENDS
 from fedgen.seeding import derive_seed
 from fedgen.split.cut_plan import CutPlan, plan_cuts
 from fedgen.split.messages import Channel
 from fedgen.split.trainer import UShapedGanTrainer
-from fedgen.split.views import capture_means, client_keys, client_view, load_client, load_server
+from fedgen.split.views import (
+    capture_means,
+    client_keys,
+    client_view,
+    load_client,
+    load_server,
+    trained_parameters,
+)
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import TransformContext
 from fedgen.types import ClientResult, RoundPlan, StateDict, state_nbytes
@@ -181,6 +189,9 @@ class SplitBackend(Backend):
             blocks_down[c] = state_nbytes({k: sent[k] for k in client_keys(trainer, c)})
         config = plan.instructions[0].config
         trainer.reset_optimizers(float(config.get("lr", task.params.lr)), task.params.betas)
+        # FedProx (issue 14): every block is pulled toward the weights it started from.
+        mu = proximal_mu(plan.instructions[0])
+        anchored = anchored_at_start(trained_parameters(trainer, ids)) if mu else []
         trainer.channel = channel = Channel(drop_after=dict(self.drop_after))
 
         steps = {c: local_steps_for(work, clients[c].num_examples) for c in ids}
@@ -213,7 +224,8 @@ class SplitBackend(Backend):
             if not batches:
                 break
             c0 = time.process_time()
-            res = trainer.step(batches, latents)
+            with proximal_term(anchored, mu):  # FedProx (issue 14)
+                res = trainer.step(batches, latents)
             cpu.append(time.process_time() - c0)
             wall.append(res.seconds)
             traffic.append(res.bytes_up + res.bytes_down)
