@@ -63,10 +63,13 @@ class ClientResult:
     #: The client's Ed25519 signature (hex) over ``fedgen.ledger.update_message`` of
     #: this update's digest, when the run keeps a ledger; None otherwise.
     signature: str | None = None
+    #: True when the client keeps its update for a secure-aggregation stage that runs
+    #: after training (``fedgen.engine.secure_stage``): the result then carries none.
+    held: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.failure is None and self.update is not None
+        return self.failure is None and (self.update is not None or self.held is True)
 
 
 def state_nbytes(state: StateDict) -> int:

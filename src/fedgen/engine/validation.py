@@ -130,7 +130,11 @@ def check_result(
         )
     if result.failure is not None:
         raise ClientUpdateError(f"the client reported a failure: {_short(result.failure, 200)}")
-    if result.update is None:
+    if result.held is not False and result.held is not True:
+        raise ClientUpdateError(f"held must be true or false, got {_short(result.held)}")
+    if result.held and result.update is not None:
+        raise ClientUpdateError("the client says it holds its update, and sent it")
+    if result.update is None and not result.held:
         raise ClientUpdateError("the client sent no update")
     n = result.num_examples
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -169,6 +173,9 @@ def check_result(
         raise ClientUpdateError(
             f"private_keys must be a frozenset of the model's tensor names, got {_short(private)}"
         )
+    if result.update is None:
+        # Held for secure aggregation: the client checked its update before masking.
+        return 0.0
     return check_update(result.update, reference, max_norm, auxiliary)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.signing import ClientKeys
@@ -33,6 +34,10 @@ class LocalWork:
     keys: ClientKeys | None = field(default=None, repr=False)
     #: What a client running elsewhere builds its task, transforms and shard from.
     client_side: ClientSide | None = None
+    #: True when a secure-aggregation stage follows training: each client checks its
+    #: update (``max_update_norm``), keeps it, and replies without it (``held``).
+    secure: bool = False
+    max_update_norm: float | None = None
 
 
 class Backend(ABC):
@@ -54,3 +59,35 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release workers or connections; called when the run loop stops."""
+
+    # -- the clients' side of a secure-aggregation stage ------------------------------
+
+    @property
+    def held(self) -> dict[int, dict[str, Any]]:
+        """What simulated clients keep between a round's messages (their exported
+        secure-aggregation halves): the clients' belongings, never read by the server."""
+        store: dict[int, dict[str, Any]] = self.__dict__.setdefault("_held", {})
+        return store
+
+    def exchange(self, round: int, requests: dict[int, bytes]) -> dict[int, bytes | None]:
+        """Deliver one encoded request to each client; return each encoded reply.
+
+        After training, a stage of the round (secure aggregation) talks to the
+        round's clients with this. A simulation's clients answer here, from what
+        they hold (``held``); a deployment overrides it to send real messages. None
+        stands for a client that did not answer.
+        """
+        from fedgen.engine.backends.secagg_client import answer_phase
+
+        replies: dict[int, bytes | None] = {}
+        for cid, request in requests.items():
+            replies[cid], kept = answer_phase(request, self.held.get(cid), cid)
+            if kept is None:
+                self.held.pop(cid, None)
+            else:
+                self.held[cid] = kept
+        return replies
+
+    def end_stage(self) -> None:
+        """Forget what simulated clients held for the round's stage (keys, updates)."""
+        self.held.clear()

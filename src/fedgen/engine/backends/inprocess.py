@@ -37,7 +37,7 @@ class InProcessBackend(Backend):
             data = clients[ins.client_id]
             try:
                 result, private = run_client(
-                    ins, work, data, private_states.get(ins.client_id), len(clients)
+                    ins, work, data, private_states.get(ins.client_id), len(clients), self.held
                 )
             except Exception as exc:  # a client crash must not end the round
                 log.warning("client %d failed in round %d: %r", ins.client_id, plan.round, exc)

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import LocalWork
+from fedgen.engine.backends.secagg_client import hold_update
 from fedgen.engine.backends.signing import ClientKeys, sign_result
 from fedgen.engine.client_side import ClientKit
 from fedgen.engine.faults import FaultPlan
 from fedgen.engine.proximal import anchored_parameters, proximal_mu, proximal_term
+from fedgen.errors import ClientUpdateError
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import TransformContext, UpdateTransform, split_transform_private
 from fedgen.types import ClientInstruction, ClientResult, StateDict
@@ -28,7 +31,16 @@ from fedgen.wire import Message, WireError, decode, encode
 #: Prefixes of a reply's array names: the update's tensors and the extras.
 UPDATE, EXTRAS = "update/", "extras/"
 REPLY_META = frozenset(
-    {"client_id", "num_examples", "has_update", "metrics", "failure", "signature", "private_keys"}
+    {
+        "client_id",
+        "num_examples",
+        "has_update",
+        "held",
+        "metrics",
+        "failure",
+        "signature",
+        "private_keys",
+    }
 )
 
 
@@ -47,9 +59,12 @@ def run_client(
     data: ClientData,
     private_state: StateDict | None,
     num_clients: int,
+    held: dict[int, dict[str, Any]] | None = None,
 ) -> tuple[ClientResult, StateDict]:
     """Train one client from the global state; return its result and new private state.
 
+    Under a secure-aggregation stage (``work.secure``) the client checks its update,
+    keeps it in ``held`` (its own store) and replies without it (``held=True``).
     Exceptions propagate; the backend turns them into failure values.
     """
     task = work.task
@@ -103,7 +118,27 @@ def run_client(
         metrics=metrics,
         bytes_down=bytes_down,
     )
-    sign_result(result, work.keys, work.round)
+    if work.secure:
+        if held is None:
+            raise ValueError("a secure round's client needs a store to hold its update in")
+        auxiliary = frozenset(k for t in work.transforms for k in getattr(t, "auxiliary_keys", ()))
+        try:
+            held[ins.client_id] = hold_update(
+                ins.client_id,
+                work.round,
+                ins.seed,
+                update,
+                work.global_state,
+                work.max_update_norm,
+                auxiliary,
+            )
+            result.held = True
+        except ClientUpdateError as exc:
+            # The check the server makes of a plain update, made here before masking.
+            result.failure = f"rejected update: {exc}"
+        result.update = None
+    else:
+        sign_result(result, work.keys, work.round)
     # A reply that cannot be encoded (a NaN metric) fails the client, in every backend.
     result.bytes_up = reply_message(result).nbytes
     return result, {**task.private_state(), **carried}  # issue 15: + transforms' own
@@ -116,12 +151,14 @@ def answer_job(
     private_state: StateDict | None,
     keys: ClientKeys | None,
     expected_client: int | None = None,
+    held: dict[int, dict[str, Any]] | None = None,
 ) -> tuple[bytes, StateDict]:
     """A client's whole answer to an encoded job: its encoded reply and new private state.
 
     What a process-pool worker and a Flower ClientApp both run. ``task`` is the
     client's own instance (``kit.task`` or a copy); ``expected_client`` is the client
-    this node is, when it is one (a job for another client is refused). Any error,
+    this node is, when it is one (a job for another client is refused); ``held`` is
+    where it keeps its update for a secure round (``run_client``). Any error,
     the client's own or a malformed job, becomes a failure reply, never an exception.
     """
     client_id = -1 if expected_client is None else expected_client
@@ -131,7 +168,9 @@ def answer_job(
         if expected_client is not None and ins.client_id != expected_client:
             raise WireError(f"a job for client {ins.client_id} reached client {expected_client}")
         client_id = ins.client_id
-        result, private = run_client(ins, work, kit.data(client_id), private_state, num_clients)
+        result, private = run_client(
+            ins, work, kit.data(client_id), private_state, num_clients, held
+        )
         return encode(reply_message(result)), private
     except Exception as exc:  # the client's own error: a failure value for the server
         failed = ClientResult(client_id, 0, failure=f"{type(exc).__name__}: {exc}")
@@ -159,6 +198,8 @@ def job_message(ins: ClientInstruction, work: LocalWork, num_clients: int) -> Me
             "num_clients": num_clients,
             "noise_key": None if work.noise_key is None else work.noise_key.hex(),
             "transforms": [t.state_dict() for t in work.transforms],
+            "secure": work.secure,
+            "max_update_norm": work.max_update_norm,
         },
     )
 
@@ -192,6 +233,9 @@ def work_from_job(
         for transform, state in zip(transforms, states, strict=True):
             transform.load_state_dict(state)
         key = meta["noise_key"]
+        norm = meta["max_update_norm"]
+        if norm is not None and (type(norm) not in (int, float) or not norm > 0):
+            raise WireError(f"the job's max_update_norm {norm!r:.30} is not a number > 0")
         work = LocalWork(
             task,
             job.arrays,
@@ -202,6 +246,8 @@ def work_from_job(
             None if key is None else bytes.fromhex(key),
             faults,
             keys,
+            secure=meta["secure"] is True,
+            max_update_norm=norm,
         )
         return ins, work, meta["num_clients"]
     except (KeyError, TypeError, ValueError) as exc:
@@ -222,6 +268,7 @@ def reply_message(result: ClientResult) -> Message:
             "client_id": result.client_id,
             "num_examples": result.num_examples,
             "has_update": result.update is not None,
+            "held": result.held,
             "metrics": result.metrics,
             "failure": result.failure,
             "signature": result.signature,
@@ -253,6 +300,8 @@ def result_from_reply(reply: Message) -> ClientResult:
         raise WireError("a reply's has_update must be true or false")
     if update and not has_update:
         raise WireError("a reply without an update (has_update false) carries update arrays")
+    if type(meta["held"]) is not bool:
+        raise WireError("a reply's held must be true or false")
     private = meta["private_keys"]
     if not isinstance(private, list) or not all(isinstance(k, str) for k in private):
         raise WireError("a reply's private_keys must be a list of names")
@@ -265,4 +314,5 @@ def result_from_reply(reply: Message) -> ClientResult:
         extras=extras,
         private_keys=frozenset(private),
         signature=meta["signature"],
+        held=meta["held"],
     )

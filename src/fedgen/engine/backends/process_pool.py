@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,6 +59,7 @@ from fedgen.engine.client_side import ClientBuildError, ClientKit, ClientSide, L
 from fedgen.errors import ConfigError
 from fedgen.registry import BACKENDS
 from fedgen.tasks.base import Task
+from fedgen.transforms.secagg.codec import from_message, to_message
 from fedgen.types import ClientResult, RoundPlan, StateDict
 from fedgen.wire import Message, WireError, decode, encode
 
@@ -109,8 +111,11 @@ def _train(job: bytes, custody: bytes, task: Task, kit: ClientKit) -> tuple[byte
     except (WireError, KeyError, TypeError) as exc:
         failed = ClientResult(-1, 0, failure=f"malformed custody: {type(exc).__name__}: {exc}")
         return encode(reply_message(failed)), encode(Message())
-    reply, private = answer_job(job, task, kit, held.arrays or None, keys)
-    return reply, encode(Message(private))
+    kept: dict[int, dict[str, Any]] = {}
+    reply, private = answer_job(job, task, kit, held.arrays or None, keys, held=kept)
+    # What the client keeps for a secure round comes back beside its private state.
+    meta = {} if not kept else {"held": encode(to_message(kept.popitem()[1])).hex()}
+    return reply, encode(Message(private, meta))
 
 
 @dataclass
@@ -292,8 +297,13 @@ class ProcessPoolBackend(Backend):
                         worker.job = None
                         try:
                             result = result_from_reply(decode(reply))
-                            private = decode(kept).arrays
-                        except WireError as exc:
+                            returned = decode(kept)
+                            private = returned.arrays
+                            if "held" in returned.meta:
+                                self.held[ins.client_id] = from_message(
+                                    decode(bytes.fromhex(returned.meta["held"]))
+                                )
+                        except (WireError, ValueError, TypeError) as exc:
                             fail(index, f"malformed reply: {exc}", worker.sent, len(reply))
                             continue
                         if result.failure is not None:

@@ -1,0 +1,73 @@
+"""A client's side of the secure-aggregation stage, as any backend runs it.
+
+After training, a client of a secure round keeps its update (``hold_update``: it
+checks the update as the server would, then exports a ``SecAggClientHalf``) and
+answers the server's requests one encoded message at a time (``answer_phase``).
+What it keeps between messages is its own: a simulation holds it beside the
+client's private state, a Flower ClientApp in its node's ``Context``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedgen.engine.validation import check_update
+from fedgen.errors import ClientUpdateError
+from fedgen.seeding import derive_seed
+from fedgen.transforms.secagg.client_half import SecAggClientHalf
+from fedgen.transforms.secagg.codec import from_message, to_message
+from fedgen.transforms.secagg.errors import SecAggError
+from fedgen.types import StateDict
+from fedgen.wire import Message, WireError, decode, encode
+
+log = logging.getLogger(__name__)
+
+
+def hold_update(
+    client_id: int,
+    round: int,
+    client_seed: int,
+    update: StateDict,
+    reference: StateDict,
+    max_norm: float | None,
+    auxiliary: frozenset[str],
+) -> dict[str, Any]:
+    """The client's own check of ``update`` before masking, then the half that holds it.
+
+    Raises:
+        ClientUpdateError: the update has other tensors than ``reference``, NaN or Inf,
+            or a norm over ``max_norm`` (the client fails, as the server would fail it).
+    """
+    check_update(update, reference, max_norm, auxiliary)
+    # Flattened in the global state's order, which the server unflattens the sum by.
+    values = torch.cat([update[k].detach().reshape(-1).double() for k in reference]).numpy()
+    seed = derive_seed(client_seed, "secagg", "rounding")
+    return SecAggClientHalf(client_id, round, np.ascontiguousarray(values), seed).export()
+
+
+def answer_phase(
+    request: bytes, held: dict[str, Any] | None, client_id: int
+) -> tuple[bytes, dict[str, Any] | None]:
+    """The client's encoded reply to one encoded request, and what it keeps after it.
+
+    A request it cannot answer (none held, malformed, tampered, out of order) gets an
+    error reply, said in this client's log too; the server counts the client as
+    dropped. Nothing is raised.
+    """
+    try:
+        if held is None:
+            raise SecAggError(f"client {client_id} holds no update for a secure round")
+        half = SecAggClientHalf.restore(held)
+        if half.client_id != client_id:
+            raise SecAggError(f"a request for client {client_id} reached client {half.client_id}")
+        reply = half.answer(from_message(decode(request)))
+        return encode(to_message(reply)), half.export()
+    except (SecAggError, WireError, ClientUpdateError) as exc:
+        text = f"{type(exc).__name__}: {exc}"
+        log.warning("client %d refuses a secure-aggregation request: %s", client_id, text)
+        # A refused round is over for this client: it forgets its keys and update.
+        return encode(Message({}, {"error": text})), None
