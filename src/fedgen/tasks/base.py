@@ -24,6 +24,7 @@ from torch import nn
 from fedgen.data.client_data import ClientData
 from fedgen.data.text_data import Tokenizer
 from fedgen.modality import Conditioning, DataSpec, Modality, TensorKind
+from fedgen.tasks.functional import FunctionalTraining
 from fedgen.types import StateDict
 
 
@@ -185,6 +186,12 @@ class Task(ABC):
         Returns mean losses as ``{"loss/<name>": value}``. ``config`` carries
         per-round overrides from the strategy (e.g. a learning rate).
         """
+
+    def functional_training(self) -> FunctionalTraining | None:
+        """``train_local``'s step as a pure function for the vectorized backend, or None
+        when this task has none (its clients then train sequentially; see
+        ``fedgen.tasks.functional``)."""
+        return None
 
     @abstractmethod
     def sample(self, condition: Any, generator: torch.Generator) -> Any:

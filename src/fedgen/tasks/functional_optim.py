@@ -1,0 +1,90 @@
+"""Adam and SGD as pure functions of one client's tensors and optimizer state.
+
+The arithmetic of ``torch.optim.Adam`` and ``torch.optim.SGD`` (single-tensor CPU
+path, no weight decay) written out-of-place, so that it runs under ``torch.func.vmap``
+and the stacked optimizer state of many clients (one ``exp_avg`` per client and
+tensor) updates in one call. ``step`` is the shared 1-based step count: the clients of
+a vectorized group step together, so their bias corrections are plain floats, as in
+torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Tensors = dict[str, torch.Tensor]
+
+
+def adam_init(params: Tensors) -> dict[str, Tensors]:
+    """Fresh Adam moments for ``params`` (zeros, as ``torch.optim.Adam`` starts)."""
+    return {
+        "exp_avg": {k: torch.zeros_like(v) for k, v in params.items()},
+        "exp_avg_sq": {k: torch.zeros_like(v) for k, v in params.items()},
+    }
+
+
+def adam_step(
+    params: Tensors,
+    grads: Tensors,
+    state: dict[str, Tensors],
+    step: int,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float = 1e-8,
+) -> tuple[Tensors, dict[str, Tensors]]:
+    """One Adam step (Kingma & Ba 2015) as ``torch.optim.Adam`` takes it; new params, state."""
+    beta1, beta2 = betas
+    bias_correction1 = 1 - beta1**step
+    step_size = lr / bias_correction1
+    bias_correction2_sqrt = math.sqrt(1 - beta2**step)
+    new_params: Tensors = {}
+    exp_avgs: Tensors = {}
+    exp_avg_sqs: Tensors = {}
+    for key, param in params.items():
+        grad = grads[key]
+        exp_avg = torch.lerp(state["exp_avg"][key], grad, 1 - beta1)
+        exp_avg_sq = torch.addcmul(state["exp_avg_sq"][key] * beta2, grad, grad, value=1 - beta2)
+        denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+        new_params[key] = torch.addcdiv(param, exp_avg, denom, value=-step_size)
+        exp_avgs[key], exp_avg_sqs[key] = exp_avg, exp_avg_sq
+    return new_params, {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
+
+
+def sgd_init(params: Tensors) -> dict[str, Tensors]:
+    """Fresh SGD state: a zero momentum buffer per tensor (unused without momentum)."""
+    return {"momentum": {k: torch.zeros_like(v) for k, v in params.items()}}
+
+
+def sgd_step(
+    params: Tensors,
+    grads: Tensors,
+    state: dict[str, Tensors],
+    step: int,
+    lr: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+) -> tuple[Tensors, dict[str, Tensors]]:
+    """One SGD step as ``torch.optim.SGD`` takes it (heavy-ball or Nesterov momentum).
+
+    torch's first step sets the buffer to the gradient itself (no dampening); later ones
+    decay it, which ``step`` (1-based) tells apart.
+    """
+    new_params: Tensors = {}
+    buffers: Tensors = {}
+    for key, param in params.items():
+        grad = grads[key]
+        direction = grad
+        if momentum != 0.0:
+            if step == 1:
+                buf = grad
+            else:
+                buf = torch.add(state["momentum"][key] * momentum, grad, alpha=1 - dampening)
+            direction = torch.add(grad, buf, alpha=momentum) if nesterov else buf
+            buffers[key] = buf
+        else:
+            buffers[key] = state["momentum"][key]
+        new_params[key] = torch.add(param, direction, alpha=-lr)
+    return new_params, {"momentum": buffers}
