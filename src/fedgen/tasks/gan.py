@@ -21,6 +21,7 @@ from torch import nn
 from fedgen.data.client_data import ClientData
 from fedgen.registry import TASKS
 from fedgen.tasks.base import Task, TaskParams
+from fedgen.tasks.gan_functional import GanFunctionalTraining
 
 
 class GanParams(TaskParams):
@@ -167,6 +168,20 @@ class ConditionalGan(Task):
                 sum_g += float(loss_g.detach())
         n = max(steps, 1)
         return {"loss/discriminator": sum_d / n, "loss/generator": sum_g / n}
+
+    def functional_training(self) -> GanFunctionalTraining:
+        """``train_local``'s iteration as a pure function (the vectorized backend's)."""
+        p = self.params
+        return GanFunctionalTraining(
+            self.modules["generator"],
+            self.modules["discriminator"],
+            num_classes=self.num_classes,
+            latent_dim=p.latent_dim,
+            batch_size=p.batch_size,
+            lr=p.lr,
+            betas=p.betas,
+            uniform_labels=p.fake_labels == "uniform",
+        )
 
     def _uniform_labels(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(self.num_classes, (n,), generator=generator)

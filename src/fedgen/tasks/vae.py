@@ -18,6 +18,7 @@ from torch import nn
 from fedgen.data.client_data import ClientData
 from fedgen.registry import TASKS
 from fedgen.tasks.base import Task, TaskParams
+from fedgen.tasks.vae_functional import VaeFunctionalTraining
 
 
 class VaeParams(TaskParams):
@@ -136,6 +137,20 @@ class ConditionalVae(Task):
             "loss/kl": sum_kl / n,
             "loss/elbo": (sum_rec + sum_kl) / n,
         }
+
+    def functional_training(self) -> VaeFunctionalTraining:
+        """``train_local``'s iteration as a pure function (the vectorized backend's)."""
+        p = self.params
+        return VaeFunctionalTraining(
+            self.modules["encoder"],
+            self.modules["decoder"],
+            num_classes=self.num_classes,
+            width=p.width,
+            latent_dim=p.latent_dim,
+            lr=p.lr,
+            betas=p.betas,
+            beta=p.beta,
+        )
 
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

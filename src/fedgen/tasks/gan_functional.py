@@ -1,0 +1,142 @@
+"""The conditional GAN's local step as a pure function (``fedgen.tasks.functional``).
+
+The same iteration as ``ConditionalGan.train_local``: a discriminator step on a real
+batch and the generator's fakes, then a non-saturating generator step through the
+updated discriminator, each with its own Adam. With ``fake_labels="data"`` the
+generator's step reuses the fakes of the discriminator step (the generator has not
+changed in between), so its gradient comes from the forward pass's ``vjp`` instead
+of a second forward pass, as ``train_local`` reuses its autograd graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, vjp
+
+from fedgen.tasks.functional import (
+    Batches,
+    FunctionalTraining,
+    ModuleTensors,
+    OptimizerState,
+    StepInputs,
+    masked_mean,
+)
+from fedgen.tasks.functional_optim import adam_init, adam_step
+
+
+class GanFunctionalTraining(FunctionalTraining):
+    """``ConditionalGan``'s step for ``vmap`` (built by ``ConditionalGan.functional_training``).
+
+    Args:
+        generator, discriminator: the task's modules (architecture only: the tensors
+            come with each call).
+        uniform_labels: ``fake_labels == "uniform"``.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        *,
+        num_classes: int,
+        latent_dim: int,
+        batch_size: int,
+        lr: float,
+        betas: tuple[float, float],
+        uniform_labels: bool,
+    ) -> None:
+        self.generator = generator
+        self.discriminator = discriminator
+        self.num_classes = num_classes
+        self.latent_dim = latent_dim
+        self.batch_size = batch_size
+        self.lr = lr
+        self.betas = betas
+        self.uniform_labels = uniform_labels
+
+    def init_state(self, tensors: ModuleTensors, config: dict[str, Any]) -> OptimizerState:
+        return {
+            "generator": adam_init(self._trained(tensors, "generator")),
+            "discriminator": adam_init(self._trained(tensors, "discriminator")),
+        }
+
+    def _trained(self, tensors: ModuleTensors, module: str) -> dict[str, torch.Tensor]:
+        """The tensors of ``module`` its optimizer steps: its parameters (no buffers here)."""
+        names = dict(getattr(self, module).named_parameters())
+        return {k: v for k, v in tensors[module].items() if k in names}
+
+    def draw(self, batches: Batches, generator: torch.Generator) -> StepInputs:
+        # The draws of one iteration of train_local, in its order.
+        real, y = next(batches)
+        b = real.shape[0]
+        inputs = {"real": real * 2 - 1, "y": y}  # [0,1] -> [-1,1], the generator's range
+        inputs["y_fake"] = (
+            torch.randint(self.num_classes, (b,), generator=generator) if self.uniform_labels else y
+        )
+        inputs["z"] = torch.randn(b, self.latent_dim, generator=generator)
+        if self.uniform_labels:
+            inputs["y_g"] = torch.randint(self.num_classes, (self.batch_size,), generator=generator)
+            inputs["z_g"] = torch.randn(self.batch_size, self.latent_dim, generator=generator)
+        return inputs
+
+    def step(
+        self,
+        tensors: ModuleTensors,
+        state: OptimizerState,
+        inputs: StepInputs,
+        masks: dict[str, torch.Tensor],
+        step: int,
+        config: dict[str, Any],
+    ) -> tuple[ModuleTensors, OptimizerState, dict[str, torch.Tensor]]:
+        lr = float(config.get("lr", self.lr))
+        g_all, d_all = tensors["generator"], tensors["discriminator"]
+        g_params = self._trained(tensors, "generator")
+        d_params = self._trained(tensors, "discriminator")
+        real, y, y_fake, z = inputs["real"], inputs["y"], inputs["y_fake"], inputs["z"]
+        m = masks["real"]  # (B,): 1 for a real example, 0 for padding
+
+        def generate(g: dict[str, torch.Tensor], z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.generator, {**g_all, **g}, (z, y))
+
+        def discriminate(
+            d: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+        ) -> torch.Tensor:
+            return functional_call(self.discriminator, {**d_all, **d}, (x, y))
+
+        # fake (B, C, H, W) and the pullback of the generator at these inputs.
+        pullback = vjp(lambda g: generate(g, z, y_fake), g_params)
+        fake, generator_vjp = pullback[0], pullback[1]
+
+        def loss_d(d: dict[str, torch.Tensor]) -> torch.Tensor:
+            # softplus(-D(real)) + softplus(D(fake)): BCE with logits; fakes held fixed.
+            return masked_mean(F.softplus(-discriminate(d, real, y)), m) + masked_mean(
+                F.softplus(discriminate(d, fake, y_fake)), m
+            )
+
+        grads_d, value_d = grad_and_value(loss_d)(d_params)
+        d_new, state_d = adam_step(d_params, grads_d, state["discriminator"], step, lr, self.betas)
+        if self.uniform_labels:
+            y_g, z_g = inputs["y_g"], inputs["z_g"]
+
+            def loss_g(g: dict[str, torch.Tensor]) -> torch.Tensor:
+                return F.softplus(-discriminate(d_new, generate(g, z_g, y_g), y_g)).mean()
+
+            grads_g, value_g = grad_and_value(loss_g)(g_params)
+        else:
+
+            def loss_g_of_fake(x: torch.Tensor) -> torch.Tensor:
+                return masked_mean(F.softplus(-discriminate(d_new, x, y)), m)
+
+            grad_fake, value_g = grad_and_value(loss_g_of_fake)(fake)
+            (grads_g,) = generator_vjp(grad_fake)
+        g_new, state_g = adam_step(g_params, grads_g, state["generator"], step, lr, self.betas)
+        new_tensors = {
+            "generator": {**g_all, **g_new},
+            "discriminator": {**d_all, **d_new},
+        }
+        losses = {"loss/discriminator": value_d, "loss/generator": value_g}
+        return new_tensors, {"generator": state_g, "discriminator": state_d}, losses
