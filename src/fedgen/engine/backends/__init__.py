@@ -5,6 +5,7 @@ from fedgen.engine.backends.flower import FlowerBackend
 from fedgen.engine.backends.inprocess import InProcessBackend
 from fedgen.engine.backends.process_pool import ProcessPoolBackend
 from fedgen.engine.backends.split import SplitBackend
+from fedgen.engine.backends.vectorized import VectorizedBackend
 
 __all__ = [
     "Backend",
@@ -13,4 +14,5 @@ __all__ = [
     "LocalWork",
     "ProcessPoolBackend",
     "SplitBackend",
+    "VectorizedBackend",
 ]

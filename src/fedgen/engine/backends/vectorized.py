@@ -1,0 +1,342 @@
+"""Vectorized in-process backend: a round's clients train as one batched computation.
+
+Following the model-ensembling recipe of ``torch.func`` (``stack_module_state``,
+``functional_call``, ``vmap``, ``grad``), the tensors of a group of clients are
+stacked along a new leading dimension, with their optimizer states (Adam moments,
+SGD momentum) stacked alike, and the task's functional step
+(``Task.functional_training``, ``fedgen.tasks.functional``) is mapped over them with
+``vmap``: one call trains the whole group, so small per-client batches become one
+large batch with per-client weights. Each client still draws its batches and noise
+from its own generator (seeded by its instruction), exactly as ``train_local`` does,
+so the model equals the sequential backend's to float tolerance (the oracle test).
+
+Clients with fewer local steps (``local_epochs`` over unequal shards) are grouped,
+not masked: a group is ordered by steps, longest first, and step ``s`` maps only
+over the clients that still train, the first rows of the stack.
+
+Everything after training (the update as ``local - global``, the update
+transforms, signing, byte counts, the new private state, failures as values) is the
+sequential path's own: each trained client goes through
+``local_training.run_client`` with a task that hands back its vectorized result
+instead of training again, so results are the other backends' to the byte.
+
+What cannot vectorize runs through the sequential path, and the log says why:
+a task without a functional step, DP-SGD (Opacus clips per sample inside
+``train_local``), fault injection (it wraps ``train_local``), a client config key
+the functional step does not honour, or an error in the batched computation. With
+``fallback: false`` the first of these (but a group's own error) is a ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch.func import vmap
+
+from fedgen.data.client_data import ClientData
+from fedgen.engine.backends.base import Backend, LocalWork
+from fedgen.engine.backends.inprocess import InProcessBackend
+from fedgen.engine.backends.local_training import local_steps_for
+from fedgen.engine.backends.stacking import (
+    Nest,
+    pad_and_stack,
+    row,
+    rows,
+    stack,
+    write_rows,
+)
+from fedgen.errors import ConfigError
+from fedgen.modality import TensorKind
+from fedgen.registry import BACKENDS
+from fedgen.tasks.base import Task
+from fedgen.tasks.functional import FunctionalTraining, ModuleTensors
+from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict
+
+log = logging.getLogger(__name__)
+
+#: A client's vectorized outcome: its trained tensors and mean losses, or its error.
+Outcome = tuple[StateDict, dict[str, float]] | Exception
+
+
+def why_not_vectorized(work: LocalWork) -> str | None:
+    """Why this round's work cannot train vectorized, or None when it can."""
+    task = work.task
+    if task.privacy_engine is not None:
+        return "DP-SGD clips each example's gradient inside train_local (Opacus)"
+    if work.faults is not None:
+        return "fault injection wraps train_local"
+    if task.functional_training() is None:
+        return f"task {type(task).__name__} has no functional training step"
+    return None
+
+
+@dataclass
+class _Group:
+    """Consecutive instructions of a plan that train together (or one that cannot)."""
+
+    instructions: list[ClientInstruction]
+    #: Why these clients train sequentially, or None: vectorized.
+    sequential: str | None
+
+
+@BACKENDS.register("vectorized")
+class VectorizedBackend(Backend):
+    """Trains up to ``chunk_size`` clients at a time as one ``vmap``-ed computation.
+
+    Args:
+        chunk_size: clients per batched computation (memory grows with it: one copy
+            of the model and its optimizer state per client of a chunk).
+        fallback: when a round cannot vectorize, train it sequentially and log why
+            (True), or raise ``ConfigError`` saying why (False).
+    """
+
+    class Params(BaseModel):
+        """The recipe's ``backend.params`` of ``vectorized``."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        #: Clients per batched computation.
+        chunk_size: int = Field(64, ge=1)
+        #: Train sequentially (and log why) what cannot vectorize; false: raise instead.
+        fallback: bool = True
+
+    def __init__(self, chunk_size: int = 64, fallback: bool = True) -> None:
+        if chunk_size < 1:
+            raise ConfigError("backend.params.chunk_size must be >= 1")
+        self.chunk_size = chunk_size
+        self.fallback = fallback
+        self.sequential = InProcessBackend()
+        #: Reasons already logged (each once per run, not once per round).
+        self._said: set[str] = set()
+
+    def run(
+        self,
+        plan: RoundPlan,
+        work: LocalWork,
+        clients: dict[int, ClientData],
+        private_states: dict[int, StateDict],
+    ) -> Iterator[ClientResult]:
+        for group in self._groups(plan, work):
+            sub = RoundPlan(plan.round, group.instructions)
+            if group.sequential is not None:
+                self._refuse_or_say(group.sequential)
+                yield from self.sequential.run(sub, work, clients, private_states)
+                continue
+            outcomes = self._train_group(group.instructions, work, clients, private_states)
+            replay = replace(work, task=_replaying(work.task, outcomes))
+            yield from self.sequential.run(sub, replay, clients, private_states)
+
+    def _refuse_or_say(self, reason: str) -> None:
+        if not self.fallback:
+            raise ConfigError(
+                f"backend vectorized cannot vectorize this round: {reason}; set "
+                "backend.params.fallback=true to train such clients sequentially, or use "
+                "backend inprocess/process_pool"
+            )
+        if reason not in self._said:
+            self._said.add(reason)
+            log.warning("backend vectorized: training sequentially: %s", reason)
+
+    def _groups(self, plan: RoundPlan, work: LocalWork) -> list[_Group]:
+        """Consecutive instructions with the same config, cut into chunks; plan order kept."""
+        reason = why_not_vectorized(work)
+        if reason is not None:
+            return [_Group(list(plan.instructions), reason)]
+        functional = work.task.functional_training()
+        assert functional is not None  # why_not_vectorized said it has one
+        groups: list[_Group] = []
+        key: object = None
+        for ins in plan.instructions:
+            unknown = sorted(set(ins.config) - functional.config_keys)
+            if unknown:
+                reason = f"the functional step does not honour client config keys {unknown}"
+                groups.append(_Group([ins], reason))
+                key = None
+                continue
+            this = json.dumps(ins.config, sort_keys=True, default=repr)
+            last = groups[-1] if groups else None
+            if (
+                last is not None
+                and last.sequential is None
+                and this == key
+                and len(last.instructions) < self.chunk_size
+            ):
+                last.instructions.append(ins)
+            else:
+                groups.append(_Group([ins], None))
+            key = this
+        return groups
+
+    def _train_group(
+        self,
+        instructions: list[ClientInstruction],
+        work: LocalWork,
+        clients: dict[int, ClientData],
+        private_states: dict[int, StateDict],
+    ) -> dict[int, Outcome]:
+        """Train one group of clients together; each client's trained tensors or error."""
+        task = work.task
+        outcomes: dict[int, Outcome] = {}
+        members = []
+        for ins in instructions:
+            data = clients[ins.client_id]
+            if data.num_examples == 0:  # its batches would raise; let that be its failure
+                outcomes[ins.client_id] = ValueError(
+                    f"client {ins.client_id} holds no examples; use a partitioner "
+                    "with min_size >= 1 or fewer clients"
+                )
+            else:
+                members.append(ins)
+        if not members:
+            return outcomes
+        try:
+            outcomes.update(_train_together(task, members, work, clients, private_states))
+        except Exception as exc:  # the batched computation failed: each client on its own
+            reason = f"the batched computation failed ({type(exc).__name__}: {exc})"
+            self._refuse_or_say(reason)
+            outcomes.update({ins.client_id: _Sequential() for ins in members})
+        return outcomes
+
+
+class _Sequential(Exception):
+    """Marks a client whose vectorized training failed: it trains with ``train_local``."""
+
+
+def _train_together(
+    task: Task,
+    members: list[ClientInstruction],
+    work: LocalWork,
+    clients: dict[int, ClientData],
+    private_states: dict[int, StateDict],
+) -> dict[int, Outcome]:
+    """The vectorized training of ``members`` (same config): tensors and mean losses."""
+    functional = task.functional_training()
+    assert functional is not None
+    config = dict(members[0].config)
+    batch_size = int(task.params.batch_size)
+    # Longest first: the clients still training at any step are the first rows.
+    order = sorted(
+        members, key=lambda ins: -local_steps_for(work, clients[ins.client_id].num_examples)
+    )
+    steps = [local_steps_for(work, clients[ins.client_id].num_examples) for ins in order]
+    generators, batches = [], []
+    for ins in order:
+        gen = torch.Generator()
+        gen.manual_seed(ins.seed)
+        generators.append(gen)
+        batches.append(clients[ins.client_id].batches(batch_size, gen))
+    trainable, frozen = _split_frozen(task)
+    starts = [
+        _start_tensors(task, work.global_state, private_states.get(ins.client_id), trainable)
+        for ins in order
+    ]
+    tensors: Nest = stack(starts)
+    state: Nest = vmap(partial(functional.init_state, config=config))(tensors)
+    loss_sums: dict[str, torch.Tensor] = {}
+    for s in range(steps[0]):
+        count = sum(1 for n in steps if n > s)
+        draws = [functional.draw(batches[i], generators[i]) for i in range(count)]
+        inputs, masks = pad_and_stack(draws)
+        one_step = partial(_client_step, functional, frozen, s + 1, config)
+        new_tensors, new_state, losses = vmap(one_step)(
+            rows(tensors, count), rows(state, count), inputs, masks
+        )
+        tensors = write_rows(tensors, new_tensors)
+        state = write_rows(state, new_state)
+        for name, value in losses.items():
+            total = loss_sums.setdefault(name, torch.zeros(len(order), dtype=torch.float64))
+            total[:count] += value.detach().to(torch.float64)
+    outcomes: dict[int, Outcome] = {}
+    for i, ins in enumerate(order):
+        mine = row(tensors, i)
+        flat = {f"{m}.{k}": v for m, module in mine.items() for k, v in module.items()}
+        metrics = {name: float(total[i]) / max(steps[i], 1) for name, total in loss_sums.items()}
+        outcomes[ins.client_id] = (flat, metrics)
+    return outcomes
+
+
+def _client_step(
+    functional: FunctionalTraining,
+    frozen: ModuleTensors,
+    step: int,
+    config: dict[str, Any],
+    tensors: ModuleTensors,
+    state: Nest,
+    inputs: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+) -> tuple[ModuleTensors, Nest, dict[str, torch.Tensor]]:
+    """One client's step under ``vmap``; a frozen base is shared, never stacked."""
+    full = {m: {**frozen.get(m, {}), **own} for m, own in tensors.items()}
+    new, new_state, losses = functional.step(full, state, inputs, masks, step, config)
+    trained = {m: {k: new[m][k] for k in own} for m, own in tensors.items()}
+    return trained, new_state, losses
+
+
+def _split_frozen(task: Task) -> tuple[dict[str, list[str]], ModuleTensors]:
+    """Per module, the keys a client trains (federated or private), and the frozen base."""
+    trainable: dict[str, list[str]] = {}
+    frozen: ModuleTensors = {}
+    for name, module in task.modules.items():
+        for key, value in module.state_dict().items():
+            if task.tensor_kind(name, key) == TensorKind.FROZEN:
+                frozen.setdefault(name, {})[key] = value
+            else:
+                trainable.setdefault(name, []).append(key)
+    return trainable, frozen
+
+
+def _start_tensors(
+    task: Task,
+    global_state: StateDict,
+    private: StateDict | None,
+    trainable: dict[str, list[str]],
+) -> ModuleTensors:
+    """A client's tensors before training, as ``run_client`` loads them: the global state,
+    then its private state (or the task's initial private tensors) on top."""
+    own = {k: v for k, v in (private or {}).items() if _is_task_key(k, trainable)}
+    loaded = {**global_state, **(own or task.initial_private_state())}
+    start: ModuleTensors = {}
+    for name, keys in trainable.items():
+        current = task.modules[name].state_dict()
+        start[name] = {k: loaded.get(f"{name}.{k}", current[k]).detach() for k in keys}
+    return start
+
+
+def _is_task_key(full_key: str, trainable: dict[str, list[str]]) -> bool:
+    """Whether ``<module>.<key>`` is a tensor of the task (a transform's own is not)."""
+    name, _, key = full_key.partition(".")
+    return key in trainable.get(name, ())
+
+
+def _replaying(task: Task, outcomes: dict[int, Outcome]) -> Task:
+    """``task`` whose ``train_local`` loads a client's vectorized result instead of training.
+
+    A shallow copy sharing the task's modules: ``run_client`` loads the global and
+    private state, calls ``train_local`` (here: load the trained tensors, return the
+    losses) and does the rest as for any client. A client whose batched computation
+    failed trains with the real ``train_local``; one whose own error was recorded raises it.
+    """
+    replay = copy.copy(task)
+
+    def train_local(
+        data: ClientData, steps: int, generator: torch.Generator, config: dict[str, Any]
+    ) -> dict[str, float]:
+        outcome = outcomes.pop(data.client_id)
+        if isinstance(outcome, _Sequential):
+            return task.train_local(data, steps, generator, config)
+        if isinstance(outcome, Exception):
+            raise outcome
+        tensors, metrics = outcome
+        replay.load_state(tensors)
+        return dict(metrics)
+
+    replay.train_local = train_local  # type: ignore[method-assign]
+    return replay

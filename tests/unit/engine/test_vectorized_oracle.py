@@ -1,0 +1,175 @@
+"""Oracle: the vectorized backend trains the same model as the sequential one.
+
+Tiny real federations (MNIST, ``tests/tiny_federation.py``) run from the same recipe
+and root seed through ``inprocess`` (one client after another, ``train_local``) and
+``vectorized`` (all clients of a round as one ``vmap``-ed functional step), for every
+task that has a functional step. The global states must agree to float tolerance,
+and the per-round figures the loop records (bytes, examples, losses) must agree too.
+
+Tolerance: the two paths sum the same products in another order (batched matmuls),
+so gradients differ by float32 rounding, and Adam divides each gradient by its own
+running magnitude, which turns a relative rounding error into the same relative
+error of a step of size ``lr``. Over a few steps that stays near 1e-5 on weights of
+size 0.1-1; a wrong batch, seed or loss moves weights by ~lr = 2e-4 to 1e-3 per step.
+Widths are 16, so that every GroupNorm group holds two channels: the bias in front of
+a one-channel group is removed by the normalisation, so its gradient is pure rounding
+noise, which Adam scales to steps of +-lr in either path (different noise, both right).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tiny_federation import tiny_config
+
+from fedgen.engine.backends.vectorized import why_not_vectorized
+from fedgen.errors import ConfigError
+from fedgen.experiment import build_experiment
+from fedgen.registry import TASKS
+from fedgen.tasks.base import Task
+from fedgen.tasks.gan_functional import GanFunctionalTraining
+
+ATOL = 1e-4
+
+#: Every task with a functional step, and tiny params for it (widths 16, see above).
+VECTORIZING: dict[str, dict[str, str]] = {
+    "cgan": {
+        "task.params": "{batch_size: 16, generator_width: 16, discriminator_width: 16}",
+    },
+    "cgan-uniform-labels": {
+        "task.params": (
+            "{batch_size: 16, generator_width: 16, discriminator_width: 16, fake_labels: uniform}"
+        ),
+    },
+    "cvae": {"task.name": "cvae", "task.params": "{batch_size: 16, width: 16}"},
+}
+
+
+def run(mnist_dir: Path, backend: str, **overrides: Any) -> tuple[dict, list[dict]]:
+    """Final global state and per-round metrics of a tiny federation."""
+    cfg = tiny_config(
+        mnist_dir,
+        **{"backend.name": backend, "ledger": "false", "federation.rounds": 2, **overrides},
+    )
+    fed = build_experiment(cfg).federation
+    assert fed.run()
+    return fed.global_state, fed.history
+
+
+def assert_same_run(a: tuple[dict, list[dict]], b: tuple[dict, list[dict]]) -> None:
+    (state_a, history_a), (state_b, history_b) = a, b
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        torch.testing.assert_close(state_b[key], state_a[key], atol=ATOL, rtol=0, msg=key)
+    for ra, rb in zip(history_a, history_b, strict=True):
+        assert ra["clients"] == rb["clients"] and ra["examples"] == rb["examples"]
+        assert ra["bytes_down"] == rb["bytes_down"]
+        # The reply's metrics are JSON text: a loss's last digits change its length.
+        assert abs(ra["bytes_up"] - rb["bytes_up"]) <= 16 * ra["clients"]
+        losses = [k for k in ra if k.startswith("loss/")]
+        assert losses and all(k in rb for k in losses)
+        for k in losses:
+            assert rb[k] == pytest.approx(ra[k], rel=1e-4), k
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_every_task_with_a_functional_step_is_checked():
+    # A task that overrides functional_training must be in the oracle's list.
+    overriding = {
+        name
+        for name in TASKS.names()
+        if TASKS.get(name).functional_training is not Task.functional_training
+    }
+    assert overriding == {name.split("-")[0] for name in VECTORIZING}
+
+
+@pytest.mark.parametrize("case", sorted(VECTORIZING))
+def test_vectorized_equals_sequential(mnist_dir, one_thread, case):
+    # Prepare / Execute
+    overrides = VECTORIZING[case]
+    sequential = run(mnist_dir, "inprocess", **overrides)
+    vectorized = run(mnist_dir, "vectorized", **overrides)
+    # Assert
+    assert_same_run(sequential, vectorized)
+
+
+@pytest.mark.parametrize("case", ["cgan", "cvae"])
+def test_unequal_steps_and_small_shards(mnist_dir, one_thread, case):
+    # Quantity skew and local epochs: clients train different numbers of steps, and some
+    # shards are smaller than a batch (padded rows, masked out of the losses); chunks of
+    # 3 clients cut the cohort of 6.
+    overrides = {
+        **VECTORIZING[case],
+        "data.num_clients": 60,
+        "data.partition.kind": "quantity",
+        "data.partition.params": "{alpha: 0.3, min_size: 4}",
+        "strategy.params": "{fraction: 0.1, min_clients: 2}",
+        "federation.local_steps": "null",
+        "federation.local_epochs": 0.2,
+        "federation.rounds": 1,
+    }
+    cfg = tiny_config(mnist_dir, **{**overrides, "ledger": "false"})
+    sizes = sorted(c.num_examples for c in build_experiment(cfg).federation.clients.values())
+    assert sizes[0] < 16 and sizes[-1] > 5 * 16  # padding and unequal steps both occur
+    sequential = run(mnist_dir, "inprocess", **overrides)
+    vectorized = run(mnist_dir, "vectorized", **overrides, **{"backend.params": "{chunk_size: 3}"})
+    assert_same_run(sequential, vectorized)
+
+
+def test_fallback_says_why_and_trains_sequentially(mnist_dir, one_thread, monkeypatch, caplog):
+    # A task without a functional step trains through train_local, bit for bit.
+    monkeypatch.setattr(TASKS.get("cgan"), "functional_training", lambda self: None)
+    sequential = run(mnist_dir, "inprocess")
+    with caplog.at_level(logging.WARNING, logger="fedgen.engine.backends.vectorized"):
+        vectorized = run(mnist_dir, "vectorized")
+    assert "has no functional training step" in caplog.text
+    for key, value in sequential[0].items():
+        assert torch.equal(vectorized[0][key], value), key
+
+
+def test_forced_vectorization_refuses_with_the_reason(mnist_dir, monkeypatch):
+    monkeypatch.setattr(TASKS.get("cgan"), "functional_training", lambda self: None)
+    with pytest.raises(ConfigError, match="has no functional training step"):
+        run(mnist_dir, "vectorized", **{"backend.params": "{fallback: false}"})
+
+
+def test_a_failed_batched_computation_falls_back_per_client(
+    mnist_dir, one_thread, monkeypatch, caplog
+):
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(GanFunctionalTraining, "step", broken)
+    sequential = run(mnist_dir, "inprocess")
+    with caplog.at_level(logging.WARNING, logger="fedgen.engine.backends.vectorized"):
+        vectorized = run(mnist_dir, "vectorized")
+    assert "batched computation failed (RuntimeError: boom)" in caplog.text
+    for key, value in sequential[0].items():
+        assert torch.equal(vectorized[0][key], value), key
+
+
+def test_dpsgd_and_faults_do_not_vectorize(mnist_dir):
+    # Prepare: the work of a plain tiny federation's round.
+    fed = build_experiment(tiny_config(mnist_dir, ledger="false")).federation
+    from fedgen.engine.backends.base import LocalWork
+    from fedgen.engine.faults import FaultPlan
+
+    work = LocalWork(fed.task, fed.global_state, [], 2, None)
+    assert why_not_vectorized(work) is None
+    # Execute / Assert
+    work.faults = FaultPlan.__new__(FaultPlan)
+    assert "fault injection" in str(why_not_vectorized(work))
+    work.faults = None
+    fed.task.privacy_engine = object()  # type: ignore[assignment]
+    assert "DP-SGD" in str(why_not_vectorized(work))
