@@ -164,6 +164,19 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
                 dimension=_update_dimension(task),
             )
         )
+    if transforms:
+        # Where an update codec may sit (clip before it, secagg only after a linear one,
+        # client-level DP only with one that keeps the norm bound); binds shared seeds.
+        from fedgen.assembly.compression import compression_problems
+
+        problems.extend(
+            compression_problems(
+                transforms=transforms,
+                backend=cfg.backend.name,
+                root_seed=cfg.seed,
+                dpsgd=cfg.dpsgd is not None,
+            )
+        )
     if cfg.backend.name == "split" and (
         cfg.dpsgd is not None or any(t.name == "client_dp" for t in cfg.transforms)
     ):
@@ -525,6 +538,8 @@ def write_summary(
         "seconds": seconds,
         "bytes_up": sum(m.get("bytes_up", 0) for m in history),
         "bytes_down": sum(m.get("bytes_down", 0) for m in history),
+        # Everything the run's messages carried, up and down, as encoded on a wire.
+        "bytes_total": sum(m.get("bytes_up", 0) + m.get("bytes_down", 0) for m in history),
         "failures": sum(m.get("failures", 0) for m in history),
         **_withheld(fed),
         "parameters": sum(exp.task.num_parameters().values()),
@@ -557,6 +572,7 @@ def _withheld(fed: Federation) -> dict[str, Any]:
     return {
         "bytes_up": None,
         "bytes_down": None,
+        "bytes_total": None,
         "failures": None,
         "cohort_metrics": "withheld: client-level DP assumes the sampled cohort stays "
         "secret, so per-round clients, failures, examples and bytes are not recorded",

@@ -6,5 +6,6 @@ be asked of any one of them, so these checks sit above all of them, beside
 
 - ``privacy``: client-level DP and DP-SGD soundness; calibrates the noise, attaches
   DP-SGD to the task and returns the run's ``PrivacyAccounting``;
-- ``secagg``: where secure aggregation may sit, and the bounds it binds.
+- ``secagg``: where secure aggregation may sit, and the bounds it binds;
+- ``compression``: where an update codec may sit (clip, secagg, DP), and its shared seed.
 """

@@ -301,7 +301,9 @@ def _legend_rows(names: list[str], available: float) -> list[list[tuple[str, int
 
 def _nice_ticks(low: float, high: float, target: int, integer: bool) -> list[float]:
     """Evenly spaced round tick values covering [low, high], about ``target`` of them."""
-    if high == low:
+    if high - low <= 1e-9 * max(abs(low), abs(high)):
+        # Equal, or equal but for float rounding (a mean of equal ratios): one value.
+        high = low
         pad = 1.0 if integer or low == 0 else abs(low) * 0.1
         low, high = low - pad, high + pad
     raw = (high - low) / max(target - 1, 1)

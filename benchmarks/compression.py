@@ -1,0 +1,178 @@
+"""Compression benchmark: what each update codec saves in bytes and costs in quality.
+
+For the conditional GAN and the conditional VAE on Fashion-MNIST (10 clients,
+Dirichlet 0.5, FedAvg, the recipes ``configs/fmnist_cgan.yaml`` and
+``configs/fmnist_cvae.yaml``), one run per codec setting, all with the same rounds:
+float32 FedAvg (no codec), ``cast`` float16/bfloat16, ``quantize`` 8/4/2 bits,
+``qsgd`` 4/2 bits, ``topk`` 10%/1% with error feedback, ``random_mask`` 10%. Bytes
+are what the run's wire messages carried (``summary.json``'s ``bytes_up`` and
+``bytes_total``), relative to float32 FedAvg's. The float32 run is evaluated every
+``--baseline-every`` rounds, so each row also gives float32's quality at the bytes
+that row spent in total ("at equal bytes": float32's last evaluation whose
+cumulative bytes do not exceed the row's). One row per run is appended to
+``benchmarks/results/compression.md`` as soon as it finishes.
+
+    python benchmarks/compression.py [--tasks cgan cvae] [--settings float32 topk-0.01]
+        [--set federation.rounds=20] [--out benchmarks/runs/compression]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from fedgen.config import load_config
+from fedgen.experiment import run_experiment
+from fedgen.report.results_table import ResultsTable
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RECIPES = {"cgan": "fmnist_cgan.yaml", "cvae": "fmnist_cvae.yaml"}
+#: setting -> the recipe's transforms (YAML flow text); float32 is plain FedAvg.
+SETTINGS: dict[str, str] = {
+    "float32": "[]",
+    "cast-float16": "[{name: cast, params: {dtype: float16}}]",
+    "cast-bfloat16": "[{name: cast, params: {dtype: bfloat16}}]",
+    "quantize-8": "[{name: quantize, params: {bits: 8}}]",
+    "quantize-4": "[{name: quantize, params: {bits: 4}}]",
+    "quantize-2": "[{name: quantize, params: {bits: 2}}]",
+    "qsgd-4": "[{name: qsgd, params: {bits: 4}}]",
+    "qsgd-2": "[{name: qsgd, params: {bits: 2}}]",
+    "topk-0.1": "[{name: topk, params: {fraction: 0.1}}]",
+    "topk-0.01": "[{name: topk, params: {fraction: 0.01}}]",
+    "random_mask-0.1": "[{name: random_mask, params: {fraction: 0.1}}]",
+}
+#: float32 FedAvg stopped after half the rounds (its TSTR at about half the bytes).
+HALF = "float32-half-rounds"
+#: What every run shares: the in-process backend (the benchmark is pinned to one core),
+#: 20 rounds and a 10,000-image TSTR set to fit an evening on one core.
+COMMON = [
+    "backend.name=inprocess",
+    "federation.rounds=20",
+    "eval.tstr_samples=10000",
+]
+COLUMNS = [
+    "task",
+    "codec",
+    "rounds",
+    "bytes_up",
+    "bytes_total",
+    "up_x_fewer",
+    "total_x_fewer",
+    "tstr_accuracy",
+    "tstr_points_lost",
+    "frechet_distance",
+    "f32_tstr_at_equal_bytes",
+    "f32_frechet_at_equal_bytes",
+    "seconds",
+]
+NOTES = [
+    "Fashion-MNIST, 10 clients, Dirichlet(0.5), FedAvg (fraction 0.4, EMA 0.9), 30 local "
+    "steps a round, in-process backend on one pinned core; every row the same rounds.",
+    "bytes: the encoded lengths of the runs' wire messages (fedgen.wire); up = client "
+    "replies, total = replies + jobs (the float32 global state broadcast each round: "
+    "downlink compression is not built, so total_x_fewer stays below 2).",
+    "x_fewer = float32's bytes / the row's; tstr_points_lost = 100 * (float32's final TSTR "
+    "- the row's); f32_*_at_equal_bytes: the float32 run's quality at its last "
+    "evaluation within the row's total bytes ('-' when it had none that early): Frechet "
+    "distance from float32's evaluations every few rounds, TSTR (measured only after a run's "
+    "last round) from float32 and float32-half-rounds.",
+    "TSTR: a CNN trained on 10,000 synthetic images, tested on the real test split; "
+    "Frechet distance on the features of a CNN trained on the real training split (not FID).",
+    "goal (issue 15): >= 10x fewer bytes for <= 2 TSTR points, >= 50x for <= 5 points.",
+]
+
+
+def _history(run_dir: Path) -> list[dict[str, Any]]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def quality_by_bytes(run_dir: Path) -> list[tuple[int, float | None, float | None]]:
+    """(cumulative total bytes, TSTR, Frechet distance) at each evaluated round of a run."""
+    points, total = [], 0
+    for m in _history(run_dir):
+        total += m.get("bytes_up", 0) + m.get("bytes_down", 0)
+        if "eval_seconds" in m:
+            points.append((total, m.get("tstr_accuracy"), m.get("frechet_distance")))
+    return points
+
+
+def at_bytes(
+    points: list[tuple[int, float | None, float | None]], budget: int
+) -> tuple[float | None, float | None]:
+    """The last evaluated (TSTR, Frechet) within ``budget`` cumulative bytes, or Nones."""
+    within = [p for p in points if p[0] <= budget]
+    return (within[-1][1], within[-1][2]) if within else (None, None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--set", nargs="*", default=[], dest="overrides")
+    parser.add_argument("--baseline-every", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/runs/compression"))
+    parser.add_argument("--table", type=Path, default=Path("benchmarks/results/compression.md"))
+    args = parser.parse_args()
+
+    table = ResultsTable(args.table, COLUMNS)
+    table.start("compression", NOTES)
+    for task in args.tasks:
+        baseline: dict[str, Any] | None = None
+        curve: list[tuple[int, float | None, float | None]] = []
+        # float32 first: every other row is measured against it. TSTR is measured only
+        # after a run's last round, so float32 also runs for half the rounds: its TSTR at
+        # about the bytes of the rows that compress the uplink most.
+        settings = ["float32", HALF] + [s for s in args.settings if s != "float32"]
+        tstr_curve: list[tuple[int, float | None]] = []
+        for setting in settings:
+            every = args.baseline_every if setting == "float32" else 0
+            overrides = [
+                *COMMON,
+                f"name=compression-{task}-{setting}",
+                f"transforms={SETTINGS.get(setting, '[]')}",
+                f"eval.every={every}",
+                *args.overrides,
+            ]
+            if setting == HALF:
+                assert baseline is not None
+                overrides.append(f"federation.rounds={max(1, baseline['rounds'] // 2)}")
+            cfg = load_config(CONFIGS / RECIPES[task], overrides)
+            run_dir = args.out / cfg.name
+            t0 = time.perf_counter()
+            summary = run_experiment(cfg, run_dir, progress=False)
+            seconds = time.perf_counter() - t0
+            if setting == "float32":
+                baseline, curve = summary, quality_by_bytes(run_dir)
+            if setting in ("float32", HALF):
+                tstr_curve.append((summary["bytes_total"], summary.get("tstr_accuracy")))
+                tstr_curve.sort(key=lambda p: p[0])
+            assert baseline is not None
+            tstr, f32_tstr = summary.get("tstr_accuracy"), baseline.get("tstr_accuracy")
+            _, eq_fd = at_bytes(curve, summary["bytes_total"])
+            within = [t for b, t in tstr_curve if b <= summary["bytes_total"]]
+            eq_tstr = within[-1] if within else None
+            row = {
+                "task": task,
+                "codec": setting,
+                "rounds": summary["rounds"],
+                "bytes_up": summary["bytes_up"],
+                "bytes_total": summary["bytes_total"],
+                "up_x_fewer": baseline["bytes_up"] / summary["bytes_up"],
+                "total_x_fewer": baseline["bytes_total"] / summary["bytes_total"],
+                "tstr_accuracy": tstr,
+                "tstr_points_lost": None if tstr is None else 100 * (f32_tstr - tstr),
+                "frechet_distance": summary.get("frechet_distance"),
+                "f32_tstr_at_equal_bytes": eq_tstr,
+                "f32_frechet_at_equal_bytes": eq_fd,
+                "seconds": seconds,
+            }
+            table.append(row)
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Check where an update codec sits in an experiment, before round 1.
+
+A codec's client half (``fedgen.transforms.codec``) turns an update into an encoding
+(packed integers, indices, scales), so whatever runs after it on the client sees
+that encoding, not an update. Called from ``fedgen.experiment.build_experiment``,
+which raises these problems together with every other component's, each with why
+and what to do.
+
+Rules:
+- at most one codec: a second would encode an encoding;
+- ``clip`` before the codec: the clip bounds the update the codec compresses (a clip
+  after it would measure packed integers, and the server decodes before it could);
+- after the codec only transforms whose client half leaves the message alone:
+  ``client_dp`` (server-side noise) and ``secagg``;
+- ``secagg`` after a codec only when the codec is linear over a support every client
+  of the round shares (``random_mask``: the mask comes from a shared seed, so masked
+  sums of encodings are the encoding of the sum); ``topk`` picks each client's own
+  coordinates, and quantizers scale each client differently, so their encodings
+  cannot be summed under masks. A rescaled random mask can leave the fixed-point
+  range secagg binds to the clip bound, so under secagg it must not rescale;
+- differential privacy: DP-SGD's guarantee is on the update a client releases, and a
+  codec is post-processing of it: its accounting is unchanged. Client-level DP adds
+  noise at the server, calibrated to the clip bound on what the clients send, so
+  there the codec must keep a clipped update's norm within the bound
+  (``dp_compatible``: ``topk`` without error feedback and ``random_mask`` without
+  rescaling send a subset of the coordinates; quantizers, casts and error feedback
+  can exceed it);
+- not the ``split`` backend, whose clients exchange activations, not updates.
+
+On success a ``random_mask`` is bound to the run's root seed (its shared mask seed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from fedgen.transforms.base import UpdateTransform
+from fedgen.transforms.clip import NormClip
+from fedgen.transforms.codec import UpdateCodec
+from fedgen.transforms.dp import ClientLevelDP
+from fedgen.transforms.secagg.transform import SecureAggregation
+from fedgen.transforms.sparsify import RandomMask
+
+log = logging.getLogger(__name__)
+
+
+def compression_problems(
+    *,
+    transforms: Sequence[UpdateTransform | None],
+    backend: str,
+    root_seed: int,
+    dpsgd: bool,
+) -> list[str]:
+    """Every unsound use of a codec in the pipeline, each with its fix; [] if none.
+
+    ``transforms`` may hold None for one that failed to build (its checks are skipped).
+    """
+    codecs = [(i, t) for i, t in enumerate(transforms) if isinstance(t, UpdateCodec)]
+    if not codecs:
+        return []
+    problems: list[str] = []
+    names = [type(t).__name__ if t is not None else "?" for t in transforms]
+    if len(codecs) > 1:
+        listed = ", ".join(f"transforms[{i}] ({t.codec_name})" for i, t in codecs)
+        problems.append(
+            f"transforms: {listed} are all codecs; keep one (a second codec would encode "
+            "the first one's packed integers, not an update)"
+        )
+    i_codec, codec = codecs[0]
+    for i, t in enumerate(transforms):
+        if isinstance(t, NormClip) and i > i_codec:
+            problems.append(
+                f"transforms: clip (transforms[{i}]) comes after the codec {codec.codec_name} "
+                f"(transforms[{i_codec}]); list clip first, so it bounds the update the codec "
+                "compresses (after it, it would measure the encoding)"
+            )
+        elif i > i_codec and not isinstance(t, ClientLevelDP | SecureAggregation | UpdateCodec):
+            problems.append(
+                f"transforms[{i}] ({names[i]}) comes after the codec {codec.codec_name} and "
+                "would see its encoding, not an update; move the codec after it"
+            )
+    if any(isinstance(t, SecureAggregation) for t in transforms):
+        if not codec.linear_shared_support:
+            problems.append(
+                f"transforms: {codec.codec_name} before secagg: its encodings are not linear "
+                "over a support every client shares (each client sends its own coordinates "
+                "or scales), so they cannot be summed under the masks; use random_mask "
+                "(a shared-seed mask), or drop secagg"
+            )
+        elif isinstance(codec, RandomMask) and codec.rescale:
+            problems.append(
+                "transforms: random_mask with rescale: true before secagg can scale an update "
+                "past the fixed-point range secagg binds to the clip bound; set rescale: false"
+            )
+    if any(isinstance(t, ClientLevelDP) for t in transforms) and not getattr(
+        codec, "dp_compatible", False
+    ):
+        problems.append(
+            f"transforms: client_dp calibrates its noise to the clip bound on what clients "
+            f"send, but {codec.codec_name} can send an update whose norm exceeds it "
+            "(quantization and casts round values up, error feedback adds the residual); "
+            "use topk with error_feedback: false or random_mask with rescale: false, or "
+            "DP-SGD (dpsgd:), after which any codec is post-processing"
+        )
+    if dpsgd:
+        log.info(
+            "%s compresses updates DP-SGD already made private: post-processing, the "
+            "privacy accounting is unchanged",
+            codec.codec_name,
+        )
+    if backend == "split":
+        problems.append(
+            f"transforms: {codec.codec_name} compresses model updates, but the split backend's "
+            "clients exchange activations and gradients; drop the codec or use backend "
+            "inprocess/process_pool"
+        )
+    if not problems:
+        for _, t in codecs:
+            if isinstance(t, RandomMask):
+                t.bind_seed(root_seed)
+    return problems
