@@ -220,6 +220,18 @@ class FaultsConfig(_Strict):
         return self
 
 
+class AttackConfig(_Strict):
+    """Simulated malicious clients (``fedgen.assembly.attack``): ``fraction`` of the
+    clients, chosen by the root seed and written to the run folder's ``attackers.json``,
+    run the registered adversary ``kind`` with ``params`` (e.g. ``sign_flip``,
+    ``scaling``, ``label_flip``, ``gaussian``, ``free_rider``, ``mode_collapse``,
+    ``backdoor``)."""
+
+    kind: str
+    fraction: float = Field(0.2, ge=0, le=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 #: The fault kinds of ``FaultsConfig``, in the order a client's draw is matched.
 FAULT_KINDS = ("crash_before", "crash_after", "straggle", "nan", "wrong_shape", "oversized")
 
@@ -239,6 +251,7 @@ class ExperimentConfig(_Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     dpsgd: DpSgdConfig | None = None
     faults: FaultsConfig | None = None
+    attack: AttackConfig | None = None
     ledger: bool = Field(
         True,
         description="keep ledger.sqlite, the signed, tamper-evident log of every round "
@@ -268,6 +281,8 @@ class ExperimentConfig(_Strict):
             d.pop("dpsgd", None)  # runs from before DP-SGD existed keep their fingerprint
         if d.get("faults") is None:
             d.pop("faults", None)  # runs from before fault injection keep their fingerprint
+        if d.get("attack") is None:
+            d.pop("attack", None)  # likewise runs from before simulated attacks
         fed = d["federation"]
         if fed["mode"] == "sync" and fed["clock"] is None:
             # Runs from before asynchronous and gossip modes keep their fingerprint.

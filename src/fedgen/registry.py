@@ -62,6 +62,9 @@ STRATEGIES: Registry[type] = Registry("strategy")
 #: Client selection (``fedgen.strategies.sampling``), which every strategy delegates to.
 SAMPLERS: Registry[type] = Registry("client sampler")
 TRANSFORMS: Registry[type] = Registry("transform")
+#: Simulated malicious clients (``attack.kind``): data poisoners (``fedgen.data.poison``)
+#: and update poisoners (``fedgen.transforms.adversary``).
+ADVERSARIES: Registry[type] = Registry("adversary")
 PARTITIONERS: Registry[type] = Registry("partitioner")
 SOURCES: Registry[object] = Registry("data source")
 #: Text corpora (``fedgen.data.text_sources``), which ``data.sources`` may name too.
@@ -86,6 +89,8 @@ _BUILTINS = (
     "fedgen.tasks.tabular",
     "fedgen.strategies",
     "fedgen.transforms",
+    "fedgen.data.poison",
+    "fedgen.transforms.adversary",
     "fedgen.engine.backends",
     "fedgen.eval.evaluator",
     "fedgen.eval.perplexity",

@@ -17,6 +17,7 @@ from fedgen.errors import ConfigError
 from fedgen.experiment import build_experiment
 from fedgen.params import ParamsError, params_model, validate_params
 from fedgen.registry import (
+    ADVERSARIES,
     BACKENDS,
     PARTITIONERS,
     SAMPLERS,
@@ -33,6 +34,7 @@ KINDS: dict[str, tuple[Registry[type], str, dict[str, object] | None]] = {
     "task": (TASKS, "task.params", None),
     "strategy": (STRATEGIES, "strategy.params", {"root_seed": 0}),
     "sampler": (SAMPLERS, "strategy.params", {}),
+    "adversary": (ADVERSARIES, "attack.params", {}),
     "transform": (TRANSFORMS, "transforms[0].params", {}),
     "partitioner": (PARTITIONERS, "data.partition.params", {}),
     "backend": (BACKENDS, "backend.params", {}),
