@@ -98,9 +98,10 @@ def trigger_mask(image_shape: tuple[int, ...], pixels: int) -> torch.Tensor:
     return mask
 
 
-def trigger_rate(images: torch.Tensor, pixels: int, threshold: float = 0.5) -> float:
+def trigger_rate(images: torch.Tensor, pixels: int, threshold: float = 0.75) -> float:
     """The share of ``images`` (N, C, H, W) in [0, 1] that carry the trigger: every
-    trigger pixel's mean brighter than ``threshold`` (backdoor success rate)."""
+    trigger pixels' mean brighter than ``threshold`` (backdoor success rate; an untrained
+    generator's grey, 0.5, is not a trigger)."""
     mask = trigger_mask(tuple(images.shape[1:]), pixels)
     inside = images[:, mask].mean(dim=1)
     return float((inside > threshold).float().mean())
