@@ -1,0 +1,267 @@
+"""Update codecs: round trips, unbiasedness, error feedback, real byte counts, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedgen.errors import ClientUpdateError
+from fedgen.transforms.base import TransformContext
+from fedgen.transforms.cast import CastCodec
+from fedgen.transforms.clip import UNCLIPPED_KEY
+from fedgen.transforms.codec import CODEC_PREFIX, decode_arrival, part_name
+from fedgen.transforms.quantize import QSGD, StochasticQuantization
+from fedgen.transforms.sparsify import RandomMask, TopK, residual_key
+from fedgen.wire import Message, decode, encode
+
+#: A small model's update: a matrix (several buckets), a vector, an integer buffer.
+REFERENCE = {
+    "net.w": torch.zeros(40, 30),
+    "net.b": torch.zeros(7),
+    "net.steps": torch.zeros((), dtype=torch.int64),
+}
+
+
+def update(seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "net.w": torch.randn(40, 30, generator=gen) * 0.01,
+        "net.b": torch.randn(7, generator=gen),
+        "net.steps": torch.tensor(3),
+    }
+
+
+def ctx(seed: int = 11, round: int = 0, private: dict | None = None) -> TransformContext:
+    return TransformContext(
+        round=round,
+        client_id=2,
+        seed=seed,
+        num_clients=4,
+        private=private if private is not None else {},
+    )
+
+
+def wire(encoded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The update as it arrives: encoded to bytes and decoded again."""
+    return decode(encode(Message(encoded))).arrays
+
+
+ALL = [
+    CastCodec("float16"),
+    CastCodec("bfloat16"),
+    StochasticQuantization(8),
+    StochasticQuantization(4),
+    StochasticQuantization(2),
+    QSGD(8),
+    QSGD(4),
+    QSGD(2),
+    TopK(0.1),
+    TopK(0.1, error_feedback=False),
+    RandomMask(0.25),
+    RandomMask(0.25, rescale=True),
+]
+
+
+@pytest.mark.parametrize("codec", ALL, ids=lambda c: f"{c.codec_name}-{vars(c)}")
+def test_every_codec_decodes_across_the_wire_to_the_model_shapes(codec):
+    # Prepare / Execute
+    sent, metrics = codec.on_client(update(), ctx())
+    received = decode_arrival([codec], wire(sent), REFERENCE, round=0, client_id=2)
+    # Assert: the model's tensors, the integer buffer untouched, fewer bytes than float32.
+    assert received is not None and set(received) == set(REFERENCE)
+    for key, ref in REFERENCE.items():
+        assert received[key].shape == ref.shape and received[key].dtype == ref.dtype
+    assert torch.equal(received["net.steps"], torch.tensor(3))
+    assert 0 < metrics["encoded_fraction"] < 0.6
+    assert all(not k.startswith(("net.w", "net.b")) for k in sent)
+
+
+@pytest.mark.parametrize(
+    "codec", [TopK(1.0), TopK(1.0, error_feedback=False), RandomMask(1.0)], ids=str
+)
+def test_sparsifiers_keeping_everything_are_lossless(codec):
+    sent, _ = codec.on_client(update(), ctx())
+    received = decode_arrival([codec], wire(sent), REFERENCE, 0, 2)
+    assert received is not None
+    assert all(torch.equal(received[k], update()[k]) for k in REFERENCE)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_cast_is_exact_on_its_grid_and_rounds_to_nearest_off_it(dtype):
+    # Prepare: values already representable in the target type, and arbitrary ones.
+    codec = CastCodec(dtype)  # type: ignore[arg-type]
+    target = {"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    on_grid = {
+        k: v.to(target).to(v.dtype) if v.is_floating_point() else v for k, v in update().items()
+    }
+    # Execute
+    exact = decode_arrival([codec], wire(codec.on_client(on_grid, ctx())[0]), REFERENCE, 0, 2)
+    near = decode_arrival([codec], wire(codec.on_client(update(), ctx())[0]), REFERENCE, 0, 2)
+    # Assert
+    assert exact is not None and near is not None
+    assert all(torch.equal(exact[k], on_grid[k]) for k in REFERENCE)
+    info = torch.finfo(target)
+    # Half an ulp relative error, or half the subnormal spacing (float16's tiny values).
+    atol = info.smallest_normal * info.eps
+    assert torch.allclose(near["net.w"], update()["net.w"], rtol=info.eps / 2, atol=atol)
+
+
+@pytest.mark.parametrize(
+    "codec",
+    [StochasticQuantization(4), StochasticQuantization(2), QSGD(4), QSGD(2)],
+    ids=lambda c: f"{c.codec_name}-{c.bits}",
+)
+def test_stochastic_quantizers_are_unbiased(codec):
+    # Prepare: one update, quantized with 4,000 independent rounding seeds.
+    x = update()
+    draws = 4000
+    total = {k: torch.zeros_like(REFERENCE[k], dtype=torch.float64) for k in ("net.w", "net.b")}
+    # Execute
+    for seed in range(draws):
+        got = codec.decode(codec.on_client(x, ctx(seed=seed))[0], REFERENCE, ctx())
+        for k in total:
+            total[k] += got[k].double()
+    # Assert: stochastic rounding between two levels a step apart has variance at most
+    # step^2 / 4, so each coordinate's mean is within 5 standard errors, 5 * step / 2 /
+    # sqrt(draws) = 4% of a step, of the true value (fixed seeds: deterministic).
+    # Rounding to nearest would be off by up to half a step.
+    for k in total:
+        if isinstance(codec, QSGD):
+            step = float(x[k].norm()) / codec.levels  # >= every bucket's norm / s
+        else:
+            step = float(x[k].max() - x[k].min()) / ((1 << codec.bits) - 1)
+        error = (total[k] / draws - x[k].double()).abs()
+        assert float(error.max()) <= 5 * step / 2 / draws**0.5, k
+
+
+def test_a_rescaled_random_mask_is_unbiased_over_rounds():
+    codec = RandomMask(0.25, rescale=True)
+    x, draws = update(), 3000
+    total = torch.zeros(7, dtype=torch.float64)
+    for r in range(draws):
+        total += codec.decode(codec.on_client(x, ctx(round=r))[0], REFERENCE, ctx(round=r))[
+            "net.b"
+        ].double()
+    # Each coordinate is kept in a quarter of the rounds and scaled by 7/2 (2 of 7 kept).
+    mean = total / draws
+    assert torch.allclose(mean, x["net.b"].double(), rtol=0.15, atol=0.02)
+
+
+def test_a_quantized_message_is_as_small_as_its_bits():
+    # Prepare: one float32 tensor of 65,536 values (256 KiB).
+    x = {"net.w": torch.randn(256, 256)}
+    plain = len(encode(Message(x)))
+    for bits in (8, 4, 2):
+        # Execute
+        sent, _ = StochasticQuantization(bits, bucket_size=512).on_client(x, ctx())
+        size = len(encode(Message(sent)))
+        # Assert: bits/32 of float32, plus 8 bytes of scale per 512 values and a header.
+        payload = 65536 * bits // 8 + 8 * 128
+        assert payload <= size <= payload + 400
+        assert size < plain * bits / 32 * 1.1
+
+
+def test_error_feedback_conserves_what_was_sent_plus_the_residual():
+    # Prepare
+    codec = TopK(0.05)
+    private: dict[str, torch.Tensor] = {}
+    first, second = update(0), update(1)
+    # Execute: two rounds of one client.
+    sent0 = codec.decode(codec.on_client(first, ctx(private=private))[0], REFERENCE, ctx())
+    residual0 = {k: private[residual_key(k)].clone() for k in ("net.w", "net.b")}
+    sent1 = codec.decode(codec.on_client(second, ctx(private=private))[0], REFERENCE, ctx())
+    # Assert: nothing is lost, only delayed, bit for bit.
+    for k in ("net.w", "net.b"):
+        assert torch.equal(sent0[k] + residual0[k], first[k])
+        assert torch.equal(sent1[k] + private[residual_key(k)], second[k] + residual0[k])
+        assert int((sent0[k] != 0).sum()) == max(1, -(-first[k].numel() * 5 // 100))
+
+
+def test_without_error_feedback_nothing_is_kept():
+    private: dict[str, torch.Tensor] = {}
+    TopK(0.05, error_feedback=False).on_client(update(), ctx(private=private))
+    assert private == {}
+
+
+def test_the_random_mask_is_shared_by_clients_and_changes_with_round_and_seed():
+    codec, other = RandomMask(0.1), RandomMask(0.1)
+    other.bind_seed(1)
+    a = codec.mask("net.w", 1200, round=3)
+    assert torch.equal(a, RandomMask(0.1).mask("net.w", 1200, round=3))
+    assert not torch.equal(a, codec.mask("net.w", 1200, round=4))
+    assert not torch.equal(a, other.mask("net.w", 1200, round=3))
+    # Only the values travel: no index array in the message.
+    sent, _ = codec.on_client(update(), ctx(round=3))
+    assert set(sent) == {part_name("net.w", "values"), part_name("net.b", "values"), "net.steps"}
+
+
+def test_side_channels_of_other_transforms_pass_through():
+    x = {**update(), UNCLIPPED_KEY: torch.tensor([0.5])}
+    sent, _ = QSGD(4).on_client(x, ctx())
+    received = decode_arrival([QSGD(4)], wire(sent), REFERENCE, 0, 2)
+    assert received is not None and torch.equal(received[UNCLIPPED_KEY], torch.tensor([0.5]))
+
+
+def test_quantization_draws_are_reproducible_from_the_client_seed():
+    codec = StochasticQuantization(2)
+    a, _ = codec.on_client(update(), ctx(seed=5))
+    b, _ = codec.on_client(update(), ctx(seed=5))
+    c, _ = codec.on_client(update(), ctx(seed=6))
+    key = part_name("net.w", "q")
+    assert torch.equal(a[key], b[key]) and not torch.equal(a[key], c[key])
+
+
+def malformed(codec, change):
+    sent, _ = codec.on_client(update(), ctx())
+    change(sent)
+    return sent
+
+
+@pytest.mark.parametrize(
+    ("codec", "change", "message"),
+    [
+        (
+            TopK(0.1),
+            lambda s: s.__setitem__(
+                part_name("net.w", "index"), torch.zeros(3, dtype=torch.uint16)
+            ),
+            "index",
+        ),
+        (
+            TopK(0.1),
+            lambda s: s[part_name("net.b", "index")].fill_(200),
+            "past the tensor",
+        ),
+        (QSGD(4), lambda s: s.pop(part_name("net.b", "norm")), "parts"),
+        (StochasticQuantization(4), lambda s: s.__setitem__("net.w", torch.zeros(40, 30)), "both"),
+        (
+            CastCodec(),
+            lambda s: s.__setitem__(part_name("net.w", "v"), torch.zeros(40, 30)),
+            "float16",
+        ),
+        (
+            RandomMask(0.1),
+            lambda s: s.__setitem__(part_name("ghost", "values"), torch.zeros(1)),
+            "lacks",
+        ),
+        (QSGD(2), lambda s: s[part_name("net.b", "q")].fill_(255), "level beyond"),
+    ],
+    ids=[
+        "index-count",
+        "index-range",
+        "missing-part",
+        "plain-and-encoded",
+        "dtype",
+        "extra",
+        "level",
+    ],
+)
+def test_a_malformed_encoding_is_a_client_update_error(codec, change, message):
+    sent = malformed(codec, change)
+    with pytest.raises(ClientUpdateError, match=message):
+        decode_arrival([codec], sent, REFERENCE, 0, 2)
+
+
+def test_encoded_names_are_side_channels_not_model_keys():
+    assert part_name("net.w", "q") == f"{CODEC_PREFIX}net.w/q"
+    assert CODEC_PREFIX.startswith("__")
