@@ -232,6 +232,16 @@ class AttackConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class DetectionConfig(_Strict):
+    """A detection stage before aggregation (``fedgen.strategies.detection``): clients
+    whose update norm, cosine to the median update or reported losses lie more than
+    ``threshold`` robust standard deviations out are flagged in the round's metrics;
+    ``exclude`` also leaves them out of the aggregate."""
+
+    threshold: float = Field(3.5, gt=0)
+    exclude: bool = False
+
+
 #: The fault kinds of ``FaultsConfig``, in the order a client's draw is matched.
 FAULT_KINDS = ("crash_before", "crash_after", "straggle", "nan", "wrong_shape", "oversized")
 
@@ -252,6 +262,7 @@ class ExperimentConfig(_Strict):
     dpsgd: DpSgdConfig | None = None
     faults: FaultsConfig | None = None
     attack: AttackConfig | None = None
+    detection: DetectionConfig | None = None
     ledger: bool = Field(
         True,
         description="keep ledger.sqlite, the signed, tamper-evident log of every round "
@@ -281,8 +292,9 @@ class ExperimentConfig(_Strict):
             d.pop("dpsgd", None)  # runs from before DP-SGD existed keep their fingerprint
         if d.get("faults") is None:
             d.pop("faults", None)  # runs from before fault injection keep their fingerprint
-        if d.get("attack") is None:
-            d.pop("attack", None)  # likewise runs from before simulated attacks
+        for key in ("attack", "detection"):
+            if d.get(key) is None:
+                d.pop(key, None)  # likewise runs from before attacks and detection
         fed = d["federation"]
         if fed["mode"] == "sync" and fed["clock"] is None:
             # Runs from before asynchronous and gossip modes keep their fingerprint.

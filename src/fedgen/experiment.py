@@ -157,6 +157,12 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
         clients, transforms, _ = arm_attack(
             cfg.attack, clients, transforms, cfg.seed, fed_cfg.centralized, problems
         )
+    # A detection stage before the strategy's aggregation (cfg.detection).
+    if cfg.detection is not None and strategy is not None:
+        from fedgen.strategies.detection import DetectingStrategy, OutlierDetector
+
+        detector = OutlierDetector(cfg.detection.threshold)
+        strategy = DetectingStrategy(strategy, detector, cfg.detection.exclude)
     # -- end issue 14
     if transforms:
         # Secure aggregation's composition is checked here, not in build_privacy: it
