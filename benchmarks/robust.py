@@ -4,7 +4,9 @@ Every run is the same small federation (20 clients, Dirichlet 0.5, 12 sampled a 
 the same rounds and local steps) with a fraction of the clients malicious (chosen by
 the seed; ``attackers.json`` in each run folder). ``grid`` runs every aggregator
 against every attack at 20%; ``sweep`` runs FedAvg and one robust aggregator against
-two attacks at 0, 10, 20 and 30%, for each seed. One row is appended to
+two attacks at 0, 10, 20 and 30%, for each seed; ``detect`` runs FedAvg behind the
+detection stage (``fedgen.strategies.detection``, flagged clients left out) against
+every attack and scores its flags against the attackers. One row is appended to
 ``benchmarks/results/robust.md`` as soon as each run ends, so a cut-off benchmark
 still leaves figures.
 
@@ -39,6 +41,12 @@ AGGREGATORS: dict[str, list[str]] = {
     "multi_krum": ["strategy.name=multi_krum", "strategy.params={fraction: 0.6, byzantine: 2}"],
     "bulyan": ["strategy.name=bulyan", "strategy.params={fraction: 0.6, byzantine: 2}"],
     "norm_bound": ["strategy.name=norm_bound", "strategy.params={fraction: 0.6, max_norm: 0.45}"],
+    # FedAvg behind the detection stage, flagged clients left out (``detect`` mode).
+    "fedavg+detect": [
+        "strategy.name=fedavg",
+        "strategy.params={fraction: 0.6}",
+        "detection={threshold: 3.5, exclude: true}",
+    ],
 }
 #: Attack -> the recipe's attack section (without the fraction).
 ATTACKS: dict[str, str | None] = {
@@ -61,6 +69,8 @@ COLUMNS = [
     "seconds",
     "commit",
 ]
+#: The ``detect`` mode's extra columns: flags against the attackers that took part.
+DETECT_COLUMNS = [*COLUMNS[:-2], "flags", "precision", "recall", "seconds", "commit"]
 BACKDOOR_PIXELS = 3
 
 
@@ -109,16 +119,28 @@ def run_one(
         overrides.append(f"attack={section[:-1]}, fraction: {fraction}}}")
     cfg = load_config(None, overrides)
     captured: dict[str, Any] = {}
+    cohorts: list[list[int]] = []
+
+    def ready(exp: Any) -> None:
+        # Record each round's cohort, to score the detection stage's flags.
+        captured["exp"] = exp
+        configure = exp.federation.strategy.configure
+
+        def recorded(*args: Any) -> Any:
+            plan = configure(*args)
+            cohorts.append(plan.client_ids)
+            return plan
+
+        exp.federation.strategy.configure = recorded
+
     t0 = time.perf_counter()
-    summary = run_experiment(
-        cfg, out / name, progress=False, on_ready=lambda exp: captured.update(exp=exp)
-    )
+    summary = run_experiment(cfg, out / name, progress=False, on_ready=ready)
     seconds = time.perf_counter() - t0
     task = captured["exp"].federation.load_global_into_task()
     labels = torch.arange(10).repeat_interleave(100)
     with torch.no_grad():
         images = task.sample(labels, torch.Generator().manual_seed(seed))
-    return {
+    row = {
         "aggregator": aggregator,
         "attack": attack,
         "malicious": fraction if section is not None else 0.0,
@@ -130,11 +152,35 @@ def run_one(
         "seconds": seconds,
         "commit": current_commit(),
     }
+    if cfg.detection is not None:
+        row.update(detection_scores(out / name, cohorts))
+    return row
+
+
+def detection_scores(run_dir: Path, cohorts: list[list[int]]) -> dict[str, float]:
+    """Flags over the run, and their precision and recall against the attackers that took
+    part (``attackers.json`` and each round's cohort)."""
+    record = run_dir / "attackers.json"
+    attackers = set(json.loads(record.read_text())["clients"]) if record.is_file() else set()
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    flags = hits = present = 0
+    for metrics, cohort in zip(rounds, cohorts, strict=False):
+        flagged = {
+            int(k.rsplit("/", 1)[1]) for k in metrics if k.startswith("strategy/detect/flag/")
+        }
+        flags += len(flagged)
+        hits += len(flagged & attackers)
+        present += len(set(cohort) & attackers)
+    return {
+        "flags": float(flags),
+        "precision": hits / flags if flags else float("nan"),
+        "recall": hits / present if present else float("nan"),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["grid", "sweep"])
+    parser.add_argument("mode", choices=["grid", "sweep", "detect"])
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--only", nargs="*", default=list(AGGREGATORS))
@@ -145,12 +191,19 @@ def main() -> None:
     parser.add_argument("--table", type=Path, default=Path("benchmarks/results/robust.md"))
     args = parser.parse_args()
 
-    table = ResultsTable(args.table, COLUMNS)
-    if args.mode == "grid":
+    table = ResultsTable(args.table, DETECT_COLUMNS if args.mode == "detect" else COLUMNS)
+    if args.mode == "detect":
+        table.start(
+            "robust: FedAvg behind the detection stage (flagged clients left out) at 20%",
+            notes(args.rounds, args.steps),
+        )
+        plan = [("fedavg+detect", att, 0.2, 0) for att in args.attacks]
+    elif args.mode == "grid":
         table.start(
             "robust: every aggregator x every attack at 20%", notes(args.rounds, args.steps)
         )
-        plan = [(agg, att, 0.2, 0) for att in args.attacks for agg in args.only]
+        aggregators = [a for a in args.only if a != "fedavg+detect"]
+        plan = [(agg, att, 0.2, 0) for att in args.attacks for agg in aggregators]
     else:
         table.start(
             f"robust: fedavg and {args.robust} at 0-30% malicious", notes(args.rounds, args.steps)
