@@ -115,6 +115,9 @@ def _render(run_dir: Path, max_sample_grids: int) -> str:
     summary = _read_json(run_dir / "summary.json", notes)
     partition = _read_json(run_dir / "partition.json", notes)
     metrics = _read_metrics(run_dir / "metrics.jsonl", notes)
+    # A simulated attack's record (issue 14); most runs have none, so it is not "missing".
+    attack_file = run_dir / "attackers.json"
+    attack = _read_json(attack_file, notes) if attack_file.is_file() else None
     samples_dir = run_dir / "samples"
     sample_files = sorted(samples_dir.glob("*.png")) if samples_dir.is_dir() else []
     text_files = sorted(samples_dir.glob("*.txt")) if samples_dir.is_dir() else []
@@ -134,11 +137,12 @@ def _render(run_dir: Path, max_sample_grids: int) -> str:
     ]
     sections = [
         _summary_section(summary, metrics, notes),
+        _attack_section(attack, metrics),
         _privacy_section(summary),
         _metrics_section(metrics),
         _samples_section(sample_files, max_sample_grids, class_names, notes),
         _text_samples_section(text_files, notes),
-        _partition_section(partition, notes),
+        _partition_section(partition, notes, _attackers(attack)),
         _config_section(config_text),
     ]
     # Notes are known only after every section has looked at its files.
@@ -423,7 +427,45 @@ def _samples_section(files: list[Path], limit: int, class_names: list[str], note
     )
 
 
-def _partition_section(partition: dict[str, Any] | None, notes: _Notes) -> str:
+def _attackers(attack: dict[str, Any] | None) -> set[int]:
+    clients = attack.get("clients") if isinstance(attack, dict) else None
+    if not isinstance(clients, list):
+        return set()
+    return {c for c in clients if isinstance(c, int)}
+
+
+def _attack_section(attack: dict[str, Any] | None, metrics: list[dict[str, Any]]) -> str:
+    """The simulated attackers (``attackers.json``) and what the detection stage flagged."""
+    if attack is None:
+        return ""
+    attackers = _attackers(attack)
+    params = attack.get("params") or {}
+    parts = [
+        "<h2>Simulated attack</h2>",
+        f"<p>{len(attackers)} malicious client(s) ran <code>{_esc(str(attack.get('kind')))}"
+        f"</code>{' with ' + _esc(json.dumps(params)) if params else ''}: clients "
+        f"{_esc(', '.join(map(str, sorted(attackers))) or 'none')} (marked in the partition "
+        "below). The samples show the global model trained with them.</p>",
+    ]
+    prefix = "strategy/detect/flag/"
+    flagged = [
+        int(k[len(prefix) :])
+        for m in metrics
+        for k in m
+        if k.startswith(prefix) and k[len(prefix) :].isdigit()
+    ]
+    if any("strategy/detect/flagged" in m for m in metrics):
+        hits = sum(1 for c in flagged if c in attackers)
+        parts.append(
+            f'<p class="muted">Detection stage: {len(flagged)} flag(s) over {len(metrics)} '
+            f"round(s), {hits} on attackers.</p>"
+        )
+    return "".join(parts)
+
+
+def _partition_section(
+    partition: dict[str, Any] | None, notes: _Notes, attackers: set[int] | None = None
+) -> str:
     if partition is None:
         return ""
     counts = partition.get("counts")
@@ -433,7 +475,10 @@ def _partition_section(partition: dict[str, Any] | None, notes: _Notes) -> str:
     sizes = _numbers(partition.get("sizes"))
     if len(sizes) != len(counts) or not all(math.isfinite(size) for size in sizes):
         sizes = [math.fsum(v for v in _numbers(row) if math.isfinite(v)) for row in counts]
-    row_labels = [f"client {i} (n={format_number(size)})" for i, size in enumerate(sizes)]
+    row_labels = [
+        f"client {i} (n={format_number(size)})" + (" attacker" if i in (attackers or ()) else "")
+        for i, size in enumerate(sizes)
+    ]
     class_names = _class_names(partition) or [f"class {j}" for j in range(len(_numbers(counts[0])))]
     maps = [("labels per client", counts, class_names)]
     domain_counts = partition.get("domain_counts")

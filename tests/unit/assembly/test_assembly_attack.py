@@ -87,6 +87,8 @@ def test_an_attack_is_recorded_in_the_run_folder(mnist_dir, tmp_path):
     record = json.loads((tmp_path / "run" / "attackers.json").read_text())
     assert record["kind"] == "scaling" and record["params"] == {"boost": 4.0}
     assert record["clients"] == sorted(choose_attackers(range(4), 0.5, cfg.seed))
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "Simulated attack" in report and "attacker" in report
 
 
 @pytest.mark.parametrize(
