@@ -24,6 +24,7 @@ from typing import Any, TypeGuard
 import yaml
 from PIL import Image
 
+from fedgen.report.bytes_curve import quality_by_bytes_section
 from fedgen.report.svg import format_number, heatmap, line_chart
 
 REPORT_NAME = "report.html"
@@ -140,6 +141,7 @@ def _render(run_dir: Path, max_sample_grids: int) -> str:
         _attack_section(attack, metrics),
         _privacy_section(summary),
         _metrics_section(metrics),
+        quality_by_bytes_section(metrics),
         _samples_section(sample_files, max_sample_grids, class_names, notes),
         _text_samples_section(text_files, notes),
         _partition_section(partition, notes, _attackers(attack)),
