@@ -93,15 +93,6 @@ def secagg_problems(
             "learning): the server sees them by design and there is no update to mask; "
             "remove secagg, or use backend inprocess or process_pool"
         )
-    if backend == "flower":
-        # Until the protocol runs as a stage over the clients' messages, the server would
-        # receive every plain update and play the clients' halves itself: no guarantee.
-        problems.append(
-            "backend flower: secure aggregation still runs its clients' halves inside the "
-            "server process, so over Flower the server would receive each plain update; "
-            "remove secagg for a deployment, or simulate it with backend inprocess or "
-            "process_pool"
-        )
     if centralized:
         problems.append(
             "federation.centralized=true pools all data in one client: there is no sum of "

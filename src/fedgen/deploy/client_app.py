@@ -9,11 +9,13 @@ its hello, kept in the run's ``Context.state``; the client keeps its shard only.
 Its private state (personal layers, adapters) stays in the ``Context`` too, and
 never crosses the wire.
 
-Two messages: the hello (a Flower *query*) checks that this fedgen reads the
+Three messages: the hello (a Flower *query*) checks that this fedgen reads the
 recipe and that the client exists, and answers with the client id, its example
 count, the fedgen version and the public half of its signing key; a round's job
 (a Flower *train* message) is answered by ``answer_job``, the code a simulation
-worker runs.
+worker runs; a request of secure aggregation's stage (a *query* holding a
+``secagg`` message) by ``answer_phase``, from the update and keys this node holds
+in the ``Context`` since training.
 """
 
 from __future__ import annotations
@@ -27,15 +29,18 @@ from typing import Any
 from fedgen.engine.backends.flower import HELLO
 from fedgen.engine.backends.flower_records import pack, unpack
 from fedgen.engine.backends.local_training import answer_job
+from fedgen.engine.backends.secagg_client import answer_phase
 from fedgen.engine.backends.signing import ClientKeys
 from fedgen.ledger import generate_key, private_key_from_hex, private_key_hex, public_key_hex
+from fedgen.transforms.secagg.codec import from_message, to_message
 from fedgen.version import __version__
 from fedgen.wire import Message, WireError, decode, encode
 
 log = logging.getLogger(__name__)
 
-#: Keys of the run's ``Context.state``: the recipe and run id, the private state.
-STATE_CONFIG, STATE_PRIVATE = "fedgen.client", "fedgen.private"
+#: Keys of the run's ``Context.state``: the recipe and run id, the private state, and
+#: what a secure round holds between its messages (the update, the protocol's keys).
+STATE_CONFIG, STATE_PRIVATE, STATE_HELD = "fedgen.client", "fedgen.private", "fedgen.held"
 
 
 def answer(message: Any, context: Any) -> Any:
@@ -45,7 +50,9 @@ def answer(message: Any, context: Any) -> Any:
     try:
         request = decode(unpack(message.content))
         client_id = node_client_id(context.node_config)
-        if message.metadata.message_type == HELLO:
+        if "secagg" in request.meta:
+            reply = _stage(unpack(message.content), client_id, context)
+        elif message.metadata.message_type == HELLO:
             reply = _hello(request, client_id, context)
         else:
             reply = _train(unpack(message.content), client_id, context)
@@ -99,26 +106,52 @@ def _hello(request: Message, client_id: int, context: Any) -> bytes:
 
 
 def _train(job: bytes, client_id: int, context: Any) -> bytes:
-    from flwr.app import Array, ArrayRecord
-
     from fedgen.experiment import RecipeClientSide
 
     if STATE_CONFIG not in context.state:
         raise ValueError("a job before the hello: this node has no recipe for the run")
-    held = context.state[STATE_CONFIG]
-    kit = RecipeClientSide.from_json(str(held["recipe"])).open()
+    setup = context.state[STATE_CONFIG]
+    kit = RecipeClientSide.from_json(str(setup["recipe"])).open()
     private = None
     if STATE_PRIVATE in context.state:
         private = decode(context.state[STATE_PRIVATE]["wire"].numpy().tobytes()).arrays
-    run_id = str(held["run_id"])
-    keys = ClientKeys(run_id, {client_id: str(held["key"])}) if run_id else None
-    reply, kept = answer_job(job, kit.task, kit, private, keys, expected_client=client_id)
+    run_id = str(setup["run_id"])
+    keys = ClientKeys(run_id, {client_id: str(setup["key"])}) if run_id else None
+    held: dict[int, dict[str, Any]] = {}
+    reply, kept = answer_job(
+        job, kit.task, kit, private, keys, expected_client=client_id, held=held
+    )
     if kept:
-        import numpy as np
-
-        wire = np.frombuffer(encode(Message(kept)), dtype=np.uint8).copy()
-        context.state[STATE_PRIVATE] = ArrayRecord(array_dict={"wire": Array(wire)})
+        context.state[STATE_PRIVATE] = _record(encode(Message(kept)))
+    # A secure round's update stays on this node until the stage's requests come.
+    _keep_held(context, held.get(client_id))
     return reply
+
+
+def _stage(request: bytes, client_id: int, context: Any) -> bytes:
+    """One request of a stage after training (secure aggregation), from what is held."""
+    held = None
+    if STATE_HELD in context.state:
+        held = from_message(decode(context.state[STATE_HELD]["wire"].numpy().tobytes()))
+    reply, kept = answer_phase(request, held, client_id)
+    _keep_held(context, kept)
+    return reply
+
+
+def _keep_held(context: Any, held: dict[str, Any] | None) -> None:
+    if held is None:
+        if STATE_HELD in context.state:
+            del context.state[STATE_HELD]
+    else:
+        context.state[STATE_HELD] = _record(encode(to_message(held)))
+
+
+def _record(data: bytes) -> Any:
+    """``data`` as an ArrayRecord, the form a ``Context`` keeps between messages."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord(array_dict={"wire": Array(np.frombuffer(data, dtype=np.uint8).copy())})
 
 
 def _signing_key(context: Any, client_id: int, run_id: str) -> str:

@@ -10,8 +10,9 @@ budget the loop stops cleanly after the last round that fits, and says why in
 ``stop_reason``.
 
 With a ``SecureAggregation`` transform in the pipeline the strategy never sees an
-individual update: the round's accepted updates go through ``secure_aggregate``
-(SecAgg, Bonawitz et al. 2017) and the strategy divides the unmasked sum
+individual update: the clients keep their updates after training, and a stage of
+the round (``fedgen.engine.secure_stage``: SecAgg, Bonawitz et al. 2017) runs over
+the backend's messages and hands the strategy the unmasked sum
 (``Strategy.aggregate_sum``); the server halves then run on that mean as usual.
 
 What a round is comes from its ``Schedule`` (``fedgen.engine.schedule``): a
@@ -27,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.client_side import ClientKit, ClientSide, LocalClientSide
 from fedgen.engine.faults import FaultPlan
 from fedgen.engine.schedule import Job, Schedule, SynchronousSchedule
+from fedgen.engine.secure_stage import SecureAggregationStage
 from fedgen.engine.validation import check_result
 from fedgen.errors import ClientUpdateError, RoundFailedError
 from fedgen.ledger import state_digest
@@ -48,13 +50,7 @@ from fedgen.strategies.base import Aggregate, Strategy
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import TransformContext, UpdateTransform
 from fedgen.transforms.codec import decode_arrival
-from fedgen.transforms.secagg import (
-    SecAggConfigError,
-    SecAggRoundFailedError,
-    SecureAggregation,
-    secure_aggregate,
-)
-from fedgen.transforms.secagg.channel import Channel
+from fedgen.transforms.secagg import SecureAggregation
 from fedgen.types import ClientResult, RoundPlan, StateDict, state_nbytes
 
 if TYPE_CHECKING:
@@ -143,6 +139,8 @@ class Federation:
         self.secagg: SecureAggregation | None = next(
             (t for t in self.transforms if isinstance(t, SecureAggregation)), None
         )
+        #: The stage that turns the clients' held updates into the aggregate, if any.
+        self.stage = None if self.secagg is None else SecureAggregationStage(self.secagg)
         self.global_state: StateDict = task.federated_state()
         self.private_states: dict[int, StateDict] = {}
         self.next_round = 0
@@ -246,6 +244,8 @@ class Federation:
                 self.faults,
                 keys,
                 side,
+                secure=self.stage is not None,
+                max_update_norm=self.max_update_norm,
             )
             for res in self.backend.run(job.plan, work, self.clients, self.private_states):
                 cid = res.client_id
@@ -299,13 +299,23 @@ class Federation:
 
         metrics: dict[str, Any] = {"round": r}
         aggregated = False
-        channel = Channel()
+        link = None
         try:
-            if self.secagg is None:
+            if self.stage is None:
                 combined = self.schedule.combine(r, self, step, accepted())
             else:
-                combined = self._aggregate_securely(
-                    r, self.secagg, accepted(), channel, metrics, audit
+                # A stage of its own after training: the clients hold their updates.
+                combined, link = self.stage.aggregate(
+                    r,
+                    seed=self.seed,
+                    strategy=self.strategy,
+                    global_state=self.global_state,
+                    auxiliary=self.auxiliary_keys,
+                    results=accepted(),
+                    exchange=lambda requests: self.backend.exchange(r, requests),
+                    metrics=metrics,
+                    privacy=self.privacy,
+                    audit=audit,
                 )
             if combined is None:
                 # The schedule set the new state itself (gossip: no server aggregation).
@@ -320,6 +330,10 @@ class Federation:
             metrics["examples"] = 0
             if audit is not None:
                 audit.round_failure = str(exc)
+        finally:
+            if self.stage is not None:
+                # What the clients held for the stage (keys, updates) ends with the round.
+                self.backend.end_stage()
         if audit is not None:
             audit.failures = dict(failures)
             if aggregated:
@@ -333,14 +347,15 @@ class Federation:
         sent = state_nbytes(self.global_state)
         metrics["bytes_down"] = sum(bytes_down.get(c) or sent for c in plan.client_ids)
         metrics["bytes_up"] = bytes_up
-        if self.secagg is not None:
-            # The clients sent the protocol's messages, not their plain updates.
-            metrics["bytes_up"] = sum(channel.bytes_up.values())
-            metrics["bytes_down"] += sum(channel.bytes_down.values())
-            if failures:
-                # The server of secure aggregation cannot see why an update was refused
-                # (the client checked it before masking): only that the client dropped.
-                metrics["failed_clients"] = {str(k): "dropped" for k in sorted(failures)}
+        if link is not None:
+            # Besides training's job and reply (the reply without the update), the
+            # stage's messages: every phase of secure aggregation, both ways.
+            metrics["bytes_up"] += sum(link.bytes_up.values())
+            metrics["bytes_down"] += sum(link.bytes_down.values())
+        if self.secagg is not None and failures:
+            # The server of secure aggregation cannot see why an update was refused
+            # (the client checked it before masking): only that the client dropped.
+            metrics["failed_clients"] = {str(k): "dropped" for k in sorted(failures)}
         if self.withholds_cohort:
             # Client-level DP's accountant assumes the sampled cohort stays secret
             # (amplification by sampling): its size, who failed, how many examples and
@@ -400,87 +415,6 @@ class Federation:
     ) -> None:
         """A round without server aggregation (gossip) counts the examples it trained on."""
         metrics["examples"] = int(sum(m["examples"] for m in client_metrics))
-
-    def _aggregate_securely(
-        self,
-        r: int,
-        secagg: SecureAggregation,
-        results: Iterable[ClientResult],
-        channel: Channel,
-        metrics: dict[str, Any],
-        audit: RoundAudit | None = None,
-    ) -> Aggregate:
-        """The round's aggregate from a secure sum of the accepted updates.
-
-        Raises ``SecAggRoundFailedError`` (a ``RoundFailedError``) when fewer than two
-        clients remain or too few survive the simulated dropouts.
-        """
-        updates: dict[int, StateDict] = {}
-        weights: dict[int, float] = {}
-        examples: dict[int, int] = {}
-        for res in results:
-            assert res.update is not None  # the loop passes successful results only
-            # The simulation hands each update to that client's half of the protocol
-            # (inside secure_aggregate); the server keeps no individual update.
-            updates[res.client_id], res.update = res.update, None
-            weights[res.client_id] = self.strategy.client_weight(res.num_examples)
-            examples[res.client_id] = res.num_examples
-        if not updates:
-            # The sum of no client is zero: nothing to mask (fixed denominator: noise only).
-            return self.strategy.aggregate_sum(r, {}, 0.0, 0, 0)
-        if len(updates) < 2:
-            updates.clear()
-            if self.privacy is not None:
-                # Under DP a failed round would reveal that the cohort held one client;
-                # release the noise-only round instead (the fixed-denominator mean of no
-                # client), as a round of zero clients does. A strategy that cannot take
-                # an empty sum raises RoundFailedError itself.
-                log.warning(
-                    "round %d: one usable client under secure aggregation; "
-                    "releasing a noise-only round",
-                    r,
-                )
-                return self.strategy.aggregate_sum(r, {}, 0.0, 0, 0)
-            raise SecAggRoundFailedError(
-                f"round {r}: only {len(examples)} usable client update, and secure "
-                "aggregation of one client would reveal it; sample more clients per round"
-            )
-        config = secagg.round_config()
-        drops = secagg.dropouts(updates, self.seed, r)
-        metrics["secagg/clip_range"] = config.clip
-        metrics["secagg/dropped"] = float(len(drops))
-        try:
-            secure = secure_aggregate(
-                updates,
-                weights,
-                config=config,
-                seed=derive_seed(self.seed, "secagg"),
-                round=r,
-                drop_after_sharing=drops,
-                channel=channel,
-            )
-        except SecAggConfigError as exc:
-            # A cohort the recipe's plan could not foresee (e.g. clients failed).
-            raise SecAggRoundFailedError(
-                f"round {r}: secure aggregation cannot run over {len(updates)} clients: {exc}"
-            ) from exc
-        finally:
-            updates.clear()
-        metrics.update({f"secagg/{k}": v for k, v in secure.metrics().items()})
-        if audit is not None:
-            # The server never held an individual update: it logs the unmasked sum.
-            audit.sum_digest = state_digest(secure.weighted_sum)
-            audit.aggregated = sorted(secure.survivors)
-        # Example counts are public in fedgen (every result reports its own), so the
-        # exact weight sum of the survivors is used; the fixed-point error stays in the
-        # numerator, where ``max_abs_error`` bounds it.
-        return self.strategy.aggregate_sum(
-            r,
-            secure.weighted_sum,
-            sum(weights[c] for c in secure.survivors),
-            len(secure.survivors),
-            sum(examples[c] for c in secure.survivors),
-        )
 
     def _local_side(self) -> ClientSide:
         """The client side made of this federation's own objects (the process pool

@@ -60,10 +60,6 @@ def tiny_config(mnist_dir, **overrides):
             "use backend inprocess or process_pool",
         ),
         (
-            {"backend.name": "flower", "transforms": f"[{CLIP}, {SA}]"},
-            "remove secagg for a deployment",
-        ),
-        (
             {"federation.centralized": "true", "transforms": f"[{CLIP}, {SA}]"},
             "set federation.centralized=false",
         ),
@@ -92,7 +88,7 @@ def tiny_config(mnist_dir, **overrides):
         ),
     ],
     ids=["before-clip", "not-last", "range-below-clip", "fixed-range-adaptive", "no-range",
-         "kld-clustered", "split-backend", "flower-backend", "centralized",
+         "kld-clustered", "split-backend", "centralized",
          "threshold-above-cohort", "poisson-cohort-above-plan", "dp-rounding-excess"],
 )  # fmt: skip
 def test_unsound_combination_raises_with_its_fix(mnist_dir, overrides, fix):

@@ -70,11 +70,12 @@ def test_secure_round_equals_plain_round_within_the_fixed_point_bound(mnist_dir,
     states_close(secure.global_state, plain.global_state, denominator, got["secagg/max_abs_error"])
     assert any(not torch.equal(before[k], secure.global_state[k]) for k in before)
     # The protocol's messages replace the plain updates on the wire and cost more than
-    # their payload. (The secagg channel counts payloads; plain replies are counted as
-    # encoded messages, header included, by fedgen.wire.)
+    # their payload; each client's training reply carries no update, only its count
+    # and metrics (every message counted as encoded by fedgen.wire).
     payload = sum(v.numel() * v.element_size() for v in plain.global_state.values())
     assert got["bytes_up"] > 4 * payload and got["bytes_down"] > ref["bytes_down"]
-    assert got["bytes_up"] == pytest.approx(4 * got["secagg/bytes_up_per_client"])
+    replies = got["bytes_up"] - 4 * got["secagg/bytes_up_per_client"]
+    assert 0 < replies < 4 * 2_000
 
 
 def test_dropouts_aggregate_the_survivors_only(mnist_dir):
@@ -141,7 +142,8 @@ def test_the_server_keeps_no_individual_update(mnist_dir):
     record = fed.run_round(0)
     # Assert
     assert "round_failed" not in record.metrics and len(seen) == 4
-    assert all(res.ok is False and res.update is None for res in seen)
+    # The backend never hands the loop an update: each client held its own.
+    assert all(res.held and res.update is None for res in seen)
 
 
 def test_adaptive_clip_bit_travels_through_the_secure_sum(mnist_dir):

@@ -52,8 +52,9 @@ class KeyEnrolment(Protocol):
 
 log = logging.getLogger(__name__)
 
-#: Flower message types: the hello is a query, a round's job is a train message.
-HELLO, TRAIN = "query", "train"
+#: Flower message types: the hello is a query, a round's job is a train message, and
+#: a stage after training (secure aggregation's phases) queries the node again.
+HELLO, TRAIN, STAGE = "query", "train", "query"
 #: Flower's error codes (``flwr.common.constant.ErrorCode``) for a message or reply that
 #: expired (MESSAGE_UNAVAILABLE 3, REPLY_MESSAGE_UNAVAILABLE 4) and a node that went
 #: offline (NODE_UNAVAILABLE 5).
@@ -73,6 +74,8 @@ class _Reply:
     error: str | None = None
     #: True when no answer came (in time, or the node is gone), not a refusal.
     timed_out: bool = False
+    #: The reply as it came off the wire.
+    data: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,37 @@ class FlowerBackend(Backend):
         for index in range(len(plan.instructions)):
             yield results[index]
 
+    # -- a stage after training (secure aggregation) ----------------------------
+
+    def exchange(self, round: int, requests: dict[int, bytes]) -> dict[int, bytes | None]:
+        """Send each client's encoded request to its SuperNode; return the replies.
+
+        The ClientApp answers from what it holds in the run's ``Context`` (its
+        update and protocol keys); a node that does not answer in time is None.
+        """
+        from flwr.app import Message as FlowerMessage
+
+        self._require_grid()
+        sent: list[tuple[int, Any]] = []
+        for cid, data in requests.items():
+            node = self.nodes.get(cid)
+            if node is not None:
+                message = FlowerMessage(
+                    pack(data), dst_node_id=node.node_id, message_type=STAGE, group_id=str(round)
+                )
+                sent.append((cid, message))
+        replies = self._exchange([m for _, m in sent], self.client_timeout)
+        out: dict[int, bytes | None] = dict.fromkeys(requests)
+        for (cid, _), reply in zip(sent, replies, strict=True):
+            if reply.message is None:
+                log.warning("client %d did not answer in round %d: %s", cid, round, reply.error)
+                continue
+            out[cid] = reply.data
+        return out
+
+    def end_stage(self) -> None:
+        """Nothing to forget here: each ClientApp forgets its own held state."""
+
     # -- messages --------------------------------------------------------------
 
     def _require_grid(self) -> Any:
@@ -306,7 +340,7 @@ class FlowerBackend(Backend):
                     continue
                 try:
                     data = unpack(reply.content)
-                    out[i] = _Reply(decode(data), len(data))
+                    out[i] = _Reply(decode(data), len(data), data=data)
                 except WireError as exc:
                     out[i] = _Reply(None, error=f"malformed reply: {exc}")
             if waiting and deadline is not None and time.monotonic() > deadline:

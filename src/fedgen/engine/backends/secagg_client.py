@@ -21,6 +21,7 @@ from fedgen.seeding import derive_seed
 from fedgen.transforms.secagg.client_half import SecAggClientHalf
 from fedgen.transforms.secagg.codec import from_message, to_message
 from fedgen.transforms.secagg.errors import SecAggError
+from fedgen.transforms.secagg.messages import UnmaskResponse
 from fedgen.types import StateDict
 from fedgen.wire import Message, WireError, decode, encode
 
@@ -43,10 +44,21 @@ def hold_update(
             or a norm over ``max_norm`` (the client fails, as the server would fail it).
     """
     check_update(update, reference, max_norm, auxiliary)
-    # Flattened in the global state's order, which the server unflattens the sum by.
-    values = torch.cat([update[k].detach().reshape(-1).double() for k in reference]).numpy()
+    # Flattened in the order the server unflattens the sum by (``vector_layout``).
+    names, _ = vector_layout(reference, auxiliary)
+    values = torch.cat([update[k].detach().reshape(-1).double() for k in names]).numpy()
     seed = derive_seed(client_seed, "secagg", "rounding")
     return SecAggClientHalf(client_id, round, np.ascontiguousarray(values), seed).export()
+
+
+def vector_layout(
+    reference: StateDict, auxiliary: frozenset[str]
+) -> tuple[list[str], list[torch.Size]]:
+    """The tensors of a masked vector, in order: the model's, then each side-channel
+    tensor of the transforms (shape (1,), e.g. adaptive clipping's bit), sorted."""
+    names = [*reference, *sorted(auxiliary)]
+    shapes = [reference[k].shape for k in reference] + [torch.Size([1])] * len(auxiliary)
+    return names, shapes
 
 
 def answer_phase(
@@ -65,7 +77,9 @@ def answer_phase(
         if half.client_id != client_id:
             raise SecAggError(f"a request for client {client_id} reached client {half.client_id}")
         reply = half.answer(from_message(decode(request)))
-        return encode(to_message(reply)), half.export()
+        # After revealing its shares the client's round is over: it keeps nothing.
+        kept = None if isinstance(reply, UnmaskResponse) else half.export()
+        return encode(to_message(reply)), kept
     except (SecAggError, WireError, ClientUpdateError) as exc:
         text = f"{type(exc).__name__}: {exc}"
         log.warning("client %d refuses a secure-aggregation request: %s", client_id, text)

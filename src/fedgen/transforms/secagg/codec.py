@@ -97,7 +97,9 @@ def _unpack(node: Any, arrays: dict[str, torch.Tensor], used: set[str], depth: i
         return node["v"]
     if ("b" in node or "a" in node) and len(node) == 1:
         path = node.get("b", node.get("a"))
-        tensor = arrays.get(path) if isinstance(path, str) else None
+        if not isinstance(path, str):
+            raise WireError("a malformed secure-aggregation message (an array without a name)")
+        tensor = arrays.get(path)
         want = torch.uint8 if "b" in node else torch.float64
         if tensor is None or tensor.dtype != want or tensor.dim() != 1 or path in used:
             raise WireError(f"a secure-aggregation message lacks its array {str(path)[:40]!r}")

@@ -1,0 +1,172 @@
+"""Secure aggregation as a stage of the round, over the same messages as training.
+
+After training, each client of the round holds its update (``LocalWork.secure``)
+and has replied with its example count only. The stage then runs the server's
+side of SecAgg/SecAgg+ (``fedgen.transforms.secagg.run_secure_sum``) through the
+backend's ``exchange``: every request and reply is an encoded ``fedgen.wire``
+message (``transforms/secagg/codec.py``), so the same stage runs in one process,
+over a process pool or across Flower SuperNodes, and its byte counts are the
+encoded lengths. The strategy receives the unmasked sum (``aggregate_sum``); the
+server never holds an individual update.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from fedgen.engine.audit import RoundAudit
+from fedgen.engine.backends.secagg_client import vector_layout
+from fedgen.ledger import state_digest
+from fedgen.seeding import derive_seed
+from fedgen.strategies.base import Aggregate, Strategy
+from fedgen.transforms.secagg import (
+    SecAggConfigError,
+    SecAggRoundFailedError,
+    SecureAggregation,
+)
+from fedgen.transforms.secagg.channel import PHASES
+from fedgen.transforms.secagg.codec import from_message, to_message
+from fedgen.transforms.secagg.link import DOWNLOAD_PHASE
+from fedgen.transforms.secagg.protocol import run_secure_sum
+from fedgen.types import ClientResult, StateDict
+from fedgen.wire import WireError, decode, encode
+
+if TYPE_CHECKING:
+    from fedgen.privacy.budget import PrivacyAccounting
+
+log = logging.getLogger(__name__)
+
+#: Sends one encoded request per client and returns each encoded reply (None: none came).
+Exchange = Callable[[dict[int, bytes]], dict[int, bytes | None]]
+
+
+class WireLink:
+    """A ``ClientLink`` whose messages are encoded and carried by ``exchange``.
+
+    A reply that does not decode, or that says the client refuses (``error``), counts
+    as no reply: the client dropped, and the protocol's thresholds decide the round.
+    """
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+        self.bytes_up: dict[str, int] = dict.fromkeys(PHASES, 0)
+        self.bytes_down: dict[str, int] = dict.fromkeys(PHASES, 0)
+        # The clients' compute is theirs: the server does not see it.
+        self.client_seconds: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+        #: Clients that refused or answered garbage, and why (for the log).
+        self.refused: dict[int, str] = {}
+
+    def ask(self, phase: str, requests: Mapping[int, object]) -> dict[int, object]:
+        encoded = {cid: encode(to_message(r)) for cid, r in requests.items()}
+        self.bytes_down[DOWNLOAD_PHASE[phase]] += sum(len(b) for b in encoded.values())
+        replies: dict[int, object] = {}
+        for cid, data in self._exchange(encoded).items():
+            if data is None or cid not in encoded:
+                continue
+            self.bytes_up[phase] += len(data)
+            try:
+                message = decode(data)
+                if "error" in message.meta:
+                    raise WireError(str(message.meta["error"])[:200])
+                replies[cid] = from_message(message)
+            except WireError as exc:
+                self.refused[cid] = f"{phase}: {exc}"
+                log.warning(
+                    "client %d dropped out of secure aggregation in %s", cid, self.refused[cid]
+                )
+        return replies
+
+    def clipped(self, client_ids: tuple[int, ...]) -> int | None:
+        return None  # only each client knows what its encoding clipped
+
+
+class SecureAggregationStage:
+    """Turns a round's held updates into the strategy's aggregate by secure aggregation."""
+
+    def __init__(self, secagg: SecureAggregation) -> None:
+        self.secagg = secagg
+
+    def aggregate(
+        self,
+        r: int,
+        *,
+        seed: int,
+        strategy: Strategy,
+        global_state: StateDict,
+        auxiliary: frozenset[str],
+        results: Iterable[ClientResult],
+        exchange: Exchange,
+        metrics: dict[str, Any],
+        privacy: PrivacyAccounting | None,
+        audit: RoundAudit | None,
+    ) -> tuple[Aggregate, WireLink | None]:
+        """The round's aggregate from a secure sum of the accepted, held updates.
+
+        ``auxiliary`` names the transforms' side-channel tensors each update carries.
+        Also returns the link the stage talked over (None when it sent nothing), for
+        its byte counts. Raises ``SecAggRoundFailedError`` (a ``RoundFailedError``)
+        when fewer than two clients remain or too few survive to unmask.
+        """
+        weights: dict[int, float] = {}
+        examples: dict[int, int] = {}
+        for res in results:
+            weights[res.client_id] = strategy.client_weight(res.num_examples)
+            examples[res.client_id] = res.num_examples
+        if not weights:
+            # The sum of no client is zero: nothing to mask (fixed denominator: noise only).
+            return strategy.aggregate_sum(r, {}, 0.0, 0, 0), None
+        if len(weights) < 2:
+            if privacy is not None:
+                # Under DP a failed round would reveal that the cohort held one client;
+                # release the noise-only round instead (the fixed-denominator mean of no
+                # client), as a round of zero clients does.
+                log.warning(
+                    "round %d: one usable client under secure aggregation; "
+                    "releasing a noise-only round",
+                    r,
+                )
+                return strategy.aggregate_sum(r, {}, 0.0, 0, 0), None
+            raise SecAggRoundFailedError(
+                f"round {r}: only {len(examples)} usable client update, and secure "
+                "aggregation of one client would reveal it; sample more clients per round"
+            )
+        config = self.secagg.round_config()
+        drops = self.secagg.dropouts(weights, seed, r)
+        metrics["secagg/clip_range"] = config.clip
+        metrics["secagg/dropped"] = float(len(drops))
+        names, shapes = vector_layout(global_state, auxiliary)
+        link = WireLink(exchange)
+        try:
+            secure = run_secure_sum(
+                weights,
+                config=config,
+                seed=derive_seed(seed, "secagg"),
+                round=r,
+                names=names,
+                shapes=shapes,
+                link=link,
+                drop_after_sharing=drops,
+            )
+        except SecAggConfigError as exc:
+            # A cohort the recipe's plan could not foresee (e.g. clients failed).
+            raise SecAggRoundFailedError(
+                f"round {r}: secure aggregation cannot run over {len(weights)} clients: {exc}"
+            ) from exc
+        metrics.update({f"secagg/{k}": v for k, v in secure.metrics().items()})
+        if audit is not None:
+            # The server never held an individual update: it logs the unmasked sum.
+            audit.sum_digest = state_digest(secure.weighted_sum)
+            audit.aggregated = sorted(secure.survivors)
+        # Example counts are public in fedgen (every result reports its own), so the
+        # exact weight sum of the survivors is used; the fixed-point error stays in the
+        # numerator, where ``max_abs_error`` bounds it.
+        aggregate = strategy.aggregate_sum(
+            r,
+            secure.weighted_sum,
+            sum(weights[c] for c in secure.survivors),
+            len(secure.survivors),
+            sum(examples[c] for c in secure.survivors),
+        )
+        return aggregate, link
