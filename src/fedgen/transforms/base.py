@@ -35,8 +35,9 @@ class TransformContext:
     noise_key: bytes | None = field(default=None, repr=False)
     #: On a client: its transforms' own private tensors (keys under ``PRIVATE_PREFIX``),
     #: which a client half may read and replace in place; they stay with the client
-    #: between rounds, in its private state. Empty on the server.
-    private: StateDict = field(default_factory=dict, repr=False)
+    #: between rounds, in its private state. None where no private state is kept (the
+    #: server; a backend that does not carry transforms' private tensors).
+    private: StateDict | None = field(default=None, repr=False)
 
     def noise_generator(self, *path: str | int) -> torch.Generator:
         """The generator for DP noise drawn here: keyed by the secret, unless ``root``."""

@@ -81,13 +81,20 @@ class TopK(UpdateCodec):
     ) -> dict[str, torch.Tensor]:
         flat = value.detach().reshape(-1).to(torch.float32)
         if self.error_feedback:
+            if ctx.private is None:
+                # Silently dropping the residual would turn error feedback off.
+                raise ValueError(
+                    "topk error_feedback keeps a residual in the client's private state, "
+                    "which this backend does not carry; use error_feedback: false or "
+                    "backend inprocess/process_pool/flower"
+                )
             residual = ctx.private.get(residual_key(key))
             if residual is not None:
                 flat = flat + residual.reshape(-1)
         k = kept_count(flat.numel(), self.fraction)
         index = torch.topk(flat.abs(), k, sorted=False).indices.sort().values
         values = flat[index]
-        if self.error_feedback:
+        if ctx.private is not None and self.error_feedback:
             left = flat.clone()
             left[index] = 0.0
             ctx.private[residual_key(key)] = left.reshape(value.shape)

@@ -177,6 +177,13 @@ def test_error_feedback_conserves_what_was_sent_plus_the_residual():
         assert int((sent0[k] != 0).sum()) == max(1, -(-first[k].numel() * 5 // 100))
 
 
+def test_error_feedback_without_a_private_store_is_an_error_not_a_silent_loss():
+    with pytest.raises(ValueError, match="error_feedback: false"):
+        TopK(0.05).on_client(
+            update(), TransformContext(round=0, client_id=1, seed=0, num_clients=2)
+        )
+
+
 def test_without_error_feedback_nothing_is_kept():
     private: dict[str, torch.Tensor] = {}
     TopK(0.05, error_feedback=False).on_client(update(), ctx(private=private))
