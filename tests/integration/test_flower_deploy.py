@@ -41,7 +41,8 @@ eval: {{every: 0, final: false}}
 backend: {{name: inprocess}}
 """
 
-#: Client-level DP with noise seeded from the root seed (so a simulation draws the same).
+#: Client-level DP over secure aggregation, noise seeded from the root seed (so a
+#: simulation draws the same); the masks cancel exactly, so the sums agree bit for bit.
 DP = """\
 seed: 3
 strategy:
@@ -52,6 +53,7 @@ transforms:
     params: {max_norm: 1.0}
   - name: client_dp
     params: {noise_multiplier: 0.5, delta: 1.0e-5}
+  - name: secagg
 noise_seed: root
 federation: {rounds: 2, local_steps: 2}
 """
@@ -103,7 +105,8 @@ def test_a_deployment_trains_the_simulations_model_bit_for_bit(deployment, mnist
 
 def _deploy_and_compare(deployment, mnist_dir: Path, tmp_path: Path, stop_once: bool) -> None:
     # Prepare: a 2-round cGAN with client-level DP (noise seeded from the root seed,
-    # so the simulation draws the same noise) over 3 clients, one per SuperNode.
+    # so the simulation draws the same noise) over secure aggregation, whose phases
+    # cross Flower as messages, over 3 clients, one per SuperNode.
     recipe = _recipe(tmp_path / "recipe.yaml", mnist_dir, DP)
     # Execute: deployed (with stop_once, its ServerApp stopped after round 0 and started
     # again); and the same recipe simulated in process without a stop.

@@ -6,8 +6,9 @@ it should keep what must outlive one message, a folder of its own
 fresh ClientApp process for every message, so each message rebuilds the
 client's parts from the recipe (``RecipeClientSide``), the one the server sent in
 its hello, kept in the run's ``Context.state``; the client keeps its shard only.
-Its private state (personal layers, adapters) stays in the ``Context`` too, and
-never crosses the wire.
+Its private state (personal layers, adapters) never crosses the wire: the node
+keeps a version per round (``PrivateStore``: in its ``state-dir``, so it outlives
+a SuperNode restart, else in the ``Context``).
 
 Three messages: the hello (a Flower *query*) checks that this fedgen reads the
 recipe and that the client exists, and answers with the client id, its example
@@ -26,6 +27,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fedgen.deploy.private_store import PrivateStore
 from fedgen.engine.backends.flower import HELLO
 from fedgen.engine.backends.flower_records import pack, unpack
 from fedgen.engine.backends.local_training import answer_job
@@ -38,9 +40,10 @@ from fedgen.wire import Message, WireError, decode, encode
 
 log = logging.getLogger(__name__)
 
-#: Keys of the run's ``Context.state``: the recipe and run id, the private state, and
-#: what a secure round holds between its messages (the update, the protocol's keys).
-STATE_CONFIG, STATE_PRIVATE, STATE_HELD = "fedgen.client", "fedgen.private", "fedgen.held"
+#: Keys of the run's ``Context.state``: the recipe and run id, and what a secure round
+#: holds between its messages (the update, the protocol's keys). The private state's
+#: versions are kept by ``PrivateStore``.
+STATE_CONFIG, STATE_HELD = "fedgen.client", "fedgen.held"
 
 
 def answer(message: Any, context: Any) -> Any:
@@ -112,17 +115,19 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
         raise ValueError("a job before the hello: this node has no recipe for the run")
     setup = context.state[STATE_CONFIG]
     kit = RecipeClientSide.from_json(str(setup["recipe"])).open()
-    private = None
-    if STATE_PRIVATE in context.state:
-        private = decode(context.state[STATE_PRIVATE]["wire"].numpy().tobytes()).arrays
     run_id = str(setup["run_id"])
+    round = decode(job).meta.get("round")
+    if type(round) is not int or round < 0:
+        raise ValueError(f"a job without a round number (round={round!r:.20})")
+    store = PrivateStore(context, run_id, client_id)
+    private = store.load(before_round=round)
     keys = ClientKeys(run_id, {client_id: str(setup["key"])}) if run_id else None
     held: dict[int, dict[str, Any]] = {}
     reply, kept = answer_job(
         job, kit.task, kit, private, keys, expected_client=client_id, held=held
     )
     if kept:
-        context.state[STATE_PRIVATE] = _record(encode(Message(kept)))
+        store.save(round, kept)
     # A secure round's update stays on this node until the stage's requests come.
     _keep_held(context, held.get(client_id))
     return reply
