@@ -118,3 +118,19 @@ def test_a_run_with_error_feedback_resumes_bit_identically(mnist_dir, tmp_path):
     for cid, private in ref.private_states.items():
         assert all(torch.equal(v, second.private_states[cid][k]) for k, v in private.items())
     assert [m["bytes_up"] for m in second.history] == [m["bytes_up"] for m in ref.history]
+
+
+def test_a_random_mask_composes_with_secure_aggregation(mnist_dir):
+    # Prepare: the same clipped, masked round, plain and under secure aggregation.
+    clip_mask = "{name: clip, params: {max_norm: 2.0}}, {name: random_mask}"
+    plain = build_experiment(tiny_config(mnist_dir, transforms=f"[{clip_mask}]")).federation
+    secure = build_experiment(
+        tiny_config(mnist_dir, transforms=f"[{clip_mask}, {{name: secagg}}]")
+    ).federation
+    # Execute
+    record = secure.run_round(0)
+    plain.run_round(0)
+    # Assert: every client survives; the unmasked sum is the plain one up to fixed point.
+    assert record.metrics["failures"] == 0 and "round_failed" not in record.metrics
+    for k, v in plain.global_state.items():
+        assert torch.allclose(secure.global_state[k], v, atol=1e-3), k

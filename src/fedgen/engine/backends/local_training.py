@@ -25,6 +25,7 @@ from fedgen.engine.proximal import anchored_parameters, proximal_mu, proximal_te
 from fedgen.errors import ClientUpdateError
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import TransformContext, UpdateTransform, split_transform_private
+from fedgen.transforms.codec import decode_arrival
 from fedgen.types import ClientInstruction, ClientResult, StateDict
 from fedgen.wire import Message, WireError, decode, encode
 
@@ -123,11 +124,17 @@ def run_client(
             raise ValueError("a secure round's client needs a store to hold its update in")
         auxiliary = frozenset(k for t in work.transforms for k in getattr(t, "auxiliary_keys", ()))
         try:
+            # issue 15: a linear codec's encoding (assembly/compression.py) is decoded
+            # here, so the client masks the update itself (masking the compact values
+            # would save the bytes; not built).
+            plain = decode_arrival(
+                work.transforms, update, work.global_state, work.round, ins.client_id
+            )
             held[ins.client_id] = hold_update(
                 ins.client_id,
                 work.round,
                 ins.seed,
-                update,
+                plain,
                 work.global_state,
                 work.max_update_norm,
                 auxiliary,
