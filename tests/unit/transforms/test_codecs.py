@@ -77,7 +77,10 @@ def test_every_codec_decodes_across_the_wire_to_the_model_shapes(codec):
 
 
 @pytest.mark.parametrize(
-    "codec", [TopK(1.0), TopK(1.0, error_feedback=False), RandomMask(1.0)], ids=str
+    "codec",
+    [TopK(1.0), TopK(1.0, error_feedback=False), RandomMask(1.0)],
+    # Stable names: ids from repr hold memory addresses, which differ between processes.
+    ids=["topk-ef", "topk", "random_mask"],
 )
 def test_sparsifiers_keeping_everything_are_lossless(codec):
     sent, _ = codec.on_client(update(), ctx())
