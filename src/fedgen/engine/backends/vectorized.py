@@ -92,8 +92,13 @@ class VectorizedBackend(Backend):
     """Trains up to ``chunk_size`` clients at a time as one ``vmap``-ed computation.
 
     Args:
-        chunk_size: clients per batched computation (memory grows with it: one copy
-            of the model and its optimizer state per client of a chunk).
+        chunk_size: clients per batched computation; None: as many as keep a chunk's
+            stacked tensors and optimizer state (about three copies of the model per
+            client) within ``chunk_megabytes``, between 1 and 256. Memory grows with it;
+            past the CPU's cache, so does the time of the elementwise optimizer steps,
+            while larger batches help small models: measured here, 7 clients of the
+            default cGAN (0.35M parameters) and 100 of a 23k-parameter one.
+        chunk_megabytes: the budget of the automatic chunk size.
         fallback: when a round cannot vectorize, train it sequentially and log why
             (True), or raise ``ConfigError`` saying why (False).
     """
@@ -103,15 +108,22 @@ class VectorizedBackend(Backend):
 
         model_config = ConfigDict(extra="forbid")
 
-        #: Clients per batched computation.
-        chunk_size: int = Field(64, ge=1)
+        #: Clients per batched computation (None: from ``chunk_megabytes``).
+        chunk_size: int | None = Field(None, ge=1)
+        #: Memory budget of a chunk's stacked tensors and optimizer state, in MB.
+        chunk_megabytes: float = Field(32.0, gt=0, allow_inf_nan=False)
         #: Train sequentially (and log why) what cannot vectorize; false: raise instead.
         fallback: bool = True
 
-    def __init__(self, chunk_size: int = 64, fallback: bool = True) -> None:
-        if chunk_size < 1:
-            raise ConfigError("backend.params.chunk_size must be >= 1")
+    def __init__(
+        self, chunk_size: int | None = None, chunk_megabytes: float = 32.0, fallback: bool = True
+    ) -> None:
+        if chunk_size is not None and chunk_size < 1:
+            raise ConfigError("backend.params.chunk_size must be >= 1 (or null: automatic)")
+        if not chunk_megabytes > 0:
+            raise ConfigError("backend.params.chunk_megabytes must be > 0")
         self.chunk_size = chunk_size
+        self.chunk_megabytes = chunk_megabytes
         self.fallback = fallback
         self.sequential = InProcessBackend()
         #: Reasons already logged (each once per run, not once per round).
@@ -152,6 +164,7 @@ class VectorizedBackend(Backend):
             return [_Group(list(plan.instructions), reason)]
         functional = work.task.functional_training()
         assert functional is not None  # why_not_vectorized said it has one
+        chunk = self.chunk_size or _auto_chunk(work.task, self.chunk_megabytes)
         groups: list[_Group] = []
         key: object = None
         for ins in plan.instructions:
@@ -167,7 +180,7 @@ class VectorizedBackend(Backend):
                 last is not None
                 and last.sequential is None
                 and this == key
-                and len(last.instructions) < self.chunk_size
+                and len(last.instructions) < chunk
             ):
                 last.instructions.append(ins)
             else:
@@ -204,6 +217,18 @@ class VectorizedBackend(Backend):
             self._refuse_or_say(reason)
             outcomes.update({ins.client_id: _Sequential() for ins in members})
         return outcomes
+
+
+def _auto_chunk(task: Task, megabytes: float) -> int:
+    """Clients whose stacked tensors and Adam moments (3 model copies) fit ``megabytes``."""
+    trainable, _ = _split_frozen(task)
+    per_client = 3 * sum(
+        value.numel() * value.element_size()
+        for name, keys in trainable.items()
+        for key, value in task.modules[name].state_dict().items()
+        if key in keys
+    )
+    return max(1, min(256, int(megabytes * 2**20 // max(per_client, 1))))
 
 
 class _Sequential(Exception):
