@@ -1,0 +1,251 @@
+"""Simulation speed: the same federated work on each backend, side by side in one run.
+
+Workloads (both real Fashion-MNIST, iid shards, FedAvg, every client of the cohort
+sampled from a fixed population):
+
+- ``tiny``: the cGAN at its smallest (widths 8, latent 8, label embedding 4: about
+  22k parameters, the task's GroupNorm needs widths of 8 or more), one local epoch of
+  batches of 20 over 200 examples per client (10 steps), cohorts drawn from 300
+  clients (1,000 clients of 60 examples, 3 steps, for a cohort of 1,000).
+- ``cgan``: the default cGAN (widths 32, latent 64: 0.35M parameters), 5 local steps
+  of 10 examples, cohorts drawn from 1,000 clients (issue 12's setting).
+
+Each (workload, cohort, backend) runs in a fresh process pinned where this script is
+pinned (``taskset``), torch on one thread: one warm-up round (worker start-up, first
+vmap), then ``--rounds`` timed rounds. A row reports the median seconds per round
+(wall) and client updates per second; the CPU seconds of that process per round (the
+figure the other engineers' load on this shared machine disturbs least; the process
+pool's workers are other processes, so its CPU column is empty); peak RSS (the
+process, plus its largest worker for the pool); the matmul FLOPs of one client update
+(``torch.utils.flop_counter``: convolutions and matmuls of ``train_local``); the
+achieved GFLOP/s (FLOPs x updates / wall seconds) as a fraction of the sgemm GFLOP/s
+(1024 x 1024, float32, one thread) that the same process measured right after its
+rounds: the roofline fraction. Speed-ups are against the sequential ``inprocess`` row
+of the same workload and cohort, measured just before (wall and CPU).
+
+The process pool runs one worker: the run is pinned to one core, and a second worker
+would only share it.
+
+    taskset -c 1 .venv/bin/python benchmarks/speed.py [--clients 10 100 1000] [--rounds 2]
+
+Rows are appended one at a time to ``benchmarks/results/speed.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ["inprocess", "vectorized", "process_pool"]
+COLUMNS = [
+    "workload",
+    "params",
+    "clients / round",
+    "backend",
+    "s / round",
+    "client updates / s",
+    "speed-up (wall)",
+    "CPU s / round",
+    "speed-up (CPU)",
+    "peak RSS MB",
+    "GFLOP / update",
+    "GFLOP/s",
+    "sgemm GFLOP/s",
+    "roofline",
+]
+
+
+def recipe(workload: str, cohort: int, backend: str, data_dir: str | None) -> list[str]:
+    """The dotted overrides of one measurement's experiment."""
+    if workload == "tiny":
+        population = max(cohort, 300)
+        task = (
+            "{batch_size: 20, generator_width: 8, discriminator_width: 8, latent_dim: 8, "
+            "embed_dim: 4}"
+        )
+        budget = ["federation.local_steps=null", "federation.local_epochs=1.0"]
+    else:
+        population = max(cohort, 1000)
+        task = "{batch_size: 10}"
+        budget = ["federation.local_steps=5"]
+    backend_params = {"process_pool": "{workers: 1, threads: 1}"}.get(backend, "{}")
+    return [
+        "data.sources=[fashion-mnist]",
+        *([f"data.data_dir={data_dir}"] if data_dir else []),
+        f"data.num_clients={population}",
+        "data.partition.kind=iid",
+        "data.partition.params={}",
+        "task.name=cgan",
+        f"task.params={task}",
+        f"strategy.params={{fraction: {cohort / population}, min_clients: 2}}",
+        "federation.rounds=1000",
+        *budget,
+        f"backend.name={backend}",
+        f"backend.params={backend_params}",
+        "ledger=false",
+        "threads=1",
+    ]
+
+
+def sgemm_gflops(size: int = 1024, seconds: float = 1.0) -> float:
+    """float32 matmul GFLOP/s on this thread (best of a few timed batches)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best, spent = 0.0, 0.0
+    while spent < seconds:
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        dt = time.perf_counter() - t0
+        spent += dt
+        best = max(best, 4 * 2 * size**3 / dt / 1e9)
+    return best
+
+
+def measure(workload: str, cohort: int, backend: str, rounds: int) -> dict[str, Any]:
+    """One measurement, in this process: the figures of a row."""
+    import psutil
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fedgen.config import load_config
+    from fedgen.engine.backends.base import LocalWork
+    from fedgen.engine.backends.local_training import local_steps_for
+    from fedgen.experiment import build_experiment
+
+    torch.set_num_threads(1)
+    cfg = load_config(None, recipe(workload, cohort, backend, os.environ.get("FEDGEN_DATA_DIR")))
+    fed = build_experiment(cfg).federation
+    task = fed.task
+    first = fed.clients[min(fed.clients)]
+    work = LocalWork(task, fed.global_state, [], fed.local_steps, fed.local_epochs)
+    with FlopCounterMode(display=False) as counter:
+        task.load_state(fed.global_state)
+        task.train_local(first, local_steps_for(work, first.num_examples), torch.Generator(), {})
+    flops = counter.get_total_flops()
+    params = sum(v.numel() for v in fed.global_state.values())
+    fed.run_round(0)  # warm-up: worker start-up, first vmap
+    walls, cpus = [], []
+    for r in range(1, rounds + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
+        record = fed.run_round(r)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+        if record.metrics.get("failures"):
+            raise RuntimeError(f"round {r} had failures: {record.metrics.get('failed_clients')}")
+    workers = [p.memory_info().rss for p in psutil.Process().children(recursive=True)]
+    fed.backend.close()
+    gemm = sgemm_gflops()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 + max(workers, default=0)
+    wall, cpu = statistics.median(walls), statistics.median(cpus)
+    return {
+        "params": params,
+        "wall": wall,
+        "cpu": None if backend == "process_pool" else cpu,
+        "updates_per_s": cohort / wall,
+        "rss_mb": rss / 2**20,
+        "gflop_per_update": flops / 1e9,
+        "gflops": flops * cohort / wall / 1e9,
+        "sgemm": gemm,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", nargs="+", default=["tiny", "cgan"])
+    parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--backends", nargs="+", default=BACKENDS)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/speed.md")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        spec = json.loads(args.child)
+        print("RESULT " + json.dumps(measure(**spec)), flush=True)
+        return
+
+    from fedgen.report.results_table import ResultsTable
+
+    table = ResultsTable(args.out, COLUMNS)
+    table.start(
+        "speed",
+        notes=[
+            f"workloads: {', '.join(args.workloads)}; cohorts {args.clients}; "
+            f"{args.rounds} timed rounds after one warm-up, median; see the script's docstring",
+            f"pinned to CPUs {sorted(os.sched_getaffinity(0))} (taskset), one torch thread, "
+            "on a machine shared with other engineers' jobs: compare rows of one "
+            "(workload, cohort) only, and prefer the CPU columns",
+            "vectorized: default params (chunk_size as in its Params); process_pool: 1 worker",
+        ],
+    )
+    for workload in args.workloads:
+        for cohort in args.clients:
+            base: dict[str, Any] | None = None
+            for backend in args.backends:
+                spec = {"workload": workload, "cohort": cohort, "backend": backend}
+                print(f"== {spec}", flush=True)
+                try:
+                    out = _run_child({**spec, "rounds": args.rounds})
+                except RuntimeError as exc:
+                    print(f"   failed: {exc}", flush=True)
+                    table.append(
+                        {
+                            "workload": workload,
+                            "clients / round": cohort,
+                            "backend": f"{backend} (failed: {str(exc)[:80]})",
+                        }
+                    )
+                    continue
+                if backend == "inprocess":
+                    base = out
+                row = {
+                    "workload": workload,
+                    "params": out["params"],
+                    "clients / round": cohort,
+                    "backend": backend,
+                    "s / round": out["wall"],
+                    "client updates / s": out["updates_per_s"],
+                    "speed-up (wall)": None if base is None else base["wall"] / out["wall"],
+                    "CPU s / round": out["cpu"],
+                    "speed-up (CPU)": (
+                        None
+                        if base is None or out["cpu"] is None or base["cpu"] is None
+                        else base["cpu"] / out["cpu"]
+                    ),
+                    "peak RSS MB": out["rss_mb"],
+                    "GFLOP / update": out["gflop_per_update"],
+                    "GFLOP/s": out["gflops"],
+                    "sgemm GFLOP/s": out["sgemm"],
+                    "roofline": f"{out['gflops'] / out['sgemm']:.0%}",
+                }
+                print("   " + table.append(row), flush=True)
+
+
+def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """``measure(**spec)`` in a fresh process (its own peak RSS, no warm caches)."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+            return result
+    raise RuntimeError((proc.stderr.strip().splitlines() or ["no output"])[-1])
+
+
+if __name__ == "__main__":
+    main()
