@@ -165,7 +165,8 @@ def test_full_run_renders_every_part(tmp_path):
 
     charts = svgs(text)
     titles = [chart.get("aria-label") for chart in charts]
-    # losses, two quality metrics, four bookkeeping charts, two partition heat-maps
+    # losses, two quality metrics, four bookkeeping charts, the two quality metrics
+    # against cumulative bytes, two partition heat-maps
     assert titles == [
         "training loss (loss/*)",
         "frechet_distance",
@@ -174,6 +175,8 @@ def test_full_run_renders_every_part(tmp_path):
         "seconds per round",
         "clients per round",
         "examples per round",
+        "frechet_distance",
+        "kid",
         "labels per client",
         "domains per client",
     ]
