@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fedgen.report.svg import line_chart
+from fedgen.report.worth_drawing import worth_drawing
 
 #: Evaluation figures drawn against bytes, when a run has them.
 QUALITY_KEYS = (
@@ -41,7 +42,8 @@ def cumulative_bytes(metrics: Sequence[dict[str, Any]]) -> list[float] | None:
 
 def quality_by_bytes_section(metrics: Sequence[dict[str, Any]]) -> str:
     """An HTML section of one chart per evaluation figure against cumulative MB; ``""``
-    when the run has no evaluated round or no byte counts."""
+    when the run has no evaluated round or no byte counts. A figure measured once or
+    constant over the run gets no chart (``fedgen.report.worth_drawing``)."""
     sent = cumulative_bytes(metrics)
     if not sent:
         return ""
@@ -52,7 +54,7 @@ def quality_by_bytes_section(metrics: Sequence[dict[str, Any]]) -> str:
             for row, total in zip(metrics, sent, strict=True)
             if isinstance(row.get(key), int | float)
         ]
-        if points:
+        if worth_drawing(points):  # one evaluation, or a constant: nothing to draw
             charts.append(line_chart({key: points}, key, x_label="cumulative MB sent (up + down)"))
     if not charts:
         return ""

@@ -14,7 +14,6 @@ import base64
 import html
 import io
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,19 +24,13 @@ import yaml
 from PIL import Image
 
 from fedgen.report.bytes_curve import quality_by_bytes_section
-from fedgen.report.svg import format_number, heatmap, line_chart
+from fedgen.report.curves import curves_section
+from fedgen.report.figures_table import figures_table_section
+from fedgen.report.headline import headline_section
+from fedgen.report.partition import partition_section
+from fedgen.report.svg import format_number
 
 REPORT_NAME = "report.html"
-
-# Per-round bookkeeping the loop writes; every other numeric key is a model metric.
-SYSTEM_CHARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("bytes per round", ("bytes_up", "bytes_down")),
-    ("seconds per round", ("seconds",)),
-    ("clients per round", ("clients", "failures")),
-    ("examples per round", ("examples",)),
-)
-SYSTEM_KEYS = {"round"} | {key for _, keys in SYSTEM_CHARTS for key in keys}
-LOSS_PREFIX = "loss/"
 
 MISSING_MEANS = {
     "config.yaml": "the resolved config cannot be shown",
@@ -73,6 +66,16 @@ figure { margin: 0; background: #fff; border: 1px solid #e2e2e2; border-radius: 
 figure img { display: block; max-width: 100%; height: auto; image-rendering: pixelated; }
 figcaption { font-size: 0.9rem; color: #333; margin-top: 6px; }
 .muted { color: #666; font-size: 0.9rem; }
+.glance-row { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
+.newest figure img { min-width: 280px; }
+.newest pre { max-height: 420px; max-width: 620px; overflow: auto; background: #fff;
+              border: 1px solid #e2e2e2; padding: 8px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(190px, 1fr));
+         gap: 10px; flex: 1; min-width: 280px; }
+.card { background: #fff; border: 1px solid #e2e2e2; border-radius: 6px; padding: 10px 12px; }
+.card .label { color: #555; font-size: 0.85rem; }
+.card .value { font-size: 1.5rem; font-weight: 600; font-variant-numeric: tabular-nums; }
+.card .detail { color: #666; font-size: 0.8rem; }
 """
 
 
@@ -136,15 +139,21 @@ def _render(run_dir: Path, max_sample_grids: int) -> str:
         f"{len(metrics)} round(s) recorded · report written "
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>",
     ]
+    newest, newest_html = _newest_samples(sample_files, text_files, class_names, notes)
+    # What a person came for first (samples, headline figures), then curves worth
+    # drawing, the partition, and only then the full table and the config.
     sections = [
-        _summary_section(summary, metrics, notes),
+        headline_section(summary, metrics, newest_html),
         _attack_section(attack, metrics),
         _privacy_section(summary),
-        _metrics_section(metrics),
+        curves_section(metrics),
         quality_by_bytes_section(metrics),
-        _samples_section(sample_files, max_sample_grids, class_names, notes),
+        _partition_section_of(partition, notes, _attackers(attack)),
+        _samples_section(
+            [p for p in sample_files if p != newest], max_sample_grids, class_names, notes
+        ),
         _text_samples_section(text_files, notes),
-        _partition_section(partition, notes, _attackers(attack)),
+        figures_table_section(summary, metrics),
         _config_section(config_text),
     ]
     # Notes are known only after every section has looked at its files.
@@ -244,42 +253,42 @@ def _notes_box(notes: _Notes) -> str:
     )
 
 
-def _summary_section(
-    summary: dict[str, Any] | None, metrics: list[dict[str, Any]], notes: _Notes
+def _newest_samples(
+    images: list[Path], texts: list[Path], class_names: list[str], notes: _Notes
+) -> tuple[Path | None, str]:
+    """The newest sample picture (a grid, or a table's figure), else the start of the
+    newest generated text, as HTML for the top of the page; and the picture's path."""
+    pictures = [p for p in images if "_denoising" not in p.stem]
+    for path in sorted(pictures, key=lambda p: (_round_of(p), p.name), reverse=True):
+        embedded = _embed_png(path, notes)
+        if embedded is None:
+            continue
+        uri, (width, height) = embedded
+        label = f"round {_round_of(path)}" if _round_of(path) >= 0 else path.stem
+        caption = f"Newest samples, {label}"
+        if class_names:
+            caption += f"; one row per class: {', '.join(class_names)}"
+        return path, (
+            f'<figure><img src="{uri}" width="{width}" height="{height}" '
+            f'alt="newest generated samples, {_esc(label)}"><figcaption>{_esc(caption)}'
+            "</figcaption></figure>"
+        )
+    if texts:
+        path = max(texts, key=lambda p: (_round_of(p), "_client_" not in p.stem, p.name))
+        text = _read_text(path, notes)
+        if text is not None:
+            cut = text[:2000] + ("\n[...]" if len(text) > 2000 else "")
+            return None, (
+                f'<p class="muted">Newest generated text ({_esc(path.name)}):</p>'
+                f"<pre>{_esc(cut)}</pre>"
+            )
+    return None, ""
+
+
+def _partition_section_of(
+    partition: dict[str, Any] | None, notes: _Notes, attackers: set[int]
 ) -> str:
-    if summary is None:
-        if not metrics:
-            return ""
-        # Without summary.json the last recorded round is the best account of where it got.
-        last = metrics[-1]
-        last_rows = "".join(
-            f"<tr><td>{_esc(key)}</td><td class='num'>{_esc(_value(value))}</td></tr>"
-            for key, value in last.items()
-        )
-        return (
-            "<h2>Last recorded round</h2>"
-            '<p class="muted">summary.json is missing; these figures are the last line of '
-            "metrics.jsonl.</p>"
-            f"<table><tr><th>metric</th><th>value</th></tr>{last_rows}</table>"
-        )
-    descriptions = summary.get("descriptions")
-    descriptions = descriptions if isinstance(descriptions, dict) else {}
-    centralized = summary.get("centralized")
-    centralized = centralized if isinstance(centralized, dict) else None
-    keys = [key for key in summary if key not in ("descriptions", "centralized")]
-    if centralized:
-        keys += [key for key in centralized if key not in keys]
-    header = "<tr><th>figure</th><th>this run</th>"
-    header += "<th>centralized baseline</th>" if centralized is not None else ""
-    header += "<th>computed on</th></tr>"
-    rows = []
-    for key in keys:
-        cells = [f"<td>{_esc(key)}</td>", f"<td class='num'>{_esc(_value(summary.get(key)))}</td>"]
-        if centralized is not None:
-            cells.append(f"<td class='num'>{_esc(_value(centralized.get(key)))}</td>")
-        cells.append(f"<td class='desc'>{_esc(str(descriptions.get(key, '')))}</td>")
-        rows.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<h2>Summary</h2><table>{header}{''.join(rows)}</table>"
+    return partition_section(partition, notes.problems, attackers)
 
 
 def _privacy_section(summary: dict[str, Any] | None) -> str:
@@ -320,57 +329,6 @@ def _privacy_section(summary: dict[str, Any] | None) -> str:
     if summary.get("status") == "budget_exhausted":
         parts.append(f"<p><b>Stopped early:</b> {_esc(str(summary.get('stop_reason', '')))}</p>")
     return "<h2>Privacy</h2>" + "".join(parts)
-
-
-def _metrics_section(metrics: list[dict[str, Any]]) -> str:
-    if not metrics:
-        return ""
-    curves: dict[str, dict[float, float]] = {}
-    not_plotted: set[str] = set()
-    failed: list[tuple[Any, Any]] = []
-    for index, row in enumerate(metrics):
-        round_value = row.get("round")
-        x = float(round_value) if _is_number(round_value) else float(index + 1)
-        for key, value in row.items():
-            if key == "round":
-                continue
-            if _is_number(value):
-                curves.setdefault(key, {})[x] = float(value)  # a re-run round replaces
-            elif key == "failed_clients":
-                if value:
-                    failed.append((row.get("round", index + 1), value))
-            else:
-                not_plotted.add(key)
-
-    charts = []
-    losses = [key for key in curves if key.startswith(LOSS_PREFIX)]
-    if losses:
-        charts.append(
-            line_chart(
-                {key[len(LOSS_PREFIX) :]: _points(curves[key]) for key in losses},
-                "training loss (loss/*)",
-            )
-        )
-    quality = [k for k in curves if k not in SYSTEM_KEYS and not k.startswith(LOSS_PREFIX)]
-    charts += [line_chart({key: _points(curves[key])}, key) for key in quality]
-    for title, keys in SYSTEM_CHARTS:
-        present = {key: _points(curves[key]) for key in keys if key in curves}
-        if present:
-            charts.append(line_chart(present, title, include_zero=True))
-
-    parts = ["<h2>Metrics per round</h2>", f'<div class="charts">{"".join(charts)}</div>']
-    if failed:
-        items = "".join(
-            f"<li>round {_esc(_value(r))}: client(s) {_esc(_value(clients))}</li>"
-            for r, clients in failed
-        )
-        parts.append(f'<p class="muted">Rounds with failed clients:</p><ul>{items}</ul>')
-    if not_plotted:
-        parts.append(
-            f'<p class="muted">Not plotted (not numbers): {_esc(", ".join(sorted(not_plotted)))}'
-            "</p>"
-        )
-    return "".join(parts)
 
 
 def _text_samples_section(files: list[Path], notes: _Notes) -> str:
@@ -424,7 +382,7 @@ def _samples_section(files: list[Path], limit: int, class_names: list[str], note
     if class_names:
         note += f" Rows are classes, top to bottom: {', '.join(class_names)}."
     return (
-        f'<h2>Generated samples</h2><p class="muted">{_esc(note)}</p>'
+        f'<h2>Earlier samples</h2><p class="muted">{_esc(note)}</p>'
         f'<div class="grids">{"".join(figures)}</div>'
     )
 
@@ -465,46 +423,6 @@ def _attack_section(attack: dict[str, Any] | None, metrics: list[dict[str, Any]]
     return "".join(parts)
 
 
-def _partition_section(
-    partition: dict[str, Any] | None, notes: _Notes, attackers: set[int] | None = None
-) -> str:
-    if partition is None:
-        return ""
-    counts = partition.get("counts")
-    if not isinstance(counts, list) or not counts:
-        notes.problems.append("partition.json has no 'counts'; the heat-map is not shown")
-        return ""
-    sizes = _numbers(partition.get("sizes"))
-    if len(sizes) != len(counts) or not all(math.isfinite(size) for size in sizes):
-        sizes = [math.fsum(v for v in _numbers(row) if math.isfinite(v)) for row in counts]
-    row_labels = [
-        f"client {i} (n={format_number(size)})" + (" attacker" if i in (attackers or ()) else "")
-        for i, size in enumerate(sizes)
-    ]
-    class_names = _class_names(partition) or [f"class {j}" for j in range(len(_numbers(counts[0])))]
-    maps = [("labels per client", counts, class_names)]
-    domain_counts = partition.get("domain_counts")
-    if isinstance(domain_counts, list) and domain_counts:
-        names = partition.get("domain_names") or []
-        domain_names = [str(n) for n in names] or [
-            f"domain {j}" for j in range(len(_numbers(domain_counts[0])))
-        ]
-        maps.append(("domains per client", domain_counts, domain_names))
-    parts = [
-        "<h2>Partition</h2>",
-        f'<p class="muted">{len(counts)} clients; client sizes from '
-        f"{format_number(min(sizes))} to {format_number(max(sizes))} examples.</p>",
-    ]
-    for title, matrix, columns in maps:
-        try:
-            chart = heatmap([_numbers(row) for row in matrix], row_labels, columns, title)
-        except ValueError as error:
-            notes.problems.append(f"partition.json: {title} not shown ({error})")
-            continue
-        parts.append(f'<div class="heat">{chart}</div>')
-    return "".join(parts)
-
-
 def _config_section(text: str | None) -> str:
     if text is None:
         return ""
@@ -527,13 +445,6 @@ def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _numbers(row: Any) -> list[float]:
-    """A row of counts as floats; anything that is not a number becomes NaN (a grey cell)."""
-    if not isinstance(row, list):
-        return []
-    return [float(v) if _is_number(v) else math.nan for v in row]
-
-
 def _value(value: Any) -> str:
     if value is None:
         return "—"
@@ -542,10 +453,6 @@ def _value(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value)
-
-
-def _points(curve: dict[float, float]) -> list[tuple[float, float]]:
-    return sorted(curve.items())
 
 
 def _round_of(path: Path) -> int:

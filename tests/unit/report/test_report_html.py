@@ -160,18 +160,22 @@ def test_full_run_renders_every_part(tmp_path):
         with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1], validate=True))) as png:
             assert png.format == "PNG"
             assert png.size == expected_size
+    # The newest grid opens the page; the earlier ones follow, newest first.
+    assert "Newest samples, round 5" in visible
+    assert text.index("Newest samples") < text.index("<svg")
     captions = re.findall(r"<figcaption><strong>(round \d+)</strong>", text)
-    assert captions == ["round 5", "round 4", "round 2"]  # newest first
+    assert captions == ["round 4", "round 2"]
 
     charts = svgs(text)
     titles = [chart.get("aria-label") for chart in charts]
     # losses, two quality metrics, four bookkeeping charts, the two quality metrics
-    # against cumulative bytes, two partition heat-maps
+    # against cumulative bytes, two partition heat-maps; bytes_down and the number of
+    # clients are constant, so the bookkeeping charts draw bytes_up and failures only
     assert titles == [
         "training loss (loss/*)",
         "frechet_distance",
         "kid",
-        "bytes per round",
+        "MB sent per round",
         "seconds per round",
         "clients per round",
         "examples per round",
@@ -218,12 +222,10 @@ def test_nan_metrics_and_a_truncated_last_line_do_not_break_charts(tmp_path):
     text = write_report(tmp_path).read_text(encoding="utf-8")
 
     charts = svgs(text)
-    assert [chart.get("aria-label") for chart in charts] == [
-        "training loss (loss/*)",
-        "frechet_distance",
-        "kid",
-    ]
-    assert "no finite values to plot" in svg_texts(charts[1])
+    # Two finite losses make a curve; a figure with no finite value or one point does not.
+    assert [chart.get("aria-label") for chart in charts] == ["training loss (loss/*)"]
+    assert "frechet_distance (no finite value)" in text
+    assert "kid = 0.02 (round 3 only)" in text
     assert "skipped 1 line(s)" in text
     # Without summary.json the last recorded round stands in for it.
     assert "Last recorded round" in text
@@ -250,10 +252,12 @@ def test_many_grids_are_thinned_but_keep_the_first_and_newest(tmp_path):
 
     text = write_report(tmp_path, max_sample_grids=5).read_text(encoding="utf-8")
 
+    # The newest opens the page; the earlier grids are thinned, keeping the first.
+    assert "Newest samples, round 30" in text
     captions = re.findall(r"<figcaption><strong>round (\d+)</strong>", text)
     assert len(captions) == 5
-    assert captions[0] == "30" and captions[-1] == "1"
-    assert "Showing 5 of 30 grids" in text
+    assert captions[0] == "29" and captions[-1] == "1"
+    assert "Showing 5 of 29 grids" in text
 
 
 def test_text_from_the_run_is_escaped(tmp_path):
