@@ -49,3 +49,16 @@ if [ "${#text_packages[@]}" -gt 0 ]; then
     echo "setup: text corpora are missing; run '.venv/bin/fedgen data' for the ways to get them" >&2
   fi
 fi
+
+# Headless Chromium (Debian package chromium): the report test opens report.html in it
+# and checks that every image and chart loads (tests/integration/test_report_in_browser.py).
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing headless Chromium for the report test (Debian package chromium)"
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  elif command -v sudo >/dev/null; then
+    sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: chromium is missing; install Debian's chromium package to run the report test" >&2
+  fi
+fi
