@@ -45,8 +45,9 @@ def adam_step(
     for key, param in params.items():
         grad = grads[key]
         exp_avg = torch.lerp(state["exp_avg"][key], grad, 1 - beta1)
-        # In place on fresh temporaries only: fewer (clients x model)-sized allocations.
-        exp_avg_sq = (state["exp_avg_sq"][key] * beta2).addcmul_(grad, grad, value=1 - beta2)
+        # addcmul out of place: vmap has no batching rule for addcmul_ (it would loop).
+        exp_avg_sq = torch.addcmul(state["exp_avg_sq"][key] * beta2, grad, grad, value=1 - beta2)
+        # In place on a fresh temporary: fewer (clients x model)-sized allocations.
         denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
         new_params[key] = torch.addcdiv(param, exp_avg, denom, value=-step_size)
         exp_avgs[key], exp_avg_sqs[key] = exp_avg, exp_avg_sq
