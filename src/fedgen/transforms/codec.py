@@ -16,7 +16,7 @@ by the time the aggregate exists every update has been decoded.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, overload
 
 import torch
 
@@ -121,6 +121,26 @@ class UpdateCodec(UpdateTransform):
 def codecs_of(transforms: Sequence[UpdateTransform]) -> list[UpdateCodec]:
     """The codecs among ``transforms``, in pipeline order."""
     return [t for t in transforms if isinstance(t, UpdateCodec)]
+
+
+@overload
+def decode_arrival(
+    transforms: Sequence[UpdateTransform],
+    update: StateDict,
+    reference: StateDict,
+    round: int,
+    client_id: int,
+) -> StateDict: ...
+
+
+@overload
+def decode_arrival(
+    transforms: Sequence[UpdateTransform],
+    update: StateDict | None,
+    reference: StateDict,
+    round: int,
+    client_id: int,
+) -> StateDict | None: ...
 
 
 def decode_arrival(
