@@ -60,7 +60,7 @@ from fedgen.errors import ConfigError
 from fedgen.registry import BACKENDS
 from fedgen.tasks.base import Task
 from fedgen.transforms.secagg.codec import from_message, to_message
-from fedgen.types import ClientResult, RoundPlan, StateDict
+from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict
 from fedgen.wire import Message, WireError, decode, encode
 
 log = logging.getLogger(__name__)
@@ -119,13 +119,27 @@ def _train(job: bytes, custody: bytes, task: Task, kit: ClientKit) -> tuple[byte
 
 
 @dataclass
+class _Pending:
+    """One client's job, queued or running: what to send and where its result goes."""
+
+    key: int
+    ins: ClientInstruction
+    work: LocalWork
+    num_clients: int
+    #: The client's example count, for a failure value (the server knows it).
+    examples: int
+    #: Where its new private state is kept (the run's, by client id).
+    private_states: dict[int, StateDict]
+
+
+@dataclass
 class _Worker:
     process: BaseProcess
     conn: Connection
     #: False until the worker has started up and said so.
     ready: bool = False
-    #: The plan index and start time of the client it is training, or None when idle.
-    job: int | None = None
+    #: The job it is training and when it started, or None when idle.
+    job: _Pending | None = None
     started: float = 0.0
     #: Bytes of that client's job message.
     sent: int = 0
@@ -169,6 +183,11 @@ class ProcessPoolBackend(Backend):
         self._startup_deaths = 0
         #: The client side the workers were built from, and its fingerprint.
         self._bound: tuple[ClientSide, tuple[object, ...]] | None = None
+        #: Jobs not yet started; results arrived and not yet read (by key, and in order).
+        self._todo: list[_Pending] = []
+        self._done: dict[int, ClientResult] = {}
+        self._arrived: list[int] = []
+        self._next_key = 0
         # spawn, not fork: forking a process whose OpenMP runtime already started
         # threads can deadlock the child.
         self._ctx = mp.get_context("spawn")
@@ -229,6 +248,28 @@ class ProcessPoolBackend(Backend):
         clients: dict[int, ClientData],
         private_states: dict[int, StateDict],
     ) -> Iterator[ClientResult]:
+        # A round abandoned before all its results were read (the consumer raised) leaves
+        # workers busy with its clients; their replies belong to no current round.
+        self._abandon()
+        keys = [self.submit(ins, work, clients, private_states) for ins in plan.instructions]
+        for key in keys:
+            while key not in self._done:
+                self._pump()
+            self._arrived.remove(key)
+            yield self._done.pop(key)
+
+    # -- jobs in flight (also what an asynchronous schedule uses) -------------
+
+    supports_async = True
+
+    def submit(
+        self,
+        ins: ClientInstruction,
+        work: LocalWork,
+        clients: dict[int, ClientData],
+        private_states: dict[int, StateDict],
+    ) -> int:
+        """Queue one client's job; it starts on the next idle worker. Returns its key."""
         side = work.client_side
         if side is None:
             raise ConfigError(
@@ -236,99 +277,119 @@ class ProcessPoolBackend(Backend):
                 "its workers build their clients from it"
             )
         self._ensure_pool(side)
-        # A round abandoned before all its results were read (the consumer raised) leaves
-        # workers busy with its clients; their replies belong to no current round.
-        for worker in [w for w in self._pool if w.job is not None]:
+        self._next_key += 1
+        n = clients[ins.client_id].num_examples
+        self._todo.append(_Pending(self._next_key, ins, work, len(clients), n, private_states))
+        return self._next_key
+
+    def arrivals(self, count: int) -> list[ClientResult]:
+        """The next ``count`` results to arrive (fewer if fewer jobs are left), in order."""
+        while len(self._arrived) < count and (self._todo or self._busy()):
+            self._pump()
+        keys, self._arrived = self._arrived[:count], self._arrived[count:]
+        return [self._done.pop(k) for k in keys]
+
+    def in_flight(self) -> int:
+        """Jobs queued or running, not yet arrived."""
+        return len(self._todo) + len(self._busy())
+
+    def _busy(self) -> list[_Worker]:
+        return [w for w in self._pool if w.job is not None]
+
+    def _abandon(self) -> None:
+        """Forget every job not yet read: queued ones, running ones (their workers are
+        replaced) and results that arrived unread."""
+        for worker in self._busy():
             self._replace(worker)
-        todo = list(enumerate(plan.instructions))[::-1]  # popped from the end: plan order
-        done: dict[int, ClientResult] = {}
-        next_out = 0
+        self._todo.clear()
+        self._done.clear()
+        self._arrived.clear()
 
-        def finish(index: int, result: ClientResult) -> None:
-            done[index] = result
+    def _finish(self, job: _Pending, result: ClientResult) -> None:
+        self._done[job.key] = result
+        self._arrived.append(job.key)
 
-        def fail(index: int, reason: str, down: int = 0, up: int = 0) -> None:
-            ins = plan.instructions[index]
-            n = clients[ins.client_id].num_examples
-            finish(
-                index, ClientResult(ins.client_id, n, failure=reason, bytes_up=up, bytes_down=down)
-            )
+    def _fail(self, job: _Pending, reason: str, down: int = 0, up: int = 0) -> None:
+        ins = job.ins
+        self._finish(
+            job,
+            ClientResult(ins.client_id, job.examples, failure=reason, bytes_up=up, bytes_down=down),
+        )
 
-        while next_out < len(plan.instructions):
-            for worker in self._pool:
-                if worker.ready and worker.job is None and todo:
-                    index, ins = todo.pop()
-                    try:
-                        job = encode(job_message(ins, work, len(clients)))
-                        custody = _custody(ins.client_id, private_states, work.keys)
-                    except WireError as exc:
-                        fail(index, f"the client's job cannot be encoded: {exc}")
-                        continue
-                    try:
-                        worker.conn.send(("job",))
-                        worker.conn.send_bytes(job)
-                        worker.conn.send_bytes(custody)
-                    except (BrokenPipeError, OSError) as exc:
-                        fail(index, f"worker process died before the client started: {exc}")
-                        self._replace(worker)
-                        continue
-                    worker.job, worker.started, worker.sent = index, time.monotonic(), len(job)
-            busy = [w for w in self._pool if w.job is not None]
-            starting = [w for w in self._pool if not w.ready]
-            if busy or starting:
-                ready = wait([w.conn for w in busy + starting], timeout=self._wait_timeout(busy))
-                for worker in starting:
-                    if worker.conn in ready:
-                        self._hear_ready(worker)
-                now = time.monotonic()
-                for worker in busy:
-                    assert worker.job is not None
-                    index, ins = worker.job, plan.instructions[worker.job]
-                    if worker.conn in ready:
-                        try:
-                            reply, kept = worker.conn.recv_bytes(), worker.conn.recv_bytes()
-                        except (EOFError, OSError):
-                            code = worker.process.exitcode
-                            worker.process.join(timeout=1)
-                            code = worker.process.exitcode if code is None else code
-                            fail(index, f"worker process died (exit code {code})", worker.sent)
-                            self._replace(worker)
-                            continue
-                        worker.job = None
-                        try:
-                            result = result_from_reply(decode(reply))
-                            returned = decode(kept)
-                            private = returned.arrays
-                            if "held" in returned.meta:
-                                self.held[ins.client_id] = from_message(
-                                    decode(bytes.fromhex(returned.meta["held"]))
-                                )
-                        except (WireError, ValueError, TypeError) as exc:
-                            fail(index, f"malformed reply: {exc}", worker.sent, len(reply))
-                            continue
-                        if result.failure is not None:
-                            log.warning(
-                                "client %d failed in round %d: %s",
-                                ins.client_id,
-                                plan.round,
-                                result.failure,
-                            )
-                            fail(index, result.failure, worker.sent, len(reply))
-                            continue
-                        if private:
-                            private_states[ins.client_id] = private
-                        result.bytes_down, result.bytes_up = worker.sent, len(reply)
-                        finish(index, result)
-                    elif (
-                        self.client_timeout is not None
-                        and now - worker.started > self.client_timeout
-                    ):
-                        fail(index, f"timed out after {self.client_timeout:g} s", worker.sent)
-                        # A worker stuck in a client cannot be trusted with the next one.
-                        self._replace(worker)
-            while next_out in done:
-                yield done.pop(next_out)
-                next_out += 1
+    def _pump(self) -> None:
+        """Start queued jobs on idle workers, then wait for one event and handle it."""
+        for worker in self._pool:
+            if worker.ready and worker.job is None and self._todo:
+                queued = self._todo.pop(0)
+                try:
+                    data = encode(job_message(queued.ins, queued.work, queued.num_clients))
+                    custody = _custody(
+                        queued.ins.client_id, queued.private_states, queued.work.keys
+                    )
+                except WireError as exc:
+                    self._fail(queued, f"the client's job cannot be encoded: {exc}")
+                    continue
+                try:
+                    worker.conn.send(("job",))
+                    worker.conn.send_bytes(data)
+                    worker.conn.send_bytes(custody)
+                except (BrokenPipeError, OSError) as exc:
+                    self._fail(queued, f"worker process died before the client started: {exc}")
+                    self._replace(worker)
+                    continue
+                worker.job, worker.started, worker.sent = queued, time.monotonic(), len(data)
+        busy = self._busy()
+        starting = [w for w in self._pool if not w.ready]
+        if not (busy or starting):
+            return
+        ready = wait([w.conn for w in busy + starting], timeout=self._wait_timeout(busy))
+        for worker in starting:
+            if worker.conn in ready:
+                self._hear_ready(worker)
+        now = time.monotonic()
+        for worker in busy:
+            running = worker.job
+            assert running is not None
+            job, ins = running, running.ins
+            if worker.conn in ready:
+                try:
+                    reply, kept = worker.conn.recv_bytes(), worker.conn.recv_bytes()
+                except (EOFError, OSError):
+                    code = worker.process.exitcode
+                    worker.process.join(timeout=1)
+                    code = worker.process.exitcode if code is None else code
+                    self._fail(job, f"worker process died (exit code {code})", worker.sent)
+                    self._replace(worker)
+                    continue
+                worker.job = None
+                try:
+                    result = result_from_reply(decode(reply))
+                    returned = decode(kept)
+                    private = returned.arrays
+                    if "held" in returned.meta:
+                        self.held[ins.client_id] = from_message(
+                            decode(bytes.fromhex(returned.meta["held"]))
+                        )
+                except (WireError, ValueError, TypeError) as exc:
+                    self._fail(job, f"malformed reply: {exc}", worker.sent, len(reply))
+                    continue
+                if result.failure is not None:
+                    log.warning(
+                        "client %d failed in round %d: %s",
+                        ins.client_id,
+                        job.work.round,
+                        result.failure,
+                    )
+                    self._fail(job, result.failure, worker.sent, len(reply))
+                    continue
+                if private:
+                    job.private_states[ins.client_id] = private
+                result.bytes_down, result.bytes_up = worker.sent, len(reply)
+                self._finish(job, result)
+            elif self.client_timeout is not None and now - worker.started > self.client_timeout:
+                self._fail(job, f"timed out after {self.client_timeout:g} s", worker.sent)
+                # A worker stuck in a client cannot be trusted with the next one.
+                self._replace(worker)
 
     def _hear_ready(self, worker: _Worker) -> None:
         """Read a starting worker's first message; replace it if it died starting up."""
@@ -366,6 +427,9 @@ class ProcessPoolBackend(Backend):
             _stop(worker, kill=worker.job is not None)
         self._pool = []
         self._bound = None
+        self._todo.clear()
+        self._done.clear()
+        self._arrived.clear()
 
 
 def _custody(
