@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from fedgen.attacks.command import attack_command
 from fedgen.errors import FedgenError
+from fedgen.samples.export_format import ExportFormat
+from fedgen.version import __version__
 
 app = typer.Typer(
     add_completion=False,
@@ -116,10 +119,24 @@ def report(run_dir: Path) -> None:
 @app.command()
 def sample(
     run_dir: Path,
-    n: Annotated[int, typer.Option("--n", min=1, help="samples per class or prompt")] = 10,
-    out: Annotated[Path, typer.Option(help="file to write (images: a PNG grid)")] = Path(
-        "samples.png"
-    ),
+    n: Annotated[
+        int, typer.Option("--per-class", "--n", min=1, help="samples per class or prompt")
+    ] = 10,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="file or folder to write (default: samples.png, or samples.npz, samples/)"
+        ),
+    ] = None,
+    fmt: Annotated[
+        ExportFormat | None,
+        typer.Option(
+            "--format",
+            help="images: export a labelled synthetic data set as a PNG grid, an .npz "
+            "(images, labels, class_names) or a folder per class, with a JSON manifest "
+            "of the checkpoint's round and sha256 beside it",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
     prompt: Annotated[
         str | None, typer.Option(help="text tasks: print N continuations of this prompt")
@@ -136,11 +153,14 @@ def sample(
     ] = None,
 ) -> None:
     """Draw N samples per condition (images: per class, into a PNG grid) from the newest
-    checkpoint of RUN_DIR, written as the task's modality is shown."""
+    checkpoint of RUN_DIR, written as the task's modality is shown; with --format, a
+    labelled synthetic image data set and its manifest."""
     from fedgen.experiment import load_run
     from fedgen.registry import SAMPLE_WRITERS
     from fedgen.seeding import torch_generator
 
+    if fmt is not None and (prompt is not None or condition is not None):
+        _fail(FedgenError("--format exports images per class; drop --prompt and --condition"))
     try:
         exp = load_run(run_dir)
     except FedgenError as exc:
@@ -176,11 +196,78 @@ def sample(
             rows = task.sample((n, {column: value}), gen)
         except ValueError as exc:
             _fail(FedgenError(str(exc)))
-        rows.to_csv(out.with_suffix(".csv"), index=False)
-        typer.echo(str(out.with_suffix(".csv")))
+        csv_path = (out or Path("samples.csv")).with_suffix(".csv")
+        rows.to_csv(csv_path, index=False)
+        typer.echo(str(csv_path))
+        return
+    if fmt is not None:
+        _export_dataset(exp, task, run_dir, out, n, fmt, gen, seed=seed, client=client)
         return
     writer = SAMPLE_WRITERS.get(str(task.modality))
-    typer.echo(str(writer(task, out.with_suffix(""), n, gen)))
+    typer.echo(str(writer(task, (out or Path("samples.png")).with_suffix(""), n, gen)))
+
+
+def _export_dataset(
+    exp: Any,
+    task: Any,
+    run_dir: Path,
+    out: Path | None,
+    per_class: int,
+    fmt: ExportFormat,
+    gen: Any,
+    *,
+    seed: int,
+    client: int | None,
+) -> None:
+    """`fedgen sample --format`: the data set, and a manifest naming the checkpoint it
+    came from (round and the sha256 of its file, as the run's ledger records it)."""
+    from fedgen.engine.checkpoint import list_checkpoints
+    from fedgen.modality import Modality
+    from fedgen.samples.image_dataset import export_image_dataset
+
+    if task.modality != Modality.IMAGES:
+        _fail(
+            FedgenError(
+                f"--format exports image data sets; task {exp.config.task.name} makes "
+                f"{task.modality} (tables: --condition COLUMN=VALUE writes a CSV; text: --prompt)"
+            )
+        )
+    round_ = exp.federation.next_round - 1
+    found = dict(list_checkpoints(run_dir / "checkpoints"))
+    checkpoint = found.get(round_)
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest() if checkpoint else None
+    provenance = {
+        "run": str(run_dir.resolve()),
+        "task": exp.config.task.name,
+        "checkpoint_round": round_,
+        "checkpoint_file": checkpoint.name if checkpoint else None,
+        "checkpoint_sha256": digest,
+        "config_fingerprint": exp.config.fingerprint(),
+        "seed": seed,
+        "client": client,
+        "fedgen_version": __version__,
+    }
+    names = _class_names(run_dir, task.num_classes)
+    default = Path("samples") if fmt is ExportFormat.FOLDER else Path(f"samples.{fmt}")
+    try:
+        target, manifest = export_image_dataset(
+            task, out or default, per_class, fmt, gen, names, provenance
+        )
+    except FileExistsError as exc:
+        _fail(FedgenError(str(exc)))
+        return
+    typer.echo(f"{target}  ({per_class * task.num_classes} images; manifest {manifest})")
+
+
+def _class_names(run_dir: Path, num_classes: int) -> list[str]:
+    """The class names partition.json records, else the labels as text."""
+    try:
+        names = json.loads((run_dir / "partition.json").read_text()).get("class_names")
+    except (OSError, ValueError, AttributeError):
+        names = None
+    if isinstance(names, list) and len(names) == num_classes:
+        return [str(name) for name in names]
+    return [str(i) for i in range(num_classes)]
 
 
 @app.command("eval")
