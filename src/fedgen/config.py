@@ -269,6 +269,12 @@ class ExperimentConfig(_Strict):
         "(fedgen ledger verify RUN checks it)",
     )
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: default)")
+    tensorboard: bool = Field(
+        False,
+        description="write TensorBoard event files to RUN/tensorboard/ while the run goes: "
+        "each round's metrics as scalars, each evaluation's samples as images "
+        "(needs fedgen[tensorboard]; watch with tensorboard --logdir RUN)",
+    )
     noise_seed: Literal["secret", "root"] = Field(
         "secret",
         description="what seeds DP noise: a secret key drawn at run start and kept in "
@@ -285,8 +291,8 @@ class ExperimentConfig(_Strict):
         A checkpoint from a run with another fingerprint cannot be resumed.
         """
         d = self.model_dump(mode="json")
-        for key in ("eval", "checkpoint", "name", "ledger"):
-            d.pop(key)
+        for key in ("eval", "checkpoint", "name", "ledger", "tensorboard"):
+            d.pop(key)  # (tensorboard: watching a run does not change its weights)
         d["federation"].pop("rounds")
         if d.get("dpsgd") is None:
             d.pop("dpsgd", None)  # runs from before DP-SGD existed keep their fingerprint

@@ -450,6 +450,10 @@ def run_experiment(
             cfg.name + (" (centralized)" if cfg.federation.centralized else ""), enabled=progress
         ),
     ]
+    if cfg.tensorboard:  # after the evaluation callback, whose sample grids it logs
+        from fedgen.engine.tensorboard_callback import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(run_dir / "tensorboard", run_dir / "samples"))
     exp = build_experiment(cfg, callbacks)  # loads data first: a missing set fails here
     exp_holder["exp"] = exp
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
