@@ -265,7 +265,7 @@ def _newest_samples(
             continue
         uri, (width, height) = embedded
         label = f"round {_round_of(path)}" if _round_of(path) >= 0 else path.stem
-        caption = f"Newest samples, {label}"
+        caption = f"Generated samples, {label} (the newest)"
         if class_names:
             caption += f"; one row per class: {', '.join(class_names)}"
         return path, (
@@ -382,7 +382,7 @@ def _samples_section(files: list[Path], limit: int, class_names: list[str], note
     if class_names:
         note += f" Rows are classes, top to bottom: {', '.join(class_names)}."
     return (
-        f'<h2>Earlier samples</h2><p class="muted">{_esc(note)}</p>'
+        f'<h2>Generated samples of earlier rounds</h2><p class="muted">{_esc(note)}</p>'
         f'<div class="grids">{"".join(figures)}</div>'
     )
 

@@ -161,8 +161,8 @@ def test_full_run_renders_every_part(tmp_path):
             assert png.format == "PNG"
             assert png.size == expected_size
     # The newest grid opens the page; the earlier ones follow, newest first.
-    assert "Newest samples, round 5" in visible
-    assert text.index("Newest samples") < text.index("<svg")
+    assert "Generated samples, round 5 (the newest)" in visible
+    assert text.index("(the newest)") < text.index("<svg")
     captions = re.findall(r"<figcaption><strong>(round \d+)</strong>", text)
     assert captions == ["round 4", "round 2"]
 
@@ -253,7 +253,7 @@ def test_many_grids_are_thinned_but_keep_the_first_and_newest(tmp_path):
     text = write_report(tmp_path, max_sample_grids=5).read_text(encoding="utf-8")
 
     # The newest opens the page; the earlier grids are thinned, keeping the first.
-    assert "Newest samples, round 30" in text
+    assert "Generated samples, round 30 (the newest)" in text
     captions = re.findall(r"<figcaption><strong>round (\d+)</strong>", text)
     assert len(captions) == 5
     assert captions[0] == "29" and captions[-1] == "1"
