@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.func import vmap
 
 from fedgen.data.client_data import ClientData
-from fedgen.engine.backends.base import Backend, LocalWork
+from fedgen.engine.backends.base import LocalWork
 from fedgen.engine.backends.inprocess import InProcessBackend
 from fedgen.engine.backends.local_training import local_steps_for
 from fedgen.engine.backends.stacking import (
@@ -88,8 +88,12 @@ class _Group:
 
 
 @BACKENDS.register("vectorized")
-class VectorizedBackend(Backend):
+class VectorizedBackend(InProcessBackend):
     """Trains up to ``chunk_size`` clients at a time as one ``vmap``-ed computation.
+
+    A kind of in-process backend: what its clients hold between a round's messages (a
+    secure-aggregation stage's halves) is the in-process store, and what does not
+    vectorize runs through ``InProcessBackend.run``.
 
     Args:
         chunk_size: clients per batched computation; None: as many as keep a chunk's
@@ -125,7 +129,6 @@ class VectorizedBackend(Backend):
         self.chunk_size = chunk_size
         self.chunk_megabytes = chunk_megabytes
         self.fallback = fallback
-        self.sequential = InProcessBackend()
         #: Reasons already logged (each once per run, not once per round).
         self._said: set[str] = set()
 
@@ -140,11 +143,11 @@ class VectorizedBackend(Backend):
             sub = RoundPlan(plan.round, group.instructions)
             if group.sequential is not None:
                 self._refuse_or_say(group.sequential)
-                yield from self.sequential.run(sub, work, clients, private_states)
+                yield from super().run(sub, work, clients, private_states)
                 continue
             outcomes = self._train_group(group.instructions, work, clients, private_states)
             replay = replace(work, task=_replaying(work.task, outcomes))
-            yield from self.sequential.run(sub, replay, clients, private_states)
+            yield from super().run(sub, replay, clients, private_states)
 
     def _refuse_or_say(self, reason: str) -> None:
         if not self.fallback:
