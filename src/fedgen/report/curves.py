@@ -14,7 +14,12 @@ from typing import Any, TypeGuard
 
 from fedgen.report.figures_table import shown
 from fedgen.report.svg import format_number, line_chart
-from fedgen.report.worth_drawing import why_not_drawn, worth_drawing
+from fedgen.report.worth_drawing import (
+    CONSTANT_TOLERANCE,
+    FLAT_ON_A_ZERO_AXIS,
+    why_not_drawn,
+    worth_drawing,
+)
 
 #: Bookkeeping charts: title, then (metrics key, legend name, divisor) per series.
 SYSTEM_CHARTS: tuple[tuple[str, tuple[tuple[str, str, float], ...]], ...] = (
@@ -62,8 +67,8 @@ def curves_section(metrics: list[dict[str, Any]]) -> str:
     charts: list[str] = []
     skipped: dict[str, str] = {}
 
-    def keep(key: str, points: Points) -> bool:
-        reason = why_not_drawn(points)
+    def keep(key: str, points: Points, tolerance: float = CONSTANT_TOLERANCE) -> bool:
+        reason = why_not_drawn(points, tolerance)
         if reason:
             skipped[key] = _stated(key, reason, points)
         return not reason
@@ -86,7 +91,7 @@ def curves_section(metrics: list[dict[str, Any]]) -> str:
         present = {
             name: [(x, y / divisor) for x, y in curves[key]]
             for key, name, divisor in series
-            if key in curves and keep(key, curves[key])
+            if key in curves and keep(key, curves[key], FLAT_ON_A_ZERO_AXIS)
         }
         if present:
             charts.append(line_chart(present, title, include_zero=True))
@@ -119,7 +124,9 @@ def _stated(key: str, reason: str, points: Points) -> str:
     """How a series that is not drawn reads in words: its value, and where."""
     finite = [(x, y) for x, y in points if math.isfinite(x) and math.isfinite(y)]
     if reason == "constant":
-        return f"= {shown(key, finite[0][1])} in all {len(finite)} rounds"
+        values = {y for _, y in finite}
+        sign = "=" if len(values) == 1 else "≈"  # flat to the eye, not to the byte
+        return f"{sign} {shown(key, finite[0][1])} in all {len(finite)} rounds"
     if reason == "one point":
         x, y = finite[0]
         return f"= {shown(key, y)} (round {format_number(x)} only)"

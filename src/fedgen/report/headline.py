@@ -68,7 +68,12 @@ def headline_section(
 
 
 def _from_summary(summary: dict[str, Any]) -> list[Headline]:
-    out = _quality(summary, summary.get("evaluated_round"))
+    centralized = summary.get("centralized")
+    out = _quality(
+        summary,
+        summary.get("evaluated_round"),
+        centralized if isinstance(centralized, dict) else {},
+    )
     out.append(_privacy(summary))
     out.append(_bytes(summary.get("bytes_total"), summary.get("bytes_up"), summary))
     rounds = summary.get("rounds")
@@ -91,7 +96,9 @@ def _from_metrics(metrics: list[dict[str, Any]]) -> list[Headline]:
     return out
 
 
-def _quality(figures: dict[str, Any], evaluated_round: Any) -> list[Headline]:
+def _quality(
+    figures: dict[str, Any], evaluated_round: Any, centralized: dict[str, Any] | None = None
+) -> list[Headline]:
     where = f"round {evaluated_round}, " if _number(evaluated_round) else ""
     out = []
     for key, label, fmt, direction in QUALITY:
@@ -101,6 +108,9 @@ def _quality(figures: dict[str, Any], evaluated_round: Any) -> list[Headline]:
         detail = where + direction
         if key == "tstr_accuracy" and _number(figures.get("real_test_accuracy")):
             detail += f"; trained on real data: {format_share(figures['real_test_accuracy'])}"
+        baseline = (centralized or {}).get(key)
+        if _number(baseline):
+            detail += f"; centralized baseline: {fmt(baseline)}"
         out.append(Headline(label, fmt(value), detail))
     return out
 

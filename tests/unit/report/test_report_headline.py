@@ -24,12 +24,14 @@ def test_headline_reads_quality_privacy_bytes_and_time_in_human_units():
         "epsilon": 9.87,
         "delta": 1e-5,
         "privacy_unit": "client",
+        "centralized": {"tstr_accuracy": 0.84},
     }
     # Execute
     figures = {f.label: f for f in headline_figures(summary, [])}
     # Assert
     assert figures["TSTR accuracy"].value == "75.5%"
     assert "88.5%" in figures["TSTR accuracy"].detail
+    assert "centralized baseline: 84.0%" in figures["TSTR accuracy"].detail
     assert figures["Fréchet distance"].value == "29.51"
     assert figures["privacy spent"].value == "ε = 9.87"
     assert figures["data sent"].value == "341 MB"

@@ -74,7 +74,7 @@ def make_run(run_dir: Path) -> dict:
             "clients": 4,
             "failures": int(r == 3),
             "examples": 2400 + 10 * r,
-            "bytes_up": 1_250_000 + r,
+            "bytes_up": 1_250_000 + 50_000 * r,
             "bytes_down": 1_300_000,
             "seconds": 3.5 + 0.1 * r,
             "loss/generator": 2.0 / r,

@@ -31,3 +31,6 @@ def test_constants_and_single_points_are_not_worth_a_chart():
     assert why_not_drawn([(0, math.nan), (1, math.inf)]) == "no finite value"
     # A mean of equal ratios may differ in the last bit: still a constant.
     assert not worth_drawing([(0, 0.1 + 0.2), (1, 0.3)])
+    # Bytes that differ by a length field are flat on an axis from zero.
+    assert worth_drawing([(0, 1_236_632), (1, 1_236_640)])
+    assert not worth_drawing([(0, 1_236_632), (1, 1_236_640)], tolerance=1e-3)
