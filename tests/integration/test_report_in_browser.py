@@ -18,26 +18,34 @@ import pytest
 from tiny_federation import tiny_config
 
 from fedgen.experiment import run_experiment
+from fedgen.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 # Runs after the page's images have loaded (the load event); reports each image's decoded
-# size and each chart's rendered size, and any error the page raised.
+# size, each chart's rendered size and whether the pictures inside charts (SVG <image>)
+# decode, and any error the page raised.
 CHECKER = """
 <script>
 window.__errors = [];
 window.addEventListener("error", e => window.__errors.push(String(e.message || e.type)), true);
-window.addEventListener("load", () => {
+window.addEventListener("load", async () => {
   const images = [...document.images].map(img => ({
     alt: img.alt, complete: img.complete, width: img.naturalWidth, height: img.naturalHeight}));
   const charts = [...document.querySelectorAll("svg")].map(svg => {
     const box = svg.getBoundingClientRect();
     return {label: svg.getAttribute("aria-label"), width: box.width, height: box.height,
-            marks: svg.querySelectorAll("polyline, circle, rect, text").length};
+            marks: svg.querySelectorAll("polyline, circle, rect, text, image").length};
   });
+  const embedded = await Promise.all([...document.querySelectorAll("svg image")].map(
+    async node => {
+      const probe = new Image();
+      probe.src = node.getAttribute("href");
+      try { await probe.decode(); return probe.naturalWidth; } catch (e) { return 0; }
+    }));
   const out = document.createElement("pre");
   out.id = "browser-check";
-  out.textContent = JSON.stringify({images, charts, errors: window.__errors,
+  out.textContent = JSON.stringify({images, charts, embedded, errors: window.__errors,
     parseErrors: document.querySelectorAll("parsererror").length});
   document.body.appendChild(out);
 });
@@ -113,6 +121,24 @@ def test_every_image_and_chart_of_a_real_run_loads_in_chromium(report, tmp_path)
     assert seen["errors"] == [] and seen["parseErrors"] == 0
     console = [line for line in log.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == [], console
+
+
+def test_a_thousand_clients_partition_picture_decodes(tmp_path):
+    # Prepare: a run folder holding only the partition of 1,000 clients over 10 classes.
+    run_dir = tmp_path / "many"
+    run_dir.mkdir()
+    counts = [[(i * 7 + j * 3) % 50 for j in range(10)] for i in range(1000)]
+    (run_dir / "partition.json").write_text(json.dumps({"counts": counts}))
+
+    # Execute
+    page = write_report(run_dir)
+    seen, _ = browser_view(page, tmp_path)
+
+    # Assert: one picture, not 10,000 labelled cells, and it decodes in the browser.
+    assert page.stat().st_size < 200_000
+    assert seen["embedded"] and all(width > 0 for width in seen["embedded"])
+    assert [chart["label"] for chart in seen["charts"]] == ["labels per client"]
+    assert seen["errors"] == []
 
 
 def test_the_report_opens_with_samples_and_headline_figures(report):

@@ -10,9 +10,12 @@ from __future__ import annotations
 import math
 from typing import Any, TypeGuard
 
+from fedgen.report.heat_picture import heat_picture
 from fedgen.report.svg import format_number, heatmap
 
 Matrix = list[list[float]]
+#: Beyond this many clients the picture drops the numbers in its cells (heat_picture).
+MAX_LABELLED_ROWS = 50
 
 
 def partition_maps(partition: dict[str, Any]) -> list[tuple[str, Matrix, list[str]]] | None:
@@ -78,9 +81,16 @@ def partition_section(
         f"{format_number(min(sizes))} to {format_number(max(sizes))} examples. "
         "Darker cells hold more examples.</p>",
     ]
+    if rows > MAX_LABELLED_ROWS and attackers:
+        parts.append(
+            f'<p class="muted">Attackers: clients {", ".join(map(str, sorted(attackers)))}.</p>'
+        )
     for title, matrix, columns in maps:
         try:
-            chart = heatmap(matrix, row_labels, columns, title)
+            if rows > MAX_LABELLED_ROWS:
+                chart = heat_picture(matrix, columns, title)
+            else:
+                chart = heatmap(matrix, row_labels, columns, title)
         except ValueError as error:
             problems.append(f"partition.json: {title} not shown ({error})")
             continue
