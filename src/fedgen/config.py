@@ -96,6 +96,10 @@ class FedBuffConfig(_Strict):
     buffer_size: int = Field(4, ge=1)
     staleness_exponent: float = Field(0.5, ge=0, allow_inf_nan=False)
     concurrency: int | None = Field(None, ge=1)
+    #: ``simulated``: arrivals in the order of ``federation.clock`` (reproducible);
+    #: ``wall``: in the order results really arrive from a backend that keeps jobs in
+    #: flight (process_pool, flower): real asynchrony, not reproducible by nature.
+    timing: Literal["simulated", "wall"] = "simulated"
 
 
 class GossipConfig(_Strict):
@@ -306,6 +310,8 @@ class ExperimentConfig(_Strict):
             # Runs from before asynchronous and gossip modes keep their fingerprint.
             for key in ("mode", "clock", "fedbuff", "gossip"):
                 fed.pop(key)
+        if isinstance(fed.get("fedbuff"), dict) and fed["fedbuff"].get("timing") == "simulated":
+            fed["fedbuff"].pop("timing")  # FedBuff runs from before wall-clock timing
         if d.get("noise_seed") == "secret":
             d.pop("noise_seed")  # likewise runs from before the noise key existed
         blob = json.dumps(d, sort_keys=True).encode()

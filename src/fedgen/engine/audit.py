@@ -49,6 +49,9 @@ class RoundAudit:
     config: dict[str, Any]
     #: (client id, update digest, examples, signature) of each accepted update.
     updates: list[tuple[int, str, int, str]] = field(default_factory=list)
+    #: The round a client signed its update for, where it is not this round (an
+    #: asynchronous client sent its work in an earlier one).
+    signed_rounds: dict[int, int] = field(default_factory=dict)
     failures: dict[int, str] = field(default_factory=dict)
     aggregate_digest: str | None = None
     #: The digest of the unmasked sum under secure aggregation, else None.

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ import torch
 from fedgen.data.client_data import ClientData
 from fedgen.engine.audit import RoundAudit, RunAudit
 from fedgen.engine.backends.base import Backend, LocalWork
+from fedgen.engine.backends.signing import ClientKeys
 from fedgen.engine.client_side import ClientKit, ClientSide, LocalClientSide
 from fedgen.engine.faults import FaultPlan
 from fedgen.engine.schedule import Job, Schedule, SynchronousSchedule
@@ -233,21 +234,13 @@ class Federation:
 
         def checked(job: Job) -> Iterator[ClientResult]:
             nonlocal bytes_up
-            work = LocalWork(
-                self.task,
-                job.start,
-                self.transforms,
-                self.local_steps,
-                self.local_epochs,
-                job.round,
-                self.noise_key,
-                self.faults,
-                keys,
-                side,
-                secure=self.stage is not None,
-                max_update_norm=self.max_update_norm,
-            )
-            for res in self.backend.run(job.plan, work, self.clients, self.private_states):
+            arrived: Iterable[ClientResult]
+            if job.results is not None:
+                arrived = job.results
+            else:
+                work = self.local_work(job.start, job.round, keys, side)
+                arrived = self.backend.run(job.plan, work, self.clients, self.private_states)
+            for res in arrived:
                 cid = res.client_id
                 # Before anything reads it, a result must name a client the work went to,
                 # once: the id keys the failures, the weights and the ledger.
@@ -295,6 +288,9 @@ class Federation:
                     if signed is not None:
                         digest, signature = signed
                         audit.updates.append((cid, digest, res.num_examples, signature))
+                        if job.round != r:
+                            # Sent in an earlier round (wall-clock FedBuff): signed for it.
+                            audit.signed_rounds[cid] = job.round
                 yield res
 
         metrics: dict[str, Any] = {"round": r}
@@ -379,6 +375,32 @@ class Federation:
         self.schedule.end(r, self, step, metrics)
         metrics["seconds"] = time.perf_counter() - t0
         return RoundRecord(r, metrics, audit)
+
+    def local_work(
+        self,
+        start: StateDict,
+        round: int,
+        keys: ClientKeys | None = None,
+        side: ClientSide | None = None,
+    ) -> LocalWork:
+        """The ``LocalWork`` of clients sent ``start`` in ``round`` (keys and client side
+        default to the run's)."""
+        if keys is None and self.audit is not None:
+            keys = self.audit.client_keys()
+        return LocalWork(
+            self.task,
+            start,
+            self.transforms,
+            self.local_steps,
+            self.local_epochs,
+            round,
+            self.noise_key,
+            self.faults,
+            keys,
+            side or self.client_side or self._local_side(),
+            secure=self.stage is not None,
+            max_update_norm=self.max_update_norm,
+        )
 
     def _server_step(self, r: int, agg: Aggregate, metrics: dict[str, Any]) -> None:
         """Server halves of the transforms (reverse order), then ``strategy.apply``."""

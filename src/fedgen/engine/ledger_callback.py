@@ -112,6 +112,9 @@ class LedgerCallback(Callback):
                     "digest": digest,
                     "num_examples": examples,
                     "signature": signature,
+                    **(
+                        {"signed_round": rec.signed_rounds[cid]} if cid in rec.signed_rounds else {}
+                    ),
                 },
             )
         for cid, reason in sorted(rec.failures.items()):

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from fedgen.config import ClockConfig, FedBuffConfig, FederationConfig, GossipConfig
 from fedgen.engine.client_clock import ClientClock
 from fedgen.engine.fedbuff import FedBuffSchedule
+from fedgen.engine.fedbuff_wall import WallClockFedBuff
 from fedgen.engine.gossip import GossipSchedule
 from fedgen.engine.schedule import Schedule, SynchronousSchedule
 
@@ -20,6 +21,8 @@ def schedule_for(config: FederationConfig, client_ids: Sequence[int], seed: int)
     """
     ids = sorted(client_ids)
     clock = None if config.clock is None else ClientClock(config.clock, ids, seed)
+    if config.mode == "fedbuff" and config.fedbuff is not None and config.fedbuff.timing == "wall":
+        return WallClockFedBuff(config.fedbuff, ids, seed)
     if config.mode == "fedbuff":
         return FedBuffSchedule(
             config.fedbuff or FedBuffConfig(),

@@ -44,6 +44,12 @@ class RoundLoop(Protocol):
     privacy: Any
     secagg: Any
     global_state: StateDict
+    backend: Any
+    private_states: dict[int, StateDict]
+
+    def local_work(self, start: StateDict, round: int) -> Any:
+        """The ``LocalWork`` of clients sent ``start`` in ``round``."""
+        ...
 
 
 @dataclass
@@ -55,6 +61,9 @@ class Job:
     start: StateDict
     #: The round the clients were sent their work in (``LocalWork.round``).
     round: int
+    #: Results that already arrived (a wall-clock schedule keeps jobs in flight across
+    #: rounds): the loop checks these instead of running the job.
+    results: list[ClientResult] | None = None
 
 
 @dataclass

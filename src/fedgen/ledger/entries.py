@@ -9,7 +9,8 @@ kind            body fields                                                     
 ``run_start``   run_id (hex), server_public_key (hex), fingerprint, rounds          none
 ``enrol``       client_id, public_key (hex)                                         none
 ``round_start`` round, global_digest, cohort (client ids), config (object)          body's
-``update``      round, client_id, digest, num_examples, signature (hex)             body's
+``update``      round, client_id, digest, num_examples, signature (hex); optional   body's
+                signed_round (an earlier round an async client was sent its work in)
 ``failure``     round, client_id (or null for the whole round), reason              body's
 ``aggregate``   round, digest, secure, sum_digest (hex or null), clients            body's
 ``checkpoint``  round, file (relative to the run folder), digest                    body's
@@ -120,6 +121,16 @@ def body_problems(kind: str, body: Any, round: int | None) -> list[str]:
             problems.append(f"{kind} body lacks the field {name!r} ({what})")
         elif not check(body[name]):
             problems.append(f"{kind} field {name!r} must be {what}, got {body[name]!r:.80}")
+    if kind == "update" and "signed_round" in body and not (
+        _is_count(body["signed_round"])
+        and _is_count(body.get("round"))
+        and body["signed_round"] <= body["round"]
+    ):
+        # An asynchronous client's work was sent in an earlier round, never a later one.
+        problems.append(
+            f"update field 'signed_round' must be an int >= 0 and at most the entry's round, "
+            f"got {body['signed_round']!r:.40}"
+        )
     if kind == "aggregate" and not problems and body["secure"] != (body["sum_digest"] is not None):
         problems.append("aggregate sum_digest must be a digest exactly when secure is true")
     if kind in RUN_KINDS:

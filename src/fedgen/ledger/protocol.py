@@ -155,7 +155,8 @@ class ProtocolCheck:
         if c not in self.keys:
             self.problems.append(f"round {r}, client {c}: update from a client never enrolled")
         elif key is not None:
-            message = update_message(self.run_id, e.body["round"], c, e.body["digest"])
+            signed = e.body.get("signed_round", e.body["round"])
+            message = update_message(self.run_id, signed, c, e.body["digest"])
             if not verify_signature(key, message, e.body["signature"]):
                 self.problems.append(
                     f"round {r}, client {c}: update signature does not verify under the "

@@ -285,7 +285,10 @@ class Ledger:
             if key is None:
                 return [f"client {client} is not enrolled; append its enrol entry first"]
             message = update_message(
-                self._run_start["run_id"], body["round"], client, body["digest"]
+                self._run_start["run_id"],
+                body.get("signed_round", body["round"]),
+                client,
+                body["digest"],
             )
             if not verify_signature(key, message, body["signature"]):
                 return [

@@ -35,7 +35,7 @@ from fedgen.engine.backends.flower_records import pack, unpack
 from fedgen.engine.backends.local_training import job_message, result_from_reply
 from fedgen.errors import ConfigError, FedgenError
 from fedgen.registry import BACKENDS
-from fedgen.types import ClientResult, RoundPlan, StateDict
+from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict
 from fedgen.wire import Message, WireError, decode, encode
 
 
@@ -118,6 +118,10 @@ class FlowerBackend(Backend):
         self._grid: Any = None
         #: The node that holds each client, from the hello.
         self.nodes: dict[int, NodeHello] = {}
+        #: Jobs in flight by Flower message id: (client, job bytes, when sent); and
+        #: results that arrived and were not yet read.
+        self._pending: dict[str, tuple[int, int, float]] = {}
+        self._ready: list[ClientResult] = []
 
     def attach(self, grid: Any) -> None:
         """Use ``grid`` (the ServerApp's ``flwr.serverapp.Grid``) for every message."""
@@ -271,6 +275,74 @@ class FlowerBackend(Backend):
             results[index] = result
         for index in range(len(plan.instructions)):
             yield results[index]
+
+    # -- jobs in flight (wall-clock FedBuff) -----------------------------------
+
+    supports_async = True
+
+    def submit(
+        self,
+        ins: ClientInstruction,
+        work: LocalWork,
+        clients: dict[int, ClientData],
+        private_states: dict[int, StateDict],
+    ) -> None:
+        """Push one client's job to its SuperNode now; its reply is read by ``arrivals``."""
+        from flwr.app import Message as FlowerMessage
+
+        grid = self._require_grid()
+        node = self.nodes.get(ins.client_id)
+        if node is None:
+            self._ready.append(ClientResult(ins.client_id, 0, failure="no SuperNode holds it"))
+            return
+        try:
+            job = encode(job_message(ins, work, len(clients)))
+        except WireError as exc:
+            failure = f"the client's job cannot be encoded: {exc}"
+            self._ready.append(ClientResult(ins.client_id, 0, failure=failure))
+            return
+        message = FlowerMessage(
+            pack(job), dst_node_id=node.node_id, message_type=TRAIN, group_id=str(work.round)
+        )
+        (mid,) = grid.push_messages([message])
+        self._pending[mid] = (ins.client_id, len(job), time.monotonic())
+
+    def arrivals(self, count: int) -> list[ClientResult]:
+        """The next ``count`` replies to arrive (fewer if fewer jobs are in flight)."""
+        grid = self._require_grid()
+        while len(self._ready) < count and self._pending:
+            for reply in grid.pull_messages(list(self._pending)):
+                mid = reply.metadata.reply_to_message_id
+                if mid not in self._pending:
+                    continue
+                cid, down, _ = self._pending.pop(mid)
+                self._ready.append(self._result(cid, down, reply))
+            now = time.monotonic()
+            for mid, (cid, down, sent) in list(self._pending.items()):
+                if self.client_timeout is not None and now - sent > self.client_timeout:
+                    del self._pending[mid]
+                    why = f"no reply within {self.client_timeout:g} s"
+                    self._ready.append(ClientResult(cid, 0, failure=why, bytes_down=down))
+            if len(self._ready) < count and self._pending:
+                time.sleep(self.poll_interval)
+        out, self._ready = self._ready[:count], self._ready[count:]
+        return out
+
+    def _result(self, cid: int, down: int, reply: Any) -> ClientResult:
+        """The result one Flower reply carries (a failure value when it carries none)."""
+        if reply.has_error():
+            why = f"the node failed: {reply.error.reason}"
+            return ClientResult(cid, 0, failure=why, bytes_down=down)
+        try:
+            data = unpack(reply.content)
+            result = result_from_reply(decode(data))
+        except WireError as exc:
+            return ClientResult(cid, 0, failure=f"malformed reply: {exc}", bytes_down=down)
+        if result.client_id != cid:
+            why = f"a reply for client {cid} names client {result.client_id!r:.20}"
+            return ClientResult(cid, 0, failure=why, bytes_down=down)
+        result.bytes_down, result.bytes_up = down, len(data)
+        return result
 
     # -- a stage after training (secure aggregation) ----------------------------
 
