@@ -26,6 +26,11 @@ of the same workload and cohort, measured just before (wall and CPU).
 The process pool runs one worker: the run is pinned to one core, and a second worker
 would only share it.
 
+With ``--memory-clients 10000`` the tiny workload also runs once at that cohort on the
+vectorized backend (one warm-up round, one timed), for its peak RSS: fedgen's memory
+is O(model), not O(cohort) (FedAvg sums updates as they arrive, backends yield them one
+at a time, a vectorized chunk is bounded by its memory budget).
+
     taskset -c 1 .venv/bin/python benchmarks/speed.py [--clients 10 100 1000] [--rounds 2]
 
 Rows are appended one at a time to ``benchmarks/results/speed.md``.
@@ -167,6 +172,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--backends", nargs="+", default=BACKENDS)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--memory-clients",
+        type=int,
+        nargs="*",
+        default=[],
+        help="cohorts of the tiny workload to run once on the vectorized backend for its "
+        "peak RSS (e.g. 10000), after the other rows",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/speed.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -189,47 +202,48 @@ def main(argv: list[str] | None = None) -> None:
             "vectorized: default params (chunk_size as in its Params); process_pool: 1 worker",
         ],
     )
-    for workload in args.workloads:
-        for cohort in args.clients:
-            base: dict[str, Any] | None = None
-            for backend in args.backends:
-                spec = {"workload": workload, "cohort": cohort, "backend": backend}
-                print(f"== {spec}", flush=True)
-                try:
-                    out = _run_child({**spec, "rounds": args.rounds})
-                except RuntimeError as exc:
-                    print(f"   failed: {exc}", flush=True)
-                    table.append(
-                        {
-                            "workload": workload,
-                            "clients / round": cohort,
-                            "backend": f"{backend} (failed: {str(exc)[:80]})",
-                        }
-                    )
-                    continue
-                if backend == "inprocess":
-                    base = out
-                row = {
-                    "workload": workload,
-                    "params": out["params"],
-                    "clients / round": cohort,
-                    "backend": backend,
-                    "s / round": out["wall"],
-                    "client updates / s": out["updates_per_s"],
-                    "speed-up (wall)": None if base is None else base["wall"] / out["wall"],
-                    "CPU s / round": out["cpu"],
-                    "speed-up (CPU)": (
-                        None
-                        if base is None or out["cpu"] is None or base["cpu"] is None
-                        else base["cpu"] / out["cpu"]
-                    ),
-                    "peak RSS MB": out["rss_mb"],
-                    "GFLOP / update": out["gflop_per_update"],
-                    "GFLOP/s": out["gflops"],
-                    "sgemm GFLOP/s": out["sgemm"],
-                    "roofline": f"{out['gflops'] / out['sgemm']:.0%}",
-                }
-                print("   " + table.append(row), flush=True)
+    runs = [(w, c, args.backends, args.rounds) for w in args.workloads for c in args.clients]
+    runs += [("tiny", c, ["vectorized"], 1) for c in args.memory_clients]
+    for workload, cohort, backends, rounds in runs:
+        base: dict[str, Any] | None = None
+        for backend in backends:
+            spec = {"workload": workload, "cohort": cohort, "backend": backend}
+            print(f"== {spec}", flush=True)
+            try:
+                out = _run_child({**spec, "rounds": rounds})
+            except RuntimeError as exc:
+                print(f"   failed: {exc}", flush=True)
+                table.append(
+                    {
+                        "workload": workload,
+                        "clients / round": cohort,
+                        "backend": f"{backend} (failed: {str(exc)[:80]})",
+                    }
+                )
+                continue
+            if backend == "inprocess":
+                base = out
+            row = {
+                "workload": workload,
+                "params": out["params"],
+                "clients / round": cohort,
+                "backend": backend,
+                "s / round": out["wall"],
+                "client updates / s": out["updates_per_s"],
+                "speed-up (wall)": None if base is None else base["wall"] / out["wall"],
+                "CPU s / round": out["cpu"],
+                "speed-up (CPU)": (
+                    None
+                    if base is None or out["cpu"] is None or base["cpu"] is None
+                    else base["cpu"] / out["cpu"]
+                ),
+                "peak RSS MB": out["rss_mb"],
+                "GFLOP / update": out["gflop_per_update"],
+                "GFLOP/s": out["gflops"],
+                "sgemm GFLOP/s": out["sgemm"],
+                "roofline": f"{out['gflops'] / out['sgemm']:.0%}",
+            }
+            print("   " + table.append(row), flush=True)
 
 
 def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
