@@ -10,24 +10,21 @@ file can be mailed or archived without its folder.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeGuard
 
 import yaml
-from PIL import Image
 
 from fedgen.report.bytes_curve import quality_by_bytes_section
 from fedgen.report.curves import curves_section
 from fedgen.report.figures_table import figures_table_section
 from fedgen.report.headline import headline_section
 from fedgen.report.partition import partition_section
+from fedgen.report.sample_sections import newest_samples, samples_section, text_samples_section
 from fedgen.report.svg import format_number
 
 REPORT_NAME = "report.html"
@@ -139,7 +136,7 @@ def _render(run_dir: Path, max_sample_grids: int) -> str:
         f"{len(metrics)} round(s) recorded · report written "
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>",
     ]
-    newest, newest_html = _newest_samples(sample_files, text_files, class_names, notes)
+    newest, newest_html = newest_samples(sample_files, text_files, class_names, notes.problems)
     # What a person came for first (samples, headline figures), then curves worth
     # drawing, the partition, and only then the full table and the config.
     sections = [
@@ -149,10 +146,10 @@ def _render(run_dir: Path, max_sample_grids: int) -> str:
         curves_section(metrics),
         quality_by_bytes_section(metrics),
         _partition_section_of(partition, notes, _attackers(attack)),
-        _samples_section(
-            [p for p in sample_files if p != newest], max_sample_grids, class_names, notes
+        samples_section(
+            [p for p in sample_files if p != newest], max_sample_grids, class_names, notes.problems
         ),
-        _text_samples_section(text_files, notes),
+        text_samples_section(text_files, notes.problems),
         figures_table_section(summary, metrics),
         _config_section(config_text),
     ]
@@ -253,38 +250,6 @@ def _notes_box(notes: _Notes) -> str:
     )
 
 
-def _newest_samples(
-    images: list[Path], texts: list[Path], class_names: list[str], notes: _Notes
-) -> tuple[Path | None, str]:
-    """The newest sample picture (a grid, or a table's figure), else the start of the
-    newest generated text, as HTML for the top of the page; and the picture's path."""
-    pictures = [p for p in images if "_denoising" not in p.stem]
-    for path in sorted(pictures, key=lambda p: (_round_of(p), p.name), reverse=True):
-        embedded = _embed_png(path, notes)
-        if embedded is None:
-            continue
-        uri, (width, height) = embedded
-        label = f"round {_round_of(path)}" if _round_of(path) >= 0 else path.stem
-        caption = f"Generated samples, {label} (the newest)"
-        if class_names:
-            caption += f"; one row per class: {', '.join(class_names)}"
-        return path, (
-            f'<figure><img src="{uri}" width="{width}" height="{height}" '
-            f'alt="newest generated samples, {_esc(label)}"><figcaption>{_esc(caption)}'
-            "</figcaption></figure>"
-        )
-    if texts:
-        path = max(texts, key=lambda p: (_round_of(p), "_client_" not in p.stem, p.name))
-        text = _read_text(path, notes)
-        if text is not None:
-            cut = text[:2000] + ("\n[...]" if len(text) > 2000 else "")
-            return None, (
-                f'<p class="muted">Newest generated text ({_esc(path.name)}):</p>'
-                f"<pre>{_esc(cut)}</pre>"
-            )
-    return None, ""
-
-
 def _partition_section_of(
     partition: dict[str, Any] | None, notes: _Notes, attackers: set[int]
 ) -> str:
@@ -329,62 +294,6 @@ def _privacy_section(summary: dict[str, Any] | None) -> str:
     if summary.get("status") == "budget_exhausted":
         parts.append(f"<p><b>Stopped early:</b> {_esc(str(summary.get('stop_reason', '')))}</p>")
     return "<h2>Privacy</h2>" + "".join(parts)
-
-
-def _text_samples_section(files: list[Path], notes: _Notes) -> str:
-    """The newest round's generated text, escaped (a model may write any markup): the
-    global model's, then each client's own where clients keep personal tensors."""
-    if not files:
-        return ""
-    newest = max(_round_of(path) for path in files)
-    parts = []
-    for path in sorted(p for p in files if _round_of(p) == newest):
-        text = _read_text(path, notes)
-        if text is None:
-            continue
-        if len(text) > 20_000:
-            text = text[:20_000] + "\n[... cut at 20,000 characters]"
-        who = path.stem.split("_client_")[1] if "_client_" in path.stem else None
-        title = f"client {who}'s own model" if who else "the global model"
-        parts.append(f"<h3>{_esc(title)} ({_esc(path.name)})</h3><pre>{_esc(text)}</pre>")
-    return (
-        f'<h2>Generated text</h2><p class="muted">Round {newest}, the newest of the '
-        f"{len(files)} sample file(s): each block is a prompt and the model's continuation."
-        f"</p>{''.join(parts)}"
-    )
-
-
-def _samples_section(files: list[Path], limit: int, class_names: list[str], notes: _Notes) -> str:
-    if not files:
-        return ""
-    ordered = sorted(files, key=lambda path: (_round_of(path), path.name))
-    shown = _spread(ordered, limit)
-    figures = []
-    rounds = []
-    for path in reversed(shown):  # newest first: the latest samples matter most
-        embedded = _embed_png(path, notes)
-        if embedded is None:
-            continue
-        uri, (width, height) = embedded
-        round_number = _round_of(path)
-        label = f"round {round_number}" if round_number >= 0 else path.stem
-        rounds.append(label)
-        figures.append(
-            f'<figure><img src="{uri}" width="{width}" height="{height}" '
-            f'alt="generated samples, {_esc(label)}"><figcaption><strong>{_esc(label)}</strong>'
-            f" · {_esc(path.name)}</figcaption></figure>"
-        )
-    if not figures:
-        return ""
-    note = f"{len(figures)} grid(s), newest first: {', '.join(rounds)}."
-    if len(shown) < len(files):
-        note += f" Showing {len(shown)} of {len(files)} grids, spread over the run."
-    if class_names:
-        note += f" Rows are classes, top to bottom: {', '.join(class_names)}."
-    return (
-        f'<h2>Generated samples of earlier rounds</h2><p class="muted">{_esc(note)}</p>'
-        f'<div class="grids">{"".join(figures)}</div>'
-    )
 
 
 def _attackers(attack: dict[str, Any] | None) -> set[int]:
@@ -453,37 +362,3 @@ def _value(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value)
-
-
-def _round_of(path: Path) -> int:
-    """The round number in a sample file name like ``round_0005.png``, or -1."""
-    match = re.search(r"(\d+)", path.stem)
-    return int(match.group(1)) if match else -1
-
-
-def _spread(items: list[Path], limit: int) -> list[Path]:
-    """At most ``limit`` items, evenly spaced, always keeping the first and the last."""
-    if limit < 1:
-        return []
-    if len(items) <= limit:
-        return items
-    if limit == 1:
-        return [items[-1]]
-    picks = sorted({round(k * (len(items) - 1) / (limit - 1)) for k in range(limit)})
-    return [items[i] for i in picks]
-
-
-def _embed_png(path: Path, notes: _Notes) -> tuple[str, tuple[int, int]] | None:
-    """A ``data:`` URI and pixel size for a PNG, or None (and a note) if it is unreadable."""
-    try:
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()  # catches a grid truncated by an interrupted write
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format != "PNG":
-                raise ValueError(f"it is {image.format}, not PNG")
-            size = image.size
-    except (OSError, ValueError, SyntaxError) as error:
-        notes.problems.append(f"samples/{path.name} is not a readable PNG ({error}); skipped")
-        return None
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii"), size
