@@ -345,26 +345,57 @@ def _is_task_key(full_key: str, trainable: dict[str, list[str]]) -> bool:
 
 
 def _replaying(task: Task, outcomes: dict[int, Outcome]) -> Task:
-    """``task`` whose ``train_local`` loads a client's vectorized result instead of training.
+    """``task`` as ``run_client`` sees it, handing back each client's vectorized result.
 
-    A shallow copy sharing the task's modules: ``run_client`` loads the global and
-    private state, calls ``train_local`` (here: load the trained tensors, return the
-    losses) and does the rest as for any client. A client whose batched computation
-    failed trains with the real ``train_local``; one whose own error was recorded raises it.
+    A shallow copy of the task (same modules) whose ``train_local`` takes the client's
+    result instead of training and whose ``federated_state`` and ``private_state`` are
+    that result's tensors; ``run_client`` then does the rest as for any client. The
+    loads that ``run_client`` asks for before training (global state, private state)
+    are kept, not done: a vectorized client needs none of them, and the task's
+    ``load_state`` walks every submodule (most of a tiny model's time per client). A
+    client whose batched computation failed gets them, then the real ``train_local``;
+    one whose own error was recorded raises it.
     """
     replay = copy.copy(task)
+    kinds = {
+        f"{name}.{key}": task.tensor_kind(name, key)
+        for name, module in task.modules.items()
+        for key in module.state_dict()
+    }
+    pending: list[StateDict] = []
+    result: dict[TensorKind, StateDict] = {}
+
+    def load_state(state: StateDict) -> None:
+        pending.append(state)
 
     def train_local(
         data: ClientData, steps: int, generator: torch.Generator, config: dict[str, Any]
     ) -> dict[str, float]:
+        loads = list(pending)
+        pending.clear()
+        result.clear()
         outcome = outcomes.pop(data.client_id)
         if isinstance(outcome, _Sequential):
-            return task.train_local(data, steps, generator, config)
+            for state in loads:
+                task.load_state(state)
+            metrics = task.train_local(data, steps, generator, config)
+            result[TensorKind.FEDERATED] = task.federated_state()
+            result[TensorKind.PRIVATE] = task.private_state()
+            return metrics
         if isinstance(outcome, Exception):
             raise outcome
         tensors, metrics = outcome
-        replay.load_state(tensors)
+        # Views into the group's stack: private tensors outlive it, so they are copied.
+        result[TensorKind.FEDERATED] = {
+            k: v for k, v in tensors.items() if kinds[k] == TensorKind.FEDERATED
+        }
+        result[TensorKind.PRIVATE] = {
+            k: v.clone() for k, v in tensors.items() if kinds[k] == TensorKind.PRIVATE
+        }
         return dict(metrics)
 
+    replay.load_state = load_state  # type: ignore[method-assign]
     replay.train_local = train_local  # type: ignore[method-assign]
+    replay.federated_state = lambda: dict(result[TensorKind.FEDERATED])  # type: ignore[method-assign]
+    replay.private_state = lambda: dict(result[TensorKind.PRIVATE])  # type: ignore[method-assign]
     return replay
