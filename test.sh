@@ -17,4 +17,7 @@ export FEDGEN_CACHE_DIR="${FEDGEN_CACHE_DIR:-$(mktemp -d)}"
 .venv/bin/ruff format --check --quiet src tests benchmarks
 .venv/bin/ruff check --quiet src tests benchmarks
 .venv/bin/mypy src/fedgen
-exec .venv/bin/python -m pytest -q "$@"
+# Two workers (this project's machines have two cores), a test file per worker at a time:
+# a file's tests share module fixtures and must not race each other's processes.
+# The slowest tests are listed at the end, to keep the suite's time in view.
+exec .venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=25 "$@"
