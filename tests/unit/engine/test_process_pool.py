@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 
+import torch
 from tiny_federation import tiny_config
 
 from fedgen.experiment import build_experiment
@@ -142,3 +143,36 @@ def test_workers_exit_within_seconds_when_the_server_is_killed(mnist_dir, tmp_pa
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids), "workers outlived their server"
+
+
+def test_a_round_abandoned_midway_leaves_nothing_for_the_next(mnist_dir):
+    # Prepare: a round of 4 clients on 2 workers whose consumer stops after the first
+    # result (the others queued or training), then the next round on the same pool.
+    from fedgen.types import ClientInstruction, RoundPlan
+
+    cfg = tiny_config(
+        mnist_dir,
+        **{"backend.name": "process_pool", "backend.params": "{workers: 2}", "threads": 1},
+    )
+    fed = build_experiment(cfg).federation
+    pool = fed.backend
+    work = fed.local_work(fed.global_state, 0)
+    first = RoundPlan(0, [ClientInstruction(c, 100 + c) for c in range(4)])
+    second = RoundPlan(1, [ClientInstruction(c, 200 + c) for c in (2, 3)])
+    try:
+        abandoned = pool.run(first, work, fed.clients, {})
+        assert next(abandoned).client_id == 0
+        abandoned.close()  # the consumer raised, say
+        # Execute
+        got = list(pool.run(second, work, fed.clients, {}))
+        # Assert: the second round's own results, trained from its own seeds (as a
+        # fresh pool trains them), not replies left over from the first round.
+        fresh = build_experiment(cfg).federation
+        want = list(fresh.backend.run(second, work, fresh.clients, {}))
+        fresh.backend.close()
+    finally:
+        pool.close()
+    assert [r.client_id for r in got] == [2, 3]
+    for a, b in zip(got, want, strict=True):
+        assert a.ok and b.ok
+        assert all(torch.equal(a.update[k], b.update[k]) for k in a.update)
