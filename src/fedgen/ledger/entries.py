@@ -121,10 +121,14 @@ def body_problems(kind: str, body: Any, round: int | None) -> list[str]:
             problems.append(f"{kind} body lacks the field {name!r} ({what})")
         elif not check(body[name]):
             problems.append(f"{kind} field {name!r} must be {what}, got {body[name]!r:.80}")
-    if kind == "update" and "signed_round" in body and not (
-        _is_count(body["signed_round"])
-        and _is_count(body.get("round"))
-        and body["signed_round"] <= body["round"]
+    if (
+        kind == "update"
+        and "signed_round" in body
+        and not (
+            _is_count(body["signed_round"])
+            and _is_count(body.get("round"))
+            and body["signed_round"] <= body["round"]
+        )
     ):
         # An asynchronous client's work was sent in an earlier round, never a later one.
         problems.append(
