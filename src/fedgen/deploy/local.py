@@ -385,6 +385,22 @@ def restart_supernode(dep: LocalDeployment, i: int) -> None:
     dep.save()
 
 
+def restart_nodes(dep: LocalDeployment, timeout: float = 120.0) -> None:
+    """Restart every SuperNode (each keeps its key and state-dir); wait until all are online.
+
+    Flower 1.41's SuperNode handles one message at a time and waits, without a time
+    limit, for its ClientApp's reply before it pulls the next
+    (``start_client_internal._push_messages``). A run stopped while a ClientApp held a
+    message can leave that wait unanswered, and the node then serves no later run. So
+    after stopping a run mid-round, restart the nodes before the next one.
+    """
+    for i in range(len(dep.supernodes)):
+        stop_supernode(dep, i, crash=False)
+        dep.supernodes[i] = start_supernode(dep, i)
+    dep.save()
+    wait_online(dep, len(dep.supernodes), timeout)
+
+
 def down(folder: Path) -> None:
     """Stop every process of the deployment in ``folder``; keep its files."""
     folder = folder.resolve()
