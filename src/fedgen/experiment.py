@@ -149,7 +149,7 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
     backend = _build_or_note(
         problems, f"backend ({cfg.backend.name})", BACKENDS.get(cfg.backend.name), backend_params
     )
-    # -- issue 14: simulated attackers (cfg.attack), chosen from the root seed: poisoned
+    # Simulated attackers (cfg.attack), chosen from the root seed: poisoned
     # shards, or a poisoning first step of the update pipeline.
     if cfg.attack is not None:
         from fedgen.assembly.attack import arm_attack
@@ -163,7 +163,6 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
 
         detector = OutlierDetector(cfg.detection.threshold)
         strategy = DetectingStrategy(strategy, detector, cfg.detection.exclude)
-    # -- end issue 14
     if transforms:
         # Secure aggregation's composition is checked here, not in build_privacy: it
         # needs the backend and holds without DP; its problems are raised with the rest.
@@ -469,7 +468,7 @@ def run_experiment(
         _set_aside_ledger(run_dir)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     (run_dir / "partition.json").write_text(json.dumps(exp.data.to_json(), indent=1))
-    if cfg.attack is not None:  # issue 14: who the simulated attackers are
+    if cfg.attack is not None:  # who the simulated attackers are
         from fedgen.assembly.attack import choose_attackers
 
         ids = [c.client_id for c in exp.data.clients]

@@ -248,12 +248,12 @@ class Federation:
                     log.warning("round %d: dropped a result that names client %.40r", r, cid)
                     continue
                 seen.add(cid)
-                sent = res.update  # issue 15: what the client signed (maybe encoded)
+                sent = res.update  # what the client signed: a codec's encoding, if any
                 if res.failure is None:
                     # Under secagg this stands for the client's own check before masking:
                     # a real server could not inspect the update.
                     try:
-                        # issue 15: codecs decode each update on arrival, before any check.
+                        # Codecs decode each update on arrival, before any check.
                         res.update = decode_arrival(
                             self.transforms, res.update, job.start, job.round, cid
                         )

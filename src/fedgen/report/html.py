@@ -116,7 +116,7 @@ def _render(run_dir: Path, max_sample_grids: int) -> str:
     summary = _read_json(run_dir / "summary.json", notes)
     partition = _read_json(run_dir / "partition.json", notes)
     metrics = _read_metrics(run_dir / "metrics.jsonl", notes)
-    # A simulated attack's record (issue 14); most runs have none, so it is not "missing".
+    # A simulated attack's record; most runs have none, so it is not "missing".
     attack_file = run_dir / "attackers.json"
     attack = _read_json(attack_file, notes) if attack_file.is_file() else None
     samples_dir = run_dir / "samples"

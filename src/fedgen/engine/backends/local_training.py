@@ -78,22 +78,20 @@ def run_client(
     task.load_state(work.global_state)
     if task.privacy_engine is not None:
         task.privacy_engine.noise_key = work.noise_key
-    # -- issue 15: the transforms' own private tensors (error-feedback residuals) stay
+    # The transforms' own private tensors (error-feedback residuals) stay
     # with the client beside the task's, but the task never loads them.
     private_state, carried = split_transform_private(private_state)
-    # -- end issue 15
     # A client without private state yet starts from the task's initial private tensors,
     # never from those the previous client left in this reused task instance.
     task.load_state(private_state or task.initial_private_state())
     gen = torch.Generator()
     gen.manual_seed(ins.seed)
     steps = local_steps_for(work, data.num_examples)
-    # FedProx (issue 14): the proximal term mu/2 ||w - w_global||^2 on every optimizer step
+    # FedProx: the proximal term mu/2 ||w - w_global||^2 on every optimizer step
     # of the task's training; mu 0 (every other strategy) installs nothing.
     mu = proximal_mu(ins)
     with proximal_term(anchored_parameters(task.modules, work.global_state) if mu else [], mu):
         metrics = task.train_local(data, steps, gen, ins.config)
-    # (end FedProx)
     if work.faults is not None:
         work.faults.after_training(fault)
     local = task.federated_state()
@@ -104,7 +102,7 @@ def run_client(
         seed=ins.seed,
         num_clients=num_clients,
         noise_key=work.noise_key,
-        private=carried,  # issue 15
+        private=carried,
     )
     for transform in work.transforms:
         update, t_metrics = transform.on_client(update, ctx)
@@ -124,7 +122,7 @@ def run_client(
             raise ValueError("a secure round's client needs a store to hold its update in")
         auxiliary = frozenset(k for t in work.transforms for k in getattr(t, "auxiliary_keys", ()))
         try:
-            # issue 15: a linear codec's encoding (assembly/compression.py) is decoded
+            # A linear codec's encoding (assembly/compression.py) is decoded
             # here, so the client masks the update itself (masking the compact values
             # would save the bytes; not built).
             plain = decode_arrival(
@@ -148,7 +146,8 @@ def run_client(
         sign_result(result, work.keys, work.round)
     # A reply that cannot be encoded (a NaN metric) fails the client, in every backend.
     result.bytes_up = reply_message(result).nbytes
-    return result, {**task.private_state(), **carried}  # issue 15: + transforms' own
+    # The task's private tensors and the transforms' own, kept together by the client.
+    return result, {**task.private_state(), **carried}
 
 
 def answer_job(

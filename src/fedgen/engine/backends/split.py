@@ -189,7 +189,7 @@ class SplitBackend(Backend):
             blocks_down[c] = state_nbytes({k: sent[k] for k in client_keys(trainer, c)})
         config = plan.instructions[0].config
         trainer.reset_optimizers(float(config.get("lr", task.params.lr)), task.params.betas)
-        # FedProx (issue 14): every block is pulled toward the weights it started from.
+        # FedProx: every block is pulled toward the weights it started from.
         mu = proximal_mu(plan.instructions[0])
         anchored = anchored_at_start(trained_parameters(trainer, ids)) if mu else []
         trainer.channel = channel = Channel(drop_after=dict(self.drop_after))
@@ -224,7 +224,7 @@ class SplitBackend(Backend):
             if not batches:
                 break
             c0 = time.process_time()
-            with proximal_term(anchored, mu):  # FedProx (issue 14)
+            with proximal_term(anchored, mu):
                 res = trainer.step(batches, latents)
             cpu.append(time.process_time() - c0)
             wall.append(res.seconds)
