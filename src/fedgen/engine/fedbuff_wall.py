@@ -50,7 +50,7 @@ class WallClockFedBuff(FedBuffSchedule):
 
     def check(self, fed: RoundLoop) -> None:
         super().check(fed)
-        if not getattr(fed.backend, "supports_async", False):
+        if not fed.backend.supports_async:
             raise ConfigError(
                 f"federation.fedbuff.timing=wall needs a backend that keeps jobs in flight "
                 f"between rounds (process_pool or flower); {type(fed.backend).__name__} "

@@ -5,9 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from fedgen.data.client_data import ClientData
+from fedgen.engine.backends.secagg_client import answer_phase
 from fedgen.engine.backends.signing import ClientKeys
 from fedgen.engine.client_side import ClientSide
 from fedgen.engine.faults import FaultPlan
@@ -43,6 +44,10 @@ class LocalWork:
 class Backend(ABC):
     """Runs the clients of a plan and yields their results, failures included."""
 
+    #: True for a backend that keeps jobs in flight between rounds (``submit`` and
+    #: ``arrivals``), as wall-clock FedBuff needs.
+    supports_async: ClassVar[bool] = False
+
     @abstractmethod
     def run(
         self,
@@ -77,8 +82,6 @@ class Backend(ABC):
         they hold (``held``); a deployment overrides it to send real messages. None
         stands for a client that did not answer.
         """
-        from fedgen.engine.backends.secagg_client import answer_phase
-
         replies: dict[int, bytes | None] = {}
         for cid, request in requests.items():
             replies[cid], kept = answer_phase(request, self.held.get(cid), cid)

@@ -231,48 +231,18 @@ class FlowerBackend(Backend):
         clients: dict[int, ClientData],
         private_states: dict[int, StateDict],
     ) -> Iterator[ClientResult]:
-        from flwr.app import Message as FlowerMessage
-
         self._require_grid()
         results: dict[int, ClientResult] = {}
         sent: list[tuple[int, Any, int]] = []  # (plan index, flower message, job bytes)
         for index, ins in enumerate(plan.instructions):
-            node = self.nodes.get(ins.client_id)
-            if node is None:
-                results[index] = ClientResult(ins.client_id, 0, failure="no SuperNode holds it")
-                continue
-            try:
-                job = encode(job_message(ins, work, len(clients)))
-            except WireError as exc:
-                results[index] = ClientResult(
-                    ins.client_id, 0, failure=f"the client's job cannot be encoded: {exc}"
-                )
-                continue
-            message = FlowerMessage(
-                pack(job), dst_node_id=node.node_id, message_type=TRAIN, group_id=str(plan.round)
-            )
-            sent.append((index, message, len(job)))
+            message, down, failed = self._job(ins, work, len(clients))
+            if failed is not None:
+                results[index] = failed
+            else:
+                sent.append((index, message, down))
         replies = self._exchange([m for _, m, _ in sent], self.client_timeout)
         for (index, _, down), reply in zip(sent, replies, strict=True):
-            ins = plan.instructions[index]
-            if reply.message is None:
-                why = str(reply.error)
-                log.warning("client %d failed in round %d: %s", ins.client_id, plan.round, why)
-                results[index] = ClientResult(ins.client_id, 0, failure=why, bytes_down=down)
-                continue
-            try:
-                result = result_from_reply(reply.message)
-            except WireError as exc:
-                results[index] = ClientResult(
-                    ins.client_id, 0, failure=f"malformed reply: {exc}", bytes_down=down
-                )
-                continue
-            result.bytes_down, result.bytes_up = down, reply.nbytes
-            if result.failure is not None:
-                log.warning(
-                    "client %d failed in round %d: %s", ins.client_id, plan.round, result.failure
-                )
-            results[index] = result
+            results[index] = self._result(plan.instructions[index].client_id, down, reply)
         for index in range(len(plan.instructions)):
             yield results[index]
 
@@ -288,24 +258,13 @@ class FlowerBackend(Backend):
         private_states: dict[int, StateDict],
     ) -> None:
         """Push one client's job to its SuperNode now; its reply is read by ``arrivals``."""
-        from flwr.app import Message as FlowerMessage
-
         grid = self._require_grid()
-        node = self.nodes.get(ins.client_id)
-        if node is None:
-            self._ready.append(ClientResult(ins.client_id, 0, failure="no SuperNode holds it"))
+        message, down, failed = self._job(ins, work, len(clients))
+        if failed is not None:
+            self._ready.append(failed)
             return
-        try:
-            job = encode(job_message(ins, work, len(clients)))
-        except WireError as exc:
-            failure = f"the client's job cannot be encoded: {exc}"
-            self._ready.append(ClientResult(ins.client_id, 0, failure=failure))
-            return
-        message = FlowerMessage(
-            pack(job), dst_node_id=node.node_id, message_type=TRAIN, group_id=str(work.round)
-        )
         (mid,) = grid.push_messages([message])
-        self._pending[mid] = (ins.client_id, len(job), time.monotonic())
+        self._pending[mid] = (ins.client_id, down, time.monotonic())
 
     def arrivals(self, count: int) -> list[ClientResult]:
         """The next ``count`` replies to arrive (fewer if fewer jobs are in flight)."""
@@ -313,35 +272,54 @@ class FlowerBackend(Backend):
         while len(self._ready) < count and self._pending:
             for reply in grid.pull_messages(list(self._pending)):
                 mid = reply.metadata.reply_to_message_id
-                if mid not in self._pending:
-                    continue
-                cid, down, _ = self._pending.pop(mid)
-                self._ready.append(self._result(cid, down, reply))
+                if mid in self._pending:
+                    cid, down, _ = self._pending.pop(mid)
+                    self._ready.append(self._result(cid, down, _read(reply)))
             now = time.monotonic()
             for mid, (cid, down, sent) in list(self._pending.items()):
                 if self.client_timeout is not None and now - sent > self.client_timeout:
                     del self._pending[mid]
-                    why = f"no reply within {self.client_timeout:g} s"
-                    self._ready.append(ClientResult(cid, 0, failure=why, bytes_down=down))
+                    late = _Reply(None, error=f"no reply within {self.client_timeout:g} s")
+                    self._ready.append(self._result(cid, down, late))
             if len(self._ready) < count and self._pending:
                 time.sleep(self.poll_interval)
         out, self._ready = self._ready[:count], self._ready[count:]
         return out
 
-    def _result(self, cid: int, down: int, reply: Any) -> ClientResult:
-        """The result one Flower reply carries (a failure value when it carries none)."""
-        if reply.has_error():
-            why = f"the node failed: {reply.error.reason}"
-            return ClientResult(cid, 0, failure=why, bytes_down=down)
+    # -- one client's job and result ---------------------------------------------
+
+    def _job(
+        self, ins: ClientInstruction, work: LocalWork, num_clients: int
+    ) -> tuple[Any, int, ClientResult | None]:
+        """The Flower message of a client's job and its bytes, or the failure instead."""
+        from flwr.app import Message as FlowerMessage
+
+        node = self.nodes.get(ins.client_id)
+        if node is None:
+            return None, 0, ClientResult(ins.client_id, 0, failure="no SuperNode holds it")
         try:
-            data = unpack(reply.content)
-            result = result_from_reply(decode(data))
+            job = encode(job_message(ins, work, num_clients))
         except WireError as exc:
-            return ClientResult(cid, 0, failure=f"malformed reply: {exc}", bytes_down=down)
-        if result.client_id != cid:
-            why = f"a reply for client {cid} names client {result.client_id!r:.20}"
-            return ClientResult(cid, 0, failure=why, bytes_down=down)
-        result.bytes_down, result.bytes_up = down, len(data)
+            failure = f"the client's job cannot be encoded: {exc}"
+            return None, 0, ClientResult(ins.client_id, 0, failure=failure)
+        message = FlowerMessage(
+            pack(job), dst_node_id=node.node_id, message_type=TRAIN, group_id=str(work.round)
+        )
+        return message, len(job), None
+
+    def _result(self, cid: int, down: int, reply: _Reply) -> ClientResult:
+        """The result a client's reply carries (a failure value when it carries none)."""
+        if reply.message is None:
+            result = ClientResult(cid, 0, failure=str(reply.error), bytes_down=down)
+        else:
+            try:
+                result = result_from_reply(reply.message)
+                result.bytes_down, result.bytes_up = down, reply.nbytes
+            except WireError as exc:
+                failure = f"malformed reply: {exc}"
+                result = ClientResult(cid, 0, failure=failure, bytes_down=down)
+        if result.failure is not None:
+            log.warning("client %d failed: %s", cid, result.failure)
         return result
 
     # -- a stage after training (secure aggregation) ----------------------------
@@ -401,20 +379,7 @@ class FlowerBackend(Backend):
                 if mid not in waiting:
                     continue
                 waiting.discard(mid)
-                i = position[mid]
-                if reply.has_error():
-                    # The SuperLink answers for a node that went offline (missed
-                    # heartbeats) or a message that expired: absent, not refusing.
-                    gone = reply.error.code in UNAVAILABLE
-                    out[i] = _Reply(
-                        None, error=f"the node failed: {reply.error.reason}", timed_out=gone
-                    )
-                    continue
-                try:
-                    data = unpack(reply.content)
-                    out[i] = _Reply(decode(data), len(data), data=data)
-                except WireError as exc:
-                    out[i] = _Reply(None, error=f"malformed reply: {exc}")
+                out[position[mid]] = _read(reply)
             if waiting and deadline is not None and time.monotonic() > deadline:
                 for mid in waiting:
                     out[position[mid]] = _Reply(
@@ -424,3 +389,17 @@ class FlowerBackend(Backend):
             if waiting:
                 time.sleep(self.poll_interval)
         return out
+
+
+def _read(reply: Any) -> _Reply:
+    """One Flower reply, decoded: its fedgen message, or why there is none."""
+    if reply.has_error():
+        # The SuperLink answers for a node that went offline (missed heartbeats) or a
+        # message that expired: absent, not refusing.
+        gone = reply.error.code in UNAVAILABLE
+        return _Reply(None, error=f"the node failed: {reply.error.reason}", timed_out=gone)
+    try:
+        data = unpack(reply.content)
+        return _Reply(decode(data), len(data), data=data)
+    except WireError as exc:
+        return _Reply(None, error=f"malformed reply: {exc}")

@@ -289,10 +289,6 @@ class ProcessPoolBackend(Backend):
         keys, self._arrived = self._arrived[:count], self._arrived[count:]
         return [self._done.pop(k) for k in keys]
 
-    def in_flight(self) -> int:
-        """Jobs queued or running, not yet arrived."""
-        return len(self._todo) + len(self._busy())
-
     def _busy(self) -> list[_Worker]:
         return [w for w in self._pool if w.job is not None]
 
