@@ -82,7 +82,15 @@ def run(
             run_dir = out or DEFAULT_RUNS / (
                 cfg.name + ("-centralized" if cfg.federation.centralized else "")
             )
-        summary = run_experiment(cfg, run_dir, progress=not no_progress, resume=resume is not None)
+        if cfg.downstream is not None and resume is None:
+            # Generator, then the classifier arms that use it (fedgen.downstream).
+            from fedgen.downstream import run_downstream
+
+            summary = run_downstream(cfg, run_dir, progress=not no_progress)
+        else:
+            summary = run_experiment(
+                cfg, run_dir, progress=not no_progress, resume=resume is not None
+            )
     except FedgenError as exc:
         _fail(exc)
         return

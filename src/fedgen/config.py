@@ -246,6 +246,62 @@ class DetectionConfig(_Strict):
     exclude: bool = False
 
 
+#: The arms of a downstream comparison (see ``DownstreamConfig``).
+DownstreamMode = Literal["real", "topup", "server_finetune", "synthetic", "one_shot"]
+DOWNSTREAM_MODES: tuple[DownstreamMode, ...] = (
+    "real",
+    "topup",
+    "server_finetune",
+    "synthetic",
+    "one_shot",
+)
+
+
+class DownstreamConfig(_Strict):
+    """A federated classifier trained with the experiment's generator (``fedgen.downstream``).
+
+    ``modes``: ``real`` (FedAvg on real data only), ``topup`` (each client tops up its
+    under-represented classes with synthetic samples first, as GeFL), ``server_finetune``
+    (the server fine-tunes the global classifier on synthetic data after every round),
+    ``synthetic`` (the server trains it on synthetic data alone: the arm that inherits
+    the generator's DP) and ``one_shot`` (FedCVAE-Ens: each client sends a conditional
+    generator once).
+    ``generator_run`` reuses a finished generator run folder instead of training one.
+    ``topup_ratio`` r tops every class of a client up to r times its largest class
+    (capped at ``topup_max_per_class``); 0 adds nothing, 1 balances the shard.
+    """
+
+    generator_run: str | None = None
+    modes: list[DownstreamMode] = Field(default_factory=lambda: list(DOWNSTREAM_MODES))
+    #: The classes the classifier is for; null: the data's. Must equal the generator's.
+    classes: list[str] | None = None
+    rounds: int = Field(20, ge=1)
+    local_steps: int = Field(20, ge=1)
+    fraction: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    topup_ratio: float = 1.0
+    topup_max_per_class: int = Field(1000, ge=0)
+    server_steps: int = Field(50, ge=0)
+    server_samples_per_class: int = Field(500, ge=1)
+    one_shot_task: Literal["cvae", "cgan"] = "cvae"
+    one_shot_steps: int = Field(300, ge=1)
+    one_shot_samples: int = Field(20000, ge=10)
+    #: Epochs of the server's classifier on synthetic data (arms synthetic and one_shot).
+    server_epochs: int = Field(3, ge=1)
+    eval_every: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _ratio_in_range(self) -> DownstreamConfig:
+        if not 0.0 <= self.topup_ratio <= 1.0:
+            raise ValueError(
+                f"downstream.topup_ratio is {self.topup_ratio:g}, outside [0, 1]: it is the "
+                "share of a client's largest class every class is topped up to (0: none, "
+                "1: balanced); give a value in [0, 1]"
+            )
+        return self
+
+
 #: The fault kinds of ``FaultsConfig``, in the order a client's draw is matched.
 FAULT_KINDS = ("crash_before", "crash_after", "straggle", "nan", "wrong_shape", "oversized")
 
@@ -267,6 +323,7 @@ class ExperimentConfig(_Strict):
     faults: FaultsConfig | None = None
     attack: AttackConfig | None = None
     detection: DetectionConfig | None = None
+    downstream: DownstreamConfig | None = None
     ledger: bool = Field(
         True,
         description="keep ledger.sqlite, the signed, tamper-evident log of every round "
@@ -305,6 +362,8 @@ class ExperimentConfig(_Strict):
         for key in ("attack", "detection"):
             if d.get(key) is None:
                 d.pop(key, None)  # likewise runs from before attacks and detection
+        # The downstream classifier is trained after the generator and never changes it.
+        d.pop("downstream", None)
         fed = d["federation"]
         if fed["mode"] == "sync" and fed["clock"] is None:
             # Runs from before asynchronous and gossip modes keep their fingerprint.

@@ -1,0 +1,289 @@
+"""Drive a recipe's ``downstream:`` section: generator first, then every classifier arm.
+
+``fedgen run`` calls ``run_downstream`` when a recipe has the section. Without
+``generator_run`` the experiment's generator is trained into the run folder first (the
+usual ``run_experiment``); with it, that finished run's newest checkpoint is used. Then
+each arm of ``downstream.modes`` trains the classifier and is written to
+``downstream.json`` as soon as it finishes (a cut-off run keeps the arms it finished),
+its figures also going into ``summary.json`` under ``downstream_<arm>_*`` keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedgen.attacks.classifier_membership import classifier_membership
+from fedgen.attacks.membership import draw_candidates, membership_attack
+from fedgen.config import DownstreamConfig, ExperimentConfig
+from fedgen.data.client_data import ClientData
+from fedgen.data.dataset import ImageDataset
+from fedgen.data.federated import FederatedData, make_federated_data
+from fedgen.downstream.accuracy import class_accuracy
+from fedgen.downstream.classifier_federation import ArmResult, federate_classifier
+from fedgen.downstream.errors import DownstreamError
+from fedgen.downstream.generator_run import GeneratorRun, check_classes, open_generator_run
+from fedgen.downstream.one_shot import one_shot_federation
+from fedgen.downstream.privacy_note import privacy_note, synthetic_only_note
+from fedgen.downstream.server_finetune import ServerFineTune
+from fedgen.downstream.synthetic import balanced_counts, synthesize
+from fedgen.downstream.topup import topped_up
+from fedgen.eval.classifier import train_classifier
+from fedgen.experiment import run_experiment
+from fedgen.params import validate_params
+from fedgen.registry import PARTITIONERS
+from fedgen.seeding import derive_seed, torch_generator
+
+log = logging.getLogger(__name__)
+
+ArmCallback = Callable[[ArmResult, dict[str, Any]], None]
+"""Called with each finished arm and its JSON record (a benchmark writes its row there)."""
+
+#: Members and non-members each membership attack scores.
+ATTACK_CANDIDATES = 1000
+
+
+def run_downstream(
+    cfg: ExperimentConfig,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    on_arm: ArmCallback | None = None,
+) -> dict[str, Any]:
+    """Train the generator (or open ``downstream.generator_run``), then the classifier
+    arms; return ``summary.json``'s content, with the ``downstream_*`` figures.
+
+    Raises ``DownstreamError`` for a recipe without a ``downstream:`` section, a
+    generator run that is unfinished, of another data set or of other classes.
+    """
+    dcfg = cfg.downstream
+    if dcfg is None:
+        raise DownstreamError(
+            "the recipe has no downstream: section; add one to train a classifier"
+        )
+    out = Path(out)
+    if dcfg.generator_run is None:
+        summary = run_experiment(cfg, out, progress=progress)
+        if summary["status"] == "interrupted":
+            return summary  # no finished generator: nothing downstream to do yet
+        generator = open_generator_run(out, cfg)
+    else:
+        if out.resolve() == Path(dcfg.generator_run).resolve():
+            raise DownstreamError(
+                f"--out {out} is the generator run itself; write the downstream run to "
+                "another folder so the generator's config and summary stay as they are"
+            )
+        generator = open_generator_run(dcfg.generator_run, cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(cfg.to_yaml())
+        summary = {"status": "completed", "generator_run": str(dcfg.generator_run)}
+    data = downstream_data(cfg, generator)
+    record = run_arms(cfg, dcfg, generator, data, out, progress=progress, on_arm=on_arm)
+    summary.update(flat_figures(record))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def downstream_data(cfg: ExperimentConfig, generator: GeneratorRun) -> FederatedData:
+    """The classifier's clients: the recipe's data and partition (the generator's own
+    when the generator was trained from this recipe)."""
+    gen_cfg = generator.experiment.config
+    if gen_cfg.data == cfg.data and gen_cfg.seed == cfg.seed:
+        data: FederatedData = generator.experiment.data
+        return data
+    kind = cfg.data.partition.kind
+    params = dict(
+        validate_params(PARTITIONERS.get(kind), cfg.data.partition.params, "data.partition")
+    )
+    return make_federated_data(
+        cfg.data.sources,
+        cfg.data.num_clients,
+        PARTITIONERS.get(kind)(**params),
+        seed=cfg.seed,
+        data_dir=cfg.data.data_dir,
+    )
+
+
+def run_arms(
+    cfg: ExperimentConfig,
+    dcfg: DownstreamConfig,
+    generator: GeneratorRun,
+    data: FederatedData,
+    out: Path,
+    *,
+    progress: bool = False,
+    on_arm: ArmCallback | None = None,
+) -> dict[str, Any]:
+    """Every arm of ``dcfg.modes`` in turn; ``downstream.json`` rewritten after each."""
+    check_classes(data.train.class_names, cfg)
+    if data.train.class_names != generator.class_names:
+        raise DownstreamError(
+            f"the classifier's data has classes {list(data.train.class_names)} but the "
+            f"generator's has {list(generator.class_names)}; use the same data set"
+        )
+    epsilon = generator.epsilon
+    delta = generator.summary.get("delta")
+    record: dict[str, Any] = {
+        "generator_run": str(generator.folder),
+        "generator_task": generator.experiment.config.task.name,
+        "settings": dcfg.model_dump(mode="json"),
+        "generator_epsilon": epsilon,
+        "generator_delta": delta,
+        "synthetic_only_privacy": synthetic_only_note(epsilon, delta),
+        "generator_membership": generator_membership(generator),
+        "arms": {},
+    }
+    gen_task = generator.task
+    members = pooled(data.clients, data.train)
+    common = dict(
+        rounds=dcfg.rounds,
+        local_steps=dcfg.local_steps,
+        fraction=dcfg.fraction,
+        batch_size=dcfg.batch_size,
+        lr=dcfg.lr,
+        seed=cfg.seed,
+        eval_every=dcfg.eval_every,
+        progress=progress,
+    )
+    classes = data.train.class_names
+    server_set: ImageDataset | None = None
+
+    def server_synthetic() -> ImageDataset:
+        nonlocal server_set
+        if server_set is None:
+            counts = balanced_counts(len(classes), dcfg.server_samples_per_class)
+            gen = torch_generator(cfg.seed, "downstream", "server-synthetic")
+            server_set = synthesize(gen_task, counts, classes, gen)
+        return server_set
+
+    for mode in dcfg.modes:
+        log.info("downstream arm %s", mode)
+        if mode == "real":
+            arm = federate_classifier("real", data.clients, data.test, **common)  # type: ignore[arg-type]
+        elif mode == "topup":
+            t0 = time.perf_counter()
+            clients: list[ClientData] = []
+            added = 0
+            for client in data.clients:
+                gen = torch_generator(cfg.seed, "downstream", "topup", client.client_id)
+                shard, n = topped_up(
+                    client, gen_task, dcfg.topup_ratio, dcfg.topup_max_per_class, gen
+                )
+                clients.append(shard)
+                added += n
+            sampling = time.perf_counter() - t0
+            arm = federate_classifier("topup", clients, data.test, **common)  # type: ignore[arg-type]
+            arm.seconds += sampling
+            arm.synthetic_examples = added
+            arm.notes.append(
+                f"clients drew {added} synthetic examples before round 1 "
+                f"(ratio {dcfg.topup_ratio:g}, at most {dcfg.topup_max_per_class} a class), "
+                f"{sampling:.1f} s included"
+            )
+        elif mode == "server_finetune":
+            synth = server_synthetic()
+            finetune = ServerFineTune(synth, dcfg.server_steps, derive_seed(cfg.seed, "ft"))
+            arm = federate_classifier(
+                "server_finetune",
+                data.clients,
+                data.test,
+                extra_callbacks=[finetune],
+                **common,  # type: ignore[arg-type]
+            )
+            arm.synthetic_examples = len(synth)
+            arm.notes.append(
+                f"{dcfg.server_steps} server steps on {len(synth)} balanced synthetic "
+                "examples after every round"
+            )
+        elif mode == "synthetic":
+            t0 = time.perf_counter()
+            synth = server_synthetic()
+            model = train_classifier(
+                synth.float_images(),
+                synth.labels,
+                len(classes),
+                epochs=dcfg.server_epochs,
+                seed=derive_seed(cfg.seed, "synthetic-only"),
+            )
+            arm = ArmResult(
+                "synthetic",
+                class_accuracy(model, data.test),
+                rounds=0,
+                bytes_up=0,
+                bytes_down=0,
+                seconds=time.perf_counter() - t0,
+                model=model,
+                synthetic_examples=len(synth),
+                notes=["the server trains on the generator's samples alone (TSTR)"],
+            )
+        else:
+            arm = one_shot_federation(
+                list(data.clients),
+                data.test,
+                task_name=dcfg.one_shot_task,
+                steps=dcfg.one_shot_steps,
+                samples=dcfg.one_shot_samples,
+                epochs=dcfg.server_epochs,
+                seed=cfg.seed,
+                batch_size=dcfg.batch_size,
+            )
+        arm_record = arm.figures()
+        arm_record["privacy"] = privacy_note(mode, epsilon, delta)
+        candidates = draw_candidates(
+            members, data.test, ATTACK_CANDIDATES, torch_generator(cfg.seed, "downstream", "mia")
+        )
+        arm_record["membership"] = classifier_membership(arm.model, *candidates)
+        record["arms"][mode] = arm_record
+        (out / "downstream.json").write_text(json.dumps(record, indent=1))
+        if on_arm is not None:
+            on_arm(arm, arm_record)
+    return record
+
+
+def pooled(clients: list[ClientData], like: ImageDataset) -> ImageDataset:
+    """Every client's real training images in one set: the members an attack tests."""
+    return ImageDataset(
+        name=f"{like.name} (clients' shards)",
+        images=torch.cat([c.data.images for c in clients]),
+        labels=torch.cat([c.data.labels for c in clients]),
+        class_names=like.class_names,
+    )
+
+
+def generator_membership(generator: GeneratorRun) -> dict[str, float]:
+    """The generator's own membership inference (white-box where the server holds the
+    networks, and GAN-Leaks), beside which the classifiers' are read."""
+    exp = generator.experiment
+    task = generator.task
+    needed = {"discriminator"} if "discriminator" in task.modules else {"encoder", "decoder"}
+    members = pooled(list(exp.data.clients), exp.data.train)
+    candidates = draw_candidates(
+        members, exp.data.test, ATTACK_CANDIDATES, torch_generator(0, "downstream", "gen-mia")
+    )
+    result = membership_attack(
+        task,
+        *candidates,
+        torch_generator(0, "downstream", "gen-mia-scores"),
+        samples_per_class=200,
+        white_box=needed <= set(task.federated_modules()),
+    )
+    return result.figures
+
+
+def flat_figures(record: dict[str, Any]) -> dict[str, Any]:
+    """``downstream_<arm>_<figure>`` keys for ``summary.json``, and the privacy notes."""
+    flat: dict[str, Any] = {}
+    for arm, figures in record["arms"].items():
+        for key in ("accuracy", "worst_class_accuracy", "rounds", "bytes_total", "seconds"):
+            flat[f"downstream_{arm}_{key}"] = figures[key]
+        flat[f"downstream_{arm}_membership_auc"] = figures["membership"]["loss_auc"]
+        flat[f"downstream_{arm}_privacy"] = figures["privacy"]
+    if record.get("synthetic_only_privacy"):
+        flat["downstream_privacy"] = record["synthetic_only_privacy"]
+    return flat

@@ -1,0 +1,79 @@
+"""The downstream parts with hand-computed answers: top-up counts, one-shot allocation,
+the one-shot message's bytes, and the range check of the top-up ratio."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedgen.config import load_config
+from fedgen.downstream.one_shot import allocate, client_message
+from fedgen.downstream.privacy_note import privacy_note, synthetic_only_note
+from fedgen.downstream.topup import topup_counts
+from fedgen.errors import ConfigError
+from fedgen.tasks.vae import ConditionalVae, VaeParams
+from fedgen.wire import Message, decode, encode
+
+
+def test_topup_brings_every_class_to_ratio_times_the_largest():
+    # Prepare: a client with 100 of class 0, 10 of class 1, none of class 2.
+    counts = [100, 10, 0]
+
+    # Execute / Assert: ratio 1 balances, 0.5 tops up to 50, 0 adds nothing, cap binds.
+    assert topup_counts(counts, 1.0, 1000) == [0, 90, 100]
+    assert topup_counts(counts, 0.5, 1000) == [0, 40, 50]
+    assert topup_counts(counts, 0.0, 1000) == [0, 0, 0]
+    assert topup_counts(counts, 1.0, 30) == [0, 20, 30]
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.5])
+def test_topup_ratio_outside_unit_interval_is_refused(ratio):
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        topup_counts([5, 1], ratio, 10)
+
+
+@pytest.mark.parametrize("ratio", ["-0.5", "1.01"])
+def test_recipe_topup_ratio_outside_unit_interval_names_the_key(ratio):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"downstream.topup_ratio={ratio}"])
+    message = str(err.value)
+    assert "downstream.topup_ratio" in message
+    assert "give a value in [0, 1]" in message
+
+
+def test_allocate_follows_reported_counts_and_adds_up():
+    # Prepare: two clients; client 0 holds 3/4 of all examples, all of class 0.
+    counts = [[30, 0], [5, 5]]
+
+    # Execute
+    shares = allocate(counts, 8)
+
+    # Assert: 8 * 30/40 = 6, 8 * 5/40 = 1 each.
+    assert shares == [[6, 0], [1, 1]]
+    assert sum(map(sum, allocate(counts, 7))) == 7  # largest remainders keep the total
+
+
+def test_one_shot_message_is_the_decoder_and_counts_on_the_wire():
+    # Prepare
+    task = ConditionalVae(VaeParams(width=8, latent_dim=4), 3, (1, 28, 28), seed=0)
+
+    # Execute
+    raw = client_message(task, "decoder", 7, [4, 0, 2])
+    message = decode(raw)
+
+    # Assert: only the decoder travels, bit for bit, with the label counts.
+    decoder = task.modules["decoder"].state_dict()
+    assert set(message.arrays) == {f"decoder.{k}" for k in decoder}
+    for k, v in decoder.items():
+        assert torch.equal(message.arrays[f"decoder.{k}"], v)
+    assert message.meta == {"client": 7, "label_counts": [4, 0, 2]}
+    assert len(raw) == len(encode(Message(dict(message.arrays), message.meta)))
+    assert len(raw) > 4 * sum(v.numel() for v in decoder.values())
+
+
+def test_privacy_note_inherits_only_what_post_processing_covers():
+    assert "no guarantee" in privacy_note("topup", None, None)
+    topup = privacy_note("topup", 3.0, 1e-5)
+    assert "post-processing" in topup and "not covered" in topup
+    assert "(3, 1e-05)-DP by post-processing" in str(synthetic_only_note(3.0, 1e-5))
+    assert synthetic_only_note(None, None) is None
