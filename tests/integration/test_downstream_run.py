@@ -1,0 +1,140 @@
+"""A tiny real downstream experiment through `fedgen run`, then the recipes it must refuse.
+
+One run (module fixture) federates a small cGAN on 4 MNIST clients under client-level
+DP, then trains the classifier every way (real, top-up, server fine-tuning, synthetic
+only, one-shot). The checks are against figures computed here from the run's own files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_runner import fedgen
+
+from fedgen.config import load_config
+from fedgen.downstream import DownstreamError, run_downstream
+from fedgen.downstream.topup import topup_counts
+
+TINY = [
+    "data.sources=[mnist]",
+    "data.num_clients=4",
+    "data.partition.kind=dirichlet",
+    "data.partition.params={alpha: 0.3}",
+    "task.params={batch_size: 32, generator_width: 8, discriminator_width: 8}",
+    "federation.rounds=2",
+    "federation.local_steps=2",
+    "backend.name=inprocess",
+    "eval.every=0",
+    "eval.final=false",
+    "threads=1",
+    "strategy.params={fraction: 0.5, min_clients: 1, weighted: false, sampling: poisson, "
+    "fixed_denominator: true}",
+    "transforms=[{name: clip, params: {max_norm: 0.5}}, "
+    "{name: client_dp, params: {noise_multiplier: 1.5, delta: 1e-3}}]",
+]
+DOWNSTREAM = (
+    "downstream={rounds: 2, local_steps: 3, batch_size: 32, topup_max_per_class: 20, "
+    "server_steps: 2, server_samples_per_class: 10, server_epochs: 1, one_shot_steps: 3, "
+    "one_shot_samples: 200}"
+)
+#: SmallCNN's parameters: what every classifier update carries (float32).
+CLASSIFIER_PARAMETERS = 421_642
+
+
+def sets(items: list[str]) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, mnist_dir) -> Path:
+    out = tmp_path_factory.mktemp("downstream") / "run"
+    fedgen("run", "--no-progress", "--out", str(out), *sets([*TINY, DOWNSTREAM]))
+    return out
+
+
+def test_every_arm_is_measured_and_the_top_up_matches_the_partition(run):
+    summary = json.loads((run / "summary.json").read_text())
+    record = json.loads((run / "downstream.json").read_text())
+    assert summary["status"] == "completed"
+    assert list(record["arms"]) == ["real", "topup", "server_finetune", "synthetic", "one_shot"]
+    for arm, figures in record["arms"].items():
+        assert 0.0 <= figures["worst_class_accuracy"] <= figures["accuracy"] <= 1.0, arm
+        assert len(figures["per_class_accuracy"]) == 10
+        assert 0.0 <= figures["membership"]["loss_auc"] <= 1.0
+        assert summary[f"downstream_{arm}_accuracy"] == figures["accuracy"]
+    # The top-up is what topup_counts asks of every client's label counts (ratio 1, cap 20).
+    counts = json.loads((run / "partition.json").read_text())["counts"]
+    expected = sum(sum(topup_counts(c, 1.0, 20)) for c in counts)
+    assert record["arms"]["topup"]["synthetic_examples"] == expected > 0
+    # FedAvg arms: 2 rounds of 4 clients, each sending and receiving the whole classifier.
+    for arm in ("real", "topup", "server_finetune"):
+        figures = record["arms"][arm]
+        assert figures["rounds"] == 2
+        assert figures["bytes_up"] > 2 * 4 * 4 * CLASSIFIER_PARAMETERS
+        assert figures["bytes_down"] > 2 * 4 * 4 * CLASSIFIER_PARAMETERS
+    # One-shot: one upload per client (a cVAE decoder), nothing downloaded.
+    one_shot = record["arms"]["one_shot"]
+    assert one_shot["rounds"] == 1 and one_shot["bytes_down"] == 0
+    assert 4 * 4 * 100_000 < one_shot["bytes_up"] < figures["bytes_up"]
+    assert one_shot["synthetic_examples"] == 200
+
+
+def test_the_generators_dp_carries_over_only_where_no_real_data_is_read(run):
+    summary = json.loads((run / "summary.json").read_text())
+    eps = summary["epsilon"]
+    assert math.isfinite(eps) and eps > 0
+    assert f"({eps:.3g}, 0.001)-DP by post-processing" in summary["downstream_privacy"]
+    assert "post-processing" in summary["downstream_topup_privacy"]
+    assert "not covered" in summary["downstream_topup_privacy"]
+    assert "no guarantee" in summary["downstream_real_privacy"]
+    record = json.loads((run / "downstream.json").read_text())
+    assert record["generator_epsilon"] == eps
+    assert any(k.endswith("_auc") for k in record["generator_membership"])
+
+
+def test_a_finished_generator_run_is_reused(run, tmp_path):
+    cfg = load_config(
+        None, [*TINY, DOWNSTREAM, f"downstream.generator_run={run}", "downstream.modes=[real]"]
+    )
+    summary = run_downstream(cfg, tmp_path / "reuse", progress=False)
+    assert summary["generator_run"] == str(run)
+    record = json.loads((tmp_path / "reuse" / "downstream.json").read_text())
+    assert list(record["arms"]) == ["real"]
+    first = json.loads((run / "downstream.json").read_text())["arms"]["real"]
+    assert record["arms"]["real"]["accuracy"] == first["accuracy"]  # same seed, same arm
+
+
+def test_an_unfinished_generator_run_is_refused(run, tmp_path):
+    # A run killed before its end leaves config.yaml and checkpoints but no summary.
+    killed = tmp_path / "killed"
+    shutil.copytree(run, killed)
+    (killed / "summary.json").unlink()
+    cfg = load_config(None, [*TINY, DOWNSTREAM, f"downstream.generator_run={killed}"])
+    with pytest.raises(DownstreamError, match=r"unfinished .*fedgen run --resume"):
+        run_downstream(cfg, tmp_path / "out", progress=False)
+
+
+def test_a_generator_run_of_another_data_set_is_refused(run, tmp_path):
+    items = [*TINY, DOWNSTREAM, f"downstream.generator_run={run}", "data.sources=[fashion-mnist]"]
+    with pytest.raises(DownstreamError, match=r"generates \['mnist'\].*fashion-mnist"):
+        run_downstream(load_config(None, items), tmp_path / "out", progress=False)
+
+
+def test_classes_other_than_the_generators_are_refused(run, tmp_path):
+    items = [*TINY, DOWNSTREAM, f"downstream.generator_run={run}", "downstream.classes=[a, b]"]
+    with pytest.raises(DownstreamError, match=r"do not match the generator's classes"):
+        run_downstream(load_config(None, items), tmp_path / "out", progress=False)
+
+
+def test_a_top_up_ratio_outside_the_unit_interval_fails_the_command(tmp_path):
+    proc = fedgen(
+        "run", "--out", str(tmp_path / "x"), *sets([*TINY, DOWNSTREAM, "downstream.topup_ratio=2"]),
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "downstream.topup_ratio" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
