@@ -93,6 +93,8 @@ def test_the_generators_dp_carries_over_only_where_no_real_data_is_read(run):
     assert "no guarantee" in summary["downstream_real_privacy"]
     record = json.loads((run / "downstream.json").read_text())
     assert record["generator_epsilon"] == eps
+    page = (run / "report.html").read_text()
+    assert "<h2>Downstream classifier</h2>" in page and "by post-processing" in page
     assert any(k.endswith("_auc") for k in record["generator_membership"])
 
 

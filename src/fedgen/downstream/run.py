@@ -38,6 +38,7 @@ from fedgen.eval.classifier import train_classifier
 from fedgen.experiment import run_experiment
 from fedgen.params import validate_params
 from fedgen.registry import PARTITIONERS
+from fedgen.report.html import write_report
 from fedgen.seeding import derive_seed, torch_generator
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def run_downstream(
     record = run_arms(cfg, dcfg, generator, data, out, progress=progress, on_arm=on_arm)
     summary.update(flat_figures(record))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_report(out)  # now with the downstream section
     return summary
 
 

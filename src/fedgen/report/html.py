@@ -21,6 +21,7 @@ import yaml
 
 from fedgen.report.bytes_curve import quality_by_bytes_section
 from fedgen.report.curves import curves_section
+from fedgen.report.downstream_section import downstream_section
 from fedgen.report.figures_table import figures_table_section
 from fedgen.report.headline import headline_section
 from fedgen.report.partition import partition_section
@@ -119,6 +120,9 @@ def _render(run_dir: Path, max_sample_grids: int) -> str:
     # A simulated attack's record; most runs have none, so it is not "missing".
     attack_file = run_dir / "attackers.json"
     attack = _read_json(attack_file, notes) if attack_file.is_file() else None
+    # The downstream classifier's arms, when the recipe had a downstream: section.
+    downstream_file = run_dir / "downstream.json"
+    downstream = _read_json(downstream_file, notes) if downstream_file.is_file() else None
     samples_dir = run_dir / "samples"
     sample_files = sorted(samples_dir.glob("*.png")) if samples_dir.is_dir() else []
     text_files = sorted(samples_dir.glob("*.txt")) if samples_dir.is_dir() else []
@@ -143,6 +147,7 @@ def _render(run_dir: Path, max_sample_grids: int) -> str:
         headline_section(summary, metrics, newest_html),
         _attack_section(attack, metrics),
         _privacy_section(summary),
+        downstream_section(downstream),
         curves_section(metrics),
         quality_by_bytes_section(metrics),
         _partition_section_of(partition, notes, _attackers(attack)),
