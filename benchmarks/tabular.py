@@ -11,6 +11,14 @@ method, appended to ``benchmarks/results/tabular.md`` as its run ends:
 - ``library``: the ``ctgan`` library's own TVAE / CTGAN on the pooled training rows, for
   the epochs that give the same number of batches (its defaults otherwise).
 
+Synthesizer ``vertical`` (``configs/tabular_<table>_vertical.yaml``, the GTV-style
+column-split CTGAN) runs the ``vertical-*`` methods instead: ``vertical-1`` is one client
+holding every column (CTGAN's architecture, trained through the same wire: the
+centralized reference its rows are divided by), ``vertical-2`` / ``vertical-4`` split
+the columns evenly, ``-imbalanced`` gives one client most columns and the others one
+each (``VERTICAL_SPLITS``). They run as many joint iterations as the horizontal
+centralized run of the table takes steps, with the same batch.
+
 Every method is evaluated by the same ``TableEvaluator`` (sdmetrics quality report,
 TSTR macro F1, Gower DCR against the holdout). Bytes are the round loop's encoded
 messages (up + down) plus, for fedgen, the encoder statistics every client sent once.
@@ -60,7 +68,55 @@ COLUMNS = [
     "encoder bytes",
     "seconds",
 ]
-METHODS = ("centralized", "silos", "dirichlet", "library")
+HORIZONTAL = ("centralized", "silos", "dirichlet", "library")
+VERTICAL = (
+    "vertical-1",
+    "vertical-2",
+    "vertical-2-imbalanced",
+    "vertical-4",
+    "vertical-4-imbalanced",
+)
+METHODS = HORIZONTAL + VERTICAL
+#: Column groups of each vertical method, per table (every column in one group).
+VERTICAL_SPLITS: dict[str, dict[str, list[list[str]]]] = {
+    "fair": {
+        "vertical-2": [
+            ["rate_marriage", "age", "yrs_married", "children"],
+            ["religious", "educ", "occupation", "occupation_husb", "had_affair"],
+        ],
+        "vertical-2-imbalanced": [
+            ["rate_marriage", "age", "yrs_married", "children", "religious", "educ"]
+            + ["occupation", "occupation_husb"],
+            ["had_affair"],
+        ],
+        "vertical-4": [
+            ["rate_marriage", "age"],
+            ["yrs_married", "children"],
+            ["religious", "educ"],
+            ["occupation", "occupation_husb", "had_affair"],
+        ],
+        "vertical-4-imbalanced": [
+            ["rate_marriage", "age", "yrs_married", "children", "religious", "educ"],
+            ["occupation"],
+            ["occupation_husb"],
+            ["had_affair"],
+        ],
+    },
+    "randhie": {
+        "vertical-2": [["mdvis", "coins", "idp", "lpi"], ["fmde", "physlm", "disea", "health"]],
+        "vertical-2-imbalanced": [
+            ["mdvis", "coins", "idp", "lpi", "fmde", "physlm", "disea"],
+            ["health"],
+        ],
+        "vertical-4": [["mdvis", "coins"], ["idp", "lpi"], ["fmde", "physlm"], ["disea", "health"]],
+        "vertical-4-imbalanced": [
+            ["mdvis", "coins", "idp", "lpi", "fmde"],
+            ["physlm"],
+            ["disea"],
+            ["health"],
+        ],
+    },
+}
 FIGURES = (
     "quality_score",
     "column_shapes",
@@ -98,6 +154,38 @@ def fedgen_method(
         "encoder_bytes": sum(partition["encoder"]["client_bytes"]),
         "seconds": seconds,
         "batch_size": cfg.task.params.get("batch_size", 500),
+    }
+
+
+def vertical_method(
+    table: str, method: str, sets: list[str], work: Path, steps_per_round: int
+) -> dict[str, Any]:
+    """One run of ``configs/tabular_<table>_vertical.yaml`` with ``method``'s column groups."""
+    if method == "vertical-1":
+        schema_cfg = load_config(ROOT / f"configs/tabular_{table}_vertical.yaml", [])
+        groups = [[c for g in schema_cfg.data.partition.params["columns"] for c in g]]
+    else:
+        groups = VERTICAL_SPLITS[table][method]
+    extra = [
+        "eval.every=0",
+        f"data.num_clients={len(groups)}",
+        f"data.partition.params.columns={json.dumps(groups)}",
+        f"federation.local_steps={steps_per_round}",
+    ]
+    cfg = load_config(ROOT / f"configs/tabular_{table}_vertical.yaml", [*sets, *extra])
+    out = work / f"{table}-{method}"
+    t0 = time.perf_counter()
+    summary = run_experiment(cfg, out, progress=False)
+    seconds = time.perf_counter() - t0
+    return {
+        **{k: summary[k] for k in FIGURES},
+        "clients": len(groups),
+        "steps": cfg.federation.rounds * steps_per_round,
+        # Sent plus received by the clients: the record ids they send one another count
+        # at both ends (a few hundred bytes per iteration against megabytes).
+        "model_bytes": summary["bytes_up"] + summary["bytes_down"],
+        "encoder_bytes": 0,  # each client fits its own columns' encoder
+        "seconds": seconds,
     }
 
 
@@ -187,6 +275,13 @@ def main() -> None:
             "rows than to as many held-out rows (0.5: no sign of memorisation)",
             "model bytes: encoded messages up + down over all rounds; encoder bytes: the "
             "per-client statistics sent once to fit the encoder (JSON)",
+            "vertical: configs/tabular_<table>_vertical.yaml (CTGAN split GTV-style: server "
+            "body and critic top, each client its head and critic input block), "
+            f"{args.rounds} rounds of local steps x the horizontal recipe's clients joint "
+            "iterations; vertical-1 (one client, every column) is the reference of its "
+            "rows' ratios; groups in benchmarks/tabular.py VERTICAL_SPLITS; model bytes: "
+            "wire bytes the clients sent plus received (activations, gradients, "
+            "conditions, record ids)",
         ],
     )
     commit = current_commit()
@@ -195,12 +290,22 @@ def main() -> None:
             for synth in args.synths:
                 central: dict[str, Any] | None = None
                 for method in args.methods:
-                    if method == "library":
+                    if (synth == "vertical") != (method in VERTICAL):
+                        continue  # vertical methods belong to the vertical synthesizer only
+                    if method in VERTICAL:
+                        # As many joint iterations as the horizontal centralized run's steps.
+                        clients = load_config(
+                            ROOT / f"configs/tabular_{name}_ctgan.yaml", sets
+                        ).data.num_clients
+                        r = vertical_method(
+                            name, method, sets, Path(tmp), args.local_steps * clients
+                        )
+                    elif method == "library":
                         steps, batch = library_steps(name, synth, sets)
                         r = library_method(name, synth, steps, batch, 0)
                     else:
                         r = fedgen_method(name, synth, method, sets, Path(tmp), args.alpha)
-                    if method == "centralized":
+                    if method in ("centralized", "vertical-1"):
                         central = r
                     row = {
                         "commit": commit,

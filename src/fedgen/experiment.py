@@ -191,6 +191,13 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
                 dpsgd=cfg.dpsgd is not None,
             )
         )
+    if (cfg.task.name == "vertical_ctgan") != (cfg.backend.name == "vertical"):
+        # A column-split synthesizer trains all clients' columns together, which only
+        # the vertical backend does; the vertical backend trains nothing else.
+        problems.append(
+            "task vertical_ctgan and backend vertical go together: a table split by "
+            "columns (table_vertical) is trained by both, and nothing else by either"
+        )
     if cfg.backend.name == "split" and (
         cfg.dpsgd is not None or any(t.name == "client_dp" for t in cfg.transforms)
     ):

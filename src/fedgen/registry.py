@@ -85,6 +85,7 @@ _BUILTINS = (
     "fedgen.data.text_data",
     "fedgen.data.table_sources",
     "fedgen.data.table_data",
+    "fedgen.data.table_vertical",
     "fedgen.tasks",
     "fedgen.tasks.tabular",
     "fedgen.strategies",

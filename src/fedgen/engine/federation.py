@@ -448,6 +448,11 @@ class Federation:
     def load_global_into_task(self) -> Task:
         """Load the weights to sample with (the global state, or the strategy's average)."""
         self.task.load_state(self.strategy.evaluation_state(self.global_state))
+        if getattr(self.task, "samples_jointly", False):
+            # A column-split task samples with every client's own part: the clients'
+            # synthetic columns of the same rows, joined as they would be released.
+            for private in self.private_states.values():
+                self.task.load_state(private)
         return self.task
 
     def state_dict(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from fedgen.engine.backends.inprocess import InProcessBackend
 from fedgen.engine.backends.process_pool import ProcessPoolBackend
 from fedgen.engine.backends.split import SplitBackend
 from fedgen.engine.backends.vectorized import VectorizedBackend
+from fedgen.engine.backends.vertical import VerticalBackend
 
 __all__ = [
     "Backend",
@@ -15,4 +16,5 @@ __all__ = [
     "ProcessPoolBackend",
     "SplitBackend",
     "VectorizedBackend",
+    "VerticalBackend",
 ]

@@ -3,5 +3,6 @@
 from fedgen.tasks.tabular.base import TableTask
 from fedgen.tasks.tabular.ctgan import CtganTask
 from fedgen.tasks.tabular.tvae import TvaeTask
+from fedgen.tasks.tabular.vertical_ctgan import VerticalCtganTask
 
-__all__ = ["CtganTask", "TableTask", "TvaeTask"]
+__all__ = ["CtganTask", "TableTask", "TvaeTask", "VerticalCtganTask"]

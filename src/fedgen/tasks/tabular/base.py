@@ -56,6 +56,11 @@ class TableTask(Task):
                 f"task {cls.task_name} generates tables, but the data is {spec.modality}; "
                 "choose a table source (e.g. data.sources=[fair])"
             )
+        if getattr(spec.table, "groups", ()):
+            raise ValueError(
+                f"task {cls.task_name} models whole rows, but the table is split by columns "
+                "(table_vertical): use task vertical_ctgan with backend vertical"
+            )
         return cls(params, spec.table, seed)
 
     def privacy_problems(self) -> list[str]:

@@ -1,0 +1,242 @@
+"""A CTGAN split vertically: each client generates and judges its own columns.
+
+GTV (Zhao, Wu, Huang, Chen, "GTV: Generating Tabular Data via Vertical Federated
+Learning", DSN 2025; the VT-GAN line of work): organisations holding different
+columns of the same records train one conditional tabular GAN without pooling them.
+The networks of CTGAN (``fedgen.tasks.tabular.ctgan``) are cut so that
+
+- the server holds the shared body of the generator (noise and conditional vector
+  to a hidden row, two residual blocks) and the top of the critic (the layers after
+  the first);
+- client ``i`` holds the generator head for its own columns (the last linear layer,
+  to its encoded block) and the critic's input block for its own columns (the first
+  linear layer and its activation, over ``pac`` rows of its columns and its part of
+  the conditional vector), with the encoder it fitted on its columns.
+
+With one client holding every column this is CTGAN's own architecture (the
+centralized reference). The conditional vector is split by owner too: a row
+conditioned on one of client ``i``'s categorical columns has its one-hot in client
+``i``'s part. How the parties train it, and what crosses between them, is
+``fedgen.tasks.tabular.vertical_training``; the backend that runs it per round is
+``fedgen.engine.backends.vertical``. Tensors of the body and the critic top are
+federated (the server's), the heads and input blocks private to their client.
+
+Sampling runs the server's body and every client's head and joins the columns, as
+the clients would release their synthetic columns for the same synthetic rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from fedgen.data.table_encoder import Span
+from fedgen.data.table_vertical import VerticalTableEncoder
+from fedgen.errors import ConfigError
+from fedgen.modality import DataSpec, Modality
+from fedgen.registry import TASKS
+from fedgen.tasks.base import Task, TaskParams
+from fedgen.tasks.tabular.base import (
+    TableTask,
+    TableTaskParams,
+    apply_activations,
+    seeded_global_rng,
+)
+
+BODY = "generator_body"
+TOP = "critic_top"
+
+
+def head_name(client: int) -> str:
+    """Module name of client ``client``'s generator head."""
+    return f"generator_head_{client}"
+
+
+def bottom_name(client: int) -> str:
+    """Module name of client ``client``'s critic input block."""
+    return f"critic_bottom_{client}"
+
+
+class _Residual(nn.Module):
+    def __init__(self, width_in: int, width_out: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width_in, width_out)
+        self.norm = nn.LayerNorm(width_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([F.relu(self.norm(self.fc(x))), x], dim=1)  # (B, out + in)
+
+
+class GeneratorBody(nn.Module):
+    """The server's part of the generator: ``(z, cond)`` to a hidden row."""
+
+    def __init__(self, noise: int, cond: int, hidden: int) -> None:
+        super().__init__()
+        width = noise + cond
+        self.blocks = nn.Sequential(_Residual(width, hidden), _Residual(width + hidden, hidden))
+        self.width = width + 2 * hidden
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.blocks(torch.cat([z, c], dim=1))  # (B, noise + cond + 2 hidden)
+
+
+class CriticBottom(nn.Module):
+    """A client's input block of the critic: ``pac`` rows of its columns and condition."""
+
+    def __init__(self, width: int, hidden: int, pac: int) -> None:
+        super().__init__()
+        self.pac = pac
+        self.fc = nn.Linear(width * pac, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = x.reshape(-1, x.shape[1] * self.pac)  # (B / pac, pac * width)
+        return F.leaky_relu(self.fc(packed), 0.2)  # (B / pac, hidden)
+
+
+class CriticTop(nn.Module):
+    """The server's part of the critic: the clients' blocks joined, to one score."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Dropout(0.5),
+            nn.Linear(width, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Dropout(0.5),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return self.net(torch.cat(parts, dim=1))  # (B / pac, 1)
+
+
+@TASKS.register("vertical_ctgan")
+class VerticalCtganTask(TableTask):
+    """CTGAN split by column owners (module docstring); trained by backend ``vertical``."""
+
+    task_name = "vertical_ctgan"
+    #: Sampling needs every client's head: evaluation loads all clients' private parts.
+    samples_jointly = True
+
+    class Params(TableTaskParams):
+        """``task.params`` of ``vertical_ctgan`` (defaults: the ``ctgan`` library's)."""
+
+        betas: tuple[float, float] = (0.5, 0.9)
+        noise_dim: int = Field(128, ge=1)
+        hidden: int = Field(256, ge=1)
+        pac: int = Field(10, ge=1)
+        gp_weight: float = Field(10.0, ge=0)
+        weight_decay: float = Field(1e-6, ge=0)
+        tau: float = Field(0.2, gt=0)
+
+        @model_validator(mode="after")
+        def _batch_fills_packs(self) -> VerticalCtganTask.Params:
+            if self.batch_size % self.pac:
+                raise ValueError(
+                    f"batch_size {self.batch_size} must be a multiple of pac {self.pac}"
+                )
+            return self
+
+    params: Params
+
+    def __init__(self, params: TaskParams, encoder: VerticalTableEncoder, seed: int) -> None:
+        self.parties = [encoder.owner_encoder(i) for i in range(len(encoder.groups))]
+        self.positions = [encoder.owner_positions(i) for i in range(len(encoder.groups))]
+        super().__init__(params, encoder, seed)
+
+    @classmethod
+    def from_spec(cls, params: TaskParams, spec: DataSpec, seed: int) -> Task:
+        if spec.modality != Modality.TABLES or not isinstance(spec.table, VerticalTableEncoder):
+            raise ValueError(
+                "task vertical_ctgan needs a table split by columns: use "
+                "data.partition.kind=table_vertical with params.columns (one list per client)"
+            )
+        return cls(params, spec.table, seed)
+
+    @property
+    def num_parties(self) -> int:
+        return len(self.parties)
+
+    def cond_width(self, client: int) -> int:
+        """Width of client ``client``'s part of the conditional vector."""
+        return sum(enc.width for enc, _ in self.parties[client].categorical())
+
+    def party_spans(self, client: int) -> list[Span]:
+        """Output blocks of client ``client``'s head (within its own encoded block)."""
+        return self.parties[client].spans()
+
+    def build(self) -> dict[str, nn.Module]:
+        p = self.params
+        cond = sum(self.cond_width(i) for i in range(self.num_parties))
+        body = GeneratorBody(p.noise_dim, cond, p.hidden)
+        modules: dict[str, nn.Module] = {BODY: body}
+        for i, enc in enumerate(self.parties):
+            modules[head_name(i)] = nn.Linear(body.width, enc.dim)
+            modules[bottom_name(i)] = CriticBottom(enc.dim + self.cond_width(i), p.hidden, p.pac)
+        modules[TOP] = CriticTop(p.hidden * self.num_parties, p.hidden)
+        return modules
+
+    def federated_modules(self) -> list[str]:
+        """The server's body and critic top; every head and input block stays with its owner."""
+        return [BODY, TOP]
+
+    def party_keys(self, client: int) -> list[str]:
+        """State keys of client ``client``'s own modules."""
+        return [
+            f"{name}.{key}"
+            for name in (head_name(client), bottom_name(client))
+            for key in self.modules[name].state_dict()
+        ]
+
+    def train_local(
+        self, data: Any, steps: int, generator: torch.Generator, config: dict[str, Any]
+    ) -> dict[str, float]:
+        raise ConfigError(
+            "task vertical_ctgan trains every client's columns together, not one client at "
+            "a time: use backend vertical"
+        )
+
+    def _cond_slots(self) -> list[int]:
+        """For each categorical column in schema order: its offset in the conditional
+        vector, which is laid out by owner (client 0's columns first)."""
+        offset, by_name = 0, {}
+        for party in self.parties:
+            for enc, _ in party.categorical():
+                by_name[enc.name] = offset
+                offset += enc.width
+        return [by_name[enc.name] for enc, _ in self.encoder.categorical()]
+
+    def generate(
+        self, n: int, generator: torch.Generator, condition: tuple[int, int] | None
+    ) -> torch.Tensor:
+        categorical = self.encoder.categorical()
+        slots = self._cond_slots()
+        cond = torch.zeros(n, sum(self.cond_width(i) for i in range(self.num_parties)))
+        if condition is not None:
+            column, category = condition
+            cond[:, slots[column] + category] = 1.0
+        elif categorical:
+            # As CTGAN samples: a column uniformly, a category by its frequency (each
+            # owner draws the rows conditioned on its columns from its own counts).
+            rng = np.random.default_rng(seeded_global_rng(generator))
+            columns = rng.integers(len(categorical), size=n)
+            for i, (enc, _) in enumerate(categorical):
+                picked = np.flatnonzero(columns == i)
+                p = enc.counts / enc.counts.sum()
+                cond[picked, slots[i] + rng.choice(enc.width, size=len(picked), p=p)] = 1.0
+        z = torch.randn(n, self.params.noise_dim, generator=generator)
+        rows = torch.zeros(n, self.encoder.dim)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seeded_global_rng(generator))
+            h = self.modules[BODY](z, cond)
+            for i in range(self.num_parties):
+                raw = self.modules[head_name(i)](h)
+                rows[:, self.positions[i]] = apply_activations(
+                    raw, self.party_spans(i), self.params.tau
+                )
+        return rows
