@@ -165,9 +165,16 @@ class EvalConfig(_Strict):
     tstr_epochs: int = Field(3, ge=1)
     classifier_epochs: int = Field(1, ge=1)
     grid_per_class: int = Field(10, ge=1)
-    #: Text: after the last round, fine-tune the global model this many steps on each
-    #: client's own text and report its personalized held-out perplexity (0: don't).
+    #: After the last round, fine-tune the final model this many steps on each client's
+    #: own data and report the fine-tuned per-client figures (text: held-out perplexity;
+    #: images with ``per_client``: per-client TSTR and Frechet distance). 0: don't.
     personalize_steps: int = Field(0, ge=0)
+    #: Images: after the last round, per-client TSTR and Frechet distance on each client's
+    #: own label distribution, of the global model and of each client's own (personal,
+    #: fine-tuned) model, as mean and worst decile over clients (``fedgen.eval.per_client``).
+    per_client: bool = False
+    #: Samples per client and model for the per-client figures.
+    per_client_samples: int = Field(2000, ge=10)
 
 
 class CheckpointConfig(_Strict):

@@ -68,6 +68,8 @@ class Experiment:
     federation: Federation
     data: Any  # fedgen.data.federated.FederatedData
     evaluator: Any  # fedgen.eval.evaluator.Evaluator (built lazily: it trains a classifier)
+    #: Per-client figures' scorer (``eval.per_client``; built with the evaluator).
+    client_quality: Any = None
 
     @property
     def task(self) -> Task:
@@ -191,6 +193,11 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
                 dpsgd=cfg.dpsgd is not None,
             )
         )
+    if strategy is not None:
+        # Per-client evaluation and Ditto's personal step: what they compose with.
+        from fedgen.assembly.personalization import personalization_problems
+
+        problems.extend(personalization_problems(cfg, task, strategy))
     if (cfg.task.name == "vertical_ctgan") != (cfg.backend.name == "vertical"):
         # A column-split synthesizer trains all clients' columns together, which only
         # the vertical backend does; the vertical backend trains nothing else.
@@ -400,6 +407,10 @@ def evaluate_task(exp: Experiment, tstr: bool) -> dict[str, float]:
     task = exp.federation.load_global_into_task()
     gen = torch_generator(exp.config.seed, "eval-samples", exp.federation.next_round)
     figures: dict[str, float] = exp.evaluator.evaluate_task(task, gen, final=tstr)
+    if tstr and exp.config.eval.per_client:
+        from fedgen.assembly.personalization import per_client_figures
+
+        figures.update(per_client_figures(exp))
     return figures
 
 
@@ -581,7 +592,13 @@ def write_summary(
     if evaluated:
         last = evaluated[-1]
         summary["evaluated_round"] = last["round"]
-        summary.update({k: v for k, v in last.items() if k in _FIGURES or k.startswith("tstr_")})
+        summary.update(
+            {
+                k: v
+                for k, v in last.items()
+                if k in _FIGURES or k.startswith(("tstr_", "client_tstr_", "client_frechet_"))
+            }
+        )
     if fed.stop_reason is not None:
         summary["stop_reason"] = fed.stop_reason
         summary["planned_rounds"] = fed.rounds
@@ -591,6 +608,12 @@ def write_summary(
         descriptions.update(_privacy_descriptions(fed.privacy.unit))
     if exp.evaluator is not None:
         descriptions.update(exp.evaluator.describe())
+        from fedgen.assembly.personalization import evaluated_model, per_client_descriptions
+
+        # Which model the global figures are of (private tensors: at their initial values).
+        summary["evaluated_model"] = evaluated_model(exp.task)
+        if exp.config.eval.per_client:
+            descriptions.update(per_client_descriptions(exp.config))
     if descriptions:
         summary["descriptions"] = descriptions
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -446,7 +446,14 @@ class Federation:
     # -- state ---------------------------------------------------------------
 
     def load_global_into_task(self) -> Task:
-        """Load the weights to sample with (the global state, or the strategy's average)."""
+        """Load the weights to sample with (the global state, or the strategy's average).
+
+        The task's private tensors (personal layers, partial-federation blocks) are set to
+        their initial values, not to whichever client this instance trained last: the
+        global model is the federated tensors alone. Each client's own model is
+        ``fedgen.engine.client_models.client_model``.
+        """
+        self.task.load_state(self.task.initial_private_state())
         self.task.load_state(self.strategy.evaluation_state(self.global_state))
         if getattr(self.task, "samples_jointly", False):
             # A column-split task samples with every client's own part: the clients'

@@ -2,6 +2,7 @@
 
 from fedgen.strategies.base import Aggregate, Strategy
 from fedgen.strategies.clustered import KldClustered
+from fedgen.strategies.ditto import Ditto
 from fedgen.strategies.fedavg import FedAvg
 from fedgen.strategies.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from fedgen.strategies.fedprox import FedProx
@@ -19,6 +20,7 @@ __all__ = [
     "Aggregate",
     "Bulyan",
     "CoordinateMedian",
+    "Ditto",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from fedgen.data.client_data import ClientData
@@ -36,6 +36,10 @@ class TaskParams(BaseModel):
     batch_size: int = 64
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
+    #: FedPer's personal layers (Arivazhagan et al. 2019): tensors named ``<module>.<key>``
+    #: or a prefix of such names (``generator.embed``) that stay private to each client,
+    #: whatever the task federates; see ``Task.tensor_kind``.
+    personal: list[str] = Field(default_factory=list)
 
 
 class LocalTraining:
@@ -124,6 +128,7 @@ class Task(ABC):
         self, params: TaskParams, num_classes: int, image_shape: tuple[int, int, int], seed: int
     ) -> None:
         self.params = params
+        self._personal = tuple(params.personal)
         self.num_classes = num_classes
         self.image_shape = image_shape
         #: Set by ``fedgen.privacy.dpsgd.attach_dpsgd``; None trains without DP.
@@ -140,6 +145,7 @@ class Task(ABC):
                 f"federated modules {sorted(unknown)} are not modules of "
                 f"{type(self).__name__}; choose from {sorted(self.modules)}"
             )
+        self._check_personal()
         # What a client that has no private state yet starts from (not from whatever
         # the previous client left in this reused instance).
         self._initial_private: StateDict = self.private_state()
@@ -153,13 +159,54 @@ class Task(ABC):
         return list(self.modules)
 
     def tensor_kind(self, module: str, key: str) -> TensorKind:
-        """Whether tensor ``key`` of ``module`` is federated, private or frozen.
+        """Whether tensor ``key`` of ``module`` is federated, private or frozen: what the
+        task declares (``declared_kind``), except that the recipe's personal tensors
+        (``params.personal``, FedPer) are private. Tasks override ``declared_kind``."""
+        if self._personal and _matches(f"{module}.{key}", self._personal):
+            return TensorKind.PRIVATE
+        return self.declared_kind(module, key)
+
+    def declared_kind(self, module: str, key: str) -> TensorKind:
+        """The task's own split of its tensors into federated, private and frozen.
 
         Default: the tensors of ``federated_modules`` are federated, the others
         private; a task with a pretrained base (e.g. LoRA adapters on a frozen
         language model) overrides this per tensor.
         """
         return TensorKind.FEDERATED if module in self._federated else TensorKind.PRIVATE
+
+    def _check_personal(self) -> None:
+        """``params.personal`` must name tensors this task has, trainable and not all of them.
+
+        Raises:
+            ValueError: a name matches no tensor or a frozen one, or nothing stays federated.
+        """
+        if not self._personal:
+            return
+        names = [f"{n}.{k}" for n, m in self.modules.items() for k in m.state_dict()]
+        for pattern in self._personal:
+            matched = [name for name in names if _matches(name, (pattern,))]
+            if not matched:
+                # Module-level prefixes are what a person picks from; a few suffice.
+                prefixes = sorted({name.rsplit(".", 1)[0] for name in names})
+                raise ValueError(
+                    f"task.params.personal names {pattern!r}, which is no tensor of "
+                    f"{type(self).__name__}; choose tensors or prefixes such as "
+                    f"{', '.join(prefixes[:12])}"
+                )
+            frozen = [
+                n for n in matched if self.declared_kind(*n.split(".", 1)) == TensorKind.FROZEN
+            ]
+            if frozen:
+                raise ValueError(
+                    f"task.params.personal names {pattern!r}, but {frozen[0]} belongs to the "
+                    "frozen base, which is never trained; choose trainable tensors"
+                )
+        if not any(self.tensor_kind(*n.split(".", 1)) == TensorKind.FEDERATED for n in names):
+            raise ValueError(
+                "task.params.personal makes every tensor private, so nothing is federated; "
+                "keep some layers shared (FedPer shares the base, personalizes the head)"
+            )
 
     def private_data_modules(self) -> list[str]:
         """Modules whose gradients read a client's examples; DP-SGD makes exactly these
@@ -250,3 +297,9 @@ class Task(ABC):
     def num_parameters(self) -> dict[str, int]:
         """Parameter count per module."""
         return {n: sum(p.numel() for p in m.parameters()) for n, m in self.modules.items()}
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    """Whether ``<module>.<key>`` is one of ``patterns`` or lies under one (``a.b`` covers
+    ``a.b.weight``, never ``a.bc``)."""
+    return any(name == p or name.startswith(p + ".") for p in patterns)

@@ -177,7 +177,7 @@ class ConditionalDdpm(Task):
             unet = add_lora(unet, p.lora_rank, p.lora_alpha)
         return {"unet": unet}
 
-    def tensor_kind(self, module: str, key: str) -> TensorKind:
+    def declared_kind(self, module: str, key: str) -> TensorKind:
         """A tensor is federated when its UNet block is, private otherwise; with LoRA the
         adapters and the class embedding are federated and the rest is the frozen base."""
         block = key.split(".", 1)[0]

@@ -198,7 +198,7 @@ class LoraLmTask(TextTask):
                 f"it has blocks 0 to {blocks - 1}"
             )
 
-    def tensor_kind(self, module: str, key: str) -> TensorKind:
+    def declared_kind(self, module: str, key: str) -> TensorKind:
         """The base is frozen; adapters are federated, or private per the FedPer split;
         FFA-LoRA's A is frozen (fixed, and the same on every client by its seed)."""
         adapter = _ADAPTER.search(key)

@@ -167,7 +167,9 @@ def test_a_resumed_tiny_federation_ends_bit_identical(mnist_dir, tmp_path, name)
     meta = {"format": 1, "fingerprint": cfg.fingerprint()}
     first = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
     if name != "kld_clustered":  # the split backend trains its clients jointly
-        interrupt_at(first.task, 4 + 2)  # the second client of round 1
+        # The second client of round 1 (a Ditto client trains twice: global, personal).
+        per_client = 2 if name == "ditto" else 1
+        interrupt_at(first.task, per_client * (4 + 1) + 1)
         assert first.run() is False
     else:
         first.rounds = 1
@@ -183,3 +185,9 @@ def test_a_resumed_tiny_federation_ends_bit_identical(mnist_dir, tmp_path, name)
     again = second.strategy.evaluation_state(second.global_state)
     for k in sampled:
         assert torch.equal(sampled[k], again[k]), (name, k)
+    # What clients keep (a Ditto client's personal model) resumes bit for bit too.
+    assert ref.private_states.keys() == second.private_states.keys()
+    for cid, own in ref.private_states.items():
+        assert own.keys() == second.private_states[cid].keys(), (name, cid)
+        for k in own:
+            assert torch.equal(own[k], second.private_states[cid][k]), (name, cid, k)

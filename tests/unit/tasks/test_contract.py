@@ -27,7 +27,7 @@ class FrozenBaseClassifier(Task):
     def build(self) -> dict[str, nn.Module]:
         return {"base": nn.Linear(784, 32), "head": nn.Linear(32, self.num_classes)}
 
-    def tensor_kind(self, module: str, key: str) -> TensorKind:
+    def declared_kind(self, module: str, key: str) -> TensorKind:
         if module == "base":
             return TensorKind.FROZEN if key == "weight" else TensorKind.PRIVATE
         return TensorKind.FEDERATED

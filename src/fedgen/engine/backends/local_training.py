@@ -20,6 +20,7 @@ from fedgen.engine.backends.base import LocalWork
 from fedgen.engine.backends.secagg_client import hold_update
 from fedgen.engine.backends.signing import ClientKeys, sign_result
 from fedgen.engine.client_side import ClientKit
+from fedgen.engine.ditto import ditto_settings, train_personal
 from fedgen.engine.faults import FaultPlan
 from fedgen.engine.proximal import anchored_parameters, proximal_mu, proximal_term
 from fedgen.errors import ClientUpdateError
@@ -96,6 +97,24 @@ def run_client(
         work.faults.after_training(fault)
     local = task.federated_state()
     update = {k: local[k] - work.global_state[k] for k in work.global_state}
+    own_private = task.private_state()
+    ditto = ditto_settings(ins)
+    if ditto is not None:
+        # Ditto: the client's personal model trains after the global step and stays in
+        # its private state; the update above is FedAvg's.
+        lam, personal_steps = ditto
+        metrics.update(
+            train_personal(
+                task,
+                data,
+                work.global_state,
+                carried,
+                own_private,
+                lam,
+                personal_steps or steps,
+                ins,
+            )
+        )
     ctx = TransformContext(
         round=work.round,
         client_id=ins.client_id,
@@ -147,7 +166,7 @@ def run_client(
     # A reply that cannot be encoded (a NaN metric) fails the client, in every backend.
     result.bytes_up = reply_message(result).nbytes
     # The task's private tensors and the transforms' own, kept together by the client.
-    return result, {**task.private_state(), **carried}
+    return result, {**own_private, **carried}
 
 
 def answer_job(

@@ -1,0 +1,103 @@
+"""Personalization in an experiment: what it composes with, and the per-client figures.
+
+Personal models come from three places (``fedgen.engine.client_models``): FedPer's
+personal tensors (``task.params.personal``), Ditto (``strategy: ditto``, a strategy
+whose client instructions ask for the personal step) and fine-tuning after the last
+round (``eval.personalize_steps``). ``eval.per_client`` measures each client's models on
+its own label distribution. Checked before round 1, each refusal with its reason:
+
+- per-client evaluation only for class-conditional images (text reports per-client
+  perplexity already, tables have no per-client figure yet);
+- per-client evaluation not under DP: its figures read every client's label
+  proportions and personal models, neither of which the guarantee covers;
+- Ditto's personal step not under DP-SGD: the accountant charges each client the
+  global step's steps only (secure aggregation and client-level DP compose: the
+  released update is FedAvg's, and the personal model never leaves the client).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedgen.config import ExperimentConfig
+from fedgen.engine.client_models import describe, evaluate_clients
+from fedgen.eval.per_client import ClientQuality
+from fedgen.modality import Conditioning, Modality
+from fedgen.seeding import derive_seed
+from fedgen.strategies.base import Strategy
+from fedgen.strategies.ditto import DITTO_LAMBDA
+from fedgen.tasks.base import Task
+
+
+def personalization_problems(cfg: ExperimentConfig, task: Task, strategy: Strategy) -> list[str]:
+    """What is wrong with the experiment's personalization settings, each with its fix."""
+    problems: list[str] = []
+    dp = cfg.dpsgd is not None or any(t.name == "client_dp" for t in cfg.transforms)
+    if cfg.eval.per_client:
+        if task.modality != Modality.IMAGES or task.conditioning != Conditioning.CLASS:
+            problems.append(
+                f"eval.per_client measures class-conditional images; task {cfg.task.name} "
+                f"generates {task.modality} (text reports per-client perplexity already); "
+                "set eval.per_client=false"
+            )
+        if dp:
+            problems.append(
+                "eval.per_client reads each client's label proportions and its personal "
+                "model, which differential privacy does not cover; set eval.per_client=false "
+                "under DP"
+            )
+    # Asked of the strategy: whether its clients are told to run Ditto's personal step.
+    client_config = getattr(strategy, "client_config", None)
+    ditto = client_config is not None and DITTO_LAMBDA in client_config(0)
+    if cfg.dpsgd is not None and ditto:
+        problems.append(
+            f"strategy {cfg.strategy.name}: Ditto's personal steps would run through DP-SGD "
+            "without being charged to the accountant (it counts the global step's); drop the "
+            "dpsgd section, or use client-level DP (transforms clip, client_dp), which Ditto "
+            "composes with"
+        )
+    return problems
+
+
+def per_client_figures(exp: Any) -> dict[str, float]:
+    """Per-client TSTR and Frechet distance of the global, personal and fine-tuned models
+    (``fedgen.engine.client_models.evaluate_clients``) for an experiment whose evaluator
+    is built."""
+    cfg: ExperimentConfig = exp.config
+    if exp.client_quality is None:
+        evaluator = exp.evaluator
+        exp.client_quality = ClientQuality(
+            evaluator.test.float_images(),
+            evaluator.test.labels,
+            evaluator.num_classes,
+            evaluator.classifier.features,
+            samples=cfg.eval.per_client_samples,
+            epochs=cfg.eval.tstr_epochs,
+            seed=derive_seed(cfg.seed, "eval", "per-client") % (2**31),
+        )
+    return evaluate_clients(
+        exp.federation,
+        exp.client_quality,
+        finetune_steps=cfg.eval.personalize_steps,
+        seed=derive_seed(cfg.seed, "eval", "per-client-models") % (2**31),
+    )
+
+
+def per_client_descriptions(cfg: ExperimentConfig) -> dict[str, str]:
+    """What each per-client key of ``summary.json`` was computed on."""
+    return describe(cfg.eval.per_client_samples, cfg.eval.tstr_epochs, cfg.eval.personalize_steps)
+
+
+def evaluated_model(task: Task) -> str:
+    """What the run's global figures evaluate, in words (``summary.json``)."""
+    private = task.initial_private_state()
+    if not private:
+        return "the global model: every trained tensor is federated"
+    count = sum(v.numel() for v in private.values())
+    total = count + sum(v.numel() for v in task.federated_state().values())
+    return (
+        f"the global model: the federated tensors with the {len(private)} private tensors "
+        f"({count} of {total} values: personal layers or unfederated blocks) at their "
+        "initial values, as no client holds them; each client's own model is measured by "
+        "eval.per_client (client_*_personal)"
+    )

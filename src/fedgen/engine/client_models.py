@@ -1,0 +1,155 @@
+"""Which model each client ends a federation with, and its quality on the client's data.
+
+A client's model is the global model (the federated tensors; the task's private tensors
+at their initial values), or its personal one:
+
+- **FedPer** (``task.params.personal``) or a partial FedDiffuse scheme: the global
+  federated tensors with the client's own private tensors;
+- **Ditto** (``strategy: ditto``): the client's personal model (its private state's
+  ``fedgen.engine.ditto.PERSONAL_PREFIX`` tensors) with its private tensors;
+- **fine-tuned** (``eval.personalize_steps`` > 0): the client's model above (or the
+  global one) trained further on the client's own shard, from a seed of its id, after
+  the last round: what a client gets by adapting the federation's model locally.
+
+Evaluation runs in the simulation's server process, which holds every shard; in a
+deployment each client would measure its own figures. Under DP it is refused (the
+figures read each client's label proportions and unnoised personal models).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fedgen.engine.ditto import PERSONAL_PREFIX, personal_model
+from fedgen.engine.federation import Federation
+from fedgen.eval.per_client import ClientQuality, label_proportions, summarise
+from fedgen.seeding import torch_generator
+from fedgen.transforms.base import PRIVATE_PREFIX
+from fedgen.types import StateDict
+
+
+def task_private(private: StateDict | None) -> StateDict:
+    """The task's own tensors of a client's private state (not a transform's or Ditto's)."""
+    return {k: v for k, v in (private or {}).items() if not k.startswith(PRIVATE_PREFIX)}
+
+
+def has_personal_models(fed: Federation) -> bool:
+    """Whether any client holds a model of its own (private tensors or a Ditto model)."""
+    return any(
+        task_private(p) or any(k.startswith(PERSONAL_PREFIX) for k in p)
+        for p in fed.private_states.values()
+    )
+
+
+def load_client_model(fed: Federation, client_id: int) -> None:
+    """Load client ``client_id``'s own model into ``fed.task`` (the global model for a
+    client that has none): Ditto's personal tensors, else the global federated tensors,
+    and the client's private tensors (initial ones if it never trained)."""
+    task = fed.load_global_into_task()
+    private = fed.private_states.get(client_id) or {}
+    personal = personal_model(private)
+    if personal:
+        task.load_state(personal)
+    task.load_state(task_private(private) or task.initial_private_state())
+
+
+def evaluate_clients(
+    fed: Federation,
+    quality: ClientQuality,
+    *,
+    finetune_steps: int,
+    seed: int,
+) -> dict[str, float]:
+    """Mean and worst decile over clients of per-client TSTR and Frechet distance, for
+    the global model, each client's personal model (when the run keeps any) and the
+    fine-tuned one (``finetune_steps`` > 0); the global model is loaded again after."""
+    task = fed.task
+    per_model: dict[str, dict[int, dict[str, float]]] = {"global": {}}
+    personal = has_personal_models(fed)
+    if personal:
+        per_model["personal"] = {}
+    if finetune_steps > 0:
+        per_model["finetuned"] = {}
+    try:
+        for cid, data in sorted(fed.clients.items()):
+            proportions = label_proportions(data.data.labels, task.num_classes)
+            labels = quality.labels_for(proportions, cid)
+            fed.load_global_into_task()
+            scores = {"global": _score(task, quality, labels, proportions, cid, seed, "global")}
+            if personal:
+                load_client_model(fed, cid)
+                scores["personal"] = _score(
+                    task, quality, labels, proportions, cid, seed, "personal"
+                )
+            if finetune_steps > 0:
+                load_client_model(fed, cid)
+                with torch.enable_grad():
+                    task.train_local(
+                        data, finetune_steps, torch_generator(seed, "finetune", cid), {}
+                    )
+                scores["finetuned"] = _score(
+                    task, quality, labels, proportions, cid, seed, "finetuned"
+                )
+            for model, own in scores.items():
+                per_model[model][cid] = own
+    finally:
+        fed.load_global_into_task()
+    figures: dict[str, Any] = {}
+    for model, values in per_model.items():
+        figures.update(summarise(model, values))
+    return figures
+
+
+def _score(
+    task: Any,
+    quality: ClientQuality,
+    labels: torch.Tensor,
+    proportions: torch.Tensor,
+    client_id: int,
+    seed: int,
+    model: str,
+) -> dict[str, float]:
+    """Per-client figures of the model loaded in ``task``, from samples seeded by client
+    and model."""
+    images = _sample(task, labels, torch_generator(seed, "client-samples", model, client_id))
+    return quality.figures(images, labels, proportions, client_id)
+
+
+@torch.no_grad()
+def _sample(task: Any, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The task's images for ``labels``, in chunks of 1,000 (its memory stays bounded)."""
+    images: torch.Tensor = torch.cat([task.sample(part, generator) for part in labels.split(1000)])
+    return images.float().clamp(0.0, 1.0)
+
+
+def describe(samples: int, epochs: int, finetune_steps: int) -> dict[str, str]:
+    """What each per-client key means (``summary.json``'s descriptions)."""
+    tstr = (
+        f"per-client TSTR: a fresh SmallCNN trained {epochs} epochs on {samples} samples with "
+        "the client's label proportions, scored on the real test split with classes weighted "
+        "by those proportions"
+    )
+    fd = (
+        f"per-client Frechet distance (classifier features, not FID) of {samples} samples "
+        "with the client's label proportions vs as many real test images of the same classes"
+    )
+    models = {
+        "global": "the global model (federated tensors; private ones at their initial values)",
+        "personal": "each client's own model (its private tensors: FedPer layers, "
+        "partial-federation blocks; or its Ditto model)",
+        "finetuned": f"each client's model after {finetune_steps} local fine-tuning steps on "
+        "its own shard after the last round",
+    }
+    out = {}
+    for model, what in models.items():
+        out[f"client_tstr_accuracy_{model}"] = f"{tstr}; mean over clients; of {what}"
+        out[f"client_tstr_accuracy_{model}_worst_decile"] = (
+            f"10th percentile over clients of the {tstr}; of {what}"
+        )
+        out[f"client_frechet_distance_{model}"] = f"{fd}; mean over clients; of {what}"
+        out[f"client_frechet_distance_{model}_worst_decile"] = (
+            f"90th percentile over clients of the {fd}; of {what}"
+        )
+    return out
