@@ -297,6 +297,11 @@ class DownstreamConfig(_Strict):
     #: Epochs of the server's classifier on synthetic data (arms synthetic and one_shot).
     server_epochs: int = Field(3, ge=1)
     eval_every: int = Field(0, ge=0)
+    #: The classifier federation's strategy (null: FedAvg over ``fraction`` of the
+    #: clients) and update transforms (clip, client_dp, codecs, secagg), as the
+    #: generator's ``strategy`` and ``transforms``.
+    strategy: ComponentConfig | None = None
+    transforms: list[ComponentConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _ratio_in_range(self) -> DownstreamConfig:

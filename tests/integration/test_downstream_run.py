@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import fedgen
+from opacus.accountants import RDPAccountant
 
 from fedgen.config import load_config
 from fedgen.downstream import DownstreamError, run_downstream
@@ -140,3 +141,47 @@ def test_a_top_up_ratio_outside_the_unit_interval_fails_the_command(tmp_path):
     assert proc.returncode != 0
     assert "downstream.topup_ratio" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_the_classifier_federation_takes_client_dp_and_composes_the_guarantees(run, tmp_path):
+    # Prepare: the classifier's own DP-FedAvg (Poisson half of the clients, clip, noise).
+    items = [
+        *TINY,
+        DOWNSTREAM,
+        f"downstream.generator_run={run}",
+        "downstream.modes=[real, topup]",
+        "downstream.strategy={name: fedavg, params: {fraction: 0.5, min_clients: 1, "
+        "weighted: false, sampling: poisson, fixed_denominator: true}}",
+        "downstream.transforms=[{name: clip, params: {max_norm: 1.0}}, "
+        "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1e-3}}]",
+    ]
+
+    # Execute
+    run_downstream(load_config(None, items), tmp_path / "dp", progress=False)
+
+    # Assert: epsilon as Opacus's accountant gives it for 2 rounds at q = 0.5, sigma = 1.
+    oracle = RDPAccountant()
+    for _ in range(2):
+        oracle.step(noise_multiplier=1.0, sample_rate=0.5)
+    own_eps = oracle.get_epsilon(delta=1e-3)
+    arms = json.loads((tmp_path / "dp" / "downstream.json").read_text())["arms"]
+    assert arms["real"]["own_privacy"]["epsilon"] == pytest.approx(own_eps)
+    gen_eps = json.loads((run / "summary.json").read_text())["epsilon"]
+    assert f"({gen_eps + own_eps:.3g}, 0.002)" in arms["topup"]["privacy"]
+
+
+def test_a_codec_shrinks_the_classifiers_uploads(run, tmp_path):
+    items = [
+        *TINY,
+        DOWNSTREAM,
+        f"downstream.generator_run={run}",
+        "downstream.modes=[real]",
+        "downstream.transforms=[{name: quantize, params: {bits: 8}}]",
+    ]
+    run_downstream(load_config(None, items), tmp_path / "q8", progress=False)
+    q8 = json.loads((tmp_path / "q8" / "downstream.json").read_text())["arms"]["real"]
+    plain = json.loads((run / "downstream.json").read_text())["arms"]["real"]
+    # 8-bit codes for float32 coordinates: about a quarter of the bytes up.
+    assert q8["bytes_up"] < 0.3 * plain["bytes_up"]
+    # The broadcast stays float32 (only the job's config names the codec).
+    assert q8["bytes_down"] == pytest.approx(plain["bytes_down"], rel=1e-3)

@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from fedgen.config import load_config
+from fedgen.downstream.errors import DownstreamError
 from fedgen.downstream.one_shot import allocate, client_message
+from fedgen.downstream.pipeline import classifier_pipeline
 from fedgen.downstream.privacy_note import privacy_note, synthetic_only_note
 from fedgen.downstream.topup import topup_counts
 from fedgen.errors import ConfigError
+from fedgen.tasks.classifier import ClassifierParams, ClassifierTask
 from fedgen.tasks.vae import ConditionalVae, VaeParams
 from fedgen.wire import Message, decode, encode
 
@@ -77,3 +80,18 @@ def test_privacy_note_inherits_only_what_post_processing_covers():
     assert "post-processing" in topup and "not covered" in topup
     assert "(3, 1e-05)-DP by post-processing" in str(synthetic_only_note(3.0, 1e-5))
     assert synthetic_only_note(None, None) is None
+
+
+def test_an_unknown_transform_or_strategy_in_the_downstream_section_is_named():
+    cfg = load_config(
+        None,
+        [
+            "downstream.strategy={name: fedavgg}",
+            "downstream.transforms=[{name: clipp}]",
+        ],
+    )
+    task = ClassifierTask(ClassifierParams(), 10, (1, 28, 28), seed=0)
+    with pytest.raises(DownstreamError) as err:
+        classifier_pipeline(cfg.downstream, 0, task, [])
+    assert "downstream.strategy.name: unknown 'fedavgg'" in str(err.value)
+    assert "downstream.transforms[0].name: unknown 'clipp'" in str(err.value)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fedgen.data.client_data import ClientData
 from fedgen.data.dataset import ImageDataset
 from fedgen.downstream.accuracy import ClassAccuracy, class_accuracy
+from fedgen.downstream.pipeline import Pipeline
 from fedgen.engine.backends.inprocess import InProcessBackend
 from fedgen.engine.callbacks import ProgressCallback
 from fedgen.engine.federation import Callback, Federation, RoundRecord
 from fedgen.eval.classifier import SmallCNN
+from fedgen.privacy.noise_key import new_noise_key
 from fedgen.seeding import derive_seed
 from fedgen.strategies.fedavg import FedAvg
+from fedgen.tasks.base import Task
 from fedgen.tasks.classifier import ClassifierParams, ClassifierTask
 
 
@@ -31,6 +34,8 @@ class ArmResult:
     seconds: float
     model: SmallCNN
     synthetic_examples: int = 0
+    #: The classifier federation's own DP figures (``PrivacyAccounting.describe``), if any.
+    own_privacy: dict[str, Any] = field(default_factory=dict)
     #: Accuracy after rounds the arm evaluated along the way: ``[(round, accuracy)]``.
     curve: list[tuple[int, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -49,6 +54,7 @@ class ArmResult:
             "synthetic_examples": self.synthetic_examples,
             "curve": self.curve,
             "notes": self.notes,
+            "own_privacy": self.own_privacy,
         }
 
 
@@ -81,6 +87,7 @@ def federate_classifier(
     extra_callbacks: Sequence[Callback] = (),
     eval_every: int = 0,
     progress: bool = False,
+    pipeline: Callable[[Task], Pipeline] | None = None,
 ) -> ArmResult:
     """Train a ``SmallCNN`` by FedAvg over ``clients`` for ``rounds`` rounds on the
     in-process backend and test it on ``test``.
@@ -88,14 +95,24 @@ def federate_classifier(
     The clients are the shards themselves (topped up or not), which is why the backend
     is the in-process one: a process-pool worker rebuilds its shard from the recipe and
     would not see a top-up drawn here. Every arm starts from the same initial weights.
+    ``pipeline`` builds the strategy, transforms and DP accounting for the task (default:
+    FedAvg over ``fraction`` of the clients, no transforms).
     """
     params = ClassifierParams(batch_size=batch_size, lr=lr)
     task = ClassifierTask(params, test.num_classes, (1, 28, 28), derive_seed(seed, "downstream"))
     curve: list[tuple[int, float]] = []
+    parts = (
+        pipeline(task)
+        if pipeline is not None
+        else Pipeline(FedAvg(fraction=fraction, min_clients=1, root_seed=seed), [], None)
+    )
     fed = Federation(
         task=task,
         clients=list(clients),
-        strategy=FedAvg(fraction=fraction, min_clients=1, root_seed=seed),
+        strategy=parts.strategy,
+        transforms=parts.transforms,
+        privacy=parts.privacy,
+        noise_key=new_noise_key(),  # DP noise keyed by a secret, as the generator's
         backend=InProcessBackend(),
         rounds=rounds,
         seed=derive_seed(seed, "downstream-federation"),
@@ -121,4 +138,5 @@ def federate_classifier(
         seconds=seconds,
         model=model.network,
         curve=curve,
+        own_privacy=fed.privacy.describe() if fed.privacy is not None else {},
     )

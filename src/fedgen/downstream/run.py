@@ -30,6 +30,7 @@ from fedgen.downstream.classifier_federation import ArmResult, federate_classifi
 from fedgen.downstream.errors import DownstreamError
 from fedgen.downstream.generator_run import GeneratorRun, check_classes, open_generator_run
 from fedgen.downstream.one_shot import one_shot_federation
+from fedgen.downstream.pipeline import Pipeline, classifier_pipeline
 from fedgen.downstream.privacy_note import privacy_note, synthetic_only_note
 from fedgen.downstream.server_finetune import ServerFineTune
 from fedgen.downstream.synthetic import balanced_counts, synthesize
@@ -40,6 +41,7 @@ from fedgen.params import validate_params
 from fedgen.registry import PARTITIONERS
 from fedgen.report.html import write_report
 from fedgen.seeding import derive_seed, torch_generator
+from fedgen.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,10 @@ def run_arms(
         eval_every=dcfg.eval_every,
         progress=progress,
     )
+
+    def pipeline_for(clients: list[ClientData]) -> Callable[[Task], Pipeline]:
+        return lambda task: classifier_pipeline(dcfg, cfg.seed, task, clients)
+
     classes = data.train.class_names
     server_set: ImageDataset | None = None
 
@@ -167,7 +173,13 @@ def run_arms(
     for mode in dcfg.modes:
         log.info("downstream arm %s", mode)
         if mode == "real":
-            arm = federate_classifier("real", data.clients, data.test, **common)  # type: ignore[arg-type]
+            arm = federate_classifier(
+                "real",
+                data.clients,
+                data.test,
+                pipeline=pipeline_for(data.clients),
+                **common,  # type: ignore[arg-type]
+            )
         elif mode == "topup":
             t0 = time.perf_counter()
             clients: list[ClientData] = []
@@ -180,7 +192,13 @@ def run_arms(
                 clients.append(shard)
                 added += n
             sampling = time.perf_counter() - t0
-            arm = federate_classifier("topup", clients, data.test, **common)  # type: ignore[arg-type]
+            arm = federate_classifier(
+                "topup",
+                clients,
+                data.test,
+                pipeline=pipeline_for(clients),
+                **common,  # type: ignore[arg-type]
+            )
             arm.seconds += sampling
             arm.synthetic_examples = added
             arm.notes.append(
@@ -196,6 +214,7 @@ def run_arms(
                 data.clients,
                 data.test,
                 extra_callbacks=[finetune],
+                pipeline=pipeline_for(data.clients),
                 **common,  # type: ignore[arg-type]
             )
             arm.synthetic_examples = len(synth)
@@ -236,7 +255,7 @@ def run_arms(
                 batch_size=dcfg.batch_size,
             )
         arm_record = arm.figures()
-        arm_record["privacy"] = privacy_note(mode, epsilon, delta)
+        arm_record["privacy"] = privacy_note(mode, epsilon, delta, arm.own_privacy)
         candidates = draw_candidates(
             members, data.test, ATTACK_CANDIDATES, torch_generator(cfg.seed, "downstream", "mia")
         )
