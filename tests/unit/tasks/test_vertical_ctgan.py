@@ -15,6 +15,8 @@ from fedgen.errors import ConfigError
 from fedgen.experiment import build_experiment, restore_latest
 from fedgen.tasks.tabular import CtganTask
 from fedgen.tasks.tabular.vertical_channel import SERVER, WireChannel, party
+from fedgen.tasks.tabular.vertical_ctgan import TOP, bottom_name
+from fedgen.tasks.tabular.vertical_training import JointSeeds, VerticalTrainer
 from fedgen.wire import decode, encode
 
 SPLIT = [
@@ -184,3 +186,45 @@ def test_the_vertical_parts_go_together():
     with pytest.raises(ConfigError, match="every client in every round"):
         fed = build_experiment(tiny(**{"strategy.params": "{fraction: 0.5, min_clients: 1}"}))
         fed.federation.run_round(0)
+
+
+def test_the_split_critic_gradients_are_the_joined_critics():
+    # Prepare: a critic step's inputs, the top without dropout (the same network both ways).
+    exp = build_experiment(tiny(**{"federation.rounds": 1}))
+    task, p = exp.task, exp.task.params
+    trainer = VerticalTrainer(task, exp.data.clients, JointSeeds(1, 2, (3, 4)), WireChannel(), 1e-3)
+    task.modules[TOP].eval()
+    inputs = trainer.critic_inputs()
+    # Execute: across the wire, then by the CTGAN formulas on the joined critic.
+    loss = trainer.critic_gradients(inputs)
+    split = {
+        f"{n}.{k}": v.grad.clone()
+        for n, m in task.modules.items()
+        for k, v in m.named_parameters()
+        if v.grad is not None
+    }
+    for m in task.modules.values():
+        m.zero_grad(set_to_none=True)
+    bottoms = [task.modules[bottom_name(i)] for i in range(2)]
+
+    def critic(xs):
+        return task.modules[TOP]([b(x) for b, x in zip(bottoms, xs, strict=True)])
+
+    real, fake = [x[0] for x in inputs], [x[1] for x in inputs]
+    mixed = [x[2].detach().requires_grad_(True) for x in inputs]
+    joined_loss = critic(fake).mean() - critic(real).mean()
+    grads = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    packs = torch.cat([g.reshape(p.batch_size // p.pac, -1) for g in grads], dim=1)
+    penalty = ((packs.norm(2, dim=1) - 1) ** 2).mean() * p.gp_weight
+    (joined_loss + penalty).backward()
+    # Assert: the same loss and the same gradient in every block of the critic.
+    assert loss == pytest.approx(float(joined_loss.detach()), abs=1e-6)
+    joined = {
+        f"{n}.{k}": v.grad
+        for n, m in task.modules.items()
+        for k, v in m.named_parameters()
+        if v.grad is not None
+    }
+    assert split.keys() == joined.keys() and any(k.startswith("critic_bottom_1") for k in split)
+    for k, v in joined.items():
+        assert torch.allclose(split[k], v, rtol=1e-4, atol=1e-6), k

@@ -240,6 +240,15 @@ class VerticalTrainer:
 
     def critic_step(self) -> float:
         """One critic step (steps 1-6 of the module docstring); its Wasserstein loss."""
+        loss_d = self.critic_gradients(self.critic_inputs())
+        for q in self.parties:
+            q.opt_bottom.step()
+        self.opt_top.step()
+        return loss_d
+
+    def critic_inputs(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Steps 1-4 up to the critic blocks: each client's ``(real, fake, mixed)`` inputs
+        ``(B, its encoded width + its condition width)``; they stay with the client."""
         p, b, pac = self.p, self.p.batch_size, self.p.pac
         drawn, records, cond = self._draw(need_records=True)
         assert records is not None
@@ -250,8 +259,7 @@ class VerticalTrainer:
         with torch.no_grad():
             h = self.body(z, cond)  # (B, body width), on the server
         rows = torch.from_numpy(records)[perm]
-        sent: list[dict[str, torch.Tensor]] = []
-        client_side = []
+        inputs = []
         for q, (_, (cond_q, *_)) in zip(self.parties, drawn, strict=True):
             h_q = self.channel.one(SERVER, q.name, "hidden", h)
             with torch.no_grad():
@@ -259,6 +267,19 @@ class VerticalTrainer:
             fake_in = torch.cat([fake, cond_q], dim=1)
             real_in = torch.cat([q.data.encoded[rows], cond_q[perm]], dim=1)
             mixed = (alpha * real_in + (1 - alpha) * fake_in).requires_grad_(True)
+            inputs.append((real_in, fake_in, mixed))
+        return inputs
+
+    def critic_gradients(
+        self, inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    ) -> float:
+        """Steps 4-6 without the optimizer steps: the critic's gradients (Wasserstein loss
+        plus the exact gradient penalty) in the clients' blocks and the server's top."""
+        b, pac = self.p.batch_size, self.p.pac
+        sent: list[dict[str, torch.Tensor]] = []
+        client_side = []
+        for q, (real_in, fake_in, mixed) in zip(self.parties, inputs, strict=True):
+            q.bottom.zero_grad(set_to_none=True)
             acts = {"real": q.bottom(real_in), "fake": q.bottom(fake_in), "mixed": q.bottom(mixed)}
             client_side.append((mixed, acts))
             got = self.channel.send(q.name, SERVER, acts)
@@ -272,16 +293,17 @@ class VerticalTrainer:
         grads = torch.autograd.grad(score_mix.sum(), [s["mixed"] for s in sent], create_graph=True)
         squares, held = [], []
         for q, (mixed, acts), g in zip(self.parties, client_side, grads, strict=True):
+            # The client: its part of the input gradient, as a function of what it got.
             g_q = self.channel.one(SERVER, q.name, "score_grad", g).requires_grad_(True)
-            q.bottom.zero_grad(set_to_none=True)
             (grad_in,) = torch.autograd.grad(acts["mixed"], mixed, g_q, create_graph=True)
             square = grad_in.reshape(b // pac, -1).pow(2).sum(dim=1)  # (B / pac,)
             held.append((g_q, square))
             squares.append(
                 self.channel.one(q.name, SERVER, "grad_square", square).requires_grad_(True)
             )
+        # The norm over each pack's whole mixed row: the clients' squares summed.
         norm = torch.stack(squares).sum(dim=0).sqrt()
-        penalty = ((norm - 1) ** 2).mean() * p.gp_weight
+        penalty = ((norm - 1) ** 2).mean() * self.p.gp_weight
         (loss_d + penalty).backward()
         score_grads_back = []
         for q, (g_q, square), sq in zip(self.parties, held, squares, strict=True):
@@ -290,11 +312,8 @@ class VerticalTrainer:
             score_grads_back.append(self.channel.one(q.name, SERVER, "score_grad_grad", _grad(g_q)))
         torch.autograd.backward(list(grads), score_grads_back)
         for q, (_, acts), s in zip(self.parties, client_side, sent, strict=True):
-            back = {k: _grad(v) for k, v in s.items()}
-            back = self.channel.send(SERVER, q.name, back)
+            back = self.channel.send(SERVER, q.name, {k: _grad(v) for k, v in s.items()})
             torch.autograd.backward([acts[k] for k in acts], [back[k] for k in acts])
-            q.opt_bottom.step()
-        self.opt_top.step()
         return float(loss_d.detach())
 
     def generator_step(self) -> float:
