@@ -90,6 +90,12 @@ def per_client_descriptions(cfg: ExperimentConfig) -> dict[str, str]:
 
 def evaluated_model(task: Task) -> str:
     """What the run's global figures evaluate, in words (``summary.json``)."""
+    if getattr(task, "samples_jointly", False):
+        # A column-split synthesizer: Federation.load_global_into_task loads every part.
+        return (
+            "the joined model: the server's federated tensors with every client's own "
+            "private part (its columns), as the clients would release their columns"
+        )
     private = task.initial_private_state()
     if not private:
         return "the global model: every trained tensor is federated"
