@@ -133,6 +133,10 @@ class FederationConfig(_Strict):
     clock: ClockConfig | None = None
     fedbuff: FedBuffConfig | None = None
     gossip: GossipConfig | None = None
+    #: Compress the broadcast model with this codec (``quantize``, ``qsgd``, ``cast``,
+    #: ``topk``, ``random_mask``): each client receives deltas from the model it last
+    #: saw (``fedgen.engine.downlink``). None: every client receives the float32 model.
+    downlink: ComponentConfig | None = None
 
     @model_validator(mode="after")
     def _one_local_budget(self) -> FederationConfig:

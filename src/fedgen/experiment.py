@@ -215,6 +215,19 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
             "the split server sees each client's raw activations and gradients; drop the "
             "DP settings or use backend process_pool/inprocess with task cgan"
         )
+    downlink = None
+    if fed_cfg.downlink is not None:
+        # The broadcast as compressed deltas from the model each client last saw.
+        from fedgen.assembly.compression import build_downlink
+
+        downlink = build_downlink(
+            fed_cfg.downlink,
+            mode=fed_cfg.mode,
+            backend=cfg.backend.name,
+            root_seed=cfg.seed,
+            initial=task.federated_state(),
+            problems=problems,
+        )
     privacy = None
     if problems or cfg.dpsgd is not None or transforms:
         # Imported here: Opacus loads only for experiments that may use DP.
@@ -254,6 +267,7 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
         client_side=RecipeClientSide(cfg),
         # federation.mode: a synchronous cohort, a FedBuff step or a gossip step per round.
         schedule=schedule_for(fed_cfg, [c.client_id for c in clients], cfg.seed),
+        downlink=downlink,
     )
     return Experiment(cfg, federation, data, evaluator=None)
 
@@ -287,7 +301,10 @@ class RecipeClientSide(ClientSide):
             fed = build_experiment(cfg).federation
         except (ConfigError, ValueError) as exc:
             raise ClientBuildError(f"this fedgen cannot build the recipe's client: {exc}") from exc
-        return ClientKit(fed.task, fed.transforms, fed.faults, fed.clients)
+        # The initial model the recipe builds: a compressed downlink's first deltas
+        # start from it.
+        initial = None if fed.downlink is None else fed.downlink.initial
+        return ClientKit(fed.task, fed.transforms, fed.faults, fed.clients, initial)
 
     def fingerprint(self) -> tuple[object, ...]:
         return (self.recipe,)

@@ -28,19 +28,29 @@ Rules:
 - not the ``split`` backend, whose clients exchange activations, not updates.
 
 On success a ``random_mask`` is bound to the run's root seed (its shared mask seed).
+
+``build_downlink`` checks and builds the codec of ``federation.downlink`` (the
+broadcast, compressed as deltas: ``fedgen.engine.downlink``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
+from pydantic import ValidationError
+
+from fedgen.config import ComponentConfig
+from fedgen.engine.downlink import Downlink
+from fedgen.registry import TRANSFORMS
 from fedgen.transforms.base import UpdateTransform
 from fedgen.transforms.clip import NormClip
 from fedgen.transforms.codec import UpdateCodec
 from fedgen.transforms.dp import ClientLevelDP
 from fedgen.transforms.secagg.transform import SecureAggregation
 from fedgen.transforms.sparsify import RandomMask
+from fedgen.types import StateDict
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +130,66 @@ def compression_problems(
             if isinstance(t, RandomMask):
                 t.bind_seed(root_seed)
     return problems
+
+
+def codec_names() -> list[str]:
+    """The registered transforms that are codecs."""
+    return [
+        name
+        for name in TRANSFORMS.names()
+        if isinstance(cls := TRANSFORMS.get(name), type) and issubclass(cls, UpdateCodec)
+    ]
+
+
+def build_downlink(
+    spec: ComponentConfig,
+    *,
+    mode: str,
+    backend: str,
+    root_seed: int,
+    initial: StateDict,
+    problems: list[str],
+) -> Downlink | None:
+    """The compressed downlink ``federation.downlink`` names, from the ``initial`` model;
+    None (and a problem with its fix appended to ``problems``) when it cannot be built or
+    does not fit the run."""
+    codecs = codec_names()
+    if spec.name not in codecs:
+        problems.append(
+            f"federation.downlink.name: {spec.name!r} is not a codec; choose from "
+            f"{', '.join(codecs)}"
+        )
+        return None
+    cls = TRANSFORMS.get(spec.name)
+    try:
+        params: dict[str, Any] = cls.Params(**spec.params).model_dump()  # type: ignore[attr-defined]
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems.append(f"federation.downlink.params: {detail}")
+        return None
+    count = len(problems)
+    if params.get("error_feedback"):
+        problems.append(
+            "federation.downlink: topk's error_feedback keeps a residual on a client; the "
+            "downlink's own error feedback is the server's (what a delta left out is part "
+            "of the next one): set federation.downlink.params.error_feedback: false"
+        )
+    if mode != "sync":
+        problems.append(
+            f"federation.downlink compresses a synchronous round's broadcast, but "
+            f"federation.mode {mode} sends clients different models; set "
+            "federation.mode: sync or remove federation.downlink"
+        )
+    if backend == "split":
+        problems.append(
+            "federation.downlink: the split backend sends each client its own blocks and "
+            "activations, not the global model; drop federation.downlink or use backend "
+            "inprocess/process_pool/flower"
+        )
+    if len(problems) > count:
+        return None
+    codec = cls(**params)
+    if isinstance(codec, RandomMask):
+        codec.bind_seed(root_seed)
+    spec_state = {"name": spec.name, "params": params, "state": codec.state_dict()}
+    return Downlink(codec, spec_state, root_seed, initial)

@@ -22,6 +22,7 @@ from fedgen.engine.faults import FaultPlan
 from fedgen.errors import FedgenError
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import UpdateTransform
+from fedgen.types import StateDict
 
 
 class UnknownClientError(FedgenError):
@@ -41,6 +42,9 @@ class ClientKit:
     faults: FaultPlan | None
     #: Shards by client id. A deployed client holds one; a simulation worker may hold all.
     shards: Mapping[int, ClientData] = field(repr=False)
+    #: The initial federated model, as the recipe builds it (the compressed downlink's
+    #: base for a client's first job); None when the run has no compressed downlink.
+    initial_state: StateDict | None = field(default=None, repr=False)
 
     def data(self, client_id: int) -> ClientData:
         """The shard of ``client_id``.

@@ -39,6 +39,7 @@ from fedgen.engine.audit import RoundAudit, RunAudit
 from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.backends.signing import ClientKeys
 from fedgen.engine.client_side import ClientKit, ClientSide, LocalClientSide
+from fedgen.engine.downlink import Downlink
 from fedgen.engine.faults import FaultPlan
 from fedgen.engine.schedule import Job, Schedule, SynchronousSchedule
 from fedgen.engine.secure_stage import SecureAggregationStage
@@ -106,6 +107,7 @@ class Federation:
         audit: RunAudit | None = None,
         client_side: ClientSide | None = None,
         schedule: Schedule | None = None,
+        downlink: Downlink | None = None,
     ) -> None:
         if (local_steps is None) == (local_epochs is None):
             raise ValueError("give exactly one of local_steps and local_epochs")
@@ -149,6 +151,9 @@ class Federation:
         #: What one round is: a synchronous cohort (default), a FedBuff step, a gossip step.
         self.schedule: Schedule = schedule or SynchronousSchedule()
         self.schedule.check(self)
+        #: Compressed downlink (``fedgen.engine.downlink``): clients start from a public
+        #: copy of the global model sent as compressed deltas; None: the global model.
+        self.downlink = downlink
 
     # -- the loop ------------------------------------------------------------
 
@@ -208,6 +213,12 @@ class Federation:
         t0 = time.perf_counter()
         step = self.schedule.begin(r, self)
         plan = step.plan
+        if self.downlink is not None:
+            # Clients start from the public copy of the global model (a synchronous
+            # round's one job); their updates are relative to it.
+            start = self.downlink.advance(r, self.global_state)
+            for job in step.jobs:
+                job.start = start
         keys = None if self.audit is None else self.audit.client_keys()
         side = self.client_side or self._local_side()
         audit = (
@@ -277,6 +288,9 @@ class Federation:
                         res.failure = (
                             "the update's signature does not verify under the client's enrolled key"
                         )
+                if self.downlink is not None:
+                    # Who holds this round's model: the next job sends them deltas only.
+                    self.downlink.settle(cid, res.ok)
                 if not res.ok:
                     reason = str(res.failure or "no update")[:200]
                     log.warning("round %d: client %d failed: %s", r, cid, reason)
@@ -400,6 +414,8 @@ class Federation:
             side or self.client_side or self._local_side(),
             secure=self.stage is not None,
             max_update_norm=self.max_update_norm,
+            downlink=self.downlink,
+            initial_state=None if self.downlink is None else self.downlink.initial,
         )
 
     def _server_step(self, r: int, agg: Aggregate, metrics: dict[str, Any]) -> None:
@@ -441,7 +457,10 @@ class Federation:
     def _local_side(self) -> ClientSide:
         """The client side made of this federation's own objects (the process pool
         compares fingerprints, so a fresh wrapper each round reuses its workers)."""
-        return LocalClientSide(ClientKit(self.task, self.transforms, self.faults, self.clients))
+        initial = None if self.downlink is None else self.downlink.initial
+        return LocalClientSide(
+            ClientKit(self.task, self.transforms, self.faults, self.clients, initial)
+        )
 
     # -- state ---------------------------------------------------------------
 
@@ -472,6 +491,7 @@ class Federation:
             "transforms": [t.state_dict() for t in self.transforms],
             "history": self.history,
             "schedule": self.schedule.state_dict(),
+            **({"downlink": self.downlink.state_dict()} if self.downlink is not None else {}),
             "noise_key": key_to_state(self.noise_key),
             **({"privacy": self.privacy.state_dict()} if self.privacy is not None else {}),
             **({"audit": self.audit.state_dict()} if self.audit is not None else {}),
@@ -551,6 +571,15 @@ class Federation:
             self.audit.load_state_dict(state["audit"])
         # Checkpoints from before schedules hold none: they were synchronous.
         self.schedule.load_state_dict(state.get("schedule", {}))
+        if self.downlink is not None:
+            if "downlink" not in state:
+                from fedgen.errors import CheckpointError
+
+                raise CheckpointError(
+                    "the checkpoint holds no downlink state, but this run compresses the "
+                    "downlink (federation.downlink); resume with the run folder's config.yaml"
+                )
+            self.downlink.load_state_dict(state["downlink"])
         self.next_round = int(state["next_round"])
         self.history = list(state["history"])
 

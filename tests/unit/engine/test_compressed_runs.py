@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_federation import interrupt_at
 from tiny_federation import tiny_config
 
 from fedgen.engine.backends import local_training
@@ -75,20 +76,6 @@ def test_process_pool_matches_in_process_with_a_codec(mnist_dir):
     for cid, private in ref.private_states.items():
         assert private.keys() == pool.private_states[cid].keys()
         assert all(torch.equal(v, pool.private_states[cid][k]) for k, v in private.items())
-
-
-def interrupt_at(task, call: int) -> None:
-    """Raise KeyboardInterrupt (as Ctrl-C would) on the task's ``call``-th local training."""
-    original = task.train_local
-    calls = {"n": 0}
-
-    def train_local(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == call:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    task.train_local = train_local
 
 
 def test_a_run_with_error_feedback_resumes_bit_identically(mnist_dir, tmp_path):

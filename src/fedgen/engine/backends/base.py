@@ -11,6 +11,7 @@ from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.secagg_client import answer_phase
 from fedgen.engine.backends.signing import ClientKeys
 from fedgen.engine.client_side import ClientSide
+from fedgen.engine.downlink import DownlinkSource
 from fedgen.engine.faults import FaultPlan
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import UpdateTransform
@@ -39,6 +40,11 @@ class LocalWork:
     #: update (``max_update_norm``), keeps it, and replies without it (``held``).
     secure: bool = False
     max_update_norm: float | None = None
+    #: Compressed downlink (``fedgen.engine.downlink``): what each client's job carries
+    #: instead of ``global_state`` (deltas since the model it holds); None: the state.
+    downlink: DownlinkSource | None = None
+    #: The initial model the client builds from the recipe (the downlink's version -1).
+    initial_state: StateDict | None = field(default=None, repr=False)
 
 
 class Backend(ABC):

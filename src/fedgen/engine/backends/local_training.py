@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from fedgen.engine.backends.secagg_client import hold_update
 from fedgen.engine.backends.signing import ClientKeys, sign_result
 from fedgen.engine.client_side import ClientKit
 from fedgen.engine.ditto import ditto_settings, train_personal
+from fedgen.engine.downlink import ReceivedDownlink, receive
 from fedgen.engine.faults import FaultPlan
 from fedgen.engine.proximal import anchored_parameters, proximal_mu, proximal_term
 from fedgen.errors import ClientUpdateError
@@ -76,12 +78,20 @@ def run_client(
     fault = work.faults.draw(ins.seed) if work.faults is not None else None
     if work.faults is not None:
         work.faults.before_training(fault)
+    # The transforms' own private tensors (error-feedback residuals, the client's copy of
+    # the last model it received) stay with the client beside the task's, but the task
+    # never loads them.
+    private_state, carried = split_transform_private(private_state)
+    if work.downlink is not None:
+        # Compressed downlink: the client's copy of the model, brought up to this round's
+        # from the deltas in its job, is what it starts from (checked by its digest).
+        start = receive(
+            work.downlink, ins.client_id, carried, task.federated_state(), work.initial_state
+        )
+        work = replace(work, global_state=start, downlink=None)
     task.load_state(work.global_state)
     if task.privacy_engine is not None:
         task.privacy_engine.noise_key = work.noise_key
-    # The transforms' own private tensors (error-feedback residuals) stay
-    # with the client beside the task's, but the task never loads them.
-    private_state, carried = split_transform_private(private_state)
     # A client without private state yet starts from the task's initial private tensors,
     # never from those the previous client left in this reused task instance.
     task.load_state(private_state or task.initial_private_state())
@@ -189,7 +199,9 @@ def answer_job(
     client_id = -1 if expected_client is None else expected_client
     try:
         message = decode(job)
-        ins, work, num_clients = work_from_job(message, task, kit.transforms, kit.faults, keys)
+        ins, work, num_clients = work_from_job(
+            message, task, kit.transforms, kit.faults, keys, kit.initial_state
+        )
         if expected_client is not None and ins.client_id != expected_client:
             raise WireError(f"a job for client {ins.client_id} reached client {expected_client}")
         client_id = ins.client_id
@@ -205,14 +217,20 @@ def answer_job(
 def job_message(ins: ClientInstruction, work: LocalWork, num_clients: int) -> Message:
     """What the server sends one client for a round: the global state and its instruction.
 
+    Under downlink compression the arrays are the compressed deltas since the model the
+    client last received (or that model whole), described by ``meta["downlink"]``.
+
     ``meta`` holds the instruction (client id, seed, config), the round, the step
     budget, the run's DP noise key (hex) and each transform's ``state_dict()`` (its
     client half reads nothing else that changes between rounds, e.g. an adaptive
     clip bound). The client's private state and signing key are not in it: they are
     the client's own and never cross the wire.
     """
+    arrays, downlink = (
+        (work.global_state, None) if work.downlink is None else work.downlink.payload(ins.client_id)
+    )
     return Message(
-        work.global_state,
+        arrays,
         {
             "client_id": ins.client_id,
             "seed": ins.seed,
@@ -225,6 +243,7 @@ def job_message(ins: ClientInstruction, work: LocalWork, num_clients: int) -> Me
             "transforms": [t.state_dict() for t in work.transforms],
             "secure": work.secure,
             "max_update_norm": work.max_update_norm,
+            "downlink": downlink,
         },
     )
 
@@ -235,11 +254,13 @@ def work_from_job(
     transforms: Sequence[UpdateTransform],
     faults: FaultPlan | None,
     keys: ClientKeys | None,
+    initial_state: StateDict | None = None,
 ) -> tuple[ClientInstruction, LocalWork, int]:
     """The instruction, the work and the cohort size a client reads from its job.
 
-    ``task``, ``transforms`` and ``faults`` are the client's own copies, built from the
-    recipe; the job's transform states are loaded into ``transforms``.
+    ``task``, ``transforms``, ``faults`` and ``initial_state`` (the initial model) are the
+    client's own, built from the recipe; the job's transform states are loaded into
+    ``transforms``.
 
     Raises:
         WireError: the job's meta lacks a field or has a transform state too many or few.
@@ -261,9 +282,12 @@ def work_from_job(
         norm = meta["max_update_norm"]
         if norm is not None and (type(norm) not in (int, float) or not norm > 0):
             raise WireError(f"the job's max_update_norm {norm!r:.30} is not a number > 0")
+        downlink = meta["downlink"]
+        if downlink is not None and not isinstance(downlink, dict):
+            raise WireError("the job's downlink must be a mapping or null")
         work = LocalWork(
             task,
-            job.arrays,
+            job.arrays if downlink is None else {},
             transforms,
             meta["local_steps"],
             meta["local_epochs"],
@@ -273,6 +297,10 @@ def work_from_job(
             keys,
             secure=meta["secure"] is True,
             max_update_norm=norm,
+            downlink=None
+            if downlink is None
+            else ReceivedDownlink(job.arrays, downlink, ins.client_id),
+            initial_state=initial_state,
         )
         return ins, work, meta["num_clients"]
     except (KeyError, TypeError, ValueError) as exc:

@@ -1,0 +1,276 @@
+"""Downlink compression: each client receives the model as a compressed delta from the
+last model it saw, not the float32 model every round.
+
+The server keeps one public chain of models, the same for every client::
+
+    V_r = V_{r-1} + decode(encode(G_r - V_{r-1}))
+
+``G_r`` is the server's global model and ``encode`` an update codec (``quantize``,
+``qsgd``, ``cast``, ``topk``, ``random_mask``). The server goes on training ``G``;
+what compression dropped, ``G_r - V_r``, is part of the next delta, so nothing is lost
+for good (error feedback on the server, as in DoubleSqueeze, Tang et al. 2019, and
+EF21-P, Gruntkowska et al. 2023). Clients train from ``V_r``: their updates are
+relative to it (the round's ``Job.start``), and the strategy applies their aggregate
+to ``G_r``.
+
+A client that last saw ``V_s`` receives the encoded deltas ``s+1 .. r`` and adds them
+to its own copy of ``V_s``, kept in its private state (``DOWNLINK_PREFIX``). Every
+client already holds ``V_{-1}``, the initial model: it builds it from the recipe's seed
+(``ClientKit.initial_state``), so even its first job is deltas. A client whose missed
+deltas would outweigh the model, or that failed a round, receives ``V_r`` whole. Every
+job names ``V_r``'s digest: a client whose copy does not reach it (a lost private
+state, a job it never got) fails that round with the reason before it trains, and the
+server sends it the whole model the next time. Because every client holds the same
+``V_r``, a round's clients still start from one state, as without compression.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from fedgen.ledger.digest import state_digest
+from fedgen.registry import TRANSFORMS
+from fedgen.seeding import derive_seed
+from fedgen.transforms.base import PRIVATE_PREFIX, TransformContext
+from fedgen.transforms.codec import UpdateCodec
+from fedgen.types import StateDict
+
+#: Where a client keeps its copy of the model it last received (a transform-like
+#: private tensor per model tensor: checkpoints check each against its model tensor).
+DOWNLINK_PREFIX = PRIVATE_PREFIX + "downlink/"
+#: Array names of a job's deltas: ``DELTA_PREFIX + "<version>/" + <encoded array name>``.
+DELTA_PREFIX = "__down__/"
+
+
+class DownlinkSource(Protocol):
+    """What a client's job carries for its start model: arrays and their description."""
+
+    def payload(self, client_id: int) -> tuple[StateDict, dict[str, Any]]:
+        """The arrays and meta of ``client_id``'s job (``receive`` reads them)."""
+        ...
+
+
+def codec_from_spec(spec: dict[str, Any]) -> UpdateCodec:
+    """The codec a job's ``spec`` names (``{"name", "params", "state"}``).
+
+    Raises:
+        ValueError: the spec names no registered codec, or params it does not take.
+    """
+    try:
+        name, params, state = spec["name"], spec["params"], spec["state"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"a malformed downlink codec spec: {exc!r}") from exc
+    if not isinstance(name, str) or name not in TRANSFORMS:
+        raise ValueError(f"the downlink codec {str(name)[:40]!r} is not registered")
+    cls = TRANSFORMS.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, UpdateCodec)):
+        raise ValueError(f"{name!r} is not a codec (quantize, qsgd, cast, topk, random_mask)")
+    if not isinstance(params, dict):
+        raise ValueError("the downlink codec's params must be a mapping")
+    try:
+        checked = cls.Params(**params).model_dump()  # type: ignore[attr-defined]
+    except ValueError as exc:
+        raise ValueError(f"the downlink codec's params are not {name}'s: {exc}") from exc
+    codec = cls(**checked)
+    codec.load_state_dict(state)
+    return codec
+
+
+def _context(seed: int, version: int) -> TransformContext:
+    """Where the server encodes (and a client decodes) the delta to ``version``."""
+    return TransformContext(
+        round=version, client_id=None, seed=derive_seed(seed, version), num_clients=0
+    )
+
+
+def _delta_nbytes(encoded: StateDict) -> int:
+    return sum(t.numel() * t.element_size() for t in encoded.values())
+
+
+class Downlink:
+    """The server's side: the public chain of models, its recent deltas, who holds what.
+
+    Args:
+        codec: encodes each delta (its own error feedback is the server's, so a ``topk``
+            must come without its client-side residual).
+        spec: how a client builds the same codec (``codec_from_spec``).
+        seed: the run's root seed; each delta's rounding noise is drawn from it.
+    """
+
+    def __init__(
+        self, codec: UpdateCodec, spec: dict[str, Any], seed: int, initial: StateDict
+    ) -> None:
+        self.codec = codec
+        self.spec = spec
+        self.seed = derive_seed(seed, "downlink")
+        #: The initial model (version -1), which every client builds from the recipe; a
+        #: simulation hands its clients this copy (``LocalWork.initial_state``).
+        self.initial: StateDict = {k: v.clone() for k, v in initial.items()}
+        #: The public model, from version -1 on.
+        self.view: StateDict = dict(self.initial)
+        self.version = -1
+        self.digest = state_digest(self.view)
+        #: Encoded delta to each kept version from the one before it ({}: no change).
+        self.deltas: dict[int, StateDict] = {}
+        #: The version each client holds, as far as the server knows (absent: the
+        #: initial model; None: unknown, so the model goes out whole).
+        self.synced: dict[int, int | None] = {}
+
+    def advance(self, version: int, global_state: StateDict) -> StateDict:
+        """Bring the public model to ``version`` from ``global_state``; return it."""
+        if version != self.version:
+            diff = {
+                k: (g - self.view[k]) if g.is_floating_point() else g
+                for k, g in global_state.items()
+            }
+            if all(
+                torch.equal(d, self.view[k]) if not d.is_floating_point() else not d.any()
+                for k, d in diff.items()
+            ):
+                # Nothing changed (round 0 starts from the initial model): nothing to send.
+                self.deltas[version] = {}
+            else:
+                ctx = _context(self.seed, version)
+                encoded, _ = self.codec.on_client(diff, ctx)
+                decoded = self.codec.decode(encoded, self.view, ctx)
+                self.view = apply_delta(self.view, decoded)
+                self.deltas[version] = encoded
+            self._prune()
+        self.version = version
+        self.digest = state_digest(self.view)
+        return self.view
+
+    def _prune(self) -> None:
+        """Keep only the newest deltas that together weigh less than the model: a
+        client further behind gets the model whole."""
+        assert self.view is not None
+        budget = sum(t.numel() * t.element_size() for t in self.view.values())
+        kept = 0
+        for version in sorted(self.deltas, reverse=True):
+            kept += _delta_nbytes(self.deltas[version])
+            if kept > budget:
+                del self.deltas[version]
+
+    def payload(self, client_id: int) -> tuple[StateDict, dict[str, Any]]:
+        """``client_id``'s job arrays: the deltas since the model it holds, or the model."""
+        base = self.synced.get(client_id, -1)
+        meta = {
+            "codec": self.spec,
+            "seed": self.seed,
+            "version": self.version,
+            "digest": self.digest,
+        }
+        missing = range(base + 1, self.version + 1) if base is not None else range(0)
+        if base is None or base > self.version or any(v not in self.deltas for v in missing):
+            return self.view, {**meta, "base": None}
+        arrays = {
+            f"{DELTA_PREFIX}{v}/{name}": tensor
+            for v in missing
+            for name, tensor in self.deltas[v].items()
+        }
+        return arrays, {**meta, "base": base}
+
+    def settle(self, client_id: int, delivered: bool) -> None:
+        """After a client's result: it holds this version, or (failed) maybe not."""
+        # A failed client may never have got the job, or kept its old copy (or built
+        # another initial model): the model goes out whole the next time.
+        self.synced[client_id] = self.version if delivered else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to continue bit-identically."""
+        return {
+            "version": self.version,
+            "view": {k: v.clone() for k, v in self.view.items()},
+            "deltas": {str(v): dict(d) for v, d in self.deltas.items()},
+            "synced": {str(c): v for c, v in self.synced.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+        self.version = int(state["version"])
+        self.view = dict(state["view"])
+        self.deltas = {int(v): dict(d) for v, d in state["deltas"].items()}
+        self.synced = {int(c): None if v is None else int(v) for c, v in state["synced"].items()}
+        self.digest = state_digest(self.view)
+
+
+class ReceivedDownlink:
+    """A client's side of a decoded job: the arrays and meta it was sent."""
+
+    def __init__(self, arrays: StateDict, meta: dict[str, Any], client_id: int) -> None:
+        self.arrays, self.meta, self.client_id = arrays, meta, client_id
+
+    def payload(self, client_id: int) -> tuple[StateDict, dict[str, Any]]:
+        if client_id != self.client_id:
+            raise ValueError(f"a job for client {self.client_id} read by client {client_id}")
+        return self.arrays, self.meta
+
+
+def apply_delta(view: StateDict, delta: StateDict) -> StateDict:
+    """``view`` plus ``delta`` (a non-floating tensor's delta is its new value)."""
+    return {
+        k: (v + delta[k]) if v.is_floating_point() else delta[k].clone() for k, v in view.items()
+    }
+
+
+def receive(
+    source: DownlinkSource,
+    client_id: int,
+    own: StateDict,
+    model: StateDict,
+    initial: StateDict | None,
+) -> StateDict:
+    """The model a client starts from: its copy brought up to the job's version.
+
+    ``own`` is the client's transforms' private tensors, where its copy lives; it is
+    updated in place. ``model`` names the tensors (shapes, dtypes) the job must give;
+    ``initial`` is the initial model the client built from the recipe (version -1).
+
+    Raises:
+        ValueError: the client's copy is missing or does not reach the job's digest.
+    """
+    arrays, meta = source.payload(client_id)
+    codec = codec_from_spec(meta["codec"])
+    base, version = meta["base"], int(meta["version"])
+    if base is None:
+        if arrays.keys() != model.keys():
+            raise ValueError("the job's model has other tensors than this task's")
+        view = dict(arrays)
+    else:
+        base = int(base)
+        if base == -1:
+            if initial is None:
+                raise ValueError(
+                    "the job sends deltas from the initial model, which this client lacks"
+                )
+            view = {k: initial[k] for k in model if k in initial}
+        else:
+            view = {k: own[DOWNLINK_PREFIX + k] for k in model if DOWNLINK_PREFIX + k in own}
+        if view.keys() != model.keys():
+            raise ValueError(
+                f"the job sends deltas from version {base}, but this client keeps no copy "
+                "of that model (a lost private state): the server sends the whole model "
+                "the next time"
+            )
+        by_version: dict[int, StateDict] = {}
+        for name, tensor in arrays.items():
+            head, sep, rest = name.removeprefix(DELTA_PREFIX).partition("/")
+            if not name.startswith(DELTA_PREFIX) or not sep or not head.isdecimal():
+                raise ValueError(f"a job's array {name[:60]!r} is not a downlink delta")
+            by_version.setdefault(int(head), {})[rest] = tensor
+        if not set(by_version) <= set(range(base + 1, version + 1)):
+            raise ValueError(f"the job's deltas are not of versions {base + 1}..{version}")
+        # A version absent from the job changed nothing (its delta is empty).
+        for v in sorted(by_version):
+            ctx = _context(int(meta["seed"]), v)
+            view = apply_delta(view, codec.decode(by_version[v], view, ctx))
+    if state_digest(view) != meta["digest"]:
+        raise ValueError(
+            f"this client's copy of model version {version} differs from the server's "
+            "(digest mismatch): the server sends the whole model the next time"
+        )
+    for key, tensor in view.items():
+        own[DOWNLINK_PREFIX + key] = tensor
+    return view
