@@ -4,7 +4,8 @@ For the conditional GAN and the conditional VAE on Fashion-MNIST (10 clients,
 Dirichlet 0.5, FedAvg, the recipes ``configs/fmnist_cgan.yaml`` and
 ``configs/fmnist_cvae.yaml``), one run per codec setting, all with the same rounds:
 float32 FedAvg (no codec), ``cast`` float16/bfloat16, ``quantize`` 8/4/2 bits,
-``qsgd`` 4/2 bits, ``topk`` 10%/1% with error feedback, ``random_mask`` 10%. Bytes
+``qsgd`` 4/2 bits, ``topk`` 10%/1% with error feedback, ``random_mask`` 10%, and 2-bit
+``quantize`` replies with a compressed downlink (8/4/2-bit deltas). Bytes
 are what the run's wire messages carried (``summary.json``'s ``bytes_up`` and
 ``bytes_total``), relative to float32 FedAvg's. The float32 run is evaluated every
 ``--baseline-every`` rounds, so each row also gives float32's quality at the bytes
@@ -45,6 +46,14 @@ SETTINGS: dict[str, str] = {
     "qsgd-4": "[{name: qsgd, params: {bits: 4}}]",
     "cast-bfloat16": "[{name: cast, params: {dtype: bfloat16}}]",
 }
+#: setting -> federation.downlink (the broadcast as compressed deltas); the rest send
+#: the float32 model. Each pairs 2-bit quantization of the replies with a downlink codec.
+DOWNLINK: dict[str, str] = {
+    "quantize-2+down-quantize-4": "{name: quantize, params: {bits: 4}}",
+    "quantize-2+down-quantize-2": "{name: quantize, params: {bits: 2}}",
+    "quantize-2+down-quantize-8": "{name: quantize, params: {bits: 8}}",
+}
+SETTINGS.update({name: SETTINGS["quantize-2"] for name in DOWNLINK})
 #: float32 FedAvg stopped after half the rounds (its TSTR at about half the bytes).
 HALF = "float32-half-rounds"
 #: What every run shares: the in-process backend (the benchmark is pinned to one core),
@@ -73,8 +82,10 @@ NOTES = [
     "Fashion-MNIST, 10 clients, Dirichlet(0.5), FedAvg (fraction 0.4, EMA 0.9), 30 local "
     "steps a round, in-process backend on one pinned core; every row the same rounds.",
     "bytes: the encoded lengths of the runs' wire messages (fedgen.wire); up = client "
-    "replies, total = replies + jobs (the float32 global state broadcast each round: "
-    "downlink compression is not built, so total_x_fewer stays below 2).",
+    "replies, total = replies + jobs. Jobs carry the float32 global state, except in the "
+    "+down-* rows (federation.downlink): there each job carries the compressed deltas "
+    "since the model the client last received (the initial model, built from the recipe, "
+    "included).",
     "x_fewer = float32's bytes / the row's; tstr_points_lost = 100 * (float32's final TSTR "
     "- the row's); f32_*_at_equal_bytes: the float32 run's quality at its last "
     "evaluation within the row's total bytes ('-' when it had none that early): Frechet "
@@ -136,6 +147,7 @@ def main() -> None:
                 *COMMON,
                 f"name=compression-{task}-{setting}",
                 f"transforms={SETTINGS.get(setting, '[]')}",
+                f"federation.downlink={DOWNLINK.get(setting, 'null')}",
                 f"eval.every={every}",
                 *args.overrides,
             ]
