@@ -183,8 +183,11 @@ def sample(
                     f"no client {client} in this run; clients are 0..{len(fed.clients) - 1}"
                 )
             )
-        # Its personal tensors (private adapters, a private head) over the global model.
-        task.load_state(fed.private_states.get(client) or task.initial_private_state())
+        # Its own model: personal tensors (private adapters, FedPer layers) over the global
+        # model, or its Ditto model (a transform's own tensors are not the task's).
+        from fedgen.engine.client_models import load_client_model
+
+        load_client_model(fed, client)
     gen = torch_generator(seed, "cli-sample")
     if prompt is not None:
         from fedgen.modality import Conditioning

@@ -470,7 +470,7 @@ class Federation:
         The task's private tensors (personal layers, partial-federation blocks) are set to
         their initial values, not to whichever client this instance trained last: the
         global model is the federated tensors alone. Each client's own model is
-        ``fedgen.engine.client_models.client_model``.
+        ``fedgen.engine.client_models.load_client_model``.
         """
         self.task.load_state(self.task.initial_private_state())
         self.task.load_state(self.strategy.evaluation_state(self.global_state))

@@ -6,7 +6,7 @@ client's personal one); what matters to a client is how well that model generate
 
 - **per-client TSTR**: a fresh ``SmallCNN`` trained on ``n`` samples whose labels follow
   ``p_k``, scored on real test images of the client's classes (up to ``TEST_PER_CLASS``
-  each, a fixed draw) with each class's recall weighted by ``p_k``
+  each and no more than ``n``, a fixed draw) with each class's recall weighted by ``p_k``
   (``sum_c p_k[c] * recall_c``): its expected accuracy on test data drawn as the
   client's own;
 - **per-client Frechet distance**: ``n`` samples with labels following ``p_k`` against
@@ -93,13 +93,13 @@ class ClientQuality:
         self.epochs = epochs
         self.seed = seed
         self._by_class = [torch.nonzero(test_labels == c).flatten() for c in range(num_classes)]
-        # TSTR scores each class on at most TEST_PER_CLASS of its test images (a fixed
-        # draw): per-class recall to within a few points, at a fraction of the cost of
-        # classifying the whole split once per client and model.
+        # TSTR scores each class on at most TEST_PER_CLASS of its test images, and no more
+        # than the samples drawn (a fixed draw): per-class recall to within a few points,
+        # at a fraction of the cost of classifying the whole split per client and model.
+        per_class = min(TEST_PER_CLASS, samples)
         gen = torch_generator(seed, "tstr-rows")
         self._tstr_rows = [
-            rows[torch.randperm(len(rows), generator=gen)[:TEST_PER_CLASS]]
-            for rows in self._by_class
+            rows[torch.randperm(len(rows), generator=gen)[:per_class]] for rows in self._by_class
         ]
 
     def labels_for(self, proportions: torch.Tensor, client_id: int) -> torch.Tensor:

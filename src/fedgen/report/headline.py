@@ -26,6 +26,26 @@ QUALITY: tuple[tuple[str, str, Callable[[float], str], str], ...] = (
     ("perplexity", "perplexity", format_number, "held-out text, lower is better"),
     ("quality_score", "quality score", format_share, "SDMetrics, higher is better"),
     ("ml_efficacy", "ML efficacy", format_number, "train on synthetic rows, test on real"),
+    # Per-client figures (eval.per_client): the worst-served tenth of clients, each on
+    # its own label distribution, with the global model and with its own.
+    (
+        "client_tstr_accuracy_global_worst_decile",
+        "worst-decile client TSTR, global model",
+        format_share,
+        "each client's own label mix, higher is better",
+    ),
+    (
+        "client_tstr_accuracy_personal_worst_decile",
+        "worst-decile client TSTR, own model",
+        format_share,
+        "FedPer layers or Ditto model, higher is better",
+    ),
+    (
+        "client_tstr_accuracy_finetuned_worst_decile",
+        "worst-decile client TSTR, fine-tuned",
+        format_share,
+        "after local fine-tuning, higher is better",
+    ),
 )
 
 

@@ -290,3 +290,39 @@ def test_ditto_composes_with_secure_aggregation(mnist_dir):
 def test_personalization_that_would_leak_past_dp_is_refused(mnist_dir, overrides, match):
     with pytest.raises((ConfigError, ParamsError), match=match):
         build_experiment(tiny_config(mnist_dir, **overrides))
+
+
+def test_a_run_reports_per_client_figures_for_each_model(mnist_dir, tmp_path):
+    # Prepare: one round of FedPer layers, a small evaluation, per-client on.
+    from fedgen.experiment import run_experiment
+
+    cfg = tiny_config(
+        mnist_dir,
+        **{
+            "federation.rounds": 1,
+            "task.params": FEDPER,
+            "data.partition.kind": "dirichlet",
+            "data.partition.params": "{alpha: 0.1}",
+            "eval.every": 0,
+            "eval.num_quality_samples": 50,
+            "eval.tstr_samples": 50,
+            "eval.tstr_epochs": 1,
+            "eval.per_client": "true",
+            "eval.per_client_samples": 40,
+            "eval.personalize_steps": 1,
+        },
+    )
+    # Execute
+    summary = run_experiment(cfg, tmp_path / "run", progress=False)
+    # Assert: every model's mean and worst decile, each described; worst <= mean for TSTR.
+    for model in ("global", "personal", "finetuned"):
+        for figure in ("tstr_accuracy", "frechet_distance"):
+            key = f"client_{figure}_{model}"
+            assert summary[key] >= 0 and key in summary["descriptions"], key
+            assert f"{key}_worst_decile" in summary["descriptions"], key
+        tstr = f"client_tstr_accuracy_{model}"
+        assert summary[f"{tstr}_worst_decile"] <= summary[tstr] <= 1
+        fd = f"client_frechet_distance_{model}"
+        assert summary[f"{fd}_worst_decile"] >= summary[fd]
+    assert "6 private tensors" in summary["evaluated_model"]
+    assert "initial values" in summary["evaluated_model"]
