@@ -56,6 +56,7 @@ EXAMPLES: dict[tuple[str, str], dict[str, object]] = {
     ("transform", "client_dp"): {"noise_multiplier": 1.0},
     ("partitioner", "dirichlet"): {"alpha": 0.5},
     ("partitioner", "quantity"): {"alpha": 0.5},
+    ("partitioner", "table_vertical"): {"columns": [["age"], ["educ"]]},
 }
 
 COMPONENTS = [(kind, name) for kind, (registry, _, _) in KINDS.items() for name in registry.names()]
