@@ -96,7 +96,8 @@ def evaluated_model(task: Task) -> str:
             "the joined model: the server's federated tensors with every client's own "
             "private part (its columns), as the clients would release their columns"
         )
-    private = task.initial_private_state()
+    # Model tensors only: a table task's kept Adam moments ("optimizer/...") are no model.
+    private = {k: v for k, v in task.initial_private_state().items() if "/" not in k}
     if not private:
         return "the global model: every trained tensor is federated"
     count = sum(v.numel() for v in private.values())

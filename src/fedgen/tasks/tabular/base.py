@@ -23,6 +23,8 @@ from pydantic import Field
 from fedgen.data.table_encoder import CategoricalEncoding, TableEncoder
 from fedgen.modality import Conditioning, DataSpec, Modality
 from fedgen.tasks.base import Task, TaskParams
+from fedgen.tasks.tabular import optimizer_state
+from fedgen.types import StateDict
 
 #: Batches ``sample`` generates, at most, while filtering for a condition.
 MAX_CONDITION_TRIES = 50
@@ -35,6 +37,9 @@ class TableTaskParams(TaskParams):
     lr: float = Field(2e-4, gt=0)
     #: Rows generated per forward pass when sampling.
     sample_batch: int = Field(1000, ge=1)
+    #: Each client keeps its Adam moments between rounds (its private state, never sent;
+    #: ``fedgen.tasks.tabular.optimizer_state``); false starts every round from a fresh Adam.
+    keep_optimizer: bool = True
 
 
 class TableTask(Task):
@@ -47,7 +52,46 @@ class TableTask(Task):
     def __init__(self, params: TaskParams, encoder: TableEncoder, seed: int) -> None:
         self.encoder = encoder
         self.spans = encoder.spans()
+        #: The loaded client's Adam moments (``optimizer_state`` keys); empty: fresh ones.
+        self._optimizer: StateDict = {}
         super().__init__(params, 0, (0, 0, 0), seed)
+
+    # -- optimizer state kept by the client ------------------------------------------
+
+    def optimizer_groups(self) -> dict[str, list[str]]:
+        """The modules each of the task's optimizers trains, by optimizer (default: none)."""
+        return {}
+
+    def _named(self, group: str) -> list[tuple[str, torch.nn.Parameter]]:
+        return [
+            (f"{m}.{k}", param)
+            for m in self.optimizer_groups()[group]
+            for k, param in self.modules[m].named_parameters()
+        ]
+
+    def private_state(self) -> StateDict:
+        """The private tensors and, with ``keep_optimizer``, the client's Adam moments."""
+        state = super().private_state()
+        if self.params.keep_optimizer:  # type: ignore[attr-defined]
+            for group in self.optimizer_groups():
+                fresh = optimizer_state.zero_state(group, self._named(group))
+                state.update({k: self._optimizer.get(k, v).clone() for k, v in fresh.items()})
+        return state
+
+    def load_state(self, state: StateDict) -> None:
+        own = {k: v for k, v in state.items() if k.startswith(optimizer_state.PREFIX)}
+        super().load_state({k: v for k, v in state.items() if k not in own})
+        self._optimizer.update({k: v.clone() for k, v in own.items()})
+
+    def make_optimizer(self, group: str, **options: Any) -> torch.optim.Adam:
+        """An Adam over ``group``'s modules, resuming the loaded client's moments when kept."""
+        kept = self._optimizer if self.params.keep_optimizer else {}  # type: ignore[attr-defined]
+        return optimizer_state.adam(group, self._named(group), kept, **options)
+
+    def keep_optimizer(self, group: str, opt: torch.optim.Adam) -> None:
+        """Remember ``opt``'s moments for ``private_state`` (with ``keep_optimizer``)."""
+        if self.params.keep_optimizer:  # type: ignore[attr-defined]
+            self._optimizer.update(optimizer_state.export(group, self._named(group), opt))
 
     @classmethod
     def from_spec(cls, params: TaskParams, spec: DataSpec, seed: int) -> Task:

@@ -108,6 +108,9 @@ class CtganTask(TableTask):
     def cond_dim(self) -> int:
         return sum(enc.width for enc, _ in self.encoder.categorical())
 
+    def optimizer_groups(self) -> dict[str, list[str]]:
+        return {"generator": ["generator"], "critic": ["critic"]}
+
     def build(self) -> dict[str, nn.Module]:
         p, dim = self.params, self.encoder.dim
         return {
@@ -184,12 +187,8 @@ class CtganTask(TableTask):
         p = self.params
         lr = float(config.get("lr", p.lr))
         gen, critic = self.modules["generator"], self.modules["critic"]
-        opt_g = torch.optim.Adam(
-            gen.parameters(), lr=lr, betas=p.betas, weight_decay=p.weight_decay
-        )
-        opt_d = torch.optim.Adam(
-            critic.parameters(), lr=lr, betas=p.betas, weight_decay=p.weight_decay
-        )
+        opt_g = self.make_optimizer("generator", lr=lr, betas=p.betas, weight_decay=p.weight_decay)
+        opt_d = self.make_optimizer("critic", lr=lr, betas=p.betas, weight_decay=p.weight_decay)
         gen.train()
         critic.train()
         rng = np.random.default_rng(seeded_global_rng(generator))
@@ -224,6 +223,8 @@ class CtganTask(TableTask):
                 opt_g.step()
                 totals["loss/generator"] += loss_g.item()
                 totals["loss/critic"] += loss_d.item()
+        self.keep_optimizer("generator", opt_g)
+        self.keep_optimizer("critic", opt_d)
         return {k: v / max(steps, 1) for k, v in totals.items()}
 
     def generate(

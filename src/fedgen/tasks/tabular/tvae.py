@@ -76,6 +76,9 @@ class TvaeTask(TableTask):
 
     params: Params
 
+    def optimizer_groups(self) -> dict[str, list[str]]:
+        return {"vae": ["encoder", "decoder"]}
+
     def build(self) -> dict[str, nn.Module]:
         p, dim = self.params, self.encoder.dim
         return {
@@ -116,8 +119,7 @@ class TvaeTask(TableTask):
         assert isinstance(data, TableClientData)
         p = self.params
         lr = float(config.get("lr", p.lr))
-        parameters = [q for m in self.modules.values() for q in m.parameters()]
-        opt = torch.optim.Adam(parameters, lr=lr, weight_decay=p.weight_decay)
+        opt = self.make_optimizer("vae", lr=lr, weight_decay=p.weight_decay)
         for m in self.modules.values():
             m.train()
         batches = data.batches(p.batch_size, generator)
@@ -135,6 +137,7 @@ class TvaeTask(TableTask):
                     self._decoder().sigma.clamp_(0.01, 1.0)
                 totals["loss/reconstruction"] += recon.item()
                 totals["loss/kl"] += kl.item()
+        self.keep_optimizer("vae", opt)
         return {k: v / max(steps, 1) for k, v in totals.items()}
 
     def generate(

@@ -133,9 +133,16 @@ class VerticalCtganTask(TableTask):
         gp_weight: float = Field(10.0, ge=0)
         weight_decay: float = Field(1e-6, ge=0)
         tau: float = Field(0.2, gt=0)
+        #: Not built here: backend vertical starts every party's optimizer each round.
+        keep_optimizer: bool = False
 
         @model_validator(mode="after")
         def _batch_fills_packs(self) -> VerticalCtganTask.Params:
+            if self.keep_optimizer:
+                raise ValueError(
+                    "keep_optimizer is not built for vertical_ctgan (its optimizers start "
+                    "each round); leave it false"
+                )
             if self.batch_size % self.pac:
                 raise ValueError(
                     f"batch_size {self.batch_size} must be a multiple of pac {self.pac}"
