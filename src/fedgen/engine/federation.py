@@ -143,7 +143,9 @@ class Federation:
             (t for t in self.transforms if isinstance(t, SecureAggregation)), None
         )
         #: The stage that turns the clients' held updates into the aggregate, if any.
-        self.stage = None if self.secagg is None else SecureAggregationStage(self.secagg)
+        self.stage = (
+            None if self.secagg is None else SecureAggregationStage(self.secagg, self.transforms)
+        )
         self.global_state: StateDict = task.federated_state()
         self.private_states: dict[int, StateDict] = {}
         self.next_round = 0

@@ -13,14 +13,16 @@ server never holds an individual update.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fedgen.engine.audit import RoundAudit
-from fedgen.engine.backends.secagg_client import vector_layout
+from fedgen.engine.backends.secagg_client import compact_reference, vector_layout
 from fedgen.ledger import state_digest
 from fedgen.seeding import derive_seed
 from fedgen.strategies.base import Aggregate, Strategy
+from fedgen.transforms.base import UpdateTransform
+from fedgen.transforms.codec import decode_arrival
 from fedgen.transforms.secagg import (
     SecAggConfigError,
     SecAggRoundFailedError,
@@ -85,8 +87,13 @@ class WireLink:
 class SecureAggregationStage:
     """Turns a round's held updates into the strategy's aggregate by secure aggregation."""
 
-    def __init__(self, secagg: SecureAggregation) -> None:
+    def __init__(
+        self, secagg: SecureAggregation, transforms: Sequence[UpdateTransform] = ()
+    ) -> None:
         self.secagg = secagg
+        #: The pipeline: with a shared-support codec, clients mask its compact encoding
+        #: (``compact_reference``) and the stage decodes the sum.
+        self.transforms = list(transforms)
 
     def aggregate(
         self,
@@ -136,7 +143,8 @@ class SecureAggregationStage:
         drops = self.secagg.dropouts(weights, seed, r)
         metrics["secagg/clip_range"] = config.clip
         metrics["secagg/dropped"] = float(len(drops))
-        names, shapes = vector_layout(global_state, auxiliary)
+        compact = compact_reference(self.transforms, global_state, r)
+        names, shapes = vector_layout(global_state if compact is None else compact, auxiliary)
         link = WireLink(exchange)
         try:
             secure = run_secure_sum(
@@ -162,9 +170,16 @@ class SecureAggregationStage:
         # Example counts are public in fedgen (every result reports its own), so the
         # exact weight sum of the survivors is used; the fixed-point error stays in the
         # numerator, where ``max_abs_error`` bounds it.
+        # The sum of the clients' compact encodings is the encoding of their sum (the
+        # codec is linear over the round's shared support): decode it once.
+        total = secure.weighted_sum
+        if compact is not None:
+            # The protocol sums in float64; the codec decodes its own dtypes.
+            encoded = {k: v.to(compact[k].dtype) if k in compact else v for k, v in total.items()}
+            total = decode_arrival(self.transforms, encoded, global_state, r, -1)
         aggregate = strategy.aggregate_sum(
             r,
-            secure.weighted_sum,
+            total,
             sum(weights[c] for c in secure.survivors),
             len(secure.survivors),
             sum(examples[c] for c in secure.survivors),

@@ -18,13 +18,14 @@ import torch
 
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import LocalWork
-from fedgen.engine.backends.secagg_client import hold_update
+from fedgen.engine.backends.secagg_client import compact_reference, hold_update
 from fedgen.engine.backends.signing import ClientKeys, sign_result
 from fedgen.engine.client_side import ClientKit
 from fedgen.engine.ditto import ditto_settings, train_personal
 from fedgen.engine.downlink import ReceivedDownlink, receive
 from fedgen.engine.faults import FaultPlan
 from fedgen.engine.proximal import anchored_parameters, proximal_mu, proximal_term
+from fedgen.engine.validation import check_update
 from fedgen.errors import ClientUpdateError
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import TransformContext, UpdateTransform, split_transform_private
@@ -151,18 +152,21 @@ def run_client(
             raise ValueError("a secure round's client needs a store to hold its update in")
         auxiliary = frozenset(k for t in work.transforms for k in getattr(t, "auxiliary_keys", ()))
         try:
-            # A linear codec's encoding (assembly/compression.py) is decoded
-            # here, so the client masks the update itself (masking the compact values
-            # would save the bytes; not built).
+            # A codec's encoding is decoded here for the client's own checks.
             plain = decode_arrival(
                 work.transforms, update, work.global_state, work.round, ins.client_id
             )
+            compact = compact_reference(work.transforms, work.global_state, work.round)
+            if compact is not None:
+                # The checks are of the update itself; what is masked is its compact
+                # encoding (a shared-support codec), so the masked vector is as small.
+                check_update(plain, work.global_state, work.max_update_norm, auxiliary)
             held[ins.client_id] = hold_update(
                 ins.client_id,
                 work.round,
                 ins.seed,
-                plain,
-                work.global_state,
+                plain if compact is None else update,
+                work.global_state if compact is None else compact,
                 work.max_update_norm,
                 auxiliary,
             )

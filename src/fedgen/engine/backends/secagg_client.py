@@ -10,6 +10,7 @@ client's private state, a Flower ClientApp in its node's ``Context``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,8 @@ import torch
 from fedgen.engine.validation import check_update
 from fedgen.errors import ClientUpdateError
 from fedgen.seeding import derive_seed
+from fedgen.transforms.base import TransformContext, UpdateTransform
+from fedgen.transforms.codec import UpdateCodec
 from fedgen.transforms.secagg.client_half import SecAggClientHalf
 from fedgen.transforms.secagg.codec import from_message, to_message
 from fedgen.transforms.secagg.errors import SecAggError
@@ -49,6 +52,24 @@ def hold_update(
     values = torch.cat([update[k].detach().reshape(-1).double() for k in names]).numpy()
     seed = derive_seed(client_seed, "secagg", "rounding")
     return SecAggClientHalf(client_id, round, np.ascontiguousarray(values), seed).export()
+
+
+def compact_reference(
+    transforms: Sequence[UpdateTransform], reference: StateDict, round: int
+) -> StateDict | None:
+    """What a secure round masks when the pipeline's codec is linear over a support every
+    client shares (``random_mask``): its encoding's arrays, shaped as encoding a zero
+    update gives them, so clients mask the compact values and the server decodes the
+    sum. None for any other pipeline (the decoded, full-size update is masked)."""
+    codec = next(
+        (t for t in transforms if isinstance(t, UpdateCodec) and t.linear_shared_support), None
+    )
+    if codec is None:
+        return None
+    ctx = TransformContext(round=round, client_id=None, seed=0, num_clients=0)
+    zeros = {k: torch.zeros_like(v) for k, v in reference.items()}
+    encoded, _ = codec.on_client(zeros, ctx)
+    return encoded
 
 
 def vector_layout(
