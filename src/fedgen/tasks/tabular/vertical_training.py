@@ -20,35 +20,36 @@ Critic step
      shuffled order of the real rows is the clients' secret, so the server cannot
      tell which real row a condition belongs to.
   4. The server runs the body on noise and the conditions and sends every client the
-     hidden rows. Each client generates its columns with its head and runs its
-     critic block on its real columns (with the shuffled conditions, which stay with
-     it), its fake columns, and their mixture; the three activations go up.
-  5. The server finishes the critic (Wasserstein loss). The gradient penalty of
-     WGAN-GP needs the norm of the critic's gradient with respect to the *whole*
-     mixed row, whose parts sit with different clients; it is computed exactly, by
-     double back-propagation across the cut: the server sends each client the
-     gradient of the score with respect to its block's output, each client returns
-     the squared norm of its part of the input gradient, the server returns the
-     penalty's gradient with respect to those, each client returns the gradient
-     with respect to what the server sent it, and the server back-propagates that
-     through its own layers.
-  6. The server sends each client the gradients of its three activations; both sides
-     step their own optimizers.
+     hidden rows. Each client generates its columns with its head and runs its share
+     of the critic's first layer on its real columns (with the shuffled conditions,
+     which stay with it), its fake columns, and their mixture; the three go up.
+  5. The server sums the shares and finishes the critic (Wasserstein loss). The
+     gradient penalty of WGAN-GP needs the norm of the critic's gradient with respect
+     to the *whole* mixed row, whose parts sit with different clients; it is computed
+     exactly, by double back-propagation across the cut: the server sends each client
+     the gradient of the score with respect to its share, each client returns the
+     squared norm of its part of the input gradient, the server returns the penalty's
+     gradient with respect to those, each client returns the gradient with respect
+     to what the server sent it, and the server back-propagates that through its own
+     layers.
+  6. The server sends each client the gradients of its three shares; both sides step
+     their own optimizers.
 
 Generator step
   The clients draw conditions again (step 1-3, no records), the server runs the
   body and sends the hidden rows, each client generates its columns, adds CTGAN's
-  condition loss for the rows it conditions, runs its critic block and sends the
-  activation up; the server scores it, sends the gradients back, each client steps
-  its head and returns the gradient with respect to the hidden rows, and the server
+  condition loss for the rows it conditions, runs its share of the critic's first
+  layer and sends it up; the server scores their sum, sends the gradients back, each
+  client steps its head and returns the gradient with respect to the hidden rows, and the server
   steps the body on their sum.
 
-What the server sees: conditions drawn from category frequencies, the critic
-blocks' activations of real and synthetic rows in an order it cannot link to
-records, and gradients. What a client sees of another: record ids (which records
-were drawn, not why). As in all split learning, activations are functions of the
-raw columns; no raw value crosses (``tests/unit/tasks/test_vertical_ctgan.py``
-searches the encoded messages for them).
+What the server sees: conditions drawn from category frequencies, each client's
+share of the critic's first layer (a linear projection, by weights only the client
+holds, of packs of ``pac`` rows of its columns) for real and synthetic rows in an
+order it cannot link to records, and gradients. What a client sees of another:
+record ids (which records were drawn, not why). As in all split learning, what
+crosses is a function of the raw columns; no raw value crosses
+(``tests/unit/tasks/test_vertical_ctgan.py`` searches the encoded messages for them).
 """
 
 from __future__ import annotations
