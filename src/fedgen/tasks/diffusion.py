@@ -94,6 +94,8 @@ class DdpmParams(TaskParams):
     lora_rank: int = Field(0, ge=0)
     #: LoRA's alpha: adapters are scaled by alpha / rank.
     lora_alpha: int = Field(8, ge=1)
+    #: Also adapt every convolution (not only the Linear layers) with LoRA.
+    lora_convolutions: bool = False
 
     @field_validator("guidance_scale")
     @classmethod
@@ -174,7 +176,7 @@ class ConditionalDdpm(Task):
         if p.base_weights is not None:
             load_unet_weights(unet, p.base_weights)
         if p.lora_rank:
-            unet = add_lora(unet, p.lora_rank, p.lora_alpha)
+            unet = add_lora(unet, p.lora_rank, p.lora_alpha, p.lora_convolutions)
         return {"unet": unet}
 
     def declared_kind(self, module: str, key: str) -> TensorKind:

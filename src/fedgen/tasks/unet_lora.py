@@ -4,7 +4,10 @@ LoRA (Hu et al., ICLR 2022) keeps a base weight ``W`` frozen and learns ``W + (a
 B A``; ``peft``'s ``inject_adapter_in_model`` puts the adapters into any ``nn.Module``.
 On the diffusion UNet they go on every ``Linear`` layer: the attention's ``qkv`` and
 ``proj``, each residual block's time/class projection ``emb``, and the time-embedding
-MLP; the convolutions stay as pretrained. The class embedding is retrained whole: a new
+MLP; with ``convolutions`` also on every ``Conv2d`` (peft's convolutional LoRA: ``A`` a
+convolution of the layer's kernel into ``r`` channels, ``B`` a 1x1 convolution out of
+them), which a new domain's strokes and shapes need; otherwise the convolutions stay
+as pretrained. The class embedding is retrained whole: a new
 domain's labels name other things than the pretraining set's (digits, not garments).
 
 The base is a file of the UNet's tensors as ``torch.save`` wrote them from a ddpm task's
@@ -55,16 +58,18 @@ def load_unet_weights(unet: nn.Module, path: str) -> None:
     unet.load_state_dict(state)
 
 
-def add_lora(unet: nn.Module, rank: int, alpha: int) -> nn.Module:
-    """``unet`` with LoRA adapters of ``rank`` on its Linear layers (``ADAPTED_LAYERS``);
-    only the adapters and ``RETRAINED_BLOCKS`` require gradients afterwards. Adapter A
-    is drawn from the global RNG (the task seeds it), B starts at zero."""
+def add_lora(unet: nn.Module, rank: int, alpha: int, convolutions: bool = False) -> nn.Module:
+    """``unet`` with LoRA adapters of ``rank`` on its Linear layers (``ADAPTED_LAYERS``),
+    and on every convolution with ``convolutions``; only the adapters and
+    ``RETRAINED_BLOCKS`` require gradients afterwards. Adapter A is drawn from the global
+    RNG (the task seeds it), B starts at zero."""
     from peft import LoraConfig, inject_adapter_in_model
 
     targets = [
         name
         for name, module in unet.named_modules()
-        if isinstance(module, nn.Linear) and name.endswith(ADAPTED_LAYERS)
+        if (isinstance(module, nn.Linear) and name.endswith(ADAPTED_LAYERS))
+        or (convolutions and isinstance(module, nn.Conv2d))
     ]
     config = LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, bias="none"

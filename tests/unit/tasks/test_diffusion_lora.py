@@ -79,6 +79,26 @@ def test_fine_tuning_moves_adapters_and_never_the_base(base_file):
     assert all(not torch.equal(adapters[k], after[k]) for k in after if ".lora_B." in k)
 
 
+def test_lora_on_the_convolutions_adapts_every_conv_and_starts_as_the_base(base_file):
+    # Prepare: adapters on the Linear layers only, and on every convolution as well.
+    linear, conv = lora_task(base_file), lora_task(base_file, lora_convolutions=True)
+    # Execute
+    convs = [n for n, m in conv.modules["unet"].named_modules() if isinstance(m, torch.nn.Conv2d)]
+    adapted = {k.split(".lora_A.")[0] for k in conv.federated_state() if ".lora_A." in k}
+    # Assert: every base convolution has an adapter (peft's A is itself a Conv2d), the
+    # base stays frozen, and B at zero leaves the pretrained UNet's output unchanged.
+    bases = [n.removesuffix(".base_layer") for n in convs if n.endswith(".base_layer")]
+    assert bases and {f"unet.{n}" for n in bases} <= adapted
+    assert all(
+        conv.tensor_kind("unet", f"{n}.base_layer.weight") == TensorKind.FROZEN for n in bases
+    )
+    x, t, y = torch.randn(2, 1, 28, 28), torch.tensor([3, 11]), torch.tensor([1, 10])
+    with torch.no_grad():
+        torch.testing.assert_close(conv.modules["unet"](x, t, y), linear.modules["unet"](x, t, y))
+    sizes = [sum(v.numel() for v in task.federated_state().values()) for task in (linear, conv)]
+    assert sizes[0] < sizes[1]
+
+
 def test_lora_without_a_base_and_a_base_of_another_shape_are_clear_errors(base_file, tmp_path):
     with pytest.raises(ParamsError, match="set base_weights to its file"):
         validate_params(ConditionalDdpm, {"lora_rank": 4}, "task.params")
