@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -98,7 +99,8 @@ def main() -> None:
     table.start("diffusion_lora", notes)
     for method in args.only:
         overrides = [o.format(base=base) for o in METHODS[method]]
-        name = f"name=mnist-{method.split(' ')[0]}"
+        # A run folder per method (two LoRA rows share their first word).
+        name = "name=mnist-" + re.sub(r"[^a-z0-9]+", "-", method.lower()).strip("-")
         cfg = load_config(
             Path("configs/mnist_ddpm.yaml"), [*EVAL, *overrides, name, *args.overrides]
         )
