@@ -385,6 +385,8 @@ class ExperimentConfig(_Strict):
             # Runs from before asynchronous and gossip modes keep their fingerprint.
             for key in ("mode", "clock", "fedbuff", "gossip"):
                 fed.pop(key)
+        if fed.get("downlink") is None:
+            fed.pop("downlink", None)  # runs from before downlink compression
         if isinstance(fed.get("fedbuff"), dict) and fed["fedbuff"].get("timing") == "simulated":
             fed["fedbuff"].pop("timing")  # FedBuff runs from before wall-clock timing
         if d.get("noise_seed") == "secret":

@@ -85,6 +85,14 @@ def test_fingerprint_ignores_rounds_and_eval_but_not_training():
     assert base.fingerprint() != load_config(None, ["seed=1"]).fingerprint()
 
 
+def test_a_new_optional_setting_leaves_existing_runs_fingerprints_alone():
+    # The default recipe's fingerprint as of 2026-12-01 (unchanged since the fields it
+    # hashes were last changed on purpose). A new config field that is absent by default
+    # must not change it, or every earlier run folder refuses to resume or be sampled
+    # from: pop it in ExperimentConfig.fingerprint while it is unset, as the others are.
+    assert ExperimentConfig().fingerprint() == "25361a9e4480189d"
+
+
 def test_every_recipe_in_configs_validates():
     from pathlib import Path
 
