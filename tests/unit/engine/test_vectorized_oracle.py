@@ -50,6 +50,13 @@ VECTORIZING: dict[str, dict[str, str]] = {
             "{batch_size: 16, generator_width: 16, discriminator_width: 16, federate: [generator]}"
         ),
     },
+    # FedPer's personal layers: private tensors inside federated modules.
+    "cgan-personal-layers": {
+        "task.params": (
+            "{batch_size: 16, generator_width: 16, discriminator_width: 16, "
+            "personal: [generator.embed, generator.body.5, discriminator.head]}"
+        ),
+    },
     "cvae": {"task.name": "cvae", "task.params": "{batch_size: 16, width: 16}"},
 }
 
