@@ -92,6 +92,23 @@ class FrozenBase(Task):
         raise NotImplementedError
 
 
+def test_the_cvaes_personal_layers():
+    from fedgen.tasks.vae import ConditionalVae, VaeParams
+
+    params = VaeParams(width=8, personal=["decoder.project", "decoder.body.5", "encoder.to_stats"])
+    task = ConditionalVae(params, 10, (1, 28, 28), 0)
+    assert set(task.initial_private_state()) == {
+        "decoder.project.weight",
+        "decoder.project.bias",
+        "decoder.body.5.weight",
+        "decoder.body.5.bias",
+        "encoder.to_stats.weight",
+        "encoder.to_stats.bias",
+    }
+    assert "decoder.body.2.weight" in task.federated_state()
+    assert "encoder.features.0.weight" in task.federated_state()
+
+
 def test_a_frozen_tensor_cannot_be_personal():
     with pytest.raises(ValueError, match="frozen base"):
         FrozenBase(TaskParams(personal=["base.weight"]), 10, (1, 28, 28), 0)
