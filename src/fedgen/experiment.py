@@ -88,8 +88,17 @@ def build_task(cfg: ExperimentConfig, spec: DataSpec) -> Task:
     return task
 
 
-def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = None) -> Experiment:
-    """Load data, partition it, and wire task, strategy, transforms, backend and loop."""
+def build_experiment(
+    cfg: ExperimentConfig,
+    callbacks: list[Callback] | None = None,
+    *,
+    table_encoder: dict[str, Any] | None = None,
+) -> Experiment:
+    """Load data, partition it, and wire task, strategy, transforms, backend and loop.
+
+    ``table_encoder``: a table's merged encoder already fitted (``encoder_state``), which a
+    client building its side from the recipe receives instead of fitting it again.
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     fed_cfg = cfg.federation
@@ -119,7 +128,7 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
     if partition_params is None or task_params is None:
         raise ParamsError(problems)
     partitioner = PARTITIONERS.get(cfg.data.partition.kind)(**partition_params)
-    data, spec = _load_data(cfg, partitioner, task_params)
+    data, spec = _load_data(cfg, partitioner, task_params, table_encoder)
     clients: list[Any] = list(data.clients)
     local_steps, local_epochs = fed_cfg.local_steps, fed_cfg.local_epochs
     if fed_cfg.centralized:
@@ -264,7 +273,9 @@ def build_experiment(cfg: ExperimentConfig, callbacks: list[Callback] | None = N
         faults=FaultPlan.from_config(cfg.faults),
         # Fresh keys for every run; a resume replaces them with the checkpoint's.
         audit=RunAudit(sorted(c.client_id for c in clients)) if cfg.ledger else None,
-        client_side=RecipeClientSide(cfg),
+        client_side=RecipeClientSide(
+            cfg, _table_encoder_state(data) if spec.modality == Modality.TABLES else None
+        ),
         # federation.mode: a synchronous cohort, a FedBuff step or a gossip step per round.
         schedule=schedule_for(fed_cfg, [c.client_id for c in clients], cfg.seed),
         downlink=downlink,
@@ -278,18 +289,24 @@ class RecipeClientSide(ClientSide):
     It carries the recipe as plain JSON (what would cross a wire) and ``open`` runs the
     same ``build_experiment`` the server ran: the same task, the same transforms with
     the same DP calibration, the same deterministic partition, from which the client
-    keeps the shards. Nothing of the server's is used; the run's secrets (noise key,
-    signing keys) arrive in the client's own messages.
+    keeps the shards. Nothing of the server's is used but what a server sends its
+    clients before round 1 (a table's merged encoder, so that no client process fits it
+    again); the run's secrets (noise key, signing keys) arrive in the client's own
+    messages.
     """
 
-    def __init__(self, cfg: ExperimentConfig) -> None:
+    def __init__(self, cfg: ExperimentConfig, table_encoder: dict[str, Any] | None = None) -> None:
         self.recipe = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+        #: A table's merged encoder (JSON values), as the server would send it after
+        #: merging the clients' statistics: the client side does not fit it again.
+        self.table_encoder = table_encoder
 
     @classmethod
     def from_json(cls, recipe: str) -> RecipeClientSide:
         """The client side of a recipe received as JSON (e.g. in a deployed client's hello)."""
         side = cls.__new__(cls)
         side.recipe = recipe
+        side.table_encoder = None
         return side
 
     def open(self) -> ClientKit:
@@ -298,7 +315,7 @@ class RecipeClientSide(ClientSide):
             cfg = parse_config(json.loads(self.recipe))
             # A client keeps no ledger (its key arrives with its jobs) and runs no workers.
             cfg = cfg.model_copy(update={"ledger": False})
-            fed = build_experiment(cfg).federation
+            fed = build_experiment(cfg, table_encoder=self.table_encoder).federation
         except (ConfigError, ValueError) as exc:
             raise ClientBuildError(f"this fedgen cannot build the recipe's client: {exc}") from exc
         # The initial model the recipe builds: a compressed downlink's first deltas
@@ -310,8 +327,18 @@ class RecipeClientSide(ClientSide):
         return (self.recipe,)
 
 
+def _table_encoder_state(data: Any) -> dict[str, Any]:
+    """A table federation's merged encoder as JSON values."""
+    from fedgen.data.table_encoder import encoder_state
+
+    return encoder_state(data.encoder)
+
+
 def _load_data(
-    cfg: ExperimentConfig, partitioner: Any, task_params: dict[str, Any]
+    cfg: ExperimentConfig,
+    partitioner: Any,
+    task_params: dict[str, Any],
+    table_encoder: dict[str, Any] | None = None,
 ) -> tuple[Any, DataSpec]:
     """The federated data the recipe names and what a task needs to know of it.
 
@@ -326,7 +353,14 @@ def _load_data(
 
     if isinstance(partitioner, TablePartition) or any(map(is_table_source, cfg.data.sources)):
         dp = cfg.dpsgd is not None or any(t.name == "client_dp" for t in cfg.transforms)
-        return federate_tables(cfg.data.sources, partitioner, cfg.data.num_clients, cfg.seed, dp=dp)
+        return federate_tables(
+            cfg.data.sources,
+            partitioner,
+            cfg.data.num_clients,
+            cfg.seed,
+            dp=dp,
+            encoder=table_encoder,
+        )
     text = any(s in TEXT_SOURCES for s in cfg.data.sources)
     if text != isinstance(partitioner, ThemePartition):
         kind = "text" if text else "image"

@@ -26,7 +26,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedgen.data.partition import DirichletPartitioner
-from fedgen.data.table_encoder import TableEncoder, fit_encoder_federated
+from fedgen.data.table_encoder import (
+    TableEncoder,
+    encoder_from_state,
+    fit_encoder_federated,
+)
 from fedgen.data.table_schema import TableSchema
 from fedgen.data.table_sources import TableSource, get_table_source
 from fedgen.errors import ConfigError
@@ -166,23 +170,32 @@ class TablePartition:
         """Positional row indices of each client."""
         raise NotImplementedError
 
-    def federate(self, source_name: str, num_clients: int, seed: int) -> FederatedTable:
-        """Load ``source_name``, hold out rows, split the rest, fit the encoder federatedly."""
+    def federate(
+        self, source_name: str, num_clients: int, seed: int, encoder: dict[str, Any] | None = None
+    ) -> FederatedTable:
+        """Load ``source_name``, hold out rows, split the rest, fit the encoder federatedly.
+
+        ``encoder``: the merged encoder as ``encoder_state`` gives it (what a client
+        receives from the server), used instead of fitting it again.
+        """
         source = get_table_source(source_name)
         train, holdout = split_holdout(source.load(), self.holdout_fraction, seed)
         train = train.reset_index(drop=True)
         parts = self.split_rows(train, source, num_clients, seed)
         frames = [train.iloc[p].reset_index(drop=True) for p in parts]
-        encoder = fit_encoder_federated(
-            frames, source.schema, self.max_modes, derive_seed(seed, "table-encoder") % 2**31
-        )
-        clients = [encode_client(i, f, encoder, seed) for i, f in enumerate(frames)]
+        if encoder is not None:
+            fitted = encoder_from_state(encoder, source.schema)
+        else:
+            fitted = fit_encoder_federated(
+                frames, source.schema, self.max_modes, derive_seed(seed, "table-encoder") % 2**31
+            )
+        clients = [encode_client(i, f, fitted, seed) for i, f in enumerate(frames)]
         return FederatedTable(
             source=source.name,
             sha256=source.sha256,
             schema=source.schema,
             target=source.target,
-            encoder=encoder,
+            encoder=fitted,
             clients=clients,
             holdout=holdout.reset_index(drop=True),
             partition=self.name,
@@ -283,10 +296,18 @@ class TableDirichletPartition(TablePartition):
 
 
 def federate_tables(
-    sources: list[str], partitioner: Any, num_clients: int, seed: int, *, dp: bool
+    sources: list[str],
+    partitioner: Any,
+    num_clients: int,
+    seed: int,
+    *,
+    dp: bool,
+    encoder: dict[str, Any] | None = None,
 ) -> tuple[FederatedTable, DataSpec]:
     """The federated table of a recipe and its ``DataSpec``; ``ConfigError`` with the fix when
     the recipe mixes a table with other sources, uses a non-table partitioner, or asks for DP.
+    ``encoder``: the merged encoder already fitted (``encoder_state``; a client building
+    its side from the recipe receives it), so it is not fitted again.
 
     DP is refused, not accounted: the encoder is fitted from statistics each client releases
     without noise (category counts, moments, ranges, mixture fits), which no DP guarantee
@@ -305,7 +326,7 @@ def federate_tables(
             "per-client statistics (category counts, moments, min/max, mixture fits) released "
             "without noise, which the DP guarantee would not cover; drop dpsgd and client_dp"
         )
-    table = partitioner.federate(sources[0], num_clients, seed)
+    table = partitioner.federate(sources[0], num_clients, seed, encoder)
     return table, table.spec()
 
 

@@ -300,6 +300,71 @@ class TableEncoder:
         return {"dim": self.dim, "client_bytes": list(self.client_bytes), "columns": columns}
 
 
+def encoder_state(encoder: TableEncoder) -> dict[str, Any]:
+    """Everything of ``encoder`` as JSON values (floats round-trip exactly): what the
+    server sends its clients once it has merged their statistics."""
+    encodings: list[dict[str, Any]] = []
+    for e in encoder.encodings:
+        if isinstance(e, ContinuousEncoding):
+            encodings.append(
+                {
+                    "name": e.name,
+                    "integer": e.integer,
+                    "weights": e.weights.tolist(),
+                    "means": e.means.tolist(),
+                    "stds": e.stds.tolist(),
+                    "minimum": e.minimum,
+                    "maximum": e.maximum,
+                    "mean": e.mean,
+                    "std": e.std,
+                }
+            )
+        else:
+            encodings.append(
+                {"name": e.name, "categories": list(e.categories), "counts": e.counts.tolist()}
+            )
+    return {
+        "encodings": encodings,
+        "client_bytes": list(encoder.client_bytes),
+        "correlation": None if encoder.correlation is None else encoder.correlation.tolist(),
+    }
+
+
+def encoder_from_state(state: dict[str, Any], schema: TableSchema) -> TableEncoder:
+    """The encoder ``encoder_state`` described, over ``schema`` (its columns in order);
+    ``SchemaError`` when the columns differ."""
+    names = [e["name"] for e in state["encodings"]]
+    if names != schema.names:
+        raise SchemaError(f"the encoder's columns {names} are not the table's {schema.names}")
+    encodings: list[Encoding] = []
+    for e in state["encodings"]:
+        if "categories" in e:
+            encodings.append(
+                CategoricalEncoding(e["name"], tuple(e["categories"]), np.asarray(e["counts"]))
+            )
+        else:
+            encodings.append(
+                ContinuousEncoding(
+                    e["name"],
+                    bool(e["integer"]),
+                    np.asarray(e["weights"], dtype=np.float64),
+                    np.asarray(e["means"], dtype=np.float64),
+                    np.asarray(e["stds"], dtype=np.float64),
+                    float(e["minimum"]),
+                    float(e["maximum"]),
+                    float(e["mean"]),
+                    float(e["std"]),
+                )
+            )
+    corr = state["correlation"]
+    return TableEncoder(
+        schema,
+        tuple(encodings),
+        tuple(int(b) for b in state["client_bytes"]),
+        None if corr is None else np.asarray(corr, dtype=np.float64),
+    )
+
+
 def merge_statistics(
     stats: Sequence[dict[str, Any]], schema: TableSchema, max_modes: int, seed: int
 ) -> TableEncoder:

@@ -32,7 +32,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedgen.data.table_data import TableClientData, TablePartition, encode_client, split_holdout
-from fedgen.data.table_encoder import TableEncoder, client_statistics, merge_statistics
+from fedgen.data.table_encoder import (
+    TableEncoder,
+    client_statistics,
+    encoder_from_state,
+    merge_statistics,
+)
 from fedgen.data.table_schema import TableSchema
 from fedgen.data.table_sources import get_table_source
 from fedgen.errors import ConfigError
@@ -210,8 +215,14 @@ class VerticalPartition(TablePartition):
         super().__init__(holdout_fraction, max_modes)
         self.columns = columns
 
-    def federate(self, source_name: str, num_clients: int, seed: int) -> VerticalTable:  # type: ignore[override]
-        """Load the table, hold out rows, give each client its columns of the other rows."""
+    def federate(  # type: ignore[override]
+        self, source_name: str, num_clients: int, seed: int, encoder: dict[str, Any] | None = None
+    ) -> VerticalTable:
+        """Load the table, hold out rows, give each client its columns of the other rows.
+
+        ``encoder``: the joined encoder as ``encoder_state`` gives it, used instead of each
+        client fitting its own again (a client side built from the recipe gets it).
+        """
         source = get_table_source(source_name)
         groups = check_column_groups(self.columns, source.schema)
         if num_clients != len(groups):
@@ -225,20 +236,29 @@ class VerticalPartition(TablePartition):
         # Each client's view: the record id and its own columns (what it would hold).
         frames = align_records([train[[RECORD_ID, *g]] for g in groups])
         record_ids = frames[0][RECORD_ID].to_numpy()
-        encoders = []
-        for i, (frame, group) in enumerate(zip(frames, groups, strict=True)):
-            schema = TableSchema(tuple(c for c in source.schema.columns if c.name in group))
-            own_seed = derive_seed(seed, "table-encoder", i) % 2**31
-            stats = client_statistics(frame[list(schema.names)], schema, self.max_modes, own_seed)
-            encoders.append(merge_statistics([stats], schema, self.max_modes, own_seed))
-        by_name = {e.name: e for enc in encoders for e in enc.encodings}
-        encoder = VerticalTableEncoder(
-            source.schema,
-            tuple(by_name[n] for n in source.schema.names),
-            client_bytes=tuple(0 for _ in groups),  # no statistic leaves its owner
-            correlation=None,
-            groups=groups,
-        )
+        if encoder is not None:
+            given = encoder_from_state(encoder, source.schema)
+            joined = VerticalTableEncoder(
+                source.schema, given.encodings, given.client_bytes, None, groups
+            )
+        else:
+            fits = []
+            for i, (frame, group) in enumerate(zip(frames, groups, strict=True)):
+                schema = TableSchema(tuple(c for c in source.schema.columns if c.name in group))
+                own_seed = derive_seed(seed, "table-encoder", i) % 2**31
+                stats = client_statistics(
+                    frame[list(schema.names)], schema, self.max_modes, own_seed
+                )
+                fits.append(merge_statistics([stats], schema, self.max_modes, own_seed))
+            by_name = {e.name: e for enc in fits for e in enc.encodings}
+            joined = VerticalTableEncoder(
+                source.schema,
+                tuple(by_name[n] for n in source.schema.names),
+                client_bytes=tuple(0 for _ in groups),  # no statistic leaves its owner
+                correlation=None,
+                groups=groups,
+            )
+        encoders = [joined.owner_encoder(i) for i in range(len(groups))]
         clients = [
             encode_client(i, frame[list(enc.schema.names)], enc, derive_seed(seed, "vertical", i))
             for i, (frame, enc) in enumerate(zip(frames, encoders, strict=True))
@@ -248,7 +268,7 @@ class VerticalPartition(TablePartition):
             sha256=source.sha256,
             schema=source.schema,
             target=source.target,
-            encoder=encoder,
+            encoder=joined,
             clients=clients,
             holdout=holdout.drop(columns=[RECORD_ID]).reset_index(drop=True),
             record_ids=record_ids,
