@@ -306,6 +306,10 @@ class DownstreamConfig(_Strict):
     #: generator's ``strategy`` and ``transforms``.
     strategy: ComponentConfig | None = None
     transforms: list[ComponentConfig] = Field(default_factory=list)
+    #: Test images every arm is scored on (a seeded subset; null: the whole test split)
+    #: and members/non-members each membership attack scores.
+    test_examples: int | None = Field(None, ge=10)
+    attack_candidates: int = Field(1000, ge=10)
 
     @model_validator(mode="after")
     def _ratio_in_range(self) -> DownstreamConfig:

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 ArmCallback = Callable[[ArmResult, dict[str, Any]], None]
 """Called with each finished arm and its JSON record (a benchmark writes its row there)."""
 
-#: Members and non-members each membership attack scores.
+#: Members and non-members each membership attack scores by default.
 ATTACK_CANDIDATES = 1000
 
 
@@ -87,6 +87,11 @@ def run_downstream(
         (out / "config.yaml").write_text(cfg.to_yaml())
         summary = {"status": "completed", "generator_run": str(dcfg.generator_run)}
     data = downstream_data(cfg, generator)
+    if dcfg.test_examples is not None and dcfg.test_examples < len(data.test):
+        # A seeded subset, the same for every arm: quick runs score on fewer images.
+        rows = torch.randperm(len(data.test), generator=torch_generator(cfg.seed, "ds-test"))
+        test = data.test.subset(rows[: dcfg.test_examples].sort().values)
+        data = FederatedData(clients=data.clients, train=data.train, test=test)
     record = run_arms(cfg, dcfg, generator, data, out, progress=progress, on_arm=on_arm)
     summary.update(flat_figures(record))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -140,7 +145,7 @@ def run_arms(
         "generator_epsilon": epsilon,
         "generator_delta": delta,
         "synthetic_only_privacy": synthetic_only_note(epsilon, delta),
-        "generator_membership": generator_membership(generator),
+        "generator_membership": generator_membership(generator, dcfg.attack_candidates),
         "arms": {},
     }
     gen_task = generator.task
@@ -257,7 +262,10 @@ def run_arms(
         arm_record = arm.figures()
         arm_record["privacy"] = privacy_note(mode, epsilon, delta, arm.own_privacy)
         candidates = draw_candidates(
-            members, data.test, ATTACK_CANDIDATES, torch_generator(cfg.seed, "downstream", "mia")
+            members,
+            data.test,
+            min(dcfg.attack_candidates, len(data.test)),
+            torch_generator(cfg.seed, "downstream", "mia"),
         )
         arm_record["membership"] = classifier_membership(arm.model, *candidates)
         record["arms"][mode] = arm_record
@@ -277,7 +285,7 @@ def pooled(clients: list[ClientData], like: ImageDataset) -> ImageDataset:
     )
 
 
-def generator_membership(generator: GeneratorRun) -> dict[str, float]:
+def generator_membership(generator: GeneratorRun, n: int) -> dict[str, float]:
     """The generator's own membership inference (white-box where the server holds the
     networks, and GAN-Leaks), beside which the classifiers' are read."""
     exp = generator.experiment
@@ -285,7 +293,10 @@ def generator_membership(generator: GeneratorRun) -> dict[str, float]:
     needed = {"discriminator"} if "discriminator" in task.modules else {"encoder", "decoder"}
     members = pooled(list(exp.data.clients), exp.data.train)
     candidates = draw_candidates(
-        members, exp.data.test, ATTACK_CANDIDATES, torch_generator(0, "downstream", "gen-mia")
+        members,
+        exp.data.test,
+        min(n, len(exp.data.test)),
+        torch_generator(0, "downstream", "gen-mia"),
     )
     result = membership_attack(
         task,
