@@ -52,8 +52,11 @@ DOWNLINK: dict[str, str] = {
     "quantize-2+down-quantize-4": "{name: quantize, params: {bits: 4}}",
     "quantize-2+down-quantize-2": "{name: quantize, params: {bits: 2}}",
     "quantize-2+down-quantize-8": "{name: quantize, params: {bits: 8}}",
+    # Scales per 2,048 values instead of 512: a quarter of the scales' bytes.
+    "quantize-2+down-quantize-2-b2048": "{name: quantize, params: {bits: 2, bucket_size: 2048}}",
+    "qsgd-2+down-quantize-2": "{name: quantize, params: {bits: 2}}",
 }
-SETTINGS.update({name: SETTINGS["quantize-2"] for name in DOWNLINK})
+SETTINGS.update({name: SETTINGS[name.split("+")[0]] for name in DOWNLINK if name not in SETTINGS})
 #: float32 FedAvg stopped after half the rounds (its TSTR at about half the bytes).
 HALF = "float32-half-rounds"
 #: What every run shares: the in-process backend (the benchmark is pinned to one core),
@@ -128,6 +131,13 @@ def main() -> None:
     parser.add_argument("--baseline-every", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/runs/compression"))
     parser.add_argument("--table", type=Path, default=Path("benchmarks/results/compression.md"))
+    parser.add_argument(
+        "--baselines-from",
+        type=Path,
+        help="an earlier --out folder whose float32 runs (same commit's code, same recipe) "
+        "serve as this run's baselines instead of running them again (runs are "
+        "deterministic on one thread)",
+    )
     args = parser.parse_args()
 
     table = ResultsTable(args.table, COLUMNS)
@@ -155,6 +165,15 @@ def main() -> None:
                 overrides.append(f"federation.rounds={max(1, baselines[task]['rounds'] // 2)}")
             cfg = load_config(CONFIGS / RECIPES[task], overrides)
             run_dir = args.out / cfg.name
+            if args.baselines_from is not None and setting in ("float32", HALF):
+                # Reused, not re-run: its figures enter the comparison, no row is written.
+                run_dir = args.baselines_from / cfg.name
+                summary = json.loads((run_dir / "summary.json").read_text())
+                if setting == "float32":
+                    baselines[task], curves[task] = summary, quality_by_bytes(run_dir)
+                tstr_curves[task].append((summary["bytes_total"], summary.get("tstr_accuracy")))
+                tstr_curves[task].sort(key=lambda p: p[0])
+                continue
             t0 = time.perf_counter()
             summary = run_experiment(cfg, run_dir, progress=False)
             seconds = time.perf_counter() - t0
