@@ -186,6 +186,9 @@ def test_the_vertical_parts_go_together():
     with pytest.raises(ConfigError, match="every client in every round"):
         fed = build_experiment(tiny(**{"strategy.params": "{fraction: 0.5, min_clients: 1}"}))
         fed.federation.run_round(0)
+    with pytest.raises(ConfigError, match="drop transforms and faults"):
+        clipped = tiny(**{"transforms": "[{name: clip, params: {max_norm: 1.0}}]"})
+        build_experiment(clipped).federation.run_round(0)
 
 
 def test_the_split_critic_gradients_are_the_joined_critics():
