@@ -64,7 +64,9 @@ def evaluate_clients(
 ) -> dict[str, float]:
     """Mean and worst decile over clients of per-client TSTR and Frechet distance, for
     the global model, each client's personal model (when the run keeps any) and the
-    fine-tuned one (``finetune_steps`` > 0); the global model is loaded again after."""
+    fine-tuned one (``finetune_steps`` > 0), and every client's own figures under
+    ``client_figures`` (model -> client id -> figures); the global model is loaded
+    again after."""
     task = fed.task
     per_model: dict[str, dict[int, dict[str, float]]] = {"global": {}}
     personal = has_personal_models(fed)
@@ -99,6 +101,11 @@ def evaluate_clients(
     figures: dict[str, Any] = {}
     for model, values in per_model.items():
         figures.update(summarise(model, values))
+    # Each client's own figures too (metrics.jsonl), so the worst-served clients can be
+    # named and their data looked at.
+    figures["client_figures"] = {
+        model: {str(cid): own for cid, own in values.items()} for model, values in per_model.items()
+    }
     return figures
 
 

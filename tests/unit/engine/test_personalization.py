@@ -341,5 +341,14 @@ def test_a_run_reports_per_client_figures_for_each_model(mnist_dir, tmp_path):
         assert summary[f"{tstr}_worst_decile"] <= summary[tstr] <= 1
         fd = f"client_frechet_distance_{model}"
         assert summary[f"{fd}_worst_decile"] >= summary[fd]
+    # Every client's own figures are in the evaluated round's metrics line.
+    import json
+
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    own = last["client_figures"]
+    assert set(own) == {"global", "personal", "finetuned"}
+    assert set(own["global"]) == {"0", "1", "2", "3"}
+    tstr = [own["global"][c]["tstr_accuracy"] for c in own["global"]]
+    assert summary["client_tstr_accuracy_global"] == pytest.approx(sum(tstr) / 4)
     assert "6 private tensors" in summary["evaluated_model"]
     assert "initial values" in summary["evaluated_model"]
