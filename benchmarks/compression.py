@@ -37,6 +37,7 @@ SETTINGS: dict[str, str] = {
     "float32": "[]",
     "topk-0.01": "[{name: topk, params: {fraction: 0.01}}]",
     "quantize-2": "[{name: quantize, params: {bits: 2}}]",
+    "quantize-2-b2048": "[{name: quantize, params: {bits: 2, bucket_size: 2048}}]",
     "quantize-8": "[{name: quantize, params: {bits: 8}}]",
     "random_mask-0.1": "[{name: random_mask, params: {fraction: 0.1}}]",
     "qsgd-2": "[{name: qsgd, params: {bits: 2}}]",
@@ -55,6 +56,9 @@ DOWNLINK: dict[str, str] = {
     # Scales per 2,048 values instead of 512: a quarter of the scales' bytes.
     "quantize-2+down-quantize-2-b2048": "{name: quantize, params: {bits: 2, bucket_size: 2048}}",
     "qsgd-2+down-quantize-2": "{name: quantize, params: {bits: 2}}",
+    "quantize-2-b2048+down-quantize-2-b2048": (
+        "{name: quantize, params: {bits: 2, bucket_size: 2048}}"
+    ),
 }
 SETTINGS.update({name: SETTINGS[name.split("+")[0]] for name in DOWNLINK if name not in SETTINGS})
 #: float32 FedAvg stopped after half the rounds (its TSTR at about half the bytes).
