@@ -16,10 +16,18 @@ CGAN_SEED0_SHA256 = "51018261a248b5b07c84fd3daea9a72fd9a98b35144214586bd10128fc2
 
 
 @functools.cache
-def table_spec() -> DataSpec:
-    """A real table's spec (``fair``, 2 silos): the encoder a table task is built from."""
+def table_spec(vertical: bool = False) -> DataSpec:
+    """A real table's spec (``fair``, 2 silos, or 2 clients holding its columns): the
+    encoder a table task is built from."""
     from fedgen.data.table_data import SiloPartition
+    from fedgen.data.table_vertical import VerticalPartition
 
+    if vertical:
+        columns = [
+            ["rate_marriage", "age", "yrs_married", "children"],
+            ["religious", "educ", "occupation", "occupation_husb", "had_affair"],
+        ]
+        return VerticalPartition(columns, max_modes=3).federate("fair", 2, seed=0).spec()
     return SiloPartition(max_modes=3).federate("fair", 2, seed=0).spec()
 
 
@@ -31,7 +39,8 @@ def make(name: str, seed: int = 0):
     if cls.modality == Modality.TEXT:
         spec = DataSpec(Modality.TEXT, vocab_size=tokenizer.vocab_size if tokenizer else 256)
     elif cls.modality == Modality.TABLES:
-        spec = table_spec()
+        # A column-split synthesizer is built from a column split's encoders.
+        spec = table_spec(vertical=name == "vertical_ctgan")
     else:
         spec = DataSpec(Modality.IMAGES, num_classes=10, image_shape=(1, 28, 28))
     return cls.from_spec(params, spec, seed)
