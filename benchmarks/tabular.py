@@ -85,8 +85,10 @@ VERTICAL_SPLITS: dict[str, dict[str, list[list[str]]]] = {
             ["religious", "educ", "occupation", "occupation_husb", "had_affair"],
         ],
         "vertical-2-imbalanced": [
-            ["rate_marriage", "age", "yrs_married", "children", "religious", "educ"]
-            + ["occupation", "occupation_husb"],
+            [
+                *("rate_marriage", "age", "yrs_married", "children", "religious", "educ"),
+                *("occupation", "occupation_husb"),
+            ],
             ["had_affair"],
         ],
         "vertical-4": [
