@@ -210,3 +210,31 @@ def apply_activations(
 def seeded_global_rng(generator: torch.Generator) -> int:
     """A seed drawn from ``generator`` for the global RNG (dropout, Gumbel noise)."""
     return int(torch.randint(0, 2**62, (1,), generator=generator))
+
+
+def draw_conditions(
+    n: int,
+    categorical: list[tuple[CategoricalEncoding, Any]],
+    offsets: list[int],
+    width: int,
+    condition: tuple[int, int] | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """CTGAN's conditional vectors for ``n`` generated rows, ``width`` wide.
+
+    ``condition`` ``(column, category)`` sets that one-hot in every row; without it,
+    each row picks a categorical column uniformly and a category by its frequency, as
+    the ctgan library samples. ``offsets[i]`` is where column ``i``'s one-hot starts.
+    """
+    cond = torch.zeros(n, width)
+    if condition is not None:
+        column, category = condition
+        cond[:, offsets[column] + category] = 1.0
+    elif categorical:
+        rng = np.random.default_rng(seeded_global_rng(generator))
+        columns = rng.integers(len(categorical), size=n)
+        for i, (enc, _) in enumerate(categorical):
+            picked = np.flatnonzero(columns == i)
+            p = enc.counts / enc.counts.sum()
+            cond[picked, offsets[i] + rng.choice(enc.width, size=len(picked), p=p)] = 1.0
+    return cond

@@ -33,6 +33,7 @@ from fedgen.tasks.tabular.base import (
     TableTask,
     TableTaskParams,
     apply_activations,
+    draw_conditions,
     seeded_global_rng,
 )
 
@@ -230,21 +231,11 @@ class CtganTask(TableTask):
     def generate(
         self, n: int, generator: torch.Generator, condition: tuple[int, int] | None
     ) -> torch.Tensor:
-        categorical = self.encoder.categorical()
-        offsets = self._cond_offsets()
-        cond = torch.zeros(n, self.cond_dim)
-        if condition is not None:
-            column, category = condition
-            cond[:, offsets[column] + category] = 1.0
-        elif categorical:
-            # Unconditioned rows draw their conditions from the merged frequencies (the
-            # table's own), as the ctgan library samples.
-            rng = np.random.default_rng(seeded_global_rng(generator))
-            columns = rng.integers(len(categorical), size=n)
-            for i, (enc, _) in enumerate(categorical):
-                picked = np.flatnonzero(columns == i)
-                p = enc.counts / enc.counts.sum()
-                cond[picked, offsets[i] + rng.choice(enc.width, size=len(picked), p=p)] = 1.0
+        # Unconditioned rows draw their conditions from the merged frequencies (the
+        # table's own), as the ctgan library samples.
+        cond = draw_conditions(
+            n, self.encoder.categorical(), self._cond_offsets(), self.cond_dim, condition, generator
+        )
         z = torch.randn(n, self.params.noise_dim, generator=generator)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seeded_global_rng(generator))

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -47,6 +46,7 @@ from fedgen.tasks.tabular.base import (
     TableTask,
     TableTaskParams,
     apply_activations,
+    draw_conditions,
     seeded_global_rng,
 )
 
@@ -232,21 +232,12 @@ class VerticalCtganTask(TableTask):
     def generate(
         self, n: int, generator: torch.Generator, condition: tuple[int, int] | None
     ) -> torch.Tensor:
-        categorical = self.encoder.categorical()
-        slots = self._cond_slots()
-        cond = torch.zeros(n, sum(self.cond_width(i) for i in range(self.num_parties)))
-        if condition is not None:
-            column, category = condition
-            cond[:, slots[column] + category] = 1.0
-        elif categorical:
-            # As CTGAN samples: a column uniformly, a category by its frequency (each
-            # owner draws the rows conditioned on its columns from its own counts).
-            rng = np.random.default_rng(seeded_global_rng(generator))
-            columns = rng.integers(len(categorical), size=n)
-            for i, (enc, _) in enumerate(categorical):
-                picked = np.flatnonzero(columns == i)
-                p = enc.counts / enc.counts.sum()
-                cond[picked, slots[i] + rng.choice(enc.width, size=len(picked), p=p)] = 1.0
+        # As CTGAN samples: a column uniformly, a category by its frequency (each owner
+        # draws the rows conditioned on its columns from its own counts).
+        width = sum(self.cond_width(i) for i in range(self.num_parties))
+        cond = draw_conditions(
+            n, self.encoder.categorical(), self._cond_slots(), width, condition, generator
+        )
         z = torch.randn(n, self.params.noise_dim, generator=generator)
         rows = torch.zeros(n, self.encoder.dim)
         with torch.random.fork_rng(devices=[]):
