@@ -79,13 +79,29 @@ def fedgen_row(args: argparse.Namespace, backend: str, out: Path) -> dict[str, A
         ROOT / "configs/fmnist_cgan.yaml",
         [*recipe_items(args), f"backend.name={backend}", f"name=speed-{backend}"],
     )
-    t0 = time.perf_counter()
-    run_experiment(cfg, out / backend, progress=False)
-    total = time.perf_counter() - t0
-    lines = (out / backend / "metrics.jsonl").read_text().splitlines()
-    seconds = [json.loads(line)["seconds"] for line in lines]
-    cohort = json.loads(lines[-1])["clients"]
+    seconds, cohort, total = timed_run(cfg, out / backend)
     return _row(f"fedgen {backend}", args, cohort, seconds, total)
+
+
+def timed_run(cfg: Any, run_dir: Path) -> tuple[list[float], int, float]:
+    """Run ``cfg`` into ``run_dir``: each round's seconds, the last cohort, the wall total."""
+    t0 = time.perf_counter()
+    run_experiment(cfg, run_dir, progress=False)
+    total = time.perf_counter() - t0
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    seconds = [json.loads(line)["seconds"] for line in lines]
+    return seconds, json.loads(lines[-1])["clients"], total
+
+
+def round_figures(cohort: int, seconds: list[float], total: float) -> dict[str, Any]:
+    """First-round and later-round seconds, updates per second in the later ones, total."""
+    later = statistics.mean(seconds[1:]) if len(seconds) > 1 else float("nan")
+    return {
+        "first_round_s": seconds[0],
+        "later_round_s": later,
+        "updates_per_s": cohort / later,
+        "total_s": total,
+    }
 
 
 def flower_row(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -125,16 +141,12 @@ def flower_row(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 def _row(
     name: str, args: argparse.Namespace, cohort: int, seconds: list[float], total: float
 ) -> dict[str, Any]:
-    later = statistics.mean(seconds[1:]) if len(seconds) > 1 else float("nan")
     return {
         "framework": name,
         "clients": args.clients,
         "cohort": cohort,
         "rounds": len(seconds),
-        "first_round_s": seconds[0],
-        "later_round_s": later,
-        "updates_per_s": cohort / later,
-        "total_s": total,
+        **round_figures(cohort, seconds, total),
     }
 
 

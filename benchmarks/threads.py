@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
+from flower_simulation import round_figures, timed_run
+
 from fedgen.config import load_config
-from fedgen.experiment import run_experiment
 from fedgen.report.results_table import ResultsTable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,21 +53,12 @@ def run(args: argparse.Namespace, backend: str, workers: int, threads: int, out:
         items.append(f"threads={threads}")
     name = f"{backend}-{workers}x{threads}"
     cfg = load_config(ROOT / "configs/fmnist_cgan.yaml", [*items, f"name={name}"])
-    t0 = time.perf_counter()
-    run_experiment(cfg, out / name, progress=False)
-    total = time.perf_counter() - t0
-    lines = (out / name / "metrics.jsonl").read_text().splitlines()
-    seconds = [json.loads(line)["seconds"] for line in lines]
-    cohort = json.loads(lines[-1])["clients"]
-    later = statistics.mean(seconds[1:])
+    seconds, cohort, total = timed_run(cfg, out / name)
     return {
         "backend": backend,
         "workers": workers,
         "threads": threads,
-        "first_round_s": seconds[0],
-        "later_round_s": later,
-        "updates_per_s": cohort / later,
-        "total_s": total,
+        **round_figures(cohort, seconds, total),
     }
 
 
