@@ -35,7 +35,7 @@ from fedgen.registry import TRANSFORMS
 from fedgen.seeding import derive_seed
 from fedgen.transforms.base import PRIVATE_PREFIX, TransformContext
 from fedgen.transforms.codec import UpdateCodec
-from fedgen.types import StateDict
+from fedgen.types import StateDict, state_nbytes
 
 #: Where a client keeps its copy of the model it last received (a transform-like
 #: private tensor per model tensor: checkpoints check each against its model tensor).
@@ -85,10 +85,6 @@ def _context(seed: int, version: int) -> TransformContext:
     )
 
 
-def _delta_nbytes(encoded: StateDict) -> int:
-    return sum(t.numel() * t.element_size() for t in encoded.values())
-
-
 class Downlink:
     """The server's side: the public chain of models, its recent deltas, who holds what.
 
@@ -97,6 +93,7 @@ class Downlink:
             must come without its client-side residual).
         spec: how a client builds the same codec (``codec_from_spec``).
         seed: the run's root seed; each delta's rounding noise is drawn from it.
+        initial: the initial model (version -1), as every client builds it.
     """
 
     def __init__(
@@ -137,19 +134,18 @@ class Downlink:
                 decoded = self.codec.decode(encoded, self.view, ctx)
                 self.view = apply_delta(self.view, decoded)
                 self.deltas[version] = encoded
+                self.digest = state_digest(self.view)
             self._prune()
         self.version = version
-        self.digest = state_digest(self.view)
         return self.view
 
     def _prune(self) -> None:
         """Keep only the newest deltas that together weigh less than the model: a
         client further behind gets the model whole."""
-        assert self.view is not None
-        budget = sum(t.numel() * t.element_size() for t in self.view.values())
+        budget = state_nbytes(self.view)
         kept = 0
         for version in sorted(self.deltas, reverse=True):
-            kept += _delta_nbytes(self.deltas[version])
+            kept += state_nbytes(self.deltas[version])
             if kept > budget:
                 del self.deltas[version]
 
