@@ -54,7 +54,7 @@ from domain_eval import PAPER_TSTR_SAMPLES, evaluate_domains
 from fedgen.config import load_config
 from fedgen.engine.callbacks import MetricsWriter, ProgressCallback
 from fedgen.engine.federation import Callback, Federation, RoundRecord
-from fedgen.experiment import build_experiment
+from fedgen.experiment import Experiment, build_experiment
 from fedgen.report.results_table import current_commit, machine_description
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,6 +150,61 @@ class WallBudget(Callback):
             fed.rounds = fed.next_round
 
 
+class IterationBudget(Callback):
+    """Ends the run after the round during which ``iterations`` local iterations were done
+    (the paper's count is about 2,950: 50 rounds x 5 epochs of ~59 iterations)."""
+
+    def __init__(self, iterations: int) -> None:
+        self.iterations = iterations
+        self.done = 0
+
+    def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
+        self.done += int(record.metrics.get("steps", 0))
+        if self.done >= self.iterations:
+            fed.rounds = fed.next_round
+
+
+class TstrCurve(Callback):
+    """Every ``every`` iterations, the per-domain TSTR with a cheaper protocol, one markdown
+    row appended to ``results`` at once (a cut-off run keeps its curve). The task's tensors
+    are restored after each evaluation, so training goes on from exactly where it was."""
+
+    def __init__(
+        self, exp_ref: list[Experiment], every: int, samples: int, epochs: int, results: Path
+    ) -> None:
+        self.exp_ref = exp_ref
+        self.every, self.samples, self.epochs, self.results = every, samples, epochs, results
+        self.done = 0
+        self.next_at = every
+        self.eval_seconds = 0.0
+        self.t0 = 0.0
+
+    def on_run_start(self, fed: Federation) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
+        self.done += int(record.metrics.get("steps", 0))
+        if self.done < self.next_at:
+            return
+        while self.next_at <= self.done:
+            self.next_at += self.every
+        t = time.perf_counter()
+        task = fed.task
+        kept = {**task.federated_state(), **task.private_state()}
+        figures = evaluate_domains(
+            self.exp_ref[0], tstr_samples=self.samples, tstr_epochs=self.epochs
+        )
+        task.load_state(kept)
+        self.eval_seconds += time.perf_counter() - t
+        train_wall = time.perf_counter() - self.t0 - self.eval_seconds
+        accs = " / ".join(f"{100 * f['tstr_accuracy']:.2f}" for f in figures.values())
+        with open(self.results, "a") as f:
+            f.write(
+                f"| {record.round} | {self.done} | {accs} | {train_wall:.0f} | "
+                f"{time.perf_counter() - t:.0f} |\n"
+            )
+
+
 def _mean(history: list[dict[str, Any]], key: str) -> float | None:
     vals = [m[key] for m in history if isinstance(m.get(key), int | float)]
     return statistics.fmean(vals) if vals else None
@@ -173,16 +228,38 @@ def run_one(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    callbacks: list[Callback] = [
-        WallBudget(args.minutes * 60),
+    exp_ref: list[Experiment] = []
+    callbacks: list[Callback] = [WallBudget(args.minutes * 60)]
+    if args.iterations:
+        callbacks.append(IterationBudget(args.iterations))
+    curve = None
+    if args.curve_every:
+        curve = TstrCurve(
+            exp_ref, args.curve_every, args.curve_samples, args.curve_epochs, args.curve_results
+        )
+        with open(args.curve_results, "a") as f:
+            f.write(
+                f"\n## {scenario} {method}: {dt.datetime.now().isoformat(timespec='seconds')} "
+                f"(commit {current_commit()}) on {machine_description()}\n\n"
+                f"Command: `{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}`; TSTR every "
+                f"{args.curve_every} iterations, {args.curve_samples} samples x "
+                f"{args.curve_epochs} epochs per domain\n\n"
+                "| round | iterations | TSTR acc per domain | training wall s | eval s |\n"
+                "|---|---|---|---|---|\n"
+            )
+        callbacks.append(curve)
+    callbacks += [
         MetricsWriter(run_dir / "metrics.jsonl"),
         ProgressCallback(f"{scenario} {method}", enabled=False),
     ]
     exp = build_experiment(cfg, callbacks)
+    exp_ref.append(exp)
     fed = exp.federation
     cpu0, t0 = time.process_time(), time.perf_counter()
     fed.run()
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    if curve is not None:  # the curve's evaluations are not training time
+        wall -= curve.eval_seconds
     variants = {method: True}
     if args.compare_raw and fed.strategy.averaging:
         variants[f"{method} no-EMA"] = False
@@ -280,6 +357,20 @@ def main() -> None:
         default=10,
         help="local iterations per round (the recipes' 5 epochs are ~59 iterations, longer "
         "than a faithful budget allows; 0 keeps the recipe's)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=0,
+        help="also end a run once this many local iterations are done (0: wall time only)",
+    )
+    parser.add_argument(
+        "--curve-every", type=int, default=0, help="per-domain TSTR every N iterations (0: none)"
+    )
+    parser.add_argument("--curve-samples", type=int, default=10000)
+    parser.add_argument("--curve-epochs", type=int, default=5)
+    parser.add_argument(
+        "--curve-results", type=Path, default=ROOT / "benchmarks/results/huscf_curve.md"
     )
     parser.add_argument("--tstr-samples", type=int, default=PAPER_TSTR_SAMPLES)
     parser.add_argument("--tstr-epochs", type=int, default=15, help="the paper's CNN: 15 epochs")
