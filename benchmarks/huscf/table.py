@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from domain_eval import PAPER_TSTR_SAMPLES, evaluate_domains
 
 from fedgen.config import load_config
+from fedgen.engine.budget import WallBudget
 from fedgen.engine.callbacks import MetricsWriter, ProgressCallback
 from fedgen.engine.federation import Callback, Federation, RoundRecord
 from fedgen.experiment import Experiment, build_experiment
@@ -129,25 +130,6 @@ COLUMNS = (
     "rounds",
     "iterations",
 )
-
-
-class WallBudget(Callback):
-    """Ends the run after the round during which ``seconds`` of wall time were spent.
-
-    Put it first among the callbacks: it lowers ``fed.rounds`` to the rounds done,
-    so the callbacks after it see that round as the final one.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.t0 = 0.0
-
-    def on_run_start(self, fed: Federation) -> None:
-        self.t0 = time.perf_counter()
-
-    def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
-        if time.perf_counter() - self.t0 >= self.seconds:
-            fed.rounds = fed.next_round
 
 
 class IterationBudget(Callback):

@@ -6,7 +6,9 @@ GroupNorm keeps working when a client's batch holds one class. The
 discriminator conditions on the label by projection (Miyato & Koyama 2018,
 "cGANs with Projection Discriminator"), which ties samples to their class
 more tightly than concatenating a label plane. Loss: non-saturating BCE
-(Goodfellow et al. 2014).
+(Goodfellow et al. 2014) by default, or the hinge loss with spectral normalization
+of the discriminator (Miyato et al. 2018, the SNGAN / projection-cGAN recipe), and
+optionally several discriminator steps per generator step.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ class GanParams(TaskParams):
     #: ("uniform"), which DP-SGD needs: the generator's step is not privatized, so it
     #: must not read the labels of private examples.
     fake_labels: Literal["data", "uniform"] = "data"
+    #: ``bce``: non-saturating BCE; ``hinge``: D minimizes relu(1 - D(real)) + relu(1 +
+    #: D(fake)), G minimizes -D(fake) (Lim & Ye 2017; Miyato et al. 2018).
+    loss: Literal["bce", "hinge"] = "bce"
+    #: Spectral normalization of every discriminator layer (one power iteration per
+    #: forward pass; its vectors are buffers, averaged with the weights).
+    spectral_norm: bool = False
+    #: Discriminator steps per generator step, each on a fresh real batch.
+    d_steps: int = Field(1, ge=1)
 
 
 class Generator(nn.Module):
@@ -66,7 +76,9 @@ class Generator(nn.Module):
 class ProjectionDiscriminator(nn.Module):
     """``(x (B, 1, 28, 28), y (B,)) -> logits (B,)``: ``psi(h) + <embed(y), h>``."""
 
-    def __init__(self, num_classes: int, width: int, channels: int) -> None:
+    def __init__(
+        self, num_classes: int, width: int, channels: int, spectral_norm: bool = False
+    ) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(channels, width, 4, 2, 1),  # 28 -> 14
@@ -76,9 +88,15 @@ class ProjectionDiscriminator(nn.Module):
             nn.Flatten(),
         )
         feat_dim = 2 * width * 7 * 7
-        self.head = nn.Linear(feat_dim, 1)
-        self.embed = nn.Embedding(num_classes, feat_dim)
+        self.head: nn.Module = nn.Linear(feat_dim, 1)
+        self.embed: nn.Module = nn.Embedding(num_classes, feat_dim)
         nn.init.normal_(self.embed.weight, std=0.01)
+        if spectral_norm:
+            sn = nn.utils.parametrizations.spectral_norm
+            self.features[0] = sn(self.features[0])
+            self.features[2] = sn(self.features[2])
+            self.head = sn(self.head)
+            self.embed = sn(self.embed)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.features(x)  # (B, 2w*49)
@@ -100,7 +118,7 @@ class ConditionalGan(Task):
                 p.latent_dim, self.num_classes, p.embed_dim, p.generator_width, channels
             ),
             "discriminator": ProjectionDiscriminator(
-                self.num_classes, p.discriminator_width, channels
+                self.num_classes, p.discriminator_width, channels, p.spectral_norm
             ),
         }
 
@@ -112,12 +130,21 @@ class ConditionalGan(Task):
         return ["discriminator"]
 
     def privacy_problems(self) -> list[str]:
+        problems = []
         if self.params.fake_labels == "data":
-            return [
+            problems.append(
                 "task.params.fake_labels=data: the generator's step uses the labels of "
                 "private examples without noise; set task.params.fake_labels=uniform"
-            ]
-        return []
+            )
+        if self.params.spectral_norm:
+            # Its power iteration mixes every example of a batch into the normalized
+            # weight, which per-example gradients cannot bound.
+            problems.append(
+                "task.params.spectral_norm=true: the power iteration mixes the examples of "
+                "a batch, so per-example clipping does not bound one example's influence; "
+                "set task.params.spectral_norm=false"
+            )
+        return problems
 
     def train_local(
         self, data: ClientData, steps: int, generator: torch.Generator, config: dict[str, Any]
@@ -138,20 +165,19 @@ class ConditionalGan(Task):
             batches = local.batches(data, p.batch_size)
             sum_d = sum_g = 0.0
             for _ in range(steps):
-                real, y = next(batches)
-                real = real * 2 - 1  # [0,1] -> [-1,1], the generator's range
-                b = real.shape[0]
-                y_fake = y if p.fake_labels == "data" else self._uniform_labels(b, generator)
-                z = torch.randn(b, p.latent_dim, generator=generator)
-                fake = G(z, y_fake)
-                # Discriminator: softplus(-D(real)) + softplus(D(fake)) is BCE with logits.
-                # Under DP-SGD fake i is clipped together with real i (one per-sample term).
-                loss_d = (
-                    F.softplus(-D(real, y)).mean() + F.softplus(D(fake.detach(), y_fake)).mean()
-                )
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
+                for _ in range(p.d_steps):
+                    real, y = next(batches)
+                    real = real * 2 - 1  # [0,1] -> [-1,1], the generator's range
+                    b = real.shape[0]
+                    y_fake = y if p.fake_labels == "data" else self._uniform_labels(b, generator)
+                    z = torch.randn(b, p.latent_dim, generator=generator)
+                    fake = G(z, y_fake)
+                    # Under DP-SGD fake i is clipped together with real i (one per-sample
+                    # term).
+                    loss_d = self._discriminator_loss(D(real, y), D(fake.detach(), y_fake))
+                    opt_d.zero_grad(set_to_none=True)
+                    loss_d.backward()
+                    opt_d.step()
                 if p.fake_labels == "data":
                     # Non-saturating loss, labels drawn from the client's own data.
                     fake_g, y_g = fake, y
@@ -160,7 +186,7 @@ class ConditionalGan(Task):
                     # on private labels nor on how many examples the batch happened to hold.
                     y_g = self._uniform_labels(p.batch_size, generator)
                     fake_g = G(torch.randn(p.batch_size, p.latent_dim, generator=generator), y_g)
-                loss_g = F.softplus(-D(fake_g, y_g)).mean()
+                loss_g = self._generator_loss(D(fake_g, y_g))
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()
@@ -169,9 +195,24 @@ class ConditionalGan(Task):
         n = max(steps, 1)
         return {"loss/discriminator": sum_d / n, "loss/generator": sum_g / n}
 
-    def functional_training(self) -> GanFunctionalTraining:
-        """``train_local``'s iteration as a pure function (the vectorized backend's)."""
+    def _discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        if self.params.loss == "hinge":
+            return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+        # softplus(-D(real)) + softplus(D(fake)) is BCE with logits.
+        return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+    def _generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        if self.params.loss == "hinge":
+            return -fake.mean()
+        return F.softplus(-fake).mean()  # non-saturating
+
+    def functional_training(self) -> GanFunctionalTraining | None:
+        """``train_local``'s iteration as a pure function (the vectorized backend's), for
+        the default loss and architecture only (None otherwise: clients train
+        sequentially)."""
         p = self.params
+        if p.loss != "bce" or p.spectral_norm or p.d_steps != 1:
+            return None
         return GanFunctionalTraining(
             self.modules["generator"],
             self.modules["discriminator"],

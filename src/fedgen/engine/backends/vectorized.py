@@ -74,7 +74,7 @@ def why_not_vectorized(work: LocalWork) -> str | None:
     if work.faults is not None:
         return "fault injection wraps train_local"
     if task.functional_training() is None:
-        return f"task {type(task).__name__} has no functional training step"
+        return f"task {type(task).__name__} has no functional training step for its params"
     return None
 
 

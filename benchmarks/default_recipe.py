@@ -1,0 +1,118 @@
+"""The default experiment's recipe against candidate changes, at equal training wall time.
+
+Each variant is ``configs/fmnist_cgan.yaml`` plus its overrides, trained until
+``--train-minutes`` of wall time are spent (the round that crosses the budget is the
+last; ``fedgen.engine.budget.WallBudget``), then evaluated once as the default run
+ends (TSTR on the recipe's 30,000 synthetic images, Frechet distance, precision and
+recall on the feature classifier). One row per run is appended to
+``benchmarks/results/default_recipe.md`` as soon as it ends.
+
+    FEDGEN_DATA_DIR=/work/shared/data taskset -c 1 .venv/bin/python \\
+        benchmarks/default_recipe.py --train-minutes 8 --variants default hinge-sn
+
+Run on one pinned core with the in-process backend (``--set`` defaults below), a
+variant gets about half the training the 2-core default run gets in the same minutes:
+screen variants this way, then confirm the chosen recipe with ``time ./run.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fedgen.config import load_config
+from fedgen.engine.budget import WallBudget
+from fedgen.experiment import Experiment, run_experiment
+from fedgen.report.results_table import ResultsTable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: name -> overrides of the default recipe.
+VARIANTS: dict[str, list[str]] = {
+    "default": [],
+    "centralized": ["federation.centralized=true"],
+    "hinge-sn": ["task.params.loss=hinge", "task.params.spectral_norm=true"],
+    "hinge-sn-d2": [
+        "task.params.loss=hinge",
+        "task.params.spectral_norm=true",
+        "task.params.d_steps=2",
+    ],
+    "d2": ["task.params.d_steps=2"],
+    "wide-g": ["task.params.generator_width=64"],
+    "wide": ["task.params.generator_width=64", "task.params.discriminator_width=64"],
+    "uniform-labels": ["task.params.fake_labels=uniform"],
+    "lr-4e-4": ["task.params.lr=4e-4"],
+    "steps-60": ["federation.local_steps=60"],
+    "ema-0.8": ["strategy.params.ema_decay=0.8"],
+    "batch-128": ["task.params.batch_size=128"],
+}
+COLUMNS = [
+    "variant",
+    "overrides",
+    "rounds",
+    "local_steps",
+    "train_s",
+    "tstr_accuracy",
+    "frechet_distance",
+    "precision",
+    "recall",
+    "eval_s",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--train-minutes", type=float, default=8.0)
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=["backend.name=inprocess", "backend.params={}", "threads=1"],
+        help="overrides for every variant (default: one in-process thread)",
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "default-recipe")
+    parser.add_argument("--table", type=Path, default=ROOT / "benchmarks/results/default_recipe.md")
+    args = parser.parse_args()
+    table = ResultsTable(args.table, COLUMNS)
+    table.start(
+        "default recipe variants",
+        notes=[
+            f"each variant trains {args.train_minutes:g} min of wall time (the round that "
+            "crosses it is the last), then one evaluation: TSTR (a CNN trained on 30,000 "
+            "synthetic images, tested on the real test split), Frechet distance, precision "
+            "and recall (k-NN manifolds) on the features of a CNN trained on the real "
+            "training split",
+            f"common overrides: {' '.join(args.set) or 'none'}",
+        ],
+    )
+    for name in args.variants:
+        overrides = [*VARIANTS[name], "federation.rounds=100000", "eval.every=0", *args.set]
+        cfg = load_config(ROOT / "configs/fmnist_cgan.yaml", overrides)
+        run_dir = args.out / name
+        if run_dir.exists():
+            raise SystemExit(f"{run_dir} exists: remove it or pass another --out")
+
+        def on_ready(exp: Experiment) -> None:
+            exp.federation.callbacks.insert(0, WallBudget(args.train_minutes * 60))
+
+        summary = run_experiment(cfg, run_dir, progress=False, on_ready=on_ready)
+        rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+        train_s = sum(float(r.get("seconds", 0.0)) for r in rounds)
+        row = {
+            "variant": name,
+            "overrides": " ".join(VARIANTS[name]) or "-",
+            "rounds": summary["rounds"],
+            "local_steps": cfg.federation.local_steps,
+            "train_s": round(train_s),
+            "eval_s": round(float(rounds[-1].get("eval_seconds", 0.0))),
+            **{
+                k: round(float(summary[k]), 4)
+                for k in ("tstr_accuracy", "frechet_distance", "precision", "recall")
+            },
+        }
+        print(table.append(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
