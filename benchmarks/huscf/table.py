@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from domain_eval import PAPER_TSTR_SAMPLES, evaluate_domains
 
 from fedgen.config import load_config
-from fedgen.engine.budget import WallBudget
+from fedgen.engine.budget import TimeBudget
 from fedgen.engine.callbacks import MetricsWriter, ProgressCallback
 from fedgen.engine.federation import Callback, Federation, RoundRecord
 from fedgen.experiment import Experiment, build_experiment
@@ -211,7 +211,7 @@ def run_one(
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     exp_ref: list[Experiment] = []
-    callbacks: list[Callback] = [WallBudget(args.minutes * 60)]
+    callbacks: list[Callback] = [TimeBudget(args.minutes * 60)]
     if args.iterations:
         callbacks.append(IterationBudget(args.iterations))
     curve = None
