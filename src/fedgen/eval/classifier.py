@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedgen.cache import default_cache_dir
 from fedgen.data.dataset import ImageDataset
 from fedgen.seeding import derive_seed, torch_generator
 
@@ -171,12 +172,6 @@ def predict_labels(model: SmallCNN, images: torch.Tensor, batch_size: int = 1000
         model(images[i : i + batch_size]).argmax(dim=1) for i in range(0, len(images), batch_size)
     ]
     return torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.int64)
-
-
-def default_cache_dir() -> Path:
-    """``$FEDGEN_CACHE_DIR`` if set, else ``~/.cache/fedgen``."""
-    env = os.environ.get("FEDGEN_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "fedgen"
 
 
 def dataset_fingerprint(data: ImageDataset) -> str:

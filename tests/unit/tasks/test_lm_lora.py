@@ -285,6 +285,48 @@ def test_a_corrupted_base_is_refused_with_the_reinstall_command(tmp_path, monkey
         LoraLmTask.tokenizer(LoraLmParams(base_path=str(truncated)))
 
 
+#: The ledger digest of SmolLM2's tensors as transformers 5.24.0 dequantizes the GGUF
+#: file, computed on 2026-12-02 from a direct read of the file (no cached copy).
+DEQUANTIZED_DIGEST = "6e404c6a2897d88be88362c2e790de2401d5c53d87177197797f4f845febfbe1"
+
+
+def test_the_converted_copy_holds_the_gguf_files_dequantized_tensors(fedit):
+    from fedgen.ledger import state_digest
+
+    fed, _, _ = fedit
+    location = fed.task.location
+    assert (lm_base._converted_copy_dir(location) / lm_base._COMPLETE).is_file()
+    assert state_digest(lm_base.load_base_model(location).state_dict()) == DEQUANTIZED_DIGEST
+
+
+def test_a_converted_copy_that_does_not_load_is_dropped_and_the_file_read(
+    tmp_path, monkeypatch, caplog
+):
+    # Prepare: a cache whose copy is marked complete but holds a broken tokenizer, and a
+    # cache that cannot take a new copy (conversion fails as on a read-only disk).
+    location = lm_base.locate_base(None)
+    monkeypatch.setenv("FEDGEN_CACHE_DIR", str(tmp_path))
+    broken = lm_base._converted_copy_dir(location)
+    broken.mkdir(parents=True)
+    (broken / lm_base._COMPLETE).write_text("{}")
+    (broken / "tokenizer.json").write_text("{not json")
+    tried = []
+
+    def read_only(loc, copy_dir):
+        tried.append(copy_dir)
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(lm_base, "_convert", read_only)
+    # Execute
+    with caplog.at_level("WARNING", logger="fedgen.tasks.lm_base"):
+        hf = lm_base._load_converted(location, lm_base._read_tokenizer)
+    # Assert: the broken copy is gone, a new one was attempted, the GGUF file was read.
+    assert not broken.exists() and tried == [broken]
+    assert "does not load" in caplog.text and "cannot cache" in caplog.text
+    text = "The quick brown fox"
+    assert hf(text)["input_ids"] == lm_base.load_tokenizer(location).hf(text)["input_ids"]
+
+
 def test_unknown_target_modules_are_named_with_the_ones_that_exist():
     params = LoraLmParams(block_size=16, target_modules=["q_proj", "attn.c_attn"])
     with pytest.raises(ConfigError, match=r"\['attn.c_attn'\].*choose from .*k_proj.*v_proj"):
