@@ -38,8 +38,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import BayesianGaussianMixture
 
 from fedgen.data.table_schema import ColumnType, SchemaError, TableSchema
 
@@ -57,6 +55,11 @@ def _fit_mixture(values: np.ndarray, max_modes: int, seed: int) -> dict[str, lis
     if len(unique) == 1:
         return {"weights": [1.0], "means": [float(unique[0])], "stds": [MIN_STD]}
     modes = int(min(max_modes, len(unique), len(values)))
+    # Imported here: scikit-learn (with scipy) costs every fedgen process about a second
+    # to import, and only a table's encoder fit uses it.
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import BayesianGaussianMixture
+
     bgm = BayesianGaussianMixture(
         n_components=modes,
         weight_concentration_prior_type="dirichlet_process",
