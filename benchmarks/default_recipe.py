@@ -40,6 +40,17 @@ VARIANTS: dict[str, list[str]] = {
         "task.params.spectral_norm=true",
         "task.params.d_steps=2",
     ],
+    "hinge-sn-wide-g": [
+        "task.params.loss=hinge",
+        "task.params.spectral_norm=true",
+        "task.params.generator_width=64",
+    ],
+    # SNGAN's Adam (Miyato et al. 2018): no first-moment momentum.
+    "hinge-sn-b0": [
+        "task.params.loss=hinge",
+        "task.params.spectral_norm=true",
+        "task.params.betas=[0.0, 0.9]",
+    ],
     "d2": ["task.params.d_steps=2"],
     "wide-g": ["task.params.generator_width=64"],
     "wide": ["task.params.generator_width=64", "task.params.discriminator_width=64"],
