@@ -52,6 +52,12 @@ VARIANTS: dict[str, list[str]] = {
         "task.params.betas=[0.0, 0.9]",
     ],
     "d2": ["task.params.d_steps=2"],
+    "ac": ["task.params.aux_weight=1.0"],
+    "hinge-sn-ac": [
+        "task.params.loss=hinge",
+        "task.params.spectral_norm=true",
+        "task.params.aux_weight=1.0",
+    ],
     "wide-g": ["task.params.generator_width=64"],
     "wide": ["task.params.generator_width=64", "task.params.discriminator_width=64"],
     "uniform-labels": ["task.params.fake_labels=uniform"],

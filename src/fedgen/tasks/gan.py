@@ -46,6 +46,10 @@ class GanParams(TaskParams):
     spectral_norm: bool = False
     #: Discriminator steps per generator step, each on a fresh real batch.
     d_steps: int = Field(1, ge=1)
+    #: AC-GAN (Odena et al. 2017): a class head on the discriminator's features, trained
+    #: on real images' labels, whose cross-entropy on fakes the generator also minimizes,
+    #: both weighted by this (0: no head, the projection discriminator alone).
+    aux_weight: float = Field(0.0, ge=0)
 
 
 class Generator(nn.Module):
@@ -77,7 +81,12 @@ class ProjectionDiscriminator(nn.Module):
     """``(x (B, 1, 28, 28), y (B,)) -> logits (B,)``: ``psi(h) + <embed(y), h>``."""
 
     def __init__(
-        self, num_classes: int, width: int, channels: int, spectral_norm: bool = False
+        self,
+        num_classes: int,
+        width: int,
+        channels: int,
+        spectral_norm: bool = False,
+        aux_classifier: bool = False,
     ) -> None:
         super().__init__()
         self.features = nn.Sequential(
@@ -91,6 +100,8 @@ class ProjectionDiscriminator(nn.Module):
         self.head: nn.Module = nn.Linear(feat_dim, 1)
         self.embed: nn.Module = nn.Embedding(num_classes, feat_dim)
         nn.init.normal_(self.embed.weight, std=0.01)
+        #: AC-GAN's class head (not spectrally normalized: it is a classifier).
+        self.classify = nn.Linear(feat_dim, num_classes) if aux_classifier else None
         if spectral_norm:
             sn = nn.utils.parametrizations.spectral_norm
             self.features[0] = sn(self.features[0])
@@ -99,8 +110,13 @@ class ProjectionDiscriminator(nn.Module):
             self.embed = sn(self.embed)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.logits_and_classes(x, y)[0]
+
+    def logits_and_classes(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """The real/fake logits, and the class head's logits (None without a head)."""
         h = self.features(x)  # (B, 2w*49)
-        return self.head(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
+        logits = self.head(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
+        return logits, None if self.classify is None else self.classify(h)
 
 
 @TASKS.register("cgan")
@@ -118,7 +134,11 @@ class ConditionalGan(Task):
                 p.latent_dim, self.num_classes, p.embed_dim, p.generator_width, channels
             ),
             "discriminator": ProjectionDiscriminator(
-                self.num_classes, p.discriminator_width, channels, p.spectral_norm
+                self.num_classes,
+                p.discriminator_width,
+                channels,
+                p.spectral_norm,
+                aux_classifier=p.aux_weight > 0,
             ),
         }
 
@@ -135,6 +155,12 @@ class ConditionalGan(Task):
             problems.append(
                 "task.params.fake_labels=data: the generator's step uses the labels of "
                 "private examples without noise; set task.params.fake_labels=uniform"
+            )
+        if self.params.aux_weight > 0:
+            problems.append(
+                "task.params.aux_weight>0: the AC-GAN head is not supported under DP-SGD "
+                "(its second forward pass bypasses Opacus's module wrapper); set "
+                "task.params.aux_weight=0"
             )
         if self.params.spectral_norm:
             # Its power iteration mixes every example of a batch into the normalized
@@ -174,7 +200,13 @@ class ConditionalGan(Task):
                     fake = G(z, y_fake)
                     # Under DP-SGD fake i is clipped together with real i (one per-sample
                     # term).
-                    loss_d = self._discriminator_loss(D(real, y), D(fake.detach(), y_fake))
+                    out_fake = D(fake.detach(), y_fake)
+                    if p.aux_weight > 0:  # AC-GAN: the head learns real labels only
+                        out_real, cls_real = self._with_classes(real, y)
+                        loss_d = self._discriminator_loss(out_real, out_fake)
+                        loss_d = loss_d + p.aux_weight * F.cross_entropy(cls_real, y)
+                    else:
+                        loss_d = self._discriminator_loss(D(real, y), out_fake)
                     opt_d.zero_grad(set_to_none=True)
                     loss_d.backward()
                     opt_d.step()
@@ -186,7 +218,12 @@ class ConditionalGan(Task):
                     # on private labels nor on how many examples the batch happened to hold.
                     y_g = self._uniform_labels(p.batch_size, generator)
                     fake_g = G(torch.randn(p.batch_size, p.latent_dim, generator=generator), y_g)
-                loss_g = self._generator_loss(D(fake_g, y_g))
+                if p.aux_weight > 0:  # and fakes the head classifies as their label
+                    out_g, cls_g = self._with_classes(fake_g, y_g)
+                    loss_g = self._generator_loss(out_g)
+                    loss_g = loss_g + p.aux_weight * F.cross_entropy(cls_g, y_g)
+                else:
+                    loss_g = self._generator_loss(D(fake_g, y_g))
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()
@@ -194,6 +231,11 @@ class ConditionalGan(Task):
                 sum_g += float(loss_g.detach())
         n = max(steps, 1)
         return {"loss/discriminator": sum_d / n, "loss/generator": sum_g / n}
+
+    def _with_classes(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        D = self.modules["discriminator"]
+        assert isinstance(D, ProjectionDiscriminator)  # no DP wrapper: refused with a head
+        return D.logits_and_classes(x, y)
 
     def _discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         if self.params.loss == "hinge":
@@ -211,7 +253,7 @@ class ConditionalGan(Task):
         the default loss and architecture only (None otherwise: clients train
         sequentially)."""
         p = self.params
-        if p.loss != "bce" or p.spectral_norm or p.d_steps != 1:
+        if p.loss != "bce" or p.spectral_norm or p.d_steps != 1 or p.aux_weight > 0:
             return None
         return GanFunctionalTraining(
             self.modules["generator"],

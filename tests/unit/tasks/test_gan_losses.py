@@ -83,3 +83,22 @@ def test_only_the_default_loss_vectorizes_and_spectral_norm_is_refused_under_dp(
     problems = make(fake_labels="uniform", spectral_norm=True).privacy_problems()
     assert len(problems) == 1 and "spectral_norm" in problems[0]
     assert make(fake_labels="uniform").privacy_problems() == []
+
+
+def test_the_ac_gan_head_exists_only_when_weighted_and_learns_real_labels(client):
+    assert not any("classify" in k for k in make().federated_state())
+    task = make(aux_weight=1.0, lr=1e-3)
+    assert "discriminator.classify.weight" in task.federated_state()
+    assert task.functional_training() is None
+    assert any("aux_weight" in p for p in task.privacy_problems())
+    D = task.modules["discriminator"]
+    images, labels = client.data.images[:200].float() / 255, client.data.labels[:200]
+
+    def head_accuracy() -> float:
+        with torch.no_grad():
+            _, classes = D.logits_and_classes(images * 2 - 1, labels)
+        return float((classes.argmax(1) == labels).float().mean())
+
+    before = head_accuracy()
+    task.train_local(client, 30, torch_generator(0, "t"), {})
+    assert before < 0.3 < head_accuracy()
