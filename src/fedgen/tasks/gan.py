@@ -199,14 +199,15 @@ class ConditionalGan(Task):
                     z = torch.randn(b, p.latent_dim, generator=generator)
                     fake = G(z, y_fake)
                     # Under DP-SGD fake i is clipped together with real i (one per-sample
-                    # term).
-                    out_fake = D(fake.detach(), y_fake)
-                    if p.aux_weight > 0:  # AC-GAN: the head learns real labels only
+                    # term). Real before fake, as before these options existed: the same
+                    # order of operations keeps the default run's figures bit for bit.
+                    if p.aux_weight > 0:
                         out_real, cls_real = self._with_classes(real, y)
-                        loss_d = self._discriminator_loss(out_real, out_fake)
-                        loss_d = loss_d + p.aux_weight * F.cross_entropy(cls_real, y)
                     else:
-                        loss_d = self._discriminator_loss(D(real, y), out_fake)
+                        out_real, cls_real = D(real, y), None
+                    loss_d = self._discriminator_loss(out_real, D(fake.detach(), y_fake))
+                    if cls_real is not None:  # AC-GAN: the head learns real labels only
+                        loss_d = loss_d + p.aux_weight * F.cross_entropy(cls_real, y)
                     opt_d.zero_grad(set_to_none=True)
                     loss_d.backward()
                     opt_d.step()
