@@ -288,7 +288,7 @@ def _convert(location: BaseLocation, copy_dir: Path) -> None:
         config.pop("quantization_config", None)
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
         tokenizer.save_pretrained(tmp)
-        (tmp / _COMPLETE).write_text(f'{{"source": "{location.key}"}}\n')
+        (tmp / _COMPLETE).write_text(json.dumps({"source": location.key}) + "\n")
         try:
             os.replace(tmp, copy_dir)
         except OSError:
