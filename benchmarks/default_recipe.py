@@ -3,10 +3,9 @@
 Each variant is ``configs/fmnist_cgan.yaml`` plus its overrides, trained until
 ``--train-minutes`` of this process's CPU time are spent (the round that crosses the
 budget is the last; ``fedgen.engine.budget.TimeBudget``: CPU time, so other jobs on
-the shared machine do not change how much training a variant gets), then evaluated
-once as the default run
-ends (TSTR on the recipe's 30,000 synthetic images, Frechet distance, precision and
-recall on the feature classifier). One row per run is appended to
+the shared machine inflate it less than wall time), then evaluated once as the default
+run ends (TSTR on the recipe's 30,000 synthetic images, Frechet distance, precision
+and recall on the feature classifier). One row per run is appended to
 ``benchmarks/results/default_recipe.md`` as soon as it ends.
 
     FEDGEN_DATA_DIR=/work/shared/data taskset -c 1 .venv/bin/python \\

