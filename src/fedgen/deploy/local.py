@@ -309,21 +309,50 @@ def start_run(
     return RunHandle(run_id, log, streamer)
 
 
+#: Seconds between status questions while the run's log stream is open. Each question
+#: is a ``flwr ls`` process (about a CPU-second to start); the stream's end is what
+#: normally says the run is over, because the SuperLink closes it when the run finishes.
+STATUS_EVERY = 10.0
+
+
 def wait_run(folder: Path, handle: RunHandle, timeout: float | None = None) -> RunOutcome:
     """Wait for a run to finish (stopping it after ``timeout`` seconds)."""
     folder = folder.resolve()
-    deadline = None if timeout is None else time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = None if timeout is None else start + timeout
+    next_question = start + STATUS_EVERY
     try:
         while True:
-            status = run_status(folder, handle.run_id)
-            if status.startswith("finished"):
-                return RunOutcome(handle.run_id, status, handle.log)
-            if deadline is not None and time.monotonic() > deadline:
+            streaming = _running(handle.streamer)
+            now = time.monotonic()
+            if not streaming or now >= next_question:
+                status = run_status(folder, handle.run_id)
+                if status.startswith("finished"):
+                    return RunOutcome(handle.run_id, status, handle.log)
+                # A stream that ended before its run (a lost connection) stops helping:
+                # ask more often from then on.
+                next_question = now + (STATUS_EVERY if streaming else 2.0)
+            if deadline is not None and now > deadline:
                 stop_run(folder, handle.run_id)
                 return RunOutcome(handle.run_id, f"timed out after {timeout:g} s", handle.log)
-            time.sleep(1.0)
+            time.sleep(0.2 if streaming else 2.0)
     finally:
         kill_group(handle.streamer)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` (a child of this one, or not) still runs; reaps a child."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:  # not this process's child: it can only be asked
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 def stop_run(folder: Path, run_id: int) -> None:
@@ -360,6 +389,9 @@ def kill_group(pgid: int, grace: float = 3.0) -> None:
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
+        # A leader that is this process's child stays a zombie (still signalable) until
+        # reaped: reap it, or the wait below would last the whole grace.
+        _running(pgid)
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
