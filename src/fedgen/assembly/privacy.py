@@ -202,11 +202,15 @@ def _sample_level(
     rates = {c.client_id: poisson_sample_rate(batch, c.num_examples) for c in clients}
     sizes = {c.client_id: c.num_examples for c in clients}
 
+    # A local step may draw several batches (a GAN's discriminator steps): every batch
+    # is a noisy DP-SGD step the accountant counts.
+    per_step = task.private_batches_per_step()
+
     def steps_of(cid: int) -> int:
         if local_steps is not None:
-            return local_steps
+            return local_steps * per_step
         assert local_epochs is not None
-        return max(1, math.ceil(local_epochs * sizes[cid] / batch))
+        return max(1, math.ceil(local_epochs * sizes[cid] / batch)) * per_step
 
     if 0 < cfg.delta < 1:
         smallest = min(sizes.values(), default=0)

@@ -213,6 +213,11 @@ class Task(ABC):
         private (default: every module)."""
         return list(self.modules)
 
+    def private_batches_per_step(self) -> int:
+        """Batches of private examples one local step draws (each a DP-SGD step the
+        accountant must count); default 1."""
+        return 1
+
     def privacy_problems(self) -> list[str]:
         """Settings of this task that would leak private data past DP-SGD, each with its
         fix (e.g. a generator trained on the labels of real examples). Default: none."""

@@ -149,6 +149,10 @@ class ConditionalGan(Task):
         # Only the discriminator sees real images; the generator learns through it.
         return ["discriminator"]
 
+    def private_batches_per_step(self) -> int:
+        # Each of a step's d_steps discriminator updates draws its own batch of real data.
+        return self.params.d_steps
+
     def privacy_problems(self) -> list[str]:
         problems = []
         if self.params.fake_labels == "data":

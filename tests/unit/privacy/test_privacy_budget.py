@@ -138,3 +138,27 @@ def test_root_seeded_noise_reruns_identically_from_the_config(mnist_dir, items):
         assert torch.equal(a.global_state[k], b.global_state[k]), k
     # A root-seeded run is another experiment: its checkpoints do not resume a secret one.
     assert cfg.fingerprint() != config(mnist_dir, *items, rounds=1).fingerprint()
+
+
+def test_every_noisy_step_is_charged_when_a_local_step_draws_several_batches(
+    mnist_dir, monkeypatch
+):
+    # Prepare: count the noise Opacus really adds (one draw per DP-SGD step), with a
+    # discriminator that takes 3 steps, each on its own batch, per local step.
+    from opacus.optimizers import DPOptimizer
+
+    draws: list[int] = []
+    add_noise = DPOptimizer.add_noise
+
+    def counted(self):
+        draws.append(1)
+        return add_noise(self)
+
+    monkeypatch.setattr(DPOptimizer, "add_noise", counted)
+    fed = build_experiment(config(mnist_dir, *SAMPLE_DP, "task.params.d_steps=3", rounds=2))
+    # Execute
+    assert fed.federation.run()
+    # Assert: the accountants charged every draw, 3 per local step of each client round.
+    accountants = fed.federation.privacy.sample.accountants
+    assert sum(acc.steps for acc in accountants.values()) == len(draws) > 0
+    assert all(acc.steps % (3 * 2) == 0 for acc in accountants.values())
