@@ -78,7 +78,8 @@ EVALUATORS: Registry[Any] = Registry("evaluator of a modality")
 #: ``writer(task, path_without_suffix, per_condition, generator) -> written path``.
 SAMPLE_WRITERS: Registry[Any] = Registry("sample writer of a modality")
 
-_BUILTINS = (
+#: The modules that register fedgen's own components (imported at the first lookup).
+BUILTIN_MODULES = (
     "fedgen.data.sources",
     "fedgen.data.partition",
     "fedgen.data.class_drop",
@@ -112,5 +113,5 @@ def _import_builtin_components() -> None:
     _imported = True
     import importlib
 
-    for module in _BUILTINS:
+    for module in BUILTIN_MODULES:
         importlib.import_module(module)

@@ -58,7 +58,7 @@ from fedgen.engine.backends.parent_watch import die_with_parent
 from fedgen.engine.backends.signing import ClientKeys
 from fedgen.engine.client_side import ClientBuildError, ClientKit, ClientSide, LocalClientSide
 from fedgen.errors import ConfigError
-from fedgen.registry import BACKENDS
+from fedgen.registry import BACKENDS, BUILTIN_MODULES
 from fedgen.tasks.base import Task
 from fedgen.transforms.secagg.codec import from_message, to_message
 from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict
@@ -73,14 +73,16 @@ def _start_context() -> ForkServerContext | SpawnContext:
 
     Never forked from the server itself: forking a process whose OpenMP runtime already
     started threads can deadlock the child. A fork server is a clean process that
-    imported torch and this module once and ran nothing; a worker forked from it is
+    imported torch and fedgen's components once and ran nothing; a worker forked from it is
     ready in a fraction of a second, where a spawned one imports torch afresh (about
     3 CPU-seconds: it was most of a pool's start and of replacing a stuck worker).
     """
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         # One fork server per process, started by its first worker; later pools reuse it.
-        ctx.set_forkserver_preload([__name__])
+        # It imports what every worker would: this module and the registry's components
+        # (a worker looks its task up by name, and that imports them all).
+        ctx.set_forkserver_preload([__name__, *BUILTIN_MODULES])
         return ctx
     return mp.get_context("spawn")
 
