@@ -23,9 +23,12 @@ mypy_log="$(mktemp)"
 mypy_pid=$!
 # Two workers (this project's machines have two cores), a test file per worker at a time:
 # a file's tests share module fixtures and must not race each other's processes.
+# Files are handed out in collection order (--no-loadscope-reorder; xdist would order
+# them by test count), which tests/conftest.py starts with the files that take minutes.
 # The slowest tests are listed at the end, to keep the suite's time in view.
 status=0
-.venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=25 "$@" || status=$?
+.venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 "$@" \
+  || status=$?
 mypy_status=0
 wait "$mypy_pid" || mypy_status=$?
 cat "$mypy_log"

@@ -22,6 +22,35 @@ def data_dir() -> Path:
     return Path(os.environ.get("FEDGEN_DATA_DIR") or SHARED)
 
 
+#: Test files that take minutes, in the order they start: with test.sh's
+#: --no-loadscope-reorder, pytest-xdist hands files to workers in collection order. Its
+#: default (files with the most tests first) left the Flower deployment, several
+#: minutes and three tests, running alone at the end of the suite, one core idle.
+SLOW_FIRST = (
+    "integration/test_flower_deploy.py",
+    "integration/test_cli.py",
+    "integration/test_lm_lora_run.py",
+    "integration/test_secagg_run.py",
+    "integration/test_huscf.py",
+    "integration/test_ddpm_cli.py",
+    "unit/engine/test_process_pool.py",
+    "integration/test_ledger_run.py",
+    "integration/test_privacy_cli.py",
+    "integration/test_table_run.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.path.as_posix()
+        return next(
+            (i for i, tail in enumerate(SLOW_FIRST) if path.endswith(tail)), len(SLOW_FIRST)
+        )
+
+    # A stable sort: each file's tests stay together and in order.
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     d = data_dir()
