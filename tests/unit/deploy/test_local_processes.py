@@ -1,0 +1,35 @@
+"""The local deployment's process handling: a finished child is seen as finished and
+reaped, so neither waiting for a run's log stream nor stopping a group hangs on it."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from fedgen.deploy.local import _running, _start, kill_group
+
+
+def test_a_child_that_ended_is_seen_ended_and_stopping_its_group_returns_at_once(tmp_path):
+    # Prepare: a child in its own session that ends by itself after a moment.
+    pid = _start([sys.executable, "-c", "import time; time.sleep(0.3)"], tmp_path / "a.log", {})
+    assert _running(pid)
+    deadline = time.monotonic() + 30
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Assert: seen ended (reaped, so no zombie answers signals in its name).
+    assert not _running(pid)
+    # Execute: stopping the group of a leader that already ended takes no grace period.
+    start = time.monotonic()
+    kill_group(pid, grace=10.0)
+    assert time.monotonic() - start < 5.0
+
+
+def test_stopping_a_live_group_ends_it_without_waiting_out_the_grace(tmp_path):
+    # Prepare: a child that would run for a minute.
+    pid = _start([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "b.log", {})
+    # Execute
+    start = time.monotonic()
+    kill_group(pid, grace=10.0)
+    # Assert: SIGTERM ended it, and the leader's zombie did not hold the wait to the end.
+    assert time.monotonic() - start < 5.0
+    assert not _running(pid)
