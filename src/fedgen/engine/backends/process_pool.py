@@ -106,7 +106,7 @@ def _worker_main(
     torch.set_num_threads(threads)
     task = kit.task
     if isinstance(side, LocalClientSide):
-        # torch sends tensors to spawned processes through shared memory, so every
+        # torch sends tensors to worker processes through shared memory, so every
         # worker's unpickled task would alias the same parameter storage and the
         # workers would train on each other's weights. A private copy per worker
         # keeps clients independent (the read-only client shards may stay shared).
@@ -420,7 +420,7 @@ class ProcessPoolBackend(Backend):
             log.warning("a worker died while starting (exit code %s)", worker.process.exitcode)
             self._startup_deaths += 1
             if self._startup_deaths > 3 * self.workers:
-                # Not a bad worker but a bad start (e.g. a spawned child that cannot
+                # Not a bad worker but a bad start (e.g. a child that cannot
                 # import the parent's main module): replacing it again would loop forever.
                 self.close()
                 raise ClientBuildError(
