@@ -255,7 +255,9 @@ def wait_online(dep: LocalDeployment, nodes: int, timeout: float) -> None:
                 f"{seen} of {nodes} SuperNodes online after {timeout:g} s; see "
                 f"{Path(dep.folder) / 'logs'}"
             )
-        time.sleep(1.0)
+        # Each question is a flwr process of about a CPU-second, which the starting
+        # SuperNodes need more.
+        time.sleep(2.0)
 
 
 @dataclass
