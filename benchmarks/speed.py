@@ -7,6 +7,11 @@ sampled from a fixed population):
   22k parameters, the task's GroupNorm needs widths of 8 or more), one local epoch of
   batches of 20 over 200 examples per client (10 steps), cohorts drawn from 300
   clients (1,000 clients of 60 examples, 3 steps, for a cohort of 1,000).
+- ``mlp``: issue 12's "network of a few thousand parameters": the cVAE with one
+  hidden layer of 4 units each way (``architecture: mlp``, latent 4: 7,200
+  parameters), the same data and budget as ``tiny`` (one local epoch of batches of 20
+  over 200 examples per client; 60 examples at a cohort of 1,000). Its step is a few
+  MFLOP, so the simulator's own cost per client update is what the row measures.
 - ``cgan``: the default cGAN (widths 32, latent 64: 0.35M parameters), 5 local steps
   of 10 examples, cohorts drawn from 1,000 clients (issue 12's setting).
 
@@ -28,10 +33,10 @@ just before (wall and CPU).
 The process pool runs one worker: the run is pinned to one core, and a second worker
 would only share it.
 
-With ``--memory-clients 10000`` the tiny workload also runs once at that cohort on the
-vectorized backend (one warm-up round, one timed), for its peak RSS: fedgen's memory
-is O(model), not O(cohort) (FedAvg sums updates as they arrive, backends yield them one
-at a time, a vectorized chunk is bounded by its memory budget).
+With ``--memory-clients 10000`` the ``--memory-workload`` (``tiny``) also runs once at
+that cohort on the vectorized backend (one warm-up round, one timed), for its peak
+RSS: fedgen's memory is O(model), not O(cohort) (FedAvg sums updates as they arrive,
+backends yield them one at a time, a vectorized chunk is bounded by its memory budget).
 
     taskset -c 1 .venv/bin/python benchmarks/speed.py [--clients 10 100 1000] [--rounds 2]
 
@@ -74,12 +79,17 @@ COLUMNS = [
 
 def recipe(workload: str, cohort: int, backend: str, data_dir: str | None) -> list[str]:
     """The dotted overrides of one measurement's experiment."""
+    name = "cgan"
     if workload == "tiny":
         population = max(cohort, 300)
         task = (
             "{batch_size: 20, generator_width: 8, discriminator_width: 8, latent_dim: 8, "
             "embed_dim: 4}"
         )
+        budget = ["federation.local_steps=null", "federation.local_epochs=1.0"]
+    elif workload == "mlp":
+        name, population = "cvae", max(cohort, 300)
+        task = "{batch_size: 20, architecture: mlp, hidden: 4, latent_dim: 4}"
         budget = ["federation.local_steps=null", "federation.local_epochs=1.0"]
     else:
         population = max(cohort, 1000)
@@ -92,7 +102,7 @@ def recipe(workload: str, cohort: int, backend: str, data_dir: str | None) -> li
         f"data.num_clients={population}",
         "data.partition.kind=iid",
         "data.partition.params={}",
-        "task.name=cgan",
+        f"task.name={name}",
         f"task.params={task}",
         f"strategy.params={{fraction: {cohort / population}, min_clients: 2}}",
         "federation.rounds=1000",
@@ -176,7 +186,9 @@ def measure(workload: str, cohort: int, backend: str, rounds: int) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", nargs="+", default=["tiny", "cgan"])
+    parser.add_argument(
+        "--workloads", nargs="+", default=["tiny", "cgan"], choices=["tiny", "mlp", "cgan"]
+    )
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--backends", nargs="+", default=BACKENDS)
     parser.add_argument("--rounds", type=int, default=2)
@@ -185,9 +197,10 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         nargs="*",
         default=[],
-        help="cohorts of the tiny workload to run once on the vectorized backend for its "
+        help="cohorts of --memory-workload to run once on the vectorized backend for its "
         "peak RSS (e.g. 10000), after the other rows",
     )
+    parser.add_argument("--memory-workload", default="tiny", choices=["tiny", "mlp", "cgan"])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/speed.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -211,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         ],
     )
     runs = [(w, c, args.backends, args.rounds) for w in args.workloads for c in args.clients]
-    runs += [("tiny", c, ["vectorized"], 1) for c in args.memory_clients]
+    runs += [(args.memory_workload, c, ["vectorized"], 1) for c in args.memory_clients]
     for workload, cohort, backends, rounds in runs:
         base: dict[str, Any] | None = None
         for backend in backends:

@@ -11,10 +11,10 @@ images. The expectation is estimated with ``samples`` seeded draws of ``z``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedgen.errors import ConfigError
+from fedgen.tasks.bernoulli import bernoulli_nll
 
 
 @torch.no_grad()
@@ -44,7 +44,6 @@ def elbo_scores(
         log_lik = torch.zeros_like(kl)
         for _ in range(samples):
             z = mu + torch.randn(mu.shape, generator=generator) * (0.5 * logvar).exp()
-            rec = F.binary_cross_entropy_with_logits(decoder(z, y), x, reduction="none")
-            log_lik -= rec.flatten(1).sum(1) / samples
+            log_lik -= bernoulli_nll(decoder(z, y), x) / samples
         out.append(log_lik - kl)
     return torch.cat(out).float()

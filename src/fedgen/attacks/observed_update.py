@@ -27,6 +27,7 @@ from torch import nn
 
 from fedgen.errors import ConfigError
 from fedgen.tasks.base import Task
+from fedgen.tasks.bernoulli import bernoulli_nll
 from fedgen.tasks.gan import ConditionalGan
 from fedgen.tasks.vae import ConditionalVae
 
@@ -85,9 +86,8 @@ def vae_target(task: ConditionalVae, noise_seed: int) -> GradientTarget:
         mu, logvar = enc(images, labels)  # (B, latent) each
         eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(noise_seed))
         logits = dec(mu + eps * (0.5 * logvar).exp(), labels)
-        rec = F.binary_cross_entropy_with_logits(logits, images, reduction="none")
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
-        return (rec.flatten(1).sum(1) + beta * kl).mean()
+        return (bernoulli_nll(logits, images) + beta * kl).mean()
 
     params = [p for m in (enc, dec) for p in m.parameters() if p.requires_grad]
     return GradientTarget("encoder+decoder", params, loss)

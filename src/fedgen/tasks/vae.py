@@ -1,14 +1,20 @@
 """Conditional VAE (Kingma & Welling 2014; Sohn et al. 2015, "CVAE").
 
-A convolutional encoder ``q(z | x, y)`` and decoder ``p(x | z, y)``, no
-BatchNorm (GroupNorm instead, for DP-SGD and vectorized clients). The pixel
-likelihood is Bernoulli on [0, 1] intensities, the usual choice for
-MNIST-like data.
+An encoder ``q(z | x, y)`` and decoder ``p(x | z, y)``, convolutional by default
+(no BatchNorm: GroupNorm instead, for DP-SGD and vectorized clients) or, with
+``architecture: mlp``, one hidden layer each: Kingma & Welling's MNIST VAE, which at a
+few hidden units is the few-thousand-parameter network of simulation benchmarks. The
+pixel likelihood is Bernoulli on [0, 1] intensities, the usual choice for MNIST-like
+data.
+
+Every network takes its labels either as class indices ``(B,)`` or already one-hot
+``(B, classes)`` floats: ``F.one_hot`` checks its input's range with ``.item()``, which
+``vmap`` refuses, so the vectorized step passes one-hot rows.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +24,7 @@ from torch import nn
 from fedgen.data.client_data import ClientData
 from fedgen.registry import TASKS
 from fedgen.tasks.base import Task, TaskParams
+from fedgen.tasks.bernoulli import bernoulli_nll
 from fedgen.tasks.vae_functional import VaeFunctionalTraining
 
 
@@ -29,7 +36,17 @@ class VaeParams(TaskParams):
     latent_dim: int = 16
     width: int = 32
     beta: float = 1.0
+    architecture: Literal["conv", "mlp"] = "conv"
+    #: The MLP's hidden units (``architecture: mlp``; Kingma & Welling used 500).
+    hidden: int = Field(default=400, ge=1)
     federate: list[str] = Field(default_factory=lambda: ["encoder", "decoder"])
+
+
+def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Labels as float one-hot rows ``(B, classes)``; one-hot input passes through."""
+    if y.is_floating_point():
+        return y
+    return F.one_hot(y, num_classes).float()
 
 
 class Encoder(nn.Module):
@@ -50,7 +67,7 @@ class Encoder(nn.Module):
         self.to_stats = nn.Linear(2 * width * 49, 2 * latent_dim)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        planes = F.one_hot(y, self.num_classes).float()[:, :, None, None]
+        planes = one_hot(y, self.num_classes)[:, :, None, None]
         planes = planes.expand(-1, -1, x.shape[2], x.shape[3])  # (B, C, 28, 28)
         mu, logvar = self.to_stats(self.features(torch.cat([x, planes], 1))).chunk(2, dim=1)
         return mu, logvar.clamp(-10, 10)
@@ -74,8 +91,47 @@ class Decoder(nn.Module):
         )
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.project(torch.cat([z, F.one_hot(y, self.num_classes).float()], 1))
+        h = self.project(torch.cat([z, one_hot(y, self.num_classes)], 1))
         return self.body(h.view(-1, 2 * self.width, 7, 7))
+
+
+class MlpEncoder(nn.Module):
+    """``(x (B,C,H,W), y) -> (mu, logvar)`` through one hidden layer."""
+
+    def __init__(self, num_classes: int, latent_dim: int, hidden: int, pixels: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.net = nn.Sequential(
+            nn.Linear(pixels + num_classes, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, 2 * latent_dim),
+        )
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        stats = self.net(torch.cat([x.flatten(1), one_hot(y, self.num_classes)], 1))
+        mu, logvar = stats.chunk(2, dim=1)
+        return mu, logvar.clamp(-10, 10)
+
+
+class MlpDecoder(nn.Module):
+    """``(z (B, latent), y) -> pixel logits (B, C, H, W)`` through one hidden layer."""
+
+    def __init__(
+        self, num_classes: int, latent_dim: int, hidden: int, shape: tuple[int, ...]
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.shape = shape
+        pixels = int(torch.tensor(shape).prod())
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim + num_classes, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, pixels),
+        )
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.net(torch.cat([z, one_hot(y, self.num_classes)], 1))
+        return h.view(-1, *self.shape)
 
 
 @TASKS.register("cvae")
@@ -87,6 +143,13 @@ class ConditionalVae(Task):
 
     def build(self) -> dict[str, nn.Module]:
         p = self.params
+        if p.architecture == "mlp":
+            shape = tuple(self.image_shape)
+            pixels = int(torch.tensor(shape).prod())
+            return {
+                "encoder": MlpEncoder(self.num_classes, p.latent_dim, p.hidden, pixels),
+                "decoder": MlpDecoder(self.num_classes, p.latent_dim, p.hidden, shape),
+            }
         c = self.image_shape[0]
         return {
             "encoder": Encoder(self.num_classes, p.latent_dim, p.width, c),
@@ -122,8 +185,7 @@ class ConditionalVae(Task):
                 z = mu + eps * (0.5 * logvar).exp()  # reparameterisation
                 logits = dec(z, y)
                 # Per-example sums, batch means: the ELBO in nats per image.
-                rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-                rec = rec.flatten(1).sum(1).mean()
+                rec = bernoulli_nll(logits, x).mean()
                 kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
                 loss = rec + p.beta * kl
                 opt.zero_grad(set_to_none=True)
@@ -145,7 +207,6 @@ class ConditionalVae(Task):
             self.modules["encoder"],
             self.modules["decoder"],
             num_classes=self.num_classes,
-            width=p.width,
             latent_dim=p.latent_dim,
             lr=p.lr,
             betas=p.betas,

@@ -2,10 +2,10 @@
 
 The same iteration as ``ConditionalVae.train_local``: encode, reparameterise with the
 client's own noise, decode, and one Adam step on the negative ELBO (per-example sums,
-batch means) over encoder and decoder together. The networks' ``forward`` builds its
-one-hot labels with ``F.one_hot``, which ``vmap`` refuses (it checks the labels with
-``.item()``), so the step runs their submodules itself with a comparison one-hot:
-the same numbers (the oracle test holds it to ``train_local``).
+batch means) over encoder and decoder together. The networks take one-hot labels as
+well as class indices; the step passes a comparison one-hot, because ``F.one_hot``
+checks its labels with ``.item()``, which ``vmap`` refuses: the same numbers (the
+oracle test holds it to ``train_local``), for either architecture.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value
 
+from fedgen.tasks.bernoulli import bernoulli_nll
 from fedgen.tasks.functional import (
     Batches,
     FunctionalTraining,
@@ -37,7 +37,6 @@ class VaeFunctionalTraining(FunctionalTraining):
         decoder: nn.Module,
         *,
         num_classes: int,
-        width: int,
         latent_dim: int,
         lr: float,
         betas: tuple[float, float],
@@ -45,7 +44,6 @@ class VaeFunctionalTraining(FunctionalTraining):
     ) -> None:
         self.modules = {"encoder": encoder, "decoder": decoder}
         self.num_classes = num_classes
-        self.width = width
         self.latent_dim = latent_dim
         self.lr = lr
         self.betas = betas
@@ -74,19 +72,20 @@ class VaeFunctionalTraining(FunctionalTraining):
     def _encode(
         self, tensors: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``Encoder.forward`` through its submodules, with a vmap-safe one-hot."""
-        planes = self._one_hot(y)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
-        features = _call(self.modules["encoder"], "features", tensors, torch.cat([x, planes], 1))
-        mu, logvar = _call(self.modules["encoder"], "to_stats", tensors, features).chunk(2, dim=1)
-        return mu, logvar.clamp(-10, 10)
+        """The encoder's ``forward`` on ``tensors``, with a vmap-safe one-hot."""
+        stats: tuple[torch.Tensor, torch.Tensor] = functional_call(
+            self.modules["encoder"], tensors, (x, self._one_hot(y))
+        )
+        return stats
 
     def _decode(
         self, tensors: dict[str, torch.Tensor], z: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
-        """``Decoder.forward`` through its submodules, with a vmap-safe one-hot."""
-        decoder = self.modules["decoder"]
-        h = _call(decoder, "project", tensors, torch.cat([z, self._one_hot(y)], 1))
-        return _call(decoder, "body", tensors, h.view(-1, 2 * self.width, 7, 7))
+        """The decoder's ``forward`` on ``tensors``, with a vmap-safe one-hot."""
+        logits: torch.Tensor = functional_call(
+            self.modules["decoder"], tensors, (z, self._one_hot(y))
+        )
+        return logits
 
     def step(
         self,
@@ -107,8 +106,7 @@ class VaeFunctionalTraining(FunctionalTraining):
             mu, logvar = self._encode(enc, x, y)  # (B, latent) each
             z = mu + eps * (0.5 * logvar).exp()  # reparameterisation
             logits = self._decode(dec, z, y)  # (B, C, H, W)
-            rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-            rec = masked_mean(rec.flatten(1).sum(1), m)
+            rec = masked_mean(bernoulli_nll(logits, x), m)
             kl = masked_mean(-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1), m)
             return rec + self.beta * kl, (rec, kl)
 
@@ -121,13 +119,3 @@ class VaeFunctionalTraining(FunctionalTraining):
             new_tensors[name] = {**tensors[name], **new}
         metrics = {"loss/reconstruction": rec, "loss/kl": kl, "loss/elbo": rec + kl}
         return new_tensors, new_state, metrics
-
-
-def _call(
-    module: nn.Module, child: str, tensors: dict[str, torch.Tensor], *args: torch.Tensor
-) -> torch.Tensor:
-    """``module.<child>(*args)`` with the tensors of ``module`` named ``<child>.*``."""
-    prefix = child + "."
-    own = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-    out: torch.Tensor = functional_call(module.get_submodule(child), own, args)
-    return out

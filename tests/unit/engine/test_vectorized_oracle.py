@@ -58,6 +58,10 @@ VECTORIZING: dict[str, dict[str, str]] = {
         ),
     },
     "cvae": {"task.name": "cvae", "task.params": "{batch_size: 16, width: 16}"},
+    "cvae-mlp": {
+        "task.name": "cvae",
+        "task.params": "{batch_size: 16, architecture: mlp, hidden: 8, latent_dim: 4}",
+    },
 }
 
 
@@ -118,7 +122,7 @@ def test_vectorized_equals_sequential(mnist_dir, one_thread, case):
     assert_same_run(sequential, vectorized)
 
 
-@pytest.mark.parametrize("case", ["cgan", "cvae"])
+@pytest.mark.parametrize("case", ["cgan", "cvae", "cvae-mlp"])
 def test_unequal_steps_and_small_shards(mnist_dir, one_thread, case):
     # Quantity skew and local epochs: clients train different numbers of steps, and some
     # shards are smaller than a batch (padded rows, masked out of the losses); chunks of

@@ -84,3 +84,27 @@ def test_vae_learns_on_real_digits(client):
     task.train_local(client, 40, torch_generator(0, "b"), {})
     last = task.train_local(client, 2, torch_generator(0, "c"), {})["loss/reconstruction"]
     assert last < 0.8 * first
+
+
+def test_mlp_vae_is_a_few_thousand_parameters_and_learns(client):
+    # The simulation benchmarks' tiny network: one hidden layer of 4 units each way.
+    task = make("cvae", architecture="mlp", hidden=4, latent_dim=4, lr=1e-2)
+    assert sum(t.numel() for t in task.federated_state().values()) == 7_200
+    labels = torch.arange(10)
+    assert task.sample(labels, torch_generator(0, "s")).shape == (10, 1, 28, 28)
+    first = task.train_local(client, 2, torch_generator(0, "a"), {})["loss/reconstruction"]
+    task.train_local(client, 60, torch_generator(0, "b"), {})
+    last = task.train_local(client, 2, torch_generator(0, "c"), {})["loss/reconstruction"]
+    assert last < 0.8 * first
+
+
+def test_vae_networks_take_labels_as_indices_or_one_hot():
+    # The vectorized step passes one-hot rows (F.one_hot is not vmap-safe).
+    for architecture in ("conv", "mlp"):
+        task = make("cvae", architecture=architecture, hidden=8)
+        enc, dec = task.modules["encoder"], task.modules["decoder"]
+        x, y = torch.rand(5, 1, 28, 28), torch.tensor([0, 3, 9, 3, 1])
+        hot = torch.nn.functional.one_hot(y, 10).float()
+        assert all(torch.equal(a, b) for a, b in zip(enc(x, y), enc(x, hot), strict=True))
+        z = torch.randn(5, task.params.latent_dim)
+        assert torch.equal(dec(z, y), dec(z, hot))
