@@ -231,3 +231,18 @@ def test_the_split_critic_gradients_are_the_joined_critics():
     assert split.keys() == joined.keys() and any(k.startswith("critic_bottom_1") for k in split)
     for k, v in joined.items():
         assert torch.allclose(split[k], v, rtol=1e-4, atol=1e-6), k
+
+
+def test_the_critic_shares_start_as_slices_of_ctgans_first_layer():
+    # Each share drawn with its own fan-in would start the summed layer about sqrt(K)
+    # larger than CTGAN's; drawn with the joint fan-in, it starts as CTGAN's does.
+    task = build_experiment(tiny(**{"federation.rounds": 1})).task
+    shares = [task.modules[bottom_name(i)].fc for i in range(task.num_parties)]
+    fan_in = sum(share.in_features for share in shares)
+    bound = 1 / fan_in**0.5
+    weights = torch.cat([share.weight.flatten() for share in shares])
+    assert float(weights.abs().max()) <= bound
+    # i.i.d. uniform on [-bound, bound]: standard deviation bound / sqrt(3)
+    assert float(weights.std()) == pytest.approx(bound / 3**0.5, rel=0.05)
+    assert float(shares[0].bias.abs().max()) > 0
+    assert all(not share.bias.any() for share in shares[1:])

@@ -29,6 +29,7 @@ the clients would release their synthetic columns for the same synthetic rows.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -126,6 +127,27 @@ class CriticTop(nn.Module):
         return self.net(torch.stack(parts).sum(dim=0))  # (B / pac, 1)
 
 
+@torch.no_grad()
+def _as_slices_of_one_layer(shares: list[nn.Linear]) -> None:
+    """Initialise the clients' shares of the critic's first layer as CTGAN initialises
+    that one layer over the joined row.
+
+    ``nn.Linear`` draws its weights and bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Each
+    share built alone uses its own (smaller) fan-in, so the summed layer would start
+    about sqrt(K) times larger than CTGAN's, and a client with few columns would get the
+    largest weights. Here every weight is drawn with the joint layer's bound (the same
+    distribution as slicing one joint layer: its entries are i.i.d.), and only the first
+    share keeps a bias, because the joint layer has one.
+    """
+    bound = 1.0 / math.sqrt(sum(share.in_features for share in shares))
+    for i, share in enumerate(shares):
+        share.weight.uniform_(-bound, bound)
+        if i == 0:
+            share.bias.uniform_(-bound, bound)
+        else:
+            share.bias.zero_()
+
+
 @TASKS.register("vertical_ctgan")
 class VerticalCtganTask(TableTask):
     """CTGAN split by column owners (module docstring); trained by backend ``vertical``."""
@@ -193,9 +215,12 @@ class VerticalCtganTask(TableTask):
         cond = sum(self.cond_width(i) for i in range(self.num_parties))
         body = GeneratorBody(p.noise_dim, cond, p.hidden)
         modules: dict[str, nn.Module] = {BODY: body}
+        bottoms = []
         for i, enc in enumerate(self.parties):
             modules[head_name(i)] = nn.Linear(body.width, enc.dim)
-            modules[bottom_name(i)] = CriticBottom(enc.dim + self.cond_width(i), p.hidden, p.pac)
+            bottoms.append(CriticBottom(enc.dim + self.cond_width(i), p.hidden, p.pac))
+            modules[bottom_name(i)] = bottoms[-1]
+        _as_slices_of_one_layer([bottom.fc for bottom in bottoms])
         modules[TOP] = CriticTop(p.hidden)
         return modules
 
