@@ -38,6 +38,7 @@ SETTINGS: dict[str, str] = {
     "topk-0.01": "[{name: topk, params: {fraction: 0.01}}]",
     "quantize-2": "[{name: quantize, params: {bits: 2}}]",
     "quantize-2-b2048": "[{name: quantize, params: {bits: 2, bucket_size: 2048}}]",
+    "quantize-1-b2048": "[{name: quantize, params: {bits: 1, bucket_size: 2048}}]",
     "quantize-8": "[{name: quantize, params: {bits: 8}}]",
     "random_mask-0.1": "[{name: random_mask, params: {fraction: 0.1}}]",
     "qsgd-2": "[{name: qsgd, params: {bits: 2}}]",
@@ -58,6 +59,14 @@ DOWNLINK: dict[str, str] = {
     "qsgd-2+down-quantize-2": "{name: quantize, params: {bits: 2}}",
     "quantize-2-b2048+down-quantize-2-b2048": (
         "{name: quantize, params: {bits: 2, bucket_size: 2048}}"
+    ),
+    # One bit a value both ways: each value its bucket's minimum or maximum, unbiased;
+    # the server's error feedback carries what a delta leaves out to the next one.
+    "quantize-1-b2048+down-quantize-1-b2048": (
+        "{name: quantize, params: {bits: 1, bucket_size: 2048}}"
+    ),
+    "quantize-2-b2048+down-quantize-1-b2048": (
+        "{name: quantize, params: {bits: 1, bucket_size: 2048}}"
     ),
 }
 SETTINGS.update({name: SETTINGS[name.split("+")[0]] for name in DOWNLINK if name not in SETTINGS})

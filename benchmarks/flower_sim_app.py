@@ -12,6 +12,7 @@ round 1 and after every round to ``FEDGEN_SIM_TIMES`` (one float a line).
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any
@@ -53,7 +54,10 @@ def train(msg: Message, context: Context) -> Message:
     task.load_state(msg.content["arrays"].to_torch_state_dict())
     data = fed.clients[cid]
     gen = torch.Generator().manual_seed(derive_seed(fed.seed, "flower-sim", round_, cid))
-    metrics = task.train_local(data, fed.local_steps, gen, {})
+    steps = fed.local_steps or max(
+        1, math.ceil(fed.local_epochs * data.num_examples / task.params.batch_size)
+    )  # fedgen's local_steps_for: fixed steps, or passes over the shard
+    metrics = task.train_local(data, steps, gen, {})
     reply = RecordDict(
         {
             "arrays": ArrayRecord(task.federated_state()),

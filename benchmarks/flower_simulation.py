@@ -11,6 +11,15 @@ first round (workers start, shards load), mean seconds of the later rounds, clie
 updates per second in those, and the whole run's seconds. Rows go to
 ``benchmarks/results/speed.md`` one at a time, naming commit, machine and command.
 
+``--set`` adds dotted overrides to the recipe, e.g. issue 12's tiny workload (the
+7,200-parameter MLP cVAE of ``benchmarks/speed.py``'s ``mlp``, one local epoch over 200
+examples per client)::
+
+    --clients 300 --fraction 0.3334 --set task.name=cvae \
+        "task.params={batch_size: 20, architecture: mlp, hidden: 4, latent_dim: 4}" \
+        data.partition.kind=iid "data.partition.params={}" \
+        federation.local_steps=null federation.local_epochs=1.0
+
 Flower's simulation needs Ray, kept out of fedgen's own environment::
 
     python -m venv /work/flwrsim && /work/flwrsim/bin/pip install torch==2.13.0 \\
@@ -63,6 +72,7 @@ NOTES = [
 
 def recipe_items(args: argparse.Namespace) -> list[str]:
     return [
+        *args.overrides,
         f"data.num_clients={args.clients}",
         f"federation.rounds={args.rounds}",
         f"strategy.params={{fraction: {args.fraction}, min_clients: 1}}",
@@ -77,7 +87,12 @@ def fedgen_row(args: argparse.Namespace, backend: str, out: Path) -> dict[str, A
     """One run of fedgen's ``backend``; per-round seconds from its metrics."""
     cfg = load_config(
         ROOT / "configs/fmnist_cgan.yaml",
-        [*recipe_items(args), f"backend.name={backend}", f"name=speed-{backend}"],
+        [
+            *recipe_items(args),
+            f"backend.name={backend}",
+            *([f"backend.params={{workers: {args.workers}}}"] if backend == "process_pool" else []),
+            f"name=speed-{backend}",
+        ],
     )
     seconds, cohort, total = timed_run(cfg, out / backend)
     return _row(f"fedgen {backend}", args, cohort, seconds, total)
@@ -162,11 +177,14 @@ def main() -> None:
         default=["flower", "process_pool", "inprocess", "vectorized"],
         choices=["flower", "process_pool", "inprocess", "vectorized"],
     )
+    parser.add_argument("--set", nargs="*", default=[], dest="overrides")
     parser.add_argument("--table", type=Path, default=ROOT / "benchmarks/results/speed.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     table = ResultsTable(args.table, COLUMNS)
-    table.start("flower_simulation", NOTES)
+    notes = [*NOTES, f"recipe overrides: {' '.join(args.overrides)}"] if args.overrides else NOTES
+    notes += [f"pinned to CPUs {sorted(os.sched_getaffinity(0))}, {args.workers} worker(s)"]
+    table.start("flower_simulation", notes)
     with tempfile.TemporaryDirectory() as tmp:
         for framework in args.frameworks:
             if framework == "flower":

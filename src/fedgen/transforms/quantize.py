@@ -1,4 +1,4 @@
-"""Unbiased stochastic quantization of updates to 8, 4 or 2 bits a value.
+"""Unbiased stochastic quantization of updates to 8, 4, 2 or (``quantize``) 1 bit a value.
 
 Two codes, both with a float32 scale per bucket of ``bucket_size`` values sent
 alongside the packed integers (``fedgen.transforms.bitpack``):
@@ -6,7 +6,9 @@ alongside the packed integers (``fedgen.transforms.bitpack``):
 - ``quantize``: stochastic uniform quantization between the bucket's minimum and
   maximum on ``2**bits - 1`` steps (as in Suresh et al. 2017, "Distributed Mean
   Estimation with Limited Communication"); a value between two levels rounds up with
-  probability equal to its distance from the lower one, so ``E[decode] = x``.
+  probability equal to its distance from the lower one, so ``E[decode] = x``. At one
+  bit a value is sent as its bucket's minimum or maximum: unbiased, with a variance
+  that only error feedback makes usable (the downlink's, as in EF21-P).
 - ``qsgd``: QSGD (Alistarh et al. 2017, "QSGD: Communication-Efficient SGD via
   Gradient Quantization and Encoding"): ``x_i = ||v|| * sign(v_i) * l_i / s`` with
   ``l_i`` the stochastic rounding of ``|v_i| / ||v|| * s`` over the bucket's L2
@@ -70,7 +72,7 @@ class StochasticQuantization(_BucketQuantizer):
     """Stochastic uniform quantization to ``bits`` bits between each bucket's min and max.
 
     Args:
-        bits: 8, 4 or 2 bits a value.
+        bits: 8, 4, 2 or 1 bits a value.
         bucket_size: values sharing one (minimum, step) pair of float32 scales.
     """
 
@@ -81,10 +83,10 @@ class StochasticQuantization(_BucketQuantizer):
 
         model_config = ConfigDict(extra="forbid")
 
-        bits: Literal[2, 4, 8] = 8
+        bits: Literal[1, 2, 4, 8] = 8
         bucket_size: int = Field(512, ge=1)
 
-    def __init__(self, bits: Literal[2, 4, 8] = 8, bucket_size: int = 512) -> None:
+    def __init__(self, bits: Literal[1, 2, 4, 8] = 8, bucket_size: int = 512) -> None:
         super().__init__(bits, bucket_size)
 
     def encode_tensor(
