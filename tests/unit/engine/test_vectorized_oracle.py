@@ -203,3 +203,22 @@ def test_update_transforms_and_secure_aggregation_apply_alike(mnist_dir, one_thr
     assert_same_run(
         run(mnist_dir, "inprocess", **overrides), run(mnist_dir, "vectorized", **overrides)
     )
+
+
+def test_compressed_downlink_clients_start_from_the_model_they_received(
+    mnist_dir, one_thread, caplog
+):
+    # Under federation.downlink a client trains from its own copy of the model (rebuilt
+    # from compressed deltas), not the server's: such rounds train sequentially (every
+    # vectorized client used to fail with a KeyError).
+    overrides = {
+        **VECTORIZING["cgan"],
+        "federation.downlink": "{name: quantize, params: {bits: 2}}",
+        "federation.rounds": 3,
+    }
+    sequential = run(mnist_dir, "inprocess", **overrides)
+    with caplog.at_level(logging.WARNING, logger="fedgen.engine.backends.vectorized"):
+        vectorized = run(mnist_dir, "vectorized", **overrides)
+    assert "compressed downlink" in caplog.text
+    assert all(not r.get("failures") for r in vectorized[1])
+    assert_same_run(sequential, vectorized)

@@ -22,7 +22,8 @@ instead of training again, so results are the other backends' to the byte.
 
 What cannot vectorize runs through the sequential path, and the log says why:
 a task without a functional step, DP-SGD (Opacus clips per sample inside
-``train_local``), fault injection (it wraps ``train_local``), a client config key
+``train_local``), fault injection (it wraps ``train_local``), a compressed downlink
+(each client starts from its own copy of the model), a client config key
 the functional step does not honour, or an error in the batched computation. With
 ``fallback: false`` the first of these (but a group's own error) is a ``ConfigError``.
 """
@@ -73,6 +74,10 @@ def why_not_vectorized(work: LocalWork) -> str | None:
         return "DP-SGD clips each example's gradient inside train_local (Opacus)"
     if work.faults is not None:
         return "fault injection wraps train_local"
+    if work.downlink is not None:
+        # Each client starts from its own copy of the model, rebuilt from compressed
+        # deltas inside run_client; the stacked start would be the server's model.
+        return "under a compressed downlink each client starts from its own copy of the model"
     if task.functional_training() is None:
         return f"task {type(task).__name__} has no functional training step for its params"
     return None
