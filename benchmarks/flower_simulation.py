@@ -83,19 +83,26 @@ def recipe_items(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def fedgen_row(args: argparse.Namespace, backend: str, out: Path) -> dict[str, Any]:
-    """One run of fedgen's ``backend``; per-round seconds from its metrics."""
+#: fedgen's rows: framework name -> (backend, its params beyond the worker count).
+FEDGEN = {
+    "inprocess": ("inprocess", None),
+    "vectorized": ("vectorized", None),
+    "process_pool": ("process_pool", ""),
+    # One worker per core, each training its share of a round's clients with vmap.
+    "process_pool_vectorized": ("process_pool", ", vectorize: true"),
+}
+
+
+def fedgen_row(args: argparse.Namespace, framework: str, out: Path) -> dict[str, Any]:
+    """One run of one of fedgen's backends; per-round seconds from its metrics."""
+    backend, extra = FEDGEN[framework]
+    params = [] if extra is None else [f"backend.params={{workers: {args.workers}{extra}}}"]
     cfg = load_config(
         ROOT / "configs/fmnist_cgan.yaml",
-        [
-            *recipe_items(args),
-            f"backend.name={backend}",
-            *([f"backend.params={{workers: {args.workers}}}"] if backend == "process_pool" else []),
-            f"name=speed-{backend}",
-        ],
+        [*recipe_items(args), f"backend.name={backend}", *params, f"name=speed-{framework}"],
     )
-    seconds, cohort, total = timed_run(cfg, out / backend)
-    return _row(f"fedgen {backend}", args, cohort, seconds, total)
+    seconds, cohort, total = timed_run(cfg, out / framework)
+    return _row(f"fedgen {framework}", args, cohort, seconds, total)
 
 
 def timed_run(cfg: Any, run_dir: Path) -> tuple[list[float], int, float]:
@@ -174,8 +181,8 @@ def main() -> None:
     parser.add_argument(
         "--frameworks",
         nargs="*",
-        default=["flower", "process_pool", "inprocess", "vectorized"],
-        choices=["flower", "process_pool", "inprocess", "vectorized"],
+        default=["flower", "process_pool", "inprocess", "vectorized", "process_pool_vectorized"],
+        choices=["flower", *FEDGEN],
     )
     parser.add_argument("--set", nargs="*", default=[], dest="overrides")
     parser.add_argument("--table", type=Path, default=ROOT / "benchmarks/results/speed.md")

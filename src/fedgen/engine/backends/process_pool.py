@@ -13,6 +13,13 @@ result's ``bytes_down`` and ``bytes_up`` are those encodings' lengths. Results
 are identical to the in-process backend: each client's randomness comes from
 its own seed, not from which worker runs it.
 
+With ``vectorize: true`` an idle worker takes a share of the queued clients of a round
+at once (the queue divided by the workers, at most a vectorized chunk) and trains them
+as one batched computation (``fedgen.engine.backends.vectorized``), one worker per core:
+the batching of the vectorized backend and the cores of the pool together. Messages are
+still one job and one reply per client; what cannot vectorize trains client by client
+in the worker, as the vectorized backend does.
+
 A worker keeps no client between jobs (any worker may run any client), so the
 client's own belongings, its private state and signing key, travel beside the
 job as a second encoded message, its *custody*, and its new private state comes
@@ -37,7 +44,7 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
@@ -56,6 +63,7 @@ from fedgen.engine.backends.local_training import (
 )
 from fedgen.engine.backends.parent_watch import die_with_parent
 from fedgen.engine.backends.signing import ClientKeys
+from fedgen.engine.backends.vectorized import auto_chunk, trained_together
 from fedgen.engine.client_side import ClientBuildError, ClientKit, ClientSide, LocalClientSide
 from fedgen.errors import ConfigError
 from fedgen.registry import BACKENDS, BUILTIN_MODULES
@@ -115,17 +123,22 @@ def _worker_main(
     conn.send(("ready",))
     while True:
         try:
-            if conn.recv() is None:
+            said = conn.recv()
+            if said is None:
                 return
-            job, custody = conn.recv_bytes(), conn.recv_bytes()
+            # ("job",): one client; ("jobs", n): n clients to train together.
+            count = said[1] if said[0] == "jobs" else 1
+            pairs = [(conn.recv_bytes(), conn.recv_bytes()) for _ in range(count)]
         except (EOFError, OSError):
             return  # the server closed the pipe
-        reply, kept = _train(job, custody, task, kit)
-        try:
-            conn.send_bytes(reply)
-            conn.send_bytes(kept)
-        except (BrokenPipeError, OSError):
-            return
+        trainer = task if count == 1 else trained_together(task, kit, pairs)
+        for job, custody in pairs:
+            reply, kept = _train(job, custody, trainer, kit)
+            try:
+                conn.send_bytes(reply)
+                conn.send_bytes(kept)
+            except (BrokenPipeError, OSError):
+                return
 
 
 def _train(job: bytes, custody: bytes, task: Task, kit: ClientKit) -> tuple[bytes, bytes]:
@@ -165,11 +178,11 @@ class _Worker:
     conn: Connection
     #: False until the worker has started up and said so.
     ready: bool = False
-    #: The job it is training and when it started, or None when idle.
-    job: _Pending | None = None
+    #: The jobs it is training (one, or a vectorized batch) and when they started.
+    jobs: list[_Pending] = field(default_factory=list)
     started: float = 0.0
-    #: Bytes of that client's job message.
-    sent: int = 0
+    #: Bytes of each of those clients' job messages.
+    sent: list[int] = field(default_factory=list)
 
 
 @BACKENDS.register("process_pool")
@@ -180,6 +193,8 @@ class ProcessPoolBackend(Backend):
         workers: number of worker processes.
         threads: torch threads per worker.
         client_timeout: seconds a client may run, from its own start (None: wait).
+        vectorize: each worker trains its share of a round's clients as one batched
+            computation (module docstring).
     """
 
     class Params(BaseModel):
@@ -194,15 +209,27 @@ class ProcessPoolBackend(Backend):
         #: Seconds a client may train, counted from when it starts on a worker; past it
         #: the client counts as failed and its worker is killed and replaced. None: wait.
         client_timeout: float | None = Field(None, gt=0)
+        #: Each worker trains its share of a round's clients together (vmap).
+        vectorize: bool = False
 
     def __init__(
-        self, workers: int | None = None, threads: int = 1, client_timeout: float | None = None
+        self,
+        workers: int | None = None,
+        threads: int = 1,
+        client_timeout: float | None = None,
+        vectorize: bool = False,
     ) -> None:
         self.workers = workers or os.cpu_count() or 1
         if self.workers < 1 or threads < 1:
             raise ConfigError("backend.params.workers and threads must be >= 1")
         if client_timeout is not None and client_timeout <= 0:
             raise ConfigError("backend.params.client_timeout must be > 0 seconds (or null)")
+        if vectorize and client_timeout is not None:
+            raise ConfigError(
+                "backend.params.vectorize trains a worker's clients together, so one "
+                "client's time cannot be told apart: unset client_timeout or vectorize"
+            )
+        self.vectorize = vectorize
         self.threads = threads
         self.client_timeout = client_timeout
         self._pool: list[_Worker] = []
@@ -315,7 +342,7 @@ class ProcessPoolBackend(Backend):
         return [self._done.pop(k) for k in keys]
 
     def _busy(self) -> list[_Worker]:
-        return [w for w in self._pool if w.job is not None]
+        return [w for w in self._pool if w.jobs]
 
     def _abandon(self) -> None:
         """Forget every job not yet read: queued ones, running ones (their workers are
@@ -337,28 +364,51 @@ class ProcessPoolBackend(Backend):
             ClientResult(ins.client_id, job.examples, failure=reason, bytes_up=up, bytes_down=down),
         )
 
+    def _take(self) -> list[_Pending]:
+        """The next jobs for an idle worker: one, or under ``vectorize`` its share of the
+        queued jobs of the same round (the queue divided by the workers, at most a chunk)."""
+        first = self._todo.pop(0)
+        if not self.vectorize:
+            return [first]
+        share = -(-(len(self._todo) + 1) // len(self._pool))
+        limit = min(share, auto_chunk(first.work.task))
+        taken = [first]
+        while len(taken) < limit and self._todo and self._todo[0].work is first.work:
+            taken.append(self._todo.pop(0))
+        return taken
+
+    def _send(self, worker: _Worker, jobs: list[_Pending]) -> None:
+        """Encode ``jobs`` and start them on ``worker`` (those that cannot go fail)."""
+        messages: list[tuple[_Pending, bytes, bytes]] = []
+        for queued in jobs:
+            try:
+                data = encode(job_message(queued.ins, queued.work, queued.num_clients))
+                custody = _custody(queued.ins.client_id, queued.private_states, queued.work.keys)
+            except WireError as exc:
+                self._fail(queued, f"the client's job cannot be encoded: {exc}")
+                continue
+            messages.append((queued, data, custody))
+        if not messages:
+            return
+        try:
+            worker.conn.send(("job",) if len(messages) == 1 else ("jobs", len(messages)))
+            for _, data, custody in messages:
+                worker.conn.send_bytes(data)
+                worker.conn.send_bytes(custody)
+        except (BrokenPipeError, OSError) as exc:
+            for queued, _, _ in messages:
+                self._fail(queued, f"worker process died before the client started: {exc}")
+            self._replace(worker)
+            return
+        worker.jobs = [queued for queued, _, _ in messages]
+        worker.sent = [len(data) for _, data, _ in messages]
+        worker.started = time.monotonic()
+
     def _pump(self) -> None:
         """Start queued jobs on idle workers, then wait for one event and handle it."""
         for worker in self._pool:
-            if worker.ready and worker.job is None and self._todo:
-                queued = self._todo.pop(0)
-                try:
-                    data = encode(job_message(queued.ins, queued.work, queued.num_clients))
-                    custody = _custody(
-                        queued.ins.client_id, queued.private_states, queued.work.keys
-                    )
-                except WireError as exc:
-                    self._fail(queued, f"the client's job cannot be encoded: {exc}")
-                    continue
-                try:
-                    worker.conn.send(("job",))
-                    worker.conn.send_bytes(data)
-                    worker.conn.send_bytes(custody)
-                except (BrokenPipeError, OSError) as exc:
-                    self._fail(queued, f"worker process died before the client started: {exc}")
-                    self._replace(worker)
-                    continue
-                worker.job, worker.started, worker.sent = queued, time.monotonic(), len(data)
+            if worker.ready and not worker.jobs and self._todo:
+                self._send(worker, self._take())
         busy = self._busy()
         starting = [w for w in self._pool if not w.ready]
         if not (busy or starting):
@@ -369,48 +419,55 @@ class ProcessPoolBackend(Backend):
                 self._hear_ready(worker)
         now = time.monotonic()
         for worker in busy:
-            running = worker.job
-            assert running is not None
-            job, ins = running, running.ins
             if worker.conn in ready:
-                try:
-                    reply, kept = worker.conn.recv_bytes(), worker.conn.recv_bytes()
-                except (EOFError, OSError):
-                    code = worker.process.exitcode
-                    worker.process.join(timeout=1)
-                    code = worker.process.exitcode if code is None else code
-                    self._fail(job, f"worker process died (exit code {code})", worker.sent)
-                    self._replace(worker)
-                    continue
-                worker.job = None
-                try:
-                    result = result_from_reply(decode(reply))
-                    returned = decode(kept)
-                    private = returned.arrays
-                    if "held" in returned.meta:
-                        self.held[ins.client_id] = from_message(
-                            decode(bytes.fromhex(returned.meta["held"]))
-                        )
-                except (WireError, ValueError, TypeError) as exc:
-                    self._fail(job, f"malformed reply: {exc}", worker.sent, len(reply))
-                    continue
-                if result.failure is not None:
-                    log.warning(
-                        "client %d failed in round %d: %s",
-                        ins.client_id,
-                        job.work.round,
-                        result.failure,
-                    )
-                    self._fail(job, result.failure, worker.sent, len(reply))
-                    continue
-                if private:
-                    job.private_states[ins.client_id] = private
-                result.bytes_down, result.bytes_up = worker.sent, len(reply)
-                self._finish(job, result)
+                self._hear_replies(worker)
             elif self.client_timeout is not None and now - worker.started > self.client_timeout:
-                self._fail(job, f"timed out after {self.client_timeout:g} s", worker.sent)
+                for job, sent in zip(worker.jobs, worker.sent, strict=True):
+                    self._fail(job, f"timed out after {self.client_timeout:g} s", sent)
+                worker.jobs, worker.sent = [], []
                 # A worker stuck in a client cannot be trusted with the next one.
                 self._replace(worker)
+
+    def _hear_replies(self, worker: _Worker) -> None:
+        """Read the replies of every job ``worker`` is training (it sends them together)."""
+        jobs, sent = worker.jobs, worker.sent
+        worker.jobs, worker.sent = [], []
+        for i, (job, down) in enumerate(zip(jobs, sent, strict=True)):
+            ins = job.ins
+            try:
+                reply, kept = worker.conn.recv_bytes(), worker.conn.recv_bytes()
+            except (EOFError, OSError):
+                code = worker.process.exitcode
+                worker.process.join(timeout=1)
+                code = worker.process.exitcode if code is None else code
+                for lost, lost_down in zip(jobs[i:], sent[i:], strict=True):
+                    self._fail(lost, f"worker process died (exit code {code})", lost_down)
+                self._replace(worker)
+                return
+            try:
+                result = result_from_reply(decode(reply))
+                returned = decode(kept)
+                private = returned.arrays
+                if "held" in returned.meta:
+                    self.held[ins.client_id] = from_message(
+                        decode(bytes.fromhex(returned.meta["held"]))
+                    )
+            except (WireError, ValueError, TypeError) as exc:
+                self._fail(job, f"malformed reply: {exc}", down, len(reply))
+                continue
+            if result.failure is not None:
+                log.warning(
+                    "client %d failed in round %d: %s",
+                    ins.client_id,
+                    job.work.round,
+                    result.failure,
+                )
+                self._fail(job, result.failure, down, len(reply))
+                continue
+            if private:
+                job.private_states[ins.client_id] = private
+            result.bytes_down, result.bytes_up = down, len(reply)
+            self._finish(job, result)
 
     def _hear_ready(self, worker: _Worker) -> None:
         """Read a starting worker's first message; replace it if it died starting up."""
@@ -445,7 +502,7 @@ class ProcessPoolBackend(Backend):
     def close(self) -> None:
         """Stop the workers (called when the run loop stops)."""
         for worker in self._pool:
-            _stop(worker, kill=worker.job is not None)
+            _stop(worker, kill=bool(worker.jobs))
         self._pool = []
         self._bound = None
         self._todo.clear()

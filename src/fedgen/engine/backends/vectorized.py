@@ -45,7 +45,7 @@ from torch.func import vmap
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import LocalWork
 from fedgen.engine.backends.inprocess import InProcessBackend
-from fedgen.engine.backends.local_training import local_steps_for
+from fedgen.engine.backends.local_training import local_steps_for, work_from_job
 from fedgen.engine.backends.stacking import (
     Nest,
     pad_and_stack,
@@ -54,12 +54,14 @@ from fedgen.engine.backends.stacking import (
     stack,
     write_rows,
 )
+from fedgen.engine.client_side import ClientKit
 from fedgen.errors import ConfigError
 from fedgen.modality import TensorKind
 from fedgen.registry import BACKENDS
 from fedgen.tasks.base import Task
 from fedgen.tasks.functional import FunctionalTraining, ModuleTensors
 from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict
+from fedgen.wire import decode
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +174,7 @@ class VectorizedBackend(InProcessBackend):
             return [_Group(list(plan.instructions), reason)]
         functional = work.task.functional_training()
         assert functional is not None  # why_not_vectorized said it has one
-        chunk = self.chunk_size or _auto_chunk(work.task, self.chunk_megabytes)
+        chunk = self.chunk_size or auto_chunk(work.task, self.chunk_megabytes)
         groups: list[_Group] = []
         key: object = None
         for ins in plan.instructions:
@@ -227,7 +229,7 @@ class VectorizedBackend(InProcessBackend):
         return outcomes
 
 
-def _auto_chunk(task: Task, megabytes: float) -> int:
+def auto_chunk(task: Task, megabytes: float = 32.0) -> int:
     """Clients whose stacked tensors and Adam moments (3 model copies) fit ``megabytes``."""
     trainable, _ = _split_frozen(task)
     per_client = 3 * sum(
@@ -241,6 +243,56 @@ def _auto_chunk(task: Task, megabytes: float) -> int:
 
 class _Sequential(Exception):
     """Marks a client whose vectorized training failed: it trains with ``train_local``."""
+
+
+def trained_together(task: Task, kit: ClientKit, jobs: list[tuple[bytes, bytes]]) -> Task:
+    """``task`` as a process-pool worker's batch of encoded ``(job, custody)`` pairs sees it.
+
+    The clients whose jobs can vectorize (``why_not_vectorized``; the first such job's
+    config) train together here, from their jobs' global state and their custody's
+    private state; the returned task hands each one its result when the worker then
+    answers its job (``local_training.answer_job``), as ``VectorizedBackend.run``
+    replays them through ``run_client``. The others (and all, should the batched
+    computation fail) train with ``task.train_local`` when their job is answered. A job
+    that cannot be read is left for its answer to report.
+    """
+    members: list[ClientInstruction] = []
+    private_states: dict[int, StateDict] = {}
+    clients: dict[int, ClientData] = {}
+    first: LocalWork | None = None
+    config: dict[str, Any] = {}
+    for job, custody in jobs:
+        try:
+            ins, work, _ = work_from_job(
+                decode(job), task, kit.transforms, kit.faults, None, kit.initial_state
+            )
+            data = kit.data(ins.client_id)
+            private = decode(custody).arrays
+        except Exception:  # answer_job reports a malformed job as the client's failure
+            continue
+        if first is None:
+            if why_not_vectorized(work) is not None:
+                continue
+            functional = task.functional_training()
+            assert functional is not None
+            if set(ins.config) - functional.config_keys:
+                continue
+            first, config = work, ins.config
+        elif ins.config != config:
+            continue
+        if data.num_examples == 0:  # its batches would raise: train_local says so
+            continue
+        members.append(ins)
+        clients[ins.client_id] = data
+        if private:
+            private_states[ins.client_id] = private
+    outcomes: dict[int, Outcome] = {}
+    if first is not None and members:
+        try:
+            outcomes = _train_together(task, members, first, clients, private_states)
+        except Exception as exc:  # the batched computation failed: each client on its own
+            log.warning("process pool: batched computation failed (%r); sequential", exc)
+    return _replaying(task, outcomes)
 
 
 def _train_together(
@@ -379,7 +431,8 @@ def _replaying(task: Task, outcomes: dict[int, Outcome]) -> Task:
         loads = list(pending)
         pending.clear()
         result.clear()
-        outcome = outcomes.pop(data.client_id)
+        # A client with no vectorized outcome (a pool worker's batch) trains itself.
+        outcome = outcomes.pop(data.client_id, _Sequential())
         if isinstance(outcome, _Sequential):
             for state in loads:
                 task.load_state(state)
