@@ -64,11 +64,18 @@ def check_update(
             )
         if value.dtype != ref.dtype:
             raise ClientUpdateError(f"{key}: dtype {value.dtype}, model has {ref.dtype}")
-        if (value.is_floating_point() or value.is_complex()) and not bool(
-            torch.isfinite(value).all()
-        ):
+        # One fused pass per tensor: its float64 L2 norm is NaN or Inf exactly when a
+        # value is (float32 squares cannot overflow float64), so it is also the check.
+        plain = value.detach()
+        if plain.is_complex():
+            part = float(torch.linalg.vector_norm(plain, dtype=torch.complex128))
+        elif plain.is_floating_point():
+            part = float(torch.linalg.vector_norm(plain, dtype=torch.float64))
+        else:  # integer tensors count toward the norm too
+            part = float(torch.linalg.vector_norm(plain.double()))
+        if not math.isfinite(part):
             raise ClientUpdateError(f"{key}: contains NaN or Inf")
-        sq += float(value.detach().double().abs().pow(2).sum())
+        sq += part * part
     for key in sorted(auxiliary):
         value = _dense(update[key], key, None)
         if value.shape != (1,) or not value.is_floating_point():
