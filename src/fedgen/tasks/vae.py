@@ -14,6 +14,7 @@ Every network takes its labels either as class indices ``(B,)`` or already one-h
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -122,11 +123,10 @@ class MlpDecoder(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.shape = shape
-        pixels = int(torch.tensor(shape).prod())
         self.net = nn.Sequential(
             nn.Linear(latent_dim + num_classes, hidden),
             nn.LeakyReLU(0.2),
-            nn.Linear(hidden, pixels),
+            nn.Linear(hidden, math.prod(shape)),
         )
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -145,9 +145,8 @@ class ConditionalVae(Task):
         p = self.params
         if p.architecture == "mlp":
             shape = tuple(self.image_shape)
-            pixels = int(torch.tensor(shape).prod())
             return {
-                "encoder": MlpEncoder(self.num_classes, p.latent_dim, p.hidden, pixels),
+                "encoder": MlpEncoder(self.num_classes, p.latent_dim, p.hidden, math.prod(shape)),
                 "decoder": MlpDecoder(self.num_classes, p.latent_dim, p.hidden, shape),
             }
         c = self.image_shape[0]
