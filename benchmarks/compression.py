@@ -47,9 +47,13 @@ SETTINGS: dict[str, str] = {
     "quantize-4": "[{name: quantize, params: {bits: 4}}]",
     "qsgd-4": "[{name: qsgd, params: {bits: 4}}]",
     "cast-bfloat16": "[{name: cast, params: {dtype: bfloat16}}]",
+    # A bit a value (scaled sign, error feedback), on all or a shared random support.
+    "sign": "[{name: sign}]",
+    "sign-0.5": "[{name: sign, params: {fraction: 0.5}}]",
+    "sign-0.25": "[{name: sign, params: {fraction: 0.25}}]",
 }
 #: setting -> federation.downlink (the broadcast as compressed deltas); the rest send
-#: the float32 model. Each pairs 2-bit quantization of the replies with a downlink codec.
+#: the float32 model. Each pairs a reply codec (before the "+") with a downlink codec.
 DOWNLINK: dict[str, str] = {
     "quantize-2+down-quantize-4": "{name: quantize, params: {bits: 4}}",
     "quantize-2+down-quantize-2": "{name: quantize, params: {bits: 2}}",
@@ -68,6 +72,13 @@ DOWNLINK: dict[str, str] = {
     "quantize-2-b2048+down-quantize-1-b2048": (
         "{name: quantize, params: {bits: 1, bucket_size: 2048}}"
     ),
+    # Scaled signs both ways: contractive, so the server's error feedback converges where
+    # the unbiased 1-bit code diverged; below a bit a value on a shared random support.
+    "quantize-2-b2048+down-sign": "{name: sign, params: {error_feedback: false}}",
+    "sign+down-sign": "{name: sign, params: {error_feedback: false}}",
+    "sign-0.5+down-sign-0.5": "{name: sign, params: {fraction: 0.5, error_feedback: false}}",
+    "sign-0.5+down-sign-0.25": "{name: sign, params: {fraction: 0.25, error_feedback: false}}",
+    "sign-0.25+down-sign-0.25": "{name: sign, params: {fraction: 0.25, error_feedback: false}}",
 }
 SETTINGS.update({name: SETTINGS[name.split("+")[0]] for name in DOWNLINK if name not in SETTINGS})
 #: float32 FedAvg stopped after half the rounds (its TSTR at about half the bytes).

@@ -27,7 +27,8 @@ Rules:
   can exceed it);
 - not the ``split`` backend, whose clients exchange activations, not updates.
 
-On success a ``random_mask`` is bound to the run's root seed (its shared mask seed).
+On success each codec is bound to the run's root seed (a shared-seed support derives
+from it: ``random_mask``, ``sign`` with a fraction).
 
 ``build_downlink`` checks and builds the codec of ``federation.downlink`` (the
 broadcast, compressed as deltas: ``fedgen.engine.downlink``).
@@ -110,8 +111,8 @@ def compression_problems(
             f"transforms: client_dp calibrates its noise to the clip bound on what clients "
             f"send, but {codec.codec_name} can send an update whose norm exceeds it "
             "(quantization and casts round values up, error feedback adds the residual); "
-            "use topk with error_feedback: false or random_mask with rescale: false, or "
-            "DP-SGD (dpsgd:), after which any codec is post-processing"
+            "use topk or sign with error_feedback: false, or random_mask with rescale: "
+            "false, or DP-SGD (dpsgd:), after which any codec is post-processing"
         )
     if dpsgd:
         log.info(
@@ -127,8 +128,7 @@ def compression_problems(
         )
     if not problems:
         for _, t in codecs:
-            if isinstance(t, RandomMask):
-                t.bind_seed(root_seed)
+            t.bind_seed(root_seed)
     return problems
 
 
@@ -170,7 +170,7 @@ def build_downlink(
     count = len(problems)
     if params.get("error_feedback"):
         problems.append(
-            "federation.downlink: topk's error_feedback keeps a residual on a client; the "
+            f"federation.downlink: {spec.name}'s error_feedback keeps a residual on a client; the "
             "downlink's own error feedback is the server's (what a delta left out is part "
             "of the next one): set federation.downlink.params.error_feedback: false"
         )
@@ -189,7 +189,6 @@ def build_downlink(
     if len(problems) > count:
         return None
     codec = cls(**params)
-    if isinstance(codec, RandomMask):
-        codec.bind_seed(root_seed)
+    codec.bind_seed(root_seed)
     spec_state = {"name": spec.name, "params": params, "state": codec.state_dict()}
     return Downlink(codec, spec_state, root_seed, initial)

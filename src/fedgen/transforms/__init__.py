@@ -7,6 +7,7 @@ from fedgen.transforms.codec import UpdateCodec, decode_arrival
 from fedgen.transforms.dp import ClientLevelDP, effective_noise_multiplier
 from fedgen.transforms.quantize import QSGD, StochasticQuantization
 from fedgen.transforms.secagg import SecureAggregation
+from fedgen.transforms.sign import ScaledSign
 from fedgen.transforms.sparsify import RandomMask, TopK
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "ClientLevelDP",
     "NormClip",
     "RandomMask",
+    "ScaledSign",
     "SecureAggregation",
     "StochasticQuantization",
     "TopK",

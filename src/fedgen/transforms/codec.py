@@ -50,6 +50,10 @@ class UpdateCodec(UpdateTransform):
     #: ``decode(encode(x)) == x`` exactly for every float32 update.
     lossless: ClassVar[bool] = False
 
+    def bind_seed(self, root_seed: int) -> None:
+        """Take the run's root seed, which every client's recipe holds: a codec whose
+        support is drawn from a shared seed derives it here (default: nothing to do)."""
+
     def encode_tensor(
         self, key: str, value: torch.Tensor, ctx: TransformContext
     ) -> dict[str, torch.Tensor]:

@@ -33,7 +33,7 @@ from fedgen.transforms.bitpack import pack, packed_size, unpack
 from fedgen.transforms.codec import UpdateCodec, check_parts, expect
 
 
-def _buckets(value: torch.Tensor, size: int) -> torch.Tensor:
+def buckets(value: torch.Tensor, size: int) -> torch.Tensor:
     """``value`` flattened (float32), zero-padded into rows of ``size``: (buckets, size)."""
     flat = value.detach().reshape(-1).to(torch.float32)
     padded = torch.zeros(math.ceil(flat.numel() / size) * size, dtype=torch.float32)
@@ -92,7 +92,7 @@ class StochasticQuantization(_BucketQuantizer):
     def encode_tensor(
         self, key: str, value: torch.Tensor, ctx: TransformContext
     ) -> dict[str, torch.Tensor]:
-        rows = _buckets(value, self.bucket_size)
+        rows = buckets(value, self.bucket_size)
         top = (1 << self.bits) - 1
         lo = rows.min(dim=1).values
         step = (rows.max(dim=1).values - lo) / top
@@ -145,7 +145,7 @@ class QSGD(_BucketQuantizer):
     def encode_tensor(
         self, key: str, value: torch.Tensor, ctx: TransformContext
     ) -> dict[str, torch.Tensor]:
-        rows = _buckets(value, self.bucket_size)
+        rows = buckets(value, self.bucket_size)
         s = self.levels
         norm = rows.norm(dim=1)
         safe = torch.where(norm > 0, norm, torch.ones_like(norm))

@@ -35,9 +35,16 @@ def kept_count(numel: int, fraction: float) -> int:
     return min(numel, max(1, math.ceil(fraction * numel)))
 
 
-def residual_key(key: str) -> str:
+def residual_key(key: str, codec: str = "topk") -> str:
     """Where model tensor ``key``'s error-feedback residual sits in a client's private state."""
-    return f"{PRIVATE_PREFIX}topk/{key}"
+    return f"{PRIVATE_PREFIX}{codec}/{key}"
+
+
+def shared_support(mask_seed: int, round: int, key: str, numel: int, fraction: float) -> torch.Tensor:
+    """Sorted coordinates of tensor ``key`` kept in ``round``: drawn from the run's shared
+    ``mask_seed``, so every client and the server draw the same, and none is sent."""
+    gen = torch_generator(mask_seed, round, key)
+    return torch.randperm(numel, generator=gen)[: kept_count(numel, fraction)].sort().values
 
 
 def _scatter(values: torch.Tensor, index: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -158,10 +165,7 @@ class RandomMask(UpdateCodec):
 
     def mask(self, key: str, numel: int, round: int) -> torch.Tensor:
         """Sorted coordinates of tensor ``key`` sent in ``round`` (the same for all clients)."""
-        gen = torch_generator(self.mask_seed, round, key)
-        return (
-            torch.randperm(numel, generator=gen)[: kept_count(numel, self.fraction)].sort().values
-        )
+        return shared_support(self.mask_seed, round, key, numel, self.fraction)
 
     def encode_tensor(
         self, key: str, value: torch.Tensor, ctx: TransformContext

@@ -18,6 +18,7 @@ from fedgen.errors import ConfigError
 from fedgen.experiment import build_experiment, restore_latest
 from fedgen.ledger.digest import state_digest
 from fedgen.transforms.quantize import StochasticQuantization
+from fedgen.transforms.sign import ScaledSign
 from fedgen.wire import decode, encode
 
 FOUR_BIT = "{name: quantize, params: {bits: 4}}"
@@ -70,6 +71,36 @@ def test_clients_rebuild_each_version_exactly_from_the_deltas_they_missed():
     last = _model(4)
     assert (server.view["w"] - last["w"]).abs().max() < 0.15
     assert torch.equal(server.view["steps"], last["steps"])
+
+
+def test_a_sign_downlink_on_a_shared_support_converges_to_the_server_model():
+    # Prepare: a 1-bit chain on half the coordinates a version (the support drawn from
+    # the run's seed, as the recipe binds it), toward a model that stops changing.
+    codec = ScaledSign(0.5, bucket_size=64, error_feedback=False)
+    codec.bind_seed(7)
+    params = {"fraction": 0.5, "bucket_size": 64, "error_feedback": False}
+    spec = {"name": "sign", "params": params, "state": codec.state_dict()}
+    server = Downlink(codec, spec, seed=7, initial=_model(0))
+    initial, own = _model(0), {}
+    target = _model(1)
+    gaps = []
+    # Execute: client 5 joins at version 0 and then every third version.
+    for version in range(30):
+        view = server.advance(version, target)
+        gaps.append(float((target["w"] - view["w"]).norm()))
+        if version % 3 == 0:
+            got = receive(server, 5, own, initial, initial)
+            server.settle(5, True)
+            # Assert: the client rebuilds the public model bit for bit from 1-bit deltas.
+            assert state_digest(got) == state_digest(view)
+    # What each delta left out is in the next one and the compressor is contractive:
+    # the public model closes in on the server's.
+    assert gaps[-1] < gaps[0] / 5
+    # An unbiased 1-bit code (a value sent as its bucket's min or max) is not
+    # contractive: under the same error feedback the gap grows without bound.
+    quantized = Downlink(StochasticQuantization(1, 64), spec, seed=7, initial=_model(0))
+    far = [float((target["w"] - quantized.advance(v, target)["w"]).norm()) for v in range(10)]
+    assert far[-1] > 10 * far[0]
 
 
 def encode_job(arrays, meta) -> bytes:

@@ -11,6 +11,7 @@ from fedgen.transforms.cast import CastCodec
 from fedgen.transforms.clip import UNCLIPPED_KEY
 from fedgen.transforms.codec import CODEC_PREFIX, decode_arrival, part_name
 from fedgen.transforms.quantize import QSGD, StochasticQuantization
+from fedgen.transforms.sign import ScaledSign
 from fedgen.transforms.sparsify import RandomMask, TopK, residual_key
 from fedgen.wire import Message, decode, encode
 
@@ -60,6 +61,9 @@ ALL = [
     TopK(0.1, error_feedback=False),
     RandomMask(0.25),
     RandomMask(0.25, rescale=True),
+    ScaledSign(),
+    ScaledSign(0.25, bucket_size=64),
+    ScaledSign(0.5, error_feedback=False),
 ]
 
 
@@ -172,20 +176,62 @@ def test_a_quantized_message_is_as_small_as_its_bits():
         assert size < plain * (bits + 64 / 512) / 32 + 400
 
 
-def test_error_feedback_conserves_what_was_sent_plus_the_residual():
+@pytest.mark.parametrize(
+    "codec", [TopK(0.05), ScaledSign(0.05, bucket_size=16)], ids=["topk", "sign"]
+)
+def test_error_feedback_conserves_what_was_sent_plus_the_residual(codec):
     # Prepare
-    codec = TopK(0.05)
     private: dict[str, torch.Tensor] = {}
     first, second = update(0), update(1)
+    name = codec.codec_name
     # Execute: two rounds of one client.
     sent0 = codec.decode(codec.on_client(first, ctx(private=private))[0], REFERENCE, ctx())
-    residual0 = {k: private[residual_key(k)].clone() for k in ("net.w", "net.b")}
-    sent1 = codec.decode(codec.on_client(second, ctx(private=private))[0], REFERENCE, ctx())
-    # Assert: nothing is lost, only delayed, bit for bit.
+    residual0 = {k: private[residual_key(k, name)].clone() for k in ("net.w", "net.b")}
+    sent1 = codec.decode(
+        codec.on_client(second, ctx(round=1, private=private))[0], REFERENCE, ctx(round=1)
+    )
+    # Assert: nothing is lost, only delayed (to float rounding: a sign's residual is a
+    # difference of floats).
     for k in ("net.w", "net.b"):
-        assert torch.equal(sent0[k] + residual0[k], first[k])
-        assert torch.equal(sent1[k] + private[residual_key(k)], second[k] + residual0[k])
+        residual1 = private[residual_key(k, name)]
+        assert torch.allclose(sent0[k] + residual0[k], first[k], atol=1e-6)
+        assert torch.allclose(sent1[k] + residual1, second[k] + residual0[k], atol=1e-6)
         assert int((sent0[k] != 0).sum()) == max(1, -(-first[k].numel() * 5 // 100))
+
+
+def test_a_scaled_sign_is_contractive_and_never_grows_the_norm():
+    # Prepare: updates of several scales and shapes, a few coordinates exactly zero.
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(20):
+        x = {"net.w": torch.randn(40, 30, generator=gen) * 10.0 ** (trial % 5 - 2)}
+        x["net.w"][0, :5] = 0.0
+        for codec in (ScaledSign(bucket_size=64), ScaledSign(0.3, error_feedback=False)):
+            # Execute
+            got = codec.decode(codec.on_client(x, ctx(round=trial))[0], x, ctx(round=trial))
+            # Assert: closer to x than zero is (what error feedback needs to converge),
+            # and the norm within x's (what client-level DP's clip bound needs).
+            assert (got["net.w"] - x["net.w"]).norm() < x["net.w"].norm()
+            assert got["net.w"].norm() <= x["net.w"].norm() * (1 + 1e-6)
+    # The optimal scale: the bucket's mean magnitude.
+    x = {"net.w": torch.tensor([[3.0, -1.0, 2.0, -2.0]])}
+    sent, _ = ScaledSign(bucket_size=4, error_feedback=False).on_client(x, ctx())
+    assert torch.equal(sent[part_name("net.w", "scale")], torch.tensor([2.0]))
+
+
+def test_a_sign_message_is_a_bit_a_sent_value():
+    # Prepare: one float32 tensor of 65,536 values (256 KiB).
+    x = {"net.w": torch.randn(256, 256)}
+    plain = len(encode(Message(x)))
+    for fraction in (1.0, 0.5, 0.25):
+        # Execute
+        sent, _ = ScaledSign(fraction, error_feedback=False).on_client(x, ctx())
+        size = len(encode(Message(sent)))
+        # Assert: a bit per sent value and a float32 scale per 2,048 of them; the
+        # support is drawn from the shared seed, not sent.
+        kept = int(65536 * fraction)
+        payload = kept // 8 + 4 * (kept // 2048)
+        assert payload <= size <= payload + 400
+        assert size < plain * fraction / 32 * 1.01 + 400
 
 
 def test_error_feedback_without_a_private_store_is_an_error_not_a_silent_loss():
@@ -263,6 +309,11 @@ def malformed(codec, change):
             "lacks",
         ),
         (QSGD(2), lambda s: s[part_name("net.b", "q")].fill_(255), "level beyond"),
+        (
+            ScaledSign(error_feedback=False),
+            lambda s: s[part_name("net.w", "scale")].fill_(float("nan")),
+            "not finite",
+        ),
     ],
     ids=[
         "index-count",
@@ -272,6 +323,7 @@ def malformed(codec, change):
         "dtype",
         "extra",
         "level",
+        "sign-scale",
     ],
 )
 def test_a_malformed_encoding_is_a_client_update_error(codec, change, message):

@@ -1,0 +1,153 @@
+"""Scaled sign compression: one bit a value, or less on a shared random support.
+
+``sign`` sends each value's sign and, per bucket of ``bucket_size`` values, one float32
+scale: the bucket's mean magnitude, the scale that brings ``s * sign(x)`` closest to
+``x`` in L2. That compressor is biased but contractive (``||C(x) - x|| < ||x||`` for any
+non-zero ``x``), which is what error feedback needs to converge: signSGD with error
+feedback (Karimireddy et al. 2019, "Error Feedback Fixes SignSGD and other Gradient
+Compression Schemes") on a client's update, and EF21-P (Gruntkowska et al. 2023) on the
+server's broadcast, where the stochastic 1-bit ``quantize`` (unbiased, with a variance
+larger than the value it codes) makes training diverge.
+
+With ``fraction`` below 1 only the coordinates of a random support are sent, drawn
+from the run's shared seed, the round and the tensor's name as ``random_mask`` draws
+them (the support is not sent): ``fraction`` bits a value. With ``error_feedback``
+what a round does not send, off the support or in the rounding to a sign, stays in
+the client's private state and is added to its next update.
+
+Without error feedback the sent update's norm never exceeds the update's (per bucket
+``n * mean|x|**2 <= ||x||**2``), so it composes with client-level DP's clip bound.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedgen.registry import TRANSFORMS
+from fedgen.seeding import derive_seed
+from fedgen.transforms.base import TransformContext
+from fedgen.transforms.bitpack import pack, packed_size, unpack
+from fedgen.transforms.codec import UpdateCodec, check_parts, expect
+from fedgen.transforms.quantize import buckets
+from fedgen.transforms.sparsify import residual_key, shared_support
+
+
+@TRANSFORMS.register("sign")
+class ScaledSign(UpdateCodec):
+    """Each value's sign times its bucket's mean magnitude, on all or a shared random
+    ``fraction`` of each tensor's coordinates.
+
+    Args:
+        fraction: of each tensor's coordinates sent each round (1: all of them).
+        bucket_size: values (of those sent) sharing one float32 scale.
+        error_feedback: keep what was not sent in the client's private state and add it
+            to the next update (a compressed downlink has its own, on the server: there
+            it must be off).
+    """
+
+    codec_name = "sign"
+
+    class Params(BaseModel):
+        """The recipe's ``params`` of a ``sign`` transform (see Args)."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        fraction: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+        bucket_size: int = Field(2048, ge=1)
+        error_feedback: bool = True
+
+    def __init__(
+        self, fraction: float = 1.0, bucket_size: int = 2048, error_feedback: bool = True
+    ) -> None:
+        self.fraction = float(fraction)
+        self.bucket_size = int(bucket_size)
+        self.error_feedback = bool(error_feedback)
+        #: The run's shared support seed (``bind_seed``); unused at fraction 1.
+        self.mask_seed = 0
+
+    @property
+    def dp_compatible(self) -> bool:
+        """Without error feedback the sent norm stays within the update's (module doc)."""
+        return not self.error_feedback
+
+    def bind_seed(self, root_seed: int) -> None:
+        self.mask_seed = derive_seed(root_seed, "sign")
+
+    def _support(self, key: str, numel: int, round: int) -> torch.Tensor | None:
+        """The coordinates sent (None: every one)."""
+        if self.fraction >= 1.0:
+            return None
+        return shared_support(self.mask_seed, round, key, numel, self.fraction)
+
+    def encode_tensor(
+        self, key: str, value: torch.Tensor, ctx: TransformContext
+    ) -> dict[str, torch.Tensor]:
+        flat = value.detach().reshape(-1).to(torch.float32)
+        if self.error_feedback:
+            if ctx.private is None:
+                # Silently dropping the residual would turn error feedback off.
+                raise ValueError(
+                    "sign error_feedback keeps a residual in the client's private state, "
+                    "which this backend does not carry; use error_feedback: false or "
+                    "backend inprocess/process_pool/flower"
+                )
+            residual = ctx.private.get(residual_key(key, self.codec_name))
+            if residual is not None:
+                flat = flat + residual.reshape(-1)
+        support = self._support(key, flat.numel(), ctx.round)
+        kept = flat if support is None else flat[support]
+        n = kept.numel()
+        rows = buckets(kept, self.bucket_size)  # zero-padded: the padding adds no magnitude
+        counts = torch.full((rows.shape[0],), float(self.bucket_size))
+        counts[-1] = n - (rows.shape[0] - 1) * self.bucket_size
+        scale = rows.abs().sum(dim=1) / counts
+        positive = (kept >= 0).to(torch.int64)
+        if self.error_feedback and ctx.private is not None:
+            sent = self._values(positive, scale)
+            left = flat.clone()
+            if support is None:
+                left -= sent
+            else:
+                left[support] -= sent
+            ctx.private[residual_key(key, self.codec_name)] = left.reshape(value.shape)
+        return {"q": pack(positive, 1), "scale": scale}
+
+    def _values(self, positive: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The sent values: +-scale of each value's bucket."""
+        per_value = scale.repeat_interleave(self.bucket_size)[: positive.numel()]
+        return per_value * (2.0 * positive.to(torch.float32) - 1.0)
+
+    def decode_tensor(
+        self,
+        key: str,
+        parts: dict[str, torch.Tensor],
+        reference: torch.Tensor,
+        ctx: TransformContext,
+    ) -> torch.Tensor:
+        check_parts(parts, {"q", "scale"})
+        support = self._support(key, reference.numel(), ctx.round)
+        n = reference.numel() if support is None else support.numel()
+        q = expect(parts.get("q"), "q", torch.uint8, packed_size(n, 1))
+        scale = expect(
+            parts.get("scale"), "scale", torch.float32, math.ceil(n / self.bucket_size)
+        )
+        if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
+            raise ValueError("a scale that is negative or not finite")
+        values = self._values(unpack(q, 1, n), scale)
+        if support is None:
+            flat = values
+        else:
+            flat = torch.zeros(reference.numel(), dtype=torch.float32)
+            flat[support] = values
+        return flat.reshape(reference.shape).to(reference.dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mask_seed": self.mask_seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "mask_seed" in state:
+            self.mask_seed = int(state["mask_seed"])
