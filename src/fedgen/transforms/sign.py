@@ -132,9 +132,7 @@ class ScaledSign(UpdateCodec):
         support = self._support(key, reference.numel(), ctx.round)
         n = reference.numel() if support is None else support.numel()
         q = expect(parts.get("q"), "q", torch.uint8, packed_size(n, 1))
-        scale = expect(
-            parts.get("scale"), "scale", torch.float32, math.ceil(n / self.bucket_size)
-        )
+        scale = expect(parts.get("scale"), "scale", torch.float32, math.ceil(n / self.bucket_size))
         if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
             raise ValueError("a scale that is negative or not finite")
         values = self._values(unpack(q, 1, n), scale)

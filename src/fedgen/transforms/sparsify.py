@@ -40,7 +40,9 @@ def residual_key(key: str, codec: str = "topk") -> str:
     return f"{PRIVATE_PREFIX}{codec}/{key}"
 
 
-def shared_support(mask_seed: int, round: int, key: str, numel: int, fraction: float) -> torch.Tensor:
+def shared_support(
+    mask_seed: int, round: int, key: str, numel: int, fraction: float
+) -> torch.Tensor:
     """Sorted coordinates of tensor ``key`` kept in ``round``: drawn from the run's shared
     ``mask_seed``, so every client and the server draw the same, and none is sent."""
     gen = torch_generator(mask_seed, round, key)
