@@ -2,8 +2,8 @@
 
 ``sign`` sends each value's sign and, per bucket of ``bucket_size`` values, one float32
 scale: the bucket's mean magnitude, the scale that brings ``s * sign(x)`` closest to
-``x`` in L2. That compressor is biased but contractive (``||C(x) - x|| < ||x||`` for any
-non-zero ``x``), which is what error feedback needs to converge: signSGD with error
+``x`` in L2. That compressor is biased but contractive (``||C(x) - x|| < ||x||`` for
+any non-zero ``x``), which is what error feedback needs to converge: signSGD with error
 feedback (Karimireddy et al. 2019, "Error Feedback Fixes SignSGD and other Gradient
 Compression Schemes") on a client's update, and EF21-P (Gruntkowska et al. 2023) on the
 server's broadcast, where the stochastic 1-bit ``quantize`` (unbiased, with a variance
@@ -14,6 +14,10 @@ from the run's shared seed, the round and the tensor's name as ``random_mask`` d
 them (the support is not sent): ``fraction`` bits a value. With ``error_feedback``
 what a round does not send, off the support or in the rounding to a sign, stays in
 the client's private state and is added to its next update.
+
+An update travels as two arrays, all its tensors' signs and all their scales: at a
+bit a value or less, a header entry per tensor and part would weigh about as much as
+the values (the cGAN's 40 tensors).
 
 Without error feedback the sent update's norm never exceeds the update's (per bucket
 ``n * mean|x|**2 <= ||x||**2``), so it composes with client-level DP's clip bound.
@@ -31,9 +35,24 @@ from fedgen.registry import TRANSFORMS
 from fedgen.seeding import derive_seed
 from fedgen.transforms.base import TransformContext
 from fedgen.transforms.bitpack import pack, packed_size, unpack
-from fedgen.transforms.codec import UpdateCodec, check_parts, expect
+from fedgen.transforms.clip import AUX_PREFIX
+from fedgen.transforms.codec import CODEC_PREFIX, UpdateCodec, expect
 from fedgen.transforms.quantize import buckets
 from fedgen.transforms.sparsify import residual_key, shared_support
+from fedgen.types import StateDict
+
+#: The update's signs, all its coded tensors' in turn (sorted by name), a bit each.
+SIGNS = CODEC_PREFIX + "sign/signs"
+#: Every bucket's scale, in the same order.
+SCALES = CODEC_PREFIX + "sign/scales"
+PARTS = (SIGNS, SCALES)
+
+
+def _coded_keys(state: StateDict) -> list[str]:
+    """The tensors a sign update codes, in the order their signs and scales travel."""
+    return sorted(
+        k for k, v in state.items() if v.is_floating_point() and not k.startswith(AUX_PREFIX)
+    )
 
 
 @TRANSFORMS.register("sign")
@@ -71,7 +90,11 @@ class ScaledSign(UpdateCodec):
 
     @property
     def dp_compatible(self) -> bool:
-        """Without error feedback the sent norm stays within the update's (module doc)."""
+        """An update travels as two arrays, all its tensors' signs and all their scales: at a
+        bit a value or less, a header entry per tensor and part would weigh about as much as
+        the values (the cGAN's 40 tensors).
+
+        Without error feedback the sent norm stays within the update's (module doc)."""
         return not self.error_feedback
 
     def bind_seed(self, root_seed: int) -> None:
@@ -83,9 +106,33 @@ class ScaledSign(UpdateCodec):
             return None
         return shared_support(self.mask_seed, round, key, numel, self.fraction)
 
-    def encode_tensor(
+    def on_client(
+        self, update: StateDict, ctx: TransformContext
+    ) -> tuple[StateDict, dict[str, float]]:
+        encoded: StateDict = {}
+        signs: list[torch.Tensor] = []
+        scales: list[torch.Tensor] = []
+        plain = 0
+        for key in _coded_keys(update):
+            value = update[key]
+            plain += value.numel() * 4
+            positive, scale = self._encode_tensor(key, value, ctx)
+            signs.append(positive)
+            scales.append(scale)
+        for key, value in update.items():
+            if key.startswith(AUX_PREFIX) or not value.is_floating_point():
+                encoded[key] = value
+        # One array of signs and one of scales for the whole update: at a bit a value or
+        # less, a header entry per tensor and part would weigh as much as the values.
+        encoded[SIGNS] = pack(torch.cat(signs) if signs else torch.zeros(0, dtype=torch.int64), 1)
+        encoded[SCALES] = torch.cat(scales) if scales else torch.zeros(0)
+        sent = encoded[SIGNS].numel() + encoded[SCALES].numel() * 4
+        return encoded, {"encoded_fraction": sent / plain if plain else 1.0}
+
+    def _encode_tensor(
         self, key: str, value: torch.Tensor, ctx: TransformContext
-    ) -> dict[str, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``key``'s signs (1: non-negative) on its support, and its buckets' scales."""
         flat = value.detach().reshape(-1).to(torch.float32)
         if self.error_feedback:
             if ctx.private is None:
@@ -114,34 +161,48 @@ class ScaledSign(UpdateCodec):
             else:
                 left[support] -= sent
             ctx.private[residual_key(key, self.codec_name)] = left.reshape(value.shape)
-        return {"q": pack(positive, 1), "scale": scale}
+        return positive, scale
 
     def _values(self, positive: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """The sent values: +-scale of each value's bucket."""
         per_value = scale.repeat_interleave(self.bucket_size)[: positive.numel()]
         return per_value * (2.0 * positive.to(torch.float32) - 1.0)
 
-    def decode_tensor(
-        self,
-        key: str,
-        parts: dict[str, torch.Tensor],
-        reference: torch.Tensor,
-        ctx: TransformContext,
-    ) -> torch.Tensor:
-        check_parts(parts, {"q", "scale"})
-        support = self._support(key, reference.numel(), ctx.round)
-        n = reference.numel() if support is None else support.numel()
-        q = expect(parts.get("q"), "q", torch.uint8, packed_size(n, 1))
-        scale = expect(parts.get("scale"), "scale", torch.float32, math.ceil(n / self.bucket_size))
-        if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
+    def decode(self, update: StateDict, reference: StateDict, ctx: TransformContext) -> StateDict:
+        """One client's update as the model's tensors, from what ``on_client`` sent.
+
+        Raises:
+            ValueError: the signs or scales are missing, of the wrong size or malformed.
+        """
+        extra = sorted(k for k in update if k.startswith(CODEC_PREFIX) and k not in PARTS)
+        if extra:
+            raise ValueError(f"arrays a sign update does not send: {extra[:3]}")
+        keys = _coded_keys(reference)
+        for key in keys:
+            if key in update:
+                raise ValueError(f"{key}: sent both encoded and as a plain tensor")
+        supports = {k: self._support(k, reference[k].numel(), ctx.round) for k in keys}
+        kept = [reference[k].numel() if s is None else s.numel() for k, s in supports.items()]
+        rows = [math.ceil(n / self.bucket_size) for n in kept]
+        signs = unpack(
+            expect(update.get(SIGNS), "signs", torch.uint8, packed_size(sum(kept), 1)), 1, sum(kept)
+        )
+        scales = expect(update.get(SCALES), "scales", torch.float32, sum(rows))
+        if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
             raise ValueError("a scale that is negative or not finite")
-        values = self._values(unpack(q, 1, n), scale)
-        if support is None:
-            flat = values
-        else:
-            flat = torch.zeros(reference.numel(), dtype=torch.float32)
-            flat[support] = values
-        return flat.reshape(reference.shape).to(reference.dtype)
+        decoded = {k: v for k, v in update.items() if k not in PARTS}
+        for key, support, these_signs, these_scales in zip(
+            keys, supports.values(), signs.split(kept), scales.split(rows), strict=True
+        ):
+            ref = reference[key]
+            values = self._values(these_signs, these_scales)
+            if support is None:
+                flat = values
+            else:
+                flat = torch.zeros(ref.numel(), dtype=torch.float32)
+                flat[support] = values
+            decoded[key] = flat.reshape(ref.shape).to(ref.dtype)
+        return decoded
 
     def state_dict(self) -> dict[str, Any]:
         return {"mask_seed": self.mask_seed}

@@ -11,7 +11,7 @@ from fedgen.transforms.cast import CastCodec
 from fedgen.transforms.clip import UNCLIPPED_KEY
 from fedgen.transforms.codec import CODEC_PREFIX, decode_arrival, part_name
 from fedgen.transforms.quantize import QSGD, StochasticQuantization
-from fedgen.transforms.sign import ScaledSign
+from fedgen.transforms.sign import SCALES, ScaledSign
 from fedgen.transforms.sparsify import RandomMask, TopK, residual_key
 from fedgen.wire import Message, decode, encode
 
@@ -215,21 +215,22 @@ def test_a_scaled_sign_is_contractive_and_never_grows_the_norm():
     # The optimal scale: the bucket's mean magnitude.
     x = {"net.w": torch.tensor([[3.0, -1.0, 2.0, -2.0]])}
     sent, _ = ScaledSign(bucket_size=4, error_feedback=False).on_client(x, ctx())
-    assert torch.equal(sent[part_name("net.w", "scale")], torch.tensor([2.0]))
+    assert torch.equal(sent[SCALES], torch.tensor([2.0]))
 
 
 def test_a_sign_message_is_a_bit_a_sent_value():
-    # Prepare: one float32 tensor of 65,536 values (256 KiB).
-    x = {"net.w": torch.randn(256, 256)}
+    # Prepare: 65,536 float32 values (256 KiB) in 32 tensors, as a model has many.
+    x = {f"net.{i}.w": torch.randn(64, 32) for i in range(32)}
     plain = len(encode(Message(x)))
     for fraction in (1.0, 0.5, 0.25):
         # Execute
         sent, _ = ScaledSign(fraction, error_feedback=False).on_client(x, ctx())
         size = len(encode(Message(sent)))
-        # Assert: a bit per sent value and a float32 scale per 2,048 of them; the
-        # support is drawn from the shared seed, not sent.
+        # Assert: a bit per sent value and a float32 scale per tensor (2,048 values or
+        # fewer each), in two arrays whatever the tensors; the support is drawn from the
+        # shared seed, not sent.
         kept = int(65536 * fraction)
-        payload = kept // 8 + 4 * (kept // 2048)
+        payload = kept // 8 + 4 * 32
         assert payload <= size <= payload + 400
         assert size < plain * fraction / 32 * 1.01 + 400
 
@@ -311,7 +312,7 @@ def malformed(codec, change):
         (QSGD(2), lambda s: s[part_name("net.b", "q")].fill_(255), "level beyond"),
         (
             ScaledSign(error_feedback=False),
-            lambda s: s[part_name("net.w", "scale")].fill_(float("nan")),
+            lambda s: s[SCALES].fill_(float("nan")),
             "not finite",
         ),
     ],
