@@ -150,7 +150,8 @@ class ScaledSign(UpdateCodec):
         n = kept.numel()
         rows = buckets(kept, self.bucket_size)  # zero-padded: the padding adds no magnitude
         counts = torch.full((rows.shape[0],), float(self.bucket_size))
-        counts[-1] = n - (rows.shape[0] - 1) * self.bucket_size
+        if n:  # an empty tensor has no bucket
+            counts[-1] = n - (rows.shape[0] - 1) * self.bucket_size
         scale = rows.abs().sum(dim=1) / counts
         positive = (kept >= 0).to(torch.int64)
         if self.error_feedback and ctx.private is not None:

@@ -218,6 +218,14 @@ def test_a_scaled_sign_is_contractive_and_never_grows_the_norm():
     assert torch.equal(sent[SCALES], torch.tensor([2.0]))
 
 
+def test_a_sign_update_round_trips_empty_and_single_value_tensors():
+    x = {"a": torch.zeros(0), "b": torch.tensor([-0.5]), "c": torch.randn(3, 0, 2)}
+    codec = ScaledSign(0.5, bucket_size=4)
+    got = codec.decode(codec.on_client(x, ctx())[0], x, ctx())
+    assert got["a"].shape == (0,) and got["c"].shape == (3, 0, 2)
+    assert torch.equal(got["b"], torch.tensor([-0.5]))  # one value: its own magnitude
+
+
 def test_a_sign_message_is_a_bit_a_sent_value():
     # Prepare: 65,536 float32 values (256 KiB) in 32 tensors, as a model has many.
     x = {f"net.{i}.w": torch.randn(64, 32) for i in range(32)}
