@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import pytest
@@ -51,14 +50,6 @@ class FrozenBaseClassifier(Task):
         raise NotImplementedError("a classifier generates nothing")
 
 
-def _hash(state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].numpy().tobytes())
-    return h.hexdigest()
-
-
 def test_every_task_declares_its_modality_and_every_modality_has_its_handlers():
     modalities = {name: TASKS.get(name).modality for name in TASKS.names()}
     assert modalities["cgan"] == modalities["cvae"] == Modality.IMAGES
@@ -75,15 +66,44 @@ def test_a_task_refuses_data_of_another_modality(mnist_dir):
         build_task(cfg, DataSpec(Modality.TEXT, vocab_size=256))
 
 
+#: The tiny federation's tensors after 2 rounds, by L2 norm (6 digits), recorded on an
+#: Intel Xeon at 55963b0, whose state matched the one before the image tasks moved onto
+#: the contract (commit 9de1725: its sha256 held on the AMD EPYC machines of CI).
+TINY_NORMS = {
+    "discriminator.embed.weight": 0.883786,
+    "discriminator.features.0.bias": 0.286179,
+    "discriminator.features.0.weight": 1.67658,
+    "discriminator.features.2.bias": 0.201364,
+    "discriminator.features.2.weight": 2.32785,
+    "discriminator.head.bias": 0.0220528,
+    "discriminator.head.weight": 0.572432,
+    "generator.body.0.bias": 0.00267352,
+    "generator.body.0.weight": 4.00036,
+    "generator.body.2.bias": 0.15866,
+    "generator.body.2.weight": 2.29877,
+    "generator.body.3.bias": 0.00129389,
+    "generator.body.3.weight": 2.82835,
+    "generator.body.5.bias": 0.241162,
+    "generator.body.5.weight": 1.62893,
+    "generator.embed.weight": 12.8102,
+    "generator.project.bias": 1.75075,
+    "generator.project.weight": 16.2007,
+}
+
+
 def test_the_image_tasks_train_as_before_the_contract(mnist_dir):
-    # The tiny federation's state after 2 rounds, as recorded before the image tasks moved
-    # onto the contract (commit 9de1725). A change of torch or of the tasks' numerics
-    # shows here first; re-record only for a change that is meant to alter results.
+    # A change of torch or of the tasks' numerics shows here first; re-record only for a
+    # change meant to alter results. Not a hash: CPUs differ in their float rounding
+    # (this state's sha256 differs between AMD EPYC and Intel Xeon), and rounding moves
+    # these norms by about 1e-4 (measured: 1 against 2 torch threads); a 5% change of the
+    # learning rate moves them 4%, another seed 57%.
     fed = build_experiment(tiny_config(mnist_dir, **{"federation.rounds": 2})).federation
     assert fed.run()
-    assert _hash(fed.global_state) == (
-        "b6f1303af67d64ba723c21c37f986ff00c8393eaeb614c0d57a088124de61ce8"
-    )
+    floating = {k for k, v in fed.global_state.items() if v.is_floating_point()}
+    assert floating == set(TINY_NORMS)
+    for key, norm in TINY_NORMS.items():
+        got = float(fed.global_state[key].double().norm())
+        assert abs(got - norm) <= 5e-3 * norm, (key, got, norm)
 
 
 def test_frozen_tensors_are_never_sent_kept_per_client_or_checkpointed(mnist_dir, tmp_path):
