@@ -38,7 +38,7 @@ from fedgen.transforms.bitpack import pack, packed_size, unpack
 from fedgen.transforms.clip import AUX_PREFIX
 from fedgen.transforms.codec import CODEC_PREFIX, UpdateCodec, expect
 from fedgen.transforms.quantize import buckets
-from fedgen.transforms.sparsify import residual_key, shared_support
+from fedgen.transforms.sparsify import residual_key, shared_support, with_residual
 from fedgen.types import StateDict
 
 #: The update's signs, all its coded tensors' in turn (sorted by name), a bit each.
@@ -90,11 +90,7 @@ class ScaledSign(UpdateCodec):
 
     @property
     def dp_compatible(self) -> bool:
-        """An update travels as two arrays, all its tensors' signs and all their scales: at a
-        bit a value or less, a header entry per tensor and part would weigh about as much as
-        the values (the cGAN's 40 tensors).
-
-        Without error feedback the sent norm stays within the update's (module doc)."""
+        """Without error feedback the sent norm stays within the update's (module doc)."""
         return not self.error_feedback
 
     def bind_seed(self, root_seed: int) -> None:
@@ -135,16 +131,7 @@ class ScaledSign(UpdateCodec):
         """``key``'s signs (1: non-negative) on its support, and its buckets' scales."""
         flat = value.detach().reshape(-1).to(torch.float32)
         if self.error_feedback:
-            if ctx.private is None:
-                # Silently dropping the residual would turn error feedback off.
-                raise ValueError(
-                    "sign error_feedback keeps a residual in the client's private state, "
-                    "which this backend does not carry; use error_feedback: false or "
-                    "backend inprocess/process_pool/flower"
-                )
-            residual = ctx.private.get(residual_key(key, self.codec_name))
-            if residual is not None:
-                flat = flat + residual.reshape(-1)
+            flat = with_residual(flat, key, self.codec_name, ctx)
         support = self._support(key, flat.numel(), ctx.round)
         kept = flat if support is None else flat[support]
         n = kept.numel()

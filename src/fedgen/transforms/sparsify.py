@@ -40,6 +40,23 @@ def residual_key(key: str, codec: str = "topk") -> str:
     return f"{PRIVATE_PREFIX}{codec}/{key}"
 
 
+def with_residual(flat: torch.Tensor, key: str, codec: str, ctx: TransformContext) -> torch.Tensor:
+    """``flat`` (tensor ``key``'s update) plus what ``codec`` left out of it last time.
+
+    Raises:
+        ValueError: the backend carries no private state for the residual.
+    """
+    if ctx.private is None:
+        # Silently dropping the residual would turn error feedback off.
+        raise ValueError(
+            f"{codec} error_feedback keeps a residual in the client's private state, "
+            "which this backend does not carry; use error_feedback: false or "
+            "backend inprocess/process_pool/flower"
+        )
+    residual = ctx.private.get(residual_key(key, codec))
+    return flat if residual is None else flat + residual.reshape(-1)
+
+
 def shared_support(
     mask_seed: int, round: int, key: str, numel: int, fraction: float
 ) -> torch.Tensor:
@@ -90,16 +107,7 @@ class TopK(UpdateCodec):
     ) -> dict[str, torch.Tensor]:
         flat = value.detach().reshape(-1).to(torch.float32)
         if self.error_feedback:
-            if ctx.private is None:
-                # Silently dropping the residual would turn error feedback off.
-                raise ValueError(
-                    "topk error_feedback keeps a residual in the client's private state, "
-                    "which this backend does not carry; use error_feedback: false or "
-                    "backend inprocess/process_pool/flower"
-                )
-            residual = ctx.private.get(residual_key(key))
-            if residual is not None:
-                flat = flat + residual.reshape(-1)
+            flat = with_residual(flat, key, self.codec_name, ctx)
         k = kept_count(flat.numel(), self.fraction)
         index = torch.topk(flat.abs(), k, sorted=False).indices.sort().values
         values = flat[index]
