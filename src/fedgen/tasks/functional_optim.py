@@ -1,7 +1,8 @@
 """Adam and SGD as pure functions of one client's tensors and optimizer state.
 
 The arithmetic of ``torch.optim.Adam`` and ``torch.optim.SGD`` (single-tensor CPU
-path, no weight decay) written out-of-place, so that it runs under ``torch.func.vmap``
+path; Adam's L2 ``weight_decay`` joins the gradient as in torch) written out-of-place,
+so that it runs under ``torch.func.vmap``
 and the stacked optimizer state of many clients (one ``exp_avg`` per client and
 tensor) updates in one call. ``step`` is the shared 1-based step count: the clients of
 a vectorized group step together, so their bias corrections are plain floats, as in
@@ -33,8 +34,13 @@ def adam_step(
     lr: float,
     betas: tuple[float, float],
     eps: float = 1e-8,
+    weight_decay: float = 0.0,
 ) -> tuple[Tensors, dict[str, Tensors]]:
-    """One Adam step (Kingma & Ba 2015) as ``torch.optim.Adam`` takes it; new params, state."""
+    """One Adam step (Kingma & Ba 2015) as ``torch.optim.Adam`` takes it; new params, state.
+
+    ``weight_decay`` is torch's (coupled L2): ``weight_decay * param`` joins the gradient
+    before the moments, not AdamW's decoupled decay.
+    """
     beta1, beta2 = betas
     bias_correction1 = 1 - beta1**step
     step_size = lr / bias_correction1
@@ -43,7 +49,7 @@ def adam_step(
     exp_avgs: Tensors = {}
     exp_avg_sqs: Tensors = {}
     for key, param in params.items():
-        grad = grads[key]
+        grad = grads[key] if weight_decay == 0 else grads[key].add(param, alpha=weight_decay)
         exp_avg = torch.lerp(state["exp_avg"][key], grad, 1 - beta1)
         # addcmul out of place: vmap has no batching rule for addcmul_ (it would loop).
         exp_avg_sq = torch.addcmul(state["exp_avg_sq"][key] * beta2, grad, grad, value=1 - beta2)

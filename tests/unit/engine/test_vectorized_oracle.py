@@ -62,6 +62,19 @@ VECTORIZING: dict[str, dict[str, str]] = {
         "task.name": "cvae",
         "task.params": "{batch_size: 16, architecture: mlp, hidden: 8, latent_dim: 4}",
     },
+    # A table: statsmodels' affairs survey, Dirichlet skew on its target; shards of
+    # 12-100+ rows against batches of 32 (TVAE takes a small shard whole, unpadded).
+    "tvae": {
+        "task.name": "tvae",
+        "data.sources": "[fair]",
+        "data.partition.kind": "table_dirichlet",
+        "data.partition.params": "{alpha: 1.0, min_size: 12, max_modes: 3}",
+        "data.num_clients": 20,
+        "strategy.params": "{fraction: 0.3, min_clients: 2}",
+        "task.params": "{batch_size: 32, hidden: 16, latent_dim: 4, keep_optimizer: false}",
+        "federation.local_steps": "null",
+        "federation.local_epochs": 1.0,
+    },
 }
 
 

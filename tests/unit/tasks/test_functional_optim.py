@@ -38,6 +38,19 @@ def test_adam_matches_torch():
     torch.testing.assert_close(params["w"], expected, atol=1e-7, rtol=0)
 
 
+def test_adam_with_weight_decay_matches_torch():
+    # torch's coupled L2 decay (TVAE's 1e-5; a large one here, so a slip would show).
+    expected = torch_reference(lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=0.3))
+    params = {"w": torch.linspace(-1, 1, 12).reshape(3, 4)}
+    state = adam_init(params)
+    for s in range(1, STEPS + 1):
+        grads = {"w": grads_for(s, (3, 4))}
+        params, state = adam_step(params, grads, state, s, 1e-2, (0.9, 0.999), weight_decay=0.3)
+    torch.testing.assert_close(params["w"], expected, atol=1e-7, rtol=0)
+    undecayed = torch_reference(lambda p: torch.optim.Adam(p, lr=1e-2))
+    assert (params["w"] - undecayed).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize(("momentum", "nesterov"), [(0.0, False), (0.9, False), (0.9, True)])
 def test_sgd_matches_torch(momentum, nesterov):
     expected = torch_reference(

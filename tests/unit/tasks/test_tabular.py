@@ -89,3 +89,34 @@ def test_tvae_draws_categories_from_its_softmax_or_takes_the_argmax(fair):
     argmax = _task(TvaeTask, fair, categories="argmax")
     raw = argmax.generate(5, torch.Generator().manual_seed(0), None)
     assert not set(raw[:, first.start : first.start + first.width].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_tvae_functional_step_takes_train_locals_step_and_clamps_sigma(fair):
+    # One step of each path from the same state and generator seed, with a learning rate
+    # large enough that some standard deviations leave [0.01, 1] and are clamped back.
+    task = _task(TvaeTask, fair, keep_optimizer=False)
+    task.modules["decoder"].sigma.data.fill_(0.0101)
+    start = {k: v.clone() for k, v in task.federated_state().items()}
+    task.train_local(fair.clients[0], 1, torch.Generator().manual_seed(3), {"lr": 0.05})
+    expected = task.federated_state()
+    functional = task.functional_training()
+    assert functional is not None
+    tensors = {
+        m: {k[len(m) + 1 :]: v for k, v in start.items() if k.startswith(m)}
+        for m in ("encoder", "decoder")
+    }
+    gen = torch.Generator().manual_seed(3)
+    inputs = functional.draw(fair.clients[0].batches(100, gen), gen)
+    masks = {"x": torch.ones(len(inputs["x"]))}
+    state = functional.init_state(tensors, {})
+    new, _, losses = functional.step(tensors, state, inputs, masks, 1, {"lr": 0.05})
+    sigma = new["decoder"]["sigma"]
+    assert sigma.min() == 0.01  # clamped
+    for module, own in new.items():
+        for key, value in own.items():
+            torch.testing.assert_close(value, expected[f"{module}.{key}"], atol=1e-6, rtol=0)
+    assert set(losses) == {"loss/reconstruction", "loss/kl"}
+
+
+def test_tvae_keeping_its_optimizer_trains_sequentially(fair):
+    assert _task(TvaeTask, fair).functional_training() is None  # keep_optimizer: its default

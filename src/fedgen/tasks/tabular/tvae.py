@@ -23,7 +23,13 @@ from torch import nn
 
 from fedgen.data.table_data import TableClientData
 from fedgen.registry import TASKS
-from fedgen.tasks.tabular.base import TableTask, TableTaskParams, seeded_global_rng
+from fedgen.tasks.tabular.base import TableTask, TableTaskParams
+from fedgen.tasks.tabular.tvae_functional import (
+    SIGMA_RANGE,
+    TvaeFunctionalTraining,
+    row_kl,
+    row_reconstruction,
+)
 
 
 class _Decoder(nn.Module):
@@ -91,27 +97,31 @@ class TvaeTask(TableTask):
         assert isinstance(decoder, _Decoder)
         return decoder
 
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reconstruction and KL terms (each a mean over the batch) of encoded rows ``x``."""
+    def loss(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruction and KL terms (each a mean over the batch) of encoded rows ``x``,
+        reparameterised with the standard normal noise ``eps (B, latent)``."""
         mu, logvar = self.modules["encoder"](x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        z = mu + eps * torch.exp(0.5 * logvar)
         decoder = self._decoder()
-        out = decoder(z)
-        recon = x.new_zeros(())
-        for span in self.spans:
-            a, b = span.start, span.start + span.width
-            if span.activation == "tanh":
-                sigma = decoder.sigma[a:b]
-                recon = recon + (
-                    ((x[:, a:b] - torch.tanh(out[:, a:b])) ** 2 / 2 / sigma**2).sum()
-                    + torch.log(sigma).sum() * len(x)
-                )
-            else:
-                recon = recon + F.cross_entropy(
-                    out[:, a:b], x[:, a:b].argmax(dim=1), reduction="sum"
-                )
-        kl = -0.5 * torch.sum(1 + logvar - mu**2 - logvar.exp())
-        return recon / len(x), kl / len(x)
+        recon = row_reconstruction(decoder(z), x, decoder.sigma, self.spans)
+        return recon.mean(), row_kl(mu, logvar).mean()
+
+    def functional_training(self) -> TvaeFunctionalTraining | None:
+        """``train_local``'s iteration as a pure function (the vectorized backend's); None
+        with ``keep_optimizer``, whose per-client Adam moments and step counts it does not
+        carry between rounds (such clients train sequentially)."""
+        p = self.params
+        if p.keep_optimizer:
+            return None
+        return TvaeFunctionalTraining(
+            self.modules["encoder"],
+            self.modules["decoder"],
+            spans=self.spans,
+            latent_dim=p.latent_dim,
+            lr=p.lr,
+            weight_decay=p.weight_decay,
+            loss_factor=p.loss_factor,
+        )
 
     def train_local(
         self, data: Any, steps: int, generator: torch.Generator, config: dict[str, Any]
@@ -124,19 +134,18 @@ class TvaeTask(TableTask):
             m.train()
         batches = data.batches(p.batch_size, generator)
         totals = {"loss/reconstruction": 0.0, "loss/kl": 0.0}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seeded_global_rng(generator))
-            for _ in range(steps):
-                x, _ = next(batches)
-                recon, kl = self.loss(x)
-                opt.zero_grad()
-                (p.loss_factor * recon + kl).backward()
-                opt.step()
-                # TVAE keeps the likelihood's standard deviations in [0.01, 1].
-                with torch.no_grad():
-                    self._decoder().sigma.clamp_(0.01, 1.0)
-                totals["loss/reconstruction"] += recon.item()
-                totals["loss/kl"] += kl.item()
+        for _ in range(steps):
+            x, _ = next(batches)
+            # The client's own noise, drawn after its batch (the functional step's order).
+            eps = torch.randn((x.shape[0], p.latent_dim), generator=generator)
+            recon, kl = self.loss(x, eps)
+            opt.zero_grad()
+            (p.loss_factor * recon + kl).backward()
+            opt.step()
+            with torch.no_grad():
+                self._decoder().sigma.clamp_(*SIGMA_RANGE)
+            totals["loss/reconstruction"] += recon.item()
+            totals["loss/kl"] += kl.item()
         self.keep_optimizer("vae", opt)
         return {k: v / max(steps, 1) for k, v in totals.items()}
 
