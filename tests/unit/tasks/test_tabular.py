@@ -120,3 +120,22 @@ def test_tvae_functional_step_takes_train_locals_step_and_clamps_sigma(fair):
 
 def test_tvae_keeping_its_optimizer_trains_sequentially(fair):
     assert _task(TvaeTask, fair).functional_training() is None  # keep_optimizer: its default
+
+
+def test_tvae_fused_reconstruction_equals_the_per_span_likelihood(fair):
+    # The fused form against the loss written span by span, as the ctgan library does.
+    task = _task(TvaeTask, fair)
+    x = fair.clients[0].encoded[:64]
+    out = torch.randn(64, x.shape[1], generator=torch.Generator().manual_seed(0)) * 3
+    sigma = torch.linspace(0.05, 0.9, x.shape[1])
+    expected = torch.zeros(64)
+    for span in task.spans:
+        a, b = span.start, span.start + span.width
+        if span.activation == "tanh":
+            expected += ((x[:, a:b] - torch.tanh(out[:, a:b])) ** 2 / 2 / sigma[a:b] ** 2).sum(1)
+            expected += torch.log(sigma[a:b]).sum()
+        else:
+            target = x[:, a:b].argmax(1)
+            expected += torch.nn.functional.cross_entropy(out[:, a:b], target, reduction="none")
+    assert {s.activation for s in task.spans} == {"tanh", "softmax"}
+    torch.testing.assert_close(task.reconstruction(out, x, sigma), expected, rtol=1e-5, atol=1e-4)

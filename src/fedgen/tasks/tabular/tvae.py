@@ -26,9 +26,9 @@ from fedgen.registry import TASKS
 from fedgen.tasks.tabular.base import TableTask, TableTaskParams
 from fedgen.tasks.tabular.tvae_functional import (
     SIGMA_RANGE,
+    RowReconstruction,
     TvaeFunctionalTraining,
     row_kl,
-    row_reconstruction,
 )
 
 
@@ -87,6 +87,7 @@ class TvaeTask(TableTask):
 
     def build(self) -> dict[str, nn.Module]:
         p, dim = self.params, self.encoder.dim
+        self.reconstruction = RowReconstruction(self.spans, dim)
         return {
             "encoder": _Encoder(dim, p.hidden, p.latent_dim),
             "decoder": _Decoder(p.latent_dim, p.hidden, dim),
@@ -103,7 +104,7 @@ class TvaeTask(TableTask):
         mu, logvar = self.modules["encoder"](x)
         z = mu + eps * torch.exp(0.5 * logvar)
         decoder = self._decoder()
-        recon = row_reconstruction(decoder(z), x, decoder.sigma, self.spans)
+        recon = self.reconstruction(decoder(z), x, decoder.sigma)
         return recon.mean(), row_kl(mu, logvar).mean()
 
     def functional_training(self) -> TvaeFunctionalTraining | None:
@@ -116,7 +117,7 @@ class TvaeTask(TableTask):
         return TvaeFunctionalTraining(
             self.modules["encoder"],
             self.modules["decoder"],
-            spans=self.spans,
+            reconstruction=self.reconstruction,
             latent_dim=p.latent_dim,
             lr=p.lr,
             weight_decay=p.weight_decay,
