@@ -49,6 +49,7 @@ their memory (a copy, never a view into the input).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -158,13 +159,28 @@ def _check_json(value: Any, where: str) -> None:
         raise WireError(f"{path} is a {type(item).__name__}, not a JSON value{hint}")
 
 
+@functools.lru_cache(maxsize=64)
+def _entries(layout: tuple[tuple[str, str, tuple[int, ...], int], ...]) -> tuple[bytes, int]:
+    """The header's ``arrays`` list as JSON, and the payload length, for arrays of these
+    names, wire dtypes, shapes and element sizes. Cached: every job of a round carries
+    the same model, and every reply the same update layout."""
+    entries = []
+    offset = 0
+    for name, dtype, shape, element_size in layout:
+        nbytes = math.prod(shape) * element_size
+        entries.append(
+            {"dtype": dtype, "name": name, "nbytes": nbytes, "offset": offset, "shape": list(shape)}
+        )
+        offset += _align(nbytes)
+    return _dumps(entries), offset
+
+
 def _header(arrays: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> tuple[bytes, int]:
     """The header bytes of a message and its payload length (aligned)."""
     if not isinstance(meta, dict):
         raise WireError(f"meta must be a dict, got {type(meta).__name__}")
     _check_json(meta, "meta")
-    entries = []
-    offset = 0
+    layout = []
     for name, tensor in arrays.items():
         if not isinstance(name, str):
             raise WireError(f"array names must be strings, got {name!r}")
@@ -177,21 +193,14 @@ def _header(arrays: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> tupl
             raise WireError(f"array {name!r} has dtype {tensor.dtype}, which has no wire name")
         if tensor.dim() > MAX_DIMS:
             raise WireError(f"array {name!r} has {tensor.dim()} dimensions, at most {MAX_DIMS}")
-        nbytes = tensor.numel() * tensor.element_size()
-        entries.append(
-            {
-                "dtype": dtype,
-                "name": name,
-                "nbytes": nbytes,
-                "offset": offset,
-                "shape": list(tensor.shape),
-            }
-        )
-        offset += _align(nbytes)
+        layout.append((name, dtype, tuple(tensor.shape), tensor.element_size()))
+    entries, offset = _entries(tuple(layout))
     try:
-        header = _dumps({"arrays": entries, "meta": meta})
+        meta_json = _dumps(meta)
     except (ValueError, RecursionError) as exc:  # e.g. an int too long to print
         raise WireError(f"meta cannot be written as JSON: {exc}") from exc
+    # _dumps({"arrays": ..., "meta": ...}) written out: sorted keys, no spaces.
+    header = b'{"arrays":' + entries + b',"meta":' + meta_json + b"}"
     return header, offset
 
 

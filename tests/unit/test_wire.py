@@ -205,6 +205,25 @@ def test_a_small_message_is_exactly_the_documented_bytes():
     assert message_nbytes(message.arrays, message.meta) == message.nbytes == len(expected)
 
 
+def test_messages_of_one_layout_share_the_arrays_header_and_keep_their_own_meta():
+    # The arrays' half of the header is cached by layout (names, dtypes, shapes); the
+    # header stays the canonical JSON of the whole, message by message.
+    for i, meta in enumerate([{"round": 1}, {"round": 2, "note": "é\u2028"}, {}]):
+        arrays = {"w": torch.full((2, 3), float(i)), "ü": torch.zeros((), dtype=torch.int8)}
+        data = encode(Message(arrays, meta))
+        (length,) = struct.unpack_from("<Q", data, 8)
+        entries = [
+            {"dtype": "float32", "name": "w", "nbytes": 24, "offset": 0, "shape": [2, 3]},
+            {"dtype": "int8", "name": "ü", "nbytes": 1, "offset": 24, "shape": []},
+        ]
+        canonical = json.dumps(
+            {"arrays": entries, "meta": meta}, sort_keys=True, separators=(",", ":")
+        )
+        assert data[16 : 16 + length] == canonical.encode("ascii")
+        out = decode(data)
+        assert out.meta == meta and all(torch.equal(out.arrays[k], v) for k, v in arrays.items())
+
+
 def independent_decode(data: bytes) -> tuple[dict[str, np.ndarray], dict]:
     """A reader written from the docstring's layout alone, with struct and numpy."""
     magic, version, length = struct.unpack_from("<6sHQ", data, 0)

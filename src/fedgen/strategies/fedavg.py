@@ -162,11 +162,11 @@ class FedAvg(Strategy):
             assert res.update is not None  # the loop passes successful results only
             w = self.client_weight(res.num_examples)
             for key, value in res.update.items():
-                contrib = value.to(torch.float64) * w
                 if key in total:
-                    total[key] += contrib
+                    # One fused op: add_ computes in the accumulator's float64.
+                    total[key].add_(value, alpha=w)
                 else:
-                    total[key] = contrib
+                    total[key] = value.to(torch.float64) * w
             weight_sum += w
             examples += res.num_examples
             clients += 1

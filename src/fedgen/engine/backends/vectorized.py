@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -319,8 +319,12 @@ def _train_together(
         generators.append(gen)
         batches.append(clients[ins.client_id].batches(batch_size, gen))
     trainable, frozen = _split_frozen(task)
+    current = {}  # each trained module's trainable tensors now, read once for the group
+    for name, keys in trainable.items():
+        module_state = task.modules[name].state_dict()
+        current[name] = {k: module_state[k] for k in keys}
     starts = [
-        _start_tensors(task, work.global_state, private_states.get(ins.client_id), trainable)
+        _start_tensors(task, work.global_state, private_states.get(ins.client_id), current)
         for ins in order
     ]
     tensors: Nest = stack(starts)
@@ -382,20 +386,20 @@ def _start_tensors(
     task: Task,
     global_state: StateDict,
     private: StateDict | None,
-    trainable: dict[str, list[str]],
+    current: dict[str, StateDict],
 ) -> ModuleTensors:
     """A client's tensors before training, as ``run_client`` loads them: the global state,
-    then its private state (or the task's initial private tensors) on top."""
-    own = {k: v for k, v in (private or {}).items() if _is_task_key(k, trainable)}
+    then its private state (or the task's initial private tensors) on top, else the
+    task's ``current`` tensors (per trained module, its trainable keys' state dict)."""
+    own = {k: v for k, v in (private or {}).items() if _is_task_key(k, current)}
     loaded = {**global_state, **(own or task.initial_private_state())}
     start: ModuleTensors = {}
-    for name, keys in trainable.items():
-        current = task.modules[name].state_dict()
-        start[name] = {k: loaded.get(f"{name}.{k}", current[k]).detach() for k in keys}
+    for name, tensors in current.items():
+        start[name] = {k: loaded.get(f"{name}.{k}", v).detach() for k, v in tensors.items()}
     return start
 
 
-def _is_task_key(full_key: str, trainable: dict[str, list[str]]) -> bool:
+def _is_task_key(full_key: str, trainable: Mapping[str, Container[str]]) -> bool:
     """Whether ``<module>.<key>`` is a tensor of the task (a transform's own is not)."""
     name, _, key = full_key.partition(".")
     return key in trainable.get(name, ())
