@@ -245,6 +245,11 @@ class Task(ABC):
         ``fedgen.tasks.functional``)."""
         return None
 
+    def why_no_functional_training(self) -> str:
+        """Why ``functional_training`` is None for these params, and what to change (the
+        vectorized backend logs it); tasks that can say more than the default override it."""
+        return f"task {type(self).__name__} has no functional training step for its params"
+
     @abstractmethod
     def sample(self, condition: Any, generator: torch.Generator) -> Any:
         """A batch of this task's modality for ``condition`` (see ``conditioning``).

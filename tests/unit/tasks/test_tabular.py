@@ -118,8 +118,14 @@ def test_tvae_functional_step_takes_train_locals_step_and_clamps_sigma(fair):
     assert set(losses) == {"loss/reconstruction", "loss/kl"}
 
 
-def test_tvae_keeping_its_optimizer_trains_sequentially(fair):
-    assert _task(TvaeTask, fair).functional_training() is None  # keep_optimizer: its default
+def test_tvae_keeping_its_optimizer_trains_sequentially_and_says_why(fair):
+    from fedgen.engine.backends.base import LocalWork
+    from fedgen.engine.backends.vectorized import why_not_vectorized
+
+    task = _task(TvaeTask, fair)  # keep_optimizer: its default
+    assert task.functional_training() is None
+    work = LocalWork(task, task.federated_state(), [], 2, None)
+    assert "set task.params.keep_optimizer=false" in str(why_not_vectorized(work))
 
 
 def test_tvae_fused_reconstruction_equals_the_per_span_likelihood(fair):

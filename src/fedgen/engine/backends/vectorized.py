@@ -81,7 +81,7 @@ def why_not_vectorized(work: LocalWork) -> str | None:
         # deltas inside run_client; the stacked start would be the server's model.
         return "under a compressed downlink each client starts from its own copy of the model"
     if task.functional_training() is None:
-        return f"task {type(task).__name__} has no functional training step for its params"
+        return task.why_no_functional_training()
     return None
 
 

@@ -124,6 +124,13 @@ class TvaeTask(TableTask):
             loss_factor=p.loss_factor,
         )
 
+    def why_no_functional_training(self) -> str:
+        return (
+            "task tvae keeps each client's Adam moments between rounds (keep_optimizer: "
+            "true), which its functional step does not carry; set "
+            "task.params.keep_optimizer=false to train its clients vectorized"
+        )
+
     def train_local(
         self, data: Any, steps: int, generator: torch.Generator, config: dict[str, Any]
     ) -> dict[str, float]:
