@@ -2,11 +2,10 @@
 
 The arithmetic of ``torch.optim.Adam`` and ``torch.optim.SGD`` (single-tensor CPU
 path; Adam's L2 ``weight_decay`` joins the gradient as in torch) written out-of-place,
-so that it runs under ``torch.func.vmap``
-and the stacked optimizer state of many clients (one ``exp_avg`` per client and
-tensor) updates in one call. ``step`` is the shared 1-based step count: the clients of
-a vectorized group step together, so their bias corrections are plain floats, as in
-torch.
+so that it runs under ``torch.func.vmap`` and the stacked optimizer state of many
+clients (one ``exp_avg`` per client and tensor) updates in one call. ``step`` is the
+shared 1-based step count: the clients of a vectorized group step together, so their
+bias corrections are plain floats, as in torch.
 """
 
 from __future__ import annotations

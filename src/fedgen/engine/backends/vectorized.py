@@ -234,9 +234,8 @@ def auto_chunk(task: Task, megabytes: float = 32.0) -> int:
     trainable, _ = _split_frozen(task)
     per_client = 3 * sum(
         value.numel() * value.element_size()
-        for name, keys in trainable.items()
-        for key, value in task.modules[name].state_dict().items()
-        if key in keys
+        for tensors in trainable.values()
+        for value in tensors.values()
     )
     return max(1, min(256, int(megabytes * 2**20 // max(per_client, 1))))
 
@@ -318,11 +317,7 @@ def _train_together(
         gen.manual_seed(ins.seed)
         generators.append(gen)
         batches.append(clients[ins.client_id].batches(batch_size, gen))
-    trainable, frozen = _split_frozen(task)
-    current = {}  # each trained module's trainable tensors now, read once for the group
-    for name, keys in trainable.items():
-        module_state = task.modules[name].state_dict()
-        current[name] = {k: module_state[k] for k in keys}
+    current, frozen = _split_frozen(task)  # read once for the group, not once per client
     starts = [
         _start_tensors(task, work.global_state, private_states.get(ins.client_id), current)
         for ins in order
@@ -369,16 +364,14 @@ def _client_step(
     return trained, new_state, losses
 
 
-def _split_frozen(task: Task) -> tuple[dict[str, list[str]], ModuleTensors]:
-    """Per module, the keys a client trains (federated or private), and the frozen base."""
-    trainable: dict[str, list[str]] = {}
+def _split_frozen(task: Task) -> tuple[ModuleTensors, ModuleTensors]:
+    """Per module, the tensors a client trains (federated or private), and the frozen base."""
+    trainable: ModuleTensors = {}
     frozen: ModuleTensors = {}
     for name, module in task.modules.items():
         for key, value in module.state_dict().items():
-            if task.tensor_kind(name, key) == TensorKind.FROZEN:
-                frozen.setdefault(name, {})[key] = value
-            else:
-                trainable.setdefault(name, []).append(key)
+            kind = task.tensor_kind(name, key)
+            (frozen if kind == TensorKind.FROZEN else trainable).setdefault(name, {})[key] = value
     return trainable, frozen
 
 
