@@ -161,12 +161,16 @@ class FedAvg(Strategy):
         for res in results:
             assert res.update is not None  # the loop passes successful results only
             w = self.client_weight(res.num_examples)
-            for key, value in res.update.items():
-                if key in total:
-                    # One fused op: add_ computes in the accumulator's float64.
-                    total[key].add_(value, alpha=w)
-                else:
-                    total[key] = value.to(torch.float64) * w
+            if total.keys() == res.update.keys():
+                # One call for every tensor (a tiny model's per-call overhead is most of
+                # its cost); each add computes in the accumulator's float64.
+                torch._foreach_add_(list(total.values()), [res.update[k] for k in total], alpha=w)
+            else:
+                for key, value in res.update.items():
+                    if key in total:
+                        total[key].add_(value, alpha=w)
+                    else:
+                        total[key] = value.to(torch.float64) * w
             weight_sum += w
             examples += res.num_examples
             clients += 1

@@ -46,11 +46,6 @@ def write_rows(stacked: Nest, head: Nest) -> Nest:
     return nest_map(put, stacked, head)
 
 
-def row(nest: Nest, index: int) -> Nest:
-    """Client ``index`` of a stacked nest (views)."""
-    return nest_map(lambda t: t[index], nest)
-
-
 def pad_and_stack(
     draws: Sequence[dict[str, torch.Tensor]], mask_dtype: torch.dtype = torch.float32
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

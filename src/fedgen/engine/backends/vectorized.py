@@ -49,7 +49,6 @@ from fedgen.engine.backends.local_training import local_steps_for, work_from_job
 from fedgen.engine.backends.stacking import (
     Nest,
     pad_and_stack,
-    row,
     rows,
     stack,
     write_rows,
@@ -318,8 +317,13 @@ def _train_together(
         generators.append(gen)
         batches.append(clients[ins.client_id].batches(batch_size, gen))
     current, frozen = _split_frozen(task)  # read once for the group, not once per client
+    # Clients without private state of their own all start from the same tensors: built
+    # once, not once per client.
+    shared = _start_tensors(task, work.global_state, None, current)
     starts = [
-        _start_tensors(task, work.global_state, private_states.get(ins.client_id), current)
+        shared
+        if not private_states.get(ins.client_id)
+        else _start_tensors(task, work.global_state, private_states[ins.client_id], current)
         for ins in order
     ]
     tensors: Nest = stack(starts)
@@ -338,11 +342,17 @@ def _train_together(
         for name, value in losses.items():
             total = loss_sums.setdefault(name, torch.zeros(len(order), dtype=torch.float64))
             total[:count] += value.detach().to(torch.float64)
+    # Each stacked tensor split into its clients' rows by one call (views).
+    names = [f"{m}.{k}" for m, module in tensors.items() for k in module]
+    split = [value.unbind(0) for module in tensors.values() for value in module.values()]
+    means = {
+        name: (total / torch.tensor(steps).clamp(min=1)).tolist()
+        for name, total in loss_sums.items()
+    }
     outcomes: dict[int, Outcome] = {}
     for i, ins in enumerate(order):
-        mine = row(tensors, i)
-        flat = {f"{m}.{k}": v for m, module in mine.items() for k, v in module.items()}
-        metrics = {name: float(total[i]) / max(steps[i], 1) for name, total in loss_sums.items()}
+        flat = dict(zip(names, [client_rows[i] for client_rows in split], strict=True))
+        metrics = {name: mean[i] for name, mean in means.items()}
         outcomes[ins.client_id] = (flat, metrics)
     return outcomes
 
