@@ -186,14 +186,16 @@ def _header(arrays: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> tupl
             raise WireError(f"array names must be strings, got {name!r}")
         if not isinstance(tensor, torch.Tensor):
             raise WireError(f"array {name!r} is a {type(tensor).__name__}, not a tensor")
-        if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_meta:
+        # A quantized tensor's dtype has no wire name, so the dtype lookup refuses it.
+        if tensor.layout != torch.strided or tensor.is_meta:
             raise WireError(f"array {name!r} is not a dense tensor (layout {tensor.layout})")
         dtype = _NAMES.get(tensor.dtype)
         if dtype is None:
             raise WireError(f"array {name!r} has dtype {tensor.dtype}, which has no wire name")
-        if tensor.dim() > MAX_DIMS:
-            raise WireError(f"array {name!r} has {tensor.dim()} dimensions, at most {MAX_DIMS}")
-        layout.append((name, dtype, tuple(tensor.shape), tensor.element_size()))
+        shape = tuple(tensor.shape)
+        if len(shape) > MAX_DIMS:
+            raise WireError(f"array {name!r} has {len(shape)} dimensions, at most {MAX_DIMS}")
+        layout.append((name, dtype, shape, _ITEMSIZE[tensor.dtype]))
     entries, offset = _entries(tuple(layout))
     try:
         meta_json = _dumps(meta)

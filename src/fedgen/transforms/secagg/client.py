@@ -8,11 +8,18 @@ seed ``b_u`` to each neighbour -> send the update masked as
 ``y_u = x_u + PRG(b_u) + sum_v +-PRG(s_uv)`` -> reveal, for each neighbour,
 either its ``b`` share (it survived) or its ``s^SK`` share (it dropped), never
 both. Phases run in order; calling one out of order is an error.
+
+Beyond Fig. 4, each encrypted share carries a digest of the pair's mask public keys as
+its sender saw them (``mask_key_view``), so a key directory altered in transit aborts
+the round instead of silently corrupting the sum. A server that actively replaces both
+keys of a pair (a full man-in-the-middle) is outside this honest-but-curious model, as
+in the paper without its PKI of signed keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import struct
 from collections.abc import Sequence
@@ -54,6 +61,25 @@ SELF_MASK = "self-mask"
 SHARE_ENCRYPTION = "share-encryption"
 
 _PLAINTEXT = struct.Struct(">QQ")
+#: Length of the mask-key view a share carries (a SHA-256 digest).
+VIEW_BYTES = 32
+
+
+def mask_key_view(sender_mask_key: bytes, receiver_mask_key: bytes, round: int) -> bytes:
+    """What a share's sender believes the pair's two mask public keys are, as a digest.
+
+    The share travels encrypted and authenticated under the pair's encryption keys, so
+    its receiver can compare: a mask key altered in one client's key directory (by a
+    faulty server or an unauthenticated relay) would otherwise make the pair's masks
+    differ, and the round would complete with a wrong sum. An encryption key altered
+    there already fails the share's authentication.
+    """
+    return hashlib.sha256(
+        b"fedgen-secagg-mask-key-view"
+        + round.to_bytes(8, "big")
+        + sender_mask_key
+        + receiver_mask_key
+    ).digest()
 
 
 def shamir_point(client_id: int) -> int:
@@ -148,11 +174,13 @@ class SecAggClient:
         me = shamir_point(self.client_id)
         self._held[self.client_id] = (key_shares[me], seed_shares[me])
         out = []
-        for v, (c_pk, _) in sorted(keys.items()):
+        own_mask_key = public_bytes(self._mask_key)
+        for v, (c_pk, s_pk) in sorted(keys.items()):
             key = agree(self._enc_key, c_pk, SHARE_ENCRYPTION, self.round, self.client_id, v)
             x = shamir_point(v)
             plaintext = (
                 _PLAINTEXT.pack(self.client_id, v)
+                + mask_key_view(own_mask_key, s_pk, self.round)
                 + share_to_bytes(key_shares[x])
                 + share_to_bytes(seed_shares[x])
             )
@@ -179,13 +207,22 @@ class SecAggClient:
         plaintext = share_encryption.decrypt(
             key, msg.ciphertext, self.round, msg.sender, self.client_id
         )
-        head = _PLAINTEXT.size
-        if len(plaintext) != head + 2 * SHARE_BYTES or _PLAINTEXT.unpack(plaintext[:head]) != (
-            msg.sender,
-            self.client_id,
-        ):
+        head = _PLAINTEXT.size + VIEW_BYTES
+        if len(plaintext) != head + 2 * SHARE_BYTES or _PLAINTEXT.unpack(
+            plaintext[: _PLAINTEXT.size]
+        ) != (msg.sender, self.client_id):
             raise ShareTamperedError(
                 f"share from client {msg.sender} to {self.client_id} names other clients inside"
+            )
+        expected = mask_key_view(
+            self._neighbours[msg.sender][1], public_bytes(self._mask_key), self.round
+        )
+        if plaintext[_PLAINTEXT.size : head] != expected:
+            raise ShareTamperedError(
+                f"round {self.round}: clients {msg.sender} and {self.client_id} were given "
+                "different mask keys for each other (a key directory altered in transit); "
+                "their masks would not cancel, so the round is aborted - check the transport "
+                "between clients and server"
             )
         key_share = share_from_bytes(plaintext[head : head + SHARE_BYTES])
         seed_share = share_from_bytes(plaintext[head + SHARE_BYTES :])

@@ -1,13 +1,20 @@
 """Bad input on the wire: tampered, swapped or replayed shares are detected."""
 
 import dataclasses
+import os
 
 import pytest
 from secagg_helpers import make_updates
 
 from fedgen.transforms.secagg import SecAggConfig, ShareTamperedError, secure_aggregate
 from fedgen.transforms.secagg.channel import Channel
-from fedgen.transforms.secagg.messages import EncryptedShare, MaskedInput, UnmaskResponse
+from fedgen.transforms.secagg.keys import generate_private_key, public_bytes
+from fedgen.transforms.secagg.messages import (
+    EncryptedShare,
+    KeyDirectory,
+    MaskedInput,
+    UnmaskResponse,
+)
 
 UPDATES = make_updates(6, 40, seed=0)
 WEIGHTS = dict.fromkeys(UPDATES, 1.0)
@@ -55,6 +62,36 @@ def test_tampered_share_ciphertext_is_detected():
     )
     with pytest.raises(ShareTamperedError, match="from client 2 to client 5 failed auth"):
         run(Rewrite(flip))
+
+
+def directory_of_client_0(part: int):
+    """Replaces client 1's key number ``part`` in the key directory sent to client 0 by
+    another valid X25519 public key (the first directory sent is client 0's)."""
+    other = public_bytes(generate_private_key(os.urandom))
+    sent = []
+
+    def apply(m):
+        if isinstance(m, KeyDirectory):
+            sent.append(m)
+            if len(sent) == 1:
+                pair = list(m.keys[1])
+                pair[part] = other
+                return dataclasses.replace(m, keys={**m.keys, 1: tuple(pair)})
+        return m
+
+    return Rewrite(apply)
+
+
+def test_altered_mask_key_in_a_key_directory_is_detected():
+    # Found by the secagg fuzz test: a valid but different mask key for one neighbour
+    # made the pair's masks differ, and the round completed with a wrong sum.
+    with pytest.raises(ShareTamperedError, match="different mask keys for each other"):
+        run(directory_of_client_0(1))
+
+
+def test_altered_encryption_key_in_a_key_directory_is_detected():
+    with pytest.raises(ShareTamperedError, match="failed authentication"):
+        run(directory_of_client_0(0))
 
 
 def test_swapped_sender_is_detected():
