@@ -71,7 +71,28 @@ class FunctionalTraining(ABC):
         metrics; the backend reports their mean over the client's steps.
         """
 
+    def batched_step(
+        self,
+        tensors: ModuleTensors,
+        state: OptimizerState,
+        inputs: StepInputs,
+        masks: dict[str, torch.Tensor],
+        step: int,
+        config: dict[str, Any],
+    ) -> tuple[ModuleTensors, OptimizerState, dict[str, torch.Tensor]] | None:
+        """``step`` for a whole group at once, or None (the default): the backend then maps
+        ``step`` with ``vmap``.
+
+        Every tensor, state and input has a leading client dimension, and each loss is
+        ``(clients,)``. A task whose networks allow it (``fedgen.tasks.batched_mlp``)
+        writes the group's arithmetic with batched ops directly, which for small networks
+        costs less than ``vmap``'s batching rules; the oracle test holds it to
+        ``train_local`` as it holds ``step``.
+        """
+        return None
+
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values (B,)`` over the rows where ``mask (B,)`` is 1 (padding excluded)."""
-    return (values * mask).sum() / mask.sum()
+    """Mean of ``values (..., B)`` over the rows where ``mask (..., B)`` is 1 (padding
+    excluded): a scalar for one client, ``(C,)`` for a batched group."""
+    return (values * mask).sum(-1) / mask.sum(-1)

@@ -118,6 +118,47 @@ def test_tvae_functional_step_takes_train_locals_step_and_clamps_sigma(fair):
     assert set(losses) == {"loss/reconstruction", "loss/kl"}
 
 
+def test_tvae_batched_step_equals_the_vmapped_step_on_a_padded_group(fair):
+    # Three clients (rows of one shard) with different starts and batches of 7, 12 and 3
+    # rows padded to 12:
+    # the group's batched arithmetic (baddbmm, autograd of the summed losses) against
+    # vmap over the one-client step, for tensors, Adam moments and per-client losses.
+    from torch.func import vmap
+
+    from fedgen.engine.backends.stacking import pad_and_stack, stack
+
+    task = _task(TvaeTask, fair, keep_optimizer=False)
+    functional = task.functional_training()
+    assert functional is not None
+    starts = []
+    for c in range(3):
+        torch.manual_seed(c)
+        for module in task.modules.values():
+            for name, p in module.named_parameters():
+                if name != "sigma":  # kept positive: its log is in the likelihood
+                    p.data.add_(torch.randn_like(p) * 0.05)
+        starts.append({m: dict(task.modules[m].state_dict()) for m in ("encoder", "decoder")})
+        starts[-1] = {m: {k: v.clone() for k, v in t.items()} for m, t in starts[-1].items()}
+    draws = [
+        functional.draw(
+            fair.clients[0].batches(n, torch.Generator().manual_seed(c)),
+            torch.Generator().manual_seed(10 + c),
+        )
+        for c, n in enumerate((7, 12, 3))
+    ]
+    inputs, masks = pad_and_stack(draws)
+    tensors = stack(starts)
+    state = vmap(lambda t: functional.init_state(t, {}))(tensors)
+    config = {"lr": 0.01}
+    by_vmap = vmap(lambda t, s, i, m: functional.step(t, s, i, m, 1, config))(
+        tensors, state, inputs, masks
+    )
+    batched = functional.batched_step(tensors, state, inputs, masks, 1, config)
+    assert batched is not None
+    for got, want in zip(batched, by_vmap, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
 def test_tvae_keeping_its_optimizer_trains_sequentially_and_says_why(fair):
     from fedgen.engine.backends.base import LocalWork
     from fedgen.engine.backends.vectorized import why_not_vectorized

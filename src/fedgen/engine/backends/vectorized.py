@@ -333,10 +333,18 @@ def _train_together(
         count = sum(1 for n in steps if n > s)
         draws = [functional.draw(batches[i], generators[i]) for i in range(count)]
         inputs, masks = pad_and_stack(draws)
-        one_step = partial(_client_step, functional, frozen, s + 1, config)
-        new_tensors, new_state, losses = vmap(one_step)(
-            rows(tensors, count), rows(state, count), inputs, masks
+        head, head_state = rows(tensors, count), rows(state, count)
+        # A task's own batched arithmetic when it has one (cheaper than vmap for small
+        # networks); a frozen base is shared, not stacked, which only vmap handles.
+        batched = (
+            None
+            if frozen
+            else functional.batched_step(head, head_state, inputs, masks, s + 1, config)
         )
+        if batched is None:
+            one_step = partial(_client_step, functional, frozen, s + 1, config)
+            batched = vmap(one_step)(head, head_state, inputs, masks)
+        new_tensors, new_state, losses = batched
         tensors = write_rows(tensors, new_tensors)
         state = write_rows(state, new_state)
         for name, value in losses.items():

@@ -21,6 +21,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value
 
 from fedgen.data.table_encoder import Span
+from fedgen.tasks.batched_mlp import batched_forward, batched_linear, supports_batched_forward
 from fedgen.tasks.functional import (
     Batches,
     FunctionalTraining,
@@ -62,17 +63,19 @@ class RowReconstruction:
             mask[span.start : span.start + span.width] = 1.0
 
     def __call__(self, out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` from decoder outputs ``out (B, dim)``, encoded rows ``x`` and ``sigma``."""
-        gauss = ((x - torch.tanh(out)) ** 2 / 2 / sigma**2 * self.offsets).sum(1)
-        log_sigma = (torch.log(sigma) * self.offsets).sum()
-        logits = torch.where(self.valid, out[:, self.index], float("-inf"))  # (B, S, W)
-        target = (out * x * self.one_hots).sum(1)  # each span's target logit, summed
-        return gauss + log_sigma + torch.logsumexp(logits, dim=2).sum(1) - target
+        """``(..., B)`` from decoder outputs ``out (..., B, dim)``, encoded rows ``x`` and
+        ``sigma (..., dim)`` (leading dimensions: a batched group's clients)."""
+        sigma = sigma.unsqueeze(-2)  # (..., 1, dim): the same for every row
+        gauss = ((x - torch.tanh(out)) ** 2 / 2 / sigma**2 * self.offsets).sum(-1)
+        log_sigma = (torch.log(sigma) * self.offsets).sum(-1)  # (..., 1)
+        logits = torch.where(self.valid, out[..., self.index], float("-inf"))  # (..., B, S, W)
+        target = (out * x * self.one_hots).sum(-1)  # each span's target logit, summed
+        return gauss + log_sigma + torch.logsumexp(logits, dim=-1).sum(-1) - target
 
 
 def row_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL divergence of each row's posterior to the standard normal prior ``(B,)``."""
-    return -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)
+    """KL divergence of each row's posterior to the standard normal prior ``(..., B)``."""
+    return -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(-1)
 
 
 class TvaeFunctionalTraining(FunctionalTraining):
@@ -95,6 +98,11 @@ class TvaeFunctionalTraining(FunctionalTraining):
         self.lr = lr
         self.weight_decay = weight_decay
         self.loss_factor = loss_factor
+        # The hidden stacks, when the batched step can run them (TVAE's own: Linear, ReLU).
+        nets = (getattr(encoder, "net", None), getattr(decoder, "net", None))
+        self._nets: tuple[nn.Module, nn.Module] | None = None
+        if all(isinstance(n, nn.Module) and supports_batched_forward(n) for n in nets):
+            self._nets = (nets[0], nets[1])  # type: ignore[assignment]
 
     def init_state(self, tensors: ModuleTensors, config: dict[str, Any]) -> OptimizerState:
         # Both networks are parameters only (no buffers): one Adam state per module.
@@ -127,6 +135,59 @@ class TvaeFunctionalTraining(FunctionalTraining):
             return self.loss_factor * recon + kl, (recon, kl)
 
         grads, (_, (recon, kl)) = grad_and_value(losses, has_aux=True)(tensors)
+        return self._update(tensors, grads, state, step, lr, recon, kl)
+
+    def batched_step(
+        self,
+        tensors: ModuleTensors,
+        state: OptimizerState,
+        inputs: StepInputs,
+        masks: dict[str, torch.Tensor],
+        step: int,
+        config: dict[str, Any],
+    ) -> tuple[ModuleTensors, OptimizerState, dict[str, torch.Tensor]] | None:
+        """``step`` for a group: ``baddbmm`` per layer, autograd of the summed losses."""
+        if self._nets is None:
+            return None
+        encoder_net, decoder_net = self._nets
+        lr = float(config.get("lr", self.lr))
+        x, eps, m = inputs["x"], inputs["eps"], masks["x"]
+        leaves = {
+            name: {k: v.detach().requires_grad_() for k, v in module.items()}
+            for name, module in tensors.items()
+        }
+        enc, dec = leaves["encoder"], leaves["decoder"]
+        with torch.enable_grad():
+            h = batched_forward(encoder_net, enc, x, "net.")
+            mu = batched_linear(h, enc["mu.weight"], enc["mu.bias"])
+            logvar = batched_linear(h, enc["logvar.weight"], enc["logvar.bias"])
+            z = mu + eps * torch.exp(0.5 * logvar)
+            out = batched_linear(
+                batched_forward(decoder_net, dec, z, "net."), dec["out.weight"], dec["out.bias"]
+            )
+            recon = masked_mean(self.reconstruction(out, x, dec["sigma"]), m)  # (C,)
+            kl = masked_mean(row_kl(mu, logvar), m)
+            # Client c's loss depends on its own tensors only: the gradient of the sum
+            # is each client's gradient, stacked.
+            total = (self.loss_factor * recon + kl).sum()
+            flat = [(name, k) for name, module in leaves.items() for k in module]
+            grad_list = torch.autograd.grad(total, [leaves[n][k] for n, k in flat])
+        grads: ModuleTensors = {name: {} for name in leaves}
+        for (name, k), g in zip(flat, grad_list, strict=True):
+            grads[name][k] = g
+        return self._update(tensors, grads, state, step, lr, recon.detach(), kl.detach())
+
+    def _update(
+        self,
+        tensors: ModuleTensors,
+        grads: ModuleTensors,
+        state: OptimizerState,
+        step: int,
+        lr: float,
+        recon: torch.Tensor,
+        kl: torch.Tensor,
+    ) -> tuple[ModuleTensors, OptimizerState, dict[str, torch.Tensor]]:
+        """Adam on every tensor, then ``sigma`` clamped: the end of both steps."""
         new_tensors: ModuleTensors = {}
         new_state: OptimizerState = {}
         for name in self.modules:
