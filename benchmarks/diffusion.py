@@ -190,7 +190,12 @@ def main() -> None:
 
     table = ResultsTable(args.table, COLUMNS)
     kind = "CPU time" if args.cpu else "wall time"
-    notes = [f"Training budget: {args.budget:.0f} s of {kind} per method.", *NOTES]
+    budget_note = (
+        f"Finished runs under {args.out} evaluated again; training as they recorded it."
+        if args.evaluate_only
+        else f"Training budget: {args.budget:.0f} s of {kind} per method."
+    )
+    notes = [budget_note, *NOTES]
     table.start("diffusion", notes)
     for method in args.only:
         overrides = [*EVAL, *METHODS[method], f"name={method.replace(' ', '-')}", *args.overrides]
