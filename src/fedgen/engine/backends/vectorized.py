@@ -353,10 +353,8 @@ def _train_together(
     # Each stacked tensor split into its clients' rows by one call (views).
     names = [f"{m}.{k}" for m, module in tensors.items() for k in module]
     split = [value.unbind(0) for module in tensors.values() for value in module.values()]
-    means = {
-        name: (total / torch.tensor(steps).clamp(min=1)).tolist()
-        for name, total in loss_sums.items()
-    }
+    counts = torch.tensor(steps).clamp(min=1)
+    means = {name: (total / counts).tolist() for name, total in loss_sums.items()}
     outcomes: dict[int, Outcome] = {}
     for i, ins in enumerate(order):
         flat = dict(zip(names, [client_rows[i] for client_rows in split], strict=True))
