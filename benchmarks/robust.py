@@ -74,11 +74,12 @@ DETECT_COLUMNS = [*COLUMNS[:-2], "flags", "precision", "recall", "seconds", "com
 BACKDOOR_PIXELS = 3
 
 
-def notes(rounds: int, steps: int) -> list[str]:
+def notes(rounds: int, steps: int, tstr_samples: int = 5000, tstr_epochs: int = 2) -> list[str]:
     return [
         f"cGAN, Fashion-MNIST, 20 clients, Dirichlet(0.5), 12 clients a round, {rounds} rounds "
         f"x {steps} local steps, no moving average, one thread; the same budget for every run.",
-        "TSTR: a fresh CNN trained on 5,000 synthetic images (2 epochs), tested on the real "
+        f"TSTR: a fresh CNN trained on {tstr_samples:,} synthetic images ({tstr_epochs} epochs), "
+        "tested on the real "
         "test split; Frechet distance on 1,000 samples with the features of a CNN trained on "
         "the real split (not Inception/FID).",
         f"backdoor_rate: share of 1,000 samples (100 per class) whose {BACKDOOR_PIXELS}-pixel "
@@ -90,7 +91,14 @@ def notes(rounds: int, steps: int) -> list[str]:
 
 
 def run_one(
-    aggregator: str, attack: str, fraction: float, seed: int, rounds: int, steps: int, out: Path
+    aggregator: str,
+    attack: str,
+    fraction: float,
+    seed: int,
+    rounds: int,
+    steps: int,
+    out: Path,
+    tstr: tuple[int, int] = (5000, 2),
 ) -> dict[str, Any]:
     """Train one run; return its row."""
     name = f"{aggregator}-{attack}-{int(fraction * 100)}-s{seed}"
@@ -109,8 +117,8 @@ def run_one(
         "ledger=false",
         "eval.every=0",
         "eval.num_quality_samples=1000",
-        "eval.tstr_samples=5000",
-        "eval.tstr_epochs=2",
+        f"eval.tstr_samples={tstr[0]}",
+        f"eval.tstr_epochs={tstr[1]}",
         "eval.grid_per_class=4",
         *AGGREGATORS[aggregator],
     ]
@@ -183,6 +191,10 @@ def main() -> None:
     parser.add_argument("mode", choices=["grid", "sweep", "detect"])
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--tstr-samples", type=int, default=5000, help="synthetic images TSTR trains on"
+    )
+    parser.add_argument("--tstr-epochs", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=list(AGGREGATORS))
     parser.add_argument("--attacks", nargs="*", default=list(ATTACKS))
     parser.add_argument("--robust", default="median", help="sweep: the robust aggregator")
@@ -195,18 +207,20 @@ def main() -> None:
     if args.mode == "detect":
         table.start(
             "robust: FedAvg behind the detection stage (flagged clients left out) at 20%",
-            notes(args.rounds, args.steps),
+            notes(args.rounds, args.steps, args.tstr_samples, args.tstr_epochs),
         )
         plan = [("fedavg+detect", att, 0.2, 0) for att in args.attacks]
     elif args.mode == "grid":
         table.start(
-            "robust: every aggregator x every attack at 20%", notes(args.rounds, args.steps)
+            "robust: every aggregator x every attack at 20%",
+            notes(args.rounds, args.steps, args.tstr_samples, args.tstr_epochs),
         )
         aggregators = [a for a in args.only if a != "fedavg+detect"]
         plan = [(agg, att, 0.2, 0) for att in args.attacks for agg in aggregators]
     else:
         table.start(
-            f"robust: fedavg and {args.robust} at 0-30% malicious", notes(args.rounds, args.steps)
+            f"robust: fedavg and {args.robust} at 0-30% malicious",
+            notes(args.rounds, args.steps, args.tstr_samples, args.tstr_epochs),
         )
         plan = [
             (agg, att, frac, seed)
@@ -217,7 +231,16 @@ def main() -> None:
             if frac > 0 or i == 0  # one clean pair per seed
         ]
     for aggregator, attack, fraction, seed in plan:
-        row = run_one(aggregator, attack, fraction, seed, args.rounds, args.steps, args.out)
+        row = run_one(
+            aggregator,
+            attack,
+            fraction,
+            seed,
+            args.rounds,
+            args.steps,
+            args.out,
+            (args.tstr_samples, args.tstr_epochs),
+        )
         table.append(row)
         print(json.dumps(row), flush=True)
 
