@@ -258,13 +258,16 @@ class DetectionConfig(_Strict):
 
 
 #: The arms of a downstream comparison (see ``DownstreamConfig``).
-DownstreamMode = Literal["real", "topup", "server_finetune", "synthetic", "one_shot"]
+DownstreamMode = Literal[
+    "real", "topup", "server_finetune", "synthetic", "one_shot", "one_shot_finetune"
+]
 DOWNSTREAM_MODES: tuple[DownstreamMode, ...] = (
     "real",
     "topup",
     "server_finetune",
     "synthetic",
     "one_shot",
+    "one_shot_finetune",
 )
 
 
@@ -275,8 +278,11 @@ class DownstreamConfig(_Strict):
     under-represented classes with synthetic samples first, as GeFL), ``server_finetune``
     (the server fine-tunes the global classifier on synthetic data after every round),
     ``synthetic`` (the server trains it on synthetic data alone: the arm that inherits
-    the generator's DP) and ``one_shot`` (FedCVAE-Ens: each client sends a conditional
-    generator once).
+    the generator's DP), ``one_shot`` (FedCVAE-Ens: each client sends a conditional
+    generator once) and ``one_shot_finetune`` (FedAvg on real data, the server
+    fine-tuning after every round on samples of those one-shot generators: the
+    generator-assisted arm whose generator is the clients' ensemble, not the federated
+    one).
     ``generator_run`` reuses a finished generator run folder instead of training one.
     ``topup_ratio`` r tops every class of a client up to r times its largest class
     (capped at ``topup_max_per_class``); 0 adds nothing, 1 balances the shard.

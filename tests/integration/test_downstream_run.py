@@ -2,7 +2,8 @@
 
 One run (module fixture) federates a small cGAN on 4 MNIST clients under client-level
 DP, then trains the classifier every way (real, top-up, server fine-tuning, synthetic
-only, one-shot). The checks are against figures computed here from the run's own files.
+only, one-shot, FedAvg with the server fine-tuning on the one-shot generators'
+samples). The checks are against figures computed here from the run's own files.
 """
 
 from __future__ import annotations
@@ -63,7 +64,14 @@ def test_every_arm_is_measured_and_the_top_up_matches_the_partition(run):
     summary = json.loads((run / "summary.json").read_text())
     record = json.loads((run / "downstream.json").read_text())
     assert summary["status"] == "completed"
-    assert list(record["arms"]) == ["real", "topup", "server_finetune", "synthetic", "one_shot"]
+    assert list(record["arms"]) == [
+        "real",
+        "topup",
+        "server_finetune",
+        "synthetic",
+        "one_shot",
+        "one_shot_finetune",
+    ]
     for arm, figures in record["arms"].items():
         assert 0.0 <= figures["worst_class_accuracy"] <= figures["accuracy"] <= 1.0, arm
         assert len(figures["per_class_accuracy"]) == 10
@@ -84,6 +92,13 @@ def test_every_arm_is_measured_and_the_top_up_matches_the_partition(run):
     assert one_shot["rounds"] == 1 and one_shot["bytes_down"] == 0
     assert 4 * 4 * 100_000 < one_shot["bytes_up"] < figures["bytes_up"]
     assert one_shot["synthetic_examples"] == 200
+    # FedAvg with the server fine-tuning on the one-shot ensemble: the FedAvg bytes of
+    # the same rounds plus the clients' generators, sent once (the same set as one_shot).
+    both = record["arms"]["one_shot_finetune"]
+    assert both["rounds"] == 2 and both["synthetic_examples"] == 200
+    assert both["bytes_down"] == record["arms"]["server_finetune"]["bytes_down"]
+    assert both["bytes_up"] == record["arms"]["server_finetune"]["bytes_up"] + one_shot["bytes_up"]
+    assert "no DP guarantee" in summary["downstream_one_shot_finetune_privacy"]
 
 
 def test_the_generators_dp_carries_over_only_where_no_real_data_is_read(run):

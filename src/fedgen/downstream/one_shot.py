@@ -12,6 +12,7 @@ the cGAN sends its generator. The clients train without DP here.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -58,18 +59,30 @@ def allocate(counts: list[list[int]], total: int) -> list[list[int]]:
     return out
 
 
-def one_shot_federation(
+@dataclass
+class EnsembleSet:
+    """The server's synthetic set from the clients' one-shot generators, and its cost."""
+
+    data: ImageDataset
+    #: Every client's one message, as ``fedgen.wire`` encodes it.
+    bytes_up: int
+    seconds: float
+    task_name: str
+    steps: int
+
+
+def ensemble_set(
     clients: list[ClientData],
     test: ImageDataset,
     *,
     task_name: str,
     steps: int,
     samples: int,
-    epochs: int,
     seed: int,
     batch_size: int = 64,
-) -> ArmResult:
-    """Train one generator per client, send each once, train the classifier on their samples."""
+) -> EnsembleSet:
+    """Train one generator per client, send each once, and draw ``samples`` images from
+    them by the label counts each client reported."""
     if task_name not in SENT_MODULE:
         raise ValueError(f"one-shot generators are {sorted(SENT_MODULE)}, not {task_name!r}")
     cls: type[Task] = TASKS.get(task_name)
@@ -86,7 +99,7 @@ def one_shot_federation(
         task.train_local(client, steps, gen, {})
         counts = torch.bincount(client.data.labels, minlength=test.num_classes).tolist()
         messages.append(client_message(task, module, client.client_id, counts))
-    # The server: decode every message, draw each client's share, train the classifier.
+    # The server: decode every message and draw each client's share.
     server = cls.from_spec(cls.Params(), spec, derive_seed(seed, "one-shot", "init"))
     received = [decode(m) for m in messages]
     shares = allocate([list(m.meta["label_counts"]) for m in received], samples)
@@ -95,22 +108,45 @@ def one_shot_federation(
         server.load_state(dict(message.arrays))
         gen = torch_generator(seed, "one-shot", "server", int(message.meta["client"]))
         parts.append(synthesize(server, share, test.class_names, gen))
-    images = torch.cat([p.images for p in parts]).float().div_(255.0)
-    labels = torch.cat([p.labels for p in parts])
-    model = train_classifier(
-        images, labels, test.num_classes, epochs=epochs, seed=derive_seed(seed, "one-shot", "clf")
+    data = ImageDataset(
+        name=f"one-shot {task_name} ensemble",
+        images=torch.cat([p.images for p in parts]),
+        labels=torch.cat([p.labels for p in parts]),
+        class_names=test.class_names,
     )
+    return EnsembleSet(
+        data=data,
+        bytes_up=sum(len(m) for m in messages),
+        seconds=time.perf_counter() - t0,
+        task_name=task_name,
+        steps=steps,
+    )
+
+
+def one_shot_federation(
+    ensemble: EnsembleSet, test: ImageDataset, *, epochs: int, seed: int
+) -> ArmResult:
+    """The server trains the global classifier on the ensemble's samples alone."""
+    t0 = time.perf_counter()
+    model = train_classifier(
+        ensemble.data.float_images(),
+        ensemble.data.labels,
+        test.num_classes,
+        epochs=epochs,
+        seed=derive_seed(seed, "one-shot", "clf"),
+    )
+    module = SENT_MODULE[ensemble.task_name]
     return ArmResult(
-        name=f"one_shot_{task_name}",
+        name=f"one_shot_{ensemble.task_name}",
         accuracy=class_accuracy(model, test),
         rounds=1,
-        bytes_up=sum(len(m) for m in messages),
+        bytes_up=ensemble.bytes_up,
         bytes_down=0,
-        seconds=time.perf_counter() - t0,
+        seconds=ensemble.seconds + time.perf_counter() - t0,
         model=model,
-        synthetic_examples=len(labels),
+        synthetic_examples=len(ensemble.data),
         notes=[
-            f"each client trains a {task_name} alone for {steps} steps and sends its "
-            f"{module} once; no download (initial weights from the shared seed)"
+            f"each client trains a {ensemble.task_name} alone for {ensemble.steps} steps and "
+            f"sends its {module} once; no download (initial weights from the shared seed)"
         ],
     )

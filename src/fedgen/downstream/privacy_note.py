@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 #: Arms whose training reads real client data besides the generator's samples.
-READS_REAL = {"real", "topup", "server_finetune"}
+READS_REAL = {"real", "topup", "server_finetune", "one_shot_finetune"}
 
 
 def privacy_note(
@@ -24,6 +24,11 @@ def privacy_note(
     ``own`` is the classifier federation's own DP (``PrivacyAccounting.describe``), when
     its recipe had some: it covers the real-data part the generator's guarantee does not.
     """
+    if arm == "one_shot_finetune":
+        return (
+            "trains on the clients' real data and on samples of their one-shot generators, "
+            "which were trained and sent without DP: no DP guarantee"
+        )
     if arm.startswith("one_shot"):
         return (
             "one-shot: each client's generator is trained without DP, so the classifier "

@@ -29,7 +29,7 @@ from fedgen.downstream.accuracy import class_accuracy
 from fedgen.downstream.classifier_federation import ArmResult, federate_classifier
 from fedgen.downstream.errors import DownstreamError
 from fedgen.downstream.generator_run import GeneratorRun, check_classes, open_generator_run
-from fedgen.downstream.one_shot import one_shot_federation
+from fedgen.downstream.one_shot import EnsembleSet, ensemble_set, one_shot_federation
 from fedgen.downstream.pipeline import Pipeline, classifier_pipeline
 from fedgen.downstream.privacy_note import privacy_note, synthetic_only_note
 from fedgen.downstream.server_finetune import ServerFineTune
@@ -175,6 +175,23 @@ def run_arms(
             server_set = synthesize(gen_task, counts, classes, gen)
         return server_set
 
+    ensemble: EnsembleSet | None = None
+
+    def one_shot_ensemble() -> EnsembleSet:
+        # One set for both arms that use it: the clients send their generators once.
+        nonlocal ensemble
+        if ensemble is None:
+            ensemble = ensemble_set(
+                list(data.clients),
+                data.test,
+                task_name=dcfg.one_shot_task,
+                steps=dcfg.one_shot_steps,
+                samples=dcfg.one_shot_samples,
+                seed=cfg.seed,
+                batch_size=dcfg.batch_size,
+            )
+        return ensemble
+
     for mode in dcfg.modes:
         log.info("downstream arm %s", mode)
         if mode == "real":
@@ -248,16 +265,31 @@ def run_arms(
                 synthetic_examples=len(synth),
                 notes=["the server trains on the generator's samples alone (TSTR)"],
             )
+        elif mode == "one_shot_finetune":
+            ens = one_shot_ensemble()
+            finetune = ServerFineTune(
+                ens.data, dcfg.server_steps, derive_seed(cfg.seed, "ft-one-shot")
+            )
+            arm = federate_classifier(
+                "one_shot_finetune",
+                data.clients,
+                data.test,
+                extra_callbacks=[finetune],
+                pipeline=pipeline_for(data.clients),
+                **common,  # type: ignore[arg-type]
+            )
+            # The clients' generators crossed the wire once, before round 1.
+            arm.bytes_up += ens.bytes_up
+            arm.seconds += ens.seconds
+            arm.synthetic_examples = len(ens.data)
+            arm.notes.append(
+                f"{dcfg.server_steps} server steps after every round on {len(ens.data)} "
+                f"samples of the clients' one-shot {ens.task_name} generators ({ens.steps} "
+                f"local steps each, sent once: {ens.bytes_up} bytes, included)"
+            )
         else:
             arm = one_shot_federation(
-                list(data.clients),
-                data.test,
-                task_name=dcfg.one_shot_task,
-                steps=dcfg.one_shot_steps,
-                samples=dcfg.one_shot_samples,
-                epochs=dcfg.server_epochs,
-                seed=cfg.seed,
-                batch_size=dcfg.batch_size,
+                one_shot_ensemble(), data.test, epochs=dcfg.server_epochs, seed=cfg.seed
             )
         arm_record = arm.figures()
         arm_record["privacy"] = privacy_note(mode, epsilon, delta, arm.own_privacy)
