@@ -199,6 +199,13 @@ def main() -> None:
     parser.add_argument("--attacks", nargs="*", default=list(ATTACKS))
     parser.add_argument("--robust", default="median", help="sweep: the robust aggregator")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
+    parser.add_argument(
+        "--fractions",
+        nargs="*",
+        type=float,
+        default=[0.0, 0.1, 0.2, 0.3],
+        help="sweep: malicious fractions (0 runs the clean pair once per seed)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/runs/robust"))
     parser.add_argument("--table", type=Path, default=Path("benchmarks/results/robust.md"))
     args = parser.parse_args()
@@ -226,7 +233,7 @@ def main() -> None:
             (agg, att, frac, seed)
             for seed in args.seeds
             for i, att in enumerate(args.attacks)
-            for frac in (0.0, 0.1, 0.2, 0.3)
+            for frac in args.fractions
             for agg in ("fedavg", args.robust)
             if frac > 0 or i == 0  # one clean pair per seed
         ]
