@@ -6,7 +6,9 @@ client's share and label mix following the counts it reported, and trains the gl
 classifier on that set. One upload per client and no download (each client builds its
 initial weights from the shared recipe and seed): the bytes are the length of each
 client's message as ``fedgen.wire`` encodes it. FedCVAE-Ens sends the cVAE's decoder;
-the cGAN sends its generator. The clients train without DP here.
+the cGAN sends its generator. The clients train without DP here. The same set
+(``ensemble_set``) also serves the ``one_shot_finetune`` arm, where the server fine-tunes
+a classifier federated on real data with it after every round.
 """
 
 from __future__ import annotations
