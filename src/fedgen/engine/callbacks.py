@@ -189,10 +189,10 @@ class ProgressCallback(Callback):
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
         m = record.metrics
         self.quality.update({k: m[k] for k in QUALITY_KEYS if k in m})
-        parts = [
-            f"clients {m.get('clients', 0)}"
-            + (f" ({m['failures']} failed)" if m.get("failures") else "")
-        ]
+        # Under client-level DP the cohort's size is withheld (Federation's
+        # COHORT_KEYS); saying "clients 0" there would read as a round that trained no one.
+        cohort = f"clients {m['clients']}" if "clients" in m else "clients withheld"
+        parts = [cohort + (f" ({m['failures']} failed)" if m.get("failures") else "")]
         parts += [
             f"{k.split('/', 1)[1]} {v:.3f}"
             for k, v in m.items()
