@@ -167,6 +167,11 @@ class EvalConfig(_Strict):
     num_quality_samples: int = Field(2000, ge=10)
     tstr_samples: int = Field(30000, ge=10)
     tstr_epochs: int = Field(3, ge=1)
+    #: Images and tables: the final TSTR repeated on this many synthetic draws, each with
+    #: its own classifier seed; the figures are their means, ``*_std`` their spread. One
+    #: run's TSTR moves by more than the gaps some goals ask about (tables: several points
+    #: of F1 between classifier seeds), so comparisons of a few points want several.
+    tstr_repeats: int = Field(1, ge=1, le=100)
     classifier_epochs: int = Field(1, ge=1)
     grid_per_class: int = Field(10, ge=1)
     #: After the last round, fine-tune the final model this many steps on each client's

@@ -715,6 +715,7 @@ _FIGURES = (
     "column_shapes",
     "column_pair_trends",
     "ml_efficacy",
+    "ml_efficacy_std",
     "ml_efficacy_real",
     "ml_efficacy_ratio",
     "dcr_synthetic_train",

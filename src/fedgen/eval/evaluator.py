@@ -21,6 +21,7 @@ from fedgen.eval.frechet import frechet_distance
 from fedgen.eval.inception_like import inception_like_score
 from fedgen.eval.kid import kernel_distance
 from fedgen.eval.precision_recall import precision_recall
+from fedgen.eval.repeats import mean_over_repeats
 from fedgen.eval.tstr import TSTR_EPOCHS, train_synthetic_test_real
 from fedgen.registry import EVALUATORS
 from fedgen.seeding import derive_seed, torch_generator
@@ -78,6 +79,7 @@ class Evaluator:
         tstr_samples: int = 30000,
         tstr_epochs: int = TSTR_EPOCHS,
         classifier_epochs: int = FEATURE_CLASSIFIER_EPOCHS,
+        tstr_repeats: int = 1,
     ) -> None:
         minimum = max(INCEPTION_LIKE_SPLITS, PRECISION_RECALL_K + 1)
         if num_quality_samples < minimum:
@@ -85,9 +87,10 @@ class Evaluator:
                 f"num_quality_samples must be >= {minimum}, got {num_quality_samples}; "
                 "use a few hundred or more for stable numbers"
             )
-        if tstr_samples < 1 or tstr_epochs < 1:
+        if tstr_samples < 1 or tstr_epochs < 1 or tstr_repeats < 1:
             raise ValueError(
-                f"tstr_samples and tstr_epochs must be >= 1, got {tstr_samples}, {tstr_epochs}"
+                "tstr_samples, tstr_epochs and tstr_repeats must be >= 1, got "
+                f"{tstr_samples}, {tstr_epochs}, {tstr_repeats}"
             )
         if train.num_classes != test.num_classes:
             raise ValueError(
@@ -101,6 +104,7 @@ class Evaluator:
         self.num_quality_samples = min(num_quality_samples, len(test), len(train))
         self.tstr_samples = tstr_samples
         self.tstr_epochs = tstr_epochs
+        self.tstr_repeats = tstr_repeats
         self.classifier = FeatureClassifier.load_or_train(
             train, test, cache_dir=cache_dir, seed=seed, epochs=classifier_epochs
         )
@@ -132,20 +136,26 @@ class Evaluator:
             n = self.tstr_samples if tstr_samples is None else tstr_samples
             if n < 1:
                 raise ValueError(f"tstr_samples must be >= 1, got {n}")
-            tstr_labels = balanced_labels(
-                n, self.num_classes, torch_generator(self.seed, "eval", "tstr-labels")
-            )
-            result = train_synthetic_test_real(
-                self._generate(generate, tstr_labels),
-                tstr_labels,
-                self.test.float_images(),
-                self.test.labels,
-                self.num_classes,
-                epochs=self.tstr_epochs,
-                seed=derive_seed(self.seed, "eval", "tstr-classifier"),
-            )
-            metrics.update(result.as_dict())
+            runs = [self._tstr(generate, n, r) for r in range(self.tstr_repeats)]
+            metrics.update(mean_over_repeats(runs, std_of="tstr_accuracy"))
         return metrics
+
+    def _tstr(self, generate: Generate, n: int, repeat: int) -> dict[str, float]:
+        # Repeat 0 keeps the streams of a single TSTR, so one repeat is the old figure.
+        tail = () if repeat == 0 else (repeat,)
+        labels = balanced_labels(
+            n, self.num_classes, torch_generator(self.seed, "eval", "tstr-labels", *tail)
+        )
+        result = train_synthetic_test_real(
+            self._generate(generate, labels),
+            labels,
+            self.test.float_images(),
+            self.test.labels,
+            self.num_classes,
+            epochs=self.tstr_epochs,
+            seed=derive_seed(self.seed, "eval", "tstr-classifier", *tail),
+        )
+        return result.as_dict()
 
     def reference(self) -> dict[str, float]:
         """The quality metrics of real train images vs the real test subset: the real-data floor.
@@ -191,7 +201,16 @@ class Evaluator:
             f"balanced; fewer if evaluate() was given tstr_samples), tested on all "
             f"{len(self.test)} real {self.test.name} test images"
         )
+        if self.tstr_repeats > 1:
+            tstr += (
+                f"; mean over {self.tstr_repeats} repeats, each a fresh draw and classifier seed"
+            )
+        spread = {
+            "tstr_accuracy_std": "sample standard deviation of tstr_accuracy over the "
+            f"{self.tstr_repeats} repeats"
+        }
         return {
+            **(spread if self.tstr_repeats > 1 else {}),
             "frechet_distance": "Frechet distance (Heusel et al. 2017 formula; not FID, no "
             f"Inception weights) on {features}",
             "kid": f"kernel distance (Binkowski et al. 2018): mean unbiased MMD^2, cubic "
@@ -276,4 +295,5 @@ def image_evaluator(data: Any, *, seed: int, settings: EvalConfig) -> Evaluator:
         tstr_samples=settings.tstr_samples,
         tstr_epochs=settings.tstr_epochs,
         classifier_epochs=settings.classifier_epochs,
+        tstr_repeats=settings.tstr_repeats,
     )

@@ -33,7 +33,9 @@ import torch
 
 from fedgen.config import EvalConfig
 from fedgen.data.table_schema import ColumnType, TableSchema
+from fedgen.eval.repeats import mean_over_repeats
 from fedgen.registry import EVALUATORS
+from fedgen.seeding import derive_seed
 
 #: Rows on each side of the DCR comparison and the quality report, at most.
 MAX_DISTANCE_ROWS = 2000
@@ -175,6 +177,8 @@ class TableEvaluator:
         quality_rows: synthetic (and real) rows of the quality report and DCR.
         tstr_rows: synthetic rows the TSTR classifier is trained on (at most the
             number of training rows).
+        tstr_repeats: TSTR draws, each with its own classifier seed; ``ml_efficacy`` is
+            their mean and ``ml_efficacy_std`` their spread.
     """
 
     def __init__(
@@ -186,11 +190,15 @@ class TableEvaluator:
         seed: int,
         quality_rows: int = 2000,
         tstr_rows: int = 30000,
+        tstr_repeats: int = 1,
     ) -> None:
+        if tstr_repeats < 1:
+            raise ValueError(f"tstr_repeats must be >= 1, got {tstr_repeats}")
         self.train, self.holdout, self.schema, self.target = train, holdout, schema, target
         self.seed = seed
         self.quality_rows = min(quality_rows, len(train))
         self.tstr_rows = min(tstr_rows, len(train))
+        self.tstr_repeats = tstr_repeats
         self._real_efficacy: float | None = None
 
     def real_efficacy(self) -> float:
@@ -202,25 +210,38 @@ class TableEvaluator:
         return self._real_efficacy
 
     def evaluate_table(
-        self, synthetic: pd.DataFrame, final: bool, tstr_synthetic: pd.DataFrame | None = None
+        self,
+        synthetic: pd.DataFrame,
+        final: bool,
+        tstr_synthetic: pd.DataFrame | list[pd.DataFrame] | None = None,
     ) -> dict[str, float]:
-        """Every figure of synthetic rows (TSTR on ``tstr_synthetic`` when given)."""
+        """Every figure of synthetic rows (TSTR on ``tstr_synthetic`` when given; with
+        several draws, TSTR is their mean, each fitted with its own classifier seed)."""
         rng = np.random.default_rng(self.seed)
         real = self.train.iloc[rng.permutation(len(self.train))[: len(synthetic)]]
         figures = quality_report(
             real.reset_index(drop=True), synthetic.reset_index(drop=True), self.schema
         )
         if final:
-            tstr = ml_efficacy(
-                synthetic if tstr_synthetic is None else tstr_synthetic,
-                self.holdout,
-                self.schema,
-                self.target,
-                self.seed,
-            )
+            if tstr_synthetic is None:
+                draws = [synthetic]
+            elif isinstance(tstr_synthetic, list):
+                draws = tstr_synthetic
+            else:
+                draws = [tstr_synthetic]
+            runs = [
+                {
+                    "ml_efficacy": ml_efficacy(
+                        rows, self.holdout, self.schema, self.target, self._tstr_seed(r)
+                    )
+                }
+                for r, rows in enumerate(draws)
+            ]
+            efficacy = mean_over_repeats(runs, std_of="ml_efficacy")
+            tstr = efficacy["ml_efficacy"]
             real_f1 = self.real_efficacy()
+            figures.update(efficacy)
             figures.update(
-                ml_efficacy=tstr,
                 ml_efficacy_real=real_f1,
                 ml_efficacy_ratio=tstr / real_f1 if real_f1 > 0 else float("nan"),
             )
@@ -229,23 +250,41 @@ class TableEvaluator:
             )
         return figures
 
+    def _tstr_seed(self, repeat: int) -> int:
+        # Repeat 0 is the single TSTR's seed, so one repeat gives the old figure.
+        return self.seed if repeat == 0 else derive_seed(self.seed, "tstr", repeat) % 2**32
+
     def evaluate_task(self, task: Any, generator: torch.Generator, final: bool) -> dict[str, float]:
         """Quality report every evaluation; TSTR and DCR at the final one."""
         synthetic = task.sample(self.quality_rows, generator)
-        tstr = task.sample(self.tstr_rows, generator) if final else None
-        return self.evaluate_table(synthetic, final, tstr)
+        draws = (
+            [task.sample(self.tstr_rows, generator) for _ in range(self.tstr_repeats)]
+            if final
+            else None
+        )
+        return self.evaluate_table(synthetic, final, draws)
 
     def describe(self) -> dict[str, str]:
         """What each key was computed on."""
         real = f"{len(self.train)} real training rows, {len(self.holdout)} held-out real rows"
+        spread = {
+            "ml_efficacy_std": "sample standard deviation of ml_efficacy over the "
+            f"{self.tstr_repeats} TSTR draws"
+        }
         return {
+            **(spread if self.tstr_repeats > 1 else {}),
             "quality_score": f"sdmetrics QualityReport score, {self.quality_rows} synthetic "
             f"rows against as many real training rows ({real})",
             "column_shapes": "sdmetrics Column Shapes (KS / TV complement, mean over columns)",
             "column_pair_trends": "sdmetrics Column Pair Trends (correlation / contingency "
             "similarity, mean over column pairs)",
             "ml_efficacy": f"macro F1 on the held-out real rows of a gradient-boosted "
-            f"classifier of {self.target!r} trained on {self.tstr_rows} synthetic rows (TSTR)",
+            f"classifier of {self.target!r} trained on {self.tstr_rows} synthetic rows (TSTR)"
+            + (
+                f"; mean over {self.tstr_repeats} draws, each with its own classifier seed"
+                if self.tstr_repeats > 1
+                else ""
+            ),
             "ml_efficacy_real": "the same classifier trained on the real training rows (TRTR)",
             "ml_efficacy_ratio": "ml_efficacy / ml_efficacy_real",
             "dcr_synthetic_train": "median Gower distance of synthetic rows to the closest "
@@ -268,4 +307,5 @@ def table_evaluator(data: Any, *, seed: int, settings: EvalConfig) -> TableEvalu
         seed,
         quality_rows=settings.num_quality_samples,
         tstr_rows=settings.tstr_samples,
+        tstr_repeats=settings.tstr_repeats,
     )

@@ -139,3 +139,42 @@ def test_rejects_too_few_quality_samples(
 ) -> None:
     with pytest.raises(ValueError, match="num_quality_samples"):
         Evaluator(classifier_train, fashion_test, num_quality_samples=3)
+
+
+def test_tstr_repeats_report_the_mean_and_spread(
+    classifier_train: ImageDataset,
+    fashion_test: ImageDataset,
+    fashion_train: ImageDataset,
+    classifier_cache_dir: Path,
+    feature_classifier: FeatureClassifier,
+    evaluator: Evaluator,
+) -> None:
+    # Prepare: the module's evaluator with two TSTR repeats (same classifier cache).
+    twice = Evaluator(
+        classifier_train,
+        fashion_test,
+        cache_dir=classifier_cache_dir,
+        seed=0,
+        num_quality_samples=QUALITY_SAMPLES,
+        tstr_samples=TSTR_SAMPLES,
+        tstr_epochs=2,
+        classifier_epochs=1,
+        tstr_repeats=2,
+    )
+    unseen = fashion_train.subset(torch.arange(40000, 60000))
+    # Execute: the first repeat uses the single TSTR's streams; the generator is reset so
+    # both evaluators see the same images for it.
+    once = evaluator.evaluate(real_image_generator(unseen, []))
+    calls: list[torch.Tensor] = []
+    repeated = twice.evaluate(real_image_generator(unseen, calls))
+    # Assert: two TSTR draws of balanced labels after the quality draw, and figures that
+    # average the first (the single run's) and a second, different one.
+    tstr_labels = torch.cat(calls[1:])
+    assert torch.bincount(tstr_labels, minlength=10).tolist() == [2 * TSTR_SAMPLES // 10] * 10
+    assert set(repeated) == set(once) | {"tstr_accuracy_std"} == set(twice.describe())
+    second = 2 * repeated["tstr_accuracy"] - once["tstr_accuracy"]
+    assert 0.7 < second <= 1.0
+    assert repeated["tstr_accuracy_std"] == pytest.approx(
+        abs(second - once["tstr_accuracy"]) / 2**0.5, abs=1e-9
+    )
+    assert "mean over 2 repeats" in twice.describe()["tstr_accuracy"]

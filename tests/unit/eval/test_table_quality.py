@@ -10,6 +10,7 @@ from fedgen.data.table_data import split_holdout
 from fedgen.data.table_sources import FAIR
 from fedgen.eval.table_quality import (
     GowerSpace,
+    TableEvaluator,
     distance_to_closest_record,
     ml_efficacy,
 )
@@ -50,3 +51,36 @@ def test_copies_of_training_rows_are_at_distance_zero_and_closer_to_train(fair_s
     # Copies beat the no-memorisation 0.5, though only those whose row is in the equal-size
     # training subsample are exact hits (the rest tie or near-tie with the holdout).
     assert figures["dcr_closer_to_train"] > 0.55
+
+
+def test_tstr_repeats_average_draws_with_their_own_classifier_seeds(fair_split):
+    train, holdout = fair_split
+    # Three "synthetic" draws: bootstrap samples of real rows, so each fit differs.
+    rng = np.random.default_rng(1)
+    draws = [train.iloc[rng.integers(0, len(train), 1500)] for _ in range(3)]
+    quality = train.head(300)
+    one = TableEvaluator(train, holdout, FAIR.schema, "had_affair", seed=0, quality_rows=300)
+    three = TableEvaluator(
+        train, holdout, FAIR.schema, "had_affair", seed=0, quality_rows=300, tstr_repeats=3
+    )
+    single = one.evaluate_table(quality, True, draws[0])
+    repeated = three.evaluate_table(quality, True, draws)
+    # The first draw keeps the single TSTR's classifier seed: one repeat is the old figure.
+    f1s = [single["ml_efficacy"]] + [
+        ml_efficacy(d, holdout, FAIR.schema, "had_affair", three._tstr_seed(r))
+        for r, d in enumerate(draws[1:], start=1)
+    ]
+    assert repeated["ml_efficacy"] == pytest.approx(np.mean(f1s), abs=1e-12)
+    assert repeated["ml_efficacy_std"] == pytest.approx(np.std(f1s, ddof=1), abs=1e-12)
+    assert repeated["ml_efficacy_std"] > 0  # the draws and seeds do move the figure
+    assert "ml_efficacy_std" not in single
+    assert repeated["ml_efficacy_ratio"] == pytest.approx(
+        repeated["ml_efficacy"] / repeated["ml_efficacy_real"]
+    )
+    assert "mean over 3 draws" in three.describe()["ml_efficacy"]
+
+
+def test_tstr_repeats_below_one_is_refused(fair_split):
+    train, holdout = fair_split
+    with pytest.raises(ValueError, match="tstr_repeats must be >= 1, got 0"):
+        TableEvaluator(train, holdout, FAIR.schema, "had_affair", seed=0, tstr_repeats=0)
