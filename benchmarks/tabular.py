@@ -253,7 +253,7 @@ def main() -> None:
         "--tstr-repeats",
         type=int,
         default=1,
-        help="TSTR draws per run, each with its own classifier seed (eval.tstr_repeats)",
+        help="synthetic draws TSTR is measured on per run (eval.tstr_repeats)",
     )
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/tabular.md")
@@ -282,8 +282,8 @@ def main() -> None:
             "synthetic rows against as many real training rows",
             "TSTR F1: macro F1 on the 20% real holdout of sklearn's HistGradientBoosting "
             "trained on synthetic rows (as many as training rows); TRTR: trained on the real rows; "
-            f"fedgen rows: the mean over {args.tstr_repeats} synthetic draws, each with its own "
-            "classifier seed, and their sample standard deviation (TSTR F1 std)",
+            f"fedgen rows: the mean over {args.tstr_repeats} synthetic draws of the same "
+            "model, and their sample standard deviation (TSTR F1 std)",
             "DCR: median Gower distance to the closest training row (synthetic rows; held-out "
             "rows for reference); closer to train: share of synthetic rows closer to training "
             "rows than to as many held-out rows (0.5: no sign of memorisation)",

@@ -167,10 +167,10 @@ class EvalConfig(_Strict):
     num_quality_samples: int = Field(2000, ge=10)
     tstr_samples: int = Field(30000, ge=10)
     tstr_epochs: int = Field(3, ge=1)
-    #: Images and tables: the final TSTR repeated on this many synthetic draws, each with
-    #: its own classifier seed; the figures are their means, ``*_std`` their spread. One
-    #: run's TSTR moves by more than the gaps some goals ask about (tables: several points
-    #: of F1 between classifier seeds), so comparisons of a few points want several.
+    #: Images and tables: the final TSTR repeated on this many synthetic draws (images:
+    #: each with its own classifier seed; tables' gradient-boosted classifier is
+    #: deterministic); the figures are their means, ``*_std`` their spread, so a gap of a
+    #: few points can be told from the measurement's own noise.
     tstr_repeats: int = Field(1, ge=1, le=100)
     classifier_epochs: int = Field(1, ge=1)
     grid_per_class: int = Field(10, ge=1)
@@ -324,6 +324,14 @@ class DownstreamConfig(_Strict):
 
     @model_validator(mode="after")
     def _ratio_in_range(self) -> DownstreamConfig:
+        tuned = [m for m in ("server_finetune", "one_shot_finetune") if m in self.modes]
+        if self.server_steps == 0 and tuned:
+            # The arm would be real-only FedAvg reported under another name and costs.
+            raise ValueError(
+                f"downstream.server_steps is 0, so arm {tuned[0]} would never fine-tune "
+                "(it would be the real arm under another name); give server_steps >= 1 "
+                "or drop it from downstream.modes"
+            )
         if not 0.0 <= self.topup_ratio <= 1.0:
             raise ValueError(
                 f"downstream.topup_ratio is {self.topup_ratio:g}, outside [0, 1]: it is the "

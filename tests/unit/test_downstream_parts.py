@@ -95,3 +95,12 @@ def test_an_unknown_transform_or_strategy_in_the_downstream_section_is_named():
         classifier_pipeline(cfg.downstream, 0, task, [])
     assert "downstream.strategy.name: unknown 'fedavgg'" in str(err.value)
     assert "downstream.transforms[0].name: unknown 'clipp'" in str(err.value)
+
+
+@pytest.mark.parametrize("mode", ["server_finetune", "one_shot_finetune"])
+def test_a_fine_tuning_arm_without_server_steps_is_refused(mode):
+    # It would be the real arm reported under another name (and, for one_shot_finetune,
+    # with the one-shot generators' bytes and seconds added).
+    with pytest.raises(ConfigError, match=f"server_steps is 0, so arm {mode} would never"):
+        load_config(None, [f"downstream.modes=[real, {mode}]", "downstream.server_steps=0"])
+    load_config(None, ["downstream.modes=[real, one_shot]", "downstream.server_steps=0"])

@@ -29,8 +29,10 @@ class ArmResult:
     name: str
     accuracy: ClassAccuracy
     rounds: int
-    bytes_up: int
-    bytes_down: int
+    #: None when the classifier federation runs under client-level DP, which withholds
+    #: every round's bytes (they would reveal the sampled cohort).
+    bytes_up: int | None
+    bytes_down: int | None
     seconds: float
     model: SmallCNN
     synthetic_examples: int = 0
@@ -49,7 +51,11 @@ class ArmResult:
             "rounds": self.rounds,
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
-            "bytes_total": self.bytes_up + self.bytes_down,
+            "bytes_total": (
+                None
+                if self.bytes_up is None or self.bytes_down is None
+                else self.bytes_up + self.bytes_down
+            ),
             "seconds": self.seconds,
             "synthetic_examples": self.synthetic_examples,
             "curve": self.curve,
@@ -133,8 +139,9 @@ def federate_classifier(
         name=name,
         accuracy=class_accuracy(model.network, test),
         rounds=fed.next_round,
-        bytes_up=sum(int(m.get("bytes_up", 0)) for m in history),
-        bytes_down=sum(int(m.get("bytes_down", 0)) for m in history),
+        # Withheld under client-level DP: summing the missing figures would report 0.
+        bytes_up=None if fed.withholds_cohort else sum(m.get("bytes_up", 0) for m in history),
+        bytes_down=None if fed.withholds_cohort else sum(m.get("bytes_down", 0) for m in history),
         seconds=seconds,
         model=model.network,
         curve=curve,

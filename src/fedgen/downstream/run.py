@@ -279,13 +279,15 @@ def run_arms(
                 **common,  # type: ignore[arg-type]
             )
             # The clients' generators crossed the wire once, before round 1.
-            arm.bytes_up += ens.bytes_up
+            if arm.bytes_up is not None:
+                arm.bytes_up += ens.bytes_up
             arm.seconds += ens.seconds
             arm.synthetic_examples = len(ens.data)
             arm.notes.append(
                 f"{dcfg.server_steps} server steps after every round on {len(ens.data)} "
                 f"samples of the clients' one-shot {ens.task_name} generators ({ens.steps} "
-                f"local steps each, sent once: {ens.bytes_up} bytes, included)"
+                f"local steps each, sent once: {ens.bytes_up} bytes, "
+                + ("included)" if arm.bytes_up is not None else "the rounds' bytes withheld)")
             )
         else:
             arm = one_shot_federation(

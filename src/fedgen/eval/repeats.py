@@ -1,9 +1,9 @@
 """Figures of a measurement repeated on fresh draws: their means, and the spread of one.
 
-A TSTR figure comes from one synthetic draw and one classifier seed; both move it
-(tables: several points of macro F1 between classifier seeds). ``eval.tstr_repeats``
-repeats the measurement and reports the mean, with the sample standard deviation of the
-headline figure so a reader can tell a gap from the noise.
+A TSTR figure comes from one synthetic draw (and, for images, one classifier seed), and
+both move it. ``eval.tstr_repeats`` repeats the measurement and reports the mean, with
+the sample standard deviation of the headline figure so a reader can tell a gap from the
+measurement's noise.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ The real rows are the federation's pooled training rows and the server holdout
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,6 @@ from fedgen.config import EvalConfig
 from fedgen.data.table_schema import ColumnType, TableSchema
 from fedgen.eval.repeats import mean_over_repeats
 from fedgen.registry import EVALUATORS
-from fedgen.seeding import derive_seed
 
 #: Rows on each side of the DCR comparison and the quality report, at most.
 MAX_DISTANCE_ROWS = 2000
@@ -177,8 +177,8 @@ class TableEvaluator:
         quality_rows: synthetic (and real) rows of the quality report and DCR.
         tstr_rows: synthetic rows the TSTR classifier is trained on (at most the
             number of training rows).
-        tstr_repeats: TSTR draws, each with its own classifier seed; ``ml_efficacy`` is
-            their mean and ``ml_efficacy_std`` their spread.
+        tstr_repeats: synthetic draws TSTR is measured on; ``ml_efficacy`` is their
+            mean and ``ml_efficacy_std`` their spread.
     """
 
     def __init__(
@@ -213,10 +213,14 @@ class TableEvaluator:
         self,
         synthetic: pd.DataFrame,
         final: bool,
-        tstr_synthetic: pd.DataFrame | list[pd.DataFrame] | None = None,
+        tstr_synthetic: pd.DataFrame | Iterable[pd.DataFrame] | None = None,
     ) -> dict[str, float]:
         """Every figure of synthetic rows (TSTR on ``tstr_synthetic`` when given; with
-        several draws, TSTR is their mean, each fitted with its own classifier seed)."""
+        ``tstr_repeats`` draws, read one at a time, TSTR is their mean).
+
+        Raises:
+            ValueError: the number of TSTR draws is not ``tstr_repeats``.
+        """
         rng = np.random.default_rng(self.seed)
         real = self.train.iloc[rng.permutation(len(self.train))[: len(synthetic)]]
         figures = quality_report(
@@ -224,19 +228,27 @@ class TableEvaluator:
         )
         if final:
             if tstr_synthetic is None:
-                draws = [synthetic]
-            elif isinstance(tstr_synthetic, list):
-                draws = tstr_synthetic
-            else:
+                draws: Iterable[pd.DataFrame] = [synthetic]
+            elif isinstance(tstr_synthetic, pd.DataFrame):
                 draws = [tstr_synthetic]
+            else:
+                draws = tstr_synthetic
+            # The gradient-boosted classifier is deterministic at these sizes (its
+            # random_state only subsamples bins above 200,000 rows), so the spread is the
+            # synthetic draws'; each draw is fitted and dropped before the next is read.
             runs = [
                 {
                     "ml_efficacy": ml_efficacy(
-                        rows, self.holdout, self.schema, self.target, self._tstr_seed(r)
+                        rows, self.holdout, self.schema, self.target, self.seed
                     )
                 }
-                for r, rows in enumerate(draws)
+                for rows in draws
             ]
+            if len(runs) != self.tstr_repeats:
+                raise ValueError(
+                    f"TSTR got {len(runs)} synthetic draw(s) but tstr_repeats is "
+                    f"{self.tstr_repeats}; pass one draw per repeat"
+                )
             efficacy = mean_over_repeats(runs, std_of="ml_efficacy")
             tstr = efficacy["ml_efficacy"]
             real_f1 = self.real_efficacy()
@@ -250,15 +262,12 @@ class TableEvaluator:
             )
         return figures
 
-    def _tstr_seed(self, repeat: int) -> int:
-        # Repeat 0 is the single TSTR's seed, so one repeat gives the old figure.
-        return self.seed if repeat == 0 else derive_seed(self.seed, "tstr", repeat) % 2**32
-
     def evaluate_task(self, task: Any, generator: torch.Generator, final: bool) -> dict[str, float]:
         """Quality report every evaluation; TSTR and DCR at the final one."""
         synthetic = task.sample(self.quality_rows, generator)
+        # A generator expression: each draw is sampled when TSTR reaches it.
         draws = (
-            [task.sample(self.tstr_rows, generator) for _ in range(self.tstr_repeats)]
+            (task.sample(self.tstr_rows, generator) for _ in range(self.tstr_repeats))
             if final
             else None
         )
@@ -280,11 +289,7 @@ class TableEvaluator:
             "similarity, mean over column pairs)",
             "ml_efficacy": f"macro F1 on the held-out real rows of a gradient-boosted "
             f"classifier of {self.target!r} trained on {self.tstr_rows} synthetic rows (TSTR)"
-            + (
-                f"; mean over {self.tstr_repeats} draws, each with its own classifier seed"
-                if self.tstr_repeats > 1
-                else ""
-            ),
+            + (f"; mean over {self.tstr_repeats} synthetic draws" if self.tstr_repeats > 1 else ""),
             "ml_efficacy_real": "the same classifier trained on the real training rows (TRTR)",
             "ml_efficacy_ratio": "ml_efficacy / ml_efficacy_real",
             "dcr_synthetic_train": "median Gower distance of synthetic rows to the closest "

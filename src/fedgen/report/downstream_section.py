@@ -20,6 +20,8 @@ ARMS = {
     "server_finetune": "server fine-tunes on synthetic samples each round",
     "synthetic": "server trains on synthetic samples only",
     "one_shot": "one-shot: each client sends a generator once (FedCVAE-Ens)",
+    "one_shot_finetune": "FedAvg on real data, the server fine-tuning each round on the "
+    "one-shot generators' samples",
 }
 
 

@@ -355,6 +355,8 @@ class NormBound(RobustAggregation):
         clipped = int((norms.squeeze(1) > self.max_norm).sum())
         # The round's median update norm: what max_norm should sit just above (honest
         # norms grow with local steps; a bound below them slows every client, not only
-        # the attackers). Medians resist the attackers' own norms.
-        figures = {"clipped": float(clipped), "update_norm_median": float(norms.median())}
+        # the attackers). Medians resist the attackers' own norms; quantile, not
+        # Tensor.median, which gives the lower middle value of an even cohort.
+        median = float(torch.quantile(norms.squeeze(1).double(), 0.5))
+        figures = {"clipped": float(clipped), "update_norm_median": median}
         return (updates * scale).mean(dim=0), figures

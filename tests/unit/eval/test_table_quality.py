@@ -53,7 +53,7 @@ def test_copies_of_training_rows_are_at_distance_zero_and_closer_to_train(fair_s
     assert figures["dcr_closer_to_train"] > 0.55
 
 
-def test_tstr_repeats_average_draws_with_their_own_classifier_seeds(fair_split):
+def test_tstr_repeats_average_the_draws_one_at_a_time(fair_split):
     train, holdout = fair_split
     # Three "synthetic" draws: bootstrap samples of real rows, so each fit differs.
     rng = np.random.default_rng(1)
@@ -64,20 +64,29 @@ def test_tstr_repeats_average_draws_with_their_own_classifier_seeds(fair_split):
         train, holdout, FAIR.schema, "had_affair", seed=0, quality_rows=300, tstr_repeats=3
     )
     single = one.evaluate_table(quality, True, draws[0])
-    repeated = three.evaluate_table(quality, True, draws)
-    # The first draw keeps the single TSTR's classifier seed: one repeat is the old figure.
-    f1s = [single["ml_efficacy"]] + [
-        ml_efficacy(d, holdout, FAIR.schema, "had_affair", three._tstr_seed(r))
-        for r, d in enumerate(draws[1:], start=1)
-    ]
+    read: list[int] = []
+
+    def lazily():
+        for i, d in enumerate(draws):
+            read.append(i)
+            yield d
+
+    repeated = three.evaluate_table(quality, True, lazily())
+    f1s = [ml_efficacy(d, holdout, FAIR.schema, "had_affair", 0) for d in draws]
+    # The first draw is the single TSTR's figure; the three are averaged.
+    assert single["ml_efficacy"] == f1s[0]
+    assert read == [0, 1, 2]
     assert repeated["ml_efficacy"] == pytest.approx(np.mean(f1s), abs=1e-12)
     assert repeated["ml_efficacy_std"] == pytest.approx(np.std(f1s, ddof=1), abs=1e-12)
-    assert repeated["ml_efficacy_std"] > 0  # the draws and seeds do move the figure
+    assert repeated["ml_efficacy_std"] > 0  # the draws do move the figure
     assert "ml_efficacy_std" not in single
     assert repeated["ml_efficacy_ratio"] == pytest.approx(
         repeated["ml_efficacy"] / repeated["ml_efficacy_real"]
     )
-    assert "mean over 3 draws" in three.describe()["ml_efficacy"]
+    assert "mean over 3 synthetic draws" in three.describe()["ml_efficacy"]
+    # Fewer draws than repeats would average fewer than the description says.
+    with pytest.raises(ValueError, match=r"TSTR got 1 synthetic draw.* tstr_repeats is 3"):
+        three.evaluate_table(quality, True, draws[0])
 
 
 def test_tstr_repeats_below_one_is_refused(fair_split):
