@@ -77,6 +77,12 @@ def test_two_round_run_writes_a_complete_run_folder(task, finished_runs, tmp_pat
         assert "frechet_distance" in m
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds"] == 2
+    # The summary's byte totals are the rounds' (which are their clients' sums).
+    for m in lines:
+        per_client = m["bytes_by_client"]
+        assert sum(per_client["up"]) == m["bytes_up"] and sum(per_client["down"]) == m["bytes_down"]
+    assert summary["bytes_up"] == sum(m["bytes_up"] for m in lines)
+    assert summary["bytes_total"] == sum(m["bytes_up"] + m["bytes_down"] for m in lines)
     for key in (
         "tstr_accuracy",
         "tstr_f1",

@@ -27,18 +27,18 @@ SIGN = "[{name: sign, params: {fraction: 0.5}}]"
 def test_recorded_bytes_are_the_lengths_of_the_serialized_messages(
     mnist_dir, monkeypatch, transforms
 ):
-    # Prepare: record the length of every job and reply, serialized for real.
-    sent: dict[str, list[int]] = {"up": [], "down": []}
+    # Prepare: record the length of every job and reply, serialized for real, by client.
+    sent: dict[str, dict[int, int]] = {"up": {}, "down": {}}
     job_message, reply_message = local_training.job_message, local_training.reply_message
 
-    def measured_job(*args):
-        message = job_message(*args)
-        sent["down"].append(len(encode(message)))
+    def measured_job(ins, *args):
+        message = job_message(ins, *args)
+        sent["down"][ins.client_id] = len(encode(message))
         return message
 
     def measured_reply(result):
         message = reply_message(result)
-        sent["up"].append(len(encode(message)))
+        sent["up"][result.client_id] = len(encode(message))
         return message
 
     monkeypatch.setattr(local_training, "job_message", measured_job)
@@ -48,8 +48,13 @@ def test_recorded_bytes_are_the_lengths_of_the_serialized_messages(
     record = fed.run_round(0)
     # Assert
     assert record.metrics["failures"] == 0
-    assert record.metrics["bytes_up"] == sum(sent["up"])
-    assert record.metrics["bytes_down"] == sum(sent["down"])
+    assert record.metrics["bytes_up"] == sum(sent["up"].values())
+    assert record.metrics["bytes_down"] == sum(sent["down"].values())
+    # metrics.jsonl's per-client figures, in the plan's order, are the same lengths.
+    by_client = record.metrics["bytes_by_client"]
+    assert sorted(by_client["clients"]) == sorted(sent["up"]) == sorted(sent["down"])
+    assert by_client["up"] == [sent["up"][c] for c in by_client["clients"]]
+    assert by_client["down"] == [sent["down"][c] for c in by_client["clients"]]
 
 
 def test_a_two_bit_update_is_over_twelve_times_smaller_than_float32(mnist_dir):
