@@ -4,10 +4,12 @@ optimizers compose with DP and secure aggregation, robust rules are refused with
 from __future__ import annotations
 
 import pytest
+import torch
 from tiny_federation import tiny_config
 
 from fedgen.errors import ConfigError
 from fedgen.experiment import build_experiment
+from fedgen.privacy.accounting import compute_epsilon
 from fedgen.strategies.base import Needs
 
 CLIP = "{name: clip, params: {max_norm: 2.0}}"
@@ -63,3 +65,14 @@ def test_client_dp_with_a_robust_rule_is_refused_with_the_reason(mnist_dir):
         params = "{min_clients: 1, weighted: false, sampling: poisson}"
         build(mnist_dir, "median", params, f"[{CLIP}, {DP}]")
     assert "declares no such bound (a robust rule compares" in str(err.value)
+
+
+def test_dp_fedadam_runs_and_spends_what_the_accountant_says(mnist_dir):
+    # Prepare: FedAdam's server step on the noised mean (Needs.SUM), q = 1, sigma = 1.
+    fed = build(mnist_dir, "fedadam", f"{{{DP_PARAMS}}}", f"[{CLIP}, {DP}]")
+    before = {k: v.clone() for k, v in fed.global_state.items()}
+    # Execute
+    record = fed.run_round(0)
+    # Assert: the model moved, and one round spent the accountant's epsilon.
+    assert any(not torch.equal(before[k], fed.global_state[k]) for k in before)
+    assert record.metrics["epsilon"] == pytest.approx(compute_epsilon(1.0, 1.0, 1, 1e-3), rel=1e-9)

@@ -105,3 +105,35 @@ def test_the_random_mask_seed_follows_the_root_seed(mnist_dir):
     (mask,) = fed.transforms
     assert isinstance(mask, RandomMask)
     assert mask.mask_seed == derive_seed(5, "random_mask")
+
+
+@pytest.mark.parametrize(
+    ("plain", "compressed", "extra"),
+    [
+        (
+            f"[{CLIP}, {DP}]",
+            f"[{CLIP}, {{name: topk, params: {{error_feedback: false}}}}, {DP}]",
+            {"strategy.params": DP_STRATEGY},
+        ),
+        (
+            "[]",
+            "[{name: quantize, params: {bits: 2}}]",
+            {
+                "dpsgd": "{noise_multiplier: 1.0, max_grad_norm: 1.0}",
+                "task.params.fake_labels": "uniform",
+                "task.params.batch_size": 64,
+            },
+        ),
+    ],
+    ids=["client-dp", "dp-sgd"],
+)
+def test_a_codec_leaves_the_epsilon_spent_unchanged(mnist_dir, plain, compressed, extra):
+    # A codec applied to a clipped update (client-level) or to DP-SGD's noised model is
+    # post-processing of what the mechanism bounds: the same round spends the same epsilon.
+    spent = []
+    for transforms in (plain, compressed):
+        fed = build_experiment(tiny_config(mnist_dir, transforms=transforms, **extra)).federation
+        record = fed.run_round(0)
+        spent.append(record.metrics["epsilon"])
+    assert spent[0] > 0
+    assert spent[1] == spent[0]

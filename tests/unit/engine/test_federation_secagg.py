@@ -208,3 +208,30 @@ def test_under_dp_one_usable_client_releases_a_noise_only_round(mnist_dir):
     assert "examples" not in record.metrics and "failed_clients" not in record.metrics
     assert any(not torch.equal(before[k], fed.global_state[k]) for k in before)
     assert record.metrics["epsilon"] > 0
+
+
+def test_secure_fedavgm_equals_plain_fedavgm_within_the_fixed_point_bound(mnist_dir):
+    # Server momentum needs only the sum (Needs.SUM): under secure aggregation it must take
+    # the same step from the unmasked sum as from the plain updates. One round: in a
+    # second, the clients would train from models that already differ by the fixed-point
+    # error, and local training does not keep that difference small.
+    strategy = {
+        "strategy.name": "fedavgm",
+        "strategy.params": "{min_clients: 2, momentum: 0.5, server_lr: 0.5}",
+    }
+    plain = build_experiment(
+        tiny_config(mnist_dir, **strategy, **{"transforms": f"[{CLIP}]"})
+    ).federation
+    secure = build_experiment(
+        tiny_config(mnist_dir, **strategy, **{"transforms": f"[{CLIP}, {secagg()}]"})
+    ).federation
+    before = {k: v.clone() for k, v in plain.global_state.items()}
+    ref = plain.run_round(0).metrics
+    got = secure.run_round(0).metrics
+    assert got["secagg/survivors"] == 4 and got["examples"] == ref["examples"]
+    states_close(
+        secure.global_state, plain.global_state, ref["examples"], got["secagg/max_abs_error"]
+    )
+    assert any(not torch.equal(before[k], secure.global_state[k]) for k in before)
+    # server_lr 0.5 makes the step half of FedAvg's: a secure path that skipped the
+    # server optimizer would land twice as far.

@@ -159,3 +159,41 @@ def test_a_real_round_with_a_robust_rule(mnist_dir):
     record = fed.run_round(0)
     assert record.metrics["clients"] == 4 and record.metrics["strategy/selected"] == 4.0
     assert any(not torch.equal(before[k], fed.global_state[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    ("name", "byzantine", "fraction", "need", "tolerance"),
+    [
+        ("median", 2, 0.4, 5, r"n >= 2f \+ 1"),
+        ("trimmed_mean", 2, 0.4, 5, r"n >= 2f \+ 1"),
+        ("multi_krum", 2, 0.5, 7, r"n > 2f \+ 2"),
+    ],
+)
+def test_each_rule_refuses_a_cohort_below_its_tolerance(name, byzantine, fraction, need, tolerance):
+    # Prepare: 10 clients, a fraction that plans one fewer result than the rule needs.
+    rng = np.random.default_rng(0)
+    strategy = STRATEGIES.get(name)(byzantine=byzantine, fraction=fraction)
+    assert strategy.required_results() == need
+    # Execute / Assert: refused before any client trains, naming the bound and the fix.
+    with pytest.raises(
+        ConfigError, match=rf"only with at least {need} results a round \({tolerance}\)"
+    ):
+        strategy.configure(0, list(range(10)), rng)
+    # One more planned client is enough.
+    plan = STRATEGIES.get(name)(byzantine=byzantine, fraction=need / 10).configure(
+        0, list(range(10)), rng
+    )
+    assert len(plan.instructions) == need
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("median", {"byzantine": -1}, "strategy median: byzantine must be >= 0, got -1"),
+        ("multi_krum", {"selected": 0}, "strategy multi_krum: selected must be >= 1, got 0"),
+        ("norm_bound", {"max_norm": 0.0}, "strategy norm_bound: max_norm must be > 0, got 0"),
+    ],
+)
+def test_invalid_rule_parameters_are_refused_with_the_value(name, params, message):
+    with pytest.raises(ConfigError, match=message):
+        STRATEGIES.get(name)(**params)
