@@ -41,6 +41,7 @@ from fedgen.data.client_data import ClientData
 from fedgen.modality import TensorKind
 from fedgen.registry import TASKS
 from fedgen.tasks.base import Task, TaskParams
+from fedgen.tasks.diffusion_functional import DdpmFunctionalTraining
 from fedgen.tasks.diffusion_process import GaussianDiffusion
 from fedgen.tasks.unet import (
     DECODER_BLOCKS,
@@ -201,6 +202,32 @@ class ConditionalDdpm(Task):
 
     def private_data_modules(self) -> list[str]:
         return ["unet"]
+
+    def functional_training(self) -> DdpmFunctionalTraining | None:
+        """``train_local``'s iteration as a pure function (the vectorized backend's);
+        None with LoRA adapters (see ``why_no_functional_training``)."""
+        if self.params.lora_rank:
+            return None
+        p = self.params
+        return DdpmFunctionalTraining(
+            self.modules["unet"],
+            self.diffusion,
+            num_classes=self.num_classes,
+            label_dropout=p.label_dropout,
+            lr=p.lr,
+            betas=p.betas,
+        )
+
+    def why_no_functional_training(self) -> str:
+        if self.params.lora_rank:
+            # peft's adapter layers were not checked under vmap; the oracle holds only
+            # what it runs.
+            return (
+                "task ConditionalDdpm with lora_rank > 0 trains through peft's adapter "
+                "layers, which have no vectorized step; set lora_rank: 0 or use backend "
+                "inprocess"
+            )
+        return super().why_no_functional_training()
 
     def train_local(
         self, data: ClientData, steps: int, generator: torch.Generator, config: dict[str, Any]
