@@ -14,6 +14,8 @@ sampled from a fixed population):
   MFLOP, so the simulator's own cost per client update is what the row measures.
 - ``cgan``: the default cGAN (widths 32, latent 64: 0.35M parameters), 5 local steps
   of 10 examples, cohorts drawn from 1,000 clients (issue 12's setting).
+- ``ddpm``: the diffusion recipe's UNet (``configs/fmnist_ddpm.yaml``: width 16, 1,000
+  timesteps), the same budget as ``cgan`` (5 local steps of 10 examples, 1,000 clients).
 
 Each (workload, cohort, backend) runs in a fresh process pinned where this script is
 pinned (``taskset``), torch on one thread: one warm-up round (worker start-up, first
@@ -91,6 +93,10 @@ def recipe(workload: str, cohort: int, backend: str, data_dir: str | None) -> li
         name, population = "cvae", max(cohort, 300)
         task = "{batch_size: 20, architecture: mlp, hidden: 4, latent_dim: 4}"
         budget = ["federation.local_steps=null", "federation.local_epochs=1.0"]
+    elif workload == "ddpm":
+        name, population = "ddpm", max(cohort, 1000)
+        task = "{batch_size: 10, width: 16, lr: 0.001}"
+        budget = ["federation.local_steps=5"]
     else:
         population = max(cohort, 1000)
         task = "{batch_size: 10}"
@@ -187,7 +193,10 @@ def measure(workload: str, cohort: int, backend: str, rounds: int) -> dict[str, 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--workloads", nargs="+", default=["tiny", "cgan"], choices=["tiny", "mlp", "cgan"]
+        "--workloads",
+        nargs="+",
+        default=["tiny", "cgan"],
+        choices=["tiny", "mlp", "cgan", "ddpm"],
     )
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--backends", nargs="+", default=BACKENDS)
