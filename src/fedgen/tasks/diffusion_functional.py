@@ -30,6 +30,15 @@ from fedgen.tasks.functional_optim import adam_init, adam_step
 class DdpmFunctionalTraining(FunctionalTraining):
     """``ConditionalDdpm``'s step for ``vmap`` (``ConditionalDdpm.functional_training``)."""
 
+    # benchmarks/results/speed.md (2026-12-03): vmap's batching rules decompose the
+    # GroupNorm and SiLU backward passes into elementwise ops that cost more than the
+    # per-client calls they save at a UNet's batch sizes.
+    slower_on_cpu = (
+        "the ddpm UNet's vectorized step measured 0.66-0.72x the sequential speed on one "
+        "CPU core (10 and 100 clients of 5 steps of 10 images); use backend process_pool "
+        "for speed on a CPU"
+    )
+
     def __init__(
         self,
         unet: nn.Module,

@@ -45,6 +45,9 @@ class FunctionalTraining(ABC):
     #: The per-round config keys ``step`` honours (``ClientInstruction.config``); a client
     #: whose config holds another key trains through ``train_local`` instead.
     config_keys: ClassVar[frozenset[str]] = frozenset({"lr"})
+    #: A measured slowdown of this step under ``vmap`` against ``train_local`` on a CPU,
+    #: with what to use instead; the vectorized backend logs it once ("": none measured).
+    slower_on_cpu: ClassVar[str] = ""
 
     @abstractmethod
     def init_state(self, tensors: ModuleTensors, config: dict[str, Any]) -> OptimizerState:

@@ -312,3 +312,12 @@ def test_vectorized_pool_refuses_a_client_timeout(mnist_dir):
             "process_pool",
             **{"backend.params": "{vectorize: true, client_timeout: 30}"},
         )
+
+
+def test_a_step_measured_slower_on_cpu_says_so_once(mnist_dir, one_thread, caplog):
+    # The ddpm step vectorizes (the oracle above) but was measured slower than training
+    # each client in turn on a CPU: a user who picked the backend for speed is told.
+    with caplog.at_level(logging.WARNING, logger="fedgen.engine.backends.vectorized"):
+        run(mnist_dir, "vectorized", **VECTORIZING["ddpm"], **{"backend.params": NO_FALLBACK})
+    said = [r.getMessage() for r in caplog.records if "measured 0.66-0.72x" in r.getMessage()]
+    assert len(said) == 1 and "use backend process_pool" in said[0]

@@ -145,6 +145,11 @@ class VectorizedBackend(InProcessBackend):
         clients: dict[int, ClientData],
         private_states: dict[int, StateDict],
     ) -> Iterator[ClientResult]:
+        functional = work.task.functional_training()
+        note = functional.slower_on_cpu if functional is not None else ""
+        if note and note not in self._said:
+            self._said.add(note)
+            log.warning("backend vectorized: %s", note)
         for group in self._groups(plan, work):
             sub = RoundPlan(plan.round, group.instructions)
             if group.sequential is not None:
