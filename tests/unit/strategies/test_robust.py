@@ -197,3 +197,19 @@ def test_each_rule_refuses_a_cohort_below_its_tolerance(name, byzantine, fractio
 def test_invalid_rule_parameters_are_refused_with_the_value(name, params, message):
     with pytest.raises(ConfigError, match=message):
         STRATEGIES.get(name)(**params)
+
+
+def test_bulyan_by_hand():
+    # Prepare: n = 7, f = 1 (n >= 4f + 3). Five honest updates near each other, two far
+    # away; the last coordinate is the scalar tensor, equal for the honest five.
+    honest = [[0.0, 1.0, 0.0], [0.15, 0.0, 0.0], [0.2, 0.5, 0.0], [0.3, 0.45, 0.0], [0.6, 0.4, 0.0]]
+    results = _results([*honest, [10.0, 10.0, 10.0], [-10.0, -10.0, -10.0]])
+    # Execute
+    agg = _strategy("bulyan").aggregate(0, results)
+    # Assert: Krum, one pick at a time, selects theta = n - 2f = 5 updates: the honest
+    # five. Then per coordinate, the mean of the beta = theta - 2f = 3 values closest
+    # to the selected five's median. First coordinate: median 0.2, closest 0.2, 0.15,
+    # 0.3 -> 0.21667 (the plain mean would be 0.25); second: median 0.45, closest 0.45,
+    # 0.4, 0.5 -> 0.45 (mean 0.47); third: 0.
+    assert agg.metrics["selected"] == 5.0
+    assert _flat(agg).tolist() == pytest.approx([0.65 / 3, 0.45, 0.0], abs=1e-6)

@@ -233,6 +233,51 @@ def test_private_blocks_never_leave_their_client(mnist_dir):
     assert fed.history[-1]["bytes_up"] == sum(r.bytes_up for r in results)
 
 
+def test_private_blocks_are_in_no_message_a_worker_process_sends(mnist_dir, monkeypatch):
+    # Prepare: the process pool decodes every reply that crossed from its worker; record
+    # each one's arrays (the job going down is recorded as encoded, before it crosses).
+    from fedgen.engine.backends import process_pool
+
+    crossed: list[set[str]] = []
+    decode_reply, encode_job = process_pool.result_from_reply, process_pool.job_message
+
+    def recorded_reply(message: Any) -> Any:
+        crossed.append(set(message.arrays))
+        return decode_reply(message)
+
+    def recorded_job(*args: Any) -> Any:
+        message = encode_job(*args)
+        crossed.append(set(message.arrays))
+        return message
+
+    monkeypatch.setattr(process_pool, "result_from_reply", recorded_reply)
+    monkeypatch.setattr(process_pool, "job_message", recorded_job)
+    cfg = tiny_config(
+        mnist_dir,
+        **{
+            "task.name": "ddpm",
+            "task.params": "{width: 8, timesteps: 20, sampling_steps: 2, batch_size: 8, "
+            "federate: udec}",
+            "federation.rounds": 1,
+            "data.num_clients": 2,
+            "strategy.params": "{fraction: 1.0}",
+            "backend.name": "process_pool",
+            "backend.params": "{workers: 1}",
+        },
+    )
+    fed = build_experiment(cfg).federation
+    # Execute
+    assert fed.run()
+    # Assert: two jobs and two replies crossed; none names a private block's tensor.
+    # (Names are "unet.<block>..." in a job, "update/unet.<block>..." in a reply.)
+    private = set(fed.task.private_state())
+    assert len(crossed) == 4 and any(k.startswith("unet.mid.") for k in private)
+    for arrays in crossed:
+        names = {name.split("/", 1)[-1] for name in arrays}
+        assert names and names.isdisjoint(private)
+        assert any(name.startswith("unet.out.") for name in names)  # federated: sent
+
+
 def test_loading_a_global_state_resets_private_blocks():
     # A reused task instance never carries one client's private blocks into another model.
     task = make_task(federate="udec")
