@@ -242,19 +242,16 @@ class Federation:
         )
         failures: dict[int, str] = {}
         client_metrics: list[dict[str, float]] = []
-        bytes_up = 0
+        bytes_up: dict[int, int] = {}
         bytes_down: dict[int, int] = {}
-        up_by_client: dict[int, int] = {}
 
         expected, seen = set(plan.client_ids), set()
 
         def accepted() -> Iterator[ClientResult]:
-            nonlocal bytes_up
             for job in step.jobs:
                 yield from checked(job)
 
         def checked(job: Job) -> Iterator[ClientResult]:
-            nonlocal bytes_up
             arrived: Iterable[ClientResult]
             if job.results is not None:
                 arrived = job.results
@@ -288,8 +285,7 @@ class Federation:
                         )
                     except ClientUpdateError as exc:
                         res.failure, res.update = f"rejected update: {exc}", None
-                bytes_up += _count(res.bytes_up)
-                up_by_client[cid] = _count(res.bytes_up)
+                bytes_up[cid] = _count(res.bytes_up)
                 bytes_down[cid] = _count(res.bytes_down)
                 signed = None
                 if res.ok and self.audit is not None and self.secagg is None:
@@ -368,13 +364,14 @@ class Federation:
         sent = state_nbytes(self.global_state)
         down = [bytes_down.get(c) or sent for c in plan.client_ids]
         metrics["bytes_down"] = sum(down)
-        metrics["bytes_up"] = bytes_up
+        up = [bytes_up.get(c, 0) for c in plan.client_ids]
+        metrics["bytes_up"] = sum(up)
         # Per client, in the plan's order: each client's training job and reply as the
         # wire carried them (three flat lists, not a dict per client: 10,000 clients a
         # round stay about 1 MB). Secure aggregation's phases count in the totals only.
         metrics["bytes_by_client"] = {
             "clients": list(plan.client_ids),
-            "up": [up_by_client.get(c, 0) for c in plan.client_ids],
+            "up": up,
             "down": down,
         }
         if link is not None:

@@ -41,7 +41,7 @@ from fedgen.data.client_data import ClientData
 from fedgen.modality import TensorKind
 from fedgen.registry import TASKS
 from fedgen.tasks.base import Task, TaskParams
-from fedgen.tasks.diffusion_functional import DdpmFunctionalTraining
+from fedgen.tasks.diffusion_functional import DdpmFunctionalTraining, draw_step
 from fedgen.tasks.diffusion_process import GaussianDiffusion
 from fedgen.tasks.unet import (
     DECODER_BLOCKS,
@@ -249,12 +249,9 @@ class ConditionalDdpm(Task):
             total = 0.0
             for _ in range(steps):
                 images, labels = next(batches)
-                x0 = images * 2 - 1  # [0, 1] -> [-1, 1], the process's data range
-                b = x0.shape[0]
-                t = torch.randint(T, (b,), generator=generator)
-                noise = torch.randn(x0.shape, generator=generator)
-                dropped = torch.rand(b, generator=generator) < p.label_dropout
-                y = torch.where(dropped, torch.full_like(labels, self.num_classes), labels)
+                # The vectorized step draws through the same function, in the same order.
+                d = draw_step(images, labels, T, p.label_dropout, self.num_classes, generator)
+                x0, t, noise, y = d["x0"], d["t"], d["noise"], d["y"]
                 pred = unet(self.diffusion.q_sample(x0, t, noise), t, y)
                 # One squared error per example (mean over pixels), averaged over the batch.
                 loss = (pred - noise).pow(2).flatten(1).mean(1).mean()

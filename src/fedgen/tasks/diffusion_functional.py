@@ -27,6 +27,25 @@ from fedgen.tasks.functional import (
 from fedgen.tasks.functional_optim import adam_init, adam_step
 
 
+def draw_step(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    timesteps: int,
+    label_dropout: float,
+    num_classes: int,
+    generator: torch.Generator,
+) -> StepInputs:
+    """One training step's inputs from a batch, drawn in the order both paths share:
+    timesteps, noise, label dropout (a dropped label becomes class ``num_classes``)."""
+    x0 = images * 2 - 1  # [0, 1] -> [-1, 1], the process's data range
+    b = x0.shape[0]
+    t = torch.randint(timesteps, (b,), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    dropped = torch.rand(b, generator=generator) < label_dropout
+    y = torch.where(dropped, torch.full_like(labels, num_classes), labels)
+    return {"x0": x0, "t": t, "noise": noise, "y": y}
+
+
 class DdpmFunctionalTraining(FunctionalTraining):
     """``ConditionalDdpm``'s step for ``vmap`` (``ConditionalDdpm.functional_training``)."""
 
@@ -65,15 +84,15 @@ class DdpmFunctionalTraining(FunctionalTraining):
         return {"unet": adam_init(self._trained(tensors))}
 
     def draw(self, batches: Batches, generator: torch.Generator) -> StepInputs:
-        # train_local's draws, in its order: batch, timesteps, noise, label dropout.
         images, labels = next(batches)
-        x0 = images * 2 - 1  # [0, 1] -> [-1, 1], the process's data range
-        b = x0.shape[0]
-        t = torch.randint(self.diffusion.timesteps, (b,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
-        dropped = torch.rand(b, generator=generator) < self.label_dropout
-        y = torch.where(dropped, torch.full_like(labels, self.num_classes), labels)
-        return {"x0": x0, "t": t, "noise": noise, "y": y}
+        return draw_step(
+            images,
+            labels,
+            self.diffusion.timesteps,
+            self.label_dropout,
+            self.num_classes,
+            generator,
+        )
 
     def step(
         self,

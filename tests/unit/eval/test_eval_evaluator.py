@@ -25,16 +25,23 @@ def evaluator(
     classifier_cache_dir: Path,
     feature_classifier: FeatureClassifier,
 ) -> Evaluator:
+    return make_evaluator(classifier_train, fashion_test, classifier_cache_dir)
+
+
+def make_evaluator(
+    train: ImageDataset, test: ImageDataset, cache_dir: Path, tstr_repeats: int = 1
+) -> Evaluator:
     # Same data, seed and epochs as the session's classifier, so this loads its cache.
     return Evaluator(
-        classifier_train,
-        fashion_test,
-        cache_dir=classifier_cache_dir,
+        train,
+        test,
+        cache_dir=cache_dir,
         seed=0,
         num_quality_samples=QUALITY_SAMPLES,
         tstr_samples=TSTR_SAMPLES,
         tstr_epochs=2,
         classifier_epochs=1,
+        tstr_repeats=tstr_repeats,
     )
 
 
@@ -150,17 +157,7 @@ def test_tstr_repeats_report_the_mean_and_spread(
     evaluator: Evaluator,
 ) -> None:
     # Prepare: the module's evaluator with two TSTR repeats (same classifier cache).
-    twice = Evaluator(
-        classifier_train,
-        fashion_test,
-        cache_dir=classifier_cache_dir,
-        seed=0,
-        num_quality_samples=QUALITY_SAMPLES,
-        tstr_samples=TSTR_SAMPLES,
-        tstr_epochs=2,
-        classifier_epochs=1,
-        tstr_repeats=2,
-    )
+    twice = make_evaluator(classifier_train, fashion_test, classifier_cache_dir, tstr_repeats=2)
     unseen = fashion_train.subset(torch.arange(40000, 60000))
     # Execute: the first repeat uses the single TSTR's streams; the generator is reset so
     # both evaluators see the same images for it.

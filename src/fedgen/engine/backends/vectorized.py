@@ -146,10 +146,8 @@ class VectorizedBackend(InProcessBackend):
         private_states: dict[int, StateDict],
     ) -> Iterator[ClientResult]:
         functional = work.task.functional_training()
-        note = functional.slower_on_cpu if functional is not None else ""
-        if note and note not in self._said:
-            self._said.add(note)
-            log.warning("backend vectorized: %s", note)
+        if functional is not None and functional.slower_on_cpu:
+            self._say_once(functional.slower_on_cpu)
         for group in self._groups(plan, work):
             sub = RoundPlan(plan.round, group.instructions)
             if group.sequential is not None:
@@ -167,9 +165,13 @@ class VectorizedBackend(InProcessBackend):
                 "backend.params.fallback=true to train such clients sequentially, or use "
                 "backend inprocess/process_pool"
             )
-        if reason not in self._said:
-            self._said.add(reason)
-            log.warning("backend vectorized: training sequentially: %s", reason)
+        self._say_once(f"training sequentially: {reason}")
+
+    def _say_once(self, message: str) -> None:
+        """Log ``message`` the first time this run says it (not once per round)."""
+        if message not in self._said:
+            self._said.add(message)
+            log.warning("backend vectorized: %s", message)
 
     def _groups(self, plan: RoundPlan, work: LocalWork) -> list[_Group]:
         """Consecutive instructions with the same config, cut into chunks; plan order kept."""
