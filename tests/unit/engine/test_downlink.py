@@ -229,8 +229,12 @@ def test_a_client_that_lost_its_copy_fails_once_then_gets_the_model_whole(mnist_
             {"federation.downlink": FOUR_BIT, "federation.mode": "gossip"},
             "set federation.mode: sync",
         ),
+        (
+            {"federation.downlink": FOUR_BIT, "backend.name": "split"},
+            "the split backend sends each client its own blocks",
+        ),
     ],
-    ids=["not-a-codec", "topk-residual", "bad-params", "gossip"],
+    ids=["not-a-codec", "topk-residual", "bad-params", "gossip", "split"],
 )
 def test_a_downlink_that_cannot_work_is_refused_before_round_one(mnist_dir, setting, message):
     with pytest.raises(ConfigError, match=message):

@@ -117,9 +117,11 @@ def test_a_cast_is_exact_on_its_grid_and_rounds_to_nearest_off_it(dtype):
 @pytest.mark.parametrize(
     "codec",
     [
+        StochasticQuantization(8),
         StochasticQuantization(4),
         StochasticQuantization(2),
         StochasticQuantization(1),
+        QSGD(8),
         QSGD(4),
         QSGD(2),
     ],
