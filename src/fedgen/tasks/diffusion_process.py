@@ -14,6 +14,13 @@ with ``sigma = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s)``
 Timesteps are 0-based: ``t = 0`` is the least noisy, ``abar_{-1} = 1``. The schedule is
 computed in float64 and kept in float32 tensors (a plain object, not a module: the
 schedule is fixed by the params and never trained, sent or checkpointed).
+
+Written here, not taken from ``diffusers``' ``DDPMScheduler``/``DDIMScheduler``: the
+process is the few formulas above, held to their closed forms by the tests (noise
+schedule, DDIM with every step against DDPM's ancestral mean), and draws all its noise
+from the caller's ``torch.Generator`` (a client's seed); ``diffusers`` would be a
+dependency of every install for them. The field's library enters where it earns its
+place: ``peft``'s LoRA layers on the UNet (``fedgen.tasks.unet_lora``).
 """
 
 from __future__ import annotations

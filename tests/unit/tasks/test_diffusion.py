@@ -346,3 +346,32 @@ def test_dp_sgd_trains_the_unet_with_per_example_gradients(mnist_dir):
     assert fed.run()
     assert fed.privacy is not None and fed.privacy.describe()["epsilon"] > 0
     assert all(not torch.equal(before[k], fed.global_state[k]) for k in before if "weight" in k)
+
+
+def test_dp_sgd_trains_a_partial_scheme_and_its_private_blocks_stay_home(mnist_dir):
+    # FedDiffuse's UDec under DP-SGD: only the decoder (and embeddings) is federated; each
+    # client's encoder and latent blocks train privately, under the same per-example
+    # clipping and noise, and never enter the global state.
+    cfg = tiny_config(
+        mnist_dir,
+        **{
+            "task.name": "ddpm",
+            "task.params": (
+                "{width: 8, timesteps: 20, sampling_steps: 2, batch_size: 32, federate: udec}"
+            ),
+            "federation.rounds": 1,
+            "dpsgd": "{noise_multiplier: 1.0, max_grad_norm: 1.0}",
+        },
+    )
+    fed = build_experiment(cfg).federation
+    before = {k: v.clone() for k, v in fed.global_state.items()}
+    assert fed.run()
+    assert fed.privacy is not None and fed.privacy.describe()["epsilon"] > 0
+    assert before and all(k.split(".")[1] in ("up0", "up1", "out") or "embed" in k for k in before)
+    assert all(not torch.equal(before[k], fed.global_state[k]) for k in before if "weight" in k)
+    # Every client that trained keeps its own encoder, changed from the initial one.
+    initial = fed.task.initial_private_state()
+    assert fed.private_states and all(
+        any(not torch.equal(state[k], initial[k]) for k in initial if "down0" in k)
+        for state in fed.private_states.values()
+    )

@@ -137,3 +137,27 @@ def test_a_lora_round_sends_adapters_only(base_file, mnist_dir):
         assert set(res.update) == adapters
         assert {name.split("/", 1)[-1] for name in reply_message(res).arrays} == adapters
     assert fed.state_dict()["frozen_digest"]  # the checkpoint names the base, not its tensors
+
+
+def test_dp_sgd_trains_the_adapters_and_leaves_the_frozen_base_alone(base_file, mnist_dir):
+    # Opacus computes per-example gradients through peft's adapter layers: the adapters
+    # and the class embedding train under DP-SGD, the accountant spends, the base is as
+    # loaded.
+    cfg = tiny_config(
+        mnist_dir,
+        **{
+            "task.name": "ddpm",
+            "task.params": "{width: 8, timesteps: 20, sampling_steps: 2, batch_size: 32, "
+            f"lora_rank: 4, base_weights: {base_file}}}",
+            "federation.rounds": 1,
+            "dpsgd": "{noise_multiplier: 1.0, max_grad_norm: 1.0}",
+        },
+    )
+    fed = build_experiment(cfg).federation
+    before = {k: v.clone() for k, v in fed.global_state.items()}
+    frozen = {k: v.clone() for k, v in fed.task.frozen_tensors().items()}
+    assert fed.run()
+    assert fed.privacy is not None and fed.privacy.describe()["epsilon"] > 0
+    # lora_B starts at zero and DP noise moves every coordinate of a trained tensor.
+    assert all(not torch.equal(before[k], fed.global_state[k]) for k in before if ".lora_B." in k)
+    assert all(torch.equal(v, fed.task.frozen_tensors()[k]) for k, v in frozen.items())
