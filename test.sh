@@ -2,12 +2,13 @@
 # Set everything up, then run the test suite (extra arguments go to pytest).
 set -euo pipefail
 cd "$(dirname "$0")"
-bash scripts/setup.sh
 # MNIST and KMNIST ship in no registry package; on this project's machines they
-# sit in ../shared/data beside the checkout. Elsewhere set FEDGEN_DATA_DIR.
+# sit in ../shared/data beside the checkout. Elsewhere set FEDGEN_DATA_DIR. Set before
+# the set-up, so that what it downloads (the orange3 wheel) lands where the tests look.
 if [ -z "${FEDGEN_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
   export FEDGEN_DATA_DIR="$(cd ../shared/data && pwd)"
 fi
+bash scripts/setup.sh
 if [ -n "${FEDGEN_DATA_DIR:-}" ]; then
   export FEDGEN_TEST_DATA_DIR="${FEDGEN_TEST_DATA_DIR:-$FEDGEN_DATA_DIR}"
 fi

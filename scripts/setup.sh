@@ -59,6 +59,17 @@ if [ "${#text_packages[@]}" -gt 0 ]; then
   fi
 fi
 
+# The orange3 wheel, downloaded and never installed (its dependencies pull in Qt): fedgen
+# reads the heart_disease and titanic tables straight out of it (fedgen.data.orange_tab).
+# The version is ORANGE3 in src/fedgen/data/table_sources.py.
+if ! compgen -G "$data_dir/orange3/orange3-3.40.0-*.whl" >/dev/null; then
+  echo "setup: downloading the orange3 3.40.0 wheel (its tables) into $data_dir/orange3"
+  # Not fatal: without it only the heart_disease and titanic tests fail, saying why.
+  .venv/bin/pip download --quiet --disable-pip-version-check --no-deps orange3==3.40.0 \
+    -d "$data_dir/orange3" \
+    || echo "setup: could not download the orange3 wheel into $data_dir/orange3" >&2
+fi
+
 # Headless Chromium (Debian package chromium): the report test opens report.html in it
 # and checks that every image and chart loads (tests/integration/test_report_in_browser.py).
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then

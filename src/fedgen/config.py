@@ -32,6 +32,19 @@ class PartitionConfig(_Strict):
     kind: str = "dirichlet"
     params: dict[str, Any] = Field(default_factory=lambda: {"alpha": 0.5})
 
+    @model_validator(mode="before")
+    @classmethod
+    def _params_of_the_kind(cls, data: Any) -> Any:
+        # The default params are the default kind's: a recipe that names another kind
+        # without params gets that kind's own defaults, not Dirichlet's alpha (which
+        # every other partitioner refuses as an unknown key).
+        if isinstance(data, dict) and "params" not in data:
+            data = {
+                **data,
+                "params": {"alpha": 0.5} if data.get("kind") in (None, "dirichlet") else {},
+            }
+        return data
+
 
 class DataConfig(_Strict):
     """Which real data, where it lives, and how many clients share it."""

@@ -360,6 +360,7 @@ def _load_data(
             cfg.seed,
             dp=dp,
             encoder=table_encoder,
+            data_dir=cfg.data.data_dir,
         )
     text = any(s in TEXT_SOURCES for s in cfg.data.sources)
     if text != isinstance(partitioner, ThemePartition):

@@ -122,3 +122,14 @@ def test_dpsgd_unknown_key_names_the_allowed_ones():
     with pytest.raises(ConfigError, match=r"dpsgd\.epsilonn") as info:
         load_config(None, ["dpsgd={epsilonn: 10}"])
     assert "max_grad_norm" in str(info.value)
+
+
+def test_a_partition_named_without_params_gets_its_own_defaults_not_dirichlets():
+    # The default params ({alpha: 0.5}) are the default kind's; another kind named alone
+    # must not inherit them (its partitioner would refuse alpha as an unknown key).
+    assert load_config(None, []).data.partition.params == {"alpha": 0.5}
+    for kind in ("iid", "table_silos"):
+        cfg = load_config(None, [f"data.partition={{kind: {kind}}}"])
+        assert cfg.data.partition.params == {}
+    cfg = load_config(None, ["data.partition={kind: dirichlet}"])
+    assert cfg.data.partition.params == {"alpha": 0.5}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -171,15 +172,21 @@ class TablePartition:
         raise NotImplementedError
 
     def federate(
-        self, source_name: str, num_clients: int, seed: int, encoder: dict[str, Any] | None = None
+        self,
+        source_name: str,
+        num_clients: int,
+        seed: int,
+        encoder: dict[str, Any] | None = None,
+        data_dir: Path | str | None = None,
     ) -> FederatedTable:
         """Load ``source_name``, hold out rows, split the rest, fit the encoder federatedly.
 
         ``encoder``: the merged encoder as ``encoder_state`` gives it (what a client
-        receives from the server), used instead of fitting it again.
+        receives from the server), used instead of fitting it again. ``data_dir``: where
+        a downloaded table is looked for (``data.data_dir``).
         """
         source = get_table_source(source_name)
-        train, holdout = split_holdout(source.load(), self.holdout_fraction, seed)
+        train, holdout = split_holdout(source.load(data_dir), self.holdout_fraction, seed)
         train = train.reset_index(drop=True)
         parts = self.split_rows(train, source, num_clients, seed)
         frames = [train.iloc[p].reset_index(drop=True) for p in parts]
@@ -233,6 +240,13 @@ class SiloPartition(TablePartition):
         self, rows: pd.DataFrame, source: TableSource, num_clients: int, seed: int
     ) -> list[np.ndarray]:
         column = self.column or source.silo_column
+        if column is None:
+            raise ConfigError(
+                f"table_silos: {source.name} has no silo column (none of its columns names a "
+                f"realistic data owner); split it by Dirichlet skew of its target instead: "
+                f"data.partition: {{kind: table_dirichlet}} (it skews {source.target!r}), or "
+                f"name a categorical column in data.partition.params.column"
+            )
         if column not in source.schema.categorical():
             raise ConfigError(
                 f"table_silos splits by a categorical column; {column!r} is not one of "
@@ -303,6 +317,7 @@ def federate_tables(
     *,
     dp: bool,
     encoder: dict[str, Any] | None = None,
+    data_dir: Path | str | None = None,
 ) -> tuple[FederatedTable, DataSpec]:
     """The federated table of a recipe and its ``DataSpec``; ``ConfigError`` with the fix when
     the recipe mixes a table with other sources, uses a non-table partitioner, or asks for DP.
@@ -326,7 +341,7 @@ def federate_tables(
             "per-client statistics (category counts, moments, min/max, mixture fits) released "
             "without noise, which the DP guarantee would not cover; drop dpsgd and client_dp"
         )
-    table = partitioner.federate(sources[0], num_clients, seed, encoder)
+    table = partitioner.federate(sources[0], num_clients, seed, encoder, data_dir)
     return table, table.spec()
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -216,12 +217,18 @@ class VerticalPartition(TablePartition):
         self.columns = columns
 
     def federate(  # type: ignore[override]
-        self, source_name: str, num_clients: int, seed: int, encoder: dict[str, Any] | None = None
+        self,
+        source_name: str,
+        num_clients: int,
+        seed: int,
+        encoder: dict[str, Any] | None = None,
+        data_dir: Path | str | None = None,
     ) -> VerticalTable:
         """Load the table, hold out rows, give each client its columns of the other rows.
 
         ``encoder``: the joined encoder as ``encoder_state`` gives it, used instead of each
         client fitting its own again (a client side built from the recipe gets it).
+        ``data_dir``: where a downloaded table is looked for (``data.data_dir``).
         """
         source = get_table_source(source_name)
         groups = check_column_groups(self.columns, source.schema)
@@ -230,7 +237,7 @@ class VerticalPartition(TablePartition):
                 f"data.num_clients is {num_clients} but table_vertical names {len(groups)} "
                 f"column groups; set data.num_clients={len(groups)}"
             )
-        table = source.load()
+        table = source.load(data_dir)
         table.insert(0, RECORD_ID, np.arange(len(table)))
         train, holdout = split_holdout(table, self.holdout_fraction, seed)
         # Each client's view: the record id and its own columns (what it would hold).

@@ -11,6 +11,7 @@ so the picture can be drawn wherever the model is, the server included.
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,9 @@ from PIL import Image, ImageDraw
 from fedgen.data.table_encoder import CategoricalEncoding, ContinuousEncoding, TableEncoder
 
 PANEL_W, PANEL_H, PER_ROW, BINS, MAX_CATEGORIES = 240, 140, 4, 24, 12
+#: Pixels above a heat map for its title; pixels a line of PIL's default font takes
+#: (height) and a character (width, roughly), for laying out the column-order legend.
+HEAT_TITLE, LINE_H, CHAR_W = 14, 12, 6
 REAL, SYNTHETIC, INK = (150, 150, 150), (40, 90, 200), (20, 20, 20)
 
 
@@ -61,17 +65,22 @@ def _panel(draw: ImageDraw.ImageDraw, x0: int, y0: int, title: str, real, synthe
         )
 
 
+def _heat_cell(k: int) -> int:
+    """Side of one correlation cell for ``k`` numeric columns: 8 to 40 pixels."""
+    return max(min(160 // max(k, 1), 40), 8)
+
+
 def _heatmap(draw: ImageDraw.ImageDraw, x0: int, y0: int, title: str, corr: np.ndarray) -> None:
     draw.text((x0, y0), title, fill=INK)
     k = len(corr)
-    cell = max(min(160 // max(k, 1), 40), 8)
+    cell = _heat_cell(k)
     for i in range(k):
         for j in range(k):
             v = float(np.clip(corr[i, j], -1, 1))
             # Red for positive, blue for negative, white at 0.
             shade = int(255 * (1 - abs(v)))
             color = (255, shade, shade) if v >= 0 else (shade, shade, 255)
-            xa, ya = x0 + j * cell, y0 + 14 + i * cell
+            xa, ya = x0 + j * cell, y0 + HEAT_TITLE + i * cell
             draw.rectangle([xa, ya, xa + cell - 1, ya + cell - 1], fill=color, outline=INK)
 
 
@@ -80,8 +89,15 @@ def draw_table_figure(encoder: TableEncoder, synthetic: pd.DataFrame) -> Image.I
     n = len(encoder.encodings)
     rows = -(-n // PER_ROW)
     numeric = [e.name for e in encoder.encodings if isinstance(e, ContinuousEncoding)]
-    heat = 200 if encoder.correlation is not None and len(numeric) > 1 else 0
-    image = Image.new("RGB", (PANEL_W * PER_ROW, 24 + rows * PANEL_H + heat), "white")
+    with_heat = encoder.correlation is not None and len(numeric) > 1
+    # The two heat maps side by side, then the column order, wrapped to the room left;
+    # the band and, for many numeric columns, the image grow to hold them all.
+    side = len(numeric) * _heat_cell(len(numeric)) if with_heat else 0
+    legend_x = 6 + 2 * (side + 40)
+    width = max(PANEL_W * PER_ROW, legend_x + 40 * CHAR_W)
+    legend = textwrap.wrap(f"order: {', '.join(numeric)}", (width - legend_x) // CHAR_W)
+    heat = 4 + HEAT_TITLE + max(side, len(legend) * LINE_H) + 8 if with_heat else 0
+    image = Image.new("RGB", (width, 24 + rows * PANEL_H + heat), "white")
     draw = ImageDraw.Draw(image)
     draw.text(
         (6, 6),
@@ -98,11 +114,11 @@ def draw_table_figure(encoder: TableEncoder, synthetic: pd.DataFrame) -> Image.I
             real, synth, _ = _categorical_bars(enc, synthetic[enc.name])
             title = f"{enc.name} ({len(enc.categories)} categories)"
         _panel(draw, x0, y0, title, real, synth)
-    if heat and encoder.correlation is not None:
+    if with_heat and encoder.correlation is not None:
         y0 = 24 + rows * PANEL_H + 4
         synth_corr = np.nan_to_num(synthetic[numeric].astype(float).corr().to_numpy())
-        names = ", ".join(numeric)
         _heatmap(draw, 6, y0, "real correlations (merged)", encoder.correlation)
-        _heatmap(draw, PANEL_W + 40, y0, "synthetic correlations", synth_corr)
-        draw.text((2 * PANEL_W + 80, y0 + 14), f"order: {names}", fill=INK)
+        _heatmap(draw, 6 + side + 40, y0, "synthetic correlations", synth_corr)
+        for i, line in enumerate(legend):
+            draw.text((legend_x, y0 + HEAT_TITLE + i * LINE_H), line, fill=INK)
     return image

@@ -44,15 +44,18 @@ def _flip_byte(path: Path, offset: int = 100) -> None:
 def test_registered_sources(shared_data: Path) -> None:
     names = [s.name for s in source_statuses(shared_data)]
     assert names == [
+        "breast_cancer",
         "digits",
         "fair",
         "fashion-mnist",
         "fortunes",
+        "heart_disease",
         "kjv",
         "kmnist",
         "mnist",
         "python-docs",
         "randhie",
+        "titanic",
     ]
 
 

@@ -36,7 +36,8 @@ def test_a_changed_file_or_a_missing_package_is_a_clear_error():
         dataclasses.replace(FAIR, sha256="0" * 64).load()
     with pytest.raises(DataMissingError, match="pip install"):
         dataclasses.replace(FAIR, module="no_such_package_here").load()
-    with pytest.raises(ConfigError, match="not a table source; choose one of: fair, randhie"):
+    tables = "breast_cancer, fair, heart_disease, randhie, titanic"
+    with pytest.raises(ConfigError, match=f"not a table source; choose one of: {tables}"):
         get_table_source("mnist")
 
 

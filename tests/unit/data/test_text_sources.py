@@ -205,10 +205,13 @@ def test_registry_and_fedgen_data_list_the_text_sources(tmp_path: Path) -> None:
         assert status.searched == [tmp_path.resolve() / source.name, *source.system_dirs]
         assert source.packages[0] in status.provide
     assert [n for n in statuses if n not in TEXT_SOURCES] == [
+        "breast_cancer",
         "digits",
         "fair",
         "fashion-mnist",
+        "heart_disease",
         "kmnist",
         "mnist",
         "randhie",
+        "titanic",
     ]
