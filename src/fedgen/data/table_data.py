@@ -33,7 +33,8 @@ from fedgen.data.table_encoder import (
     fit_encoder_federated,
 )
 from fedgen.data.table_schema import TableSchema
-from fedgen.data.table_sources import TableSource, get_table_source
+from fedgen.data.table_source import TableSource
+from fedgen.data.table_sources import get_table_source
 from fedgen.errors import ConfigError
 from fedgen.modality import DataSpec, Modality
 from fedgen.registry import PARTITIONERS
