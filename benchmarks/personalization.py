@@ -95,7 +95,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     table = ResultsTable(args.results, COLUMNS)
-    base = load_config(RECIPE, [f"federation.rounds={args.rounds}", *args.set])
+    # "global TSTR (balanced)" is the federated tensors' with FedPer's layers at their
+    # initial values, as in the sections already in the results file.
+    base = load_config(RECIPE, [f"federation.rounds={args.rounds}", "eval.model=global", *args.set])
     table.start(
         "cGAN, Fashion-MNIST, 10 clients, Dirichlet 0.1",
         notes=[

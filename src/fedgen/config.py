@@ -197,6 +197,12 @@ class EvalConfig(_Strict):
     per_client: bool = False
     #: Samples per client and model for the per-client figures.
     per_client_samples: int = Field(2000, ge=10)
+    #: Which model the run's own evaluations and sample grids show when clients keep
+    #: private tensors (FedPer layers, partial FedDiffuse blocks): ``largest_client``, the
+    #: own model of the client with the most examples; ``global``, the federated tensors
+    #: with the private ones at their initial values (a model no client holds); ``auto``,
+    #: the first except under DP (``fedgen.engine.client_models.evaluated_client``).
+    model: Literal["auto", "global", "largest_client"] = "auto"
 
 
 class CheckpointConfig(_Strict):

@@ -33,6 +33,7 @@ from fedgen.engine.checkpoint import (
     load_checkpoint,
     restore_state,
 )
+from fedgen.engine.client_models import evaluated_client, load_evaluated_model
 from fedgen.engine.client_side import ClientBuildError, ClientKit, ClientSide
 from fedgen.engine.faults import FaultPlan
 from fedgen.engine.federation import Callback, Federation
@@ -456,7 +457,7 @@ def evaluate_task(exp: Experiment, tstr: bool) -> dict[str, float]:
     """Quality figures of the current global model (TSTR only when asked)."""
     if exp.evaluator is None:
         exp.evaluator = make_evaluator(exp.config, exp.data, exp.task.modality)
-    task = exp.federation.load_global_into_task()
+    task, _ = load_evaluated_model(exp.federation, exp.config.eval.model)
     gen = torch_generator(exp.config.seed, "eval-samples", exp.federation.next_round)
     figures: dict[str, float] = exp.evaluator.evaluate_task(task, gen, final=tstr)
     if tstr and exp.config.eval.per_client:
@@ -501,6 +502,7 @@ def run_experiment(
         cfg.eval.grid_per_class,
         cfg.seed,
         final=cfg.eval.final,
+        model=cfg.eval.model,
     )
     ledger_cb = LedgerCallback(run_dir, cfg.fingerprint(), ckpt_dir)
     callbacks: list[Callback] = [
@@ -663,7 +665,9 @@ def write_summary(
         from fedgen.assembly.personalization import evaluated_model, per_client_descriptions
 
         # Which model the global figures are of (private tensors: at their initial values).
-        summary["evaluated_model"] = evaluated_model(exp.task)
+        summary["evaluated_model"] = evaluated_model(
+            exp.task, evaluated_client(fed, exp.config.eval.model), fed
+        )
         if exp.config.eval.per_client:
             descriptions.update(per_client_descriptions(exp.config))
     if descriptions:

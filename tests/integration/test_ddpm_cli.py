@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from cli_runner import fedgen
 from PIL import Image
@@ -40,6 +41,9 @@ def test_a_tiny_partial_ddpm_federation_runs_samples_and_reports(tmp_path, mnist
     assert summary["status"] == "completed" and summary["task"] == "ddpm"
     assert 0 <= summary["tstr_accuracy"] <= 1 and summary["frechet_distance"] > 0
     assert summary["ddim_steps"] == 3 and summary["sample_seconds_per_1000"] > 0
+    # The figures and grids are of a model a client holds (its private encoder and
+    # latent blocks), not of the shared decoder over the initial blocks.
+    assert re.match(r"client \d+'s own model", summary["evaluated_model"])
     # A grid per evaluation and a denoising strip beside it (10 classes x (3 steps + 1)).
     names = sorted(p.name for p in (out / "samples").glob("*.png"))
     assert names == [

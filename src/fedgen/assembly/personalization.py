@@ -21,6 +21,7 @@ from typing import Any
 
 from fedgen.config import ExperimentConfig
 from fedgen.engine.client_models import describe, evaluate_clients
+from fedgen.engine.federation import Federation
 from fedgen.eval.per_client import ClientQuality
 from fedgen.modality import Conditioning, Modality
 from fedgen.seeding import derive_seed
@@ -88,8 +89,9 @@ def per_client_descriptions(cfg: ExperimentConfig) -> dict[str, str]:
     return describe(cfg.eval.per_client_samples, cfg.eval.tstr_epochs, cfg.eval.personalize_steps)
 
 
-def evaluated_model(task: Task) -> str:
-    """What the run's global figures evaluate, in words (``summary.json``)."""
+def evaluated_model(task: Task, client: int | None = None, fed: Federation | None = None) -> str:
+    """What the run's global figures evaluate, in words (``summary.json``); ``client``: the
+    client whose own model they are of (``fedgen.engine.client_models.evaluated_client``)."""
     if getattr(task, "samples_jointly", False):
         # A column-split synthesizer: Federation.load_global_into_task loads every part.
         return (
@@ -102,6 +104,14 @@ def evaluated_model(task: Task) -> str:
         return "the global model: every trained tensor is federated"
     count = sum(v.numel() for v in private.values())
     total = count + sum(v.numel() for v in task.federated_state().values())
+    if client is not None:
+        examples = "" if fed is None else f", {fed.clients[client].num_examples} examples"
+        return (
+            f"client {client}'s own model (the client with the most examples{examples}): the "
+            f"federated tensors with its {len(private)} private tensors ({count} of {total} "
+            "values: personal layers or unfederated blocks); eval.model: global evaluates "
+            "them at their initial values instead, and eval.per_client measures every client"
+        )
     return (
         f"the global model: the federated tensors with the {len(private)} private tensors "
         f"({count} of {total} values: personal layers or unfederated blocks) at their "

@@ -21,6 +21,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fedgen.engine.checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
+from fedgen.engine.client_models import load_evaluated_model
 from fedgen.engine.federation import Callback, Federation, RoundRecord
 from fedgen.modality import Modality
 from fedgen.registry import SAMPLE_WRITERS
@@ -53,8 +54,10 @@ class EvaluationCallback(Callback):
         grid_per_class: int,
         seed: int,
         final: bool = True,
+        model: str = "global",
     ) -> None:
         self.evaluate = evaluate
+        self.model = model
         self.every = every
         self.final = final
         self.samples_dir = samples_dir
@@ -70,18 +73,25 @@ class EvaluationCallback(Callback):
         t0 = time.perf_counter()
         figures = self.evaluate(fed, last and self.final)
         save_samples(
-            fed, self.samples_dir / f"round_{record.round:04d}", self.grid_per_class, self.seed
+            fed,
+            self.samples_dir / f"round_{record.round:04d}",
+            self.grid_per_class,
+            self.seed,
+            self.model,
         )
         figures["eval_seconds"] = time.perf_counter() - t0
         record.metrics.update(figures)
         self.latest = figures
 
 
-def save_samples(fed: Federation, path: Path, per_condition: int, seed: int) -> Path:
-    """Samples of the global model a person can look at, written by the sample writer of
-    the task's modality (images: a PNG grid, one row per class; fixed noise across rounds).
-    ``path`` has no suffix; the writer adds its own."""
-    task = fed.load_global_into_task()
+def save_samples(
+    fed: Federation, path: Path, per_condition: int, seed: int, model: str = "global"
+) -> Path:
+    """Samples of the evaluated model (``eval.model``: the global one, or the own model of
+    the largest client when clients keep private tensors) a person can look at, written by
+    the sample writer of the task's modality (images: a PNG grid, one row per class; fixed
+    noise across rounds). ``path`` has no suffix; the writer adds its own."""
+    task, _ = load_evaluated_model(fed, model)
     writer = SAMPLE_WRITERS.get(str(task.modality))
     written: Path = writer(task, path, per_condition, torch_generator(seed, "grid"))
     if task.modality == Modality.TEXT and task.initial_private_state():

@@ -26,6 +26,7 @@ from fedgen.engine.ditto import PERSONAL_PREFIX, personal_model
 from fedgen.engine.federation import Federation
 from fedgen.eval.per_client import ClientQuality, label_proportions, summarise
 from fedgen.seeding import torch_generator
+from fedgen.tasks.base import Task
 from fedgen.transforms.base import PRIVATE_PREFIX
 from fedgen.types import StateDict
 
@@ -41,6 +42,45 @@ def has_personal_models(fed: Federation) -> bool:
         task_private(p) or any(k.startswith(PERSONAL_PREFIX) for k in p)
         for p in fed.private_states.values()
     )
+
+
+def evaluated_client(fed: Federation, choice: str) -> int | None:
+    """The client whose own model a run's evaluations and sample grids show (``eval.model``),
+    or None for the global model.
+
+    ``global``: always the global model. ``largest_client``: the client with the most
+    examples among those holding private tensors of the model (FedPer's personal layers,
+    a partial FedDiffuse scheme's blocks): with private tensors, the global model alone
+    (their initial values) is what no client samples with. ``auto``: ``largest_client``
+    when the task has such tensors and the run is not under DP (the figures would
+    describe one client's unnoised private blocks), else ``global``. A column-split
+    table task samples with every client's part already, so it is never one client.
+    """
+    task = fed.task
+    if choice == "global" or getattr(task, "samples_jointly", False):
+        return None
+    # Model tensors only: a table task's kept Adam moments ("optimizer/...") are no model.
+    if not any("/" not in k for k in task.initial_private_state()):
+        return None
+    if choice == "auto" and fed.privacy is not None:
+        return None
+    holders = [
+        cid
+        for cid, state in fed.private_states.items()
+        if any("/" not in k for k in task_private(state))
+    ]
+    if not holders:
+        return None  # no client has trained yet: each holds the initial private tensors
+    return max(holders, key=lambda cid: (fed.clients[cid].num_examples, -cid))
+
+
+def load_evaluated_model(fed: Federation, choice: str) -> tuple[Task, int | None]:
+    """Load the model ``evaluated_client`` names into ``fed.task``; the task and the client."""
+    client = evaluated_client(fed, choice)
+    if client is None:
+        return fed.load_global_into_task(), None
+    load_client_model(fed, client)
+    return fed.task, client
 
 
 def load_client_model(fed: Federation, client_id: int) -> None:

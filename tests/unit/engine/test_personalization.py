@@ -12,7 +12,12 @@ from fedgen.data.client_data import ClientData
 from fedgen.data.dataset import ImageDataset
 from fedgen.engine.backends.local_training import reply_message, run_client
 from fedgen.engine.callbacks import CheckpointCallback
-from fedgen.engine.client_models import has_personal_models, load_client_model
+from fedgen.engine.client_models import (
+    evaluated_client,
+    has_personal_models,
+    load_client_model,
+    load_evaluated_model,
+)
 from fedgen.engine.ditto import PERSONAL_PREFIX, train_personal
 from fedgen.errors import ConfigError
 from fedgen.experiment import build_experiment, restore_latest
@@ -350,5 +355,52 @@ def test_a_run_reports_per_client_figures_for_each_model(mnist_dir, tmp_path):
     assert set(own["global"]) == {"0", "1", "2", "3"}
     tstr = [own["global"][c]["tstr_accuracy"] for c in own["global"]]
     assert summary["client_tstr_accuracy_global"] == pytest.approx(sum(tstr) / 4)
+    # eval.model auto: the global figures are of the largest client's own model.
     assert "6 private tensors" in summary["evaluated_model"]
-    assert "initial values" in summary["evaluated_model"]
+    assert "the client with the most examples" in summary["evaluated_model"]
+
+
+def test_eval_model_shows_the_largest_clients_own_model_unless_told_or_under_dp(mnist_dir):
+    # Prepare: a private discriminator (a partial scheme), clients of unequal sizes, all
+    # training in the one round.
+    params = "{batch_size: 16, generator_width: 8, discriminator_width: 8, federate: [generator]}"
+    overrides = {
+        "federation.rounds": 1,
+        "task.params": params,
+        "data.partition.kind": "dirichlet",
+        "data.partition.params": "{alpha: 0.5, min_size: 20}",
+        "strategy.params": "{fraction: 1.0, min_clients: 2}",
+    }
+    fed = build_experiment(tiny_config(mnist_dir, **overrides)).federation
+    assert fed.run()
+    sizes = {cid: fed.clients[cid].num_examples for cid in fed.private_states}
+    assert len(sizes) == 4 and len(set(sizes.values())) > 1
+    largest = max(sizes, key=lambda c: sizes[c])
+    # Execute / Assert: auto and largest_client pick it and load its own discriminator...
+    assert evaluated_client(fed, "auto") == evaluated_client(fed, "largest_client") == largest
+    task, client = load_evaluated_model(fed, "auto")
+    assert client == largest
+    for k, v in fed.private_states[largest].items():
+        assert torch.equal(task.private_state()[k], v), k
+    # ...global loads the initial private tensors, as before.
+    task, client = load_evaluated_model(fed, "global")
+    assert client is None
+    for k, v in task.initial_private_state().items():
+        assert torch.equal(task.private_state()[k], v), k
+    # Under DP, auto keeps the global model (one client's unnoised blocks are not released).
+    dp = build_experiment(
+        tiny_config(
+            mnist_dir,
+            **{
+                **overrides,
+                "task.params": "{batch_size: 32, generator_width: 8, discriminator_width: 8, "
+                "federate: [generator], fake_labels: uniform}",
+                "dpsgd": "{noise_multiplier: 1.0, max_grad_norm: 1.0}",
+            },
+        )
+    ).federation
+    assert dp.run() and dp.privacy is not None and dp.private_states
+    assert evaluated_client(dp, "auto") is None
+    # Without private tensors there is only the global model.
+    plain = build_experiment(tiny_config(mnist_dir, **{"federation.rounds": 1})).federation
+    assert plain.run() and evaluated_client(plain, "auto") is None
