@@ -40,7 +40,8 @@ from typing import Any
 import torch
 
 from fedgen.config import load_config
-from fedgen.data.table_data import SiloPartition
+from fedgen.data.table_data import SiloPartition, TableDirichletPartition
+from fedgen.data.table_sources import get_table_source
 from fedgen.eval.table_quality import TableEvaluator
 from fedgen.experiment import run_experiment
 from fedgen.report.results_table import ResultsTable, current_commit
@@ -198,7 +199,14 @@ def library_method(table: str, synth: str, steps: int, batch: int, seed: int) ->
     """The ``ctgan`` library's synthesizer on the pooled training rows of the same split."""
     import ctgan
 
-    fed = SiloPartition(max_modes=1).federate(table, 1, seed)  # only for the rows and holdout
+    # One client: only for the rows and the holdout (the same split either way); a table
+    # without a silo column (breast_cancer) is refused by the silo partition.
+    partition = (
+        SiloPartition(max_modes=1)
+        if get_table_source(table).silo_column is not None
+        else TableDirichletPartition(max_modes=1)
+    )
+    fed = partition.federate(table, 1, seed)
     train = fed.train
     epochs = max(1, round(steps * batch / len(train)))
     cls = ctgan.TVAE if synth == "tvae" else ctgan.CTGAN
