@@ -59,6 +59,19 @@ def test_ctgan_samples_rows_conditioned_on_a_columns_value(fair):
     assert len(rows) == 30 and (rows["had_affair"] == "yes").all()
 
 
+def test_tvae_samples_conditioned_rows_by_filtering_and_says_when_too_few_match(fair):
+    # TVAE takes no conditional vector: its rows are generated and kept when they match.
+    task = _task(TvaeTask, fair)
+    task.train_local(fair.clients[0], 30, torch.Generator().manual_seed(0), {})
+    rows = task.sample((30, {"had_affair": "yes"}), torch.Generator().manual_seed(1))
+    assert len(rows) == 30 and (rows["had_affair"] == "yes").all()
+    assert list(rows.columns) == fair.schema.names
+    # Asked for more than the tries can find: a clear error, not fewer rows.
+    task.params.sample_batch = 10
+    with pytest.raises(ValueError, match=r"generated only \d+ rows with had_affair == 'yes'"):
+        task.sample((10_000, {"had_affair": "yes"}), torch.Generator().manual_seed(2))
+
+
 def test_conditioning_on_a_category_absent_from_training_is_a_clear_error(fair):
     task = _task(TvaeTask, fair)
     gen = torch.Generator().manual_seed(0)
