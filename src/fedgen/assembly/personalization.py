@@ -107,7 +107,8 @@ def evaluated_model(task: Task, client: int | None = None, fed: Federation | Non
     if client is not None:
         examples = "" if fed is None else f", {fed.clients[client].num_examples} examples"
         return (
-            f"client {client}'s own model (the client with the most examples{examples}): the "
+            f"client {client}'s own model (the client with the most examples among those "
+            f"that trained{examples}): the "
             f"federated tensors with its {len(private)} private tensors ({count} of {total} "
             "values: personal layers or unfederated blocks); eval.model: global evaluates "
             "them at their initial values instead, and eval.per_client measures every client"

@@ -25,6 +25,7 @@ import torch
 from fedgen.engine.ditto import PERSONAL_PREFIX, personal_model
 from fedgen.engine.federation import Federation
 from fedgen.eval.per_client import ClientQuality, label_proportions, summarise
+from fedgen.modality import Modality
 from fedgen.seeding import torch_generator
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import PRIVATE_PREFIX
@@ -48,21 +49,23 @@ def evaluated_client(fed: Federation, choice: str) -> int | None:
     """The client whose own model a run's evaluations and sample grids show (``eval.model``),
     or None for the global model.
 
-    ``global``: always the global model. ``largest_client``: the client with the most
-    examples among those holding private tensors of the model (FedPer's personal layers,
-    a partial FedDiffuse scheme's blocks): with private tensors, the global model alone
-    (their initial values) is what no client samples with. ``auto``: ``largest_client``
-    when the task has such tensors and the run is not under DP (the figures would
-    describe one client's unnoised private blocks), else ``global``. A column-split
-    table task samples with every client's part already, so it is never one client.
+    ``global``: always the global model. ``largest_client``/``auto``: the client with the
+    most examples among those holding their own private tensors, when the task has
+    private model tensors (FedPer's personal layers, a partial FedDiffuse scheme's
+    blocks): with private tensors, the global model alone (their initial values) is what
+    no client samples with. Under partial participation the choice can move to a larger
+    client when it first trains. Always the global model under DP (the
+    figures would describe one client's unnoised private blocks), for text (its
+    evaluator scores every client on its own text, from the global model), and for a
+    column-split table task (it samples with every client's part already).
     """
     task = fed.task
-    if choice == "global" or getattr(task, "samples_jointly", False):
+    if choice == "global" or getattr(task, "samples_jointly", False) or fed.privacy is not None:
+        return None
+    if task.modality == Modality.TEXT or not fed.clients:
         return None
     # Model tensors only: a table task's kept Adam moments ("optimizer/...") are no model.
     if not any("/" not in k for k in task.initial_private_state()):
-        return None
-    if choice == "auto" and fed.privacy is not None:
         return None
     holders = [
         cid
