@@ -62,12 +62,19 @@ fi
 # The orange3 wheel, downloaded and never installed (its dependencies pull in Qt): fedgen
 # reads the heart_disease and titanic tables straight out of it (fedgen.data.orange_tab).
 # The version is ORANGE3 in src/fedgen/data/table_sources.py.
-if ! compgen -G "$data_dir/orange3/orange3-3.40.0-*.whl" >/dev/null; then
-  echo "setup: downloading the orange3 3.40.0 wheel (its tables) into $data_dir/orange3"
+# fedgen looks in the data folder, then in ~/.cache/fedgen/data (a read-only data folder).
+cache_dir="$HOME/.cache/fedgen/data"
+if ! compgen -G "$data_dir/orange3/orange3-3.40.0-*.whl" >/dev/null \
+   && ! compgen -G "$cache_dir/orange3/orange3-3.40.0-*.whl" >/dev/null; then
+  wheel_dir="$data_dir/orange3"
+  mkdir -p "$wheel_dir" 2>/dev/null && [ -w "$wheel_dir" ] || wheel_dir="$cache_dir/orange3"
+  echo "setup: downloading the orange3 3.40.0 wheel (its tables) into $wheel_dir"
+  # Any platform's wheel holds the same tables: ask for a wheel, never a source build.
   # Not fatal: without it only the heart_disease and titanic tests fail, saying why.
-  .venv/bin/pip download --quiet --disable-pip-version-check --no-deps orange3==3.40.0 \
-    -d "$data_dir/orange3" \
-    || echo "setup: could not download the orange3 wheel into $data_dir/orange3" >&2
+  .venv/bin/pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --platform manylinux_2_28_x86_64 --python-version 311 --implementation cp \
+    orange3==3.40.0 -d "$wheel_dir" \
+    || echo "setup: could not download the orange3 wheel into $wheel_dir" >&2
 fi
 
 # Headless Chromium (Debian package chromium): the report test opens report.html in it

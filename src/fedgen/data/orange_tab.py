@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fedgen.data.sources import resolve_data_dir
+from fedgen.data.sources import DEFAULT_DATA_DIR, resolve_data_dir
 from fedgen.errors import ChecksumError, DataMissingError
 
 Kind = Literal["continuous", "discrete", "string"]
@@ -207,15 +207,20 @@ class WheelFile:
         return resolve_data_dir(data_dir) / self.project
 
     def locate(self, data_dir: Path | str | None = None) -> Path | None:
-        """The wheel's path, or ``None`` when no wheel of this version is in ``folder``."""
-        folder = self.folder(data_dir)
-        if not folder.is_dir():
-            return None
+        """The wheel's path, or ``None`` when no wheel of this version is in ``folder`` or,
+        after it, in the default data folder's (where set-up downloads it when the data
+        folder is read-only)."""
         prefix = f"{self.project}-{self.version}-".lower()
-        wheels = sorted(
-            p for p in folder.iterdir() if p.name.lower().startswith(prefix) and p.suffix == ".whl"
-        )
-        return wheels[0] if wheels else None
+        for folder in (self.folder(data_dir), resolve_data_dir(DEFAULT_DATA_DIR) / self.project):
+            if folder.is_dir():
+                wheels = sorted(
+                    p
+                    for p in folder.iterdir()
+                    if p.name.lower().startswith(prefix) and p.suffix == ".whl"
+                )
+                if wheels:
+                    return wheels[0]
+        return None
 
     def pip_command(self, data_dir: Path | str | None = None) -> str:
         """The shell command that puts the wheel where ``locate`` looks."""
