@@ -665,11 +665,10 @@ def write_summary(
         from fedgen.assembly.personalization import evaluated_model, per_client_descriptions
 
         # Which model the global figures are of (private tensors: at their initial values).
-        # A client whose private state the server never held (it never trained here, or
-        # a deployment keeps it on its node) was evaluated with the initial private tensors.
+        # evaluated_client names only a client whose private state the server holds (none
+        # on Flower, where the nodes keep theirs).
         client = evaluated_client(fed, exp.config.eval.model)
-        held = client is not None and bool(fed.private_states.get(client))
-        summary["evaluated_model"] = evaluated_model(exp.task, client if held else None, fed)
+        summary["evaluated_model"] = evaluated_model(exp.task, client, fed)
         if exp.config.eval.per_client:
             descriptions.update(per_client_descriptions(exp.config))
     if descriptions:

@@ -62,7 +62,7 @@ def evaluated_client(fed: Federation, choice: str) -> int | None:
     task = fed.task
     if choice == "global" or getattr(task, "samples_jointly", False) or fed.privacy is not None:
         return None
-    if task.modality == Modality.TEXT or not fed.clients:
+    if task.modality == Modality.TEXT:
         return None
     # Model tensors only: a table task's kept Adam moments ("optimizer/...") are no model.
     if not any("/" not in k for k in task.initial_private_state()):
