@@ -11,9 +11,10 @@ method, appended to ``benchmarks/results/tabular.md`` as its run ends:
 - ``library``: the ``ctgan`` library's own TVAE / CTGAN on the pooled training rows, for
   the epochs that give the same number of batches (its defaults otherwise).
 
-Synthesizer ``vertical`` (``configs/tabular_<table>_vertical.yaml``, the GTV-style
-column-split CTGAN) runs the ``vertical-*`` methods instead: ``vertical-1`` is one client
-holding every column (CTGAN's architecture, trained through the same wire: the
+Synthesizers ``vertical`` (``configs/tabular_<table>_vertical.yaml``, the GTV-style
+column-split CTGAN) and ``vertical_tvae`` (``configs/tabular_<table>_vertical_tvae.yaml``,
+TVAE split the same way) run the ``vertical-*`` methods instead: ``vertical-1`` is one client
+holding every column (CTGAN's or TVAE's architecture, trained through the same wire: the
 centralized reference its rows are divided by), ``vertical-2`` / ``vertical-4`` split
 the columns evenly, ``-imbalanced`` gives one client most columns and the others one
 each (``VERTICAL_SPLITS``). They run as many joint iterations as the horizontal
@@ -163,11 +164,13 @@ def fedgen_method(
 
 
 def vertical_method(
-    table: str, method: str, sets: list[str], work: Path, steps_per_round: int
+    table: str, synth: str, method: str, sets: list[str], work: Path, steps_per_round: int
 ) -> dict[str, Any]:
-    """One run of ``configs/tabular_<table>_vertical.yaml`` with ``method``'s column groups."""
+    """One run of ``configs/tabular_<table>_<synth>.yaml`` (``synth``: ``vertical`` or
+    ``vertical_tvae``) with ``method``'s column groups."""
+    recipe = ROOT / f"configs/tabular_{table}_{synth}.yaml"
     if method == "vertical-1":
-        schema_cfg = load_config(ROOT / f"configs/tabular_{table}_vertical.yaml", [])
+        schema_cfg = load_config(recipe, [])
         groups = [[c for g in schema_cfg.data.partition.params["columns"] for c in g]]
     else:
         groups = VERTICAL_SPLITS[table][method]
@@ -177,8 +180,8 @@ def vertical_method(
         f"data.partition.params.columns={json.dumps(groups)}",
         f"federation.local_steps={steps_per_round}",
     ]
-    cfg = load_config(ROOT / f"configs/tabular_{table}_vertical.yaml", [*sets, *extra])
-    out = work / f"{table}-{method}"
+    cfg = load_config(recipe, [*sets, *extra])
+    out = work / f"{table}-{synth}-{method}"
     t0 = time.perf_counter()
     summary = run_experiment(cfg, out, progress=False)
     seconds = time.perf_counter() - t0
@@ -298,7 +301,10 @@ def main() -> None:
             "model bytes: encoded messages up + down over all rounds; encoder bytes: the "
             "per-client statistics sent once to fit the encoder (JSON)",
             "vertical: configs/tabular_<table>_vertical.yaml (CTGAN split GTV-style: server "
-            "body and critic top, each client its head and critic input block), "
+            "body and critic top, each client its head and critic input block); "
+            "vertical_tvae: configs/tabular_<table>_vertical_tvae.yaml (TVAE split the same "
+            "way: server encoder top and decoder body, each client its share of the "
+            "encoder's first layer and its columns' decoder output layer); "
             f"{args.rounds} rounds of local steps x the horizontal recipe's clients joint "
             "iterations; vertical-1 (one client, every column) is the reference of its "
             "rows' ratios; groups in benchmarks/tabular.py VERTICAL_SPLITS; model bytes: "
@@ -312,7 +318,7 @@ def main() -> None:
             for synth in args.synths:
                 central: dict[str, Any] | None = None
                 for method in args.methods:
-                    if (synth == "vertical") != (method in VERTICAL):
+                    if synth.startswith("vertical") != (method in VERTICAL):
                         continue  # vertical methods belong to the vertical synthesizer only
                     if method in VERTICAL:
                         # As many joint iterations as the horizontal centralized run's steps.
@@ -320,7 +326,7 @@ def main() -> None:
                             ROOT / f"configs/tabular_{name}_ctgan.yaml", sets
                         ).data.num_clients
                         r = vertical_method(
-                            name, method, sets, Path(tmp), args.local_steps * clients
+                            name, synth, method, sets, Path(tmp), args.local_steps * clients
                         )
                     elif method == "library":
                         steps, batch = library_steps(name, synth, sets)

@@ -208,12 +208,12 @@ def build_experiment(
         from fedgen.assembly.personalization import personalization_problems
 
         problems.extend(personalization_problems(cfg, task, strategy))
-    if (cfg.task.name == "vertical_ctgan") != (cfg.backend.name == "vertical"):
+    if (cfg.task.name in ("vertical_ctgan", "vertical_tvae")) != (cfg.backend.name == "vertical"):
         # A column-split synthesizer trains all clients' columns together, which only
         # the vertical backend does; the vertical backend trains nothing else.
         problems.append(
-            "task vertical_ctgan and backend vertical go together: a table split by "
-            "columns (table_vertical) is trained by both, and nothing else by either"
+            "tasks vertical_ctgan / vertical_tvae and backend vertical go together: a table "
+            "split by columns (table_vertical) is trained by them, and nothing else by either"
         )
     if cfg.backend.name == "split" and (
         cfg.dpsgd is not None or any(t.name == "client_dp" for t in cfg.transforms)

@@ -2,7 +2,8 @@
 
 Vertical federation (GTV, Zhao et al., DSN 2025): every client holds some columns of
 the same records (``fedgen.data.table_vertical``), so no client can train alone; a
-round is ``local_steps`` joint iterations of ``fedgen.tasks.tabular.vertical_training``,
+round is ``local_steps`` joint iterations of ``fedgen.tasks.tabular.vertical_training``
+(CTGAN) or ``fedgen.tasks.tabular.vertical_tvae_training`` (TVAE),
 in which only activations, gradients, drawn conditions and record ids cross, each
 counted in encoded ``fedgen.wire`` bytes.
 
@@ -36,6 +37,8 @@ from fedgen.seeding import derive_seed
 from fedgen.tasks.tabular.vertical_channel import WireChannel, party
 from fedgen.tasks.tabular.vertical_ctgan import VerticalCtganTask
 from fedgen.tasks.tabular.vertical_training import JointSeeds, VerticalTrainer
+from fedgen.tasks.tabular.vertical_tvae import VerticalTvaeTask
+from fedgen.tasks.tabular.vertical_tvae_training import VerticalTvaeTrainer
 from fedgen.types import ClientResult, RoundPlan, StateDict
 
 
@@ -68,10 +71,10 @@ class VerticalBackend(Backend):
         private_states: dict[int, StateDict],
     ) -> Iterator[ClientResult]:
         task = work.task
-        if not isinstance(task, VerticalCtganTask):
+        if not isinstance(task, VerticalCtganTask | VerticalTvaeTask):
             raise ConfigError(
                 f"backend vertical trains a column-split synthesizer; task "
-                f"{type(task).__name__} is not one: use task vertical_ctgan"
+                f"{type(task).__name__} is not one: use task vertical_ctgan or vertical_tvae"
             )
         ids = sorted(plan.client_ids)
         if ids != list(range(task.num_parties)):
@@ -99,8 +102,11 @@ class VerticalBackend(Backend):
         )
         self.channel = WireChannel(record=self.record)
         config = plan.instructions[0].config
-        trainer = VerticalTrainer(
-            task,
+        trainer_class = (
+            VerticalTrainer if isinstance(task, VerticalCtganTask) else VerticalTvaeTrainer
+        )
+        trainer = trainer_class(
+            task,  # type: ignore[arg-type]
             [clients[c] for c in ids],  # type: ignore[misc]
             joint,
             self.channel,

@@ -103,7 +103,7 @@ class TableTask(Task):
         if getattr(spec.table, "groups", ()):
             raise ValueError(
                 f"task {cls.task_name} models whole rows, but the table is split by columns "
-                "(table_vertical): use task vertical_ctgan with backend vertical"
+                "(table_vertical): use task vertical_ctgan or vertical_tvae with backend vertical"
             )
         return cls(params, spec.table, seed)
 

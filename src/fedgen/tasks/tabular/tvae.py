@@ -22,6 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from fedgen.data.table_data import TableClientData
+from fedgen.data.table_encoder import Span
 from fedgen.registry import TASKS
 from fedgen.tasks.tabular.base import TableTask, TableTaskParams
 from fedgen.tasks.tabular.tvae_functional import (
@@ -162,18 +163,29 @@ class TvaeTask(TableTask):
     ) -> torch.Tensor:
         decoder = self._decoder()
         z = torch.randn(n, self.params.latent_dim, generator=generator)
-        out = decoder(z)
-        parts = []
-        for span in self.spans:
-            block = out[:, span.start : span.start + span.width]
-            if span.activation == "tanh":
-                # TVAE draws the offset from its Gaussian likelihood, not only its mean.
-                noise = torch.randn(block.shape, generator=generator)
-                sigma = decoder.sigma[span.start : span.start + span.width]
-                parts.append(torch.tanh(block) + noise * sigma)
-            elif self.params.categories == "argmax":
-                parts.append(block)  # decoding takes the argmax
-            else:
-                drawn = torch.multinomial(torch.softmax(block, dim=1), 1, generator=generator)
-                parts.append(F.one_hot(drawn[:, 0], block.shape[1]).float())
-        return torch.cat(parts, dim=1)
+        return draw_rows(decoder(z), self.spans, decoder.sigma, generator, self.params.categories)
+
+
+def draw_rows(
+    out: torch.Tensor,
+    spans: list[Span],
+    sigma: torch.Tensor,
+    generator: torch.Generator,
+    categories: Literal["sample", "argmax"],
+) -> torch.Tensor:
+    """Encoded rows ``(B, dim)`` drawn from TVAE decoder outputs ``out (B, dim)``: each
+    offset from its Gaussian ``tanh(out) + sigma * noise`` (not only its mean, as TVAE
+    does), each one-hot drawn from its softmax (``categories: sample``) or left as logits
+    for decoding to take the argmax (``argmax``)."""
+    parts = []
+    for span in spans:
+        block = out[:, span.start : span.start + span.width]
+        if span.activation == "tanh":
+            noise = torch.randn(block.shape, generator=generator)
+            parts.append(torch.tanh(block) + noise * sigma[span.start : span.start + span.width])
+        elif categories == "argmax":
+            parts.append(block)  # decoding takes the argmax
+        else:
+            drawn = torch.multinomial(torch.softmax(block, dim=1), 1, generator=generator)
+            parts.append(F.one_hot(drawn[:, 0], block.shape[1]).float())
+    return torch.cat(parts, dim=1)

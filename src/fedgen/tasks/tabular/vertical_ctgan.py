@@ -92,10 +92,10 @@ class CriticBottom(nn.Module):
     """A client's share of the critic's first linear layer: ``pac`` rows of its columns and
     its condition, to the layer's width (no activation: see ``CriticTop``)."""
 
-    def __init__(self, width: int, hidden: int, pac: int) -> None:
+    def __init__(self, width: int, hidden: int, pac: int, bias: bool = True) -> None:
         super().__init__()
         self.pac = pac
-        self.fc = nn.Linear(width * pac, hidden)
+        self.fc = nn.Linear(width * pac, hidden, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = x.reshape(-1, x.shape[1] * self.pac)  # (B / pac, pac * width)
@@ -128,24 +128,23 @@ class CriticTop(nn.Module):
 
 
 @torch.no_grad()
-def _as_slices_of_one_layer(shares: list[nn.Linear]) -> None:
-    """Initialise the clients' shares of the critic's first layer as CTGAN initialises
-    that one layer over the joined row.
+def init_as_slices_of_one_layer(shares: list[nn.Linear]) -> None:
+    """Initialise the clients' shares of a first layer (CTGAN's critic, TVAE's encoder) as
+    the library initialises that one layer over the joined row.
 
     ``nn.Linear`` draws its weights and bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Each
     share built alone uses its own (smaller) fan-in, so the summed layer would start
     about sqrt(K) times larger than CTGAN's, and a client with few columns would get the
     largest weights. Here every weight is drawn with the joint layer's bound (the same
-    distribution as slicing one joint layer: its entries are i.i.d.), and only the first
-    share keeps a bias, because the joint layer has one.
+    distribution as slicing one joint layer: its entries are i.i.d.), and so is the bias
+    of the one share that has it (the joint layer has one bias, so only the first share
+    is built with one).
     """
     bound = 1.0 / math.sqrt(sum(share.in_features for share in shares))
-    for i, share in enumerate(shares):
+    for share in shares:
         share.weight.uniform_(-bound, bound)
-        if i == 0:
+        if share.bias is not None:
             share.bias.uniform_(-bound, bound)
-        else:
-            share.bias.zero_()
 
 
 @TASKS.register("vertical_ctgan")
@@ -218,9 +217,11 @@ class VerticalCtganTask(TableTask):
         bottoms = []
         for i, enc in enumerate(self.parties):
             modules[head_name(i)] = nn.Linear(body.width, enc.dim)
-            bottoms.append(CriticBottom(enc.dim + self.cond_width(i), p.hidden, p.pac))
+            # Only client 0's share has a bias: the joint layer has one, and a bias on
+            # every share would move their sum K times as fast under Adam.
+            bottoms.append(CriticBottom(enc.dim + self.cond_width(i), p.hidden, p.pac, i == 0))
             modules[bottom_name(i)] = bottoms[-1]
-        _as_slices_of_one_layer([bottom.fc for bottom in bottoms])
+        init_as_slices_of_one_layer([bottom.fc for bottom in bottoms])
         modules[TOP] = CriticTop(p.hidden)
         return modules
 

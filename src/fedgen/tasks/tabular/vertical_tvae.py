@@ -1,0 +1,198 @@
+"""A TVAE split vertically: each client encodes and reconstructs its own columns.
+
+The vertical counterpart of ``fedgen.tasks.tabular.vertical_ctgan`` for the tabular VAE
+(TVAE, Xu et al. 2019; networks as ``fedgen.tasks.tabular.tvae``). TVAE is cut where
+its networks touch the columns:
+
+- client ``i`` holds its share of the encoder's first linear layer (over its encoded
+  columns) and the decoder's output layer for its columns with their learned standard
+  deviations, with the encoder it fitted on its columns;
+- the server holds the rest: the sum of the shares through the encoder's remaining
+  layers to the Gaussian latent, and the decoder's body from the latent to its last
+  hidden layer.
+
+A linear layer over the joined row is the sum of linear layers over each client's
+columns, and the decoder's output layer is one linear map per output column, so for
+any number of clients the networks are exactly TVAE's; with per-parameter Adam on
+every party the joint iteration is TVAE's iteration too (``tests/unit/tasks/
+test_vertical_tvae.py`` checks it against ``TvaeTask`` step for step). One client
+holding every column is the centralized reference. How the parties train, and what
+crosses, is ``fedgen.tasks.tabular.vertical_tvae_training``; the backend is
+``fedgen.engine.backends.vertical``.
+
+Sampling draws the latent on the server, runs its decoder body, and every client's
+head draws its columns of the same synthetic rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import model_validator
+from torch import nn
+
+from fedgen.data.table_encoder import Span
+from fedgen.data.table_vertical import VerticalTableEncoder
+from fedgen.errors import ConfigError
+from fedgen.modality import DataSpec, Modality
+from fedgen.registry import TASKS
+from fedgen.tasks.base import Task, TaskParams
+from fedgen.tasks.tabular.base import TableTask
+from fedgen.tasks.tabular.tvae import TvaeTask, draw_rows
+from fedgen.tasks.tabular.tvae_functional import RowReconstruction
+from fedgen.tasks.tabular.vertical_ctgan import init_as_slices_of_one_layer
+
+ENCODER_TOP = "encoder_top"
+DECODER_BODY = "decoder_body"
+
+
+def encoder_bottom_name(client: int) -> str:
+    """Module name of client ``client``'s share of the encoder's first layer."""
+    return f"encoder_bottom_{client}"
+
+
+def decoder_head_name(client: int) -> str:
+    """Module name of client ``client``'s decoder output layer."""
+    return f"decoder_head_{client}"
+
+
+class EncoderTop(nn.Module):
+    """The server's part of the encoder: the clients' shares summed, then TVAE's layers."""
+
+    def __init__(self, hidden: int, latent: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.mu = nn.Linear(hidden, latent)
+        self.logvar = nn.Linear(hidden, latent)
+
+    def forward(self, shares: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(torch.stack(shares).sum(dim=0))
+        return self.mu(h), self.logvar(h)  # each (B, latent)
+
+
+class DecoderBody(nn.Module):
+    """The server's part of the decoder: latent to its last hidden layer."""
+
+    def __init__(self, latent: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)  # (B, hidden)
+
+
+class DecoderHead(nn.Module):
+    """A client's decoder output layer for its columns, and their standard deviations."""
+
+    def __init__(self, hidden: int, dim: int) -> None:
+        super().__init__()
+        self.out = nn.Linear(hidden, dim)
+        # Per-output standard deviation of the offsets' Gaussian likelihood (TVAE: 0.1).
+        self.sigma = nn.Parameter(torch.full((dim,), 0.1))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.out(h)  # (B, dim)
+
+
+@TASKS.register("vertical_tvae")
+class VerticalTvaeTask(TableTask):
+    """TVAE split by column owners (module docstring); trained by backend ``vertical``."""
+
+    task_name = "vertical_tvae"
+    #: Sampling needs every client's head: evaluation loads all clients' private parts.
+    samples_jointly = True
+
+    class Params(TvaeTask.Params):
+        """``task.params`` of ``vertical_tvae`` (TVAE's, without kept optimizer moments)."""
+
+        #: Not built here: backend vertical starts every party's optimizer each round.
+        keep_optimizer: bool = False
+
+        @model_validator(mode="after")
+        def _no_kept_moments(self) -> VerticalTvaeTask.Params:
+            if self.keep_optimizer:
+                raise ValueError(
+                    "keep_optimizer is not built for vertical_tvae (its optimizers start "
+                    "each round); leave it false"
+                )
+            return self
+
+    params: Params
+
+    def __init__(self, params: TaskParams, encoder: VerticalTableEncoder, seed: int) -> None:
+        self.parties = [encoder.owner_encoder(i) for i in range(len(encoder.groups))]
+        self.positions = [encoder.owner_positions(i) for i in range(len(encoder.groups))]
+        self.reconstructions = [RowReconstruction(e.spans(), e.dim) for e in self.parties]
+        super().__init__(params, encoder, seed)
+
+    @classmethod
+    def from_spec(cls, params: TaskParams, spec: DataSpec, seed: int) -> Task:
+        if spec.modality != Modality.TABLES or not isinstance(spec.table, VerticalTableEncoder):
+            raise ValueError(
+                "task vertical_tvae needs a table split by columns: use "
+                "data.partition.kind=table_vertical with params.columns (one list per client)"
+            )
+        return cls(params, spec.table, seed)
+
+    @property
+    def num_parties(self) -> int:
+        return len(self.parties)
+
+    def party_spans(self, client: int) -> list[Span]:
+        """Output blocks of client ``client``'s head (within its own encoded block)."""
+        return self.parties[client].spans()
+
+    def build(self) -> dict[str, nn.Module]:
+        p = self.params
+        modules: dict[str, nn.Module] = {
+            ENCODER_TOP: EncoderTop(p.hidden, p.latent_dim),
+            DECODER_BODY: DecoderBody(p.latent_dim, p.hidden),
+        }
+        bottoms = []
+        for i, enc in enumerate(self.parties):
+            # Only client 0's share has a bias: the joint layer has one, and a bias on
+            # every share would move their sum K times as fast under Adam.
+            bottoms.append(nn.Linear(enc.dim, p.hidden, bias=i == 0))
+            modules[encoder_bottom_name(i)] = bottoms[-1]
+            modules[decoder_head_name(i)] = DecoderHead(p.hidden, enc.dim)
+        # The shares start as slices of TVAE's one first layer (same bound, one bias).
+        init_as_slices_of_one_layer(bottoms)
+        return modules
+
+    def federated_modules(self) -> list[str]:
+        """The server's encoder top and decoder body; the clients' parts stay with them."""
+        return [ENCODER_TOP, DECODER_BODY]
+
+    def party_keys(self, client: int) -> list[str]:
+        """State keys of client ``client``'s own modules."""
+        return [
+            f"{name}.{key}"
+            for name in (encoder_bottom_name(client), decoder_head_name(client))
+            for key in self.modules[name].state_dict()
+        ]
+
+    def train_local(
+        self, data: Any, steps: int, generator: torch.Generator, config: dict[str, Any]
+    ) -> dict[str, float]:
+        raise ConfigError(
+            "task vertical_tvae trains every client's columns together, not one client at "
+            "a time: use backend vertical"
+        )
+
+    def generate(
+        self, n: int, generator: torch.Generator, condition: tuple[int, int] | None
+    ) -> torch.Tensor:
+        # TVAE is unconditional: a condition is met by ``sample_rows``'s filtering.
+        z = torch.randn(n, self.params.latent_dim, generator=generator)
+        h = self.modules[DECODER_BODY](z)
+        rows = torch.zeros(n, self.encoder.dim)
+        for i in range(self.num_parties):
+            head = self.modules[decoder_head_name(i)]
+            assert isinstance(head, DecoderHead)
+            rows[:, self.positions[i]] = draw_rows(
+                head(h), self.party_spans(i), head.sigma, generator, self.params.categories
+            )
+        return rows
