@@ -226,6 +226,12 @@ class DpSgdConfig(_Strict):
     delta: float = 1e-5
     max_grad_norm: float | None = None
     accountant: str = "rdp"
+    #: Rounds each client may take part in. With ``epsilon``, the noise is calibrated
+    #: for this many rounds instead of every planned one, and a client that has used
+    #: them sits out the rest of the run (the run stops when none is left). With a
+    #: fraction of the clients per round, each takes part in only some rounds, so the
+    #: default (every round) leaves budget unspent; a cap spends it as less noise.
+    rounds_per_client: int | None = Field(None, ge=1)
 
 
 class FaultsConfig(_Strict):

@@ -215,6 +215,19 @@ def build_experiment(
             "tasks vertical_ctgan / vertical_tvae and backend vertical go together: a table "
             "split by columns (table_vertical) is trained by them, and nothing else by either"
         )
+    if cfg.dpsgd is not None and cfg.dpsgd.rounds_per_client is not None:
+        # Only the synchronous schedule samples its cohorts from the clients with rounds
+        # left; and client-level DP's accounting assumes every client can be sampled.
+        if cfg.federation.mode != "sync":
+            problems.append(
+                f"dpsgd.rounds_per_client needs federation.mode=sync (it is "
+                f"{cfg.federation.mode!r}, which does not leave spent clients out); drop it"
+            )
+        if any(t.name == "client_dp" for t in cfg.transforms):
+            problems.append(
+                "dpsgd.rounds_per_client changes who can be sampled, which client_dp's "
+                "accounting assumes it does not; drop one of them"
+            )
     if cfg.backend.name == "split" and (
         cfg.dpsgd is not None or any(t.name == "client_dp" for t in cfg.transforms)
     ):

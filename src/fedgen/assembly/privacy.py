@@ -232,10 +232,12 @@ def _sample_level(
         return None
     z = cfg.noise_multiplier
     pairs = sorted({(rates[c], steps_of(c)) for c in rates})
+    # The rounds one client takes part in at most: the noise is calibrated for them.
+    taken = min(rounds, cfg.rounds_per_client or rounds)
     if z is None:
         try:
             z = max(
-                calibrate_noise(cfg.epsilon, q, rounds * s, cfg.delta, cfg.accountant)
+                calibrate_noise(cfg.epsilon, q, taken * s, cfg.delta, cfg.accountant)
                 for q, s in pairs
             )
         except PrivacyConfigError as exc:
@@ -260,4 +262,5 @@ def _sample_level(
         mechanism=cfg.accountant,
         rates=rates,
         steps_of=steps_of,
+        rounds_per_client=cfg.rounds_per_client,
     )

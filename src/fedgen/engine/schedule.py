@@ -122,7 +122,10 @@ class SynchronousSchedule(Schedule):
         self.jobs_done: dict[int, int] = {}
 
     def begin(self, r: int, fed: RoundLoop) -> Step:
-        plan = fed.strategy.configure(r, sorted(fed.clients), numpy_rng(fed.seed, "sample", r))
+        pool = sorted(fed.clients)
+        if fed.privacy is not None:
+            pool = fed.privacy.eligible(pool)  # clients with DP-SGD rounds left
+        plan = fed.strategy.configure(r, pool, numpy_rng(fed.seed, "sample", r))
         return Step(plan, [Job(plan, fed.global_state, r)], {})
 
     def combine(

@@ -75,7 +75,9 @@ class SampleLevelBudget:
     """Accounting for DP-SGD: one accountant per client.
 
     ``steps_of(client_id)`` is the number of DP-SGD steps a client takes per round;
-    ``rates`` its Poisson sampling rate.
+    ``rates`` its Poisson sampling rate. With ``rounds_per_client``, a client takes part
+    in at most that many rounds (the noise was calibrated for them): ``eligible`` leaves
+    it out of later cohorts.
     """
 
     noise_multiplier: float
@@ -85,6 +87,7 @@ class SampleLevelBudget:
     rates: dict[int, float]
     steps_of: Callable[[int], int]
     engine: Any = None  # the DpSgdEngine attached to the task, whose sigma this is
+    rounds_per_client: int | None = None
     accountants: dict[int, PrivacyAccountant] = field(default_factory=dict)
     _eps: dict[int, float] = field(default_factory=dict)
     _eps_next: dict[int, float] = field(default_factory=dict)
@@ -95,6 +98,17 @@ class SampleLevelBudget:
             acc.step(self.noise_multiplier, self.rates[cid], self.steps_of(cid))
             self._eps.pop(cid, None)
             self._eps_next.pop(cid, None)
+
+    def rounds_taken(self, cid: int) -> int:
+        """Rounds client ``cid`` has taken part in (from its accountant's steps)."""
+        acc = self.accountants.get(cid)
+        return 0 if acc is None else acc.steps // self.steps_of(cid)
+
+    def eligible(self, client_ids: list[int]) -> list[int]:
+        """The clients that may still take part (all of them without ``rounds_per_client``)."""
+        if self.rounds_per_client is None:
+            return list(client_ids)
+        return [c for c in client_ids if self.rounds_taken(c) < self.rounds_per_client]
 
     def epsilon(self) -> float:
         """The largest epsilon over clients (0 before any step)."""
@@ -107,6 +121,8 @@ class SampleLevelBudget:
         """The largest epsilon any client would have after taking part in one more round."""
         worst = 0.0
         for cid, rate in self.rates.items():
+            if cid not in self.eligible([cid]):
+                continue  # it sits out every later round
             if cid not in self._eps_next:
                 acc = self.accountants.get(cid) or PrivacyAccountant(self.mechanism)
                 self._eps_next[cid] = acc.epsilon_after(
@@ -132,8 +148,19 @@ class PrivacyAccounting:
         """What one unit of privacy is: a whole client, or one training example."""
         return "client" if self.client is not None else "example"
 
+    def eligible(self, client_ids: list[int]) -> list[int]:
+        """The clients the next round may sample: those with rounds of DP-SGD left."""
+        return client_ids if self.sample is None else self.sample.eligible(client_ids)
+
     def stop_reason(self) -> str | None:
-        """Why the next round must not run (its spending would exceed a budget), or None."""
+        """Why the next round must not run (its spending would exceed a budget, or every
+        client has used its ``rounds_per_client``), or None."""
+        if self.sample is not None and not self.sample.eligible(sorted(self.sample.rates)):
+            return (
+                f"every client has taken part in its dpsgd.rounds_per_client="
+                f"{self.sample.rounds_per_client} rounds; the run stopped at sample-level "
+                f"epsilon={self.sample.epsilon():.4g}"
+            )
         for level, budget in (("client-level", self.client), ("sample-level", self.sample)):
             if budget is None or budget.target is None:
                 continue

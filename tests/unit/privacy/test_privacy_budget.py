@@ -162,3 +162,39 @@ def test_every_noisy_step_is_charged_when_a_local_step_draws_several_batches(
     accountants = fed.federation.privacy.sample.accountants
     assert sum(acc.steps for acc in accountants.values()) == len(draws) > 0
     assert all(acc.steps % (3 * 2) == 0 for acc in accountants.values())
+
+
+def test_rounds_per_client_caps_participation_and_spends_the_budget_as_less_noise(mnist_dir):
+    # Prepare: 4 clients, 2 a round, 6 rounds; epsilon 8 over at most 2 rounds a client
+    # against the same epsilon over all 6.
+    items = [
+        "strategy.params={min_clients: 1, fraction: 0.5}",
+        "task.params.fake_labels=uniform",
+        "dpsgd={epsilon: 8.0, max_grad_norm: 1.0, delta: 1.0e-5, rounds_per_client: 2}",
+    ]
+    capped = build_experiment(config(mnist_dir, *items, rounds=6)).federation
+    uncapped_items = [*items[:2], "dpsgd={epsilon: 8.0, max_grad_norm: 1.0, delta: 1.0e-5}"]
+    uncapped = build_experiment(config(mnist_dir, *uncapped_items, rounds=6)).federation
+    # Execute
+    capped.run()
+    # Assert: less noise for the same epsilon (4 noisy steps a client instead of 12;
+    # the gap grows with the steps); nobody took part in more than 2 rounds, and the run
+    # stopped once every client had used them, within its budget.
+    sample = capped.privacy.sample
+    assert sample.noise_multiplier < 0.95 * uncapped.privacy.sample.noise_multiplier
+    taken = {cid: sample.rounds_taken(cid) for cid in range(4)}
+    assert taken == {cid: 2 for cid in range(4)}
+    assert sum(m["clients"] for m in capped.history) == 8  # client rounds: 4 x 2
+    assert capped.stop_reason is not None and "rounds_per_client=2" in capped.stop_reason
+    assert len(capped.history) < 6
+    assert 7.0 < capped.history[-1]["epsilon"] <= 8.0
+
+
+def test_rounds_per_client_is_refused_where_it_cannot_hold(mnist_dir):
+    from fedgen.errors import ConfigError
+
+    cap = "dpsgd={epsilon: 8.0, max_grad_norm: 1.0, delta: 1.0e-5, rounds_per_client: 2}"
+    with pytest.raises(ConfigError, match=r"needs federation\.mode=sync"):
+        build_experiment(config(mnist_dir, cap, "federation.mode=gossip"))
+    with pytest.raises(ConfigError, match="rounds_per_client"):
+        build_experiment(config(mnist_dir, cap, "dpsgd.rounds_per_client=0"))
