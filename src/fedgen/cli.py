@@ -13,6 +13,7 @@ import typer
 from fedgen.attacks.command import attack_command
 from fedgen.errors import FedgenError
 from fedgen.samples.export_format import ExportFormat
+from fedgen.samples.model_choice import ModelChoice
 from fedgen.version import __version__
 
 app = typer.Typer(
@@ -29,6 +30,17 @@ RecipeArg = Annotated[
 ]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="dotted.key=value override")]
 OutOption = Annotated[Path | None, typer.Option(help="run folder (default: runs/<name>)")]
+#: Which model of a finished run `sample` and `eval` use.
+ModelOption = Annotated[
+    ModelChoice,
+    typer.Option(
+        "--model",
+        help="run: the model the run's own evaluations showed (its eval.model; "
+        "summary.json's evaluated_model names it); global: the federated tensors, "
+        "private ones at their initial values; largest_client: the own model of the "
+        "largest client that trained",
+    ),
+]
 
 privacy_app = typer.Typer(
     no_args_is_help=True,
@@ -155,6 +167,7 @@ def sample(
             help="sample the model as this client holds it (global + its private tensors)"
         ),
     ] = None,
+    model: ModelOption = ModelChoice.RUN,
     condition: Annotated[
         str | None,
         typer.Option(help="tables: N rows whose categorical COLUMN holds VALUE (COLUMN=VALUE)"),
@@ -162,7 +175,9 @@ def sample(
 ) -> None:
     """Draw N samples per condition (images: per class, into a PNG grid) from the newest
     checkpoint of RUN_DIR, written as the task's modality is shown; with --format, a
-    labelled synthetic image data set and its manifest."""
+    labelled synthetic image data set and its manifest. The model is the one the run's
+    own evaluations showed (eval.model), unless --client or --model says otherwise."""
+    from fedgen.engine.client_models import load_chosen_model, model_label
     from fedgen.experiment import load_run
     from fedgen.registry import SAMPLE_WRITERS
     from fedgen.seeding import torch_generator
@@ -171,23 +186,19 @@ def sample(
         _fail(FedgenError("--format exports images per class; drop --prompt and --condition"))
     try:
         exp = load_run(run_dir)
+        # The run's own choice by default: what its grids and summary.json showed.
+        task, chosen = load_chosen_model(exp.federation, exp.config.eval.model, model, client)
     except FedgenError as exc:
         _fail(exc)
         return
-    task = exp.federation.load_global_into_task()
-    if client is not None:
-        fed = exp.federation
-        if client not in fed.clients:
-            _fail(
-                FedgenError(
-                    f"no client {client} in this run; clients are 0..{len(fed.clients) - 1}"
-                )
-            )
-        # Its own model: personal tensors (private adapters, FedPer layers) over the global
-        # model, or its Ditto model (a transform's own tensors are not the task's).
-        from fedgen.engine.client_models import load_client_model
-
-        load_client_model(fed, client)
+    if chosen is not None and client is None:
+        # Said on stderr: stdout stays the written path or the text, as before.
+        why = "the run's eval.model" if model == ModelChoice.RUN else f"--model {model}"
+        typer.echo(
+            f"sampling {model_label(chosen)}'s own model ({why}); --model global samples "
+            "the global model",
+            err=True,
+        )
     gen = torch_generator(seed, "cli-sample")
     if prompt is not None:
         from fedgen.modality import Conditioning
@@ -212,7 +223,7 @@ def sample(
         typer.echo(str(csv_path))
         return
     if fmt is not None:
-        _export_dataset(exp, task, run_dir, out, n, fmt, gen, seed=seed, client=client)
+        _export_dataset(exp, task, run_dir, out, n, fmt, gen, seed=seed, client=chosen)
         return
     writer = SAMPLE_WRITERS.get(str(task.modality))
     typer.echo(str(writer(task, (out or Path("samples.png")).with_suffix(""), n, gen)))
@@ -233,6 +244,7 @@ def _export_dataset(
     """`fedgen sample --format`: the data set, and a manifest naming the checkpoint it
     came from (round and the sha256 of its file, as the run's ledger records it)."""
     from fedgen.engine.checkpoint import list_checkpoints
+    from fedgen.engine.client_models import model_label
     from fedgen.modality import Modality
     from fedgen.samples.image_dataset import export_image_dataset
 
@@ -255,7 +267,9 @@ def _export_dataset(
         "checkpoint_sha256": digest,
         "config_fingerprint": exp.config.fingerprint(),
         "seed": seed,
+        # The model sampled: null for the global one, else the client whose own it is.
         "client": client,
+        "model": model_label(client),
         "fedgen_version": __version__,
     }
     names = _class_names(run_dir, task.num_classes)
@@ -285,11 +299,14 @@ def _class_names(run_dir: Path, num_classes: int) -> list[str]:
 def eval_(
     run_dir: Path,
     tstr_samples: Annotated[int | None, typer.Option(help="synthetic images for TSTR")] = None,
+    model: ModelOption = ModelChoice.RUN,
 ) -> None:
-    """Evaluate the newest checkpoint of RUN_DIR; write RUN_DIR/eval.json and print it."""
+    """Evaluate the newest checkpoint of RUN_DIR (the model the run's own evaluations
+    showed, unless --model says otherwise); write RUN_DIR/eval.json and print it."""
     from pydantic import ValidationError
 
     from fedgen.config import EvalConfig
+    from fedgen.engine.client_models import evaluated_client, model_label
     from fedgen.errors import ConfigError
     from fedgen.experiment import evaluate_task, load_run
 
@@ -304,11 +321,18 @@ def eval_(
         exp = load_run(run_dir)
         if tstr_samples is not None:
             exp.config.eval.tstr_samples = tstr_samples
-        figures = evaluate_task(exp, tstr=True)
+        if model == ModelChoice.GLOBAL:
+            exp.config.eval.model = "global"
+        elif model == ModelChoice.LARGEST_CLIENT:
+            exp.config.eval.model = "largest_client"
+        figures: dict[str, Any] = evaluate_task(exp, tstr=True)
     except FedgenError as exc:
         _fail(exc)
         return
     figures["round"] = exp.federation.next_round - 1
+    figures["evaluated_model"] = model_label(
+        evaluated_client(exp.federation, exp.config.eval.model)
+    )
     (run_dir / "eval.json").write_text(json.dumps(figures, indent=1))
     typer.echo(json.dumps(figures, indent=1))
 

@@ -201,7 +201,9 @@ class EvalConfig(_Strict):
     #: private tensors (FedPer layers, partial FedDiffuse blocks): ``largest_client``, the
     #: own model of the client with the most examples; ``global``, the federated tensors
     #: with the private ones at their initial values (a model no client holds); ``auto``,
-    #: the first except under DP (``fedgen.engine.client_models.evaluated_client``).
+    #: the first except under DP (``fedgen.engine.client_models.evaluated_client``). Each
+    #: evaluated round records its choice (``metrics.jsonl``'s ``evaluated_model``), and
+    #: ``fedgen sample``/``eval`` and the downstream generator follow it by default.
     model: Literal["auto", "global", "largest_client"] = "auto"
 
 
@@ -314,11 +316,15 @@ class DownstreamConfig(_Strict):
     generator-assisted arm whose generator is the clients' ensemble, not the federated
     one).
     ``generator_run`` reuses a finished generator run folder instead of training one.
+    ``generator_model`` is the generator's model the samples come from: ``run``, the one
+    its own evaluations showed (its ``eval.model``: with private tensors, the largest
+    client's own model), ``global`` or ``largest_client`` (as ``fedgen sample --model``).
     ``topup_ratio`` r tops every class of a client up to r times its largest class
     (capped at ``topup_max_per_class``); 0 adds nothing, 1 balances the shard.
     """
 
     generator_run: str | None = None
+    generator_model: Literal["run", "global", "largest_client"] = "run"
     modes: list[DownstreamMode] = Field(default_factory=lambda: list(DOWNSTREAM_MODES))
     #: The classes the classifier is for; null: the data's. Must equal the generator's.
     classes: list[str] | None = None

@@ -55,7 +55,12 @@ def test_a_tiny_partial_ddpm_federation_runs_samples_and_reports(tmp_path, mnist
     strip = Image.open(out / "samples" / "round_0001_denoising.png")
     assert strip.size == ((4 * 30 + 2) * 2, (10 * 30 + 2) * 2)
     assert "round_0001_denoising.png" in (out / "report.html").read_text()
-    # A client's own model (shared decoder + its private encoder) samples too.
-    grid = tmp_path / "client.png"
-    fedgen("sample", str(out), "--n", "2", "--client", "0", "--out", str(grid))
-    assert Image.open(grid).size[0] > 0
+    # `fedgen sample` draws from that client's model too (shared decoder + its private
+    # encoder), and --client from any client's that trained (here the same one).
+    client = re.match(r"client (\d+)", summary["evaluated_model"]).group(1)
+    grid = tmp_path / "default.png"
+    result = fedgen("sample", str(out), "--n", "2", "--out", str(grid))
+    assert f"sampling client {client}'s own model" in result.stderr
+    own = tmp_path / "client.png"
+    fedgen("sample", str(out), "--n", "2", "--client", client, "--out", str(own))
+    assert Image.open(own).tobytes() == Image.open(grid).tobytes()

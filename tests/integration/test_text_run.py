@@ -69,10 +69,16 @@ def test_fedgen_sample_prints_continuations_of_a_prompt(text_run):
     assert len(blocks) == 2 and all(b.startswith("A fool") for b in blocks)
 
 
-def test_fedgen_sample_as_a_client_holds_the_model_and_refuses_an_unknown_client(text_run):
+def test_fedgen_sample_refuses_a_client_model_the_run_does_not_keep(text_run):
+    # Every tensor is federated here: a client's model is the global one, so --client
+    # would silently sample that; it is refused with what to give instead.
     out, _ = text_run
-    result = fedgen("sample", str(out), "--prompt", "A", "--n", "1", "--client", "2")
+    result = fedgen("sample", str(out), "--prompt", "A", "--n", "1", "--model", "global")
     assert result.stdout.startswith("--- A")
+    bad = fedgen("sample", str(out), "--prompt", "A", "--n", "1", "--client", "2", check=False)
+    said = " ".join(bad.stderr.split())
+    assert bad.returncode == 2 and "client 2 has no model of its own" in said
+    assert "drop --client, or give --model global" in said and "Traceback" not in said
     bad = fedgen("sample", str(out), "--prompt", "A", "--client", "9", check=False)
     assert bad.returncode == 2 and "no client 9" in bad.stderr and "Traceback" not in bad.stderr
 

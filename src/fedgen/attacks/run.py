@@ -174,7 +174,9 @@ def _membership(
     exp: Any, opts: MembershipOptions, out_dir: Path
 ) -> tuple[dict[str, float], dict[str, Any]]:
     fed = exp.federation
-    task = fed.load_global_into_task()  # the released weights, as `fedgen sample` uses
+    # The released weights: the global model the server holds (a client's own private
+    # tensors are never released), whichever model `fedgen sample` draws by default.
+    task = fed.load_global_into_task()
     notes: list[str] = []
     # The white-box scores need networks the server holds: the discriminator (cGAN)
     # or encoder and decoder (cVAE). One that stays on the clients is out of reach.

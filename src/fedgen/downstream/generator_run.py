@@ -9,6 +9,7 @@ from typing import Any
 
 from fedgen.config import ExperimentConfig, load_config
 from fedgen.downstream.errors import DownstreamError
+from fedgen.engine.client_models import chosen_client, load_client_model, model_label
 from fedgen.errors import FedgenError
 from fedgen.experiment import Experiment, load_run
 from fedgen.modality import Conditioning, Modality
@@ -25,11 +26,23 @@ class GeneratorRun:
     folder: Path
     experiment: Experiment
     summary: dict[str, Any]
+    #: The client whose own model the samples come from (``downstream.generator_model``;
+    #: by default the one the run's own evaluations showed), or None: the global model.
+    client: int | None = None
 
     @property
     def task(self) -> Task:
-        """The generator with the global weights loaded (what ``fedgen sample`` uses)."""
-        return self.experiment.federation.load_global_into_task()
+        """The generator with the chosen model loaded (as ``fedgen sample`` draws)."""
+        fed = self.experiment.federation
+        if self.client is None:
+            return fed.load_global_into_task()
+        load_client_model(fed, self.client)
+        return fed.task
+
+    @property
+    def model(self) -> str:
+        """The sampled model as ``metrics.jsonl`` names it: ``global`` or ``client N``."""
+        return model_label(self.client)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -83,7 +96,10 @@ def open_generator_run(folder: str | Path, cfg: ExperimentConfig) -> GeneratorRu
             f"downstream.generator_run: task {gen_cfg.task.name} is not a class-conditional "
             "image generator; use cgan, cvae or ddpm"
         )
-    run = GeneratorRun(folder, experiment, summary)
+    # The model the generator run's own evaluations showed, unless the recipe says which.
+    choice = cfg.downstream.generator_model if cfg.downstream is not None else "run"
+    client = chosen_client(experiment.federation, experiment.config.eval.model, choice)
+    run = GeneratorRun(folder, experiment, summary, client)
     check_classes(run.class_names, cfg)
     return run
 

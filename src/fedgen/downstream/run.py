@@ -141,6 +141,8 @@ def run_arms(
     record: dict[str, Any] = {
         "generator_run": str(generator.folder),
         "generator_task": generator.experiment.config.task.name,
+        # The generator's model every arm draws from (and the membership attack scores).
+        "generator_model": generator.model,
         "settings": dcfg.model_dump(mode="json"),
         "generator_epsilon": epsilon,
         "generator_delta": delta,

@@ -21,7 +21,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fedgen.engine.checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
-from fedgen.engine.client_models import load_evaluated_model
+from fedgen.engine.client_models import evaluated_client, load_evaluated_model, model_label
 from fedgen.engine.federation import Callback, Federation, RoundRecord
 from fedgen.modality import Modality
 from fedgen.registry import SAMPLE_WRITERS
@@ -71,6 +71,9 @@ class EvaluationCallback(Callback):
         if not (periodic or (last and self.final)):
             return
         t0 = time.perf_counter()
+        # Which model this round's figures and grid are of: under partial participation
+        # the largest client that trained can change from one evaluation to the next.
+        evaluated = model_label(evaluated_client(fed, self.model))
         figures = self.evaluate(fed, last and self.final)
         save_samples(
             fed,
@@ -81,6 +84,7 @@ class EvaluationCallback(Callback):
         )
         figures["eval_seconds"] = time.perf_counter() - t0
         record.metrics.update(figures)
+        record.metrics["evaluated_model"] = evaluated
         self.latest = figures
 
 

@@ -24,6 +24,7 @@ import torch
 
 from fedgen.engine.ditto import PERSONAL_PREFIX, personal_model
 from fedgen.engine.federation import Federation
+from fedgen.errors import ConfigError
 from fedgen.eval.per_client import ClientQuality, label_proportions, summarise
 from fedgen.modality import Modality
 from fedgen.seeding import torch_generator
@@ -84,6 +85,69 @@ def load_evaluated_model(fed: Federation, choice: str) -> tuple[Task, int | None
         return fed.load_global_into_task(), None
     load_client_model(fed, client)
     return fed.task, client
+
+
+def model_label(client: int | None) -> str:
+    """The evaluated model as each evaluated round records it (``metrics.jsonl``'s
+    ``evaluated_model``): ``global``, or ``client N`` for client N's own model."""
+    return "global" if client is None else f"client {client}"
+
+
+def holds_own_model(private: StateDict | None) -> bool:
+    """Whether a client's private state holds model tensors of its own: the task's
+    private tensors (not a table task's kept optimizer moments) or a Ditto model."""
+    return any("/" not in k for k in task_private(private)) or bool(personal_model(private or {}))
+
+
+def chosen_client(
+    fed: Federation, run_choice: str, model: str = "run", client: int | None = None
+) -> int | None:
+    """The client whose own model a command samples from a finished run, or None for
+    the global model.
+
+    ``model``: ``run`` follows the run's own ``eval.model`` (``run_choice``), so the
+    command draws from the model the run's evaluations and ``summary.json`` named;
+    ``global`` or ``largest_client`` choose as ``eval.model`` does. ``client`` asks for
+    that client's own model (with ``model`` left at ``run``).
+
+    Raises ``ConfigError`` for both at once, an unknown client, or a client with no
+    model of its own (it never trained, the run keeps no private tensors, or they stay
+    on the Flower nodes): its model is the global one, which ``--model global`` names.
+    """
+    if client is None:
+        return evaluated_client(fed, run_choice if model == "run" else model)
+    if model != "run":
+        raise ConfigError(
+            f"--client {client} and --model {model} each choose a model; give one of them"
+        )
+    if client not in fed.clients:
+        raise ConfigError(f"no client {client} in this run; clients are 0..{len(fed.clients) - 1}")
+    if not holds_own_model(fed.private_states.get(client)):
+        holders = sorted(c for c, p in fed.private_states.items() if holds_own_model(p))
+        if holders:
+            raise ConfigError(
+                f"client {client} has no model of its own: it never trained, so it holds no "
+                f"private tensors; give --client one of {', '.join(map(str, holders))}, or "
+                "--model global for the global model (what this client would sample with)"
+            )
+        raise ConfigError(
+            f"client {client} has no model of its own: this run's clients keep no model "
+            "tensors of their own here (none are private, or they stay on the deployment's "
+            "nodes), so every client samples the global model; drop --client, or give "
+            "--model global"
+        )
+    return client
+
+
+def load_chosen_model(
+    fed: Federation, run_choice: str, model: str = "run", client: int | None = None
+) -> tuple[Task, int | None]:
+    """Load the model ``chosen_client`` names into ``fed.task``; the task and the client."""
+    chosen = chosen_client(fed, run_choice, model, client)
+    if chosen is None:
+        return fed.load_global_into_task(), None
+    load_client_model(fed, chosen)
+    return fed.task, chosen
 
 
 def load_client_model(fed: Federation, client_id: int) -> None:

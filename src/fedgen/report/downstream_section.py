@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from fedgen.report.evaluated import model_words
 from fedgen.report.units import format_bytes, format_duration
 
 #: What each arm is, in the words of the comparison.
@@ -53,11 +54,14 @@ def downstream_section(record: dict[str, Any] | None) -> str:
         "<tr><th>arm</th><th>test accuracy</th><th>worst class</th><th>rounds</th>"
         "<th>bytes</th><th>time</th><th>membership AUC</th><th>privacy</th></tr>"
     )
+    # The generator's model the samples came from (downstream.json's generator_model).
+    drawn = f", {model_words(record['generator_model'])}" if "generator_model" in record else ""
     parts = [
         "<h2>Downstream classifier</h2>",
         f"<p>A SmallCNN trained with the generator of "
         f"<code>{html.escape(str(record.get('generator_run', '')))}</code> "
-        f"({html.escape(str(record.get('generator_task', '')))}); membership AUC: the loss "
+        f"({html.escape(str(record.get('generator_task', '')))}{html.escape(drawn)}); "
+        "membership AUC: the loss "
         "attack on the classifier, clients' training images against the test split "
         "(0.5 is chance).</p>",
         f"<table>{head}{''.join(rows)}</table>",

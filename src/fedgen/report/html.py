@@ -22,6 +22,7 @@ import yaml
 from fedgen.report.bytes_curve import quality_by_bytes_section
 from fedgen.report.curves import curves_section
 from fedgen.report.downstream_section import downstream_section
+from fedgen.report.evaluated import UNRECORDED, models_by_round
 from fedgen.report.figures_table import figures_table_section
 from fedgen.report.headline import headline_section
 from fedgen.report.partition import partition_section
@@ -140,21 +141,29 @@ def _render(run_dir: Path, max_sample_grids: int) -> str:
         f"{len(metrics)} round(s) recorded · report written "
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>",
     ]
-    newest, newest_html = newest_samples(sample_files, text_files, class_names, notes.problems)
+    # Which model each evaluated round's samples were drawn with (eval.model).
+    models = models_by_round(metrics, summary)
+    newest, newest_html = newest_samples(
+        sample_files, text_files, class_names, notes.problems, models
+    )
     # What a person came for first (samples, headline figures), then curves worth
     # drawing, the partition, and only then the full table and the config.
     sections = [
         headline_section(summary, metrics, newest_html),
-        _attack_section(attack, metrics),
+        _attack_section(attack, metrics, models),
         _privacy_section(summary),
         downstream_section(downstream),
         curves_section(metrics),
         quality_by_bytes_section(metrics),
         _partition_section_of(partition, notes, _attackers(attack)),
         samples_section(
-            [p for p in sample_files if p != newest], max_sample_grids, class_names, notes.problems
+            [p for p in sample_files if p != newest],
+            max_sample_grids,
+            class_names,
+            notes.problems,
+            models,
         ),
-        text_samples_section(text_files, notes.problems),
+        text_samples_section(text_files, notes.problems, models),
         figures_table_section(summary, metrics),
         _config_section(config_text),
     ]
@@ -308,10 +317,14 @@ def _attackers(attack: dict[str, Any] | None) -> set[int]:
     return {c for c in clients if isinstance(c, int)}
 
 
-def _attack_section(attack: dict[str, Any] | None, metrics: list[dict[str, Any]]) -> str:
-    """The simulated attackers (``attackers.json``) and what the detection stage flagged."""
+def _attack_section(
+    attack: dict[str, Any] | None, metrics: list[dict[str, Any]], models: dict[int, str]
+) -> str:
+    """The simulated attackers (``attackers.json``) and what the detection stage flagged;
+    ``models``: round -> the model its samples were drawn with, in words."""
     if attack is None:
         return ""
+    shown = models[max(models)] if models else UNRECORDED
     attackers = _attackers(attack)
     params = attack.get("params") or {}
     parts = [
@@ -319,7 +332,7 @@ def _attack_section(attack: dict[str, Any] | None, metrics: list[dict[str, Any]]
         f"<p>{len(attackers)} malicious client(s) ran <code>{_esc(str(attack.get('kind')))}"
         f"</code>{' with ' + _esc(json.dumps(params)) if params else ''}: clients "
         f"{_esc(', '.join(map(str, sorted(attackers))) or 'none')} (marked in the partition "
-        "below). The samples show the global model trained with them.</p>",
+        f"below). The samples show {_esc(shown)}, trained with them.</p>",
     ]
     prefix = "strategy/detect/flag/"
     flagged = [

@@ -11,16 +11,25 @@ import base64
 import html
 import io
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from PIL import Image
 
+from fedgen.report.evaluated import UNRECORDED
+
 
 def newest_samples(
-    images: list[Path], texts: list[Path], class_names: list[str], problems: list[str]
+    images: list[Path],
+    texts: list[Path],
+    class_names: list[str],
+    problems: list[str],
+    models: Mapping[int, str] | None = None,
 ) -> tuple[Path | None, str]:
     """The newest sample picture (a grid, or a table's figure), else the start of the
-    newest generated text, as HTML for the top of the page; and the picture's path."""
+    newest generated text, as HTML for the top of the page; and the picture's path.
+    ``models``: round -> the model its samples were drawn with, in words."""
+    models = models or {}
     pictures = [p for p in images if "_denoising" not in p.stem]
     for path in sorted(pictures, key=lambda p: (_round_of(p), p.name), reverse=True):
         embedded = _embed_png(path, problems)
@@ -29,6 +38,8 @@ def newest_samples(
         uri, (width, height) = embedded
         label = f"round {_round_of(path)}" if _round_of(path) >= 0 else path.stem
         caption = f"Generated samples, {label} (the newest)"
+        if _round_of(path) in models:
+            caption += f", drawn with {models[_round_of(path)]}"
         if class_names:
             caption += f"; one row per class: {', '.join(class_names)}"
         return path, (
@@ -41,16 +52,21 @@ def newest_samples(
         text = _read_sample_text(path, problems)
         if text is not None:
             cut = text[:2000] + ("\n[...]" if len(text) > 2000 else "")
+            who = _text_model(path, models)
             return None, (
-                f'<p class="muted">Newest generated text ({_esc(path.name)}):</p>'
+                f'<p class="muted">Newest generated text ({_esc(path.name)}), {_esc(who)}:</p>'
                 f"<pre>{_esc(cut)}</pre>"
             )
     return None, ""
 
 
-def text_samples_section(files: list[Path], problems: list[str]) -> str:
+def text_samples_section(
+    files: list[Path], problems: list[str], models: Mapping[int, str] | None = None
+) -> str:
     """The newest round's generated text, escaped (a model may write any markup): the
-    global model's, then each client's own where clients keep personal tensors."""
+    evaluated model's (``models``: round -> that model in words), then each client's own
+    where clients keep personal tensors."""
+    models = models or {}
     if not files:
         return ""
     newest = max(_round_of(path) for path in files)
@@ -61,8 +77,7 @@ def text_samples_section(files: list[Path], problems: list[str]) -> str:
             continue
         if len(text) > 20_000:
             text = text[:20_000] + "\n[... cut at 20,000 characters]"
-        who = path.stem.split("_client_")[1] if "_client_" in path.stem else None
-        title = f"client {who}'s own model" if who else "the global model"
+        title = _text_model(path, models)
         parts.append(f"<h3>{_esc(title)} ({_esc(path.name)})</h3><pre>{_esc(text)}</pre>")
     return (
         f'<h2>Generated text</h2><p class="muted">Round {newest}, the newest of the '
@@ -72,10 +87,16 @@ def text_samples_section(files: list[Path], problems: list[str]) -> str:
 
 
 def samples_section(
-    files: list[Path], limit: int, class_names: list[str], problems: list[str]
+    files: list[Path],
+    limit: int,
+    class_names: list[str],
+    problems: list[str],
+    models: Mapping[int, str] | None = None,
 ) -> str:
     """The sample grids below the top of the page, newest first: at most ``limit``,
-    evenly spread over the run and always keeping the first and the newest."""
+    evenly spread over the run and always keeping the first and the newest; each
+    captioned with the model it was drawn with (``models``: round -> it in words)."""
+    models = models or {}
     if not files:
         return ""
     ordered = sorted(files, key=lambda path: (_round_of(path), path.name))
@@ -90,10 +111,12 @@ def samples_section(
         round_number = _round_of(path)
         label = f"round {round_number}" if round_number >= 0 else path.stem
         rounds.append(label)
+        # Under partial participation the largest trained client can change between rounds.
+        who = f" · {models[round_number]}" if round_number in models else ""
         figures.append(
             f'<figure><img src="{uri}" width="{width}" height="{height}" '
             f'alt="generated samples, {_esc(label)}"><figcaption><strong>{_esc(label)}</strong>'
-            f" · {_esc(path.name)}</figcaption></figure>"
+            f"{_esc(who)} · {_esc(path.name)}</figcaption></figure>"
         )
     if not figures:
         return ""
@@ -106,6 +129,14 @@ def samples_section(
         f'<h2>Generated samples of earlier rounds</h2><p class="muted">{_esc(note)}</p>'
         f'<div class="grids">{"".join(figures)}</div>'
     )
+
+
+def _text_model(path: Path, models: Mapping[int, str]) -> str:
+    """The model a text sample file was written with: a ``_client_N`` file's client's own,
+    else the round's evaluated model (``UNRECORDED`` when the run did not record it)."""
+    if "_client_" in path.stem:
+        return f"client {path.stem.split('_client_')[1]}'s own model"
+    return models.get(_round_of(path), UNRECORDED)
 
 
 def _round_of(path: Path) -> int:

@@ -284,3 +284,42 @@ def test_summary_numbers_survive_json_round_trip(tmp_path):
 
     assert "0.3" in visible and "0.30000000000000004" not in visible
     assert "nan" in visible
+
+
+def test_sample_headings_name_the_model_each_round_was_drawn_with(tmp_path):
+    # Prepare: a text run whose rounds record their evaluated model (round 2: client 3's
+    # own, e.g. FedPer adapters), a per-client file beside it, and a simulated attack.
+    write_metrics(
+        tmp_path / "metrics.jsonl",
+        [
+            {"round": 1, "perplexity": 9.0, "evaluated_model": "global"},
+            {"round": 2, "perplexity": 8.0, "evaluated_model": "client 3"},
+        ],
+    )
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for name in ("round_0001.txt", "round_0002.txt", "round_0002_client_1.txt"):
+        (samples / name).write_text(f"--- prompt 'The ' ({name})\n", encoding="utf-8")
+    (tmp_path / "attackers.json").write_text(json.dumps({"kind": "flip", "clients": [0]}))
+    # Execute
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    # Assert: the newest text is client 3's, never called the global model.
+    assert "client 3&#x27;s own model (round_0002.txt)" in page
+    assert "client 1&#x27;s own model (round_0002_client_1.txt)" in page
+    assert "Newest generated text (round_0002.txt), client 3&#x27;s own model" in page
+    assert "The samples show client 3&#x27;s own model, trained with them" in page
+    assert "the global model" not in page.split("<h2>Figures")[0]
+
+
+def test_an_older_run_names_its_final_model_from_the_summary_only(tmp_path):
+    # Prepare: no per-round record; summary.json's sentence names the final round's model.
+    make_run(tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    summary.update(evaluated_round=5, evaluated_model="client 2's own model (the client ...)")
+    (tmp_path / "run" / "summary.json").write_text(json.dumps(summary))
+    # Execute
+    page = write_report(tmp_path / "run").read_text(encoding="utf-8")
+    # Assert: round 5 (the newest) names it; earlier grids name no model they cannot know.
+    assert "round 5 (the newest), drawn with client 2&#x27;s own model" in page
+    assert "round 4</strong> · round_0004.png" in page
+    assert "global model" not in page.split("<h2>Figures")[0]
