@@ -232,7 +232,9 @@ class DpSgdConfig(_Strict):
     #: for this many rounds instead of every planned one, and a client that has used
     #: them sits out the rest of the run (the run stops when none is left). With a
     #: fraction of the clients per round, each takes part in only some rounds, so the
-    #: default (every round) leaves budget unspent; a cap spends it as less noise.
+    #: default (every round) leaves budget unspent; a cap spends it as less noise. The
+    #: strategy's fraction then applies to the clients with rounds left, so late cohorts
+    #: shrink; the run also stops when too few are left for ``min_clients``.
     rounds_per_client: int | None = Field(None, ge=1)
 
 
@@ -427,6 +429,8 @@ class ExperimentConfig(_Strict):
         d["federation"].pop("rounds")
         if d.get("dpsgd") is None:
             d.pop("dpsgd", None)  # runs from before DP-SGD existed keep their fingerprint
+        elif d["dpsgd"].get("rounds_per_client") is None:
+            d["dpsgd"].pop("rounds_per_client", None)  # likewise runs from before the cap
         if d.get("faults") is None:
             d.pop("faults", None)  # runs from before fault injection keep their fingerprint
         for key in ("attack", "detection"):

@@ -220,7 +220,8 @@ def _sample_level(
                 f"client)={1 / smallest:g}; use e.g. delta=1e-5"
             )
         for cid, n in sorted(sizes.items()):
-            risk = rounds * steps_of(cid) * empty_batch_probability(batch, n)
+            taken = min(rounds, cfg.rounds_per_client or rounds)  # rounds it can take part in
+            risk = taken * steps_of(cid) * empty_batch_probability(batch, n)
             if risk > EMPTY_BATCH_SLACK * cfg.delta:
                 problems.append(
                     f"client {cid} ({n} examples) would draw an empty Poisson batch with "

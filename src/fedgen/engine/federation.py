@@ -215,7 +215,32 @@ class Federation:
     def _budget_stop(self) -> str | None:
         if self.privacy is None or self.next_round >= self.rounds:
             return None
-        return self.privacy.stop_reason()
+        reason = self.privacy.stop_reason()
+        if reason is None:
+            reason = self._too_few_eligible()
+        return reason
+
+    def _too_few_eligible(self) -> str | None:
+        """Why no cohort can be planned from the clients with DP-SGD rounds left
+        (``dpsgd.rounds_per_client``), or None: the sampler's ``min_clients`` and a robust
+        rule's required results are checked before the round, so the run stops cleanly."""
+        assert self.privacy is not None
+        pool = self.privacy.eligible(sorted(self.clients))
+        if len(pool) == len(self.clients):
+            return None
+        sampler = getattr(self.strategy, "sampler", None)
+        need = getattr(sampler, "min_clients", 1)
+        required = getattr(self.strategy, "required_results", None)
+        expected = getattr(self.strategy, "expected_clients", None)
+        if len(pool) >= need and (
+            required is None or expected is None or expected(len(pool)) >= required()
+        ):
+            return None
+        return (
+            f"only {len(pool)} client(s) have dpsgd.rounds_per_client rounds left, too few "
+            f"for the strategy's cohort (min_clients={need}); the run stopped at "
+            f"sample-level epsilon={self.privacy.figures()['epsilon']:.4g}"
+        )
 
     def run_round(self, r: int) -> RoundRecord:
         """One round; returns its record without advancing ``next_round``."""

@@ -198,3 +198,21 @@ def test_rounds_per_client_is_refused_where_it_cannot_hold(mnist_dir):
         build_experiment(config(mnist_dir, cap, "federation.mode=gossip"))
     with pytest.raises(ConfigError, match="rounds_per_client"):
         build_experiment(config(mnist_dir, cap, "dpsgd.rounds_per_client=0"))
+
+
+def test_rounds_per_client_stops_cleanly_when_too_few_clients_are_left(mnist_dir):
+    # 4 clients, 2 a round, min_clients 2, at most 2 rounds each. With these root seeds
+    # one client is left with rounds to spare while the others are spent: the sampler
+    # would refuse a pool below min_clients mid-run; the run stops before that instead.
+    items = [
+        "strategy.params={min_clients: 2, fraction: 0.5}",
+        "task.params.fake_labels=uniform",
+        "dpsgd={epsilon: 8.0, max_grad_norm: 1.0, delta: 1.0e-5, rounds_per_client: 2}",
+    ]
+    for seed in (5, 8):
+        fed = build_experiment(config(mnist_dir, *items, f"seed={seed}", rounds=6)).federation
+        fed.run()
+        sample = fed.privacy.sample
+        assert all(sample.rounds_taken(c) <= 2 for c in range(4))
+        assert len(sample.eligible(list(range(4)))) == 1
+        assert fed.stop_reason is not None and "too few" in fed.stop_reason

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from wire_search import found, raw_patterns
+from wire_search import NUMERIC, found, raw_patterns
 
 from fedgen.config import load_config
 from fedgen.engine.callbacks import CheckpointCallback
@@ -16,7 +16,7 @@ from fedgen.errors import ConfigError
 from fedgen.experiment import build_experiment, restore_latest
 from fedgen.tasks.tabular import TvaeTask
 from fedgen.tasks.tabular.tvae_functional import SIGMA_RANGE
-from fedgen.tasks.tabular.vertical_channel import SERVER, WireChannel
+from fedgen.tasks.tabular.vertical_channel import SERVER, WireChannel, party
 from fedgen.tasks.tabular.vertical_training import JointSeeds
 from fedgen.tasks.tabular.vertical_tvae import (
     DECODER_BODY,
@@ -84,12 +84,23 @@ def joined_tvae(vertical) -> TvaeTask:
     return tvae
 
 
-def test_the_split_iteration_is_tvaes_own():
+THREE = [  # a client holding only numeric columns, one mixed, one only categorical
+    ["age", "yrs_married", "children"],
+    ["rate_marriage", "religious", "educ"],
+    ["occupation", "occupation_husb", "had_affair"],
+]
+
+
+@pytest.mark.parametrize(
+    "groups", [[SPLIT[0] + SPLIT[1]], SPLIT, THREE], ids=["one", "two", "three"]
+)
+def test_the_split_iteration_is_tvaes_own(groups):
     # Prepare: the vertical task and the TVAE with the same weights over the joined row.
-    exp = build_experiment(tiny(**{"federation.rounds": 1}))
+    exp = build_experiment(tiny(groups, **{"federation.rounds": 1}))
     task, p = exp.task, exp.task.params
     clients = exp.data.clients
-    trainer = VerticalTvaeTrainer(task, clients, JointSeeds(1, 2, (3, 4)), WireChannel(), 1e-3)
+    seeds = JointSeeds(1, 2, tuple(range(3, 3 + len(groups))))
+    trainer = VerticalTvaeTrainer(task, clients, seeds, WireChannel(), 1e-3)
     tvae = joined_tvae(task)
     opt = torch.optim.Adam(
         [*tvae.modules["encoder"].parameters(), *tvae.modules["decoder"].parameters()],
@@ -130,6 +141,13 @@ def test_no_raw_column_crosses_the_wire(one_round):
     patterns = raw_patterns(exp)
     assert len(log) > 10
     assert [found(log, p) for p in patterns] == [0] * len(patterns)
+    # ...while the same search finds them the moment a client sends its rows.
+    leak = WireChannel(record=True)
+    rows = exp.data.clients[0]
+    leak.one(party(0), SERVER, "real", rows.encoded[:5])
+    leak.one(party(0), SERVER, "raw", torch.from_numpy(rows.rows[NUMERIC].to_numpy()[7:9]))
+    leaked = [data for _, _, data in leak.log]
+    assert found(leaked, patterns[0]) >= 5 and found(leaked, patterns[3]) >= 2
 
 
 def test_bytes_are_the_encoded_lengths_and_only_the_server_is_talked_to(one_round):

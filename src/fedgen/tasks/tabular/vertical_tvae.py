@@ -16,7 +16,8 @@ columns, and the decoder's output layer is one linear map per output column, so 
 any number of clients the networks are exactly TVAE's; with per-parameter Adam on
 every party the joint iteration is TVAE's iteration too (``tests/unit/tasks/
 test_vertical_tvae.py`` checks it against ``TvaeTask`` step for step). One client
-holding every column is the centralized reference. How the parties train, and what
+holding every column is the centralized reference (TVAE with ``keep_optimizer: false``:
+backend ``vertical`` starts every party's Adam each round). How the parties train, and what
 crosses, is ``fedgen.tasks.tabular.vertical_tvae_training``; the backend is
 ``fedgen.engine.backends.vertical``.
 

@@ -5,9 +5,12 @@ the KL divergence to the prior, one Adam step) with the networks cut as
 ``fedgen.tasks.tabular.vertical_tvae`` cuts them. Every tensor that passes between
 parties goes through the ``WireChannel`` (encoded, counted, decoded). Per iteration:
 
-  1. The clients draw the batch's records from a seed they share and the server does
-     not know (epochs of a shuffled order, as ``TableClientData.batches``); each reads
-     its own columns of them. No record id crosses.
+  1. The clients draw the batch's records from a seed they share (epochs of a shuffled
+     order, as ``TableClientData.batches``); each reads its own columns of them. No
+     record id crosses. In a deployment the clients would agree on that seed among
+     themselves, so that the server cannot link a share to a record; this simulation
+     derives it from the round's client seeds, which the server issues, so here the
+     server could recompute the order (as for ``vertical_training``'s shared draws).
   2. Each client sends the server its share of the encoder's first layer over its
      encoded columns.
   3. The server sums the shares, finishes the encoder, draws the reparameterisation
