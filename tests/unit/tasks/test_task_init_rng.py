@@ -40,7 +40,7 @@ def make(name: str, seed: int = 0):
         spec = DataSpec(Modality.TEXT, vocab_size=tokenizer.vocab_size if tokenizer else 256)
     elif cls.modality == Modality.TABLES:
         # A column-split synthesizer is built from a column split's encoders.
-        spec = table_spec(vertical=name == "vertical_ctgan")
+        spec = table_spec(vertical=name.startswith("vertical_"))
     else:
         spec = DataSpec(Modality.IMAGES, num_classes=10, image_shape=(1, 28, 28))
     return cls.from_spec(params, spec, seed)

@@ -32,6 +32,7 @@ from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.backends.local_training import local_steps_for
 from fedgen.engine.backends.signing import sign_result
 from fedgen.errors import ConfigError
+from fedgen.privacy.noise_key import keyed_seed
 from fedgen.registry import BACKENDS
 from fedgen.seeding import derive_seed
 from fedgen.tasks.tabular.vertical_channel import WireChannel, party
@@ -40,6 +41,23 @@ from fedgen.tasks.tabular.vertical_training import JointSeeds, VerticalTrainer
 from fedgen.tasks.tabular.vertical_tvae import VerticalTvaeTask
 from fedgen.tasks.tabular.vertical_tvae_training import VerticalTvaeTrainer
 from fedgen.types import ClientResult, RoundPlan, StateDict
+
+
+def clients_seed(key: bytes | None, first: int) -> int:
+    """The seed of the clients' shared draws in a round (record order, which column
+    conditions each row, the penalty's mixing weights), ``first`` the round seed of its
+    first client.
+
+    The server must not know it, or it could link what it sees (each client's share of
+    a layer, row by row) to records. Round seeds are issued by the server from the root
+    seed, so the shared seed is keyed by the run's secret key instead (``noise_seed:
+    secret``, the default: ``fedgen.privacy.noise_key``), which neither the config nor
+    the issued seeds regenerate; a deployment would have the clients agree on such a key
+    among themselves. With ``noise_seed: root`` (key None) it derives from ``first``.
+    """
+    if key is None:
+        return derive_seed(first, "vertical", "clients") % 2**63
+    return keyed_seed(key, first, "vertical", "clients")
 
 
 @BACKENDS.register("vertical")
@@ -97,7 +115,7 @@ class VerticalBackend(Backend):
         first = seeds[ids[0]]
         joint = JointSeeds(
             server=derive_seed(first, "vertical", "server") % 2**63,
-            clients=derive_seed(first, "vertical", "clients") % 2**63,
+            clients=clients_seed(work.noise_key, first),
             own=tuple(derive_seed(seeds[c], "vertical", "own") % 2**63 for c in ids),
         )
         self.channel = WireChannel(record=self.record)

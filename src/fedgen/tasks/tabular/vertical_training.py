@@ -6,9 +6,8 @@ that passes from one party to another goes through the ``WireChannel`` (encoded,
 counted, decoded); nothing else is shared. Per iteration:
 
 Critic step
-  1. The clients draw, from a seed they share (in a deployment agreed among them so
-     that the server does not know it; this simulation derives it from the round's
-     client seeds, which the server issues, so here the server could recompute it), which
+  1. The clients draw, from a seed they share and the server does not know (keyed by
+     the run's secret key: ``fedgen.engine.backends.vertical.clients_seed``), which
      categorical column conditions each row of the batch (uniformly over all clients'
      categorical columns), the order the real rows are shuffled into, and the
      gradient penalty's mixing weights.

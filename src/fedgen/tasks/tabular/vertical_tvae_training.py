@@ -7,10 +7,9 @@ parties goes through the ``WireChannel`` (encoded, counted, decoded). Per iterat
 
   1. The clients draw the batch's records from a seed they share (epochs of a shuffled
      order, as ``TableClientData.batches``); each reads its own columns of them. No
-     record id crosses. In a deployment the clients would agree on that seed among
-     themselves, so that the server cannot link a share to a record; this simulation
-     derives it from the round's client seeds, which the server issues, so here the
-     server could recompute the order (as for ``vertical_training``'s shared draws).
+     record id crosses. The server must not know that seed, or it could link each
+     share to a record: it is keyed by the run's secret key, not by the round seeds
+     the server issues (``fedgen.engine.backends.vertical.clients_seed``).
   2. Each client sends the server its share of the encoder's first layer over its
      encoded columns.
   3. The server sums the shares, finishes the encoder, draws the reparameterisation
