@@ -410,9 +410,10 @@ class ExperimentConfig(_Strict):
     )
     noise_seed: Literal["secret", "root"] = Field(
         "secret",
-        description="what seeds DP noise: a secret key drawn at run start and kept in "
-        "checkpoints only (secret), or the root seed (root: reruns from the config alone "
-        "are identical, but anyone with the config can regenerate the noise)",
+        description="what seeds DP noise and the vertical clients' shared draws: a secret "
+        "key drawn at run start and kept in checkpoints only (secret), or the root seed "
+        "(root: reruns from the config alone are identical, but anyone with the config "
+        "can regenerate them)",
     )
 
     def to_yaml(self) -> str:

@@ -10,6 +10,10 @@ in checkpoints only, so a resumed run stays bit-identical to an uninterrupted on
 two fresh runs with the same root seed draw different noise. Checkpoints are
 therefore as secret as the server's state (written owner-readable only).
 
+The vertical backend keys the clients' shared draws with it too (record order and
+conditions, which the server must not be able to recompute:
+``fedgen.engine.backends.vertical.clients_seed``).
+
 ``noise_seed: root`` in the config seeds the noise from the root seed instead, for
 experiments that must rerun identically from the config alone (the run then protects
 against nobody who holds its config).
