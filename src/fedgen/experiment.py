@@ -208,7 +208,7 @@ def build_experiment(
         from fedgen.assembly.personalization import personalization_problems
 
         problems.extend(personalization_problems(cfg, task, strategy))
-    if (cfg.task.name in ("vertical_ctgan", "vertical_tvae")) != (cfg.backend.name == "vertical"):
+    if getattr(task, "samples_jointly", False) != (cfg.backend.name == "vertical"):
         # A column-split synthesizer trains all clients' columns together, which only
         # the vertical backend does; the vertical backend trains nothing else.
         problems.append(

@@ -7,10 +7,9 @@ import json
 
 import pytest
 import torch
-from wire_search import NUMERIC, found, raw_patterns
+from vertical_support import NUMERIC, found, raw_patterns, uninterrupted_and_resumed
 
 from fedgen.config import load_config
-from fedgen.engine.callbacks import CheckpointCallback
 from fedgen.errors import ConfigError
 from fedgen.experiment import build_experiment, restore_latest
 from fedgen.tasks.tabular import CtganTask
@@ -88,26 +87,9 @@ def test_bytes_are_the_encoded_lengths_of_the_messages(one_round):
 
 
 def test_a_resumed_vertical_run_ends_bit_identical(tmp_path):
-    # Prepare: an uninterrupted run, and one stopped in round 2 and resumed.
+    # Prepare / Execute: an uninterrupted run, and one stopped in round 2 and resumed.
     cfg = tiny()
-    ref = build_experiment(cfg).federation
-    assert ref.run()
-    meta = {"format": 1, "fingerprint": cfg.fingerprint()}
-    first = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
-    original, calls = first.backend.run, {"n": 0}
-
-    def run(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    first.backend.run = run
-    # Execute
-    assert first.run() is False
-    second = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
-    assert restore_latest(second, tmp_path, cfg) == 1
-    assert second.run()
+    ref, second = uninterrupted_and_resumed(cfg, tmp_path)
     # Assert: the server's parts, every client's own parts, the bytes, and what evaluation
     # samples (which loads every client's parts) are those of the uninterrupted run.
     for k in ref.global_state:

@@ -8,12 +8,11 @@ import json
 
 import pytest
 import torch
-from wire_search import NUMERIC, found, raw_patterns
+from vertical_support import NUMERIC, found, raw_patterns, uninterrupted_and_resumed
 
 from fedgen.config import load_config
-from fedgen.engine.callbacks import CheckpointCallback
 from fedgen.errors import ConfigError
-from fedgen.experiment import build_experiment, restore_latest
+from fedgen.experiment import build_experiment
 from fedgen.tasks.tabular import TvaeTask
 from fedgen.tasks.tabular.tvae_functional import SIGMA_RANGE
 from fedgen.tasks.tabular.vertical_channel import SERVER, WireChannel, party
@@ -177,23 +176,7 @@ def test_each_client_keeps_only_its_own_parts(one_round):
 
 def test_a_resumed_vertical_tvae_run_ends_bit_identical(tmp_path):
     cfg = tiny()
-    ref = build_experiment(cfg).federation
-    assert ref.run()
-    meta = {"format": 1, "fingerprint": cfg.fingerprint()}
-    first = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
-    original, calls = first.backend.run, {"n": 0}
-
-    def run(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    first.backend.run = run
-    assert first.run() is False
-    second = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
-    assert restore_latest(second, tmp_path, cfg) == 1
-    assert second.run()
+    ref, second = uninterrupted_and_resumed(cfg, tmp_path)
     for k in ref.global_state:
         assert torch.equal(ref.global_state[k], second.global_state[k]), k
     for cid, private in ref.private_states.items():

@@ -35,10 +35,10 @@ from fedgen.errors import ConfigError
 from fedgen.privacy.noise_key import keyed_seed
 from fedgen.registry import BACKENDS
 from fedgen.seeding import derive_seed
+from fedgen.tasks.tabular.vertical_base import VerticalTableTask
 from fedgen.tasks.tabular.vertical_channel import WireChannel, party
 from fedgen.tasks.tabular.vertical_ctgan import VerticalCtganTask
 from fedgen.tasks.tabular.vertical_training import JointSeeds, VerticalTrainer
-from fedgen.tasks.tabular.vertical_tvae import VerticalTvaeTask
 from fedgen.tasks.tabular.vertical_tvae_training import VerticalTvaeTrainer
 from fedgen.types import ClientResult, RoundPlan, StateDict
 
@@ -89,7 +89,7 @@ class VerticalBackend(Backend):
         private_states: dict[int, StateDict],
     ) -> Iterator[ClientResult]:
         task = work.task
-        if not isinstance(task, VerticalCtganTask | VerticalTvaeTask):
+        if not isinstance(task, VerticalTableTask):
             raise ConfigError(
                 f"backend vertical trains a column-split synthesizer; task "
                 f"{type(task).__name__} is not one: use task vertical_ctgan or vertical_tvae"

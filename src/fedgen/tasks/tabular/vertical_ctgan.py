@@ -29,27 +29,19 @@ the clients would release their synthetic columns for the same synthetic rows.
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from fedgen.data.table_encoder import Span
-from fedgen.data.table_vertical import VerticalTableEncoder
-from fedgen.errors import ConfigError
-from fedgen.modality import DataSpec, Modality
 from fedgen.registry import TASKS
-from fedgen.tasks.base import Task, TaskParams
 from fedgen.tasks.tabular.base import (
-    TableTask,
     TableTaskParams,
     apply_activations,
     draw_conditions,
     seeded_global_rng,
 )
+from fedgen.tasks.tabular.vertical_base import VerticalTableTask, init_as_slices_of_one_layer
 
 BODY = "generator_body"
 TOP = "critic_top"
@@ -127,33 +119,11 @@ class CriticTop(nn.Module):
         return self.net(torch.stack(parts).sum(dim=0))  # (B / pac, 1)
 
 
-@torch.no_grad()
-def init_as_slices_of_one_layer(shares: list[nn.Linear]) -> None:
-    """Initialise the clients' shares of a first layer (CTGAN's critic, TVAE's encoder) as
-    the library initialises that one layer over the joined row.
-
-    ``nn.Linear`` draws its weights and bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Each
-    share built alone uses its own (smaller) fan-in, so the summed layer would start
-    about sqrt(K) times larger than CTGAN's, and a client with few columns would get the
-    largest weights. Here every weight is drawn with the joint layer's bound (the same
-    distribution as slicing one joint layer: its entries are i.i.d.), and so is the bias
-    of the one share that has it (the joint layer has one bias, so only the first share
-    is built with one).
-    """
-    bound = 1.0 / math.sqrt(sum(share.in_features for share in shares))
-    for share in shares:
-        share.weight.uniform_(-bound, bound)
-        if share.bias is not None:
-            share.bias.uniform_(-bound, bound)
-
-
 @TASKS.register("vertical_ctgan")
-class VerticalCtganTask(TableTask):
+class VerticalCtganTask(VerticalTableTask):
     """CTGAN split by column owners (module docstring); trained by backend ``vertical``."""
 
     task_name = "vertical_ctgan"
-    #: Sampling needs every client's head: evaluation loads all clients' private parts.
-    samples_jointly = True
 
     class Params(TableTaskParams):
         """``task.params`` of ``vertical_ctgan`` (defaults: the ``ctgan`` library's)."""
@@ -183,31 +153,9 @@ class VerticalCtganTask(TableTask):
 
     params: Params
 
-    def __init__(self, params: TaskParams, encoder: VerticalTableEncoder, seed: int) -> None:
-        self.parties = [encoder.owner_encoder(i) for i in range(len(encoder.groups))]
-        self.positions = [encoder.owner_positions(i) for i in range(len(encoder.groups))]
-        super().__init__(params, encoder, seed)
-
-    @classmethod
-    def from_spec(cls, params: TaskParams, spec: DataSpec, seed: int) -> Task:
-        if spec.modality != Modality.TABLES or not isinstance(spec.table, VerticalTableEncoder):
-            raise ValueError(
-                "task vertical_ctgan needs a table split by columns: use "
-                "data.partition.kind=table_vertical with params.columns (one list per client)"
-            )
-        return cls(params, spec.table, seed)
-
-    @property
-    def num_parties(self) -> int:
-        return len(self.parties)
-
     def cond_width(self, client: int) -> int:
         """Width of client ``client``'s part of the conditional vector."""
         return sum(enc.width for enc, _ in self.parties[client].categorical())
-
-    def party_spans(self, client: int) -> list[Span]:
-        """Output blocks of client ``client``'s head (within its own encoded block)."""
-        return self.parties[client].spans()
 
     def build(self) -> dict[str, nn.Module]:
         p = self.params
@@ -229,21 +177,9 @@ class VerticalCtganTask(TableTask):
         """The server's body and critic top; every head and input block stays with its owner."""
         return [BODY, TOP]
 
-    def party_keys(self, client: int) -> list[str]:
-        """State keys of client ``client``'s own modules."""
-        return [
-            f"{name}.{key}"
-            for name in (head_name(client), bottom_name(client))
-            for key in self.modules[name].state_dict()
-        ]
-
-    def train_local(
-        self, data: Any, steps: int, generator: torch.Generator, config: dict[str, Any]
-    ) -> dict[str, float]:
-        raise ConfigError(
-            "task vertical_ctgan trains every client's columns together, not one client at "
-            "a time: use backend vertical"
-        )
+    def party_modules(self, client: int) -> tuple[str, ...]:
+        """Client ``client``'s generator head and critic input block."""
+        return (head_name(client), bottom_name(client))
 
     def _cond_slots(self) -> list[int]:
         """For each categorical column in schema order: its offset in the conditional

@@ -27,22 +27,16 @@ head draws its columns of the same synthetic rows.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pydantic import model_validator
 from torch import nn
 
-from fedgen.data.table_encoder import Span
 from fedgen.data.table_vertical import VerticalTableEncoder
-from fedgen.errors import ConfigError
-from fedgen.modality import DataSpec, Modality
 from fedgen.registry import TASKS
-from fedgen.tasks.base import Task, TaskParams
-from fedgen.tasks.tabular.base import TableTask
+from fedgen.tasks.base import TaskParams
 from fedgen.tasks.tabular.tvae import TvaeTask, draw_rows
 from fedgen.tasks.tabular.tvae_functional import RowReconstruction
-from fedgen.tasks.tabular.vertical_ctgan import init_as_slices_of_one_layer
+from fedgen.tasks.tabular.vertical_base import VerticalTableTask, init_as_slices_of_one_layer
 
 ENCODER_TOP = "encoder_top"
 DECODER_BODY = "decoder_body"
@@ -99,12 +93,10 @@ class DecoderHead(nn.Module):
 
 
 @TASKS.register("vertical_tvae")
-class VerticalTvaeTask(TableTask):
+class VerticalTvaeTask(VerticalTableTask):
     """TVAE split by column owners (module docstring); trained by backend ``vertical``."""
 
     task_name = "vertical_tvae"
-    #: Sampling needs every client's head: evaluation loads all clients' private parts.
-    samples_jointly = True
 
     class Params(TvaeTask.Params):
         """``task.params`` of ``vertical_tvae`` (TVAE's, without kept optimizer moments)."""
@@ -124,27 +116,9 @@ class VerticalTvaeTask(TableTask):
     params: Params
 
     def __init__(self, params: TaskParams, encoder: VerticalTableEncoder, seed: int) -> None:
-        self.parties = [encoder.owner_encoder(i) for i in range(len(encoder.groups))]
-        self.positions = [encoder.owner_positions(i) for i in range(len(encoder.groups))]
-        self.reconstructions = [RowReconstruction(e.spans(), e.dim) for e in self.parties]
         super().__init__(params, encoder, seed)
-
-    @classmethod
-    def from_spec(cls, params: TaskParams, spec: DataSpec, seed: int) -> Task:
-        if spec.modality != Modality.TABLES or not isinstance(spec.table, VerticalTableEncoder):
-            raise ValueError(
-                "task vertical_tvae needs a table split by columns: use "
-                "data.partition.kind=table_vertical with params.columns (one list per client)"
-            )
-        return cls(params, spec.table, seed)
-
-    @property
-    def num_parties(self) -> int:
-        return len(self.parties)
-
-    def party_spans(self, client: int) -> list[Span]:
-        """Output blocks of client ``client``'s head (within its own encoded block)."""
-        return self.parties[client].spans()
+        #: Each client's reconstruction term over its own columns.
+        self.reconstructions = [RowReconstruction(e.spans(), e.dim) for e in self.parties]
 
     def build(self) -> dict[str, nn.Module]:
         p = self.params
@@ -167,21 +141,9 @@ class VerticalTvaeTask(TableTask):
         """The server's encoder top and decoder body; the clients' parts stay with them."""
         return [ENCODER_TOP, DECODER_BODY]
 
-    def party_keys(self, client: int) -> list[str]:
-        """State keys of client ``client``'s own modules."""
-        return [
-            f"{name}.{key}"
-            for name in (encoder_bottom_name(client), decoder_head_name(client))
-            for key in self.modules[name].state_dict()
-        ]
-
-    def train_local(
-        self, data: Any, steps: int, generator: torch.Generator, config: dict[str, Any]
-    ) -> dict[str, float]:
-        raise ConfigError(
-            "task vertical_tvae trains every client's columns together, not one client at "
-            "a time: use backend vertical"
-        )
+    def party_modules(self, client: int) -> tuple[str, ...]:
+        """Client ``client``'s share of the encoder's first layer and its decoder head."""
+        return (encoder_bottom_name(client), decoder_head_name(client))
 
     def generate(
         self, n: int, generator: torch.Generator, condition: tuple[int, int] | None
