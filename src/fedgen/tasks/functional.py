@@ -53,9 +53,29 @@ class FunctionalTraining(ABC):
     def init_state(self, tensors: ModuleTensors, config: dict[str, Any]) -> OptimizerState:
         """A client's fresh optimizer state (as ``train_local`` builds fresh optimizers)."""
 
+    def kept(self, state: OptimizerState) -> dict[str, torch.Tensor]:
+        """The part of an optimizer state the client keeps between rounds, as the private
+        tensors ``train_local``'s task returns it under (default: none, every round starts
+        fresh). Called on stacked states: each tensor then has a leading client dimension.
+        """
+        return {}
+
+    def resume(self, state: OptimizerState, kept: dict[str, torch.Tensor]) -> OptimizerState:
+        """The stacked fresh ``state`` with ``kept`` loaded (the tensors ``kept`` names,
+        stacked; a client that kept none has the fresh state's rows): each client's
+        optimizer where it left off."""
+        return state
+
+    def source(self, data: Any, batch_size: int, generator: torch.Generator) -> Any:
+        """What ``draw`` reads a client's steps from, given its data (a ``ClientData`` or
+        the modality's own): by default its shuffled batches. A task whose ``train_local``
+        samples its data otherwise returns its own sampler."""
+        return data.batches(batch_size, generator)
+
     @abstractmethod
-    def draw(self, batches: Batches, generator: torch.Generator) -> StepInputs:
-        """One step's inputs for one client, drawn as ``train_local`` draws them."""
+    def draw(self, batches: Any, generator: torch.Generator) -> StepInputs:
+        """One step's inputs for one client, drawn as ``train_local`` draws them from
+        ``source``'s result (by default the client's ``Batches``)."""
 
     @abstractmethod
     def step(

@@ -11,6 +11,7 @@ bias corrections are plain floats, as in torch.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -95,3 +96,45 @@ def sgd_step(
             buffers[key] = state["momentum"][key]
         new_params[key] = torch.add(param, direction, alpha=-lr)
     return new_params, {"momentum": buffers}
+
+
+def counted_adam_init(params: Tensors) -> dict[str, torch.Tensor | Tensors]:
+    """Fresh Adam state with its own step count (``step`` 0, as a fresh
+    ``torch.optim.Adam``): for clients whose state, and so whose count, outlives a round."""
+    return {"step": torch.zeros(()), **adam_init(params)}
+
+
+def counted_adam_step(
+    params: Tensors,
+    grads: Tensors,
+    state: dict[str, Any],
+    lr: float,
+    betas: tuple[float, float],
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> tuple[Tensors, dict[str, Any]]:
+    """``adam_step`` counting steps in ``state["step"]`` instead of taking a shared count.
+
+    Clients that keep their Adam state between rounds have taken different numbers of
+    steps, so each bias correction is a tensor: a scalar per client under ``vmap``, or
+    ``(clients,)`` in a batched step (broadcast over each parameter's own dimensions).
+    Computed in float64 and rounded to float32 where torch rounds its Python floats.
+    """
+    beta1, beta2 = betas
+    count = state["step"] + 1
+    exact = count.double()
+    step_size = (lr / (1 - beta1**exact)).float()
+    bias_correction2_sqrt = torch.sqrt(1 - beta2**exact).float()
+    new_params: Tensors = {}
+    exp_avgs: Tensors = {}
+    exp_avg_sqs: Tensors = {}
+    for key, param in params.items():
+        grad = grads[key] if weight_decay == 0 else grads[key].add(param, alpha=weight_decay)
+        exp_avg = torch.lerp(state["exp_avg"][key], grad, 1 - beta1)
+        exp_avg_sq = torch.addcmul(state["exp_avg_sq"][key] * beta2, grad, grad, value=1 - beta2)
+        shape = count.shape + (1,) * (param.dim() - count.dim())
+        denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt.reshape(shape)).add_(eps)
+        # torch: param + (-step_size * exp_avg) / denom (addcdiv's order).
+        new_params[key] = param - step_size.reshape(shape) * exp_avg / denom
+        exp_avgs[key], exp_avg_sqs[key] = exp_avg, exp_avg_sq
+    return new_params, {"step": count, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}

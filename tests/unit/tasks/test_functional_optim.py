@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch.func import vmap
 
-from fedgen.tasks.functional_optim import adam_init, adam_step, sgd_init, sgd_step
+from fedgen.tasks.functional_optim import (
+    adam_init,
+    adam_step,
+    counted_adam_init,
+    counted_adam_step,
+    sgd_init,
+    sgd_step,
+)
 
 STEPS = 4
 
@@ -80,3 +87,51 @@ def test_stacked_clients_under_vmap_each_match_torch():
         )
     for c in range(clients):
         torch.testing.assert_close(params["w"][c], expected[c], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_counted_adam_resumes_clients_at_their_own_step_counts(batched):
+    # Three clients whose torch Adams took 0, 2 and 7 steps (kept state) before this
+    # round: the counted Adam continues each at its own bias correction, under vmap
+    # (a scalar count per client) and as a batched step (a (clients,) count).
+    lr, betas, decay, before = 1e-2, (0.5, 0.9), 1e-3, [0, 2, 7]
+    start = torch.linspace(-1, 1, 12).reshape(3, 4)
+    params_in, states, expected = [], [], []
+    for c, k in enumerate(before):
+        param = torch.nn.Parameter(start.clone())
+        opt = torch.optim.Adam([param], lr=lr, betas=betas, weight_decay=decay)
+        for s in range(k):
+            param.grad = grads_for(100 + s, (3, 4), c)
+            opt.step()
+        kept = opt.state.get(param, {})
+        states.append(
+            {
+                "step": kept.get("step", torch.zeros(())).clone(),
+                "exp_avg": {"w": kept.get("exp_avg", torch.zeros(3, 4)).clone()},
+                "exp_avg_sq": {"w": kept.get("exp_avg_sq", torch.zeros(3, 4)).clone()},
+            }
+        )
+        params_in.append(param.detach().clone())
+        for s in range(1, STEPS + 1):
+            param.grad = grads_for(s, (3, 4), c)
+            opt.step()
+        expected.append(param.detach())
+    params = {"w": torch.stack(params_in)}
+    state = {
+        "step": torch.stack([st["step"] for st in states]),
+        "exp_avg": {"w": torch.stack([st["exp_avg"]["w"] for st in states])},
+        "exp_avg_sq": {"w": torch.stack([st["exp_avg_sq"]["w"] for st in states])},
+    }
+
+    def one(p, g, st):
+        return counted_adam_step(p, g, st, lr, betas, weight_decay=decay)
+
+    for s in range(1, STEPS + 1):
+        grads = {"w": torch.stack([grads_for(s, (3, 4), c) for c in range(3)])}
+        params, state = (one if batched else vmap(one))(params, grads, state)
+    assert state["step"].tolist() == [k + STEPS for k in before]
+    for c in range(3):
+        torch.testing.assert_close(params["w"][c], expected[c], atol=1e-7, rtol=0)
+    # A fresh counted state is a fresh torch Adam's (step 0, zero moments).
+    fresh = counted_adam_init({"w": start})
+    assert float(fresh["step"]) == 0 and not fresh["exp_avg"]["w"].any()

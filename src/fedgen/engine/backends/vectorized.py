@@ -9,6 +9,10 @@ SGD momentum) stacked alike, and the task's functional step
 large batch with per-client weights. Each client still draws its batches and noise
 from its own generator (seeded by its instruction), exactly as ``train_local`` does,
 so the model equals the sequential backend's to float tolerance (the oracle test).
+A task whose clients keep their optimizer between rounds (the table tasks' Adam
+moments and step counts, private tensors) resumes each client's stacked state from
+them and hands the new state back as the client's private tensors
+(``FunctionalTraining.kept`` / ``resume``).
 
 Clients with fewer local steps (``local_epochs`` over unequal shards) are grouped,
 not masked: a group is ordered by steps, longest first, and step ``s`` maps only
@@ -64,8 +68,9 @@ from fedgen.wire import decode
 
 log = logging.getLogger(__name__)
 
-#: A client's vectorized outcome: its trained tensors and mean losses, or its error.
-Outcome = tuple[StateDict, dict[str, float]] | Exception
+#: A client's vectorized outcome: its trained tensors, the optimizer state it keeps
+#: (private tensors), and its mean losses; or its error.
+Outcome = tuple[StateDict, StateDict, dict[str, float]] | Exception
 
 
 def why_not_vectorized(work: LocalWork) -> str | None:
@@ -322,7 +327,7 @@ def _train_together(
         gen = torch.Generator()
         gen.manual_seed(ins.seed)
         generators.append(gen)
-        batches.append(clients[ins.client_id].batches(batch_size, gen))
+        batches.append(functional.source(clients[ins.client_id], batch_size, gen))
     current, frozen = _split_frozen(task)  # read once for the group, not once per client
     # Clients without private state of their own all start from the same tensors: built
     # once, not once per client.
@@ -335,6 +340,14 @@ def _train_together(
     ]
     tensors: Nest = stack(starts)
     state: Nest = vmap(partial(functional.init_state, config=config))(tensors)
+    fresh = functional.kept(state)
+    if fresh:  # each client's optimizer resumes where its last round left it
+        own = [private_states.get(ins.client_id) or {} for ins in order]
+        kept = {}
+        for key, value in fresh.items():
+            fresh_rows = value.unbind(0)
+            kept[key] = torch.stack([own[i].get(key, fresh_rows[i]) for i in range(len(order))])
+        state = functional.resume(state, kept)
     loss_sums: dict[str, torch.Tensor] = {}
     for s in range(steps[0]):
         count = sum(1 for n in steps if n > s)
@@ -360,13 +373,14 @@ def _train_together(
     # Each stacked tensor split into its clients' rows by one call (views).
     names = [f"{m}.{k}" for m, module in tensors.items() for k in module]
     split = [value.unbind(0) for module in tensors.values() for value in module.values()]
+    kept_rows = {k: v.unbind(0) for k, v in functional.kept(state).items()}
     counts = torch.tensor(steps).clamp(min=1)
     means = {name: (total / counts).tolist() for name, total in loss_sums.items()}
     outcomes: dict[int, Outcome] = {}
     for i, ins in enumerate(order):
         flat = dict(zip(names, [client_rows[i] for client_rows in split], strict=True))
         metrics = {name: mean[i] for name, mean in means.items()}
-        outcomes[ins.client_id] = (flat, metrics)
+        outcomes[ins.client_id] = (flat, {k: v[i] for k, v in kept_rows.items()}, metrics)
     return outcomes
 
 
@@ -462,14 +476,14 @@ def _replaying(task: Task, outcomes: dict[int, Outcome]) -> Task:
             return metrics
         if isinstance(outcome, Exception):
             raise outcome
-        tensors, metrics = outcome
+        tensors, kept, metrics = outcome
         # Views into the group's stack: private tensors outlive it, so they are copied.
         result[TensorKind.FEDERATED] = {
             k: v for k, v in tensors.items() if kinds[k] == TensorKind.FEDERATED
         }
         result[TensorKind.PRIVATE] = {
             k: v.clone() for k, v in tensors.items() if kinds[k] == TensorKind.PRIVATE
-        }
+        } | {k: v.clone() for k, v in kept.items()}
         return dict(metrics)
 
     replay.load_state = load_state  # type: ignore[method-assign]

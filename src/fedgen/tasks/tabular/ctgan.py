@@ -36,6 +36,8 @@ from fedgen.tasks.tabular.base import (
     draw_conditions,
     seeded_global_rng,
 )
+from fedgen.tasks.tabular.ctgan_functional import CtganFunctionalTraining
+from fedgen.tasks.tabular.optimizer_state import FunctionalAdams
 
 
 class _Residual(nn.Module):
@@ -118,6 +120,33 @@ class CtganTask(TableTask):
             "generator": _Generator(p.noise_dim, self.cond_dim, p.hidden, dim),
             "critic": _Critic(dim + self.cond_dim, p.hidden, p.pac),
         }
+
+    def functional_training(self) -> CtganFunctionalTraining:
+        """``train_local``'s iteration as a pure function (the vectorized backend's), both
+        Adams' moments and step counts kept between rounds as ``train_local`` keeps them."""
+        p = self.params
+        adams = FunctionalAdams(
+            self.optimizer_groups(),
+            keep=p.keep_optimizer,
+            betas=p.betas,
+            weight_decay=p.weight_decay,
+        )
+        return CtganFunctionalTraining(
+            self.modules["generator"],
+            conditions=self._training_conditions,
+            spans=self.spans,
+            categorical=[(start, enc.width) for enc, start in self.encoder.categorical()],
+            dim=self.encoder.dim,
+            cond_dim=self.cond_dim,
+            hidden=p.hidden,
+            noise_dim=p.noise_dim,
+            batch_size=p.batch_size,
+            pac=p.pac,
+            tau=p.tau,
+            gp_weight=p.gp_weight,
+            lr=p.lr,
+            adams=adams,
+        )
 
     def _cond_offsets(self) -> list[int]:
         offsets, start = [], 0

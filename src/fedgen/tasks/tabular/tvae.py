@@ -25,6 +25,7 @@ from fedgen.data.table_data import TableClientData
 from fedgen.data.table_encoder import Span
 from fedgen.registry import TASKS
 from fedgen.tasks.tabular.base import TableTask, TableTaskParams
+from fedgen.tasks.tabular.optimizer_state import FunctionalAdams
 from fedgen.tasks.tabular.tvae_functional import (
     SIGMA_RANGE,
     RowReconstruction,
@@ -108,28 +109,24 @@ class TvaeTask(TableTask):
         recon = self.reconstruction(decoder(z), x, decoder.sigma)
         return recon.mean(), row_kl(mu, logvar).mean()
 
-    def functional_training(self) -> TvaeFunctionalTraining | None:
-        """``train_local``'s iteration as a pure function (the vectorized backend's); None
-        with ``keep_optimizer``, whose per-client Adam moments and step counts it does not
-        carry between rounds (such clients train sequentially)."""
+    def functional_training(self) -> TvaeFunctionalTraining:
+        """``train_local``'s iteration as a pure function (the vectorized backend's), its
+        Adam's moments and step count kept between rounds as ``train_local`` keeps them."""
         p = self.params
-        if p.keep_optimizer:
-            return None
+        adams = FunctionalAdams(
+            self.optimizer_groups(),
+            keep=p.keep_optimizer,
+            betas=(0.9, 0.999),  # torch.optim.Adam's defaults, as train_local's optimizer
+            weight_decay=p.weight_decay,
+        )
         return TvaeFunctionalTraining(
             self.modules["encoder"],
             self.modules["decoder"],
             reconstruction=self.reconstruction,
             latent_dim=p.latent_dim,
             lr=p.lr,
-            weight_decay=p.weight_decay,
+            adams=adams,
             loss_factor=p.loss_factor,
-        )
-
-    def why_no_functional_training(self) -> str:
-        return (
-            "task tvae keeps each client's Adam moments between rounds (keep_optimizer: "
-            "true), which its functional step does not carry; set "
-            "task.params.keep_optimizer=false to train its clients vectorized"
         )
 
     def train_local(

@@ -30,7 +30,7 @@ from fedgen.tasks.functional import (
     StepInputs,
     masked_mean,
 )
-from fedgen.tasks.functional_optim import adam_init, adam_step
+from fedgen.tasks.tabular.optimizer_state import FunctionalAdams
 
 #: TVAE keeps the likelihood's standard deviations in this range after every step.
 SIGMA_RANGE = (0.01, 1.0)
@@ -89,14 +89,14 @@ class TvaeFunctionalTraining(FunctionalTraining):
         reconstruction: RowReconstruction,
         latent_dim: int,
         lr: float,
-        weight_decay: float,
+        adams: FunctionalAdams,
         loss_factor: float,
     ) -> None:
         self.modules = {"encoder": encoder, "decoder": decoder}
         self.reconstruction = reconstruction
         self.latent_dim = latent_dim
         self.lr = lr
-        self.weight_decay = weight_decay
+        self.adams = adams
         self.loss_factor = loss_factor
         # The hidden stacks, when the batched step can run them (TVAE's own: Linear, ReLU).
         nets = (getattr(encoder, "net", None), getattr(decoder, "net", None))
@@ -105,8 +105,15 @@ class TvaeFunctionalTraining(FunctionalTraining):
             self._nets = (nets[0], nets[1])  # type: ignore[assignment]
 
     def init_state(self, tensors: ModuleTensors, config: dict[str, Any]) -> OptimizerState:
-        # Both networks are parameters only (no buffers): one Adam state per module.
-        return {name: adam_init(tensors[name]) for name in self.modules}
+        # Both networks are parameters only (no buffers): one Adam over both, as
+        # train_local's, counting its own steps (they outlive a round with keep_optimizer).
+        return self.adams.init(tensors)
+
+    def kept(self, state: OptimizerState) -> dict[str, torch.Tensor]:
+        return self.adams.kept(state)
+
+    def resume(self, state: OptimizerState, kept: dict[str, torch.Tensor]) -> OptimizerState:
+        return self.adams.resume(state, kept)
 
     def draw(self, batches: Batches, generator: torch.Generator) -> StepInputs:
         x, _ = next(batches)
@@ -135,7 +142,7 @@ class TvaeFunctionalTraining(FunctionalTraining):
             return self.loss_factor * recon + kl, (recon, kl)
 
         grads, (_, (recon, kl)) = grad_and_value(losses, has_aux=True)(tensors)
-        return self._update(tensors, grads, state, step, lr, recon, kl)
+        return self._update(tensors, grads, state, lr, recon, kl)
 
     def batched_step(
         self,
@@ -175,31 +182,19 @@ class TvaeFunctionalTraining(FunctionalTraining):
         grads: ModuleTensors = {name: {} for name in leaves}
         for (name, k), g in zip(flat, grad_list, strict=True):
             grads[name][k] = g
-        return self._update(tensors, grads, state, step, lr, recon.detach(), kl.detach())
+        return self._update(tensors, grads, state, lr, recon.detach(), kl.detach())
 
     def _update(
         self,
         tensors: ModuleTensors,
         grads: ModuleTensors,
         state: OptimizerState,
-        step: int,
         lr: float,
         recon: torch.Tensor,
         kl: torch.Tensor,
     ) -> tuple[ModuleTensors, OptimizerState, dict[str, torch.Tensor]]:
         """Adam on every tensor, then ``sigma`` clamped: the end of both steps."""
-        new_tensors: ModuleTensors = {}
-        new_state: OptimizerState = {}
-        for name in self.modules:
-            new_tensors[name], new_state[name] = adam_step(
-                tensors[name],
-                grads[name],
-                state[name],
-                step,
-                lr,
-                (0.9, 0.999),  # torch.optim.Adam's defaults, as train_local's optimizer
-                weight_decay=self.weight_decay,
-            )
+        new_tensors, new_state = self.adams.step("vae", tensors, grads, state, lr)
         sigma = new_tensors["decoder"]["sigma"]
         new_tensors["decoder"] = {**new_tensors["decoder"], "sigma": sigma.clamp(*SIGMA_RANGE)}
         return new_tensors, new_state, {"loss/reconstruction": recon, "loss/kl": kl}
