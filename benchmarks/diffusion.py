@@ -133,11 +133,16 @@ def _training_seconds(run_dir: Path) -> tuple[float, None]:
 
 
 def evaluate(
-    run_dir: Path, partial: bool, tstr_samples: int | None = None
+    run_dir: Path,
+    partial: bool,
+    tstr_samples: int | None = None,
+    sampling: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], str, float]:
     """Final figures of a finished run (TSTR included, and the seconds to sample 1,000
     images, timed on 500), what model was evaluated, and the share of it federated.
-    ``tstr_samples``: draw this many images for TSTR instead of the run's setting."""
+    ``tstr_samples``: draw this many images for TSTR instead of the run's setting;
+    ``sampling``: task params that only change sampling (``guidance_scale``,
+    ``sampling_steps``), validated as the task validates them."""
     exp = load_run(run_dir)
     config = exp.config
     if tstr_samples is not None:
@@ -146,6 +151,8 @@ def evaluate(
         )
     fed = exp.federation
     task = fed.load_global_into_task()
+    if sampling:
+        task.params = type(task.params).model_validate({**task.params.model_dump(), **sampling})
     label = "global model"
     if partial:
         # Among clients that trained (and so hold private blocks of their own).
@@ -180,6 +187,14 @@ def main() -> None:
         "is 0.78 on Fashion-MNIST; 10,000 real images reach 0.84)",
     )
     parser.add_argument(
+        "--sampling",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --evaluate-only: sample with these ddpm params instead of the run's "
+        "(guidance_scale=1.0 sampling_steps=50)",
+    )
+    parser.add_argument(
         "--evaluate-only",
         action="store_true",
         help="evaluate the finished runs already under --out instead of training",
@@ -187,6 +202,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/runs/diffusion"))
     parser.add_argument("--table", type=Path, default=Path("benchmarks/results/diffusion.md"))
     args = parser.parse_args()
+    sampling = {k: float(v) for k, v in (item.split("=", 1) for item in args.sampling)}
+    if "sampling_steps" in sampling:
+        sampling["sampling_steps"] = int(sampling["sampling_steps"])
+    if sampling and not args.evaluate_only:
+        parser.error("--sampling re-evaluates finished runs: add --evaluate-only")
 
     table = ResultsTable(args.table, COLUMNS)
     kind = "CPU time" if args.cpu else "wall time"
@@ -195,6 +215,8 @@ def main() -> None:
         if args.evaluate_only
         else f"Training budget: {args.budget:.0f} s of {kind} per method."
     )
+    if sampling:
+        budget_note += f" Sampled with {sampling} instead of the recipe's settings."
     notes = [budget_note, *NOTES]
     table.start("diffusion", notes)
     for method in args.only:
@@ -210,7 +232,7 @@ def main() -> None:
             spent, cpu = budget.spent, budget.cpu
         t0 = time.perf_counter()
         partial = cfg.task.name == "ddpm" and cfg.task.params.get("federate", "whole") != "whole"
-        figures, label, share = evaluate(run_dir, partial, args.tstr_samples)
+        figures, label, share = evaluate(run_dir, partial, args.tstr_samples, sampling)
         eval_seconds = time.perf_counter() - t0
         bytes_total = (summary["bytes_up"] or 0) + (summary["bytes_down"] or 0)
         row = {
