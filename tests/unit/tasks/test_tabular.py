@@ -172,6 +172,54 @@ def test_tvae_batched_step_equals_the_vmapped_step_on_a_padded_group(fair):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 
+def test_ctgan_batched_step_equals_the_vmapped_step_at_unequal_step_counts(fair):
+    # Three clients with different weights, batches and kept Adams (0, 3 and 7 steps
+    # taken, nonzero moments): two steps of the group's batched arithmetic (baddbmm, the
+    # penalty's input gradient by create_graph) against vmap over the one-client step
+    # (nested torch.func.grad), for tensors, both Adams' states and per-client losses.
+    from torch.func import vmap
+
+    from fedgen.engine.backends.stacking import pad_and_stack, stack
+
+    task = CtganTask.from_spec(
+        CtganTask.Params(batch_size=20, pac=5, hidden=16, noise_dim=8), fair.spec(), 0
+    )
+    functional = task.functional_training()
+    starts = []
+    for c in range(3):
+        torch.manual_seed(c)
+        start = {}
+        for m, module in task.modules.items():
+            start[m] = {k: v + torch.randn_like(v) * 0.05 for k, v in module.state_dict().items()}
+        starts.append(start)
+    tensors = stack(starts)
+    state = vmap(lambda t: functional.init_state(t, {}))(tensors)
+    gen = torch.Generator().manual_seed(5)
+    for group in state.values():
+        group["step"] = torch.tensor([0.0, 3.0, 7.0])
+        for name, value in group["exp_avg"].items():
+            group["exp_avg"][name] = torch.randn(value.shape, generator=gen) * 1e-3
+            group["exp_avg_sq"][name] = torch.rand(value.shape, generator=gen) * 1e-6
+    sources = [
+        functional.source(fair.clients[c % 2], 20, torch.Generator().manual_seed(c))
+        for c in range(3)
+    ]
+    gens = [torch.Generator().manual_seed(10 + c) for c in range(3)]
+    config = {"lr": 0.01}
+    by_vmap, batched = (tensors, state), (tensors, state)
+    for step in (1, 2):
+        inputs, masks = pad_and_stack([functional.draw(sources[c], gens[c]) for c in range(3)])
+        t, s, want_losses = vmap(lambda t, s, i, m: functional.step(t, s, i, m, step, config))(
+            *by_vmap, inputs, masks
+        )
+        by_vmap = (t, s)
+        t, s, got_losses = functional.batched_step(*batched, inputs, masks, step, config)
+        batched = (t, s)
+        torch.testing.assert_close(got_losses, want_losses, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched, by_vmap, atol=1e-6, rtol=1e-5)
+    assert batched[1]["critic"]["step"].tolist() == [2.0, 5.0, 9.0]
+
+
 @pytest.mark.parametrize("task_cls", [TvaeTask, CtganTask])
 def test_table_tasks_keeping_their_optimizer_vectorize(fair, task_cls):
     # Kept Adam moments travel as private tensors through the functional step too
@@ -210,3 +258,30 @@ def test_tvae_fused_reconstruction_equals_the_per_span_likelihood(fair):
             expected += torch.nn.functional.cross_entropy(out[:, a:b], target, reduction="none")
     assert {s.activation for s in task.spans} == {"tanh", "softmax"}
     torch.testing.assert_close(task.reconstruction(out, x, sigma), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_ctgan_training_by_sampling_draws_a_row_of_each_category_as_one_choice_per_row(fair):
+    # The one-call draw of rows against the definition (for each row, a uniform choice
+    # among the client's rows of its category, drawn in row order): the same rows from
+    # the same generator, so runs of earlier commits keep their draws.
+    import numpy as np
+
+    task = _task(CtganTask, fair)
+    data = fair.clients[0]
+    categorical = task.encoder.categorical()
+    for seed in range(5):
+        cond, columns, categories, rows = task._training_conditions(
+            data, 200, np.random.default_rng(seed)
+        )
+        rng = np.random.default_rng(seed)
+        want_columns = rng.integers(len(categorical), size=200)
+        want_rows = np.zeros(200, dtype=np.int64)
+        for i, (enc, _) in enumerate(categorical):
+            picked = np.flatnonzero(want_columns == i)
+            codes = data.codes[enc.name]
+            p = np.log1p(np.bincount(codes, minlength=enc.width))
+            chosen = rng.choice(enc.width, size=len(picked), p=p / p.sum())
+            assert (categories[picked] == chosen).all()
+            want_rows[picked] = [rng.choice(np.flatnonzero(codes == c)) for c in chosen]
+        assert (columns == want_columns).all() and (rows == want_rows).all()
+        assert int(cond.sum()) == 200

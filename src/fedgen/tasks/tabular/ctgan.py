@@ -180,8 +180,12 @@ class CtganTask(TableTask):
             p /= p.sum()
             chosen = rng.choice(enc.width, size=len(picked), p=p)
             categories[picked] = chosen
-            by_category = {c: np.flatnonzero(codes == c) for c in np.unique(chosen)}
-            rows[picked] = [rng.choice(by_category[c]) for c in chosen]
+            # A uniform row of each chosen category: the rows grouped by category (each
+            # group in row order), one bounded draw per row in a single call, the same
+            # draws as a choice among that category's rows per row (held by a test).
+            by_category = np.argsort(codes, kind="stable")
+            first = np.searchsorted(codes[by_category], chosen)
+            rows[picked] = by_category[first + rng.integers(0, counts[chosen])]
             cond[picked, offsets[i] + chosen] = 1.0
         return cond, columns, categories, rows
 
