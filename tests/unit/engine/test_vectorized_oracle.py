@@ -329,7 +329,8 @@ def test_compressed_downlink_clients_start_from_the_model_they_received(
 def test_vectorized_pool_workers_train_the_sequential_model(mnist_dir, one_thread, case):
     # Two workers, each training its share of a round's clients together: private
     # tensors (and TVAE's kept Adams) travel in the clients' custody, unequal steps and
-    # small shards included, and under secure aggregation the masked halves are held between messages.
+    # small shards included, and under secure aggregation the masked halves are held
+    # between messages.
     # (A table keeps its own label-skew partition: quantity skew splits images.)
     quantity = {
         "data.partition.kind": "quantity",

@@ -177,6 +177,8 @@ def test_ctgan_batched_step_equals_the_vmapped_step_at_unequal_step_counts(fair)
     # taken, nonzero moments): two steps of the group's batched arithmetic (baddbmm, the
     # penalty's input gradient by create_graph) against vmap over the one-client step
     # (nested torch.func.grad), for tensors, both Adams' states and per-client losses.
+    from functools import partial
+
     from torch.func import vmap
 
     from fedgen.engine.backends.stacking import pad_and_stack, stack
@@ -209,7 +211,8 @@ def test_ctgan_batched_step_equals_the_vmapped_step_at_unequal_step_counts(fair)
     by_vmap, batched = (tensors, state), (tensors, state)
     for step in (1, 2):
         inputs, masks = pad_and_stack([functional.draw(sources[c], gens[c]) for c in range(3)])
-        t, s, want_losses = vmap(lambda t, s, i, m: functional.step(t, s, i, m, step, config))(
+        one = partial(functional.step, step=step, config=config)
+        t, s, want_losses = vmap(lambda t, s, i, m, one=one: one(t, s, i, m))(
             *by_vmap, inputs, masks
         )
         by_vmap = (t, s)
