@@ -54,6 +54,7 @@ COLUMNS = [
     "tstr_accuracy",
     "frechet_distance",
     "logan_auc",
+    "elbo_auc",
     "ganleaks_auc",
     "inversion_psnr_none",
     "inversion_psnr_dp",
@@ -69,7 +70,8 @@ NOTES = [
     "synthetic images, tested on the real test split; Frechet distance on the features of a "
     "CNN trained on the real training split (not FID).",
     "membership: 1000 members (clients' training images) vs 1000 held-out test images; LOGAN = "
-    "discriminator logit (white-box), GAN-Leaks = distance to the closest of 1000 synthetic "
+    "discriminator logit (white-box, cGAN), ELBO = the cVAE's evidence lower bound "
+    "(white-box, cVAE), GAN-Leaks = distance to the closest of 1000 synthetic "
     "images per class (black-box); AUC 0.5 is chance.",
     "inversion: Inverting Gradients on client 0's discriminator gradient for a batch of 2 "
     "(labels known), PSNR in dB after the best match: `none` as sent, `dp` clipped to 1 with "
@@ -125,6 +127,7 @@ def main() -> None:
                 "tstr_accuracy": summary.get("tstr_accuracy"),
                 "frechet_distance": summary.get("frechet_distance"),
                 "logan_auc": membership.get("logan_auc"),
+                "elbo_auc": membership.get("elbo_auc"),
                 "ganleaks_auc": membership.get("ganleaks_auc"),
                 "inversion_psnr_none": inversion.get("psnr_none"),
                 "inversion_psnr_dp": inversion.get("psnr_dp"),
