@@ -36,7 +36,7 @@ from fedgen.tasks.tabular.base import (
     draw_conditions,
     seeded_global_rng,
 )
-from fedgen.tasks.tabular.ctgan_functional import CtganFunctionalTraining
+from fedgen.tasks.tabular.ctgan_functional import DROPOUT, CtganFunctionalTraining
 from fedgen.tasks.tabular.optimizer_state import FunctionalAdams
 
 
@@ -68,10 +68,10 @@ class _Critic(nn.Module):
         self.net = nn.Sequential(
             nn.Linear(width * pac, hidden),
             nn.LeakyReLU(0.2),
-            nn.Dropout(0.5),
+            nn.Dropout(DROPOUT),
             nn.Linear(hidden, hidden),
             nn.LeakyReLU(0.2),
-            nn.Dropout(0.5),
+            nn.Dropout(DROPOUT),
             nn.Linear(hidden, 1),
         )
 

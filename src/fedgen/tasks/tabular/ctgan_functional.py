@@ -4,7 +4,8 @@ The same iteration as ``CtganTask.train_local``: a critic step (WGAN loss on rea
 of the sampled conditions against fakes of the same conditions, plus the gradient
 penalty, nested ``torch.func.grad``), then a generator step through the updated critic
 with the condition's cross-entropy, each with its own Adam whose moments and step count
-a client may keep between rounds (``FunctionalAdams``).
+a client may keep between rounds (``FunctionalAdams``). ``step`` runs one client under
+``vmap``; ``batched_step`` runs a group as ``baddbmm`` per layer.
 
 Its randomness is drawn outside the step, in ``train_local``'s order, from the same
 three streams: the client's generator (noise, penalty mixing weights), a NumPy
@@ -42,7 +43,7 @@ Conditions = Callable[
 #: ``F.linear``, or ``batched_linear`` for a group's stacked tensors.
 Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
-#: The critic's dropout probability (``_Critic``'s ``nn.Dropout(0.5)``).
+#: The critic's dropout probability (``_Critic``'s, and the masks drawn here).
 DROPOUT = 0.5
 
 
@@ -56,7 +57,7 @@ class CtganSource:
 
 
 class CtganFunctionalTraining(FunctionalTraining):
-    """``CtganTask``'s step for ``vmap`` (built by ``CtganTask.functional_training``)."""
+    """``CtganTask``'s step (built by ``CtganTask.functional_training``)."""
 
     def __init__(
         self,
