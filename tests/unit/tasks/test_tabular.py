@@ -172,57 +172,6 @@ def test_tvae_batched_step_equals_the_vmapped_step_on_a_padded_group(fair):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 
-def test_ctgan_batched_step_equals_the_vmapped_step_at_unequal_step_counts(fair):
-    # Three clients with different weights, batches and kept Adams (0, 3 and 7 steps
-    # taken, nonzero moments): two steps of the group's batched arithmetic (baddbmm, the
-    # penalty's input gradient by create_graph) against vmap over the one-client step
-    # (nested torch.func.grad), for tensors, both Adams' states and per-client losses.
-    from functools import partial
-
-    from torch.func import vmap
-
-    from fedgen.engine.backends.stacking import pad_and_stack, stack
-
-    task = CtganTask.from_spec(
-        CtganTask.Params(batch_size=20, pac=5, hidden=16, noise_dim=8), fair.spec(), 0
-    )
-    functional = task.functional_training()
-    starts = []
-    for c in range(3):
-        torch.manual_seed(c)
-        start = {}
-        for m, module in task.modules.items():
-            start[m] = {k: v + torch.randn_like(v) * 0.05 for k, v in module.state_dict().items()}
-        starts.append(start)
-    tensors = stack(starts)
-    state = vmap(lambda t: functional.init_state(t, {}))(tensors)
-    gen = torch.Generator().manual_seed(5)
-    for group in state.values():
-        group["step"] = torch.tensor([0.0, 3.0, 7.0])
-        for name, value in group["exp_avg"].items():
-            group["exp_avg"][name] = torch.randn(value.shape, generator=gen) * 1e-3
-            group["exp_avg_sq"][name] = torch.rand(value.shape, generator=gen) * 1e-6
-    sources = [
-        functional.source(fair.clients[c % 2], 20, torch.Generator().manual_seed(c))
-        for c in range(3)
-    ]
-    gens = [torch.Generator().manual_seed(10 + c) for c in range(3)]
-    config = {"lr": 0.01}
-    by_vmap, batched = (tensors, state), (tensors, state)
-    for step in (1, 2):
-        inputs, masks = pad_and_stack([functional.draw(sources[c], gens[c]) for c in range(3)])
-        one = partial(functional.step, step=step, config=config)
-        t, s, want_losses = vmap(lambda t, s, i, m, one=one: one(t, s, i, m))(
-            *by_vmap, inputs, masks
-        )
-        by_vmap = (t, s)
-        t, s, got_losses = functional.batched_step(*batched, inputs, masks, step, config)
-        batched = (t, s)
-        torch.testing.assert_close(got_losses, want_losses, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(batched, by_vmap, atol=1e-6, rtol=1e-5)
-    assert batched[1]["critic"]["step"].tolist() == [2.0, 5.0, 9.0]
-
-
 @pytest.mark.parametrize("task_cls", [TvaeTask, CtganTask])
 def test_table_tasks_keeping_their_optimizer_vectorize(fair, task_cls):
     # Kept Adam moments travel as private tensors through the functional step too
