@@ -26,6 +26,24 @@ def adam_init(params: Tensors) -> dict[str, Tensors]:
     }
 
 
+def _moments(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    state: dict[str, Any],
+    key: str,
+    betas: tuple[float, float],
+    weight_decay: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adam's new first and second moments of one tensor (torch's coupled L2 decay)."""
+    beta1, beta2 = betas
+    if weight_decay != 0:
+        grad = grad.add(param, alpha=weight_decay)
+    exp_avg = torch.lerp(state["exp_avg"][key], grad, 1 - beta1)
+    # addcmul out of place: vmap has no batching rule for addcmul_ (it would loop).
+    exp_avg_sq = torch.addcmul(state["exp_avg_sq"][key] * beta2, grad, grad, value=1 - beta2)
+    return exp_avg, exp_avg_sq
+
+
 def adam_step(
     params: Tensors,
     grads: Tensors,
@@ -49,10 +67,7 @@ def adam_step(
     exp_avgs: Tensors = {}
     exp_avg_sqs: Tensors = {}
     for key, param in params.items():
-        grad = grads[key] if weight_decay == 0 else grads[key].add(param, alpha=weight_decay)
-        exp_avg = torch.lerp(state["exp_avg"][key], grad, 1 - beta1)
-        # addcmul out of place: vmap has no batching rule for addcmul_ (it would loop).
-        exp_avg_sq = torch.addcmul(state["exp_avg_sq"][key] * beta2, grad, grad, value=1 - beta2)
+        exp_avg, exp_avg_sq = _moments(param, grads[key], state, key, betas, weight_decay)
         # In place on a fresh temporary: fewer (clients x model)-sized allocations.
         denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
         new_params[key] = torch.addcdiv(param, exp_avg, denom, value=-step_size)
@@ -129,9 +144,7 @@ def counted_adam_step(
     exp_avgs: Tensors = {}
     exp_avg_sqs: Tensors = {}
     for key, param in params.items():
-        grad = grads[key] if weight_decay == 0 else grads[key].add(param, alpha=weight_decay)
-        exp_avg = torch.lerp(state["exp_avg"][key], grad, 1 - beta1)
-        exp_avg_sq = torch.addcmul(state["exp_avg_sq"][key] * beta2, grad, grad, value=1 - beta2)
+        exp_avg, exp_avg_sq = _moments(param, grads[key], state, key, betas, weight_decay)
         shape = count.shape + (1,) * (param.dim() - count.dim())
         denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt.reshape(shape)).add_(eps)
         # torch: param + (-step_size * exp_avg) / denom (addcdiv's order).

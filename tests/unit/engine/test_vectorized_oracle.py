@@ -35,6 +35,18 @@ from fedgen.tasks.gan_functional import GanFunctionalTraining
 
 ATOL = 1e-4
 
+#: The table cases' federation: statsmodels' affairs survey over 6 clients, half of them
+#: a round for 3 rounds of 3 steps, so that clients train again and resume their Adams.
+FAIR_HALF_A_ROUND = {
+    "data.sources": "[fair]",
+    "data.partition.kind": "table_dirichlet",
+    "data.partition.params": "{alpha: 1.0, min_size: 12, max_modes: 3}",
+    "data.num_clients": 6,
+    "strategy.params": "{fraction: 0.5, min_clients: 2}",
+    "federation.local_steps": 3,
+    "federation.rounds": 3,
+}
+
 #: Every task with a functional step, and tiny params for it (widths 16, see above).
 VECTORIZING: dict[str, dict[str, str]] = {
     "cgan": {
@@ -94,37 +106,20 @@ VECTORIZING: dict[str, dict[str, str]] = {
     # tasks' default: half the clients a round, so some train in both rounds and resume.
     "tvae-kept-optimizer": {
         "task.name": "tvae",
-        "data.sources": "[fair]",
-        "data.partition.kind": "table_dirichlet",
-        "data.partition.params": "{alpha: 1.0, min_size: 12, max_modes: 3}",
-        "data.num_clients": 6,
-        "strategy.params": "{fraction: 0.5, min_clients: 2}",
+        **FAIR_HALF_A_ROUND,
         "task.params": "{batch_size: 32, hidden: 16, latent_dim: 4}",
-        "federation.local_steps": 3,
-        "federation.rounds": 3,
     },
     # CTGAN: training-by-sampling, Gumbel noise and the critic's dropout drawn in
     # train_local's order, the gradient penalty's nested grad; kept Adams (default).
     "ctgan": {
         "task.name": "ctgan",
-        "data.sources": "[fair]",
-        "data.partition.kind": "table_dirichlet",
-        "data.partition.params": "{alpha: 1.0, min_size: 12, max_modes: 3}",
-        "data.num_clients": 6,
-        "strategy.params": "{fraction: 0.5, min_clients: 2}",
+        **FAIR_HALF_A_ROUND,
         "task.params": "{batch_size: 20, pac: 5, hidden: 16, noise_dim: 8}",
-        "federation.local_steps": 3,
-        "federation.rounds": 3,
     },
     "ctgan-fresh-optimizer": {
         "task.name": "ctgan",
-        "data.sources": "[fair]",
-        "data.partition.kind": "table_dirichlet",
-        "data.partition.params": "{alpha: 1.0, min_size: 12, max_modes: 3}",
-        "data.num_clients": 6,
-        "strategy.params": "{fraction: 0.5, min_clients: 2}",
+        **FAIR_HALF_A_ROUND,
         "task.params": "{batch_size: 20, pac: 5, hidden: 16, noise_dim: 8, keep_optimizer: false}",
-        "federation.local_steps": 3,
     },
 }
 

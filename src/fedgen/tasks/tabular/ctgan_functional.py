@@ -90,7 +90,7 @@ class CtganFunctionalTraining(FunctionalTraining):
         for i, (start, width) in enumerate(categorical):
             self.span_index[i, :width] = torch.arange(start, start + width)
             self.span_valid[i, :width] = True
-        self.span_starts = [start for start, _ in categorical]
+        self.span_starts = torch.tensor([start for start, _ in categorical], dtype=torch.long)
         self.soft = [s for s in spans if s.activation != "tanh"]
 
     # -- state -------------------------------------------------------------------------
@@ -156,8 +156,8 @@ class CtganFunctionalTraining(FunctionalTraining):
         # The condition loss's targets: each row's column and its category's position.
         inputs["column"] = torch.from_numpy(columns)
         target = torch.zeros(b, self.dim)
-        if self.span_starts:
-            starts = torch.tensor(self.span_starts)[torch.from_numpy(columns)]
+        if len(self.span_starts):
+            starts = self.span_starts[torch.from_numpy(columns)]
             target[torch.arange(b), starts + torch.from_numpy(categories)] = 1.0
         inputs["target"] = target
         return inputs
@@ -190,7 +190,7 @@ class CtganFunctionalTraining(FunctionalTraining):
         self, raw: torch.Tensor, column: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
         """Cross-entropy of each row's conditioned column, summed, over the batch size."""
-        if not self.span_starts:
+        if not len(self.span_starts):
             return raw.new_zeros(())
         index, valid = self.span_index[column], self.span_valid[column]  # (B, widest)
         logits = torch.where(valid, torch.gather(raw, 1, index), float("-inf"))
