@@ -11,6 +11,12 @@ at their initial values), or its personal one:
   global one) trained further on the client's own shard, from a seed of its id, after
   the last round: what a client gets by adapting the federation's model locally.
 
+Beside the models, ``real``: real training images with the client's labels, drawn from
+every client's shard pooled, scored as if a generator had produced them. Under label
+skew every client's classes look alike across clients, so this is what a perfect
+class-conditional generator would score for the client: the figures' ceiling, which
+says how much a personalized model can gain over the global one at all.
+
 Evaluation runs in the simulation's server process, which holds every shard; in a
 deployment each client would measure its own figures. Under DP it is refused (the
 figures read each client's label proportions and unnoised personal models).
@@ -171,9 +177,9 @@ def evaluate_clients(
 ) -> dict[str, float]:
     """Mean and worst decile over clients of per-client TSTR and Frechet distance, for
     the global model, each client's personal model (when the run keeps any) and the
-    fine-tuned one (``finetune_steps`` > 0), and every client's own figures under
-    ``client_figures`` (model -> client id -> figures); the global model is loaded
-    again after."""
+    fine-tuned one (``finetune_steps`` > 0), the ``real`` ceiling (pooled real images in
+    place of samples), and every client's own figures under ``client_figures`` (model ->
+    client id -> figures); the global model is loaded again after."""
     task = fed.task
     per_model: dict[str, dict[int, dict[str, float]]] = {"global": {}}
     personal = has_personal_models(fed)
@@ -181,6 +187,8 @@ def evaluate_clients(
         per_model["personal"] = {}
     if finetune_steps > 0:
         per_model["finetuned"] = {}
+    per_model["real"] = {}
+    pool = pooled_by_class(fed, task.num_classes)
     try:
         for cid, data in sorted(fed.clients.items()):
             proportions = label_proportions(data.data.labels, task.num_classes)
@@ -201,6 +209,8 @@ def evaluate_clients(
                 scores["finetuned"] = _score(
                     task, quality, labels, proportions, cid, seed, "finetuned"
                 )
+            real = real_images_for_labels(pool, labels, torch_generator(seed, "client-real", cid))
+            scores["real"] = quality.figures(real, labels, proportions, cid)
             for model, own in scores.items():
                 per_model[model][cid] = own
     finally:
@@ -214,6 +224,35 @@ def evaluate_clients(
         model: {str(cid): own for cid, own in values.items()} for model, values in per_model.items()
     }
     return figures
+
+
+def pooled_by_class(fed: Federation, num_classes: int) -> list[torch.Tensor]:
+    """Every client's training images (uint8), pooled and grouped by class."""
+    images = torch.cat([data.data.images for _, data in sorted(fed.clients.items())])
+    labels = torch.cat([data.data.labels for _, data in sorted(fed.clients.items())])
+    return [images[labels == c] for c in range(num_classes)]
+
+
+def real_images_for_labels(
+    pool: list[torch.Tensor], labels: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Real images for ``labels`` (float in [0, 1], in ``labels``' order): each class's
+    images drawn without replacement from ``pool`` (with it where the pool is short)."""
+    out = torch.empty((len(labels), *pool[0].shape[1:]), dtype=torch.float32)
+    for c in torch.unique(labels).tolist():
+        where = torch.nonzero(labels == c).flatten()
+        images = pool[c]
+        if len(images) == 0:
+            raise ValueError(
+                f"no client holds an image of class {c}, so the per-client ceiling cannot "
+                "be drawn for it"
+            )
+        if len(where) <= len(images):
+            rows = torch.randperm(len(images), generator=generator)[: len(where)]
+        else:
+            rows = torch.randint(len(images), (len(where),), generator=generator)
+        out[where] = images[rows].float() / 255.0
+    return out
 
 
 def _score(
@@ -255,6 +294,8 @@ def describe(samples: int, epochs: int, finetune_steps: int) -> dict[str, str]:
         "partial-federation blocks; or its Ditto model)",
         "finetuned": f"each client's model after {finetune_steps} local fine-tuning steps on "
         "its own shard after the last round",
+        "real": "real training images (every client's shards pooled) in place of samples: "
+        "what a perfect class-conditional generator would score, the ceiling",
     }
     out = {}
     for model, what in models.items():

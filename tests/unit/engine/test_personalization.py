@@ -17,6 +17,7 @@ from fedgen.engine.client_models import (
     has_personal_models,
     load_client_model,
     load_evaluated_model,
+    real_images_for_labels,
 )
 from fedgen.engine.ditto import PERSONAL_PREFIX, train_personal
 from fedgen.errors import ConfigError
@@ -337,7 +338,7 @@ def test_a_run_reports_per_client_figures_for_each_model(mnist_dir, tmp_path):
     # Execute
     summary = run_experiment(cfg, tmp_path / "run", progress=False)
     # Assert: every model's mean and worst decile, each described; worst <= mean for TSTR.
-    for model in ("global", "personal", "finetuned"):
+    for model in ("global", "personal", "finetuned", "real"):
         for figure in ("tstr_accuracy", "frechet_distance"):
             key = f"client_{figure}_{model}"
             assert summary[key] >= 0 and key in summary["descriptions"], key
@@ -351,13 +352,38 @@ def test_a_run_reports_per_client_figures_for_each_model(mnist_dir, tmp_path):
 
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     own = last["client_figures"]
-    assert set(own) == {"global", "personal", "finetuned"}
+    assert set(own) == {"global", "personal", "finetuned", "real"}
     assert set(own["global"]) == {"0", "1", "2", "3"}
     tstr = [own["global"][c]["tstr_accuracy"] for c in own["global"]]
     assert summary["client_tstr_accuracy_global"] == pytest.approx(sum(tstr) / 4)
     # eval.model auto: the global figures are of the largest client's own model.
     assert "6 private tensors" in summary["evaluated_model"]
     assert "the client with the most examples" in summary["evaluated_model"]
+
+
+def test_the_ceiling_draws_real_images_of_each_requested_class():
+    # Prepare: a pool whose every image of class c is filled with the value 10 * c + i, so
+    # a drawn image names its class and which one it is.
+    pool = [
+        torch.full((n, 1, 2, 2), 0, dtype=torch.uint8)
+        + (10 * c + torch.arange(n)).view(-1, 1, 1, 1)
+        for c, n in enumerate([5, 3, 0])
+    ]
+    pool = [p.to(torch.uint8) for p in pool]
+    labels = torch.tensor([1, 0, 0, 1, 0, 1])
+    # Execute
+    real = real_images_for_labels(pool, labels, torch.Generator().manual_seed(0))
+    # Assert: each row is an image of its label's class, in [0, 1]; no image twice while
+    # the class holds enough (class 1 holds 3, asked 3).
+    values = (real[:, 0, 0, 0] * 255).round().long()
+    assert torch.equal(values // 10, labels)
+    assert len(set(values.tolist())) == 6
+    # A class more often asked than held is drawn with replacement, not refused.
+    more = real_images_for_labels(pool, torch.ones(7, dtype=torch.long), torch.Generator())
+    assert torch.equal((more[:, 0, 0, 0] * 255).round().long() // 10, torch.ones(7).long())
+    # A class no client holds cannot be drawn: a clear error, not an empty image.
+    with pytest.raises(ValueError, match="no client holds an image of class 2"):
+        real_images_for_labels(pool, torch.tensor([2]), torch.Generator())
 
 
 def test_eval_model_shows_the_largest_clients_own_model_unless_told_or_under_dp(mnist_dir):
