@@ -14,8 +14,9 @@ Each row gives per-client TSTR and Frechet distance on the client's own label
 distribution (``fedgen.eval.per_client``), mean and worst decile over the 10 clients,
 beside the same run's global model, and the ceiling: real images of each client's
 classes scored in place of samples (what a perfect class-conditional generator would
-score; its gain column is the most any personalization could add). The goal: a personalized model raises the
-worst-decile client's TSTR by >= 10 points over the global model of the FedAvg run.
+score; its gain column is the most any personalization could add). The goal: a
+personalized model raises the worst-decile client's TSTR by >= 10 points over the
+global model of the FedAvg run.
 A row is appended to ``benchmarks/results/personalization.md`` as each is measured.
 
     PYTHONPATH=src taskset -c 0 .venv/bin/python benchmarks/personalization.py \
