@@ -109,6 +109,12 @@ VECTORIZING: dict[str, dict[str, str]] = {
         **FAIR_HALF_A_ROUND,
         "task.params": "{batch_size: 32, hidden: 16, latent_dim: 4}",
     },
+    # The decoder conditioned on the target's one-hot, read from each client's rows.
+    "tvae-conditional": {
+        "task.name": "tvae",
+        **FAIR_HALF_A_ROUND,
+        "task.params": "{batch_size: 32, hidden: 16, latent_dim: 4, condition_on: had_affair}",
+    },
     # CTGAN: training-by-sampling, Gumbel noise and the critic's dropout drawn in
     # train_local's order, the gradient penalty's nested grad; kept Adams (default).
     "ctgan": {

@@ -72,6 +72,36 @@ def test_tvae_samples_conditioned_rows_by_filtering_and_says_when_too_few_match(
         task.sample((10_000, {"had_affair": "yes"}), torch.Generator().manual_seed(2))
 
 
+def test_a_conditional_tvae_reads_its_column_and_generates_rows_for_drawn_categories(fair):
+    # Prepare: TVAE conditioned on the target; its decoder reads the latent and the
+    # target's one-hot (2 categories).
+    task = _task(TvaeTask, fair, condition_on="had_affair", latent_dim=8)
+    assert task.modules["decoder"].net[0].in_features == 8 + 2
+    task.train_local(fair.clients[0], 20, torch.Generator().manual_seed(0), {})
+    # Execute: rows drawn without a condition, and asked for one category.
+    free = task.sample(4000, torch.Generator().manual_seed(1))
+    asked = task.generate(
+        50, torch.Generator().manual_seed(2), task.condition_index("had_affair", "yes")
+    )
+    # Assert: unconditioned rows hold the target in its training share (the encoder's
+    # pooled counts), within four standard errors; asked rows hold the asked category.
+    enc = task.encoder.encoding("had_affair")
+    share = enc.counts[enc.index("yes")] / enc.counts.sum()
+    got = (free["had_affair"] == "yes").mean()
+    assert abs(got - share) < 4 * (share * (1 - share) / 4000) ** 0.5
+    block = task.condition
+    assert block is not None
+    one_hot = asked[:, block.start : block.start + block.width]
+    assert torch.equal(one_hot, torch.tensor([[0.0, 1.0]] * 50))  # categories sorted: no, yes
+    rows = task.sample((20, {"had_affair": "yes"}), torch.Generator().manual_seed(3))
+    assert (rows["had_affair"] == "yes").all()
+
+
+def test_a_conditional_tvae_refuses_a_column_it_cannot_condition_on(fair):
+    with pytest.raises(ValueError, match=r"condition_on is 'age', which is no categorical.*"):
+        _task(TvaeTask, fair, condition_on="age")
+
+
 def test_conditioning_on_a_category_absent_from_training_is_a_clear_error(fair):
     task = _task(TvaeTask, fair)
     gen = torch.Generator().manual_seed(0)
@@ -131,7 +161,8 @@ def test_tvae_functional_step_takes_train_locals_step_and_clamps_sigma(fair):
     assert set(losses) == {"loss/reconstruction", "loss/kl"}
 
 
-def test_tvae_batched_step_equals_the_vmapped_step_on_a_padded_group(fair):
+@pytest.mark.parametrize("condition_on", [None, "had_affair"])
+def test_tvae_batched_step_equals_the_vmapped_step_on_a_padded_group(fair, condition_on):
     # Three clients (rows of one shard) with different starts and batches of 7, 12 and 3
     # rows padded to 12:
     # the group's batched arithmetic (baddbmm, autograd of the summed losses) against
@@ -140,7 +171,7 @@ def test_tvae_batched_step_equals_the_vmapped_step_on_a_padded_group(fair):
 
     from fedgen.engine.backends.stacking import pad_and_stack, stack
 
-    task = _task(TvaeTask, fair, keep_optimizer=False)
+    task = _task(TvaeTask, fair, keep_optimizer=False, condition_on=condition_on)
     functional = task.functional_training()
     assert functional is not None
     starts = []

@@ -10,6 +10,15 @@ reconstruction (Gaussian for offsets, cross-entropy for one-hots), weighted by
 draw every part from the decoder's likelihood: the offsets from their Gaussians (as
 the library does) and, by default, the categories and modes from their softmax (the
 library takes their argmax; ``categories: argmax`` does too).
+
+``condition_on`` names a categorical column the decoder is also given (a conditional
+VAE, Sohn et al. 2015): the decoder reads the latent and that column's one-hot, which
+it reads from the encoded row in training and draws from the column's pooled category
+counts (the encoder's, fitted from client statistics) when generating. Under label
+skew of that column across clients, each client's decoder then learns the other
+columns *given* the category rather than folding the category into its own latent
+space, so averaging decoders does not blend one client's categories into another's
+(as the class-conditional image models do).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from fedgen.data.table_data import TableClientData
 from fedgen.data.table_encoder import Span
 from fedgen.registry import TASKS
 from fedgen.tasks.tabular.base import TableTask, TableTaskParams
+from fedgen.tasks.tabular.condition_block import condition_block, with_condition
 from fedgen.tasks.tabular.optimizer_state import FunctionalAdams
 from fedgen.tasks.tabular.tvae_functional import (
     SIGMA_RANGE,
@@ -81,6 +91,9 @@ class TvaeTask(TableTask):
         #: the offsets are drawn from theirs); ``argmax`` takes the most likely, as the
         #: ctgan library does, which loses rare categories until the latent separates them.
         categories: Literal["sample", "argmax"] = "sample"
+        #: A categorical column the decoder is conditioned on (see the module docstring);
+        #: None: an unconditional TVAE, as the library's.
+        condition_on: str | None = None
 
     params: Params
 
@@ -90,9 +103,11 @@ class TvaeTask(TableTask):
     def build(self) -> dict[str, nn.Module]:
         p, dim = self.params, self.encoder.dim
         self.reconstruction = RowReconstruction(self.spans, dim)
+        self.condition = condition_block(self.encoder.categorical(), p.condition_on)
+        width = 0 if self.condition is None else self.condition.width
         return {
             "encoder": _Encoder(dim, p.hidden, p.latent_dim),
-            "decoder": _Decoder(p.latent_dim, p.hidden, dim),
+            "decoder": _Decoder(p.latent_dim + width, p.hidden, dim),
         }
 
     def _decoder(self) -> _Decoder:
@@ -106,7 +121,7 @@ class TvaeTask(TableTask):
         mu, logvar = self.modules["encoder"](x)
         z = mu + eps * torch.exp(0.5 * logvar)
         decoder = self._decoder()
-        recon = self.reconstruction(decoder(z), x, decoder.sigma)
+        recon = self.reconstruction(decoder(with_condition(z, x, self.condition)), x, decoder.sigma)
         return recon.mean(), row_kl(mu, logvar).mean()
 
     def functional_training(self) -> TvaeFunctionalTraining:
@@ -127,6 +142,7 @@ class TvaeTask(TableTask):
             lr=p.lr,
             adams=adams,
             loss_factor=p.loss_factor,
+            condition=self.condition,
         )
 
     def train_local(
@@ -160,7 +176,22 @@ class TvaeTask(TableTask):
     ) -> torch.Tensor:
         decoder = self._decoder()
         z = torch.randn(n, self.params.latent_dim, generator=generator)
-        return draw_rows(decoder(z), self.spans, decoder.sigma, generator, self.params.categories)
+        if self.condition is None:
+            return draw_rows(
+                decoder(z), self.spans, decoder.sigma, generator, self.params.categories
+            )
+        given = self.condition.draw(n, generator, condition)
+        rows = draw_rows(
+            decoder(torch.cat([z, given], dim=1)),
+            self.spans,
+            decoder.sigma,
+            generator,
+            self.params.categories,
+        )
+        # The conditioning column holds the category the rows were generated for.
+        start = self.condition.start
+        rows[:, start : start + self.condition.width] = given
+        return rows
 
 
 def draw_rows(

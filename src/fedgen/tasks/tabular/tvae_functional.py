@@ -30,6 +30,7 @@ from fedgen.tasks.functional import (
     StepInputs,
     masked_mean,
 )
+from fedgen.tasks.tabular.condition_block import ConditionBlock, with_condition
 from fedgen.tasks.tabular.optimizer_state import FunctionalAdams
 
 #: TVAE keeps the likelihood's standard deviations in this range after every step.
@@ -91,8 +92,10 @@ class TvaeFunctionalTraining(FunctionalTraining):
         lr: float,
         adams: FunctionalAdams,
         loss_factor: float,
+        condition: ConditionBlock | None = None,
     ) -> None:
         self.modules = {"encoder": encoder, "decoder": decoder}
+        self.condition = condition
         self.reconstruction = reconstruction
         self.latent_dim = latent_dim
         self.lr = lr
@@ -135,7 +138,8 @@ class TvaeFunctionalTraining(FunctionalTraining):
         def losses(params: ModuleTensors) -> tuple[torch.Tensor, Any]:
             mu, logvar = functional_call(self.modules["encoder"], params["encoder"], (x,))
             z = mu + eps * torch.exp(0.5 * logvar)
-            out = functional_call(self.modules["decoder"], params["decoder"], (z,))
+            zc = with_condition(z, x, self.condition)
+            out = functional_call(self.modules["decoder"], params["decoder"], (zc,))
             sigma = params["decoder"]["sigma"]
             recon = masked_mean(self.reconstruction(out, x, sigma), m)
             kl = masked_mean(row_kl(mu, logvar), m)
@@ -170,7 +174,9 @@ class TvaeFunctionalTraining(FunctionalTraining):
             logvar = batched_linear(h, enc["logvar.weight"], enc["logvar.bias"])
             z = mu + eps * torch.exp(0.5 * logvar)
             out = batched_linear(
-                batched_forward(decoder_net, dec, z, "net."), dec["out.weight"], dec["out.bias"]
+                batched_forward(decoder_net, dec, with_condition(z, x, self.condition), "net."),
+                dec["out.weight"],
+                dec["out.bias"],
             )
             recon = masked_mean(self.reconstruction(out, x, dec["sigma"]), m)  # (C,)
             kl = masked_mean(row_kl(mu, logvar), m)
