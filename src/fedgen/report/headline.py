@@ -46,6 +46,12 @@ QUALITY: tuple[tuple[str, str, Callable[[float], str], str], ...] = (
         format_share,
         "after local fine-tuning, higher is better",
     ),
+    (
+        "client_tstr_accuracy_real_worst_decile",
+        "worst-decile client TSTR, real images",
+        format_share,
+        "real images in place of samples: the room personalization has",
+    ),
 )
 
 
