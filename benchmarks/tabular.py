@@ -11,8 +11,10 @@ method, appended to ``benchmarks/results/tabular.md`` as its run ends:
 - ``library``: the ``ctgan`` library's own TVAE / CTGAN on the pooled training rows, for
   the epochs that give the same number of batches (its defaults otherwise).
 
-Synthesizer ``tvae-target`` is the TVAE recipe with its decoder conditioned on the
-table's target column (``task.params.condition_on``), for every method but ``library``.
+Synthesizers ``tvae-target`` and ``ctgan-target`` are the TVAE and CTGAN recipes
+conditioned on the table's target column (``task.params.condition_on``: TVAE's decoder
+reads its one-hot, CTGAN's conditional vectors name it alone), for every method but
+``library``.
 
 Synthesizers ``vertical`` (``configs/tabular_<table>_vertical.yaml``, the GTV-style
 column-split CTGAN) and ``vertical_tvae`` (``configs/tabular_<table>_vertical_tvae.yaml``,
@@ -52,8 +54,8 @@ from fedgen.report.results_table import ResultsTable, current_commit
 from fedgen.seeding import derive_seed
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The TVAE recipe with its decoder conditioned on the table's target column.
-TARGET_CONDITIONED = "tvae-target"
+#: Suffix of a synthesizer whose recipe is conditioned on the table's target column.
+TARGET_CONDITIONED = "-target"
 COLUMNS = [
     "commit",
     "table",
@@ -148,8 +150,8 @@ def fedgen_method(
         extra.append("federation.centralized=true")
     elif method == "dirichlet":
         extra.append(f"data.partition={{kind: table_dirichlet, params: {{alpha: {alpha}}}}}")
-    if synth == TARGET_CONDITIONED:
-        synth = "tvae"
+    if synth.endswith(TARGET_CONDITIONED):
+        synth = synth.removesuffix(TARGET_CONDITIONED)
         extra.append(f"task.params.condition_on={get_table_source(table).target}")
     cfg = load_config(ROOT / f"configs/tabular_{table}_{synth}.yaml", [*sets, *extra])
     out = work / f"{table}-{synth}-{method}"
@@ -337,8 +339,8 @@ def main() -> None:
                             name, synth, method, sets, Path(tmp), args.local_steps * clients
                         )
                     elif method == "library":
-                        if synth == TARGET_CONDITIONED:
-                            continue  # the library's TVAE takes no condition: its tvae row
+                        if synth.endswith(TARGET_CONDITIONED):
+                            continue  # the library's own rows are its tvae / ctgan rows
                         steps, batch = library_steps(name, synth, sets)
                         r = library_method(name, synth, steps, batch, 0)
                     else:

@@ -122,6 +122,14 @@ VECTORIZING: dict[str, dict[str, str]] = {
         **FAIR_HALF_A_ROUND,
         "task.params": "{batch_size: 20, pac: 5, hidden: 16, noise_dim: 8}",
     },
+    # Conditional vectors naming the target alone.
+    "ctgan-conditional": {
+        "task.name": "ctgan",
+        **FAIR_HALF_A_ROUND,
+        "task.params": (
+            "{batch_size: 20, pac: 5, hidden: 16, noise_dim: 8, condition_on: had_affair}"
+        ),
+    },
     "ctgan-fresh-optimizer": {
         "task.name": "ctgan",
         **FAIR_HALF_A_ROUND,

@@ -3,6 +3,7 @@ condition; a category absent from training is a clear error."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -11,6 +12,7 @@ from fedgen.data.table_data import SiloPartition
 from fedgen.modality import Conditioning, DataSpec, Modality
 from fedgen.registry import EVALUATORS, SAMPLE_WRITERS, TASKS
 from fedgen.tasks.tabular import CtganTask, TvaeTask
+from fedgen.tasks.tabular.base import draw_conditions
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +99,45 @@ def test_a_conditional_tvae_reads_its_column_and_generates_rows_for_drawn_catego
     assert (rows["had_affair"] == "yes").all()
 
 
-def test_a_conditional_tvae_refuses_a_column_it_cannot_condition_on(fair):
+@pytest.mark.parametrize("cls", [TvaeTask, CtganTask])
+def test_a_conditional_model_refuses_a_column_it_cannot_condition_on(fair, cls):
     with pytest.raises(ValueError, match=r"condition_on is 'age', which is no categorical.*"):
-        _task(TvaeTask, fair, condition_on="age")
+        _task(cls, fair, condition_on="age")
+
+
+def test_ctgan_conditioned_on_one_column_names_only_that_column(fair):
+    # Prepare: CTGAN whose conditional vectors name the target only.
+    task = _task(CtganTask, fair, condition_on="had_affair")
+    target = [enc.name for enc, _ in task.encoder.categorical()].index("had_affair")
+    offset = task._cond_offsets()[target]
+    # Execute: training-by-sampling's draws, and the conditions of generated rows.
+    cond, columns, categories, rows = task._training_conditions(
+        fair.clients[0], 400, np.random.default_rng(0)
+    )
+    generated = task.generate(400, torch.Generator().manual_seed(1), None)
+    # Assert: every training condition is the target's, and its real row holds that
+    # category; both categories are asked (log-frequencies).
+    assert (columns == target).all() and set(categories.tolist()) == {0, 1}
+    assert torch.equal(cond.sum(dim=1), torch.ones(400))
+    assert torch.equal(cond[:, offset : offset + 2].sum(dim=1), torch.ones(400))
+    codes = fair.clients[0].codes["had_affair"]
+    assert (codes[rows] == categories).all()
+    assert generated.shape == (400, task.encoder.dim)
+    # Generation's conditions name the target alone, by the merged frequencies.
+    drawn = draw_conditions(
+        4000,
+        task.encoder.categorical(),
+        task._cond_offsets(),
+        task.cond_dim,
+        None,
+        torch.Generator().manual_seed(2),
+        only=target,
+    )
+    yes = drawn[:, offset + 1].mean().item()
+    enc = task.encoder.encoding("had_affair")
+    share = enc.counts[1] / enc.counts.sum()
+    assert drawn[:, offset : offset + 2].sum().item() == 4000
+    assert abs(yes - share) < 4 * (share * (1 - share) / 4000) ** 0.5
 
 
 def test_conditioning_on_a_category_absent_from_training_is_a_clear_error(fair):

@@ -219,12 +219,14 @@ def draw_conditions(
     width: int,
     condition: tuple[int, int] | None,
     generator: torch.Generator,
+    only: int | None = None,
 ) -> torch.Tensor:
     """CTGAN's conditional vectors for ``n`` generated rows, ``width`` wide.
 
     ``condition`` ``(column, category)`` sets that one-hot in every row; without it,
-    each row picks a categorical column uniformly and a category by its frequency, as
-    the ctgan library samples. ``offsets[i]`` is where column ``i``'s one-hot starts.
+    each row picks a categorical column uniformly (column ``only`` when given) and a
+    category by its frequency, as the ctgan library samples. ``offsets[i]`` is where
+    column ``i``'s one-hot starts.
     """
     cond = torch.zeros(n, width)
     if condition is not None:
@@ -232,7 +234,7 @@ def draw_conditions(
         cond[:, offsets[column] + category] = 1.0
     elif categorical:
         rng = np.random.default_rng(seeded_global_rng(generator))
-        columns = rng.integers(len(categorical), size=n)
+        columns = rng.integers(len(categorical), size=n) if only is None else np.full(n, only)
         for i, (enc, _) in enumerate(categorical):
             picked = np.flatnonzero(columns == i)
             p = enc.counts / enc.counts.sum()

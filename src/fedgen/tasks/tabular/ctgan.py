@@ -15,6 +15,12 @@ The generator is two residual blocks (here with LayerNorm, not BatchNorm: DESIGN
 forbids BatchNorm in federated tasks); the critic sees ``pac`` rows at once
 (PacGAN) with a gradient penalty (WGAN-GP). Federated, both networks are averaged,
 as Fed-TGAN does.
+
+``condition_on`` restricts the conditional vector to one categorical column (e.g. the
+target): training-by-sampling picks that column for every row, and generated rows draw
+its category by the merged frequencies. The generator then learns the other columns
+given that column's category, which is what survives averaging when clients hold
+different mixes of it (label skew), as it does for TVAE's ``condition_on``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from fedgen.tasks.tabular.base import (
     draw_conditions,
     seeded_global_rng,
 )
+from fedgen.tasks.tabular.condition_block import condition_block
 from fedgen.tasks.tabular.ctgan_functional import DROPOUT, CtganFunctionalTraining
 from fedgen.tasks.tabular.optimizer_state import FunctionalAdams
 
@@ -96,6 +103,9 @@ class CtganTask(TableTask):
         weight_decay: float = Field(1e-6, ge=0)
         #: Temperature of the generator's Gumbel-softmax one-hots.
         tau: float = Field(0.2, gt=0)
+        #: The one categorical column conditional vectors name (see the module
+        #: docstring); None: every categorical column, chosen uniformly, as the library.
+        condition_on: str | None = None
 
         @model_validator(mode="after")
         def _batch_fills_packs(self) -> CtganTask.Params:
@@ -116,6 +126,9 @@ class CtganTask(TableTask):
 
     def build(self) -> dict[str, nn.Module]:
         p, dim = self.params, self.encoder.dim
+        block = condition_block(self.encoder.categorical(), p.condition_on)
+        #: The categorical column every conditional vector names, or None: any.
+        self.condition_column = None if block is None else block.index
         return {
             "generator": _Generator(p.noise_dim, self.cond_dim, p.hidden, dim),
             "critic": _Critic(dim + self.cond_dim, p.hidden, p.pac),
@@ -165,7 +178,10 @@ class CtganTask(TableTask):
         if not categorical:  # nothing to condition on: plain uniform rows
             rows = rng.integers(data.num_examples, size=n)
             return torch.zeros(n, 0), np.zeros(n, np.int64), np.zeros(n, np.int64), rows
-        columns = rng.integers(len(categorical), size=n)
+        if self.condition_column is None:
+            columns = rng.integers(len(categorical), size=n)
+        else:
+            columns = np.full(n, self.condition_column)
         categories = np.zeros(n, dtype=np.int64)
         rows = np.zeros(n, dtype=np.int64)
         cond = torch.zeros(n, self.cond_dim)
@@ -267,7 +283,13 @@ class CtganTask(TableTask):
         # Unconditioned rows draw their conditions from the merged frequencies (the
         # table's own), as the ctgan library samples.
         cond = draw_conditions(
-            n, self.encoder.categorical(), self._cond_offsets(), self.cond_dim, condition, generator
+            n,
+            self.encoder.categorical(),
+            self._cond_offsets(),
+            self.cond_dim,
+            condition,
+            generator,
+            only=self.condition_column,
         )
         z = torch.randn(n, self.params.noise_dim, generator=generator)
         with torch.random.fork_rng(devices=[]):
