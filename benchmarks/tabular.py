@@ -14,7 +14,9 @@ method, appended to ``benchmarks/results/tabular.md`` as its run ends:
 Synthesizers ``tvae-target`` and ``ctgan-target`` are the TVAE and CTGAN recipes
 conditioned on the table's target column (``task.params.condition_on``: TVAE's decoder
 reads its one-hot, CTGAN's conditional vectors name it alone), for every method but
-``library``.
+``library``; ``tvae-silo`` and ``ctgan-silo`` condition on the table's silo column
+instead (the column a silo federation's clients differ by), each against its own
+centralized row.
 
 Synthesizers ``vertical`` (``configs/tabular_<table>_vertical.yaml``, the GTV-style
 column-split CTGAN) and ``vertical_tvae`` (``configs/tabular_<table>_vertical_tvae.yaml``,
@@ -54,8 +56,8 @@ from fedgen.report.results_table import ResultsTable, current_commit
 from fedgen.seeding import derive_seed
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Suffix of a synthesizer whose recipe is conditioned on the table's target column.
-TARGET_CONDITIONED = "-target"
+#: Suffixes of synthesizers whose recipes are conditioned on one of the table's columns.
+CONDITIONED = ("-target", "-silo")
 COLUMNS = [
     "commit",
     "table",
@@ -150,9 +152,11 @@ def fedgen_method(
         extra.append("federation.centralized=true")
     elif method == "dirichlet":
         extra.append(f"data.partition={{kind: table_dirichlet, params: {{alpha: {alpha}}}}}")
-    if synth.endswith(TARGET_CONDITIONED):
-        synth = synth.removesuffix(TARGET_CONDITIONED)
-        extra.append(f"task.params.condition_on={get_table_source(table).target}")
+    if synth.endswith(CONDITIONED):
+        source = get_table_source(table)
+        column = source.target if synth.endswith("-target") else source.silo_column
+        synth = synth.rsplit("-", 1)[0]
+        extra.append(f"task.params.condition_on={column}")
     cfg = load_config(ROOT / f"configs/tabular_{table}_{synth}.yaml", [*sets, *extra])
     out = work / f"{table}-{synth}-{method}"
     t0 = time.perf_counter()
@@ -339,7 +343,7 @@ def main() -> None:
                             name, synth, method, sets, Path(tmp), args.local_steps * clients
                         )
                     elif method == "library":
-                        if synth.endswith(TARGET_CONDITIONED):
+                        if synth.endswith(CONDITIONED):
                             continue  # the library's own rows are its tvae / ctgan rows
                         steps, batch = library_steps(name, synth, sets)
                         r = library_method(name, synth, steps, batch, 0)
