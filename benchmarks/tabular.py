@@ -152,13 +152,13 @@ def fedgen_method(
         extra.append("federation.centralized=true")
     elif method == "dirichlet":
         extra.append(f"data.partition={{kind: table_dirichlet, params: {{alpha: {alpha}}}}}")
+    out = work / f"{table}-{synth}-{method}"  # the name asked for: tvae-target is not tvae
     if synth.endswith(CONDITIONED):
         source = get_table_source(table)
         column = source.target if synth.endswith("-target") else source.silo_column
         synth = synth.rsplit("-", 1)[0]
         extra.append(f"task.params.condition_on={column}")
     cfg = load_config(ROOT / f"configs/tabular_{table}_{synth}.yaml", [*sets, *extra])
-    out = work / f"{table}-{synth}-{method}"
     t0 = time.perf_counter()
     summary = run_experiment(cfg, out, progress=False)
     seconds = time.perf_counter() - t0
