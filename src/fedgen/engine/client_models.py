@@ -31,7 +31,12 @@ import torch
 from fedgen.engine.ditto import PERSONAL_PREFIX, personal_model
 from fedgen.engine.federation import Federation
 from fedgen.errors import ConfigError
-from fedgen.eval.per_client import ClientQuality, label_proportions, summarise
+from fedgen.eval.per_client import (
+    ClientQuality,
+    label_proportions,
+    real_images_for_labels,
+    summarise,
+)
 from fedgen.modality import Modality
 from fedgen.seeding import torch_generator
 from fedgen.tasks.base import Task
@@ -231,28 +236,6 @@ def pooled_by_class(fed: Federation, num_classes: int) -> list[torch.Tensor]:
     images = torch.cat([data.data.images for _, data in sorted(fed.clients.items())])
     labels = torch.cat([data.data.labels for _, data in sorted(fed.clients.items())])
     return [images[labels == c] for c in range(num_classes)]
-
-
-def real_images_for_labels(
-    pool: list[torch.Tensor], labels: torch.Tensor, generator: torch.Generator
-) -> torch.Tensor:
-    """Real images for ``labels`` (float in [0, 1], in ``labels``' order): each class's
-    images drawn without replacement from ``pool`` (with it where the pool is short)."""
-    out = torch.empty((len(labels), *pool[0].shape[1:]), dtype=torch.float32)
-    for c in torch.unique(labels).tolist():
-        where = torch.nonzero(labels == c).flatten()
-        images = pool[c]
-        if len(images) == 0:
-            raise ValueError(
-                f"no client holds an image of class {c}, so the per-client ceiling cannot "
-                "be drawn for it"
-            )
-        if len(where) <= len(images):
-            rows = torch.randperm(len(images), generator=generator)[: len(where)]
-        else:
-            rows = torch.randint(len(images), (len(where),), generator=generator)
-        out[where] = images[rows].float() / 255.0
-    return out
 
 
 def _score(

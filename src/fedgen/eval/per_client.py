@@ -123,10 +123,7 @@ class ClientQuality:
                 continue
             if len(pool) == 0:
                 raise ValueError(f"the test split holds no image of class {c}")
-            if k <= len(pool):
-                rows.append(pool[torch.randperm(len(pool), generator=gen)[:k]])
-            else:
-                rows.append(pool[torch.randint(len(pool), (k,), generator=gen)])
+            rows.append(pool[draw_indices(len(pool), k, gen)])
         return self.test_images[torch.cat(rows)]
 
     def figures(
@@ -152,6 +149,33 @@ class ClientQuality:
             "tstr_accuracy": float((proportions.double() * recall).sum()),
             "frechet_distance": frechet_distance(real, self.features(images)),
         }
+
+
+def draw_indices(pool_size: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """``k`` indices into a pool of ``pool_size``: without replacement, with it only when
+    the pool holds fewer than ``k``."""
+    if k <= pool_size:
+        return torch.randperm(pool_size, generator=generator)[:k]
+    return torch.randint(pool_size, (k,), generator=generator)
+
+
+def real_images_for_labels(
+    pool: list[torch.Tensor], labels: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Real images for ``labels`` (float in [0, 1], in ``labels``' order), each class's
+    drawn from ``pool[class]`` (uint8 images) by ``draw_indices``: the per-client ceiling's
+    stand-in for a perfect generator's samples."""
+    out = torch.empty((len(labels), *pool[0].shape[1:]), dtype=torch.float32)
+    for c in torch.unique(labels).tolist():
+        where = torch.nonzero(labels == c).flatten()
+        images = pool[c]
+        if len(images) == 0:
+            raise ValueError(
+                f"no client holds an image of class {c}, so the per-client ceiling cannot "
+                "be drawn for it"
+            )
+        out[where] = images[draw_indices(len(images), len(where), generator)].float() / 255.0
+    return out
 
 
 def summarise(model: str, per_client: dict[int, dict[str, float]]) -> dict[str, float]:

@@ -17,10 +17,10 @@ from fedgen.engine.client_models import (
     has_personal_models,
     load_client_model,
     load_evaluated_model,
-    real_images_for_labels,
 )
 from fedgen.engine.ditto import PERSONAL_PREFIX, train_personal
 from fedgen.errors import ConfigError
+from fedgen.eval.per_client import real_images_for_labels
 from fedgen.experiment import build_experiment, restore_latest
 from fedgen.modality import TensorKind
 from fedgen.params import ParamsError

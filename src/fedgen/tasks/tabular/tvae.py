@@ -176,21 +176,15 @@ class TvaeTask(TableTask):
     ) -> torch.Tensor:
         decoder = self._decoder()
         z = torch.randn(n, self.params.latent_dim, generator=generator)
-        if self.condition is None:
-            return draw_rows(
-                decoder(z), self.spans, decoder.sigma, generator, self.params.categories
-            )
-        given = self.condition.draw(n, generator, condition)
+        block = self.condition
+        given = None if block is None else block.draw(n, generator, condition)
+        latent = z if given is None else torch.cat([z, given], dim=1)
         rows = draw_rows(
-            decoder(torch.cat([z, given], dim=1)),
-            self.spans,
-            decoder.sigma,
-            generator,
-            self.params.categories,
+            decoder(latent), self.spans, decoder.sigma, generator, self.params.categories
         )
-        # The conditioning column holds the category the rows were generated for.
-        start = self.condition.start
-        rows[:, start : start + self.condition.width] = given
+        if block is not None and given is not None:
+            # The conditioning column holds the category the rows were generated for.
+            rows[:, block.start : block.start + block.width] = given
         return rows
 
 
