@@ -51,6 +51,10 @@ SETTINGS: dict[str, str] = {
     "sign": "[{name: sign}]",
     "sign-0.5": "[{name: sign, params: {fraction: 0.5}}]",
     "sign-0.25": "[{name: sign, params: {fraction: 0.25}}]",
+    # Each matrix as its best rank-r factors, every number in 8 bits, error feedback.
+    "lowrank-1": "[{name: lowrank, params: {rank: 1}}]",
+    "lowrank-2": "[{name: lowrank, params: {rank: 2}}]",
+    "lowrank-4": "[{name: lowrank, params: {rank: 4}}]",
 }
 #: setting -> federation.downlink (the broadcast as compressed deltas); the rest send
 #: the float32 model. Each pairs a reply codec (before the "+") with a downlink codec.
@@ -79,6 +83,12 @@ DOWNLINK: dict[str, str] = {
     "sign-0.5+down-sign-0.5": "{name: sign, params: {fraction: 0.5, error_feedback: false}}",
     "sign-0.5+down-sign-0.25": "{name: sign, params: {fraction: 0.25, error_feedback: false}}",
     "sign-0.25+down-sign-0.25": "{name: sign, params: {fraction: 0.25, error_feedback: false}}",
+    # Low-rank factors both ways: a projection, so contractive like the scaled sign.
+    "lowrank-1+down-lowrank-1": "{name: lowrank, params: {rank: 1, error_feedback: false}}",
+    "lowrank-2+down-lowrank-2": "{name: lowrank, params: {rank: 2, error_feedback: false}}",
+    "lowrank-4+down-lowrank-4": "{name: lowrank, params: {rank: 4, error_feedback: false}}",
+    "lowrank-2+down-lowrank-1": "{name: lowrank, params: {rank: 1, error_feedback: false}}",
+    "lowrank-4+down-lowrank-2": "{name: lowrank, params: {rank: 2, error_feedback: false}}",
 }
 SETTINGS.update({name: SETTINGS[name.split("+")[0]] for name in DOWNLINK if name not in SETTINGS})
 #: float32 FedAvg stopped after half the rounds (its TSTR at about half the bytes).

@@ -5,6 +5,7 @@ from fedgen.transforms.cast import CastCodec
 from fedgen.transforms.clip import AUX_PREFIX, UNCLIPPED_KEY, NormClip, global_norm
 from fedgen.transforms.codec import UpdateCodec, decode_arrival
 from fedgen.transforms.dp import ClientLevelDP, effective_noise_multiplier
+from fedgen.transforms.lowrank import LowRank
 from fedgen.transforms.quantize import QSGD, StochasticQuantization
 from fedgen.transforms.secagg import SecureAggregation
 from fedgen.transforms.sign import ScaledSign
@@ -17,6 +18,7 @@ __all__ = [
     "UNCLIPPED_KEY",
     "CastCodec",
     "ClientLevelDP",
+    "LowRank",
     "NormClip",
     "RandomMask",
     "ScaledSign",

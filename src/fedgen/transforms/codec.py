@@ -122,6 +122,14 @@ class UpdateCodec(UpdateTransform):
         return decoded
 
 
+def coded_keys(state: StateDict) -> list[str]:
+    """The tensors of ``state`` a codec that packs a whole update into a few arrays
+    codes (floating, not a side channel), in the order their numbers travel."""
+    return sorted(
+        k for k, v in state.items() if v.is_floating_point() and not k.startswith(AUX_PREFIX)
+    )
+
+
 def codecs_of(transforms: Sequence[UpdateTransform]) -> list[UpdateCodec]:
     """The codecs among ``transforms``, in pipeline order."""
     return [t for t in transforms if isinstance(t, UpdateCodec)]

@@ -36,7 +36,7 @@ from fedgen.seeding import derive_seed
 from fedgen.transforms.base import TransformContext
 from fedgen.transforms.bitpack import pack, packed_size, unpack
 from fedgen.transforms.clip import AUX_PREFIX
-from fedgen.transforms.codec import CODEC_PREFIX, UpdateCodec, expect
+from fedgen.transforms.codec import CODEC_PREFIX, UpdateCodec, coded_keys, expect
 from fedgen.transforms.quantize import buckets
 from fedgen.transforms.sparsify import residual_key, shared_support, with_residual
 from fedgen.types import StateDict
@@ -46,13 +46,6 @@ SIGNS = CODEC_PREFIX + "sign/signs"
 #: Every bucket's scale, in the same order.
 SCALES = CODEC_PREFIX + "sign/scales"
 PARTS = (SIGNS, SCALES)
-
-
-def _coded_keys(state: StateDict) -> list[str]:
-    """The tensors a sign update codes, in the order their signs and scales travel."""
-    return sorted(
-        k for k, v in state.items() if v.is_floating_point() and not k.startswith(AUX_PREFIX)
-    )
 
 
 @TRANSFORMS.register("sign")
@@ -109,7 +102,7 @@ class ScaledSign(UpdateCodec):
         signs: list[torch.Tensor] = []
         scales: list[torch.Tensor] = []
         plain = 0
-        for key in _coded_keys(update):
+        for key in coded_keys(update):
             value = update[key]
             plain += value.numel() * 4
             positive, scale = self._encode_tensor(key, value, ctx)
@@ -165,7 +158,7 @@ class ScaledSign(UpdateCodec):
         extra = sorted(k for k in update if k.startswith(CODEC_PREFIX) and k not in PARTS)
         if extra:
             raise ValueError(f"arrays a sign update does not send: {extra[:3]}")
-        keys = _coded_keys(reference)
+        keys = coded_keys(reference)
         for key in keys:
             if key in update:
                 raise ValueError(f"{key}: sent both encoded and as a plain tensor")

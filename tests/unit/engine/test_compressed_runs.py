@@ -17,12 +17,13 @@ from fedgen.wire import encode
 
 TOPK = "[{name: topk, params: {fraction: 0.05}}]"
 SIGN = "[{name: sign, params: {fraction: 0.5}}]"
+LOWRANK = "[{name: lowrank, params: {rank: 1}}]"
 
 
 @pytest.mark.parametrize(
     "transforms",
-    ["[]", TOPK, "[{name: quantize, params: {bits: 2}}]", "[{name: random_mask}]", SIGN],
-    ids=["float32", "topk", "quantize-2", "random_mask", "sign"],
+    ["[]", TOPK, "[{name: quantize, params: {bits: 2}}]", "[{name: random_mask}]", SIGN, LOWRANK],
+    ids=["float32", "topk", "quantize-2", "random_mask", "sign", "lowrank"],
 )
 def test_recorded_bytes_are_the_lengths_of_the_serialized_messages(
     mnist_dir, monkeypatch, transforms
@@ -84,7 +85,7 @@ def test_process_pool_matches_in_process_with_a_codec(mnist_dir):
         assert all(torch.equal(v, pool.private_states[cid][k]) for k, v in private.items())
 
 
-@pytest.mark.parametrize("transforms", [TOPK, SIGN], ids=["topk", "sign"])
+@pytest.mark.parametrize("transforms", [TOPK, SIGN, LOWRANK], ids=["topk", "sign", "lowrank"])
 def test_a_run_with_error_feedback_resumes_bit_identically(mnist_dir, tmp_path, transforms):
     # Prepare: 2 of 4 clients a round, so residuals wait across rounds in private state.
     cfg = tiny_config(

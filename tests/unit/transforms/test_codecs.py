@@ -10,6 +10,7 @@ from fedgen.transforms.base import TransformContext
 from fedgen.transforms.cast import CastCodec
 from fedgen.transforms.clip import UNCLIPPED_KEY
 from fedgen.transforms.codec import CODEC_PREFIX, decode_arrival, part_name
+from fedgen.transforms.lowrank import LowRank
 from fedgen.transforms.quantize import QSGD, StochasticQuantization
 from fedgen.transforms.sign import SCALES, ScaledSign
 from fedgen.transforms.sparsify import RandomMask, TopK, residual_key
@@ -64,6 +65,9 @@ ALL = [
     ScaledSign(),
     ScaledSign(0.25, bucket_size=64),
     ScaledSign(0.5, error_feedback=False),
+    LowRank(2),
+    LowRank(1, bits=16),
+    LowRank(4, bits=32, error_feedback=False),
 ]
 
 

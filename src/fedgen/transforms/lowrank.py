@@ -1,0 +1,228 @@
+"""Low-rank compression: each matrix of an update as its best rank-r factors, in 8 bits.
+
+A layer's update is close to low rank; PowerSGD (Vogels et al. 2019, "PowerSGD:
+Practical Low-Rank Gradient Compression for Distributed Optimization") sends rank-r
+factors with error feedback and matches uncompressed SGD at rank 1-4 on ResNets. It
+finds the factors by one power iteration, which is cheap on a GPU and linear, so
+factors can be all-reduced. Here the server decodes each client's update on its own,
+so the factors come from the truncated SVD instead: the best rank-r approximation in
+the Frobenius norm (Eckart-Young), deterministic, and a millisecond for these sizes.
+
+- A tensor of two or more dimensions is viewed as a matrix ``m x n`` (rows: its
+  first dimension; a convolution kernel is ``out x in*kh*kw``). It is sent as two
+  factors ``A`` (``m x r``) and ``B`` (``n x r``), ``M ~ A B^T``, each column scaled
+  by the square root of its singular value, whenever ``r (m + n) < m n``. Vectors
+  and matrices too thin to gain are sent value by value.
+- Every number sent is then rounded to ``bits``: 8 (an int8 with one float32 scale,
+  the largest magnitude / 127, per factor column or per bucket of ``bucket_size``
+  values), 16 (float16) or 32 (float32).
+
+With ``error_feedback`` what the rank and the rounding leave out stays in the
+client's private state and joins its next update, as in PowerSGD. The truncation is
+a projection (``A B^T = U_r U_r^T M``), so its norm never exceeds the update's, and
+the compressor is contractive, which the server's error feedback on a compressed
+downlink needs. At 32 bits without error feedback it composes with client-level DP's
+clip bound; rounding to 8 or 16 bits can exceed it.
+
+An update travels as two arrays, all its numbers and all their scales, as ``sign``'s
+does: at these rates a header entry per tensor and part would weigh as much as the
+values. An update holding NaN or Inf has no factors: it is sent as NaN, and the
+server rejects it as it rejects any non-finite update.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedgen.registry import TRANSFORMS
+from fedgen.transforms.base import TransformContext
+from fedgen.transforms.clip import AUX_PREFIX
+from fedgen.transforms.codec import CODEC_PREFIX, UpdateCodec, coded_keys, expect
+from fedgen.transforms.sparsify import residual_key, with_residual
+from fedgen.types import StateDict
+
+#: Every number of the update's coded tensors in turn (sorted by name): factor
+#: columns of ``A`` then of ``B``, or the values of a tensor sent whole.
+VALUES = CODEC_PREFIX + "lowrank/values"
+#: At 8 bits, one float32 scale per segment (a factor column, or a bucket), in order.
+SCALES = CODEC_PREFIX + "lowrank/scales"
+PARTS = (VALUES, SCALES)
+_DTYPES = {8: torch.int8, 16: torch.float16, 32: torch.float32}
+_INT8_TOP = 127
+
+
+@TRANSFORMS.register("lowrank")
+class LowRank(UpdateCodec):
+    """Each matrix of an update as rank-``rank`` factors, every number in ``bits`` bits.
+
+    Args:
+        rank: the factors' columns (a matrix of lower rank is sent at its own).
+        bits: 8 (int8 with a float32 scale per segment), 16 (float16) or 32.
+        bucket_size: values of a tensor sent whole that share one scale (at 8 bits).
+        error_feedback: keep what was not sent in the client's private state and add it
+            to the next update (a compressed downlink has its own, on the server: there
+            it must be off).
+    """
+
+    codec_name = "lowrank"
+
+    class Params(BaseModel):
+        """The recipe's ``params`` of a ``lowrank`` transform (see Args)."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        rank: int = Field(2, ge=1)
+        bits: Literal[8, 16, 32] = 8
+        bucket_size: int = Field(2048, ge=1)
+        error_feedback: bool = True
+
+    def __init__(
+        self,
+        rank: int = 2,
+        bits: Literal[8, 16, 32] = 8,
+        bucket_size: int = 2048,
+        error_feedback: bool = True,
+    ) -> None:
+        self.rank = int(rank)
+        self.bits = int(bits)
+        self.bucket_size = int(bucket_size)
+        self.error_feedback = bool(error_feedback)
+
+    @property
+    def dp_compatible(self) -> bool:
+        """A projection keeps the clipped norm; rounding and the residual do not."""
+        return self.bits == 32 and not self.error_feedback
+
+    def rank_of(self, shape: torch.Size) -> int:
+        """The rank a tensor of ``shape`` is factored at; 0: sent value by value."""
+        if len(shape) < 2 or not math.prod(shape):
+            return 0
+        m = shape[0]
+        n = math.prod(shape) // m
+        r = min(self.rank, m, n)
+        return r if r * (m + n) < m * n else 0
+
+    def segments(self, shape: torch.Size) -> list[int]:
+        """The lengths of the segments (one scale each) a tensor of ``shape`` sends."""
+        rank = self.rank_of(shape)
+        numel = math.prod(shape)
+        if rank:
+            m = shape[0]
+            return [m] * rank + [numel // m] * rank
+        full, rest = divmod(numel, self.bucket_size)
+        return [self.bucket_size] * full + ([rest] if rest else [])
+
+    def on_client(
+        self, update: StateDict, ctx: TransformContext
+    ) -> tuple[StateDict, dict[str, float]]:
+        encoded = {
+            k: v for k, v in update.items() if k.startswith(AUX_PREFIX) or not v.is_floating_point()
+        }
+        codes: list[torch.Tensor] = []
+        scales: list[torch.Tensor] = []
+        plain = 0
+        for key in coded_keys(update):
+            value = update[key]
+            plain += value.numel() * 4
+            flat = value.detach().reshape(-1).to(torch.float32)
+            if self.error_feedback:
+                flat = with_residual(flat, key, self.codec_name, ctx)
+            lengths = self.segments(value.shape)
+            these, scale = self._round(self._factors(flat, value.shape), lengths)
+            codes.append(these)
+            scales.append(scale)
+            if self.error_feedback and ctx.private is not None:
+                sent = self._assemble(self._unround(these, scale, lengths), value.shape)
+                ctx.private[residual_key(key, self.codec_name)] = (flat - sent.reshape(-1)).reshape(
+                    value.shape
+                )
+        encoded[VALUES] = torch.cat(codes) if codes else torch.zeros(0, dtype=_DTYPES[self.bits])
+        encoded[SCALES] = torch.cat(scales) if scales else torch.zeros(0)
+        sent_bytes = sum(encoded[p].numel() * encoded[p].element_size() for p in PARTS)
+        return encoded, {"encoded_fraction": sent_bytes / plain if plain else 1.0}
+
+    def _factors(self, flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """What a tensor sends before rounding: its factors' columns, or its values."""
+        rank = self.rank_of(shape)
+        if not rank:
+            return flat
+        matrix = flat.reshape(shape[0], -1)
+        if not bool(torch.isfinite(matrix).all()):
+            # No SVD of NaN: send NaN, which the server rejects as a non-finite update.
+            return torch.full((rank * sum(matrix.shape),), float("nan"))
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        root = s[:rank].sqrt()
+        # A's columns (u_i * sqrt(s_i)) then B's (v_i * sqrt(s_i)): balanced magnitudes,
+        # so one int8 scale per column loses as little of each.
+        return torch.cat(
+            [(u[:, :rank] * root).T.reshape(-1), (vh[:rank] * root[:, None]).reshape(-1)]
+        )
+
+    def _assemble(self, numbers: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """A tensor of ``shape`` from its (decoded) factors' columns or values."""
+        rank = self.rank_of(shape)
+        if not rank:
+            return numbers.reshape(shape)
+        m = shape[0]
+        a = numbers[: rank * m].reshape(rank, m)
+        b = numbers[rank * m :].reshape(rank, -1)
+        return (a.T @ b).reshape(shape)
+
+    def _round(self, raw: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``raw`` as ``bits``-bit numbers, and (8 bits) each segment's scale."""
+        if self.bits != 8:
+            return raw.to(_DTYPES[self.bits]), torch.zeros(0)
+        ids = _segment_ids(lengths)
+        top = torch.zeros(len(lengths)).scatter_reduce(0, ids, raw.abs(), "amax")
+        scale = top / _INT8_TOP
+        per = scale[ids]
+        safe = torch.where(per > 0, per, torch.ones_like(per))
+        codes = torch.round(raw / safe).clamp(-_INT8_TOP, _INT8_TOP)
+        return codes.to(torch.int8), scale
+
+    def _unround(
+        self, codes: torch.Tensor, scales: torch.Tensor, lengths: list[int]
+    ) -> torch.Tensor:
+        """The float32 numbers ``_round`` coded."""
+        if self.bits != 8:
+            return codes.to(torch.float32)
+        return codes.to(torch.float32) * scales[_segment_ids(lengths)]
+
+    def decode(self, update: StateDict, reference: StateDict, ctx: TransformContext) -> StateDict:
+        """One client's update as the model's tensors, from what ``on_client`` sent.
+
+        Raises:
+            ValueError: the numbers or scales are missing, of the wrong size or malformed.
+        """
+        extra = sorted(k for k in update if k.startswith(CODEC_PREFIX) and k not in PARTS)
+        if extra:
+            raise ValueError(f"arrays a lowrank update does not send: {extra[:3]}")
+        keys = coded_keys(reference)
+        for key in keys:
+            if key in update:
+                raise ValueError(f"{key}: sent both encoded and as a plain tensor")
+        per_key = [self.segments(reference[k].shape) for k in keys]
+        lengths = [n for these in per_key for n in these]
+        codes = expect(update.get(VALUES), "values", _DTYPES[self.bits], sum(lengths))
+        scales = expect(
+            update.get(SCALES), "scales", torch.float32, len(lengths) if self.bits == 8 else 0
+        )
+        if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
+            raise ValueError("a scale that is negative or not finite")
+        numbers = self._unround(codes, scales, lengths)
+        decoded = {k: v for k, v in update.items() if k not in PARTS}
+        for key, chunk in zip(keys, numbers.split([sum(t) for t in per_key]), strict=True):
+            ref = reference[key]
+            decoded[key] = self._assemble(chunk, ref.shape).to(ref.dtype)
+        return decoded
+
+
+def _segment_ids(lengths: list[int]) -> torch.Tensor:
+    """Each number's segment index."""
+    return torch.repeat_interleave(
+        torch.arange(len(lengths)), torch.tensor(lengths, dtype=torch.int64)
+    )
