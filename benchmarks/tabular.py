@@ -15,8 +15,8 @@ Synthesizers ``tvae-target`` and ``ctgan-target`` are the TVAE and CTGAN recipes
 conditioned on the table's target column (``task.params.condition_on``: TVAE's decoder
 reads its one-hot, CTGAN's conditional vectors name it alone), for every method but
 ``library``; ``tvae-silo`` and ``ctgan-silo`` condition on the table's silo column
-instead (the column a silo federation's clients differ by), each against its own
-centralized row.
+instead (the column a silo federation's clients differ by), and ``tvae-joint`` on both,
+drawn jointly from their pooled joint counts; each against its own centralized row.
 
 Synthesizers ``vertical`` (``configs/tabular_<table>_vertical.yaml``, the GTV-style
 column-split CTGAN) and ``vertical_tvae`` (``configs/tabular_<table>_vertical_tvae.yaml``,
@@ -56,8 +56,8 @@ from fedgen.report.results_table import ResultsTable, current_commit
 from fedgen.seeding import derive_seed
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Suffixes of synthesizers whose recipes are conditioned on one of the table's columns.
-CONDITIONED = ("-target", "-silo")
+#: Suffixes of synthesizers whose recipes are conditioned on the table's columns.
+CONDITIONED = ("-target", "-silo", "-joint")
 COLUMNS = [
     "commit",
     "table",
@@ -155,7 +155,12 @@ def fedgen_method(
     out = work / f"{table}-{synth}-{method}"  # the name asked for: tvae-target is not tvae
     if synth.endswith(CONDITIONED):
         source = get_table_source(table)
-        column = source.target if synth.endswith("-target") else source.silo_column
+        suffix = synth.rsplit("-", 1)[1]
+        column = {
+            "target": source.target,
+            "silo": source.silo_column,
+            "joint": f"[{source.silo_column}, {source.target}]",
+        }[suffix]
         synth = synth.rsplit("-", 1)[0]
         extra.append(f"task.params.condition_on={column}")
     cfg = load_config(ROOT / f"configs/tabular_{table}_{synth}.yaml", [*sets, *extra])

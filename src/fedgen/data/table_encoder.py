@@ -20,11 +20,13 @@ own rows (``client_statistics``) and the server merges (``merge_statistics``):
   Gaussian mixture (weights, means, standard deviations, at most ``max_modes``).
   The server draws points from the count-weighted union of the clients' mixtures
   (a density equal to the pooled mixture's) and fits the global mixture to them.
+- pairs of categorical columns: their joint counts (contingency tables), merged by
+  summing: a conditional synthesizer draws two columns jointly from them.
 
-What the server learns is therefore each client's category counts, moments,
-cross-products, range and mixture parameters: aggregate statistics, not rows, but not protected by
-differential privacy either (a client's min/max is one of its values). Under DP the
-release is refused, not accounted for (``fedgen.data.table_data``).
+What the server learns is therefore each client's category counts and joint counts,
+moments, cross-products, range and mixture parameters: aggregate statistics, not rows,
+but not protected by differential privacy either (a client's min/max is one of its
+values). Under DP the release is refused, not accounted for (``fedgen.data.table_data``).
 """
 
 from __future__ import annotations
@@ -102,6 +104,17 @@ def client_statistics(
             "max": float(x.max()),
             "mixture": _fit_mixture(x, max_modes, seed),
         }
+    # Joint counts of every pair of categorical columns: merged by summing, the pooled
+    # contingency tables exactly (a conditional model draws two columns jointly from them).
+    categorical = [c.name for c in schema.columns if c.type == ColumnType.CATEGORICAL]
+    stats["pairs"] = {
+        f"{a}|{b}": {
+            str(va): {str(vb): int(n) for vb, n in row.items() if n}
+            for va, row in pd.crosstab(frame[a].astype(str), frame[b].astype(str)).iterrows()
+        }
+        for i, a in enumerate(categorical)
+        for b in categorical[i + 1 :]
+    }
     # Sums of products of every pair of numeric columns: with the sums and sums of squares
     # above they give the pooled Pearson correlations exactly (the report's real matrix).
     numeric = [c.name for c in schema.columns if c.numeric]
@@ -230,6 +243,9 @@ class TableEncoder:
     client_bytes: tuple[int, ...] = field(default=())
     #: Pooled Pearson correlations of the numeric columns (in schema order), merged exactly.
     correlation: np.ndarray | None = None
+    #: Pooled joint counts of each pair of categorical columns ``"a|b"`` (a before b in
+    #: schema order): ``(len(a's categories), len(b's))``, in the encodings' category order.
+    pairs: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def dim(self) -> int:
@@ -256,6 +272,14 @@ class TableEncoder:
                 out.append((e, start))
             start += e.width
         return out
+
+    def joint_counts(self, a: str, b: str) -> np.ndarray | None:
+        """The pooled counts of categorical columns ``a`` x ``b``; None when the clients
+        sent none (an encoder fitted before joint counts were part of the statistics)."""
+        if f"{a}|{b}" in self.pairs:
+            return self.pairs[f"{a}|{b}"]
+        other = self.pairs.get(f"{b}|{a}")
+        return None if other is None else other.T
 
     def encoding(self, column: str) -> Encoding:
         for e in self.encodings:
@@ -330,6 +354,7 @@ def encoder_state(encoder: TableEncoder) -> dict[str, Any]:
         "encodings": encodings,
         "client_bytes": list(encoder.client_bytes),
         "correlation": None if encoder.correlation is None else encoder.correlation.tolist(),
+        "pairs": {k: v.tolist() for k, v in encoder.pairs.items()},
     }
 
 
@@ -365,6 +390,8 @@ def encoder_from_state(state: dict[str, Any], schema: TableSchema) -> TableEncod
         tuple(encodings),
         tuple(int(b) for b in state["client_bytes"]),
         None if corr is None else np.asarray(corr, dtype=np.float64),
+        # Encoders saved before joint counts were sent have none.
+        {k: np.asarray(v, dtype=np.int64) for k, v in state.get("pairs", {}).items()},
     )
 
 
@@ -411,7 +438,30 @@ def merge_statistics(
         tuple(encodings),
         tuple(statistics_nbytes(s) for s in stats),
         _merge_correlation(stats, encodings),
+        _merge_pairs(stats, encodings),
     )
+
+
+def _merge_pairs(
+    stats: Sequence[dict[str, Any]], encodings: list[Encoding]
+) -> dict[str, np.ndarray]:
+    """Pooled joint counts of each pair of categorical columns, summed over clients."""
+    if any("pairs" not in s for s in stats):
+        return {}
+    categorical = [e for e in encodings if isinstance(e, CategoricalEncoding)]
+    out: dict[str, np.ndarray] = {}
+    for i, a in enumerate(categorical):
+        for b in categorical[i + 1 :]:
+            key = f"{a.name}|{b.name}"
+            table = np.zeros((a.width, b.width), dtype=np.int64)
+            row = {c: k for k, c in enumerate(a.categories)}
+            col = {c: k for k, c in enumerate(b.categories)}
+            for s in stats:
+                for va, counts in s["pairs"][key].items():
+                    for vb, n in counts.items():
+                        table[row[va], col[vb]] += n
+            out[key] = table
+    return out
 
 
 def _merge_correlation(

@@ -246,7 +246,7 @@ class VerticalPartition(TablePartition):
         if encoder is not None:
             given = encoder_from_state(encoder, source.schema)
             joined = VerticalTableEncoder(
-                source.schema, given.encodings, given.client_bytes, None, groups
+                source.schema, given.encodings, given.client_bytes, None, groups=groups
             )
         else:
             fits = []

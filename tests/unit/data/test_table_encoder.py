@@ -8,6 +8,8 @@ import pytest
 
 from fedgen.data.table_encoder import (
     client_statistics,
+    encoder_from_state,
+    encoder_state,
     fit_encoder_federated,
     merge_statistics,
 )
@@ -88,3 +90,23 @@ def test_merged_correlations_of_numeric_columns_equal_the_pooled_ones(fair_parts
     table, _ = fair_parts
     pooled = np.corrcoef(table[["age", "yrs_married", "children"]].to_numpy().T)
     np.testing.assert_allclose(fair_encoder.correlation, pooled, rtol=1e-9, atol=1e-12)
+
+
+def test_merged_joint_counts_of_categorical_pairs_equal_the_pooled_contingency_tables(
+    fair_parts, fair_encoder
+):
+    table, _ = fair_parts
+    a, b = fair_encoder.encoding("occupation"), fair_encoder.encoding("had_affair")
+    pooled = pd.crosstab(table["occupation"].astype(str), table["had_affair"].astype(str))
+    expected = pooled.reindex(index=list(a.categories), columns=list(b.categories), fill_value=0)
+    got = fair_encoder.joint_counts("occupation", "had_affair")
+    assert got is not None and got.tolist() == expected.to_numpy().tolist()
+    # Either order; every pair of the six categorical columns is there.
+    assert fair_encoder.joint_counts("had_affair", "occupation").tolist() == got.T.tolist()
+    assert len(fair_encoder.pairs) == 6 * 5 // 2
+    # They travel with the encoder; one saved before clients sent them has none.
+    state = encoder_state(fair_encoder)
+    back = encoder_from_state(state, FAIR.schema)
+    assert back.joint_counts("occupation", "had_affair").tolist() == got.tolist()
+    older = encoder_from_state({k: v for k, v in state.items() if k != "pairs"}, FAIR.schema)
+    assert older.joint_counts("occupation", "had_affair") is None

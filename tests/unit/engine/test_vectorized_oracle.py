@@ -118,11 +118,19 @@ VECTORIZING: dict[str, dict[str, str]] = {
         **FAIR_HALF_A_ROUND,
         "task.params": "{batch_size: 32, hidden: 16, latent_dim: 4}",
     },
-    # The decoder conditioned on the target's one-hot, read from each client's rows.
+    # The decoder conditioned on the target's one-hot, read from each client's rows;
+    # or on the silo column's and the target's, side by side.
     "tvae-conditional": {
         "task.name": "tvae",
         **FAIR_HALF_A_ROUND,
         "task.params": "{batch_size: 32, hidden: 16, latent_dim: 4, condition_on: had_affair}",
+    },
+    "tvae-two-conditions": {
+        "task.name": "tvae",
+        **FAIR_HALF_A_ROUND,
+        "task.params": (
+            "{batch_size: 32, hidden: 16, latent_dim: 4, condition_on: [occupation, had_affair]}"
+        ),
     },
     # CTGAN: training-by-sampling, Gumbel noise and the critic's dropout drawn in
     # train_local's order, the gradient penalty's nested grad; kept Adams (default).

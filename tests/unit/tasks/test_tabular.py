@@ -3,6 +3,8 @@ condition; a category absent from training is a clear error."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +15,7 @@ from fedgen.modality import Conditioning, DataSpec, Modality
 from fedgen.registry import EVALUATORS, SAMPLE_WRITERS, TASKS
 from fedgen.tasks.tabular import CtganTask, TvaeTask
 from fedgen.tasks.tabular.base import draw_conditions
+from fedgen.tasks.tabular.condition_block import condition_block
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +96,7 @@ def test_a_conditional_tvae_reads_its_column_and_generates_rows_for_drawn_catego
     assert abs(got - share) < 4 * (share * (1 - share) / 4000) ** 0.5
     block = task.condition
     assert block is not None
-    one_hot = asked[:, block.start : block.start + block.width]
+    one_hot = asked[:, block.starts[0] : block.starts[0] + block.width]
     assert torch.equal(one_hot, torch.tensor([[0.0, 1.0]] * 50))  # categories sorted: no, yes
     rows = task.sample((20, {"had_affair": "yes"}), torch.Generator().manual_seed(3))
     assert (rows["had_affair"] == "yes").all()
@@ -101,8 +104,58 @@ def test_a_conditional_tvae_reads_its_column_and_generates_rows_for_drawn_catego
 
 @pytest.mark.parametrize("cls", [TvaeTask, CtganTask])
 def test_a_conditional_model_refuses_a_column_it_cannot_condition_on(fair, cls):
-    with pytest.raises(ValueError, match=r"condition_on is 'age', which is no categorical.*"):
+    with pytest.raises(ValueError, match=r"condition_on names 'age', which is no categorical.*"):
         _task(cls, fair, condition_on="age")
+
+
+def test_a_tvae_conditioned_on_two_columns_draws_them_jointly(fair):
+    # Prepare: TVAE conditioned on the silo column and the target, whose pooled joint
+    # counts the encoder merged from the clients' contingency tables.
+    task = _task(TvaeTask, fair, condition_on=["occupation", "had_affair"], latent_dim=8)
+    joint = task.encoder.joint_counts("occupation", "had_affair")
+    assert joint is not None and joint.shape == (6, 2)
+    assert task.modules["decoder"].net[0].in_features == 8 + 6 + 2
+    task.train_local(fair.clients[0], 10, torch.Generator().manual_seed(0), {})
+    n = 6000
+    # Execute: rows drawn freely, and rows asked to have had an affair.
+    free = task.sample(n, torch.Generator().manual_seed(1))
+    asked = task.sample((n, {"had_affair": "yes"}), torch.Generator().manual_seed(2))
+    # Assert: every (occupation, had_affair) cell in its pooled joint share, within four
+    # standard errors; asked rows hold the asked category and occupations in their
+    # shares among those who had one (drawn apart, they would follow the marginal).
+    occupations = task.encoder.encoding("occupation").categories
+    shares = joint / joint.sum()
+    for i, occupation in enumerate(occupations):
+        for j, answer in enumerate(("no", "yes")):
+            got = ((free["occupation"] == occupation) & (free["had_affair"] == answer)).mean()
+            p = shares[i, j]
+            assert abs(got - p) < 4 * (p * (1 - p) / n) ** 0.5 + 1e-9, (occupation, answer)
+    assert (asked["had_affair"] == "yes").all()
+    given = joint[:, 1] / joint[:, 1].sum()
+    for i, occupation in enumerate(occupations):
+        got = (asked["occupation"] == occupation).mean()
+        assert abs(got - given[i]) < 4 * (given[i] * (1 - given[i]) / n) ** 0.5 + 1e-9
+
+
+def test_two_columns_need_the_encoders_joint_counts(fair):
+    # An encoder fitted before clients sent joint counts (a saved one) holds none.
+    older = dataclasses.replace(_task(TvaeTask, fair).encoder, pairs={})
+    with pytest.raises(ValueError, match="no joint counts of them"):
+        condition_block(older, ["occupation", "had_affair"])
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        (["occupation", "had_affair", "religious"], "name one categorical column, or two"),
+        (["had_affair", "had_affair"], "two different ones"),
+        (["occupation", "age"], "'age', which is no categorical"),
+    ],
+    ids=["three", "twice", "numeric"],
+)
+def test_conditioning_on_columns_that_cannot_be_drawn_jointly_is_refused(fair, columns, message):
+    with pytest.raises(ValueError, match=message):
+        _task(TvaeTask, fair, condition_on=columns)
 
 
 def test_ctgan_conditioned_on_one_column_names_only_that_column(fair):

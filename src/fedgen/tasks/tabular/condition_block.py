@@ -1,66 +1,135 @@
-"""The categorical column a conditional table model's decoder is given (TVAE's
-``condition_on``): read from the encoded rows in training, drawn when generating."""
+"""The categorical columns a conditional table model's decoder is given (TVAE's
+``condition_on``): read from the encoded rows in training, drawn when generating.
+
+One column, or two drawn jointly from their pooled joint counts (the encoder's, merged
+from the clients' contingency tables): drawn apart, two dependent columns (a silo and
+the target) would lose their dependence in every generated row.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from fedgen.data.table_encoder import CategoricalEncoding
+from fedgen.data.table_encoder import TableEncoder
+
+#: The most columns ``condition_on`` takes: the encoder merges pairs' joint counts.
+MAX_COLUMNS = 2
 
 
 @dataclass(frozen=True)
 class ConditionBlock:
-    """The categorical column a conditional TVAE's decoder reads: where its one-hot sits
-    in an encoded row, its index among the categorical columns, and its category shares."""
+    """The categorical columns a conditional TVAE's decoder reads: where each one-hot
+    sits in an encoded row, each column's index among the categorical columns, and the
+    columns' joint category shares."""
 
-    column: str
-    index: int
-    start: int
-    shares: torch.Tensor  # (width,) float64, from the encoder's pooled counts
+    columns: tuple[str, ...]
+    indices: tuple[int, ...]
+    starts: tuple[int, ...]
+    widths: tuple[int, ...]
+    #: ``(prod(widths),)`` float64: the share of each combination of categories, the
+    #: last column's varying fastest, from the encoder's pooled counts.
+    shares: torch.Tensor
 
     @property
     def width(self) -> int:
-        return int(self.shares.numel())
+        return sum(self.widths)
 
     def draw(
         self, n: int, generator: torch.Generator, condition: tuple[int, int] | None
     ) -> torch.Tensor:
-        """``(n, width)`` one-hots: every row the asked category when ``condition`` is
-        this column's, else categories drawn by their shares in the training rows."""
-        if condition is not None and condition[0] == self.index:
+        """``(n, width)`` one-hots: categories drawn by their joint shares in the
+        training rows; a ``condition`` on one of the columns fixes that column's category
+        and draws the other's given it."""
+        asked = condition is not None and condition[0] in self.indices
+        if asked and len(self.columns) == 1:
+            assert condition is not None
             picked = torch.full((n,), condition[1], dtype=torch.long)
-        else:
-            picked = torch.multinomial(self.shares, n, replacement=True, generator=generator)
-        return F.one_hot(picked, self.width).float()
+            return F.one_hot(picked, self.width).float()
+        shares = self.shares
+        if asked:
+            assert condition is not None
+            axis = self.indices.index(condition[0])
+            grid = shares.reshape(self.widths)
+            kept = torch.zeros_like(grid)
+            kept.select(axis, condition[1]).copy_(grid.select(axis, condition[1]))
+            shares = kept.reshape(-1)
+        cell = torch.multinomial(shares, n, replacement=True, generator=generator)
+        parts = []
+        for width in reversed(self.widths):
+            parts.append(F.one_hot(cell % width, width).float())
+            cell = cell // width
+        return torch.cat(parts[::-1], dim=1)
+
+    def read(self, x: torch.Tensor) -> torch.Tensor:
+        """The columns' one-hots in encoded rows ``x (..., dim)``, side by side."""
+        return torch.cat(
+            [x[..., s : s + w] for s, w in zip(self.starts, self.widths, strict=True)], dim=-1
+        )
+
+    def write(self, rows: torch.Tensor, given: torch.Tensor) -> None:
+        """Put the one-hots ``given`` (as ``draw`` returns them) into encoded ``rows``."""
+        offset = 0
+        for start, width in zip(self.starts, self.widths, strict=True):
+            rows[:, start : start + width] = given[:, offset : offset + width]
+            offset += width
 
 
 def condition_block(
-    categorical: list[tuple[CategoricalEncoding, int]], column: str | None
+    encoder: TableEncoder, columns: str | Sequence[str] | None
 ) -> ConditionBlock | None:
     """``condition_on``'s block, or None; ``ValueError`` naming the choices for a column
-    that is not categorical."""
-    if column is None:
+    that is not categorical, or what to change for more than two."""
+    if columns is None:
         return None
+    asked = (columns,) if isinstance(columns, str) else tuple(columns)
+    categorical = encoder.categorical()
     names = [enc.name for enc, _ in categorical]
-    if column not in names:
+    if not asked or len(asked) > MAX_COLUMNS or len(set(asked)) != len(asked):
         raise ValueError(
-            f"task.params.condition_on is {column!r}, which is no categorical column of "
-            f"this table; choose one of {names}, or drop condition_on"
+            f"task.params.condition_on is {list(asked)}: name one categorical column, or "
+            f"two different ones (drawn jointly from their pooled joint counts); "
+            f"the table's categorical columns are {names}"
         )
-    index = names.index(column)
-    enc, start = categorical[index]
-    counts = torch.as_tensor(enc.counts, dtype=torch.float64)
-    return ConditionBlock(column, index, start, counts / counts.sum())
+    for column in asked:
+        if column not in names:
+            raise ValueError(
+                f"task.params.condition_on names {column!r}, which is no categorical column "
+                f"of this table; choose from {names}, or drop condition_on"
+            )
+    indices = tuple(names.index(c) for c in asked)
+    encodings = [categorical[i][0] for i in indices]
+    if len(asked) == 1:
+        counts = torch.as_tensor(encodings[0].counts, dtype=torch.float64)
+    else:
+        joint = encoder.joint_counts(*asked)
+        if joint is None:
+            raise ValueError(
+                f"task.params.condition_on names {list(asked)}, but the table encoder holds "
+                "no joint counts of them (it was fitted before clients sent them): fit it "
+                "again (a new run), or condition on one column"
+            )
+        counts = torch.as_tensor(joint, dtype=torch.float64).reshape(-1)
+    widths = tuple(e.width for e in encodings)
+    assert counts.numel() == math.prod(widths)
+    return ConditionBlock(
+        asked,
+        indices,
+        tuple(categorical[i][1] for i in indices),
+        widths,
+        counts / counts.sum(),
+    )
 
 
 def with_condition(
     z: torch.Tensor, x: torch.Tensor, condition: ConditionBlock | None
 ) -> torch.Tensor:
     """The decoder's input: the latent ``z (..., B, latent)``, followed by the
-    conditioning column's one-hot read from the encoded rows ``x (..., B, dim)``."""
+    conditioning columns' one-hots read from the encoded rows ``x (..., B, dim)``."""
     if condition is None:
         return z
-    return torch.cat([z, x[..., condition.start : condition.start + condition.width]], dim=-1)
+    return torch.cat([z, condition.read(x)], dim=-1)

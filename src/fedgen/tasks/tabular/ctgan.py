@@ -126,9 +126,9 @@ class CtganTask(TableTask):
 
     def build(self) -> dict[str, nn.Module]:
         p, dim = self.params, self.encoder.dim
-        block = condition_block(self.encoder.categorical(), p.condition_on)
+        block = condition_block(self.encoder, p.condition_on)
         #: The categorical column every conditional vector names, or None: any.
-        self.condition_column = None if block is None else block.index
+        self.condition_column = None if block is None else block.indices[0]
         return {
             "generator": _Generator(p.noise_dim, self.cond_dim, p.hidden, dim),
             "critic": _Critic(dim + self.cond_dim, p.hidden, p.pac),

@@ -14,7 +14,8 @@ library takes their argmax; ``categories: argmax`` does too).
 ``condition_on`` names a categorical column the decoder is also given (a conditional
 VAE, Sohn et al. 2015): the decoder reads the latent and that column's one-hot, which
 it reads from the encoded row in training and draws from the column's pooled category
-counts (the encoder's, fitted from client statistics) when generating. Under label
+counts (the encoder's, fitted from client statistics) when generating. It may name two
+columns (a silo column and the target), drawn jointly from their pooled joint counts. Under label
 skew of that column across clients, each client's decoder then learns the other
 columns *given* the category rather than folding the category into its own latent
 space, so averaging decoders does not blend one client's categories into another's
@@ -91,9 +92,9 @@ class TvaeTask(TableTask):
         #: the offsets are drawn from theirs); ``argmax`` takes the most likely, as the
         #: ctgan library does, which loses rare categories until the latent separates them.
         categories: Literal["sample", "argmax"] = "sample"
-        #: A categorical column the decoder is conditioned on (see the module docstring);
-        #: None: an unconditional TVAE, as the library's.
-        condition_on: str | None = None
+        #: A categorical column the decoder is conditioned on, or two drawn jointly
+        #: (see the module docstring); None: an unconditional TVAE, as the library's.
+        condition_on: str | list[str] | None = None
 
     params: Params
 
@@ -103,7 +104,7 @@ class TvaeTask(TableTask):
     def build(self) -> dict[str, nn.Module]:
         p, dim = self.params, self.encoder.dim
         self.reconstruction = RowReconstruction(self.spans, dim)
-        self.condition = condition_block(self.encoder.categorical(), p.condition_on)
+        self.condition = condition_block(self.encoder, p.condition_on)
         width = 0 if self.condition is None else self.condition.width
         return {
             "encoder": _Encoder(dim, p.hidden, p.latent_dim),
@@ -183,8 +184,8 @@ class TvaeTask(TableTask):
             decoder(latent), self.spans, decoder.sigma, generator, self.params.categories
         )
         if block is not None and given is not None:
-            # The conditioning column holds the category the rows were generated for.
-            rows[:, block.start : block.start + block.width] = given
+            # The conditioning columns hold the categories the rows were generated for.
+            block.write(rows, given)
         return rows
 
 
