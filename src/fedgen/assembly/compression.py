@@ -23,8 +23,8 @@ Rules:
   noise at the server, calibrated to the clip bound on what the clients send, so
   there the codec must keep a clipped update's norm within the bound
   (``dp_compatible``: ``topk`` without error feedback and ``random_mask`` without
-  rescaling send a subset of the coordinates; quantizers, casts and error feedback
-  can exceed it);
+  rescaling send a subset of the coordinates, ``lowrank`` at 32 bits without error
+  feedback a projection; quantizers, casts and error feedback can exceed it);
 - not the ``split`` backend, whose clients exchange activations, not updates.
 
 On success each codec is bound to the run's root seed (a shared-seed support derives
@@ -111,8 +111,9 @@ def compression_problems(
             f"transforms: client_dp calibrates its noise to the clip bound on what clients "
             f"send, but {codec.codec_name} can send an update whose norm exceeds it "
             "(quantization and casts round values up, error feedback adds the residual); "
-            "use topk or sign with error_feedback: false, or random_mask with rescale: "
-            "false, or DP-SGD (dpsgd:), after which any codec is post-processing"
+            "use topk or sign with error_feedback: false, lowrank with bits: 32 and "
+            "error_feedback: false, or random_mask with rescale: false, or DP-SGD "
+            "(dpsgd:), after which any codec is post-processing"
         )
     if dpsgd:
         log.info(

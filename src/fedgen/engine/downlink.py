@@ -66,7 +66,9 @@ def codec_from_spec(spec: dict[str, Any]) -> UpdateCodec:
         raise ValueError(f"the downlink codec {str(name)[:40]!r} is not registered")
     cls = TRANSFORMS.get(name)
     if not (isinstance(cls, type) and issubclass(cls, UpdateCodec)):
-        raise ValueError(f"{name!r} is not a codec (quantize, qsgd, cast, topk, random_mask)")
+        raise ValueError(
+            f"{name!r} is not a codec (quantize, qsgd, cast, topk, random_mask, sign, lowrank)"
+        )
     if not isinstance(params, dict):
         raise ValueError("the downlink codec's params must be a mapping")
     try:

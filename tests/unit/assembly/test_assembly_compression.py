@@ -47,7 +47,7 @@ def tiny_config(mnist_dir, **overrides):
         ),
         (
             {"strategy.params": DP_STRATEGY, "transforms": f"[{CLIP}, {{name: cast}}, {DP}]"},
-            "use topk or sign with error_feedback: false, or random_mask with rescale: false",
+            "use topk or sign with error_feedback: false, lowrank with bits: 32",
         ),
         (
             {"backend.name": "split", "transforms": f"[{TOPK}]"},
