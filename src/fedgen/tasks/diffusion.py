@@ -51,7 +51,13 @@ from fedgen.tasks.unet import (
     UNET_BLOCKS,
     ConditionalUNet,
 )
-from fedgen.tasks.unet_lora import RETRAINED_BLOCKS, add_lora, is_adapter, load_unet_weights
+from fedgen.tasks.unet_lora import (
+    RETRAINED_BLOCKS,
+    add_lora,
+    bitfit_names,
+    is_adapter,
+    load_unet_weights,
+)
 from fedgen.types import StateDict
 
 #: Partial-federation schemes: the UNet blocks each one federates (see module docstring).
@@ -97,6 +103,9 @@ class DdpmParams(TaskParams):
     lora_alpha: int = Field(8, ge=1)
     #: Also adapt every convolution (not only the Linear layers) with LoRA.
     lora_convolutions: bool = False
+    #: With LoRA, also train and federate every bias and GroupNorm scale of the base
+    #: (BitFit; see ``fedgen.tasks.unet_lora``).
+    lora_biases: bool = False
 
     @field_validator("guidance_scale")
     @classmethod
@@ -147,6 +156,11 @@ class DdpmParams(TaskParams):
             raise ValueError(
                 "with lora_rank > 0 only adapters are federated; leave federate at 'whole'"
             )
+        if self.lora_biases and not self.lora_rank:
+            raise ValueError(
+                "lora_biases trains the base's biases beside LoRA adapters; set lora_rank > 0 "
+                "(lora_rank: 0 trains every tensor already)"
+            )
         return self
 
     def federated_blocks(self) -> tuple[str, ...]:
@@ -177,15 +191,18 @@ class ConditionalDdpm(Task):
         if p.base_weights is not None:
             load_unet_weights(unet, p.base_weights)
         if p.lora_rank:
-            unet = add_lora(unet, p.lora_rank, p.lora_alpha, p.lora_convolutions)
+            unet = add_lora(unet, p.lora_rank, p.lora_alpha, p.lora_convolutions, p.lora_biases)
+        #: Base tensors that train and travel beside the adapters (``lora_biases``).
+        self._bitfit = bitfit_names(unet) if p.lora_rank and p.lora_biases else frozenset()
         return {"unet": unet}
 
     def declared_kind(self, module: str, key: str) -> TensorKind:
         """A tensor is federated when its UNet block is, private otherwise; with LoRA the
-        adapters and the class embedding are federated and the rest is the frozen base."""
+        adapters, the class embedding (and with ``lora_biases`` the base's biases and
+        GroupNorm scales) are federated and the rest is the frozen base."""
         block = key.split(".", 1)[0]
         if self.params.lora_rank:
-            federated = is_adapter(key) or block in RETRAINED_BLOCKS
+            federated = is_adapter(key) or block in RETRAINED_BLOCKS or key in self._bitfit
             return TensorKind.FEDERATED if federated else TensorKind.FROZEN
         return TensorKind.FEDERATED if block in self._blocks else TensorKind.PRIVATE
 

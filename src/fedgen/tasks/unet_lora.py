@@ -9,6 +9,9 @@ convolution of the layer's kernel into ``r`` channels, ``B`` a 1x1 convolution o
 them), which a new domain's strokes and shapes need; otherwise the convolutions stay
 as pretrained. The class embedding is retrained whole: a new
 domain's labels name other things than the pretraining set's (digits, not garments).
+With ``biases`` every bias and GroupNorm scale trains too (BitFit, Ben Zaken et al.
+2022): a few thousand numbers that shift and rescale every layer's features, the
+convolutions' included, where adapters on the Linear layers do not reach.
 
 The base is a file of the UNet's tensors as ``torch.save`` wrote them from a ddpm task's
 ``federated_state()`` (keys ``unet.<tensor>``), e.g. exported from a centralized run.
@@ -58,10 +61,13 @@ def load_unet_weights(unet: nn.Module, path: str) -> None:
     unet.load_state_dict(state)
 
 
-def add_lora(unet: nn.Module, rank: int, alpha: int, convolutions: bool = False) -> nn.Module:
+def add_lora(
+    unet: nn.Module, rank: int, alpha: int, convolutions: bool = False, biases: bool = False
+) -> nn.Module:
     """``unet`` with LoRA adapters of ``rank`` on its Linear layers (``ADAPTED_LAYERS``),
-    and on every convolution with ``convolutions``; only the adapters and
-    ``RETRAINED_BLOCKS`` require gradients afterwards. Adapter A is drawn from the global
+    and on every convolution with ``convolutions``; only the adapters,
+    ``RETRAINED_BLOCKS`` and (``biases``) the base's biases and GroupNorm scales
+    (``bitfit_names``) require gradients afterwards. Adapter A is drawn from the global
     RNG (the task seeds it), B starts at zero."""
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -75,9 +81,24 @@ def add_lora(unet: nn.Module, rank: int, alpha: int, convolutions: bool = False)
         r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, bias="none"
     )
     adapted: nn.Module = inject_adapter_in_model(config, unet)
+    tuned = bitfit_names(adapted) if biases else frozenset()
     for name, param in adapted.named_parameters():
-        param.requires_grad_(is_adapter(name) or name.split(".", 1)[0] in RETRAINED_BLOCKS)
+        param.requires_grad_(
+            is_adapter(name) or name.split(".", 1)[0] in RETRAINED_BLOCKS or name in tuned
+        )
     return adapted
+
+
+def bitfit_names(unet: nn.Module) -> frozenset[str]:
+    """The parameters BitFit trains: every bias of the base and every GroupNorm's scale
+    (an adapter's own tensors are not the base's)."""
+    names = {
+        f"{module}.{name}" if module else name
+        for module, layer in unet.named_modules()
+        for name, _ in layer.named_parameters(recurse=False)
+        if name == "bias" or (isinstance(layer, nn.GroupNorm) and name == "weight")
+    }
+    return frozenset(n for n in names if not is_adapter(n))
 
 
 def is_adapter(key: str) -> bool:

@@ -99,6 +99,36 @@ def test_lora_on_the_convolutions_adapts_every_conv_and_starts_as_the_base(base_
     assert sizes[0] < sizes[1]
 
 
+def test_lora_with_biases_also_trains_and_sends_every_bias_and_group_norm_scale(base_file):
+    # Prepare: adapters alone, and adapters with BitFit's biases and GroupNorm scales.
+    plain, bitfit = lora_task(base_file), lora_task(base_file, lora_biases=True, lr=1e-2)
+    unet = bitfit.modules["unet"]
+    norms = [n for n, m in unet.named_modules() if isinstance(m, torch.nn.GroupNorm)]
+    extra = set(bitfit.federated_state()) - set(plain.federated_state())
+    # Assert: every GroupNorm's scale and shift, every conv's bias, federated; the conv
+    # weights stay frozen; still a few percent of the UNet.
+    assert {f"unet.{n}.weight" for n in norms} | {f"unet.{n}.bias" for n in norms} <= extra
+    assert "unet.mid.res1.conv1.bias" in extra
+    assert all(k.endswith(".bias") or ".norm" in k for k in extra)
+    assert bitfit.tensor_kind("unet", "mid.res1.conv1.weight") == TensorKind.FROZEN
+    whole = sum(v.numel() for v in unet.state_dict().values() if v.is_floating_point())
+    assert sum(v.numel() for v in bitfit.federated_state().values()) < 0.12 * whole
+    # Execute: a few steps move them, and never the frozen base.
+    frozen = {k: v.clone() for k, v in bitfit.frozen_tensors().items()}
+    before = bitfit.federated_state()
+    images = torch.zeros(16, 1, 28, 28, dtype=torch.uint8)
+    images[:, :, 8:20, 8:20] = 255
+    data = ClientData(
+        0, ImageDataset("squares", images, torch.arange(16) % 10, tuple("0123456789"))
+    )
+    bitfit.train_local(data, 3, torch.Generator().manual_seed(0), {})
+    after = bitfit.federated_state()
+    assert all(torch.equal(frozen[k], v) for k, v in bitfit.frozen_tensors().items())
+    assert not torch.equal(before["unet.mid.res1.conv1.bias"], after["unet.mid.res1.conv1.bias"])
+    with pytest.raises(ParamsError, match="set lora_rank > 0"):
+        validate_params(ConditionalDdpm, {"lora_biases": True}, "task.params")
+
+
 def test_lora_without_a_base_and_a_base_of_another_shape_are_clear_errors(base_file, tmp_path):
     with pytest.raises(ParamsError, match="set base_weights to its file"):
         validate_params(ConditionalDdpm, {"lora_rank": 4}, "task.params")
