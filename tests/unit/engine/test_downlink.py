@@ -197,8 +197,22 @@ def test_recorded_bytes_are_the_serialized_jobs_and_fall_with_the_downlink(mnist
         assert plain_m["bytes_down"] / 8 < m["bytes_down"] < plain_m["bytes_down"] / 5
 
 
-def test_process_pool_matches_in_process_and_a_resumed_run_ends_bit_identical(mnist_dir, tmp_path):
-    items = {"federation.rounds": 3, "strategy.params": HALF, "federation.downlink": FOUR_BIT}
+@pytest.mark.parametrize(
+    "codecs",
+    [
+        {"federation.downlink": FOUR_BIT},
+        # Rank-1 factors both ways: the SVD in worker processes and after a resume.
+        {
+            "transforms": "[{name: lowrank, params: {rank: 1}}]",
+            "federation.downlink": "{name: lowrank, params: {rank: 1, error_feedback: false}}",
+        },
+    ],
+    ids=["quantize-4", "lowrank"],
+)
+def test_process_pool_matches_in_process_and_a_resumed_run_ends_bit_identical(
+    mnist_dir, tmp_path, codecs
+):
+    items = {"federation.rounds": 3, "strategy.params": HALF, **codecs}
     ref = build_experiment(tiny_config(mnist_dir, **items)).federation
     pool = build_experiment(
         tiny_config(mnist_dir, **items, **{"backend.name": "process_pool"})
