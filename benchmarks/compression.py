@@ -55,6 +55,7 @@ SETTINGS: dict[str, str] = {
     "lowrank-1": "[{name: lowrank, params: {rank: 1}}]",
     "lowrank-2": "[{name: lowrank, params: {rank: 2}}]",
     "lowrank-4": "[{name: lowrank, params: {rank: 4}}]",
+    "lowrank-4-b4": "[{name: lowrank, params: {rank: 4, bits: 4}}]",
 }
 #: setting -> federation.downlink (the broadcast as compressed deltas); the rest send
 #: the float32 model. Each pairs a reply codec (before the "+") with a downlink codec.
@@ -89,6 +90,10 @@ DOWNLINK: dict[str, str] = {
     "lowrank-4+down-lowrank-4": "{name: lowrank, params: {rank: 4, error_feedback: false}}",
     "lowrank-2+down-lowrank-1": "{name: lowrank, params: {rank: 1, error_feedback: false}}",
     "lowrank-4+down-lowrank-2": "{name: lowrank, params: {rank: 2, error_feedback: false}}",
+    # Rank 4 in 4 bits: about the bytes of rank 2 in 8 bits.
+    "lowrank-4-b4+down-lowrank-4-b4": (
+        "{name: lowrank, params: {rank: 4, bits: 4, error_feedback: false}}"
+    ),
 }
 SETTINGS.update({name: SETTINGS[name.split("+")[0]] for name in DOWNLINK if name not in SETTINGS})
 #: float32 FedAvg stopped after half the rounds (its TSTR at about half the bytes).

@@ -13,9 +13,10 @@ the Frobenius norm (Eckart-Young), deterministic, and a millisecond for these si
   factors ``A`` (``m x r``) and ``B`` (``n x r``), ``M ~ A B^T``, each column scaled
   by the square root of its singular value, whenever ``r (m + n) < m n``. Vectors
   and matrices too thin to gain are sent value by value.
-- Every number sent is then rounded to ``bits``: 8 (an int8 with one float32 scale,
-  the largest magnitude / 127, per factor column or per bucket of ``bucket_size``
-  values), 16 (float16) or 32 (float32).
+- Every number sent is then rounded to ``bits``: 8 or 4 (a signed integer level with
+  one float32 scale, the largest magnitude / 127 or / 7, per factor column or per
+  bucket of ``bucket_size`` values; 4-bit levels packed two to a byte), 16 (float16)
+  or 32 (float32).
 
 With ``error_feedback`` what the rank and the rounding leave out stays in the
 client's private state and joins its next update, as in PowerSGD. The truncation is
@@ -40,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedgen.registry import TRANSFORMS
 from fedgen.transforms.base import TransformContext
+from fedgen.transforms.bitpack import pack, packed_size, unpack
 from fedgen.transforms.clip import AUX_PREFIX
 from fedgen.transforms.codec import CODEC_PREFIX, UpdateCodec, coded_keys, expect
 from fedgen.transforms.sparsify import residual_key, with_residual
@@ -48,11 +50,13 @@ from fedgen.types import StateDict
 #: Every number of the update's coded tensors in turn (sorted by name): factor
 #: columns of ``A`` then of ``B``, or the values of a tensor sent whole.
 VALUES = CODEC_PREFIX + "lowrank/values"
-#: At 8 bits, one float32 scale per segment (a factor column, or a bucket), in order.
+#: At 8 or 4 bits, one float32 scale per segment (a factor column, or a bucket), in order.
 SCALES = CODEC_PREFIX + "lowrank/scales"
 PARTS = (VALUES, SCALES)
-_DTYPES = {8: torch.int8, 16: torch.float16, 32: torch.float32}
-_INT8_TOP = 127
+#: How VALUES travels at each ``bits`` (4-bit levels + 7, packed two to a byte).
+_DTYPES = {4: torch.uint8, 8: torch.int8, 16: torch.float16, 32: torch.float32}
+#: The largest level of an integer code: levels run from -top to top.
+_TOPS = {4: 7, 8: 127}
 
 
 @TRANSFORMS.register("lowrank")
@@ -61,8 +65,8 @@ class LowRank(UpdateCodec):
 
     Args:
         rank: the factors' columns (a matrix of lower rank is sent at its own).
-        bits: 8 (int8 with a float32 scale per segment), 16 (float16) or 32.
-        bucket_size: values of a tensor sent whole that share one scale (at 8 bits).
+        bits: 8 or 4 (integer levels with a float32 scale per segment), 16 (float16) or 32.
+        bucket_size: values of a tensor sent whole that share one scale (at 8 or 4 bits).
         error_feedback: keep what was not sent in the client's private state and add it
             to the next update (a compressed downlink has its own, on the server: there
             it must be off).
@@ -76,14 +80,14 @@ class LowRank(UpdateCodec):
         model_config = ConfigDict(extra="forbid")
 
         rank: int = Field(2, ge=1)
-        bits: Literal[8, 16, 32] = 8
+        bits: Literal[4, 8, 16, 32] = 8
         bucket_size: int = Field(2048, ge=1)
         error_feedback: bool = True
 
     def __init__(
         self,
         rank: int = 2,
-        bits: Literal[8, 16, 32] = 8,
+        bits: Literal[4, 8, 16, 32] = 8,
         bucket_size: int = 2048,
         error_feedback: bool = True,
     ) -> None:
@@ -140,7 +144,11 @@ class LowRank(UpdateCodec):
                 ctx.private[residual_key(key, self.codec_name)] = (flat - sent.reshape(-1)).reshape(
                     value.shape
                 )
-        encoded[VALUES] = torch.cat(codes) if codes else torch.zeros(0, dtype=_DTYPES[self.bits])
+        flat_codes = torch.cat(codes) if codes else torch.zeros(0, dtype=_DTYPES[self.bits])
+        if self.bits == 4:
+            # Levels -7..7 as 0..14, two to a byte, across tensors (no byte half empty).
+            flat_codes = pack(flat_codes.to(torch.int64) + _TOPS[4], 4)
+        encoded[VALUES] = flat_codes
         encoded[SCALES] = torch.cat(scales) if scales else torch.zeros(0)
         sent_bytes = sum(encoded[p].numel() * encoded[p].element_size() for p in PARTS)
         return encoded, {"encoded_fraction": sent_bytes / plain if plain else 1.0}
@@ -173,22 +181,24 @@ class LowRank(UpdateCodec):
         return (a.T @ b).reshape(shape)
 
     def _round(self, raw: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``raw`` as ``bits``-bit numbers, and (8 bits) each segment's scale."""
-        if self.bits != 8:
+        """``raw`` as ``bits``-bit numbers (integer levels as int8, before any packing),
+        and (integer codes) each segment's scale."""
+        if self.bits not in _TOPS:
             return raw.to(_DTYPES[self.bits]), torch.zeros(0)
+        top = _TOPS[self.bits]
         ids = _segment_ids(lengths)
-        top = torch.zeros(len(lengths)).scatter_reduce(0, ids, raw.abs(), "amax")
-        scale = top / _INT8_TOP
+        largest = torch.zeros(len(lengths)).scatter_reduce(0, ids, raw.abs(), "amax")
+        scale = largest / top
         per = scale[ids]
         safe = torch.where(per > 0, per, torch.ones_like(per))
-        codes = torch.round(raw / safe).clamp(-_INT8_TOP, _INT8_TOP)
+        codes = torch.round(raw / safe).clamp(-top, top)
         return codes.to(torch.int8), scale
 
     def _unround(
         self, codes: torch.Tensor, scales: torch.Tensor, lengths: list[int]
     ) -> torch.Tensor:
         """The float32 numbers ``_round`` coded."""
-        if self.bits != 8:
+        if self.bits not in _TOPS:
             return codes.to(torch.float32)
         return codes.to(torch.float32) * scales[_segment_ids(lengths)]
 
@@ -207,9 +217,16 @@ class LowRank(UpdateCodec):
                 raise ValueError(f"{key}: sent both encoded and as a plain tensor")
         per_key = [self.segments(reference[k].shape) for k in keys]
         lengths = [n for these in per_key for n in these]
-        codes = expect(update.get(VALUES), "values", _DTYPES[self.bits], sum(lengths))
+        count = sum(lengths)
+        if self.bits == 4:
+            packed = expect(update.get(VALUES), "values", torch.uint8, packed_size(count, 4))
+            codes = unpack(packed, 4, count) - _TOPS[4]
+            if count and int(codes.max()) > _TOPS[4]:
+                raise ValueError(f"a level beyond +-{_TOPS[4]}")
+        else:
+            codes = expect(update.get(VALUES), "values", _DTYPES[self.bits], count)
         scales = expect(
-            update.get(SCALES), "scales", torch.float32, len(lengths) if self.bits == 8 else 0
+            update.get(SCALES), "scales", torch.float32, len(lengths) if self.bits in _TOPS else 0
         )
         if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
             raise ValueError("a scale that is negative or not finite")

@@ -67,6 +67,7 @@ ALL = [
     ScaledSign(0.5, error_feedback=False),
     LowRank(2),
     LowRank(1, bits=16),
+    LowRank(4, bits=4),
     LowRank(4, bits=32, error_feedback=False),
 ]
 

@@ -61,7 +61,7 @@ def test_a_matrix_of_low_rank_round_trips_and_a_full_one_keeps_its_top_singular_
     )
 
 
-@pytest.mark.parametrize("bits", [8, 16, 32])
+@pytest.mark.parametrize("bits", [4, 8, 16, 32])
 def test_the_code_is_contractive_and_at_32_bits_never_grows_the_norm(bits):
     # Prepare: updates of several scales (8 bits: the int8 scale follows the values).
     codec = LowRank(1, bits=bits, error_feedback=False)
@@ -111,6 +111,21 @@ def test_a_message_is_the_factors_in_a_byte_each_and_a_scale_per_column():
         assert plain / size > 100 / rank
 
 
+def test_four_bit_levels_pack_two_to_a_byte_across_tensors():
+    # Prepare: two tensors whose numbers (factors and values) count an odd total.
+    x = {"w": torch.randn(64, 64), "b": torch.randn(5)}
+    eight = LowRank(2, bits=8, error_feedback=False)
+    four = LowRank(2, bits=4, error_feedback=False)
+    # Execute
+    sent8, sent4 = eight.on_client(x, ctx())[0], four.on_client(x, ctx())[0]
+    got = four.decode(wire(sent4), x, ctx())
+    # Assert: 2 x (64 + 64) + 5 = 261 numbers in 131 bytes, the scales as at 8 bits;
+    # each number within half a step (its segment's largest magnitude / 7) of 8 bits'.
+    assert sent4[VALUES].dtype == torch.uint8 and sent4[VALUES].numel() == 131
+    assert torch.equal(sent4[SCALES] * 7, sent8[SCALES] * 127)
+    assert (got["b"] - x["b"]).abs().max() <= x["b"].abs().max() / 14 + 1e-6
+
+
 def test_thin_and_empty_tensors_are_sent_value_by_value():
     codec = LowRank(4, bits=32, error_feedback=False)
     assert codec.rank_of(torch.Size([1, 3136])) == 0  # rank 1 would send 3,137 numbers
@@ -137,15 +152,17 @@ def test_a_non_finite_update_is_refused_by_the_server_not_factored():
         (lambda s: s.__setitem__(SCALES, -s[SCALES]), "negative"),
         (lambda s: s.pop(SCALES), "missing"),
         (lambda s: s.__setitem__("fc.bias", torch.zeros(96)), "both"),
+        (lambda s: s[VALUES].fill_(255), "level beyond"),
     ],
-    ids=["short", "dtype", "negative-scale", "missing", "plain-and-encoded"],
+    ids=["short", "dtype", "negative-scale", "missing", "plain-and-encoded", "level"],
 )
 def test_a_malformed_encoding_is_a_client_update_error(change, message):
     x = layer_update(0)
-    sent, _ = LowRank(2, error_feedback=False).on_client(x, ctx())
+    bits = 4 if message == "level beyond" else 8
+    sent, _ = LowRank(2, bits=bits, error_feedback=False).on_client(x, ctx())
     change(sent)
     with pytest.raises(ClientUpdateError, match=message):
-        decode_arrival([LowRank(2)], sent, x, round=0, client_id=1)
+        decode_arrival([LowRank(2, bits=bits)], sent, x, round=0, client_id=1)
 
 
 def test_client_level_dp_takes_only_the_code_that_keeps_the_clip_bound():
