@@ -457,9 +457,16 @@ def _merge_pairs(
             row = {c: k for k, c in enumerate(a.categories)}
             col = {c: k for k, c in enumerate(b.categories)}
             for s in stats:
-                for va, counts in s["pairs"][key].items():
-                    for vb, n in counts.items():
-                        table[row[va], col[vb]] += n
+                try:
+                    for va, counts in s["pairs"][key].items():
+                        for vb, n in counts.items():
+                            table[row[va], col[vb]] += int(n)
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    raise SchemaError(
+                        f"a client's joint counts of {key} are malformed or name a category "
+                        f"no client counted ({exc!r}); its statistics must come from "
+                        "client_statistics on its own rows"
+                    ) from exc
             out[key] = table
     return out
 

@@ -13,6 +13,7 @@ from fedgen.data.table_encoder import (
     fit_encoder_federated,
     merge_statistics,
 )
+from fedgen.data.table_schema import SchemaError
 from fedgen.data.table_sources import FAIR
 
 
@@ -110,3 +111,11 @@ def test_merged_joint_counts_of_categorical_pairs_equal_the_pooled_contingency_t
     assert back.joint_counts("occupation", "had_affair").tolist() == got.tolist()
     older = encoder_from_state({k: v for k, v in state.items() if k != "pairs"}, FAIR.schema)
     assert older.joint_counts("occupation", "had_affair") is None
+
+
+def test_joint_counts_naming_a_category_no_client_counted_are_refused(fair_parts):
+    _, parts = fair_parts
+    stats = [client_statistics(p, FAIR.schema, 4, i) for i, p in enumerate(parts)]
+    stats[1]["pairs"]["occupation|had_affair"]["ghost"] = {"yes": 3}
+    with pytest.raises(SchemaError, match="name a category no client counted"):
+        merge_statistics(stats, FAIR.schema, 4, 0)
