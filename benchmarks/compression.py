@@ -56,6 +56,7 @@ SETTINGS: dict[str, str] = {
     "lowrank-2": "[{name: lowrank, params: {rank: 2}}]",
     "lowrank-4": "[{name: lowrank, params: {rank: 4}}]",
     "lowrank-4-b4": "[{name: lowrank, params: {rank: 4, bits: 4}}]",
+    "lowrank-8-b2": "[{name: lowrank, params: {rank: 8, bits: 2}}]",
 }
 #: setting -> federation.downlink (the broadcast as compressed deltas); the rest send
 #: the float32 model. Each pairs a reply codec (before the "+") with a downlink codec.
@@ -93,6 +94,10 @@ DOWNLINK: dict[str, str] = {
     # Rank 4 in 4 bits: about the bytes of rank 2 in 8 bits.
     "lowrank-4-b4+down-lowrank-4-b4": (
         "{name: lowrank, params: {rank: 4, bits: 4, error_feedback: false}}"
+    ),
+    # Rank 8 in ternary levels: about the bytes again, twice the directions.
+    "lowrank-8-b2+down-lowrank-8-b2": (
+        "{name: lowrank, params: {rank: 8, bits: 2, error_feedback: false}}"
     ),
 }
 SETTINGS.update({name: SETTINGS[name.split("+")[0]] for name in DOWNLINK if name not in SETTINGS})

@@ -13,16 +13,18 @@ the Frobenius norm (Eckart-Young), deterministic, and a millisecond for these si
   factors ``A`` (``m x r``) and ``B`` (``n x r``), ``M ~ A B^T``, each column scaled
   by the square root of its singular value, whenever ``r (m + n) < m n``. Vectors
   and matrices too thin to gain are sent value by value.
-- Every number sent is then rounded to ``bits``: 8 or 4 (a signed integer level with
-  one float32 scale, the largest magnitude / 127 or / 7, per factor column or per
-  bucket of ``bucket_size`` values; 4-bit levels packed two to a byte), 16 (float16)
-  or 32 (float32).
+- Every number sent is then rounded to ``bits``: 8, 4 or 2 (a signed integer level
+  with one float32 scale, the largest magnitude / 127, / 7 or / 1, per factor column
+  or per bucket of ``bucket_size`` values; 4- and 2-bit levels packed into bytes), 16
+  (float16) or 32 (float32). Two bits is ternary: -1, 0 or 1 times the scale.
 
 With ``error_feedback`` what the rank and the rounding leave out stays in the
 client's private state and joins its next update, as in PowerSGD. The truncation is
-a projection (``A B^T = U_r U_r^T M``), so its norm never exceeds the update's, and
-the compressor is contractive, which the server's error feedback on a compressed
-downlink needs. At 32 bits without error feedback it composes with client-level DP's
+a projection (``A B^T = U_r U_r^T M``), so its norm never exceeds the update's, and it
+is contractive, which the server's error feedback on a compressed downlink needs;
+rounding the factors to 4 or more bits kept it so in every test here, ternary (2-bit)
+factors do not always (a random matrix's rank-1 code can land farther from it than
+zero). At 32 bits without error feedback it composes with client-level DP's
 clip bound; rounding to 8 or 16 bits can exceed it.
 
 An update travels as two arrays, all its numbers and all their scales, as ``sign``'s
@@ -53,10 +55,12 @@ VALUES = CODEC_PREFIX + "lowrank/values"
 #: At 8 or 4 bits, one float32 scale per segment (a factor column, or a bucket), in order.
 SCALES = CODEC_PREFIX + "lowrank/scales"
 PARTS = (VALUES, SCALES)
-#: How VALUES travels at each ``bits`` (4-bit levels + 7, packed two to a byte).
-_DTYPES = {4: torch.uint8, 8: torch.int8, 16: torch.float16, 32: torch.float32}
+#: How VALUES travels at each ``bits`` (4- and 2-bit levels + top, packed into bytes).
+_DTYPES = {2: torch.uint8, 4: torch.uint8, 8: torch.int8, 16: torch.float16, 32: torch.float32}
 #: The largest level of an integer code: levels run from -top to top.
-_TOPS = {4: 7, 8: 127}
+_TOPS = {2: 1, 4: 7, 8: 127}
+#: Integer codes packed below a byte a level.
+_PACKED = (2, 4)
 
 
 @TRANSFORMS.register("lowrank")
@@ -65,8 +69,9 @@ class LowRank(UpdateCodec):
 
     Args:
         rank: the factors' columns (a matrix of lower rank is sent at its own).
-        bits: 8 or 4 (integer levels with a float32 scale per segment), 16 (float16) or 32.
-        bucket_size: values of a tensor sent whole that share one scale (at 8 or 4 bits).
+        bits: 8, 4 or 2 (integer levels with a float32 scale per segment), 16 (float16)
+            or 32.
+        bucket_size: values of a tensor sent whole that share one scale (integer codes).
         error_feedback: keep what was not sent in the client's private state and add it
             to the next update (a compressed downlink has its own, on the server: there
             it must be off).
@@ -80,14 +85,14 @@ class LowRank(UpdateCodec):
         model_config = ConfigDict(extra="forbid")
 
         rank: int = Field(2, ge=1)
-        bits: Literal[4, 8, 16, 32] = 8
+        bits: Literal[2, 4, 8, 16, 32] = 8
         bucket_size: int = Field(2048, ge=1)
         error_feedback: bool = True
 
     def __init__(
         self,
         rank: int = 2,
-        bits: Literal[4, 8, 16, 32] = 8,
+        bits: Literal[2, 4, 8, 16, 32] = 8,
         bucket_size: int = 2048,
         error_feedback: bool = True,
     ) -> None:
@@ -145,9 +150,9 @@ class LowRank(UpdateCodec):
                     value.shape
                 )
         flat_codes = torch.cat(codes) if codes else torch.zeros(0, dtype=_DTYPES[self.bits])
-        if self.bits == 4:
-            # Levels -7..7 as 0..14, two to a byte, across tensors (no byte half empty).
-            flat_codes = pack(flat_codes.to(torch.int64) + _TOPS[4], 4)
+        if self.bits in _PACKED:
+            # Levels -top..top as 0..2 top, packed across tensors (no byte half empty).
+            flat_codes = pack(flat_codes.to(torch.int64) + _TOPS[self.bits], self.bits)
         encoded[VALUES] = flat_codes
         encoded[SCALES] = torch.cat(scales) if scales else torch.zeros(0)
         sent_bytes = sum(encoded[p].numel() * encoded[p].element_size() for p in PARTS)
@@ -218,11 +223,14 @@ class LowRank(UpdateCodec):
         per_key = [self.segments(reference[k].shape) for k in keys]
         lengths = [n for these in per_key for n in these]
         count = sum(lengths)
-        if self.bits == 4:
-            packed = expect(update.get(VALUES), "values", torch.uint8, packed_size(count, 4))
-            codes = unpack(packed, 4, count) - _TOPS[4]
-            if count and int(codes.max()) > _TOPS[4]:
-                raise ValueError(f"a level beyond +-{_TOPS[4]}")
+        if self.bits in _PACKED:
+            top = _TOPS[self.bits]
+            packed = expect(
+                update.get(VALUES), "values", torch.uint8, packed_size(count, self.bits)
+            )
+            codes = unpack(packed, self.bits, count) - top
+            if count and int(codes.max()) > top:
+                raise ValueError(f"a level beyond +-{top}")
         else:
             codes = expect(update.get(VALUES), "values", _DTYPES[self.bits], count)
         scales = expect(

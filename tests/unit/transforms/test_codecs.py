@@ -68,6 +68,7 @@ ALL = [
     LowRank(2),
     LowRank(1, bits=16),
     LowRank(4, bits=4),
+    LowRank(8, bits=2),
     LowRank(4, bits=32, error_feedback=False),
 ]
 

@@ -61,6 +61,8 @@ def test_a_matrix_of_low_rank_round_trips_and_a_full_one_keeps_its_top_singular_
     )
 
 
+# Not at 2 bits: ternary factors can overshoot (measured: rank 1 of a random 96 x 40
+# matrix sent with an error of norm 0.0621 against the matrix's 0.0617).
 @pytest.mark.parametrize("bits", [4, 8, 16, 32])
 def test_the_code_is_contractive_and_at_32_bits_never_grows_the_norm(bits):
     # Prepare: updates of several scales (8 bits: the int8 scale follows the values).
