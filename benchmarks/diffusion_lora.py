@@ -52,8 +52,9 @@ METHODS: dict[str, list[str]] = {
     # (the lowrank codec, error feedback): every tensor trains, few bytes travel.
     "whole UNet fine-tuning, lowrank-2 both ways": [
         "task.params.base_weights={base}",
-        "transforms=[{name: lowrank, params: {rank: 2}}]",
-        "federation.downlink={name: lowrank, params: {rank: 2, error_feedback: false}}",
+        # Braces doubled: each override is a format string ({base}).
+        "transforms=[{{name: lowrank, params: {{rank: 2}}}}]",
+        "federation.downlink={{name: lowrank, params: {{rank: 2, error_feedback: false}}}}",
     ],
     "from scratch": [],
 }
