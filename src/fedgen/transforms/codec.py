@@ -130,6 +130,39 @@ def coded_keys(state: StateDict) -> list[str]:
     )
 
 
+def passed_through(update: StateDict) -> StateDict:
+    """What a whole-update codec sends as it is: side channels and non-floating tensors."""
+    return {
+        k: v for k, v in update.items() if k.startswith(AUX_PREFIX) or not v.is_floating_point()
+    }
+
+
+def whole_update_keys(
+    update: StateDict, reference: StateDict, parts: Sequence[str], codec_name: str
+) -> list[str]:
+    """The coded tensors of ``reference`` (``coded_keys``) that a codec sending the whole
+    update as the arrays ``parts`` decodes.
+
+    Raises:
+        ValueError: the update holds an encoded array the codec does not send, or a
+            coded tensor sent as a plain one too.
+    """
+    extra = sorted(k for k in update if k.startswith(CODEC_PREFIX) and k not in parts)
+    if extra:
+        raise ValueError(f"arrays a {codec_name} update does not send: {extra[:3]}")
+    keys = coded_keys(reference)
+    for key in keys:
+        if key in update:
+            raise ValueError(f"{key}: sent both encoded and as a plain tensor")
+    return keys
+
+
+def check_scales(scales: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless every scale is finite and not negative."""
+    if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
+        raise ValueError("a scale that is negative or not finite")
+
+
 def codecs_of(transforms: Sequence[UpdateTransform]) -> list[UpdateCodec]:
     """The codecs among ``transforms``, in pipeline order."""
     return [t for t in transforms if isinstance(t, UpdateCodec)]

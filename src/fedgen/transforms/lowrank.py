@@ -44,8 +44,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedgen.registry import TRANSFORMS
 from fedgen.transforms.base import TransformContext
 from fedgen.transforms.bitpack import pack, packed_size, unpack
-from fedgen.transforms.clip import AUX_PREFIX
-from fedgen.transforms.codec import CODEC_PREFIX, UpdateCodec, coded_keys, expect
+from fedgen.transforms.codec import (
+    CODEC_PREFIX,
+    UpdateCodec,
+    check_scales,
+    coded_keys,
+    expect,
+    passed_through,
+    whole_update_keys,
+)
 from fedgen.transforms.sparsify import residual_key, with_residual
 from fedgen.types import StateDict
 
@@ -128,9 +135,7 @@ class LowRank(UpdateCodec):
     def on_client(
         self, update: StateDict, ctx: TransformContext
     ) -> tuple[StateDict, dict[str, float]]:
-        encoded = {
-            k: v for k, v in update.items() if k.startswith(AUX_PREFIX) or not v.is_floating_point()
-        }
+        encoded = passed_through(update)
         codes: list[torch.Tensor] = []
         scales: list[torch.Tensor] = []
         plain = 0
@@ -213,13 +218,7 @@ class LowRank(UpdateCodec):
         Raises:
             ValueError: the numbers or scales are missing, of the wrong size or malformed.
         """
-        extra = sorted(k for k in update if k.startswith(CODEC_PREFIX) and k not in PARTS)
-        if extra:
-            raise ValueError(f"arrays a lowrank update does not send: {extra[:3]}")
-        keys = coded_keys(reference)
-        for key in keys:
-            if key in update:
-                raise ValueError(f"{key}: sent both encoded and as a plain tensor")
+        keys = whole_update_keys(update, reference, PARTS, self.codec_name)
         per_key = [self.segments(reference[k].shape) for k in keys]
         lengths = [n for these in per_key for n in these]
         count = sum(lengths)
@@ -236,8 +235,7 @@ class LowRank(UpdateCodec):
         scales = expect(
             update.get(SCALES), "scales", torch.float32, len(lengths) if self.bits in _TOPS else 0
         )
-        if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
-            raise ValueError("a scale that is negative or not finite")
+        check_scales(scales)
         numbers = self._unround(codes, scales, lengths)
         decoded = {k: v for k, v in update.items() if k not in PARTS}
         for key, chunk in zip(keys, numbers.split([sum(t) for t in per_key]), strict=True):

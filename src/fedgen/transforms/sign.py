@@ -35,8 +35,15 @@ from fedgen.registry import TRANSFORMS
 from fedgen.seeding import derive_seed
 from fedgen.transforms.base import TransformContext
 from fedgen.transforms.bitpack import pack, packed_size, unpack
-from fedgen.transforms.clip import AUX_PREFIX
-from fedgen.transforms.codec import CODEC_PREFIX, UpdateCodec, coded_keys, expect
+from fedgen.transforms.codec import (
+    CODEC_PREFIX,
+    UpdateCodec,
+    check_scales,
+    coded_keys,
+    expect,
+    passed_through,
+    whole_update_keys,
+)
 from fedgen.transforms.quantize import buckets
 from fedgen.transforms.sparsify import residual_key, shared_support, with_residual
 from fedgen.types import StateDict
@@ -98,7 +105,7 @@ class ScaledSign(UpdateCodec):
     def on_client(
         self, update: StateDict, ctx: TransformContext
     ) -> tuple[StateDict, dict[str, float]]:
-        encoded: StateDict = {}
+        encoded = passed_through(update)
         signs: list[torch.Tensor] = []
         scales: list[torch.Tensor] = []
         plain = 0
@@ -108,9 +115,6 @@ class ScaledSign(UpdateCodec):
             positive, scale = self._encode_tensor(key, value, ctx)
             signs.append(positive)
             scales.append(scale)
-        for key, value in update.items():
-            if key.startswith(AUX_PREFIX) or not value.is_floating_point():
-                encoded[key] = value
         # One array of signs and one of scales for the whole update: at a bit a value or
         # less, a header entry per tensor and part would weigh as much as the values.
         encoded[SIGNS] = pack(torch.cat(signs) if signs else torch.zeros(0, dtype=torch.int64), 1)
@@ -155,13 +159,7 @@ class ScaledSign(UpdateCodec):
         Raises:
             ValueError: the signs or scales are missing, of the wrong size or malformed.
         """
-        extra = sorted(k for k in update if k.startswith(CODEC_PREFIX) and k not in PARTS)
-        if extra:
-            raise ValueError(f"arrays a sign update does not send: {extra[:3]}")
-        keys = coded_keys(reference)
-        for key in keys:
-            if key in update:
-                raise ValueError(f"{key}: sent both encoded and as a plain tensor")
+        keys = whole_update_keys(update, reference, PARTS, self.codec_name)
         supports = {k: self._support(k, reference[k].numel(), ctx.round) for k in keys}
         kept = [reference[k].numel() if s is None else s.numel() for k, s in supports.items()]
         rows = [math.ceil(n / self.bucket_size) for n in kept]
@@ -169,8 +167,7 @@ class ScaledSign(UpdateCodec):
             expect(update.get(SIGNS), "signs", torch.uint8, packed_size(sum(kept), 1)), 1, sum(kept)
         )
         scales = expect(update.get(SCALES), "scales", torch.float32, sum(rows))
-        if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
-            raise ValueError("a scale that is negative or not finite")
+        check_scales(scales)
         decoded = {k: v for k, v in update.items() if k not in PARTS}
         for key, support, these_signs, these_scales in zip(
             keys, supports.values(), signs.split(kept), scales.split(rows), strict=True

@@ -74,6 +74,22 @@ def test_clients_rebuild_each_version_exactly_from_the_deltas_they_missed():
     assert torch.equal(server.view["steps"], last["steps"])
 
 
+def _chase(server: Downlink, target, versions: int, every: int) -> list[float]:
+    """Advance ``server``'s public model toward a fixed ``target`` for ``versions``; client
+    5 receives it every ``every`` versions and must rebuild it exactly (digest). Returns
+    the gap ``||target - public||`` of the weight matrix at each version."""
+    initial, own = _model(0), {}
+    gaps = []
+    for version in range(versions):
+        view = server.advance(version, target)
+        gaps.append(float((target["w"] - view["w"]).norm()))
+        if version % every == 0:
+            got = receive(server, 5, own, initial, initial)
+            server.settle(5, True)
+            assert state_digest(got) == state_digest(view)
+    return gaps
+
+
 def test_a_sign_downlink_on_a_shared_support_converges_to_the_server_model():
     # Prepare: a 1-bit chain on half the coordinates a version (the support drawn from
     # the run's seed, as the recipe binds it), toward a model that stops changing.
@@ -82,18 +98,10 @@ def test_a_sign_downlink_on_a_shared_support_converges_to_the_server_model():
     params = {"fraction": 0.5, "bucket_size": 64, "error_feedback": False}
     spec = {"name": "sign", "params": params, "state": codec.state_dict()}
     server = Downlink(codec, spec, seed=7, initial=_model(0))
-    initial, own = _model(0), {}
     target = _model(1)
-    gaps = []
-    # Execute: client 5 joins at version 0 and then every third version.
-    for version in range(30):
-        view = server.advance(version, target)
-        gaps.append(float((target["w"] - view["w"]).norm()))
-        if version % 3 == 0:
-            got = receive(server, 5, own, initial, initial)
-            server.settle(5, True)
-            # Assert: the client rebuilds the public model bit for bit from 1-bit deltas.
-            assert state_digest(got) == state_digest(view)
+    # Execute: client 5 joins at version 0 and then every third version; it rebuilds
+    # the public model bit for bit from 1-bit deltas.
+    gaps = _chase(server, target, versions=30, every=3)
     # What each delta left out is in the next one and the compressor is contractive:
     # the public model closes in on the server's.
     assert gaps[-1] < gaps[0] / 5
@@ -109,20 +117,12 @@ def test_a_rank_one_downlink_converges_to_the_server_model():
     params = {"rank": 1, "bits": 8, "bucket_size": 2048, "error_feedback": False}
     spec = {"name": "lowrank", "params": params, "state": {}}
     server = Downlink(LowRank(**params), spec, seed=7, initial=_model(0))
-    initial, own = _model(0), {}
     target = _model(1)
-    gaps = []
-    # Execute: client 5 joins every fourth version, catching up on the deltas it missed.
-    # The gap is a full-rank 200 x 100 matrix: a rank-1 delta removes one direction a
-    # version, so the chain needs about as many versions as the gap has directions.
-    for version in range(120):
-        view = server.advance(version, target)
-        gaps.append(float((target["w"] - view["w"]).norm()))
-        if version % 4 == 0:
-            got = receive(server, 5, own, initial, initial)
-            server.settle(5, True)
-            # Assert: the client rebuilds the public model bit for bit from the factors.
-            assert state_digest(got) == state_digest(view)
+    # Execute: client 5 joins every fourth version, catching up on the deltas it missed,
+    # and rebuilds the public model bit for bit from the factors. The gap is a full-rank
+    # 200 x 100 matrix: a rank-1 delta removes one direction a version, so the chain
+    # needs about as many versions as the gap has directions.
+    gaps = _chase(server, target, versions=120, every=4)
     # Each delta sends the top singular direction of what is left, and what it leaves
     # out is in the next one: the public model closes in on the server's.
     assert gaps[-1] < gaps[0] / 5

@@ -37,6 +37,15 @@ def lora_task(base_file: Path, **params: Any) -> ConditionalDdpm:
     return ConditionalDdpm(p, 10, (1, 28, 28), seed=0)
 
 
+def squares() -> ClientData:
+    """A client of 16 white squares, labelled 0-9 in turn."""
+    images = torch.zeros(16, 1, 28, 28, dtype=torch.uint8)
+    images[:, :, 8:20, 8:20] = 255
+    return ClientData(
+        0, ImageDataset("squares", images, torch.arange(16) % 10, tuple("0123456789"))
+    )
+
+
 def test_only_adapters_and_the_class_embedding_are_federated_and_the_base_is_frozen(base_file):
     task = lora_task(base_file)
     whole = ConditionalDdpm(DdpmParams(**SMALL, base_weights=str(base_file)), 10, (1, 28, 28), 0)
@@ -68,12 +77,7 @@ def test_fine_tuning_moves_adapters_and_never_the_base(base_file):
     task = lora_task(base_file, lr=1e-2)
     frozen = {k: v.clone() for k, v in task.frozen_tensors().items()}
     adapters = task.federated_state()
-    images = torch.zeros(16, 1, 28, 28, dtype=torch.uint8)
-    images[:, :, 8:20, 8:20] = 255
-    data = ClientData(
-        0, ImageDataset("squares", images, torch.arange(16) % 10, tuple("0123456789"))
-    )
-    task.train_local(data, 3, torch.Generator().manual_seed(0), {})
+    task.train_local(squares(), 3, torch.Generator().manual_seed(0), {})
     assert all(torch.equal(frozen[k], v) for k, v in task.frozen_tensors().items())
     after = task.federated_state()
     assert all(not torch.equal(adapters[k], after[k]) for k in after if ".lora_B." in k)
@@ -116,12 +120,7 @@ def test_lora_with_biases_also_trains_and_sends_every_bias_and_group_norm_scale(
     # Execute: a few steps move them, and never the frozen base.
     frozen = {k: v.clone() for k, v in bitfit.frozen_tensors().items()}
     before = bitfit.federated_state()
-    images = torch.zeros(16, 1, 28, 28, dtype=torch.uint8)
-    images[:, :, 8:20, 8:20] = 255
-    data = ClientData(
-        0, ImageDataset("squares", images, torch.arange(16) % 10, tuple("0123456789"))
-    )
-    bitfit.train_local(data, 3, torch.Generator().manual_seed(0), {})
+    bitfit.train_local(squares(), 3, torch.Generator().manual_seed(0), {})
     after = bitfit.federated_state()
     assert all(torch.equal(frozen[k], v) for k, v in bitfit.frozen_tensors().items())
     assert not torch.equal(before["unet.mid.res1.conv1.bias"], after["unet.mid.res1.conv1.bias"])

@@ -45,18 +45,16 @@ class ConditionBlock:
         """``(n, width)`` one-hots: categories drawn by their joint shares in the
         training rows; a ``condition`` on one of the columns fixes that column's category
         and draws the other's given it."""
-        asked = condition is not None and condition[0] in self.indices
-        if asked and len(self.columns) == 1:
-            assert condition is not None
-            picked = torch.full((n,), condition[1], dtype=torch.long)
-            return F.one_hot(picked, self.width).float()
         shares = self.shares
-        if asked:
-            assert condition is not None
-            axis = self.indices.index(condition[0])
+        if condition is not None and condition[0] in self.indices:
+            axis, category = self.indices.index(condition[0]), condition[1]
+            if len(self.columns) == 1:
+                picked = torch.full((n,), category, dtype=torch.long)
+                return F.one_hot(picked, self.width).float()
+            # The other column drawn given the asked category: its slice of the shares.
             grid = shares.reshape(self.widths)
             kept = torch.zeros_like(grid)
-            kept.select(axis, condition[1]).copy_(grid.select(axis, condition[1]))
+            kept.select(axis, category).copy_(grid.select(axis, category))
             shares = kept.reshape(-1)
         cell = torch.multinomial(shares, n, replacement=True, generator=generator)
         parts = []
