@@ -57,6 +57,7 @@ SETTINGS: dict[str, str] = {
     "lowrank-4": "[{name: lowrank, params: {rank: 4}}]",
     "lowrank-4-b4": "[{name: lowrank, params: {rank: 4, bits: 4}}]",
     "lowrank-8-b2": "[{name: lowrank, params: {rank: 8, bits: 2}}]",
+    "lowrank-6-b4": "[{name: lowrank, params: {rank: 6, bits: 4}}]",
 }
 #: setting -> federation.downlink (the broadcast as compressed deltas); the rest send
 #: the float32 model. Each pairs a reply codec (before the "+") with a downlink codec.
@@ -98,6 +99,11 @@ DOWNLINK: dict[str, str] = {
     # Rank 8 in ternary levels: about the bytes again, twice the directions.
     "lowrank-8-b2+down-lowrank-8-b2": (
         "{name: lowrank, params: {rank: 8, bits: 2, error_feedback: false}}"
+    ),
+    # Rank 6 in 4 bits: a round's update keeps 60-70% of its energy at rank 6 against
+    # 50-62% at rank 4 (the cGAN's convolutions and projection), for about 1.4x the bytes.
+    "lowrank-6-b4+down-lowrank-6-b4": (
+        "{name: lowrank, params: {rank: 6, bits: 4, error_feedback: false}}"
     ),
 }
 SETTINGS.update({name: SETTINGS[name.split("+")[0]] for name in DOWNLINK if name not in SETTINGS})
