@@ -188,6 +188,11 @@ def main() -> None:
         "serve as this run's baselines instead of running them again (runs are "
         "deterministic on one thread)",
     )
+    parser.add_argument(
+        "--skip-half",
+        action="store_true",
+        help="run float32 only for the full rounds (no equal-bytes point at half of them)",
+    )
     args = parser.parse_args()
 
     table = ResultsTable(args.table, COLUMNS)
@@ -199,7 +204,8 @@ def main() -> None:
     # a run's last round, so float32 also runs for half the rounds: its TSTR at about the
     # bytes of the rows that compress the uplink most. Then each setting for every task
     # in turn, so a benchmark stopped early has both tasks' rows for the first settings.
-    settings = ["float32", HALF] + [s for s in args.settings if s != "float32"]
+    settings = ["float32"] + ([] if args.skip_half else [HALF])
+    settings += [s for s in args.settings if s != "float32"]
     for setting in settings:
         for task in args.tasks:
             every = args.baseline_every if setting == "float32" else 0
