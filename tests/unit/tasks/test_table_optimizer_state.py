@@ -99,3 +99,42 @@ def test_a_table_run_keeping_moments_resumes_bit_identically(tmp_path):
         assert torch.equal(ref.global_state[k], second.global_state[k]), k
     for cid, private in ref.private_states.items():
         assert all(torch.equal(v, second.private_states[cid][k]) for k, v in private.items())
+
+
+@pytest.mark.parametrize("cls", [TvaeTask, CtganTask])
+def test_local_sgd_keeps_no_moments_and_does_not_vectorize(cls, fair):
+    # local_optimizer sgd (the client half of FedOpt): plain SGD steps, nothing private.
+    params = cls.Params(batch_size=100, hidden=32, local_optimizer="sgd", lr=0.05)
+    sgd, adam = cls.from_spec(params, fair.spec(), 0), _task(cls, fair, True)
+    before = {k: v.clone() for k, v in sgd.federated_state().items()}
+    _train(sgd, fair, 1)
+    _train(adam, fair, 1)
+    assert not any(k.startswith("optimizer/") for k in sgd.private_state())
+    moved = sgd.federated_state()
+    assert any(not torch.equal(moved[k], before[k]) for k in before)
+    assert not _same(sgd, adam)
+    assert sgd.functional_training() is None
+    assert "local_optimizer is sgd" in sgd.why_no_functional_training()
+
+
+def test_one_local_sgd_step_is_minus_lr_times_the_gradient(fair):
+    # Prepare: the same task twice; one computes the loss's gradient by hand.
+    params = TvaeTask.Params(
+        batch_size=100, hidden=32, local_optimizer="sgd", lr=0.05, weight_decay=0.0
+    )
+    stepped, probe = (TvaeTask.from_spec(params, fair.spec(), 0) for _ in range(2))
+    probe.load_state(stepped.federated_state())
+    g = torch.Generator().manual_seed(3)
+    x, _ = next(fair.clients[0].batches(100, g))
+    eps = torch.randn((x.shape[0], params.latent_dim), generator=g)
+    recon, kl = probe.loss(x, eps)
+    (params.loss_factor * recon + kl).backward()
+    # Execute: one step from the same generator state (batch, then noise).
+    stepped.train_local(fair.clients[0], 1, torch.Generator().manual_seed(3), {})
+    # Assert: every network tensor moved by exactly -lr * grad (sigma is clamped after).
+    for name, module in probe.modules.items():
+        after = dict(stepped.modules[name].named_parameters())
+        for key, q in module.named_parameters():
+            if key == "sigma" or q.grad is None:
+                continue
+            assert torch.allclose(after[key], q.detach() - 0.05 * q.grad, atol=1e-7), key

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,15 @@ class TableTaskParams(TaskParams):
     #: Each client keeps its Adam moments between rounds (its private state, never sent;
     #: ``fedgen.tasks.tabular.optimizer_state``); false starts every round from a fresh Adam.
     keep_optimizer: bool = True
+    #: The clients' optimizer. ``sgd``: plain SGD steps at ``lr``, no moments, the client
+    #: half of FedOpt (Reddi et al. 2021, "Adaptive Federated Optimization"): with an
+    #: adaptive server optimizer (strategy ``fedadam`` or ``fedyogi``) the Adam
+    #: normalisation happens once, on the averaged update, as centralized Adam's does on a
+    #: pooled batch. Each client's own Adam instead normalises its own update: under silos
+    #: (one value of a column per client) that weighs the tensors every client moves
+    #: against those only one client moves (the silo's condition) differently from a
+    #: pooled batch (``benchmarks/results/tabular.md``).
+    local_optimizer: Literal["adam", "sgd"] = "adam"
 
 
 class TableTask(Task):
@@ -72,7 +81,7 @@ class TableTask(Task):
     def private_state(self) -> StateDict:
         """The private tensors and, with ``keep_optimizer``, the client's Adam moments."""
         state = super().private_state()
-        if self.params.keep_optimizer:  # type: ignore[attr-defined]
+        if self._keeps_moments():
             for group in self.optimizer_groups():
                 fresh = optimizer_state.zero_state(group, self._named(group))
                 state.update({k: self._optimizer.get(k, v).clone() for k, v in fresh.items()})
@@ -83,15 +92,36 @@ class TableTask(Task):
         super().load_state({k: v for k, v in state.items() if k not in own})
         self._optimizer.update({k: v.clone() for k, v in own.items()})
 
-    def make_optimizer(self, group: str, **options: Any) -> torch.optim.Adam:
-        """An Adam over ``group``'s modules, resuming the loaded client's moments when kept."""
-        kept = self._optimizer if self.params.keep_optimizer else {}  # type: ignore[attr-defined]
-        return optimizer_state.adam(group, self._named(group), kept, **options)
+    def _keeps_moments(self) -> bool:
+        return bool(self.params.keep_optimizer) and self.params.local_optimizer == "adam"  # type: ignore[attr-defined]
 
-    def keep_optimizer(self, group: str, opt: torch.optim.Adam) -> None:
-        """Remember ``opt``'s moments for ``private_state`` (with ``keep_optimizer``)."""
-        if self.params.keep_optimizer:  # type: ignore[attr-defined]
+    def make_optimizer(
+        self, group: str, *, lr: float, weight_decay: float, **adam_options: Any
+    ) -> torch.optim.Optimizer:
+        """``group``'s optimizer: an Adam resuming the loaded client's moments when kept,
+        or (``local_optimizer: sgd``) plain SGD, which has none."""
+        if self.params.local_optimizer == "sgd":  # type: ignore[attr-defined]
+            named = self._named(group)
+            return torch.optim.SGD([q for _, q in named], lr=lr, weight_decay=weight_decay)
+        kept = self._optimizer if self._keeps_moments() else {}
+        return optimizer_state.adam(
+            group, self._named(group), kept, lr=lr, weight_decay=weight_decay, **adam_options
+        )
+
+    def keep_optimizer(self, group: str, opt: torch.optim.Optimizer) -> None:
+        """Remember an Adam's moments for ``private_state`` (with ``keep_optimizer``)."""
+        if self._keeps_moments():
+            assert isinstance(opt, torch.optim.Adam)
             self._optimizer.update(optimizer_state.export(group, self._named(group), opt))
+
+    def why_no_functional_training(self) -> str:
+        if self.params.local_optimizer == "sgd":  # type: ignore[attr-defined]
+            return (
+                f"task {self.task_name}'s functional step runs Adam only, and "
+                "local_optimizer is sgd; use backend inprocess or process_pool "
+                "(or local_optimizer adam)"
+            )
+        return super().why_no_functional_training()
 
     @classmethod
     def from_spec(cls, params: TaskParams, spec: DataSpec, seed: int) -> Task:

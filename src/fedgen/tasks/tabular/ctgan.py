@@ -134,9 +134,11 @@ class CtganTask(TableTask):
             "critic": _Critic(dim + self.cond_dim, p.hidden, p.pac),
         }
 
-    def functional_training(self) -> CtganFunctionalTraining:
+    def functional_training(self) -> CtganFunctionalTraining | None:
         """``train_local``'s iteration as a pure function (the vectorized backend's), both
         Adams' moments and step counts kept between rounds as ``train_local`` keeps them."""
+        if self.params.local_optimizer != "adam":
+            return None  # see why_no_functional_training
         p = self.params
         adams = FunctionalAdams(
             self.optimizer_groups(),

@@ -125,9 +125,11 @@ class TvaeTask(TableTask):
         recon = self.reconstruction(decoder(with_condition(z, x, self.condition)), x, decoder.sigma)
         return recon.mean(), row_kl(mu, logvar).mean()
 
-    def functional_training(self) -> TvaeFunctionalTraining:
+    def functional_training(self) -> TvaeFunctionalTraining | None:
         """``train_local``'s iteration as a pure function (the vectorized backend's), its
         Adam's moments and step count kept between rounds as ``train_local`` keeps them."""
+        if self.params.local_optimizer != "adam":
+            return None  # see why_no_functional_training
         p = self.params
         adams = FunctionalAdams(
             self.optimizer_groups(),

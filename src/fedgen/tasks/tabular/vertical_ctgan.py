@@ -145,6 +145,11 @@ class VerticalCtganTask(VerticalTableTask):
                     "keep_optimizer is not built for vertical_ctgan (its optimizers start "
                     "each round); leave it false"
                 )
+            if self.local_optimizer != "adam":
+                raise ValueError(
+                    "local_optimizer sgd is not built for vertical_ctgan (every party steps "
+                    "Adam); leave it adam"
+                )
             if self.batch_size % self.pac:
                 raise ValueError(
                     f"batch_size {self.batch_size} must be a multiple of pac {self.pac}"

@@ -111,6 +111,11 @@ class VerticalTvaeTask(VerticalTableTask):
                     "keep_optimizer is not built for vertical_tvae (its optimizers start "
                     "each round); leave it false"
                 )
+            if self.local_optimizer != "adam":
+                raise ValueError(
+                    "local_optimizer sgd is not built for vertical_tvae (every party steps "
+                    "Adam); leave it adam"
+                )
             return self
 
     params: Params
