@@ -9,7 +9,12 @@ method, appended to ``benchmarks/results/tabular.md`` as its run ends:
 - ``silos``: fedgen, FedAvg over clients that are the values of the table's silo column;
 - ``dirichlet``: fedgen, FedAvg over clients with Dirichlet(alpha) skew of the target;
 - ``library``: the ``ctgan`` library's own TVAE / CTGAN on the pooled training rows, for
-  the epochs that give the same number of batches (its defaults otherwise).
+  the epochs that give the same number of batches (its defaults otherwise);
+- ``silos-fedsgd`` / ``dirichlet-fedsgd``: the same clients, each round one SGD step per
+  client (``task.params.local_optimizer: sgd``) and the server's Adam (strategy
+  ``fedadam``, the synthesizer's own lr and betas) on their weighted mean: centralized
+  Adam on a batch stratified by client (FedSGD with a server optimizer, Reddi et al.
+  2021), rounds x local steps rounds, so as many rows are read as by the others.
 
 Synthesizers ``tvae-target`` and ``ctgan-target`` are the TVAE and CTGAN recipes
 conditioned on the table's target column (``task.params.condition_on``: TVAE's decoder
@@ -52,6 +57,7 @@ from fedgen.data.table_data import SiloPartition, TableDirichletPartition
 from fedgen.data.table_sources import get_table_source
 from fedgen.eval.table_quality import TableEvaluator
 from fedgen.experiment import run_experiment
+from fedgen.registry import TASKS
 from fedgen.report.results_table import ResultsTable, current_commit
 from fedgen.seeding import derive_seed
 
@@ -80,7 +86,12 @@ COLUMNS = [
     "encoder bytes",
     "seconds",
 ]
-HORIZONTAL = ("centralized", "silos", "dirichlet", "library")
+HORIZONTAL = ("centralized", "silos", "dirichlet", "library", "silos-fedsgd", "dirichlet-fedsgd")
+#: The client's SGD learning rate of the ``-fedsgd`` methods: its step is the server
+#: Adam's gradient, and Adam does not see its scale (tau scales with it). TVAE's one step
+#: is the gradient itself; CTGAN's generator step follows its critic's in the same
+#: local step, so that critic step is kept small.
+FEDSGD_CLIENT_LR = {"tvae": 1.0, "ctgan": 1e-3}
 VERTICAL = (
     "vertical-1",
     "vertical-2",
@@ -150,8 +161,10 @@ def fedgen_method(
     extra = ["eval.every=0"]
     if method == "centralized":
         extra.append("federation.centralized=true")
-    elif method == "dirichlet":
+    elif method.startswith("dirichlet"):
         extra.append(f"data.partition={{kind: table_dirichlet, params: {{alpha: {alpha}}}}}")
+    if method.endswith("-fedsgd"):
+        extra.extend(fedsgd_sets(table, synth, sets))
     out = work / f"{table}-{synth}-{method}"  # the name asked for: tvae-target is not tvae
     if synth.endswith(CONDITIONED):
         source = get_table_source(table)
@@ -180,6 +193,28 @@ def fedgen_method(
         "seconds": seconds,
         "batch_size": cfg.task.params.get("batch_size", 500),
     }
+
+
+def fedsgd_sets(table: str, synth: str, sets: list[str]) -> list[str]:
+    """The overrides of a ``-fedsgd`` method: one client SGD step a round, server Adam."""
+    base = synth.split("-")[0]
+    cfg = load_config(ROOT / f"configs/tabular_{table}_{base}.yaml", sets)
+    task_cls: Any = TASKS.get(cfg.task.name)
+    params = task_cls.Params(**cfg.task.params)
+    beta1, beta2 = getattr(params, "betas", (0.9, 0.999))  # TVAE: torch.optim.Adam's
+    client_lr = FEDSGD_CLIENT_LR[base]
+    strategy = (
+        f"{{name: fedadam, params: {{fraction: 1.0, min_clients: 1, server_lr: {params.lr}, "
+        f"beta1: {beta1}, beta2: {beta2}, tau: {1e-8 * client_lr}}}}}"
+    )
+    rounds = cfg.federation.rounds * (cfg.federation.local_steps or 1)
+    return [
+        f"federation.rounds={rounds}",
+        "federation.local_steps=1",
+        "task.params.local_optimizer=sgd",
+        f"task.params.lr={client_lr}",
+        f"strategy={strategy}",
+    ]
 
 
 def vertical_method(
@@ -302,7 +337,9 @@ def main() -> None:
         notes=[
             f"fedgen: recipes configs/tabular_<table>_<synthesizer>.yaml, {args.rounds} rounds "
             f"x {args.local_steps} local steps per client, FedAvg over every client each round; "
-            "centralized: one client with every training row and the cohort's steps per round",
+            "centralized: one client with every training row and the cohort's steps per round; "
+            "-fedsgd methods: one client SGD step a round and server Adam (fedadam, the "
+            "synthesizer's lr and betas), rounds x local steps rounds",
             "silos: clients are the values of the silo column (fair: occupation, 6 values to "
             "4 clients; randhie: coinsurance plan, 5 clients); dirichlet: Dirichlet("
             f"{args.alpha}) skew of the target over as many clients",
@@ -339,7 +376,7 @@ def main() -> None:
                 for method in args.methods:
                     if synth.startswith("vertical") != (method in VERTICAL):
                         continue  # vertical methods belong to the vertical synthesizer only
-                    if method == "silos" and get_table_source(name).silo_column is None:
+                    if method.startswith("silos") and get_table_source(name).silo_column is None:
                         # Its recipe's own partition would run, under the silos label.
                         print(f"{name} has no silo column: no silos row", flush=True)
                         continue
