@@ -13,11 +13,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from fedgen.config import load_config
 from fedgen.data.table_sources import ORANGE3, get_table_source
-from fedgen.experiment import run_experiment
+from fedgen.experiment import build_experiment, run_experiment
 from fedgen.samples.table_figure import PANEL_H, PER_ROW
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -63,3 +64,30 @@ def test_a_table_recipe_trains_evaluates_and_draws_every_column(recipe, tmp_path
     height = Image.open(figure).size[1]
     assert height >= 24 + panels + (numeric * max(min(160 // numeric, 40), 8) if numeric > 1 else 0)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["rounds"] == 1
+
+
+def test_the_fedsgd_recipe_steps_adam_on_the_clients_mean_gradient(tmp_path):
+    # configs/tabular_randhie_tvae_fedsgd.yaml: one SGD step at lr 1 per client, so the
+    # mean update is minus the mean gradient, and the server's Adam takes the step. Its
+    # first step moves every coordinate by at most server_lr (1 - beta1) / sqrt(1 - beta2)
+    # (= 3.16e-3 here: m = 0.1 d, v = 0.001 d^2 + tau^2), and by nearly that wherever the
+    # gradient is far above tau; a FedAvg step of lr 1 would move them by the gradient.
+    cfg = load_config(CONFIGS / "tabular_randhie_tvae_fedsgd.yaml", SHORT[3:])
+    exp = build_experiment(cfg)
+    before = {k: v.clone() for k, v in exp.federation.global_state.items()}
+    exp.federation.run_round(0)
+    moves = torch.cat(
+        [(exp.federation.global_state[k] - before[k]).abs().reshape(-1) for k in before]
+    )
+    bound = 1e-3 * 0.1 / 0.001**0.5
+    assert float(moves.max()) <= bound * (1 + 1e-6)
+    moved = moves[moves > 0]
+    assert len(moved) > 0.9 * len(moves) and float(moved.median()) > 0.9 * bound
+    summary = run_experiment(
+        load_config(
+            CONFIGS / "tabular_randhie_tvae_fedsgd.yaml", ["federation.rounds=3", *SHORT[2:]]
+        ),
+        tmp_path / "run",
+        progress=False,
+    )
+    assert summary["status"] == "completed" and 0 < summary["quality_score"] <= 1
