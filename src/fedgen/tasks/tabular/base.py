@@ -110,8 +110,7 @@ class TableTask(Task):
 
     def keep_optimizer(self, group: str, opt: torch.optim.Optimizer) -> None:
         """Remember an Adam's moments for ``private_state`` (with ``keep_optimizer``)."""
-        if self._keeps_moments():
-            assert isinstance(opt, torch.optim.Adam)
+        if self._keeps_moments() and isinstance(opt, torch.optim.Adam):
             self._optimizer.update(optimizer_state.export(group, self._named(group), opt))
 
     def why_no_functional_training(self) -> str:

@@ -136,7 +136,8 @@ class CtganTask(TableTask):
 
     def functional_training(self) -> CtganFunctionalTraining | None:
         """``train_local``'s iteration as a pure function (the vectorized backend's), both
-        Adams' moments and step counts kept between rounds as ``train_local`` keeps them."""
+        Adams' moments and step counts kept between rounds as ``train_local`` keeps them;
+        None with ``local_optimizer: sgd``."""
         if self.params.local_optimizer != "adam":
             return None  # see why_no_functional_training
         p = self.params

@@ -127,7 +127,8 @@ class TvaeTask(TableTask):
 
     def functional_training(self) -> TvaeFunctionalTraining | None:
         """``train_local``'s iteration as a pure function (the vectorized backend's), its
-        Adam's moments and step count kept between rounds as ``train_local`` keeps them."""
+        Adam's moments and step count kept between rounds as ``train_local`` keeps them;
+        None with ``local_optimizer: sgd``."""
         if self.params.local_optimizer != "adam":
             return None  # see why_no_functional_training
         p = self.params
