@@ -58,6 +58,7 @@ SETTINGS: dict[str, str] = {
     "lowrank-4-b4": "[{name: lowrank, params: {rank: 4, bits: 4}}]",
     "lowrank-8-b2": "[{name: lowrank, params: {rank: 8, bits: 2}}]",
     "lowrank-6-b4": "[{name: lowrank, params: {rank: 6, bits: 4}}]",
+    "lowrank-5-b4": "[{name: lowrank, params: {rank: 5, bits: 4}}]",
 }
 #: setting -> federation.downlink (the broadcast as compressed deltas); the rest send
 #: the float32 model. Each pairs a reply codec (before the "+") with a downlink codec.
@@ -104,6 +105,15 @@ DOWNLINK: dict[str, str] = {
     # 50-62% at rank 4 (the cGAN's convolutions and projection), for about 1.4x the bytes.
     "lowrank-6-b4+down-lowrank-6-b4": (
         "{name: lowrank, params: {rank: 6, bits: 4, error_feedback: false}}"
+    ),
+    # More rank down than up, the bytes of rank 6 both ways: at full participation the
+    # broadcast delta is the sum of every client's rank-r reply, far less low-rank than
+    # any one reply, so a rank-r broadcast truncates more than a rank-r reply does.
+    "lowrank-4-b4+down-lowrank-8-b4": (
+        "{name: lowrank, params: {rank: 8, bits: 4, error_feedback: false}}"
+    ),
+    "lowrank-5-b4+down-lowrank-7-b4": (
+        "{name: lowrank, params: {rank: 7, bits: 4, error_feedback: false}}"
     ),
 }
 SETTINGS.update({name: SETTINGS[name.split("+")[0]] for name in DOWNLINK if name not in SETTINGS})
