@@ -59,6 +59,8 @@ SETTINGS: dict[str, str] = {
     "lowrank-8-b2": "[{name: lowrank, params: {rank: 8, bits: 2}}]",
     "lowrank-6-b4": "[{name: lowrank, params: {rank: 6, bits: 4}}]",
     "lowrank-5-b4": "[{name: lowrank, params: {rank: 5, bits: 4}}]",
+    "subspace-8": "[{name: subspace, params: {rank: 8, bits: 4}}]",
+    "subspace-10": "[{name: subspace, params: {rank: 10, bits: 4}}]",
 }
 #: setting -> federation.downlink (the broadcast as compressed deltas); the rest send
 #: the float32 model. Each pairs a reply codec (before the "+") with a downlink codec.
@@ -115,6 +117,11 @@ DOWNLINK: dict[str, str] = {
     "lowrank-5-b4+down-lowrank-7-b4": (
         "{name: lowrank, params: {rank: 7, bits: 4, error_feedback: false}}"
     ),
+    # Replies as coefficients in the basis the broadcast brings, one factor a message
+    # (fedgen.transforms.subspace): about twice lowrank's rank for its bytes, and the
+    # broadcast keeps the clients' mean whole.
+    "subspace-8+down-subspace-8": "{name: subspace, params: {rank: 8, error_feedback: false}}",
+    "subspace-10+down-subspace-10": ("{name: subspace, params: {rank: 10, error_feedback: false}}"),
 }
 SETTINGS.update({name: SETTINGS[name.split("+")[0]] for name in DOWNLINK if name not in SETTINGS})
 #: float32 FedAvg stopped after half the rounds (its TSTR at about half the bytes).

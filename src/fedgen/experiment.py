@@ -201,6 +201,7 @@ def build_experiment(
                 backend=cfg.backend.name,
                 root_seed=cfg.seed,
                 dpsgd=cfg.dpsgd is not None,
+                downlink=fed_cfg.downlink,
             )
         )
     if strategy is not None:

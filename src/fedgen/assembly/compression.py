@@ -25,6 +25,8 @@ Rules:
   (``dp_compatible``: ``topk`` without error feedback and ``random_mask`` without
   rescaling send a subset of the coordinates, ``lowrank`` at 32 bits without error
   feedback a projection; quantizers, casts and error feedback can exceed it);
+- a codec whose replies are coefficients in a basis the broadcast brings
+  (``subspace``) needs ``federation.downlink`` with the same codec and rank;
 - not the ``split`` backend, whose clients exchange activations, not updates.
 
 On success each codec is bound to the run's root seed (a shared-seed support derives
@@ -62,10 +64,12 @@ def compression_problems(
     backend: str,
     root_seed: int,
     dpsgd: bool,
+    downlink: ComponentConfig | None = None,
 ) -> list[str]:
     """Every unsound use of a codec in the pipeline, each with its fix; [] if none.
 
-    ``transforms`` may hold None for one that failed to build (its checks are skipped).
+    ``transforms`` may hold None for one that failed to build (its checks are skipped);
+    ``downlink`` is ``federation.downlink`` (a codec sharing a basis needs its own there).
     """
     codecs = [(i, t) for i, t in enumerate(transforms) if isinstance(t, UpdateCodec)]
     if not codecs:
@@ -121,6 +125,20 @@ def compression_problems(
             "privacy accounting is unchanged",
             codec.codec_name,
         )
+    if codec.shared_prefix is not None:
+        rank = getattr(codec, "rank", None)
+        if downlink is None or downlink.name != codec.codec_name:
+            problems.append(
+                f"transforms: {codec.codec_name} sends each update's coefficients in a basis "
+                "that comes with the compressed broadcast; add federation.downlink: {name: "
+                f"{codec.codec_name}, params: {{rank: {rank}, error_feedback: false}}}}"
+            )
+        elif downlink.params.get("rank", 4) != rank:
+            problems.append(
+                f"transforms: {codec.codec_name} rank {rank} but federation.downlink rank "
+                f"{downlink.params.get('rank', 4)}: the replies use the broadcast's basis, so "
+                "the two ranks must be equal"
+            )
     if backend == "split":
         problems.append(
             f"transforms: {codec.codec_name} compresses model updates, but the split backend's "

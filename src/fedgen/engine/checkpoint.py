@@ -21,7 +21,7 @@ import torch
 
 from fedgen.errors import CheckpointError, FedgenError
 from fedgen.privacy.noise_key import key_from_state
-from fedgen.transforms.base import PRIVATE_PREFIX
+from fedgen.transforms.base import FREE_SHAPE, PRIVATE_PREFIX
 from fedgen.types import StateDict
 
 MAGIC = b"FEDGENC1"
@@ -252,6 +252,10 @@ def _check_state(
         for key, value in tensors.items():
             where = f"private_states[{cid!r}][{_short(key)}]"
             owner = _transform_private_reference(key, model) if isinstance(key, str) else None
+            if isinstance(key, str) and _free_shape(key):
+                # A transform's tensor of its own shape (a codec's shared basis).
+                _check_tensor(value, where, fail, None, exact=False)
+                continue
             if owner is not None:
                 # A transform's own tensor (an error-feedback residual) of a model tensor.
                 _check_tensor(value, where, fail, owner, exact=False)
@@ -287,6 +291,13 @@ def _transform_private_reference(key: str, model: StateDict) -> torch.Tensor | N
         return None
     _, sep, name = key.removeprefix(PRIVATE_PREFIX).partition("/")
     return model.get(name) if sep else None
+
+
+def _free_shape(key: str) -> bool:
+    """``PRIVATE_PREFIX<transform>/FREE_SHAPE...``: a private tensor not shaped like a
+    model tensor."""
+    _, sep, name = key.removeprefix(PRIVATE_PREFIX).partition("/")
+    return key.startswith(PRIVATE_PREFIX) and bool(sep) and name.startswith(FREE_SHAPE)
 
 
 def _check_nested(value: object, where: str, fail: Any, model: StateDict) -> None:

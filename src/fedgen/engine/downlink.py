@@ -67,7 +67,8 @@ def codec_from_spec(spec: dict[str, Any]) -> UpdateCodec:
     cls = TRANSFORMS.get(name)
     if not (isinstance(cls, type) and issubclass(cls, UpdateCodec)):
         raise ValueError(
-            f"{name!r} is not a codec (quantize, qsgd, cast, topk, random_mask, sign, lowrank)"
+            f"{name!r} is not a codec (quantize, qsgd, cast, topk, random_mask, sign, "
+            "lowrank, subspace)"
         )
     if not isinstance(params, dict):
         raise ValueError("the downlink codec's params must be a mapping")
@@ -80,11 +81,27 @@ def codec_from_spec(spec: dict[str, Any]) -> UpdateCodec:
     return codec
 
 
-def _context(seed: int, version: int) -> TransformContext:
-    """Where the server encodes (and a client decodes) the delta to ``version``."""
+def _context(seed: int, version: int, shared: StateDict | None = None) -> TransformContext:
+    """Where the server encodes (and a client decodes) the delta to ``version``; a codec
+    that shares state with the clients (a basis) reads and moves it in ``shared``."""
     return TransformContext(
-        round=version, client_id=None, seed=derive_seed(seed, version), num_clients=0
+        round=version,
+        client_id=None,
+        seed=derive_seed(seed, version),
+        num_clients=0,
+        private=shared,
     )
+
+
+def shared_part(codec: UpdateCodec, tensors: StateDict) -> StateDict:
+    """The tensors of ``tensors`` that are ``codec``'s shared state (none for most)."""
+    prefix = codec.shared_prefix
+    return {} if prefix is None else {k: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def public_digest(view: StateDict, shared: StateDict) -> str:
+    """What a client's copy must match: the public model and the codec's shared state."""
+    return state_digest({**view, **shared})
 
 
 class Downlink:
@@ -109,8 +126,11 @@ class Downlink:
         self.initial: StateDict = {k: v.clone() for k, v in initial.items()}
         #: The public model, from version -1 on.
         self.view: StateDict = dict(self.initial)
+        #: The codec's state shared with every client (a ``subspace`` basis), moved by
+        #: each broadcast's decode; {} for most codecs.
+        self.shared: StateDict = codec.initial_shared(self.initial, self.seed)
         self.version = -1
-        self.digest = state_digest(self.view)
+        self.digest = public_digest(self.view, self.shared)
         #: Encoded delta to each kept version from the one before it ({}: no change).
         self.deltas: dict[int, StateDict] = {}
         #: The version each client holds, as far as the server knows (absent: the
@@ -131,12 +151,12 @@ class Downlink:
                 # Nothing changed (round 0 starts from the initial model): nothing to send.
                 self.deltas[version] = {}
             else:
-                ctx = _context(self.seed, version)
+                ctx = _context(self.seed, version, self.shared)
                 encoded, _ = self.codec.on_client(diff, ctx)
                 decoded = self.codec.decode(encoded, self.view, ctx)
                 self.view = apply_delta(self.view, decoded)
                 self.deltas[version] = encoded
-                self.digest = state_digest(self.view)
+                self.digest = public_digest(self.view, self.shared)
             self._prune()
         self.version = version
         return self.view
@@ -162,7 +182,8 @@ class Downlink:
         }
         missing = range(base + 1, self.version + 1) if base is not None else range(0)
         if base is None or base > self.version or any(v not in self.deltas for v in missing):
-            return self.view, {**meta, "base": None}
+            # The whole model, and the shared state the deltas would have brought.
+            return {**self.view, **self.shared}, {**meta, "base": None}
         arrays = {
             f"{DELTA_PREFIX}{v}/{name}": tensor
             for v in missing
@@ -181,6 +202,7 @@ class Downlink:
         return {
             "version": self.version,
             "view": {k: v.clone() for k, v in self.view.items()},
+            "shared": {k: v.clone() for k, v in self.shared.items()},
             "deltas": {str(v): dict(d) for v, d in self.deltas.items()},
             "synced": {str(c): v for c, v in self.synced.items()},
         }
@@ -189,9 +211,10 @@ class Downlink:
         """Restore what ``state_dict`` returned."""
         self.version = int(state["version"])
         self.view = dict(state["view"])
+        self.shared = dict(state.get("shared", {}))
         self.deltas = {int(v): dict(d) for v, d in state["deltas"].items()}
         self.synced = {int(c): None if v is None else int(v) for c, v in state["synced"].items()}
-        self.digest = state_digest(self.view)
+        self.digest = public_digest(self.view, self.shared)
 
 
 class ReceivedDownlink:
@@ -232,7 +255,11 @@ def receive(
     arrays, meta = source.payload(client_id)
     codec = codec_from_spec(meta["codec"])
     base, version = meta["base"], int(meta["version"])
+    # The codec's shared state (a basis), brought up to date beside the model.
+    shared = shared_part(codec, own)
     if base is None:
+        shared = shared_part(codec, arrays)
+        arrays = {k: v for k, v in arrays.items() if k not in shared}
         if arrays.keys() != model.keys():
             raise ValueError("the job's model has other tensors than this task's")
         view = dict(arrays)
@@ -244,6 +271,7 @@ def receive(
                     "the job sends deltas from the initial model, which this client lacks"
                 )
             view = {k: initial[k] for k in model if k in initial}
+            shared = codec.initial_shared(view, int(meta["seed"]))
         else:
             view = {k: own[DOWNLINK_PREFIX + k] for k in model if DOWNLINK_PREFIX + k in own}
         if view.keys() != model.keys():
@@ -262,13 +290,16 @@ def receive(
             raise ValueError(f"the job's deltas are not of versions {base + 1}..{version}")
         # A version absent from the job changed nothing (its delta is empty).
         for v in sorted(by_version):
-            ctx = _context(int(meta["seed"]), v)
+            ctx = _context(int(meta["seed"]), v, shared)
             view = apply_delta(view, codec.decode(by_version[v], view, ctx))
-    if state_digest(view) != meta["digest"]:
+    if public_digest(view, shared) != meta["digest"]:
         raise ValueError(
             f"this client's copy of model version {version} differs from the server's "
             "(digest mismatch): the server sends the whole model the next time"
         )
     for key, tensor in view.items():
         own[DOWNLINK_PREFIX + key] = tensor
+    for key in list(shared_part(codec, own)):
+        del own[key]
+    own.update(shared)
     return view

@@ -298,7 +298,12 @@ class Federation:
                     try:
                         # Codecs decode each update on arrival, before any check.
                         res.update = decode_arrival(
-                            self.transforms, res.update, job.start, job.round, cid
+                            self.transforms,
+                            res.update,
+                            job.start,
+                            job.round,
+                            cid,
+                            None if self.downlink is None else self.downlink.shared,
                         )
                         check_result(
                             res,

@@ -10,6 +10,7 @@ from fedgen.transforms.quantize import QSGD, StochasticQuantization
 from fedgen.transforms.secagg import SecureAggregation
 from fedgen.transforms.sign import ScaledSign
 from fedgen.transforms.sparsify import RandomMask, TopK
+from fedgen.transforms.subspace import Subspace
 
 __all__ = [
     "AUX_PREFIX",
@@ -24,6 +25,7 @@ __all__ = [
     "ScaledSign",
     "SecureAggregation",
     "StochasticQuantization",
+    "Subspace",
     "TopK",
     "TransformContext",
     "UpdateCodec",

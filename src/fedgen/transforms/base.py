@@ -20,6 +20,10 @@ from fedgen.types import StateDict
 #: residuals): ``PRIVATE_PREFIX + "<transform>/<model tensor>"``. The client's task never
 #: loads them; checkpoints check each against the model tensor it names.
 PRIVATE_PREFIX = "__transform__/"
+#: A transform's private tensor named ``PRIVATE_PREFIX + "<transform>/" + FREE_SHAPE + ...``
+#: has a shape of the transform's own (a codec's shared basis), not a model tensor's:
+#: checkpoints check only that it is dense and finite.
+FREE_SHAPE = "free:"
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,15 @@ class UpdateCodec(UpdateTransform):
     linear_shared_support: ClassVar[bool] = False
     #: ``decode(encode(x)) == x`` exactly for every float32 update.
     lossless: ClassVar[bool] = False
+    #: Where a codec whose server and clients share state between rounds (a basis that
+    #: comes with the compressed broadcast) keeps it: the downlink's shared state and
+    #: each client's private state, under this prefix. None: nothing shared.
+    shared_prefix: ClassVar[str | None] = None
+
+    def initial_shared(self, reference: StateDict, seed: int) -> StateDict:
+        """The shared state before the first broadcast, drawn from the downlink's ``seed``
+        (the same on the server and every client); {} for a codec that shares none."""
+        return {}
 
     def bind_seed(self, root_seed: int) -> None:
         """Take the run's root seed, which every client's recipe holds: a codec whose
@@ -175,6 +184,7 @@ def decode_arrival(
     reference: StateDict,
     round: int,
     client_id: int,
+    shared: StateDict | None = None,
 ) -> StateDict: ...
 
 
@@ -185,6 +195,7 @@ def decode_arrival(
     reference: StateDict,
     round: int,
     client_id: int,
+    shared: StateDict | None = None,
 ) -> StateDict | None: ...
 
 
@@ -194,12 +205,14 @@ def decode_arrival(
     reference: StateDict,
     round: int,
     client_id: int,
+    shared: StateDict | None = None,
 ) -> StateDict | None:
     """A client's update decoded by the pipeline's codecs (server side, on arrival).
 
     ``reference`` is the global state the client started from (shapes, dtypes);
-    ``round`` the round it trained in (a shared mask is drawn from it). Without a
-    codec, or without an update, the update is returned unchanged.
+    ``round`` the round it trained in (a shared mask is drawn from it); ``shared`` what
+    the compressed broadcast shares with the round's clients (a ``subspace`` basis),
+    read only. Without a codec, or without an update, the update is returned unchanged.
 
     Raises:
         ClientUpdateError: the update is not a well-formed encoding (a failure value).
@@ -207,7 +220,7 @@ def decode_arrival(
     codecs = codecs_of(transforms)
     if update is None or not codecs:
         return update
-    ctx = TransformContext(round=round, client_id=client_id, seed=0, num_clients=0)
+    ctx = TransformContext(round=round, client_id=client_id, seed=0, num_clients=0, private=shared)
     try:
         for codec in reversed(codecs):
             update = codec.decode(update, reference, ctx)
