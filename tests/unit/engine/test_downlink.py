@@ -206,8 +206,15 @@ def test_recorded_bytes_are_the_serialized_jobs_and_fall_with_the_downlink(mnist
             "transforms": "[{name: lowrank, params: {rank: 1}}]",
             "federation.downlink": "{name: lowrank, params: {rank: 1, error_feedback: false}}",
         },
+        # Replies in the broadcast's basis: the basis travels in the jobs, lives in each
+        # client's private state and the checkpoint, and a client that missed rounds
+        # rebuilds it from the deltas.
+        {
+            "transforms": "[{name: subspace, params: {rank: 2}}]",
+            "federation.downlink": "{name: subspace, params: {rank: 2, error_feedback: false}}",
+        },
     ],
-    ids=["quantize-4", "lowrank"],
+    ids=["quantize-4", "lowrank", "subspace"],
 )
 def test_process_pool_matches_in_process_and_a_resumed_run_ends_bit_identical(
     mnist_dir, tmp_path, codecs
@@ -273,8 +280,12 @@ def test_a_client_that_lost_its_copy_fails_once_then_gets_the_model_whole(mnist_
             {"federation.downlink": FOUR_BIT, "backend.name": "split"},
             "the split backend sends each client its own blocks",
         ),
+        (
+            {"transforms": "[{name: subspace, params: {rank: 2}}]"},
+            "add federation.downlink",
+        ),
     ],
-    ids=["not-a-codec", "topk-residual", "bad-params", "gossip", "split"],
+    ids=["not-a-codec", "topk-residual", "bad-params", "gossip", "split", "subspace-alone"],
 )
 def test_a_downlink_that_cannot_work_is_refused_before_round_one(mnist_dir, setting, message):
     with pytest.raises(ConfigError, match=message):
