@@ -158,7 +158,7 @@ def test_clients_rebuild_the_chain_and_its_basis_from_deltas_or_the_whole_model(
 def test_a_reply_without_a_basis_and_a_malformed_one_are_refused():
     codec = Subspace(rank=2)
     update = model(3)
-    with pytest.raises(ValueError, match="needs federation.downlink"):
+    with pytest.raises(ValueError, match=r"needs federation\.downlink"):
         codec.on_client(update, reply_ctx({}))
     shared = codec.initial_shared(update, seed=0)
     encoded, _ = codec.on_client(update, reply_ctx(dict(shared)))
