@@ -22,6 +22,11 @@ job names ``V_r``'s digest: a client whose copy does not reach it (a lost privat
 state, a job it never got) fails that round with the reason before it trains, and the
 server sends it the whole model the next time. Because every client holds the same
 ``V_r``, a round's clients still start from one state, as without compression.
+
+A codec may share state with the clients beside the model (``subspace``: the basis the
+next replies are coded in, which each broadcast moves). The server keeps it in
+``Downlink.shared``, a client in its private state; both update it by decoding the same
+deltas, the digest covers it, and a job that sends the model whole sends it too.
 """
 
 from __future__ import annotations
