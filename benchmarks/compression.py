@@ -61,6 +61,8 @@ SETTINGS: dict[str, str] = {
     "lowrank-5-b4": "[{name: lowrank, params: {rank: 5, bits: 4}}]",
     "subspace-8": "[{name: subspace, params: {rank: 8, bits: 4}}]",
     "subspace-10": "[{name: subspace, params: {rank: 10, bits: 4}}]",
+    "subspace-12": "[{name: subspace, params: {rank: 12, bits: 4}}]",
+    "subspace-14": "[{name: subspace, params: {rank: 14, bits: 4}}]",
 }
 #: setting -> federation.downlink (the broadcast as compressed deltas); the rest send
 #: the float32 model. Each pairs a reply codec (before the "+") with a downlink codec.

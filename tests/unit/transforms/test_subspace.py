@@ -188,3 +188,20 @@ def test_subspace_without_its_downlink_or_with_another_rank_is_refused():
     assert not compression_problems(
         transforms=[codec], backend="inprocess", root_seed=0, dpsgd=False, downlink=same
     )
+
+
+def test_a_wide_embedding_is_coded_when_its_two_sides_gain_on_average():
+    # A 10 x 3136 label embedding at rank 10: lowrank would send it whole (its two
+    # factors weigh more); here one round sends 10 x 10 coefficients, the next 3136 x 10.
+    codec = Subspace(rank=10, bits=4, error_feedback=False)
+    assert codec.rank_of(torch.Size((10, 3136))) == 10
+    assert codec.rank_of(torch.Size((96,))) == 0
+    x = {"embed": torch.randn(10, 3136, generator=torch.Generator().manual_seed(0))}
+    shared = codec.initial_shared(x, seed=4)
+    sizes = []
+    for _ in range(2):
+        encoded, _ = codec.on_client(x, reply_ctx(dict(shared)))
+        sizes.append(encoded[VALUES].numel())
+        broadcast, _ = codec.on_client(x, broadcast_ctx(shared))
+        codec.decode(broadcast, x, broadcast_ctx(shared))
+    assert sizes == [10 * 10 // 2, 3136 * 10 // 2]
