@@ -62,7 +62,7 @@ SETTINGS: dict[str, str] = {
     "subspace-8": "[{name: subspace, params: {rank: 8, bits: 4}}]",
     "subspace-10": "[{name: subspace, params: {rank: 10, bits: 4}}]",
     "subspace-12": "[{name: subspace, params: {rank: 12, bits: 4}}]",
-    "subspace-14": "[{name: subspace, params: {rank: 14, bits: 4}}]",
+    "subspace-13": "[{name: subspace, params: {rank: 13, bits: 4}}]",
 }
 #: setting -> federation.downlink (the broadcast as compressed deltas); the rest send
 #: the float32 model. Each pairs a reply codec (before the "+") with a downlink codec.
@@ -123,7 +123,9 @@ DOWNLINK: dict[str, str] = {
     # (fedgen.transforms.subspace): about twice lowrank's rank for its bytes, and the
     # broadcast keeps the clients' mean whole.
     "subspace-8+down-subspace-8": "{name: subspace, params: {rank: 8, error_feedback: false}}",
-    "subspace-10+down-subspace-10": ("{name: subspace, params: {rank: 10, error_feedback: false}}"),
+    "subspace-10+down-subspace-10": "{name: subspace, params: {rank: 10, error_feedback: false}}",
+    "subspace-12+down-subspace-12": "{name: subspace, params: {rank: 12, error_feedback: false}}",
+    "subspace-13+down-subspace-13": "{name: subspace, params: {rank: 13, error_feedback: false}}",
 }
 SETTINGS.update({name: SETTINGS[name.split("+")[0]] for name in DOWNLINK if name not in SETTINGS})
 #: float32 FedAvg stopped after half the rounds (its TSTR at about half the bytes).
