@@ -53,7 +53,7 @@ from fedgen.transforms.codec import (
     passed_through,
     whole_update_keys,
 )
-from fedgen.transforms.sparsify import residual_key, with_residual
+from fedgen.transforms.sparsify import keep_residual, with_residual
 from fedgen.types import StateDict
 
 #: Every number of the update's coded tensors in turn (sorted by name): factor
@@ -151,9 +151,7 @@ class LowRank(UpdateCodec):
             scales.append(scale)
             if self.error_feedback and ctx.private is not None:
                 sent = self._assemble(self._unround(these, scale, lengths), value.shape)
-                ctx.private[residual_key(key, self.codec_name)] = (flat - sent.reshape(-1)).reshape(
-                    value.shape
-                )
+                keep_residual(flat - sent.reshape(-1), key, self.codec_name, value.shape, ctx)
         flat_codes = torch.cat(codes) if codes else torch.zeros(0, dtype=_DTYPES[self.bits])
         if self.bits in _PACKED:
             # Levels -top..top as 0..2 top, packed across tensors (no byte half empty).

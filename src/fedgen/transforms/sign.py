@@ -45,7 +45,7 @@ from fedgen.transforms.codec import (
     whole_update_keys,
 )
 from fedgen.transforms.quantize import buckets
-from fedgen.transforms.sparsify import residual_key, shared_support, with_residual
+from fedgen.transforms.sparsify import keep_residual, shared_support, with_residual
 from fedgen.types import StateDict
 
 #: The update's signs, all its coded tensors' in turn (sorted by name), a bit each.
@@ -145,7 +145,7 @@ class ScaledSign(UpdateCodec):
                 left -= sent
             else:
                 left[support] -= sent
-            ctx.private[residual_key(key, self.codec_name)] = left.reshape(value.shape)
+            keep_residual(left, key, self.codec_name, value.shape, ctx)
         return positive, scale
 
     def _values(self, positive: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

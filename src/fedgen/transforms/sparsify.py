@@ -57,6 +57,19 @@ def with_residual(flat: torch.Tensor, key: str, codec: str, ctx: TransformContex
     return flat if residual is None else flat + residual.reshape(-1)
 
 
+def keep_residual(
+    left: torch.Tensor, key: str, codec: str, shape: torch.Size, ctx: TransformContext
+) -> None:
+    """Keep ``left`` (what ``codec`` did not send of tensor ``key``) for the next update.
+
+    A non-finite update is rejected by the server; its residual would make every later
+    reply of the client non-finite too (and its checkpoint unloadable), so the residual
+    from before stays.
+    """
+    if ctx.private is not None and bool(torch.isfinite(left).all()):
+        ctx.private[residual_key(key, codec)] = left.reshape(shape)
+
+
 def shared_support(
     mask_seed: int, round: int, key: str, numel: int, fraction: float
 ) -> torch.Tensor:
@@ -114,7 +127,7 @@ class TopK(UpdateCodec):
         if ctx.private is not None and self.error_feedback:
             left = flat.clone()
             left[index] = 0.0
-            ctx.private[residual_key(key)] = left.reshape(value.shape)
+            keep_residual(left, key, self.codec_name, value.shape, ctx)
         return {"index": index.to(fitting_index_dtype(flat.numel())), "values": values}
 
     def decode_tensor(

@@ -58,7 +58,7 @@ from fedgen.transforms.codec import (
     whole_update_keys,
 )
 from fedgen.transforms.lowrank import _DTYPES, _PACKED, _TOPS, LowRank
-from fedgen.transforms.sparsify import residual_key, with_residual
+from fedgen.transforms.sparsify import keep_residual, with_residual
 from fedgen.types import StateDict
 
 #: Where the round's basis of each matrix lives (the server's downlink shared state, a
@@ -156,7 +156,8 @@ class Subspace(LowRank):
                     return side, found
         raise ValueError(
             f"{key}: no subspace basis for this round; the basis comes with the broadcast, "
-            "so subspace needs federation.downlink: {name: subspace} (same rank and bits)"
+            "so subspace needs federation.downlink: {name: subspace} at the same rank (a "
+            "client that lost its copy gets the model and the basis whole next round)"
         )
 
     def layout(self, key: str, shape: torch.Size, store: StateDict | None) -> list[int]:
@@ -166,11 +167,18 @@ class Subspace(LowRank):
             return self.segments(shape)
         side, basis = self.basis(key, store)
         if basis.dim() != 2 or basis.shape[1] != rank:
-            raise ValueError(f"{key}: a basis of shape {tuple(basis.shape)} for rank {rank}")
+            raise ValueError(
+                f"{key}: a basis of shape {tuple(basis.shape)} for rank {rank}; the transform "
+                "and federation.downlink must share one rank (or the checkpoint is another "
+                "rank's run)"
+            )
         m = shape[0]
         n = math.prod(shape) // m
         if basis.shape[0] != (n if side == "right" else m):
-            raise ValueError(f"{key}: a {side} basis of {basis.shape[0]} rows for {m} x {n}")
+            raise ValueError(
+                f"{key}: a {side} basis of {basis.shape[0]} rows for {m} x {n}: it belongs to "
+                "another model; resume from this experiment's own checkpoint"
+            )
         return [m if side == "right" else n] * rank
 
     def on_client(
@@ -197,7 +205,7 @@ class Subspace(LowRank):
                 side, basis = self.basis(key, ctx.private)
                 factor = _coefficients(flat.reshape(value.shape[0], -1), side, basis)
                 if broadcast:
-                    factor, r = _orthonormal(factor)
+                    factor, r = _orthonormal(factor, torch_generator(ctx.seed, "subspace", key))
                     these, scale = self._round(factor.T.reshape(-1), lengths)
                     rounded = self._unround(these, scale, lengths).reshape(rank, -1).T
                     r = _refit(rounded, factor @ r)
@@ -210,7 +218,7 @@ class Subspace(LowRank):
             codes.append(these)
             scales.append(scale)
             if self.error_feedback and not broadcast and ctx.private is not None:
-                ctx.private[residual_key(key, self.codec_name)] = (flat - sent).reshape(value.shape)
+                keep_residual(flat - sent, key, self.codec_name, value.shape, ctx)
         flat_codes = torch.cat(codes) if codes else torch.zeros(0, dtype=_DTYPES[self.bits])
         if self.bits in _PACKED:
             flat_codes = pack(flat_codes.to(torch.int64) + _TOPS[self.bits], self.bits)
@@ -270,7 +278,9 @@ class Subspace(LowRank):
             side, basis = self.basis(key, ctx.private)
             factor = chunk.reshape(rank, -1).T
             if broadcast:
-                moved.append((key, side, factor.contiguous()))
+                # A copy: at rank 1 the transpose is a view of the whole decoded buffer,
+                # which every client's checkpoint would then hold.
+                moved.append((key, side, factor.clone()))
                 factor = factor @ r.reshape(rank, rank)
             decoded[key] = _expand(factor, side, basis).reshape(ref.shape).to(ref.dtype)
         if broadcast and ctx.private is not None:
@@ -294,12 +304,28 @@ def _coefficients(matrix: torch.Tensor, side: str, basis: torch.Tensor) -> torch
     return product @ inverse
 
 
-def _orthonormal(factor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``factor = Q R`` with orthonormal ``Q`` (NaN stays NaN: the server never sends it)."""
+def _orthonormal(factor: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``factor = Q R`` with orthonormal ``Q`` (NaN stays NaN: the server never sends it).
+
+    ``Q`` is the next round's basis. When ``factor`` has fewer than r independent columns
+    (a matrix that did not move, or moved in fewer directions), QR would fill ``Q`` with
+    arbitrary directions (coordinate axes for a zero factor), and the replies would keep
+    only those rows; ``Q`` then spans ``factor``'s columns plus random directions from
+    ``gen``, so the basis keeps covering the matrix.
+    """
     if not bool(torch.isfinite(factor).all()):
         return factor, torch.eye(factor.shape[1])
     q, r = torch.linalg.qr(factor)
-    return q, r
+    diagonal = r.diagonal().abs()
+    scale = float(factor.norm())
+    if diagonal.numel() and float(diagonal.min()) > 1e-6 * scale:
+        return q, r
+    u, sigma, _ = torch.linalg.svd(factor, full_matrices=False)
+    kept = int((sigma > 1e-6 * max(scale, 1e-30)).sum())
+    filler = torch.randn(factor.shape[0], factor.shape[1] - kept, generator=gen)
+    filler -= u[:, :kept] @ (u[:, :kept].T @ filler)
+    q = torch.cat([u[:, :kept], torch.linalg.qr(filler)[0]], dim=1)
+    return q, q.T @ factor
 
 
 def _refit(rounded: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:

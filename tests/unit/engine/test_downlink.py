@@ -224,7 +224,12 @@ def test_process_pool_matches_in_process_and_a_resumed_run_ends_bit_identical(
     pool = build_experiment(
         tiny_config(mnist_dir, **items, **{"backend.name": "process_pool"})
     ).federation
+    initial = {k: v.clone() for k, v in ref.global_state.items()}
     assert ref.run() and pool.run()
+    # Every reply decoded (a failed round leaves the model where it was, and runs that all
+    # failed would agree), and the model moved.
+    assert all(m["failures"] == 0 for m in ref.history + pool.history)
+    assert any(not torch.equal(initial[k], ref.global_state[k]) for k in initial)
     for k in ref.global_state:
         assert torch.equal(ref.global_state[k], pool.global_state[k]), k
     assert [m["bytes_down"] for m in ref.history] == [m["bytes_down"] for m in pool.history]
@@ -237,11 +242,15 @@ def test_process_pool_matches_in_process_and_a_resumed_run_ends_bit_identical(
     resumed = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
     assert restore_latest(resumed, tmp_path, cfg) == 1
     assert resumed.run()
+    assert all(m["failures"] == 0 for m in resumed.history)
     for k in ref.global_state:
         assert torch.equal(ref.global_state[k], resumed.global_state[k]), k
     assert [m["bytes_down"] for m in ref.history] == [m["bytes_down"] for m in resumed.history]
     assert resumed.downlink is not None and ref.downlink is not None
     assert resumed.downlink.synced == ref.downlink.synced
+    assert resumed.downlink.shared.keys() == ref.downlink.shared.keys()
+    for k in ref.downlink.shared:
+        assert torch.equal(resumed.downlink.shared[k], ref.downlink.shared[k]), k
 
 
 def test_a_client_that_lost_its_copy_fails_once_then_gets_the_model_whole(mnist_dir):

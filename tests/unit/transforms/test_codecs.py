@@ -207,6 +207,25 @@ def test_error_feedback_conserves_what_was_sent_plus_the_residual(codec):
         assert int((sent0[k] != 0).sum()) == max(1, -(-first[k].numel() * 5 // 100))
 
 
+@pytest.mark.parametrize(
+    "codec",
+    [TopK(0.05), ScaledSign(0.05, bucket_size=16), LowRank(2, bits=4)],
+    ids=["topk", "sign", "lowrank"],
+)
+def test_a_non_finite_update_leaves_a_finite_residual(codec):
+    # The server rejects a NaN update; its residual must not turn every later reply NaN
+    # (top-k sends the NaN, the largest, and keeps the rest; the others keep the residual
+    # from before).
+    private: dict[str, torch.Tensor] = {}
+    codec.on_client(update(0), ctx(private=private))
+    poisoned = update(1)
+    poisoned["net.w"][0, 0] = float("nan")
+    codec.on_client(poisoned, ctx(round=1, private=private))
+    assert all(bool(torch.isfinite(v).all()) for v in private.values())
+    later, _ = codec.on_client(update(2), ctx(round=2, private=private))
+    assert all(bool(torch.isfinite(v).all()) for v in later.values() if v.is_floating_point())
+
+
 def test_a_scaled_sign_is_contractive_and_never_grows_the_norm():
     # Prepare: updates of several scales and shapes, a few coordinates exactly zero.
     gen = torch.Generator().manual_seed(3)

@@ -14,6 +14,8 @@ from fedgen.errors import ClientUpdateError
 from fedgen.ledger.digest import state_digest
 from fedgen.transforms.base import TransformContext
 from fedgen.transforms.codec import decode_arrival
+from fedgen.transforms.lowrank import VALUES as LOWRANK_VALUES
+from fedgen.transforms.lowrank import LowRank
 from fedgen.transforms.sparsify import residual_key
 from fedgen.transforms.subspace import SCALES, SHARED_PREFIX, VALUES, Subspace
 from fedgen.wire import Message, decode, encode
@@ -54,7 +56,7 @@ def test_a_reply_decodes_to_its_orthogonal_projection_onto_the_round_basis():
     got = decode_arrival([codec], wire(encoded), update, 0, 1, shared)
     # Assert: each matrix is M B B^T for its orthonormal right basis B; a vector travels
     # whole; the residual is what the projection left out, orthogonal to what was sent.
-    basis = shared[SHARED_PREFIX + "right/fc.weight"]
+    basis = shared[SHARED_PREFIX + "right/fc.weight"].clone()
     expected = update["fc.weight"] @ basis @ basis.T
     assert torch.allclose(got["fc.weight"], expected, atol=1e-5)
     assert torch.equal(got["fc.bias"], update["fc.bias"])
@@ -63,6 +65,7 @@ def test_a_reply_decodes_to_its_orthogonal_projection_onto_the_round_basis():
     assert abs(float((rest * got["fc.weight"]).sum())) < 1e-3
     # A reply's decode reads the basis and leaves it where it was.
     assert torch.equal(shared[SHARED_PREFIX + "right/fc.weight"], basis)
+    assert set(shared) == {SHARED_PREFIX + "right/fc.weight", SHARED_PREFIX + "right/conv.weight"}
 
 
 def test_error_feedback_conserves_what_was_sent_plus_what_is_kept():
@@ -94,8 +97,9 @@ def test_a_reply_carries_one_factor_in_four_bits():
     numbers = 96 * 4 + 16 * 4 + 96
     assert encoded[VALUES].numel() == (numbers + 1) // 2
     assert encoded[SCALES].numel() == 4 + 4 + 1
-    # lowrank sends both factors of each matrix: at least twice these matrices' numbers.
-    assert 2 * (96 * 4 + 16 * 4) <= (96 + 40) * 4 + (16 + 72) * 4
+    # lowrank at the same rank sends both factors of each matrix.
+    both, _ = LowRank(rank=4, bits=4, error_feedback=False).on_client(update, reply_ctx({}))
+    assert both[LOWRANK_VALUES].numel() == ((96 + 40) * 4 + (16 + 72) * 4 + 96 + 1) // 2
 
 
 def test_the_broadcast_keeps_a_mean_of_replies_whole_and_moves_the_basis():
@@ -121,6 +125,32 @@ def test_the_broadcast_keeps_a_mean_of_replies_whole_and_moves_the_basis():
     assert left.shape == (96, 3)
     projected = left @ torch.linalg.pinv(left) @ mean["fc.weight"]
     assert torch.allclose(projected, mean["fc.weight"], atol=1e-4)
+
+
+def test_a_matrix_that_did_not_move_gets_a_random_basis_not_coordinate_axes():
+    # Prepare: a broadcast where fc.weight did not move and conv.weight moved in one
+    # direction only (rank 1 of 3), while the bias did move.
+    codec = Subspace(rank=3, bits=32, error_feedback=False)
+    shared = codec.initial_shared(model(0), seed=2)
+    delta = model(4)
+    delta["fc.weight"] = torch.zeros(96, 40)
+    # In the round's basis, as a mean of replies is.
+    right = shared[SHARED_PREFIX + "right/conv.weight"][:, 0]
+    delta["conv.weight"] = torch.outer(torch.randn(16), right).reshape(16, 8, 3, 3)
+    # Execute
+    encoded, _ = codec.on_client(delta, broadcast_ctx(shared))
+    got = codec.decode(wire(encoded), delta, broadcast_ctx(shared))
+    # Assert: the deltas arrive, and each next basis is orthonormal, spans the moved
+    # direction, and is not a set of coordinate axes (QR's choice for a zero factor).
+    assert torch.allclose(got["fc.weight"], delta["fc.weight"])
+    for key in ("fc.weight", "conv.weight"):
+        basis = shared[SHARED_PREFIX + "left/" + key]
+        assert torch.allclose(basis.T @ basis, torch.eye(3), atol=1e-5), key
+        assert int((basis.abs() > 1e-6).sum()) > 3 * 3, key
+    conv = delta["conv.weight"].reshape(16, -1)
+    basis = shared[SHARED_PREFIX + "left/conv.weight"]
+    assert torch.allclose(basis @ basis.T @ conv, conv, atol=1e-4)
+    assert torch.allclose(got["conv.weight"], delta["conv.weight"], atol=1e-4)
 
 
 def _downlink(codec: Subspace, initial: dict[str, torch.Tensor]) -> Downlink:
