@@ -217,6 +217,13 @@ class Downlink:
         self.version = int(state["version"])
         self.view = dict(state["view"])
         self.shared = dict(state.get("shared", {}))
+        try:
+            self.codec.check_shared(self.shared, self.initial)
+        except ValueError as err:
+            raise ValueError(
+                f"the checkpoint's downlink state does not fit this experiment: {err}; "
+                "resume from a checkpoint of this recipe"
+            ) from err
         self.deltas = {int(v): dict(d) for v, d in state["deltas"].items()}
         self.synced = {int(c): None if v is None else int(v) for c, v in state["synced"].items()}
         self.digest = public_digest(self.view, self.shared)

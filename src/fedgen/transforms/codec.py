@@ -59,6 +59,10 @@ class UpdateCodec(UpdateTransform):
         (the same on the server and every client); {} for a codec that shares none."""
         return {}
 
+    def check_shared(self, shared: StateDict, reference: StateDict) -> None:
+        """Raise ``ValueError`` when ``shared`` (restored from a checkpoint) does not fit
+        a model shaped like ``reference`` (default: nothing is shared, nothing to check)."""
+
     def bind_seed(self, root_seed: int) -> None:
         """Take the run's root seed, which every client's recipe holds: a codec whose
         support is drawn from a shared seed derives it here (default: nothing to do)."""

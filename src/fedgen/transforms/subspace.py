@@ -143,6 +143,18 @@ class Subspace(LowRank):
                 shared[SHARED_PREFIX + "right/" + key] = q.contiguous()
         return shared
 
+    def check_shared(self, shared: StateDict, reference: StateDict) -> None:
+        """Every factored matrix of ``reference`` has one basis of its shape in ``shared``,
+        and nothing else is there."""
+        factored = [k for k in coded_keys(reference) if self.rank_of(reference[k].shape)]
+        for key in factored:
+            self.layout(key, reference[key].shape, shared)
+        if len(shared) != len(factored):
+            raise ValueError(
+                f"{len(shared)} shared bases for {len(factored)} factored matrices: they "
+                "belong to another model or rank"
+            )
+
     def basis(self, key: str, store: StateDict | None) -> tuple[str, torch.Tensor]:
         """The side (``left`` / ``right``) and basis of matrix ``key`` this round.
 

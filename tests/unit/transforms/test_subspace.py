@@ -235,3 +235,17 @@ def test_a_wide_embedding_is_coded_when_its_two_sides_gain_on_average():
         broadcast, _ = codec.on_client(x, broadcast_ctx(shared))
         codec.decode(broadcast, x, broadcast_ctx(shared))
     assert sizes == [10 * 10 // 2, 3136 * 10 // 2]
+
+
+def test_a_checkpoint_without_the_basis_or_with_another_shape_is_refused():
+    codec = Subspace(rank=2, bits=4, error_feedback=False)
+    server = _downlink(codec, model(0))
+    state = server.state_dict()
+    restored = _downlink(codec, model(0))
+    restored.load_state_dict(state)
+    assert restored.digest == server.digest
+    with pytest.raises(ValueError, match=r"does not fit this experiment.*no subspace basis"):
+        _downlink(codec, model(0)).load_state_dict({**state, "shared": {}})
+    wrong = {k: torch.zeros(v.shape[0] + 1, v.shape[1]) for k, v in state["shared"].items()}
+    with pytest.raises(ValueError, match=r"does not fit this experiment.*rows for"):
+        _downlink(codec, model(0)).load_state_dict({**state, "shared": wrong})
