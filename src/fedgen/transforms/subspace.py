@@ -217,7 +217,7 @@ class Subspace(LowRank):
                 side, basis = self.basis(key, ctx.private)
                 factor = _coefficients(flat.reshape(value.shape[0], -1), side, basis)
                 if broadcast:
-                    factor, r = _orthonormal(factor, torch_generator(ctx.seed, "subspace", key))
+                    factor, r = _orthonormal(factor, ctx.seed, key)
                     these, scale = self._round(factor.T.reshape(-1), lengths)
                     rounded = self._unround(these, scale, lengths).reshape(rank, -1).T
                     r = _refit(rounded, factor @ r)
@@ -316,14 +316,14 @@ def _coefficients(matrix: torch.Tensor, side: str, basis: torch.Tensor) -> torch
     return product @ inverse
 
 
-def _orthonormal(factor: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _orthonormal(factor: torch.Tensor, seed: int, key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``factor = Q R`` with orthonormal ``Q`` (NaN stays NaN: the server never sends it).
 
     ``Q`` is the next round's basis. When ``factor`` has fewer than r independent columns
     (a matrix that did not move, or moved in fewer directions), QR would fill ``Q`` with
     arbitrary directions (coordinate axes for a zero factor), and the replies would keep
-    only those rows; ``Q`` then spans ``factor``'s columns plus random directions from
-    ``gen``, so the basis keeps covering the matrix.
+    only those rows; ``Q`` then spans ``factor``'s columns plus random directions drawn
+    from ``seed`` and ``key``, so the basis keeps covering the matrix.
     """
     if not bool(torch.isfinite(factor).all()):
         return factor, torch.eye(factor.shape[1])
@@ -334,6 +334,7 @@ def _orthonormal(factor: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tens
         return q, r
     u, sigma, _ = torch.linalg.svd(factor, full_matrices=False)
     kept = int((sigma > 1e-6 * max(scale, 1e-30)).sum())
+    gen = torch_generator(seed, "subspace", key)  # only here: the usual case draws nothing
     filler = torch.randn(factor.shape[0], factor.shape[1] - kept, generator=gen)
     filler -= u[:, :kept] @ (u[:, :kept].T @ filler)
     q = torch.cat([u[:, :kept], torch.linalg.qr(filler)[0]], dim=1)
