@@ -147,6 +147,15 @@ VECTORIZING: dict[str, dict[str, str]] = {
             "{batch_size: 20, pac: 5, hidden: 16, noise_dim: 8, condition_on: had_affair}"
         ),
     },
+    # Conditional vectors naming the silo column and the target jointly.
+    "ctgan-two-conditions": {
+        "task.name": "ctgan",
+        **FAIR_HALF_A_ROUND,
+        "task.params": (
+            "{batch_size: 20, pac: 5, hidden: 16, noise_dim: 8, "
+            "condition_on: [occupation, had_affair]}"
+        ),
+    },
     "ctgan-fresh-optimizer": {
         "task.name": "ctgan",
         **FAIR_HALF_A_ROUND,

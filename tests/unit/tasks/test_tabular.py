@@ -170,11 +170,12 @@ def test_ctgan_conditioned_on_one_column_names_only_that_column(fair):
     generated = task.generate(400, torch.Generator().manual_seed(1), None)
     # Assert: every training condition is the target's, and its real row holds that
     # category; both categories are asked (log-frequencies).
-    assert (columns == target).all() and set(categories.tolist()) == {0, 1}
+    assert columns.shape == categories.shape == (400, 1)
+    assert (columns == target).all() and set(categories[:, 0].tolist()) == {0, 1}
     assert torch.equal(cond.sum(dim=1), torch.ones(400))
     assert torch.equal(cond[:, offset : offset + 2].sum(dim=1), torch.ones(400))
     codes = fair.clients[0].codes["had_affair"]
-    assert (codes[rows] == categories).all()
+    assert (codes[rows] == categories[:, 0]).all()
     assert generated.shape == (400, task.encoder.dim)
     # Generation's conditions name the target alone, by the merged frequencies.
     drawn = draw_conditions(
@@ -191,6 +192,65 @@ def test_ctgan_conditioned_on_one_column_names_only_that_column(fair):
     share = enc.counts[1] / enc.counts.sum()
     assert drawn[:, offset : offset + 2].sum().item() == 4000
     assert abs(yes - share) < 4 * (share * (1 - share) / 4000) ** 0.5
+
+
+def test_ctgan_conditioned_on_two_columns_names_both_in_every_vector(fair):
+    # Prepare: CTGAN whose conditional vectors name the silo column and the target.
+    task = _task(CtganTask, fair, condition_on=["occupation", "had_affair"])
+    names = [enc.name for enc, _ in task.encoder.categorical()]
+    silo, target = names.index("occupation"), names.index("had_affair")
+    offsets = task._cond_offsets()
+    data = fair.clients[1]
+    # Execute: training-by-sampling's draws on one client.
+    cond, columns, categories, rows = task._training_conditions(
+        data, 2000, np.random.default_rng(0)
+    )
+    # Assert: every vector holds one category of each column and nothing else, its real
+    # row holds both, and the cells asked are those the client holds, by log-frequency.
+    assert columns.shape == categories.shape == (2000, 2)
+    assert (columns == [silo, target]).all()
+    assert torch.equal(cond.sum(dim=1), torch.full((2000,), 2.0))
+    assert torch.equal(cond[torch.arange(2000), offsets[silo] + categories[:, 0]], torch.ones(2000))
+    assert torch.equal(
+        cond[torch.arange(2000), offsets[target] + categories[:, 1]], torch.ones(2000)
+    )
+    held_silo, held_target = data.codes["occupation"], data.codes["had_affair"]
+    assert (held_silo[rows] == categories[:, 0]).all()
+    assert (held_target[rows] == categories[:, 1]).all()
+    width = task.encoder.encoding("had_affair").width
+    counts = np.bincount(held_silo * width + held_target, minlength=6 * width)
+    asked = np.bincount(categories[:, 0] * width + categories[:, 1], minlength=6 * width)
+    assert set(np.flatnonzero(asked)) == set(np.flatnonzero(counts))
+    p = np.log1p(counts) / np.log1p(counts).sum()
+    assert np.all(np.abs(asked / 2000 - p) < 4 * np.sqrt(p * (1 - p) / 2000) + 1e-9)
+
+
+def test_ctgan_conditioned_on_two_columns_generates_from_their_pooled_cells(fair):
+    # Prepare: the pair's pooled joint counts, merged from the clients' tables.
+    task = _task(CtganTask, fair, condition_on=["occupation", "had_affair"])
+    joint = task.encoder.joint_counts("occupation", "had_affair")
+    assert joint is not None
+    names = [enc.name for enc, _ in task.encoder.categorical()]
+    silo, target = names.index("occupation"), names.index("had_affair")
+    o_silo, o_target = task._cond_offsets()[silo], task._cond_offsets()[target]
+    n = 6000
+    # Execute: the conditions of rows drawn freely and of rows asked to have had an affair.
+    free = task.generation_conditions(n, torch.Generator().manual_seed(1), None)
+    yes = task.generation_conditions(n, torch.Generator().manual_seed(2), (target, 1))
+    # Assert: every cell in its pooled share within four standard errors; asked rows
+    # name "yes" and occupations in their shares among those who said yes (drawn apart,
+    # they would follow the marginal).
+    assert torch.equal(free.sum(dim=1), torch.full((n,), 2.0))
+    cells = free[:, o_silo : o_silo + 6].argmax(1) * 2 + free[:, o_target : o_target + 2].argmax(1)
+    shares = (joint / joint.sum()).reshape(-1)
+    got = np.bincount(cells.numpy(), minlength=12) / n
+    assert np.all(np.abs(got - shares) < 4 * np.sqrt(shares * (1 - shares) / n) + 1e-9)
+    assert torch.equal(yes[:, o_target + 1], torch.ones(n))
+    given = joint[:, 1] / joint[:, 1].sum()
+    got = yes[:, o_silo : o_silo + 6].mean(0).numpy()
+    assert np.all(np.abs(got - given) < 4 * np.sqrt(given * (1 - given) / n) + 1e-9)
+    rows = task.sample(50, torch.Generator().manual_seed(3))
+    assert len(rows) == 50
 
 
 def test_conditioning_on_a_category_absent_from_training_is_a_clear_error(fair):
@@ -355,7 +415,7 @@ def test_ctgan_training_by_sampling_draws_a_row_of_each_category_as_one_choice_p
             codes = data.codes[enc.name]
             p = np.log1p(np.bincount(codes, minlength=enc.width))
             chosen = rng.choice(enc.width, size=len(picked), p=p / p.sum())
-            assert (categories[picked] == chosen).all()
+            assert (categories[picked, 0] == chosen).all()
             want_rows[picked] = [rng.choice(np.flatnonzero(codes == c)) for c in chosen]
-        assert (columns == want_columns).all() and (rows == want_rows).all()
+        assert (columns[:, 0] == want_columns).all() and (rows == want_rows).all()
         assert int(cond.sum()) == 200

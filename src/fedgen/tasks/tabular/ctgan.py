@@ -21,6 +21,13 @@ target): training-by-sampling picks that column for every row, and generated row
 its category by the merged frequencies. The generator then learns the other columns
 given that column's category, which is what survives averaging when clients hold
 different mixes of it (label skew), as it does for TVAE's ``condition_on``.
+
+``condition_on`` may also name two columns (a silo column and the target): every
+conditional vector then holds one category of each. Training-by-sampling picks a cell of
+the client's own contingency table of the pair by its log-frequency and a real row of that
+cell; generated rows draw cells from the pooled joint counts the encoder merged, so the
+pair keeps its dependence (drawn apart, a silo's rows would get the other silos' targets).
+The generator is penalised on both columns.
 """
 
 from __future__ import annotations
@@ -103,9 +110,10 @@ class CtganTask(TableTask):
         weight_decay: float = Field(1e-6, ge=0)
         #: Temperature of the generator's Gumbel-softmax one-hots.
         tau: float = Field(0.2, gt=0)
-        #: The one categorical column conditional vectors name (see the module
-        #: docstring); None: every categorical column, chosen uniformly, as the library.
-        condition_on: str | None = None
+        #: The categorical column conditional vectors name, or two named jointly (see
+        #: the module docstring); None: every categorical column, chosen uniformly, as
+        #: the library does.
+        condition_on: str | list[str] | None = None
 
         @model_validator(mode="after")
         def _batch_fills_packs(self) -> CtganTask.Params:
@@ -126,9 +134,8 @@ class CtganTask(TableTask):
 
     def build(self) -> dict[str, nn.Module]:
         p, dim = self.params, self.encoder.dim
-        block = condition_block(self.encoder, p.condition_on)
-        #: The categorical column every conditional vector names, or None: any.
-        self.condition_column = None if block is None else block.indices[0]
+        #: The categorical columns every conditional vector names, or None: any one.
+        self.condition = condition_block(self.encoder, p.condition_on)
         return {
             "generator": _Generator(p.noise_dim, self.cond_dim, p.hidden, dim),
             "critic": _Critic(dim + self.cond_dim, p.hidden, p.pac),
@@ -174,17 +181,21 @@ class CtganTask(TableTask):
     def _training_conditions(
         self, data: TableClientData, n: int, rng: np.random.Generator
     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
-        """Training-by-sampling: a conditional vector (n, cond_dim), the column and
-        category of each, and a real row index of the client holding that category."""
+        """Training-by-sampling: conditional vectors ``(n, cond_dim)``, the columns and
+        categories each names ``(n, k)`` (k = 2 with a joint ``condition_on``, else 1),
+        and a real row index of the client holding those categories."""
         categorical = self.encoder.categorical()
+        if self.condition is not None and len(self.condition.columns) == 2:
+            return self._joint_conditions(data, n, rng)
         offsets = self._cond_offsets()
         if not categorical:  # nothing to condition on: plain uniform rows
             rows = rng.integers(data.num_examples, size=n)
-            return torch.zeros(n, 0), np.zeros(n, np.int64), np.zeros(n, np.int64), rows
-        if self.condition_column is None:
+            zeros = np.zeros((n, 1), np.int64)
+            return torch.zeros(n, 0), zeros, zeros.copy(), rows
+        if self.condition is None:
             columns = rng.integers(len(categorical), size=n)
         else:
-            columns = np.full(n, self.condition_column)
+            columns = np.full(n, self.condition.indices[0])
         categories = np.zeros(n, dtype=np.int64)
         rows = np.zeros(n, dtype=np.int64)
         cond = torch.zeros(n, self.cond_dim)
@@ -192,20 +203,28 @@ class CtganTask(TableTask):
             picked = np.flatnonzero(columns == i)
             if not len(picked):
                 continue
-            codes = data.codes[enc.name]
-            counts = np.bincount(codes, minlength=enc.width)
-            # The client's own log-frequencies: categories it does not hold are never asked.
-            p = np.log1p(counts)
-            p /= p.sum()
-            chosen = rng.choice(enc.width, size=len(picked), p=p)
+            chosen, rows[picked] = _sample_by_log_frequency(
+                data.codes[enc.name], enc.width, len(picked), rng
+            )
             categories[picked] = chosen
-            # A uniform row of each chosen category: the rows grouped by category (each
-            # group in row order), one bounded draw per row in a single call, the same
-            # draws as a choice among that category's rows per row (held by a test).
-            by_category = np.argsort(codes, kind="stable")
-            first = np.searchsorted(codes[by_category], chosen)
-            rows[picked] = by_category[first + rng.integers(0, counts[chosen])]
             cond[picked, offsets[i] + chosen] = 1.0
+        return cond, columns[:, None], categories[:, None], rows
+
+    def _joint_conditions(
+        self, data: TableClientData, n: int, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+        """``_training_conditions`` for two columns: a cell of the client's contingency
+        table of the pair by its log-frequency, and a real row of that cell."""
+        assert self.condition is not None
+        (a, b), (wa, wb) = self.condition.columns, self.condition.widths
+        cells = data.codes[a].astype(np.int64) * wb + data.codes[b]
+        chosen, rows = _sample_by_log_frequency(cells, wa * wb, n, rng)
+        categories = np.stack([chosen // wb, chosen % wb], axis=1)
+        columns = np.broadcast_to(np.array(self.condition.indices), (n, 2)).copy()
+        offsets = self._cond_offsets()
+        cond = torch.zeros(n, self.cond_dim)
+        for j in range(2):
+            cond[np.arange(n), offsets[columns[0, j]] + categories[:, j]] = 1.0
         return cond, columns, categories, rows
 
     def _gradient_penalty(
@@ -223,14 +242,16 @@ class CtganTask(TableTask):
     def _condition_loss(
         self, raw: torch.Tensor, columns: np.ndarray, categories: np.ndarray
     ) -> torch.Tensor:
-        """Cross-entropy of the generated one-hot of each row's conditioned column."""
+        """Cross-entropy of the generated one-hots of each row's conditioned columns
+        (``columns``, ``categories``: ``(B, k)``), summed, over the batch size."""
         loss = raw.new_zeros(())
-        for i, (enc, start) in enumerate(self.encoder.categorical()):
-            picked = torch.from_numpy(np.flatnonzero(columns == i))
-            if len(picked):
-                logits = raw[picked, start : start + enc.width]
-                target = torch.from_numpy(categories[picked.numpy()])
-                loss = loss + F.cross_entropy(logits, target, reduction="sum")
+        for j in range(columns.shape[1]):
+            for i, (enc, start) in enumerate(self.encoder.categorical()):
+                picked = torch.from_numpy(np.flatnonzero(columns[:, j] == i))
+                if len(picked):
+                    logits = raw[picked, start : start + enc.width]
+                    target = torch.from_numpy(categories[picked.numpy(), j])
+                    loss = loss + F.cross_entropy(logits, target, reduction="sum")
         return loss / len(raw)
 
     def train_local(
@@ -283,20 +304,60 @@ class CtganTask(TableTask):
     def generate(
         self, n: int, generator: torch.Generator, condition: tuple[int, int] | None
     ) -> torch.Tensor:
-        # Unconditioned rows draw their conditions from the merged frequencies (the
-        # table's own), as the ctgan library samples.
-        cond = draw_conditions(
-            n,
-            self.encoder.categorical(),
-            self._cond_offsets(),
-            self.cond_dim,
-            condition,
-            generator,
-            only=self.condition_column,
-        )
+        cond = self.generation_conditions(n, generator, condition)
         z = torch.randn(n, self.params.noise_dim, generator=generator)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seeded_global_rng(generator))
             return apply_activations(
                 self.modules["generator"](z, cond), self.spans, self.params.tau
             )
+
+    def generation_conditions(
+        self, n: int, generator: torch.Generator, condition: tuple[int, int] | None
+    ) -> torch.Tensor:
+        """The conditional vectors ``(n, cond_dim)`` of ``n`` generated rows.
+
+        Unconditioned rows draw them from the merged frequencies (the table's own), as
+        the ctgan library samples; a joint ``condition_on`` pair from its merged cells,
+        the other column given the asked one when ``condition`` names one of the pair. A
+        condition on a column outside the pair sets that one-hot alone, as it does for a
+        single ``condition_on``."""
+        block = self.condition
+        if (
+            block is None
+            or len(block.columns) == 1
+            or (condition is not None and condition[0] not in block.indices)
+        ):
+            return draw_conditions(
+                n,
+                self.encoder.categorical(),
+                self._cond_offsets(),
+                self.cond_dim,
+                condition,
+                generator,
+                only=None if block is None else block.indices[0],
+            )
+        pair = block.draw(n, generator, condition)
+        cond = torch.zeros(n, self.cond_dim)
+        offsets, at = self._cond_offsets(), 0
+        for index, width in zip(block.indices, block.widths, strict=True):
+            cond[:, offsets[index] : offsets[index] + width] = pair[:, at : at + width]
+            at += width
+        return cond
+
+
+def _sample_by_log_frequency(
+    codes: np.ndarray, width: int, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` categories of ``codes`` (values below ``width``) by their log-frequency in
+    these rows, and a uniform row of each: categories the rows do not hold are never
+    asked. The rows grouped by category (each group in row order), one bounded draw per
+    row in a single call: the same draws as a choice among that category's rows per row
+    (held by a test)."""
+    counts = np.bincount(codes, minlength=width)
+    p = np.log1p(counts)
+    p /= p.sum()
+    chosen = rng.choice(width, size=n, p=p)
+    by_category = np.argsort(codes, kind="stable")
+    first = np.searchsorted(codes[by_category], chosen)
+    return chosen, by_category[first + rng.integers(0, counts[chosen])]

@@ -153,12 +153,13 @@ class CtganFunctionalTraining(FunctionalTraining):
         inputs["z_g"] = torch.randn(b, self.noise_dim, generator=generator)
         inputs["gumbel_g"] = self._gumbels(noise)
         inputs["drop_g"] = self._dropout_masks(noise)
-        # The condition loss's targets: each row's column and its category's position.
+        # The condition loss's targets: each row's columns ``(B, k)`` and their
+        # categories' positions.
         inputs["column"] = torch.from_numpy(columns)
         target = torch.zeros(b, self.dim)
         if len(self.span_starts):
             starts = self.span_starts[torch.from_numpy(columns)]
-            target[torch.arange(b), starts + torch.from_numpy(categories)] = 1.0
+            target[torch.arange(b)[:, None], starts + torch.from_numpy(categories)] = 1.0
         inputs["target"] = target
         return inputs
 
@@ -189,13 +190,15 @@ class CtganFunctionalTraining(FunctionalTraining):
     def _condition_loss(
         self, raw: torch.Tensor, column: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
-        """Cross-entropy of each row's conditioned column, summed, over the batch size."""
+        """Cross-entropy of each row's conditioned columns (``column``: ``(B, k)``),
+        summed, over the batch size."""
         if not len(self.span_starts):
             return raw.new_zeros(())
-        index, valid = self.span_index[column], self.span_valid[column]  # (B, widest)
-        logits = torch.where(valid, torch.gather(raw, 1, index), float("-inf"))
+        index, valid = self.span_index[column], self.span_valid[column]  # (B, k, widest)
+        spread = raw.unsqueeze(1).expand(-1, column.shape[1], -1)
+        logits = torch.where(valid, torch.gather(spread, 2, index), float("-inf"))
         picked = (raw * target).sum(-1)
-        return (torch.logsumexp(logits, dim=-1) - picked).sum() / raw.shape[0]
+        return (torch.logsumexp(logits, dim=-1).sum(-1) - picked).sum() / raw.shape[0]
 
     def step(
         self,
