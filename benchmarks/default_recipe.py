@@ -69,6 +69,12 @@ VARIANTS: dict[str, list[str]] = {
     # of the centralized run's sequential generator steps.
     "b32-s60": ["task.params.batch_size=32", "federation.local_steps=60"],
     "b16-s120": ["task.params.batch_size=16", "federation.local_steps=120"],
+    "hinge-sn-b16-s120": [
+        "task.params.loss=hinge",
+        "task.params.spectral_norm=true",
+        "task.params.batch_size=16",
+        "federation.local_steps=120",
+    ],
     "hinge-sn-b32-s60": [
         "task.params.loss=hinge",
         "task.params.spectral_norm=true",
