@@ -22,27 +22,33 @@ from fedgen.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-# Runs after the page's images have loaded (the load event); reports each image's decoded
-# size, each chart's rendered size and whether the pictures inside charts (SVG <image>)
-# decode, and any error the page raised.
+# Reports each image's decoded size, each chart's rendered size and whether the pictures
+# inside charts (SVG <image>) decode, and any error the page raised. Everything it reads is
+# ready by the load event and read synchronously there: ``--dump-dom`` may dump as soon as
+# the load event has run, so an awaited decode could land after the dump on a busy machine
+# (it did in CI). Each SVG <image> is therefore probed by a hidden <img> added before load,
+# which the load event waits for.
 CHECKER = """
 <script>
 window.__errors = [];
 window.addEventListener("error", e => window.__errors.push(String(e.message || e.type)), true);
-window.addEventListener("load", async () => {
-  const images = [...document.images].map(img => ({
+const pageImages = [...document.images];
+const probes = [...document.querySelectorAll("svg image")].map(node => {
+  const probe = document.createElement("img");
+  probe.src = node.getAttribute("href");
+  probe.style.display = "none";
+  document.body.appendChild(probe);
+  return probe;
+});
+window.addEventListener("load", () => {
+  const images = pageImages.map(img => ({
     alt: img.alt, complete: img.complete, width: img.naturalWidth, height: img.naturalHeight}));
   const charts = [...document.querySelectorAll("svg")].map(svg => {
     const box = svg.getBoundingClientRect();
     return {label: svg.getAttribute("aria-label"), width: box.width, height: box.height,
             marks: svg.querySelectorAll("polyline, circle, rect, text, image").length};
   });
-  const embedded = await Promise.all([...document.querySelectorAll("svg image")].map(
-    async node => {
-      const probe = new Image();
-      probe.src = node.getAttribute("href");
-      try { await probe.decode(); return probe.naturalWidth; } catch (e) { return 0; }
-    }));
+  const embedded = probes.map(probe => probe.complete ? probe.naturalWidth : 0);
   const out = document.createElement("pre");
   out.id = "browser-check";
   out.textContent = JSON.stringify({images, charts, embedded, errors: window.__errors,
