@@ -110,6 +110,9 @@ def run_one(
         "data.partition.kind=dirichlet",
         "data.partition.params={alpha: 0.5}",
         "task.name=cgan",
+        # Batches of 64, as every row here since 2026-11 (the default experiment's
+        # batches became 16 on 2026-12-04).
+        "task.params.batch_size=64",
         "backend.name=inprocess",
         f"federation.rounds={rounds}",
         f"federation.local_steps={steps}",

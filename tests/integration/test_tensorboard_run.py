@@ -64,7 +64,7 @@ def test_the_event_file_holds_each_rounds_scalars_and_the_sample_grid(run_dir):
 def test_tensorboard_is_off_by_default_and_leaves_the_fingerprint_alone():
     assert ExperimentConfig().tensorboard is False
     on = load_config(None, ["tensorboard=true"])
-    assert on.tensorboard is True and on.fingerprint() == ExperimentConfig().fingerprint()
+    assert on.tensorboard is True and on.fingerprint() == load_config().fingerprint()
 
 
 def test_without_the_package_the_recipe_is_refused_with_the_fix(monkeypatch, tmp_path):

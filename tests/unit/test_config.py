@@ -17,6 +17,27 @@ def test_shipped_recipe_matches_the_defaults():
     assert load_config("configs/fmnist_cgan.yaml").fingerprint() == load_config().fingerprint()
 
 
+def test_the_default_experiment_reads_its_examples_in_small_steps_and_recipes_do_not():
+    # The default experiment's own settings, beyond the fields' defaults.
+    cfg = load_config()
+    assert cfg.federation.local_steps == 120 and cfg.task.params == {"batch_size": 16}
+    # Overrides change them where they name them, and keep the rest.
+    cfg = load_config(None, ["task.params={latent_dim: 32}", "federation.local_steps=7"])
+    assert cfg.task.params == {"latent_dim": 32, "batch_size": 16}
+    assert cfg.federation.local_steps == 7
+    assert load_config(None, ["task.params.batch_size=64"]).task.params == {"batch_size": 64}
+    # Another task starts from its own defaults, as before.
+    cvae = load_config(None, ["task.name=cvae"])
+    assert cvae.task.params == {} and cvae.federation.local_steps == 30
+    # A local budget in epochs replaces the default's steps.
+    cfg = load_config(None, ["federation.local_steps=null", "federation.local_epochs=1.0"])
+    assert cfg.federation.local_steps is None and cfg.federation.local_epochs == 1.0
+    # The fields keep 30 steps of the task's own batch: a recipe that omits them means
+    # what it meant before the default experiment changed.
+    assert ExperimentConfig().federation.local_steps == 30
+    assert ExperimentConfig().task.params == {}
+
+
 def test_dotted_overrides_parse_yaml_values():
     cfg = load_config(
         None,
@@ -24,7 +45,7 @@ def test_dotted_overrides_parse_yaml_values():
     )
     assert cfg.federation.rounds == 3
     assert cfg.data.partition.params["alpha"] == 0.1
-    assert cfg.task.params == {"latent_dim": 32}
+    assert cfg.task.params == {"latent_dim": 32, "batch_size": 16}  # the default's batch
 
 
 def test_unknown_key_names_the_key_and_the_allowed_keys():
@@ -77,7 +98,7 @@ def test_malformed_yaml_and_missing_file(tmp_path):
 
 
 def test_fingerprint_ignores_rounds_and_eval_but_not_training():
-    base = ExperimentConfig()
+    base = load_config()
     assert (
         base.fingerprint()
         == load_config(None, ["federation.rounds=99", "eval.every=1"]).fingerprint()
