@@ -21,6 +21,7 @@ def test_the_default_experiment_reads_its_examples_in_small_steps_and_recipes_do
     # The default experiment's own settings, beyond the fields' defaults.
     cfg = load_config()
     assert cfg.federation.local_steps == 120 and cfg.task.params == {"batch_size": 16}
+    assert cfg.federation.rounds == 80
     # Overrides change them where they name them, and keep the rest.
     cfg = load_config(None, ["task.params={latent_dim: 32}", "federation.local_steps=7"])
     assert cfg.task.params == {"latent_dim": 32, "batch_size": 16}
@@ -29,13 +30,14 @@ def test_the_default_experiment_reads_its_examples_in_small_steps_and_recipes_do
     # Another task starts from its own defaults, as before.
     cvae = load_config(None, ["task.name=cvae"])
     assert cvae.task.params == {} and cvae.federation.local_steps == 30
+    assert cvae.federation.rounds == 60
     # A local budget in epochs replaces the default's steps.
     cfg = load_config(None, ["federation.local_steps=null", "federation.local_epochs=1.0"])
     assert cfg.federation.local_steps is None and cfg.federation.local_epochs == 1.0
     # The fields keep 30 steps of the task's own batch: a recipe that omits them means
     # what it meant before the default experiment changed.
     assert ExperimentConfig().federation.local_steps == 30
-    assert ExperimentConfig().task.params == {}
+    assert ExperimentConfig().task.params == {} and ExperimentConfig().federation.rounds == 60
 
 
 def test_dotted_overrides_parse_yaml_values():
