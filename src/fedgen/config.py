@@ -599,9 +599,10 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 #: What the default experiment (no recipe: ``fedgen run``; ``configs/fmnist_cgan.yaml``)
 #: sets beyond the fields' defaults. Its cGAN clients read their examples in 120 steps of
-#: 16 a round, not 30 of 64: the same examples in four times the sequential steps, which
-#: raised TSTR by 2-3.5 points and recall to 0.43-0.61 (from 0.34-0.44) on each of three
-#: seeds at equal CPU time (benchmarks/results/default_recipe.md, 2026-12-04). The fields
+#: 16 a round, not 30 of 64: the same examples in four times the sequential steps. At
+#: equal CPU time that gave TSTR 0.770 over three seeds against 0.744 over two (+2.1 and
+#: +3.2 points paired) and recall 0.43-0.61 against 0.36-0.37
+#: (benchmarks/results/default_recipe.md, 2026-12-04). The fields
 #: keep 30 steps of 64, so a recipe that omits them means what it meant before. Its 80
 #: rounds (the fields: 60) fill the 10 minutes it is sized for: 8 min 6 s on 2 cores for
 #: TSTR 0.795 and recall 0.75, against 6 min 40 s for 0.782 and 0.58 at 60 rounds.
