@@ -28,6 +28,7 @@ from fedgen.engine.federation import Federation
 from fedgen.experiment import load_run, make_evaluator, run_experiment
 from fedgen.report.results_table import ResultsTable
 from fedgen.seeding import torch_generator
+from fedgen.tasks.base import TaskParams
 
 #: Method name -> recipe overrides.
 METHODS: dict[str, list[str]] = {
@@ -36,7 +37,8 @@ METHODS: dict[str, list[str]] = {
     "ddpm udec": ["task.params.federate=udec"],
     "ddpm usplit": ["task.params.federate=usplit"],
     "ddpm ulatdec": ["task.params.federate=ulatdec"],
-    "cgan": ["task.name=cgan", "task.params={}"],
+    # The default experiment's cGAN (batches of 16; the recipe's local steps, 120).
+    "cgan": ["task.name=cgan", "task.params={batch_size: 16}"],
 }
 COLUMNS = [
     "method",
@@ -53,8 +55,20 @@ COLUMNS = [
     "ddim_steps",
     "evaluated_as",
 ]
+
+
+def table_notes(local_steps: int | None, batch_size: int, tstr_samples: int) -> list[str]:
+    """The table's notes, with the recipe's local work and the TSTR set as this run has them."""
+    return [
+        note.replace("LOCAL", f"{local_steps} local steps of {batch_size}").replace(
+            "TSTR_SAMPLES", f"{tstr_samples:,}"
+        )
+        for note in NOTES
+    ]
+
+
 NOTES = [
-    "Fashion-MNIST, 10 clients, Dirichlet(0.5), FedAvg of 4 clients a round (30 local steps, "
+    "Fashion-MNIST, 10 clients, Dirichlet(0.5), FedAvg of 4 clients a round (LOCAL, "
     "sampling from an EMA 0.9 of the global model, warmed up); centralized: one client "
     "with the pooled data and the same "
     "sample-visits per round. Every method trains until its training wall time passes the "
@@ -66,7 +80,8 @@ NOTES = [
     "step). `sample_s_per_1000`: seconds to draw 1,000 images on one core at that step count.",
     "Frechet distance, precision and recall on the 128-d features of a CNN trained on the "
     "real training split (not Inception/FID), 1,000 generated vs 1,000 real test images; "
-    "TSTR: a fresh CNN trained 3 epochs on 3,000 generated images, tested on the 10,000 real "
+    "TSTR: a fresh CNN trained 3 epochs on TSTR_SAMPLES generated images, tested on the 10,000 "
+    "real "
     "test images. `MB_up_down`: all bytes sent both ways over the run (encoded messages).",
     "Partial schemes (FedDiffuse, our reading; embeddings always shared): usplit shares the "
     "encoder, ulatdec the latent and decoder, udec the decoder; `federated_share` is the "
@@ -217,7 +232,14 @@ def main() -> None:
     )
     if sampling:
         budget_note += f" Sampled with {sampling} instead of the recipe's settings."
-    notes = [budget_note, *NOTES]
+    recipe = load_config(Path("configs/fmnist_ddpm.yaml"), [*EVAL, *args.overrides])
+    tstr = args.tstr_samples or recipe.eval.tstr_samples
+    local = table_notes(
+        recipe.federation.local_steps,
+        recipe.task.params.get("batch_size", TaskParams().batch_size),
+        tstr,
+    )
+    notes = [budget_note, *local]
     table.start("diffusion", notes)
     for method in args.only:
         overrides = [*EVAL, *METHODS[method], f"name={method.replace(' ', '-')}", *args.overrides]
