@@ -22,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fedgen.config import load_config
+from fedgen.config import PREVIOUS_DEFAULT_EXPERIMENT, load_config
 from fedgen.engine.budget import TimeBudget
 from fedgen.experiment import Experiment, run_experiment
 from fedgen.report.results_table import ResultsTable
@@ -34,7 +34,7 @@ VARIANTS: dict[str, list[str]] = {
     "default": [],
     # The default recipe until 2026-12-04 (30 steps of 64, now 120 of 16): the "default"
     # of every row written before then, and the base the variants below it overrode.
-    "b64-s30": ["task.params.batch_size=64", "federation.local_steps=30"],
+    "b64-s30": PREVIOUS_DEFAULT_EXPERIMENT,
     "centralized": ["federation.centralized=true"],
     "hinge-sn": ["task.params.loss=hinge", "task.params.spectral_norm=true"],
     "hinge-sn-d2": [

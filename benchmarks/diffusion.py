@@ -57,16 +57,6 @@ COLUMNS = [
 ]
 
 
-def table_notes(local_steps: int | None, batch_size: int, tstr_samples: int) -> list[str]:
-    """The table's notes, with the recipe's local work and the TSTR set as this run has them."""
-    return [
-        note.replace("LOCAL", f"{local_steps} local steps of {batch_size}").replace(
-            "TSTR_SAMPLES", f"{tstr_samples:,}"
-        )
-        for note in NOTES
-    ]
-
-
 NOTES = [
     "Fashion-MNIST, 10 clients, Dirichlet(0.5), FedAvg of 4 clients a round (LOCAL, "
     "sampling from an EMA 0.9 of the global model, warmed up); centralized: one client "
@@ -80,14 +70,26 @@ NOTES = [
     "step). `sample_s_per_1000`: seconds to draw 1,000 images on one core at that step count.",
     "Frechet distance, precision and recall on the 128-d features of a CNN trained on the "
     "real training split (not Inception/FID), 1,000 generated vs 1,000 real test images; "
-    "TSTR: a fresh CNN trained 3 epochs on TSTR_SAMPLES generated images, tested on the 10,000 "
-    "real "
-    "test images. `MB_up_down`: all bytes sent both ways over the run (encoded messages).",
+    "TSTR: a fresh CNN trained 3 epochs on TSTR_SAMPLES generated images, tested on the "
+    "10,000 real test images. `MB_up_down`: all bytes sent both ways over the run (encoded "
+    "messages).",
     "Partial schemes (FedDiffuse, our reading; embeddings always shared): usplit shares the "
     "encoder, ulatdec the latent and decoder, udec the decoder; `federated_share` is the "
     "share of UNet parameters exchanged. Their rows are evaluated as the client with the most "
     "examples among those that trained holds the model (shared blocks + its private ones).",
 ]
+
+
+def table_notes(local_steps: int | None, batch_size: int, tstr_samples: int) -> list[str]:
+    """The table's notes, with the recipe's local work and the TSTR set as this run has them."""
+    return [
+        note.replace("LOCAL", f"{local_steps} local steps of {batch_size}").replace(
+            "TSTR_SAMPLES", f"{tstr_samples:,}"
+        )
+        for note in NOTES
+    ]
+
+
 EVAL = [
     "eval.every=0",
     "eval.final=false",

@@ -19,9 +19,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from flower_simulation import CGAN_30X64, round_figures, timed_run
+from flower_simulation import round_figures, timed_run
 
-from fedgen.config import load_config
+from fedgen.config import PREVIOUS_DEFAULT_EXPERIMENT, load_config
 from fedgen.report.results_table import ResultsTable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,9 @@ def run(args: argparse.Namespace, backend: str, workers: int, threads: int, out:
     else:
         items.append(f"threads={threads}")
     name = f"{backend}-{workers}x{threads}"
-    cfg = load_config(ROOT / "configs/fmnist_cgan.yaml", [*CGAN_30X64, *items, f"name={name}"])
+    cfg = load_config(
+        ROOT / "configs/fmnist_cgan.yaml", [*PREVIOUS_DEFAULT_EXPERIMENT, *items, f"name={name}"]
+    )
     seconds, cohort, total = timed_run(cfg, out / name)
     return {
         "backend": backend,

@@ -609,15 +609,20 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 DEFAULT_EXPERIMENT_BATCH_SIZE = 16
 DEFAULT_EXPERIMENT_LOCAL_STEPS = 120
 DEFAULT_EXPERIMENT_ROUNDS = 80
+#: Overrides that give the default experiment's clients their work before 2026-12-04 (30
+#: local steps of 64), the workload earlier benchmark rows measured; add
+#: ``federation.rounds=60`` for its whole run.
+PREVIOUS_DEFAULT_EXPERIMENT = [
+    "task.params.batch_size=64",
+    "federation.local_steps=30",
+]
 
 
 def fill_default_experiment(raw: dict[str, Any]) -> None:
-    """Complete the overrides of the default experiment with its own settings, in place.
+    """Add the default experiment's batch size, rounds and local steps where ``raw`` has none.
 
-    Only where the overrides leave them open, and only while the task is still its cGAN
-    (so ``task.name=cvae`` starts from the cVAE's defaults and the fields' 30 steps, as
-    it did): its batch size, rounds and local steps unless given (local steps: unless
-    a local budget in steps or epochs was).
+    Only while the task is still its cGAN: ``task.name=cvae`` starts from the fields'
+    defaults, as it did. A local budget in epochs counts as given local steps.
     """
     task = raw.setdefault("task", {})
     if not isinstance(task, dict) or task.get("name", "cgan") != "cgan":
