@@ -66,6 +66,8 @@ VARIANTS: dict[str, list[str]] = {
     "lr-4e-4": ["task.params.lr=4e-4"],
     "steps-60": ["federation.local_steps=60"],
     "ema-0.8": ["strategy.params.ema_decay=0.8"],
+    # Sample from an average over ~20 rounds instead of ~10.
+    "ema-0.95": ["strategy.params.ema_decay=0.95"],
     "batch-128": ["task.params.batch_size=128"],
     # The same examples a round in more, smaller steps: federated CTGAN's loss was
     # sequential steps (tabular.md), and FedAvg of 4 clients x 30 steps takes a quarter
