@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedgen.config import PREVIOUS_DEFAULT_EXPERIMENT, load_config
+from fedgen.config import PREVIOUS_DEFAULT_EXPERIMENT, ExperimentConfig, load_config
 from fedgen.experiment import run_experiment
 from fedgen.report.results_table import ResultsTable
 
@@ -153,8 +153,8 @@ COLUMNS = [
     "seconds",
 ]
 NOTES = [
-    "Fashion-MNIST, 10 clients, Dirichlet(0.5), FedAvg (fraction 0.4, EMA 0.9), 30 local "
-    "steps a round, in-process backend on one pinned core; every row the same rounds.",
+    "Fashion-MNIST, 10 clients, Dirichlet(0.5), FedAvg; RECIPES; in-process backend on "
+    "one pinned core; every row the same rounds.",
     "bytes: the encoded lengths of the runs' wire messages (fedgen.wire); up = client "
     "replies, total = replies + jobs. Jobs carry the float32 global state, except in the "
     "+down-* rows (federation.downlink): there each job carries the compressed deltas "
@@ -169,6 +169,16 @@ NOTES = [
     "Frechet distance on the features of a CNN trained on the real training split (not FID).",
     "goal (issue 15): >= 10x fewer bytes for <= 2 TSTR points, >= 50x for <= 5 points.",
 ]
+
+
+def recipe_note(task: str, cfg: ExperimentConfig) -> str:
+    """How ``task``'s float32 row is configured: the note's RECIPES, per task."""
+    params = cfg.strategy.params
+    batch = cfg.task.params.get("batch_size", "the task's default batch")
+    return (
+        f"{task}: fraction {params.get('fraction', 1.0)}, EMA {params.get('ema_decay')}, "
+        f"{cfg.federation.rounds} rounds of {cfg.federation.local_steps} local steps of {batch}"
+    )
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:
@@ -194,6 +204,13 @@ def at_bytes(
     return (within[-1][1], within[-1][2]) if within else (None, None)
 
 
+def task_overrides(task: str, args: argparse.Namespace) -> list[str]:
+    """The overrides every row of ``task`` shares; ``--set`` comes last and wins."""
+    # The cGAN as this table's earlier rows (and its reused baselines) ran it.
+    pinned = PREVIOUS_DEFAULT_EXPERIMENT if task == "cgan" else []
+    return [*pinned, *COMMON, *args.overrides]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="*", default=list(RECIPES), choices=list(RECIPES))
@@ -217,7 +234,11 @@ def main() -> None:
     args = parser.parse_args()
 
     table = ResultsTable(args.table, COLUMNS)
-    table.start("compression", NOTES)
+    recipes = "; ".join(
+        recipe_note(task, load_config(CONFIGS / RECIPES[task], task_overrides(task, args)))
+        for task in args.tasks
+    )
+    table.start("compression", [NOTES[0].replace("RECIPES", recipes), *NOTES[1:]])
     baselines: dict[str, dict[str, Any]] = {}
     curves: dict[str, list[tuple[int, float | None, float | None]]] = {}
     tstr_curves: dict[str, list[tuple[int, float | None]]] = {task: [] for task in args.tasks}
@@ -231,14 +252,11 @@ def main() -> None:
         for task in args.tasks:
             every = args.baseline_every if setting == "float32" else 0
             overrides = [
-                # The cGAN as this table's earlier rows (and its reused baselines) ran it.
-                *(PREVIOUS_DEFAULT_EXPERIMENT if task == "cgan" else []),
-                *COMMON,
                 f"name=compression-{task}-{setting}",
                 f"transforms={SETTINGS.get(setting, '[]')}",
                 f"federation.downlink={DOWNLINK.get(setting, 'null')}",
                 f"eval.every={every}",
-                *args.overrides,
+                *task_overrides(task, args),
             ]
             if setting == HALF:
                 overrides.append(f"federation.rounds={max(1, baselines[task]['rounds'] // 2)}")
