@@ -36,8 +36,14 @@ Every method is evaluated by the same ``TableEvaluator`` (sdmetrics quality repo
 TSTR macro F1, Gower DCR against the holdout). Bytes are the round loop's encoded
 messages (up + down) plus, for fedgen, the encoder statistics every client sent once.
 
+With ``--folds K`` every method runs K times, each holding out one of K folds of the
+rows (``data.partition.params.holdout_fold``: k-fold cross-validation, every row tested
+once), each fold's row against that fold's centralized run, then one row per method with
+the figures' means over the folds: a small table's 60-row holdout moves TSTR by
+several points from one split to the next, and the folds' mean tells that from a loss.
+
     .venv/bin/python benchmarks/tabular.py [--tables fair randhie] [--synths tvae ctgan]
-        [--rounds 30] [--local-steps N (default: each recipe's)]
+        [--rounds 30] [--local-steps N (default: each recipe's)] [--folds 5]
 """
 
 from __future__ import annotations
@@ -154,8 +160,25 @@ FIGURES = (
 )
 
 
+def fold_sets(fold: int | None, folds: int | None) -> list[str]:
+    """The overrides that hold out fold ``fold`` of ``folds`` (none without folds)."""
+    if fold is None or folds is None:
+        return []
+    return [
+        f"data.partition.params.holdout_fraction={1 / folds}",
+        f"data.partition.params.holdout_fold={fold}",
+    ]
+
+
 def fedgen_method(
-    table: str, synth: str, method: str, sets: list[str], work: Path, alpha: float
+    table: str,
+    synth: str,
+    method: str,
+    sets: list[str],
+    work: Path,
+    alpha: float,
+    fold: int | None = None,
+    folds: int | None = None,
 ) -> dict[str, Any]:
     """One fedgen run of ``configs/tabular_<table>_<synth>.yaml``; its figures."""
     extra = ["eval.every=0"]
@@ -165,7 +188,9 @@ def fedgen_method(
         extra.append(f"data.partition={{kind: table_dirichlet, params: {{alpha: {alpha}}}}}")
     if method.endswith("-fedsgd"):
         extra.extend(fedsgd_sets(table, synth, sets))
-    out = work / f"{table}-{synth}-{method}"  # the name asked for: tvae-target is not tvae
+    extra.extend(fold_sets(fold, folds))
+    # The name asked for (tvae-target is not tvae), and the fold: folds are separate runs.
+    out = work / f"{table}-{synth}-{method}{'' if fold is None else f'-fold{fold}'}"
     if synth.endswith(CONDITIONED):
         source = get_table_source(table)
         suffix = synth.rsplit("-", 1)[1]
@@ -218,7 +243,14 @@ def fedsgd_sets(table: str, synth: str, sets: list[str]) -> list[str]:
 
 
 def vertical_method(
-    table: str, synth: str, method: str, sets: list[str], work: Path, steps_per_round: int
+    table: str,
+    synth: str,
+    method: str,
+    sets: list[str],
+    work: Path,
+    steps_per_round: int,
+    fold: int | None = None,
+    folds: int | None = None,
 ) -> dict[str, Any]:
     """One run of ``configs/tabular_<table>_<synth>.yaml`` (``synth``: ``vertical`` or
     ``vertical_tvae``) with ``method``'s column groups."""
@@ -233,9 +265,10 @@ def vertical_method(
         f"data.num_clients={len(groups)}",
         f"data.partition.params.columns={json.dumps(groups)}",
         f"federation.local_steps={steps_per_round}",
+        *fold_sets(fold, folds),
     ]
     cfg = load_config(recipe, [*sets, *extra])
-    out = work / f"{table}-{synth}-{method}"
+    out = work / f"{table}-{synth}-{method}{'' if fold is None else f'-fold{fold}'}"
     t0 = time.perf_counter()
     summary = run_experiment(cfg, out, progress=False)
     seconds = time.perf_counter() - t0
@@ -252,16 +285,25 @@ def vertical_method(
     }
 
 
-def library_method(table: str, synth: str, steps: int, batch: int, seed: int) -> dict[str, Any]:
+def library_method(
+    table: str,
+    synth: str,
+    steps: int,
+    batch: int,
+    seed: int,
+    fold: int | None = None,
+    folds: int | None = None,
+) -> dict[str, Any]:
     """The ``ctgan`` library's synthesizer on the pooled training rows of the same split."""
     import ctgan
 
     # One client: only for the rows and the holdout (the same split either way); a table
     # without a silo column (breast_cancer) is refused by the silo partition.
+    fraction = 1 / folds if folds else 0.2
     partition = (
-        SiloPartition(max_modes=1)
+        SiloPartition(max_modes=1, holdout_fraction=fraction, holdout_fold=fold)
         if get_table_source(table).silo_column is not None
-        else TableDirichletPartition(max_modes=1)
+        else TableDirichletPartition(max_modes=1, holdout_fraction=fraction, holdout_fold=fold)
     )
     fed = partition.federate(table, 1, seed)
     train = fed.train
@@ -299,11 +341,63 @@ def _library_rows(model: Any, n: int, schema: Any) -> Any:
     return schema.check(rows, "library rows")
 
 
-def library_steps(table: str, synth: str, sets: list[str]) -> tuple[int, int]:
-    """Batches and batch size of the fedgen centralized run this library run matches."""
+def library_steps(table: str, synth: str, sets: list[str]) -> tuple[int, int, int]:
+    """Batches, batch size and root seed of the fedgen centralized run this library run
+    matches."""
     cfg = load_config(ROOT / f"configs/tabular_{table}_{synth}.yaml", sets)
     steps = cfg.federation.rounds * (cfg.federation.local_steps or 0) * cfg.data.num_clients
-    return steps, int(cfg.task.params.get("batch_size", 500))
+    return steps, int(cfg.task.params.get("batch_size", 500)), cfg.seed
+
+
+def mean_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The folds' runs as one: each figure's mean (None where a fold has none), and TSTR
+    F1's standard deviation over the folds in place of the one over synthetic draws."""
+    keys = set().union(*runs)
+    mean: dict[str, Any] = {}
+    for key in keys:
+        values = [r.get(key) for r in runs]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        mean[key] = sum(numbers) / len(numbers) if len(numbers) == len(values) else None
+    tstr = [float(r["ml_efficacy"]) for r in runs]
+    mu = sum(tstr) / len(tstr)
+    spread = sum((t - mu) ** 2 for t in tstr) / max(1, len(tstr) - 1)
+    mean["ml_efficacy_std"] = spread**0.5 if len(tstr) > 1 else None
+    return mean
+
+
+def table_row(
+    commit: str,
+    name: str,
+    synth: str,
+    label: str,
+    r: dict[str, Any],
+    central: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """One row of the results table: ``r``'s figures, and its shares of ``central``'s."""
+    return {
+        "commit": commit,
+        "table": name,
+        "synthesizer": synth,
+        "method": label,
+        "clients": r["clients"],
+        "steps": r["steps"],
+        "quality": r["quality_score"],
+        "column shapes": r["column_shapes"],
+        "pair trends": r["column_pair_trends"],
+        "quality / centralized": (
+            r["quality_score"] / central["quality_score"] if central else None
+        ),
+        "TSTR F1": r["ml_efficacy"],
+        "TSTR F1 std": r.get("ml_efficacy_std"),
+        "TRTR F1": r["ml_efficacy_real"],
+        "TSTR / centralized": (r["ml_efficacy"] / central["ml_efficacy"] if central else None),
+        "DCR synth-train": r["dcr_synthetic_train"],
+        "DCR holdout-train": r["dcr_holdout_train"],
+        "closer to train": r["dcr_closer_to_train"],
+        "model bytes": r["model_bytes"],
+        "encoder bytes": r["encoder_bytes"],
+        "seconds": r["seconds"],
+    }
 
 
 def main() -> None:
@@ -325,6 +419,13 @@ def main() -> None:
         type=int,
         default=1,
         help="synthetic draws TSTR is measured on per run (eval.tstr_repeats)",
+    )
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        help="cross-validate: run every method once per fold of K (holdout fraction 1/K), "
+        "then write the folds' mean per method",
     )
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/tabular.md")
@@ -360,6 +461,17 @@ def main() -> None:
             "trained on synthetic rows (as many as training rows); TRTR: trained on the real rows; "
             f"fedgen rows: the mean over {args.tstr_repeats} synthetic draws of the same "
             "model, and their sample standard deviation (TSTR F1 std)",
+            *(
+                [
+                    f"{args.folds}-fold cross-validation: each method once per fold of "
+                    f"{args.folds} held out (holdout fraction 1/{args.folds}), each fold's "
+                    "row against that fold's centralized run; the 'K-fold mean' rows: "
+                    "every figure's mean over the folds, ratios of those means, and TSTR F1 "
+                    "std over the folds (not over synthetic draws)"
+                ]
+                if args.folds
+                else []
+            ),
             "DCR: median Gower distance to the closest training row (synthetic rows; held-out "
             "rows for reference); closer to train: share of synthetic rows closer to training "
             "rows than to as many held-out rows (0.5: no sign of memorisation)",
@@ -378,61 +490,61 @@ def main() -> None:
         ],
     )
     commit = current_commit()
+    if args.folds is not None and args.folds < 2:
+        raise SystemExit(f"--folds {args.folds}: cross-validation needs at least 2 folds")
+    folds: list[int | None] = list(range(args.folds)) if args.folds else [None]
     with tempfile.TemporaryDirectory(prefix="tabular-bench-") as tmp:
         for name in args.tables:
             for synth in args.synths:
-                central: dict[str, Any] | None = None
-                for method in args.methods:
-                    if synth.startswith("vertical") != (method in VERTICAL):
-                        continue  # vertical methods belong to the vertical synthesizer only
-                    if method.startswith("silos") and get_table_source(name).silo_column is None:
-                        # Its recipe's own partition would run, under the silos label.
-                        print(f"{name} has no silo column: no silos row", flush=True)
-                        continue
-                    if method in VERTICAL:
-                        # As many joint iterations as the horizontal centralized run's steps.
-                        clients = load_config(
-                            ROOT / f"configs/tabular_{name}_ctgan.yaml", sets
-                        ).data.num_clients
-                        r = vertical_method(
-                            name, synth, method, sets, Path(tmp), (args.local_steps or 10) * clients
+                runs: dict[str, list[dict[str, Any]]] = {}
+                for fold in folds:
+                    central: dict[str, Any] | None = None
+                    for method in args.methods:
+                        r = run_method(name, synth, method, sets, Path(tmp), args, fold)
+                        if r is None:
+                            continue
+                        if method in ("centralized", "vertical-1"):
+                            central = r
+                        label = (
+                            method if fold is None else f"{method} (fold {fold + 1}/{len(folds)})"
                         )
-                    elif method == "library":
-                        if synth.endswith(CONDITIONED):
-                            continue  # the library's own rows are its tvae / ctgan rows
-                        steps, batch = library_steps(name, synth, sets)
-                        r = library_method(name, synth, steps, batch, 0)
-                    else:
-                        r = fedgen_method(name, synth, method, sets, Path(tmp), args.alpha)
-                    if method in ("centralized", "vertical-1"):
-                        central = r
-                    row = {
-                        "commit": commit,
-                        "table": name,
-                        "synthesizer": synth,
-                        "method": method,
-                        "clients": r["clients"],
-                        "steps": r["steps"],
-                        "quality": r["quality_score"],
-                        "column shapes": r["column_shapes"],
-                        "pair trends": r["column_pair_trends"],
-                        "quality / centralized": (
-                            r["quality_score"] / central["quality_score"] if central else None
-                        ),
-                        "TSTR F1": r["ml_efficacy"],
-                        "TSTR F1 std": r.get("ml_efficacy_std"),
-                        "TRTR F1": r["ml_efficacy_real"],
-                        "TSTR / centralized": (
-                            r["ml_efficacy"] / central["ml_efficacy"] if central else None
-                        ),
-                        "DCR synth-train": r["dcr_synthetic_train"],
-                        "DCR holdout-train": r["dcr_holdout_train"],
-                        "closer to train": r["dcr_closer_to_train"],
-                        "model bytes": r["model_bytes"],
-                        "encoder bytes": r["encoder_bytes"],
-                        "seconds": r["seconds"],
-                    }
-                    print(table.append(row), flush=True)
+                        print(table.append(table_row(commit, name, synth, label, r, central)))
+                        runs.setdefault(method, []).append(r)
+                if args.folds:
+                    means = {method: mean_figures(rs) for method, rs in runs.items()}
+                    central = means.get("centralized") or means.get("vertical-1")
+                    for method, r in means.items():
+                        label = f"{method} ({args.folds}-fold mean)"
+                        print(table.append(table_row(commit, name, synth, label, r, central)))
+
+
+def run_method(
+    name: str,
+    synth: str,
+    method: str,
+    sets: list[str],
+    work: Path,
+    args: argparse.Namespace,
+    fold: int | None,
+) -> dict[str, Any] | None:
+    """One method's run on one table (and fold), or None when the method does not apply."""
+    if synth.startswith("vertical") != (method in VERTICAL):
+        return None  # vertical methods belong to the vertical synthesizer only
+    if method.startswith("silos") and get_table_source(name).silo_column is None:
+        # Its recipe's own partition would run, under the silos label.
+        print(f"{name} has no silo column: no silos row", flush=True)
+        return None
+    if method in VERTICAL:
+        # As many joint iterations as the horizontal centralized run's steps.
+        clients = load_config(ROOT / f"configs/tabular_{name}_ctgan.yaml", sets).data.num_clients
+        steps_per_round = (args.local_steps or 10) * clients
+        return vertical_method(name, synth, method, sets, work, steps_per_round, fold, args.folds)
+    if method == "library":
+        if synth.endswith(CONDITIONED):
+            return None  # the library's own rows are its tvae / ctgan rows
+        steps, batch, seed = library_steps(name, synth, sets)
+        return library_method(name, synth, steps, batch, seed, fold, args.folds)
+    return fedgen_method(name, synth, method, sets, work, args.alpha, fold, args.folds)
 
 
 if __name__ == "__main__":

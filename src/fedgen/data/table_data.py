@@ -1,7 +1,9 @@
 """Table federations: rows split across clients, a server holdout, the federated encoder.
 
 ``make_federated_table`` holds back a seeded ``holdout_fraction`` of the rows
-(the evaluation's held-out real rows: TSTR's test set, DCR's holdout), splits the
+(the evaluation's held-out real rows: TSTR's test set, DCR's holdout; with
+``holdout_fold`` set, fold ``f`` of ``round(1 / holdout_fraction)`` folds of the same
+seeded order, so runs of folds 0..k-1 test on every row once), splits the
 rest across clients by one of two partitioners, fits the ``TableEncoder`` from the
 clients' statistics (``fedgen.data.table_encoder``) and has each client encode its
 own rows with it:
@@ -147,14 +149,30 @@ class FederatedTable:
 
 
 def split_holdout(
-    table: pd.DataFrame, fraction: float, seed: int
+    table: pd.DataFrame, fraction: float, seed: int, fold: int | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(train, holdout)``: a seeded ``fraction`` of the rows held back."""
+    """``(train, holdout)``: a seeded ``fraction`` of the rows held back.
+
+    ``fold``: hold back fold ``fold`` of ``k = round(1 / fraction)`` near-equal folds of
+    the seeded order instead (k-fold cross-validation: small tables' holdouts are a few
+    dozen rows, and one of them moves TSTR by several points).
+    """
     if not 0.0 < fraction < 1.0:
         raise ConfigError(f"holdout_fraction is {fraction}; use a fraction in (0, 1), e.g. 0.2")
     order = numpy_rng(seed, "table-holdout").permutation(len(table))
-    cut = len(table) - round(fraction * len(table))
-    return table.iloc[np.sort(order[:cut])], table.iloc[np.sort(order[cut:])]
+    if fold is None:
+        cut = len(table) - round(fraction * len(table))
+        return table.iloc[np.sort(order[:cut])], table.iloc[np.sort(order[cut:])]
+    folds = max(2, round(1 / fraction))
+    if not 0 <= fold < folds:
+        raise ConfigError(
+            f"holdout_fold is {fold}, but holdout_fraction {fraction} makes {folds} folds; "
+            f"use a fold in 0..{folds - 1}"
+        )
+    bounds = np.linspace(0, len(table), folds + 1).round().astype(int)
+    held = np.zeros(len(table), dtype=bool)
+    held[order[bounds[fold] : bounds[fold + 1]]] = True
+    return table.iloc[np.flatnonzero(~held)], table.iloc[np.flatnonzero(held)]
 
 
 class TablePartition:
@@ -162,9 +180,12 @@ class TablePartition:
 
     name = "table"
 
-    def __init__(self, holdout_fraction: float = 0.2, max_modes: int = 10) -> None:
+    def __init__(
+        self, holdout_fraction: float = 0.2, max_modes: int = 10, holdout_fold: int | None = None
+    ) -> None:
         self.holdout_fraction = holdout_fraction
         self.max_modes = max_modes
+        self.holdout_fold = holdout_fold
 
     def split_rows(
         self, rows: pd.DataFrame, source: TableSource, num_clients: int, seed: int
@@ -187,7 +208,9 @@ class TablePartition:
         a downloaded table is looked for (``data.data_dir``).
         """
         source = get_table_source(source_name)
-        train, holdout = split_holdout(source.load(data_dir), self.holdout_fraction, seed)
+        train, holdout = split_holdout(
+            source.load(data_dir), self.holdout_fraction, seed, self.holdout_fold
+        )
         train = train.reset_index(drop=True)
         parts = self.split_rows(train, source, num_clients, seed)
         frames = [train.iloc[p].reset_index(drop=True) for p in parts]
@@ -215,6 +238,8 @@ class _TableParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    #: Hold out this fold of ``round(1 / holdout_fraction)`` instead (cross-validation).
+    holdout_fold: int | None = Field(None, ge=0)
     #: At most this many mixture modes per numeric column (CTGAN: 10).
     max_modes: int = Field(10, ge=1)
 
@@ -232,9 +257,13 @@ class SiloPartition(TablePartition):
         column: str | None = None
 
     def __init__(
-        self, column: str | None = None, holdout_fraction: float = 0.2, max_modes: int = 10
+        self,
+        column: str | None = None,
+        holdout_fraction: float = 0.2,
+        max_modes: int = 10,
+        holdout_fold: int | None = None,
     ) -> None:
-        super().__init__(holdout_fraction, max_modes)
+        super().__init__(holdout_fraction, max_modes, holdout_fold)
         self.column = column
 
     def split_rows(
@@ -292,8 +321,9 @@ class TableDirichletPartition(TablePartition):
         min_size: int = 20,
         holdout_fraction: float = 0.2,
         max_modes: int = 10,
+        holdout_fold: int | None = None,
     ) -> None:
-        super().__init__(holdout_fraction, max_modes)
+        super().__init__(holdout_fraction, max_modes, holdout_fold)
         self.alpha, self.column, self.min_size = alpha, column, min_size
 
     def split_rows(

@@ -208,12 +208,18 @@ class VerticalPartition(TablePartition):
         #: The column names of each client, e.g. ``[[age, educ], [religious, had_affair]]``.
         columns: list[list[str]]
         holdout_fraction: float = Field(0.2, gt=0, lt=1)
+        #: Hold out this fold of ``round(1 / holdout_fraction)`` instead (cross-validation).
+        holdout_fold: int | None = Field(None, ge=0)
         max_modes: int = Field(10, ge=1)
 
     def __init__(
-        self, columns: list[list[str]], holdout_fraction: float = 0.2, max_modes: int = 10
+        self,
+        columns: list[list[str]],
+        holdout_fraction: float = 0.2,
+        max_modes: int = 10,
+        holdout_fold: int | None = None,
     ) -> None:
-        super().__init__(holdout_fraction, max_modes)
+        super().__init__(holdout_fraction, max_modes, holdout_fold)
         self.columns = columns
 
     def federate(  # type: ignore[override]
@@ -239,7 +245,7 @@ class VerticalPartition(TablePartition):
             )
         table = source.load(data_dir)
         table.insert(0, RECORD_ID, np.arange(len(table)))
-        train, holdout = split_holdout(table, self.holdout_fraction, seed)
+        train, holdout = split_holdout(table, self.holdout_fraction, seed, self.holdout_fold)
         # Each client's view: the record id and its own columns (what it would hold).
         frames = align_records([train[[RECORD_ID, *g]] for g in groups])
         record_ids = frames[0][RECORD_ID].to_numpy()

@@ -7,7 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fedgen.data.table_data import SiloPartition, TableDirichletPartition, federate_tables
+from fedgen.data.table_data import (
+    SiloPartition,
+    TableDirichletPartition,
+    federate_tables,
+    split_holdout,
+)
 from fedgen.data.table_sources import FAIR, RANDHIE, get_table_source
 from fedgen.errors import ChecksumError, ConfigError, DataMissingError
 
@@ -50,6 +55,23 @@ def test_silos_are_whole_values_of_the_column_and_the_holdout_is_apart(fair_silo
     assert sum(c.num_examples for c in fair_silos.clients) + len(fair_silos.holdout) == len(table)
     # Largest value first to the lightest client: occupation 3 (2,244 training rows) alone.
     assert owners[0] == {"3"}
+
+
+def test_holdout_folds_test_every_row_once_and_refuse_a_fold_out_of_range():
+    table = get_table_source("heart_disease").load()
+    held = [split_holdout(table, 0.2, seed=3, fold=f) for f in range(5)]
+    for train, holdout in held:
+        assert len(train) + len(holdout) == len(table)
+        assert set(train.index).isdisjoint(holdout.index)
+        assert abs(len(holdout) - len(table) / 5) <= 1
+    every = np.concatenate([holdout.index.to_numpy() for _, holdout in held])
+    assert sorted(every) == list(table.index)
+    # The partitioner passes its fold on: the federation's holdout is that fold's rows.
+    fed = TableDirichletPartition(min_size=5, holdout_fold=2).federate("heart_disease", 2, seed=3)
+    assert len(fed.holdout) == len(held[2][1])
+    assert (fed.holdout.to_numpy() == held[2][1].to_numpy()).all()
+    with pytest.raises(ConfigError, match=r"makes 5 folds; use a fold in 0\.\.4"):
+        split_holdout(table, 0.2, seed=3, fold=5)
 
 
 def test_clients_hold_their_rows_encoded_by_the_merged_encoder(fair_silos):
