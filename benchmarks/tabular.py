@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 import warnings
@@ -170,6 +171,11 @@ def fold_sets(fold: int | None, folds: int | None) -> list[str]:
     ]
 
 
+def run_dir(work: Path, table: str, synth: str, method: str, fold: int | None) -> Path:
+    """A run's folder: the names asked for (tvae-target is not tvae), and its fold."""
+    return work / f"{table}-{synth}-{method}{'' if fold is None else f'-fold{fold}'}"
+
+
 def fedgen_method(
     table: str,
     synth: str,
@@ -189,8 +195,7 @@ def fedgen_method(
     if method.endswith("-fedsgd"):
         extra.extend(fedsgd_sets(table, synth, sets))
     extra.extend(fold_sets(fold, folds))
-    # The name asked for (tvae-target is not tvae), and the fold: folds are separate runs.
-    out = work / f"{table}-{synth}-{method}{'' if fold is None else f'-fold{fold}'}"
+    out = run_dir(work, table, synth, method, fold)
     if synth.endswith(CONDITIONED):
         source = get_table_source(table)
         suffix = synth.rsplit("-", 1)[1]
@@ -268,7 +273,7 @@ def vertical_method(
         *fold_sets(fold, folds),
     ]
     cfg = load_config(recipe, [*sets, *extra])
-    out = work / f"{table}-{synth}-{method}{'' if fold is None else f'-fold{fold}'}"
+    out = run_dir(work, table, synth, method, fold)
     t0 = time.perf_counter()
     summary = run_experiment(cfg, out, progress=False)
     seconds = time.perf_counter() - t0
@@ -359,9 +364,7 @@ def mean_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
         numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
         mean[key] = sum(numbers) / len(numbers) if len(numbers) == len(values) else None
     tstr = [float(r["ml_efficacy"]) for r in runs]
-    mu = sum(tstr) / len(tstr)
-    spread = sum((t - mu) ** 2 for t in tstr) / max(1, len(tstr) - 1)
-    mean["ml_efficacy_std"] = spread**0.5 if len(tstr) > 1 else None
+    mean["ml_efficacy_std"] = statistics.stdev(tstr) if len(tstr) > 1 else None
     return mean
 
 
