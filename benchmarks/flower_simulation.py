@@ -90,7 +90,7 @@ def recipe_items(args: argparse.Namespace) -> list[str]:
         f"strategy.params={{fraction: {args.fraction}, min_clients: 1}}",
         "eval.every=0",
         "eval.final=false",
-        "threads=1",
+        f"threads={args.threads}",
         "ledger=false",
     ]
 
@@ -196,6 +196,12 @@ def main() -> None:
         default=["flower", "process_pool", "inprocess", "vectorized", "process_pool_vectorized"],
         choices=["flower", *FEDGEN],
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of each fedgen process (Flower's actors keep one)",
+    )
     parser.add_argument("--set", nargs="*", default=[], dest="overrides")
     parser.add_argument("--table", type=Path, default=ROOT / "benchmarks/results/speed.md")
     args = parser.parse_args()
@@ -203,6 +209,9 @@ def main() -> None:
     table = ResultsTable(args.table, COLUMNS)
     notes = [*NOTES, f"recipe overrides: {' '.join(args.overrides)}"] if args.overrides else NOTES
     notes += [f"pinned to CPUs {sorted(os.sched_getaffinity(0))}, {args.workers} worker(s)"]
+    if args.threads != 1:
+        # The machine line above counts this script's own thread, not the runs'.
+        notes += [f"fedgen's runs: {args.threads} torch threads a process"]
     table.start("flower_simulation", notes)
     with tempfile.TemporaryDirectory() as tmp:
         for framework in args.frameworks:
