@@ -36,6 +36,12 @@ Every method is evaluated by the same ``TableEvaluator`` (sdmetrics quality repo
 TSTR macro F1, Gower DCR against the holdout). Bytes are the round loop's encoded
 messages (up + down) plus, for fedgen, the encoder statistics every client sent once.
 
+With ``--personalize-steps N`` the silos and Dirichlet runs also report, on a row of
+their own (``<method>+finetune-N``), the union of every client's rows drawn from its own
+model: the final global model fine-tuned N local steps on the client's rows, sampling its
+share (by row count) with its own category counts (``eval.per_client``,
+``fedgen.engine.table_union``).
+
 With ``--folds K`` every method runs K times, each holding out one of K folds of the
 rows (``data.partition.params.holdout_fold``: k-fold cross-validation, every row tested
 once), each fold's row against that fold's centralized run, then one row per method with
@@ -185,9 +191,14 @@ def fedgen_method(
     alpha: float,
     fold: int | None = None,
     folds: int | None = None,
+    personalize_steps: int = 0,
 ) -> dict[str, Any]:
-    """One fedgen run of ``configs/tabular_<table>_<synth>.yaml``; its figures."""
+    """One fedgen run of ``configs/tabular_<table>_<synth>.yaml``; its figures (under
+    ``union``, the union of the clients' fine-tuned models' figures when asked)."""
     extra = ["eval.every=0"]
+    union = personalize_steps > 0 and method in ("silos", "dirichlet")
+    if union:
+        extra += ["eval.per_client=true", f"eval.personalize_steps={personalize_steps}"]
     if method == "centralized":
         extra.append("federation.centralized=true")
     elif method.startswith("dirichlet"):
@@ -213,7 +224,7 @@ def fedgen_method(
     partition = json.loads((out / "partition.json").read_text())
     clients = cfg.data.num_clients
     steps = cfg.federation.rounds * (cfg.federation.local_steps or 0) * clients
-    return {
+    figures = {
         **{k: summary[k] for k in FIGURES},
         "ml_efficacy_std": summary.get("ml_efficacy_std"),
         "clients": 1 if method == "centralized" else clients,
@@ -223,6 +234,11 @@ def fedgen_method(
         "seconds": seconds,
         "batch_size": cfg.task.params.get("batch_size", 500),
     }
+    if union:
+        own = {k: summary[f"{k}_union_finetuned"] for k in (*FIGURES, "ml_efficacy_std")}
+        # The fine-tuning steps count with the run's; the same bytes (none are sent).
+        figures["union"] = {**figures, **own, "steps": steps + personalize_steps * clients}
+    return figures
 
 
 def fedsgd_sets(table: str, synth: str, sets: list[str]) -> list[str]:
@@ -430,6 +446,13 @@ def main() -> None:
         help="cross-validate: run every method once per fold of K (holdout fraction 1/K), "
         "then write the folds' mean per method",
     )
+    parser.add_argument(
+        "--personalize-steps",
+        type=int,
+        default=0,
+        help="also report the silos and Dirichlet runs' union of clients' rows, each from "
+        "the global model fine-tuned this many steps on its own rows",
+    )
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/tabular.md")
     args = parser.parse_args()
@@ -511,8 +534,15 @@ def main() -> None:
                         label = (
                             method if fold is None else f"{method} (fold {fold + 1}/{len(folds)})"
                         )
+                        union = r.pop("union", None)
                         print(table.append(table_row(commit, name, synth, label, r, central)))
                         runs.setdefault(method, []).append(r)
+                        if union is not None:
+                            own = f"{method}+finetune-{args.personalize_steps}"
+                            label = own if fold is None else f"{own} (fold {fold + 1}/{len(folds)})"
+                            row = table_row(commit, name, synth, label, union, central)
+                            print(table.append(row))
+                            runs.setdefault(own, []).append(union)
                 if args.folds:
                     means = {method: mean_figures(rs) for method, rs in runs.items()}
                     central = means.get("centralized") or means.get("vertical-1")
@@ -547,7 +577,9 @@ def run_method(
             return None  # the library's own rows are its tvae / ctgan rows
         steps, batch, seed = library_steps(name, synth, sets)
         return library_method(name, synth, steps, batch, seed, fold, args.folds)
-    return fedgen_method(name, synth, method, sets, work, args.alpha, fold, args.folds)
+    return fedgen_method(
+        name, synth, method, sets, work, args.alpha, fold, args.folds, args.personalize_steps
+    )
 
 
 if __name__ == "__main__":

@@ -664,7 +664,10 @@ def write_summary(
             {
                 k: v
                 for k, v in last.items()
-                if k in _FIGURES or k.startswith(("tstr_", "client_tstr_", "client_frechet_"))
+                if k in _FIGURES
+                or k.startswith(("tstr_", "client_tstr_", "client_frechet_"))
+                # A table's union of the clients' own models (fedgen.engine.table_union).
+                or k.endswith(("_union_personal", "_union_finetuned"))
             }
         )
     if fed.stop_reason is not None:
@@ -684,7 +687,7 @@ def write_summary(
         client = evaluated_client(fed, exp.config.eval.model)
         summary["evaluated_model"] = evaluated_model(exp.task, client, fed)
         if exp.config.eval.per_client:
-            descriptions.update(per_client_descriptions(exp.config))
+            descriptions.update(per_client_descriptions(exp.config, exp.task.modality))
     if descriptions:
         summary["descriptions"] = descriptions
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -6,8 +6,10 @@ whose client instructions ask for the personal step) and fine-tuning after the l
 round (``eval.personalize_steps``). ``eval.per_client`` measures each client's models on
 its own label distribution. Checked before round 1, each refusal with its reason:
 
-- per-client evaluation only for class-conditional images (text reports per-client
-  perplexity already, tables have no per-client figure yet);
+- per-client evaluation for class-conditional images and for tables (text reports
+  per-client perplexity already); for tables it measures the union of the clients' own
+  models' rows (``fedgen.engine.table_union``), so it needs own models: fine-tuning
+  after the last round (``eval.personalize_steps``), Ditto or personal tensors;
 - per-client evaluation not under DP: its figures read every client's label
   proportions and personal models, neither of which the guarantee covers;
 - Ditto's personal step not under DP-SGD: the accountant charges each client the
@@ -22,6 +24,7 @@ from typing import Any
 from fedgen.config import ExperimentConfig
 from fedgen.engine.client_models import describe, evaluate_clients
 from fedgen.engine.federation import Federation
+from fedgen.engine.table_union import describe_union, union_figures
 from fedgen.eval.per_client import ClientQuality
 from fedgen.modality import Conditioning, Modality
 from fedgen.seeding import derive_seed
@@ -34,12 +37,26 @@ def personalization_problems(cfg: ExperimentConfig, task: Task, strategy: Strate
     """What is wrong with the experiment's personalization settings, each with its fix."""
     problems: list[str] = []
     dp = cfg.dpsgd is not None or any(t.name == "client_dp" for t in cfg.transforms)
+    # Asked of the strategy: whether its clients are told to run Ditto's personal step.
+    client_config = getattr(strategy, "client_config", None)
+    ditto = client_config is not None and DITTO_LAMBDA in client_config(0)
     if cfg.eval.per_client:
-        if task.modality != Modality.IMAGES or task.conditioning != Conditioning.CLASS:
+        images = task.modality == Modality.IMAGES and task.conditioning == Conditioning.CLASS
+        tables = task.modality == Modality.TABLES and not getattr(task, "samples_jointly", False)
+        if not images and not tables:
             problems.append(
-                f"eval.per_client measures class-conditional images; task {cfg.task.name} "
-                f"generates {task.modality} (text reports per-client perplexity already); "
+                f"eval.per_client measures class-conditional images and row-federated "
+                f"tables; task {cfg.task.name} generates {task.modality} (text reports "
+                "per-client perplexity already; a column-split table has one joined model); "
                 "set eval.per_client=false"
+            )
+        personal = bool(getattr(task.params, "personal", None))
+        if tables and cfg.eval.personalize_steps == 0 and not ditto and not personal:
+            problems.append(
+                "eval.per_client on a table measures the union of every client's rows from "
+                "its own model, and this run's clients have none: set eval.personalize_steps "
+                "(local fine-tuning steps after the last round, e.g. 30), or use strategy "
+                "ditto"
             )
         if dp:
             problems.append(
@@ -47,9 +64,6 @@ def personalization_problems(cfg: ExperimentConfig, task: Task, strategy: Strate
                 "model, which differential privacy does not cover; set eval.per_client=false "
                 "under DP"
             )
-    # Asked of the strategy: whether its clients are told to run Ditto's personal step.
-    client_config = getattr(strategy, "client_config", None)
-    ditto = client_config is not None and DITTO_LAMBDA in client_config(0)
     if cfg.dpsgd is not None and ditto:
         problems.append(
             f"strategy {cfg.strategy.name}: Ditto's personal steps would run through DP-SGD "
@@ -63,8 +77,16 @@ def personalization_problems(cfg: ExperimentConfig, task: Task, strategy: Strate
 def per_client_figures(exp: Any) -> dict[str, float]:
     """Per-client TSTR and Frechet distance of the global, personal and fine-tuned models
     (``fedgen.engine.client_models.evaluate_clients``) for an experiment whose evaluator
-    is built."""
+    is built; for a table, the figures of the union of the clients' own models' rows
+    (``fedgen.engine.table_union``)."""
     cfg: ExperimentConfig = exp.config
+    if exp.task.modality == Modality.TABLES:
+        return union_figures(
+            exp.federation,
+            exp.evaluator,
+            finetune_steps=cfg.eval.personalize_steps,
+            seed=derive_seed(cfg.seed, "eval", "per-client-models") % (2**31),
+        )
     if exp.client_quality is None:
         evaluator = exp.evaluator
         exp.client_quality = ClientQuality(
@@ -84,8 +106,10 @@ def per_client_figures(exp: Any) -> dict[str, float]:
     )
 
 
-def per_client_descriptions(cfg: ExperimentConfig) -> dict[str, str]:
+def per_client_descriptions(cfg: ExperimentConfig, modality: Modality) -> dict[str, str]:
     """What each per-client key of ``summary.json`` was computed on."""
+    if modality == Modality.TABLES:
+        return describe_union(cfg.eval.personalize_steps)
     return describe(cfg.eval.per_client_samples, cfg.eval.tstr_epochs, cfg.eval.personalize_steps)
 
 

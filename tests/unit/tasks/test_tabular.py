@@ -419,3 +419,58 @@ def test_ctgan_training_by_sampling_draws_a_row_of_each_category_as_one_choice_p
             want_rows[picked] = [rng.choice(np.flatnonzero(codes == c)) for c in chosen]
         assert (columns[:, 0] == want_columns).all() and (rows == want_rows).all()
         assert int(cond.sum()) == 200
+
+
+def _held(task, name, client):
+    """The categories of column ``name`` that ``client`` holds, as indices."""
+    return set(np.unique(client.codes[name]).tolist())
+
+
+def test_own_frequencies_draw_a_clients_categories_and_restore_the_merged_ones(fair):
+    # Prepare: CTGAN conditioned on the silo column, whose values the two clients split.
+    task = _task(CtganTask, fair, condition_on="occupation")
+    names = [enc.name for enc, _ in task.encoder.categorical()]
+    offset = task._cond_offsets()[names.index("occupation")]
+    width = task.encoder.encoding("occupation").width
+    client = fair.clients[0]
+    held = _held(task, "occupation", client)
+    assert held and len(held) < width  # a silo holds some occupations, not all
+
+    def named(cond):
+        return set(cond[:, offset : offset + width].argmax(dim=1).tolist())
+
+    # Execute: generation's conditions inside and after the client's frequencies.
+    with task.own_frequencies(client.codes):
+        inside = task.generation_conditions(3000, torch.Generator().manual_seed(0), None)
+    after = task.generation_conditions(3000, torch.Generator().manual_seed(0), None)
+    # Assert: inside, only the client's occupations, in its proportions; after, all.
+    assert named(inside) == held
+    counts = np.bincount(client.codes["occupation"], minlength=width)
+    top = int(counts.argmax())
+    share = counts[top] / counts.sum()
+    drawn = inside[:, offset + top].mean().item()
+    assert abs(drawn - share) < 4 * (share * (1 - share) / 3000) ** 0.5
+    assert named(after) == set(range(width)) and task.generation_counts is None
+
+
+def test_own_frequencies_draw_a_conditional_tvaes_joint_cells_from_the_clients_rows(fair):
+    # Prepare: a TVAE conditioned on (silo, target) jointly.
+    task = _task(TvaeTask, fair, condition_on=["occupation", "had_affair"])
+    client = fair.clients[1]
+    pooled = task.condition
+    cells = set(
+        zip(client.codes["occupation"].tolist(), client.codes["had_affair"].tolist(), strict=True)
+    )
+    # Execute: rows generated inside the block.
+    with task.own_frequencies(client.codes):
+        rows = task.sample_rows(500, torch.Generator().manual_seed(0))
+    # Assert: every row is a cell the client holds; the pooled block is back after.
+    occupation = task.encoder.encoding("occupation")
+    affair = task.encoder.encoding("had_affair")
+    drawn = {
+        (occupation.index(o), affair.index(a))
+        for o, a in zip(rows["occupation"], rows["had_affair"], strict=True)
+    }
+    assert drawn <= cells and task.condition is pooled
+    with pytest.raises(ValueError, match="no rows to draw"):
+        pooled.with_shares_of({"occupation": np.zeros(0, int), "had_affair": np.zeros(0, int)})

@@ -12,7 +12,8 @@ the training rows is a ``ValueError`` that lists the ones there are.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -24,6 +25,7 @@ from fedgen.data.table_encoder import CategoricalEncoding, TableEncoder
 from fedgen.modality import Conditioning, DataSpec, Modality
 from fedgen.tasks.base import Task, TaskParams
 from fedgen.tasks.tabular import optimizer_state
+from fedgen.tasks.tabular.condition_block import ConditionBlock
 from fedgen.types import StateDict
 
 #: Batches ``sample`` generates, at most, while filtering for a condition.
@@ -57,13 +59,37 @@ class TableTask(Task):
     modality = Modality.TABLES
     conditioning = Conditioning.COLUMN
     task_name = "table task"
+    #: The categorical columns a conditional model is given (``condition_on``), set by
+    #: ``build``; None: every column (CTGAN) or none (TVAE).
+    condition: ConditionBlock | None = None
 
     def __init__(self, params: TaskParams, encoder: TableEncoder, seed: int) -> None:
         self.encoder = encoder
         self.spans = encoder.spans()
         #: The loaded client's Adam moments (``optimizer_state`` keys); empty: fresh ones.
         self._optimizer: StateDict = {}
+        #: Category counts generation draws conditional vectors by, one array per
+        #: categorical column (``own_frequencies``); None: the merged encoder's.
+        self.generation_counts: list[np.ndarray] | None = None
         super().__init__(params, 0, (0, 0, 0), seed)
+
+    @contextmanager
+    def own_frequencies(self, codes: Mapping[str, np.ndarray]) -> Iterator[None]:
+        """Generate as the client holding rows of ``codes`` (``TableClientData.codes``)
+        would for its own share of a table: conditional vectors, and a conditional
+        block's categories, drawn by that client's category counts instead of the merged
+        ones, until the block exits."""
+        saved = self.generation_counts, self.condition
+        self.generation_counts = [
+            np.bincount(codes[enc.name], minlength=enc.width)
+            for enc, _ in self.encoder.categorical()
+        ]
+        if self.condition is not None:
+            self.condition = self.condition.with_shares_of(codes)
+        try:
+            yield
+        finally:
+            self.generation_counts, self.condition = saved
 
     # -- optimizer state kept by the client ------------------------------------------
 
@@ -249,13 +275,15 @@ def draw_conditions(
     condition: tuple[int, int] | None,
     generator: torch.Generator,
     only: int | None = None,
+    counts: Sequence[np.ndarray] | None = None,
 ) -> torch.Tensor:
     """CTGAN's conditional vectors for ``n`` generated rows, ``width`` wide.
 
     ``condition`` ``(column, category)`` sets that one-hot in every row; without it,
     each row picks a categorical column uniformly (column ``only`` when given) and a
-    category by its frequency, as the ctgan library samples. ``offsets[i]`` is where
-    column ``i``'s one-hot starts.
+    category by its frequency, as the ctgan library samples: the encoder's merged
+    counts, or ``counts[i]`` for column ``i`` when given (one client's own).
+    ``offsets[i]`` is where column ``i``'s one-hot starts.
     """
     cond = torch.zeros(n, width)
     if condition is not None:
@@ -266,6 +294,7 @@ def draw_conditions(
         columns = rng.integers(len(categorical), size=n) if only is None else np.full(n, only)
         for i, (enc, _) in enumerate(categorical):
             picked = np.flatnonzero(columns == i)
-            p = enc.counts / enc.counts.sum()
+            frequency = enc.counts if counts is None else counts[i]
+            p = frequency / frequency.sum()
             cond[picked, offsets[i] + rng.choice(enc.width, size=len(picked), p=p)] = 1.0
     return cond

@@ -9,9 +9,10 @@ the target) would lose their dependence in every generated row.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -62,6 +63,17 @@ class ConditionBlock:
             parts.append(F.one_hot(cell % width, width).float())
             cell = cell // width
         return torch.cat(parts[::-1], dim=1)
+
+    def with_shares_of(self, codes: Mapping[str, np.ndarray]) -> ConditionBlock:
+        """This block drawing by the (joint) category counts of the rows whose category
+        codes are ``codes`` (one client's ``TableClientData.codes``), not the pooled ones."""
+        cells = np.zeros(len(codes[self.columns[0]]), dtype=np.int64)
+        for column, width in zip(self.columns, self.widths, strict=True):
+            cells = cells * width + codes[column].astype(np.int64)
+        counts = np.bincount(cells, minlength=math.prod(self.widths))
+        if counts.sum() == 0:
+            raise ValueError("no rows to draw the condition's categories by: give codes of rows")
+        return replace(self, shares=torch.as_tensor(counts / counts.sum(), dtype=torch.float64))
 
     def read(self, x: torch.Tensor) -> torch.Tensor:
         """The columns' one-hots in encoded rows ``x (..., dim)``, side by side."""

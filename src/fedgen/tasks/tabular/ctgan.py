@@ -336,6 +336,7 @@ class CtganTask(TableTask):
                 condition,
                 generator,
                 only=None if block is None else block.indices[0],
+                counts=self.generation_counts,
             )
         pair = block.draw(n, generator, condition)
         cond = torch.zeros(n, self.cond_dim)
