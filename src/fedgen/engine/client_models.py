@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from fedgen.engine.ditto import PERSONAL_PREFIX, personal_model
+from fedgen.engine.ditto import personal_model
 from fedgen.engine.federation import Federation
 from fedgen.errors import ConfigError
 from fedgen.eval.per_client import (
@@ -50,11 +50,9 @@ def task_private(private: StateDict | None) -> StateDict:
 
 
 def has_personal_models(fed: Federation) -> bool:
-    """Whether any client holds a model of its own (private tensors or a Ditto model)."""
-    return any(
-        task_private(p) or any(k.startswith(PERSONAL_PREFIX) for k in p)
-        for p in fed.private_states.values()
-    )
+    """Whether any client holds a model of its own (private model tensors or a Ditto
+    model; a table task's kept optimizer moments are private state but no model)."""
+    return any(holds_own_model(p) for p in fed.private_states.values())
 
 
 def evaluated_client(fed: Federation, choice: str) -> int | None:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedgen.engine.client_models import holds_own_model, load_client_model
+from fedgen.engine.client_models import has_personal_models, load_client_model
 from fedgen.engine.federation import Federation
 from fedgen.seeding import torch_generator
 from fedgen.tasks.tabular.base import TableTask
@@ -49,10 +49,8 @@ def row_shares(total: int, sizes: list[int]) -> list[int]:
 def union_models(fed: Federation, finetune_steps: int) -> list[str]:
     """The clients' own models a run's union is drawn from: ``personal`` when clients
     keep personal tensors or a Ditto model, ``finetuned`` with ``finetune_steps`` > 0."""
-    # A table client's kept Adam moments are private state, but no model of its own.
-    personal = any(holds_own_model(p) for p in fed.private_states.values())
     return [
-        *(["personal"] if personal else []),
+        *(["personal"] if has_personal_models(fed) else []),
         *(["finetuned"] if finetune_steps > 0 else []),
     ]
 
