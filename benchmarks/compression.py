@@ -126,8 +126,26 @@ DOWNLINK: dict[str, str] = {
     "subspace-10+down-subspace-10": "{name: subspace, params: {rank: 10, error_feedback: false}}",
     "subspace-12+down-subspace-12": "{name: subspace, params: {rank: 12, error_feedback: false}}",
     "subspace-13+down-subspace-13": "{name: subspace, params: {rank: 13, error_feedback: false}}",
+    # For the generator-only rows below: with the discriminator private, its half of the
+    # low-rank bytes (its 64 x 512 convolution and 10 x 3136 label embedding) is not sent,
+    # so the generator can take twice the rank for rank 6's bytes both ways.
+    "lowrank-12-b4+down-lowrank-12-b4": (
+        "{name: lowrank, params: {rank: 12, bits: 4, error_feedback: false}}"
+    ),
+    "lowrank-16-b4+down-lowrank-16-b4": (
+        "{name: lowrank, params: {rank: 16, bits: 4, error_feedback: false}}"
+    ),
 }
+SETTINGS["lowrank-12-b4"] = "[{name: lowrank, params: {rank: 12, bits: 4}}]"
+SETTINGS["lowrank-16-b4"] = "[{name: lowrank, params: {rank: 16, bits: 4}}]"
 SETTINGS.update({name: SETTINGS[name.split("+")[0]] for name in DOWNLINK if name not in SETTINGS})
+#: ``genonly-<setting>``: the setting with only the cGAN's generator federated; each
+#: client keeps its own discriminator between rounds (private tensors), so neither the
+#: replies nor the broadcast carry it. The float32 baseline stays fully federated.
+GEN_ONLY = "genonly-"
+GEN_ONLY_OVERRIDE = "task.params.federate=[generator]"
+SETTINGS.update({GEN_ONLY + name: SETTINGS[name] for name in list(SETTINGS)})
+DOWNLINK.update({GEN_ONLY + name: DOWNLINK[name] for name in list(DOWNLINK)})
 #: float32 FedAvg stopped after half the rounds (its TSTR at about half the bytes).
 HALF = "float32-half-rounds"
 #: What every run shares: the in-process backend (the benchmark is pinned to one core),
@@ -168,6 +186,9 @@ NOTES = [
     "TSTR: a CNN trained on 10,000 synthetic images, tested on the real test split; "
     "Frechet distance on the features of a CNN trained on the real training split (not FID).",
     "goal (issue 15): >= 10x fewer bytes for <= 2 TSTR points, >= 50x for <= 5 points.",
+    "genonly-* rows: only the cGAN's generator is federated (task.params.federate="
+    "[generator]); each client keeps its own discriminator between rounds, and neither "
+    "its replies nor its jobs carry one. Against float32 FedAvg of both networks.",
 ]
 
 
@@ -248,6 +269,8 @@ def main() -> None:
     # in turn, so a benchmark stopped early has both tasks' rows for the first settings.
     settings = ["float32"] + ([] if args.skip_half else [HALF])
     settings += [s for s in args.settings if s != "float32"]
+    if any(s.startswith(GEN_ONLY) for s in settings) and args.tasks != ["cgan"]:
+        parser.error(f"{GEN_ONLY}* settings keep a GAN's discriminator private: use --tasks cgan")
     for setting in settings:
         for task in args.tasks:
             every = args.baseline_every if setting == "float32" else 0
@@ -257,6 +280,7 @@ def main() -> None:
                 f"federation.downlink={DOWNLINK.get(setting, 'null')}",
                 f"eval.every={every}",
                 *task_overrides(task, args),
+                *([GEN_ONLY_OVERRIDE] if setting.startswith(GEN_ONLY) else []),
             ]
             if setting == HALF:
                 overrides.append(f"federation.rounds={max(1, baselines[task]['rounds'] // 2)}")
