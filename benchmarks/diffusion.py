@@ -6,7 +6,9 @@ of 4 clients a round) until its training wall time passes ``--budget`` seconds: 
 that crosses it becomes the last. Evaluation is timed apart, after training, with the same
 evaluator settings for every row. A partial scheme's global model holds only the shared
 blocks, so it is evaluated as a client holds it: the global model with the private blocks
-of the client holding the most examples. One row is appended to
+of the client holding the most examples; and, in a second row, as the clients would
+release it together (``fedgen.engine.image_union``): each class drawn from the own models
+of the clients holding it, in proportion to their examples of it. One row is appended to
 ``benchmarks/results/diffusion.md`` as soon as each method ends, so a cut-off run still
 leaves figures.
 
@@ -25,6 +27,7 @@ import torch
 
 from fedgen.config import load_config
 from fedgen.engine.federation import Federation
+from fedgen.engine.image_union import union_figures
 from fedgen.experiment import load_run, make_evaluator, run_experiment
 from fedgen.report.results_table import ResultsTable
 from fedgen.seeding import torch_generator
@@ -154,9 +157,10 @@ def evaluate(
     partial: bool,
     tstr_samples: int | None = None,
     sampling: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], str, float]:
+) -> tuple[list[tuple[dict[str, Any], str]], float]:
     """Final figures of a finished run (TSTR included, and the seconds to sample 1,000
-    images, timed on 500), what model was evaluated, and the share of it federated.
+    images, timed on 500) with what model was evaluated, and the share of it federated;
+    a partial scheme's union of the clients' own models as a second pair.
     ``tstr_samples``: draw this many images for TSTR instead of the run's setting;
     ``sampling``: task params that only change sampling (``guidance_scale``,
     ``sampling_steps``), validated as the task validates them."""
@@ -185,7 +189,20 @@ def evaluate(
     task.sample(labels, gen)
     figures["sample_seconds_per_1000"] = (time.perf_counter() - t0) * 1000 / SAMPLE_TIMING
     share = getattr(task, "federated_fraction", lambda: 1.0)()
-    return figures, label, share
+    rows = [(figures, label)]
+    if partial:
+        # The same evaluator and sampler settings, the same sampling timing.
+        union = union_figures(fed, evaluator, finetune_steps=0, seed=exp.config.seed)
+        own = {
+            k.removesuffix("_union_personal"): v
+            for k, v in union.items()
+            if k.endswith("_union_personal")
+        }
+        own["sample_seconds_per_1000"] = figures["sample_seconds_per_1000"]
+        own["ddim_steps"] = figures.get("ddim_steps")
+        clients = int(own.pop("clients"))
+        rows.append((own, f"union of {clients} clients' own models"))
+    return rows, share
 
 
 def main() -> None:
@@ -256,26 +273,27 @@ def main() -> None:
             spent, cpu = budget.spent, budget.cpu
         t0 = time.perf_counter()
         partial = cfg.task.name == "ddpm" and cfg.task.params.get("federate", "whole") != "whole"
-        figures, label, share = evaluate(run_dir, partial, args.tstr_samples, sampling)
+        rows, share = evaluate(run_dir, partial, args.tstr_samples, sampling)
         eval_seconds = time.perf_counter() - t0
         bytes_total = (summary["bytes_up"] or 0) + (summary["bytes_down"] or 0)
-        row = {
-            "method": method,
-            "rounds": summary["rounds"],
-            "train_seconds": spent,
-            "cpu_seconds": cpu,
-            "tstr_accuracy": figures.get("tstr_accuracy"),
-            "frechet_distance": figures.get("frechet_distance"),
-            "precision": figures.get("precision"),
-            "recall": figures.get("recall"),
-            "MB_up_down": bytes_total / 1e6,
-            "federated_share": share,
-            "sample_s_per_1000": figures.get("sample_seconds_per_1000"),
-            "ddim_steps": figures.get("ddim_steps"),
-            "evaluated_as": label,
-        }
-        table.append(row)
-        print(json.dumps({**row, "eval_seconds": eval_seconds}), flush=True)
+        for figures, label in rows:
+            row = {
+                "method": method,
+                "rounds": summary["rounds"],
+                "train_seconds": spent,
+                "cpu_seconds": cpu,
+                "tstr_accuracy": figures.get("tstr_accuracy"),
+                "frechet_distance": figures.get("frechet_distance"),
+                "precision": figures.get("precision"),
+                "recall": figures.get("recall"),
+                "MB_up_down": bytes_total / 1e6,
+                "federated_share": share,
+                "sample_s_per_1000": figures.get("sample_seconds_per_1000"),
+                "ddim_steps": figures.get("ddim_steps"),
+                "evaluated_as": label,
+            }
+            table.append(row)
+            print(json.dumps({**row, "eval_seconds": eval_seconds}), flush=True)
 
 
 if __name__ == "__main__":

@@ -197,6 +197,12 @@ class EvalConfig(_Strict):
     per_client: bool = False
     #: Samples per client and model for the per-client figures.
     per_client_samples: int = Field(2000, ge=10)
+    #: After the last round, also measure the union of the clients' own models (personal
+    #: blocks, Ditto, or fine-tuned with ``personalize_steps``) as the run's release:
+    #: images, each class drawn from the clients holding it in proportion to their
+    #: examples of it (``fedgen.engine.image_union``); tables, each client's share of the
+    #: rows (``fedgen.engine.table_union``, which ``per_client`` measures for tables too).
+    union: bool = False
     #: Which model the run's own evaluations and sample grids show when clients keep
     #: private tensors (FedPer layers, partial FedDiffuse blocks): ``largest_client``, the
     #: own model of the client with the most examples; ``global``, the federated tensors

@@ -474,7 +474,7 @@ def evaluate_task(exp: Experiment, tstr: bool) -> dict[str, float]:
     task, _ = load_evaluated_model(exp.federation, exp.config.eval.model)
     gen = torch_generator(exp.config.seed, "eval-samples", exp.federation.next_round)
     figures: dict[str, float] = exp.evaluator.evaluate_task(task, gen, final=tstr)
-    if tstr and exp.config.eval.per_client:
+    if tstr and (exp.config.eval.per_client or exp.config.eval.union):
         from fedgen.assembly.personalization import per_client_figures
 
         figures.update(per_client_figures(exp))
@@ -666,7 +666,8 @@ def write_summary(
                 for k, v in last.items()
                 if k in _FIGURES
                 or k.startswith(("tstr_", "client_tstr_", "client_frechet_"))
-                # A table's union of the clients' own models (fedgen.engine.table_union).
+                # The union of the clients' own models (fedgen.engine.table_union,
+                # fedgen.engine.image_union).
                 or k.endswith(("_union_personal", "_union_finetuned"))
             }
         )
@@ -686,7 +687,7 @@ def write_summary(
         # on Flower, where the nodes keep theirs).
         client = evaluated_client(fed, exp.config.eval.model)
         summary["evaluated_model"] = evaluated_model(exp.task, client, fed)
-        if exp.config.eval.per_client:
+        if exp.config.eval.per_client or exp.config.eval.union:
             descriptions.update(per_client_descriptions(exp.config, exp.task.modality))
     if descriptions:
         summary["descriptions"] = descriptions

@@ -8,8 +8,9 @@ its own label distribution. Checked before round 1, each refusal with its reason
 
 - per-client evaluation for class-conditional images and for tables (text reports
   per-client perplexity already); for tables it measures the union of the clients' own
-  models' rows (``fedgen.engine.table_union``), so it needs own models: fine-tuning
-  after the last round (``eval.personalize_steps``), Ditto or personal tensors;
+  models' rows (``fedgen.engine.table_union``), as ``eval.union`` does for images
+  (``fedgen.engine.image_union``), so these need own models: fine-tuning after the last
+  round (``eval.personalize_steps``), Ditto, or private model tensors;
 - per-client evaluation not under DP: its figures read every client's label
   proportions and personal models, neither of which the guarantee covers;
 - Ditto's personal step not under DP-SGD: the accountant charges each client the
@@ -22,9 +23,9 @@ from __future__ import annotations
 from typing import Any
 
 from fedgen.config import ExperimentConfig
+from fedgen.engine import image_union, table_union
 from fedgen.engine.client_models import describe, evaluate_clients
 from fedgen.engine.federation import Federation
-from fedgen.engine.table_union import describe_union, union_figures
 from fedgen.eval.per_client import ClientQuality
 from fedgen.modality import Conditioning, Modality
 from fedgen.seeding import derive_seed
@@ -40,28 +41,35 @@ def personalization_problems(cfg: ExperimentConfig, task: Task, strategy: Strate
     # Asked of the strategy: whether its clients are told to run Ditto's personal step.
     client_config = getattr(strategy, "client_config", None)
     ditto = client_config is not None and DITTO_LAMBDA in client_config(0)
-    if cfg.eval.per_client:
-        images = task.modality == Modality.IMAGES and task.conditioning == Conditioning.CLASS
-        tables = task.modality == Modality.TABLES and not getattr(task, "samples_jointly", False)
+    images = task.modality == Modality.IMAGES and task.conditioning == Conditioning.CLASS
+    tables = task.modality == Modality.TABLES and not getattr(task, "samples_jointly", False)
+    # Model tensors the clients keep (personal layers, partial blocks; not a table task's
+    # kept optimizer moments, "optimizer/..."), Ditto, or fine-tuning: own models.
+    private_model = any("/" not in k for k in task.initial_private_state())
+    own_models = cfg.eval.personalize_steps > 0 or ditto or private_model
+    for key in ("per_client", "union"):
+        if not getattr(cfg.eval, key):
+            continue
         if not images and not tables:
             problems.append(
-                f"eval.per_client measures class-conditional images and row-federated "
+                f"eval.{key} measures class-conditional images and row-federated "
                 f"tables; task {cfg.task.name} generates {task.modality} (text reports "
                 "per-client perplexity already; a column-split table has one joined model); "
-                "set eval.per_client=false"
+                f"set eval.{key}=false"
             )
-        personal = bool(getattr(task.params, "personal", None))
-        if tables and cfg.eval.personalize_steps == 0 and not ditto and not personal:
+        union = key == "union" or tables
+        if union and (images or tables) and not own_models:
             problems.append(
-                "eval.per_client on a table measures the union of every client's rows from "
-                "its own model, and this run's clients have none: set eval.personalize_steps "
-                "(local fine-tuning steps after the last round, e.g. 30), or use strategy "
-                "ditto"
+                f"eval.{key} measures the union of every client's "
+                f"{'rows' if tables else 'images'} from its own model, and this run's "
+                "clients have none: set eval.personalize_steps (local fine-tuning steps "
+                "after the last round, e.g. 30), use strategy ditto, or keep blocks private "
+                "(task.params.personal, a partial scheme)"
             )
         if dp:
             problems.append(
-                "eval.per_client reads each client's label proportions and its personal "
-                "model, which differential privacy does not cover; set eval.per_client=false "
+                f"eval.{key} reads each client's label proportions and its personal "
+                f"model, which differential privacy does not cover; set eval.{key}=false "
                 "under DP"
             )
     if cfg.dpsgd is not None and ditto:
@@ -75,18 +83,32 @@ def personalization_problems(cfg: ExperimentConfig, task: Task, strategy: Strate
 
 
 def per_client_figures(exp: Any) -> dict[str, float]:
-    """Per-client TSTR and Frechet distance of the global, personal and fine-tuned models
-    (``fedgen.engine.client_models.evaluate_clients``) for an experiment whose evaluator
-    is built; for a table, the figures of the union of the clients' own models' rows
-    (``fedgen.engine.table_union``)."""
+    """The final evaluation's personalized figures, for an experiment whose evaluator is
+    built: with ``eval.per_client`` on images, per-client TSTR and Frechet distance of the
+    global, personal and fine-tuned models (``fedgen.engine.client_models``); on a table,
+    or with ``eval.union``, the figures of the union of the clients' own models
+    (``fedgen.engine.table_union``, ``fedgen.engine.image_union``)."""
     cfg: ExperimentConfig = exp.config
+    seed = derive_seed(cfg.seed, "eval", "per-client-models") % (2**31)
+    steps = cfg.eval.personalize_steps
     if exp.task.modality == Modality.TABLES:
-        return union_figures(
-            exp.federation,
-            exp.evaluator,
-            finetune_steps=cfg.eval.personalize_steps,
-            seed=derive_seed(cfg.seed, "eval", "per-client-models") % (2**31),
+        return table_union.union_figures(
+            exp.federation, exp.evaluator, finetune_steps=steps, seed=seed
         )
+    figures: dict[str, float] = {}
+    if cfg.eval.union:
+        figures.update(
+            image_union.union_figures(
+                exp.federation, exp.evaluator, finetune_steps=steps, seed=seed
+            )
+        )
+    if cfg.eval.per_client:
+        figures.update(_client_figures(exp, seed))
+    return figures
+
+
+def _client_figures(exp: Any, seed: int) -> dict[str, float]:
+    cfg: ExperimentConfig = exp.config
     if exp.client_quality is None:
         evaluator = exp.evaluator
         exp.client_quality = ClientQuality(
@@ -99,18 +121,19 @@ def per_client_figures(exp: Any) -> dict[str, float]:
             seed=derive_seed(cfg.seed, "eval", "per-client") % (2**31),
         )
     return evaluate_clients(
-        exp.federation,
-        exp.client_quality,
-        finetune_steps=cfg.eval.personalize_steps,
-        seed=derive_seed(cfg.seed, "eval", "per-client-models") % (2**31),
+        exp.federation, exp.client_quality, finetune_steps=cfg.eval.personalize_steps, seed=seed
     )
 
 
 def per_client_descriptions(cfg: ExperimentConfig, modality: Modality) -> dict[str, str]:
-    """What each per-client key of ``summary.json`` was computed on."""
+    """What each per-client and union key of ``summary.json`` was computed on."""
+    steps = cfg.eval.personalize_steps
     if modality == Modality.TABLES:
-        return describe_union(cfg.eval.personalize_steps)
-    return describe(cfg.eval.per_client_samples, cfg.eval.tstr_epochs, cfg.eval.personalize_steps)
+        return table_union.describe_union(steps)
+    out = image_union.describe_union(steps) if cfg.eval.union else {}
+    if cfg.eval.per_client:
+        out.update(describe(cfg.eval.per_client_samples, cfg.eval.tstr_epochs, steps))
+    return out
 
 
 def evaluated_model(task: Task, client: int | None = None, fed: Federation | None = None) -> str:

@@ -55,6 +55,15 @@ def has_personal_models(fed: Federation) -> bool:
     return any(holds_own_model(p) for p in fed.private_states.values())
 
 
+def union_models(fed: Federation, finetune_steps: int) -> list[str]:
+    """The clients' own models a run's union is drawn from: ``personal`` when clients
+    keep personal tensors or a Ditto model, ``finetuned`` with ``finetune_steps`` > 0."""
+    return [
+        *(["personal"] if has_personal_models(fed) else []),
+        *(["finetuned"] if finetune_steps > 0 else []),
+    ]
+
+
 def evaluated_client(fed: Federation, choice: str) -> int | None:
     """The client whose own model a run's evaluations and sample grids show (``eval.model``),
     or None for the global model.

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedgen.engine.client_models import has_personal_models, load_client_model
+from fedgen.engine.client_models import load_client_model, union_models
 from fedgen.engine.federation import Federation
 from fedgen.seeding import torch_generator
 from fedgen.tasks.tabular.base import TableTask
@@ -44,15 +44,6 @@ def row_shares(total: int, sizes: list[int]) -> list[int]:
     extra = np.argsort(-(exact - shares), kind="stable")[: total - int(shares.sum())]
     shares[extra] += 1
     return [int(s) for s in shares]
-
-
-def union_models(fed: Federation, finetune_steps: int) -> list[str]:
-    """The clients' own models a run's union is drawn from: ``personal`` when clients
-    keep personal tensors or a Ditto model, ``finetuned`` with ``finetune_steps`` > 0."""
-    return [
-        *(["personal"] if has_personal_models(fed) else []),
-        *(["finetuned"] if finetune_steps > 0 else []),
-    ]
 
 
 def union_figures(

@@ -1,0 +1,145 @@
+"""A federation of class-conditional image models, released as its clients would release
+it: each class drawn from the own models of the clients that hold it.
+
+When clients keep blocks of their own (a partial FedDiffuse scheme, FedPer layers, Ditto)
+or fine-tune the final model on their own shard (``eval.personalize_steps``), there is no
+single model that every client samples with. Evaluating one client's model (the
+largest's, ``eval.model``) scores a model that has seen a few classes on all ten. The
+release that matches how the data is held is the union: an image of class c comes from
+client k's own model with probability ``n_kc / sum_j n_jc`` (its share of the class's
+training examples), so every class is drawn by the clients that know it, and the union's
+labels are the evaluator's usual balanced draw. Its figures are the evaluator's own
+(quality, TSTR), keyed ``<figure>_union_<model>`` like a table's union
+(``fedgen.engine.table_union``).
+
+Runs in the simulation's server process, which holds every client's model; in a
+deployment each client would draw its share and publish it. Refused under DP (the own
+models and the label counts are not covered by the guarantee).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fedgen.engine.client_models import holds_own_model, load_client_model, union_models
+from fedgen.engine.federation import Federation
+from fedgen.seeding import torch_generator
+from fedgen.tasks.base import Task
+from fedgen.types import StateDict
+
+
+def class_weights(counts: torch.Tensor) -> torch.Tensor:
+    """Each client's share of each class, ``(clients, classes)`` float64 from its example
+    counts; a class no client holds is shared by the clients' total examples.
+
+    Raises:
+        ValueError: no client holds any example.
+    """
+    counts = counts.double()
+    if counts.sum() <= 0:
+        raise ValueError("the union needs at least one client with examples")
+    totals = counts.sum(dim=0)
+    fallback = counts.sum(dim=1) / counts.sum()
+    weights = counts / totals.clamp(min=1)
+    weights[:, totals == 0] = fallback[:, None]
+    return weights
+
+
+class UnionSampler:
+    """``labels -> images``: each label's image from one client's own model, the client
+    drawn by ``class_weights`` for that label (the evaluator's ``generate``)."""
+
+    def __init__(
+        self,
+        task: Task,
+        states: dict[int, StateDict],
+        counts: torch.Tensor,
+        generator: torch.Generator,
+    ) -> None:
+        self.task = task
+        self.clients = sorted(states)
+        self.states = states
+        self.weights = class_weights(counts)
+        self.generator = generator
+
+    def owners(self, labels: torch.Tensor) -> torch.Tensor:
+        """The index (into ``clients``) of the client that draws each label's image."""
+        probs = self.weights[:, labels.long()].T  # (n, clients)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+
+    def __call__(self, labels: torch.Tensor) -> torch.Tensor:
+        owners = self.owners(labels)
+        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for k, cid in enumerate(self.clients):
+            rows = torch.nonzero(owners == k).flatten()
+            if len(rows) == 0:
+                continue
+            self.task.load_state(self.states[cid])
+            parts.append((rows, self.task.sample(labels[rows], self.generator)))
+        images = torch.empty((len(labels), *parts[0][1].shape[1:]), dtype=parts[0][1].dtype)
+        for rows, drawn in parts:
+            images[rows] = drawn
+        return images
+
+
+def own_states(fed: Federation, model: str, finetune_steps: int, seed: int) -> dict[int, StateDict]:
+    """Every client's own model as a state dict: ``personal``, the clients holding model
+    tensors of their own (private blocks, Ditto); ``finetuned``, every client's model
+    trained ``finetune_steps`` steps on its own shard (seeded by its id)."""
+    task = fed.task
+    states: dict[int, StateDict] = {}
+    for cid, data in sorted(fed.clients.items()):
+        if model == "personal" and not holds_own_model(fed.private_states.get(cid)):
+            continue  # it never trained: no model of its own to draw from
+        load_client_model(fed, cid)
+        if model == "finetuned":
+            with torch.enable_grad():
+                task.train_local(data, finetune_steps, torch_generator(seed, "finetune", cid), {})
+        states[cid] = {**task.federated_state(), **task.private_state()}
+    return states
+
+
+def union_figures(
+    fed: Federation, evaluator: Any, *, finetune_steps: int, seed: int
+) -> dict[str, float]:
+    """The evaluator's final figures of each union (see the module docstring), keyed
+    ``<figure>_union_<model>``; the global model is loaded again after."""
+    task = fed.task
+    figures: dict[str, float] = {}
+    try:
+        for model in union_models(fed, finetune_steps):
+            states = own_states(fed, model, finetune_steps, seed)
+            counts = torch.stack(
+                [
+                    torch.bincount(fed.clients[c].data.labels.long(), minlength=task.num_classes)
+                    for c in sorted(states)
+                ]
+            )
+            sampler = UnionSampler(task, states, counts, torch_generator(seed, "union", model))
+            result = evaluator.evaluate(sampler, tstr=True)
+            figures.update(
+                {
+                    f"{key}_union_{model}": value
+                    for key, value in result.items()
+                    if key != "real_test_accuracy"  # the real data's, the same for every model
+                }
+            )
+            figures[f"clients_union_{model}"] = float(len(states))
+    finally:
+        fed.load_global_into_task()
+    return figures
+
+
+def describe_union(finetune_steps: int) -> dict[str, str]:
+    """What the union keys of ``summary.json`` mean (beside the evaluator's own keys)."""
+    return {
+        "union_personal": "figures suffixed _union_personal: every image of class c drawn "
+        "from the own model (its private blocks or Ditto model) of a client holding c, "
+        "chosen in proportion to its examples of c; clients_union_personal: how many "
+        "clients had a model of their own",
+        "union_finetuned": "figures suffixed _union_finetuned: the same, each client's "
+        f"model being the final global model fine-tuned {finetune_steps} local steps on "
+        "its own shard after the last round",
+    }
