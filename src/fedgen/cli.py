@@ -38,7 +38,8 @@ ModelOption = Annotated[
         help="run: the model the run's own evaluations showed (its eval.model; "
         "summary.json's evaluated_model names it); global: the federated tensors, "
         "private ones at their initial values; largest_client: the own model of the "
-        "largest client that trained",
+        "largest client that trained; union: images of each class from the own models of "
+        "the clients holding it, by their examples of it",
     ),
 ]
 
@@ -184,13 +185,20 @@ def sample(
 
     if fmt is not None and (prompt is not None or condition is not None):
         _fail(FedgenError("--format exports images per class; drop --prompt and --condition"))
+    union = None
     try:
         exp = load_run(run_dir)
-        # The run's own choice by default: what its grids and summary.json showed.
-        task, chosen = load_chosen_model(exp.federation, exp.config.eval.model, model, client)
+        if model == ModelChoice.UNION:
+            union = _union(exp, client, torch_generator(seed, "cli-sample"))
+            task, chosen = union, None
+        else:
+            # The run's own choice by default: what its grids and summary.json showed.
+            task, chosen = load_chosen_model(exp.federation, exp.config.eval.model, model, client)
     except FedgenError as exc:
         _fail(exc)
         return
+    if union is not None:
+        typer.echo(f"sampling the union of {len(union.clients)} clients' own models", err=True)
     if chosen is not None and client is None:
         # Said on stderr: stdout stays the written path or the text, as before.
         why = "the run's eval.model" if model == ModelChoice.RUN else f"--model {model}"
@@ -223,7 +231,8 @@ def sample(
         typer.echo(str(csv_path))
         return
     if fmt is not None:
-        _export_dataset(exp, task, run_dir, out, n, fmt, gen, seed=seed, client=chosen)
+        label = None if union is None else f"union of {len(union.clients)} clients' own models"
+        _export_dataset(exp, task, run_dir, out, n, fmt, gen, seed=seed, client=chosen, label=label)
         return
     writer = SAMPLE_WRITERS.get(str(task.modality))
     typer.echo(str(writer(task, (out or Path("samples.png")).with_suffix(""), n, gen)))
@@ -240,9 +249,11 @@ def _export_dataset(
     *,
     seed: int,
     client: int | None,
+    label: str | None = None,
 ) -> None:
     """`fedgen sample --format`: the data set, and a manifest naming the checkpoint it
-    came from (round and the sha256 of its file, as the run's ledger records it)."""
+    came from (round and the sha256 of its file, as the run's ledger records it);
+    ``label`` names the model when it is no one model (the union)."""
     from fedgen.engine.checkpoint import list_checkpoints
     from fedgen.engine.client_models import model_label
     from fedgen.modality import Modality
@@ -269,7 +280,7 @@ def _export_dataset(
         "seed": seed,
         # The model sampled: null for the global one, else the client whose own it is.
         "client": client,
-        "model": model_label(client),
+        "model": label or model_label(client),
         "fedgen_version": __version__,
     }
     names = _class_names(run_dir, task.num_classes)
@@ -282,6 +293,16 @@ def _export_dataset(
         _fail(FedgenError(str(exc)))
         return
     typer.echo(f"{target}  ({per_class * task.num_classes} images; manifest {manifest})")
+
+
+def _union(exp: Any, client: int | None, generator: Any) -> Any:
+    """`--model union`: the union of a finished run's clients' own models."""
+    from fedgen.engine.image_union import personal_union
+    from fedgen.errors import ConfigError
+
+    if client is not None:
+        raise ConfigError(f"--client {client} and --model union each choose a model; give one")
+    return personal_union(exp.federation, generator)
 
 
 def _class_names(run_dir: Path, num_classes: int) -> list[str]:
@@ -308,7 +329,8 @@ def eval_(
     from fedgen.config import EvalConfig
     from fedgen.engine.client_models import evaluated_client, model_label
     from fedgen.errors import ConfigError
-    from fedgen.experiment import evaluate_task, load_run
+    from fedgen.experiment import evaluate_task, load_run, make_evaluator
+    from fedgen.seeding import torch_generator
 
     try:
         if tstr_samples is not None:
@@ -325,14 +347,22 @@ def eval_(
             exp.config.eval.model = "global"
         elif model == ModelChoice.LARGEST_CLIENT:
             exp.config.eval.model = "largest_client"
-        figures: dict[str, Any] = evaluate_task(exp, tstr=True)
+        if model == ModelChoice.UNION:
+            fed = exp.federation
+            gen = torch_generator(exp.config.seed, "eval-samples", fed.next_round)
+            union = _union(exp, None, gen)
+            evaluator = make_evaluator(exp.config, exp.data, exp.task.modality)
+            figures: dict[str, Any] = evaluator.evaluate(union, tstr=True)
+            fed.load_global_into_task()
+            which = f"union of {len(union.clients)} clients' own models"
+        else:
+            figures = evaluate_task(exp, tstr=True)
+            which = model_label(evaluated_client(exp.federation, exp.config.eval.model))
     except FedgenError as exc:
         _fail(exc)
         return
     figures["round"] = exp.federation.next_round - 1
-    figures["evaluated_model"] = model_label(
-        evaluated_client(exp.federation, exp.config.eval.model)
-    )
+    figures["evaluated_model"] = which
     (run_dir / "eval.json").write_text(json.dumps(figures, indent=1))
     typer.echo(json.dumps(figures, indent=1))
 

@@ -142,6 +142,33 @@ def test_a_model_that_cannot_be_sampled_is_a_clear_error(run_dir, tmp_path, extr
     assert not (tmp_path / "x.png").exists()
 
 
+def test_sample_and_eval_take_the_union_of_the_clients_own_models(run_dir, tmp_path):
+    # Execute: the union exported and evaluated; the global model exported beside it.
+    union = _sample(run_dir, tmp_path / "union", "--format", "npz", "--model", "union")
+    global_ = _sample(run_dir, tmp_path / "global", "--format", "npz", "--model", "global")
+    evaluated = CliRunner().invoke(app, ["eval", str(run_dir), "--model", "union"])
+    # Assert: clients 0, 1 and 3 trained, so three own models; the manifest and eval.json
+    # name the union; its images are its own, with every class's labels.
+    for result in (union, global_, evaluated):
+        assert result.exit_code == 0, result.output
+    assert "sampling the union of 3 clients' own models" in union.stderr
+    manifest = json.loads((tmp_path / "union.json").read_text())
+    assert manifest["client"] is None
+    assert manifest["model"] == "union of 3 clients' own models"
+    with np.load(tmp_path / "union.npz") as a, np.load(tmp_path / "global.npz") as b:
+        assert np.array_equal(a["labels"], b["labels"])
+        assert not np.array_equal(a["images"], b["images"])
+    figures = json.loads((run_dir / "eval.json").read_text())
+    assert figures["evaluated_model"] == "union of 3 clients' own models"
+    assert 0 <= figures["tstr_accuracy"] <= 1
+
+
+def test_the_union_and_one_client_cannot_both_be_asked_for(run_dir, tmp_path):
+    result = _sample(run_dir, tmp_path / "x.png", "--model", "union", "--client", "1")
+    assert result.exit_code == 2
+    assert "--client 1 and --model union each choose a model" in " ".join(result.output.split())
+
+
 def test_eval_records_the_model_and_takes_model_global(run_dir):
     # Execute
     result = CliRunner().invoke(app, ["eval", str(run_dir), "--model", "global"])

@@ -25,6 +25,8 @@ import torch
 
 from fedgen.engine.client_models import holds_own_model, load_client_model, union_models
 from fedgen.engine.federation import Federation
+from fedgen.errors import ConfigError
+from fedgen.modality import Conditioning, Modality
 from fedgen.seeding import torch_generator
 from fedgen.tasks.base import Task
 from fedgen.types import StateDict
@@ -49,7 +51,9 @@ def class_weights(counts: torch.Tensor) -> torch.Tensor:
 
 class UnionSampler:
     """``labels -> images``: each label's image from one client's own model, the client
-    drawn by ``class_weights`` for that label (the evaluator's ``generate``)."""
+    drawn by ``class_weights`` for that label. Called with labels it is the evaluator's
+    ``generate``; ``sample(labels, generator)`` and ``num_classes`` let grids and data-set
+    exports draw from it as from a task."""
 
     def __init__(
         self,
@@ -63,21 +67,31 @@ class UnionSampler:
         self.states = states
         self.weights = class_weights(counts)
         self.generator = generator
+        # What grids and exports read of a task.
+        self.num_classes = task.num_classes
+        self.modality = task.modality
+        self.conditioning = task.conditioning
 
-    def owners(self, labels: torch.Tensor) -> torch.Tensor:
+    def owners(
+        self, labels: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """The index (into ``clients``) of the client that draws each label's image."""
         probs = self.weights[:, labels.long()].T  # (n, clients)
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        return torch.multinomial(probs, 1, generator=generator or self.generator).squeeze(1)
 
     def __call__(self, labels: torch.Tensor) -> torch.Tensor:
-        owners = self.owners(labels)
+        return self.sample(labels, self.generator)
+
+    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Images for ``labels``, each from its drawn client's own model."""
+        owners = self.owners(labels, generator)
         parts: list[tuple[torch.Tensor, torch.Tensor]] = []
         for k, cid in enumerate(self.clients):
             rows = torch.nonzero(owners == k).flatten()
             if len(rows) == 0:
                 continue
             self.task.load_state(self.states[cid])
-            parts.append((rows, self.task.sample(labels[rows], self.generator)))
+            parts.append((rows, self.task.sample(labels[rows], generator)))
         images = torch.empty((len(labels), *parts[0][1].shape[1:]), dtype=parts[0][1].dtype)
         for rows, drawn in parts:
             images[rows] = drawn
@@ -101,6 +115,38 @@ def own_states(fed: Federation, model: str, finetune_steps: int, seed: int) -> d
     return states
 
 
+def personal_union(fed: Federation, generator: torch.Generator) -> UnionSampler:
+    """The union of the clients' own models (``personal``: private blocks or Ditto) of a
+    finished run, for ``fedgen sample``/``eval --model union``; the task's global model is
+    overwritten as it samples (load it again after).
+
+    Raises:
+        ConfigError: the task does not draw class-conditional images, or no client holds
+            a model of its own.
+    """
+    task = fed.task
+    if task.modality != Modality.IMAGES or task.conditioning != Conditioning.CLASS:
+        raise ConfigError(
+            f"--model union draws class-conditional images; this run's task makes "
+            f"{task.modality} (a table's union is measured by eval.per_client)"
+        )
+    states = own_states(fed, "personal", 0, seed=0)
+    if not states:
+        raise ConfigError(
+            "--model union needs clients with models of their own (private blocks, FedPer "
+            "layers, Ditto); this run's clients all sample the global model: use --model global"
+        )
+    return UnionSampler(task, states, label_counts(fed, sorted(states)), generator)
+
+
+def label_counts(fed: Federation, clients: list[int]) -> torch.Tensor:
+    """Each client's training examples per class, ``(len(clients), classes)`` int64."""
+    k = fed.task.num_classes
+    return torch.stack(
+        [torch.bincount(fed.clients[c].data.labels.long(), minlength=k) for c in clients]
+    )
+
+
 def union_figures(
     fed: Federation, evaluator: Any, *, finetune_steps: int, seed: int
 ) -> dict[str, float]:
@@ -111,12 +157,7 @@ def union_figures(
     try:
         for model in union_models(fed, finetune_steps):
             states = own_states(fed, model, finetune_steps, seed)
-            counts = torch.stack(
-                [
-                    torch.bincount(fed.clients[c].data.labels.long(), minlength=task.num_classes)
-                    for c in sorted(states)
-                ]
-            )
+            counts = label_counts(fed, sorted(states))
             sampler = UnionSampler(task, states, counts, torch_generator(seed, "union", model))
             result = evaluator.evaluate(sampler, tstr=True)
             figures.update(

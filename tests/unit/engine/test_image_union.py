@@ -9,7 +9,7 @@ import torch
 from tiny_federation import tiny_config
 
 from fedgen.engine.client_models import load_client_model
-from fedgen.engine.image_union import UnionSampler, class_weights, own_states
+from fedgen.engine.image_union import UnionSampler, class_weights, own_states, personal_union
 from fedgen.errors import ConfigError
 from fedgen.experiment import build_experiment, run_experiment
 from fedgen.params import ParamsError
@@ -131,3 +131,9 @@ def test_a_run_reports_and_describes_the_union_of_own_models(mnist_dir, tmp_path
 def test_a_union_without_own_models_or_under_dp_is_refused(mnist_dir, overrides, match):
     with pytest.raises((ConfigError, ParamsError), match=match):
         build_experiment(tiny_config(mnist_dir, **overrides))
+
+
+def test_a_run_without_own_models_has_no_union_to_sample(mnist_dir):
+    fed = build_experiment(tiny_config(mnist_dir)).federation
+    with pytest.raises(ConfigError, match="use --model global"):
+        personal_union(fed, torch.Generator())
