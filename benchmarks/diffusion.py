@@ -78,8 +78,10 @@ NOTES = [
     "messages).",
     "Partial schemes (FedDiffuse, our reading; embeddings always shared): usplit shares the "
     "encoder, ulatdec the latent and decoder, udec the decoder; `federated_share` is the "
-    "share of UNet parameters exchanged. Their rows are evaluated as the client with the most "
-    "examples among those that trained holds the model (shared blocks + its private ones).",
+    "share of UNet parameters exchanged. Each is evaluated twice: as the client with the "
+    "most examples among those that trained holds the model (shared blocks + its private "
+    "ones), and as the union of the clients' own models (fedgen.engine.image_union: each "
+    "image of class c from a client holding c, drawn in proportion to its examples of c).",
 ]
 
 
