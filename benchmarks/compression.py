@@ -135,7 +135,16 @@ DOWNLINK: dict[str, str] = {
     "lowrank-16-b4+down-lowrank-16-b4": (
         "{name: lowrank, params: {rank: 16, bits: 4, error_feedback: false}}"
     ),
+    # The generator at rank 6 and the discriminator value by value, both in 4 bits: which
+    # network's low-rank code costs the cGAN its points (about 30x, not a goal candidate).
+    "lowrank-6-b4-dvalues+down-lowrank-6-b4-dvalues": (
+        "{name: lowrank, params: {rank: 6, bits: 4, ranks: {discriminator.: 0}, "
+        "error_feedback: false}}"
+    ),
 }
+SETTINGS["lowrank-6-b4-dvalues"] = (
+    "[{name: lowrank, params: {rank: 6, bits: 4, ranks: {discriminator.: 0}}}]"
+)
 SETTINGS["lowrank-12-b4"] = "[{name: lowrank, params: {rank: 12, bits: 4}}]"
 SETTINGS["lowrank-16-b4"] = "[{name: lowrank, params: {rank: 16, bits: 4}}]"
 SETTINGS.update({name: SETTINGS[name.split("+")[0]] for name in DOWNLINK if name not in SETTINGS})

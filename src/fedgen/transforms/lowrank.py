@@ -39,7 +39,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 from fedgen.registry import TRANSFORMS
 from fedgen.transforms.base import TransformContext
@@ -76,6 +76,10 @@ class LowRank(UpdateCodec):
 
     Args:
         rank: the factors' columns (a matrix of lower rank is sent at its own).
+        ranks: a rank per tensor-name prefix (``{discriminator.: 0}``), the longest
+            matching prefix winning over ``rank``; 0 sends those tensors value by value
+            (rounded to ``bits``). One network of a GAN can so take more of a message
+            than the other.
         bits: 8, 4 or 2 (integer levels with a float32 scale per segment), 16 (float16)
             or 32.
         bucket_size: values of a tensor sent whole that share one scale (integer codes).
@@ -92,6 +96,7 @@ class LowRank(UpdateCodec):
         model_config = ConfigDict(extra="forbid")
 
         rank: int = Field(2, ge=1)
+        ranks: dict[str, NonNegativeInt] = Field(default_factory=dict)
         bits: Literal[2, 4, 8, 16, 32] = 8
         bucket_size: int = Field(2048, ge=1)
         error_feedback: bool = True
@@ -102,8 +107,14 @@ class LowRank(UpdateCodec):
         bits: Literal[2, 4, 8, 16, 32] = 8,
         bucket_size: int = 2048,
         error_feedback: bool = True,
+        ranks: dict[str, int] | None = None,
     ) -> None:
+        negative = {k: v for k, v in (ranks or {}).items() if int(v) < 0}
+        if negative:
+            raise ValueError(f"lowrank ranks must be >= 0 (0: value by value), got {negative}")
         self.rank = int(rank)
+        # Longest prefix first: the most specific entry wins.
+        self.ranks = dict(sorted((ranks or {}).items(), key=lambda kv: -len(kv[0])))
         self.bits = int(bits)
         self.bucket_size = int(bucket_size)
         self.error_feedback = bool(error_feedback)
@@ -113,18 +124,19 @@ class LowRank(UpdateCodec):
         """A projection keeps the clipped norm; rounding and the residual do not."""
         return self.bits == 32 and not self.error_feedback
 
-    def rank_of(self, shape: torch.Size) -> int:
-        """The rank a tensor of ``shape`` is factored at; 0: sent value by value."""
+    def rank_of(self, shape: torch.Size, key: str = "") -> int:
+        """The rank tensor ``key`` of ``shape`` is factored at; 0: sent value by value."""
         if len(shape) < 2 or not math.prod(shape):
             return 0
+        asked = next((r for prefix, r in self.ranks.items() if key.startswith(prefix)), self.rank)
         m = shape[0]
         n = math.prod(shape) // m
-        r = min(self.rank, m, n)
+        r = min(int(asked), m, n)
         return r if r * (m + n) < m * n else 0
 
-    def segments(self, shape: torch.Size) -> list[int]:
-        """The lengths of the segments (one scale each) a tensor of ``shape`` sends."""
-        rank = self.rank_of(shape)
+    def segments(self, shape: torch.Size, key: str = "") -> list[int]:
+        """The lengths of the segments (one scale each) tensor ``key`` of ``shape`` sends."""
+        rank = self.rank_of(shape, key)
         numel = math.prod(shape)
         if rank:
             m = shape[0]
@@ -145,12 +157,12 @@ class LowRank(UpdateCodec):
             flat = value.detach().reshape(-1).to(torch.float32)
             if self.error_feedback:
                 flat = with_residual(flat, key, self.codec_name, ctx)
-            lengths = self.segments(value.shape)
-            these, scale = self._round(self._factors(flat, value.shape), lengths)
+            lengths = self.segments(value.shape, key)
+            these, scale = self._round(self._factors(flat, value.shape, key), lengths)
             codes.append(these)
             scales.append(scale)
             if self.error_feedback and ctx.private is not None:
-                sent = self._assemble(self._unround(these, scale, lengths), value.shape)
+                sent = self._assemble(self._unround(these, scale, lengths), value.shape, key)
                 keep_residual(flat - sent.reshape(-1), key, self.codec_name, value.shape, ctx)
         flat_codes = torch.cat(codes) if codes else torch.zeros(0, dtype=_DTYPES[self.bits])
         if self.bits in _PACKED:
@@ -161,9 +173,9 @@ class LowRank(UpdateCodec):
         sent_bytes = sum(encoded[p].numel() * encoded[p].element_size() for p in PARTS)
         return encoded, {"encoded_fraction": sent_bytes / plain if plain else 1.0}
 
-    def _factors(self, flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    def _factors(self, flat: torch.Tensor, shape: torch.Size, key: str = "") -> torch.Tensor:
         """What a tensor sends before rounding: its factors' columns, or its values."""
-        rank = self.rank_of(shape)
+        rank = self.rank_of(shape, key)
         if not rank:
             return flat
         matrix = flat.reshape(shape[0], -1)
@@ -178,9 +190,9 @@ class LowRank(UpdateCodec):
             [(u[:, :rank] * root).T.reshape(-1), (vh[:rank] * root[:, None]).reshape(-1)]
         )
 
-    def _assemble(self, numbers: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    def _assemble(self, numbers: torch.Tensor, shape: torch.Size, key: str = "") -> torch.Tensor:
         """A tensor of ``shape`` from its (decoded) factors' columns or values."""
-        rank = self.rank_of(shape)
+        rank = self.rank_of(shape, key)
         if not rank:
             return numbers.reshape(shape)
         m = shape[0]
@@ -217,7 +229,7 @@ class LowRank(UpdateCodec):
             ValueError: the numbers or scales are missing, of the wrong size or malformed.
         """
         keys = whole_update_keys(update, reference, PARTS, self.codec_name)
-        per_key = [self.segments(reference[k].shape) for k in keys]
+        per_key = [self.segments(reference[k].shape, k) for k in keys]
         lengths = [n for these in per_key for n in these]
         count = sum(lengths)
         if self.bits in _PACKED:
@@ -238,7 +250,7 @@ class LowRank(UpdateCodec):
         decoded = {k: v for k, v in update.items() if k not in PARTS}
         for key, chunk in zip(keys, numbers.split([sum(t) for t in per_key]), strict=True):
             ref = reference[key]
-            decoded[key] = self._assemble(chunk, ref.shape).to(ref.dtype)
+            decoded[key] = self._assemble(chunk, ref.shape, key).to(ref.dtype)
         return decoded
 
 

@@ -114,8 +114,9 @@ class Subspace(LowRank):
         """Rounding, the residual and the broadcast's refit can exceed a clip bound."""
         return False
 
-    def rank_of(self, shape: torch.Size) -> int:
-        """The rank a tensor of ``shape`` is coded at; 0: sent value by value.
+    def rank_of(self, shape: torch.Size, key: str = "") -> int:
+        """The rank a tensor of ``shape`` is coded at (one for every tensor: ``key`` is
+        not read); 0: sent value by value.
 
         A message carries one side's coefficients, ``m x r`` and ``n x r`` in turn, so a
         matrix gains on average whenever ``r (m + n) < 2 m n``: a 10 x 3136 label

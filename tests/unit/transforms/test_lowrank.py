@@ -177,3 +177,33 @@ def test_client_level_dp_takes_only_the_code_that_keeps_the_clip_bound():
     assert problems(LowRank(2, bits=32, error_feedback=False)) == []
     assert any("client_dp" in p for p in problems(LowRank(2)))
     assert any("client_dp" in p for p in problems(LowRank(2, bits=8, error_feedback=False)))
+
+
+def test_a_rank_per_name_prefix_codes_each_network_at_its_own():
+    # Prepare: a "generator" matrix at rank 2 (the default) and a "discriminator" one
+    # sent value by value (rank 0), its "discriminator.embed" at rank 1 (longest prefix).
+    gen = torch.Generator().manual_seed(0)
+    x = {
+        "generator.w": torch.randn(64, 48, generator=gen),
+        "discriminator.w": torch.randn(64, 48, generator=gen),
+        "discriminator.embed.weight": torch.randn(10, 300, generator=gen),
+    }
+    codec = LowRank(
+        2, bits=32, error_feedback=False, ranks={"discriminator.": 0, "discriminator.embed": 1}
+    )
+    # Execute
+    sent = codec.on_client(x, ctx())[0]
+    got = codec.decode(wire(sent), x, ctx())
+    # Assert: the numbers sent are each tensor's own code's, and the value-by-value
+    # tensor arrives exactly; the others are their best rank-r approximations.
+    assert sent[VALUES].numel() == 2 * (64 + 48) + 64 * 48 + 1 * (10 + 300)
+    assert torch.equal(got["discriminator.w"], x["discriminator.w"])
+    for key, rank in (("generator.w", 2), ("discriminator.embed.weight", 1)):
+        u, s, vh = torch.linalg.svd(x[key], full_matrices=False)
+        best = (u[:, :rank] * s[:rank]) @ vh[:rank]
+        assert torch.allclose(got[key], best, atol=1e-4), key
+
+
+def test_a_negative_rank_for_a_prefix_is_refused():
+    with pytest.raises(ValueError, match="ranks must be >= 0"):
+        LowRank(2, ranks={"discriminator.": -1})
