@@ -96,7 +96,7 @@ class LowRank(UpdateCodec):
         model_config = ConfigDict(extra="forbid")
 
         rank: int = Field(2, ge=1)
-        ranks: dict[str, NonNegativeInt] = Field(default_factory=dict)
+        ranks: dict[str, NonNegativeInt] | None = None
         bits: Literal[2, 4, 8, 16, 32] = 8
         bucket_size: int = Field(2048, ge=1)
         error_feedback: bool = True

@@ -57,7 +57,10 @@ def test_silos_are_whole_values_of_the_column_and_the_holdout_is_apart(fair_silo
     assert owners[0] == {"3"}
 
 
-def test_holdout_folds_test_every_row_once_and_refuse_a_fold_out_of_range():
+def test_holdout_folds_test_every_row_once_and_refuse_a_fold_out_of_range(shared_data, monkeypatch):
+    # heart_disease is read from orange3's wheel, which set-up puts in the test data
+    # folder (or, when that is read-only, in the default one, which is searched too).
+    monkeypatch.setenv("FEDGEN_DATA_DIR", str(shared_data))
     table = get_table_source("heart_disease").load()
     held = [split_holdout(table, 0.2, seed=3, fold=f) for f in range(5)]
     for train, holdout in held:
