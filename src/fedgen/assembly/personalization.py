@@ -24,7 +24,7 @@ from typing import Any
 
 from fedgen.config import ExperimentConfig
 from fedgen.engine import image_union, table_union
-from fedgen.engine.client_models import describe, evaluate_clients
+from fedgen.engine.client_models import describe, evaluate_clients, holds_own_model
 from fedgen.engine.federation import Federation
 from fedgen.eval.per_client import ClientQuality
 from fedgen.modality import Conditioning, Modality
@@ -44,8 +44,8 @@ def personalization_problems(cfg: ExperimentConfig, task: Task, strategy: Strate
     images = task.modality == Modality.IMAGES and task.conditioning == Conditioning.CLASS
     tables = task.modality == Modality.TABLES and not getattr(task, "samples_jointly", False)
     # Model tensors the clients keep (personal layers, partial blocks; not a table task's
-    # kept optimizer moments, "optimizer/..."), Ditto, or fine-tuning: own models.
-    private_model = any("/" not in k for k in task.initial_private_state())
+    # kept optimizer moments), Ditto, or fine-tuning: own models.
+    private_model = holds_own_model(task.initial_private_state())
     own_models = cfg.eval.personalize_steps > 0 or ditto or private_model
     for key in ("per_client", "union"):
         if not getattr(cfg.eval, key):
