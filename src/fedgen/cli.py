@@ -188,11 +188,12 @@ def sample(
     union = None
     try:
         exp = load_run(run_dir)
-        if model == ModelChoice.UNION:
+        # The run's own choice by default: what its grids and summary.json showed.
+        run_union = model == ModelChoice.RUN and exp.config.eval.model == "union"
+        if model == ModelChoice.UNION or (run_union and client is None):
             union = _union(exp, client, torch_generator(seed, "cli-sample"))
             task, chosen = union, None
         else:
-            # The run's own choice by default: what its grids and summary.json showed.
             task, chosen = load_chosen_model(exp.federation, exp.config.eval.model, model, client)
     except FedgenError as exc:
         _fail(exc)
@@ -327,10 +328,9 @@ def eval_(
     from pydantic import ValidationError
 
     from fedgen.config import EvalConfig
-    from fedgen.engine.client_models import evaluated_client, model_label
+    from fedgen.engine.image_union import run_model_label
     from fedgen.errors import ConfigError
-    from fedgen.experiment import evaluate_task, load_run, make_evaluator
-    from fedgen.seeding import torch_generator
+    from fedgen.experiment import evaluate_task, load_run
 
     try:
         if tstr_samples is not None:
@@ -347,17 +347,10 @@ def eval_(
             exp.config.eval.model = "global"
         elif model == ModelChoice.LARGEST_CLIENT:
             exp.config.eval.model = "largest_client"
-        if model == ModelChoice.UNION:
-            fed = exp.federation
-            gen = torch_generator(exp.config.seed, "eval-samples", fed.next_round)
-            union = _union(exp, None, gen)
-            evaluator = make_evaluator(exp.config, exp.data, exp.task.modality)
-            figures: dict[str, Any] = evaluator.evaluate(union, tstr=True)
-            fed.load_global_into_task()
-            which = f"union of {len(union.clients)} clients' own models"
-        else:
-            figures = evaluate_task(exp, tstr=True)
-            which = model_label(evaluated_client(exp.federation, exp.config.eval.model))
+        elif model == ModelChoice.UNION:
+            exp.config.eval.model = "union"
+        figures: dict[str, Any] = evaluate_task(exp, tstr=True)
+        which = run_model_label(exp.federation, exp.config.eval.model)
     except FedgenError as exc:
         _fail(exc)
         return

@@ -206,11 +206,14 @@ class EvalConfig(_Strict):
     #: Which model the run's own evaluations and sample grids show when clients keep
     #: private tensors (FedPer layers, partial FedDiffuse blocks): ``largest_client``, the
     #: own model of the client with the most examples; ``global``, the federated tensors
-    #: with the private ones at their initial values (a model no client holds); ``auto``,
-    #: the first except under DP (``fedgen.engine.client_models.evaluated_client``). Each
-    #: evaluated round records its choice (``metrics.jsonl``'s ``evaluated_model``), and
-    #: ``fedgen sample``/``eval`` and the downstream generator follow it by default.
-    model: Literal["auto", "global", "largest_client"] = "auto"
+    #: with the private ones at their initial values (a model no client holds); ``union``,
+    #: class-conditional images of each class from the own models of the clients holding
+    #: it, by their examples of it (``fedgen.engine.image_union``: how a partial scheme's
+    #: clients would release their data, refused under DP); ``auto``, the largest client
+    #: except under DP (``fedgen.engine.client_models.evaluated_client``). Each evaluated
+    #: round records its choice (``metrics.jsonl``'s ``evaluated_model``), and ``fedgen
+    #: sample``/``eval`` and the downstream generator follow it by default.
+    model: Literal["auto", "global", "largest_client", "union"] = "auto"
 
 
 class CheckpointConfig(_Strict):

@@ -33,10 +33,11 @@ from fedgen.engine.checkpoint import (
     load_checkpoint,
     restore_state,
 )
-from fedgen.engine.client_models import evaluated_client, load_evaluated_model
+from fedgen.engine.client_models import evaluated_client
 from fedgen.engine.client_side import ClientBuildError, ClientKit, ClientSide
 from fedgen.engine.faults import FaultPlan
 from fedgen.engine.federation import Callback, Federation
+from fedgen.engine.image_union import UNION, describe_union_model, load_run_model, union_holders
 from fedgen.engine.ledger_callback import LedgerCallback
 from fedgen.engine.modes import schedule_for
 from fedgen.errors import CheckpointError, ConfigError
@@ -468,12 +469,13 @@ def make_evaluator(cfg: ExperimentConfig, data: Any, modality: Modality = Modali
 
 
 def evaluate_task(exp: Experiment, tstr: bool) -> dict[str, float]:
-    """Quality figures of the current global model (TSTR only when asked)."""
+    """Quality figures of the run's evaluated model (``eval.model``; TSTR only when asked)."""
     if exp.evaluator is None:
         exp.evaluator = make_evaluator(exp.config, exp.data, exp.task.modality)
-    task, _ = load_evaluated_model(exp.federation, exp.config.eval.model)
     gen = torch_generator(exp.config.seed, "eval-samples", exp.federation.next_round)
-    figures: dict[str, float] = exp.evaluator.evaluate_task(task, gen, final=tstr)
+    # The global model, the largest client's own, or the union of the clients' own models.
+    model = load_run_model(exp.federation, exp.config.eval.model, gen)
+    figures: dict[str, float] = exp.evaluator.evaluate_task(model, gen, final=tstr)
     if tstr and (exp.config.eval.per_client or exp.config.eval.union):
         from fedgen.assembly.personalization import per_client_figures
 
@@ -685,8 +687,11 @@ def write_summary(
         # Which model the global figures are of (private tensors: at their initial values).
         # evaluated_client names only a client whose private state the server holds (none
         # on Flower, where the nodes keep theirs).
-        client = evaluated_client(fed, exp.config.eval.model)
-        summary["evaluated_model"] = evaluated_model(exp.task, client, fed)
+        if exp.config.eval.model == UNION:
+            summary["evaluated_model"] = describe_union_model(union_holders(fed))
+        else:
+            client = evaluated_client(fed, exp.config.eval.model)
+            summary["evaluated_model"] = evaluated_model(exp.task, client, fed)
         if exp.config.eval.per_client or exp.config.eval.union:
             descriptions.update(per_client_descriptions(exp.config, exp.task.modality))
     if descriptions:

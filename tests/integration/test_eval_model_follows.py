@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from fedgen.cli import app
 from fedgen.downstream import run_downstream
+from fedgen.downstream.errors import DownstreamError
 from fedgen.downstream.generator_run import open_generator_run
 from fedgen.experiment import load_run, run_experiment
 
@@ -202,3 +203,62 @@ def test_the_downstream_generator_is_the_model_the_run_evaluated(run_dir, mnist_
     run_downstream(cfg, tmp_path / "downstream", progress=False)
     record = json.loads((tmp_path / "downstream" / "downstream.json").read_text())
     assert record["generator_model"] == f"client {LARGEST}"
+
+
+@pytest.fixture(scope="module")
+def union_dir(tmp_path_factory, mnist_dir) -> Path:
+    """The same run with ``eval.model: union``: every evaluation draws from the union."""
+    out = tmp_path_factory.mktemp("eval-model-union") / "run"
+    run_experiment(_config(mnist_dir, **{"eval.model": "union"}), out, progress=False)
+    return out
+
+
+def test_a_union_run_evaluates_and_draws_its_grids_from_the_union(union_dir):
+    # Prepare
+    rows = [json.loads(x) for x in (union_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((union_dir / "summary.json").read_text())
+    page = (union_dir / "report.html").read_text()
+    # Assert: round 0's union has the two clients that trained (0 and 3), round 1's three
+    # (client 1 joins); the summary, the report and the grids say so.
+    assert [row["evaluated_model"] for row in rows] == [
+        "union of 2 clients' own models",
+        "union of 3 clients' own models",
+    ]
+    assert summary["evaluated_model"].startswith("the union of 3 clients' own models")
+    assert "round 1 (the newest), drawn with the union of 3 clients&#x27; own models" in page
+    assert (union_dir / "samples" / "round_0001.png").exists()
+
+
+def test_eval_of_a_union_run_repeats_its_final_figures(union_dir):
+    # Execute: fedgen eval follows the run's eval.model, seeded as the run's last evaluation.
+    result = CliRunner().invoke(app, ["eval", str(union_dir)])
+    # Assert: the same union, the same images, the same figures.
+    assert result.exit_code == 0, result.output
+    figures = json.loads((union_dir / "eval.json").read_text())
+    summary = json.loads((union_dir / "summary.json").read_text())
+    assert figures["evaluated_model"] == "union of 3 clients' own models"
+    for key in ("frechet_distance", "precision", "recall", "tstr_accuracy"):
+        assert figures[key] == pytest.approx(summary[key]), key
+
+
+def test_sample_of_a_union_run_follows_it_unless_told(union_dir, tmp_path):
+    # Execute: the run's own choice, then one client's model by id.
+    followed = _sample(union_dir, tmp_path / "union", "--format", "npz")
+    one = _sample(union_dir, tmp_path / "one", "--format", "npz", "--client", str(LARGEST))
+    # Assert
+    assert followed.exit_code == 0 and one.exit_code == 0, followed.output + one.output
+    assert "sampling the union of 3 clients' own models" in followed.stderr
+    assert json.loads((tmp_path / "union.json").read_text())["model"].startswith("union of 3")
+    assert json.loads((tmp_path / "one.json").read_text())["client"] == LARGEST
+
+
+def test_the_downstream_generator_of_a_union_run_must_be_named(union_dir, mnist_dir):
+    # Prepare: a downstream recipe that follows the run's choice, a union.
+    cfg = _config(
+        mnist_dir,
+        downstream="{modes: [synthetic]}",
+        **{"downstream.generator_run": str(union_dir)},
+    )
+    # Execute / Assert: refused with the settings that work.
+    with pytest.raises(DownstreamError, match=r"set downstream\.generator_model to largest_client"):
+        open_generator_run(union_dir, cfg)

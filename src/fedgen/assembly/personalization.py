@@ -13,6 +13,9 @@ its own label distribution. Checked before round 1, each refusal with its reason
   round (``eval.personalize_steps``), Ditto, or private model tensors;
 - per-client evaluation not under DP: its figures read every client's label
   proportions and personal models, neither of which the guarantee covers;
+- ``eval.model: union`` (every evaluation draws from the union of the clients' own
+  models) only for class-conditional images whose clients keep model tensors of their
+  own (private blocks, Ditto), and not under DP;
 - Ditto's personal step not under DP-SGD: the accountant charges each client the
   global step's steps only (secure aggregation and client-level DP compose: the
   released update is FedAvg's, and the personal model never leaves the client).
@@ -71,6 +74,27 @@ def personalization_problems(cfg: ExperimentConfig, task: Task, strategy: Strate
                 f"eval.{key} reads each client's label proportions and its personal "
                 f"model, which differential privacy does not cover; set eval.{key}=false "
                 "under DP"
+            )
+    if cfg.eval.model == "union":
+        if not images:
+            problems.append(
+                "eval.model: union draws class-conditional images from the clients' own "
+                f"models; task {cfg.task.name} generates {task.modality}; set eval.model "
+                "to auto"
+            )
+        elif not (private_model or ditto):
+            problems.append(
+                "eval.model: union draws each class from the clients' own models during "
+                "training, and this run's clients keep none: keep blocks private "
+                "(task.params.personal, a partial scheme such as task.params.federate=usplit) "
+                "or use strategy ditto; eval.union with eval.personalize_steps measures the "
+                "union of fine-tuned models after the last round instead"
+            )
+        if dp:
+            problems.append(
+                "eval.model: union samples every client's unnoised own model, which "
+                "differential privacy does not cover; set eval.model to auto (the global "
+                "model under DP)"
             )
     if cfg.dpsgd is not None and ditto:
         problems.append(

@@ -98,6 +98,13 @@ def open_generator_run(folder: str | Path, cfg: ExperimentConfig) -> GeneratorRu
         )
     # The model the generator run's own evaluations showed, unless the recipe says which.
     choice = cfg.downstream.generator_model if cfg.downstream is not None else "run"
+    if choice == "run" and experiment.config.eval.model == "union":
+        # The arms train on one generator's networks (and attack them); a union has many.
+        raise DownstreamError(
+            f"downstream.generator_run: {folder} evaluated the union of its clients' own "
+            "models (eval.model: union), which the downstream arms cannot use as one "
+            "generator; set downstream.generator_model to largest_client or global"
+        )
     client = chosen_client(experiment.federation, experiment.config.eval.model, choice)
     run = GeneratorRun(folder, experiment, summary, client)
     check_classes(run.class_names, cfg)

@@ -21,8 +21,8 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fedgen.engine.checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
-from fedgen.engine.client_models import evaluated_client, load_evaluated_model, model_label
 from fedgen.engine.federation import Callback, Federation, RoundRecord
+from fedgen.engine.image_union import load_run_model, run_model_label
 from fedgen.modality import Modality
 from fedgen.registry import SAMPLE_WRITERS
 from fedgen.seeding import torch_generator
@@ -73,7 +73,7 @@ class EvaluationCallback(Callback):
         t0 = time.perf_counter()
         # Which model this round's figures and grid are of: under partial participation
         # the largest client that trained can change from one evaluation to the next.
-        evaluated = model_label(evaluated_client(fed, self.model))
+        evaluated = run_model_label(fed, self.model)
         figures = self.evaluate(fed, last and self.final)
         save_samples(
             fed,
@@ -91,11 +91,12 @@ class EvaluationCallback(Callback):
 def save_samples(
     fed: Federation, path: Path, per_condition: int, seed: int, model: str = "global"
 ) -> Path:
-    """Samples of the evaluated model (``eval.model``: the global one, or the own model of
-    the largest client when clients keep private tensors) a person can look at, written by
-    the sample writer of the task's modality (images: a PNG grid, one row per class; fixed
-    noise across rounds). ``path`` has no suffix; the writer adds its own."""
-    task, _ = load_evaluated_model(fed, model)
+    """Samples of the evaluated model (``eval.model``: the global one, the own model of
+    the largest client when clients keep private tensors, or the union of the clients' own
+    models) a person can look at, written by the sample writer of the task's modality
+    (images: a PNG grid, one row per class; fixed noise across rounds). ``path`` has no
+    suffix; the writer adds its own."""
+    task = load_run_model(fed, model, torch_generator(seed, "grid-union"))
     writer = SAMPLE_WRITERS.get(str(task.modality))
     written: Path = writer(task, path, per_condition, torch_generator(seed, "grid"))
     if task.modality == Modality.TEXT and task.initial_private_state():

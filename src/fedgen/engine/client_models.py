@@ -78,6 +78,9 @@ def evaluated_client(fed: Federation, choice: str) -> int | None:
     evaluator scores every client on its own text, from the global model), and for a
     column-split table task (it samples with every client's part already).
     """
+    if choice == "union":
+        # A programming error: callers draw the union through image_union.load_run_model.
+        raise ValueError("eval.model union is no single client's model; see image_union")
     task = fed.task
     if choice == "global" or getattr(task, "samples_jointly", False) or fed.privacy is not None:
         return None

@@ -23,13 +23,23 @@ from typing import Any
 
 import torch
 
-from fedgen.engine.client_models import holds_own_model, load_client_model, union_models
+from fedgen.engine.client_models import (
+    evaluated_client,
+    holds_own_model,
+    load_client_model,
+    load_evaluated_model,
+    model_label,
+    union_models,
+)
 from fedgen.engine.federation import Federation
 from fedgen.errors import ConfigError
 from fedgen.modality import Conditioning, Modality
 from fedgen.seeding import torch_generator
 from fedgen.tasks.base import Task
 from fedgen.types import StateDict
+
+#: ``eval.model``'s value (and ``fedgen sample --model``'s) for the union.
+UNION = "union"
 
 
 def class_weights(counts: torch.Tensor) -> torch.Tensor:
@@ -67,10 +77,12 @@ class UnionSampler:
         self.states = states
         self.weights = class_weights(counts)
         self.generator = generator
-        # What grids and exports read of a task.
+        # What grids, exports and the evaluator read of a task: sampling goes through the
+        # task, so a diffusion task's own timer still reports the sampling cost.
         self.num_classes = task.num_classes
         self.modality = task.modality
         self.conditioning = task.conditioning
+        self.sampling_cost = getattr(task, "sampling_cost", None)
 
     def owners(
         self, labels: torch.Tensor, generator: torch.Generator | None = None
@@ -121,22 +133,70 @@ def personal_union(fed: Federation, generator: torch.Generator) -> UnionSampler:
     overwritten as it samples (load it again after).
 
     Raises:
-        ConfigError: the task does not draw class-conditional images, or no client holds
-            a model of its own.
+        ConfigError: the task does not draw class-conditional images, the run had DP, or
+            no client holds a model of its own.
     """
     task = fed.task
     if task.modality != Modality.IMAGES or task.conditioning != Conditioning.CLASS:
         raise ConfigError(
-            f"--model union draws class-conditional images; this run's task makes "
-            f"{task.modality} (a table's union is measured by eval.per_client)"
+            f"the union (--model union, eval.model: union) draws class-conditional images; "
+            f"this run's task makes {task.modality} (a table's union is measured by "
+            "eval.per_client)"
+        )
+    if fed.privacy is not None:
+        raise ConfigError(
+            "the union (--model union, eval.model: union) samples every client's unnoised "
+            "own model, which this run's differential privacy does not cover; use --model "
+            "global (the released, noised model)"
         )
     states = own_states(fed, "personal", 0, seed=0)
     if not states:
         raise ConfigError(
-            "--model union needs clients with models of their own (private blocks, FedPer "
-            "layers, Ditto); this run's clients all sample the global model: use --model global"
+            "the union (--model union, eval.model: union) needs clients with models of their "
+            "own (private blocks, FedPer layers, Ditto); this run's clients all sample the "
+            "global model: use --model global"
         )
     return UnionSampler(task, states, label_counts(fed, sorted(states)), generator)
+
+
+def union_label(clients: int) -> str:
+    """The union as each evaluated round records it (``metrics.jsonl``'s
+    ``evaluated_model``), beside ``global`` and ``client N``."""
+    return f"union of {clients} clients' own models"
+
+
+def union_holders(fed: Federation) -> int:
+    """How many clients hold a model of their own: the union's members."""
+    return sum(holds_own_model(fed.private_states.get(cid)) for cid in fed.clients)
+
+
+def run_model_label(fed: Federation, choice: str) -> str:
+    """What a run's evaluation draws from under ``eval.model`` = ``choice``, as
+    ``metrics.jsonl`` records it: ``global``, ``client N`` or ``union of N clients' own
+    models``."""
+    if choice == UNION:
+        return union_label(union_holders(fed))
+    return model_label(evaluated_client(fed, choice))
+
+
+def load_run_model(fed: Federation, choice: str, generator: torch.Generator) -> Any:
+    """The model a run's evaluations and sample grids draw from (``eval.model``): the
+    union of the clients' own models (``union``; ``generator`` draws each image's client
+    when the caller passes none), or the task with the global or the largest client's
+    model loaded (``fedgen.engine.client_models.load_evaluated_model``)."""
+    if choice == UNION:
+        return personal_union(fed, generator)
+    task, _ = load_evaluated_model(fed, choice)
+    return task
+
+
+def describe_union_model(clients: int) -> str:
+    """``summary.json``'s ``evaluated_model`` for a run that evaluates its union."""
+    return (
+        f"the union of {clients} clients' own models (eval.model: union): each image of "
+        "class c drawn from the own model (the federated tensors with its private ones) of "
+        "a client holding c, chosen in proportion to its examples of c"
+    )
 
 
 def label_counts(fed: Federation, clients: list[int]) -> torch.Tensor:

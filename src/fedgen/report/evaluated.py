@@ -1,8 +1,9 @@
 """Which model a run's samples were drawn with, in words, for the report's headings.
 
-Each evaluated round records it in ``metrics.jsonl`` (``evaluated_model``: ``global`` or
-``client N``, after ``eval.model``); runs from before that record only the final choice,
-in ``summary.json``'s ``evaluated_model`` sentence.
+Each evaluated round records it in ``metrics.jsonl`` (``evaluated_model``: ``global``,
+``client N`` or ``union of N clients' own models``, after ``eval.model``); runs from
+before that record only the final choice, in ``summary.json``'s ``evaluated_model``
+sentence.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ UNRECORDED = "the evaluated model"
 
 
 def model_words(label: object) -> str:
-    """``global`` -> "the global model", ``client 3`` -> "client 3's own model"; a
-    summary sentence -> its leading phrase; anything else: ``UNRECORDED``."""
+    """``global`` -> "the global model", ``client 3`` -> "client 3's own model", ``union
+    of 3 clients' own models`` -> "the union of 3 clients' own models"; a summary
+    sentence -> its leading phrase; anything else: ``UNRECORDED``."""
     if not isinstance(label, str):
         return UNRECORDED
     if label == "global":
@@ -24,6 +26,9 @@ def model_words(label: object) -> str:
     match = re.match(r"client (\d+)(?:'s own model)?", label)
     if match:
         return f"client {match.group(1)}'s own model"
+    match = re.match(r"(?:the )?union of (\d+) clients", label)
+    if match:
+        return f"the union of {match.group(1)} clients' own models"
     for phrase in ("the global model", "the joined model"):
         if label.startswith(phrase):
             return phrase

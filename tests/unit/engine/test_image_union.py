@@ -126,6 +126,16 @@ def test_a_run_reports_and_describes_the_union_of_own_models(mnist_dir, tmp_path
             },
             "eval.union reads each client's label proportions",
         ),
+        ({"eval.model": "union"}, "eval.model: union draws each class from the clients' own"),
+        (
+            {
+                "eval.model": "union",
+                "task.params": FEDPER,
+                "transforms": "[{name: clip, params: {max_norm: 1.0}}, "
+                "{name: client_dp, params: {noise_multiplier: 1.0}}]",
+            },
+            "eval.model: union samples every client's unnoised own model",
+        ),
     ],
 )
 def test_a_union_without_own_models_or_under_dp_is_refused(mnist_dir, overrides, match):
