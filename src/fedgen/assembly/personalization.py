@@ -15,7 +15,8 @@ its own label distribution. Checked before round 1, each refusal with its reason
   proportions and personal models, neither of which the guarantee covers;
 - ``eval.model: union`` (every evaluation draws from the union of the clients' own
   models) only for class-conditional images whose clients keep model tensors of their
-  own (private blocks, Ditto), and not under DP;
+  own (private blocks, Ditto), in simulation (Flower's nodes keep those tensors), and
+  not under DP;
 - Ditto's personal step not under DP-SGD: the accountant charges each client the
   global step's steps only (secure aggregation and client-level DP compose: the
   released update is FedAvg's, and the personal model never leaves the client).
@@ -89,6 +90,12 @@ def personalization_problems(cfg: ExperimentConfig, task: Task, strategy: Strate
                 "(task.params.personal, a partial scheme such as task.params.federate=usplit) "
                 "or use strategy ditto; eval.union with eval.personalize_steps measures the "
                 "union of fine-tuned models after the last round instead"
+            )
+        if cfg.backend.name == "flower":
+            problems.append(
+                "eval.model: union samples every client's own model, and on Flower those "
+                "stay on the SuperNodes (the server holds only the federated tensors); set "
+                "eval.model to auto, or measure the union in simulation"
             )
         if dp:
             problems.append(

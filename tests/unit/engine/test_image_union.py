@@ -136,6 +136,10 @@ def test_a_run_reports_and_describes_the_union_of_own_models(mnist_dir, tmp_path
             },
             "eval.model: union samples every client's unnoised own model",
         ),
+        (
+            {"eval.model": "union", "task.params": FEDPER, "backend.name": "flower"},
+            "on Flower those stay on the SuperNodes",
+        ),
     ],
 )
 def test_a_union_without_own_models_or_under_dp_is_refused(mnist_dir, overrides, match):
