@@ -179,6 +179,7 @@ def sample(
     labelled synthetic image data set and its manifest. The model is the one the run's
     own evaluations showed (eval.model), unless --client or --model says otherwise."""
     from fedgen.engine.client_models import load_chosen_model, model_label
+    from fedgen.engine.image_union import UNION
     from fedgen.experiment import load_run
     from fedgen.registry import SAMPLE_WRITERS
     from fedgen.seeding import torch_generator
@@ -189,7 +190,7 @@ def sample(
     try:
         exp = load_run(run_dir)
         # The run's own choice by default: what its grids and summary.json showed.
-        run_union = model == ModelChoice.RUN and exp.config.eval.model == "union"
+        run_union = model == ModelChoice.RUN and exp.config.eval.model == UNION
         if model == ModelChoice.UNION or (run_union and client is None):
             union = _union(exp, client, torch_generator(seed, "cli-sample"))
             task, chosen = union, None

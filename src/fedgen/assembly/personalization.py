@@ -76,7 +76,7 @@ def personalization_problems(cfg: ExperimentConfig, task: Task, strategy: Strate
                 f"model, which differential privacy does not cover; set eval.{key}=false "
                 "under DP"
             )
-    if cfg.eval.model == "union":
+    if cfg.eval.model == image_union.UNION:
         if not images:
             problems.append(
                 "eval.model: union draws class-conditional images from the clients' own "

@@ -10,6 +10,7 @@ from typing import Any
 from fedgen.config import ExperimentConfig, load_config
 from fedgen.downstream.errors import DownstreamError
 from fedgen.engine.client_models import chosen_client, load_client_model, model_label
+from fedgen.engine.image_union import UNION
 from fedgen.errors import FedgenError
 from fedgen.experiment import Experiment, load_run
 from fedgen.modality import Conditioning, Modality
@@ -98,7 +99,7 @@ def open_generator_run(folder: str | Path, cfg: ExperimentConfig) -> GeneratorRu
         )
     # The model the generator run's own evaluations showed, unless the recipe says which.
     choice = cfg.downstream.generator_model if cfg.downstream is not None else "run"
-    if choice == "run" and experiment.config.eval.model == "union":
+    if choice == "run" and experiment.config.eval.model == UNION:
         # The arms train on one generator's networks (and attack them); a union has many.
         raise DownstreamError(
             f"downstream.generator_run: {folder} evaluated the union of its clients' own "
