@@ -13,16 +13,17 @@ the Frobenius norm (Eckart-Young), deterministic, and a millisecond for these si
   factors ``A`` (``m x r``) and ``B`` (``n x r``), ``M ~ A B^T``, each column scaled
   by the square root of its singular value, whenever ``r (m + n) < m n``. Vectors
   and matrices too thin to gain are sent value by value.
-- Every number sent is then rounded to ``bits``: 8, 4 or 2 (a signed integer level
-  with one float32 scale, the largest magnitude / 127, / 7 or / 1, per factor column
-  or per bucket of ``bucket_size`` values; 4- and 2-bit levels packed into bytes), 16
-  (float16) or 32 (float32). Two bits is ternary: -1, 0 or 1 times the scale.
+- Every number sent is then rounded to ``bits``: 8, 4, 3 or 2 (a signed integer level
+  with one float32 scale, the largest magnitude / 127, / 7, / 3 or / 1, per factor
+  column or per bucket of ``bucket_size`` values; levels below a byte packed into one
+  bit stream, so 3 bits cost 3/8 of a byte), 16 (float16) or 32 (float32). Two bits
+  is ternary: -1, 0 or 1 times the scale.
 
 With ``error_feedback`` what the rank and the rounding leave out stays in the
 client's private state and joins its next update, as in PowerSGD. The truncation is
 a projection (``A B^T = U_r U_r^T M``), so its norm never exceeds the update's, and it
 is contractive, which the server's error feedback on a compressed downlink needs;
-rounding the factors to 4 or more bits kept it so in every test here, ternary (2-bit)
+rounding the factors to 3 or more bits kept it so in every test here, ternary (2-bit)
 factors do not always (a random matrix's rank-1 code can land farther from it than
 zero). At 32 bits without error feedback it composes with client-level DP's
 clip bound; rounding to 8 or 16 bits can exceed it.
@@ -62,12 +63,19 @@ VALUES = CODEC_PREFIX + "lowrank/values"
 #: At 8 or 4 bits, one float32 scale per segment (a factor column, or a bucket), in order.
 SCALES = CODEC_PREFIX + "lowrank/scales"
 PARTS = (VALUES, SCALES)
-#: How VALUES travels at each ``bits`` (4- and 2-bit levels + top, packed into bytes).
-_DTYPES = {2: torch.uint8, 4: torch.uint8, 8: torch.int8, 16: torch.float16, 32: torch.float32}
+#: How VALUES travels at each ``bits`` (levels below a byte + top, packed into bytes).
+_DTYPES = {
+    2: torch.uint8,
+    3: torch.uint8,
+    4: torch.uint8,
+    8: torch.int8,
+    16: torch.float16,
+    32: torch.float32,
+}
 #: The largest level of an integer code: levels run from -top to top.
-_TOPS = {2: 1, 4: 7, 8: 127}
+_TOPS = {2: 1, 3: 3, 4: 7, 8: 127}
 #: Integer codes packed below a byte a level.
-_PACKED = (2, 4)
+_PACKED = (2, 3, 4)
 
 
 @TRANSFORMS.register("lowrank")
@@ -80,8 +88,8 @@ class LowRank(UpdateCodec):
             matching prefix winning over ``rank``; 0 sends those tensors value by value
             (rounded to ``bits``). One network of a GAN can so take more of a message
             than the other.
-        bits: 8, 4 or 2 (integer levels with a float32 scale per segment), 16 (float16)
-            or 32.
+        bits: 8, 4, 3 or 2 (integer levels with a float32 scale per segment), 16
+            (float16) or 32.
         bucket_size: values of a tensor sent whole that share one scale (integer codes).
         error_feedback: keep what was not sent in the client's private state and add it
             to the next update (a compressed downlink has its own, on the server: there
@@ -97,14 +105,14 @@ class LowRank(UpdateCodec):
 
         rank: int = Field(2, ge=1)
         ranks: dict[str, NonNegativeInt] | None = None
-        bits: Literal[2, 4, 8, 16, 32] = 8
+        bits: Literal[2, 3, 4, 8, 16, 32] = 8
         bucket_size: int = Field(2048, ge=1)
         error_feedback: bool = True
 
     def __init__(
         self,
         rank: int = 2,
-        bits: Literal[2, 4, 8, 16, 32] = 8,
+        bits: Literal[2, 3, 4, 8, 16, 32] = 8,
         bucket_size: int = 2048,
         error_feedback: bool = True,
         ranks: dict[str, int] | None = None,

@@ -8,7 +8,7 @@ import torch
 from fedgen.transforms.bitpack import pack, packed_size, unpack
 
 
-@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 1001])
 def test_pack_then_unpack_is_exact_and_takes_ceil_of_count_bits_over_8_bytes(bits, count):
     # Prepare
@@ -26,10 +26,17 @@ def test_the_first_value_takes_the_lowest_bits_of_a_byte():
     assert pack(torch.tensor([1, 2, 3, 0]), 2).tolist() == [1 | 2 << 2 | 3 << 4]
 
 
+def test_three_bit_values_form_one_little_endian_stream_across_bytes():
+    # 8 values of 3 bits fill 3 bytes; value 2 (0b101) straddles bytes 0 and 1.
+    packed = pack(torch.tensor([1, 2, 5, 0, 0, 0, 0, 7]), 3)
+    stream = 1 | 2 << 3 | 5 << 6 | 7 << 21
+    assert packed.tolist() == [stream & 255, stream >> 8 & 255, stream >> 16 & 255]
+
+
 def test_a_value_too_wide_or_a_wrong_length_is_refused():
     with pytest.raises(ValueError, match="in \\[0, 4\\)"):
         pack(torch.tensor([4]), 2)
     with pytest.raises(ValueError, match="expected 2 packed bytes"):
         unpack(torch.zeros(3, dtype=torch.uint8), 4, 4)
     with pytest.raises(ValueError, match="bits must be one of"):
-        pack(torch.tensor([1]), 3)
+        pack(torch.tensor([1]), 9)

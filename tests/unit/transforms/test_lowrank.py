@@ -63,7 +63,7 @@ def test_a_matrix_of_low_rank_round_trips_and_a_full_one_keeps_its_top_singular_
 
 # Not at 2 bits: ternary factors can overshoot (measured: rank 1 of a random 96 x 40
 # matrix sent with an error of norm 0.0621 against the matrix's 0.0617).
-@pytest.mark.parametrize("bits", [4, 8, 16, 32])
+@pytest.mark.parametrize("bits", [3, 4, 8, 16, 32])
 def test_the_code_is_contractive_and_at_32_bits_never_grows_the_norm(bits):
     # Prepare: updates of several scales (8 bits: the int8 scale follows the values).
     codec = LowRank(1, bits=bits, error_feedback=False)
@@ -126,6 +126,21 @@ def test_four_bit_levels_pack_two_to_a_byte_across_tensors():
     assert sent4[VALUES].dtype == torch.uint8 and sent4[VALUES].numel() == 131
     assert torch.equal(sent4[SCALES] * 7, sent8[SCALES] * 127)
     assert (got["b"] - x["b"]).abs().max() <= x["b"].abs().max() / 14 + 1e-6
+
+
+def test_three_bit_levels_take_three_eighths_of_a_byte_each():
+    # Prepare: 2 x (64 + 64) + 5 = 261 numbers, as above.
+    x = {"w": torch.randn(64, 64), "b": torch.randn(5)}
+    eight = LowRank(2, bits=8, error_feedback=False)
+    three = LowRank(2, bits=3, error_feedback=False)
+    # Execute
+    sent8, sent3 = eight.on_client(x, ctx())[0], three.on_client(x, ctx())[0]
+    got = three.decode(wire(sent3), x, ctx())
+    # Assert: ceil(261 x 3 / 8) = 98 bytes; levels -3..3, so each number within half a
+    # step (its segment's largest magnitude / 3) of what 8 bits send.
+    assert sent3[VALUES].dtype == torch.uint8 and sent3[VALUES].numel() == 98
+    assert torch.allclose(sent3[SCALES] * 3, sent8[SCALES] * 127)
+    assert (got["b"] - x["b"]).abs().max() <= x["b"].abs().max() / 6 + 1e-6
 
 
 def test_thin_and_empty_tensors_are_sent_value_by_value():
