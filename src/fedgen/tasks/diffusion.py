@@ -90,6 +90,9 @@ class DdpmParams(TaskParams):
     guidance_scale: float = 2.0
     #: DDIM steps per sample (at most ``timesteps``).
     sampling_steps: int = Field(20, ge=1)
+    #: Min-SNR-gamma loss weighting (Hang et al. 2023; they use 5): each example's error
+    #: times ``min(SNR_t, gamma) / SNR_t``. None: DDPM's simple loss, every step alike.
+    snr_gamma: float | None = Field(None, gt=0)
     #: DDIM's eta: 0 deterministic, 1 DDPM's ancestral noise.
     eta: float = Field(0.0, ge=0, le=1)
     #: A scheme of ``SCHEMES`` or a list of UNet blocks: what is federated; the rest is private.
@@ -233,6 +236,7 @@ class ConditionalDdpm(Task):
             label_dropout=p.label_dropout,
             lr=p.lr,
             betas=p.betas,
+            snr_gamma=p.snr_gamma,
         )
 
     def why_no_functional_training(self) -> str:
@@ -270,8 +274,10 @@ class ConditionalDdpm(Task):
                 d = draw_step(images, labels, T, p.label_dropout, self.num_classes, generator)
                 x0, t, noise, y = d["x0"], d["t"], d["noise"], d["y"]
                 pred = unet(self.diffusion.q_sample(x0, t, noise), t, y)
-                # One squared error per example (mean over pixels), averaged over the batch.
-                loss = (pred - noise).pow(2).flatten(1).mean(1).mean()
+                # One (weighted) squared error per example (mean over pixels), averaged
+                # over the batch: per example, so DP-SGD can clip each one's gradient.
+                weights = self.diffusion.loss_weights(t, p.snr_gamma)
+                loss = ((pred - noise).pow(2).flatten(1).mean(1) * weights).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -2,7 +2,8 @@
 
 The same iteration as ``ConditionalDdpm.train_local``: a timestep, noise and label
 dropout drawn from the client's generator in its order, the noised image through the
-UNet, the per-example mean squared error against the noise (padding masked out), and one
+UNet, the per-example mean squared error against the noise, weighted (Min-SNR) when the
+task's ``snr_gamma`` is set (padding masked out), and one
 Adam step on the UNet's trained tensors. The UNet (GroupNorm, no BatchNorm, no dropout)
 runs under ``vmap`` as it is.
 """
@@ -67,8 +68,10 @@ class DdpmFunctionalTraining(FunctionalTraining):
         label_dropout: float,
         lr: float,
         betas: tuple[float, float],
+        snr_gamma: float | None = None,
     ) -> None:
         self.unet = unet
+        self.snr_gamma = snr_gamma
         self.diffusion = diffusion
         self.num_classes = num_classes
         self.label_dropout = label_dropout
@@ -107,11 +110,12 @@ class DdpmFunctionalTraining(FunctionalTraining):
         x0, t, noise, y, m = inputs["x0"], inputs["t"], inputs["noise"], inputs["y"], masks["x0"]
         trained = self._trained(tensors)
         x_t = self.diffusion.q_sample(x0, t, noise)
+        weights = self.diffusion.loss_weights(t, self.snr_gamma)
 
         def loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
             pred = functional_call(self.unet, {**tensors["unet"], **params}, (x_t, t, y))
-            # One squared error per example (mean over pixels), the batch's mean.
-            return masked_mean((pred - noise).pow(2).flatten(1).mean(1), m)
+            # One weighted squared error per example (mean over pixels), the batch's mean.
+            return masked_mean((pred - noise).pow(2).flatten(1).mean(1) * weights, m)
 
         grads, value = grad_and_value(loss)(trained)
         new, new_state = adam_step(trained, grads, state["unet"], step, lr, self.betas)

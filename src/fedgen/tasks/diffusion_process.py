@@ -78,6 +78,22 @@ class GaussianDiffusion:
         abar = _per_example(self.alphas_cumprod, t)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
+    def loss_weights(self, t: torch.Tensor, snr_gamma: float | None) -> torch.Tensor:
+        """Each example's weight on its noise-prediction error, shape ``(B,)``.
+
+        None: DDPM's simple loss (every weight 1). Otherwise Min-SNR-gamma (Hang et al.
+        2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"): with
+        ``SNR_t = abar_t / (1 - abar_t)``, the weight ``min(SNR_t, gamma) / SNR_t``, which
+        is min-SNR's ``min(SNR_t, gamma)`` on the x0 error written for the eps error. It
+        leaves the noisy steps (SNR below gamma) at 1 and turns down the nearly clean
+        ones, whose easy gradients otherwise pull against the noisy steps'.
+        """
+        if snr_gamma is None:
+            return torch.ones(t.shape[0])
+        abar = self.alphas_cumprod[t].double()
+        snr = abar / (1 - abar)
+        return (snr.clamp(max=snr_gamma) / snr).float()
+
     # -- the reverse process ------------------------------------------------------
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -88,6 +88,13 @@ VECTORIZING: dict[str, dict[str, str]] = {
         "task.name": "ddpm",
         "task.params": "{width: 16, timesteps: 20, sampling_steps: 2, batch_size: 16}",
     },
+    # Min-SNR-5 weights each example's error by its timestep (Hang et al. 2023).
+    "ddpm-min-snr": {
+        "task.name": "ddpm",
+        "task.params": (
+            "{width: 16, timesteps: 20, sampling_steps: 2, batch_size: 16, snr_gamma: 5}"
+        ),
+    },
     "ddpm-usplit": {
         "task.name": "ddpm",
         "task.params": (

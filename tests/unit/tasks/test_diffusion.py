@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from pydantic import ValidationError
 from tiny_federation import tiny_config
 
 from fedgen.config import load_config
@@ -67,6 +68,40 @@ def test_the_forward_process_has_the_closed_form_marginal():
     abar = d.alphas_cumprod[40].item()
     assert xt.mean().item() == pytest.approx(0.5 * math.sqrt(abar), abs=0.02)
     assert xt.var().item() == pytest.approx(1 - abar, rel=0.03)
+
+
+def test_min_snr_weights_are_min_of_snr_and_gamma_over_snr():
+    # Prepare: SNR_t = abar_t / (1 - abar_t) falls from about 1e4 at t = 0 to 4e-5 at T-1.
+    d = GaussianDiffusion(1000)
+    t = torch.arange(1000)
+    abar = d.alphas_cumprod.double()
+    snr = abar / (1 - abar)
+    # Execute
+    weights = d.loss_weights(t, 5.0)
+    # Assert: 5 / SNR where the SNR exceeds 5 (nearly clean images), 1 elsewhere; none
+    # without gamma (DDPM's simple loss).
+    clean = snr > 5
+    assert 0 < clean.sum() < 1000
+    torch.testing.assert_close(weights[clean].double(), 5 / snr[clean], rtol=1e-6, atol=0)
+    assert torch.equal(weights[~clean], torch.ones(int((~clean).sum())))
+    assert weights[0].item() == pytest.approx(5 * (1 - abar[0].item()) / abar[0].item())
+    assert torch.equal(d.loss_weights(t, None), torch.ones(1000))
+
+
+def test_min_snr_training_weights_the_loss_and_a_bad_gamma_is_refused():
+    # Prepare
+    with pytest.raises(ValidationError, match="snr_gamma"):
+        DdpmParams(snr_gamma=0)
+    losses = {}
+    for gamma in (None, 1e12, 5.0):
+        task = make_task(timesteps=1000, snr_gamma=gamma)
+        # Execute: the same steps from the same generator.
+        g = torch.Generator().manual_seed(0)
+        losses[gamma] = task.train_local(digits(64), 2, g, {})["loss/denoising"]
+    # Assert: a gamma above every SNR weighs nothing; 5 turns down the clean steps
+    # (about a fifth of a linear schedule's 1,000), so the same draws lose less.
+    assert losses[1e12] == pytest.approx(losses[None], rel=1e-6)
+    assert losses[5.0] < 0.95 * losses[None]
 
 
 def fixed_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
