@@ -164,6 +164,16 @@ DOWNLINK: dict[str, str] = {
         "{name: lowrank, params: {rank: 14, bits: 3, ranks: {discriminator.: 2}, "
         "error_feedback: false}}"
     ),
+    # The generator at rank 16 in 3 bits: about 50x, the bytes of rank 12 in 4 bits.
+    "lowrank-16-b3-d2+down-lowrank-16-b3-d2": (
+        "{name: lowrank, params: {rank: 16, bits: 3, ranks: {discriminator.: 2}, "
+        "error_feedback: false}}"
+    ),
+    # The discriminator at rank 4 in 3 bits (its code decides the samples' diversity).
+    "lowrank-12-b3-d4+down-lowrank-12-b3-d4": (
+        "{name: lowrank, params: {rank: 12, bits: 3, ranks: {discriminator.: 4}, "
+        "error_feedback: false}}"
+    ),
 }
 SETTINGS["lowrank-12-b4-p10-d2"] = (
     "[{name: lowrank, params: {rank: 12, bits: 4, ranks: {generator.project.: 10, "
@@ -174,6 +184,12 @@ SETTINGS["lowrank-12-b3-d2"] = (
 )
 SETTINGS["lowrank-14-b3-d2"] = (
     "[{name: lowrank, params: {rank: 14, bits: 3, ranks: {discriminator.: 2}}}]"
+)
+SETTINGS["lowrank-16-b3-d2"] = (
+    "[{name: lowrank, params: {rank: 16, bits: 3, ranks: {discriminator.: 2}}}]"
+)
+SETTINGS["lowrank-12-b3-d4"] = (
+    "[{name: lowrank, params: {rank: 12, bits: 3, ranks: {discriminator.: 4}}}]"
 )
 SETTINGS["lowrank-12-b4-d2"] = (
     "[{name: lowrank, params: {rank: 12, bits: 4, ranks: {discriminator.: 2}}}]"
