@@ -169,6 +169,11 @@ DOWNLINK: dict[str, str] = {
         "{name: lowrank, params: {rank: 16, bits: 3, ranks: {discriminator.: 2}, "
         "error_feedback: false}}"
     ),
+    # The generator at rank 15 in 3 bits: about 51x.
+    "lowrank-15-b3-d2+down-lowrank-15-b3-d2": (
+        "{name: lowrank, params: {rank: 15, bits: 3, ranks: {discriminator.: 2}, "
+        "error_feedback: false}}"
+    ),
     # The discriminator at rank 4 in 3 bits (its code decides the samples' diversity).
     "lowrank-12-b3-d4+down-lowrank-12-b3-d4": (
         "{name: lowrank, params: {rank: 12, bits: 3, ranks: {discriminator.: 4}, "
@@ -187,6 +192,9 @@ SETTINGS["lowrank-14-b3-d2"] = (
 )
 SETTINGS["lowrank-16-b3-d2"] = (
     "[{name: lowrank, params: {rank: 16, bits: 3, ranks: {discriminator.: 2}}}]"
+)
+SETTINGS["lowrank-15-b3-d2"] = (
+    "[{name: lowrank, params: {rank: 15, bits: 3, ranks: {discriminator.: 2}}}]"
 )
 SETTINGS["lowrank-12-b3-d4"] = (
     "[{name: lowrank, params: {rank: 12, bits: 3, ranks: {discriminator.: 4}}}]"
