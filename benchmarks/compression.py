@@ -179,6 +179,10 @@ DOWNLINK: dict[str, str] = {
         "{name: lowrank, params: {rank: 12, bits: 3, ranks: {discriminator.: 4}, "
         "error_feedback: false}}"
     ),
+    "lowrank-12-b3-d6+down-lowrank-12-b3-d6": (
+        "{name: lowrank, params: {rank: 12, bits: 3, ranks: {discriminator.: 6}, "
+        "error_feedback: false}}"
+    ),
 }
 SETTINGS["lowrank-12-b4-p10-d2"] = (
     "[{name: lowrank, params: {rank: 12, bits: 4, ranks: {generator.project.: 10, "
@@ -198,6 +202,9 @@ SETTINGS["lowrank-15-b3-d2"] = (
 )
 SETTINGS["lowrank-12-b3-d4"] = (
     "[{name: lowrank, params: {rank: 12, bits: 3, ranks: {discriminator.: 4}}}]"
+)
+SETTINGS["lowrank-12-b3-d6"] = (
+    "[{name: lowrank, params: {rank: 12, bits: 3, ranks: {discriminator.: 6}}}]"
 )
 SETTINGS["lowrank-12-b4-d2"] = (
     "[{name: lowrank, params: {rank: 12, bits: 4, ranks: {discriminator.: 2}}}]"
