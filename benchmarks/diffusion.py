@@ -32,6 +32,7 @@ from fedgen.experiment import load_run, make_evaluator, run_experiment
 from fedgen.report.results_table import ResultsTable
 from fedgen.seeding import torch_generator
 from fedgen.tasks.base import TaskParams
+from fedgen.tasks.diffusion import DdpmParams
 
 #: Method name -> recipe overrides.
 METHODS: dict[str, list[str]] = {
@@ -68,9 +69,8 @@ NOTES = [
     "budget (the round crossing it is the last); evaluation is timed apart. The machine's 2 "
     "cores were shared with other work: `cpu_seconds` is the CPU time the training rounds "
     "actually got.",
-    "DDPM: UNet width 16 (0.15M parameters), T=1000 linear schedule, label dropout 0.1, "
-    "sampled with 10 DDIM steps (eta 0) and classifier-free guidance 2 (two UNet passes per "
-    "step). `sample_s_per_1000`: seconds to draw 1,000 images on one core at that step count.",
+    "DDPM: DDPM_SETUP. `sample_s_per_1000`: seconds to draw 1,000 images on one core at "
+    "that step count.",
     "Frechet distance, precision and recall on the 128-d features of a CNN trained on the "
     "real training split (not Inception/FID), 1,000 generated vs 1,000 real test images; "
     "TSTR: a fresh CNN trained 3 epochs on TSTR_SAMPLES generated images, tested on the "
@@ -85,12 +85,25 @@ NOTES = [
 ]
 
 
-def table_notes(local_steps: int | None, batch_size: int, tstr_samples: int) -> list[str]:
-    """The table's notes, with the recipe's local work and the TSTR set as this run has them."""
+def ddpm_setup(params: DdpmParams) -> str:
+    """The recipe's UNet, noise schedule, loss and sampling in words (as the run has them)."""
+    loss = f"Min-SNR-{params.snr_gamma:g} loss weights" if params.snr_gamma else "the simple loss"
+    return (
+        f"UNet width {params.width}, T={params.timesteps} {params.schedule} schedule, {loss}, "
+        f"label dropout {params.label_dropout:g}, sampled with {params.sampling_steps} DDIM "
+        f"steps (eta {params.eta:g}) and classifier-free guidance {params.guidance_scale:g} "
+        "(two UNet passes per step)"
+    )
+
+
+def table_notes(
+    local_steps: int | None, batch_size: int, tstr_samples: int, params: DdpmParams
+) -> list[str]:
+    """The table's notes, with the recipe's local work, DDPM and TSTR set as this run has them."""
     return [
-        note.replace("LOCAL", f"{local_steps} local steps of {batch_size}").replace(
-            "TSTR_SAMPLES", f"{tstr_samples:,}"
-        )
+        note.replace("LOCAL", f"{local_steps} local steps of {batch_size}")
+        .replace("TSTR_SAMPLES", f"{tstr_samples:,}")
+        .replace("DDPM_SETUP", ddpm_setup(params))
         for note in NOTES
     ]
 
@@ -259,6 +272,7 @@ def main() -> None:
         recipe.federation.local_steps,
         recipe.task.params.get("batch_size", TaskParams().batch_size),
         tstr,
+        DdpmParams.model_validate(recipe.task.params),
     )
     notes = [budget_note, *local]
     table.start("diffusion", notes)
