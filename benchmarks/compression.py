@@ -183,6 +183,11 @@ DOWNLINK: dict[str, str] = {
         "{name: lowrank, params: {rank: 12, bits: 3, ranks: {discriminator.: 6}, "
         "error_feedback: false}}"
     ),
+    # The generator at rank 11 to pay for the discriminator's rank 6: about 51x.
+    "lowrank-11-b3-d6+down-lowrank-11-b3-d6": (
+        "{name: lowrank, params: {rank: 11, bits: 3, ranks: {discriminator.: 6}, "
+        "error_feedback: false}}"
+    ),
 }
 SETTINGS["lowrank-12-b4-p10-d2"] = (
     "[{name: lowrank, params: {rank: 12, bits: 4, ranks: {generator.project.: 10, "
@@ -205,6 +210,9 @@ SETTINGS["lowrank-12-b3-d4"] = (
 )
 SETTINGS["lowrank-12-b3-d6"] = (
     "[{name: lowrank, params: {rank: 12, bits: 3, ranks: {discriminator.: 6}}}]"
+)
+SETTINGS["lowrank-11-b3-d6"] = (
+    "[{name: lowrank, params: {rank: 11, bits: 3, ranks: {discriminator.: 6}}}]"
 )
 SETTINGS["lowrank-12-b4-d2"] = (
     "[{name: lowrank, params: {rank: 12, bits: 4, ranks: {discriminator.: 2}}}]"
