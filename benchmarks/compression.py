@@ -153,66 +153,10 @@ DOWNLINK: dict[str, str] = {
         "{name: lowrank, params: {rank: 12, bits: 4, ranks: {generator.project.: 10, "
         "discriminator.: 2}, error_feedback: false}}"
     ),
-    # Rank 12 / rank 2 with every number in 3 bits (levels -3..3) instead of 4: the
-    # same factors for 3/4 of the bytes, about 60x both ways.
-    "lowrank-12-b3-d2+down-lowrank-12-b3-d2": (
-        "{name: lowrank, params: {rank: 12, bits: 3, ranks: {discriminator.: 2}, "
-        "error_feedback: false}}"
-    ),
-    # The generator at rank 14 in 3 bits: about 55x.
-    "lowrank-14-b3-d2+down-lowrank-14-b3-d2": (
-        "{name: lowrank, params: {rank: 14, bits: 3, ranks: {discriminator.: 2}, "
-        "error_feedback: false}}"
-    ),
-    # The generator at rank 16 in 3 bits: about 50x, the bytes of rank 12 in 4 bits.
-    "lowrank-16-b3-d2+down-lowrank-16-b3-d2": (
-        "{name: lowrank, params: {rank: 16, bits: 3, ranks: {discriminator.: 2}, "
-        "error_feedback: false}}"
-    ),
-    # The generator at rank 15 in 3 bits: about 51x.
-    "lowrank-15-b3-d2+down-lowrank-15-b3-d2": (
-        "{name: lowrank, params: {rank: 15, bits: 3, ranks: {discriminator.: 2}, "
-        "error_feedback: false}}"
-    ),
-    # The discriminator at rank 4 in 3 bits (its code decides the samples' diversity).
-    "lowrank-12-b3-d4+down-lowrank-12-b3-d4": (
-        "{name: lowrank, params: {rank: 12, bits: 3, ranks: {discriminator.: 4}, "
-        "error_feedback: false}}"
-    ),
-    "lowrank-12-b3-d6+down-lowrank-12-b3-d6": (
-        "{name: lowrank, params: {rank: 12, bits: 3, ranks: {discriminator.: 6}, "
-        "error_feedback: false}}"
-    ),
-    # The generator at rank 11 to pay for the discriminator's rank 6: about 51x.
-    "lowrank-11-b3-d6+down-lowrank-11-b3-d6": (
-        "{name: lowrank, params: {rank: 11, bits: 3, ranks: {discriminator.: 6}, "
-        "error_feedback: false}}"
-    ),
 }
 SETTINGS["lowrank-12-b4-p10-d2"] = (
     "[{name: lowrank, params: {rank: 12, bits: 4, ranks: {generator.project.: 10, "
     "discriminator.: 2}}}]"
-)
-SETTINGS["lowrank-12-b3-d2"] = (
-    "[{name: lowrank, params: {rank: 12, bits: 3, ranks: {discriminator.: 2}}}]"
-)
-SETTINGS["lowrank-14-b3-d2"] = (
-    "[{name: lowrank, params: {rank: 14, bits: 3, ranks: {discriminator.: 2}}}]"
-)
-SETTINGS["lowrank-16-b3-d2"] = (
-    "[{name: lowrank, params: {rank: 16, bits: 3, ranks: {discriminator.: 2}}}]"
-)
-SETTINGS["lowrank-15-b3-d2"] = (
-    "[{name: lowrank, params: {rank: 15, bits: 3, ranks: {discriminator.: 2}}}]"
-)
-SETTINGS["lowrank-12-b3-d4"] = (
-    "[{name: lowrank, params: {rank: 12, bits: 3, ranks: {discriminator.: 4}}}]"
-)
-SETTINGS["lowrank-12-b3-d6"] = (
-    "[{name: lowrank, params: {rank: 12, bits: 3, ranks: {discriminator.: 6}}}]"
-)
-SETTINGS["lowrank-11-b3-d6"] = (
-    "[{name: lowrank, params: {rank: 11, bits: 3, ranks: {discriminator.: 6}}}]"
 )
 SETTINGS["lowrank-12-b4-d2"] = (
     "[{name: lowrank, params: {rank: 12, bits: 4, ranks: {discriminator.: 2}}}]"
@@ -220,6 +164,25 @@ SETTINGS["lowrank-12-b4-d2"] = (
 SETTINGS["lowrank-6-b4-dvalues"] = (
     "[{name: lowrank, params: {rank: 6, bits: 4, ranks: {discriminator.: 0}}}]"
 )
+
+
+def _per_network(generator_rank: int, discriminator_rank: int, bits: int, downlink: bool) -> str:
+    """``lowrank`` with a rank per cGAN network (YAML flow text); the downlink's has no
+    residual of its own (``fedgen.engine.downlink`` carries what it leaves out)."""
+    feedback = ", error_feedback: false" if downlink else ""
+    return (
+        f"{{name: lowrank, params: {{rank: {generator_rank}, bits: {bits}, "
+        f"ranks: {{discriminator.: {discriminator_rank}}}{feedback}}}}}"
+    )
+
+
+# Three bits a number (levels -3..3): 3/4 of the 4-bit bytes, which pay for the
+# discriminator's rank, whose code decides the samples' diversity (compression.md,
+# 2026-12-05). Generator rank, discriminator rank; each setting both ways.
+for _g, _d in [(12, 2), (16, 2), (12, 4), (12, 6), (11, 6)]:
+    _name = f"lowrank-{_g}-b3-d{_d}"
+    SETTINGS[_name] = f"[{_per_network(_g, _d, 3, downlink=False)}]"
+    DOWNLINK[f"{_name}+down-{_name}"] = _per_network(_g, _d, 3, downlink=True)
 SETTINGS["lowrank-12-b4"] = "[{name: lowrank, params: {rank: 12, bits: 4}}]"
 SETTINGS["lowrank-16-b4"] = "[{name: lowrank, params: {rank: 16, bits: 4}}]"
 SETTINGS.update({name: SETTINGS[name.split("+")[0]] for name in DOWNLINK if name not in SETTINGS})

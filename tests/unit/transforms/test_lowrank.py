@@ -113,34 +113,22 @@ def test_a_message_is_the_factors_in_a_byte_each_and_a_scale_per_column():
         assert plain / size > 100 / rank
 
 
-def test_four_bit_levels_pack_two_to_a_byte_across_tensors():
+# 4 bits: levels -7..7, two to a byte; 3 bits: levels -3..3 in one bit stream.
+@pytest.mark.parametrize(("bits", "top", "nbytes"), [(4, 7, 131), (3, 3, 98)])
+def test_levels_below_a_byte_pack_across_tensors(bits, top, nbytes):
     # Prepare: two tensors whose numbers (factors and values) count an odd total.
     x = {"w": torch.randn(64, 64), "b": torch.randn(5)}
     eight = LowRank(2, bits=8, error_feedback=False)
-    four = LowRank(2, bits=4, error_feedback=False)
+    coarse = LowRank(2, bits=bits, error_feedback=False)
     # Execute
-    sent8, sent4 = eight.on_client(x, ctx())[0], four.on_client(x, ctx())[0]
-    got = four.decode(wire(sent4), x, ctx())
-    # Assert: 2 x (64 + 64) + 5 = 261 numbers in 131 bytes, the scales as at 8 bits;
-    # each number within half a step (its segment's largest magnitude / 7) of 8 bits'.
-    assert sent4[VALUES].dtype == torch.uint8 and sent4[VALUES].numel() == 131
-    assert torch.equal(sent4[SCALES] * 7, sent8[SCALES] * 127)
-    assert (got["b"] - x["b"]).abs().max() <= x["b"].abs().max() / 14 + 1e-6
-
-
-def test_three_bit_levels_take_three_eighths_of_a_byte_each():
-    # Prepare: 2 x (64 + 64) + 5 = 261 numbers, as above.
-    x = {"w": torch.randn(64, 64), "b": torch.randn(5)}
-    eight = LowRank(2, bits=8, error_feedback=False)
-    three = LowRank(2, bits=3, error_feedback=False)
-    # Execute
-    sent8, sent3 = eight.on_client(x, ctx())[0], three.on_client(x, ctx())[0]
-    got = three.decode(wire(sent3), x, ctx())
-    # Assert: ceil(261 x 3 / 8) = 98 bytes; levels -3..3, so each number within half a
-    # step (its segment's largest magnitude / 3) of what 8 bits send.
-    assert sent3[VALUES].dtype == torch.uint8 and sent3[VALUES].numel() == 98
-    assert torch.allclose(sent3[SCALES] * 3, sent8[SCALES] * 127)
-    assert (got["b"] - x["b"]).abs().max() <= x["b"].abs().max() / 6 + 1e-6
+    sent8, sent = eight.on_client(x, ctx())[0], coarse.on_client(x, ctx())[0]
+    got = coarse.decode(wire(sent), x, ctx())
+    # Assert: 2 x (64 + 64) + 5 = 261 numbers in ceil(261 x bits / 8) bytes, the scales
+    # as at 8 bits; each number within half a step (its segment's largest magnitude /
+    # top) of 8 bits'.
+    assert sent[VALUES].dtype == torch.uint8 and sent[VALUES].numel() == nbytes
+    torch.testing.assert_close(sent[SCALES] * top, sent8[SCALES] * 127)
+    assert (got["b"] - x["b"]).abs().max() <= x["b"].abs().max() / (2 * top) + 1e-6
 
 
 def test_thin_and_empty_tensors_are_sent_value_by_value():
