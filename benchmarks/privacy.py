@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from fedgen.attacks import run_attack
-from fedgen.config import load_config, validate_components_of
+from fedgen.config import ExperimentConfig, load_config, validate_components_of
 from fedgen.experiment import run_experiment
 from fedgen.report.results_table import ResultsTable
 
@@ -64,11 +64,10 @@ COLUMNS = [
     "attack_seconds",
 ]
 NOTES = [
-    "cGAN, 10 clients, Dirichlet(0.5), FedAvg (`client-10-n1000`: 1,000 iid clients of "
-    "10 images, q = 0.1, batch 10, 5 local steps, clip 0.5; `clip-n1000`: no noise, "
-    "`none-n1000`: no clipping or noise); TSTR: a CNN trained on 30,000 "
-    "synthetic images, tested on the real test split; Frechet distance on the features of a "
-    "CNN trained on the real training split (not FID).",
+    "`clip-n1000` runs `client-10-n1000`'s recipe without noise, `none-n1000` without "
+    "clipping or noise; TSTR: a CNN trained on the recipe's synthetic images, tested on "
+    "the real test split; Frechet distance on the features of a CNN trained on the real "
+    "training split (not FID).",
     "membership: 1000 members (clients' training images) vs 1000 held-out test images; LOGAN = "
     "discriminator logit (white-box, cGAN), ELBO = the cVAE's evidence lower bound "
     "(white-box, cVAE), GAN-Leaks = distance to the closest of 1000 synthetic "
@@ -83,6 +82,44 @@ NOTES = [
 ]
 
 
+def setting_config(setting: str, data: str, extra: list[str]) -> ExperimentConfig:
+    """The config a setting runs on ``data``, with the command's overrides applied."""
+    recipe, epsilon = SETTINGS[setting]
+    overrides = [f"data.sources=[{data}]", f"name=privacy-{data}-{setting}"]
+    if recipe == "mnist_cgan_dpsgd.yaml":
+        overrides.append(f"dpsgd.epsilon={epsilon}")
+    cfg = load_config(None if recipe is None else CONFIGS / recipe, [*overrides, *extra])
+    if setting in WITHOUT:
+        cfg.transforms = [t for t in cfg.transforms if t.name not in WITHOUT[setting]]
+        validate_components_of(cfg)
+    elif recipe in CLIENT_LEVEL:
+        # Overrides cannot index the transforms list: set the DP target here.
+        (dp,) = [t for t in cfg.transforms if t.name == "client_dp"]
+        dp.params["epsilon"] = epsilon
+        validate_components_of(cfg)
+    return cfg
+
+
+def recipe_notes(settings: list[str], data: list[str], extra: list[str]) -> list[str]:
+    """One note per setting, written from the config it runs (not from memory)."""
+    notes = []
+    for setting in settings:
+        cfg = setting_config(setting, data[0] if data else "mnist", extra)
+        part = cfg.data.partition
+        fed = cfg.federation
+        steps = (
+            f"{fed.local_steps} local steps" if fed.local_steps else f"{fed.local_epochs} epochs"
+        )
+        transforms = ", ".join(f"{t.name} {t.params}" for t in cfg.transforms) or "none"
+        dpsgd = f"; DP-SGD {cfg.dpsgd.model_dump()}" if cfg.dpsgd is not None else ""
+        notes.append(
+            f"`{setting}`: {cfg.task.name} {cfg.task.params}, {cfg.data.num_clients} clients "
+            f"({part.kind} {part.params}), {cfg.strategy.name} {cfg.strategy.params}, "
+            f"{fed.rounds} rounds x {steps}; transforms: {transforms}{dpsgd}"
+        )
+    return notes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="*", default=["mnist", "fashion-mnist"])
@@ -93,24 +130,10 @@ def main() -> None:
     args = parser.parse_args()
 
     table = ResultsTable(args.table, COLUMNS)
-    table.start("privacy", NOTES)
+    table.start("privacy", [*recipe_notes(args.settings, args.data, args.overrides), *NOTES])
     for data in args.data:
         for setting in args.settings:
-            recipe, epsilon = SETTINGS[setting]
-            overrides = [f"data.sources=[{data}]", f"name=privacy-{data}-{setting}"]
-            if recipe == "mnist_cgan_dpsgd.yaml":
-                overrides.append(f"dpsgd.epsilon={epsilon}")
-            cfg = load_config(
-                None if recipe is None else CONFIGS / recipe, [*overrides, *args.overrides]
-            )
-            if setting in WITHOUT:
-                cfg.transforms = [t for t in cfg.transforms if t.name not in WITHOUT[setting]]
-                validate_components_of(cfg)
-            elif recipe in CLIENT_LEVEL:
-                # Overrides cannot index the transforms list: set the DP target here.
-                (dp,) = [t for t in cfg.transforms if t.name == "client_dp"]
-                dp.params["epsilon"] = epsilon
-                validate_components_of(cfg)
+            cfg = setting_config(setting, data, args.overrides)
             run_dir = args.out / cfg.name
             t0 = time.perf_counter()
             summary = run_experiment(cfg, run_dir, progress=False)
