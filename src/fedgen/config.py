@@ -177,6 +177,10 @@ class EvalConfig(_Strict):
 
     every: int = Field(10, ge=0)
     final: bool = True
+    #: Every this many rounds, the evaluation also computes the figures otherwise kept
+    #: for the final one (TSTR; tables: DCR; with ``per_client``: per-client figures), so
+    #: a long run records its downstream curve. 0: only at the end.
+    tstr_every: int = Field(0, ge=0)
     num_quality_samples: int = Field(2000, ge=10)
     tstr_samples: int = Field(30000, ge=10)
     tstr_epochs: int = Field(3, ge=1)

@@ -519,6 +519,7 @@ def run_experiment(
         cfg.seed,
         final=cfg.eval.final,
         model=cfg.eval.model,
+        tstr_every=cfg.eval.tstr_every,
     )
     ledger_cb = LedgerCallback(run_dir, cfg.fingerprint(), ckpt_dir)
     callbacks: list[Callback] = [

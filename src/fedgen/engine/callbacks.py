@@ -42,8 +42,9 @@ QUALITY_KEYS = (
 class EvaluationCallback(Callback):
     """Every ``every`` rounds and after the last one: quality figures and a sample grid.
 
-    TSTR (a fresh classifier trained on ``tstr_samples`` synthetic images) runs
-    only after the final round: it is the costly figure and the one reported.
+    TSTR (a fresh classifier trained on ``tstr_samples`` synthetic images) runs after
+    the final round, and every ``tstr_every`` rounds when that is above 0: it is the
+    costly figure and the one reported.
     """
 
     def __init__(
@@ -55,10 +56,12 @@ class EvaluationCallback(Callback):
         seed: int,
         final: bool = True,
         model: str = "global",
+        tstr_every: int = 0,
     ) -> None:
         self.evaluate = evaluate
         self.model = model
         self.every = every
+        self.tstr_every = tstr_every
         self.final = final
         self.samples_dir = samples_dir
         self.grid_per_class = grid_per_class
@@ -68,13 +71,16 @@ class EvaluationCallback(Callback):
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
         last = fed.is_final_round(record.round)
         periodic = self.every > 0 and (record.round + 1) % self.every == 0
-        if not (periodic or (last and self.final)):
+        with_tstr = (last and self.final) or (
+            self.tstr_every > 0 and (record.round + 1) % self.tstr_every == 0
+        )
+        if not (periodic or with_tstr):
             return
         t0 = time.perf_counter()
         # Which model this round's figures and grid are of: under partial participation
         # the largest client that trained can change from one evaluation to the next.
         evaluated = run_model_label(fed, self.model)
-        figures = self.evaluate(fed, last and self.final)
+        figures = self.evaluate(fed, with_tstr)
         save_samples(
             fed,
             self.samples_dir / f"round_{record.round:04d}",
