@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fedgen.attacks import run_attack
 from fedgen.config import ExperimentConfig, load_config, validate_components_of
+from fedgen.engine.checkpoint import list_checkpoints
 from fedgen.experiment import run_experiment
 from fedgen.report.results_table import ResultsTable
 
@@ -127,6 +128,12 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], dest="overrides")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/runs/privacy"))
     parser.add_argument("--table", type=Path, default=Path("benchmarks/results/privacy.md"))
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each setting's run folder from its newest checkpoint (a run longer "
+        "than one session); 'seconds' then counts the resumed part only",
+    )
     args = parser.parse_args()
 
     table = ResultsTable(args.table, COLUMNS)
@@ -136,7 +143,8 @@ def main() -> None:
             cfg = setting_config(setting, data, args.overrides)
             run_dir = args.out / cfg.name
             t0 = time.perf_counter()
-            summary = run_experiment(cfg, run_dir, progress=False)
+            resume = args.resume and bool(list_checkpoints(run_dir / "checkpoints"))
+            summary = run_experiment(cfg, run_dir, progress=False, resume=resume)
             seconds = time.perf_counter() - t0
             t0 = time.perf_counter()
             membership = run_attack(run_dir, "membership")

@@ -53,9 +53,10 @@ from domain_eval import PAPER_TSTR_SAMPLES, evaluate_domains
 
 from fedgen.config import load_config
 from fedgen.engine.budget import TimeBudget
-from fedgen.engine.callbacks import MetricsWriter, ProgressCallback
+from fedgen.engine.callbacks import CheckpointCallback, MetricsWriter, ProgressCallback
+from fedgen.engine.checkpoint import list_checkpoints
 from fedgen.engine.federation import Callback, Federation, RoundRecord
-from fedgen.experiment import Experiment, build_experiment
+from fedgen.experiment import CHECKPOINT_FORMAT, Experiment, build_experiment, restore_latest
 from fedgen.report.results_table import current_commit, machine_description
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,6 +141,9 @@ class IterationBudget(Callback):
         self.iterations = iterations
         self.done = 0
 
+    def on_run_start(self, fed: Federation) -> None:
+        self.done = iterations_in(fed.history)  # a resumed run counts its earlier parts
+
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
         self.done += int(record.metrics.get("steps", 0))
         if self.done >= self.iterations:
@@ -161,7 +165,11 @@ class TstrCurve(Callback):
         self.t0 = 0.0
 
     def on_run_start(self, fed: Federation) -> None:
-        self.t0 = time.perf_counter()
+        # A resumed run goes on from its earlier parts' iterations and training time.
+        self.done = iterations_in(fed.history)
+        while self.next_at <= self.done:
+            self.next_at += self.every
+        self.t0 = time.perf_counter() - sum(float(m.get("seconds", 0.0)) for m in fed.history)
 
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
         self.done += int(record.metrics.get("steps", 0))
@@ -185,6 +193,11 @@ class TstrCurve(Callback):
             )
 
 
+def iterations_in(history: list[dict[str, Any]]) -> int:
+    """Local iterations done in the rounds of ``history``."""
+    return sum(int(m.get("steps", 0)) for m in history)
+
+
 def _mean(history: list[dict[str, Any]], key: str) -> float | None:
     vals = [m[key] for m in history if isinstance(m.get(key), int | float)]
     return statistics.fmean(vals) if vals else None
@@ -206,7 +219,15 @@ def run_one(
     cfg = load_config(ROOT / f"configs/huscf/{scenario.lower()}.yaml", overrides)
     run_dir = runs_dir / f"{scenario.lower()}-{method}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    ckpt_dir = run_dir / "checkpoints"
+    resume = bool(list_checkpoints(ckpt_dir))
+    if resume and not args.resume:
+        raise SystemExit(
+            f"{run_dir} holds a run's checkpoints: pass --resume to continue it, or choose "
+            "another --runs-dir"
+        )
+    if not resume:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     callbacks: list[Callback] = [TimeBudget(args.minutes * 60)]
     if args.iterations:
@@ -222,12 +243,18 @@ def run_one(
                 f"(commit {current_commit()}) on {machine_description()}\n\n"
                 f"Command: `{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}`; TSTR every "
                 f"{args.curve_every} iterations, {args.curve_samples} samples x "
-                f"{args.curve_epochs} epochs per domain\n\n"
+                f"{args.curve_epochs} epochs per domain"
+                + (" (resumed: rows go on from the earlier part's)" if resume else "")
+                + "\n\n"
                 "| round | iterations | TSTR acc per domain | training wall s | eval s |\n"
                 "|---|---|---|---|---|\n"
             )
         callbacks.append(curve)
     callbacks += [
+        # Every round's state, so a run longer than one session goes on with --resume.
+        CheckpointCallback(
+            ckpt_dir, 1, 2, {"format": CHECKPOINT_FORMAT, "fingerprint": cfg.fingerprint()}
+        ),
         MetricsWriter(run_dir / "metrics.jsonl"),
         ProgressCallback(f"{scenario} {method}", enabled=False),
     ]
@@ -235,11 +262,20 @@ def run_one(
     if curve is not None:
         curve.exp = exp
     fed = exp.federation
+    earlier_wall = 0.0
+    if resume:
+        restore_latest(fed, ckpt_dir, cfg)
+        earlier_wall = sum(float(m.get("seconds", 0.0)) for m in fed.history)
+        print(f"   resumed after {iterations_in(fed.history)} iterations", flush=True)
     cpu0, t0 = time.process_time(), time.perf_counter()
     fed.run()
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     if curve is not None:  # the curve's evaluations are not training time
         wall -= curve.eval_seconds
+    # A resumed run's wall time adds its earlier parts' rounds; their CPU time was not
+    # kept, so the CPU column of a resumed run is left empty rather than undercounted.
+    wall += earlier_wall
+    cpu_seconds: float | None = None if resume else cpu
     variants = {method: True}
     if args.compare_raw and fed.strategy.averaging:
         variants[f"{method} no-EMA"] = False
@@ -274,7 +310,7 @@ def run_one(
             "seconds_per_iteration": per_it,
             "bytes_per_iteration": bytes_it,
             "latency": latency[-1] if latency else None,
-            "cpu_seconds": cpu,
+            "cpu_seconds": cpu_seconds,
             "wall_seconds": wall,
             "rounds": fed.next_round,
             "iterations": iterations,
@@ -318,7 +354,7 @@ def markdown_row(row: dict[str, Any]) -> str:
         _fmt(row["latency"], 3),
         _fmt(row["seconds_per_iteration"], 2),
         _fmt(None if row["bytes_per_iteration"] is None else row["bytes_per_iteration"] / 1e6, 1),
-        f"{row['cpu_seconds']:.0f}",
+        _fmt(row["cpu_seconds"], 0),
         f"{row['wall_seconds']:.0f}",
         str(row["rounds"]),
         str(row["iterations"]),
@@ -362,6 +398,12 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="extra dotted.key=value")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "huscf-table")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/results/huscf.md")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each run from its folder's newest checkpoint (runs longer than one "
+        "session); each part ends with its own evaluation row",
+    )
     args = parser.parse_args()
     if args.local_steps == 0:
         args.local_steps = None
