@@ -130,7 +130,8 @@ def main() -> None:
         "default recipe variants",
         notes=[
             f"each variant trains {args.train_minutes:g} min of CPU time (the round that "
-            "crosses it is the last), then one evaluation: TSTR (a CNN trained on 30,000 "
+            "crosses it is the last), then one evaluation (and one every N rounds with "
+            "eval.tstr_every=N, each a row): TSTR (a CNN trained on 30,000 "
             "synthetic images, tested on the real test split), Frechet distance, precision "
             "and recall (k-NN manifolds) on the features of a CNN trained on the real "
             "training split",
