@@ -169,7 +169,7 @@ class TstrCurve(Callback):
         self.done = iterations_in(fed.history)
         while self.next_at <= self.done:
             self.next_at += self.every
-        self.t0 = time.perf_counter() - sum(float(m.get("seconds", 0.0)) for m in fed.history)
+        self.t0 = time.perf_counter() - seconds_in(fed.history)
 
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
         self.done += int(record.metrics.get("steps", 0))
@@ -196,6 +196,11 @@ class TstrCurve(Callback):
 def iterations_in(history: list[dict[str, Any]]) -> int:
     """Local iterations done in the rounds of ``history``."""
     return sum(int(m.get("steps", 0)) for m in history)
+
+
+def seconds_in(history: list[dict[str, Any]]) -> float:
+    """Wall seconds the rounds of ``history`` took (training, not callbacks)."""
+    return sum(float(m.get("seconds", 0.0)) for m in history)
 
 
 def _mean(history: list[dict[str, Any]], key: str) -> float | None:
@@ -265,7 +270,7 @@ def run_one(
     earlier_wall = 0.0
     if resume:
         restore_latest(fed, ckpt_dir, cfg)
-        earlier_wall = sum(float(m.get("seconds", 0.0)) for m in fed.history)
+        earlier_wall = seconds_in(fed.history)
         print(f"   resumed after {iterations_in(fed.history)} iterations", flush=True)
     cpu0, t0 = time.process_time(), time.perf_counter()
     fed.run()
