@@ -616,12 +616,12 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 #: equal CPU time that gave TSTR 0.770 over three seeds against 0.744 over two (+2.1 and
 #: +3.2 points paired) and recall 0.43-0.61 against 0.36-0.37
 #: (benchmarks/results/default_recipe.md, 2026-12-04). The fields
-#: keep 30 steps of 64, so a recipe that omits them means what it meant before. Its 80
-#: rounds (the fields: 60) fill the 10 minutes it is sized for: 8 min 6 s on 2 cores for
-#: TSTR 0.795 and recall 0.75, against 6 min 40 s for 0.782 and 0.58 at 60 rounds.
+#: keep 30 steps of 64, so a recipe that omits them means what it meant before. Its 100
+#: rounds (the fields: 60) gave a five-seed mean TSTR of 0.801, against 0.795 at 80
+#: rounds in the same runs (2026-12-05); the README gives the wall time it costs.
 DEFAULT_EXPERIMENT_BATCH_SIZE = 16
 DEFAULT_EXPERIMENT_LOCAL_STEPS = 120
-DEFAULT_EXPERIMENT_ROUNDS = 80
+DEFAULT_EXPERIMENT_ROUNDS = 100
 #: Overrides that give the default experiment's clients their work before 2026-12-04 (30
 #: local steps of 64), the workload earlier benchmark rows measured; add
 #: ``federation.rounds=60`` for its whole run.

@@ -21,7 +21,7 @@ def test_the_default_experiment_reads_its_examples_in_small_steps_and_recipes_do
     # The default experiment's own settings, beyond the fields' defaults.
     cfg = load_config()
     assert cfg.federation.local_steps == 120 and cfg.task.params == {"batch_size": 16}
-    assert cfg.federation.rounds == 80
+    assert cfg.federation.rounds == 100
     # Overrides change them where they name them, and keep the rest.
     cfg = load_config(None, ["task.params={latent_dim: 32}", "federation.local_steps=7"])
     assert cfg.task.params == {"latent_dim": 32, "batch_size": 16}
