@@ -249,6 +249,13 @@ class DpSgdConfig(_Strict):
     #: strategy's fraction then applies to the clients with rounds left, so late cohorts
     #: shrink; the run also stops when too few are left for ``min_clients``.
     rounds_per_client: int | None = Field(None, ge=1)
+    #: With ``epsilon``: calibrate each client's sigma for its own sampling rate and
+    #: steps, as Opacus's ``make_private_with_epsilon`` does on each client's own data,
+    #: instead of one sigma for the client with the highest rate. Every example keeps the
+    #: same (epsilon, delta); a client holding more examples samples each one less often
+    #: and so adds less noise. The sigma then tells a client's shard size to the server
+    #: roughly, as FedAvg's example-count weights already do.
+    noise_per_client: bool = False
 
 
 class FaultsConfig(_Strict):
@@ -443,8 +450,11 @@ class ExperimentConfig(_Strict):
         d["federation"].pop("rounds")
         if d.get("dpsgd") is None:
             d.pop("dpsgd", None)  # runs from before DP-SGD existed keep their fingerprint
-        elif d["dpsgd"].get("rounds_per_client") is None:
-            d["dpsgd"].pop("rounds_per_client", None)  # likewise runs from before the cap
+        else:
+            if d["dpsgd"].get("rounds_per_client") is None:
+                d["dpsgd"].pop("rounds_per_client", None)  # likewise runs from before the cap
+            if not d["dpsgd"].get("noise_per_client"):
+                d["dpsgd"].pop("noise_per_client", None)  # and from before per-client sigma
         if d.get("faults") is None:
             d.pop("faults", None)  # runs from before fault injection keep their fingerprint
         for key in ("attack", "detection"):

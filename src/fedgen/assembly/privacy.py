@@ -189,6 +189,11 @@ def _sample_level(
     )
     if cfg.noise_multiplier is None and cfg.epsilon is None:
         problems.append("dpsgd needs noise_multiplier or epsilon (or both), e.g. dpsgd.epsilon=10")
+    if cfg.noise_per_client and (cfg.epsilon is None or cfg.noise_multiplier is not None):
+        problems.append(
+            "dpsgd.noise_per_client calibrates each client's sigma from dpsgd.epsilon: give "
+            "epsilon and leave noise_multiplier unset, or set noise_per_client=false"
+        )
     if cfg.max_grad_norm is None:
         problems.append(
             "dpsgd.max_grad_norm is not set: DP-SGD noise is scaled to the per-sample clip "
@@ -235,15 +240,21 @@ def _sample_level(
     pairs = sorted({(rates[c], steps_of(c)) for c in rates})
     # The rounds one client takes part in at most: the noise is calibrated for them.
     taken = min(rounds, cfg.rounds_per_client or rounds)
+    client_noise: dict[int, float] | None = None
     if z is None:
         try:
-            z = max(
-                calibrate_noise(cfg.epsilon, q, taken * s, cfg.delta, cfg.accountant)
+            # Clients with the same rate and steps share one calibration (the search
+            # takes seconds under the PRV accountant).
+            by_pair = {
+                (q, s): calibrate_noise(cfg.epsilon, q, taken * s, cfg.delta, cfg.accountant)
                 for q, s in pairs
-            )
+            }
         except PrivacyConfigError as exc:
             problems.extend(f"dpsgd: {p}" for p in exc.problems)
             return None
+        z = max(by_pair.values())
+        if cfg.noise_per_client:
+            client_noise = {c: by_pair[(rates[c], steps_of(c))] for c in sorted(rates)}
     elif cfg.epsilon is not None:
         first = max(compute_epsilon(z, q, s, cfg.delta, cfg.accountant) for q, s in pairs)
         if first > cfg.epsilon:
@@ -254,7 +265,7 @@ def _sample_level(
             )
             return None
     assert cfg.max_grad_norm is not None
-    engine = attach_dpsgd(task, z, cfg.max_grad_norm)
+    engine = attach_dpsgd(task, z, cfg.max_grad_norm, client_noise)
     return SampleLevelBudget(
         engine=engine,
         noise_multiplier=z,
@@ -264,4 +275,5 @@ def _sample_level(
         rates=rates,
         steps_of=steps_of,
         rounds_per_client=cfg.rounds_per_client,
+        client_noise=client_noise,
     )

@@ -77,7 +77,8 @@ class SampleLevelBudget:
     ``steps_of(client_id)`` is the number of DP-SGD steps a client takes per round;
     ``rates`` its Poisson sampling rate. With ``rounds_per_client``, a client takes part
     in at most that many rounds (the noise was calibrated for them): ``eligible`` leaves
-    it out of later cohorts.
+    it out of later cohorts. ``client_noise`` holds each client's own sigma when they
+    differ (``dpsgd.noise_per_client``); ``noise_multiplier`` is then the largest.
     """
 
     noise_multiplier: float
@@ -88,14 +89,21 @@ class SampleLevelBudget:
     steps_of: Callable[[int], int]
     engine: Any = None  # the DpSgdEngine attached to the task, whose sigma this is
     rounds_per_client: int | None = None
+    client_noise: dict[int, float] | None = None
     accountants: dict[int, PrivacyAccountant] = field(default_factory=dict)
     _eps: dict[int, float] = field(default_factory=dict)
     _eps_next: dict[int, float] = field(default_factory=dict)
 
+    def noise_of(self, cid: int) -> float:
+        """The sigma client ``cid`` trains with."""
+        if self.client_noise is None:
+            return self.noise_multiplier
+        return self.client_noise[cid]
+
     def charge(self, client_ids: list[int]) -> None:
         for cid in client_ids:
             acc = self.accountants.setdefault(cid, PrivacyAccountant(self.mechanism))
-            acc.step(self.noise_multiplier, self.rates[cid], self.steps_of(cid))
+            acc.step(self.noise_of(cid), self.rates[cid], self.steps_of(cid))
             self._eps.pop(cid, None)
             self._eps_next.pop(cid, None)
 
@@ -126,7 +134,7 @@ class SampleLevelBudget:
             if cid not in self._eps_next:
                 acc = self.accountants.get(cid) or PrivacyAccountant(self.mechanism)
                 self._eps_next[cid] = acc.epsilon_after(
-                    self.delta, self.noise_multiplier, rate, self.steps_of(cid)
+                    self.delta, self.noise_of(cid), rate, self.steps_of(cid)
                 )
             worst = max(worst, self._eps_next[cid])
         return worst
@@ -209,6 +217,8 @@ class PrivacyAccounting:
                 out["epsilon_budget"] = self.client.target
         if self.sample is not None:
             out["dpsgd_noise_multiplier"] = self.sample.noise_multiplier
+            if self.sample.client_noise is not None:
+                out["dpsgd_noise_multiplier_min"] = min(self.sample.client_noise.values())
             out.setdefault("accountant", self.sample.mechanism)
             if self.sample.target is not None:
                 out.setdefault("epsilon_budget", self.sample.target)
@@ -224,6 +234,10 @@ class PrivacyAccounting:
             }
             # The sigma a run started with stays its sigma, even if resumed with more rounds.
             state["dpsgd_noise_multiplier"] = self.sample.noise_multiplier
+            if self.sample.client_noise is not None:
+                state["dpsgd_client_noise"] = {
+                    str(cid): z for cid, z in sorted(self.sample.client_noise.items())
+                }
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -239,5 +253,10 @@ class PrivacyAccounting:
             self.sample._eps_next.clear()
         if self.sample is not None and "dpsgd_noise_multiplier" in state:
             self.sample.noise_multiplier = float(state["dpsgd_noise_multiplier"])
+            if "dpsgd_client_noise" in state:
+                self.sample.client_noise = {
+                    int(cid): float(z) for cid, z in state["dpsgd_client_noise"].items()
+                }
             if self.sample.engine is not None:
                 self.sample.engine.noise_multiplier = self.sample.noise_multiplier
+                self.sample.engine.client_noise = self.sample.client_noise

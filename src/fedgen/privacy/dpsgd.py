@@ -12,7 +12,9 @@ it. With an engine attached that source
   of ``noise_multiplier * max_grad_norm`` on their sum, divided by the expected batch
   q * n, which is n, not ``batch_size``, for a shard smaller than a batch),
   with per-sample gradients from Opacus's ``GradSampleModule`` hooks, attached for the
-  call and removed after it so the task stays a plain, picklable module tree.
+  call and removed after it so the task stays a plain, picklable module tree. The sigma
+  is the engine's, or the client's own under per-client calibration
+  (``dpsgd.noise_per_client``), known once ``batches`` names the client.
 
 The noise generator is seeded with the run's secret noise key and the client's round
 seed (``fedgen.privacy.noise_key``; the backend sets ``engine.noise_key`` before each
@@ -102,13 +104,17 @@ class DpSgdTraining(LocalTraining):
         # q * n of the shard, known once ``batches`` is opened (tasks may make their
         # optimizers first); until then the task's batch size, right for n >= batch.
         self.expected_batch = int(task.params.batch_size)
+        # Likewise the client's own sigma under per-client calibration.
+        self.noise_multiplier = engine.noise_multiplier
 
     def batches(
         self, data: ClientData, batch_size: int
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.expected_batch = expected_batch_size(batch_size, data.num_examples)
+        self.noise_multiplier = self.engine.noise_for(data.client_id)
         for opt in self.dp_optimizers:
             opt.expected_batch_size = self.expected_batch
+            opt.noise_multiplier = self.noise_multiplier
         return poisson_batches(data, batch_size, self.generator)
 
     def optimizer(
@@ -131,7 +137,7 @@ class DpSgdTraining(LocalTraining):
             )
         dp_optimizer = DPOptimizer(
             optimizer,
-            noise_multiplier=self.engine.noise_multiplier,
+            noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.engine.max_grad_norm,
             expected_batch_size=self.expected_batch,
             loss_reduction="mean",
@@ -159,14 +165,28 @@ class DpSgdEngine:
         noise_multiplier: sigma, the noise standard deviation in units of
             ``max_grad_norm``.
         max_grad_norm: the per-sample gradient clip bound.
+        client_noise: each client's own sigma (per-client calibration), which
+            overrides ``noise_multiplier`` for the clients it names.
     """
 
-    def __init__(self, noise_multiplier: float, max_grad_norm: float) -> None:
+    def __init__(
+        self,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        client_noise: dict[int, float] | None = None,
+    ) -> None:
         self.noise_multiplier = float(noise_multiplier)
         self.max_grad_norm = float(max_grad_norm)
+        self.client_noise = client_noise
         #: The run's secret noise key, set by the backend before each local training
         #: (``fedgen.privacy.noise_key``); None seeds the noise from the round seed.
         self.noise_key: bytes | None = None
+
+    def noise_for(self, client_id: int) -> float:
+        """The sigma client ``client_id`` trains with."""
+        if self.client_noise is None:
+            return self.noise_multiplier
+        return self.client_noise.get(client_id, self.noise_multiplier)
 
     def open(self, task: Task, generator: torch.Generator) -> LocalTraining:
         return DpSgdTraining(self, task, generator)
@@ -193,9 +213,14 @@ def module_problems(task: Task) -> list[str]:
     return problems
 
 
-def attach_dpsgd(task: Task, noise_multiplier: float, max_grad_norm: float) -> DpSgdEngine:
+def attach_dpsgd(
+    task: Task,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    client_noise: dict[int, float] | None = None,
+) -> DpSgdEngine:
     """Attach DP-SGD to ``task``; its ``train_local`` is unchanged."""
-    engine = DpSgdEngine(noise_multiplier, max_grad_norm)
+    engine = DpSgdEngine(noise_multiplier, max_grad_norm, client_noise)
     task.privacy_engine = engine
     return engine
 

@@ -22,6 +22,15 @@ SAMPLE_DP = [
     "task.params.fake_labels=uniform",
     "dpsgd={noise_multiplier: 1.0, max_grad_norm: 1.0, delta: 1.0e-5}",
 ]
+#: DP-SGD with each client's sigma calibrated for its own sampling rate, on clients of
+#: unequal size (Dirichlet label skew).
+SAMPLE_DP_PER_CLIENT = [
+    "strategy.params={min_clients: 2, fraction: 0.5}",
+    "task.params.fake_labels=uniform",
+    "data.partition.kind=dirichlet",
+    "data.partition.params={alpha: 0.5}",
+    "dpsgd={epsilon: 8.0, max_grad_norm: 1.0, delta: 1.0e-5, noise_per_client: true}",
+]
 
 
 def config(mnist_dir, *items: str, rounds: int = 3):
@@ -72,7 +81,11 @@ def test_the_run_stops_cleanly_after_the_last_round_that_fits(mnist_dir):
     assert fed.is_final_round(1)
 
 
-@pytest.mark.parametrize("items", [CLIENT_DP, SAMPLE_DP], ids=["client-level", "dp-sgd"])
+@pytest.mark.parametrize(
+    "items",
+    [CLIENT_DP, SAMPLE_DP, SAMPLE_DP_PER_CLIENT],
+    ids=["client-level", "dp-sgd", "dp-sgd-per-client"],
+)
 def test_resume_with_dp_is_bit_identical(mnist_dir, tmp_path, items):
     cfg = config(mnist_dir, *items, rounds=3)
     # Interrupted after round 0's checkpoint, in round 1.
@@ -216,3 +229,54 @@ def test_rounds_per_client_stops_cleanly_when_too_few_clients_are_left(mnist_dir
         assert all(sample.rounds_taken(c) <= 2 for c in range(4))
         assert len(sample.eligible(list(range(4)))) == 1
         assert fed.stop_reason is not None and "too few" in fed.stop_reason
+
+
+def test_noise_per_client_calibrates_each_client_for_its_own_rate(mnist_dir, monkeypatch):
+    # Prepare: record the sigma Opacus really draws its noise with at every step.
+    from opacus.optimizers import DPOptimizer
+
+    from fedgen.privacy.accounting import calibrate_noise
+
+    used: list[float] = []
+    add_noise = DPOptimizer.add_noise
+
+    def recorded(self):
+        used.append(self.noise_multiplier)
+        return add_noise(self)
+
+    monkeypatch.setattr(DPOptimizer, "add_noise", recorded)
+    fed = build_experiment(config(mnist_dir, *SAMPLE_DP_PER_CLIENT, rounds=2)).federation
+    shared_items = [*SAMPLE_DP_PER_CLIENT[:-1], SAMPLE_DP_PER_CLIENT[-1].replace("true", "false")]
+    shared = build_experiment(config(mnist_dir, *shared_items, rounds=2)).federation
+    sample = fed.privacy.sample
+    # Assert: each client's sigma is the one calibrated for its own rate over the run's
+    # 2 rounds x 2 steps; the shards differ in size, so the sigmas do, and the largest is
+    # the one sigma every client would share without the option.
+    assert sample.client_noise is not None and len(set(sample.rates.values())) > 1
+    for cid, z in sample.client_noise.items():
+        assert z == calibrate_noise(8.0, sample.rates[cid], 4, 1e-5, "rdp")
+    assert len(set(sample.client_noise.values())) > 1
+    assert sample.noise_multiplier == max(sample.client_noise.values())
+    assert sample.noise_multiplier == shared.privacy.sample.noise_multiplier
+    assert shared.privacy.sample.client_noise is None
+    # Execute
+    assert fed.run()
+    # Assert: training drew with the sampled clients' own sigmas, and every client's
+    # epsilon is within the budget, the largest one close to it.
+    sampled = {cid for cid in sample.accountants}
+    assert set(used) == {sample.client_noise[cid] for cid in sampled}
+    per_client = {
+        cid: compute_epsilon(sample.client_noise[cid], sample.rates[cid], acc.steps, 1e-5)
+        for cid, acc in sample.accountants.items()
+    }
+    assert fed.history[-1]["epsilon"] == pytest.approx(max(per_client.values()), rel=1e-9)
+    assert max(per_client.values()) <= 8.0
+    assert fed.privacy.describe()["dpsgd_noise_multiplier_min"] == min(sample.client_noise.values())
+
+
+def test_noise_per_client_needs_an_epsilon_to_calibrate_from(mnist_dir):
+    from fedgen.errors import ConfigError
+
+    fixed = "dpsgd={noise_multiplier: 1.0, max_grad_norm: 1.0, noise_per_client: true}"
+    with pytest.raises(ConfigError, match="noise_per_client calibrates each client"):
+        build_experiment(config(mnist_dir, "task.params.fake_labels=uniform", fixed))
