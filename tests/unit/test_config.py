@@ -134,15 +134,19 @@ def test_dpsgd_section_is_optional_and_leaves_the_default_fingerprint_alone():
     cfg = load_config(None, ["dpsgd={epsilon: 10, max_grad_norm: 1.0, delta: 1e-5}"])
     assert cfg.dpsgd is not None and cfg.dpsgd.delta == 1e-5  # YAML's "1e-5" string
     assert cfg.fingerprint() != ExperimentConfig().fingerprint()
-    # The DP-SGD recipe's fingerprint from before dpsgd.rounds_per_client existed (the
-    # recipe sets the cap since; without it, runs of the old recipe still resume); the
-    # cap, once set, is part of it.
-    recipe = load_config("configs/mnist_cgan_dpsgd.yaml", ["dpsgd.rounds_per_client=null"])
+    # The DP-SGD recipe's fingerprint from before dpsgd.rounds_per_client and
+    # noise_per_client existed (the recipe sets both since, and the PRV accountant;
+    # without them, runs of the old recipe still resume); each, once set, is part of it.
+    old = ["dpsgd.accountant=rdp", "dpsgd.noise_per_client=false"]
+    recipe = load_config("configs/mnist_cgan_dpsgd.yaml", [*old, "dpsgd.rounds_per_client=null"])
     assert recipe.dpsgd is not None and recipe.dpsgd.rounds_per_client is None
     assert recipe.fingerprint() == "154a22331ab964e1"
-    capped = load_config("configs/mnist_cgan_dpsgd.yaml")
+    capped = load_config("configs/mnist_cgan_dpsgd.yaml", old)
     assert capped.dpsgd is not None and capped.dpsgd.rounds_per_client == 15
     assert capped.fingerprint() != recipe.fingerprint()
+    per_client = load_config("configs/mnist_cgan_dpsgd.yaml", ["dpsgd.accountant=rdp"])
+    assert per_client.dpsgd is not None and per_client.dpsgd.noise_per_client
+    assert per_client.fingerprint() != capped.fingerprint()
 
 
 def test_dpsgd_unknown_key_names_the_allowed_ones():
