@@ -291,6 +291,7 @@ def _privacy_section(summary: dict[str, Any] | None) -> str:
             ("noise_multiplier", "client-level noise multiplier"),
             ("client_sample_rate", "client sampling rate"),
             ("dpsgd_noise_multiplier", "DP-SGD noise multiplier"),
+            ("dpsgd_noise_multiplier_min", "per client down to"),
         )
         if key in summary
     ]
