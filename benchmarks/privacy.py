@@ -75,9 +75,10 @@ NOTES = [
     "images per class (black-box); AUC 0.5 is chance.",
     "inversion: Inverting Gradients on client 0's discriminator gradient for a batch of 2 "
     "(labels known), PSNR in dB after the best match: `none` as sent, `dp` clipped to 1 with "
-    "noise std z (the row's noise multiplier, 1 for rows without DP), `secure_sum` the sum of "
-    "4 clients' gradients; secure_sum_target_cosine: cosine between client 0's gradient and "
-    "that sum (near 1: client 0 dominates it and the sum hides little).",
+    "noise std z (a client-level row's noise multiplier; 1 for the other rows, DP-SGD's "
+    "included), `secure_sum` the sum of 4 clients' gradients; secure_sum_target_cosine: "
+    "cosine between client 0's gradient and that sum (near 1: client 0 dominates it and "
+    "the sum hides little).",
     "anchors (centralised DP-SGD, MNIST, eps=10): 'Private GANs, Revisited' (Bie et al. 2023) "
     "downstream accuracy 95.0%; GS-WGAN (Chen et al. 2020) about 80%.",
 ]
