@@ -94,7 +94,7 @@ class SampleLevelBudget:
     _eps: dict[int, float] = field(default_factory=dict)
     _eps_next: dict[int, float] = field(default_factory=dict)
 
-    def noise_of(self, cid: int) -> float:
+    def noise_for(self, cid: int) -> float:
         """The sigma client ``cid`` trains with."""
         if self.client_noise is None:
             return self.noise_multiplier
@@ -103,7 +103,7 @@ class SampleLevelBudget:
     def charge(self, client_ids: list[int]) -> None:
         for cid in client_ids:
             acc = self.accountants.setdefault(cid, PrivacyAccountant(self.mechanism))
-            acc.step(self.noise_of(cid), self.rates[cid], self.steps_of(cid))
+            acc.step(self.noise_for(cid), self.rates[cid], self.steps_of(cid))
             self._eps.pop(cid, None)
             self._eps_next.pop(cid, None)
 
@@ -134,7 +134,7 @@ class SampleLevelBudget:
             if cid not in self._eps_next:
                 acc = self.accountants.get(cid) or PrivacyAccountant(self.mechanism)
                 self._eps_next[cid] = acc.epsilon_after(
-                    self.delta, self.noise_of(cid), rate, self.steps_of(cid)
+                    self.delta, self.noise_for(cid), rate, self.steps_of(cid)
                 )
             worst = max(worst, self._eps_next[cid])
         return worst
