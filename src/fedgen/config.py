@@ -150,6 +150,11 @@ class FederationConfig(_Strict):
     #: ``topk``, ``random_mask``): each client receives deltas from the model it last
     #: saw (``fedgen.engine.downlink``). None: every client receives the float32 model.
     downlink: ComponentConfig | None = None
+    #: Start from another run's global model instead of fresh weights: its run folder
+    #: (the newest intact checkpoint) or one checkpoint file, of the same task and
+    #: architecture (``fedgen.engine.initial_weights``); e.g. a model pretrained on public
+    #: data, fine-tuned under DP. None: weights drawn from the seed.
+    init_from: str | None = None
 
     @model_validator(mode="after")
     def _one_local_budget(self) -> FederationConfig:
@@ -469,6 +474,8 @@ class ExperimentConfig(_Strict):
                 fed.pop(key)
         if fed.get("downlink") is None:
             fed.pop("downlink", None)  # runs from before downlink compression
+        if fed.get("init_from") is None:
+            fed.pop("init_from", None)  # and runs that start from fresh weights
         if isinstance(fed.get("fedbuff"), dict) and fed["fedbuff"].get("timing") == "simulated":
             fed["fedbuff"].pop("timing")  # FedBuff runs from before wall-clock timing
         if d.get("noise_seed") == "secret":

@@ -148,6 +148,8 @@ def build_experiment(
             assert local_epochs is not None
             local_epochs *= cohort / cfg.data.num_clients
     task = build_task(cfg, spec)
+    if fed_cfg.init_from is not None:
+        _start_from(task, fed_cfg.init_from, cfg, problems)
     strategy = _build_or_note(
         problems,
         f"strategy ({cfg.strategy.name})",
@@ -331,6 +333,12 @@ class RecipeClientSide(ClientSide):
             cfg = parse_config(json.loads(self.recipe))
             # A client keeps no ledger (its key arrives with its jobs) and runs no workers.
             cfg = cfg.model_copy(update={"ledger": False})
+            if cfg.federation.downlink is None and cfg.federation.init_from is not None:
+                # Every job brings the global model, so the client needs no starting
+                # weights (nor the file); a compressed downlink's client does: its first
+                # deltas are taken from them.
+                fed_cfg = cfg.federation.model_copy(update={"init_from": None})
+                cfg = cfg.model_copy(update={"federation": fed_cfg})
             fed = build_experiment(cfg, table_encoder=self.table_encoder).federation
         except (ConfigError, ValueError) as exc:
             raise ClientBuildError(f"this fedgen cannot build the recipe's client: {exc}") from exc
@@ -341,6 +349,42 @@ class RecipeClientSide(ClientSide):
 
     def fingerprint(self) -> tuple[object, ...]:
         return (self.recipe,)
+
+
+def _start_from(task: Task, source: str, cfg: ExperimentConfig, problems: list[str]) -> None:
+    """Load ``federation.init_from``'s global model into ``task``; what stops it (another
+    architecture; under DP, a model trained on the data DP protects) joins ``problems``."""
+    from fedgen.engine.initial_weights import fit_problems, read_initial_weights
+    from fedgen.ledger.digest import state_digest
+
+    initial = read_initial_weights(source)
+    expected = task.federated_state()
+    misfit = fit_problems(initial, expected)
+    if cfg.dpsgd is not None or any(t.name == "client_dp" for t in cfg.transforms):
+        # A model that saw the private data before carries it past every noise draw of
+        # this run: the guarantee would not cover it.
+        trained_on = initial.sources()
+        if trained_on is None:
+            problems.append(
+                f"federation.init_from: {initial.checkpoint} has no config.yaml in its run "
+                "folder, so what it was trained on is unknown; under DP give the run folder "
+                "of a model trained on public data only"
+            )
+        elif overlap := sorted(set(trained_on) & set(cfg.data.sources)):
+            problems.append(
+                f"federation.init_from: {initial.checkpoint} was trained on "
+                f"{', '.join(overlap)}, the data this run protects with DP, which would not "
+                "cover what that model learnt; start from a model trained on other (public) "
+                "data"
+            )
+    problems.extend(misfit)
+    if not misfit:
+        task.load_state({k: initial.state[k] for k in expected})
+        log.info(
+            "starting from %s (global model digest %s)",
+            initial.checkpoint,
+            state_digest(task.federated_state())[:12],
+        )
 
 
 def _table_encoder_state(data: Any) -> dict[str, Any]:
