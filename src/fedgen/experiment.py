@@ -95,11 +95,15 @@ def build_experiment(
     callbacks: list[Callback] | None = None,
     *,
     table_encoder: dict[str, Any] | None = None,
+    start_weights: bool = True,
 ) -> Experiment:
     """Load data, partition it, and wire task, strategy, transforms, backend and loop.
 
     ``table_encoder``: a table's merged encoder already fitted (``encoder_state``), which a
     client building its side from the recipe receives instead of fitting it again.
+    ``start_weights``: load ``federation.init_from``'s model; False where a checkpoint or
+    the server's jobs replace every weight anyway (a resume, a finished run reopened, a
+    client), so the source run's folder need not be there.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -148,7 +152,7 @@ def build_experiment(
             assert local_epochs is not None
             local_epochs *= cohort / cfg.data.num_clients
     task = build_task(cfg, spec)
-    if fed_cfg.init_from is not None:
+    if fed_cfg.init_from is not None and start_weights:
         _start_from(task, fed_cfg.init_from, cfg, problems)
     strategy = _build_or_note(
         problems,
@@ -333,13 +337,14 @@ class RecipeClientSide(ClientSide):
             cfg = parse_config(json.loads(self.recipe))
             # A client keeps no ledger (its key arrives with its jobs) and runs no workers.
             cfg = cfg.model_copy(update={"ledger": False})
-            if cfg.federation.downlink is None and cfg.federation.init_from is not None:
-                # Every job brings the global model, so the client needs no starting
-                # weights (nor the file); a compressed downlink's client does: its first
-                # deltas are taken from them.
-                fed_cfg = cfg.federation.model_copy(update={"init_from": None})
-                cfg = cfg.model_copy(update={"federation": fed_cfg})
-            fed = build_experiment(cfg, table_encoder=self.table_encoder).federation
+            fed = build_experiment(
+                cfg,
+                table_encoder=self.table_encoder,
+                # Every job brings the global model, so a client needs no starting
+                # weights (nor their file); with a compressed downlink it does: its
+                # first deltas are taken from them.
+                start_weights=cfg.federation.downlink is not None,
+            ).federation
         except (ConfigError, ValueError) as exc:
             raise ClientBuildError(f"this fedgen cannot build the recipe's client: {exc}") from exc
         # The initial model the recipe builds: a compressed downlink's first deltas
@@ -586,7 +591,9 @@ def run_experiment(
         from fedgen.engine.tensorboard_callback import TensorBoardCallback
 
         callbacks.append(TensorBoardCallback(run_dir / "tensorboard", run_dir / "samples"))
-    exp = build_experiment(cfg, callbacks)  # loads data first: a missing set fails here
+    # Loads data first: a missing set fails here. A resume's checkpoint replaces the
+    # starting weights, so their source need not be there any more.
+    exp = build_experiment(cfg, callbacks, start_weights=not resume)
     exp_holder["exp"] = exp
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     if resume:
@@ -810,7 +817,7 @@ def load_run(run_dir: str | Path) -> Experiment:
     if not cfg_path.is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
     cfg = load_config(cfg_path, validate_components=False)
-    exp = build_experiment(cfg)
+    exp = build_experiment(cfg, start_weights=False)  # the checkpoint replaces them
     restore_latest(exp.federation, run_dir / "checkpoints", cfg)
     return exp
 

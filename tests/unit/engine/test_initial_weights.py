@@ -3,13 +3,15 @@ with the fix (another architecture, a missing run, under DP a model of the same 
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from tiny_federation import tiny_config
 
 from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
 from fedgen.errors import CheckpointError, ConfigError
-from fedgen.experiment import RecipeClientSide, build_experiment, run_experiment
+from fedgen.experiment import RecipeClientSide, build_experiment, load_run, run_experiment
 
 # The public source run: scikit-learn's digits (shipped with scikit-learn), 2 rounds.
 PUBLIC = {
@@ -130,3 +132,29 @@ def test_a_client_built_from_the_recipe_needs_no_source_file(public_run, mnist_d
     finally:
         if moved.exists():
             moved.rename(public_run)
+
+
+def test_a_resume_and_a_reopened_run_need_not_find_the_source_again(
+    public_run, mnist_dir, tmp_path
+):
+    # Prepare: a run started from a copy of the public run, whose copy is then deleted.
+    source = tmp_path / "source"
+    shutil.copytree(public_run, source)
+    run = tmp_path / "run"
+    quiet = {"eval.every": 0, "eval.final": False, "federation.init_from": source}
+    run_experiment(tiny_config(mnist_dir, **quiet, **{"federation.rounds": 1}), run, progress=False)
+    shutil.rmtree(source)
+    # Execute + Assert: its checkpoint replaces the starting weights, so reopening it
+    # (fedgen sample / eval) and resuming it work without the source...
+    reopened = load_run(run)
+    assert reopened.federation.next_round == 1
+    run_experiment(
+        tiny_config(mnist_dir, **quiet, **{"federation.rounds": 2}),
+        run,
+        progress=False,
+        resume=True,
+    )
+    assert [r for r, _ in list_checkpoints(run / "checkpoints")][-1] == 1
+    # ...while a fresh start still needs it.
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_experiment(tiny_config(mnist_dir, **quiet), tmp_path / "again", progress=False)
