@@ -252,14 +252,17 @@ def _inversion(
     start = [c.client_id for c in clients].index(opts.client)
     ring = clients[start:] + clients[:start]
     order = [ring[0]] + [c for c in ring[1:] if c.num_examples >= opts.batch_size]
-    if len(order) < opts.secure_sum_clients:
+    # A run of one client (federation.centralized) has no sum for its update to hide in:
+    # only the update as sent and its DP view are attacked.
+    summing = len(clients) > 1
+    if summing and len(order) < opts.secure_sum_clients:
         raise ConfigError(
             f"secure_sum_clients={opts.secure_sum_clients} but only {len(order)} clients hold "
             f"{opts.batch_size} examples; pass a smaller secure_sum_clients or batch_size"
         )
     gen = torch_generator(opts.seed, "attack", "inversion", "batches")
     batches = []
-    for chosen in order[: opts.secure_sum_clients]:
+    for chosen in order[: opts.secure_sum_clients if summing else 1]:
         data = chosen.data
         rows = torch.randperm(len(data), generator=gen)[: opts.batch_size]
         batches.append((data.images[rows].float().div(255.0), data.labels[rows]))
@@ -277,10 +280,16 @@ def _inversion(
             labels,
             1,
         ),
-        "secure_sum": (secure_sum([target.gradient(x, y) for x, y in batches]), labels, 1),
     }
-    all_labels = torch.cat([y for _, y in batches])
-    views["secure_sum_all"] = (views["secure_sum"][0], all_labels, len(batches))
+    figures: dict[str, float] = {}
+    if summing:
+        summed = secure_sum([target.gradient(x, y) for x, y in batches])
+        views["secure_sum"] = (summed, labels, 1)
+        views["secure_sum_all"] = (summed, torch.cat([y for _, y in batches]), len(batches))
+        # How much the secure sum points the target's way: near 1 when the target's
+        # gradient dominates the others' (e.g. on a model DP noise blew up), and secure
+        # aggregation then hides little of it.
+        figures["secure_sum_target_cosine"] = share_of_sum(update, summed)
     config = InversionConfig(
         iterations=opts.iterations,
         lr=opts.lr,
@@ -288,12 +297,6 @@ def _inversion(
         distance=opts.distance,
         restarts=opts.restarts,
     )
-    figures: dict[str, float] = {
-        # How much the secure sum points the target's way: near 1 when the target's
-        # gradient dominates the others' (e.g. on a model DP noise blew up), and secure
-        # aggregation then hides little of it.
-        "secure_sum_target_cosine": share_of_sum(update, views["secure_sum"][0]),
-    }
     rows_out = [images]
     for name, (observed, dummy_labels, groups) in views.items():
         log.info("inverting the %s view of client %d's update", name, opts.client)

@@ -112,3 +112,22 @@ def test_a_discriminator_kept_on_the_clients_is_out_of_the_servers_reach(
     assert any("no white-box attack" in note for note in notes)
     with pytest.raises(ConfigError, match="never sees its update"):
         run_attack(tmp_path / "run", "inversion", iterations=1)
+
+
+def test_a_centralized_run_has_no_secure_sum_to_attack(make_tiny_config, tmp_path):
+    # Prepare: the federation's centralized ceiling, one client holding the pooled data.
+    from fedgen.experiment import run_experiment
+
+    run_experiment(
+        make_tiny_config(**{"federation.rounds": 1, "federation.centralized": "true"}),
+        tmp_path / "run",
+        progress=False,
+    )
+    # Execute: the default secure_sum_clients (4) would need four clients.
+    figures = run_attack(tmp_path / "run", "inversion", batch_size=2, iterations=3)
+    # Assert: the update as sent and its DP view are attacked; no sum is pretended.
+    record = json.loads((tmp_path / "run" / "attack_inversion.json").read_text())
+    assert record["rows"] == ["originals", "none", "dp"]
+    assert "psnr_none" in figures and "psnr_dp" in figures
+    assert not any(key.endswith(("secure_sum", "secure_sum_all")) for key in figures)
+    assert "secure_sum_target_cosine" not in figures
