@@ -444,6 +444,11 @@ class ExperimentConfig(_Strict):
     def to_yaml(self) -> str:
         return yaml.dump(self.model_dump(mode="json"), Dumper=RecipeDumper, sort_keys=False)
 
+    @property
+    def uses_dp(self) -> bool:
+        """True when any differential privacy applies: DP-SGD or client-level ``client_dp``."""
+        return self.dpsgd is not None or any(t.name == "client_dp" for t in self.transforms)
+
     def fingerprint(self) -> str:
         """Hash of everything that shapes the trained weights (not rounds, eval, logging).
 

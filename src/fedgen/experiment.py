@@ -30,7 +30,7 @@ from fedgen.engine.callbacks import (
 from fedgen.engine.checkpoint import (
     check_payload,
     list_checkpoints,
-    load_checkpoint,
+    newest_intact,
     restore_state,
 )
 from fedgen.engine.client_models import evaluated_client
@@ -236,9 +236,7 @@ def build_experiment(
                 "dpsgd.rounds_per_client changes who can be sampled, which client_dp's "
                 "accounting assumes it does not; drop one of them"
             )
-    if cfg.backend.name == "split" and (
-        cfg.dpsgd is not None or any(t.name == "client_dp" for t in cfg.transforms)
-    ):
+    if cfg.backend.name == "split" and cfg.uses_dp:
         # The server of split learning sees every client's activations and their
         # gradients each iteration: no update-level guarantee covers what it observes.
         problems.append(
@@ -365,10 +363,10 @@ def _start_from(task: Task, source: str, cfg: ExperimentConfig, problems: list[s
     initial = read_initial_weights(source)
     expected = task.federated_state()
     misfit = fit_problems(initial, expected)
-    if cfg.dpsgd is not None or any(t.name == "client_dp" for t in cfg.transforms):
+    if cfg.uses_dp:
         # A model that saw the private data before carries it past every noise draw of
         # this run: the guarantee would not cover it.
-        trained_on = initial.sources()
+        trained_on = initial.sources
         if trained_on is None:
             problems.append(
                 f"federation.init_from: {initial.checkpoint} has no config.yaml in its run "
@@ -384,11 +382,12 @@ def _start_from(task: Task, source: str, cfg: ExperimentConfig, problems: list[s
             )
     problems.extend(misfit)
     if not misfit:
-        task.load_state({k: initial.state[k] for k in expected})
+        start = {k: initial.state[k] for k in expected}
+        task.load_state(start)
         log.info(
             "starting from %s (global model digest %s)",
             initial.checkpoint,
-            state_digest(task.federated_state())[:12],
+            state_digest(start)[:12],
         )
 
 
@@ -417,7 +416,7 @@ def _load_data(
     from fedgen.data.text_data import ThemePartition
 
     if isinstance(partitioner, TablePartition) or any(map(is_table_source, cfg.data.sources)):
-        dp = cfg.dpsgd is not None or any(t.name == "client_dp" for t in cfg.transforms)
+        dp = cfg.uses_dp
         return federate_tables(
             cfg.data.sources,
             partitioner,
@@ -653,32 +652,25 @@ def restore_latest(fed: Federation, ckpt_dir: Path, cfg: ExperimentConfig) -> in
     found = list_checkpoints(ckpt_dir)
     if not found:
         raise CheckpointError(f"no checkpoint in {ckpt_dir}; start the run without --resume")
-    damaged: list[str] = []
-    for round_, path in reversed(found):
-        try:
-            payload = load_checkpoint(path)
-        except CheckpointError as exc:
-            log.warning("skipping a damaged checkpoint: %s", exc)
-            damaged.append(f"{path.name}: {exc}")
-            continue
-        # Intact bytes that do not fit this experiment are an error, never skipped.
-        state = check_payload(
-            payload, path, format=CHECKPOINT_FORMAT, fingerprint=cfg.fingerprint()
+    newest, damaged = newest_intact(found)
+    if newest is None:
+        raise CheckpointError(
+            f"every checkpoint in {ckpt_dir} is damaged, so the run cannot resume; start it "
+            "again without --resume in a new --out folder. Damage found:\n  " + "\n  ".join(damaged)
         )
-        if damaged:
-            log.warning(
-                "resuming from %s (after round %d); %d newer checkpoint(s) were damaged "
-                "and are ignored: those rounds are trained again",
-                path.name,
-                round_,
-                len(damaged),
-            )
-        restore_state(fed, state, path, fed.task.private_state())
-        return round_
-    raise CheckpointError(
-        f"every checkpoint in {ckpt_dir} is damaged, so the run cannot resume; start it "
-        "again without --resume in a new --out folder. Damage found:\n  " + "\n  ".join(damaged)
-    )
+    round_, path, payload = newest
+    # Intact bytes that do not fit this experiment are an error, never skipped.
+    state = check_payload(payload, path, format=CHECKPOINT_FORMAT, fingerprint=cfg.fingerprint())
+    if damaged:
+        log.warning(
+            "resuming from %s (after round %d); %d newer checkpoint(s) were damaged "
+            "and are ignored: those rounds are trained again",
+            path.name,
+            round_,
+            len(damaged),
+        )
+    restore_state(fed, state, path, fed.task.private_state())
+    return round_
 
 
 def write_summary(

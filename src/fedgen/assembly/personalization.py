@@ -41,7 +41,7 @@ from fedgen.tasks.base import Task
 def personalization_problems(cfg: ExperimentConfig, task: Task, strategy: Strategy) -> list[str]:
     """What is wrong with the experiment's personalization settings, each with its fix."""
     problems: list[str] = []
-    dp = cfg.dpsgd is not None or any(t.name == "client_dp" for t in cfg.transforms)
+    dp = cfg.uses_dp
     # Asked of the strategy: whether its clients are told to run Ditto's personal step.
     client_config = getattr(strategy, "client_config", None)
     ditto = client_config is not None and DITTO_LAMBDA in client_config(0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from fedgen.errors import CheckpointError, FedgenError
 from fedgen.privacy.noise_key import key_from_state
 from fedgen.transforms.base import FREE_SHAPE, PRIVATE_PREFIX
 from fedgen.types import StateDict
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"FEDGENC1"
 _NAME = re.compile(r"round_(\d{4,})\.ckpt$")
@@ -99,6 +102,23 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
         if m:
             found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def newest_intact(
+    found: list[tuple[int, Path]],
+) -> tuple[tuple[int, Path, dict[str, Any]] | None, list[str]]:
+    """The newest of ``found`` (``list_checkpoints``) whose bytes read intact, as
+    ``(round, path, payload)`` or None when none does, and the damage skipped on the way
+    (``"name: why"``, newest first; each is logged). A crash mid-write or a damaged disk
+    costs the rounds after the previous checkpoint, never the run."""
+    damaged: list[str] = []
+    for round_, path in reversed(found):
+        try:
+            return (round_, path, load_checkpoint(path)), damaged
+        except CheckpointError as exc:
+            log.warning("skipping a damaged checkpoint: %s", exc)
+            damaged.append(f"{path.name}: {exc}")
+    return None, damaged
 
 
 def prune_checkpoints(directory: Path, keep: int) -> None:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 
-from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
+from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint, newest_intact
 from fedgen.errors import CheckpointError
 from fedgen.types import StateDict
 
@@ -26,16 +25,8 @@ class InitialWeights:
 
     state: StateDict
     checkpoint: Path
-    #: The source run's ``config.yaml`` as a dict; None for a checkpoint without one.
-    run_config: dict[str, Any] | None
-
-    def sources(self) -> list[str] | None:
-        """The data sources the source run trained on; None when unknown."""
-        if self.run_config is None:
-            return None
-        data = self.run_config.get("data") or {}
-        sources = data.get("sources")
-        return [str(s) for s in sources] if isinstance(sources, list) else None
+    #: The source run's ``data.sources`` (its ``config.yaml``); None when unknown.
+    sources: list[str] | None
 
 
 def read_initial_weights(source: Path | str) -> InitialWeights:
@@ -50,7 +41,12 @@ def read_initial_weights(source: Path | str) -> InitialWeights:
                 f"federation.init_from: {path} holds no checkpoint; give a run folder of "
                 "`fedgen run` (with checkpoints/) or one round_NNNN.ckpt file"
             )
-        payload, checkpoint = _newest_intact(found)
+        newest, damaged = newest_intact(found)
+        if newest is None:
+            raise CheckpointError(
+                "federation.init_from: every checkpoint is damaged: " + "; ".join(damaged)
+            )
+        _, checkpoint, payload = newest
         run_dir = ckpt_dir.parent if ckpt_dir.name == "checkpoints" else ckpt_dir
     elif path.is_file():
         payload, checkpoint = load_checkpoint(path), path
@@ -66,7 +62,7 @@ def read_initial_weights(source: Path | str) -> InitialWeights:
             f"federation.init_from: {checkpoint} holds no global model (not a checkpoint of "
             "`fedgen run`)"
         )
-    return InitialWeights(dict(state), checkpoint, _run_config(run_dir / "config.yaml"))
+    return InitialWeights(dict(state), checkpoint, _trained_on(run_dir / "config.yaml"))
 
 
 def fit_problems(initial: InitialWeights, expected: StateDict) -> list[str]:
@@ -80,12 +76,9 @@ def fit_problems(initial: InitialWeights, expected: StateDict) -> list[str]:
     if not missing and not wrong:
         return []
     detail = "; ".join(
-        (
-            [f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"]
-            if missing
-            else []
-        )
-        + ([f"shapes {', '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''}"] if wrong else [])
+        f"{what} {_first(items)}"
+        for what, items in (("missing", missing), ("shapes", wrong))
+        if items
     )
     return [
         f"federation.init_from: {initial.checkpoint} is not a model of this task and "
@@ -93,22 +86,16 @@ def fit_problems(initial: InitialWeights, expected: StateDict) -> list[str]:
     ]
 
 
-def _newest_intact(found: list[tuple[int, Path]]) -> tuple[dict[str, Any], Path]:
-    # As a resume does: a damaged newest checkpoint falls back to the one before.
-    errors = []
-    for _, path in reversed(found):
-        try:
-            return load_checkpoint(path), path
-        except CheckpointError as exc:
-            errors.append(str(exc))
-    raise CheckpointError("federation.init_from: every checkpoint is damaged: " + "; ".join(errors))
+def _first(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (" ..." if len(items) > n else "")
 
 
-def _run_config(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
+def _trained_on(config_yaml: Path) -> list[str] | None:
+    """``data.sources`` of a run's ``config.yaml``; None without a readable one."""
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(config_yaml.read_text())
     except (OSError, yaml.YAMLError):
         return None
-    return loaded if isinstance(loaded, dict) else None
+    data = loaded.get("data") if isinstance(loaded, dict) else None
+    sources = data.get("sources") if isinstance(data, dict) else None
+    return [str(s) for s in sources] if isinstance(sources, list) else None
