@@ -1,0 +1,144 @@
+"""Averaging over rounds, measured after the fact: one run, every moving-average decay.
+
+The server's exponential moving average of the global model (``strategy.params.
+ema_decay``) only changes which model is sampled and evaluated, never the training
+itself. Under DP it is post-processing, so any decay is free in privacy: averaging
+the noisy iterates cancels part of the noise the mechanism added (De et al. 2022
+found it decisive for DP-SGD classifiers). Rather than one run per decay, which under
+DP would also differ in the secret noise draws, this replays the averages of one run
+that kept every round's checkpoint (``checkpoint.keep >= federation.rounds``):
+
+    .venv/bin/python benchmarks/ema_offline.py RUN_DIR --decays 0 0.9 0.95 0.98 \\
+        --rounds 50 75 100 --table benchmarks/results/ema_offline.md
+
+Decay 0 is the last iterate as trained. Before anything is evaluated, the run's own
+decay is replayed and checked against the average stored in its checkpoints, so a
+table row can be trusted to be the average it names. Every decay at one round is
+evaluated with the same seeds (the round's), so their difference is the model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fedgen.config import load_config
+from fedgen.engine.checkpoint import check_payload, list_checkpoints, load_checkpoint, restore_state
+from fedgen.experiment import CHECKPOINT_FORMAT, build_experiment, evaluate_task
+from fedgen.report.results_table import ResultsTable
+from fedgen.strategies.moving_average import effective_decay, ema_update
+from fedgen.types import StateDict
+
+COLUMNS = [
+    "run",
+    "round",
+    "decay",
+    "tstr_accuracy",
+    "frechet_distance",
+    "precision",
+    "recall",
+    "eval_seconds",
+]
+
+
+def averages(
+    start: StateDict, states: list[StateDict], decays: list[float], warmup: bool
+) -> dict[float, list[StateDict]]:
+    """For each decay, the moving average after every round (the strategy's own update)."""
+    out: dict[float, list[StateDict]] = {}
+    for decay in decays:
+        avg: StateDict | None = None
+        before, series = start, []
+        for i, after in enumerate(states):
+            avg = ema_update(avg, before, after, effective_decay(decay, i, warmup))
+            series.append(avg)
+            before = after
+        out[decay] = series
+    return out
+
+
+def _max_gap(a: StateDict, b: StateDict) -> float:
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir", type=Path, help="a run folder that kept every round's checkpoint")
+    ap.add_argument("--decays", type=float, nargs="+", default=[0.0, 0.9, 0.95, 0.98])
+    ap.add_argument("--rounds", type=int, nargs="+", help="rounds to evaluate (1-based)")
+    ap.add_argument("--table", type=Path, default=Path("benchmarks/results/ema_offline.md"))
+    args = ap.parse_args(argv)
+
+    cfg = load_config(args.run_dir / "config.yaml", validate_components=False)
+    found = dict(list_checkpoints(args.run_dir / "checkpoints"))
+    rounds = args.rounds or ([max(found) + 1] if found else [1])
+    missing = [r for r in range(max(rounds, default=0)) if r not in found]
+    if not found or missing:
+        sys.exit(
+            f"{args.run_dir} lacks the checkpoints of rounds {[r + 1 for r in missing][:10]} "
+            f"(of {len(missing)} missing): the averages need every round's model. Run it with "
+            "--set checkpoint.keep=N, N at least the rounds it trains."
+        )
+    params = cfg.strategy.params
+    own_decay, warmup = params.get("ema_decay"), bool(params.get("ema_warmup", False))
+
+    exp = build_experiment(cfg, start_weights=True)
+    fed = exp.federation
+    start = {k: v.clone() for k, v in fed.global_state.items()}
+    fingerprint = cfg.fingerprint()
+    states: list[StateDict] = []
+    stored: dict[int, Any] = {}
+    for r in range(max(rounds)):
+        state = check_payload(
+            load_checkpoint(found[r]), found[r], format=CHECKPOINT_FORMAT, fingerprint=fingerprint
+        )
+        states.append(state["global_state"])
+        stored[r] = state
+    decays = sorted(set(args.decays) | ({own_decay} if own_decay is not None else set()))
+    series = averages(start, states, [d for d in decays if d > 0], warmup)
+    if own_decay is not None:
+        gaps = [
+            _max_gap(series[own_decay][r], stored[r]["strategy"]["ema"]) for r in range(len(states))
+        ]
+        # float32 sums in a different order differ in the last bits, never more
+        if max(gaps) > 1e-4:
+            sys.exit(
+                f"replaying decay {own_decay} does not give the run's own average (largest "
+                f"gap {max(gaps):.3g}); this run's strategy averages differently"
+            )
+        print(f"replayed decay {own_decay}: largest gap to the stored average {max(gaps):.2g}")
+
+    table = ResultsTable(args.table, COLUMNS)
+    table.start(
+        f"moving average after the fact: {args.run_dir.name}",
+        [
+            f"run: `{args.run_dir}` ({cfg.task.name}, {cfg.data.num_clients} clients, "
+            f"{len(states)} rounds read, its own decay {own_decay}, warmup {warmup})",
+            "decay 0 is the last iterate as trained; each round's decays share its eval seeds",
+        ],
+    )
+    for count in rounds:
+        r = count - 1
+        for decay in args.decays:
+            restore_state(fed, stored[r], found[r], fed.task.private_state())
+            fed.strategy.ema = (  # type: ignore[attr-defined]
+                None if decay == 0 else {k: v.clone() for k, v in series[decay][r].items()}
+            )
+            t0 = time.perf_counter()
+            figures = evaluate_task(exp, tstr=True)
+            row = {
+                "run": args.run_dir.name,
+                "round": count,
+                "decay": decay,
+                **{c: figures.get(c) for c in COLUMNS[3:7]},
+                "eval_seconds": time.perf_counter() - t0,
+            }
+            print(table.append(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
