@@ -19,6 +19,9 @@ from fedgen.version import __version__
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    # Click (8.2+) already suggests the nearest command; Typer's own suggestion would
+    # print "Did you mean 'eval'?" a second time on the same line.
+    suggest_commands=False,
     help="Federated training of generative models on real data.",
 )
 

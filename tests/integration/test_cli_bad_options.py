@@ -50,3 +50,9 @@ def test_eval_with_too_few_tstr_samples_is_a_clear_error(run_dir):
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "--tstr-samples" in proc.stderr and "10" in proc.stderr
     assert not (run_dir / "eval.json").exists()
+
+
+def test_a_mistyped_command_suggests_the_nearest_one_once():
+    proc = fedgen("evaluate", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("Did you mean 'eval'?") == 1, proc.stderr
