@@ -9,9 +9,12 @@ DP would also differ in the secret noise draws, this replays the averages of one
 that kept every round's checkpoint (``checkpoint.keep >= federation.rounds``):
 
     .venv/bin/python benchmarks/ema_offline.py RUN_DIR --decays 0 0.9 0.95 0.98 \\
-        --rounds 50 75 100 --table benchmarks/results/ema_offline.md
+        --rounds 50 75 100 [--debias] --table benchmarks/results/ema_offline.md
 
-Decay 0 is the last iterate as trained. Before anything is evaluated, the run's own
+Decay 0 is the last iterate as trained. The strategy's average starts at the initial
+model and keeps ``decay ** rounds`` of it, which a slow decay cannot shed in a short
+run; ``--debias`` adds, for each decay, the average of the trained models only (the
+weights normalised, as Adam corrects its moments). Before anything is evaluated, the run's own
 decay is replayed and checked against the average stored in its checkpoints, so a
 table row can be trusted to be the average it names. Every decay at one round is
 evaluated with the same seeds (the round's), so their difference is the model's.
@@ -36,6 +39,7 @@ COLUMNS = [
     "run",
     "round",
     "decay",
+    "average",
     "tstr_accuracy",
     "frechet_distance",
     "precision",
@@ -45,18 +49,36 @@ COLUMNS = [
 
 
 def averages(
-    start: StateDict, states: list[StateDict], decays: list[float], warmup: bool
-) -> dict[float, list[StateDict]]:
-    """For each decay, the moving average after every round (the strategy's own update)."""
-    out: dict[float, list[StateDict]] = {}
-    for decay in decays:
-        avg: StateDict | None = None
-        before, series = start, []
-        for i, after in enumerate(states):
-            avg = ema_update(avg, before, after, effective_decay(decay, i, warmup))
-            series.append(avg)
-            before = after
-        out[decay] = series
+    start: StateDict, states: list[StateDict], decay: float, warmup: bool, keep: set[int]
+) -> dict[int, StateDict]:
+    """The strategy's moving average after each round index in ``keep`` (0-based)."""
+    out: dict[int, StateDict] = {}
+    avg: StateDict | None = None
+    before = start
+    for i, after in enumerate(states):
+        avg = ema_update(avg, before, after, effective_decay(decay, i, warmup))
+        if i in keep:
+            out[i] = avg
+        before = after
+    return out
+
+
+def debiased_averages(
+    states: list[StateDict], decay: float, keep: set[int]
+) -> dict[int, StateDict]:
+    """Rounds' models weighted ``decay ** age`` and normalised (Adam's bias correction):
+    unlike the strategy's average, none of the weight stays on the untrained start, so a
+    slow decay averages only trained models."""
+    out: dict[int, StateDict] = {}
+    num: StateDict = {}
+    den = 0.0
+    for i, state in enumerate(states):
+        num = {k: decay * num[k] + v if k in num else v.clone() for k, v in state.items()}
+        den = decay * den + 1.0
+        if i in keep:
+            out[i] = {
+                k: v / den if v.is_floating_point() else state[k].clone() for k, v in num.items()
+            }
     return out
 
 
@@ -69,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dir", type=Path, help="a run folder that kept every round's checkpoint")
     ap.add_argument("--decays", type=float, nargs="+", default=[0.0, 0.9, 0.95, 0.98])
     ap.add_argument("--rounds", type=int, nargs="+", help="rounds to evaluate (1-based)")
+    ap.add_argument(
+        "--debias", action="store_true", help="also each decay's average of trained models only"
+    )
     ap.add_argument("--table", type=Path, default=Path("benchmarks/results/ema_offline.md"))
     args = ap.parse_args(argv)
 
@@ -89,27 +114,40 @@ def main(argv: list[str] | None = None) -> int:
     fed = exp.federation
     start = {k: v.clone() for k, v in fed.global_state.items()}
     fingerprint = cfg.fingerprint()
+    keep = {count - 1 for count in rounds}
     states: list[StateDict] = []
     stored: dict[int, Any] = {}
+    replayed: StateDict | None = None
+    gap = 0.0
     for r in range(max(rounds)):
         state = check_payload(
             load_checkpoint(found[r]), found[r], format=CHECKPOINT_FORMAT, fingerprint=fingerprint
         )
+        if own_decay is not None:
+            before = start if r == 0 else states[-1]
+            d = effective_decay(own_decay, r, warmup)
+            replayed = ema_update(replayed, before, state["global_state"], d)
+            gap = max(gap, _max_gap(replayed, state["strategy"]["ema"]))
         states.append(state["global_state"])
-        stored[r] = state
-    decays = sorted(set(args.decays) | ({own_decay} if own_decay is not None else set()))
-    series = averages(start, states, [d for d in decays if d > 0], warmup)
+        if r in keep:
+            stored[r] = state
     if own_decay is not None:
-        gaps = [
-            _max_gap(series[own_decay][r], stored[r]["strategy"]["ema"]) for r in range(len(states))
-        ]
-        # float32 sums in a different order differ in the last bits, never more
-        if max(gaps) > 1e-4:
+        # float32 sums in another order may differ in the last bits, never more
+        if gap > 1e-4:
             sys.exit(
                 f"replaying decay {own_decay} does not give the run's own average (largest "
-                f"gap {max(gaps):.3g}); this run's strategy averages differently"
+                f"gap {gap:.3g}); this run's strategy averages differently"
             )
-        print(f"replayed decay {own_decay}: largest gap to the stored average {max(gaps):.2g}")
+        print(f"replayed decay {own_decay}: largest gap to the stored average {gap:.2g}")
+
+    models: dict[tuple[float, str], dict[int, StateDict]] = {}
+    for decay in args.decays:
+        if decay == 0:
+            models[(0.0, "last iterate")] = {r: states[r] for r in keep}
+            continue
+        models[(decay, "strategy")] = averages(start, states, decay, warmup, keep)
+        if args.debias:
+            models[(decay, "debiased")] = debiased_averages(states, decay, keep)
 
     table = ResultsTable(args.table, COLUMNS)
     table.start(
@@ -117,23 +155,30 @@ def main(argv: list[str] | None = None) -> int:
         [
             f"run: `{args.run_dir}` ({cfg.task.name}, {cfg.data.num_clients} clients, "
             f"{len(states)} rounds read, its own decay {own_decay}, warmup {warmup})",
-            "decay 0 is the last iterate as trained; each round's decays share its eval seeds",
+            "average: `strategy` is the server's moving average (it starts at the initial "
+            "model, whose weight decay ** rounds stays in it), `debiased` weights only the "
+            "rounds' models, `last iterate` the model as trained; each round's rows share "
+            "its eval seeds",
         ],
     )
     for count in rounds:
         r = count - 1
-        for decay in args.decays:
+        for (decay, kind), series in models.items():
             restore_state(fed, stored[r], found[r], fed.task.private_state())
+            # The evaluation samples the strategy's average when it has one.
             fed.strategy.ema = (  # type: ignore[attr-defined]
-                None if decay == 0 else {k: v.clone() for k, v in series[decay][r].items()}
+                None if decay == 0 else {k: v.clone() for k, v in series[r].items()}
             )
+            if decay == 0:
+                fed.global_state = {k: v.clone() for k, v in series[r].items()}
             t0 = time.perf_counter()
             figures = evaluate_task(exp, tstr=True)
             row = {
                 "run": args.run_dir.name,
                 "round": count,
                 "decay": decay,
-                **{c: figures.get(c) for c in COLUMNS[3:7]},
+                "average": kind,
+                **{c: figures.get(c) for c in COLUMNS[4:8]},
                 "eval_seconds": time.perf_counter() - t0,
             }
             print(table.append(row), flush=True)
