@@ -124,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             load_checkpoint(found[r]), found[r], format=CHECKPOINT_FORMAT, fingerprint=fingerprint
         )
         if own_decay is not None:
+            if "ema" not in state["strategy"]:
+                sys.exit(
+                    f"{found[r].name} holds no single global moving average (strategy "
+                    f"{cfg.strategy.name!r}); this replays the FedAvg family's only"
+                )
             before = start if r == 0 else states[-1]
             d = effective_decay(own_decay, r, warmup)
             replayed = ema_update(replayed, before, state["global_state"], d)
