@@ -13,8 +13,9 @@ that kept every round's checkpoint (``checkpoint.keep >= federation.rounds``):
 
 Decay 0 is the last iterate as trained. The strategy's average starts at the initial
 model and keeps ``decay ** rounds`` of it, which a slow decay cannot shed in a short
-run; ``--debias`` adds, for each decay, the average of the trained models only (the
-weights normalised, as Adam corrects its moments). Before anything is evaluated, the run's own
+run; ``--debias`` adds, for each decay, the average of the trained models only
+(``strategy.params.ema_warmup: debias``, the weights normalised as Adam corrects its
+moments). Before anything is evaluated, the run's own
 decay is replayed and checked against the average stored in its checkpoints, so a
 table row can be trusted to be the average it names. Every decay at one round is
 evaluated with the same seeds (the round's), so their difference is the model's.
@@ -32,7 +33,7 @@ from fedgen.config import load_config
 from fedgen.engine.checkpoint import check_payload, list_checkpoints, load_checkpoint, restore_state
 from fedgen.experiment import CHECKPOINT_FORMAT, build_experiment, evaluate_task
 from fedgen.report.results_table import ResultsTable
-from fedgen.strategies.moving_average import effective_decay, ema_update
+from fedgen.strategies.moving_average import EmaWarmup, effective_decay, ema_update
 from fedgen.types import StateDict
 
 COLUMNS = [
@@ -49,7 +50,7 @@ COLUMNS = [
 
 
 def averages(
-    start: StateDict, states: list[StateDict], decay: float, warmup: bool, keep: set[int]
+    start: StateDict, states: list[StateDict], decay: float, warmup: EmaWarmup, keep: set[int]
 ) -> dict[int, StateDict]:
     """The strategy's moving average after each round index in ``keep`` (0-based)."""
     out: dict[int, StateDict] = {}
@@ -60,25 +61,6 @@ def averages(
         if i in keep:
             out[i] = avg
         before = after
-    return out
-
-
-def debiased_averages(
-    states: list[StateDict], decay: float, keep: set[int]
-) -> dict[int, StateDict]:
-    """Rounds' models weighted ``decay ** age`` and normalised (Adam's bias correction):
-    unlike the strategy's average, none of the weight stays on the untrained start, so a
-    slow decay averages only trained models."""
-    out: dict[int, StateDict] = {}
-    num: StateDict = {}
-    den = 0.0
-    for i, state in enumerate(states):
-        num = {k: decay * num[k] + v if k in num else v.clone() for k, v in state.items()}
-        den = decay * den + 1.0
-        if i in keep:
-            out[i] = {
-                k: v / den if v.is_floating_point() else state[k].clone() for k, v in num.items()
-            }
     return out
 
 
@@ -108,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             "--set checkpoint.keep=N, N at least the rounds it trains."
         )
     params = cfg.strategy.params
-    own_decay, warmup = params.get("ema_decay"), bool(params.get("ema_warmup", False))
+    own_decay = params.get("ema_decay")
+    warmup: EmaWarmup = params.get("ema_warmup", False)
 
     exp = build_experiment(cfg, start_weights=True)
     fed = exp.federation
@@ -152,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         models[(decay, "strategy")] = averages(start, states, decay, warmup, keep)
         if args.debias:
-            models[(decay, "debiased")] = debiased_averages(states, decay, keep)
+            models[(decay, "debiased")] = averages(start, states, decay, "debias", keep)
 
     table = ResultsTable(args.table, COLUMNS)
     table.start(

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedgen.errors import ConfigError, RoundFailedError
 from fedgen.registry import STRATEGIES
 from fedgen.strategies.base import Aggregate, Strategy
-from fedgen.strategies.moving_average import effective_decay, ema_update
+from fedgen.strategies.moving_average import EmaWarmup, effective_decay, ema_update
 from fedgen.strategies.sampling import build_sampler, round_plan
 from fedgen.types import ClientResult, RoundPlan, StateDict
 
@@ -291,7 +291,7 @@ class KldClustered(Strategy):
         feature: str = "d3"
         cluster_seed: int = 42
         ema_decay: float | None = Field(None, ge=0, lt=1)
-        ema_warmup: bool = False
+        ema_warmup: EmaWarmup = False
 
     def __init__(
         self,
@@ -305,7 +305,7 @@ class KldClustered(Strategy):
         cluster_seed: int = 42,
         root_seed: int = 0,
         ema_decay: float | None = None,
-        ema_warmup: bool = False,
+        ema_warmup: EmaWarmup = False,
     ) -> None:
         if plain_rounds < 0:
             raise ConfigError(f"strategy plain_rounds={plain_rounds}: use >= 0 (published: 2)")

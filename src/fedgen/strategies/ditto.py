@@ -27,6 +27,7 @@ from pydantic import Field
 from fedgen.errors import ConfigError
 from fedgen.registry import STRATEGIES
 from fedgen.strategies.fedavg import FedAvg
+from fedgen.strategies.moving_average import EmaWarmup
 
 #: Keys of a client instruction's config: the personal objective's weight and steps.
 DITTO_LAMBDA = "ditto_lambda"
@@ -61,7 +62,7 @@ class Ditto(FedAvg):
         server_lr: float = 1.0,
         weighted: bool = True,
         ema_decay: float | None = None,
-        ema_warmup: bool = False,
+        ema_warmup: EmaWarmup = False,
         sampling: str = "fixed",
         fixed_denominator: bool = False,
         root_seed: int = 0,

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedgen.errors import ConfigError, RoundFailedError
 from fedgen.registry import STRATEGIES
 from fedgen.strategies.base import Aggregate, Needs, Strategy
-from fedgen.strategies.moving_average import effective_decay, ema_update
+from fedgen.strategies.moving_average import EmaWarmup, effective_decay, ema_update
 from fedgen.strategies.sampling import build_sampler, round_plan
 from fedgen.types import ClientResult, RoundPlan, StateDict
 
@@ -35,7 +35,11 @@ class FedAvg(Strategy):
             Effectiveness of Averaging in GAN Training"). Training is unaffected.
         ema_warmup: the decay of update t is ``min(ema_decay, (1 + t) / (10 + t))``
             (``fedgen.strategies.moving_average``): 0.1 at first, 0.7 at round 20, and
-            0.9 from round 80 on, so early rounds fade fast.
+            0.9 from round 80 on, so early rounds fade fast. ``"debias"``: the
+            average is the trained rounds' models weighted ``ema_decay ** age`` and
+            normalised, none left on the start and the decay never capped (under
+            client-level DP a slow decay of it averaged out more noise:
+            ``benchmarks/results/privacy.md``).
         sampling: ``"fixed"`` draws exactly ``max(min_clients, round(fraction * N))``
             clients without replacement; ``"poisson"`` includes each client
             independently with probability ``fraction`` (the cohort size varies, may be
@@ -61,7 +65,7 @@ class FedAvg(Strategy):
         server_lr: float = Field(1.0, gt=0, allow_inf_nan=False)
         weighted: bool = True
         ema_decay: float | None = Field(None, ge=0, lt=1)
-        ema_warmup: bool = False
+        ema_warmup: EmaWarmup = False
         sampling: Literal["fixed", "poisson"] = "fixed"
         fixed_denominator: bool = False
 
@@ -72,7 +76,7 @@ class FedAvg(Strategy):
         server_lr: float = 1.0,
         weighted: bool = True,
         ema_decay: float | None = None,
-        ema_warmup: bool = False,
+        ema_warmup: EmaWarmup = False,
         sampling: str = "fixed",
         fixed_denominator: bool = False,
         root_seed: int = 0,

@@ -44,6 +44,7 @@ from pydantic import Field
 from fedgen.errors import ConfigError
 from fedgen.registry import STRATEGIES
 from fedgen.strategies.fedavg import FedAvg
+from fedgen.strategies.moving_average import EmaWarmup
 from fedgen.types import StateDict
 
 
@@ -99,7 +100,7 @@ class FedAvgM(ServerOptimizer):
         server_lr: float = 1.0,
         weighted: bool = True,
         ema_decay: float | None = None,
-        ema_warmup: bool = False,
+        ema_warmup: EmaWarmup = False,
         sampling: str = "fixed",
         fixed_denominator: bool = False,
         root_seed: int = 0,
@@ -152,7 +153,7 @@ class AdaptiveServerOptimizer(ServerOptimizer):
         server_lr: float = 0.01,
         weighted: bool = True,
         ema_decay: float | None = None,
-        ema_warmup: bool = False,
+        ema_warmup: EmaWarmup = False,
         sampling: str = "fixed",
         fixed_denominator: bool = False,
         root_seed: int = 0,

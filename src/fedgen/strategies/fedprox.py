@@ -23,6 +23,7 @@ from pydantic import Field
 from fedgen.errors import ConfigError
 from fedgen.registry import STRATEGIES
 from fedgen.strategies.fedavg import FedAvg
+from fedgen.strategies.moving_average import EmaWarmup
 
 #: The key of a client instruction's config that carries mu.
 PROXIMAL_MU = "proximal_mu"
@@ -50,7 +51,7 @@ class FedProx(FedAvg):
         server_lr: float = 1.0,
         weighted: bool = True,
         ema_decay: float | None = None,
-        ema_warmup: bool = False,
+        ema_warmup: EmaWarmup = False,
         sampling: str = "fixed",
         fixed_denominator: bool = False,
         root_seed: int = 0,

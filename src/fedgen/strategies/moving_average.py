@@ -4,16 +4,27 @@ For GAN generators the average samples better than the last iterate (Yazici et
 al. 2019, "The Unusual Effectiveness of Averaging in GAN Training"). With
 ``warmup`` the decay grows as ``min(decay, (1 + t) / (10 + t))`` after ``t``
 updates (TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``), so a
-short run's average is not dominated by its first, untrained rounds.
+short run's average is not dominated by its first, untrained rounds. With
+``warmup="debias"`` update ``t`` takes ``1 - (1 - decay) / (1 - decay ** (t + 1))``:
+the average is then exactly the rounds' models weighted ``decay ** age`` and
+normalised (Adam's bias correction of its moments), with no weight left on the
+untrained start and no cap on the decay, so a slow decay is usable in a short run.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fedgen.types import StateDict
 
+#: ``strategy.params.ema_warmup``: none, TensorFlow's schedule, or bias correction.
+EmaWarmup = bool | Literal["debias"]
 
-def effective_decay(decay: float, updates: int, warmup: bool) -> float:
+
+def effective_decay(decay: float, updates: int, warmup: EmaWarmup) -> float:
     """The decay of update number ``updates`` (0-based)."""
+    if warmup == "debias":
+        return 1.0 - (1.0 - decay) / (1.0 - decay ** (updates + 1)) if decay > 0 else 0.0
     return min(decay, (1 + updates) / (10 + updates)) if warmup else decay
 
 

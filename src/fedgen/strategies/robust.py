@@ -40,6 +40,7 @@ from fedgen.errors import ConfigError, RoundFailedError
 from fedgen.registry import STRATEGIES
 from fedgen.strategies.base import Aggregate, Needs, Strategy
 from fedgen.strategies.fedavg import FedAvg
+from fedgen.strategies.moving_average import EmaWarmup
 from fedgen.types import ClientResult, RoundPlan, StateDict
 
 
@@ -65,7 +66,7 @@ class RobustAggregation(FedAvg):
         server_lr: float = 1.0,
         weighted: bool = True,
         ema_decay: float | None = None,
-        ema_warmup: bool = False,
+        ema_warmup: EmaWarmup = False,
         sampling: str = "fixed",
         fixed_denominator: bool = False,
         root_seed: int = 0,
@@ -241,7 +242,7 @@ class MultiKrum(Krum):
         server_lr: float = 1.0,
         weighted: bool = True,
         ema_decay: float | None = None,
-        ema_warmup: bool = False,
+        ema_warmup: EmaWarmup = False,
         sampling: str = "fixed",
         fixed_denominator: bool = False,
         root_seed: int = 0,
@@ -322,7 +323,7 @@ class NormBound(RobustAggregation):
         server_lr: float = 1.0,
         weighted: bool = True,
         ema_decay: float | None = None,
-        ema_warmup: bool = False,
+        ema_warmup: EmaWarmup = False,
         sampling: str = "fixed",
         fixed_denominator: bool = False,
         root_seed: int = 0,

@@ -148,3 +148,26 @@ def test_ema_warmup_grows_the_decay_and_the_count_survives_a_checkpoint():
     assert float(strategy.ema["w"]) == pytest.approx(expected, rel=1e-6)
     assert torch.equal(restored.ema["w"], strategy.ema["w"]) and restored.ema_updates == 2
     assert strategy.averaging and not FedAvg().averaging
+
+
+def test_debiased_average_weights_only_the_trained_rounds():
+    # Prepare: a slow decay, debiased, from a start far from every round's model.
+    decay = 0.98
+    strategy = FedAvg(ema_decay=decay, ema_warmup="debias", min_clients=1)
+    state = {"w": torch.tensor([100.0])}
+    targets = [1.0, 2.0, 3.0, 4.0]
+    # Execute: four rounds moving w to each target.
+    for target in targets:
+        result = ClientResult(0, 1, update={"w": torch.tensor([target]) - state["w"]})
+        state = strategy.apply(0, state, strategy.aggregate(0, [result]))
+    # Assert: the rounds' models weighted decay ** age and normalised; the start of 100
+    # has no weight (the plain average would keep 0.98 ** 4 of it: about 92).
+    weights = [decay ** (len(targets) - 1 - i) for i in range(len(targets))]
+    expected = sum(w * t for w, t in zip(weights, targets, strict=True)) / sum(weights)
+    assert float(strategy.ema["w"]) == pytest.approx(expected, rel=1e-6)
+    assert effective_decay(decay, 0, "debias") == 0.0
+    assert effective_decay(0.0, 5, "debias") == 0.0
+    assert effective_decay(decay, 10_000, "debias") == pytest.approx(decay)
+    assert FedAvg.Params(ema_warmup="debias").ema_warmup == "debias"
+    with pytest.raises(ValueError):
+        FedAvg.Params(ema_warmup="slow")
