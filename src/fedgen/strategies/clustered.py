@@ -270,7 +270,9 @@ class KldClustered(Strategy):
             FedAvg's ``ema_decay``; Yazici et al. 2019). Training is unaffected.
             Not published: fedgen's variant. A client's average moves only in rounds
             it takes part in (HuSCF-GAN: every client, every round).
-        ema_warmup: grow the decay over the first rounds, as FedAvg's.
+        ema_warmup: grow the decay over the first rounds, as FedAvg's (``true`` or
+            ``"debias"``). The schedule counts the server's rounds, so the average of a
+            client that skips rounds (``fraction`` < 1) is only approximately debiased.
         root_seed: the run's root seed (client seeds); the experiment builder passes it.
     """
 
