@@ -100,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     keep = {count - 1 for count in rounds}
     states: list[StateDict] = []
     stored: dict[int, Any] = {}
-    replayed: StateDict | None = None
-    gap = 0.0
+    own_averages: list[StateDict] = []
     for r in range(max(rounds)):
         state = check_payload(
             load_checkpoint(found[r]), found[r], format=CHECKPOINT_FORMAT, fingerprint=fingerprint
@@ -112,14 +111,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"{found[r].name} holds no single global moving average (strategy "
                     f"{cfg.strategy.name!r}); this replays the FedAvg family's only"
                 )
-            before = start if r == 0 else states[-1]
-            d = effective_decay(own_decay, r, warmup)
-            replayed = ema_update(replayed, before, state["global_state"], d)
-            gap = max(gap, _max_gap(replayed, state["strategy"]["ema"]))
+            own_averages.append(state["strategy"]["ema"])
         states.append(state["global_state"])
         if r in keep:
             stored[r] = state
     if own_decay is not None:
+        replayed = averages(start, states, own_decay, warmup, set(range(len(states))))
+        gap = max(_max_gap(replayed[r], own) for r, own in enumerate(own_averages))
         # float32 sums in another order may differ in the last bits, never more
         if gap > 1e-4:
             sys.exit(
@@ -157,8 +155,6 @@ def main(argv: list[str] | None = None) -> int:
             fed.strategy.ema = (  # type: ignore[attr-defined]
                 None if decay == 0 else {k: v.clone() for k, v in series[r].items()}
             )
-            if decay == 0:
-                fed.global_state = {k: v.clone() for k, v in series[r].items()}
             t0 = time.perf_counter()
             figures = evaluate_task(exp, tstr=True)
             row = {
