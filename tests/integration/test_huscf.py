@@ -11,6 +11,8 @@ from cli_runner import fedgen
 
 from fedgen.config import load_config
 from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
+from fedgen.engine.client_models import load_client_model, task_private
+from fedgen.experiment import load_run
 from fedgen.split.devices import PUBLISHED_DEVICES, load_profiles
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +93,25 @@ def test_two_round_huscf_run_writes_a_complete_run_folder(two_rounds):
     assert 0.0 <= summary["tstr_accuracy"] <= 1.0
     assert len(list((out / "samples").glob("*.png"))) == 2
     assert "tstr_accuracy" in (out / "report.html").read_text()
+
+
+def test_a_clients_own_model_is_the_strategys_average_of_it(two_rounds):
+    # Prepare: the 2-round run, moving average on (TINY), rebuilt from its folder.
+    fed = load_run(two_rounds).federation
+    clients = sorted(fed.private_states)
+    assert clients and fed.strategy.averaging
+    for cid in clients:
+        own = task_private(fed.private_states[cid])
+        expected = fed.strategy.client_evaluation_state(cid, fed.global_state, own)
+        # Execute
+        load_client_model(fed, cid)
+        # Assert: the whole model (averaged body, averaged head and tail) is what the
+        # strategy evaluates this client with, not the raw head on an averaged body.
+        loaded = {**fed.task.federated_state(), **fed.task.private_state()}
+        assert loaded.keys() == expected.keys()
+        assert all(torch.equal(loaded[k], expected[k]) for k in expected), cid
+        # and it differs from the weights as trained (the average is not a no-op here).
+        assert any(not torch.equal(loaded[k], fed.private_states[cid][k]) for k in own), cid
 
 
 def test_clients_of_one_cluster_hold_identical_heads(two_rounds):

@@ -174,13 +174,20 @@ def load_chosen_model(
 def load_client_model(fed: Federation, client_id: int) -> None:
     """Load client ``client_id``'s own model into ``fed.task`` (the global model for a
     client that has none): Ditto's personal tensors, else the global federated tensors,
-    and the client's private tensors (initial ones if it never trained)."""
+    and the client's private tensors (initial ones if it never trained), as the strategy
+    evaluates them (kld_clustered: their moving averages, beside the averaged body)."""
     task = fed.load_global_into_task()
     private = fed.private_states.get(client_id) or {}
     personal = personal_model(private)
     if personal:
         task.load_state(personal)
-    task.load_state(task_private(private) or task.initial_private_state())
+    own = task_private(private)
+    if not own:
+        task.load_state(task.initial_private_state())
+        return
+    # Only the private keys: the federated ones are already the strategy's (or Ditto's).
+    evaluated = fed.strategy.client_evaluation_state(client_id, fed.global_state, own)
+    task.load_state({k: evaluated[k] for k in own})
 
 
 def evaluate_clients(
