@@ -22,6 +22,7 @@ from fedgen.engine.backends.local_training import (
     work_from_job,
 )
 from fedgen.errors import FedgenError
+from fedgen.privacy.noise_key import client_noise_key
 from fedgen.transforms.clip import NormClip
 from fedgen.types import ClientInstruction, ClientResult
 from fedgen.wire import Message, WireError, decode, encode, message_nbytes
@@ -610,12 +611,11 @@ def test_a_job_gives_the_client_the_work_the_server_planned():
     got_ins, got, n = work_from_job(message, None, [client_clip], None, None)  # type: ignore[arg-type]
     # Assert
     assert got_ins == ins and n == 9
-    assert (got.round, got.local_steps, got.local_epochs, got.noise_key) == (
-        7,
-        None,
-        1.5,
-        work.noise_key,
-    )
+    assert (got.round, got.local_steps, got.local_epochs) == (7, None, 1.5)
+    # The run's noise key stays with the server; the client gets its own, derived one.
+    assert got.noise_key is None and got.client_key == client_noise_key(work.noise_key, 2)
+    assert got.client_key != work.noise_key and work.noise_key.hex() not in str(message.meta)
+    assert got.own_noise_key(2) == work.own_noise_key(2)
     assert_same(got.global_state, work.global_state)
     assert client_clip.max_norm == 0.37
 

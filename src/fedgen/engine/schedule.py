@@ -18,9 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 from fedgen.data.client_data import ClientData
 from fedgen.engine.client_clock import ClientClock
 from fedgen.errors import ConfigError
+from fedgen.privacy.noise_key import keyed_seed
 from fedgen.seeding import numpy_rng
 from fedgen.strategies.base import Aggregate, Strategy
 from fedgen.tasks.base import Task
@@ -46,6 +49,12 @@ class RoundLoop(Protocol):
     global_state: StateDict
     backend: Any
     private_states: dict[int, StateDict]
+    noise_key: bytes | None
+
+    @property
+    def withholds_cohort(self) -> bool:
+        """True under client-level DP: nobody but the server may learn the cohort."""
+        ...
 
     def local_work(self, start: StateDict, round: int) -> Any:
         """The ``LocalWork`` of clients sent ``start`` in ``round``."""
@@ -107,6 +116,19 @@ class Schedule(ABC):
         """Restore what ``state_dict`` returned."""
 
 
+def cohort_rng(fed: RoundLoop, r: int) -> np.random.Generator:
+    """The generator that samples round ``r``'s cohort.
+
+    Under client-level DP it is keyed by the run's secret noise key: amplification by
+    sampling assumes nobody can tell who was sampled, and a cohort drawn from the root
+    seed could be recomputed from ``config.yaml``. Otherwise from the root seed alone,
+    so a run without DP reruns identically from its config.
+    """
+    if fed.withholds_cohort and fed.noise_key is not None:
+        return np.random.default_rng(keyed_seed(fed.noise_key, fed.seed, "sample", r))
+    return numpy_rng(fed.seed, "sample", r)
+
+
 class SynchronousSchedule(Schedule):
     """The classic round: ``strategy.configure`` picks a cohort, the strategy aggregates.
 
@@ -125,7 +147,7 @@ class SynchronousSchedule(Schedule):
         pool = sorted(fed.clients)
         if fed.privacy is not None:
             pool = fed.privacy.eligible(pool)  # clients with DP-SGD rounds left
-        plan = fed.strategy.configure(r, pool, numpy_rng(fed.seed, "sample", r))
+        plan = fed.strategy.configure(r, pool, cohort_rng(fed, r))
         return Step(plan, [Job(plan, fed.global_state, r)], {})
 
     def combine(

@@ -16,9 +16,10 @@ it. With an engine attached that source
   is the engine's, or the client's own under per-client calibration
   (``dpsgd.noise_per_client``), known once ``batches`` names the client.
 
-The noise generator is seeded with the run's secret noise key and the client's round
-seed (``fedgen.privacy.noise_key``; the backend sets ``engine.noise_key`` before each
-call): unpredictable from the run's config, bit-identical on resume.
+The noise generator, and the one that draws the Poisson batches, are seeded with the
+client's secret noise key and its round seed (``fedgen.privacy.noise_key``; the backend
+sets ``engine.noise_key`` before each call): unpredictable from the run's config (which
+examples a step read is as secret as its noise), bit-identical on resume.
 A Poisson draw with no example is drawn again (the networks cannot take an empty
 batch); ``empty_batch_probability`` bounds how often that happens, and the experiment
 check requires it to be negligible against delta.
@@ -99,6 +100,9 @@ class DpSgdTraining(LocalTraining):
         # key makes it unpredictable from that public seed.
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         self.noise_generator = noise_generator(engine.noise_key, seed, "dpsgd")
+        # Which examples each batch holds must be as secret as the noise: amplification
+        # by sampling assumes nobody can tell, and the client's stream is public.
+        self.batch_generator = noise_generator(engine.noise_key, seed, "dpsgd", "batches")
         self.hooked: list[GradSampleModule] = []
         self.dp_optimizers: list[DPOptimizer] = []
         # q * n of the shard, known once ``batches`` is opened (tasks may make their
@@ -115,7 +119,7 @@ class DpSgdTraining(LocalTraining):
         for opt in self.dp_optimizers:
             opt.expected_batch_size = self.expected_batch
             opt.noise_multiplier = self.noise_multiplier
-        return poisson_batches(data, batch_size, self.generator)
+        return poisson_batches(data, batch_size, self.batch_generator)
 
     def optimizer(
         self, optimizer: torch.optim.Optimizer, modules: Sequence[str]

@@ -10,6 +10,12 @@ in checkpoints only, so a resumed run stays bit-identical to an uninterrupted on
 two fresh runs with the same root seed draw different noise. Checkpoints are
 therefore as secret as the server's state (written owner-readable only).
 
+The key stays with the server. A client gets its own key, HMAC-SHA256(key, its id)
+(``client_noise_key``), for the noise it draws itself (DP-SGD): from it no client can
+recompute the server's client-level noise, and subtract it from the models it receives,
+nor another client's. The server can still derive every client's key, so DP-SGD's
+noise is secret from everyone but the server that runs the federation.
+
 The vertical backend keys the clients' shared draws with it too (record order and
 conditions, which the server must not be able to recompute:
 ``fedgen.engine.backends.vertical.clients_seed``).
@@ -47,6 +53,13 @@ def keyed_seed(key: bytes, *path: str | int) -> int:
     text = "/".join(str(p) for p in path).encode()
     digest = hmac.new(key, text, hashlib.sha256).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def client_noise_key(key: bytes | None, client_id: int) -> bytes | None:
+    """Client ``client_id``'s own key, derived from the run's; None in ``root`` mode."""
+    if key is None:
+        return None
+    return hmac.new(key, f"client/{client_id}".encode(), hashlib.sha256).digest()
 
 
 def noise_generator(key: bytes | None, seed: int, *path: str | int) -> torch.Generator:

@@ -7,6 +7,7 @@ import torch
 from tiny_federation import tiny_config
 
 from fedgen.engine.callbacks import CheckpointCallback
+from fedgen.engine.schedule import cohort_rng
 from fedgen.experiment import build_experiment, restore_latest
 from fedgen.seeding import numpy_rng
 from fedgen.transforms.base import TransformContext, UpdateTransform
@@ -167,7 +168,8 @@ def test_dp_round_with_an_empty_poisson_cohort_still_releases_noise(mnist_dir):
         },
     )
     fed = build_experiment(cfg).federation
-    plan = fed.strategy.configure(0, sorted(fed.clients), numpy_rng(0, "sample", 0))
+    fed.noise_key = bytes(32)  # a fixed key whose round-0 cohort is empty
+    plan = fed.strategy.configure(0, sorted(fed.clients), cohort_rng(fed, 0))
     assert plan.client_ids == []
     before = {k: v.clone() for k, v in fed.global_state.items()}
     # Execute
@@ -178,6 +180,39 @@ def test_dp_round_with_an_empty_poisson_cohort_still_releases_noise(mnist_dir):
     assert not set(record.metrics) & {"clients", "failures", "examples", "bytes_up"}
     assert all(not torch.equal(before[k], fed.global_state[k]) for k in before)
     assert record.metrics["epsilon"] > 0
+
+
+def test_client_level_dp_cohorts_cannot_be_recomputed_from_the_config(mnist_dir):
+    # Prepare: Poisson sampling at q = 0.5 over 4 clients, with and without client DP.
+    params = (
+        "{fraction: 0.5, min_clients: 1, weighted: false, sampling: poisson, "
+        "fixed_denominator: true}"
+    )
+    dp = (
+        "[{name: clip, params: {max_norm: 1.0}}, "
+        "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-3}}]"
+    )
+    private = build_experiment(
+        tiny_config(mnist_dir, **{"strategy.params": params, "transforms": dp})
+    ).federation
+    plain = build_experiment(tiny_config(mnist_dir, **{"strategy.params": params})).federation
+    pool = sorted(private.clients)
+
+    def cohorts(fed) -> list[list[int]]:
+        return [fed.schedule.begin(r, fed).plan.client_ids for r in range(24)]
+
+    public = [
+        private.strategy.configure(r, pool, numpy_rng(private.seed, "sample", r)).client_ids
+        for r in range(24)
+    ]
+    # Execute
+    drawn = cohorts(private)
+    # Assert: under client DP the cohorts are not the root seed's (amplification by
+    # sampling needs them secret; 24 rounds all agreeing by chance: 2^-96), the same key
+    # draws the same ones (resume), and without DP they are the root seed's (reruns).
+    assert private.noise_key is not None and drawn != public
+    assert drawn == cohorts(private)
+    assert cohorts(plain) == public
 
 
 def test_a_client_without_private_state_starts_from_the_initial_one(mnist_dir):

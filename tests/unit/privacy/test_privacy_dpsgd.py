@@ -193,3 +193,27 @@ def test_a_shard_larger_than_a_batch_still_divides_by_the_batch(mnist):
     assert b > 0
     for s, c in zip(step, clipped, strict=True):
         assert torch.allclose(s, c / 8, atol=1e-6), (s - c / 8).abs().max()
+
+
+def test_which_examples_a_batch_holds_is_as_secret_as_the_noise(mnist):
+    # Prepare: a client's training stream, seeded from its public round seed (7), and
+    # the first Poisson batch anyone could draw from that seed alone.
+    data = shard(mnist, 500)
+    task = gan(batch_size=50)
+    attach_dpsgd(task, noise_multiplier=1.0, max_grad_norm=1.0)
+    public = torch.Generator().manual_seed(7)
+    torch.randint(0, 2**62, (1,), generator=public)  # the one draw DP-SGD takes first
+    guessed = data.data.images[torch.rand(500, generator=public) < 0.1].float().div(255)
+
+    def first_batch(key: bytes | None) -> torch.Tensor:
+        task.privacy_engine.noise_key = key
+        with task.local_training(torch.Generator().manual_seed(7)) as local:
+            return next(iter(local.batches(data, 50)))[0]
+
+    # Execute
+    key = bytes(range(32))
+    batch = first_batch(key)
+    # Assert: not the batch the public seed gives; the same under the same key (resume).
+    assert not torch.equal(batch, guessed)
+    assert torch.equal(batch, first_batch(key))
+    assert not torch.equal(batch, first_batch(bytes(32)))

@@ -13,6 +13,7 @@ from fedgen.engine.backends.signing import ClientKeys
 from fedgen.engine.client_side import ClientSide
 from fedgen.engine.downlink import DownlinkSource
 from fedgen.engine.faults import FaultPlan
+from fedgen.privacy.noise_key import client_noise_key
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import UpdateTransform
 from fedgen.types import ClientResult, RoundPlan, StateDict
@@ -29,6 +30,7 @@ class LocalWork:
     local_epochs: float | None
     round: int = 0
     #: The run's secret DP noise key (``fedgen.privacy.noise_key``); None: root-seeded.
+    #: The server's: a client draws with its own (``client_noise_key``), never this one.
     noise_key: bytes | None = field(default=None, repr=False)
     #: Faults to inject into the clients (``fedgen.engine.faults``); None: none.
     faults: FaultPlan | None = None
@@ -45,6 +47,15 @@ class LocalWork:
     downlink: DownlinkSource | None = None
     #: The initial model the client builds from the recipe (the downlink's version -1).
     initial_state: StateDict | None = field(default=None, repr=False)
+    #: A client that got its job over a wire: its own noise key, as the job carried it
+    #: (``noise_key`` is then None). Else None: the key is derived from ``noise_key``.
+    client_key: bytes | None = field(default=None, repr=False)
+
+    def own_noise_key(self, client_id: int) -> bytes | None:
+        """The key client ``client_id`` draws its own DP noise with."""
+        if self.client_key is not None:
+            return self.client_key
+        return client_noise_key(self.noise_key, client_id)
 
 
 class Backend(ABC):

@@ -91,8 +91,10 @@ def run_client(
         )
         work = replace(work, global_state=start, downlink=None)
     task.load_state(work.global_state)
+    # The client's own key (DP-SGD's noise and batches): the run's stays with the server.
+    own_key = work.own_noise_key(ins.client_id)
     if task.privacy_engine is not None:
-        task.privacy_engine.noise_key = work.noise_key
+        task.privacy_engine.noise_key = own_key
     # A client without private state yet starts from the task's initial private tensors,
     # never from those the previous client left in this reused task instance.
     task.load_state(private_state or task.initial_private_state())
@@ -139,7 +141,7 @@ def run_client(
         client_id=ins.client_id,
         seed=ins.seed,
         num_clients=num_clients,
-        noise_key=work.noise_key,
+        noise_key=own_key,
         private=carried,
     )
     for transform in work.transforms:
@@ -233,14 +235,17 @@ def job_message(ins: ClientInstruction, work: LocalWork, num_clients: int) -> Me
     client last received (or that model whole), described by ``meta["downlink"]``.
 
     ``meta`` holds the instruction (client id, seed, config), the round, the step
-    budget, the run's DP noise key (hex) and each transform's ``state_dict()`` (its
-    client half reads nothing else that changes between rounds, e.g. an adaptive
-    clip bound). The client's private state and signing key are not in it: they are
-    the client's own and never cross the wire.
+    budget, the client's own DP noise key (hex; ``client_noise_key``, never the run's)
+    and each transform's ``state_dict()`` (its client half reads nothing else that
+    changes between rounds, e.g. an adaptive clip bound). The client's private state
+    and signing key are not in it: they are the client's own and never cross the wire.
     """
     arrays, downlink = (
         (work.global_state, None) if work.downlink is None else work.downlink.payload(ins.client_id)
     )
+    # The client's own noise key, never the run's: with that it could regenerate the
+    # server's client-level DP noise and subtract it from the models it receives.
+    own_key = work.own_noise_key(ins.client_id)
     return Message(
         arrays,
         {
@@ -251,7 +256,7 @@ def job_message(ins: ClientInstruction, work: LocalWork, num_clients: int) -> Me
             "local_steps": work.local_steps,
             "local_epochs": work.local_epochs,
             "num_clients": num_clients,
-            "noise_key": None if work.noise_key is None else work.noise_key.hex(),
+            "noise_key": None if own_key is None else own_key.hex(),
             "transforms": [t.state_dict() for t in work.transforms],
             "secure": work.secure,
             "max_update_norm": work.max_update_norm,
@@ -304,7 +309,7 @@ def work_from_job(
             meta["local_steps"],
             meta["local_epochs"],
             meta["round"],
-            None if key is None else bytes.fromhex(key),
+            None,  # the run's key stays with the server
             faults,
             keys,
             secure=meta["secure"] is True,
@@ -313,6 +318,7 @@ def work_from_job(
             if downlink is None
             else ReceivedDownlink(job.arrays, downlink, ins.client_id),
             initial_state=initial_state,
+            client_key=None if key is None else bytes.fromhex(key),
         )
         return ins, work, meta["num_clients"]
     except (KeyError, TypeError, ValueError) as exc:

@@ -321,7 +321,7 @@ class SplitBackend(Backend):
             client_id=cid,
             seed=seed,
             num_clients=num_clients,
-            noise_key=work.noise_key,
+            noise_key=work.own_noise_key(cid),
         )
         for transform in work.transforms:
             update, t_metrics = transform.on_client(update, ctx)
