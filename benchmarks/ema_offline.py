@@ -33,7 +33,9 @@ from fedgen.config import load_config
 from fedgen.engine.checkpoint import check_payload, list_checkpoints, load_checkpoint, restore_state
 from fedgen.experiment import CHECKPOINT_FORMAT, build_experiment, evaluate_task
 from fedgen.report.results_table import ResultsTable
-from fedgen.strategies.moving_average import EmaWarmup, effective_decay, ema_update
+from fedgen.strategies.detection import DetectingStrategy
+from fedgen.strategies.fedavg import FedAvg
+from fedgen.strategies.moving_average import EmaWarmup, replay_averages
 from fedgen.types import StateDict
 
 COLUMNS = [
@@ -47,21 +49,6 @@ COLUMNS = [
     "recall",
     "eval_seconds",
 ]
-
-
-def averages(
-    start: StateDict, states: list[StateDict], decay: float, warmup: EmaWarmup, keep: set[int]
-) -> dict[int, StateDict]:
-    """The strategy's moving average after each round index in ``keep`` (0-based)."""
-    out: dict[int, StateDict] = {}
-    avg: StateDict | None = None
-    before = start
-    for i, after in enumerate(states):
-        avg = ema_update(avg, before, after, effective_decay(decay, i, warmup))
-        if i in keep:
-            out[i] = avg
-        before = after
-    return out
 
 
 def _max_gap(a: StateDict, b: StateDict) -> float:
@@ -95,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
 
     exp = build_experiment(cfg, start_weights=True)
     fed = exp.federation
+    # The strategy that holds the average (under a detection stage, the one it wraps).
+    averaging = fed.strategy
+    while isinstance(averaging, DetectingStrategy):
+        averaging = averaging.inner
+    if not isinstance(averaging, FedAvg):
+        sys.exit(
+            f"strategy {cfg.strategy.name!r} holds no single global moving average; this "
+            "replays the FedAvg family's only (fedavg, fedprox, ditto, fedavgm, fedadam, ...)"
+        )
     start = {k: v.clone() for k, v in fed.global_state.items()}
     fingerprint = cfg.fingerprint()
     keep = {count - 1 for count in rounds}
@@ -106,17 +102,19 @@ def main(argv: list[str] | None = None) -> int:
             load_checkpoint(found[r]), found[r], format=CHECKPOINT_FORMAT, fingerprint=fingerprint
         )
         if own_decay is not None:
-            if "ema" not in state["strategy"]:
-                sys.exit(
-                    f"{found[r].name} holds no single global moving average (strategy "
-                    f"{cfg.strategy.name!r}); this replays the FedAvg family's only"
-                )
-            own_averages.append(state["strategy"]["ema"])
+            # No average yet (every round so far failed): evaluation used the state.
+            own_averages.append(state["strategy"].get("ema", state["global_state"]))
         states.append(state["global_state"])
+        history = state["history"]
         if r in keep:
             stored[r] = state
+    # A failed round left the state as it was and the strategy's average untouched.
+    applied = ["round_failed" not in history[r] for r in range(len(states))]
+    if not all(applied):
+        print(f"rounds {[r + 1 for r, a in enumerate(applied) if not a]} failed: not averaged")
     if own_decay is not None:
-        replayed = averages(start, states, own_decay, warmup, set(range(len(states))))
+        every = set(range(len(states)))
+        replayed = replay_averages(start, states, own_decay, warmup, every, applied)
         gap = max(_max_gap(replayed[r], own) for r, own in enumerate(own_averages))
         # float32 sums in another order may differ in the last bits, never more
         if gap > 1e-4:
@@ -131,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         if decay == 0:
             models[(0.0, "last iterate")] = {r: states[r] for r in keep}
             continue
-        models[(decay, "strategy")] = averages(start, states, decay, warmup, keep)
+        models[(decay, "strategy")] = replay_averages(start, states, decay, warmup, keep, applied)
         if args.debias:
-            models[(decay, "debiased")] = averages(start, states, decay, "debias", keep)
+            models[(decay, "debiased")] = replay_averages(
+                start, states, decay, "debias", keep, applied
+            )
 
     table = ResultsTable(args.table, COLUMNS)
     table.start(
@@ -141,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         [
             f"run: `{args.run_dir}` ({cfg.task.name}, {cfg.data.num_clients} clients, "
             f"{len(states)} rounds read, its own decay {own_decay}, warmup {warmup})",
-            "average: `strategy` is the server's moving average (it starts at the initial "
-            "model, whose weight decay ** rounds stays in it), `debiased` weights only the "
-            "rounds' models, `last iterate` the model as trained; each round's rows share "
-            "its eval seeds",
+            f"average: `strategy` is the server's moving average with the run's warm-up "
+            f"({warmup}; without one it starts at the initial model, whose weight decay ** "
+            "rounds stays in it), `debiased` weights only the rounds' models, `last "
+            "iterate` the model as trained; each round's rows share its eval seeds",
         ],
     )
     for count in rounds:
@@ -152,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         for (decay, kind), series in models.items():
             restore_state(fed, stored[r], found[r], fed.task.private_state())
             # The evaluation samples the strategy's average when it has one.
-            fed.strategy.ema = (  # type: ignore[attr-defined]
-                None if decay == 0 else {k: v.clone() for k, v in series[r].items()}
-            )
+            averaging.ema = None if decay == 0 else {k: v.clone() for k, v in series[r].items()}
             t0 = time.perf_counter()
             figures = evaluate_task(exp, tstr=True)
             row = {

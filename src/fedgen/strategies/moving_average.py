@@ -13,6 +13,7 @@ untrained start and no cap on the decay, so a slow decay is usable in a short ru
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from typing import Literal
 
 from fedgen.types import StateDict
@@ -38,3 +39,34 @@ def ema_update(
         k: decay * start[k] + (1 - decay) * v if v.is_floating_point() else v.clone()
         for k, v in after.items()
     }
+
+
+def replay_averages(
+    start: StateDict,
+    states: Sequence[StateDict],
+    decay: float,
+    warmup: EmaWarmup,
+    keep: Collection[int],
+    applied: Sequence[bool] | None = None,
+) -> dict[int, StateDict]:
+    """The server's moving average after each round index in ``keep`` (0-based), replayed
+    from the global state after every round (``states``; ``start``: before round 0) as
+    the FedAvg family updates it, for any decay after the fact ("post-hoc EMA").
+
+    A round not ``applied`` (it failed: the state did not move) updates nothing and does
+    not count toward the warm-up, as in the strategy. Before the first applied round the
+    average is the state itself, which is what evaluation uses without one.
+    """
+    out: dict[int, StateDict] = {}
+    average: StateDict | None = None
+    updates = 0
+    before = start
+    for i, after in enumerate(states):
+        if applied is None or applied[i]:
+            d = effective_decay(decay, updates, warmup)
+            average = ema_update(average, before, after, d)
+            updates += 1
+        if i in keep:
+            out[i] = average if average is not None else after
+        before = after
+    return out

@@ -4,7 +4,7 @@ import torch
 
 from fedgen.errors import ConfigError, RoundFailedError
 from fedgen.strategies.fedavg import FedAvg
-from fedgen.strategies.moving_average import effective_decay
+from fedgen.strategies.moving_average import effective_decay, replay_averages
 from fedgen.types import ClientResult
 
 
@@ -171,3 +171,27 @@ def test_debiased_average_weights_only_the_trained_rounds():
     assert FedAvg.Params(ema_warmup="debias").ema_warmup == "debias"
     with pytest.raises(ValueError):
         FedAvg.Params(ema_warmup="slow")
+
+
+def test_a_replayed_average_is_the_strategys_and_skips_failed_rounds():
+    # Prepare: a debiased average over rounds 0, 2 and 3; round 1 failed (not applied,
+    # so the global state after it is round 0's).
+    strategy = FedAvg(ema_decay=0.9, ema_warmup="debias", min_clients=1)
+    start = {"w": torch.tensor([10.0])}
+    state, states, averages = start, [], []
+    for r, target in enumerate([1.0, None, 3.0, 4.0]):
+        if target is not None:
+            result = ClientResult(0, 1, update={"w": torch.tensor([target]) - state["w"]})
+            state = strategy.apply(r, state, strategy.aggregate(r, [result]))
+        states.append(state)
+        averages.append(strategy.ema["w"].clone())
+    # Execute
+    replayed = replay_averages(
+        start, states, 0.9, "debias", {0, 1, 2, 3}, applied=[True, False, True, True]
+    )
+    counted = replay_averages(start, states, 0.9, "debias", {3})
+    # Assert: every round's replay is the strategy's own average, and counting the failed
+    # round as an update (its repeated state) would give another one.
+    for r in range(4):
+        assert torch.allclose(replayed[r]["w"], averages[r]), r
+    assert not torch.allclose(counted[3]["w"], averages[3])
