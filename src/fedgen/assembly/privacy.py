@@ -79,12 +79,28 @@ def build_privacy(
     if strategy is not None and all(t is not None for t in transforms):
         built = [t for t in transforms if t is not None]
         client = _client_level(strategy, built, len(clients), rounds, centralized, found)
+        if client is not None or any(isinstance(t, ClientLevelDP) for t in built):
+            found.extend(_unnoised_tensors(task))
     sample = _sample_level(dpsgd, task, clients, rounds, local_steps, local_epochs, found)
     if found:
         raise PrivacyConfigError(found, header="invalid experiment")
     if client is None and sample is None:
         return None
     return PrivacyAccounting(client=client, sample=sample)
+
+
+def _unnoised_tensors(task: Task) -> list[str]:
+    """Integer tensors the clients send (a BatchNorm's step counter): client-level DP
+    neither clips nor noises them, and their sum over a round reveals its cohort."""
+    ints = sorted(k for k, v in task.federated_state().items() if not v.is_floating_point())
+    if not ints:
+        return []
+    return [
+        f"task: the model federates integer tensors ({', '.join(ints[:3])}"
+        f"{', ...' if len(ints) > 3 else ''}) that client-level DP can neither clip nor "
+        "noise, and whose sum over a round reveals the cohort; use a model without them "
+        "(GroupNorm instead of BatchNorm), or keep those modules out of the federation"
+    ]
 
 
 def _client_level(

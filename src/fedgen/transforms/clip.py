@@ -36,9 +36,16 @@ AUX_PREFIX = "__"
 UNCLIPPED_KEY = "__clip__.unclipped"
 
 
+def clipped_keys(update: StateDict) -> list[str]:
+    """The tensors a norm bound covers: the float model tensors. Side channels are not
+    the model's, and integer ones (a BatchNorm's step counter) are no gradient: counted,
+    40 steps would outweigh every weight, and scaled, they would turn into floats."""
+    return [k for k, t in update.items() if t.is_floating_point() and not k.startswith(AUX_PREFIX)]
+
+
 def global_norm(update: StateDict) -> float:
-    """L2 norm of all model tensors of ``update`` taken as one vector (side channels excluded)."""
-    parts = [t.double().pow(2).sum() for k, t in update.items() if not k.startswith(AUX_PREFIX)]
+    """L2 norm of the float model tensors of ``update`` taken as one vector."""
+    parts = [update[k].double().pow(2).sum() for k in clipped_keys(update)]
     if not parts:
         return 0.0
     return float(torch.stack(parts).sum().sqrt())
@@ -132,7 +139,11 @@ class NormClip(UpdateTransform):
     ) -> tuple[StateDict, dict[str, float]]:
         norm = global_norm(update)
         scale = min(1.0, self.max_norm / (norm + 1e-12))
-        clipped = {k: v * scale for k, v in update.items()} if scale < 1.0 else update
+        if scale < 1.0:
+            covered = set(clipped_keys(update))
+            clipped = {k: v * scale if k in covered else v for k, v in update.items()}
+        else:
+            clipped = update
         if self.adaptive:
             clipped = dict(clipped)
             clipped[UNCLIPPED_KEY] = torch.tensor([float(norm <= self.max_norm) - 0.5])

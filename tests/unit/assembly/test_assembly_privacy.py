@@ -142,3 +142,27 @@ def test_sound_dpsgd_calibrates_sigma_and_attaches_to_the_task(mnist_dir):
     assert sample.epsilon() == 0.0
     assert all(0 < q <= 1 for q in sample.rates.values())
     assert torch.is_tensor(next(iter(exp.task.federated_state().values())))
+
+
+def test_client_level_dp_refuses_integer_tensors_it_cannot_noise(mnist_dir):
+    # Prepare: a sound DP federation whose discriminator gains a BatchNorm (its step
+    # counter is an int64 tensor the clients would send without clip or noise).
+    from fedgen.assembly.privacy import build_privacy
+
+    fed = build_experiment(config(mnist_dir, SOUND_STRATEGY, CLIP_AND_NOISE)).federation
+    fed.task.modules["discriminator"].add_module("extra_norm", nn.BatchNorm1d(4))
+    # Execute
+    with pytest.raises(PrivacyConfigError) as info:
+        build_privacy(
+            dpsgd=None,
+            task=fed.task,
+            clients=list(fed.clients.values()),
+            strategy=fed.strategy,
+            transforms=fed.transforms,
+            rounds=2,
+            local_steps=2,
+            local_epochs=None,
+        )
+    # Assert
+    [problem] = info.value.problems
+    assert "extra_norm.num_batches_tracked" in problem and "GroupNorm" in problem

@@ -120,3 +120,15 @@ def test_bad_clip_parameters_say_what_to_change(kwargs, needle):
 def test_yaml_style_numeric_strings_are_accepted():
     # YAML 1.1 reads 1e-3 (no dot) as a string.
     assert NormClip(max_norm="1e-3").max_norm == pytest.approx(1e-3)
+
+
+def test_integer_tensors_are_neither_counted_nor_scaled():
+    # Prepare: a BatchNorm step counter of 40 beside a weight of norm 2.
+    update = {"w": torch.ones(4), "bn.num_batches_tracked": torch.tensor(40)}
+    # Execute
+    clipped, metrics = NormClip(max_norm=0.5).on_client(update, CTX)
+    # Assert: the norm is the weight's; the counter passes unchanged, still an integer.
+    assert metrics["update_norm"] == pytest.approx(2.0)
+    assert global_norm(clipped) == pytest.approx(0.5, rel=1e-6)
+    assert clipped["bn.num_batches_tracked"].dtype == torch.int64
+    assert int(clipped["bn.num_batches_tracked"]) == 40
