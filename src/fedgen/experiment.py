@@ -606,7 +606,13 @@ def run_experiment(
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         _set_aside_ledger(run_dir)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    (run_dir / "partition.json").write_text(json.dumps(exp.data.to_json(), indent=1))
+    partition = exp.data.to_json()
+    if exp.federation.privacy is not None:
+        # Each client's label counts and size are functions of its data, which the DP
+        # guarantee does not cover (the simulation knows them; a server would not).
+        partition = {k: v for k, v in partition.items() if k not in WITHHELD_UNDER_DP}
+        partition["withheld"] = "each client's label counts and size (differential privacy)"
+    (run_dir / "partition.json").write_text(json.dumps(partition, indent=1))
     if cfg.attack is not None:  # who the simulated attackers are
         from fedgen.assembly.attack import choose_attackers
 
@@ -623,6 +629,10 @@ def run_experiment(
 
     write_report(run_dir)
     return summary
+
+
+#: What ``partition.json`` leaves out of a run under differential privacy.
+WITHHELD_UNDER_DP = frozenset({"counts", "domain_counts", "sizes"})
 
 
 def _set_aside_ledger(run_dir: Path) -> None:

@@ -106,6 +106,10 @@ def test_two_round_client_dp_run_writes_epsilon_everywhere(tmp_path, mnist_dir):
     assert summary["privacy_unit"] == "client" and summary["accountant"] == "rdp"
     html = (out / "report.html").read_text()
     assert "<h2>Privacy</h2>" in html and "differentially private" in html
+    # Each client's label counts and size are its data's, which DP does not cover.
+    partition = json.loads((out / "partition.json").read_text())
+    assert not {"counts", "sizes", "domain_counts"} & set(partition) and partition["withheld"]
+    assert "Withheld: each client" in html and "label counts and size" in html
 
 
 def test_a_run_out_of_budget_stops_cleanly_and_says_why(tmp_path, mnist_dir):

@@ -7,6 +7,7 @@ column's categories. Text is split by themes, not classes, and gets no picture.
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Any, TypeGuard
 
@@ -61,6 +62,9 @@ def partition_section(
     """The "Partition" section; problems with the file are appended to ``problems``."""
     if partition is None:
         return ""
+    if partition.get("withheld"):
+        withheld = html.escape(str(partition["withheld"]))
+        return f'<h2>Partition</h2><p class="muted">Withheld: {withheld}.</p>'
     maps = partition_maps(partition)
     if maps is None:
         if partition.get("modality") in ("text", "tables"):
