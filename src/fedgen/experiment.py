@@ -680,6 +680,15 @@ def restore_latest(fed: Federation, ckpt_dir: Path, cfg: ExperimentConfig) -> in
             len(damaged),
         )
     restore_state(fed, state, path, fed.task.private_state())
+    if fed.privacy is not None and cfg.noise_seed == "secret" and fed.noise_key is None:
+        # A checkpoint from before noise keys were kept: its run drew its noise from the
+        # root seed, and continues so (bit-identical), which the config does not say.
+        log.warning(
+            "%s holds no DP noise key: this run drew its noise from the root seed and goes "
+            "on doing so, so it protects nobody who holds its config; start a new run for "
+            "secret noise",
+            path.name,
+        )
     return round_
 
 

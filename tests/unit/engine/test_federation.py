@@ -121,6 +121,35 @@ def test_resume_refuses_another_experiment(mnist_dir, tmp_path):
         restore_latest(build_experiment(other).federation, tmp_path, other)
 
 
+def test_resuming_a_dp_run_saved_without_a_noise_key_says_its_noise_is_public(
+    mnist_dir, tmp_path, caplog
+):
+    # Prepare: a client-level DP run whose checkpoint holds no key, as one written before
+    # noise keys were kept (its noise came from the root seed).
+    params = (
+        "{fraction: 0.5, min_clients: 1, weighted: false, sampling: poisson, "
+        "fixed_denominator: true}"
+    )
+    dp = (
+        "[{name: clip, params: {max_norm: 1.0}}, "
+        "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-3}}]"
+    )
+    cfg = tiny_config(
+        mnist_dir, **{"strategy.params": params, "transforms": dp, "federation.rounds": 2}
+    )
+    meta = {"format": 1, "fingerprint": cfg.fingerprint()}
+    first = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
+    first.noise_key = None
+    first.rounds = 1
+    first.run()
+    # Execute
+    second = build_experiment(cfg).federation
+    restore_latest(second, tmp_path, cfg)
+    # Assert: it goes on as it ran (no key), and says so, since the config asks for secret noise.
+    assert second.noise_key is None
+    assert "protects nobody who holds its config" in caplog.text
+
+
 def test_process_pool_matches_in_process_bit_for_bit(mnist_dir):
     """Oracle: parallel workers give the same weights as the sequential loop.
 
