@@ -70,8 +70,8 @@ NOTES = [
     "the real test split; Frechet distance on the features of a CNN trained on the real "
     "training split (not FID).",
     "membership: 1000 members (clients' training images) vs 1000 held-out test images; LOGAN = "
-    "discriminator logit (white-box, cGAN), ELBO = the cVAE's evidence lower bound "
-    "(white-box, cVAE), GAN-Leaks = distance to the closest of 1000 synthetic "
+    "the logit of the global discriminator as trained (white-box, cGAN), ELBO = the cVAE's "
+    "evidence lower bound (white-box, cVAE), GAN-Leaks = distance to the closest of 1000 synthetic "
     "images per class (black-box); AUC 0.5 is chance.",
     "inversion: Inverting Gradients on client 0's discriminator gradient for a batch of 2 "
     "(labels known), PSNR in dB after the best match: `none` as sent, `dp` clipped to 1 with "

@@ -184,6 +184,13 @@ def _membership(
     white_box = needed <= set(task.federated_modules())
     if not white_box:
         notes.append(f"{'/'.join(sorted(needed))} not federated: no white-box attack")
+    elif needed == {"discriminator"} and fed.strategy.averaging:
+        # No one releases a discriminator, and the server's moving average of it is no
+        # network anyone holds: every participant holds the global one as trained.
+        task.load_state(
+            {k: v for k, v in fed.global_state.items() if k.startswith("discriminator.")}
+        )
+        notes.append("LOGAN scores the global discriminator as trained (what clients receive)")
     embed = None
     if opts.space == "features":
         from fedgen.experiment import make_evaluator

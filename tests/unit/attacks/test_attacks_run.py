@@ -131,3 +131,35 @@ def test_a_centralized_run_has_no_secure_sum_to_attack(make_tiny_config, tmp_pat
     assert "psnr_none" in figures and "psnr_dp" in figures
     assert not any(key.endswith(("secure_sum", "secure_sum_all")) for key in figures)
     assert "secure_sum_target_cosine" not in figures
+
+
+def test_logan_scores_the_discriminator_clients_hold_not_the_servers_average(
+    mnist_dir, tmp_path, monkeypatch
+):
+    # Prepare: a run with a moving average, and a spy on what the attack scores with.
+    import torch
+    from tiny_federation import tiny_config
+
+    from fedgen.attacks import run as attack_run
+    from fedgen.experiment import load_run, run_experiment
+
+    cfg = tiny_config(mnist_dir, **{"strategy.params": "{min_clients: 2, ema_decay: 0.5}"})
+    run_experiment(cfg, tmp_path / "run", progress=False)
+    seen: dict[str, dict[str, torch.Tensor]] = {}
+    real_attack = attack_run.membership_attack
+
+    def spy(task, *args, **kwargs):
+        seen["d"] = {k: v.clone() for k, v in task.federated_state().items()}
+        return real_attack(task, *args, **kwargs)
+
+    monkeypatch.setattr(attack_run, "membership_attack", spy)
+    # Execute
+    run_attack(tmp_path / "run", "membership", n=50, samples_per_class=20)
+    # Assert: the discriminator as trained (what every client receives), the generator
+    # the server's average (what it releases); the two averages differ from the iterates.
+    fed = load_run(tmp_path / "run").federation
+    average = fed.strategy.evaluation_state(fed.global_state)
+    for k, v in seen["d"].items():
+        expected = fed.global_state[k] if k.startswith("discriminator.") else average[k]
+        assert torch.equal(v, expected), k
+    assert any(not torch.equal(average[k], fed.global_state[k]) for k in seen["d"])
