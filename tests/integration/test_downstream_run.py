@@ -22,6 +22,7 @@ from fedgen.cli import app
 from fedgen.config import load_config
 from fedgen.downstream import DownstreamError, run_downstream
 from fedgen.downstream.topup import topup_counts
+from fedgen.experiment import load_run
 
 TINY = [
     "data.sources=[mnist]",
@@ -60,7 +61,7 @@ def run(tmp_path_factory, mnist_dir) -> Path:
     return out
 
 
-def test_every_arm_is_measured_and_the_top_up_matches_the_partition(run):
+def test_every_arm_is_measured_and_the_top_up_matches_the_partition(run, mnist_dir, monkeypatch):
     summary = json.loads((run / "summary.json").read_text())
     record = json.loads((run / "downstream.json").read_text())
     assert summary["status"] == "completed"
@@ -78,7 +79,9 @@ def test_every_arm_is_measured_and_the_top_up_matches_the_partition(run):
         assert 0.0 <= figures["membership"]["loss_auc"] <= 1.0
         assert summary[f"downstream_{arm}_accuracy"] == figures["accuracy"]
     # The top-up is what topup_counts asks of every client's label counts (ratio 1, cap 20).
-    counts = json.loads((run / "partition.json").read_text())["counts"]
+    # (From the partition itself: under DP, partition.json withholds them.)
+    monkeypatch.setenv("FEDGEN_DATA_DIR", str(mnist_dir))  # where the run's CLI found it
+    counts = load_run(run).data.label_counts()
     expected = sum(sum(topup_counts(c, 1.0, 20)) for c in counts)
     assert record["arms"]["topup"]["synthetic_examples"] == expected > 0
     # FedAvg arms: 2 rounds of 4 clients, each sending and receiving the whole classifier.
