@@ -105,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             # No average yet (every round so far failed): evaluation used the state.
             own_averages.append(state["strategy"].get("ema", state["global_state"]))
         states.append(state["global_state"])
-        history = state["history"]
         if r in keep:
             stored[r] = state
-    # A failed round left the state as it was and the strategy's average untouched.
-    applied = ["round_failed" not in history[r] for r in range(len(states))]
+    # A failed round left the state as it was and the strategy's average untouched (the
+    # newest checkpoint's history has every round's record).
+    applied = ["round_failed" not in state["history"][r] for r in range(len(states))]
     if not all(applied):
         print(f"rounds {[r + 1 for r, a in enumerate(applied) if not a]} failed: not averaged")
     if own_decay is not None:

@@ -12,6 +12,15 @@ from fedgen.experiment import build_experiment, restore_latest
 from fedgen.seeding import numpy_rng
 from fedgen.transforms.base import TransformContext, UpdateTransform
 
+#: Poisson sampling at q = 0.5, unweighted over the expected cohort: what client DP needs.
+DP_SAMPLING = (
+    "{fraction: 0.5, min_clients: 1, weighted: false, sampling: poisson, fixed_denominator: true}"
+)
+CLIENT_DP = (
+    "[{name: clip, params: {max_norm: 1.0}}, "
+    "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-3}}]"
+)
+
 
 class Sabotage(UpdateTransform):
     """Client-side corruption of chosen clients' updates, as a poisoned client would send."""
@@ -126,16 +135,9 @@ def test_resuming_a_dp_run_saved_without_a_noise_key_says_its_noise_is_public(
 ):
     # Prepare: a client-level DP run whose checkpoint holds no key, as one written before
     # noise keys were kept (its noise came from the root seed).
-    params = (
-        "{fraction: 0.5, min_clients: 1, weighted: false, sampling: poisson, "
-        "fixed_denominator: true}"
-    )
-    dp = (
-        "[{name: clip, params: {max_norm: 1.0}}, "
-        "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-3}}]"
-    )
     cfg = tiny_config(
-        mnist_dir, **{"strategy.params": params, "transforms": dp, "federation.rounds": 2}
+        mnist_dir,
+        **{"strategy.params": DP_SAMPLING, "transforms": CLIENT_DP, "federation.rounds": 2},
     )
     meta = {"format": 1, "fingerprint": cfg.fingerprint()}
     first = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
@@ -192,8 +194,7 @@ def test_dp_round_with_an_empty_poisson_cohort_still_releases_noise(mnist_dir):
         **{
             "strategy.params": "{fraction: 0.05, min_clients: 1, weighted: false, "
             "sampling: poisson, fixed_denominator: true}",
-            "transforms": "[{name: clip, params: {max_norm: 1.0}}, "
-            "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-3}}]",
+            "transforms": CLIENT_DP,
         },
     )
     fed = build_experiment(cfg).federation
@@ -213,18 +214,10 @@ def test_dp_round_with_an_empty_poisson_cohort_still_releases_noise(mnist_dir):
 
 def test_client_level_dp_cohorts_cannot_be_recomputed_from_the_config(mnist_dir):
     # Prepare: Poisson sampling at q = 0.5 over 4 clients, with and without client DP.
-    params = (
-        "{fraction: 0.5, min_clients: 1, weighted: false, sampling: poisson, "
-        "fixed_denominator: true}"
-    )
-    dp = (
-        "[{name: clip, params: {max_norm: 1.0}}, "
-        "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-3}}]"
-    )
     private = build_experiment(
-        tiny_config(mnist_dir, **{"strategy.params": params, "transforms": dp})
+        tiny_config(mnist_dir, **{"strategy.params": DP_SAMPLING, "transforms": CLIENT_DP})
     ).federation
-    plain = build_experiment(tiny_config(mnist_dir, **{"strategy.params": params})).federation
+    plain = build_experiment(tiny_config(mnist_dir, **{"strategy.params": DP_SAMPLING})).federation
     pool = sorted(private.clients)
 
     def cohorts(fed) -> list[list[int]]:
