@@ -2,7 +2,10 @@
 
 The SuperNode's ``--node-config`` names its client (``client-id=N``) and, where
 it should keep what must outlive one message, a folder of its own
-(``state-dir="/path"``): the signing key it makes for each run. Flower starts a
+(``state-dir="/path"``): the signing key and the DP noise key it makes for each run.
+The noise key seeds the noise this client draws itself (DP-SGD's): the server never
+holds it, so sample-level DP protects the client's examples from the server too (a
+simulation derives each client's key from the run's, ``client_noise_key``). Flower starts a
 fresh ClientApp process for every message, so each message rebuilds the
 client's parts from the recipe (``RecipeClientSide``), the one the server sent in
 its hello, kept in the run's ``Context.state``; the client keeps its shard only.
@@ -34,6 +37,7 @@ from fedgen.engine.backends.local_training import answer_job
 from fedgen.engine.backends.secagg_client import answer_phase
 from fedgen.engine.backends.signing import ClientKeys
 from fedgen.ledger import generate_key, private_key_from_hex, private_key_hex, public_key_hex
+from fedgen.privacy.noise_key import new_noise_key
 from fedgen.transforms.secagg.codec import from_message, to_message
 from fedgen.version import __version__
 from fedgen.wire import Message, WireError, decode, encode
@@ -93,8 +97,10 @@ def _hello(request: Message, client_id: int, context: Any) -> bytes:
     except Exception as exc:  # the node's own words reach the server's error
         return _error(f"{type(exc).__name__}: {exc}")
     run_id = str(request.meta.get("run_id", ""))
-    key = _signing_key(context, client_id, run_id)
-    context.state[STATE_CONFIG] = ConfigRecord({"recipe": recipe, "run_id": run_id, "key": key})
+    key, noise_key = _own_keys(context, client_id, run_id)
+    context.state[STATE_CONFIG] = ConfigRecord(
+        {"recipe": recipe, "run_id": run_id, "key": key, "noise_key": noise_key}
+    )
     return encode(
         Message(
             {},
@@ -123,8 +129,16 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
     private = store.load(before_round=round)
     keys = ClientKeys(run_id, {client_id: str(setup["key"])}) if run_id else None
     held: dict[int, dict[str, Any]] = {}
+    noise_key = bytes.fromhex(str(setup["noise_key"]))
     reply, kept = answer_job(
-        job, kit.task, kit, private, keys, expected_client=client_id, held=held
+        job,
+        kit.task,
+        kit,
+        private,
+        keys,
+        expected_client=client_id,
+        held=held,
+        own_noise_key=noise_key,
     )
     if kept:
         store.save(round, kept)
@@ -159,24 +173,30 @@ def _record(data: bytes) -> Any:
     return ArrayRecord(array_dict={"wire": Array(np.frombuffer(data, dtype=np.uint8).copy())})
 
 
-def _signing_key(context: Any, client_id: int, run_id: str) -> str:
-    """This client's signing key for ``run_id`` (hex), made here and never sent.
+def _own_keys(context: Any, client_id: int, run_id: str) -> tuple[str, str]:
+    """This client's signing key and DP noise key for ``run_id`` (hex), made here and
+    never sent.
 
-    Kept in the node's ``state-dir`` when it has one, so that a ServerApp restarted
-    on the same run meets the key it enrolled; else in the run's Context only.
+    Kept in the node's ``state-dir`` when it has one (owner-readable only), so that a
+    ServerApp restarted on the same run meets the signing key it enrolled and the client
+    draws the same noise as before; else in the run's Context only.
     """
     folder = context.node_config.get("state-dir")
     if not folder or not run_id:
-        return private_key_hex(generate_key())
+        return private_key_hex(generate_key()), new_noise_key().hex()
     path = Path(str(folder)) / "keys" / f"run-{run_id}-client-{client_id}.json"
-    if path.is_file():
-        return str(json.loads(path.read_text())["key"])
-    key = private_key_hex(generate_key())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"key": key}, f)
-    return key
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    # A file from a fedgen before noise keys holds the signing key alone: keep it.
+    keys = {
+        "key": kept.get("key") or private_key_hex(generate_key()),
+        "noise_key": kept.get("noise_key") or new_noise_key().hex(),
+    }
+    if keys != kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(keys, f)
+    return keys["key"], keys["noise_key"]
 
 
 def _error(text: str) -> bytes:

@@ -13,8 +13,9 @@ therefore as secret as the server's state (written owner-readable only).
 The key stays with the server. A client gets its own key, HMAC-SHA256(key, its id)
 (``client_noise_key``), for the noise it draws itself (DP-SGD): from it no client can
 recompute the server's client-level noise, and subtract it from the models it receives,
-nor another client's. The server can still derive every client's key, so DP-SGD's
-noise is secret from everyone but the server that runs the federation.
+nor another client's. In a simulation the server can derive every client's key, so
+DP-SGD's noise is secret from everyone but the server; a deployed client
+(``fedgen.deploy.client_app``) makes its own key instead, which the server never holds.
 
 The vertical backend keys the clients' shared draws with it too (record order and
 conditions, which the server must not be able to recompute:

@@ -3,8 +3,12 @@ the handler is called with real Flower messages and a real Context)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from fedgen.deploy.client_app import STATE_CONFIG, answer
 from fedgen.engine.backends.flower import HELLO, TRAIN
@@ -119,3 +123,73 @@ def test_backend_flower_outside_a_serverapp_says_how_to_deploy(mnist_dir):
     fed = build_experiment(tiny_config(mnist_dir, **{"backend.name": "flower"})).federation
     with pytest.raises(ConfigError, match="fedgen deploy run"):
         fed.run_round(0)
+
+
+def test_a_dpsgd_job_trains_with_a_noise_key_the_node_made_and_the_server_never_held(
+    mnist_dir, tmp_path
+):
+    from tiny_federation import tiny_config
+
+    from fedgen.engine.backends.local_training import OWN_NOISE_KEY, job_message
+    from fedgen.experiment import build_experiment
+    from fedgen.privacy.noise_key import client_noise_key
+    from fedgen.types import ClientInstruction
+
+    # Prepare: a DP-SGD recipe and client 1's round-0 job as the Flower backend sends
+    # it (no key), and as a simulation would (the key derived from the run's).
+    cfg = tiny_config(
+        mnist_dir,
+        **{
+            "task.params.fake_labels": "uniform",
+            "task.params.batch_size": 32,
+            "dpsgd": "{noise_multiplier: 1.0, max_grad_norm: 1.0, delta: 1.0e-5}",
+            "federation.local_steps": 1,
+            "ledger": "false",
+        },
+    )
+    fed = build_experiment(cfg).federation
+    recipe = RecipeClientSide(cfg).recipe
+    work = fed.local_work(fed.global_state, 0)
+    ins = ClientInstruction(1, 12345)
+    deployed_job = job_message(ins, work, 4, key_at_client=True)
+    simulated_job = job_message(ins, work, 4)
+    derived = client_noise_key(work.noise_key, 1)
+    assert work.noise_key is not None and derived is not None
+    assert deployed_job.meta["noise_key"] == OWN_NOISE_KEY
+
+    def update(state_dir: Path, job: Message) -> dict[str, object]:
+        context = _context({"client-id": 1, "state-dir": str(state_dir)})
+        _ask(HELLO, _hello(recipe), context)
+        request = flwr_app.Message(pack(encode(job)), dst_node_id=2, message_type=TRAIN)
+        reply = decode(unpack(answer(request, context).content))
+        assert "error" not in reply.meta and reply.meta["failure"] is None, reply.meta
+        return reply.arrays
+
+    # Execute: the node answers the deployed job twice (a restart keeps its state-dir),
+    # another node with its own state-dir once, and the first node the simulated job.
+    first = update(tmp_path / "node", deployed_job)
+    restarted = update(tmp_path / "node", deployed_job)
+    other_node = update(tmp_path / "other", deployed_job)
+    server_derivable = update(tmp_path / "node", simulated_job)
+    # Assert: the node's key is its own (not the one the server could derive), kept
+    # owner-readable in its state-dir, and it alone decides the noise.
+    kept = json.loads(next((tmp_path / "node" / "keys").glob("*.json")).read_text())
+    assert len(kept["noise_key"]) == 64 and bytes.fromhex(kept["noise_key"]) != derived
+    assert next((tmp_path / "node" / "keys").glob("*.json")).stat().st_mode & 0o077 == 0
+    assert first.keys() == restarted.keys() == other_node.keys() == server_derivable.keys()
+    assert all(torch.equal(first[k], restarted[k]) for k in first)
+    assert not all(torch.equal(first[k], other_node[k]) for k in first)
+    assert not all(torch.equal(first[k], server_derivable[k]) for k in first)
+
+
+def test_a_job_asking_for_the_clients_own_key_needs_one():
+    from fedgen.engine.backends.base import LocalWork
+    from fedgen.engine.backends.local_training import job_message, work_from_job
+    from fedgen.types import ClientInstruction
+
+    work = LocalWork(None, {}, [], 2, None, noise_key=bytes(32))  # type: ignore[arg-type]
+    job = decode(encode(job_message(ClientInstruction(0, 1), work, 1, key_at_client=True)))
+    with pytest.raises(WireError, match="a key of its own, and it holds none"):
+        work_from_job(job, None, [], None, None)  # type: ignore[arg-type]
+    _, got, _ = work_from_job(job, None, [], None, None, own_noise_key=b"k" * 32)  # type: ignore[arg-type]
+    assert got.own_noise_key(0) == b"k" * 32

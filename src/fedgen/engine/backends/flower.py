@@ -298,7 +298,9 @@ class FlowerBackend(Backend):
         if node is None:
             return None, 0, ClientResult(ins.client_id, 0, failure="no SuperNode holds it")
         try:
-            job = encode(job_message(ins, work, num_clients))
+            # The SuperNode draws DP-SGD's noise with a key it made itself, which this
+            # server never holds (it could derive the simulation's, client_noise_key).
+            job = encode(job_message(ins, work, num_clients, key_at_client=True))
         except WireError as exc:
             failure = f"the client's job cannot be encoded: {exc}"
             return None, 0, ClientResult(ins.client_id, 0, failure=failure)

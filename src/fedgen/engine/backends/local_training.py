@@ -33,6 +33,10 @@ from fedgen.transforms.codec import decode_arrival
 from fedgen.types import ClientInstruction, ClientResult, StateDict
 from fedgen.wire import Message, WireError, decode, encode
 
+#: A job's ``noise_key`` when the client draws its DP noise with a key it made itself
+#: (a deployed client: ``fedgen.deploy.client_app``), which the server never holds.
+OWN_NOISE_KEY = "own"
+
 #: Prefixes of a reply's array names: the update's tensors and the extras.
 UPDATE, EXTRAS = "update/", "extras/"
 REPLY_META = frozenset(
@@ -201,20 +205,22 @@ def answer_job(
     keys: ClientKeys | None,
     expected_client: int | None = None,
     held: dict[int, dict[str, Any]] | None = None,
+    own_noise_key: bytes | None = None,
 ) -> tuple[bytes, StateDict]:
     """A client's whole answer to an encoded job: its encoded reply and new private state.
 
     What a process-pool worker and a Flower ClientApp both run. ``task`` is the
     client's own instance (``kit.task`` or a copy); ``expected_client`` is the client
     this node is, when it is one (a job for another client is refused); ``held`` is
-    where it keeps its update for a secure round (``run_client``). Any error,
+    where it keeps its update for a secure round (``run_client``); ``own_noise_key`` the
+    DP noise key a deployed client made itself (``work_from_job``). Any error,
     the client's own or a malformed job, becomes a failure reply, never an exception.
     """
     client_id = -1 if expected_client is None else expected_client
     try:
         message = decode(job)
         ins, work, num_clients = work_from_job(
-            message, task, kit.transforms, kit.faults, keys, kit.initial_state
+            message, task, kit.transforms, kit.faults, keys, kit.initial_state, own_noise_key
         )
         if expected_client is not None and ins.client_id != expected_client:
             raise WireError(f"a job for client {ins.client_id} reached client {expected_client}")
@@ -228,17 +234,22 @@ def answer_job(
         return encode(reply_message(failed)), private_state or {}
 
 
-def job_message(ins: ClientInstruction, work: LocalWork, num_clients: int) -> Message:
+def job_message(
+    ins: ClientInstruction, work: LocalWork, num_clients: int, key_at_client: bool = False
+) -> Message:
     """What the server sends one client for a round: the global state and its instruction.
 
     Under downlink compression the arrays are the compressed deltas since the model the
     client last received (or that model whole), described by ``meta["downlink"]``.
 
     ``meta`` holds the instruction (client id, seed, config), the round, the step
-    budget, the client's own DP noise key (hex; ``client_noise_key``, never the run's)
-    and each transform's ``state_dict()`` (its client half reads nothing else that
-    changes between rounds, e.g. an adaptive clip bound). The client's private state
-    and signing key are not in it: they are the client's own and never cross the wire.
+    budget, the client's own DP noise key (hex; ``client_noise_key``, never the run's;
+    with ``key_at_client`` only ``OWN_NOISE_KEY``: the client made its key itself, and
+    the server, which could derive ``client_noise_key``, must not hold the one it draws
+    DP-SGD's noise with) and each transform's ``state_dict()`` (its client half reads
+    nothing else that changes between rounds, e.g. an adaptive clip bound). The client's
+    private state and signing key are not in it: they are the client's own and never
+    cross the wire.
     """
     arrays, downlink = (
         (work.global_state, None) if work.downlink is None else work.downlink.payload(ins.client_id)
@@ -246,6 +257,7 @@ def job_message(ins: ClientInstruction, work: LocalWork, num_clients: int) -> Me
     # The client's own noise key, never the run's: with that it could regenerate the
     # server's client-level DP noise and subtract it from the models it receives.
     own_key = work.own_noise_key(ins.client_id)
+    noise_key = None if own_key is None else OWN_NOISE_KEY if key_at_client else own_key.hex()
     return Message(
         arrays,
         {
@@ -256,7 +268,7 @@ def job_message(ins: ClientInstruction, work: LocalWork, num_clients: int) -> Me
             "local_steps": work.local_steps,
             "local_epochs": work.local_epochs,
             "num_clients": num_clients,
-            "noise_key": None if own_key is None else own_key.hex(),
+            "noise_key": noise_key,
             "transforms": [t.state_dict() for t in work.transforms],
             "secure": work.secure,
             "max_update_norm": work.max_update_norm,
@@ -272,15 +284,18 @@ def work_from_job(
     faults: FaultPlan | None,
     keys: ClientKeys | None,
     initial_state: StateDict | None = None,
+    own_noise_key: bytes | None = None,
 ) -> tuple[ClientInstruction, LocalWork, int]:
     """The instruction, the work and the cohort size a client reads from its job.
 
     ``task``, ``transforms``, ``faults`` and ``initial_state`` (the initial model) are the
     client's own, built from the recipe; the job's transform states are loaded into
-    ``transforms``.
+    ``transforms``. ``own_noise_key`` is the key a client made itself, used when the job
+    says so (``OWN_NOISE_KEY``).
 
     Raises:
-        WireError: the job's meta lacks a field or has a transform state too many or few.
+        WireError: the job's meta lacks a field or has a transform state too many or
+            few, or it asks for the client's own noise key and the client has none.
     """
     meta = job.meta
     try:
@@ -296,6 +311,15 @@ def work_from_job(
         for transform, state in zip(transforms, states, strict=True):
             transform.load_state_dict(state)
         key = meta["noise_key"]
+        if key == OWN_NOISE_KEY:
+            if own_noise_key is None:
+                raise WireError(
+                    "the job asks the client to draw its DP noise with a key of its own, "
+                    "and it holds none (a deployed ClientApp makes one at the hello)"
+                )
+            client_key: bytes | None = own_noise_key
+        else:
+            client_key = None if key is None else bytes.fromhex(key)
         norm = meta["max_update_norm"]
         if norm is not None and (type(norm) not in (int, float) or not norm > 0):
             raise WireError(f"the job's max_update_norm {norm!r:.30} is not a number > 0")
@@ -318,7 +342,7 @@ def work_from_job(
             if downlink is None
             else ReceivedDownlink(job.arrays, downlink, ins.client_id),
             initial_state=initial_state,
-            client_key=None if key is None else bytes.fromhex(key),
+            client_key=client_key,
         )
         return ins, work, meta["num_clients"]
     except (KeyError, TypeError, ValueError) as exc:
