@@ -193,3 +193,22 @@ def test_a_job_asking_for_the_clients_own_key_needs_one():
         work_from_job(job, None, [], None, None)  # type: ignore[arg-type]
     _, got, _ = work_from_job(job, None, [], None, None, own_noise_key=b"k" * 32)  # type: ignore[arg-type]
     assert got.own_noise_key(0) == b"k" * 32
+
+
+def test_the_flower_backends_job_carries_no_noise_key():
+    from fedgen.engine.backends.base import LocalWork
+    from fedgen.engine.backends.flower import FlowerBackend, NodeHello
+    from fedgen.engine.backends.local_training import OWN_NOISE_KEY
+    from fedgen.privacy.noise_key import client_noise_key
+    from fedgen.types import ClientInstruction
+
+    backend = FlowerBackend()
+    backend.nodes = {3: NodeHello(7, 3, 100, "00" * 32, __version__)}
+    key = bytes(range(32))
+    work = LocalWork(None, {"w": torch.ones(2)}, [], 2, None, noise_key=key)  # type: ignore[arg-type]
+    message, nbytes, failure = backend._job(ClientInstruction(3, 11), work, 4)
+    assert failure is None and nbytes > 0
+    sent = decode(unpack(message.content))
+    derived = client_noise_key(key, 3)
+    assert derived is not None and sent.meta["noise_key"] == OWN_NOISE_KEY
+    assert key.hex() not in str(sent.meta) and derived.hex() not in str(sent.meta)
