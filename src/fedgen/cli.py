@@ -140,7 +140,12 @@ def report(run_dir: Path) -> None:
     typer.echo(str(write_report(run_dir)))
 
 
-@app.command()
+@app.command(
+    help="Draw N samples per condition from the newest checkpoint of RUN_DIR.\n\n"
+    "Written as the task's modality is shown (images: per class, into a PNG grid); with "
+    "--format, a labelled synthetic image data set and its manifest. The model is the one "
+    "the run's own evaluations showed (eval.model), unless --client or --model says otherwise."
+)
 def sample(
     run_dir: Path,
     n: Annotated[
@@ -177,10 +182,7 @@ def sample(
         typer.Option(help="tables: N rows whose categorical COLUMN holds VALUE (COLUMN=VALUE)"),
     ] = None,
 ) -> None:
-    """Draw N samples per condition (images: per class, into a PNG grid) from the newest
-    checkpoint of RUN_DIR, written as the task's modality is shown; with --format, a
-    labelled synthetic image data set and its manifest. The model is the one the run's
-    own evaluations showed (eval.model), unless --client or --model says otherwise."""
+    """Draw samples from a run's newest checkpoint (the command's help says how)."""
     from fedgen.engine.client_models import load_chosen_model, model_label
     from fedgen.engine.image_union import UNION
     from fedgen.experiment import load_run
@@ -321,14 +323,17 @@ def _class_names(run_dir: Path, num_classes: int) -> list[str]:
     return [str(i) for i in range(num_classes)]
 
 
-@app.command("eval")
+@app.command(
+    "eval",
+    help="Evaluate the newest checkpoint of RUN_DIR; write RUN_DIR/eval.json and print it."
+    "\n\nThe model is the one the run's own evaluations showed, unless --model says otherwise.",
+)
 def eval_(
     run_dir: Path,
     tstr_samples: Annotated[int | None, typer.Option(help="synthetic images for TSTR")] = None,
     model: ModelOption = ModelChoice.RUN,
 ) -> None:
-    """Evaluate the newest checkpoint of RUN_DIR (the model the run's own evaluations
-    showed, unless --model says otherwise); write RUN_DIR/eval.json and print it."""
+    """Evaluate a run's newest checkpoint (the command's help says how)."""
     from pydantic import ValidationError
 
     from fedgen.config import EvalConfig
@@ -459,8 +464,7 @@ def ledger_verify(
 ) -> None:
     """Check every signature, inclusion and consistency proof, and the checkpoints on disk.
 
-    Exit status 0 when all holds; otherwise 1, with one line per problem naming the round,
-    the client and what differs.
+    Exit status 0 when all holds; else 1, a line per problem (round, client, what differs).
     """
     from fedgen.engine.keystore import KeyStore
     from fedgen.engine.ledger_callback import checkpoint_anchors
