@@ -7,8 +7,9 @@ discriminator conditions on the label by projection (Miyato & Koyama 2018,
 "cGANs with Projection Discriminator"), which ties samples to their class
 more tightly than concatenating a label plane. Loss: non-saturating BCE
 (Goodfellow et al. 2014) by default, or the hinge loss with spectral normalization
-of the discriminator (Miyato et al. 2018, the SNGAN / projection-cGAN recipe), and
-optionally several discriminator steps per generator step.
+of the discriminator (Miyato et al. 2018, the SNGAN / projection-cGAN recipe),
+optionally several discriminator steps per generator step, and optionally MSGAN's
+mode-seeking term on the generator (Mao et al. 2019).
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ class GanParams(TaskParams):
     #: on real images' labels, whose cross-entropy on fakes the generator also minimizes,
     #: both weighted by this (0: no head, the projection discriminator alone).
     aux_weight: float = Field(0.0, ge=0)
+    #: MSGAN (Mao et al. 2019, "Mode Seeking GANs"): weight of the generator's
+    #: mode-seeking term ``1 / (mean|G(z1, y) - G(z2, y)| / mean|z1 - z2| + 1e-5)``
+    #: over pairs of latents with one label, which makes two latents that land on one
+    #: image cost the generator (against mode collapse). It reads only the generator, so
+    #: under DP-SGD it is post-processing and spends no privacy. 0: off.
+    mode_seeking: float = Field(0.0, ge=0)
 
 
 class Generator(nn.Module):
@@ -193,7 +200,7 @@ class ConditionalGan(Task):
             G.train()
             D.train()
             batches = local.batches(data, p.batch_size)
-            sum_d = sum_g = 0.0
+            sum_d = sum_g = sum_ms = 0.0
             for _ in range(steps):
                 for _ in range(p.d_steps):
                     real, y = next(batches)
@@ -215,7 +222,9 @@ class ConditionalGan(Task):
                     opt_d.zero_grad(set_to_none=True)
                     loss_d.backward()
                     opt_d.step()
-                if p.fake_labels == "data":
+                if p.mode_seeking > 0:
+                    fake_g, y_g, pair = self._paired_batch(y, generator)
+                elif p.fake_labels == "data":
                     # Non-saturating loss, labels drawn from the client's own data.
                     fake_g, y_g = fake, y
                 else:
@@ -229,13 +238,34 @@ class ConditionalGan(Task):
                     loss_g = loss_g + p.aux_weight * F.cross_entropy(cls_g, y_g)
                 else:
                     loss_g = self._generator_loss(D(fake_g, y_g))
+                sum_g += float(loss_g.detach())
+                if p.mode_seeking > 0:
+                    seeking = mode_seeking_term(fake_g, *pair)
+                    sum_ms += float(seeking.detach())
+                    loss_g = loss_g + p.mode_seeking * seeking
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()
                 sum_d += float(loss_d.detach())
-                sum_g += float(loss_g.detach())
         n = max(steps, 1)
-        return {"loss/discriminator": sum_d / n, "loss/generator": sum_g / n}
+        out = {"loss/discriminator": sum_d / n, "loss/generator": sum_g / n}
+        if p.mode_seeking > 0:  # the term itself; loss/generator stays the adversarial loss
+            out["loss/mode_seeking"] = sum_ms / n
+        return out
+
+    def _paired_batch(
+        self, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, int]]:
+        """The generator's batch for the mode-seeking term: two halves with the same
+        labels and their own latents; the images, labels and (latents, half)."""
+        p = self.params
+        if p.fake_labels == "data":
+            half = y[: (y.shape[0] + 1) // 2]  # the real batch's labels (never under DP)
+        else:  # a batch of fixed size, as without the term
+            half = self._uniform_labels(max(p.batch_size // 2, 1), generator)
+        y_g = torch.cat([half, half])
+        z = torch.randn(y_g.shape[0], p.latent_dim, generator=generator)
+        return self.modules["generator"](z, y_g), y_g, (z, half.shape[0])
 
     def _with_classes(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
         D = self.modules["discriminator"]
@@ -258,7 +288,13 @@ class ConditionalGan(Task):
         the default loss and architecture only (None otherwise: clients train
         sequentially)."""
         p = self.params
-        if p.loss != "bce" or p.spectral_norm or p.d_steps != 1 or p.aux_weight > 0:
+        if (
+            p.loss != "bce"
+            or p.spectral_norm
+            or p.d_steps != 1
+            or p.aux_weight > 0
+            or p.mode_seeking > 0
+        ):
             return None
         return GanFunctionalTraining(
             self.modules["generator"],
@@ -280,3 +316,12 @@ class ConditionalGan(Task):
         G.eval()
         z = torch.randn(labels.shape[0], self.params.latent_dim, generator=generator)
         return (G(z, labels) + 1) / 2
+
+
+def mode_seeking_term(images: torch.Tensor, z: torch.Tensor, half: int) -> torch.Tensor:
+    """MSGAN's term for a batch whose first ``half`` rows pair with the next ``half``
+    (one label, two latents): the inverse of the images' mean absolute distance over the
+    latents', so it is large when different latents give one image."""
+    images_gap = (images[:half] - images[half : 2 * half]).abs().mean()
+    latent_gap = (z[:half] - z[half : 2 * half]).abs().mean()
+    return 1 / (images_gap / latent_gap + 1e-5)

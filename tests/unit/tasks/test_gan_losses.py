@@ -1,4 +1,4 @@
-"""The cGAN's hinge loss, spectral normalization and discriminator steps."""
+"""The cGAN's hinge loss, spectral normalization, discriminator steps and mode seeking."""
 
 import pytest
 import torch
@@ -7,6 +7,7 @@ from fedgen.data.client_data import ClientData
 from fedgen.data.sources import get_source
 from fedgen.registry import TASKS
 from fedgen.seeding import torch_generator
+from fedgen.tasks.gan import mode_seeking_term
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +103,31 @@ def test_the_ac_gan_head_exists_only_when_weighted_and_learns_real_labels(client
     before = head_accuracy()
     task.train_local(client, 30, torch_generator(0, "t"), {})
     assert before < 0.3 < head_accuracy()
+
+
+def test_the_mode_seeking_term_is_large_when_two_latents_give_one_image():
+    z = torch.tensor([[0.0, 0.0], [1.0, 3.0]])  # latent gap: (1 + 3) / 2 = 2
+    same = torch.ones(2, 1, 2, 2)
+    apart = torch.stack([torch.zeros(1, 2, 2), torch.full((1, 2, 2), 0.5)])  # gap 0.5
+    assert mode_seeking_term(same, z, 1).item() == pytest.approx(1e5)
+    assert mode_seeking_term(apart, z, 1).item() == pytest.approx(1 / (0.5 / 2 + 1e-5))
+
+
+def _spread(task, label: int) -> float:
+    """Mean absolute gap between a label's images from 64 pairs of latents."""
+    g = torch_generator(1, "spread")
+    images = task.sample(torch.full((128,), label), g)
+    return float((images[:64] - images[64:]).abs().mean())
+
+
+def test_mode_seeking_makes_the_generator_spread_one_label_over_more_images(client):
+    # Prepare: two generators from one initialization, one with the term.
+    plain, seeking = make(fake_labels="uniform"), make(fake_labels="uniform", mode_seeking=1.0)
+    seeking.load_state(plain.federated_state())
+    # Execute: the same 40 steps on the same digits.
+    for task in (plain, seeking):
+        task.train_local(client, 40, torch_generator(0, "t"), {})
+    # Assert: for every label the images of different latents lie further apart.
+    assert all(_spread(seeking, y) > 1.2 * _spread(plain, y) for y in range(10))
+    # It reads only the generator: allowed under DP-SGD, and trained sequentially.
+    assert seeking.privacy_problems() == [] and seeking.functional_training() is None
