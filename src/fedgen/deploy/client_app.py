@@ -185,7 +185,16 @@ def _own_keys(context: Any, client_id: int, run_id: str) -> tuple[str, str]:
     if not folder or not run_id:
         return private_key_hex(generate_key()), new_noise_key().hex()
     path = Path(str(folder)) / "keys" / f"run-{run_id}-client-{client_id}.json"
-    kept = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        kept = json.loads(path.read_text()) if path.is_file() else {}
+        if not isinstance(kept, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise ValueError(
+            f"this node's key file {path} is unreadable ({exc}); restore it from a backup, "
+            "or move it away to make new keys (a server resuming this run then refuses "
+            "the new signing key: start a new run)"
+        ) from exc
     # A file from a fedgen before noise keys holds the signing key alone: keep it.
     keys = {
         "key": kept.get("key") or private_key_hex(generate_key()),

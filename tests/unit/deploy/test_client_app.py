@@ -63,6 +63,16 @@ def test_a_hello_is_answered_with_the_client_and_a_key_of_its_own(recipe, tmp_pa
     assert STATE_CONFIG in context.state
 
 
+def test_a_corrupted_key_file_is_refused_with_what_to_do(recipe, tmp_path):
+    _ask(HELLO, _hello(recipe), _context({"client-id": 1, "state-dir": str(tmp_path)}))
+    (key_file,) = (tmp_path / "keys").glob("*.json")
+    key_file.write_text('{"key": "ab')  # cut short, as by a full disk
+    said = _ask(HELLO, _hello(recipe), _context({"client-id": 1, "state-dir": str(tmp_path)}))
+    assert f"this node's key file {key_file} is unreadable" in str(said["error"])
+    assert "restore it from a backup" in str(said["error"])
+    assert key_file.read_text() == '{"key": "ab'  # nothing overwritten
+
+
 def test_another_fedgen_version_is_refused(recipe):
     said = _ask(HELLO, _hello(recipe, "0.0.1"), _context({"client-id": 0}))
     assert "this SuperNode runs fedgen" in str(said["error"])
