@@ -311,8 +311,8 @@ class RecipeClientSide(ClientSide):
     the same DP calibration, the same deterministic partition, from which the client
     keeps the shards. Nothing of the server's is used but what a server sends its
     clients before round 1 (a table's merged encoder, so that no client process fits it
-    again); the run's secrets (noise key, signing keys) arrive in the client's own
-    messages.
+    again); in a simulation the run's secrets (noise key, signing keys) arrive in the
+    client's own messages, and a deployed client makes its own.
     """
 
     def __init__(self, cfg: ExperimentConfig, table_encoder: dict[str, Any] | None = None) -> None:

@@ -3,9 +3,13 @@
 The SuperNode's ``--node-config`` names its client (``client-id=N``) and, where
 it should keep what must outlive one message, a folder of its own
 (``state-dir="/path"``): the signing key and the DP noise key it makes for each run.
-The noise key seeds the noise this client draws itself (DP-SGD's): the server never
-holds it, so sample-level DP protects the client's examples from the server too (a
-simulation derives each client's key from the run's, ``client_noise_key``). Flower starts a
+The noise key seeds the noise this client draws itself (DP-SGD's noise and batches),
+bound to the model each job brings: the server never holds it, so sample-level DP
+protects the client's examples from the server too, and a server that resends a seed
+with another model gets fresh noise (a simulation derives each client's key from the
+run's, ``client_noise_key``). A job that hands the node a key is refused, and so is
+DP-SGD seeded from the root seed (``noise_seed: root``) unless the node's operator
+accepts it (``root-noise=true`` in the node config). Flower starts a
 fresh ClientApp process for every message, so each message rebuilds the
 client's parts from the recipe (``RecipeClientSide``), the one the server sent in
 its hello, kept in the run's ``Context.state``; the client keeps its shard only.
@@ -33,7 +37,7 @@ from typing import Any
 from fedgen.deploy.private_store import PrivateStore
 from fedgen.engine.backends.flower import HELLO
 from fedgen.engine.backends.flower_records import pack, unpack
-from fedgen.engine.backends.local_training import answer_job
+from fedgen.engine.backends.local_training import OWN_NOISE_KEY, answer_job
 from fedgen.engine.backends.secagg_client import answer_phase
 from fedgen.engine.backends.signing import ClientKeys
 from fedgen.ledger import generate_key, private_key_from_hex, private_key_hex, public_key_hex
@@ -98,8 +102,17 @@ def _hello(request: Message, client_id: int, context: Any) -> bytes:
         return _error(f"{type(exc).__name__}: {exc}")
     run_id = str(request.meta.get("run_id", ""))
     key, noise_key = _own_keys(context, client_id, run_id)
+    # Updates are signed only for a run that keeps a ledger (a hello without the flag
+    # comes from a fedgen that sent a run id for ledgers alone).
+    ledger = bool(run_id) and request.meta.get("ledger", True) is not False
     context.state[STATE_CONFIG] = ConfigRecord(
-        {"recipe": recipe, "run_id": run_id, "key": key, "noise_key": noise_key}
+        {
+            "recipe": recipe,
+            "run_id": run_id,
+            "key": key,
+            "noise_key": noise_key,
+            "ledger": ledger,
+        }
     )
     return encode(
         Message(
@@ -122,12 +135,14 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
     setup = context.state[STATE_CONFIG]
     kit = RecipeClientSide.from_json(str(setup["recipe"])).open()
     run_id = str(setup["run_id"])
-    round = decode(job).meta.get("round")
+    meta = decode(job).meta
+    round = meta.get("round")
     if type(round) is not int or round < 0:
         raise ValueError(f"a job without a round number (round={round!r:.20})")
+    _check_noise(meta.get("noise_key"), kit.task.privacy_engine is not None, context)
     store = PrivateStore(context, run_id, client_id)
     private = store.load(before_round=round)
-    keys = ClientKeys(run_id, {client_id: str(setup["key"])}) if run_id else None
+    keys = ClientKeys(run_id, {client_id: str(setup["key"])}) if setup["ledger"] else None
     held: dict[int, dict[str, Any]] = {}
     noise_key = bytes.fromhex(str(setup["noise_key"]))
     reply, kept = answer_job(
@@ -145,6 +160,23 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
     # A secure round's update stays on this node until the stage's requests come.
     _keep_held(context, held.get(client_id))
     return reply
+
+
+def _check_noise(noise_key: object, draws_noise: bool, context: Any) -> None:
+    """Refuse a job whose DP noise the server could know: one that hands this node a
+    noise key, or, when the node draws noise itself (DP-SGD), seeds it from the root
+    seed (``noise_seed: root``) unless the node's operator accepted that."""
+    if noise_key not in (OWN_NOISE_KEY, None):
+        raise ValueError(
+            "the job carries a DP noise key: this node draws its noise with a key of its "
+            "own, which no server may choose (is the server a fedgen of this version?)"
+        )
+    if noise_key is None and draws_noise and context.node_config.get("root-noise") is not True:
+        raise ValueError(
+            "the run seeds DP-SGD's noise from the root seed (noise_seed: root), which the "
+            "server can regenerate, so this node's examples would have no privacy from it; "
+            "start the node with --node-config 'root-noise=true' to accept that"
+        )
 
 
 def _stage(request: bytes, client_id: int, context: Any) -> bytes:
@@ -201,10 +233,16 @@ def _own_keys(context: Any, client_id: int, run_id: str) -> tuple[str, str]:
         "noise_key": kept.get("noise_key") or new_noise_key().hex(),
     }
     if keys != kept:
+        # Written whole or not at all: the signing key the server enrolled must survive
+        # a crash while the file gains its noise key.
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        partial = path.with_name(path.name + ".partial")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(keys, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
     return keys["key"], keys["noise_key"]
 
 

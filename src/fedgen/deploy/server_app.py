@@ -50,6 +50,6 @@ def serve(grid: Any, context: Any) -> None:
         side = fed.client_side
         assert isinstance(backend, FlowerBackend) and isinstance(side, RecipeClientSide)
         backend.attach(grid)
-        backend.hello(side.recipe, sorted(fed.clients), fed.audit)
+        backend.hello(side.recipe, sorted(fed.clients), fed.audit, fed.deployment_run_id)
 
     run_experiment(cfg, run_dir, progress=False, resume=resume, on_ready=attach)

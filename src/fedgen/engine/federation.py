@@ -47,7 +47,7 @@ from fedgen.engine.secure_stage import SecureAggregationStage
 from fedgen.engine.validation import check_result
 from fedgen.errors import ClientUpdateError, RoundFailedError
 from fedgen.ledger import state_digest
-from fedgen.privacy.noise_key import key_from_state, key_to_state
+from fedgen.privacy.noise_key import key_from_state, key_to_state, keyed_run_id
 from fedgen.seeding import derive_seed
 from fedgen.strategies.base import Aggregate, Strategy
 from fedgen.tasks.base import Task
@@ -441,6 +441,19 @@ class Federation:
         else:
             metrics["seconds"] = time.perf_counter() - t0
         return RoundRecord(r, metrics, audit)
+
+    @property
+    def deployment_run_id(self) -> str | None:
+        """What a deployment names this run to its nodes, which file their keys and
+        private state under it: the ledger's run id, else one derived from the noise key
+        (HMAC-SHA256: it reveals nothing of the key), both kept across a resume. None
+        without either (``noise_seed: root`` and no ledger): nodes then keep nothing of
+        the run past their Flower Context."""
+        if self.audit is not None:
+            return self.audit.run_id
+        if self.noise_key is None:
+            return None
+        return keyed_run_id(self.noise_key)
 
     def local_work(
         self,

@@ -63,6 +63,11 @@ def client_noise_key(key: bytes | None, client_id: int) -> bytes | None:
     return hmac.new(key, f"client/{client_id}".encode(), hashlib.sha256).digest()
 
 
+def keyed_run_id(key: bytes) -> str:
+    """A name for the run (32 hex digits), stable while the key is, revealing nothing of it."""
+    return hmac.new(key, b"run-id", hashlib.sha256).hexdigest()[:32]
+
+
 def noise_generator(key: bytes | None, seed: int, *path: str | int) -> torch.Generator:
     """The generator for the noise drawn at (``seed``, ``path``).
 

@@ -41,8 +41,9 @@ def _ask(kind: str, payload: bytes, context) -> dict[str, object]:
     return decode(unpack(answer(request, context).content)).meta
 
 
-def _hello(recipe: str, version: str = __version__) -> bytes:
-    return encode(Message({}, {"recipe": recipe, "fedgen": version, "run_id": "ab" * 16}))
+def _hello(recipe: str, version: str = __version__, **meta: object) -> bytes:
+    said = {"recipe": recipe, "fedgen": version, "run_id": "ab" * 16, **meta}
+    return encode(Message({}, said))
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,25 @@ def test_a_corrupted_key_file_is_refused_with_what_to_do(recipe, tmp_path):
     assert f"this node's key file {key_file} is unreadable" in str(said["error"])
     assert "restore it from a backup" in str(said["error"])
     assert key_file.read_text() == '{"key": "ab'  # nothing overwritten
+
+
+def test_an_old_key_file_keeps_its_signing_key_and_gains_a_noise_key(recipe, tmp_path):
+    said = _ask(HELLO, _hello(recipe), _context({"client-id": 1, "state-dir": str(tmp_path)}))
+    (key_file,) = (tmp_path / "keys").glob("*.json")
+    signing = json.loads(key_file.read_text())["key"]
+    key_file.write_text(json.dumps({"key": signing}))  # as a fedgen before noise keys wrote it
+    again = _ask(HELLO, _hello(recipe), _context({"client-id": 1, "state-dir": str(tmp_path)}))
+    kept = json.loads(key_file.read_text())
+    assert again["public_key"] == said["public_key"] and kept["key"] == signing
+    assert len(kept["noise_key"]) == 64 and [*key_file.parent.iterdir()] == [key_file]
+
+
+def test_a_run_without_a_ledger_is_still_filed_under_its_id_and_goes_unsigned(recipe, tmp_path):
+    context = _context({"client-id": 1, "state-dir": str(tmp_path)})
+    _ask(HELLO, _hello(recipe, ledger=False, run_id="cd" * 16), context)
+    # Its keys outlive the ServerApp (a resume meets the same noise key); no signatures.
+    assert [f.name for f in (tmp_path / "keys").iterdir()] == [f"run-{'cd' * 16}-client-1.json"]
+    assert context.state[STATE_CONFIG]["ledger"] is False
 
 
 def test_another_fedgen_version_is_refused(recipe):
@@ -135,19 +155,10 @@ def test_backend_flower_outside_a_serverapp_says_how_to_deploy(mnist_dir):
         fed.run_round(0)
 
 
-def test_a_dpsgd_job_trains_with_a_noise_key_the_node_made_and_the_server_never_held(
-    mnist_dir, tmp_path
-):
+def _dpsgd_config(mnist_dir: Path, **extra: object):
     from tiny_federation import tiny_config
 
-    from fedgen.engine.backends.local_training import OWN_NOISE_KEY, job_message
-    from fedgen.experiment import build_experiment
-    from fedgen.privacy.noise_key import client_noise_key
-    from fedgen.types import ClientInstruction
-
-    # Prepare: a DP-SGD recipe and client 1's round-0 job as the Flower backend sends
-    # it (no key), and as a simulation would (the key derived from the run's).
-    cfg = tiny_config(
+    return tiny_config(
         mnist_dir,
         **{
             "task.params.fake_labels": "uniform",
@@ -155,8 +166,30 @@ def test_a_dpsgd_job_trains_with_a_noise_key_the_node_made_and_the_server_never_
             "dpsgd": "{noise_multiplier: 1.0, max_grad_norm: 1.0, delta: 1.0e-5}",
             "federation.local_steps": 1,
             "ledger": "false",
+            **extra,
         },
     )
+
+
+def _train_on_node(recipe: str, job: Message, node_config: dict[str, object]) -> Message:
+    """A fresh ClientApp context of client 1 says hello, then answers ``job``."""
+    context = _context({"client-id": 1, **node_config})
+    _ask(HELLO, _hello(recipe), context)
+    request = flwr_app.Message(pack(encode(job)), dst_node_id=2, message_type=TRAIN)
+    return decode(unpack(answer(request, context).content))
+
+
+def test_a_dpsgd_job_trains_with_a_noise_key_the_node_made_and_the_server_never_held(
+    mnist_dir, tmp_path
+):
+    from fedgen.engine.backends.local_training import OWN_NOISE_KEY, answer_job, job_message
+    from fedgen.experiment import build_experiment
+    from fedgen.privacy.noise_key import client_noise_key
+    from fedgen.types import ClientInstruction
+
+    # Prepare: a DP-SGD recipe and client 1's round-0 job as the Flower backend sends
+    # it (no key), and as a simulation would (the key derived from the run's).
+    cfg = _dpsgd_config(mnist_dir)
     fed = build_experiment(cfg).federation
     recipe = RecipeClientSide(cfg).recipe
     work = fed.local_work(fed.global_state, 0)
@@ -167,29 +200,86 @@ def test_a_dpsgd_job_trains_with_a_noise_key_the_node_made_and_the_server_never_
     assert work.noise_key is not None and derived is not None
     assert deployed_job.meta["noise_key"] == OWN_NOISE_KEY
 
-    def update(state_dir: Path, job: Message) -> dict[str, object]:
-        context = _context({"client-id": 1, "state-dir": str(state_dir)})
-        _ask(HELLO, _hello(recipe), context)
-        request = flwr_app.Message(pack(encode(job)), dst_node_id=2, message_type=TRAIN)
-        reply = decode(unpack(answer(request, context).content))
+    def update(state_dir: Path) -> dict[str, torch.Tensor]:
+        reply = _train_on_node(recipe, deployed_job, {"state-dir": str(state_dir)})
         assert "error" not in reply.meta and reply.meta["failure"] is None, reply.meta
         return reply.arrays
 
     # Execute: the node answers the deployed job twice (a restart keeps its state-dir),
-    # another node with its own state-dir once, and the first node the simulated job.
-    first = update(tmp_path / "node", deployed_job)
-    restarted = update(tmp_path / "node", deployed_job)
-    other_node = update(tmp_path / "other", deployed_job)
-    server_derivable = update(tmp_path / "node", simulated_job)
+    # another node with its own state-dir once; the simulation's worker answers the
+    # simulated job (the update a server holding the run's key could recompute); and
+    # the node is handed the simulated job, key and all.
+    first = update(tmp_path / "node")
+    restarted = update(tmp_path / "node")
+    other_node = update(tmp_path / "other")
+    kit = RecipeClientSide(cfg).open()
+    reply, _ = answer_job(encode(simulated_job), kit.task, kit, None, None)
+    server_derivable = decode(reply).arrays
+    handed_a_key = _train_on_node(recipe, simulated_job, {"state-dir": str(tmp_path / "node")})
     # Assert: the node's key is its own (not the one the server could derive), kept
     # owner-readable in its state-dir, and it alone decides the noise.
-    kept = json.loads(next((tmp_path / "node" / "keys").glob("*.json")).read_text())
+    (key_file,) = (tmp_path / "node" / "keys").glob("*.json")
+    kept = json.loads(key_file.read_text())
     assert len(kept["noise_key"]) == 64 and bytes.fromhex(kept["noise_key"]) != derived
-    assert next((tmp_path / "node" / "keys").glob("*.json")).stat().st_mode & 0o077 == 0
+    assert key_file.stat().st_mode & 0o077 == 0
     assert first.keys() == restarted.keys() == other_node.keys() == server_derivable.keys()
     assert all(torch.equal(first[k], restarted[k]) for k in first)
     assert not all(torch.equal(first[k], other_node[k]) for k in first)
     assert not all(torch.equal(first[k], server_derivable[k]) for k in first)
+    # A job that hands the node a key is refused: no server may choose its noise.
+    assert "the job carries a DP noise key" in str(handed_a_key.meta["error"])
+
+
+def test_root_seeded_dpsgd_noise_needs_the_nodes_consent(mnist_dir):
+    from fedgen.engine.backends.local_training import job_message
+    from fedgen.experiment import build_experiment
+    from fedgen.types import ClientInstruction
+
+    # Prepare: a DP-SGD recipe whose noise derives from the root seed, which the server
+    # (and anyone with the config) can regenerate.
+    cfg = _dpsgd_config(mnist_dir, noise_seed="root")
+    fed = build_experiment(cfg).federation
+    job = job_message(ClientInstruction(1, 7), fed.local_work(fed.global_state, 0), 4, True)
+    assert job.meta["noise_key"] is None
+    recipe = RecipeClientSide(cfg).recipe
+    # Execute: a node that did not accept it, and one whose operator did.
+    refused = _train_on_node(recipe, job, {})
+    accepted = _train_on_node(recipe, job, {"root-noise": True})
+    # Assert
+    assert "--node-config 'root-noise=true'" in str(refused.meta["error"])
+    assert "error" not in accepted.meta and accepted.meta["failure"] is None
+
+
+def test_a_deployed_clients_noise_is_bound_to_the_model_it_received(mnist_dir):
+    from dataclasses import replace
+
+    from fedgen.engine.backends.local_training import run_client
+    from fedgen.experiment import build_experiment
+    from fedgen.types import ClientInstruction
+
+    # Prepare: a deployed client's work (its own key, bound to the model), and a second
+    # model a server might send with the same seed.
+    fed = build_experiment(_dpsgd_config(mnist_dir)).federation
+    own = b"k" * 32
+    work = replace(
+        fed.local_work(fed.global_state, 0),
+        noise_key=None,
+        client_key=own,
+        noise_bound_to_model=True,
+    )
+    other = {k: v + 1 if v.is_floating_point() else v for k, v in fed.global_state.items()}
+    ins = ClientInstruction(1, 99)
+    engine = fed.task.privacy_engine
+    assert engine is not None
+
+    def key_used(w) -> bytes | None:
+        run_client(ins, w, fed.clients[1], None, 4)
+        return engine.noise_key
+
+    # Execute
+    used = [key_used(work), key_used(replace(work, global_state=other)), key_used(work)]
+    # Assert: one seed, two models: two keys (fresh noise); the same model again: the same.
+    assert used[0] != used[1] and used[0] == used[2] and own not in used
 
 
 def test_a_job_asking_for_the_clients_own_key_needs_one():
@@ -222,3 +312,17 @@ def test_the_flower_backends_job_carries_no_noise_key():
     derived = client_noise_key(key, 3)
     assert derived is not None and sent.meta["noise_key"] == OWN_NOISE_KEY
     assert key.hex() not in str(sent.meta) and derived.hex() not in str(sent.meta)
+
+
+def test_a_deployment_names_the_run_by_its_ledger_or_its_noise_key(mnist_dir):
+    from tiny_federation import tiny_config
+
+    from fedgen.experiment import build_experiment
+
+    ledger = build_experiment(tiny_config(mnist_dir)).federation
+    keyed = build_experiment(tiny_config(mnist_dir, ledger="false")).federation
+    root = build_experiment(tiny_config(mnist_dir, ledger="false", noise_seed="root")).federation
+    assert ledger.audit is not None and ledger.deployment_run_id == ledger.audit.run_id
+    assert keyed.noise_key is not None and len(str(keyed.deployment_run_id)) == 32
+    assert keyed.noise_key.hex()[:32] != keyed.deployment_run_id
+    assert root.deployment_run_id is None

@@ -6,7 +6,9 @@ replies over Flower's ``Grid``: ``push_messages`` to the SuperNode holding each
 client, then ``pull_messages`` until every reply is in, a client's time is up, or
 its node is gone. Each message holds one ``fedgen.wire`` message
 (``flower_records``), the same bytes the process pool sends, so a result's
-``bytes_down`` and ``bytes_up`` are the same figures in simulation and deployment.
+``bytes_down`` and ``bytes_up`` are the same figures in simulation and deployment, but
+for one field: where a simulated job carries the client's noise key (64 hex digits),
+a deployed one says ``own`` (61 bytes fewer), since the node made its key itself.
 
 Before the first round the backend says *hello* to every online node: it sends the
 recipe (as JSON) and the run id; each node answers with the client id its node
@@ -129,8 +131,17 @@ class FlowerBackend(Backend):
 
     # -- hello -----------------------------------------------------------------
 
-    def hello(self, recipe: str, client_ids: list[int], audit: KeyEnrolment | None) -> None:
+    def hello(
+        self,
+        recipe: str,
+        client_ids: list[int],
+        audit: KeyEnrolment | None,
+        run_id: str | None = None,
+    ) -> None:
         """Meet the SuperNodes: learn which client each holds, enrol their keys.
+
+        ``run_id`` names the run to the nodes when it keeps no ledger (whose run id is
+        used otherwise); it must survive a resume (``Federation.deployment_run_id``).
 
         Raises:
             DeploymentError: no node connected in time, or a node refused the recipe,
@@ -157,9 +168,13 @@ class FlowerBackend(Backend):
 
         from fedgen.version import __version__
 
-        meta = {"recipe": recipe, "fedgen": __version__}
+        meta: dict[str, object] = {"recipe": recipe, "fedgen": __version__}
+        meta["ledger"] = audit is not None
+        # What each node files its keys and private state under, stable across a resume.
         if audit is not None:
             meta["run_id"] = audit.run_id
+        elif run_id is not None:
+            meta["run_id"] = run_id
         payload = encode(Message({}, meta))
         messages = [
             FlowerMessage(pack(payload), dst_node_id=node, message_type=HELLO) for node in nodes

@@ -9,6 +9,8 @@ encoding but reports the same byte counts, since ``run_client`` sets a result's
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -27,6 +29,7 @@ from fedgen.engine.faults import FaultPlan
 from fedgen.engine.proximal import anchored_parameters, proximal_mu, proximal_term
 from fedgen.engine.validation import check_update
 from fedgen.errors import ClientUpdateError
+from fedgen.ledger import state_digest
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import TransformContext, UpdateTransform, split_transform_private
 from fedgen.transforms.codec import decode_arrival
@@ -97,6 +100,8 @@ def run_client(
     task.load_state(work.global_state)
     # The client's own key (DP-SGD's noise and batches): the run's stays with the server.
     own_key = work.own_noise_key(ins.client_id)
+    if own_key is not None and work.noise_bound_to_model:
+        own_key = _bound_to_model(own_key, work.global_state)
     if task.privacy_engine is not None:
         task.privacy_engine.noise_key = own_key
     # A client without private state yet starts from the task's initial private tensors,
@@ -234,6 +239,12 @@ def answer_job(
         return encode(reply_message(failed)), private_state or {}
 
 
+def _bound_to_model(key: bytes, state: StateDict) -> bytes:
+    """``key`` bound to the model a client received (HMAC-SHA256 of its digest)."""
+    text = f"model/{state_digest(state)}".encode()
+    return hmac.new(key, text, hashlib.sha256).digest()
+
+
 def job_message(
     ins: ClientInstruction, work: LocalWork, num_clients: int, key_at_client: bool = False
 ) -> Message:
@@ -343,6 +354,7 @@ def work_from_job(
             else ReceivedDownlink(job.arrays, downlink, ins.client_id),
             initial_state=initial_state,
             client_key=client_key,
+            noise_bound_to_model=key == OWN_NOISE_KEY,
         )
         return ins, work, meta["num_clients"]
     except (KeyError, TypeError, ValueError) as exc:
