@@ -348,7 +348,8 @@ class RecipeClientSide(ClientSide):
         # The initial model the recipe builds: a compressed downlink's first deltas
         # start from it.
         initial = None if fed.downlink is None else fed.downlink.initial
-        return ClientKit(fed.task, fed.transforms, fed.faults, fed.clients, initial)
+        sample = None if fed.privacy is None else fed.privacy.sample
+        return ClientKit(fed.task, fed.transforms, fed.faults, fed.clients, initial, sample)
 
     def fingerprint(self) -> tuple[object, ...]:
         return (self.recipe,)

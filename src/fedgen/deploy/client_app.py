@@ -9,7 +9,8 @@ protects the client's examples from the server too, and a server that resends a 
 with another model gets fresh noise (a simulation derives each client's key from the
 run's, ``client_noise_key``). A job that hands the node a key is refused, and so is
 DP-SGD seeded from the root seed (``noise_seed: root``) unless the node's operator
-accepts it (``root-noise=true`` in the node config). Flower starts a
+accepts it (``root-noise=true`` in the node config). The node keeps its own DP-SGD
+budget (``NodeBudget``; ``max-epsilon=E`` in the node config overrides the recipe's). Flower starts a
 fresh ClientApp process for every message, so each message rebuilds the
 client's parts from the recipe (``RecipeClientSide``), the one the server sent in
 its hello, kept in the run's ``Context.state``; the client keeps its shard only.
@@ -34,13 +35,20 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fedgen.deploy.node_budget import NodeBudget
 from fedgen.deploy.private_store import PrivateStore
 from fedgen.engine.backends.flower import HELLO
 from fedgen.engine.backends.flower_records import pack, unpack
 from fedgen.engine.backends.local_training import OWN_NOISE_KEY, answer_job
 from fedgen.engine.backends.secagg_client import answer_phase
 from fedgen.engine.backends.signing import ClientKeys
-from fedgen.ledger import generate_key, private_key_from_hex, private_key_hex, public_key_hex
+from fedgen.ledger import (
+    generate_key,
+    private_key_from_hex,
+    private_key_hex,
+    public_key_hex,
+    state_digest,
+)
 from fedgen.privacy.noise_key import new_noise_key
 from fedgen.transforms.secagg.codec import from_message, to_message
 from fedgen.version import __version__
@@ -135,11 +143,16 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
     setup = context.state[STATE_CONFIG]
     kit = RecipeClientSide.from_json(str(setup["recipe"])).open()
     run_id = str(setup["run_id"])
-    meta = decode(job).meta
+    message = decode(job)
+    meta = message.meta
     round = meta.get("round")
     if type(round) is not int or round < 0:
         raise ValueError(f"a job without a round number (round={round!r:.20})")
     _check_noise(meta.get("noise_key"), kit.task.privacy_engine is not None, context)
+    if kit.sample_budget is not None:
+        # Recorded before training: a crash mid-job still counts the round.
+        digest = state_digest(message.arrays)
+        NodeBudget(context, run_id, client_id).admit(round, digest, kit.sample_budget)
     store = PrivateStore(context, run_id, client_id)
     private = store.load(before_round=round)
     keys = ClientKeys(run_id, {client_id: str(setup["key"])}) if setup["ledger"] else None

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from fedgen.data.client_data import ClientData
 from fedgen.engine.faults import FaultPlan
 from fedgen.errors import FedgenError
+from fedgen.privacy.budget import SampleLevelBudget
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import UpdateTransform
 from fedgen.types import StateDict
@@ -45,6 +46,10 @@ class ClientKit:
     #: The initial federated model, as the recipe builds it (the compressed downlink's
     #: base for a client's first job); None when the run has no compressed downlink.
     initial_state: StateDict | None = field(default=None, repr=False)
+    #: The recipe's DP-SGD accounting (each client's sigma, rate, steps and budget), by
+    #: which a deployed client keeps its own (``fedgen.deploy.node_budget``); None
+    #: without DP-SGD.
+    sample_budget: SampleLevelBudget | None = field(default=None, repr=False)
 
     def data(self, client_id: int) -> ClientData:
         """The shard of ``client_id``.
