@@ -290,6 +290,16 @@ def _export_dataset(
         "model": label or model_label(client),
         "fedgen_version": __version__,
     }
+    privacy = exp.federation.privacy
+    if privacy is not None:
+        # What a user of the data set most needs to know: the guarantee it carries.
+        spent: dict[str, Any] = {"unit": privacy.unit, **privacy.figures()}
+        if privacy.client is not None and (client is not None or label is not None):
+            spent["note"] = (
+                "client-level DP noises the federated model; a client's own tensors in "
+                "this model are not covered"
+            )
+        provenance["privacy"] = spent
     names = _class_names(run_dir, task.num_classes)
     default = Path("samples") if fmt is ExportFormat.FOLDER else Path(f"samples.{fmt}")
     try:

@@ -72,6 +72,36 @@ def test_the_command_exports_an_npz_and_names_the_checkpoint(run_dir, tmp_path):
     assert manifest["checkpoint_round"] == 0
     checkpoint = run_dir / "checkpoints" / manifest["checkpoint_file"]
     assert manifest["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert "privacy" not in manifest  # a run without DP claims none
+
+
+def test_a_dp_runs_data_set_records_the_privacy_it_carries(mnist_dir, tmp_path):
+    # Prepare: one round of the tiny federation under DP-SGD.
+    run = tmp_path / "dp-run"
+    cfg = tiny_config(
+        mnist_dir,
+        **{
+            "federation.rounds": 1,
+            "federation.local_steps": 1,
+            "eval.every": 0,
+            "eval.final": "false",
+            "ledger": "false",
+            "task.params.fake_labels": "uniform",
+            "task.params.batch_size": 32,
+            "dpsgd": "{noise_multiplier: 1.0, max_grad_norm: 1.0, delta: 1.0e-5}",
+        },
+    )
+    run_experiment(cfg, run, progress=False)
+    # Execute
+    result = CliRunner().invoke(
+        app, ["sample", str(run), "--per-class", "1", "--format", "npz", "--out", str(run / "s")]
+    )
+    # Assert: the manifest carries the run's epsilon, as its metrics recorded it.
+    assert result.exit_code == 0, result.output
+    privacy = json.loads((run / "s.json").read_text())["privacy"]
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert privacy["unit"] == "example" and privacy["delta"] == 1e-5
+    assert privacy["epsilon"] == pytest.approx(last["epsilon"]) and privacy["epsilon"] > 0
 
 
 def test_a_folder_per_class_with_labels_csv(task, run_dir, tmp_path):

@@ -10,8 +10,8 @@ with another model gets fresh noise (a simulation derives each client's key from
 run's, ``client_noise_key``). A job that hands the node a key is refused, and so is
 DP-SGD seeded from the root seed (``noise_seed: root``) unless the node's operator
 accepts it (``root-noise=true`` in the node config). The node keeps its own DP-SGD
-budget (``NodeBudget``; ``max-epsilon=E`` in the node config overrides the recipe's). Flower starts a
-fresh ClientApp process for every message, so each message rebuilds the
+budget (``NodeBudget``; ``max-epsilon=E`` in the node config overrides the recipe's).
+Flower starts a fresh ClientApp process for every message, so each message rebuilds the
 client's parts from the recipe (``RecipeClientSide``), the one the server sent in
 its hello, kept in the run's ``Context.state``; the client keeps its shard only.
 Its private state (personal layers, adapters) never crosses the wire: the node
