@@ -12,7 +12,8 @@ from fedgen.config import ExperimentConfig, load_config
 
 
 def tiny_config(mnist_dir: Path, **overrides: object) -> ExperimentConfig:
-    """4 iid MNIST clients, widths 8, 3 rounds x 2 steps, the sequential backend, one thread.
+    """4 iid MNIST clients, widths 8, 3 rounds x 2 steps, the sequential backend, one
+    thread, a small final evaluation.
 
     ``overrides`` are dotted keys (``**{"federation.rounds": 1}``), applied last.
     The sequential backend unless a test asks for workers: tests' monkey-patched
@@ -33,5 +34,10 @@ def tiny_config(mnist_dir: Path, **overrides: object) -> ExperimentConfig:
         # differ in the last bits, so bit-for-bit comparisons of backends need equal counts
         # (without it they passed only after some earlier test had set one thread).
         "threads=1",
+        # A small evaluation (its final TSTR trained 3 epochs on 30,000 images, a minute
+        # or more per run on a slow core); tests that measure quality set their own.
+        "eval.num_quality_samples=200",
+        "eval.tstr_samples=500",
+        "eval.tstr_epochs=1",
     ] + [f"{k}={v}" for k, v in overrides.items()]
     return load_config(None, items)
