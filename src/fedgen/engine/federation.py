@@ -424,6 +424,12 @@ class Federation:
             for key in [k for k in metrics if k.startswith("secagg/")]:
                 if key != "secagg/clip_range":
                     del metrics[key]
+        elif self.privacy is not None:
+            # Under sample-level DP one example more or less is the difference the
+            # guarantee hides, and the cohort's example count, exact and noiseless, would
+            # show it (with known cohorts, each client's count); partition.json withholds
+            # the counts for the same reason (experiment.WITHHELD_UNDER_DP).
+            metrics.pop("examples", None)
         if self.privacy is None and self.secagg is None:
             # Per-client losses and norms are computed on private data and released
             # without noise; under DP or secure aggregation they stay on the clients.

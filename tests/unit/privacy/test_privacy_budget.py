@@ -127,6 +127,8 @@ def test_sample_level_reports_the_largest_epsilon_over_clients(mnist_dir):
     # Each sampled client was charged 2 local steps per round it took part in.
     assert all(acc.steps % 2 == 0 and acc.steps > 0 for acc in sample.accountants.values())
     assert fed.history[-1]["epsilon"] == pytest.approx(max(per_client.values()), rel=1e-9)
+    # The cohort's exact example count would show one example more or less: withheld.
+    assert not any("examples" in m for m in fed.history)
 
 
 @pytest.mark.parametrize("items", [CLIENT_DP, SAMPLE_DP], ids=["client-level", "dp-sgd"])
