@@ -10,6 +10,14 @@ from pathlib import Path
 
 from fedgen.config import ExperimentConfig, load_config
 
+#: Overrides that put the tiny cGAN under DP-SGD: uniform fake labels (the generator must
+#: not read private labels) and batches of 32 (16 would risk empty Poisson batches).
+TINY_DPSGD = {
+    "task.params.fake_labels": "uniform",
+    "task.params.batch_size": 32,
+    "dpsgd": "{noise_multiplier: 1.0, max_grad_norm: 1.0, delta: 1.0e-5}",
+}
+
 
 def tiny_config(mnist_dir: Path, **overrides: object) -> ExperimentConfig:
     """4 iid MNIST clients, widths 8, 3 rounds x 2 steps, the sequential backend, one

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from cli_runner import fedgen
 from PIL import Image
-from tiny_federation import tiny_config
+from tiny_federation import TINY_DPSGD, tiny_config
 from typer.testing import CliRunner
 
 from fedgen.cli import app
@@ -86,9 +86,7 @@ def test_a_dp_runs_data_set_records_the_privacy_it_carries(mnist_dir, tmp_path):
             "eval.every": 0,
             "eval.final": "false",
             "ledger": "false",
-            "task.params.fake_labels": "uniform",
-            "task.params.batch_size": 32,
-            "dpsgd": "{noise_multiplier: 1.0, max_grad_norm: 1.0, delta: 1.0e-5}",
+            **TINY_DPSGD,
         },
     )
     run_experiment(cfg, run, progress=False)

@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 from fedgen.deploy.node_budget import NodeBudget
+from fedgen.deploy.node_files import node_path, write_owner_only
 from fedgen.deploy.private_store import PrivateStore
 from fedgen.engine.backends.flower import HELLO
 from fedgen.engine.backends.flower_records import pack, unpack
@@ -226,10 +225,10 @@ def _own_keys(context: Any, client_id: int, run_id: str) -> tuple[str, str]:
     ServerApp restarted on the same run meets the signing key it enrolled and the client
     draws the same noise as before; else in the run's Context only.
     """
-    folder = context.node_config.get("state-dir")
-    if not folder or not run_id:
+    name = node_path(context, "keys", run_id, client_id)
+    if name is None:
         return private_key_hex(generate_key()), new_noise_key().hex()
-    path = Path(str(folder)) / "keys" / f"run-{run_id}-client-{client_id}.json"
+    path = name.with_name(name.name + ".json")
     try:
         kept = json.loads(path.read_text()) if path.is_file() else {}
         if not isinstance(kept, dict):
@@ -246,16 +245,9 @@ def _own_keys(context: Any, client_id: int, run_id: str) -> tuple[str, str]:
         "noise_key": kept.get("noise_key") or new_noise_key().hex(),
     }
     if keys != kept:
-        # Written whole or not at all: the signing key the server enrolled must survive
-        # a crash while the file gains its noise key.
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(keys, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
+        # Whole or not at all: the signing key the server enrolled must survive a crash
+        # while the file gains its noise key.
+        write_owner_only(path, json.dumps(keys).encode())
     return keys["key"], keys["noise_key"]
 
 

@@ -18,10 +18,9 @@ digest of the model the job brings, in its ``state-dir`` (else in the run's Flow
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
+from fedgen.deploy.node_files import node_path, write_owner_only
 from fedgen.privacy.accounting import PrivacyAccountant
 from fedgen.privacy.budget import SampleLevelBudget
 
@@ -35,12 +34,8 @@ class NodeBudget:
     def __init__(self, context: Any, run_id: str, client_id: int) -> None:
         self.context = context
         self.client_id = client_id
-        folder = context.node_config.get("state-dir")
-        self.path = (
-            Path(str(folder)) / "privacy" / f"run-{run_id}-client-{client_id}.json"
-            if folder and run_id
-            else None
-        )
+        folder = node_path(context, "privacy", run_id, client_id)
+        self.path = None if folder is None else folder.with_name(folder.name + ".json")
 
     def admit(self, round: int, model_digest: str, sample: SampleLevelBudget) -> float:
         """Record a job of ``round`` on the model with ``model_digest`` before it trains;
@@ -115,11 +110,4 @@ class NodeBudget:
 
             self.context.state[STATE_ROUNDS] = ConfigRecord({"json": text})
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(self.path.name + ".partial")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, self.path)
+        write_owner_only(self.path, text.encode())

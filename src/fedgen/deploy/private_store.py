@@ -13,13 +13,12 @@ the run's Flower ``Context`` and end with the SuperNode process.
 from __future__ import annotations
 
 import logging
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fedgen.deploy.node_files import node_path, write_owner_only
 from fedgen.types import StateDict
 from fedgen.wire import Message, WireError, decode, encode
 
@@ -37,12 +36,7 @@ class PrivateStore:
 
     def __init__(self, context: Any, run_id: str, client_id: int) -> None:
         self.context = context
-        folder = context.node_config.get("state-dir")
-        self.folder = (
-            Path(str(folder)) / "private" / f"run-{run_id}-client-{client_id}"
-            if folder and run_id
-            else None
-        )
+        self.folder = node_path(context, "private", run_id, client_id)
 
     def load(self, before_round: int) -> StateDict | None:
         """The newest version trained in a round before ``before_round``, or None."""
@@ -78,15 +72,8 @@ class PrivateStore:
                 del arrays[name]
             self.context.state[STATE_VERSIONS] = ArrayRecord(array_dict=arrays)
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"round-{round}.wire"
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # a crash mid-write leaves the previous versions whole
+        # A crash mid-write leaves the previous versions whole.
+        write_owner_only(self.folder / f"round-{round}.wire", data)
         for old in sorted(self._versions())[:-KEEP]:
             (self.folder / f"round-{old}.wire").unlink(missing_ok=True)
 

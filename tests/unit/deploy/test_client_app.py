@@ -156,14 +156,12 @@ def test_backend_flower_outside_a_serverapp_says_how_to_deploy(mnist_dir):
 
 
 def _dpsgd_config(mnist_dir: Path, **extra: object):
-    from tiny_federation import tiny_config
+    from tiny_federation import TINY_DPSGD, tiny_config
 
     return tiny_config(
         mnist_dir,
         **{
-            "task.params.fake_labels": "uniform",
-            "task.params.batch_size": 32,
-            "dpsgd": "{noise_multiplier: 1.0, max_grad_norm: 1.0, delta: 1.0e-5}",
+            **TINY_DPSGD,
             "federation.local_steps": 1,
             "ledger": "false",
             **extra,

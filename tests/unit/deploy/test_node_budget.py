@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tiny_federation import tiny_config
+from tiny_federation import TINY_DPSGD, tiny_config
 
 from fedgen.deploy.node_budget import NodeBudget
 from fedgen.experiment import build_experiment
@@ -23,8 +23,7 @@ def sample(mnist_dir):
     cfg = tiny_config(
         mnist_dir,
         **{
-            "task.params.fake_labels": "uniform",
-            "task.params.batch_size": 32,
+            **TINY_DPSGD,
             "dpsgd": "{epsilon: 8.0, max_grad_norm: 1.0, delta: 1.0e-5, rounds_per_client: 2}",
             "strategy.params": "{fraction: 0.5, min_clients: 1}",
         },

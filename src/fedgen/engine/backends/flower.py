@@ -171,10 +171,9 @@ class FlowerBackend(Backend):
         meta: dict[str, object] = {"recipe": recipe, "fedgen": __version__}
         meta["ledger"] = audit is not None
         # What each node files its keys and private state under, stable across a resume.
-        if audit is not None:
-            meta["run_id"] = audit.run_id
-        elif run_id is not None:
-            meta["run_id"] = run_id
+        name = audit.run_id if audit is not None else run_id
+        if name is not None:
+            meta["run_id"] = name
         payload = encode(Message({}, meta))
         messages = [
             FlowerMessage(pack(payload), dst_node_id=node, message_type=HELLO) for node in nodes
