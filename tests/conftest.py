@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 # Passive OpenMP waits: on a loaded 2-core machine spinning threads make torch
 # several times slower. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# Runs' ledger keys go to a key store of this test session, not the user's.
-os.environ.setdefault("FEDGEN_KEY_DIR", tempfile.mkdtemp(prefix="fedgen-keys-"))
+# Runs' ledger keys go to a key store of this test session, not the user's. Made once,
+# by the process that starts the session (xdist workers inherit it), and removed when
+# that process exits: every test run used to leave an empty fedgen-keys-* in /tmp.
+if "FEDGEN_KEY_DIR" not in os.environ:
+    os.environ["FEDGEN_KEY_DIR"] = tempfile.mkdtemp(prefix="fedgen-keys-")
+    atexit.register(shutil.rmtree, os.environ["FEDGEN_KEY_DIR"], ignore_errors=True)
 
 import pytest
 
