@@ -2,15 +2,18 @@
 
 The SuperNode's ``--node-config`` names its client (``client-id=N``) and, where
 it should keep what must outlive one message, a folder of its own
-(``state-dir="/path"``): the signing key and the DP noise key it makes for each run.
-The noise key seeds the noise this client draws itself (DP-SGD's noise and batches),
-bound to the model each job brings: the server never holds it, so sample-level DP
-protects the client's examples from the server too, and a server that resends a seed
-with another model gets fresh noise (a simulation derives each client's key from the
-run's, ``client_noise_key``). A job that hands the node a key is refused, and so is
-DP-SGD seeded from the root seed (``noise_seed: root``) unless the node's operator
-accepts it (``root-noise=true`` in the node config). The node keeps its own DP-SGD
-budget (``NodeBudget``; ``max-epsilon=E`` in the node config overrides the recipe's).
+(``state-dir="/path"``, required for DP-SGD): the signing key and the DP noise key it
+makes for each run. The noise key seeds the noise this client draws itself (DP-SGD's
+noise and batches), bound to the whole job it receives (model, round, seed, config,
+steps): the server never holds it, so sample-level DP protects the client's examples
+from the server too, and a server that changes anything of a job gets fresh noise (a
+simulation derives each client's key from the run's, ``client_noise_key``). A job that
+hands the node a key is refused, and so is DP-SGD seeded from the root seed
+(``noise_seed: root``) unless the node's operator accepts it (``root-noise=true`` in
+the node config). The node keeps its own DP-SGD budget (``NodeBudget``: the recipe's
+per run, and with ``max-epsilon=E`` the operator's over every run on its shard; such a
+node trains with DP-SGD only). Under DP-SGD its replies carry no losses: they are
+figures of its batches that no noise covers.
 Flower starts a fresh ClientApp process for every message, so each message rebuilds the
 client's parts from the recipe (``RecipeClientSide``), the one the server sent in
 its hello, kept in the run's ``Context.state``; the client keeps its shard only.
@@ -29,6 +32,7 @@ in the ``Context`` since training.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any
@@ -36,9 +40,15 @@ from typing import Any
 from fedgen.deploy.node_budget import NodeBudget
 from fedgen.deploy.node_files import node_path, write_owner_only
 from fedgen.deploy.private_store import PrivateStore
+from fedgen.engine.backends.base import LocalWork
 from fedgen.engine.backends.flower import HELLO
 from fedgen.engine.backends.flower_records import pack, unpack
-from fedgen.engine.backends.local_training import OWN_NOISE_KEY, answer_job
+from fedgen.engine.backends.local_training import (
+    OWN_NOISE_KEY,
+    answer_job,
+    job_digest,
+    local_steps_for,
+)
 from fedgen.engine.backends.secagg_client import answer_phase
 from fedgen.engine.backends.signing import ClientKeys
 from fedgen.ledger import (
@@ -46,10 +56,10 @@ from fedgen.ledger import (
     private_key_from_hex,
     private_key_hex,
     public_key_hex,
-    state_digest,
 )
 from fedgen.privacy.noise_key import new_noise_key
 from fedgen.transforms.secagg.codec import from_message, to_message
+from fedgen.types import ClientInstruction
 from fedgen.version import __version__
 from fedgen.wire import Message, WireError, decode, encode
 
@@ -108,6 +118,13 @@ def _hello(request: Message, client_id: int, context: Any) -> bytes:
     except Exception as exc:  # the node's own words reach the server's error
         return _error(f"{type(exc).__name__}: {exc}")
     run_id = str(request.meta.get("run_id", ""))
+    if kit.sample_budget is not None:
+        NodeBudget(context, _budget_run_id(run_id, recipe), client_id)  # has a state-dir
+    elif context.node_config.get("max-epsilon") is not None:
+        return _error(
+            "this node trains only with DP-SGD (its node config sets max-epsilon), and the "
+            "recipe has no dpsgd section: its examples would leave in updates without noise"
+        )
     key, noise_key = _own_keys(context, client_id, run_id)
     # Updates are signed only for a run that keeps a ledger (a hello without the flag
     # comes from a fedgen that sent a run id for ledgers alone).
@@ -148,10 +165,18 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
     if type(round) is not int or round < 0:
         raise ValueError(f"a job without a round number (round={round!r:.20})")
     _check_noise(meta.get("noise_key"), kit.task.privacy_engine is not None, context)
-    if kit.sample_budget is not None:
-        # Recorded before training: a crash mid-job still counts the round.
-        digest = state_digest(message.arrays)
-        NodeBudget(context, run_id, client_id).admit(round, digest, kit.sample_budget)
+    admit = None
+    sample = kit.sample_budget
+    if sample is not None:
+        budget = NodeBudget(context, _budget_run_id(run_id, str(setup["recipe"])), client_id)
+        digest, per_step = job_digest(message), kit.task.private_batches_per_step()
+
+        def admit(ins: ClientInstruction, work: LocalWork) -> None:
+            # Recorded once the job is checked, before training: a crash mid-job still
+            # counts the round.
+            steps = local_steps_for(work, kit.data(client_id).num_examples) * per_step
+            budget.admit(work.round, digest, steps, sample)
+
     store = PrivateStore(context, run_id, client_id)
     private = store.load(before_round=round)
     keys = ClientKeys(run_id, {client_id: str(setup["key"])}) if setup["ledger"] else None
@@ -166,6 +191,7 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
         expected_client=client_id,
         held=held,
         own_noise_key=noise_key,
+        admit=admit,
     )
     if kept:
         store.save(round, kept)
@@ -189,6 +215,12 @@ def _check_noise(noise_key: object, draws_noise: bool, context: Any) -> None:
             "server can regenerate, so this node's examples would have no privacy from it; "
             "start the node with --node-config 'root-noise=true' to accept that"
         )
+
+
+def _budget_run_id(run_id: str, recipe: str) -> str:
+    """The name of a run's DP-SGD record: its id, or for a run without one (root-seeded
+    noise and no ledger) its recipe's digest."""
+    return run_id or "recipe-" + hashlib.sha256(recipe.encode()).hexdigest()[:32]
 
 
 def _stage(request: bytes, client_id: int, context: Any) -> bytes:
@@ -252,6 +284,7 @@ def _own_keys(context: Any, client_id: int, run_id: str) -> tuple[str, str]:
 
 
 def _error(text: str) -> bytes:
-    # Said on both sides: in this node's log, and to the server, which stops the run.
+    # Said on both sides: in this node's log, and to the server (a refused hello stops
+    # the run; a refused job is that client's failure, in these words).
     log.error("refusing the server's request: %s", text)
     return encode(Message({}, {"error": text}))

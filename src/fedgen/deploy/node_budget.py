@@ -2,112 +2,187 @@
 
 In a simulation the server charges every client's accountant and leaves a client out
 of the cohorts once its rounds are used (``fedgen.privacy.budget``). A deployed node
-does not take the server's word for it. Before each job it records the round and the
-digest of the model the job brings, in its ``state-dir`` (else in the run's Flower
-``Context``), and refuses:
+does not take the server's word for it. Once a job is read, and before it trains, the
+node records the round, the digest of the whole job (``job_digest``: model, seed,
+config, steps) and the DP-SGD it will take (sigma, sampling rate, steps), in its
+``state-dir``, one file per run, and refuses:
 
-- a round it trained before, sent again with another model (each would be a fresh
-  noisy answer, which the server's accounting does not count); the same round with
-  the same model, as a resumed run resends it, is admitted and not charged again;
-- a job that would take its epsilon, by its own accountant over the rounds it has
-  trained at its own sigma and sampling rate, past its budget: ``max-epsilon`` from
-  the node's config when the operator set one, else the recipe's ``dpsgd.epsilon``;
-- a round past ``dpsgd.rounds_per_client``, when the recipe caps them.
+- a round it trained before, sent again as another job (its noise is bound to the job,
+  so each would be a fresh noisy answer that no accounting counts); the same job
+  resent, as a resumed run resends it, draws the same noise and is not charged again;
+- a job asking for more DP-SGD steps than the recipe plans for this client;
+- a round past ``dpsgd.rounds_per_client``, when the recipe caps them;
+- a job that would take this run's epsilon past the recipe's ``dpsgd.epsilon``;
+- with ``max-epsilon`` in the node's config, a job that would take the epsilon of
+  everything this client has trained on its shard, in every run, past it (at the
+  node's ``max-delta``, default 1e-5): the operator's budget, which no server's
+  recipe or new run resets.
+
+Each round is accounted at the sigma, rate and steps it trained with, as recorded then:
+a later hello with another recipe does not re-price the rounds before it. What a node
+refuses reaches the server as that client's failure, in the node's words.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from fedgen.deploy.node_files import node_path, write_owner_only
+from fedgen.deploy.node_files import locked, state_dir, write_owner_only
 from fedgen.privacy.accounting import PrivacyAccountant
 from fedgen.privacy.budget import SampleLevelBudget
 
-#: The ``Context.state`` record of trained rounds when the node has no state-dir.
-STATE_ROUNDS = "fedgen.dpsgd_rounds"
+#: The delta ``max-epsilon`` is measured at when the node config gives no ``max-delta``.
+DEFAULT_MAX_DELTA = 1e-5
+
+
+@dataclass(frozen=True)
+class TrainedRound:
+    """One round a client trained with DP-SGD: the job and what it cost."""
+
+    job: str
+    sigma: float
+    rate: float
+    steps: int
 
 
 class NodeBudget:
-    """One deployed client's record of the DP-SGD rounds it trained in one run."""
+    """One deployed client's record of the DP-SGD rounds it trained, in every run."""
 
     def __init__(self, context: Any, run_id: str, client_id: int) -> None:
+        folder = state_dir(context)
+        if folder is None:
+            raise ValueError(
+                "DP-SGD on a deployed node needs a state-dir: the noise key and the record "
+                "of the rounds it trained must outlive a restart, or a server could ask "
+                "again after one; start the node with --node-config 'state-dir=\"/path\"'"
+            )
+        if not run_id:
+            raise ValueError("a DP-SGD job of a run without an id: no record can name it")
         self.context = context
         self.client_id = client_id
-        folder = node_path(context, "privacy", run_id, client_id)
-        self.path = None if folder is None else folder.with_name(folder.name + ".json")
+        self.folder = folder / "privacy"
+        self.path = self.folder / f"run-{run_id}-client-{client_id}.json"
 
-    def admit(self, round: int, model_digest: str, sample: SampleLevelBudget) -> float:
-        """Record a job of ``round`` on the model with ``model_digest`` before it trains;
-        the epsilon this client will have spent. Raises ``ValueError`` (the job is
-        refused, nothing recorded) when the module docstring's rules forbid it."""
-        rounds = self._load()
-        seen = rounds.get(str(round))
-        if seen == model_digest:
-            return self._epsilon(len(rounds), sample)
-        if seen is not None:
+    def admit(self, round: int, job: str, steps: int, sample: SampleLevelBudget) -> float:
+        """Record the job ``job`` (its digest) of ``round``, which takes ``steps`` DP-SGD
+        steps, before it trains; the epsilon this client will have spent in the run.
+        Raises ``ValueError`` (the job is refused, nothing recorded) when the module
+        docstring's rules forbid it."""
+        cid = self.client_id
+        planned = sample.steps_of(cid)
+        if steps != planned:
             raise ValueError(
-                f"round {round} was trained here on another model (digest {seen[:12]}, now "
-                f"{model_digest[:12]}): a second noisy answer for one round, which no "
-                "accounting counts; refused"
+                f"the job asks for {steps} DP-SGD steps, the recipe plans {planned} for "
+                "this client a round, and its noise is calibrated for those; refused"
             )
-        cap = sample.rounds_per_client
-        if cap is not None and len(rounds) >= cap:
-            raise ValueError(
-                f"this client has trained its dpsgd.rounds_per_client={cap} rounds of the "
-                f"run, all its noise is calibrated for; round {round} is refused"
-            )
-        limit = self._limit(sample)
-        spent = self._epsilon(len(rounds) + 1, sample)
-        if limit is not None and spent > limit:
-            raise ValueError(
-                f"round {round} would take this client to epsilon={spent:.4g} > its budget "
-                f"{limit:g} (delta={sample.delta:g}) after {len(rounds)} rounds; refused"
-            )
-        rounds[str(round)] = model_digest
-        self._save(rounds)
+        limit, max_delta = self._operator_limit()
+        this = TrainedRound(job, sample.noise_for(cid), sample.rates[cid], steps)
+        with locked(self.folder / f"client-{cid}.lock"):
+            rounds = self._load(self.path, sample)
+            seen = rounds.get(round)
+            if seen is not None and seen.job == job:
+                return _epsilon(rounds.values(), sample.mechanism, sample.delta)
+            if seen is not None:
+                raise ValueError(
+                    f"round {round} was trained here as another job (digest {seen.job[:12]}, "
+                    f"now {job[:12]}): a second noisy answer for one round, which no "
+                    "accounting counts; refused (a resumed run must resend its rounds "
+                    "bit for bit)"
+                )
+            cap = sample.rounds_per_client
+            if cap is not None and len(rounds) >= cap:
+                raise ValueError(
+                    f"this client has trained its dpsgd.rounds_per_client={cap} rounds of "
+                    f"the run, all its noise is calibrated for; round {round} is refused"
+                )
+            after = [*rounds.values(), this]
+            spent = _epsilon(after, sample.mechanism, sample.delta)
+            if sample.target is not None and spent > sample.target:
+                raise ValueError(
+                    f"round {round} would take this client to epsilon={spent:.4g} in this "
+                    f"run, past the recipe's dpsgd.epsilon={sample.target:g} "
+                    f"(delta={sample.delta:g}) after {len(rounds)} rounds; refused"
+                )
+            if limit is not None:
+                every = [*self._other_runs(sample), *after]
+                lifetime = _epsilon(every, sample.mechanism, max_delta)
+                if lifetime > limit:
+                    raise ValueError(
+                        f"round {round} would take this client's shard to epsilon="
+                        f"{lifetime:.4g} over every run it trained in, past this node's "
+                        f"max-epsilon={limit:g} (delta={max_delta:g}); refused"
+                    )
+            rounds[round] = this
+            self._save(rounds)
         return spent
 
-    def _limit(self, sample: SampleLevelBudget) -> float | None:
-        own = self.context.node_config.get("max-epsilon")
-        if own is None:
-            return sample.target
-        if isinstance(own, bool) or not isinstance(own, int | float) or not own > 0:
-            raise ValueError(
-                f"this node's max-epsilon={own!r} is not a number > 0; start it with "
-                "--node-config 'max-epsilon=10.0'"
-            )
-        return float(own)
+    def _operator_limit(self) -> tuple[float | None, float]:
+        """The node config's ``max-epsilon`` (None: not set) and ``max-delta``."""
+        config = self.context.node_config
+        own = config.get("max-epsilon")
+        delta = _positive(config.get("max-delta", DEFAULT_MAX_DELTA), "max-delta", "1e-5")
+        if not delta < 1:
+            raise ValueError(f"this node's max-delta={delta!r} must be below 1, e.g. 1e-5")
+        return (None if own is None else _positive(own, "max-epsilon", "10.0")), delta
 
-    def _epsilon(self, rounds: int, sample: SampleLevelBudget) -> float:
-        cid = self.client_id
-        accountant = PrivacyAccountant(sample.mechanism)
-        accountant.step(sample.noise_for(cid), sample.rates[cid], sample.steps_of(cid) * rounds)
-        return accountant.epsilon(sample.delta)
+    def _other_runs(self, sample: SampleLevelBudget) -> list[TrainedRound]:
+        """Every round this client trained in the runs before this one."""
+        pattern = f"run-*-client-{self.client_id}.json"
+        others = [p for p in sorted(self.folder.glob(pattern)) if p != self.path]
+        return [r for p in others for r in self._load(p, sample).values()]
 
-    def _load(self) -> dict[str, str]:
+    def _load(self, path: Path, sample: SampleLevelBudget) -> dict[int, TrainedRound]:
         try:
-            if self.path is None:
-                held = self.context.state.get(STATE_ROUNDS)
-                text = "{}" if held is None else str(held["json"])
-            else:
-                text = self.path.read_text() if self.path.is_file() else "{}"
-            rounds = json.loads(text)
-            if not isinstance(rounds, dict):
+            held = json.loads(path.read_text()) if path.is_file() else {"rounds": {}}
+            if not isinstance(held, dict):
                 raise ValueError("not a JSON object")
-        except (OSError, ValueError, KeyError) as exc:
+            if "rounds" not in held:
+                # The first record (2026-12-06) held round -> model digest alone: those
+                # rounds were trained at the recipe's sigma, rate and steps.
+                cid = self.client_id
+                old = (sample.noise_for(cid), sample.rates[cid], sample.steps_of(cid))
+                return {int(r): TrainedRound(f"model:{d}", *old) for r, d in held.items()}
+            return {
+                int(r): TrainedRound(
+                    str(e["job"]), float(e["sigma"]), float(e["rate"]), int(e["steps"])
+                )
+                for r, e in held["rounds"].items()
+            }
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             # Refusing is safe; starting the count afresh would not be.
             raise ValueError(
-                f"this node's record of the DP-SGD rounds it trained ({self.path or 'Context'}) "
-                f"is unreadable ({exc}); restore it, or start a new run"
+                f"this node's record of the DP-SGD rounds it trained ({path}) is unreadable "
+                f"({type(exc).__name__}: {exc}); restore it from a backup (refused until then)"
             ) from exc
-        return {str(k): str(v) for k, v in rounds.items()}
 
-    def _save(self, rounds: dict[str, str]) -> None:
-        text = json.dumps(rounds, sort_keys=True)
-        if self.path is None:
-            from flwr.app import ConfigRecord
+    def _save(self, rounds: dict[int, TrainedRound]) -> None:
+        held = {
+            "rounds": {
+                str(r): {"job": t.job, "sigma": t.sigma, "rate": t.rate, "steps": t.steps}
+                for r, t in sorted(rounds.items())
+            }
+        }
+        write_owner_only(self.path, json.dumps(held, sort_keys=True).encode())
 
-            self.context.state[STATE_ROUNDS] = ConfigRecord({"json": text})
-            return
-        write_owner_only(self.path, text.encode())
+
+def _positive(value: Any, name: str, example: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(
+            f"this node's {name}={value!r} is not a number > 0; start it with "
+            f"--node-config '{name}={example}'"
+        )
+    return float(value)
+
+
+def _epsilon(rounds: Any, mechanism: str, delta: float) -> float:
+    """Epsilon of ``rounds`` (TrainedRounds) composed, each at its own sigma and rate."""
+    steps: dict[tuple[float, float], int] = {}
+    for r in rounds:
+        steps[(r.sigma, r.rate)] = steps.get((r.sigma, r.rate), 0) + r.steps
+    accountant = PrivacyAccountant(mechanism)
+    for (sigma, rate), n in sorted(steps.items()):
+        accountant.step(sigma, rate, n)
+    return accountant.epsilon(delta)

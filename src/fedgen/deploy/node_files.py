@@ -7,28 +7,62 @@ one (or without a run id) they live in the run's Flower ``Context`` only.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def state_dir(context: Any) -> Path | None:
+    """The node's ``state-dir`` from its node config, or None without one."""
+    folder = context.node_config.get("state-dir")
+    return Path(str(folder)) if folder else None
 
 
 def node_path(context: Any, kind: str, run_id: str, client_id: int) -> Path | None:
     """``<state-dir>/<kind>/run-<run_id>-client-<client_id>``, or None without a
     state-dir or a run id (the caller adds a suffix when it names a file)."""
-    folder = context.node_config.get("state-dir")
-    if not folder or not run_id:
+    folder = state_dir(context)
+    if folder is None or not run_id:
         return None
-    return Path(str(folder)) / kind / f"run-{run_id}-client-{client_id}"
+    return folder / kind / f"run-{run_id}-client-{client_id}"
 
 
 def write_owner_only(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all (a crash mid-write leaves the previous file),
-    readable by its owner only."""
+    """Write ``path`` whole or not at all, durably (a crash or power loss mid-write
+    leaves the previous file), readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
+    # A name of its own: two writers of one file never truncate each other's partial.
+    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    # The rename itself is durable only once the folder's entry is on disk.
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (made if missing) for the block: what two
+    SuperNodes sharing one state-dir read, check and write, they do one at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

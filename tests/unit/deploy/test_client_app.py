@@ -228,7 +228,7 @@ def test_a_dpsgd_job_trains_with_a_noise_key_the_node_made_and_the_server_never_
     assert "the job carries a DP noise key" in str(handed_a_key.meta["error"])
 
 
-def test_root_seeded_dpsgd_noise_needs_the_nodes_consent(mnist_dir):
+def test_root_seeded_dpsgd_noise_needs_the_nodes_consent(mnist_dir, tmp_path):
     from fedgen.engine.backends.local_training import job_message
     from fedgen.experiment import build_experiment
     from fedgen.types import ClientInstruction
@@ -241,43 +241,49 @@ def test_root_seeded_dpsgd_noise_needs_the_nodes_consent(mnist_dir):
     assert job.meta["noise_key"] is None
     recipe = RecipeClientSide(cfg).recipe
     # Execute: a node that did not accept it, and one whose operator did.
-    refused = _train_on_node(recipe, job, {})
-    accepted = _train_on_node(recipe, job, {"root-noise": True})
+    refused = _train_on_node(recipe, job, {"state-dir": str(tmp_path / "a")})
+    accepted = _train_on_node(recipe, job, {"root-noise": True, "state-dir": str(tmp_path / "b")})
     # Assert
     assert "--node-config 'root-noise=true'" in str(refused.meta["error"])
     assert "error" not in accepted.meta and accepted.meta["failure"] is None
 
 
-def test_a_deployed_clients_noise_is_bound_to_the_model_it_received(mnist_dir):
-    from dataclasses import replace
-
-    from fedgen.engine.backends.local_training import run_client
+def test_a_deployed_clients_noise_is_bound_to_the_whole_job(mnist_dir):
+    from fedgen.engine.backends.local_training import answer_job, job_message
     from fedgen.experiment import build_experiment
     from fedgen.types import ClientInstruction
 
-    # Prepare: a deployed client's work (its own key, bound to the model), and a second
-    # model a server might send with the same seed.
-    fed = build_experiment(_dpsgd_config(mnist_dir)).federation
-    own = b"k" * 32
-    work = replace(
-        fed.local_work(fed.global_state, 0),
-        noise_key=None,
-        client_key=own,
-        noise_bound_to_model=True,
-    )
+    # Prepare: a deployed client's round-0 job, and jobs a server might send instead,
+    # each changing one thing: the model, the seed, the round, the config.
+    cfg = _dpsgd_config(mnist_dir)
+    fed = build_experiment(cfg).federation
+    work = fed.local_work(fed.global_state, 0)
     other = {k: v + 1 if v.is_floating_point() else v for k, v in fed.global_state.items()}
-    ins = ClientInstruction(1, 99)
-    engine = fed.task.privacy_engine
+    jobs = {
+        "job": job_message(ClientInstruction(1, 99), work, 4, True),
+        "model": job_message(ClientInstruction(1, 99), fed.local_work(other, 0), 4, True),
+        "seed": job_message(ClientInstruction(1, 98), work, 4, True),
+        "round": job_message(
+            ClientInstruction(1, 99), fed.local_work(fed.global_state, 1), 4, True
+        ),
+        "config": job_message(ClientInstruction(1, 99, {"lr": 1e-3}), work, 4, True),
+    }
+    kit = RecipeClientSide(cfg).open()
+    engine = kit.task.privacy_engine
     assert engine is not None
+    own = b"k" * 32
 
-    def key_used(w) -> bytes | None:
-        run_client(ins, w, fed.clients[1], None, 4)
+    def key_used(job: Message) -> bytes | None:
+        reply, _ = answer_job(encode(job), kit.task, kit, None, None, own_noise_key=own)
+        assert decode(reply).meta["failure"] is None
         return engine.noise_key
 
     # Execute
-    used = [key_used(work), key_used(replace(work, global_state=other)), key_used(work)]
-    # Assert: one seed, two models: two keys (fresh noise); the same model again: the same.
-    assert used[0] != used[1] and used[0] == used[2] and own not in used
+    used = {name: key_used(job) for name, job in jobs.items()}
+    again = key_used(jobs["job"])
+    # Assert: each change draws fresh noise; the same job resent draws the same.
+    assert len(set(used.values())) == len(jobs) and own not in used.values()
+    assert again == used["job"]
 
 
 def test_a_job_asking_for_the_clients_own_key_needs_one():
@@ -324,3 +330,46 @@ def test_a_deployment_names_the_run_by_its_ledger_or_its_noise_key(mnist_dir):
     assert keyed.noise_key is not None and len(str(keyed.deployment_run_id)) == 32
     assert keyed.noise_key.hex()[:32] != keyed.deployment_run_id
     assert root.deployment_run_id is None
+
+
+def test_a_dpsgd_hello_needs_a_state_dir_and_a_dp_only_node_refuses_other_recipes(
+    mnist_dir, recipe, tmp_path
+):
+    dpsgd = RecipeClientSide(_dpsgd_config(mnist_dir)).recipe
+    # No state-dir: a restart would lose the node's noise key and its record of rounds.
+    no_dir = _ask(HELLO, _hello(dpsgd), _context({"client-id": 1}))
+    assert "needs a state-dir" in str(no_dir["error"])
+    # A node whose operator set a budget trains with DP-SGD only.
+    node = {"client-id": 1, "state-dir": str(tmp_path), "max-epsilon": 8.0}
+    plain = _ask(HELLO, _hello(recipe), _context(node))
+    assert "trains only with DP-SGD" in str(plain["error"])
+    assert "error" not in _ask(HELLO, _hello(dpsgd), _context(node))
+
+
+def test_a_dpsgd_node_refuses_extra_steps_and_sends_no_losses(mnist_dir, tmp_path):
+    from dataclasses import replace
+
+    from fedgen.engine.backends.local_training import job_message
+    from fedgen.experiment import build_experiment
+    from fedgen.types import ClientInstruction
+
+    cfg = _dpsgd_config(mnist_dir)
+    fed = build_experiment(cfg).federation
+    recipe = RecipeClientSide(cfg).recipe
+    work = fed.local_work(fed.global_state, 0)
+    node = {"state-dir": str(tmp_path)}
+    greedy = job_message(ClientInstruction(1, 5), replace(work, local_steps=20), 4, True)
+    refused = _train_on_node(recipe, greedy, node)
+    honest = _train_on_node(recipe, job_message(ClientInstruction(1, 5), work, 4, True), node)
+    assert "asks for 20 DP-SGD steps" in str(refused.meta["failure"])
+    assert honest.meta["failure"] is None
+    # DP-SGD noises gradients, not losses: a loss of the client's batches stays with it.
+    assert not any(k.startswith("loss/") for k in honest.meta["metrics"]), honest.meta["metrics"]
+
+
+def test_a_nodes_refusal_reaches_the_server_in_its_own_words():
+    from fedgen.engine.backends.flower import FlowerBackend, _Reply
+
+    said = Message({}, {"error": "ValueError: a job before the hello"})
+    result = FlowerBackend()._result(3, 10, _Reply(said, nbytes=40))
+    assert result.failure == "the node refused the job: ValueError: a job before the hello"

@@ -1,14 +1,21 @@
-"""A deployed DP-SGD client keeps its own budget (a real Flower Context, a real accountant)."""
+"""A deployed DP-SGD client keeps its own budget (a real Flower Context, a real accountant,
+files in a real state-dir)."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
 
 import pytest
 from tiny_federation import TINY_DPSGD, tiny_config
 
 from fedgen.deploy.node_budget import NodeBudget
 from fedgen.experiment import build_experiment
+from fedgen.privacy.accounting import PrivacyAccountant
 
 flwr_app = pytest.importorskip("flwr.app")
+
+RUN, OTHER_RUN = "ab" * 16, "cd" * 16
 
 
 def _context(node_config: dict[str, object]):
@@ -33,40 +40,105 @@ def sample(mnist_dir):
     return privacy.sample
 
 
-def test_a_resent_round_is_admitted_once_and_another_model_for_it_is_refused(sample, tmp_path):
-    budget = NodeBudget(_context({"state-dir": str(tmp_path)}), "ab" * 16, 1)
-    first = budget.admit(0, "d0", sample)
-    # A resumed run resends round 0 with the same model: admitted, not charged again.
-    assert budget.admit(0, "d0", sample) == first
-    with pytest.raises(ValueError, match="round 0 was trained here on another model"):
-        budget.admit(0, "other", sample)
+def _budget(tmp_path, run: str = RUN, **node_config: object) -> NodeBudget:
+    return NodeBudget(_context({"state-dir": str(tmp_path), **node_config}), run, 1)
+
+
+def test_a_resent_job_is_admitted_once_and_another_job_for_its_round_is_refused(sample, tmp_path):
+    steps = sample.steps_of(1)
+    first = _budget(tmp_path).admit(0, "job0", steps, sample)
+    # A resumed run resends round 0 bit for bit: admitted, not charged again.
+    assert _budget(tmp_path).admit(0, "job0", steps, sample) == first
+    # Anything else for round 0 (another seed, model or config) would draw fresh noise.
+    with pytest.raises(ValueError, match="round 0 was trained here as another job"):
+        _budget(tmp_path).admit(0, "job0-other-seed", steps, sample)
     # The record outlives the ClientApp process (a new one reads the state-dir).
-    again = NodeBudget(_context({"state-dir": str(tmp_path)}), "ab" * 16, 1)
-    assert again.admit(1, "d1", sample) > first
+    assert _budget(tmp_path).admit(1, "job1", steps, sample) > first
 
 
-def test_rounds_past_the_recipes_cap_are_refused(sample):
-    budget = NodeBudget(_context({}), "", 1)  # no state-dir: kept in the Context
-    spent = [budget.admit(r, f"d{r}", sample) for r in (0, 1)]
+def test_a_job_asking_for_more_steps_than_the_recipe_plans_is_refused(sample, tmp_path):
+    with pytest.raises(ValueError, match=r"asks for 20 DP-SGD steps, the recipe plans \d+"):
+        _budget(tmp_path).admit(0, "job0", 20, sample)
+    assert not (tmp_path / "privacy" / f"run-{RUN}-client-1.json").exists()
+
+
+def test_rounds_past_the_recipes_cap_are_refused(sample, tmp_path):
+    steps = sample.steps_of(1)
+    spent = [_budget(tmp_path).admit(r, f"job{r}", steps, sample) for r in (0, 1)]
     assert spent[0] < spent[1] <= 8.0  # the recipe's sigma fits its 2 rounds in epsilon 8
     with pytest.raises(ValueError, match="rounds_per_client=2 rounds"):
-        budget.admit(2, "d2", sample)
+        _budget(tmp_path).admit(2, "job2", steps, sample)
 
 
-def test_the_operators_own_budget_is_enforced_and_must_be_a_number(sample):
-    one_round = NodeBudget(_context({}), "", 1).admit(0, "d0", sample)
-    tight = NodeBudget(_context({"max-epsilon": one_round * 1.01}), "", 1)
-    tight.admit(0, "d0", sample)
-    with pytest.raises(ValueError, match=r"would take this client to epsilon=.* > its budget"):
-        tight.admit(1, "d1", sample)
+def test_the_operators_budget_spans_every_run_on_the_shard(sample, tmp_path):
+    steps = sample.steps_of(1)
+    one_round = _budget(tmp_path / "probe").admit(0, "job0", steps, sample)
+    tight = {"max-epsilon": one_round * 1.01}
+    _budget(tmp_path, RUN, **tight).admit(0, "job0", steps, sample)
+    # A server cannot reset the node's budget by starting a new run.
+    with pytest.raises(ValueError, match=r"over every run it trained in, past this node's"):
+        _budget(tmp_path, OTHER_RUN, **tight).admit(0, "job0", steps, sample)
+    # Without the operator's budget each run is held to its recipe alone.
+    _budget(tmp_path, OTHER_RUN).admit(0, "job0", steps, sample)
+
+
+def test_the_operators_budget_is_measured_at_the_nodes_delta(sample, tmp_path):
+    steps = sample.steps_of(1)
+    recipe_delta = _budget(tmp_path / "a").admit(0, "job0", steps, sample)
+    # A recipe with a looser delta would report a smaller epsilon; the node measures
+    # its own budget at max-delta (default 1e-5), whatever the recipe says.
+    loose = dataclasses.replace(sample, delta=0.1)
+    node = {"max-epsilon": recipe_delta * 0.99}
+    with pytest.raises(ValueError, match=r"\(delta=1e-05\); refused"):
+        _budget(tmp_path / "b", **node).admit(0, "job0", steps, loose)
+
+
+def test_each_round_is_priced_at_the_noise_it_trained_with(sample, tmp_path):
+    # A later hello brings a recipe with twice the sigma: the round before it is still
+    # accounted at the sigma it trained with, not re-priced cheaper.
+    steps, rate, sigma = sample.steps_of(1), sample.rates[1], sample.noise_for(1)
+    noisier = dataclasses.replace(
+        sample, client_noise={c: 2 * sample.noise_for(c) for c in sample.rates}
+    )
+    _budget(tmp_path).admit(0, "job0", steps, sample)
+    spent = _budget(tmp_path).admit(1, "job1", steps, noisier)
+    acc = PrivacyAccountant(sample.mechanism)
+    acc.step(sigma, rate, steps)
+    acc.step(2 * sigma, rate, steps)
+    assert spent == pytest.approx(acc.epsilon(sample.delta))
+    kept = json.loads((tmp_path / "privacy" / f"run-{RUN}-client-1.json").read_text())
+    assert [e["sigma"] for e in kept["rounds"].values()] == [sigma, 2 * sigma]
+
+
+def test_the_node_config_is_checked_and_a_state_dir_is_required(sample, tmp_path):
     with pytest.raises(ValueError, match=r"--node-config 'max-epsilon=10\.0'"):
-        NodeBudget(_context({"max-epsilon": "lots"}), "", 1).admit(0, "d0", sample)
+        _budget(tmp_path, **{"max-epsilon": "lots"}).admit(0, "j", sample.steps_of(1), sample)
+    with pytest.raises(ValueError, match=r"max-delta=2\.0 must be below 1"):
+        _budget(tmp_path, **{"max-delta": 2.0}).admit(0, "j", sample.steps_of(1), sample)
+    with pytest.raises(ValueError, match="DP-SGD on a deployed node needs a state-dir"):
+        NodeBudget(_context({}), RUN, 1)
 
 
 def test_an_unreadable_record_refuses_rather_than_starting_afresh(sample, tmp_path):
-    budget = NodeBudget(_context({"state-dir": str(tmp_path)}), "ab" * 16, 1)
-    budget.admit(0, "d0", sample)
-    assert budget.path is not None
-    budget.path.write_text('{"0": "d')
-    with pytest.raises(ValueError, match=r"is unreadable .*restore it, or start a new run"):
-        budget.admit(1, "d1", sample)
+    steps = sample.steps_of(1)
+    budget = _budget(tmp_path)
+    budget.admit(0, "job0", steps, sample)
+    budget.path.write_text('{"rounds": {"0": {"job": "d')
+    with pytest.raises(ValueError, match=r"is unreadable .*restore it from a backup"):
+        _budget(tmp_path).admit(1, "job1", steps, sample)
+    # Another run's unreadable record stops the operator's budget too, not only its run.
+    with pytest.raises(ValueError, match="is unreadable"):
+        _budget(tmp_path, OTHER_RUN, **{"max-epsilon": 100.0}).admit(0, "j", steps, sample)
+
+
+def test_a_record_of_the_first_format_still_counts_its_rounds(sample, tmp_path):
+    # The first record (round -> model digest) held rounds trained at the recipe's noise.
+    steps = sample.steps_of(1)
+    folder = tmp_path / "privacy"
+    folder.mkdir()
+    (folder / f"run-{RUN}-client-1.json").write_text('{"0": "' + "e" * 64 + '"}')
+    _budget(tmp_path / "fresh").admit(0, "a", steps, sample)
+    two_rounds = _budget(tmp_path / "fresh").admit(1, "b", steps, sample)
+    assert _budget(tmp_path).admit(1, "job1", steps, sample) == pytest.approx(two_rounds)
+    with pytest.raises(ValueError, match="round 0 was trained here as another job"):
+        _budget(tmp_path).admit(0, "job0", steps, sample)

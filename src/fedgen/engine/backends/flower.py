@@ -327,6 +327,11 @@ class FlowerBackend(Backend):
         """The result a client's reply carries (a failure value when it carries none)."""
         if reply.message is None:
             result = ClientResult(cid, 0, failure=str(reply.error), bytes_down=down)
+        elif "error" in reply.message.meta:
+            # The node refused the job itself (no recipe, a noise key it will not use):
+            # its own words, not "malformed reply".
+            failure = f"the node refused the job: {str(reply.message.meta['error'])[:300]}"
+            result = ClientResult(cid, 0, failure=failure, bytes_down=down)
         else:
             try:
                 result = result_from_reply(reply.message)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -29,7 +29,7 @@ from fedgen.engine.faults import FaultPlan
 from fedgen.engine.proximal import anchored_parameters, proximal_mu, proximal_term
 from fedgen.engine.validation import check_update
 from fedgen.errors import ClientUpdateError
-from fedgen.ledger import state_digest
+from fedgen.ledger import canonical_json, state_digest
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import TransformContext, UpdateTransform, split_transform_private
 from fedgen.transforms.codec import decode_arrival
@@ -100,8 +100,8 @@ def run_client(
     task.load_state(work.global_state)
     # The client's own key (DP-SGD's noise and batches): the run's stays with the server.
     own_key = work.own_noise_key(ins.client_id)
-    if own_key is not None and work.noise_bound_to_model:
-        own_key = _bound_to_model(own_key, work.global_state)
+    if own_key is not None and work.noise_binding is not None:
+        own_key = _bound_to_job(own_key, work.noise_binding)
     if task.privacy_engine is not None:
         task.privacy_engine.noise_key = own_key
     # A client without private state yet starts from the task's initial private tensors,
@@ -115,6 +115,10 @@ def run_client(
     mu = proximal_mu(ins)
     with proximal_term(anchored_parameters(task.modules, work.global_state) if mu else [], mu):
         metrics = task.train_local(data, steps, gen, ins.config)
+    if task.privacy_engine is not None:
+        # DP-SGD noises the gradients, not the losses: a loss on the client's own batches,
+        # sent as it is, is a noiseless figure of its examples. It stays with the client.
+        metrics = {}
     if work.faults is not None:
         work.faults.after_training(fault)
     local = task.federated_state()
@@ -133,18 +137,11 @@ def run_client(
         # Ditto: the client's personal model trains after the global step and stays in
         # its private state; the update above is FedAvg's.
         lam, personal_steps = ditto
-        metrics.update(
-            train_personal(
-                task,
-                data,
-                work.global_state,
-                carried,
-                own_private,
-                lam,
-                personal_steps or steps,
-                ins,
-            )
+        personal = train_personal(
+            task, data, work.global_state, carried, own_private, lam, personal_steps or steps, ins
         )
+        if task.privacy_engine is None:  # its losses too are figures of private batches
+            metrics.update(personal)
     ctx = TransformContext(
         round=work.round,
         client_id=ins.client_id,
@@ -211,6 +208,7 @@ def answer_job(
     expected_client: int | None = None,
     held: dict[int, dict[str, Any]] | None = None,
     own_noise_key: bytes | None = None,
+    admit: Callable[[ClientInstruction, LocalWork], None] | None = None,
 ) -> tuple[bytes, StateDict]:
     """A client's whole answer to an encoded job: its encoded reply and new private state.
 
@@ -218,8 +216,10 @@ def answer_job(
     client's own instance (``kit.task`` or a copy); ``expected_client`` is the client
     this node is, when it is one (a job for another client is refused); ``held`` is
     where it keeps its update for a secure round (``run_client``); ``own_noise_key`` the
-    DP noise key a deployed client made itself (``work_from_job``). Any error,
-    the client's own or a malformed job, becomes a failure reply, never an exception.
+    DP noise key a deployed client made itself (``work_from_job``); ``admit``, called
+    once the job is read and checked and before training, may refuse it by raising (a
+    deployed node's own DP-SGD budget). Any error, the client's own, a refusal or a
+    malformed job, becomes a failure reply, never an exception.
     """
     client_id = -1 if expected_client is None else expected_client
     try:
@@ -230,6 +230,8 @@ def answer_job(
         if expected_client is not None and ins.client_id != expected_client:
             raise WireError(f"a job for client {ins.client_id} reached client {expected_client}")
         client_id = ins.client_id
+        if admit is not None:
+            admit(ins, work)
         result, private = run_client(
             ins, work, kit.data(client_id), private_state, num_clients, held
         )
@@ -239,10 +241,19 @@ def answer_job(
         return encode(reply_message(failed)), private_state or {}
 
 
-def _bound_to_model(key: bytes, state: StateDict) -> bytes:
-    """``key`` bound to the model a client received (HMAC-SHA256 of its digest)."""
-    text = f"model/{state_digest(state)}".encode()
-    return hmac.new(key, text, hashlib.sha256).digest()
+def job_digest(job: Message) -> str:
+    """SHA-256 hex of a decoded job: its meta (round, seed, config, steps, transform
+    states...) and its arrays. Equal for a job the server rebuilds bit for bit, as a
+    resumed run does."""
+    h = hashlib.sha256(b"fedgen-job-v1\n")
+    h.update(canonical_json(job.meta).encode())
+    h.update(state_digest(job.arrays).encode())
+    return h.hexdigest()
+
+
+def _bound_to_job(key: bytes, digest: str) -> bytes:
+    """``key`` bound to the job a client received (HMAC-SHA256 of ``job_digest``)."""
+    return hmac.new(key, f"job/{digest}".encode(), hashlib.sha256).digest()
 
 
 def job_message(
@@ -354,7 +365,7 @@ def work_from_job(
             else ReceivedDownlink(job.arrays, downlink, ins.client_id),
             initial_state=initial_state,
             client_key=client_key,
-            noise_bound_to_model=key == OWN_NOISE_KEY,
+            noise_binding=job_digest(job) if key == OWN_NOISE_KEY else None,
         )
         return ins, work, meta["num_clients"]
     except (KeyError, TypeError, ValueError) as exc:
