@@ -110,6 +110,11 @@ def run(
     except FedgenError as exc:
         _fail(exc)
         return
+    _say_summary(summary, run_dir, f"fedgen run --resume {run_dir}")
+
+
+def _say_summary(summary: dict[str, Any], run_dir: Path, resume: str) -> None:
+    """Print a finished run's figures and why it stopped early, if it did."""
     figures = {k: v for k, v in summary.items() if k != "descriptions"}
     typer.echo(json.dumps(figures, indent=1))
     if summary["status"] == "budget_exhausted":
@@ -121,8 +126,7 @@ def run(
         )
     if summary["status"] == "interrupted":
         typer.secho(
-            f"interrupted after round {summary['rounds'] - 1}; continue with: "
-            f"fedgen run --resume {run_dir}",
+            f"interrupted after round {summary['rounds'] - 1}; continue with: {resume}",
             fg=typer.colors.YELLOW,
             err=True,
         )
@@ -586,7 +590,14 @@ def deploy_run(
             err=True,
         )
         raise typer.Exit(code=1)
-    typer.echo(f"run folder: {run_dir}  (open {run_dir / 'report.html'})")
+    # The ServerApp wrote the run folder: say what it says, as `fedgen run` does (a run
+    # stopped by its privacy budget would otherwise end without a word).
+    summary_file = run_dir / "summary.json"
+    if summary_file.is_file():
+        again = f"fedgen deploy run {recipe} --out {run_dir}"
+        _say_summary(json.loads(summary_file.read_text()), run_dir, again)
+    else:
+        typer.echo(f"run folder: {run_dir}  (open {run_dir / 'report.html'})")
 
 
 def _default_recipe(folder: Path) -> Path:
