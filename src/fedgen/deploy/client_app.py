@@ -33,12 +33,13 @@ in the ``Context`` since training.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 from typing import Any
 
 from fedgen.deploy.node_budget import NodeBudget
-from fedgen.deploy.node_files import node_path, write_owner_only
+from fedgen.deploy.node_files import check_run_id, locked, node_path, state_dir, write_owner_only
 from fedgen.deploy.private_store import PrivateStore
 from fedgen.engine.backends.base import LocalWork
 from fedgen.engine.backends.flower import HELLO
@@ -46,11 +47,13 @@ from fedgen.engine.backends.flower_records import pack, unpack
 from fedgen.engine.backends.local_training import (
     OWN_NOISE_KEY,
     answer_job,
+    job_binding,
     job_digest,
     local_steps_for,
 )
 from fedgen.engine.backends.secagg_client import answer_phase
 from fedgen.engine.backends.signing import ClientKeys
+from fedgen.engine.ditto import ditto_settings
 from fedgen.ledger import (
     generate_key,
     private_key_from_hex,
@@ -118,12 +121,22 @@ def _hello(request: Message, client_id: int, context: Any) -> bytes:
     except Exception as exc:  # the node's own words reach the server's error
         return _error(f"{type(exc).__name__}: {exc}")
     run_id = str(request.meta.get("run_id", ""))
+    if run_id:
+        check_run_id(run_id)
     if kit.sample_budget is not None:
         NodeBudget(context, _budget_run_id(run_id, recipe), client_id)  # has a state-dir
     elif context.node_config.get("max-epsilon") is not None:
         return _error(
             "this node trains only with DP-SGD (its node config sets max-epsilon), and the "
             "recipe has no dpsgd section: its examples would leave in updates without noise"
+        )
+    elif (
+        state_dir(context)
+        and NodeBudget(context, _budget_run_id(run_id, recipe), client_id).has_rounds()
+    ):
+        return _error(
+            "this client trained rounds of the run with DP-SGD, and the recipe now has no "
+            "dpsgd section: its examples would leave in updates without noise; refused"
         )
     key, noise_key = _own_keys(context, client_id, run_id)
     # Updates are signed only for a run that keeps a ledger (a hello without the flag
@@ -170,12 +183,19 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
     if sample is not None:
         budget = NodeBudget(context, _budget_run_id(run_id, str(setup["recipe"])), client_id)
         digest, per_step = job_digest(message), kit.task.private_batches_per_step()
+        key_id = hmac.new(bytes.fromhex(str(setup["noise_key"])), b"key-id", "sha256")
 
         def admit(ins: ClientInstruction, work: LocalWork) -> None:
             # Recorded once the job is checked, before training: a crash mid-job still
             # counts the round.
+            if ditto_settings(ins) is not None:
+                raise ValueError(
+                    "the job asks for Ditto's personal steps, which DP-SGD's accounting "
+                    "does not count (a simulation refuses the pair); refused"
+                )
             steps = local_steps_for(work, kit.data(client_id).num_examples) * per_step
-            budget.admit(work.round, digest, steps, sample)
+            bound = job_binding(digest, private)
+            budget.admit(work.round, bound, steps, sample, key_id.hexdigest()[:32])
 
     store = PrivateStore(context, run_id, client_id)
     private = store.load(before_round=round)
@@ -261,25 +281,28 @@ def _own_keys(context: Any, client_id: int, run_id: str) -> tuple[str, str]:
     if name is None:
         return private_key_hex(generate_key()), new_noise_key().hex()
     path = name.with_name(name.name + ".json")
-    try:
-        kept = json.loads(path.read_text()) if path.is_file() else {}
-        if not isinstance(kept, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as exc:
-        raise ValueError(
-            f"this node's key file {path} is unreadable ({exc}); restore it from a backup, "
-            "or move it away to make new keys (a server resuming this run then refuses "
-            "the new signing key: start a new run)"
-        ) from exc
-    # A file from a fedgen before noise keys holds the signing key alone: keep it.
-    keys = {
-        "key": kept.get("key") or private_key_hex(generate_key()),
-        "noise_key": kept.get("noise_key") or new_noise_key().hex(),
-    }
-    if keys != kept:
-        # Whole or not at all: the signing key the server enrolled must survive a crash
-        # while the file gains its noise key.
-        write_owner_only(path, json.dumps(keys).encode())
+    # Two hellos at once must not each make a key and keep different ones.
+    with locked(path.with_name(f"client-{client_id}.lock")):
+        try:
+            kept = json.loads(path.read_text()) if path.is_file() else {}
+            if not isinstance(kept, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            raise ValueError(
+                f"this node's key file {path} is unreadable ({exc}); restore it from a "
+                "backup, or move it away to make new keys (a server resuming this run then "
+                "refuses the new signing key, and the DP-SGD record its noise key: start a "
+                "new run)"
+            ) from exc
+        # A file from a fedgen before noise keys holds the signing key alone: keep it.
+        keys = {
+            "key": kept.get("key") or private_key_hex(generate_key()),
+            "noise_key": kept.get("noise_key") or new_noise_key().hex(),
+        }
+        if keys != kept:
+            # Whole or not at all: the signing key the server enrolled must survive a
+            # crash while the file gains its noise key.
+            write_owner_only(path, json.dumps(keys).encode())
     return keys["key"], keys["noise_key"]
 
 

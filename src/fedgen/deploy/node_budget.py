@@ -7,9 +7,12 @@ node records the round, the digest of the whole job (``job_digest``: model, seed
 config, steps) and the DP-SGD it will take (sigma, sampling rate, steps), in its
 ``state-dir``, one file per run, and refuses:
 
-- a round it trained before, sent again as another job (its noise is bound to the job,
-  so each would be a fresh noisy answer that no accounting counts); the same job
+- a round it trained before, sent again as another job, from another private state
+  or under a recipe with other noise (its noise is bound to the job and the private
+  state, so each would be a fresh noisy answer that no accounting counts); the same job
   resent, as a resumed run resends it, draws the same noise and is not charged again;
+- any job of a run whose noise key changed since its rounds were recorded (a replaced
+  key file would make a resent round's noise independent of the first);
 - a job asking for more DP-SGD steps than the recipe plans for this client;
 - a round past ``dpsgd.rounds_per_client``, when the recipe caps them;
 - a job that would take this run's epsilon past the recipe's ``dpsgd.epsilon``;
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedgen.deploy.node_files import locked, state_dir, write_owner_only
+from fedgen.deploy.node_files import check_run_id, locked, state_dir, write_owner_only
 from fedgen.privacy.accounting import PrivacyAccountant
 from fedgen.privacy.budget import SampleLevelBudget
 
@@ -64,13 +67,19 @@ class NodeBudget:
         self.context = context
         self.client_id = client_id
         self.folder = folder / "privacy"
-        self.path = self.folder / f"run-{run_id}-client-{client_id}.json"
+        self.path = self.folder / f"run-{check_run_id(run_id)}-client-{client_id}.json"
 
-    def admit(self, round: int, job: str, steps: int, sample: SampleLevelBudget) -> float:
-        """Record the job ``job`` (its digest) of ``round``, which takes ``steps`` DP-SGD
-        steps, before it trains; the epsilon this client will have spent in the run.
-        Raises ``ValueError`` (the job is refused, nothing recorded) when the module
-        docstring's rules forbid it."""
+    def has_rounds(self) -> bool:
+        """Whether this client trained rounds of the run with DP-SGD here."""
+        return self.path.is_file()
+
+    def admit(
+        self, round: int, job: str, steps: int, sample: SampleLevelBudget, key_id: str
+    ) -> float:
+        """Record the job ``job`` (``job_binding``) of ``round``, which takes ``steps``
+        DP-SGD steps with the noise key whose fingerprint is ``key_id``, before it trains;
+        the epsilon this client will have spent in the run. Raises ``ValueError`` (the
+        job is refused, nothing recorded) when the module docstring's rules forbid it."""
         cid = self.client_id
         planned = sample.steps_of(cid)
         if steps != planned:
@@ -81,16 +90,24 @@ class NodeBudget:
         limit, max_delta = self._operator_limit()
         this = TrainedRound(job, sample.noise_for(cid), sample.rates[cid], steps)
         with locked(self.folder / f"client-{cid}.lock"):
-            rounds = self._load(self.path, sample)
+            key, rounds = self._load(self.path)
+            if rounds and key != key_id:
+                raise ValueError(
+                    "this client's noise key for the run changed since it trained rounds "
+                    "of it (its key file was replaced): a resent round would draw noise "
+                    "independent of the first; refused (restore the key file, or start a "
+                    "new run)"
+                )
             seen = rounds.get(round)
-            if seen is not None and seen.job == job:
+            if seen == this:
                 return _epsilon(rounds.values(), sample.mechanism, sample.delta)
             if seen is not None:
                 raise ValueError(
-                    f"round {round} was trained here as another job (digest {seen.job[:12]}, "
-                    f"now {job[:12]}): a second noisy answer for one round, which no "
+                    f"round {round} was trained here as another job or with other noise "
+                    f"(digest {seen.job[:12]}, sigma {seen.sigma:.4g}; now {job[:12]}, "
+                    f"{this.sigma:.4g}): a second noisy answer for one round, which no "
                     "accounting counts; refused (a resumed run must resend its rounds "
-                    "bit for bit)"
+                    "bit for bit, from the same private state and recipe)"
                 )
             cap = sample.rounds_per_client
             if cap is not None and len(rounds) >= cap:
@@ -107,7 +124,7 @@ class NodeBudget:
                     f"(delta={sample.delta:g}) after {len(rounds)} rounds; refused"
                 )
             if limit is not None:
-                every = [*self._other_runs(sample), *after]
+                every = [*self._other_runs(), *after]
                 lifetime = _epsilon(every, sample.mechanism, max_delta)
                 if lifetime > limit:
                     raise ValueError(
@@ -116,7 +133,7 @@ class NodeBudget:
                         f"max-epsilon={limit:g} (delta={max_delta:g}); refused"
                     )
             rounds[round] = this
-            self._save(rounds)
+            self._save(key_id, rounds)
         return spent
 
     def _operator_limit(self) -> tuple[float | None, float]:
@@ -128,29 +145,27 @@ class NodeBudget:
             raise ValueError(f"this node's max-delta={delta!r} must be below 1, e.g. 1e-5")
         return (None if own is None else _positive(own, "max-epsilon", "10.0")), delta
 
-    def _other_runs(self, sample: SampleLevelBudget) -> list[TrainedRound]:
+    def _other_runs(self) -> list[TrainedRound]:
         """Every round this client trained in the runs before this one."""
         pattern = f"run-*-client-{self.client_id}.json"
         others = [p for p in sorted(self.folder.glob(pattern)) if p != self.path]
-        return [r for p in others for r in self._load(p, sample).values()]
+        return [r for p in others for r in self._load(p)[1].values()]
 
-    def _load(self, path: Path, sample: SampleLevelBudget) -> dict[int, TrainedRound]:
+    def _load(self, path: Path) -> tuple[str | None, dict[int, TrainedRound]]:
+        """A record's noise key fingerprint and rounds (none for a run not begun)."""
         try:
-            held = json.loads(path.read_text()) if path.is_file() else {"rounds": {}}
+            if not path.is_file():
+                return None, {}
+            held = json.loads(path.read_text())
             if not isinstance(held, dict):
                 raise ValueError("not a JSON object")
-            if "rounds" not in held:
-                # The first record (2026-12-06) held round -> model digest alone: those
-                # rounds were trained at the recipe's sigma, rate and steps.
-                cid = self.client_id
-                old = (sample.noise_for(cid), sample.rates[cid], sample.steps_of(cid))
-                return {int(r): TrainedRound(f"model:{d}", *old) for r, d in held.items()}
-            return {
+            rounds = {
                 int(r): TrainedRound(
                     str(e["job"]), float(e["sigma"]), float(e["rate"]), int(e["steps"])
                 )
                 for r, e in held["rounds"].items()
             }
+            return str(held["key"]), rounds
         except (OSError, ValueError, KeyError, TypeError) as exc:
             # Refusing is safe; starting the count afresh would not be.
             raise ValueError(
@@ -158,12 +173,13 @@ class NodeBudget:
                 f"({type(exc).__name__}: {exc}); restore it from a backup (refused until then)"
             ) from exc
 
-    def _save(self, rounds: dict[int, TrainedRound]) -> None:
+    def _save(self, key_id: str, rounds: dict[int, TrainedRound]) -> None:
         held = {
+            "key": key_id,
             "rounds": {
                 str(r): {"job": t.job, "sigma": t.sigma, "rate": t.rate, "steps": t.steps}
                 for r, t in sorted(rounds.items())
-            }
+            },
         }
         write_owner_only(self.path, json.dumps(held, sort_keys=True).encode())
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,13 +23,28 @@ def state_dir(context: Any) -> Path | None:
     return Path(str(folder)) if folder else None
 
 
+#: What a run id may be: the server chooses it, and it names files on the node.
+RUN_ID = re.compile(r"[A-Za-z0-9-]{1,80}")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` when it is safe as part of a file name, else ``ValueError``: a server's
+    ``x/../run-R`` would otherwise reach another run's keys and record."""
+    if not RUN_ID.fullmatch(run_id):
+        raise ValueError(
+            f"the run id {run_id[:40]!r} is not 1-80 letters, digits or '-'; refused "
+            "(it names this node's files)"
+        )
+    return run_id
+
+
 def node_path(context: Any, kind: str, run_id: str, client_id: int) -> Path | None:
     """``<state-dir>/<kind>/run-<run_id>-client-<client_id>``, or None without a
     state-dir or a run id (the caller adds a suffix when it names a file)."""
     folder = state_dir(context)
     if folder is None or not run_id:
         return None
-    return folder / kind / f"run-{run_id}-client-{client_id}"
+    return folder / kind / f"run-{check_run_id(run_id)}-client-{client_id}"
 
 
 def write_owner_only(path: Path, data: bytes) -> None:

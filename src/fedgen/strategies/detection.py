@@ -13,7 +13,9 @@ the cosine. Flags are logged every round (``strategy/detect/flagged`` and one
 
 ``DetectingStrategy`` wraps any strategy: what it does not screen it passes through.
 It needs every individual update, so secure aggregation refuses it; and its flags
-(and exclusions) depend on who took part, so client-level DP refuses it too.
+(and exclusions) depend on who took part, so client-level DP refuses it too. Under
+DP-SGD clients report no losses (a loss of a client's batches is a figure no noise
+covers): it then judges by the norm and the cosine alone.
 """
 
 from __future__ import annotations

@@ -82,14 +82,17 @@ def test_an_old_key_file_keeps_its_signing_key_and_gains_a_noise_key(recipe, tmp
     again = _ask(HELLO, _hello(recipe), _context({"client-id": 1, "state-dir": str(tmp_path)}))
     kept = json.loads(key_file.read_text())
     assert again["public_key"] == said["public_key"] and kept["key"] == signing
-    assert len(kept["noise_key"]) == 64 and [*key_file.parent.iterdir()] == [key_file]
+    # No partial file is left beside it (the lock file that serialises hellos stays).
+    left = [p for p in key_file.parent.iterdir() if p.suffix != ".lock"]
+    assert len(kept["noise_key"]) == 64 and left == [key_file]
 
 
 def test_a_run_without_a_ledger_is_still_filed_under_its_id_and_goes_unsigned(recipe, tmp_path):
     context = _context({"client-id": 1, "state-dir": str(tmp_path)})
     _ask(HELLO, _hello(recipe, ledger=False, run_id="cd" * 16), context)
     # Its keys outlive the ServerApp (a resume meets the same noise key); no signatures.
-    assert [f.name for f in (tmp_path / "keys").iterdir()] == [f"run-{'cd' * 16}-client-1.json"]
+    kept = [f.name for f in (tmp_path / "keys").iterdir() if f.suffix == ".json"]
+    assert kept == [f"run-{'cd' * 16}-client-1.json"]
     assert context.state[STATE_CONFIG]["ledger"] is False
 
 
@@ -373,3 +376,41 @@ def test_a_nodes_refusal_reaches_the_server_in_its_own_words():
     said = Message({}, {"error": "ValueError: a job before the hello"})
     result = FlowerBackend()._result(3, 10, _Reply(said, nbytes=40))
     assert result.failure == "the node refused the job: ValueError: a job before the hello"
+
+
+def test_a_dpsgd_node_refuses_a_run_id_path_ditto_steps_and_dropping_dp_midrun(
+    mnist_dir, recipe, tmp_path
+):
+    from fedgen.engine.backends.local_training import job_message
+    from fedgen.experiment import build_experiment
+    from fedgen.strategies.ditto import DITTO_LAMBDA
+    from fedgen.types import ClientInstruction
+
+    cfg = _dpsgd_config(mnist_dir)
+    fed = build_experiment(cfg).federation
+    dpsgd = RecipeClientSide(cfg).recipe
+    work = fed.local_work(fed.global_state, 0)
+    node = {"state-dir": str(tmp_path)}
+    # A run id is a file name on the node: one that climbs out of it is refused.
+    escaping = _hello(dpsgd, run_id="x/../run-" + "ab" * 16)
+    said = _ask(HELLO, escaping, _context({"client-id": 1, **node}))
+    assert "is not 1-80 letters, digits or '-'" in str(said["error"])
+    # Ditto's personal steps are DP-SGD steps no accountant counts.
+    ditto = ClientInstruction(1, 5, {DITTO_LAMBDA: 0.1})
+    refused = _train_on_node(dpsgd, job_message(ditto, work, 4, True), node)
+    assert "Ditto's personal steps" in str(refused.meta["failure"])
+    # Once the client trained rounds of the run with DP-SGD, a recipe without it is
+    # refused (its updates would carry the examples without noise).
+    trained = _train_on_node(dpsgd, job_message(ClientInstruction(1, 5), work, 4, True), node)
+    assert trained.meta["failure"] is None
+    dropped = _ask(HELLO, _hello(recipe), _context({"client-id": 1, **node}))
+    assert "recipe now has no dpsgd section" in str(dropped["error"])
+
+
+def test_the_noise_binding_covers_the_private_state():
+    from fedgen.engine.backends.local_training import job_binding
+
+    mine = {"d.weight": torch.ones(3)}
+    assert job_binding("job", mine) == job_binding("job", {"d.weight": torch.ones(3)})
+    assert job_binding("job", mine) != job_binding("job", {"d.weight": torch.zeros(3)})
+    assert job_binding("job", None) == job_binding("job", {}) != job_binding("job2", None)

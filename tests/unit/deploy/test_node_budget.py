@@ -16,6 +16,7 @@ from fedgen.privacy.accounting import PrivacyAccountant
 flwr_app = pytest.importorskip("flwr.app")
 
 RUN, OTHER_RUN = "ab" * 16, "cd" * 16
+KEY = "k1" * 16  # the fingerprint of the run's noise key
 
 
 def _context(node_config: dict[str, object]):
@@ -46,51 +47,51 @@ def _budget(tmp_path, run: str = RUN, **node_config: object) -> NodeBudget:
 
 def test_a_resent_job_is_admitted_once_and_another_job_for_its_round_is_refused(sample, tmp_path):
     steps = sample.steps_of(1)
-    first = _budget(tmp_path).admit(0, "job0", steps, sample)
+    first = _budget(tmp_path).admit(0, "job0", steps, sample, KEY)
     # A resumed run resends round 0 bit for bit: admitted, not charged again.
-    assert _budget(tmp_path).admit(0, "job0", steps, sample) == first
+    assert _budget(tmp_path).admit(0, "job0", steps, sample, KEY) == first
     # Anything else for round 0 (another seed, model or config) would draw fresh noise.
     with pytest.raises(ValueError, match="round 0 was trained here as another job"):
-        _budget(tmp_path).admit(0, "job0-other-seed", steps, sample)
+        _budget(tmp_path).admit(0, "job0-other-seed", steps, sample, KEY)
     # The record outlives the ClientApp process (a new one reads the state-dir).
-    assert _budget(tmp_path).admit(1, "job1", steps, sample) > first
+    assert _budget(tmp_path).admit(1, "job1", steps, sample, KEY) > first
 
 
 def test_a_job_asking_for_more_steps_than_the_recipe_plans_is_refused(sample, tmp_path):
     with pytest.raises(ValueError, match=r"asks for 20 DP-SGD steps, the recipe plans \d+"):
-        _budget(tmp_path).admit(0, "job0", 20, sample)
+        _budget(tmp_path).admit(0, "job0", 20, sample, KEY)
     assert not (tmp_path / "privacy" / f"run-{RUN}-client-1.json").exists()
 
 
 def test_rounds_past_the_recipes_cap_are_refused(sample, tmp_path):
     steps = sample.steps_of(1)
-    spent = [_budget(tmp_path).admit(r, f"job{r}", steps, sample) for r in (0, 1)]
+    spent = [_budget(tmp_path).admit(r, f"job{r}", steps, sample, KEY) for r in (0, 1)]
     assert spent[0] < spent[1] <= 8.0  # the recipe's sigma fits its 2 rounds in epsilon 8
     with pytest.raises(ValueError, match="rounds_per_client=2 rounds"):
-        _budget(tmp_path).admit(2, "job2", steps, sample)
+        _budget(tmp_path).admit(2, "job2", steps, sample, KEY)
 
 
 def test_the_operators_budget_spans_every_run_on_the_shard(sample, tmp_path):
     steps = sample.steps_of(1)
-    one_round = _budget(tmp_path / "probe").admit(0, "job0", steps, sample)
+    one_round = _budget(tmp_path / "probe").admit(0, "job0", steps, sample, KEY)
     tight = {"max-epsilon": one_round * 1.01}
-    _budget(tmp_path, RUN, **tight).admit(0, "job0", steps, sample)
+    _budget(tmp_path, RUN, **tight).admit(0, "job0", steps, sample, KEY)
     # A server cannot reset the node's budget by starting a new run.
     with pytest.raises(ValueError, match=r"over every run it trained in, past this node's"):
-        _budget(tmp_path, OTHER_RUN, **tight).admit(0, "job0", steps, sample)
+        _budget(tmp_path, OTHER_RUN, **tight).admit(0, "job0", steps, sample, KEY)
     # Without the operator's budget each run is held to its recipe alone.
-    _budget(tmp_path, OTHER_RUN).admit(0, "job0", steps, sample)
+    _budget(tmp_path, OTHER_RUN).admit(0, "job0", steps, sample, KEY)
 
 
 def test_the_operators_budget_is_measured_at_the_nodes_delta(sample, tmp_path):
     steps = sample.steps_of(1)
-    recipe_delta = _budget(tmp_path / "a").admit(0, "job0", steps, sample)
+    recipe_delta = _budget(tmp_path / "a").admit(0, "job0", steps, sample, KEY)
     # A recipe with a looser delta would report a smaller epsilon; the node measures
     # its own budget at max-delta (default 1e-5), whatever the recipe says.
     loose = dataclasses.replace(sample, delta=0.1)
     node = {"max-epsilon": recipe_delta * 0.99}
     with pytest.raises(ValueError, match=r"\(delta=1e-05\); refused"):
-        _budget(tmp_path / "b", **node).admit(0, "job0", steps, loose)
+        _budget(tmp_path / "b", **node).admit(0, "job0", steps, loose, KEY)
 
 
 def test_each_round_is_priced_at_the_noise_it_trained_with(sample, tmp_path):
@@ -100,8 +101,8 @@ def test_each_round_is_priced_at_the_noise_it_trained_with(sample, tmp_path):
     noisier = dataclasses.replace(
         sample, client_noise={c: 2 * sample.noise_for(c) for c in sample.rates}
     )
-    _budget(tmp_path).admit(0, "job0", steps, sample)
-    spent = _budget(tmp_path).admit(1, "job1", steps, noisier)
+    _budget(tmp_path).admit(0, "job0", steps, sample, KEY)
+    spent = _budget(tmp_path).admit(1, "job1", steps, noisier, KEY)
     acc = PrivacyAccountant(sample.mechanism)
     acc.step(sigma, rate, steps)
     acc.step(2 * sigma, rate, steps)
@@ -112,9 +113,9 @@ def test_each_round_is_priced_at_the_noise_it_trained_with(sample, tmp_path):
 
 def test_the_node_config_is_checked_and_a_state_dir_is_required(sample, tmp_path):
     with pytest.raises(ValueError, match=r"--node-config 'max-epsilon=10\.0'"):
-        _budget(tmp_path, **{"max-epsilon": "lots"}).admit(0, "j", sample.steps_of(1), sample)
+        _budget(tmp_path, **{"max-epsilon": "lots"}).admit(0, "j", sample.steps_of(1), sample, KEY)
     with pytest.raises(ValueError, match=r"max-delta=2\.0 must be below 1"):
-        _budget(tmp_path, **{"max-delta": 2.0}).admit(0, "j", sample.steps_of(1), sample)
+        _budget(tmp_path, **{"max-delta": 2.0}).admit(0, "j", sample.steps_of(1), sample, KEY)
     with pytest.raises(ValueError, match="DP-SGD on a deployed node needs a state-dir"):
         NodeBudget(_context({}), RUN, 1)
 
@@ -122,23 +123,32 @@ def test_the_node_config_is_checked_and_a_state_dir_is_required(sample, tmp_path
 def test_an_unreadable_record_refuses_rather_than_starting_afresh(sample, tmp_path):
     steps = sample.steps_of(1)
     budget = _budget(tmp_path)
-    budget.admit(0, "job0", steps, sample)
+    budget.admit(0, "job0", steps, sample, KEY)
     budget.path.write_text('{"rounds": {"0": {"job": "d')
     with pytest.raises(ValueError, match=r"is unreadable .*restore it from a backup"):
-        _budget(tmp_path).admit(1, "job1", steps, sample)
+        _budget(tmp_path).admit(1, "job1", steps, sample, KEY)
     # Another run's unreadable record stops the operator's budget too, not only its run.
     with pytest.raises(ValueError, match="is unreadable"):
-        _budget(tmp_path, OTHER_RUN, **{"max-epsilon": 100.0}).admit(0, "j", steps, sample)
+        _budget(tmp_path, OTHER_RUN, **{"max-epsilon": 100.0}).admit(0, "j", steps, sample, KEY)
 
 
-def test_a_record_of_the_first_format_still_counts_its_rounds(sample, tmp_path):
-    # The first record (round -> model digest) held rounds trained at the recipe's noise.
+def test_a_resend_under_other_noise_or_another_key_is_refused(sample, tmp_path):
     steps = sample.steps_of(1)
-    folder = tmp_path / "privacy"
-    folder.mkdir()
-    (folder / f"run-{RUN}-client-1.json").write_text('{"0": "' + "e" * 64 + '"}')
-    _budget(tmp_path / "fresh").admit(0, "a", steps, sample)
-    two_rounds = _budget(tmp_path / "fresh").admit(1, "b", steps, sample)
-    assert _budget(tmp_path).admit(1, "job1", steps, sample) == pytest.approx(two_rounds)
-    with pytest.raises(ValueError, match="round 0 was trained here as another job"):
-        _budget(tmp_path).admit(0, "job0", steps, sample)
+    _budget(tmp_path).admit(0, "job0", steps, sample, KEY)
+    # A second hello brought a recipe with another sigma: the same job would draw the
+    # same normal numbers at another scale, and the two answers would cancel the noise.
+    noisier = dataclasses.replace(
+        sample, client_noise={c: 2 * sample.noise_for(c) for c in sample.rates}
+    )
+    with pytest.raises(ValueError, match="as another job or with other noise"):
+        _budget(tmp_path).admit(0, "job0", steps, noisier, KEY)
+    # The key file was replaced: every resend would draw independent noise.
+    with pytest.raises(ValueError, match="noise key for the run changed"):
+        _budget(tmp_path).admit(0, "job0", steps, sample, "k2" * 16)
+
+
+@pytest.mark.parametrize("run", ["x/../run-" + RUN, "x/y", "", "a" * 81, "run.1"])
+def test_a_run_id_that_is_not_a_plain_name_is_refused(run, tmp_path):
+    # The server chooses the run id, and it names the node's files.
+    with pytest.raises(ValueError, match=r"run id|without an id"):
+        NodeBudget(_context({"state-dir": str(tmp_path)}), run, 1)

@@ -83,6 +83,9 @@ def run_client(
     # What a wire carries, whether or not this backend encodes it: a job that cannot
     # be encoded (a tuple in the config) fails the client before it trains.
     bytes_down = job_message(ins, work, num_clients).nbytes
+    # What a deployed client's noise is bound to: the job and the private state it trains
+    # from, which never crosses the wire but shapes the update as much as the model does.
+    binding = None if work.noise_binding is None else job_binding(work.noise_binding, private_state)
     fault = work.faults.draw(ins.seed) if work.faults is not None else None
     if work.faults is not None:
         work.faults.before_training(fault)
@@ -100,8 +103,8 @@ def run_client(
     task.load_state(work.global_state)
     # The client's own key (DP-SGD's noise and batches): the run's stays with the server.
     own_key = work.own_noise_key(ins.client_id)
-    if own_key is not None and work.noise_binding is not None:
-        own_key = _bound_to_job(own_key, work.noise_binding)
+    if own_key is not None and binding is not None:
+        own_key = hmac.new(own_key, f"job/{binding}".encode(), hashlib.sha256).digest()
     if task.privacy_engine is not None:
         task.privacy_engine.noise_key = own_key
     # A client without private state yet starts from the task's initial private tensors,
@@ -251,9 +254,11 @@ def job_digest(job: Message) -> str:
     return h.hexdigest()
 
 
-def _bound_to_job(key: bytes, digest: str) -> bytes:
-    """``key`` bound to the job a client received (HMAC-SHA256 of ``job_digest``)."""
-    return hmac.new(key, f"job/{digest}".encode(), hashlib.sha256).digest()
+def job_binding(job: str, private_state: StateDict | None) -> str:
+    """What a deployed client's DP noise key is bound to, and its budget records: the
+    job's digest (``job_digest``) and the private state the client trains it from."""
+    private = state_digest(dict(private_state or {}))
+    return hashlib.sha256(f"fedgen-binding-v1\n{job}\n{private}".encode()).hexdigest()
 
 
 def job_message(
