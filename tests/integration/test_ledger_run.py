@@ -113,6 +113,22 @@ def test_a_replaced_checkpoint_and_an_edited_row_are_named(run_dir, tmp_path):
     assert bad_row.returncode == 1 and "problem:" in bad_row.stdout
 
 
+def test_a_config_yaml_edited_after_the_run_fails_verify_as_sample_would(run_dir, tmp_path):
+    # Prepare: the review's reproduction, the seed changed in the run folder's recipe.
+    edited = tmp_path / "edited"
+    shutil.copytree(run_dir, edited)
+    config = edited / "config.yaml"
+    text = config.read_text()
+    assert "\nseed: 0\n" in text
+    config.write_text(text.replace("\nseed: 0\n", "\nseed: 9\n", 1))
+    # Execute
+    result = _verify(edited, check=False)
+    # Assert
+    assert result.returncode == 1, result.stdout
+    assert "problem: config.yaml: its fingerprint" in result.stdout
+    assert "run_start signed" in result.stdout
+
+
 def test_an_update_signed_with_another_key_is_refused_and_logged_as_a_failure(
     mnist_dir, tmp_path, monkeypatch
 ):
@@ -149,6 +165,13 @@ def test_no_ledger_when_the_recipe_turns_it_off(mnist_dir, tmp_path):
     assert not (out / LEDGER_FILE).exists()
     state = load_checkpoint(list_checkpoints(out / "checkpoints")[-1][1])["federation"]
     assert "audit" not in state and torch.is_tensor(next(iter(state["global_state"].values())))
+    # verify and show say the run kept no ledger, not how to create one in Python.
+    for command in ("verify", "show"):
+        result = fedgen("ledger", command, str(out), check=False)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output
+        assert "has no ledger.sqlite" in output and "`ledger: false` keeps none" in output
+        assert "create=True" not in output, output
 
 
 def test_signing_keys_live_in_the_key_store_not_in_the_run_folder(run_dir):

@@ -62,10 +62,7 @@ class Ledger:
             raise ValueError("a ledger opened readonly cannot be created")
         exists = path.exists()
         if not exists and not create:
-            raise LedgerError(
-                f"no ledger at {path}: pass the run folder of a run that recorded one, or open "
-                f"it with create=True to start a new ledger"
-            )
+            raise LedgerError(_missing(path, readonly))
         if exists and not path.is_file():
             raise LedgerError(f"{path} is not a file; a ledger is one SQLite file")
         if not exists and not path.parent.is_dir():
@@ -370,3 +367,23 @@ class Ledger:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _missing(path: Path, readonly: bool) -> str:
+    """Why ``Ledger.open`` found no file at ``path``, worded for who asked.
+
+    Readers are ``fedgen ledger verify``/``show`` on a run folder, whose user needs to know
+    that the run kept no ledger, not how to create one; writers are Python code.
+    """
+    if not readonly:
+        return (
+            f"no ledger at {path}: pass the run folder of a run that recorded one, or open it "
+            f"with create=True to start a new ledger"
+        )
+    if not path.parent.is_dir():
+        return f"no ledger at {path}: {path.parent} is not a folder; pass a run folder"
+    return (
+        f"no ledger at {path}: {path.parent} has no {path.name}. A run with `ledger: false` "
+        f"keeps none; if this run kept one, the file was deleted or moved: restore it from a "
+        f"backup"
+    )

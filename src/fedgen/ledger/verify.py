@@ -4,6 +4,7 @@ Nothing stored is trusted: every leaf hash is recomputed from its entry, every s
 head's root from the leaves (RFC 9162 §2.1.1), consistency between successive heads and with
 outside anchors is proven and checked (§2.1.4), every entry's inclusion in the latest head is
 proven and checked (§2.1.3), and the round protocol is replayed (``protocol.ProtocolCheck``).
+The run folder's ``config.yaml`` must still hash to the config fingerprint the log signed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedgen.config import load_config
+from fedgen.errors import ConfigError
 from fedgen.ledger.digest import canonical_json, file_digest
 from fedgen.ledger.entries import Entry, body_problems, leaf_data
 from fedgen.ledger.errors import LedgerError
@@ -25,6 +28,11 @@ from fedgen.ledger.sqlite_file import RawRow
 from fedgen.ledger.store import Ledger
 
 LEDGER_FILE = "ledger.sqlite"
+#: The run's resolved recipe, which ``fedgen run`` writes beside the ledger.
+CONFIG_FILE = "config.yaml"
+#: What may change in ``config.yaml`` without changing its fingerprint
+#: (``ExperimentConfig.fingerprint``): what does not shape the trained weights.
+_UNFINGERPRINTED = "federation.rounds, eval, checkpoint, name, ledger, tensorboard"
 
 
 @dataclass
@@ -56,7 +64,8 @@ def verify_run(
     server_public_key: str | None = None,
     anchors: Sequence[tuple[int, str]] = (),
 ) -> LedgerReport:
-    """Verify ``run_dir/ledger.sqlite`` and the checkpoints in ``run_dir/checkpoints``.
+    """Verify ``run_dir/ledger.sqlite``, the checkpoints in ``run_dir/checkpoints`` and
+    ``run_dir/config.yaml`` (against the config fingerprint the log signed).
 
     Args:
         server_public_key: the server key (hex) to trust; by default the run_start entry's.
@@ -81,6 +90,7 @@ def verify_run(
     report.problems += protocol.problems
     report.notes += protocol.notes
     checked = _check_checkpoint_files(report.run_dir, protocol.checkpoints, report.problems)
+    _check_config(report.run_dir, entries, report.problems, report.notes)
     key = _server_key(run_start.get("server_public_key"), server_public_key, report.problems)
     heads = check_heads(head_rows, tree, entries, key, run_start.get("run_id", ""), report.problems)
     check_inclusion(tree, heads, report.problems)
@@ -169,21 +179,84 @@ def _check_checkpoint_files(
     """Each ``checkpoints/round_*.ckpt`` needs a checkpoint entry with its digest; entries whose
     files are gone were pruned, which is fine. Returns how many files were checked."""
     files = sorted((run_dir / "checkpoints").glob("round_*.ckpt"))
+    # A logged checkpoint copied under another name is known by its bytes.
+    names_by_digest = {e.body["digest"]: name for name, found in logged.items() for e in found}
     for path in files:
         name = f"checkpoints/{path.name}"
-        if name not in logged:
-            problems.append(f"{name}: no checkpoint entry names this file (added from outside)")
-            continue
-        entry = logged[name][-1]
+        entry = logged[name][-1] if name in logged else None
         try:
             digest = file_digest(path)
         except LedgerError as err:
-            problems.append(f"round {entry.round}: checkpoint {name}: {err}")
+            where = f"round {entry.round}: " if entry is not None else ""
+            problems.append(f"{where}checkpoint {name}: {err}")
             continue
-        if digest != entry.body["digest"]:
+        if entry is None:
+            problems.append(_unlogged_checkpoint(name, names_by_digest.get(digest)))
+        elif digest != entry.body["digest"]:
             problems.append(
                 f"round {entry.round}: checkpoint {name} differs from its ledger entry (file "
                 f"sha256 {digest[:12]}…, logged {entry.body['digest'][:12]}…): the file was "
                 f"replaced or corrupted"
             )
     return len(files)
+
+
+def _unlogged_checkpoint(name: str, copy_of: str | None) -> str:
+    """The problem line for a checkpoint no entry names. It stays a problem, since nothing
+    vouches for the file, but it says tampering only when the bytes prove it: an honest run
+    resumed with ``ledger: false`` writes such files too, as does a log cut back."""
+    if copy_of is not None:
+        return (
+            f"{name}: no checkpoint entry names this file, and its bytes are those logged for "
+            f"{copy_of}: a copy put there from outside the run; remove it"
+        )
+    return (
+        f"{name}: no checkpoint entry names this file, so the ledger does not cover it: it was "
+        f"written while the run kept no ledger (resumed with ledger: false), or the log was "
+        f"cut back, or the file was put there from outside; which one, verify cannot tell"
+    )
+
+
+def _check_config(
+    run_dir: Path, entries: list[Entry], problems: list[str], notes: list[str]
+) -> None:
+    """``config.yaml`` must hash to the newest config fingerprint the log signed.
+
+    ``run_start`` signs one; a ``resume`` entry carrying a ``fingerprint`` (bodies may hold
+    more fields than the schema names) would supersede it. The fingerprint is recomputed
+    with the function the run used, so an edit that ``fedgen sample``/``eval`` would refuse
+    ("belongs to a different experiment") is caught here.
+    """
+    signed = [
+        e
+        for e in entries
+        if e.kind in ("run_start", "resume") and isinstance(e.body.get("fingerprint"), str)
+    ]
+    if not signed:
+        return  # no run_start entry: already a problem, and nothing to compare with
+    entry = signed[-1]
+    logged = str(entry.body["fingerprint"])
+    where = "run_start" if entry.kind == "run_start" else f"resume entry (seq {entry.seq})"
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        notes.append(
+            f"{CONFIG_FILE}: missing, so the run's config is not checked against the "
+            f"fingerprint {logged} its {where} signed"
+        )
+        return
+    try:
+        found = load_config(path, validate_components=False).fingerprint()
+    except ConfigError as err:
+        problems.append(
+            f"{CONFIG_FILE}: cannot be read as the run's recipe, so it cannot be checked "
+            f"against the fingerprint {logged} the ledger's {where} signed: {err}; restore the "
+            f"run's own {CONFIG_FILE}"
+        )
+        return
+    if found != logged:
+        problems.append(
+            f"{CONFIG_FILE}: its fingerprint {found} is not {logged}, which the ledger's "
+            f"{where} signed: a setting that shapes the trained weights was changed after the "
+            f"run (only {_UNFINGERPRINTED} may change), so fedgen sample/eval refuse the run; "
+            f"restore the run's own {CONFIG_FILE}"
+        )

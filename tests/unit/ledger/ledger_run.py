@@ -3,7 +3,8 @@
 Each round: a round_start carrying the digest of the global state (a small real torch state
 dict), one update per client signed with the client's own Ed25519 key over the digest of its
 real delta, optional failures, an aggregate over the new global state, a real checkpoint file
-(``torch.save``) logged before it is renamed into place, and a signed tree head.
+(``torch.save``) logged before it is renamed into place, and a signed tree head. Beside the
+ledger, a real ``config.yaml`` whose fingerprint run_start signs, as ``fedgen run`` writes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedgen.config import load_config
 from fedgen.ledger import (
     LEDGER_FILE,
     Ledger,
@@ -46,9 +48,18 @@ class Run:
         return self.run_dir / LEDGER_FILE
 
 
+def write_config(run_dir: Path, *overrides: str) -> str:
+    """Write the default recipe (with ``key=value`` overrides) as the run's ``config.yaml``;
+    return its fingerprint."""
+    cfg = load_config(None, list(overrides), validate_components=False)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    return cfg.fingerprint()
+
+
 def start_run(run_dir: Path, clients: int = 3, rounds: int = 4, seed: int = 0) -> Run:
-    """run_start, one enrol per client and the first tree head."""
+    """config.yaml, then run_start, one enrol per client and the first tree head."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = write_config(run_dir)
     generator = torch.Generator().manual_seed(seed)
     run = Run(
         run_dir=run_dir,
@@ -67,7 +78,7 @@ def start_run(run_dir: Path, clients: int = 3, rounds: int = 4, seed: int = 0) -
             {
                 "run_id": run.run_id,
                 "server_public_key": public_key_hex(run.server_key),
-                "fingerprint": "recipe-sha256-0123",
+                "fingerprint": fingerprint,
                 "rounds": rounds,
             },
         )

@@ -176,6 +176,17 @@ def test_opening_a_missing_file_without_create_says_what_to_do(tmp_path):
         Ledger.open(tmp_path, create=True)
 
 
+def test_reading_a_run_folder_without_a_ledger_says_the_run_kept_none(tmp_path):
+    # What `fedgen ledger verify`/`show` print: no Python API advice for a CLI user.
+    with pytest.raises(LedgerError) as caught:
+        Ledger.open(tmp_path / "ledger.sqlite", readonly=True)
+    message = str(caught.value)
+    assert f"{tmp_path} has no ledger.sqlite" in message
+    assert "`ledger: false` keeps none" in message and "create=True" not in message
+    with pytest.raises(LedgerError, match="is not a folder; pass a run folder"):
+        Ledger.open(tmp_path / "absent" / "ledger.sqlite", readonly=True)
+
+
 @pytest.mark.parametrize(
     "content", [b"not a database at all", b"SQLite format 3\x00" + b"\xff" * 200]
 )

@@ -14,6 +14,7 @@ from ledger_run import (
     seqs_of,
     start_run,
     tamper,
+    write_config,
 )
 
 from fedgen.ledger import (
@@ -241,14 +242,33 @@ def test_a_replaced_checkpoint_relogged_in_an_unsigned_tail_is_still_a_problem(t
     problem(report, "entries after the last signed tree head", "unsigned")
 
 
-def test_a_checkpoint_file_the_ledger_never_logged_is_named(tmp_path):
+def test_a_logged_checkpoint_copied_under_another_name_is_named_a_copy(tmp_path):
     run = build_run(tmp_path / "run", rounds=2)
     shutil.copy(
         run.run_dir / "checkpoints" / "round_0001.ckpt",
         run.run_dir / "checkpoints" / "round_0007.ckpt",
     )
     report = verify_run(run.run_dir)
-    problem(report, "checkpoints/round_0007.ckpt: no checkpoint entry names this file")
+    problem(
+        report,
+        "checkpoints/round_0007.ckpt: no checkpoint entry names this file",
+        "bytes are those logged for checkpoints/round_0001.ckpt: a copy",
+    )
+
+
+def test_a_checkpoint_written_without_a_ledger_is_uncovered_not_called_tampered(tmp_path):
+    # Prepare: after round 1 the run went on without its ledger (resumed with ledger: false)
+    # and wrote round 2's checkpoint, which no entry names.
+    run = build_run(tmp_path / "run", rounds=2)
+    later = {k: v + 0.5 for k, v in run.state.items()}
+    torch.save({"round": 2, "state": later}, run.run_dir / "checkpoints" / "round_0002.ckpt")
+    # Execute
+    report = verify_run(run.run_dir, anchors=run.anchors)
+    # Assert: still a problem (nothing vouches for the file), worded as what verify knows.
+    line = problem(report, "checkpoints/round_0002.ckpt: no checkpoint entry names this file")
+    assert "does not cover it" in line and "ledger: false" in line, line
+    assert "added from outside" not in line and "a copy" not in line, line
+    assert len(report.problems) == 1, report.lines()
 
 
 @pytest.mark.parametrize("keep", [0, 100, 4096, 0.5, -4096, -1])
@@ -265,7 +285,8 @@ def test_a_truncated_database_file_is_a_clear_problem_not_a_traceback(tmp_path, 
 
 def test_a_missing_ledger_is_a_problem(tmp_path):
     report = verify_run(tmp_path)
-    problem(report, "ledger: no ledger at")
+    line = problem(report, "ledger: no ledger at", "`ledger: false` keeps none")
+    assert "create=True" not in line, line
 
 
 def test_a_round_logged_twice_without_a_resume_is_a_silent_fork(tmp_path):
@@ -331,3 +352,70 @@ def test_an_anchor_from_a_different_history_is_a_problem(tmp_path):
     other = build_run(tmp_path / "other", rounds=2)
     report = verify_run(run.run_dir, anchors=[other.anchors[0]])
     problem(report, f"anchor at size {other.anchors[0][0]}", "not consistent")
+
+
+# -- config.yaml -------------------------------------------------------------------------------
+
+
+def _edit_config(run, old: str, new: str) -> None:
+    path = run.run_dir / "config.yaml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_a_config_yaml_edited_after_the_run_is_a_problem(tmp_path):
+    run = build_run(tmp_path / "run", rounds=2)
+    _edit_config(run, "\nseed: 0\n", "\nseed: 9\n")
+    report = verify_run(run.run_dir, anchors=run.anchors)
+    line = problem(report, "config.yaml: its fingerprint", "run_start signed")
+    assert write_config(tmp_path, "seed=9") in line, line  # the edited file's fingerprint
+    assert len(report.problems) == 1, report.lines()
+
+
+def test_config_yaml_changes_that_leave_the_weights_alone_verify(tmp_path):
+    run = build_run(tmp_path / "run", rounds=2)
+    _edit_config(run, "name: fmnist-cgan-dirichlet0.5", "name: renamed")
+    report = verify_run(run.run_dir, anchors=run.anchors)
+    assert report.ok, report.lines()
+    assert report.notes == []
+
+
+def test_a_resume_entry_with_a_new_fingerprint_is_what_config_yaml_must_match(tmp_path):
+    # Prepare: a resume after round 1 whose entry signs another config's fingerprint.
+    run = build_run(tmp_path / "run", rounds=3)
+    resumed = write_config(tmp_path, "seed=9")
+    with Ledger.open(run.ledger_path) as ledger:
+        ledger.append(
+            "resume",
+            {
+                "from_round": 1,
+                "checkpoint": "checkpoints/round_0001.ckpt",
+                "head_size": run.anchors[1][0],
+                "fingerprint": resumed,
+            },
+        )
+    run.state = torch.load(run.run_dir / "checkpoints" / "round_0001.ckpt")["state"]
+    log_round(run, 2)
+    # Execute: the run start's config, then the resumed one.
+    stale = verify_run(run.run_dir, anchors=run.anchors)
+    write_config(run.run_dir, "seed=9")
+    current = verify_run(run.run_dir, anchors=run.anchors)
+    # Assert
+    problem(stale, "config.yaml: its fingerprint", f"is not {resumed}", "resume entry")
+    assert current.ok, current.lines()
+
+
+def test_an_unreadable_config_yaml_is_a_problem_not_a_traceback(tmp_path):
+    run = build_run(tmp_path / "run", rounds=1)
+    (run.run_dir / "config.yaml").write_text("seed: [0\n")
+    report = verify_run(run.run_dir)
+    problem(report, "config.yaml: cannot be read as the run's recipe", "not valid YAML")
+
+
+def test_a_missing_config_yaml_is_a_note(tmp_path):
+    run = build_run(tmp_path / "run", rounds=1)
+    (run.run_dir / "config.yaml").unlink()
+    report = verify_run(run.run_dir)
+    assert report.ok, report.lines()
+    assert any(n.startswith("config.yaml: missing") for n in report.notes), report.lines()
