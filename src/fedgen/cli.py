@@ -86,6 +86,11 @@ def run(
     from fedgen.experiment import run_experiment
 
     try:
+        if resume is not None and (config is not None or out is not None):
+            raise FedgenError(
+                f"--resume {resume} continues that run with its own config.yaml, in that "
+                "folder: drop the recipe argument and --out (--set still applies)"
+            )
         if resume is not None:
             cfg_file = resume / "config.yaml"
             if not cfg_file.is_file():
@@ -98,11 +103,14 @@ def run(
             run_dir = out or DEFAULT_RUNS / (
                 cfg.name + ("-centralized" if cfg.federation.centralized else "")
             )
-        if cfg.downstream is not None and resume is None:
-            # Generator, then the classifier arms that use it (fedgen.downstream).
+        if cfg.downstream is not None:
+            # Generator, then the classifier arms that use it (fedgen.downstream); a
+            # resume finishes both (the arms it finished are kept).
             from fedgen.downstream import run_downstream
 
-            summary = run_downstream(cfg, run_dir, progress=not no_progress)
+            summary = run_downstream(
+                cfg, run_dir, progress=not no_progress, resume=resume is not None
+            )
         else:
             summary = run_experiment(
                 cfg, run_dir, progress=not no_progress, resume=resume is not None
@@ -125,11 +133,18 @@ def _say_summary(summary: dict[str, Any], run_dir: Path, resume: str) -> None:
             err=True,
         )
     if summary["status"] == "interrupted":
-        typer.secho(
-            f"interrupted after round {summary['rounds'] - 1}; continue with: {resume}",
-            fg=typer.colors.YELLOW,
-            err=True,
-        )
+        from fedgen.engine.checkpoint import list_checkpoints
+
+        if list_checkpoints(run_dir / "checkpoints"):
+            said = f"interrupted after round {summary['rounds'] - 1}; continue with: {resume}"
+        else:
+            # Nothing to resume from: the advice is to start again, and where.
+            said = (
+                "interrupted before a checkpoint was written: nothing to resume; start the "
+                "run again"
+                + (f" (--out {run_dir} is free)" if not summary["rounds"] else " elsewhere")
+            )
+        typer.secho(said, fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(code=130)
     typer.echo(f"run folder: {run_dir}  (open {run_dir / 'report.html'})")
 
@@ -137,11 +152,25 @@ def _say_summary(summary: dict[str, Any], run_dir: Path, resume: str) -> None:
 @app.command()
 def report(run_dir: Path) -> None:
     """(Re)write RUN_DIR/report.html from what the run folder holds."""
-    from fedgen.report.html import write_report
+    from fedgen.report.html import REPORT_NAME, write_report
 
+    holds = (
+        "a run folder is what `fedgen run` writes: config.yaml, metrics.jsonl, summary.json, "
+        "checkpoints/ and samples/; give that folder (e.g. runs/NAME)"
+    )
     if not run_dir.is_dir():
-        _fail(FedgenError(f"{run_dir} is not a folder"))
-    typer.echo(str(write_report(run_dir)))
+        _fail(FedgenError(f"{run_dir} is not a folder; {holds}"))
+    # Any other folder would get a report.html of nothing, over whatever file had that name.
+    if not (run_dir / "config.yaml").is_file() and not (run_dir / "metrics.jsonl").is_file():
+        _fail(
+            FedgenError(f"{run_dir} is not a run folder (no config.yaml or metrics.jsonl); {holds}")
+        )
+    try:
+        written = write_report(run_dir)
+    except OSError as exc:
+        _fail(FedgenError(f"cannot write {run_dir / REPORT_NAME}: {exc.strerror or exc}"))
+        return
+    typer.echo(str(written))
 
 
 @app.command(

@@ -12,11 +12,19 @@ import inspect
 import json
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedgen.errors import ConfigError
 from fedgen.params import ParamsError, explain
@@ -24,6 +32,26 @@ from fedgen.params import ParamsError, explain
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        # Pydantic reads true as 1 for an int: `--set federation.rounds=true` ran one
+        # round without a word. A boolean where a number belongs is a mistake.
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(name)
+                if isinstance(value, bool) and _is_number(field.annotation):
+                    raise ValueError(f"{name}={str(value).lower()} is a boolean; give a number")
+        return data
+
+
+def _is_number(annotation: Any) -> bool:
+    """Whether a field's type is int or float (or an optional or union of them)."""
+    if annotation in (int, float):
+        return True
+    args = typing.get_args(annotation)
+    return any(a in (int, float) for a in args) and bool not in args
 
 
 class PartitionConfig(_Strict):
@@ -409,6 +437,19 @@ class ExperimentConfig(_Strict):
     name: str = "fmnist-cgan-dirichlet0.5"
     seed: int = 0
     data: DataConfig = DataConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, name: str) -> str:
+        # The run folder's default name (runs/<name>): '../x' would leave runs/.
+        bad = not name or name.startswith(".") or any(c in name for c in "/\\\0")
+        if bad or len(name) > 120:
+            raise ValueError(
+                f"name={name[:40]!r} names the run folder (runs/<name>): give one folder "
+                "name of 1-120 characters, without '/' or '\\', not starting with '.'"
+            )
+        return name
+
     task: TaskConfig = TaskConfig()
     strategy: StrategyConfig = StrategyConfig()
     transforms: list[ComponentConfig] = Field(default_factory=list)
@@ -576,6 +617,11 @@ def load_config(
             text = p.read_text(encoding="utf-8") if found else ""
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file {p} as UTF-8 text: {exc}") from None
+        if not found and (p / "config.yaml").is_file():
+            raise ConfigError(
+                f"{p} is a run folder, not a recipe: continue it with fedgen run --resume "
+                f"{p}, or start a new run from its recipe, {p / 'config.yaml'}"
+            )
         if not found:
             raise ConfigError(f"config file {p} does not exist; recipes live in configs/")
         loaded = read_yaml(text, str(p))

@@ -554,6 +554,8 @@ def run_experiment(
     """
     run_dir = Path(out)
     ckpt_dir = run_dir / "checkpoints"
+    # Before any data loads: a folder that cannot hold this run fails at once.
+    _check_run_folder(run_dir, cfg, resume)
     meta = {"format": CHECKPOINT_FORMAT, "fingerprint": cfg.fingerprint()}
     exp_holder: dict[str, Experiment] = {}
 
@@ -599,11 +601,6 @@ def run_experiment(
     if resume:
         restore_latest(exp.federation, ckpt_dir, cfg)
     else:
-        if list_checkpoints(ckpt_dir):
-            raise ConfigError(
-                f"{run_dir} already holds a run; use --resume to continue it or "
-                "--out to choose a new folder"
-            )
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         _set_aside_ledger(run_dir)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -634,6 +631,37 @@ def run_experiment(
 
 #: What ``partition.json`` leaves out of a run under differential privacy.
 WITHHELD_UNDER_DP = frozenset({"counts", "domain_counts", "sizes"})
+
+
+def _check_run_folder(run_dir: Path, cfg: ExperimentConfig, resume: bool) -> None:
+    """Raise ``ConfigError`` when ``run_dir`` cannot take this run: a file, a folder
+    holding another run's results (a new run would overwrite them), or, on resume, a
+    change of whether the run keeps a ledger."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file, not a folder; choose another --out")
+    if resume:
+        kept = run_dir / "config.yaml"
+        before = load_config(kept).ledger if kept.is_file() else cfg.ledger
+        if before != cfg.ledger:
+            raise ConfigError(
+                f"{run_dir} was run with ledger={str(before).lower()}; a resume cannot turn "
+                "its ledger on or off (its entries would no longer cover every round): "
+                "resume without --set ledger=..."
+            )
+        return
+    if list_checkpoints(run_dir / "checkpoints"):
+        raise ConfigError(
+            f"{run_dir} already holds a run; use --resume to continue it or "
+            "--out to choose a new folder"
+        )
+    # Results of a run whose checkpoints are gone (deleted to save space, say) are
+    # still results: only a folder without a finished round is started over.
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        raise ConfigError(
+            f"{run_dir} holds another run's results ({metrics.name}, no checkpoints to "
+            "resume from); choose another --out, or move them away to start over here"
+        )
 
 
 def _set_aside_ledger(run_dir: Path) -> None:

@@ -211,3 +211,31 @@ def test_a_codec_shrinks_the_classifiers_uploads(run, tmp_path):
     assert q8["bytes_up"] < 0.3 * plain["bytes_up"]
     # The broadcast stays float32 (only the job's config names the codec).
     assert q8["bytes_down"] == pytest.approx(plain["bytes_down"], rel=1e-3)
+
+
+def test_a_resumed_run_keeps_its_finished_arms_and_trains_the_rest(run, tmp_path):
+    # Prepare: the run as a cut-off one left it: the "real" arm unfinished, summary.json
+    # without the arms' figures; the kept arms marked, to tell kept from retrained.
+    cut = tmp_path / "cut"
+    shutil.copytree(run, cut)
+    record = json.loads((cut / "downstream.json").read_text())
+    real = record["arms"].pop("real")
+    for figures in record["arms"].values():
+        figures["kept"] = True
+    (cut / "downstream.json").write_text(json.dumps(record))
+    summary = json.loads((cut / "summary.json").read_text())
+    cut_summary = {k: v for k, v in summary.items() if not k.startswith("downstream")}
+    (cut / "summary.json").write_text(json.dumps(cut_summary))
+    # Execute
+    result = CliRunner().invoke(app, ["run", "--no-progress", "--resume", str(cut)])
+    # Assert: every arm's figures are back; the finished ones were kept, "real" trained
+    # again to the same figures (one seed).
+    assert result.exit_code == 0, result.output[-2000:]
+    after = json.loads((cut / "downstream.json").read_text())
+    assert set(after["arms"]) == set(record["arms"]) | {"real"}
+    assert all(after["arms"][arm].get("kept") for arm in record["arms"])
+    assert after["arms"]["real"]["accuracy"] == real["accuracy"]
+    resumed = json.loads((cut / "summary.json").read_text())
+    assert {k for k in resumed if k.startswith("downstream")} == {
+        k for k in summary if k.startswith("downstream")
+    }

@@ -169,3 +169,18 @@ def test_a_partition_named_without_params_gets_its_own_defaults_not_dirichlets()
         assert cfg.data.partition.params == {}
     cfg = load_config(None, ["data.partition={kind: dirichlet}"])
     assert cfg.data.partition.params == {"alpha": 0.5}
+
+
+@pytest.mark.parametrize(
+    "item", ["federation.rounds=true", "data.num_clients=true", "federation.local_steps=false"]
+)
+def test_a_boolean_where_a_number_belongs_is_refused(item):
+    # Pydantic alone reads true as 1: `federation.rounds=true` ran one round.
+    with pytest.raises(ConfigError, match="is a boolean; give a number"):
+        load_config(None, [item])
+
+
+@pytest.mark.parametrize("name", ["''", "../escaped", "a/b", ".hidden", "x" * 121])
+def test_a_name_that_is_not_one_folder_name_is_refused(name):
+    with pytest.raises(ConfigError, match="names the run folder"):
+        load_config(None, [f"name={name}"])

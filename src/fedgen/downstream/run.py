@@ -5,7 +5,9 @@
 usual ``run_experiment``); with it, that finished run's newest checkpoint is used. Then
 each arm of ``downstream.modes`` trains the classifier and is written to
 ``downstream.json`` as soon as it finishes (a cut-off run keeps the arms it finished),
-its figures also going into ``summary.json`` under ``downstream_<arm>_*`` keys.
+its figures also going into ``summary.json`` under ``downstream_<arm>_*`` keys. A
+resumed run (``fedgen run --resume``) finishes the generator, keeps the arms
+``downstream.json`` holds for the same settings and generator, and trains the rest.
 """
 
 from __future__ import annotations
@@ -58,9 +60,11 @@ def run_downstream(
     *,
     progress: bool = True,
     on_arm: ArmCallback | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train the generator (or open ``downstream.generator_run``), then the classifier
-    arms; return ``summary.json``'s content, with the ``downstream_*`` figures.
+    arms; return ``summary.json``'s content, with the ``downstream_*`` figures. With
+    ``resume`` the generator's run is continued and finished arms are kept.
 
     Raises ``DownstreamError`` for a recipe without a ``downstream:`` section, a
     generator run that is unfinished, of another data set or of other classes.
@@ -72,7 +76,7 @@ def run_downstream(
         )
     out = Path(out)
     if dcfg.generator_run is None:
-        summary = run_experiment(cfg, out, progress=progress)
+        summary = run_experiment(cfg, out, progress=progress, resume=resume)
         if summary["status"] == "interrupted":
             return summary  # no finished generator: nothing downstream to do yet
         generator = open_generator_run(out, cfg)
@@ -92,11 +96,24 @@ def run_downstream(
         rows = torch.randperm(len(data.test), generator=torch_generator(cfg.seed, "ds-test"))
         test = data.test.subset(rows[: dcfg.test_examples].sort().values)
         data = FederatedData(clients=data.clients, train=data.train, test=test)
-    record = run_arms(cfg, dcfg, generator, data, out, progress=progress, on_arm=on_arm)
+    kept = _finished_arms(out) if resume else {}
+    record = run_arms(cfg, dcfg, generator, data, out, progress=progress, on_arm=on_arm, kept=kept)
     summary.update(flat_figures(record))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     write_report(out)  # now with the downstream section
     return summary
+
+
+def _finished_arms(out: Path) -> dict[str, Any]:
+    """What ``out/downstream.json`` holds of an earlier part of this run (empty if none)."""
+    path = out / "downstream.json"
+    if not path.is_file():
+        return {}
+    try:
+        held = json.loads(path.read_text())
+        return held if isinstance(held, dict) else {}
+    except ValueError:
+        return {}  # a file cut off mid-write: its arms are trained again
 
 
 def downstream_data(cfg: ExperimentConfig, generator: GeneratorRun) -> FederatedData:
@@ -128,8 +145,11 @@ def run_arms(
     *,
     progress: bool = False,
     on_arm: ArmCallback | None = None,
+    kept: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every arm of ``dcfg.modes`` in turn; ``downstream.json`` rewritten after each."""
+    """Every arm of ``dcfg.modes`` in turn; ``downstream.json`` rewritten after each.
+    ``kept`` is an earlier part's record: its arms are kept when its settings and
+    generator are this run's."""
     check_classes(data.train.class_names, cfg)
     if data.train.class_names != generator.class_names:
         raise DownstreamError(
@@ -194,7 +214,18 @@ def run_arms(
             )
         return ensemble
 
+    kept = kept or {}
+    same = (
+        kept.get("settings") == record["settings"]
+        and kept.get("generator_model") == record["generator_model"]
+        # The run's own generator is the same wherever its folder was moved to.
+        and (dcfg.generator_run is None or kept.get("generator_run") == record["generator_run"])
+    )
     for mode in dcfg.modes:
+        if same and mode in kept.get("arms", {}):
+            log.info("downstream arm %s: kept from the earlier part of the run", mode)
+            record["arms"][mode] = kept["arms"][mode]
+            continue
         log.info("downstream arm %s", mode)
         if mode == "real":
             arm = federate_classifier(
@@ -308,6 +339,8 @@ def run_arms(
         (out / "downstream.json").write_text(json.dumps(record, indent=1))
         if on_arm is not None:
             on_arm(arm, arm_record)
+    # Kept arms after the last trained one are in the record, in the recipe's order.
+    (out / "downstream.json").write_text(json.dumps(record, indent=1))
     return record
 
 

@@ -191,11 +191,14 @@ class Federation:
                 log.warning("%s", self.stop_reason)
             completed = True
         except KeyboardInterrupt:
-            log.warning(
-                "interrupted in round %d; the last complete round is %d",
-                self.next_round,
-                self.next_round - 1,
-            )
+            if self.next_round == 0:
+                log.warning("interrupted in round 0, before any round completed")
+            else:
+                log.warning(
+                    "interrupted in round %d; the last complete round is %d",
+                    self.next_round,
+                    self.next_round - 1,
+                )
         finally:
             gc.unfreeze()
             self.backend.close()

@@ -1,0 +1,94 @@
+"""`fedgen run` never overwrites another run's results and says what to do instead: a
+finished run folder without checkpoints, a file as --out, a run folder as the recipe,
+--resume with a recipe or --out, a resume that turns the ledger off (a real run)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from fedgen.cli import app
+
+TINY = [
+    "--set",
+    "data.sources=[mnist]",
+    "--set",
+    "data.num_clients=3",
+    "--set",
+    "federation.rounds=1",
+    "--set",
+    "federation.local_steps=2",
+    "--set",
+    "eval.every=0",
+    "--set",
+    "eval.final=false",
+    "--set",
+    "eval.grid_per_class=2",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, mnist_dir) -> Path:
+    """A finished one-round cgan run (no evaluation) on three MNIST clients."""
+    out = tmp_path_factory.mktemp("cli-run-folders") / "run"
+    assert fedgen("run", "--no-progress", "--out", str(out), *TINY).exit_code == 0
+    return out
+
+
+def fedgen(*args: str):
+    """The CLI in this process (a subprocess would import torch again for each refusal)."""
+    return CliRunner().invoke(app, list(args))
+
+
+def _refused(result, *said: str) -> None:
+    assert result.exit_code not in (0, None) and result.exception is not None
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    for text in said:
+        assert text in " ".join(result.output.split()), result.output[-2000:]
+
+
+def test_a_finished_run_without_checkpoints_is_not_overwritten(run_dir, tmp_path):
+    kept = tmp_path / "kept"
+    shutil.copytree(run_dir, kept)
+    shutil.rmtree(kept / "checkpoints")  # deleted to save space; the results stay
+    before = {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()}
+    proc = fedgen("run", "--no-progress", "--out", str(kept), *TINY, check=False)
+    _refused(proc, "holds another run's results", "choose another --out")
+    assert {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()} == before
+
+
+def test_a_file_as_out_is_refused_before_anything_loads(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    proc = fedgen("run", "--no-progress", "--out", str(afile), *TINY, check=False)
+    _refused(proc, "is a file, not a folder")
+    assert afile.read_text() == "mine"
+
+
+def test_a_run_folder_given_as_the_recipe_points_to_resume(run_dir):
+    proc = fedgen("run", str(run_dir), check=False)
+    _refused(proc, "is a run folder, not a recipe", f"--resume {run_dir}")
+
+
+def test_resume_refuses_a_recipe_an_out_folder_or_a_ledger_switch(run_dir, tmp_path):
+    recipe = fedgen("run", "--resume", str(run_dir), "configs/x.yaml", check=False)
+    _refused(recipe, "drop the recipe argument and --out")
+    elsewhere = fedgen("run", "--resume", str(run_dir), "--out", str(tmp_path), check=False)
+    _refused(elsewhere, "drop the recipe argument and --out")
+    off = fedgen("run", "--resume", str(run_dir), "--set", "ledger=false", check=False)
+    _refused(off, "cannot turn its ledger on or off")
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_interruption_before_any_checkpoint_says_to_start_again(tmp_path, capsys):
+    from fedgen.cli import _say_summary
+
+    with pytest.raises(typer.Exit):
+        _say_summary({"status": "interrupted", "rounds": 0}, tmp_path, "fedgen run --resume x")
+    said = capsys.readouterr().err
+    assert "nothing to resume" in said and f"--out {tmp_path} is free" in said
+    assert "--resume" not in said
