@@ -220,6 +220,7 @@ def sample(
     from fedgen.engine.image_union import UNION
     from fedgen.experiment import load_run
     from fedgen.registry import SAMPLE_WRITERS
+    from fedgen.samples.image_dataset import check_grid_size, check_parent, image_shape
     from fedgen.seeding import torch_generator
 
     if fmt is not None and (prompt is not None or condition is not None):
@@ -267,15 +268,40 @@ def sample(
         except ValueError as exc:
             _fail(FedgenError(str(exc)))
         csv_path = (out or Path("samples.csv")).with_suffix(".csv")
-        rows.to_csv(csv_path, index=False)
+        try:
+            check_parent(csv_path)
+            rows.to_csv(csv_path, index=False)
+        except (FedgenError, OSError) as exc:
+            _fail(_unwritable(csv_path, exc))
         typer.echo(str(csv_path))
         return
     if fmt is not None:
         label = None if union is None else f"union of {len(union.clients)} clients' own models"
         _export_dataset(exp, task, run_dir, out, n, fmt, gen, seed=seed, client=chosen, label=label)
         return
+    from fedgen.modality import Modality
+
     writer = SAMPLE_WRITERS.get(str(task.modality))
-    typer.echo(str(writer(task, (out or Path("samples.png")).with_suffix(""), n, gen)))
+    path = (out or Path("samples.png")).with_suffix("")
+    try:
+        check_parent(path)
+        if task.modality == Modality.IMAGES:
+            # One picture built whole in memory: bounded before anything is drawn.
+            check_grid_size(task.num_classes, n, image_shape(task))
+        written = writer(task, path, n, gen)
+    except (FedgenError, OSError) as exc:
+        _fail(_unwritable(path, exc))
+        return
+    typer.echo(str(written))
+
+
+def _unwritable(path: Path, exc: Exception) -> FedgenError:
+    """A failed write of ``sample`` as one line that says what to do."""
+    if isinstance(exc, FedgenError):
+        return exc
+    where = getattr(exc, "filename", None) or path
+    why = getattr(exc, "strerror", None) or str(exc)
+    return FedgenError(f"cannot write {where}: {why}; choose another --out")
 
 
 def _export_dataset(
@@ -339,8 +365,9 @@ def _export_dataset(
         target, manifest = export_image_dataset(
             task, out or default, per_class, fmt, gen, names, provenance
         )
-    except FileExistsError as exc:
-        _fail(FedgenError(str(exc)))
+    except (FedgenError, OSError) as exc:
+        # ExportError says what to do; an OSError past its checks (disk full) is one line too.
+        _fail(_unwritable(out or default, exc))
         return
     typer.echo(f"{target}  ({per_class * task.num_classes} images; manifest {manifest})")
 

@@ -1,5 +1,5 @@
-"""Out-of-range options of `fedgen sample` and `fedgen eval` on a real run folder are
-clear one-line errors, not tracebacks."""
+"""Out-of-range options of `fedgen sample` and `fedgen eval` on a real run folder, and
+`fedgen report` on a folder that is not a run's, are clear one-line errors, not tracebacks."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 from cli_runner import fedgen
+from typer.testing import CliRunner
+
+from fedgen.cli import app
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +59,25 @@ def test_a_mistyped_command_suggests_the_nearest_one_once():
     proc = fedgen("evaluate", check=False)
     assert proc.returncode == 2
     assert proc.stderr.count("Did you mean 'eval'?") == 1, proc.stderr
+
+
+def test_report_refuses_a_folder_that_is_not_a_run_and_leaves_it_alone(tmp_path):
+    (tmp_path / "report.html").write_text("mine")
+
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    text = " ".join(result.output.split())
+    assert f"{tmp_path} is not a run folder" in text
+    assert "config.yaml" in text and "metrics.jsonl" in text and "fedgen run" in text
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+    assert (tmp_path / "report.html").read_text() == "mine"
+
+
+def test_report_rewrites_a_real_runs_report(run_dir):
+    (run_dir / "report.html").unlink()
+
+    result = CliRunner().invoke(app, ["report", str(run_dir)])
+
+    assert result.exit_code == 0, result.output
+    assert "<html" in (run_dir / "report.html").read_text()

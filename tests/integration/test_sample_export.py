@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from fedgen.cli import app
 from fedgen.experiment import load_run, run_experiment
+from fedgen.samples import image_dataset
 from fedgen.samples.export_format import ExportFormat
 from fedgen.samples.image_dataset import export_image_dataset
 from fedgen.seeding import torch_generator
@@ -68,7 +69,7 @@ def test_the_command_exports_an_npz_and_names_the_checkpoint(run_dir, tmp_path):
         assert data["images"].dtype == np.uint8 and data["images"].max() > 0
         assert (data["labels"] == LABELS).all()
         assert data["class_names"].tolist() == [str(i) for i in range(CLASSES)]
-    manifest = check_manifest(out.with_suffix(".json"), run_dir, "npz")
+    manifest = check_manifest(out.with_suffix(".npz.json"), run_dir, "npz")
     assert manifest["checkpoint_round"] == 0
     checkpoint = run_dir / "checkpoints" / manifest["checkpoint_file"]
     assert manifest["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
@@ -96,7 +97,7 @@ def test_a_dp_runs_data_set_records_the_privacy_it_carries(mnist_dir, tmp_path):
     )
     # Assert: the manifest carries the run's epsilon, as its metrics recorded it.
     assert result.exit_code == 0, result.output
-    privacy = json.loads((run / "s.json").read_text())["privacy"]
+    privacy = json.loads((run / "s.npz.json").read_text())["privacy"]
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert privacy["unit"] == "example" and privacy["delta"] == 1e-5
     assert privacy["epsilon"] == pytest.approx(last["epsilon"]) and privacy["epsilon"] > 0
@@ -154,3 +155,112 @@ def test_bad_options_are_clear_errors(extra, says, run_dir, tmp_path):
     assert isinstance(result.exception, SystemExit)  # a message, not a traceback
     assert says in " ".join(result.output.split())
     assert not list(tmp_path.iterdir())
+
+
+def invoke(run_dir: Path, *args: str):
+    """`fedgen sample RUN_DIR ARGS` in-process (the run is loaded in about a second)."""
+    return CliRunner().invoke(app, ["sample", str(run_dir), *args])
+
+
+def assert_one_line_error(result, *says: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # a message, not a traceback
+    text = " ".join(result.output.split())
+    assert text.startswith("error: ") and all(s in text for s in says), text
+
+
+@pytest.mark.parametrize(
+    ("fmt", "out"),
+    [
+        ([], "afile/x"),
+        (["--format", "npz"], "afile/x"),
+        (["--format", "png"], "afile/x"),
+        (["--format", "folder"], "afile"),
+    ],
+)
+def test_an_out_on_or_under_a_file_is_a_one_line_error(fmt, out, run_dir, tmp_path):
+    (tmp_path / "afile").write_text("mine")
+
+    result = invoke(run_dir, *fmt, "--per-class", "1", "--out", str(tmp_path / out))
+
+    assert_one_line_error(result, str(tmp_path / "afile"), "is a file", "--out")
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--per-class", "100000000"], "grids stop at 100 megapixels"),
+        (["--per-class", "100000000", "--format", "png"], "grids stop at 100 megapixels"),
+        # 10**13 per class: petabytes, more than any disk this runs on.
+        (["--per-class", str(10**13), "--format", "npz"], "on disk (uncompressed)"),
+        (["--per-class", str(10**13), "--format", "folder"], "on disk (uncompressed)"),
+    ],
+)
+def test_a_size_past_memory_or_disk_is_refused_before_drawing(args, says, run_dir, tmp_path):
+    result = invoke(run_dir, *args, "--out", str(tmp_path / "big"))
+
+    assert_one_line_error(result, says, "--per-class")
+    assert not list(tmp_path.iterdir())
+
+
+def test_npz_and_folder_stream_in_batches_to_the_same_data_set(task, tmp_path, monkeypatch):
+    names = [str(i) for i in range(CLASSES)]
+    for fmt in (ExportFormat.NPZ, ExportFormat.FOLDER):
+        # Prepare: one batch, then batches of 7 that cut across classes (30 images).
+        whole, _ = export_image_dataset(
+            task, tmp_path / f"whole-{fmt}", PER_CLASS, fmt, torch_generator(0, "t"), names, {}
+        )
+        monkeypatch.setattr(image_dataset, "BATCH", 7)
+        # Execute
+        streamed, manifest = export_image_dataset(
+            task, tmp_path / f"streamed-{fmt}", PER_CLASS, fmt, torch_generator(0, "t"), names, {}
+        )
+        monkeypatch.undo()
+        # Assert: the same draws and labels; no partial file left behind.
+        if fmt is ExportFormat.NPZ:
+            with np.load(whole) as a, np.load(streamed) as b:
+                assert a.files == b.files == ["images", "labels", "class_names"]
+                assert all((a[k] == b[k]).all() for k in a.files)
+                assert (b["labels"] == LABELS).all()
+        else:
+            assert (whole / "labels.csv").read_text() == (streamed / "labels.csv").read_text()
+            for png in whole.glob("*/*.png"):
+                assert png.read_bytes() == (streamed / png.relative_to(whole)).read_bytes()
+        assert json.loads(manifest.read_text())["image_shape"] == [1, 28, 28]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_npz_and_png_keep_their_own_manifests_and_never_overwrite(run_dir, tmp_path):
+    out = tmp_path / "s1"
+    # Execute: npz then png to one --out, each manifest its own file.
+    assert invoke(run_dir, "--per-class", "1", "--format", "npz", "--out", str(out)).exit_code == 0
+    assert invoke(run_dir, "--per-class", "1", "--format", "png", "--out", str(out)).exit_code == 0
+    # Assert
+    assert json.loads((tmp_path / "s1.npz.json").read_text())["format"] == "npz"
+    assert json.loads((tmp_path / "s1.png.json").read_text())["format"] == "png"
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for fmt in ("npz", "png"):
+        result = invoke(run_dir, "--per-class", "1", "--format", fmt, "--out", str(out))
+        assert_one_line_error(result, f"{out}.{fmt} exists", "never overwrites", "--out")
+        assert f"{out}-2" in result.output
+    # A manifest alone (its data set moved away) is not overwritten either.
+    (tmp_path / "s1.npz").unlink()
+    del before["s1.npz"]
+    result = invoke(run_dir, "--per-class", "1", "--format", "npz", "--out", str(out))
+    assert_one_line_error(result, "s1.npz.json (the manifest this export would write) exists")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_an_npz_beside_a_run_summary_leaves_summary_json_alone(run_dir, tmp_path):
+    summary = tmp_path / "summary.json"
+    summary.write_text('{"status": "completed"}')
+
+    result = invoke(
+        run_dir, "--per-class", "1", "--format", "npz", "--out", str(tmp_path / "summary")
+    )
+
+    assert result.exit_code == 0, result.output
+    assert summary.read_text() == '{"status": "completed"}'
+    assert json.loads((tmp_path / "summary.npz.json").read_text())["format"] == "npz"
