@@ -77,7 +77,7 @@ class PartitionConfig(_Strict):
 class DataConfig(_Strict):
     """Which real data, where it lives, and how many clients share it."""
 
-    sources: list[str] = ["fashion-mnist"]
+    sources: list[str] = Field(default=["fashion-mnist"], min_length=1)
     data_dir: str | None = None
     num_clients: int = Field(10, ge=1)
     partition: PartitionConfig = PartitionConfig()
