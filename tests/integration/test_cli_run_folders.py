@@ -56,7 +56,7 @@ def test_a_finished_run_without_checkpoints_is_not_overwritten(run_dir, tmp_path
     shutil.copytree(run_dir, kept)
     shutil.rmtree(kept / "checkpoints")  # deleted to save space; the results stay
     before = {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()}
-    proc = fedgen("run", "--no-progress", "--out", str(kept), *TINY, check=False)
+    proc = fedgen("run", "--no-progress", "--out", str(kept), *TINY)
     _refused(proc, "holds another run's results", "choose another --out")
     assert {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()} == before
 
@@ -64,22 +64,22 @@ def test_a_finished_run_without_checkpoints_is_not_overwritten(run_dir, tmp_path
 def test_a_file_as_out_is_refused_before_anything_loads(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("mine")
-    proc = fedgen("run", "--no-progress", "--out", str(afile), *TINY, check=False)
+    proc = fedgen("run", "--no-progress", "--out", str(afile), *TINY)
     _refused(proc, "is a file, not a folder")
     assert afile.read_text() == "mine"
 
 
 def test_a_run_folder_given_as_the_recipe_points_to_resume(run_dir):
-    proc = fedgen("run", str(run_dir), check=False)
+    proc = fedgen("run", str(run_dir))
     _refused(proc, "is a run folder, not a recipe", f"--resume {run_dir}")
 
 
 def test_resume_refuses_a_recipe_an_out_folder_or_a_ledger_switch(run_dir, tmp_path):
-    recipe = fedgen("run", "--resume", str(run_dir), "configs/x.yaml", check=False)
+    recipe = fedgen("run", "--resume", str(run_dir), "configs/x.yaml")
     _refused(recipe, "drop the recipe argument and --out")
-    elsewhere = fedgen("run", "--resume", str(run_dir), "--out", str(tmp_path), check=False)
+    elsewhere = fedgen("run", "--resume", str(run_dir), "--out", str(tmp_path))
     _refused(elsewhere, "drop the recipe argument and --out")
-    off = fedgen("run", "--resume", str(run_dir), "--set", "ledger=false", check=False)
+    off = fedgen("run", "--resume", str(run_dir), "--set", "ledger=false")
     _refused(off, "cannot turn its ledger on or off")
     assert not any(tmp_path.iterdir())
 

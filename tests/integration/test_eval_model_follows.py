@@ -120,9 +120,9 @@ def test_export_manifest_names_the_model_and_follows_the_run(run_dir, tmp_path):
     # Assert: the same images as the client's own; the manifest says whose.
     with np.load(tmp_path / "default.npz") as a, np.load(tmp_path / "own.npz") as b:
         assert np.array_equal(a["images"], b["images"])
-    manifest = json.loads((tmp_path / "default.json").read_text())
+    manifest = json.loads((tmp_path / "default.npz.json").read_text())
     assert manifest["client"] == LARGEST and manifest["model"] == f"client {LARGEST}"
-    manifest = json.loads((tmp_path / "global.json").read_text())
+    manifest = json.loads((tmp_path / "global.npz.json").read_text())
     assert manifest["client"] is None and manifest["model"] == "global"
 
 
@@ -153,7 +153,7 @@ def test_sample_and_eval_take_the_union_of_the_clients_own_models(run_dir, tmp_p
     for result in (union, global_, evaluated):
         assert result.exit_code == 0, result.output
     assert "sampling the union of 3 clients' own models" in union.stderr
-    manifest = json.loads((tmp_path / "union.json").read_text())
+    manifest = json.loads((tmp_path / "union.npz.json").read_text())
     assert manifest["client"] is None
     assert manifest["model"] == "union of 3 clients' own models"
     with np.load(tmp_path / "union.npz") as a, np.load(tmp_path / "global.npz") as b:
@@ -248,8 +248,8 @@ def test_sample_of_a_union_run_follows_it_unless_told(union_dir, tmp_path):
     # Assert
     assert followed.exit_code == 0 and one.exit_code == 0, followed.output + one.output
     assert "sampling the union of 3 clients' own models" in followed.stderr
-    assert json.loads((tmp_path / "union.json").read_text())["model"].startswith("union of 3")
-    assert json.loads((tmp_path / "one.json").read_text())["client"] == LARGEST
+    assert json.loads((tmp_path / "union.npz.json").read_text())["model"].startswith("union of 3")
+    assert json.loads((tmp_path / "one.npz.json").read_text())["client"] == LARGEST
 
 
 def test_the_downstream_generator_of_a_union_run_must_be_named(union_dir, mnist_dir):
