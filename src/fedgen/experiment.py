@@ -680,8 +680,11 @@ def _set_aside_ledger(run_dir: Path) -> None:
     log.warning("%s belonged to a run that never checkpointed; kept as %s", ledger, aside.name)
 
 
-def restore_latest(fed: Federation, ckpt_dir: Path, cfg: ExperimentConfig) -> int:
+def restore_latest(
+    fed: Federation, ckpt_dir: Path, cfg: ExperimentConfig, *, reading: bool = False
+) -> int:
     """Load the newest intact checkpoint into ``fed``; return the round it was taken after.
+    ``reading``: for ``fedgen sample``/``eval``, whose advice is not to resume.
 
     A corrupted or truncated newest checkpoint (a crash mid-write on a filesystem
     that does not honour the rename, a damaged disk) is skipped with a warning and
@@ -690,12 +693,19 @@ def restore_latest(fed: Federation, ckpt_dir: Path, cfg: ExperimentConfig) -> in
     """
     found = list_checkpoints(ckpt_dir)
     if not found:
+        if reading:
+            raise CheckpointError(f"no checkpoint in {ckpt_dir}: the run saved no model yet")
         raise CheckpointError(f"no checkpoint in {ckpt_dir}; start the run without --resume")
     newest, damaged = newest_intact(found)
     if newest is None:
+        what = (
+            "so the run has no model to read; restore a checkpoint from a backup"
+            if reading
+            else "so the run cannot resume; start it again without --resume in a new --out folder"
+        )
         raise CheckpointError(
-            f"every checkpoint in {ckpt_dir} is damaged, so the run cannot resume; start it "
-            "again without --resume in a new --out folder. Damage found:\n  " + "\n  ".join(damaged)
+            f"every checkpoint in {ckpt_dir} is damaged, {what}. Damage found:\n  "
+            + "\n  ".join(damaged)
         )
     round_, path, payload = newest
     # Intact bytes that do not fit this experiment are an error, never skipped.
@@ -858,7 +868,7 @@ def load_run(run_dir: str | Path) -> Experiment:
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
     cfg = load_config(cfg_path, validate_components=False)
     exp = build_experiment(cfg, start_weights=False)  # the checkpoint replaces them
-    restore_latest(exp.federation, run_dir / "checkpoints", cfg)
+    restore_latest(exp.federation, run_dir / "checkpoints", cfg, reading=True)
     return exp
 
 

@@ -92,3 +92,15 @@ def test_an_interruption_before_any_checkpoint_says_to_start_again(tmp_path, cap
     said = capsys.readouterr().err
     assert "nothing to resume" in said and f"--out {tmp_path} is free" in said
     assert "--resume" not in said
+
+
+def test_sample_on_a_run_whose_checkpoints_are_all_damaged_does_not_advise_resuming(
+    run_dir, tmp_path
+):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run_dir, damaged)
+    for ckpt in (damaged / "checkpoints").glob("*.ckpt"):
+        ckpt.write_bytes(ckpt.read_bytes()[:100])  # cut off, as a full disk leaves it
+    result = fedgen("sample", str(damaged), "--n", "1", "--out", str(tmp_path / "g.png"))
+    _refused(result, "is damaged, so the run has no model to read")
+    assert "--resume" not in result.output
