@@ -12,6 +12,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: ``fedgen run`` options of a one-round cgan run (no evaluation) on three MNIST clients,
+#: the smallest finished run folder a CLI test can work on.
+TINY_RUN = [
+    f"--set={item}"
+    for item in (
+        "data.sources=[mnist]",
+        "data.num_clients=3",
+        "federation.rounds=1",
+        "federation.local_steps=2",
+        "eval.every=0",
+        "eval.final=false",
+        "eval.grid_per_class=2",
+    )
+]
+
 
 def fedgen(
     *args: str, check: bool = True, env_extra: dict | None = None, cwd: Path | None = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cli_runner import fedgen
+from cli_runner import TINY_RUN, fedgen
 from typer.testing import CliRunner
 
 from fedgen.cli import app
@@ -16,26 +16,7 @@ from fedgen.cli import app
 def run_dir(tmp_path_factory, mnist_dir) -> Path:
     """A finished one-round cgan run (no evaluation) on three MNIST clients."""
     out = tmp_path_factory.mktemp("cli-bad-options") / "run"
-    fedgen(
-        "run",
-        "--no-progress",
-        "--out",
-        str(out),
-        "--set",
-        "data.sources=[mnist]",
-        "--set",
-        "data.num_clients=3",
-        "--set",
-        "federation.rounds=1",
-        "--set",
-        "federation.local_steps=2",
-        "--set",
-        "eval.every=0",
-        "--set",
-        "eval.final=false",
-        "--set",
-        "eval.grid_per_class=2",
-    )
+    fedgen("run", "--no-progress", "--out", str(out), *TINY_RUN)
     return out
 
 

@@ -9,33 +9,17 @@ from pathlib import Path
 
 import pytest
 import typer
+from cli_runner import TINY_RUN
 from typer.testing import CliRunner
 
 from fedgen.cli import app
-
-TINY = [
-    "--set",
-    "data.sources=[mnist]",
-    "--set",
-    "data.num_clients=3",
-    "--set",
-    "federation.rounds=1",
-    "--set",
-    "federation.local_steps=2",
-    "--set",
-    "eval.every=0",
-    "--set",
-    "eval.final=false",
-    "--set",
-    "eval.grid_per_class=2",
-]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, mnist_dir) -> Path:
     """A finished one-round cgan run (no evaluation) on three MNIST clients."""
     out = tmp_path_factory.mktemp("cli-run-folders") / "run"
-    assert fedgen("run", "--no-progress", "--out", str(out), *TINY).exit_code == 0
+    assert fedgen("run", "--no-progress", "--out", str(out), *TINY_RUN).exit_code == 0
     return out
 
 
@@ -56,7 +40,7 @@ def test_a_finished_run_without_checkpoints_is_not_overwritten(run_dir, tmp_path
     shutil.copytree(run_dir, kept)
     shutil.rmtree(kept / "checkpoints")  # deleted to save space; the results stay
     before = {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()}
-    proc = fedgen("run", "--no-progress", "--out", str(kept), *TINY)
+    proc = fedgen("run", "--no-progress", "--out", str(kept), *TINY_RUN)
     _refused(proc, "holds another run's results", "choose another --out")
     assert {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()} == before
 
@@ -64,7 +48,7 @@ def test_a_finished_run_without_checkpoints_is_not_overwritten(run_dir, tmp_path
 def test_a_file_as_out_is_refused_before_anything_loads(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("mine")
-    proc = fedgen("run", "--no-progress", "--out", str(afile), *TINY)
+    proc = fedgen("run", "--no-progress", "--out", str(afile), *TINY_RUN)
     _refused(proc, "is a file, not a folder")
     assert afile.read_text() == "mine"
 

@@ -33,7 +33,6 @@ in the ``Context`` since training.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 from typing import Any
@@ -60,7 +59,7 @@ from fedgen.ledger import (
     private_key_hex,
     public_key_hex,
 )
-from fedgen.privacy.noise_key import new_noise_key
+from fedgen.privacy.noise_key import keyed_run_id, new_noise_key
 from fedgen.transforms.secagg.codec import from_message, to_message
 from fedgen.types import ClientInstruction
 from fedgen.version import __version__
@@ -123,17 +122,18 @@ def _hello(request: Message, client_id: int, context: Any) -> bytes:
     run_id = str(request.meta.get("run_id", ""))
     if run_id:
         check_run_id(run_id)
-    if kit.sample_budget is not None:
-        NodeBudget(context, _budget_run_id(run_id, recipe), client_id)  # has a state-dir
-    elif context.node_config.get("max-epsilon") is not None:
+    # Made here, it refuses a DP-SGD run on a node without a state-dir.
+    budget = (
+        NodeBudget(context, _budget_run_id(run_id, recipe), client_id)
+        if kit.sample_budget is not None or state_dir(context)
+        else None
+    )
+    if kit.sample_budget is None and context.node_config.get("max-epsilon") is not None:
         return _error(
             "this node trains only with DP-SGD (its node config sets max-epsilon), and the "
             "recipe has no dpsgd section: its examples would leave in updates without noise"
         )
-    elif (
-        state_dir(context)
-        and NodeBudget(context, _budget_run_id(run_id, recipe), client_id).has_rounds()
-    ):
+    if kit.sample_budget is None and budget is not None and budget.has_rounds():
         return _error(
             "this client trained rounds of the run with DP-SGD, and the recipe now has no "
             "dpsgd section: its examples would leave in updates without noise; refused"
@@ -182,8 +182,9 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
     sample = kit.sample_budget
     if sample is not None:
         budget = NodeBudget(context, _budget_run_id(run_id, str(setup["recipe"])), client_id)
-        digest, per_step = job_digest(message), kit.task.private_batches_per_step()
-        key_id = hmac.new(bytes.fromhex(str(setup["noise_key"])), b"key-id", "sha256")
+        per_step = kit.task.private_batches_per_step()
+        # The noise key's fingerprint (stable while the key is, revealing nothing of it).
+        key_id = keyed_run_id(bytes.fromhex(str(setup["noise_key"])))
 
         def admit(ins: ClientInstruction, work: LocalWork) -> None:
             # Recorded once the job is checked, before training: a crash mid-job still
@@ -194,8 +195,9 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
                     "does not count (a simulation refuses the pair); refused"
                 )
             steps = local_steps_for(work, kit.data(client_id).num_examples) * per_step
-            bound = job_binding(digest, private)
-            budget.admit(work.round, bound, steps, sample, key_id.hexdigest()[:32])
+            # What the noise is bound to; under root-seeded noise, the same job's name.
+            bound = work.noise_binding or job_binding(job_digest(message), private)
+            budget.admit(work.round, bound, steps, sample, key_id)
 
     store = PrivateStore(context, run_id, client_id)
     private = store.load(before_round=round)

@@ -29,6 +29,7 @@ refuses reaches the server as that client's failure, in the node's words.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,7 @@ def _positive(value: Any, name: str, example: str) -> float:
     return float(value)
 
 
-def _epsilon(rounds: Any, mechanism: str, delta: float) -> float:
+def _epsilon(rounds: Iterable[TrainedRound], mechanism: str, delta: float) -> float:
     """Epsilon of ``rounds`` (TrainedRounds) composed, each at its own sigma and rate."""
     steps: dict[tuple[float, float], int] = {}
     for r in rounds:

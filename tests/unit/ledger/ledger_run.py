@@ -170,6 +170,16 @@ def build_run(run_dir: Path, rounds: int = 4, clients: int = 3, **kwargs: object
     return run
 
 
+def resume_from(run: Run, round: int, **extra: object) -> None:
+    """Log a resume from round ``round``'s checkpoint (``extra``: more body fields) and
+    take the run back to that checkpoint's state, as ``fedgen run --resume`` does."""
+    name = f"checkpoints/round_{round:04d}.ckpt"
+    body = {"from_round": round, "checkpoint": name, "head_size": run.anchors[round][0]}
+    with Ledger.open(run.ledger_path) as ledger:
+        ledger.append("resume", {**body, **extra})
+    run.state = torch.load(run.run_dir / name)["state"]
+
+
 def tamper(run: Run, *statements: str, params: tuple[object, ...] = ()) -> None:
     """Run SQL on the ledger as an attacker would: triggers dropped first."""
     conn = sqlite3.connect(run.ledger_path)

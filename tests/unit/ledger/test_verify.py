@@ -9,6 +9,7 @@ import torch
 from ledger_run import (
     build_run,
     log_round,
+    resume_from,
     rewrite_body,
     save_checkpoint,
     seqs_of,
@@ -73,16 +74,7 @@ def test_failures_secure_aggregation_and_pruned_checkpoints_verify(tmp_path):
 
 def test_a_resumed_run_verifies_and_notes_rounds_whose_aggregate_changed(tmp_path):
     run = build_run(tmp_path / "run", rounds=4)
-    with Ledger.open(run.ledger_path) as ledger:
-        ledger.append(
-            "resume",
-            {
-                "from_round": 1,
-                "checkpoint": "checkpoints/round_0001.ckpt",
-                "head_size": run.anchors[1][0],
-            },
-        )
-    run.state = torch.load(run.run_dir / "checkpoints" / "round_0001.ckpt")["state"]
+    resume_from(run, 1)
     for r in (2, 3):  # the random deltas differ from the first logging
         log_round(run, r)
     report = verify_run(run.run_dir, anchors=run.anchors)
@@ -385,17 +377,7 @@ def test_a_resume_entry_with_a_new_fingerprint_is_what_config_yaml_must_match(tm
     # Prepare: a resume after round 1 whose entry signs another config's fingerprint.
     run = build_run(tmp_path / "run", rounds=3)
     resumed = write_config(tmp_path, "seed=9")
-    with Ledger.open(run.ledger_path) as ledger:
-        ledger.append(
-            "resume",
-            {
-                "from_round": 1,
-                "checkpoint": "checkpoints/round_0001.ckpt",
-                "head_size": run.anchors[1][0],
-                "fingerprint": resumed,
-            },
-        )
-    run.state = torch.load(run.run_dir / "checkpoints" / "round_0001.ckpt")["state"]
+    resume_from(run, 1, fingerprint=resumed)
     log_round(run, 2)
     # Execute: the run start's config, then the resumed one.
     stale = verify_run(run.run_dir, anchors=run.anchors)

@@ -50,10 +50,11 @@ class LocalWork:
     #: A client that got its job over a wire: its own noise key, as the job carried it
     #: (``noise_key`` is then None). Else None: the key is derived from ``noise_key``.
     client_key: bytes | None = field(default=None, repr=False)
-    #: A deployed client's own key (the job said ``own``): the digest of the whole job
-    #: (``job_digest``), which its DP noise key is bound to. A server that changes
-    #: anything of a job (model, round, seed, config, steps) gets fresh noise; the same
-    #: job resent, as a resumed run sends it, draws the same. None: not bound.
+    #: A deployed client's own key (the job said ``own``): what its DP noise key is bound
+    #: to, the whole job and the private state it trains from (``job_binding``). A server
+    #: that changes anything of a job (model, round, seed, config, steps) gets fresh
+    #: noise; the same job resent, as a resumed run sends it, draws the same. None: not
+    #: bound.
     noise_binding: str | None = None
 
     def own_noise_key(self, client_id: int) -> bytes | None:

@@ -83,9 +83,6 @@ def run_client(
     # What a wire carries, whether or not this backend encodes it: a job that cannot
     # be encoded (a tuple in the config) fails the client before it trains.
     bytes_down = job_message(ins, work, num_clients).nbytes
-    # What a deployed client's noise is bound to: the job and the private state it trains
-    # from, which never crosses the wire but shapes the update as much as the model does.
-    binding = None if work.noise_binding is None else job_binding(work.noise_binding, private_state)
     fault = work.faults.draw(ins.seed) if work.faults is not None else None
     if work.faults is not None:
         work.faults.before_training(fault)
@@ -103,8 +100,8 @@ def run_client(
     task.load_state(work.global_state)
     # The client's own key (DP-SGD's noise and batches): the run's stays with the server.
     own_key = work.own_noise_key(ins.client_id)
-    if own_key is not None and binding is not None:
-        own_key = hmac.new(own_key, f"job/{binding}".encode(), hashlib.sha256).digest()
+    if own_key is not None and work.noise_binding is not None:
+        own_key = hmac.new(own_key, f"job/{work.noise_binding}".encode(), hashlib.sha256).digest()
     if task.privacy_engine is not None:
         task.privacy_engine.noise_key = own_key
     # A client without private state yet starts from the task's initial private tensors,
@@ -228,7 +225,14 @@ def answer_job(
     try:
         message = decode(job)
         ins, work, num_clients = work_from_job(
-            message, task, kit.transforms, kit.faults, keys, kit.initial_state, own_noise_key
+            message,
+            task,
+            kit.transforms,
+            kit.faults,
+            keys,
+            kit.initial_state,
+            own_noise_key,
+            private_state,
         )
         if expected_client is not None and ins.client_id != expected_client:
             raise WireError(f"a job for client {ins.client_id} reached client {expected_client}")
@@ -312,13 +316,15 @@ def work_from_job(
     keys: ClientKeys | None,
     initial_state: StateDict | None = None,
     own_noise_key: bytes | None = None,
+    private_state: StateDict | None = None,
 ) -> tuple[ClientInstruction, LocalWork, int]:
     """The instruction, the work and the cohort size a client reads from its job.
 
     ``task``, ``transforms``, ``faults`` and ``initial_state`` (the initial model) are the
     client's own, built from the recipe; the job's transform states are loaded into
     ``transforms``. ``own_noise_key`` is the key a client made itself, used when the job
-    says so (``OWN_NOISE_KEY``).
+    says so (``OWN_NOISE_KEY``), bound to the job and ``private_state``, the private
+    state the client trains it from (``job_binding``).
 
     Raises:
         WireError: the job's meta lacks a field or has a transform state too many or
@@ -370,7 +376,9 @@ def work_from_job(
             else ReceivedDownlink(job.arrays, downlink, ins.client_id),
             initial_state=initial_state,
             client_key=client_key,
-            noise_binding=job_digest(job) if key == OWN_NOISE_KEY else None,
+            noise_binding=(
+                job_binding(job_digest(job), private_state) if key == OWN_NOISE_KEY else None
+            ),
         )
         return ins, work, meta["num_clients"]
     except (KeyError, TypeError, ValueError) as exc:
