@@ -132,6 +132,14 @@ def _say_summary(summary: dict[str, Any], run_dir: Path, resume: str) -> None:
             fg=typer.colors.YELLOW,
             err=True,
         )
+    if summary["status"] == "failed":
+        typer.secho(
+            f"failed after {summary['rounds']} round(s): {summary.get('stop_reason')}\n"
+            f"run folder: {run_dir}",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(code=1)
     if summary["status"] == "interrupted":
         from fedgen.engine.checkpoint import list_checkpoints
 

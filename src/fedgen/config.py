@@ -169,6 +169,10 @@ class FederationConfig(_Strict):
     local_steps: int | None = Field(30, ge=1)
     local_epochs: float | None = Field(None, gt=0)
     max_update_norm: float | None = Field(1e4, gt=0)
+    #: Stop the run (status ``failed``) after this many rounds in a row in which no
+    #: client update could be used (NaN, oversized, crashed): the model has stopped
+    #: moving. None: never stop for that.
+    max_failed_rounds: int | None = Field(10, ge=1)
     centralized: bool = False
     mode: Literal["sync", "fedbuff", "gossip"] = "sync"
     clock: ClockConfig | None = None
@@ -498,7 +502,9 @@ class ExperimentConfig(_Strict):
         d = self.model_dump(mode="json")
         for key in ("eval", "checkpoint", "name", "ledger", "tensorboard"):
             d.pop(key)  # (tensorboard: watching a run does not change its weights)
+        # How long to go on (and when failures end a run) never changes a round's weights.
         d["federation"].pop("rounds")
+        d["federation"].pop("max_failed_rounds")
         if d.get("dpsgd") is None:
             d.pop("dpsgd", None)  # runs from before DP-SGD existed keep their fingerprint
         else:

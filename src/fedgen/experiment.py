@@ -286,6 +286,7 @@ def build_experiment(
         transforms=transforms,
         callbacks=callbacks or [],
         max_update_norm=fed_cfg.max_update_norm,
+        max_failed_rounds=fed_cfg.max_failed_rounds,
         privacy=privacy,
         # Drawn for every run (cheap; only noise draws use it). A resume replaces it
         # with the checkpoint's key.
@@ -737,10 +738,19 @@ def write_summary(
     """Flat final figures: the last evaluation, totals, status, and what each figure means."""
     fed = exp.federation
     history = fed.history
+    failed_rounds = sum("round_failed" in m for m in history)
+    stop_reason = fed.stop_reason
     if not completed:
         status = "interrupted"
-    elif fed.stop_reason is not None:
-        status = "budget_exhausted"
+    elif fed.stop_status is not None:
+        status = fed.stop_status
+    elif history and failed_rounds == len(history):
+        # Every round kept the initial weights: nothing was trained.
+        status = "failed"
+        stop_reason = (
+            f"no round had a usable update, so the model is its initial weights; the "
+            f"newest: {history[-1]['round_failed']}"
+        )
     else:
         status = "completed"
     summary: dict[str, Any] = {
@@ -756,6 +766,7 @@ def write_summary(
         # Everything the run's messages carried, up and down, as encoded on a wire.
         "bytes_total": sum(m.get("bytes_up", 0) + m.get("bytes_down", 0) for m in history),
         "failures": sum(m.get("failures", 0) for m in history),
+        "failed_rounds": failed_rounds,
         **_withheld(fed),
         "parameters": sum(exp.task.num_parameters().values()),
     }
@@ -775,8 +786,8 @@ def write_summary(
                 or k.endswith(("_union_personal", "_union_finetuned"))
             }
         )
-    if fed.stop_reason is not None:
-        summary["stop_reason"] = fed.stop_reason
+    if stop_reason is not None:
+        summary["stop_reason"] = stop_reason
         summary["planned_rounds"] = fed.rounds
     descriptions: dict[str, str] = {}
     if fed.privacy is not None:

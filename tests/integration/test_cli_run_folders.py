@@ -88,3 +88,13 @@ def test_sample_on_a_run_whose_checkpoints_are_all_damaged_does_not_advise_resum
     result = fedgen("sample", str(damaged), "--n", "1", "--out", str(tmp_path / "g.png"))
     _refused(result, "is damaged, so the run has no model to read")
     assert "--resume" not in result.output
+
+
+def test_a_run_that_failed_exits_non_zero_and_says_why(mnist_dir, tmp_path):
+    # Every client sends NaN: no round can be used, and the shell must see it.
+    result = fedgen(
+        "run", "--no-progress", "--out", str(tmp_path / "nan"), *TINY_RUN, "--set=faults.nan=1.0"
+    )
+    assert result.exit_code == 1, result.output[-2000:]
+    said = " ".join(result.output.split())
+    assert "failed after 1 round(s)" in said and "initial weights" in said

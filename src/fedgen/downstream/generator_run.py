@@ -75,6 +75,11 @@ def open_generator_run(folder: str | Path, cfg: ExperimentConfig) -> GeneratorRu
     summary_file = folder / "summary.json"
     summary: dict[str, Any] = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     status = summary.get("status", "running or killed (no summary.json)")
+    if status == "failed":
+        raise DownstreamError(
+            f"downstream.generator_run: {folder} failed ({summary.get('stop_reason')}); "
+            "train a generator that works and use that"
+        )
     if status not in FINISHED:
         raise DownstreamError(
             f"downstream.generator_run: {folder} is unfinished ({status}); finish it with "

@@ -109,6 +109,7 @@ class Federation:
         client_side: ClientSide | None = None,
         schedule: Schedule | None = None,
         downlink: Downlink | None = None,
+        max_failed_rounds: int | None = None,
     ) -> None:
         if (local_steps is None) == (local_epochs is None):
             raise ValueError("give exactly one of local_steps and local_epochs")
@@ -134,8 +135,13 @@ class Federation:
         #: What clients running elsewhere build their parts from (``fedgen.engine.client_side``);
         #: None: this federation's own task, transforms, fault plan and shards.
         self.client_side = client_side
+        #: Stop after this many rounds in a row without a usable update (None: never):
+        #: a model that diverged, or clients that all send NaN, fail every round alike.
+        self.max_failed_rounds = max_failed_rounds
         #: Why the run stopped before ``rounds`` (e.g. the privacy budget), or None.
         self.stop_reason: str | None = None
+        #: How it stopped: ``budget_exhausted`` or ``failed`` (rounds in a row failed).
+        self.stop_status: str | None = None
         self.auxiliary_keys: frozenset[str] = frozenset(
             key for t in self.transforms for key in getattr(t, "auxiliary_keys", ())
         )
@@ -178,13 +184,13 @@ class Federation:
         gc.freeze()
         completed = False
         try:
-            self.stop_reason = self._budget_stop()
+            self._check_stop()
             while self.next_round < self.rounds and self.stop_reason is None:
                 record = self.run_round(self.next_round)
                 self.next_round += 1
                 self.history.append(record.metrics)
                 # Known before the callbacks run, so they treat this as the final round.
-                self.stop_reason = self._budget_stop()
+                self._check_stop()
                 for cb in self.callbacks:
                     cb.on_round_end(self, record)
             if self.stop_reason is not None:
@@ -214,6 +220,40 @@ class Federation:
     def is_final_round(self, r: int) -> bool:
         """True for the last round the run will hold (planned, or stopped by the budget)."""
         return r == self.rounds - 1 or (self.stop_reason is not None and r == self.next_round - 1)
+
+    def _check_stop(self) -> None:
+        """Set ``stop_reason`` and ``stop_status`` if no further round may run."""
+        reason = self._budget_stop()
+        if reason is not None:
+            self.stop_reason, self.stop_status = reason, "budget_exhausted"
+            return
+        reason = self._failure_stop()
+        if reason is not None:
+            self.stop_reason, self.stop_status = reason, "failed"
+
+    def failed_rounds_in_a_row(self) -> int:
+        """How many of the newest rounds in a row aggregated no usable update."""
+        count = 0
+        for metrics in reversed(self.history):
+            if "round_failed" not in metrics:
+                break
+            count += 1
+        return count
+
+    def _failure_stop(self) -> str | None:
+        limit = self.max_failed_rounds
+        if limit is None or self.next_round >= self.rounds:
+            return None
+        count = self.failed_rounds_in_a_row()
+        if count < limit:
+            return None
+        return (
+            f"the last {count} rounds had no usable update (federation.max_failed_rounds="
+            f"{limit}): the global model is as it was before round {self.next_round - count}; "
+            f"the newest: {self.history[-1]['round_failed']}{_failed_client(self.history[-1])}"
+            ". Fix the cause and start a new run "
+            "(federation.init_from can start it from this run's model)"
+        )
 
     def _budget_stop(self) -> str | None:
         if self.privacy is None or self.next_round >= self.rounds:
@@ -656,6 +696,15 @@ class Federation:
             self.downlink.load_state_dict(state["downlink"])
         self.next_round = int(state["next_round"])
         self.history = list(state["history"])
+
+
+def _failed_client(metrics: dict[str, Any]) -> str:
+    """``; client N: why`` for a round's first failed client, or nothing."""
+    failed = metrics.get("failed_clients") or {}
+    if not failed:
+        return ""
+    client, why = next(iter(failed.items()))
+    return f"; client {client}: {why}"
 
 
 def _plan_config(

@@ -17,8 +17,10 @@ from fedgen.report.units import format_bytes, format_duration
 
 #: What the loop's own figures are, for keys the evaluator does not describe.
 BUILTIN_DESCRIPTIONS = {
-    "status": "completed, interrupted (Ctrl-C; resume with fedgen run --resume) or "
-    "budget_exhausted (the privacy budget allowed no more rounds)",
+    "status": "completed, interrupted (Ctrl-C; resume with fedgen run --resume), "
+    "budget_exhausted (the privacy budget allowed no more rounds) or failed (rounds in a "
+    "row, or every round, had no usable update: see stop_reason)",
+    "failed_rounds": "rounds with no usable client update (the global model kept as it was)",
     "rounds": "rounds run",
     "num_clients": "clients in the federation",
     "seconds": "wall-clock time of all rounds, evaluation included",

@@ -167,6 +167,7 @@ def _render(run_dir: Path, max_sample_grids: int) -> str:
         figures_table_section(summary, metrics),
         _config_section(config_text),
     ]
+    body.append(_failure_box(summary))
     # Notes are known only after every section has looked at its files.
     body.append(_notes_box(notes))
     body.extend(section for section in sections if section)
@@ -262,6 +263,25 @@ def _notes_box(notes: _Notes) -> str:
         '<div class="notes"><strong>This report is incomplete.</strong>'
         f"<ul>{''.join(items)}</ul></div>"
     )
+
+
+def _failure_box(summary: dict[str, Any] | None) -> str:
+    """Why a run failed, or how many of its rounds kept the previous model, first."""
+    if not summary:
+        return ""
+    if summary.get("status") == "failed":
+        return (
+            '<div class="notes"><strong>This run failed:</strong> '
+            f"{_esc(str(summary.get('stop_reason', '')))}</div>"
+        )
+    failed = summary.get("failed_rounds")
+    if _is_number(failed) and failed > 0:
+        return (
+            f'<div class="notes">{failed:g} of {_value(summary.get("rounds"))} rounds had no '
+            "usable client update and kept the previous model (<code>round_failed</code> "
+            "in <code>metrics.jsonl</code>).</div>"
+        )
+    return ""
 
 
 def _partition_section_of(

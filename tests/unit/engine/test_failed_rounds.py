@@ -1,0 +1,64 @@
+"""Rounds without a usable update: a run of them stops and says it failed, not completed."""
+
+from __future__ import annotations
+
+import json
+
+from tiny_federation import tiny_config
+
+from fedgen.experiment import run_experiment
+from fedgen.report.html import write_report
+
+
+def _cfg(mnist_dir, **extra: object):
+    return tiny_config(
+        mnist_dir,
+        **{
+            "faults": "{nan: 1.0}",
+            "federation.rounds": 6,
+            "eval.every": 0,
+            "eval.final": False,
+            **extra,
+        },
+    )
+
+
+def _summary(run_dir) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_rounds_in_a_row_without_a_usable_update_stop_the_run_as_failed(mnist_dir, tmp_path):
+    # Execute: every client sends NaN; the run may fail two rounds in a row.
+    run = tmp_path / "run"
+    summary = run_experiment(
+        _cfg(mnist_dir, **{"federation.max_failed_rounds": 2}), run, progress=False
+    )
+    # Assert: it stopped after two of six rounds, as failed, saying why and what to do.
+    assert summary["status"] == "failed"
+    assert summary["rounds"] == 2 and summary["planned_rounds"] == 6
+    assert summary["failed_rounds"] == 2
+    reason = summary["stop_reason"]
+    assert "max_failed_rounds=2" in reason and "NaN" in reason and "init_from" in reason
+    assert "This run failed" in write_report(run).read_text()
+    # A resume meets the same two failed rounds and stops again without training.
+    again = run_experiment(
+        _cfg(mnist_dir, **{"federation.max_failed_rounds": 2}), run, progress=False, resume=True
+    )
+    assert again["status"] == "failed" and again["rounds"] == 2
+
+
+def test_a_run_whose_every_round_failed_is_failed_even_under_the_limit(mnist_dir, tmp_path):
+    summary = run_experiment(
+        _cfg(mnist_dir, **{"federation.rounds": 2}), tmp_path / "run", progress=False
+    )
+    assert summary["status"] == "failed" and summary["failed_rounds"] == 2
+    assert "initial weights" in summary["stop_reason"]
+
+
+def test_a_healthy_run_counts_no_failed_rounds(mnist_dir, tmp_path):
+    summary = run_experiment(
+        tiny_config(mnist_dir, **{"federation.rounds": 1, "eval.every": 0, "eval.final": False}),
+        tmp_path / "run",
+        progress=False,
+    )
+    assert summary["status"] == "completed" and summary["failed_rounds"] == 0
