@@ -547,9 +547,16 @@ def ledger_verify(
     from fedgen.engine.keystore import KeyStore
     from fedgen.engine.ledger_callback import checkpoint_anchors
     from fedgen.ledger import LEDGER_FILE, Ledger, verify_run
+    from fedgen.ledger.keys import public_key_from_hex
 
     if not run_dir.is_dir():
         _fail(FedgenError(f"{run_dir} is not a folder"))
+    if server_key is not None:
+        # A mistyped option is the caller's error, not a problem found in the ledger.
+        try:
+            public_key_from_hex(server_key)
+        except FedgenError as exc:
+            _fail(FedgenError(f"--server-key: {exc}"))
     anchors, unreadable = checkpoint_anchors(run_dir / "checkpoints")
     # What the server kept outside the run folder pins the log: its key and its heads.
     store = KeyStore()

@@ -220,3 +220,10 @@ def test_resume_without_the_key_store_says_what_to_do(mnist_dir, tmp_path, monke
         run_experiment(
             _cfg(mnist_dir, **{"federation.rounds": 2}), run, progress=False, resume=True
         )
+
+
+def test_a_malformed_server_key_is_a_usage_error_not_a_ledger_problem(run_dir):
+    result = fedgen("ledger", "verify", str(run_dir), "--server-key", "zzzz", check=False)
+    assert result.returncode == 2
+    assert "--server-key: expected an Ed25519 public key" in result.stderr
+    assert "problem" not in result.stdout and "NOT verified" not in result.stderr
