@@ -28,6 +28,7 @@ from fedgen.engine.callbacks import (
     ProgressCallback,
 )
 from fedgen.engine.checkpoint import (
+    RESUME_ADVICE,
     check_payload,
     list_checkpoints,
     newest_intact,
@@ -710,7 +711,18 @@ def restore_latest(
         )
     round_, path, payload = newest
     # Intact bytes that do not fit this experiment are an error, never skipped.
-    state = check_payload(payload, path, format=CHECKPOINT_FORMAT, fingerprint=cfg.fingerprint())
+    advice = (
+        # fedgen sample/eval read the run's own config.yaml: if it does not fit, it was
+        # edited after the run (or the checkpoints came from elsewhere).
+        "the run folder's config.yaml is not the one this checkpoint was trained with; "
+        "put back the config.yaml the run wrote (with a ledger, fedgen ledger verify "
+        "checks it against the fingerprint the run signed)"
+        if reading
+        else RESUME_ADVICE
+    )
+    state = check_payload(
+        payload, path, format=CHECKPOINT_FORMAT, fingerprint=cfg.fingerprint(), advice=advice
+    )
     if damaged:
         log.warning(
             "resuming from %s (after round %d); %d newer checkpoint(s) were damaged "

@@ -127,6 +127,11 @@ def test_a_config_yaml_edited_after_the_run_fails_verify_as_sample_would(run_dir
     assert result.returncode == 1, result.stdout
     assert "problem: config.yaml: its fingerprint" in result.stdout
     assert "run_start signed" in result.stdout
+    # fedgen sample refuses the edited run and says to put the config back, not to resume.
+    sampled = fedgen("sample", str(edited), "--out", str(tmp_path / "s.png"), check=False)
+    assert sampled.returncode == 2
+    said = " ".join(sampled.stderr.split())
+    assert "put back the config.yaml the run wrote" in said and "resume" not in said
 
 
 def test_an_update_signed_with_another_key_is_refused_and_logged_as_a_failure(

@@ -166,11 +166,23 @@ def restore_checkpoint(
     return payload
 
 
-def check_payload(payload: dict[str, Any], path: Path, *, format: int, fingerprint: str) -> Any:
+#: What to do when a checkpoint's fingerprint is not the config's, for a resume.
+RESUME_ADVICE = "resume with the run folder's own config.yaml, changing only rounds/eval"
+
+
+def check_payload(
+    payload: dict[str, Any],
+    path: Path,
+    *,
+    format: int,
+    fingerprint: str,
+    advice: str = RESUME_ADVICE,
+) -> Any:
     """The payload's federation state, if the payload is of ``format`` and ``fingerprint``.
 
-    Raises ``CheckpointError`` otherwise. Values are compared by type first: a payload
-    can hold a tensor where a number belongs, and ``tensor != 1`` is no bool.
+    Raises ``CheckpointError`` otherwise, with ``advice`` for another fingerprint. Values
+    are compared by type first: a payload can hold a tensor where a number belongs, and
+    ``tensor != 1`` is no bool.
     """
     found = payload.get("format")
     if type(found) is not int or found != format:
@@ -179,8 +191,7 @@ def check_payload(payload: dict[str, Any], path: Path, *, format: int, fingerpri
     if not isinstance(found, str) or found != fingerprint:
         raise CheckpointError(
             f"{path} belongs to a different experiment (fingerprint {_short(found)} != "
-            f"{fingerprint}); resume with the run folder's own config.yaml, changing only "
-            "rounds/eval"
+            f"{fingerprint}); {advice}"
         )
     if not isinstance(payload.get("federation"), dict):
         raise CheckpointError(f"{path} holds no federation state; it is not a run checkpoint")
