@@ -566,6 +566,12 @@ def ledger_verify(
     except FedgenError:
         run_id = ""  # verify_run names what is wrong with the file
     stored_key, stored_heads = store.pins(run_id)
+    recorded = store.folder(run_id) if run_id.isalnum() else None
+    if recorded is not None and recorded != run_dir.resolve() and recorded.is_dir():
+        typer.echo(
+            f"note: the key store records this run in {recorded}; this folder is a copy, so "
+            "signed heads past its log are that folder's later rounds"
+        )
     if stored_key is not None or stored_heads:
         server_key = server_key or stored_key
         anchors += stored_heads

@@ -221,10 +221,13 @@ def test_resume_without_the_key_store_says_what_to_do(mnist_dir, tmp_path, monke
     run = tmp_path / "run"
     run_experiment(_cfg(mnist_dir, **{"federation.rounds": 1}), run, progress=False)
     monkeypatch.setenv("FEDGEN_KEY_DIR", str(tmp_path / "elsewhere"))
-    with pytest.raises(CheckpointError, match="key store"):
+    with pytest.raises(CheckpointError, match="key store") as refused:
         run_experiment(
             _cfg(mnist_dir, **{"federation.rounds": 2}), run, progress=False, resume=True
         )
+    # The advice is one a resume accepts (it refuses --set ledger=false).
+    assert "federation.init_from=" in str(refused.value)
+    assert "ledger=false" not in str(refused.value)
 
 
 def test_a_malformed_server_key_is_a_usage_error_not_a_ledger_problem(run_dir):
@@ -232,3 +235,28 @@ def test_a_malformed_server_key_is_a_usage_error_not_a_ledger_problem(run_dir):
     assert result.returncode == 2
     assert "--server-key: expected an Ed25519 public key" in result.stderr
     assert "problem" not in result.stdout and "NOT verified" not in result.stderr
+
+
+def test_a_copied_run_folder_cannot_fork_the_log_but_a_moved_one_resumes(mnist_dir, tmp_path):
+    # Prepare: a 2-round run and a copy of its folder (the same run id, the same heads).
+    run = tmp_path / "run"
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 2}), run, progress=False)
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    longer = _cfg(mnist_dir, **{"federation.rounds": 3})
+    # Execute / Assert: the copy cannot go on while the original holds the run, and verify
+    # says which folder the key store follows.
+    with pytest.raises(CheckpointError, match="is a copy of the run in"):
+        run_experiment(longer, copy, progress=False, resume=True)
+    assert f"records this run in {run.resolve()}" in _verify(copy).stdout
+    # The original goes on and still verifies. Moved away, it takes the record over; the
+    # copy, behind the heads the store signed since, still cannot go on.
+    run_experiment(longer, run, progress=False, resume=True)
+    assert "ledger verified" in _verify(run).stdout
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    with pytest.raises(CheckpointError, match="older copy of the run"):
+        run_experiment(longer, copy, progress=False, resume=True)
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 4}), moved, progress=False, resume=True)
+    result = _verify(moved)
+    assert "ledger verified" in result.stdout and "records this run" not in result.stdout

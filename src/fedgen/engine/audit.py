@@ -23,7 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedgen.engine.backends.signing import ClientKeys
-from fedgen.engine.keystore import KeyStore
+from fedgen.engine.keystore import NEW_RUN_ADVICE, KeyStore
 from fedgen.errors import CheckpointError
 from fedgen.ledger import (
     LedgerError,
@@ -154,8 +154,7 @@ class RunAudit:
                 public_key_from_hex(public)
         except (KeyError, TypeError, ValueError, AttributeError, LedgerError) as exc:
             raise CheckpointError(
-                f"the ledger keys of this run are unusable ({exc}); resume with "
-                "--set ledger=false to continue without the ledger"
+                f"the ledger keys of this run are unusable ({exc}); " + NEW_RUN_ADVICE
             ) from exc
         if set(clients) | set(enrolled) != set(self.client_public):
             raise CheckpointError(

@@ -42,6 +42,7 @@ from fedgen.engine.backends.signing import ClientKeys
 from fedgen.engine.client_side import ClientKit, ClientSide, LocalClientSide
 from fedgen.engine.downlink import Downlink
 from fedgen.engine.faults import FaultPlan
+from fedgen.engine.keystore import NEW_RUN_ADVICE
 from fedgen.engine.schedule import Job, Schedule, SynchronousSchedule
 from fedgen.engine.secure_stage import SecureAggregationStage
 from fedgen.engine.validation import check_result
@@ -679,8 +680,8 @@ class Federation:
                 from fedgen.errors import CheckpointError
 
                 raise CheckpointError(
-                    "the checkpoint holds no ledger keys (it predates the ledger); resume "
-                    "with --set ledger=false to continue without one"
+                    "the checkpoint holds no ledger keys (it predates the ledger); "
+                    + NEW_RUN_ADVICE
                 )
             self.audit.load_state_dict(state["audit"])
         # Checkpoints from before schedules hold none: they were synchronous.

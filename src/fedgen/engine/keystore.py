@@ -19,6 +19,13 @@ from typing import Any
 
 from fedgen.errors import CheckpointError
 
+#: What to do when a run's ledger cannot go on (a resume cannot turn the ledger off:
+#: its entries would no longer cover every round).
+NEW_RUN_ADVICE = (
+    "start a new run from this one's model (--set federation.init_from=RUN_FOLDER and a new "
+    "--out); a resume cannot turn the ledger off"
+)
+
 
 def default_key_dir() -> Path:
     """``$FEDGEN_KEY_DIR``, or ``~/.config/fedgen/keys``."""
@@ -27,7 +34,8 @@ def default_key_dir() -> Path:
 
 
 class KeyStore:
-    """Owner-only files in ``directory``: ``<run_id>.keys.json`` and ``<run_id>.heads``."""
+    """Owner-only files in ``directory``: ``<run_id>.keys.json``, ``<run_id>.heads`` and
+    ``<run_id>.folder`` (where the run's log lives, so a copy is told from the run)."""
 
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = directory or default_key_dir()
@@ -56,8 +64,7 @@ class KeyStore:
         except (OSError, ValueError) as exc:
             raise CheckpointError(
                 f"the ledger's signing keys of this run ({path}) cannot be read ({exc}); "
-                "restore the key store (FEDGEN_KEY_DIR) it was written to, or resume with "
-                "--set ledger=false to continue without the ledger"
+                "restore the key store (FEDGEN_KEY_DIR) it was written to, or " + NEW_RUN_ADVICE
             ) from exc
         if not isinstance(keys, dict):
             raise CheckpointError(f"{path} holds no keys; restore it from a backup")
@@ -83,6 +90,26 @@ class KeyStore:
             if size.isdigit() and len(root) == 64:
                 heads.append((int(size), root))
         return heads
+
+    def folder(self, run_id: str) -> Path | None:
+        """The run folder this run's log was last written in, or None if not recorded."""
+        try:
+            text = self._path(run_id, ".folder").read_text().strip()
+        except OSError:
+            return None
+        return Path(text) if text else None
+
+    def set_folder(self, run_id: str, folder: Path) -> None:
+        """Record the run folder whose log the store's heads pin (its absolute path)."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self._path(run_id, ".folder")
+        tmp = path.with_suffix(".folder.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{folder.resolve()}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     def has(self, run_id: str) -> bool:
         """Whether the store holds this run's keys."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from fedgen.engine.audit import RunAudit
 from fedgen.engine.checkpoint import checkpoint_path
 from fedgen.engine.federation import Callback, Federation, RoundRecord
+from fedgen.engine.keystore import NEW_RUN_ADVICE
 from fedgen.errors import CheckpointError
 from fedgen.ledger import LEDGER_FILE, Ledger, LedgerError, TreeHead, state_digest
 
@@ -59,14 +60,14 @@ class LedgerCallback(Callback):
         )
         for cid in sorted(audit.client_public):
             ledger.append("enrol", {"client_id": cid, "public_key": audit.client_public[cid]})
+        audit.store.set_folder(audit.run_id, self.run_dir)
         self._sign(None)
 
     def _resume(self, fed: Federation, audit: RunAudit) -> None:
         if not self.path.is_file():
             raise CheckpointError(
                 f"{self.path} is missing, so the resumed rounds could not be logged after "
-                "the earlier ones; restore it from a backup, or resume with "
-                "--set ledger=false to continue without a ledger"
+                "the earlier ones; restore it from a backup, or " + NEW_RUN_ADVICE
             )
         # Opening for writing rolls back an append a kill cut short.
         self.ledger = ledger = Ledger.open(self.path)
@@ -76,6 +77,18 @@ class LedgerCallback(Callback):
                 f"{self.path} is the log of another run than the checkpoint's; restore "
                 "this run's own ledger.sqlite"
             )
+        # The store's heads are signed after the log's, so the run's own log is never
+        # shorter than them: a shorter one is an older copy, or was cut back.
+        stored = max((size for size, _ in audit.store.heads(audit.run_id)), default=0)
+        if stored > ledger.size:
+            raise CheckpointError(
+                f"{self.path} holds {ledger.size} entries, but the key store signed this "
+                f"run's log at {stored}: the folder is an older copy of the run, or its log "
+                "was cut back; resume the folder with the newest log (fedgen ledger verify "
+                "tells), or start a new run from this one's model with --set "
+                f"federation.init_from={self.run_dir} and a new --out"
+            )
+        self._claim_folder(audit)
         last = fed.next_round - 1
         ckpt = checkpoint_path(self.checkpoint_dir, last)
         ledger.append(
@@ -88,6 +101,26 @@ class LedgerCallback(Callback):
         )
         head = self._sign(last)
         log.info("ledger: resumed after round %d at entry %d", last, head.size)
+
+    def _claim_folder(self, audit: RunAudit) -> None:
+        """Refuse to resume a copy of a run folder while the original still holds the run.
+
+        Both would extend one run id's log from the same point, and the key store's heads,
+        kept per run id, would then pin two histories: each folder would fail
+        verification against the other's heads. A folder that was moved (the recorded one
+        is gone, or holds another run) takes the record over.
+        """
+        here = self.run_dir.resolve()
+        recorded = audit.store.folder(audit.run_id)
+        if recorded is not None and recorded != here and _holds_run(recorded, audit.run_id):
+            raise CheckpointError(
+                f"{self.run_dir} is a copy of the run in {recorded} (the same run id, "
+                f"{audit.run_id[:12]}…), which the key store's signed heads follow; resuming "
+                f"both would fork one log. Resume {recorded} instead, or move (not copy) the "
+                "folder, or start a new run from this one's model with --set "
+                f"federation.init_from={self.run_dir} and a new --out"
+            )
+        audit.store.set_folder(audit.run_id, self.run_dir)
 
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
         rec = record.audit
@@ -182,3 +215,15 @@ def checkpoint_anchors(checkpoint_dir: Path) -> tuple[list[tuple[int, str]], lis
         if anchor:
             anchors.append((int(anchor[0]), str(anchor[1])))
     return anchors, problems
+
+
+def _holds_run(folder: Path, run_id: str) -> bool:
+    """Whether ``folder``'s ledger is the log of ``run_id`` (an unreadable one is not)."""
+    path = folder / LEDGER_FILE
+    if not path.is_file():
+        return False
+    try:
+        with Ledger.open(path, readonly=True) as ledger:
+            return (ledger.run_start or {}).get("run_id") == run_id
+    except LedgerError:
+        return False
