@@ -232,7 +232,7 @@ class Federation:
         if reason is not None:
             self.stop_reason, self.stop_status = reason, "failed"
 
-    def failed_rounds_in_a_row(self) -> int:
+    def _failed_in_a_row(self) -> int:
         """How many of the newest rounds in a row aggregated no usable update."""
         count = 0
         for metrics in reversed(self.history):
@@ -245,7 +245,7 @@ class Federation:
         limit = self.max_failed_rounds
         if limit is None or self.next_round >= self.rounds:
             return None
-        count = self.failed_rounds_in_a_row()
+        count = self._failed_in_a_row()
         if count < limit:
             return None
         return (
