@@ -545,7 +545,7 @@ def ledger_verify(
     Exit status 0 when all holds; else 1, a line per problem (round, client, what differs).
     """
     from fedgen.engine.keystore import KeyStore
-    from fedgen.engine.ledger_callback import checkpoint_anchors
+    from fedgen.engine.ledger_callback import checkpoint_anchors, recorded_elsewhere
     from fedgen.ledger import LEDGER_FILE, Ledger, verify_run
     from fedgen.ledger.keys import public_key_from_hex
 
@@ -566,8 +566,8 @@ def ledger_verify(
     except FedgenError:
         run_id = ""  # verify_run names what is wrong with the file
     stored_key, stored_heads = store.pins(run_id)
-    recorded = store.folder(run_id) if run_id.isalnum() else None
-    if recorded is not None and recorded != run_dir.resolve() and recorded.is_dir():
+    recorded = recorded_elsewhere(store, run_id, run_dir) if run_id.isalnum() else None
+    if recorded is not None:
         typer.echo(
             f"note: the key store records this run in {recorded}; this folder is a copy, so "
             "signed heads past its log are that folder's later rounds"

@@ -760,8 +760,8 @@ def write_summary(
         # Every round kept the initial weights: nothing was trained.
         status = "failed"
         stop_reason = (
-            f"no round had a usable update, so the model is its initial weights; the "
-            f"newest: {history[-1]['round_failed']}"
+            f"no round had a usable update, so the global model is its initial weights; "
+            f"the newest: {history[-1]['round_failed']}"
         )
     else:
         status = "completed"
@@ -834,6 +834,7 @@ def _withheld(fed: Federation) -> dict[str, Any]:
         "bytes_down": None,
         "bytes_total": None,
         "failures": None,
+        "failed_rounds": None,
         "cohort_metrics": "withheld: client-level DP assumes the sampled cohort stays "
         "secret, so per-round clients, failures, examples and bytes are not recorded",
     }

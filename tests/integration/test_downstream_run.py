@@ -239,3 +239,23 @@ def test_a_resumed_run_keeps_its_finished_arms_and_trains_the_rest(run, tmp_path
     assert {k for k in resumed if k.startswith("downstream")} == {
         k for k in summary if k.startswith("downstream")
     }
+
+
+def test_a_generator_that_failed_ends_the_run_as_failed_before_any_arm(mnist_dir, tmp_path):
+    # Every client sends NaN (no DP: under client-level DP a round releases noise instead).
+    plain = [item for item in TINY if not item.startswith(("strategy.params", "transforms"))]
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--no-progress",
+            "--out",
+            str(out),
+            *sets([*plain, DOWNSTREAM, "faults={nan: 1.0}"]),
+        ],
+    )
+    assert result.exit_code == 1, result.output[-2000:]
+    assert "failed after 2 round(s)" in " ".join(result.output.split())
+    assert "generator_run" not in result.output  # the user set none
+    assert not (out / "downstream.json").exists()

@@ -260,3 +260,16 @@ def test_a_copied_run_folder_cannot_fork_the_log_but_a_moved_one_resumes(mnist_d
     run_experiment(_cfg(mnist_dir, **{"federation.rounds": 4}), moved, progress=False, resume=True)
     result = _verify(moved)
     assert "ledger verified" in result.stdout and "records this run" not in result.stdout
+
+
+def test_verify_does_not_call_a_moved_run_a_copy_of_a_new_run_at_its_old_path(mnist_dir, tmp_path):
+    # Prepare: a run moved to an archive, and a new run started at the old path.
+    first = tmp_path / "runs" / "x"
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 1}), first, progress=False)
+    archived = tmp_path / "archive"
+    first.rename(archived)
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 1}), first, progress=False)
+    # Execute
+    result = _verify(archived)
+    # Assert: the archive verifies, and is not called a copy.
+    assert "ledger verified" in result.stdout and "is a copy" not in result.stdout

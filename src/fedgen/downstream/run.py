@@ -77,8 +77,8 @@ def run_downstream(
     out = Path(out)
     if dcfg.generator_run is None:
         summary = run_experiment(cfg, out, progress=progress, resume=resume)
-        if summary["status"] == "interrupted":
-            return summary  # no finished generator: nothing downstream to do yet
+        if summary["status"] in ("interrupted", "failed"):
+            return summary  # no usable generator: nothing downstream to do (yet)
         generator = open_generator_run(out, cfg)
     else:
         if out.resolve() == Path(dcfg.generator_run).resolve():

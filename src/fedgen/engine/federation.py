@@ -143,6 +143,9 @@ class Federation:
         self.stop_reason: str | None = None
         #: How it stopped: ``budget_exhausted`` or ``failed`` (rounds in a row failed).
         self.stop_status: str | None = None
+        #: The first round this process ran: failed rounds count from it, so a resume
+        #: after the cause was fixed (nodes back up) gets ``max_failed_rounds`` afresh.
+        self._first_round = 0
         self.auxiliary_keys: frozenset[str] = frozenset(
             key for t in self.transforms for key in getattr(t, "auxiliary_keys", ())
         )
@@ -184,6 +187,7 @@ class Federation:
         # tiny clients, benchmarks/results/speed.md).
         gc.freeze()
         completed = False
+        self._first_round = self.next_round
         try:
             self._check_stop()
             while self.next_round < self.rounds and self.stop_reason is None:
@@ -233,17 +237,19 @@ class Federation:
             self.stop_reason, self.stop_status = reason, "failed"
 
     def _failed_in_a_row(self) -> int:
-        """How many of the newest rounds in a row aggregated no usable update."""
+        """How many of the newest rounds in a row, since this process started the run,
+        aggregated no usable update."""
         count = 0
-        for metrics in reversed(self.history):
+        for metrics in reversed(self.history[self._first_round :]):
             if "round_failed" not in metrics:
                 break
             count += 1
         return count
 
     def _failure_stop(self) -> str | None:
+        # Checked after the last planned round too: a run that ends on failed rounds failed.
         limit = self.max_failed_rounds
-        if limit is None or self.next_round >= self.rounds:
+        if limit is None:
             return None
         count = self._failed_in_a_row()
         if count < limit:
@@ -252,8 +258,8 @@ class Federation:
             f"the last {count} rounds had no usable update (federation.max_failed_rounds="
             f"{limit}): the global model is as it was before round {self.next_round - count}; "
             f"the newest: {self.history[-1]['round_failed']}{_failed_client(self.history[-1])}"
-            ". Fix the cause and start a new run "
-            "(federation.init_from can start it from this run's model)"
+            ". Fix the cause and resume the run (failed rounds are counted afresh from "
+            "the resume)"
         )
 
     def _budget_stop(self) -> str | None:
@@ -463,6 +469,9 @@ class Federation:
             # bytes it moved would all reveal it. They stay with the server.
             for key in COHORT_KEYS:
                 metrics.pop(key, None)
+            if "round_failed" in metrics:
+                # Why a round failed counts its cohort ("only 2 of 5 clients survived").
+                metrics["round_failed"] = WITHHELD_FAILURE
             # Secure aggregation's figures count survivors and dropouts, and its bytes
             # and seconds grow with the cohort: all but the public clip range go too.
             for key in [k for k in metrics if k.startswith("secagg/")]:
@@ -738,6 +747,9 @@ def _count(value: object) -> int:
     """A byte count a client reported, or 0 when it is not one."""
     return value if type(value) is int and value >= 0 else 0
 
+
+#: A failed round's reason under client-level DP (the ledger keeps the real one).
+WITHHELD_FAILURE = "no update was aggregated (the reason is withheld under client-level DP)"
 
 #: Per-round metric keys that reveal the sampled cohort (withheld under client-level DP).
 COHORT_KEYS = (

@@ -22,8 +22,9 @@ from fedgen.errors import CheckpointError
 #: What to do when a run's ledger cannot go on (a resume cannot turn the ledger off:
 #: its entries would no longer cover every round).
 NEW_RUN_ADVICE = (
-    "start a new run from this one's model (--set federation.init_from=RUN_FOLDER and a new "
-    "--out); a resume cannot turn the ledger off"
+    "the run cannot go on, since a resume cannot turn the ledger off: start a new run "
+    "(--set federation.init_from=RUN_FOLDER carries this one's model over, unless DP "
+    "protects the data it was trained on)"
 )
 
 
@@ -110,6 +111,11 @@ class KeyStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename survives a power cut
+        finally:
+            os.close(dir_fd)
 
     def has(self, run_id: str) -> bool:
         """Whether the store holds this run's keys."""

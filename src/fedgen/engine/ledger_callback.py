@@ -11,12 +11,13 @@ missing, which verification treats like a pruned checkpoint.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from fedgen.engine.audit import RunAudit
 from fedgen.engine.checkpoint import checkpoint_path
 from fedgen.engine.federation import Callback, Federation, RoundRecord
-from fedgen.engine.keystore import NEW_RUN_ADVICE
+from fedgen.engine.keystore import NEW_RUN_ADVICE, KeyStore
 from fedgen.errors import CheckpointError
 from fedgen.ledger import LEDGER_FILE, Ledger, LedgerError, TreeHead, state_digest
 
@@ -85,8 +86,9 @@ class LedgerCallback(Callback):
                 f"{self.path} holds {ledger.size} entries, but the key store signed this "
                 f"run's log at {stored}: the folder is an older copy of the run, or its log "
                 "was cut back; resume the folder with the newest log (fedgen ledger verify "
-                "tells), or start a new run from this one's model with --set "
-                f"federation.init_from={self.run_dir} and a new --out"
+                "tells), or start a new run (--set federation.init_from="
+                f"{self.run_dir} carries this one's model over, unless DP protects the data "
+                "it was trained on)"
             )
         self._claim_folder(audit)
         last = fed.next_round - 1
@@ -110,15 +112,15 @@ class LedgerCallback(Callback):
         verification against the other's heads. A folder that was moved (the recorded one
         is gone, or holds another run) takes the record over.
         """
-        here = self.run_dir.resolve()
-        recorded = audit.store.folder(audit.run_id)
-        if recorded is not None and recorded != here and _holds_run(recorded, audit.run_id):
+        recorded = recorded_elsewhere(audit.store, audit.run_id, self.run_dir)
+        if recorded is not None:
             raise CheckpointError(
                 f"{self.run_dir} is a copy of the run in {recorded} (the same run id, "
                 f"{audit.run_id[:12]}…), which the key store's signed heads follow; resuming "
                 f"both would fork one log. Resume {recorded} instead, or move (not copy) the "
-                "folder, or start a new run from this one's model with --set "
-                f"federation.init_from={self.run_dir} and a new --out"
+                "folder, or start a new run (--set federation.init_from="
+                f"{self.run_dir} carries this one's model over, unless DP protects the data "
+                "it was trained on)"
             )
         audit.store.set_folder(audit.run_id, self.run_dir)
 
@@ -215,6 +217,20 @@ def checkpoint_anchors(checkpoint_dir: Path) -> tuple[list[tuple[int, str]], lis
         if anchor:
             anchors.append((int(anchor[0]), str(anchor[1])))
     return anchors, problems
+
+
+def recorded_elsewhere(store: KeyStore, run_id: str, folder: Path) -> Path | None:
+    """The folder the key store records for ``run_id`` if it is not ``folder`` and still
+    holds the run's log (then ``folder`` is a copy); None otherwise."""
+    recorded = store.folder(run_id)
+    if recorded is None or not recorded.exists():
+        return None
+    try:
+        if os.path.samefile(recorded, folder):
+            return None  # one folder, reached by two paths (a symlink, a bind mount)
+    except OSError:
+        pass
+    return recorded if _holds_run(recorded, run_id) else None
 
 
 def _holds_run(folder: Path, run_id: str) -> bool:

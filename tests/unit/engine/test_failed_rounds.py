@@ -6,7 +6,7 @@ import json
 
 from tiny_federation import tiny_config
 
-from fedgen.experiment import run_experiment
+from fedgen.experiment import build_experiment, run_experiment
 from fedgen.report.html import write_report
 
 
@@ -38,13 +38,15 @@ def test_rounds_in_a_row_without_a_usable_update_stop_the_run_as_failed(mnist_di
     assert summary["rounds"] == 2 and summary["planned_rounds"] == 6
     assert summary["failed_rounds"] == 2
     reason = summary["stop_reason"]
-    assert "max_failed_rounds=2" in reason and "NaN" in reason and "init_from" in reason
+    assert "max_failed_rounds=2" in reason and "NaN" in reason
     assert "This run failed" in write_report(run).read_text()
-    # A resume meets the same two failed rounds and stops again without training.
+    assert "resume" in reason
+    # A resume (the cause fixed, say nodes back up) counts failed rounds afresh: here
+    # the clients still send NaN, so it stops again two rounds later.
     again = run_experiment(
         _cfg(mnist_dir, **{"federation.max_failed_rounds": 2}), run, progress=False, resume=True
     )
-    assert again["status"] == "failed" and again["rounds"] == 2
+    assert again["status"] == "failed" and again["rounds"] == 4 and again["failed_rounds"] == 4
 
 
 def test_a_run_whose_every_round_failed_is_failed_even_under_the_limit(mnist_dir, tmp_path):
@@ -53,6 +55,27 @@ def test_a_run_whose_every_round_failed_is_failed_even_under_the_limit(mnist_dir
     )
     assert summary["status"] == "failed" and summary["failed_rounds"] == 2
     assert "initial weights" in summary["stop_reason"]
+
+
+def test_a_run_that_ends_on_failed_rounds_failed(mnist_dir):
+    # Prepare: round 0 aggregates; every later round is made to fail.
+    fed = build_experiment(
+        tiny_config(mnist_dir, **{"federation.rounds": 3, "federation.max_failed_rounds": 2})
+    ).federation
+    run_round = fed.run_round
+
+    def failing_after_round_0(r: int):
+        record = run_round(r)
+        if r >= 1:
+            record.metrics["round_failed"] = f"round {r}: injected"
+        return record
+
+    fed.run_round = failing_after_round_0  # type: ignore[method-assign]
+    # Execute
+    assert fed.run()
+    # Assert: the last two of three planned rounds failed: the run failed, though planned.
+    assert fed.next_round == 3 and fed.stop_status == "failed"
+    assert "round 2: injected" in (fed.stop_reason or "")
 
 
 def test_a_healthy_run_counts_no_failed_rounds(mnist_dir, tmp_path):

@@ -13,6 +13,7 @@ import torch
 from test_federation import interrupt_at, tiny_config
 
 from fedgen.engine.callbacks import CheckpointCallback
+from fedgen.engine.federation import WITHHELD_FAILURE
 from fedgen.experiment import build_experiment, restore_latest
 from fedgen.transforms.base import TransformContext, UpdateTransform
 from fedgen.transforms.secagg import SecureAggregation
@@ -265,3 +266,22 @@ def test_a_table_synthesizer_federates_under_secure_aggregation(mnist_dir):
     assert any(not torch.equal(before[k], secure.global_state[k]) for k in before)
     assert not any("optimizer" in k for k in secure.global_state)
     assert all(any("optimizer" in k for k in s) for s in secure.private_states.values())
+
+
+def test_under_client_dp_a_failed_rounds_reason_does_not_count_the_cohort(mnist_dir):
+    # Prepare: client-level DP over a secure sum from which 2 of 4 drop (threshold 3).
+    dp = "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-5}}"
+    fed = build_experiment(
+        tiny_config(
+            mnist_dir,
+            **{
+                "strategy.params": "{min_clients: 1, weighted: false, fixed_denominator: true,"
+                " sampling: poisson, fraction: 1.0}",
+                "transforms": f"[{CLIP}, {dp}, {secagg(dropout_rate=0.5)}]",
+            },
+        )
+    ).federation
+    # Execute
+    record = fed.run_round(0)
+    # Assert: the round failed, and says so without "threshold 3" or survivor counts.
+    assert record.metrics["round_failed"] == WITHHELD_FAILURE
