@@ -137,7 +137,12 @@ def test_dpsgd_section_is_optional_and_leaves_the_default_fingerprint_alone():
     # The DP-SGD recipe's fingerprint from before dpsgd.rounds_per_client and
     # noise_per_client existed (the recipe sets both since, and the PRV accountant;
     # without them, runs of the old recipe still resume); each, once set, is part of it.
-    old = ["dpsgd.accountant=rdp", "dpsgd.noise_per_client=false"]
+    # (The mode-seeking term came later still, in task.params.)
+    old = [
+        "dpsgd.accountant=rdp",
+        "dpsgd.noise_per_client=false",
+        "task.params={fake_labels: uniform, d_steps: 5}",
+    ]
     recipe = load_config("configs/mnist_cgan_dpsgd.yaml", [*old, "dpsgd.rounds_per_client=null"])
     assert recipe.dpsgd is not None and recipe.dpsgd.rounds_per_client is None
     assert recipe.fingerprint() == "154a22331ab964e1"
