@@ -142,6 +142,7 @@ def test_dpsgd_section_is_optional_and_leaves_the_default_fingerprint_alone():
         "dpsgd.accountant=rdp",
         "dpsgd.noise_per_client=false",
         "task.params={fake_labels: uniform, d_steps: 5}",
+        "strategy.params={fraction: 0.4, ema_decay: 0.9}",
     ]
     recipe = load_config("configs/mnist_cgan_dpsgd.yaml", [*old, "dpsgd.rounds_per_client=null"])
     assert recipe.dpsgd is not None and recipe.dpsgd.rounds_per_client is None
