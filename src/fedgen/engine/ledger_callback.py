@@ -41,8 +41,10 @@ class LedgerCallback(Callback):
         self.audit = audit = fed.audit
         if fed.next_round == 0:
             self._start(fed, audit)
-        else:
+        elif fed.next_round < fed.rounds:
             self._resume(fed, audit)
+        # A resume of a run with every round done (a downstream run finishing its arms,
+        # say) trains nothing, so it logs nothing: a copy of a finished run may do that.
 
     def _start(self, fed: Federation, audit: RunAudit) -> None:
         self.ledger = ledger = Ledger.open(self.path, create=True)

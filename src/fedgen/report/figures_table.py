@@ -20,7 +20,7 @@ BUILTIN_DESCRIPTIONS = {
     "status": "completed, interrupted (Ctrl-C; resume with fedgen run --resume), "
     "budget_exhausted (the privacy budget allowed no more rounds) or failed (rounds in a "
     "row, or every round, had no usable update: see stop_reason)",
-    "failed_rounds": "rounds with no usable client update (the global model kept as it was)",
+    "failed_rounds": "rounds with no usable client update (the model kept as it was)",
     "rounds": "rounds run",
     "num_clients": "clients in the federation",
     "seconds": "wall-clock time of all rounds, evaluation included",
