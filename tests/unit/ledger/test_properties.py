@@ -3,6 +3,7 @@ reported problem or a LedgerError."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import shutil
@@ -38,10 +39,18 @@ json_values = st.recursive(
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def _temporary_folder(prefix: str) -> Path:
+    """A folder removed when the test process exits (hypothesis tests take no tmp_path;
+    a folder per run used to pile up in /tmp)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 @functools.cache
 def body_ledger() -> Path:
     """One ledger the round-trip examples append to (built once: appends are fsynced)."""
-    path = Path(tempfile.mkdtemp(prefix="ledger-bodies-")) / "ledger.sqlite"
+    path = _temporary_folder("ledger-bodies-") / "ledger.sqlite"
     with Ledger.open(path, create=True) as ledger:
         ledger.append(
             "run_start",
@@ -73,7 +82,7 @@ def test_entry_bodies_round_trip_through_the_file(extra: Any, reason: str, clien
 @functools.cache
 def honest_run() -> tuple[Path, bytes, tuple[list[Any], list[Any]]]:
     """A small honest run folder, its ledger bytes and its logical content (built once)."""
-    run = build_run(Path(tempfile.mkdtemp(prefix="ledger-prop-")) / "run", rounds=2, clients=2)
+    run = build_run(_temporary_folder("ledger-prop-") / "run", rounds=2, clients=2)
     with Ledger.open(run.ledger_path, readonly=True) as ledger:
         content = (ledger.raw_rows(), ledger.raw_heads())
     return run.run_dir, run.ledger_path.read_bytes(), content
