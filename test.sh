@@ -12,8 +12,13 @@ bash scripts/setup.sh
 if [ -n "${FEDGEN_DATA_DIR:-}" ]; then
   export FEDGEN_TEST_DATA_DIR="${FEDGEN_TEST_DATA_DIR:-$FEDGEN_DATA_DIR}"
 fi
-# A private cache so tests never reuse a classifier trained by an earlier run.
-export FEDGEN_CACHE_DIR="${FEDGEN_CACHE_DIR:-$(mktemp -d)}"
+# A private cache so tests never reuse a classifier trained by an earlier run; removed on
+# exit (it holds about 500 MB of models and data by the end).
+if [ -z "${FEDGEN_CACHE_DIR:-}" ]; then
+  FEDGEN_CACHE_DIR="$(mktemp -d)"
+  export FEDGEN_CACHE_DIR
+  trap 'rm -rf "$FEDGEN_CACHE_DIR"' EXIT
+fi
 # Style and types are part of the suite: CI runs this script as it is.
 .venv/bin/ruff format --check --quiet src tests benchmarks
 .venv/bin/ruff check --quiet src tests benchmarks
