@@ -750,21 +750,8 @@ def write_summary(
     """Flat final figures: the last evaluation, totals, status, and what each figure means."""
     fed = exp.federation
     history = fed.history
-    failed_rounds = sum("round_failed" in m for m in history)
-    stop_reason = fed.stop_reason
-    if not completed:
-        status = "interrupted"
-    elif fed.stop_status is not None:
-        status = fed.stop_status
-    elif history and failed_rounds == len(history):
-        # Every round kept the initial weights: nothing was trained.
-        status = "failed"
-        stop_reason = (
-            f"no round had a usable update, so the global model is its initial weights; "
-            f"the newest: {history[-1]['round_failed']}"
-        )
-    else:
-        status = "completed"
+    # The federation says why it stopped: the budget, or failed rounds.
+    status = (fed.stop_status or "completed") if completed else "interrupted"
     summary: dict[str, Any] = {
         "status": status,
         "rounds": fed.next_round,
@@ -778,7 +765,7 @@ def write_summary(
         # Everything the run's messages carried, up and down, as encoded on a wire.
         "bytes_total": sum(m.get("bytes_up", 0) + m.get("bytes_down", 0) for m in history),
         "failures": sum(m.get("failures", 0) for m in history),
-        "failed_rounds": failed_rounds,
+        "failed_rounds": sum("round_failed" in m for m in history),
         **_withheld(fed),
         "parameters": sum(exp.task.num_parameters().values()),
     }
@@ -798,8 +785,8 @@ def write_summary(
                 or k.endswith(("_union_personal", "_union_finetuned"))
             }
         )
-    if stop_reason is not None:
-        summary["stop_reason"] = stop_reason
+    if fed.stop_reason is not None:
+        summary["stop_reason"] = fed.stop_reason
         summary["planned_rounds"] = fed.rounds
     descriptions: dict[str, str] = {}
     if fed.privacy is not None:

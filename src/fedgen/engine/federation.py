@@ -240,8 +240,8 @@ class Federation:
         """How many of the newest rounds in a row, since this process started the run,
         aggregated no usable update."""
         count = 0
-        for metrics in reversed(self.history[self._first_round :]):
-            if "round_failed" not in metrics:
+        for r in range(len(self.history) - 1, self._first_round - 1, -1):
+            if "round_failed" not in self.history[r]:
                 break
             count += 1
         return count
@@ -249,11 +249,17 @@ class Federation:
     def _failure_stop(self) -> str | None:
         # Checked after the last planned round too: a run that ends on failed rounds failed.
         limit = self.max_failed_rounds
-        if limit is None:
-            return None
         count = self._failed_in_a_row()
-        if count < limit:
-            return None
+        if limit is None or count < limit:
+            if self.next_round < self.rounds or not self.history:
+                return None
+            if any("round_failed" not in m for m in self.history):
+                return None
+            # Every round kept the initial weights: nothing was trained.
+            return (
+                "no round had a usable update, so the global model is its initial weights; "
+                f"the newest: {self.history[-1]['round_failed']}"
+            )
         return (
             f"the last {count} rounds had no usable update (federation.max_failed_rounds="
             f"{limit}): the global model is as it was before round {self.next_round - count}; "

@@ -186,19 +186,24 @@ def test_resume_after_interrupt_is_bit_identical_with_secagg(mnist_dir, tmp_path
     assert [m["secagg/survivors"] for m in second.history] == [3, 3, 3]
 
 
-def test_under_dp_one_usable_client_releases_a_noise_only_round(mnist_dir):
-    # Prepare: client-level DP over a secure sum; three of four clients crash.
+def _client_dp_over_secagg(mnist_dir, **secagg_params: object):
+    """Four clients, all sampled, clipped and noised at the client level over a secure sum."""
     dp = "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-5}}"
-    fed = build_experiment(
+    return build_experiment(
         tiny_config(
             mnist_dir,
             **{
                 "strategy.params": "{min_clients: 1, weighted: false, fixed_denominator: true,"
                 " sampling: poisson, fraction: 1.0}",
-                "transforms": f"[{CLIP}, {dp}, {secagg()}]",
+                "transforms": f"[{CLIP}, {dp}, {secagg(**secagg_params)}]",
             },
         )
     ).federation
+
+
+def test_under_dp_one_usable_client_releases_a_noise_only_round(mnist_dir):
+    # Prepare: client-level DP over a secure sum; three of four clients crash.
+    fed = _client_dp_over_secagg(mnist_dir)
     fed.transforms.insert(0, Crash({0, 1, 2}))
     before = {k: v.clone() for k, v in fed.global_state.items()}
     # Execute
@@ -270,17 +275,7 @@ def test_a_table_synthesizer_federates_under_secure_aggregation(mnist_dir):
 
 def test_under_client_dp_a_failed_rounds_reason_does_not_count_the_cohort(mnist_dir):
     # Prepare: client-level DP over a secure sum from which 2 of 4 drop (threshold 3).
-    dp = "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-5}}"
-    fed = build_experiment(
-        tiny_config(
-            mnist_dir,
-            **{
-                "strategy.params": "{min_clients: 1, weighted: false, fixed_denominator: true,"
-                " sampling: poisson, fraction: 1.0}",
-                "transforms": f"[{CLIP}, {dp}, {secagg(dropout_rate=0.5)}]",
-            },
-        )
-    ).federation
+    fed = _client_dp_over_secagg(mnist_dir, dropout_rate=0.5)
     # Execute
     record = fed.run_round(0)
     # Assert: the round failed, and says so without "threshold 3" or survivor counts.
