@@ -1,6 +1,7 @@
 """`fedgen run` never overwrites another run's results and says what to do instead: a
 finished run folder without checkpoints, a file as --out, a run folder as the recipe,
---resume with a recipe or --out, a resume that turns the ledger off (a real run)."""
+--resume with a recipe or --out, a resume that turns the ledger off, a resume while another
+process writes the run (a real run)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from pathlib import Path
 import pytest
 import typer
 from cli_runner import TINY_RUN
+from lock_holder import hold_elsewhere
 from typer.testing import CliRunner
 
 from fedgen.cli import app
+from fedgen.engine.keystore import KeyStore
+from fedgen.ledger import LEDGER_FILE, Ledger
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +102,31 @@ def test_a_run_that_failed_exits_non_zero_and_says_why(mnist_dir, tmp_path):
     assert result.exit_code == 1, result.output[-2000:]
     said = " ".join(result.output.split())
     assert "failed after 1 round(s)" in said and "initial weights" in said
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("held", ["folder", "run id"])
+def test_a_resume_while_another_process_writes_the_run_is_refused(run_dir, tmp_path, held):
+    # Prepare: a copy of the finished run (its own folder, the run's id), and another
+    # process holding what a running fedgen holds: the folder, or the run id in the key
+    # store (a second copy of the folder being resumed).
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    with Ledger.open(run / LEDGER_FILE, readonly=True) as ledger:
+        run_id = str(ledger.run_start["run_id"])
+    target = run if held == "folder" else KeyStore()._path(run_id, ".lock")
+    before = _files(run)
+    other = hold_elsewhere(target)
+    try:
+        # Execute
+        proc = fedgen("run", "--resume", str(run), "--no-progress")
+    finally:
+        other.kill()
+        other.wait()
+    # Assert: refused with what to do, and nothing in the folder changed.
+    expected = f"run folder {run}" if held == "folder" else f"run {run_id[:12]}"
+    _refused(proc, expected, "being written by another process", "Ctrl-C keeps its last")
+    assert _files(run) == before

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fedgen.engine.run_lock import Hold
 from fedgen.errors import CheckpointError
 
 #: What to do when a run's ledger cannot go on (a resume cannot turn the ledger off:
@@ -116,6 +117,17 @@ class KeyStore:
             os.fsync(dir_fd)  # the rename survives a power cut
         finally:
             os.close(dir_fd)
+
+    def hold(self, run_id: str) -> Hold:
+        """A hold on ``run_id`` (``<run_id>.lock``): one process at a time extends a run's
+        log and heads, so two copies of its folder resumed at once cannot both do it."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return Hold(
+            self._path(run_id, ".lock"),
+            f"run {run_id[:12]}… (from another copy of its folder, or this one by another path)",
+            "resume one folder of a run at a time: wait for the other to end, or stop it "
+            "(Ctrl-C keeps its last complete round)",
+        )
 
     def has(self, run_id: str) -> bool:
         """Whether the store holds this run's keys."""
