@@ -56,12 +56,20 @@ def balanced_labels(n: int, num_classes: int, generator: torch.Generator) -> tor
     return labels[torch.randperm(n, generator=generator)]
 
 
+#: Seeds the measuring instrument: the feature classifier and the real images generated
+#: ones are compared with. It is the same for every run of a data set, whatever the
+#: run's seed, so that two seeds or two recipes are measured with one yardstick (as
+#: FID's fixed Inception network and reference statistics are); a run's seed draws only
+#: what it generates and the TSTR classifier it trains.
+REFERENCE_SEED = 0
+
+
 class Evaluator:
     """Scores a generator of one real data set with classifier-feature metrics and TSTR.
 
     Quality metrics (Frechet distance, KID, precision/recall, Inception-like score)
     compare ``num_quality_samples`` generated images, with labels balanced over the
-    classes, to as many real test images (a fixed subset chosen by ``seed``).
+    classes, to as many real test images (a fixed subset, the same for every run).
     Features and class probabilities come from a ``FeatureClassifier`` trained on
     ``train``; no Inception network is involved, so these are not FID/IS numbers.
     TSTR trains a fresh classifier on ``tstr_samples`` generated images and tests it
@@ -106,10 +114,12 @@ class Evaluator:
         self.tstr_epochs = tstr_epochs
         self.tstr_repeats = tstr_repeats
         self.classifier = FeatureClassifier.load_or_train(
-            train, test, cache_dir=cache_dir, seed=seed, epochs=classifier_epochs
+            train, test, cache_dir=cache_dir, seed=REFERENCE_SEED, epochs=classifier_epochs
         )
         n = self.num_quality_samples
-        test_rows = torch.randperm(len(test), generator=torch_generator(seed, "eval", "test-rows"))
+        test_rows = torch.randperm(
+            len(test), generator=torch_generator(REFERENCE_SEED, "eval", "test-rows")
+        )
         self._real_test_images = test.subset(test_rows[:n]).float_images()
         self._real_test_feats = self.classifier.features(self._real_test_images)
         self._reference: dict[str, float] | None = None
@@ -164,7 +174,7 @@ class Evaluator:
         """
         if self._reference is None:
             rows = torch.randperm(
-                len(self.train), generator=torch_generator(self.seed, "eval", "train-rows")
+                len(self.train), generator=torch_generator(REFERENCE_SEED, "eval", "train-rows")
             )
             real_train = self.train.subset(rows[: self.num_quality_samples]).float_images()
             self._reference = self._quality_metrics(real_train)
@@ -191,7 +201,7 @@ class Evaluator:
         extractor = f"feature extractor: {self.classifier.description}"
         samples = (
             f"{n} generated images (labels balanced over {self.num_classes} classes) vs {n} "
-            f"real {self.test.name} test images (fixed subset, seed {self.seed})"
+            f"real {self.test.name} test images (a fixed subset, the same for every run)"
         )
         features = f"128-d penultimate features; {samples}; {extractor}"
         kid_size = min(KID_SUBSET_SIZE, n)

@@ -122,6 +122,38 @@ def test_quality_only_evaluation_is_deterministic(
     assert not set(TSTR_KEYS) & set(first)
 
 
+def test_runs_of_any_seed_are_measured_with_one_yardstick(
+    evaluator: Evaluator,
+    classifier_train: ImageDataset,
+    fashion_test: ImageDataset,
+    fashion_train: ImageDataset,
+    classifier_cache_dir: Path,
+) -> None:
+    # Prepare: the evaluator of a run with another seed, same data.
+    other = Evaluator(
+        classifier_train,
+        fashion_test,
+        cache_dir=classifier_cache_dir,
+        seed=12345,
+        num_quality_samples=QUALITY_SAMPLES,
+        classifier_epochs=1,
+    )
+    # Assert: the same feature classifier (one cache file, no second training) and the
+    # same real images, so the real-data floor is the same figure (KID's subsets, drawn
+    # by the run's seed, sum in another order: equal to rounding)...
+    assert not FeatureClassifier.cache_path(
+        classifier_train, classifier_cache_dir, seed=12345, epochs=1
+    ).exists()
+    assert torch.equal(other.classifier.model.head.weight, evaluator.classifier.model.head.weight)
+    assert other.reference() == pytest.approx(evaluator.reference(), rel=1e-9, abs=1e-12)
+    # ...while the seed still draws what is generated: other labels, other figures.
+    unseen = fashion_train.subset(torch.arange(40000, 45000))
+    calls: dict[str, list[torch.Tensor]] = {"run": [], "other": []}
+    evaluator.evaluate(real_image_generator(unseen, calls["run"]), tstr=False)
+    other.evaluate(real_image_generator(unseen, calls["other"]), tstr=False)
+    assert not torch.equal(calls["run"][0], calls["other"][0])
+
+
 def test_describe_names_the_feature_extractor_and_samples(evaluator: Evaluator) -> None:
     description = evaluator.describe()
     assert "not FID" in description["frechet_distance"]
