@@ -33,16 +33,28 @@ def data_dir() -> Path:
 #: default (files with the most tests first) left the Flower deployment, several
 #: minutes and three tests, running alone at the end of the suite, one core idle.
 SLOW_FIRST = (
-    "integration/test_flower_deploy.py",
-    "integration/test_cli.py",
-    "integration/test_lm_lora_run.py",
-    "integration/test_secagg_run.py",
-    "integration/test_huscf.py",
-    "integration/test_ddpm_cli.py",
-    "unit/engine/test_process_pool.py",
-    "integration/test_ledger_run.py",
-    "integration/test_privacy_cli.py",
-    "integration/test_table_run.py",
+    # Longest first (seconds per file in a CI simulation on 2026-12-06, AMD EPYC, two
+    # workers): a long file dealt last would run alone while the other worker idles.
+    "integration/test_flower_deploy.py",  # 430
+    "integration/test_cli.py",  # 495
+    "integration/test_table_recipes.py",  # 137
+    "unit/engine/test_vectorized_oracle.py",  # 135
+    "unit/privacy/test_privacy_budget.py",  # 98
+    "integration/test_ledger_run.py",  # 95
+    "unit/eval/test_eval_evaluator.py",  # 89
+    "integration/test_lm_lora_run.py",  # 89
+    "integration/test_privacy_cli.py",  # 58
+    "integration/test_huscf.py",  # 57
+    "integration/test_eval_model_follows.py",  # 55
+    "unit/transforms/test_codecs.py",  # 51
+    "integration/test_table_run.py",  # 51
+    "integration/test_downstream_run.py",  # 38
+    "unit/tasks/test_lm_lora.py",  # 37
+    "unit/engine/test_process_pool.py",  # 36
+    "unit/eval/test_eval_tstr.py",  # 35
+    "unit/tasks/test_tasks.py",  # 34
+    "unit/privacy/test_privacy_accounting.py",  # 33
+    "integration/test_ddpm_cli.py",  # 31
 )
 
 
