@@ -49,3 +49,34 @@ def fedgen(
     if check and proc.returncode != 0:
         raise AssertionError(f"fedgen {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def fedgen_here(
+    *args: str, check: bool = True, env_extra: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``fedgen ARGS`` in this process (click's runner), answered as ``fedgen`` answers.
+
+    For commands whose process is not what a test checks: it saves the start of a Python
+    process and the import of torch (several seconds each on a loaded two-core machine).
+    An exception the command does not turn into an exit is a traceback on stderr and exit
+    1, as the real process would print it.
+    """
+    import traceback
+
+    from typer.testing import CliRunner
+
+    from fedgen.cli import app
+
+    env = {**(env_extra or {})}
+    if "FEDGEN_DATA_DIR" not in os.environ and "FEDGEN_DATA_DIR" not in env:
+        env["FEDGEN_DATA_DIR"] = str(ROOT.parent / "shared" / "data")
+    result = CliRunner().invoke(app, list(args), env=env)
+    stderr = result.stderr
+    code = result.exit_code
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+        code = 1
+    proc = subprocess.CompletedProcess(["fedgen", *args], code, result.stdout, stderr)
+    if check and code != 0:
+        raise AssertionError(f"fedgen {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -1,4 +1,5 @@
-"""Tiny real federations end to end through the `fedgen` command (real processes)."""
+"""Tiny real federations end to end through the `fedgen` command: runs in real processes
+(a user's, and Ctrl-C's), the commands that read a run and the refusals in this one."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runner import fedgen
+from cli_runner import fedgen, fedgen_here
 
 from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
 
@@ -106,16 +107,16 @@ def test_two_round_run_writes_a_complete_run_folder(task, finished_runs, tmp_pat
     if task != "cgan":
         return
     grid = tmp_path / "grid.png"
-    fedgen("sample", str(out), "--n", "3", "--out", str(grid))
+    fedgen_here("sample", str(out), "--n", "3", "--out", str(grid))
     from PIL import Image
 
     assert Image.open(grid).size[0] > 0
-    evaluated = json.loads(fedgen("eval", str(out), "--tstr-samples", "300").stdout)
+    evaluated = json.loads(fedgen_here("eval", str(out), "--tstr-samples", "300").stdout)
     assert 0.0 <= evaluated["tstr_accuracy"] <= 1.0
     rebuilt = tmp_path / "copy"
     shutil.copytree(out, rebuilt)
     (rebuilt / "report.html").unlink()
-    fedgen("report", str(rebuilt))
+    fedgen_here("report", str(rebuilt))
     assert (rebuilt / "report.html").is_file()
 
 
@@ -167,10 +168,10 @@ def test_ctrl_c_then_resume_ends_bit_identical(tmp_path, mnist_dir):
 
 
 def test_bad_config_and_missing_data_are_clear_errors(tmp_path):
-    proc = fedgen("run", "--set", "federation.roudns=2", check=False)
+    proc = fedgen_here("run", "--set", "federation.roudns=2", check=False)
     assert proc.returncode == 2
     assert "federation.roudns" in proc.stderr and "rounds" in proc.stderr
-    proc = fedgen(
+    proc = fedgen_here(
         "run",
         "--out",
         str(tmp_path / "x"),
@@ -192,11 +193,11 @@ def test_a_mistyped_strategy_param_is_one_line_naming_the_key(tmp_path, mnist_di
         *("--set", "task.params={batch_size: 16, generator_width: 8, discriminator_width: 8}"),
     ]
     # Execute: a word where server_lr takes a number, then a number in exponent form.
-    bad = fedgen(
+    bad = fedgen_here(
         "run", "--no-progress", "--out", str(tmp_path / "bad"), *quick,
         "--set", "strategy.params.server_lr=abc", check=False,
     )  # fmt: skip
-    ok = fedgen(
+    ok = fedgen_here(
         "run", "--no-progress", "--out", str(tmp_path / "ok"), *quick,
         "--set", "strategy.params.server_lr=1e-1",
     )  # fmt: skip
@@ -219,12 +220,12 @@ def test_resume_from_corrupted_checkpoint_says_what_to_do(tmp_path, finished_run
         raw = bytearray(path.read_bytes())
         raw[-10] ^= 0xFF
         path.write_bytes(bytes(raw))
-    proc = fedgen("run", "--resume", str(run), check=False)
+    proc = fedgen_here("run", "--resume", str(run), check=False)
     assert proc.returncode == 2
     assert "corrupted" in proc.stderr and "delete it" in proc.stderr
 
 
 def test_data_command_lists_sources_and_how_to_get_them(tmp_path):
-    proc = fedgen("data", "--data-dir", str(tmp_path))
+    proc = fedgen_here("data", "--data-dir", str(tmp_path))
     assert "fashion-mnist" in proc.stdout and "mnist" in proc.stdout
     assert "fedgen data --download mnist" in proc.stdout
