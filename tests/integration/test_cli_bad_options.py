@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cli_runner import TINY_RUN, fedgen
+from cli_runner import TINY_RUN, fedgen, fedgen_here
 from typer.testing import CliRunner
 
 from fedgen.cli import app
@@ -21,7 +21,9 @@ def run_dir(tmp_path_factory, mnist_dir) -> Path:
 
 
 def test_sample_with_zero_images_per_class_is_a_clear_error(run_dir, tmp_path):
-    proc = fedgen("sample", str(run_dir), "--n", "0", "--out", str(tmp_path / "g.png"), check=False)
+    proc = fedgen_here(
+        "sample", str(run_dir), "--n", "0", "--out", str(tmp_path / "g.png"), check=False
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "--n" in proc.stderr and "1" in proc.stderr
@@ -29,7 +31,7 @@ def test_sample_with_zero_images_per_class_is_a_clear_error(run_dir, tmp_path):
 
 
 def test_eval_with_too_few_tstr_samples_is_a_clear_error(run_dir):
-    proc = fedgen("eval", str(run_dir), "--tstr-samples", "5", check=False)
+    proc = fedgen_here("eval", str(run_dir), "--tstr-samples", "5", check=False)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "--tstr-samples" in proc.stderr and "10" in proc.stderr
@@ -37,7 +39,7 @@ def test_eval_with_too_few_tstr_samples_is_a_clear_error(run_dir):
 
 
 def test_a_mistyped_command_suggests_the_nearest_one_once():
-    proc = fedgen("evaluate", check=False)
+    proc = fedgen_here("evaluate", check=False)
     assert proc.returncode == 2
     assert proc.stderr.count("Did you mean 'eval'?") == 1, proc.stderr
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from cli_runner import fedgen
+from cli_runner import fedgen, fedgen_here
 from PIL import Image
 
 TINY = [
@@ -59,8 +59,8 @@ def test_a_tiny_partial_ddpm_federation_runs_samples_and_reports(tmp_path, mnist
     # encoder), and --client from any client's that trained (here the same one).
     client = re.match(r"client (\d+)", summary["evaluated_model"]).group(1)
     grid = tmp_path / "default.png"
-    result = fedgen("sample", str(out), "--n", "2", "--out", str(grid))
+    result = fedgen_here("sample", str(out), "--n", "2", "--out", str(grid))
     assert f"sampling client {client}'s own model" in result.stderr
     own = tmp_path / "client.png"
-    fedgen("sample", str(out), "--n", "2", "--client", client, "--out", str(own))
+    fedgen_here("sample", str(out), "--n", "2", "--client", client, "--out", str(own))
     assert Image.open(own).tobytes() == Image.open(grid).tobytes()

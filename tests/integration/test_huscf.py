@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runner import fedgen
+from cli_runner import fedgen, fedgen_here
 
 from fedgen.config import load_config
 from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
@@ -173,7 +173,7 @@ def test_resumed_split_run_ends_bit_identical(two_rounds, tmp_path):
     for cid, state in a["strategy"]["ema_private"].items():
         assert all(torch.equal(v, b["strategy"]["ema_private"][cid][k]) for k, v in state.items())
     # The split run's ledger holds both runs' rounds, signed, and the resume.
-    verified = fedgen("ledger", "verify", str(two_rounds))
+    verified = fedgen_here("ledger", "verify", str(two_rounds))
     assert "3 rounds" in verified.stdout and "1 resumes" in verified.stdout
 
 

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 import torch
-from cli_runner import fedgen
+from cli_runner import fedgen_here
 from tiny_federation import tiny_config
 
 from fedgen.engine.backends import local_training
@@ -23,7 +23,7 @@ def _cfg(mnist_dir, **overrides):
 
 
 def _verify(run_dir, check=True):
-    return fedgen("ledger", "verify", str(run_dir), check=check)
+    return fedgen_here("ledger", "verify", str(run_dir), check=check)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_a_config_yaml_edited_after_the_run_fails_verify_as_sample_would(run_dir
     assert "problem: config.yaml: its fingerprint" in result.stdout
     assert "run_start signed" in result.stdout
     # fedgen sample refuses the edited run and says to put the config back, not to resume.
-    sampled = fedgen("sample", str(edited), "--out", str(tmp_path / "s.png"), check=False)
+    sampled = fedgen_here("sample", str(edited), "--out", str(tmp_path / "s.png"), check=False)
     assert sampled.returncode == 2
     said = " ".join(sampled.stderr.split())
     assert "put back the config.yaml the run wrote" in said and "resume" not in said
@@ -172,7 +172,7 @@ def test_no_ledger_when_the_recipe_turns_it_off(mnist_dir, tmp_path):
     assert "audit" not in state and torch.is_tensor(next(iter(state["global_state"].values())))
     # verify and show say the run kept no ledger, not how to create one in Python.
     for command in ("verify", "show"):
-        result = fedgen("ledger", command, str(out), check=False)
+        result = fedgen_here("ledger", command, str(out), check=False)
         output = result.stdout + result.stderr
         assert result.returncode != 0, output
         assert "has no ledger.sqlite" in output and "`ledger: false` keeps none" in output
@@ -231,7 +231,7 @@ def test_resume_without_the_key_store_says_what_to_do(mnist_dir, tmp_path, monke
 
 
 def test_a_malformed_server_key_is_a_usage_error_not_a_ledger_problem(run_dir):
-    result = fedgen("ledger", "verify", str(run_dir), "--server-key", "zzzz", check=False)
+    result = fedgen_here("ledger", "verify", str(run_dir), "--server-key", "zzzz", check=False)
     assert result.returncode == 2
     assert "--server-key: expected an Ed25519 public key" in result.stderr
     assert "problem" not in result.stdout and "NOT verified" not in result.stderr

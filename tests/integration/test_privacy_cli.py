@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from cli_runner import fedgen
+from cli_runner import fedgen, fedgen_here
 from opacus.accountants import RDPAccountant
 from typer.testing import CliRunner
 
@@ -66,7 +66,7 @@ def test_privacy_noise_round_trips_through_privacy_epsilon():
     z = json.loads(privacy("noise", "--epsilon", "10", *common)[1])
     assert z["epsilon"] <= 10 and z["delta"] == 1e-5
     back = json.loads(
-        fedgen(
+        fedgen_here(
             "privacy", "epsilon", "--noise-multiplier", str(z["noise_multiplier"]), *common
         ).stdout
     )
@@ -85,7 +85,7 @@ def test_privacy_noise_round_trips_through_privacy_epsilon():
 )
 def test_privacy_bad_input_is_a_clear_error(args, needle):
     cmd, *rest = args
-    proc = fedgen("privacy", cmd, *rest, "--sample-rate", "1.0", "--rounds", "1", check=False)
+    proc = fedgen_here("privacy", cmd, *rest, "--sample-rate", "1.0", "--rounds", "1", check=False)
     assert proc.returncode == 2
     assert needle in proc.stderr
 

@@ -6,7 +6,7 @@ import csv
 import json
 
 import pytest
-from cli_runner import fedgen
+from cli_runner import fedgen, fedgen_here
 
 TINY = [
     "--set",
@@ -52,12 +52,12 @@ def test_a_table_federation_trains_evaluates_samples_and_reports(table_run):
     # The picture of each evaluation (histograms, correlations) is in the report.
     assert len(sorted((table_run / "samples").glob("*.png"))) == 2
     assert "Generated samples" in (table_run / "report.html").read_text()
-    assert "ledger verified" in fedgen("ledger", "verify", str(table_run)).stdout
+    assert "ledger verified" in fedgen_here("ledger", "verify", str(table_run)).stdout
 
 
 def test_fedgen_sample_writes_n_rows_of_the_schema_as_csv(table_run, tmp_path):
     target = tmp_path / "rows.csv"
-    fedgen("sample", str(table_run), "--n", "25", "--out", str(target))
+    fedgen_here("sample", str(table_run), "--n", "25", "--out", str(target))
     with target.open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 25 and {r["had_affair"] for r in rows} <= {"yes", "no"}
@@ -78,13 +78,13 @@ def test_fedgen_sample_conditions_rows_on_a_value_and_refuses_an_absent_category
     table_run, tmp_path
 ):
     target = tmp_path / "yes.csv"
-    fedgen(
+    fedgen_here(
         "sample", str(table_run), "--n", "10", "--out", str(target), "--condition", "had_affair=yes"
     )
     with target.open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 10 and {r["had_affair"] for r in rows} == {"yes"}
-    bad = fedgen("sample", str(table_run), "--condition", "occupation=7", check=False)
+    bad = fedgen_here("sample", str(table_run), "--condition", "occupation=7", check=False)
     assert bad.returncode == 2 and "no category '7' in the training rows" in bad.stderr
     assert "Traceback" not in bad.stderr
 

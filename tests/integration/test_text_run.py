@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from cli_runner import fedgen
+from cli_runner import fedgen_here
 
 from fedgen.config import load_config
 from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
@@ -59,12 +59,12 @@ def test_a_text_federation_trains_evaluates_samples_and_reports(text_run):
     assert "Generated text" in report and "perplexity" in report
     partition = json.loads((out / "partition.json").read_text())
     assert partition  # themes and token counts per client
-    assert "ledger verified" in fedgen("ledger", "verify", str(out)).stdout
+    assert "ledger verified" in fedgen_here("ledger", "verify", str(out)).stdout
 
 
 def test_fedgen_sample_prints_continuations_of_a_prompt(text_run):
     out, _ = text_run
-    result = fedgen("sample", str(out), "--prompt", "A fool", "--n", "2")
+    result = fedgen_here("sample", str(out), "--prompt", "A fool", "--n", "2")
     blocks = [b for b in result.stdout.split("--- ") if b.strip()]
     assert len(blocks) == 2 and all(b.startswith("A fool") for b in blocks)
 
@@ -73,13 +73,13 @@ def test_fedgen_sample_refuses_a_client_model_the_run_does_not_keep(text_run):
     # Every tensor is federated here: a client's model is the global one, so --client
     # would silently sample that; it is refused with what to give instead.
     out, _ = text_run
-    result = fedgen("sample", str(out), "--prompt", "A", "--n", "1", "--model", "global")
+    result = fedgen_here("sample", str(out), "--prompt", "A", "--n", "1", "--model", "global")
     assert result.stdout.startswith("--- A")
-    bad = fedgen("sample", str(out), "--prompt", "A", "--n", "1", "--client", "2", check=False)
+    bad = fedgen_here("sample", str(out), "--prompt", "A", "--n", "1", "--client", "2", check=False)
     said = " ".join(bad.stderr.split())
     assert bad.returncode == 2 and "client 2 has no model of its own" in said
     assert "drop --client, or give --model global" in said and "Traceback" not in said
-    bad = fedgen("sample", str(out), "--prompt", "A", "--client", "9", check=False)
+    bad = fedgen_here("sample", str(out), "--prompt", "A", "--client", "9", check=False)
     assert bad.returncode == 2 and "no client 9" in bad.stderr and "Traceback" not in bad.stderr
 
 
