@@ -61,16 +61,38 @@ def fedgen_here(
     An exception the command does not turn into an exit is a traceback on stderr and exit
     1, as the real process would print it.
     """
+    import logging
     import traceback
 
     from typer.testing import CliRunner
 
     from fedgen.cli import app
 
+    class Stderr:
+        """Whatever ``sys.stderr`` is when a record is logged (the runner swaps it in)."""
+
+        def write(self, text: str) -> None:
+            sys.stderr.write(text)
+
+        def flush(self) -> None:
+            sys.stderr.flush()
+
     env = {**(env_extra or {})}
     if "FEDGEN_DATA_DIR" not in os.environ and "FEDGEN_DATA_DIR" not in env:
         env["FEDGEN_DATA_DIR"] = str(ROOT.parent / "shared" / "data")
-    result = CliRunner().invoke(app, list(args), env=env)
+    # What fedgen's main() sets up: warnings and errors logged to stderr; and the
+    # repository root as the working directory, as ``fedgen`` runs.
+    handler = logging.StreamHandler(Stderr())  # type: ignore[arg-type]
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        result = CliRunner().invoke(app, list(args), env=env)
+    finally:
+        os.chdir(cwd)
+        logging.getLogger().removeHandler(handler)
     stderr = result.stderr
     code = result.exit_code
     if result.exception is not None and not isinstance(result.exception, SystemExit):

@@ -33,8 +33,10 @@ def data_dir() -> Path:
 #: default (files with the most tests first) left the Flower deployment, several
 #: minutes and three tests, running alone at the end of the suite, one core idle.
 SLOW_FIRST = (
-    # Longest first (seconds per file in a CI simulation on 2026-12-06, AMD EPYC, two
-    # workers): a long file dealt last would run alone while the other worker idles.
+    # The Flower deployment first (it waits on Flower's polling more than it computes),
+    # then longest first: seconds per file in a CI simulation on 2026-12-06 (AMD EPYC,
+    # two workers) before that day's speed-ups. A long file dealt last would run alone
+    # while the other worker idles.
     "integration/test_flower_deploy.py",  # 430
     "integration/test_cli.py",  # 495
     "integration/test_table_recipes.py",  # 137

@@ -27,4 +27,18 @@ def hold_elsewhere(path: Path) -> subprocess.Popen[str]:
         [sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    proc.stdout.close()  # it prints nothing more
     return proc
+
+
+def is_held(path: Path) -> bool:
+    """Whether a run's lock on ``path`` is held, as another process finds it."""
+    code = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+        "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "except BlockingIOError:\n    sys.exit(3)\n"
+    )
+    probe = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert probe.returncode in (0, 3), probe.stderr
+    return probe.returncode == 3

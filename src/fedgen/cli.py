@@ -82,39 +82,47 @@ def run(
     ] = False,
 ) -> None:
     """Train an experiment (default: cGAN on Fashion-MNIST, 10 clients, Dirichlet 0.5, FedAvg)."""
+    from contextlib import ExitStack
+
     from fedgen.config import load_config
+    from fedgen.engine.run_lock import folder_hold
     from fedgen.experiment import run_experiment
 
     try:
-        if resume is not None and (config is not None or out is not None):
-            raise FedgenError(
-                f"--resume {resume} continues that run with its own config.yaml, in that "
-                "folder: drop the recipe argument and --out (--set still applies)"
-            )
-        if resume is not None:
-            cfg_file = resume / "config.yaml"
-            if not cfg_file.is_file():
-                raise FedgenError(f"{resume} is not a run folder (no config.yaml)")
-            # The run's own recipe, read like any recipe: a damaged file is a clear error.
-            cfg = load_config(cfg_file, set_ or [])
-            run_dir = resume
-        else:
-            cfg = load_config(config, set_ or [])
-            run_dir = out or DEFAULT_RUNS / (
-                cfg.name + ("-centralized" if cfg.federation.centralized else "")
-            )
-        if cfg.downstream is not None:
-            # Generator, then the classifier arms that use it (fedgen.downstream); a
-            # resume finishes both (the arms it finished are kept).
-            from fedgen.downstream import run_downstream
+        with ExitStack() as holds:
+            if resume is not None and (config is not None or out is not None):
+                raise FedgenError(
+                    f"--resume {resume} continues that run with its own config.yaml, in that "
+                    "folder: drop the recipe argument and --out (--set still applies)"
+                )
+            if resume is not None and resume.is_dir():
+                # Held before its config.yaml is read (another process may be rewriting it);
+                # the run below holds it again (holds nest).
+                holds.enter_context(folder_hold(resume))
+            if resume is not None:
+                cfg_file = resume / "config.yaml"
+                if not cfg_file.is_file():
+                    raise FedgenError(f"{resume} is not a run folder (no config.yaml)")
+                # The run's own recipe, read like any recipe: a damaged file is a clear error.
+                cfg = load_config(cfg_file, set_ or [])
+                run_dir = resume
+            else:
+                cfg = load_config(config, set_ or [])
+                run_dir = out or DEFAULT_RUNS / (
+                    cfg.name + ("-centralized" if cfg.federation.centralized else "")
+                )
+            if cfg.downstream is not None:
+                # Generator, then the classifier arms that use it (fedgen.downstream); a
+                # resume finishes both (the arms it finished are kept).
+                from fedgen.downstream import run_downstream
 
-            summary = run_downstream(
-                cfg, run_dir, progress=not no_progress, resume=resume is not None
-            )
-        else:
-            summary = run_experiment(
-                cfg, run_dir, progress=not no_progress, resume=resume is not None
-            )
+                summary = run_downstream(
+                    cfg, run_dir, progress=not no_progress, resume=resume is not None
+                )
+            else:
+                summary = run_experiment(
+                    cfg, run_dir, progress=not no_progress, resume=resume is not None
+                )
     except FedgenError as exc:
         _fail(exc)
         return

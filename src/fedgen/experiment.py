@@ -42,7 +42,7 @@ from fedgen.engine.federation import Callback, Federation
 from fedgen.engine.image_union import UNION, describe_union_model, load_run_model, union_holders
 from fedgen.engine.ledger_callback import LedgerCallback
 from fedgen.engine.modes import schedule_for
-from fedgen.engine.run_lock import Hold
+from fedgen.engine.run_lock import Hold, folder_hold
 from fedgen.errors import CheckpointError, ConfigError
 from fedgen.modality import DataSpec, Modality
 from fedgen.params import ParamsError, validate_params
@@ -553,10 +553,30 @@ def run_experiment(
     before the first round runs: a deployment attaches its transport there.
 
     Raises ``CheckpointError`` when resuming from a corrupted checkpoint or one
-    of another experiment. On Ctrl-C the last complete round is kept and the
-    summary says ``"status": "interrupted"``.
+    of another experiment, ``RunHeldError`` when another process writes the run. On
+    Ctrl-C the last complete round is kept and the summary says ``"status": "interrupted"``.
     """
     run_dir = Path(out)
+    # One process writes a run folder at a time (engine/run_lock.py): held from before an
+    # existing folder is read, or from when a new one is made, to the end of the run.
+    with ExitStack() as holds:
+        hold = folder_hold(run_dir)
+        if run_dir.is_dir():
+            holds.enter_context(hold)
+        return _run(cfg, run_dir, hold, holds, progress=progress, resume=resume, on_ready=on_ready)
+
+
+def _run(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    hold: Hold,
+    holds: ExitStack,
+    *,
+    progress: bool,
+    resume: bool,
+    on_ready: Callable[[Experiment], None] | None,
+) -> dict[str, Any]:
+    """``run_experiment``'s body; ``holds`` keeps what it takes until the run ends."""
     ckpt_dir = run_dir / "checkpoints"
     # Before any data loads: a folder that cannot hold this run fails at once.
     _check_run_folder(run_dir, cfg, resume)
@@ -597,57 +617,46 @@ def run_experiment(
         from fedgen.engine.tensorboard_callback import TensorBoardCallback
 
         callbacks.append(TensorBoardCallback(run_dir / "tensorboard", run_dir / "samples"))
-    # One process writes a run folder at a time (engine/run_lock.py): held from before an
-    # existing folder is read, or from when a new one is made, to the end of the run.
-    folder_hold = Hold(
-        run_dir,
-        f"run folder {run_dir}",
-        "wait for that run to end, or stop it (Ctrl-C keeps its last complete round), "
-        "then resume; or choose another --out for a new run",
-    )
-    with ExitStack() as holds:
-        if run_dir.is_dir():
-            holds.enter_context(folder_hold)
-        # Loads data first: a missing set fails here. A resume's checkpoint replaces the
-        # starting weights, so their source need not be there any more.
-        exp = build_experiment(cfg, callbacks, start_weights=not resume)
-        exp_holder["exp"] = exp
-        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        if not folder_hold.held:
-            holds.enter_context(folder_hold)
-            # Made by another run while the data loaded? It cannot be started over.
-            _check_run_folder(run_dir, cfg, resume)
-        if resume:
-            restore_latest(exp.federation, ckpt_dir, cfg)
-        else:
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-            _set_aside_ledger(run_dir)
-        audit = exp.federation.audit
-        if audit is not None:  # a copy of the folder would extend the same run id's log
-            holds.enter_context(audit.store.hold(audit.run_id))
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
-        partition = exp.data.to_json()
-        if exp.federation.privacy is not None:
-            # Each client's label counts and size are functions of its data, which the DP
-            # guarantee does not cover (the simulation knows them; a server would not).
-            partition = {k: v for k, v in partition.items() if k not in WITHHELD_UNDER_DP}
-            partition["withheld"] = "each client's label counts and size (differential privacy)"
-        (run_dir / "partition.json").write_text(json.dumps(partition, indent=1))
-        if cfg.attack is not None:  # who the simulated attackers are
-            from fedgen.assembly.attack import choose_attackers
+    # Loads data first: a missing set fails here. A resume's checkpoint replaces the
+    # starting weights, so their source need not be there any more.
+    exp = build_experiment(cfg, callbacks, start_weights=not resume)
+    exp_holder["exp"] = exp
+    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    if not hold.held:
+        holds.enter_context(hold)
+        # Made by another run while the data loaded? It cannot be started over.
+        _check_run_folder(run_dir, cfg, resume)
+    if resume:
+        restore_latest(exp.federation, ckpt_dir, cfg)
+    else:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        _set_aside_ledger(run_dir)
+    audit = exp.federation.audit
+    if audit is not None:  # a copy of the folder would extend the same run id's log
+        holds.enter_context(audit.store.hold(audit.run_id))
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    partition = exp.data.to_json()
+    if exp.federation.privacy is not None:
+        # Each client's label counts and size are functions of its data, which the DP
+        # guarantee does not cover (the simulation knows them; a server would not).
+        partition = {k: v for k, v in partition.items() if k not in WITHHELD_UNDER_DP}
+        partition["withheld"] = "each client's label counts and size (differential privacy)"
+    (run_dir / "partition.json").write_text(json.dumps(partition, indent=1))
+    if cfg.attack is not None:  # who the simulated attackers are
+        from fedgen.assembly.attack import choose_attackers
 
-            ids = [c.client_id for c in exp.data.clients]
-            chosen = sorted(choose_attackers(ids, cfg.attack.fraction, cfg.seed))
-            record = {"kind": cfg.attack.kind, "params": cfg.attack.params, "clients": chosen}
-            (run_dir / "attackers.json").write_text(json.dumps(record, indent=1))
-        if on_ready is not None:
-            on_ready(exp)
-        t0 = time.perf_counter()
-        completed = exp.federation.run()
-        summary = write_summary(exp, run_dir, completed, time.perf_counter() - t0)
-        from fedgen.report.html import write_report
+        ids = [c.client_id for c in exp.data.clients]
+        chosen = sorted(choose_attackers(ids, cfg.attack.fraction, cfg.seed))
+        record = {"kind": cfg.attack.kind, "params": cfg.attack.params, "clients": chosen}
+        (run_dir / "attackers.json").write_text(json.dumps(record, indent=1))
+    if on_ready is not None:
+        on_ready(exp)
+    t0 = time.perf_counter()
+    completed = exp.federation.run()
+    summary = write_summary(exp, run_dir, completed, time.perf_counter() - t0)
+    from fedgen.report.html import write_report
 
-        write_report(run_dir)
+    write_report(run_dir)
     return summary
 
 

@@ -197,7 +197,7 @@ def test_a_mistyped_strategy_param_is_one_line_naming_the_key(tmp_path, mnist_di
         "run", "--no-progress", "--out", str(tmp_path / "bad"), *quick,
         "--set", "strategy.params.server_lr=abc", check=False,
     )  # fmt: skip
-    ok = fedgen_here(
+    ok = fedgen(
         "run", "--no-progress", "--out", str(tmp_path / "ok"), *quick,
         "--set", "strategy.params.server_lr=1e-1",
     )  # fmt: skip

@@ -127,6 +127,9 @@ def test_a_resume_while_another_process_writes_the_run_is_refused(run_dir, tmp_p
         other.kill()
         other.wait()
     # Assert: refused with what to do, and nothing in the folder changed.
-    expected = f"run folder {run}" if held == "folder" else f"run {run_id[:12]}"
-    _refused(proc, expected, "being written by another process", "Ctrl-C keeps its last")
+    if held == "folder":
+        _refused(proc, f"run folder {run}", "being written by another process", "Ctrl-C keeps")
+    else:  # the advice names the folder the run's signed heads follow
+        said = (f"run {run_id[:12]}", "being written by another process", f"follow {run_dir}")
+        _refused(proc, *said)
     assert _files(run) == before

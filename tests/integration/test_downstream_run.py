@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import fedgen
+from lock_holder import is_held
 from opacus.accountants import RDPAccountant
 from typer.testing import CliRunner
 
@@ -123,7 +124,15 @@ def test_a_finished_generator_run_is_reused(run, tmp_path):
     cfg = load_config(
         None, [*TINY, DOWNSTREAM, f"downstream.generator_run={run}", "downstream.modes=[real]"]
     )
-    summary = run_downstream(cfg, tmp_path / "reuse", progress=False)
+    # The downstream folder is held while its arms train (another resume is refused).
+    held_during_arms: list[bool] = []
+    summary = run_downstream(
+        cfg,
+        tmp_path / "reuse",
+        progress=False,
+        on_arm=lambda *_: held_during_arms.append(is_held(tmp_path / "reuse")),
+    )
+    assert held_during_arms == [True] and not is_held(tmp_path / "reuse")
     assert summary["generator_run"] == str(run)
     record = json.loads((tmp_path / "reuse" / "downstream.json").read_text())
     assert list(record["arms"]) == ["real"]

@@ -50,8 +50,8 @@ MERGE_POINTS = 5_000
 #: The smallest standard deviation a mode may have (a column constant on a client).
 MIN_STD = 1e-3
 #: scikit-learn's covariance form for the 1-D mixtures. For one feature "diag" is the
-#: same model as the default "full" (the fits agree to 1e-12 with the same iterations)
-#: without a Cholesky factor per mode and iteration: 1.6-1.9x faster
+#: same model as the default "full" (the modes agree to 4e-10, the same iterations)
+#: without a Cholesky factor per mode and iteration: 1.4-1.9x faster
 #: (benchmarks/table_encoder.py, results/table_encoder.md).
 MIXTURE_COVARIANCE = "diag"
 

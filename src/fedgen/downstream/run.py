@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from fedgen.downstream.privacy_note import privacy_note, synthetic_only_note
 from fedgen.downstream.server_finetune import ServerFineTune
 from fedgen.downstream.synthetic import balanced_counts, synthesize
 from fedgen.downstream.topup import topped_up
+from fedgen.engine.run_lock import folder_hold
 from fedgen.eval.classifier import train_classifier
 from fedgen.experiment import run_experiment
 from fedgen.params import validate_params
@@ -75,8 +77,35 @@ def run_downstream(
             "the recipe has no downstream: section; add one to train a classifier"
         )
     out = Path(out)
+    # The folder is held (engine/run_lock.py) for the whole run, arms included: from the
+    # start when it exists, else from when the generator's run has made it.
+    with ExitStack() as held:
+        if out.is_dir():
+            held.enter_context(folder_hold(out))
+
+        def keep_held(exp: Any) -> None:
+            held.enter_context(folder_hold(out))
+
+        return _run_held(
+            cfg, dcfg, out, keep_held, held, progress=progress, on_arm=on_arm, resume=resume
+        )
+
+
+def _run_held(
+    cfg: ExperimentConfig,
+    dcfg: DownstreamConfig,
+    out: Path,
+    keep_held: Callable[[Any], None],
+    held: ExitStack,
+    *,
+    progress: bool,
+    on_arm: ArmCallback | None,
+    resume: bool,
+) -> dict[str, Any]:
+    """``run_downstream``'s body, the folder held by ``held`` (or by ``keep_held`` once
+    the generator's run has made it)."""
     if dcfg.generator_run is None:
-        summary = run_experiment(cfg, out, progress=progress, resume=resume)
+        summary = run_experiment(cfg, out, progress=progress, resume=resume, on_ready=keep_held)
         if summary["status"] in ("interrupted", "failed"):
             return summary  # no usable generator: nothing downstream to do (yet)
         generator = open_generator_run(out, cfg)
@@ -88,6 +117,7 @@ def run_downstream(
             )
         generator = open_generator_run(dcfg.generator_run, cfg)
         out.mkdir(parents=True, exist_ok=True)
+        held.enter_context(folder_hold(out))
         (out / "config.yaml").write_text(cfg.to_yaml())
         summary = {"status": "completed", "generator_run": str(dcfg.generator_run)}
     data = downstream_data(cfg, generator)

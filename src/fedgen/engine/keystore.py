@@ -122,11 +122,18 @@ class KeyStore:
         """A hold on ``run_id`` (``<run_id>.lock``): one process at a time extends a run's
         log and heads, so two copies of its folder resumed at once cannot both do it."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        recorded = self.folder(run_id)
         return Hold(
             self._path(run_id, ".lock"),
             f"run {run_id[:12]}… (from another copy of its folder, or this one by another path)",
-            "resume one folder of a run at a time: wait for the other to end, or stop it "
-            "(Ctrl-C keeps its last complete round)",
+            "resume one folder of a run at a time"
+            + (
+                f": the key store's signed heads follow {recorded}, so resume that one "
+                "once the other process ends (a copy of it is refused then too)"
+                if recorded is not None
+                else ": wait for the other process to end, or stop it (Ctrl-C keeps its last "
+                "complete round)"
+            ),
         )
 
     def has(self, run_id: str) -> bool:

@@ -4,7 +4,7 @@ ends with its holder however that exits (a real second process holds the lock)."
 from __future__ import annotations
 
 import pytest
-from lock_holder import hold_elsewhere
+from lock_holder import hold_elsewhere, is_held
 
 from fedgen.engine.run_lock import Hold, RunHeldError
 from fedgen.errors import ConfigError
@@ -35,10 +35,18 @@ def test_a_second_process_is_refused_until_the_holder_is_killed(tmp_path, kind):
     assert not hold.held
 
 
-def test_two_holds_in_one_process_exclude_each_other_and_release_on_exit(tmp_path):
-    first = Hold(tmp_path, "the folder", "wait")
-    with first, pytest.raises(RunHeldError):
-        Hold(tmp_path, "the folder", "wait").acquire()
-    # Released: the next run (a resume in the same process, as the tests do) takes it.
-    with Hold(tmp_path, "the folder", "wait") as again:
-        assert again.held
+def test_holds_nest_in_one_process_and_the_outermost_keeps_the_lock(tmp_path):
+    # The CLI, a downstream run and the run inside it each hold the folder.
+    outer = Hold(tmp_path, "the folder", "wait")
+    with outer:
+        with Hold(tmp_path, "the folder", "wait") as inner:
+            assert inner.held
+        # The inner one is released, the folder is still held against other processes.
+        assert is_held(tmp_path)
+    # Released: another process takes it now.
+    assert not is_held(tmp_path)
+
+
+def test_a_folder_that_cannot_be_opened_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot open .* may read and write it"):
+        Hold(tmp_path / "missing" / "x.lock", "the run id", "wait").acquire()
