@@ -67,10 +67,58 @@ def kernel_distance(
     n_a, n_b = a.shape[0], b.shape[0]
     size = min(subset_size, n_a, n_b)
     gen = torch_generator(seed, "kernel-distance")
-    values = torch.empty(num_subsets, dtype=torch.float64)
-    for i in range(num_subsets):
-        rows_a = torch.randperm(n_a, generator=gen)[:size]
-        rows_b = torch.randperm(n_b, generator=gen)[:size]
-        values[i] = mmd2_unbiased(a[rows_a], b[rows_b])
+    # The draws are those of a loop over subsets (interleaved, a's first) whichever way
+    # the sums are taken, so the method changes only the last bits of the figure.
+    draws = [
+        (torch.randperm(n_a, generator=gen)[:size], torch.randperm(n_b, generator=gen)[:size])
+        for _ in range(num_subsets)
+    ]
+    # Multiply-adds: three size x size kernels per subset, or each kernel row once
+    # times the subset indicators (14-40x faster at 100 subsets of 1,000 from 1,200-2,000
+    # rows, measured; the loop wins from about 8,000 rows).
+    per_subset = 3 * num_subsets * size * size * a.shape[1]
+    at_once = (n_a * n_a + n_b * n_b + n_a * n_b) * (a.shape[1] + num_subsets)
+    if per_subset <= at_once:
+        values = torch.tensor([mmd2_unbiased(a[ra], b[rb]) for ra, rb in draws], dtype=a.dtype)
+    else:
+        values = _mmd2_of_subsets(a, b, draws, size)
     # Population std over subsets, as in the reference implementations.
     return float(values.mean()), float(values.std(unbiased=False))
+
+
+def _mmd2_of_subsets(
+    a: torch.Tensor, b: torch.Tensor, draws: list[tuple[torch.Tensor, torch.Tensor]], size: int
+) -> torch.Tensor:
+    """``mmd2_unbiased`` of every subset pair at once: a subset's kernel sum is s^T K s,
+    with s its 0/1 indicator column, taken from each kernel row computed once."""
+    in_a = torch.zeros(a.shape[0], len(draws), dtype=torch.float64)
+    in_b = torch.zeros(b.shape[0], len(draws), dtype=torch.float64)
+    for i, (rows_a, rows_b) in enumerate(draws):
+        in_a[rows_a, i] = 1.0
+        in_b[rows_b, i] = 1.0
+    pairs = size * (size - 1)
+    term_aa = (_subset_sums(a, a, in_a, in_a) - in_a.T @ _self_kernel(a)) / pairs
+    term_bb = (_subset_sums(b, b, in_b, in_b) - in_b.T @ _self_kernel(b)) / pairs
+    term_ab = _subset_sums(a, b, in_a, in_b) / (size * size)
+    return term_aa + term_bb - 2.0 * term_ab
+
+
+#: Rows of a kernel block: 1,024 x 10,000 float64 is 80 MB.
+_BLOCK_ROWS = 1024
+
+
+def _subset_sums(
+    x: torch.Tensor, y: torch.Tensor, in_x: torch.Tensor, in_y: torch.Tensor
+) -> torch.Tensor:
+    """``in_x[:, i]^T K(x, y) in_y[:, i]`` for every column ``i``, shape ``(subsets,)``."""
+    sums = torch.zeros(in_x.shape[1], dtype=torch.float64)
+    for start in range(0, x.shape[0], _BLOCK_ROWS):
+        stop = start + _BLOCK_ROWS
+        block = _polynomial_kernel(x[start:stop], y)  # (rows, n_y), never all of K
+        sums += ((block @ in_y) * in_x[start:stop]).sum(0)
+    return sums
+
+
+def _self_kernel(x: torch.Tensor) -> torch.Tensor:
+    """The diagonal ``k(x_i, x_i)`` the unbiased estimate leaves out, shape ``(n,)``."""
+    return ((x * x).sum(1) / x.shape[1] + 1.0) ** 3

@@ -7,7 +7,7 @@ import torch
 
 from fedgen.data.dataset import ImageDataset
 from fedgen.eval.classifier import FeatureClassifier
-from fedgen.eval.kid import kernel_distance, mmd2_unbiased
+from fedgen.eval.kid import _mmd2_of_subsets, kernel_distance, mmd2_unbiased
 
 
 def loop_mmd2_unbiased(x: list[list[float]], y: list[list[float]]) -> float:
@@ -37,6 +37,31 @@ def test_kid_with_one_subset_of_everything_is_the_full_mmd() -> None:
     mean, std = kernel_distance(x, y, num_subsets=1, subset_size=20)
     assert mean == pytest.approx(mmd2_unbiased(x.double(), y.double()))
     assert std == 0.0
+
+
+def test_all_subsets_at_once_equal_one_at_a_time() -> None:
+    # Prepare: 40 x 30 rows, and 12 subset pairs of 25 drawn without replacement.
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(40, 5, generator=gen, dtype=torch.float64)
+    y = torch.randn(30, 5, generator=gen, dtype=torch.float64) + 0.2
+    draws = [
+        (torch.randperm(40, generator=gen)[:25], torch.randperm(30, generator=gen)[:25])
+        for _ in range(12)
+    ]
+    # Execute
+    at_once = _mmd2_of_subsets(x, y, draws, 25)
+    # Assert
+    one_by_one = [mmd2_unbiased(x[rows_x], y[rows_y]) for rows_x, rows_y in draws]
+    assert at_once.tolist() == pytest.approx(one_by_one, rel=1e-12)
+
+
+def test_subsets_of_every_row_give_the_full_mmd_with_no_spread() -> None:
+    # 5 subsets of all 30 rows (the sums taken all at once): one value, five times.
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(30, 3, generator=gen), torch.randn(30, 3, generator=gen) + 0.5
+    mean, std = kernel_distance(x, y, num_subsets=5, subset_size=100)
+    assert mean == pytest.approx(mmd2_unbiased(x.double(), y.double()), rel=1e-12)
+    assert std == pytest.approx(0.0, abs=1e-15)
 
 
 def test_near_zero_for_halves_of_one_sample_large_for_different_classes(
