@@ -13,6 +13,7 @@ messages that say what to change.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from collections.abc import Iterator
@@ -157,18 +158,8 @@ def calibrate_noise(
             accountant=accountant,
         )
     )
-    from opacus.accountants.utils import get_noise_multiplier
-
     try:
-        with _quiet_inner_rdp(accountant):
-            z = get_noise_multiplier(
-                target_epsilon=epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=steps,
-                accountant=accountant,
-            )
-        return float(z)
+        return _calibrated(epsilon, sample_rate, steps, delta, accountant)
     except (ValueError, OverflowError, RuntimeError) as exc:
         raise PrivacyConfigError(
             [
@@ -177,6 +168,25 @@ def calibrate_noise(
                 "delta, or lower the number of rounds/steps or the sample rate"
             ]
         ) from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _calibrated(
+    epsilon: float, sample_rate: float, steps: int, delta: float, accountant: str
+) -> float:
+    """Opacus's search, remembered: it takes seconds (its RDP orders are pure Python), and
+    clients with equal shards and every experiment built in one process ask again."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with _quiet_inner_rdp(accountant):
+        z = get_noise_multiplier(
+            target_epsilon=epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+        )
+    return float(z)
 
 
 class PrivacyAccountant:

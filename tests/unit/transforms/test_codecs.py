@@ -134,9 +134,9 @@ def test_a_cast_is_exact_on_its_grid_and_rounds_to_nearest_off_it(dtype):
     ids=lambda c: f"{c.codec_name}-{c.bits}",
 )
 def test_stochastic_quantizers_are_unbiased(codec):
-    # Prepare: one update, quantized with 4,000 independent rounding seeds.
+    # Prepare: one update, quantized with 1,000 independent rounding seeds.
     x = update()
-    draws = 4000
+    draws = 1000
     total = {k: torch.zeros_like(REFERENCE[k], dtype=torch.float64) for k in ("net.w", "net.b")}
     # Execute
     for seed in range(draws):
@@ -145,7 +145,7 @@ def test_stochastic_quantizers_are_unbiased(codec):
             total[k] += got[k].double()
     # Assert: stochastic rounding between two levels a step apart has variance at most
     # step^2 / 4, so each coordinate's mean is within 5 standard errors, 5 * step / 2 /
-    # sqrt(draws) = 4% of a step, of the true value (fixed seeds: deterministic).
+    # sqrt(draws) = 8% of a step, of the true value (fixed seeds: deterministic).
     # Rounding to nearest would be off by up to half a step.
     for k in total:
         if isinstance(codec, QSGD):
