@@ -52,6 +52,7 @@ def test_a_client_side_built_from_the_recipe_does_not_fit_the_encoder(monkeypatc
         raise AssertionError("the client side fitted a mixture again")
 
     monkeypatch.setattr(table_encoder, "_fit_mixture", no_fit)
+    monkeypatch.setattr(table_encoder, "_FITTED", {})  # nor be taken from this process's fits
     # Execute
     kit = side.open()
     # Assert: the client encodes its rows exactly as the server's build did.
@@ -74,3 +75,24 @@ def test_a_table_recipe_on_the_process_pool_trains_the_in_process_model():
         assert torch.equal(ref.global_state[k], pool.global_state[k]), k
     for cid, private in ref.private_states.items():
         assert all(torch.equal(v, pool.private_states[cid][k]) for k, v in private.items())
+
+
+def test_a_table_built_again_in_one_process_reuses_the_fit_and_owns_its_copy(monkeypatch):
+    # Prepare: the first build fits the encoder; after it no mixture may be fitted.
+    cfg = load_config("configs/tabular_fair_ctgan.yaml", TINY)
+    monkeypatch.setattr(table_encoder, "_FITTED", {})
+    first = build_experiment(cfg).data
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the same table's encoder was fitted again")
+
+    monkeypatch.setattr(table_encoder, "_fit_mixture", no_fit)
+    # Execute: the same recipe again, and with another seed (which must fit).
+    again = build_experiment(cfg).data
+    with pytest.raises(AssertionError, match="fitted again"):
+        build_experiment(load_config("configs/tabular_fair_ctgan.yaml", [*TINY, "seed=7"]))
+    # Assert: an equal encoder, not the same object, encoding the rows alike.
+    assert again.encoder is not first.encoder
+    assert encoder_state(again.encoder) == encoder_state(first.encoder)
+    for mine, theirs in zip(again.clients, first.clients, strict=True):
+        assert torch.equal(mine.encoded, theirs.encoded)
