@@ -32,32 +32,9 @@ mypy_pid=$!
 # Files are handed out in collection order (--no-loadscope-reorder; xdist would order
 # them by test count), which tests/conftest.py starts with the files that take minutes.
 # The slowest tests are listed at the end, to keep the suite's time in view.
-# The Flower deployment mostly waits on Flower's polling (3 s a pull, a process started per
-# message; on one core it used 235 CPU-seconds in 607 s): on a worker it would hold that
-# worker idle, so with no arguments it runs in a pytest of its own beside the two workers.
 status=0
-flower_status=0
-flower_tests=tests/integration/test_flower_deploy.py
-if [ "$#" -eq 0 ]; then
-  flower_log="$(mktemp)"
-  # A background job of a script starts with Ctrl-C ignored; give it back, so that a
-  # Ctrl-C stops this pytest too, through its teardown (which stops the Flower nodes).
-  (
-    trap - INT
-    exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=5 "$flower_tests"
-  ) >"$flower_log" 2>&1 &
-  flower_pid=$!
-  .venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 \
-    --ignore="$flower_tests" || status=$?
-  wait "$flower_pid" || flower_status=$?
-  echo "--- $flower_tests (run beside the workers):"
-  cat "$flower_log"
-  rm -f "$flower_log"
-  [ "$status" -ne 0 ] || status=$flower_status
-else
-  .venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 "$@" \
-    || status=$?
-fi
+.venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 "$@" \
+  || status=$?
 mypy_status=0
 wait "$mypy_pid" || mypy_status=$?
 cat "$mypy_log"

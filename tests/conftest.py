@@ -33,8 +33,7 @@ def data_dir() -> Path:
 #: default (files with the most tests first) left the Flower deployment, several
 #: minutes and three tests, running alone at the end of the suite, one core idle.
 SLOW_FIRST = (
-    # The Flower deployment first when a worker runs it (it waits on Flower's polling more
-    # than it computes; test.sh with no arguments runs it beside the workers instead),
+    # The Flower deployment first (it waits on Flower's polling more than it computes),
     # then longest first: seconds per file in a CI simulation on 2026-12-06 (AMD EPYC,
     # two workers) before that day's speed-ups. A long file dealt last would run alone
     # while the other worker idles.

@@ -190,6 +190,7 @@ def predict_labels(
     model: SmallCNN, images: torch.Tensor, batch_size: int = INFERENCE_BATCH
 ) -> torch.Tensor:
     """Arg-max class of each image, int64 ``(N,)``."""
+    _check_images(images)
     chunks = _in_batches(model, lambda x: model(x).argmax(dim=1), images, batch_size)
     return torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.int64)
 

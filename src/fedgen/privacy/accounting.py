@@ -175,7 +175,8 @@ def _calibrated(
     epsilon: float, sample_rate: float, steps: int, delta: float, accountant: str
 ) -> float:
     """Opacus's search, remembered: it takes seconds (its RDP orders are pure Python), and
-    clients with equal shards and every experiment built in one process ask again."""
+    clients with equal shards and every experiment built in one process ask again. RDP's
+    "optimal order is the largest alpha" warning is therefore given once per process."""
     from opacus.accountants.utils import get_noise_multiplier
 
     with _quiet_inner_rdp(accountant):

@@ -6,14 +6,20 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 import fedgen.data.table_encoder as table_encoder
 from fedgen.config import load_config
 from fedgen.data.table_data import SiloPartition
-from fedgen.data.table_encoder import encoder_from_state, encoder_state
-from fedgen.data.table_schema import SchemaError
+from fedgen.data.table_encoder import (
+    TableEncoder,
+    encoder_from_state,
+    encoder_state,
+    fit_encoder_federated,
+)
+from fedgen.data.table_schema import SchemaError, TableSchema
 from fedgen.experiment import RecipeClientSide, build_experiment
 
 TINY = [
@@ -77,22 +83,48 @@ def test_a_table_recipe_on_the_process_pool_trains_the_in_process_model():
         assert all(torch.equal(v, pool.private_states[cid][k]) for k, v in private.items())
 
 
-def test_a_table_built_again_in_one_process_reuses_the_fit_and_owns_its_copy(monkeypatch):
-    # Prepare: the first build fits the encoder; after it no mixture may be fitted.
-    cfg = load_config("configs/tabular_fair_ctgan.yaml", TINY)
+def test_an_encoder_fit_is_reused_only_for_the_same_rows_and_settings(monkeypatch):
+    # Prepare: fair's client rows; every mixture fit counted; this process's fits forgotten.
+    fair = build_experiment(load_config("configs/tabular_fair_ctgan.yaml", TINY)).data
+    frames = [c.rows for c in fair.clients]
+    fits: list[int] = []
+    fit_mixture = table_encoder._fit_mixture
+
+    def counted(*args, **kwargs):
+        fits.append(1)
+        return fit_mixture(*args, **kwargs)
+
+    monkeypatch.setattr(table_encoder, "_fit_mixture", counted)
     monkeypatch.setattr(table_encoder, "_FITTED", {})
-    first = build_experiment(cfg).data
 
-    def no_fit(*args, **kwargs):
-        raise AssertionError("the same table's encoder was fitted again")
+    def fitted(rows=frames, modes=4, seed=11) -> tuple[TableEncoder, bool]:
+        before = len(fits)
+        return fit_encoder_federated(rows, fair.schema, modes, seed), len(fits) > before
 
-    monkeypatch.setattr(table_encoder, "_fit_mixture", no_fit)
-    # Execute: the same recipe again, and with another seed (which must fit).
-    again = build_experiment(cfg).data
-    with pytest.raises(AssertionError, match="fitted again"):
-        build_experiment(load_config("configs/tabular_fair_ctgan.yaml", [*TINY, "seed=7"]))
-    # Assert: an equal encoder, not the same object, encoding the rows alike.
-    assert again.encoder is not first.encoder
-    assert encoder_state(again.encoder) == encoder_state(first.encoder)
-    for mine, theirs in zip(again.clients, first.clients, strict=True):
-        assert torch.equal(mine.encoded, theirs.encoded)
+    first, fitted_first = fitted()
+    # Execute: equal rows (copies) and settings; then one setting or one value changed.
+    again, fitted_again = fitted([f.copy() for f in frames])
+    renamed = frames[0].copy()
+    column = fair.schema.categorical()[0]
+    renamed.loc[0, column] = next(v for v in renamed[column].unique() if v != renamed[column][0])
+    changed = [fitted(seed=12)[1], fitted(modes=3)[1], fitted([renamed, *frames[1:]])[1]]
+    # Assert: the equal input is answered from memory with an equal encoder that shares
+    # no array with the first; every change fits again.
+    assert fitted_first and not fitted_again and all(changed)
+    assert encoder_state(again) == encoder_state(first)
+    assert again.correlation is not None and first.correlation is not None
+    assert again.correlation is not first.correlation
+    assert all(again.pairs[k] is not first.pairs[k] for k in first.pairs)
+
+
+def test_the_fit_digest_tells_missing_values_apart_as_the_fit_does():
+    # None and NaN are one value to pandas' hash but "None" and "nan" to the fit.
+    schema = TableSchema.from_mapping({"kind": "categorical", "size": "continuous"})
+    with_none = pd.DataFrame({"kind": ["a", None], "size": [1.0, 2.0]})
+    with_nan = pd.DataFrame({"kind": ["a", np.nan], "size": [1.0, 2.0]})
+    assert table_encoder._fit_input_digest(with_none, schema) != (
+        table_encoder._fit_input_digest(with_nan, schema)
+    )
+    assert table_encoder._fit_input_digest(with_none, schema) == (
+        table_encoder._fit_input_digest(with_none.copy(), schema)
+    )

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fedgen.data.dataset import ImageDataset
+from fedgen.eval import kid
 from fedgen.eval.classifier import FeatureClassifier
 from fedgen.eval.kid import _mmd2_of_subsets, kernel_distance, mmd2_unbiased
 
@@ -39,8 +40,10 @@ def test_kid_with_one_subset_of_everything_is_the_full_mmd() -> None:
     assert std == 0.0
 
 
-def test_all_subsets_at_once_equal_one_at_a_time() -> None:
-    # Prepare: 40 x 30 rows, and 12 subset pairs of 25 drawn without replacement.
+def test_all_subsets_at_once_equal_one_at_a_time(monkeypatch) -> None:
+    # Prepare: 40 x 30 rows, and 12 subset pairs of 25 drawn without replacement; kernel
+    # rows taken 7 at a time, so the sums cross block boundaries.
+    monkeypatch.setattr(kid, "_BLOCK_ROWS", 7)
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(40, 5, generator=gen, dtype=torch.float64)
     y = torch.randn(30, 5, generator=gen, dtype=torch.float64) + 0.2
@@ -53,6 +56,28 @@ def test_all_subsets_at_once_equal_one_at_a_time() -> None:
     # Assert
     one_by_one = [mmd2_unbiased(x[rows_x], y[rows_y]) for rows_x, rows_y in draws]
     assert at_once.tolist() == pytest.approx(one_by_one, rel=1e-12)
+
+
+def test_kernel_distance_takes_the_sums_at_once_over_the_subsets_it_draws(monkeypatch) -> None:
+    # Prepare: 30 subsets of 25 of 30 rows (where the sums are taken at once), and the
+    # same call with the at-once sums replaced by one subset at a time.
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.randn(30, 3, generator=gen), torch.randn(30, 3, generator=gen) + 0.4
+    at_once = kernel_distance(x, y, num_subsets=30, subset_size=25, seed=9)
+
+    calls: list[int] = []
+
+    def one_by_one(a, b, draws, size):
+        calls.append(len(draws))
+        return torch.tensor([mmd2_unbiased(a[ra], b[rb]) for ra, rb in draws], dtype=a.dtype)
+
+    monkeypatch.setattr(kid, "_mmd2_of_subsets", one_by_one)
+    # Execute
+    looped = kernel_distance(x, y, num_subsets=30, subset_size=25, seed=9)
+    # Assert: the same figures from the same draws, and a real spread over subsets.
+    assert calls == [30]
+    assert at_once == pytest.approx(looped, rel=1e-12)
+    assert at_once[1] > 0
 
 
 def test_subsets_of_every_row_give_the_full_mmd_with_no_spread() -> None:
