@@ -95,11 +95,11 @@ def run(
                     f"--resume {resume} continues that run with its own config.yaml, in that "
                     "folder: drop the recipe argument and --out (--set still applies)"
                 )
-            if resume is not None and resume.is_dir():
-                # Held before its config.yaml is read (another process may be rewriting it);
-                # the run below holds it again (holds nest).
-                holds.enter_context(folder_hold(resume))
             if resume is not None:
+                if resume.is_dir():
+                    # Held before its config.yaml is read (another process may be rewriting
+                    # it); the run below holds it again (holds nest).
+                    holds.enter_context(folder_hold(resume))
                 cfg_file = resume / "config.yaml"
                 if not cfg_file.is_file():
                     raise FedgenError(f"{resume} is not a run folder (no config.yaml)")

@@ -82,28 +82,24 @@ def run_downstream(
     with ExitStack() as held:
         if out.is_dir():
             held.enter_context(folder_hold(out))
-
-        def keep_held(exp: Any) -> None:
-            held.enter_context(folder_hold(out))
-
-        return _run_held(
-            cfg, dcfg, out, keep_held, held, progress=progress, on_arm=on_arm, resume=resume
-        )
+        return _run_held(cfg, dcfg, out, held, progress=progress, on_arm=on_arm, resume=resume)
 
 
 def _run_held(
     cfg: ExperimentConfig,
     dcfg: DownstreamConfig,
     out: Path,
-    keep_held: Callable[[Any], None],
     held: ExitStack,
     *,
     progress: bool,
     on_arm: ArmCallback | None,
     resume: bool,
 ) -> dict[str, Any]:
-    """``run_downstream``'s body, the folder held by ``held`` (or by ``keep_held`` once
-    the generator's run has made it)."""
+    """``run_downstream``'s body; ``held`` holds the folder, from when it exists to the end."""
+
+    def keep_held(exp: Any) -> None:
+        held.enter_context(folder_hold(out))
+
     if dcfg.generator_run is None:
         summary = run_experiment(cfg, out, progress=progress, resume=resume, on_ready=keep_held)
         if summary["status"] in ("interrupted", "failed"):
@@ -117,7 +113,7 @@ def _run_held(
             )
         generator = open_generator_run(dcfg.generator_run, cfg)
         out.mkdir(parents=True, exist_ok=True)
-        held.enter_context(folder_hold(out))
+        keep_held(None)
         (out / "config.yaml").write_text(cfg.to_yaml())
         summary = {"status": "completed", "generator_run": str(dcfg.generator_run)}
     data = downstream_data(cfg, generator)

@@ -175,13 +175,15 @@ def _in_batches(
     forward: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     batch_size: int,
-) -> list[torch.Tensor]:
-    """``forward`` over ``images`` in batches, with model and images in channels_last."""
+) -> torch.Tensor:
+    """``forward`` over ``images`` in batches, with model and images in channels_last
+    (no images: ``forward`` of the empty batch, which has the output's shape)."""
     model.eval()
     _set_memory_format(model, torch.channels_last)
     try:
         x = images.contiguous(memory_format=torch.channels_last)
-        return [forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        chunks = [forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        return torch.cat(chunks) if chunks else forward(x)
     finally:
         _set_memory_format(model, torch.contiguous_format)
 
@@ -191,8 +193,7 @@ def predict_labels(
 ) -> torch.Tensor:
     """Arg-max class of each image, int64 ``(N,)``."""
     _check_images(images)
-    chunks = _in_batches(model, lambda x: model(x).argmax(dim=1), images, batch_size)
-    return torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.int64)
+    return _in_batches(model, lambda x: model(x).argmax(dim=1), images, batch_size)
 
 
 def dataset_fingerprint(data: ImageDataset) -> str:
@@ -347,11 +348,9 @@ class FeatureClassifier:
     def features(self, x: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
         """Penultimate features of float images ``(N, 1, 28, 28)`` in [0, 1], shape ``(N, 128)``."""
         _check_images(x)
-        chunks = _in_batches(self.model, self.model.features, x, batch_size)
-        return torch.cat(chunks) if chunks else torch.empty(0, 128)
+        return _in_batches(self.model, self.model.features, x, batch_size)
 
     def probs(self, x: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
         """Class probabilities of float images ``(N, 1, 28, 28)`` in [0, 1], shape ``(N, C)``."""
         _check_images(x)
-        chunks = _in_batches(self.model, lambda b: self.model(b).softmax(dim=1), x, batch_size)
-        return torch.cat(chunks) if chunks else torch.empty(0, self.num_classes)
+        return _in_batches(self.model, lambda b: self.model(b).softmax(dim=1), x, batch_size)
