@@ -199,22 +199,25 @@ class PrivacyAccountant:
     """
 
     def __init__(self, mechanism: str = "rdp") -> None:
-        from opacus.accountants import create_accountant
-
         _raise_if(budget_problems(accountant=mechanism))
         self.mechanism = mechanism
-        self._acc: IAccountant = create_accountant(mechanism=mechanism)
+        #: ``(noise_multiplier, sample_rate, steps)`` runs, Opacus's own history form.
+        #: Kept here, and Opacus's accountant made only when an epsilon is asked for:
+        #: importing Opacus costs about 4 s of CPU (torch.distributed, sympy), which a
+        #: deployed client paid on every message for an accountant it never reads.
+        self._history: list[tuple[float, float, int]] = []
+        self._acc: IAccountant | None = None
 
     @property
     def steps(self) -> int:
         """Number of mechanism steps recorded."""
-        return sum(int(n) for _, _, n in self._acc.history)
+        return sum(int(n) for _, _, n in self._history)
 
     def step(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
         """Record ``steps`` steps of the subsampled Gaussian mechanism."""
         if steps <= 0:
             return
-        history = self._acc.history
+        history = self._history
         if history and history[-1][0] == noise_multiplier and history[-1][1] == sample_rate:
             z, q, n = history[-1]
             history[-1] = (z, q, n + steps)
@@ -223,8 +226,13 @@ class PrivacyAccountant:
 
     def epsilon(self, delta: float) -> float:
         """Epsilon spent so far at ``delta`` (0 before any step)."""
-        if not self._acc.history:
+        if not self._history:
             return 0.0
+        if self._acc is None:
+            from opacus.accountants import create_accountant
+
+            self._acc = create_accountant(mechanism=self.mechanism)
+        self._acc.history = list(self._history)
         with _quiet_inner_rdp(self.mechanism):
             return float(self._acc.get_epsilon(delta=delta))
 
@@ -232,15 +240,15 @@ class PrivacyAccountant:
         self, delta: float, noise_multiplier: float, sample_rate: float, steps: int = 1
     ) -> float:
         """Epsilon if ``steps`` more steps were taken (the state is left unchanged)."""
-        saved = list(self._acc.history)
+        saved = list(self._history)
         try:
             self.step(noise_multiplier, sample_rate, steps)
             return self.epsilon(delta)
         finally:
-            self._acc.history = saved
+            self._history = saved
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mechanism": self.mechanism, "history": [list(h) for h in self._acc.history]}
+        return {"mechanism": self.mechanism, "history": [list(h) for h in self._history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("mechanism") != self.mechanism:
@@ -250,4 +258,4 @@ class PrivacyAccountant:
                     f"uses {self.mechanism!r}; resume with the run folder's own config"
                 ]
             )
-        self._acc.history = [(float(z), float(q), int(n)) for z, q, n in state["history"]]
+        self._history = [(float(z), float(q), int(n)) for z, q, n in state["history"]]
