@@ -52,6 +52,7 @@ from fedgen.registry import (
     BACKENDS,
     EVALUATORS,
     PARTITIONERS,
+    SOURCES,
     STRATEGIES,
     TASKS,
     TEXT_SOURCES,
@@ -416,11 +417,18 @@ def _load_data(
     with the task's own tokenizer (``Task.tokenizer``: a pretrained model's), else bytes.
     """
     from fedgen.data.federated import make_federated_data
-    from fedgen.data.table_data import TablePartition, federate_tables
-    from fedgen.data.table_sources import is_table_source
     from fedgen.data.text_data import ThemePartition
 
-    if isinstance(partitioner, TablePartition) or any(map(is_table_source, cfg.data.sources)):
+    # Told by the components themselves, without importing the table modules: a run on
+    # images or text never loads pandas.
+    tables = getattr(partitioner, "modality", None) == Modality.TABLES or any(
+        getattr(SOURCES.get(s), "modality", None) == Modality.TABLES
+        for s in cfg.data.sources
+        if s in SOURCES
+    )
+    if tables:
+        from fedgen.data.table_data import federate_tables
+
         dp = cfg.uses_dp
         return federate_tables(
             cfg.data.sources,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cli_runner import TINY_RUN, fedgen, fedgen_here
+from cli_runner import TINY_RUN, fedgen_here
 from typer.testing import CliRunner
 
 from fedgen.cli import app
@@ -16,7 +16,7 @@ from fedgen.cli import app
 def run_dir(tmp_path_factory, mnist_dir) -> Path:
     """A finished one-round cgan run (no evaluation) on three MNIST clients."""
     out = tmp_path_factory.mktemp("cli-bad-options") / "run"
-    fedgen("run", "--no-progress", "--out", str(out), *TINY_RUN)
+    fedgen_here("run", "--no-progress", "--out", str(out), *TINY_RUN)
     return out
 
 

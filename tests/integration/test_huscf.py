@@ -179,7 +179,7 @@ def test_resumed_split_run_ends_bit_identical(two_rounds, tmp_path):
 
 def test_more_clusters_than_clients_is_a_clear_error(tmp_path, mnist_dir):
     s1 = str(ROOT / "configs/huscf/s1.yaml")
-    proc = fedgen(
+    proc = fedgen_here(
         "run", s1, "--no-progress", "--out", str(tmp_path / "bad"), *TINY,
         "--set", "strategy.params.num_clusters=5", check=False,
     )  # fmt: skip

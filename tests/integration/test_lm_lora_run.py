@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from cli_runner import fedgen
+from cli_runner import fedgen_here
 
 from fedgen.config import load_config
 from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
@@ -60,7 +60,7 @@ def test_a_lora_federation_runs_and_checkpoints_adapters_only(tmp_path):
     assert len(samples) == 2 and "--- prompt 'The '" in samples[-1].read_text()
     assert json.loads((out / "partition.json").read_text())["tokenizer"] == lm_base.DEFAULT_FILE
     assert "Generated text" in (out / "report.html").read_text()
-    assert "ledger verified" in fedgen("ledger", "verify", str(out)).stdout
+    assert "ledger verified" in fedgen_here("ledger", "verify", str(out)).stdout
     # The checkpoint holds the 460,800 adapter numbers and the base's digest, not the base.
     path = list_checkpoints(out / "checkpoints")[-1][1]
     state = load_checkpoint(path)["federation"]
@@ -104,7 +104,7 @@ def test_client_level_dp_and_secure_aggregation_work_on_the_adapters(tmp_path):
     # Assert: accounted, aggregated securely (the ledger holds the unmasked sum's digest,
     # no individual update), and only the adapters moved.
     assert summary["status"] == "completed" and summary["epsilon"] > 0
-    verified = fedgen("ledger", "verify", str(out)).stdout
+    verified = fedgen_here("ledger", "verify", str(out)).stdout
     assert "0 updates" in verified
     state = load_checkpoint(list_checkpoints(out / "checkpoints")[-1][1])["federation"]
     assert state["global_state"] and all("lora_" in k for k in state["global_state"])

@@ -131,7 +131,7 @@ def test_a_run_out_of_budget_stops_cleanly_and_says_why(tmp_path, mnist_dir):
 
 
 def test_a_noise_multiplier_without_clipping_fails_the_run_before_round_one(tmp_path, mnist_dir):
-    proc = fedgen(
+    proc = fedgen_here(
         "run", "--no-progress", "--out", str(tmp_path / "x"), *TINY, CLIENT_DP[0], CLIENT_DP[1],
         "--set", "transforms=[{name: client_dp, params: {noise_multiplier: 1.0}}]",
         check=False,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_runner import fedgen
+from cli_runner import fedgen, fedgen_here
 from opacus.accountants import RDPAccountant
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,5 +55,5 @@ def test_clip_dp_secagg_recipe_runs_two_rounds_writing_epsilon_and_secagg_metric
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epsilon"] == lines[-1]["epsilon"]
     # The ledger holds the digests of the unmasked sums, never an individual update.
-    verified = fedgen("ledger", "verify", str(out))
+    verified = fedgen_here("ledger", "verify", str(out))
     assert "2 rounds" in verified.stdout and "0 updates" in verified.stdout

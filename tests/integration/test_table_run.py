@@ -90,7 +90,7 @@ def test_fedgen_sample_conditions_rows_on_a_value_and_refuses_an_absent_category
 
 
 def test_differential_privacy_on_a_table_is_refused_with_the_reason(tmp_path):
-    bad = fedgen(
+    bad = fedgen_here(
         "run",
         "configs/tabular_fair_tvae.yaml",
         "--out",

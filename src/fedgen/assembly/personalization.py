@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedgen.config import ExperimentConfig
-from fedgen.engine import image_union, table_union
+from fedgen.engine import image_union
 from fedgen.engine.client_models import describe, evaluate_clients, holds_own_model
 from fedgen.engine.federation import Federation
 from fedgen.eval.per_client import ClientQuality
@@ -123,6 +123,9 @@ def per_client_figures(exp: Any) -> dict[str, float]:
     seed = derive_seed(cfg.seed, "eval", "per-client-models") % (2**31)
     steps = cfg.eval.personalize_steps
     if exp.task.modality == Modality.TABLES:
+        # Imported here: the table union loads pandas, which an image run never needs.
+        from fedgen.engine import table_union
+
         return table_union.union_figures(
             exp.federation, exp.evaluator, finetune_steps=steps, seed=seed
         )
@@ -160,6 +163,8 @@ def per_client_descriptions(cfg: ExperimentConfig, modality: Modality) -> dict[s
     """What each per-client and union key of ``summary.json`` was computed on."""
     steps = cfg.eval.personalize_steps
     if modality == Modality.TABLES:
+        from fedgen.engine import table_union
+
         return table_union.describe_union(steps)
     out = image_union.describe_union(steps) if cfg.eval.union else {}
     if cfg.eval.per_client:

@@ -179,6 +179,8 @@ class TablePartition:
     """Base of the table partitioners: holdout, split, federated encoder, encoded clients."""
 
     name = "table"
+    #: What a run with this partitioner generates (``experiment`` reads it).
+    modality = Modality.TABLES
 
     def __init__(
         self, holdout_fraction: float = 0.2, max_modes: int = 10, holdout_fold: int | None = None

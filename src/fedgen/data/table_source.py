@@ -24,6 +24,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 
@@ -31,6 +32,7 @@ from fedgen.data.orange_tab import WheelFile, read_tab
 from fedgen.data.sources import SourceStatus
 from fedgen.data.table_schema import TableSchema
 from fedgen.errors import ChecksumError, ConfigError, DataMissingError
+from fedgen.modality import Modality
 
 
 def read_csv_bytes(data: bytes) -> pd.DataFrame:
@@ -52,6 +54,8 @@ class TableSource:
     the result must match ``schema``. Subclasses say where the bytes are.
     """
 
+    #: What a run on this source generates (read without importing this module's pandas).
+    modality: ClassVar[Modality] = Modality.TABLES
     name: str
     description: str
     sha256: str

@@ -9,7 +9,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import scipy.linalg
 import torch
 
 _MAX_IMAGINARY = 1e-3
@@ -47,6 +46,8 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     cov_a = np.atleast_2d(np.cov(a, rowvar=False))  # (D, D)
     cov_b = np.atleast_2d(np.cov(b, rowvar=False))
+    import scipy.linalg  # here: about 0.2 s to import, which most processes never need
+
     with warnings.catch_warnings():
         # Dead ReLU units (zero variance) make the product singular, and sqrtm warns about
         # it on every call although its result is fine; the checks below catch bad ones.

@@ -1,11 +1,15 @@
-"""`fedgen run` with a garbage recipe or override: a one-line error naming it, no traceback."""
+"""`fedgen run` with a garbage recipe or override: a one-line error naming it, no traceback.
+
+Run in this process (`fedgen_here`): what is checked is the command's answer, not its
+process, and each `fedgen` process costs seconds of imports.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from cli_runner import fedgen
+from cli_runner import fedgen_here
 
 
 def assert_clear_failure(proc, *named: str) -> str:
@@ -29,12 +33,12 @@ def assert_clear_failure(proc, *named: str) -> str:
     ],
 )
 def test_run_with_a_garbage_override_says_which(override: str, named: str) -> None:
-    stderr = assert_clear_failure(fedgen("run", "--set", override, check=False), named)
+    stderr = assert_clear_failure(fedgen_here("run", "--set", override, check=False), named)
     assert len(stderr.strip().splitlines()) == 1, stderr
 
 
 def test_run_with_a_wrong_typed_override_names_the_key() -> None:
-    proc = fedgen("run", "--set", "federation.rounds=many", check=False)
+    proc = fedgen_here("run", "--set", "federation.rounds=many", check=False)
     assert_clear_failure(proc, "federation.rounds", "many")
 
 
@@ -45,7 +49,7 @@ def test_run_with_a_wrong_typed_override_names_the_key() -> None:
 def test_run_with_a_garbage_recipe_names_the_file(tmp_path: Path, content: bytes) -> None:
     recipe = tmp_path / "garbage.yaml"
     recipe.write_bytes(content)
-    proc = fedgen("run", str(recipe), "--out", str(tmp_path / "run"), check=False)
+    proc = fedgen_here("run", str(recipe), "--out", str(tmp_path / "run"), check=False)
     assert_clear_failure(proc)
     assert "garbage.yaml" in proc.stderr or "invalid config" in proc.stderr
     assert not (tmp_path / "run").exists()

@@ -1,20 +1,3 @@
-"""Backends; importing this package registers them."""
-
-from fedgen.engine.backends.base import Backend, LocalWork
-from fedgen.engine.backends.flower import FlowerBackend
-from fedgen.engine.backends.inprocess import InProcessBackend
-from fedgen.engine.backends.process_pool import ProcessPoolBackend
-from fedgen.engine.backends.split import SplitBackend
-from fedgen.engine.backends.vectorized import VectorizedBackend
-from fedgen.engine.backends.vertical import VerticalBackend
-
-__all__ = [
-    "Backend",
-    "FlowerBackend",
-    "InProcessBackend",
-    "LocalWork",
-    "ProcessPoolBackend",
-    "SplitBackend",
-    "VectorizedBackend",
-    "VerticalBackend",
-]
+"""Backends: each module registers its own (``fedgen.registry.BUILTIN`` says which), and a
+run imports only the one it names; the vertical backend's table tasks would otherwise load
+pandas into every worker and ClientApp."""

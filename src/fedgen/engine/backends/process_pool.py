@@ -88,8 +88,8 @@ def _start_context() -> ForkServerContext | SpawnContext:
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         # One fork server per process, started by its first worker; later pools reuse it.
-        # It imports what every worker would: this module and the registry's components
-        # (a worker looks its task up by name, and that imports them all).
+        # It imports what any worker may need, whatever the recipe of the pool that starts
+        # it: this module and every module that registers a built-in component.
         ctx.set_forkserver_preload([__name__, *BUILTIN_MODULES])
         return ctx
     return mp.get_context("spawn")
