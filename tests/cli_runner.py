@@ -63,6 +63,7 @@ def fedgen_here(
     """
     import logging
     import traceback
+    import warnings
 
     from typer.testing import CliRunner
 
@@ -89,7 +90,12 @@ def fedgen_here(
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        result = CliRunner().invoke(app, list(args), env=env)
+        # Python's warnings reach stderr, as in the real process (pytest would collect them
+        # instead, and a test of the command's output would not see them).
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _warning_to_stderr
+            result = CliRunner().invoke(app, list(args), env=env)
     finally:
         os.chdir(cwd)
         logging.getLogger().removeHandler(handler)
@@ -102,3 +108,16 @@ def fedgen_here(
     if check and code != 0:
         raise AssertionError(f"fedgen {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def _warning_to_stderr(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    import warnings
+
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))

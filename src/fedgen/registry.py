@@ -117,7 +117,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
-        #: Built-in names not imported yet -> the module that registers them.
+        #: Built-in names -> the module that registers them (imported at the first lookup).
         self._homes = {n: m for m, names in BUILTIN.get(kind, {}).items() for n in names}
         #: The module each name was registered from (checked against ``BUILTIN``).
         self.registered_by: dict[str, str] = {}
@@ -125,6 +125,11 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: register ``obj`` under ``name``; a second use of a name is an error."""
         caller = sys._getframe(1).f_globals.get("__name__", "?")
+        home = self._homes.get(name)
+        if home is not None and caller != home:
+            # Else it would win silently where the built-in's module was not imported yet
+            # (and lose in a worker that preloads them all).
+            raise ValueError(f"{self.kind} {name!r} is fedgen's own ({home}); choose another name")
 
         def decorator(obj: T) -> T:
             if name in self._items and self._items[name] is not obj:
