@@ -186,9 +186,3 @@ EVALUATORS: Registry[Any] = Registry("evaluator of a modality")
 #: Per modality: writes samples a person can look at,
 #: ``writer(task, path_without_suffix, per_condition, generator) -> written path``.
 SAMPLE_WRITERS: Registry[Any] = Registry("sample writer of a modality")
-
-
-def _import_builtin_components() -> None:
-    """Import every module that registers a built-in component."""
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
