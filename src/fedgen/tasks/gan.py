@@ -293,7 +293,6 @@ class ConditionalGan(Task):
             or p.spectral_norm
             or p.d_steps != 1
             or p.aux_weight > 0
-            or p.mode_seeking > 0
         ):
             return None
         return GanFunctionalTraining(
@@ -305,6 +304,7 @@ class ConditionalGan(Task):
             lr=p.lr,
             betas=p.betas,
             uniform_labels=p.fake_labels == "uniform",
+            mode_seeking=p.mode_seeking,
         )
 
     def _uniform_labels(self, n: int, generator: torch.Generator) -> torch.Tensor:

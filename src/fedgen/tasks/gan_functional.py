@@ -5,7 +5,9 @@ batch and the generator's fakes, then a non-saturating generator step through th
 updated discriminator, each with its own Adam. With ``fake_labels="data"`` the
 generator's step reuses the fakes of the discriminator step (the generator has not
 changed in between), so its gradient comes from the forward pass's ``vjp`` instead
-of a second forward pass, as ``train_local`` reuses its autograd graph.
+of a second forward pass, as ``train_local`` reuses its autograd graph. With the
+mode-seeking term (``mode_seeking`` > 0) the generator's step runs on a fresh paired
+batch instead: one set of labels, two latents per label, as ``train_local`` draws it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad_and_value, vjp
+from torch.func import functional_call, grad, grad_and_value, vjp
 
 from fedgen.tasks.functional import (
     Batches,
@@ -35,6 +37,7 @@ class GanFunctionalTraining(FunctionalTraining):
         generator, discriminator: the task's modules (architecture only: the tensors
             come with each call).
         uniform_labels: ``fake_labels == "uniform"``.
+        mode_seeking: the weight of MSGAN's term in the generator's loss (0: none).
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class GanFunctionalTraining(FunctionalTraining):
         lr: float,
         betas: tuple[float, float],
         uniform_labels: bool,
+        mode_seeking: float = 0.0,
     ) -> None:
         self.generator = generator
         self.discriminator = discriminator
@@ -57,6 +61,7 @@ class GanFunctionalTraining(FunctionalTraining):
         self.lr = lr
         self.betas = betas
         self.uniform_labels = uniform_labels
+        self.mode_seeking = mode_seeking
 
     def init_state(self, tensors: ModuleTensors, config: dict[str, Any]) -> OptimizerState:
         return {
@@ -78,7 +83,19 @@ class GanFunctionalTraining(FunctionalTraining):
             torch.randint(self.num_classes, (b,), generator=generator) if self.uniform_labels else y
         )
         inputs["z"] = torch.randn(b, self.latent_dim, generator=generator)
-        if self.uniform_labels:
+        if self.mode_seeking > 0:
+            # train_local's _paired_batch: h labels, then 2h latents (row i pairs with
+            # row h + i). Kept as two inputs of h rows: padded alike, they stay paired.
+            if self.uniform_labels:
+                half = torch.randint(
+                    self.num_classes, (max(self.batch_size // 2, 1),), generator=generator
+                )
+            else:
+                half = y[: (b + 1) // 2]
+            z_pair = torch.randn(2 * half.shape[0], self.latent_dim, generator=generator)
+            inputs["y_half"] = half
+            inputs["z_a"], inputs["z_b"] = z_pair[: half.shape[0]], z_pair[half.shape[0] :]
+        elif self.uniform_labels:
             inputs["y_g"] = torch.randint(self.num_classes, (self.batch_size,), generator=generator)
             inputs["z_g"] = torch.randn(self.batch_size, self.latent_dim, generator=generator)
         return inputs
@@ -119,7 +136,29 @@ class GanFunctionalTraining(FunctionalTraining):
 
         grads_d, value_d = grad_and_value(loss_d)(d_params)
         d_new, state_d = adam_step(d_params, grads_d, state["discriminator"], step, lr, self.betas)
-        if self.uniform_labels:
+        extra: dict[str, torch.Tensor] = {}
+        if self.mode_seeking > 0:
+            y_half, z_a, z_b = inputs["y_half"], inputs["z_a"], inputs["z_b"]
+            m_half = masks["y_half"]
+            pairs, y_pairs = torch.cat([z_a, z_b]), torch.cat([y_half, y_half])
+            m_pairs = torch.cat([m_half, m_half])
+            h = z_a.shape[0]
+            # MSGAN's term (gan.mode_seeking_term) over the real pairs: the mean absolute
+            # gap per pair, averaged over pairs (every pair has as many elements).
+            latent_gap = masked_mean((z_a - z_b).abs().mean(dim=1), m_half)
+
+            def loss_g_paired(g: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+                fake_g = generate(g, pairs, y_pairs)
+                adversarial = masked_mean(
+                    F.softplus(-discriminate(d_new, fake_g, y_pairs)), m_pairs
+                )
+                gap = (fake_g[:h] - fake_g[h:]).abs().flatten(1).mean(dim=1)
+                seeking = 1 / (masked_mean(gap, m_half) / latent_gap + 1e-5)
+                return adversarial + self.mode_seeking * seeking, (adversarial, seeking)
+
+            grads_g, (value_g, seeking) = grad(loss_g_paired, has_aux=True)(g_params)
+            extra["loss/mode_seeking"] = seeking
+        elif self.uniform_labels:
             y_g, z_g = inputs["y_g"], inputs["z_g"]
 
             def loss_g(g: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -138,5 +177,5 @@ class GanFunctionalTraining(FunctionalTraining):
             "generator": {**g_all, **g_new},
             "discriminator": {**d_all, **d_new},
         }
-        losses = {"loss/discriminator": value_d, "loss/generator": value_g}
+        losses = {"loss/discriminator": value_d, "loss/generator": value_g, **extra}
         return new_tensors, {"generator": state_g, "discriminator": state_d}, losses

@@ -66,6 +66,19 @@ VECTORIZING: dict[str, dict[str, str]] = {
             "{batch_size: 16, generator_width: 16, discriminator_width: 16, fake_labels: uniform}"
         ),
     },
+    # MSGAN's paired generator batch: labels of the client's own batch (padded on the
+    # small shards), and uniform labels of a fixed count.
+    "cgan-mode-seeking": {
+        "task.params": (
+            "{batch_size: 16, generator_width: 16, discriminator_width: 16, mode_seeking: 0.5}"
+        ),
+    },
+    "cgan-mode-seeking-uniform": {
+        "task.params": (
+            "{batch_size: 16, generator_width: 16, discriminator_width: 16, mode_seeking: 0.5, "
+            "fake_labels: uniform}"
+        ),
+    },
     "cgan-private-discriminator": {
         "task.params": (
             "{batch_size: 16, generator_width: 16, discriminator_width: 16, federate: [generator]}"
