@@ -288,12 +288,7 @@ class ConditionalGan(Task):
         the default loss and architecture only (None otherwise: clients train
         sequentially)."""
         p = self.params
-        if (
-            p.loss != "bce"
-            or p.spectral_norm
-            or p.d_steps != 1
-            or p.aux_weight > 0
-        ):
+        if p.loss != "bce" or p.spectral_norm or p.d_steps != 1 or p.aux_weight > 0:
             return None
         return GanFunctionalTraining(
             self.modules["generator"],
