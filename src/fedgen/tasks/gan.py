@@ -24,7 +24,7 @@ from torch import nn
 from fedgen.data.client_data import ClientData
 from fedgen.registry import TASKS
 from fedgen.tasks.base import Task, TaskParams
-from fedgen.tasks.gan_functional import GanFunctionalTraining
+from fedgen.tasks.gan_functional import GanFunctionalTraining, mode_seeking_term
 
 
 class GanParams(TaskParams):
@@ -311,12 +311,3 @@ class ConditionalGan(Task):
         G.eval()
         z = torch.randn(labels.shape[0], self.params.latent_dim, generator=generator)
         return (G(z, labels) + 1) / 2
-
-
-def mode_seeking_term(images: torch.Tensor, z: torch.Tensor, half: int) -> torch.Tensor:
-    """MSGAN's term for a batch whose first ``half`` rows pair with the next ``half``
-    (one label, two latents): the inverse of the images' mean absolute distance over the
-    latents', so it is large when different latents give one image."""
-    images_gap = (images[:half] - images[half : 2 * half]).abs().mean()
-    latent_gap = (z[:half] - z[half : 2 * half]).abs().mean()
-    return 1 / (images_gap / latent_gap + 1e-5)

@@ -143,17 +143,13 @@ class GanFunctionalTraining(FunctionalTraining):
             pairs, y_pairs = torch.cat([z_a, z_b]), torch.cat([y_half, y_half])
             m_pairs = torch.cat([m_half, m_half])
             h = z_a.shape[0]
-            # MSGAN's term (gan.mode_seeking_term) over the real pairs: the mean absolute
-            # gap per pair, averaged over pairs (every pair has as many elements).
-            latent_gap = masked_mean((z_a - z_b).abs().mean(dim=1), m_half)
 
             def loss_g_paired(g: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
                 fake_g = generate(g, pairs, y_pairs)
                 adversarial = masked_mean(
                     F.softplus(-discriminate(d_new, fake_g, y_pairs)), m_pairs
                 )
-                gap = (fake_g[:h] - fake_g[h:]).abs().flatten(1).mean(dim=1)
-                seeking = 1 / (masked_mean(gap, m_half) / latent_gap + 1e-5)
+                seeking = mode_seeking_term(fake_g, pairs, h, m_half)
                 return adversarial + self.mode_seeking * seeking, (adversarial, seeking)
 
             grads_g, (value_g, seeking) = grad(loss_g_paired, has_aux=True)(g_params)
@@ -179,3 +175,19 @@ class GanFunctionalTraining(FunctionalTraining):
         }
         losses = {"loss/discriminator": value_d, "loss/generator": value_g, **extra}
         return new_tensors, {"generator": state_g, "discriminator": state_d}, losses
+
+
+def mode_seeking_term(
+    images: torch.Tensor, z: torch.Tensor, half: int, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """MSGAN's term for a batch whose first ``half`` rows pair with the next ``half``
+    (one label, two latents): the inverse of the images' mean absolute distance over the
+    latents', so it is large when different latents give one image. With ``mask``
+    (``(half,)``, 0 for a padded pair) only the real pairs count."""
+    images_gap = (images[:half] - images[half : 2 * half]).abs()
+    latent_gap = (z[:half] - z[half : 2 * half]).abs()
+    if mask is None:
+        return 1 / (images_gap.mean() / latent_gap.mean() + 1e-5)
+    # Every pair has as many elements: the mean of the real pairs' means.
+    images_mean = masked_mean(images_gap.flatten(1).mean(dim=1), mask)
+    return 1 / (images_mean / masked_mean(latent_gap.mean(dim=1), mask) + 1e-5)

@@ -66,8 +66,9 @@ VECTORIZING: dict[str, dict[str, str]] = {
             "{batch_size: 16, generator_width: 16, discriminator_width: 16, fake_labels: uniform}"
         ),
     },
-    # MSGAN's paired generator batch: labels of the client's own batch (padded on the
-    # small shards), and uniform labels of a fixed count.
+    # MSGAN's paired generator batch: labels of the client's own batch (padded where a
+    # shard is smaller than a batch: test_unequal_steps_and_small_shards), and uniform
+    # labels of a fixed count.
     "cgan-mode-seeking": {
         "task.params": (
             "{batch_size: 16, generator_width: 16, discriminator_width: 16, mode_seeking: 0.5}"
@@ -300,7 +301,7 @@ def test_kept_optimizers_resume_and_return_alike(mnist_dir, one_thread, case):
     assert max(counts) > 3  # some client resumed its optimizer in a later round
 
 
-@pytest.mark.parametrize("case", ["cgan", "cvae", "cvae-mlp", "ddpm"])
+@pytest.mark.parametrize("case", ["cgan", "cgan-mode-seeking", "cvae", "cvae-mlp", "ddpm"])
 def test_unequal_steps_and_small_shards(mnist_dir, one_thread, case):
     # Quantity skew and local epochs: clients train different numbers of steps, and some
     # shards are smaller than a batch (padded rows, masked out of the losses); chunks of
