@@ -219,6 +219,15 @@ def _sample_level(
     elif not (cfg.max_grad_norm > 0 and math.isfinite(cfg.max_grad_norm)):
         problems.append(f"dpsgd.max_grad_norm={cfg.max_grad_norm}: must be a number > 0")
     problems.extend(module_problems(task))
+    if task.params.compute_dtype != "float32":
+        # Under autocast Opacus computes each example's gradient in bfloat16, so its norm
+        # and clipped sum carry 8-bit rounding: the sensitivity the noise is scaled to
+        # would no longer bound one example's contribution.
+        problems.append(
+            f"dpsgd clips each example's gradient, which task.params.compute_dtype="
+            f"{task.params.compute_dtype} would compute in that dtype; set "
+            "task.params.compute_dtype=float32 for DP-SGD"
+        )
     batch = int(task.params.batch_size)
     rates = {c.client_id: poisson_sample_rate(batch, c.num_examples) for c in clients}
     sizes = {c.client_id: c.num_examples for c in clients}

@@ -105,4 +105,6 @@ def capture_means(features: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     HuSCF-GAN's clustering reads only the batch mean of the captured activations
     (k-means input and spatial softmax), so the mean is all that needs keeping.
     """
-    return {c: f.detach().mean(dim=0, keepdim=True) for c, f in features.items()}
+    # float32 whatever the compute dtype: the clustering reads them as numbers, not a
+    # training tensor (a bfloat16 mean of 64 rows would round off their differences).
+    return {c: f.detach().float().mean(dim=0, keepdim=True) for c, f in features.items()}

@@ -12,10 +12,11 @@ O(model) not O(cohort); a frozen base is loaded once and never copied.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +41,11 @@ class TaskParams(BaseModel):
     #: or a prefix of such names (``generator.embed``) that stay private to each client,
     #: whatever the task federates; see ``Task.tensor_kind``.
     personal: list[str] = Field(default_factory=list)
+    #: The dtype of local training's matrix products and convolutions (``Task.autocast``,
+    #: PyTorch's automatic mixed precision): ``bfloat16`` computes them in bfloat16 while
+    #: the weights, their updates and the optimizer stay float32. Sampling and evaluation
+    #: always run in float32.
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
 
 
 class LocalTraining:
@@ -222,6 +228,19 @@ class Task(ABC):
         """Settings of this task that would leak private data past DP-SGD, each with its
         fix (e.g. a generator trained on the labels of real examples). Default: none."""
         return []
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The context a client's local training runs in (``params.compute_dtype``).
+
+        ``bfloat16``: ``torch.autocast`` with bfloat16 on the device of the task's weights
+        (2.5x float32's matrix-product throughput on a CPU with AVX-512 BF16). No gradient
+        scaler: bfloat16 keeps float32's exponent range. ``float32``: nothing changes.
+        """
+        if self.params.compute_dtype == "float32":
+            return contextlib.nullcontext()
+        weights = (p for m in self.modules.values() for p in m.parameters())
+        device = next(weights, torch.empty(0)).device.type
+        return torch.autocast(device, dtype=torch.bfloat16)
 
     def local_training(self, generator: torch.Generator) -> LocalTraining:
         """Open the batches/optimizers source for one ``train_local`` call."""

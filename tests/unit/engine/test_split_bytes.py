@@ -57,8 +57,9 @@ def clients(mnist_dir):
     return {c.client_id: c for c in data.clients}
 
 
-def run_round(clients, backend):
-    task = HuscfGan(HuscfGanParams(architecture="light", batch_size=BATCH), 10, (1, 28, 28), 1)
+def run_round(clients, backend, compute_dtype="float32"):
+    params = HuscfGanParams(architecture="light", batch_size=BATCH, compute_dtype=compute_dtype)
+    task = HuscfGan(params, 10, (1, 28, 28), 1)
     plan = RoundPlan(0, [ClientInstruction(c, 100 + c, {}) for c in sorted(clients)])
     work = LocalWork(task, task.federated_state(), [], STEPS, None, 0)
     return {r.client_id: r for r in backend.run(plan, work, clients, {})}
@@ -77,6 +78,22 @@ def test_hand_counted_bytes_per_client_of_a_split_round(clients):
     # Execute
     results = run_round(clients, SplitBackend(cuts=CUTS))
     # Assert: not the whole model (1,196,622 bytes of light G and D) per client.
+    assert all(r.ok for r in results.values())
+    for c, (up, down) in expected.items():
+        assert (results[c].bytes_up, results[c].bytes_down) == (up, down), c
+
+
+def test_bfloat16_compute_halves_the_cut_traffic_but_not_the_blocks(clients):
+    # Prepare: under compute_dtype bfloat16 every activation and gradient that crosses a
+    # cut is a bfloat16 tensor (2 bytes), while the blocks stay float32 weights.
+    expected = {}
+    for c in clients:
+        b = min(BATCH, clients[c].num_examples)
+        wire = 2 * b * (sum(CUT_G[c]) + 3 * sum(CUT_D[c])) * STEPS
+        expected[c] = (wire + FLOAT * OWN[c], wire + FLOAT * OWN[c])
+    # Execute
+    results = run_round(clients, SplitBackend(cuts=CUTS), compute_dtype="bfloat16")
+    # Assert
     assert all(r.ok for r in results.values())
     for c, (up, down) in expected.items():
         assert (results[c].bytes_up, results[c].bytes_down) == (up, down), c

@@ -113,7 +113,8 @@ def run_client(
     # FedProx: the proximal term mu/2 ||w - w_global||^2 on every optimizer step
     # of the task's training; mu 0 (every other strategy) installs nothing.
     mu = proximal_mu(ins)
-    with proximal_term(anchored_parameters(task.modules, work.global_state) if mu else [], mu):
+    anchored = anchored_parameters(task.modules, work.global_state) if mu else []
+    with proximal_term(anchored, mu), task.autocast():
         metrics = task.train_local(data, steps, gen, ins.config)
     if task.privacy_engine is not None:
         # DP-SGD noises the gradients, not the losses: a loss on the client's own batches,
@@ -137,9 +138,17 @@ def run_client(
         # Ditto: the client's personal model trains after the global step and stays in
         # its private state; the update above is FedAvg's.
         lam, personal_steps = ditto
-        personal = train_personal(
-            task, data, work.global_state, carried, own_private, lam, personal_steps or steps, ins
-        )
+        with task.autocast():
+            personal = train_personal(
+                task,
+                data,
+                work.global_state,
+                carried,
+                own_private,
+                lam,
+                personal_steps or steps,
+                ins,
+            )
         if task.privacy_engine is None:  # its losses too are figures of private batches
             metrics.update(personal)
     ctx = TransformContext(

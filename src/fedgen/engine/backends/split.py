@@ -224,7 +224,7 @@ class SplitBackend(Backend):
             if not batches:
                 break
             c0 = time.process_time()
-            with proximal_term(anchored, mu):
+            with proximal_term(anchored, mu), task.autocast():
                 res = trainer.step(batches, latents)
             cpu.append(time.process_time() - c0)
             wall.append(res.seconds)

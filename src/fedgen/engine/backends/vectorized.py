@@ -84,6 +84,13 @@ def why_not_vectorized(work: LocalWork) -> str | None:
         # Each client starts from its own copy of the model, rebuilt from compressed
         # deltas inside run_client; the stacked start would be the server's model.
         return "under a compressed downlink each client starts from its own copy of the model"
+    if task.params.compute_dtype != "float32":
+        # torch.autocast does not reach every op vmap batches (a vmap-ed Linear computes
+        # in float32 under it), so a group would not compute in the dtype asked for.
+        return (
+            f"task.params.compute_dtype {task.params.compute_dtype} (autocast) does not "
+            "reach into vmap's batched operations"
+        )
     if task.functional_training() is None:
         return task.why_no_functional_training()
     return None
