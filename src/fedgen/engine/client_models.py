@@ -224,7 +224,7 @@ def evaluate_clients(
                 )
             if finetune_steps > 0:
                 load_client_model(fed, cid)
-                with torch.enable_grad():
+                with torch.enable_grad(), task.autocast():
                     task.train_local(
                         data, finetune_steps, torch_generator(seed, "finetune", cid), {}
                     )

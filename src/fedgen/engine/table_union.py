@@ -67,7 +67,7 @@ def union_figures(
             for (cid, data), n_quality, n_tstr in zip(clients, quality, tstr, strict=True):
                 load_client_model(fed, cid)
                 if model == "finetuned":
-                    with torch.enable_grad():
+                    with torch.enable_grad(), task.autocast():
                         task.train_local(
                             data, finetune_steps, torch_generator(seed, "finetune", cid), {}
                         )

@@ -75,7 +75,8 @@ class PerplexityEvaluator:
         try:
             for c in self.clients:
                 gen = torch_generator(self.seed, "personalize", c.client_id)
-                task.train_local(c, self.personalize_steps, gen, {})
+                with task.autocast():  # a client's own fine-tuning, as it trains
+                    task.train_local(c, self.personalize_steps, gen, {})
                 x, y = c.heldout_windows(block)
                 out[c.client_id] = task.nll(x[: self.max_windows], y[: self.max_windows])
                 task.load_state(start)

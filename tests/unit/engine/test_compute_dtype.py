@@ -16,6 +16,7 @@ import torch
 from tiny_federation import TINY_DPSGD, tiny_config
 from torch import nn
 
+from fedgen.engine.image_union import own_states
 from fedgen.errors import ConfigError
 from fedgen.experiment import build_experiment
 
@@ -66,6 +67,31 @@ def test_bfloat16_changes_what_a_round_computes(mnist_dir):
     ]
     assert max(moved) > 0
     assert max(moved) < 0.05  # 2 Adam steps of lr 2e-4 move a weight by at most ~4e-4
+
+
+def test_a_clients_evaluation_fine_tune_trains_in_the_dtype_asked(mnist_dir):
+    # The union of fine-tuned client models (evaluation) trains each client on its own
+    # shard: in bfloat16 too, as the recipe's clients trained.
+    fed, seen = one_round(mnist_dir, **{"task.params.compute_dtype": "bfloat16"})
+    seen.clear()
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+        for module in fed.task.modules.values()
+        for m in module.modules()
+        if isinstance(m, nn.Linear)
+    ]
+    with torch.no_grad():  # as evaluation calls it
+        states = own_states(fed, "finetuned", 1, seed=0)
+    for h in hooks:
+        h.remove()
+    assert len(states) == len(fed.clients)
+    assert torch.bfloat16 in seen  # the fine-tune's steps (sampling adds none here)
+    assert all(
+        v.dtype == torch.float32
+        for s in states.values()
+        for v in s.values()
+        if v.is_floating_point()
+    )
 
 
 def test_vectorized_backend_trains_bfloat16_clients_as_inprocess_does(mnist_dir, caplog):
