@@ -233,8 +233,9 @@ class Task(ABC):
         """The context a client's local training runs in (``params.compute_dtype``).
 
         ``bfloat16``: ``torch.autocast`` with bfloat16 on the device of the task's weights
-        (2.5x float32's matrix-product throughput on a CPU with AVX-512 BF16). No gradient
-        scaler: bfloat16 keeps float32's exponent range. ``float32``: nothing changes.
+        (on a CPU with AVX-512 BF16, 1.45x a step of HuSCF-GAN's published network:
+        ``benchmarks/compute_dtype.py``). No gradient scaler: bfloat16 keeps float32's
+        exponent range. ``float32``: nothing changes.
         """
         if self.params.compute_dtype == "float32":
             return contextlib.nullcontext()
