@@ -56,12 +56,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from child_run import reply, run_child
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
@@ -254,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.child:
         spec = json.loads(args.child)
-        print("RESULT " + json.dumps(measure(**spec)), flush=True)
+        reply(measure(**spec))
         return
 
     from fedgen.report.results_table import ResultsTable
@@ -279,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
             spec = {"workload": workload, "cohort": cohort, "backend": backend}
             print(f"== {spec}", flush=True)
             try:
-                out = _run_child({**spec, "rounds": rounds})
+                out = run_child(__file__, {**spec, "rounds": rounds})
             except RuntimeError as exc:
                 print(f"   failed: {exc}", flush=True)
                 table.append(
@@ -316,21 +315,6 @@ def main(argv: list[str] | None = None) -> None:
                 ),
             }
             print("   " + table.append(row), flush=True)
-
-
-def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    """``measure(**spec)`` in a fresh process (its own peak RSS, no warm caches)."""
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
-            return result
-    raise RuntimeError((proc.stderr.strip().splitlines() or ["no output"])[-1])
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from child_run import reply, run_child
+
 ROOT = Path(__file__).resolve().parents[1]
 #: Network -> overrides of S1's recipe (light: table.py's fedgen_best network).
 ARCHS: dict[str, list[str]] = {
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(measure(**json.loads(args.child))), flush=True)
+        reply(measure(**json.loads(args.child)))
         return
 
     sys.path.insert(0, str(ROOT / "src"))
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
                     }
                     print(f"== {spec}", flush=True)
                     try:
-                        out = _run_child(spec)
+                        out = run_child(__file__, spec, Path(spec["tree"]) / "src")
                     except RuntimeError as exc:
                         print(f"   failed: {exc}", flush=True)
                         continue
@@ -198,23 +200,6 @@ def main(argv: list[str] | None = None) -> None:
                         "peak RSS MB": out["rss_mb"],
                     }
                     print("   " + table.append(row), flush=True)
-
-
-def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    """``measure(**spec)`` in a fresh process importing fedgen from the spec's tree."""
-    env = {**os.environ, "PYTHONPATH": str(Path(spec["tree"]) / "src")}
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
-            return result
-    raise RuntimeError((proc.stderr.strip().splitlines() or ["no output"])[-1])
 
 
 if __name__ == "__main__":
