@@ -128,7 +128,9 @@ class DiscriminatorTail(nn.Sequential):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = self[0](h)
-        p_real = self[2](self[1](h))
+        # The logit in float32 whatever the compute dtype: a bfloat16 sigmoid rounds every
+        # P(real) above 0.998 to 1 (8 mantissa bits), where the cross-entropy saturates.
+        p_real = self[2](self[1](h).float())
         if self.classes is None:
             return p_real
         return torch.cat([p_real, self.classes(h)], dim=1)

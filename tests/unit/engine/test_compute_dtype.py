@@ -132,3 +132,20 @@ def test_dpsgd_refuses_bfloat16_per_example_gradients(mnist_dir):
 def test_an_unknown_compute_dtype_is_a_config_error_naming_the_choices(mnist_dir):
     with pytest.raises(ConfigError, match=r"float32.*bfloat16"):
         build_experiment(tiny_config(mnist_dir, **{"task.params.compute_dtype": "float16"}))
+
+
+def test_huscf_discriminator_keeps_p_real_in_float32_under_bfloat16():
+    # A bfloat16 sigmoid rounds P(real) = sigmoid(7) = 0.99909 to exactly 1, where the
+    # published binary cross-entropy saturates; the tail computes it from a float32 logit.
+    from fedgen.split.huscf_gan import FAITHFUL, DiscriminatorTail
+
+    tail = DiscriminatorTail(FAITHFUL)
+    with torch.no_grad():
+        tail[1].weight.zero_()
+        tail[1].bias.fill_(7.0)
+    h = torch.randn(4, FAITHFUL.channels()[3], 3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        p_real = tail(h)
+    assert p_real.dtype == torch.float32
+    assert torch.allclose(p_real, torch.full_like(p_real, float(torch.sigmoid(torch.tensor(7.0)))))
+    assert bool((p_real < 1).all())
