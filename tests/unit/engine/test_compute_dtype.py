@@ -8,6 +8,8 @@ and be refused where bfloat16 would break a guarantee (DP-SGD's per-example clip
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +23,30 @@ from fedgen.errors import ConfigError
 from fedgen.experiment import build_experiment
 
 
-def one_round(mnist_dir: Path, **overrides: Any) -> tuple[Any, list[torch.dtype]]:
-    """One round of the tiny federation; the federation and the dtypes that every
-    Linear and convolution of the task's networks produced during it."""
-    cfg = tiny_config(mnist_dir, **{"ledger": "false", "federation.rounds": 1, **overrides})
-    fed = build_experiment(cfg).federation
+@contextmanager
+def output_dtypes(modules: dict[str, nn.Module]) -> Iterator[list[torch.dtype]]:
+    """The dtypes every Linear and convolution of ``modules`` produces inside the block."""
     seen: list[torch.dtype] = []
     hooks = [
         m.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
-        for module in fed.task.modules.values()
+        for module in modules.values()
         for m in module.modules()
         if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d)
     ]
     try:
-        assert fed.run()
+        yield seen
     finally:
         for h in hooks:
             h.remove()
+
+
+def one_round(mnist_dir: Path, **overrides: Any) -> tuple[Any, list[torch.dtype]]:
+    """One round of the tiny federation; the federation and the dtypes its task's layers
+    produced during it."""
+    cfg = tiny_config(mnist_dir, **{"ledger": "false", "federation.rounds": 1, **overrides})
+    fed = build_experiment(cfg).federation
+    with output_dtypes(fed.task.modules) as seen:
+        assert fed.run()
     return fed, seen
 
 
@@ -72,18 +81,9 @@ def test_bfloat16_changes_what_a_round_computes(mnist_dir):
 def test_a_clients_evaluation_fine_tune_trains_in_the_dtype_asked(mnist_dir):
     # The union of fine-tuned client models (evaluation) trains each client on its own
     # shard: in bfloat16 too, as the recipe's clients trained.
-    fed, seen = one_round(mnist_dir, **{"task.params.compute_dtype": "bfloat16"})
-    seen.clear()
-    hooks = [
-        m.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
-        for module in fed.task.modules.values()
-        for m in module.modules()
-        if isinstance(m, nn.Linear)
-    ]
-    with torch.no_grad():  # as evaluation calls it
+    fed, _ = one_round(mnist_dir, **{"task.params.compute_dtype": "bfloat16"})
+    with output_dtypes(fed.task.modules) as seen, torch.no_grad():  # as evaluation calls it
         states = own_states(fed, "finetuned", 1, seed=0)
-    for h in hooks:
-        h.remove()
     assert len(states) == len(fed.clients)
     assert torch.bfloat16 in seen  # the fine-tune's steps (sampling adds none here)
     assert all(
