@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
                 except RuntimeError as exc:
                     print(f"   failed: {exc}", flush=True)
                     continue
-                base = base or out
+                if dtype == "float32":
+                    base = out
                 row = {
                     "recipe": recipe,
                     "compute dtype": dtype,
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
                     "clients / round": out["clients"],
                     "s / client step": out["wall"],
                     "CPU s / client step": out["cpu"],
-                    "speed-up": base["wall"] / out["wall"],
+                    # None ("-") when this repeat's float32 run failed: no baseline.
+                    "speed-up": base["wall"] / out["wall"] if base else None,
                     "loss after": out["loss"],
                     "peak RSS MB": out["rss_mb"],
                 }

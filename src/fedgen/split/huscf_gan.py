@@ -128,9 +128,11 @@ class DiscriminatorTail(nn.Sequential):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = self[0](h)
-        # The logit in float32 whatever the compute dtype: a bfloat16 sigmoid rounds every
-        # P(real) above 0.998 to 1 (8 mantissa bits), where the cross-entropy saturates.
-        p_real = self[2](self[1](h).float())
+        # The logit and its sigmoid in float32 whatever the compute dtype: in bfloat16 (8
+        # mantissa bits) the logit moves in steps of 0.03 near 7, and the sigmoid rounds
+        # every P(real) above 0.998 to 1, where the cross-entropy saturates.
+        with torch.autocast(h.device.type, enabled=False):
+            p_real = self[2](self[1](h.float()))
         if self.classes is None:
             return p_real
         return torch.cat([p_real, self.classes(h)], dim=1)

@@ -43,8 +43,8 @@ class TaskParams(BaseModel):
     personal: list[str] = Field(default_factory=list)
     #: The dtype of local training's matrix products and convolutions (``Task.autocast``,
     #: PyTorch's automatic mixed precision): ``bfloat16`` computes them in bfloat16 while
-    #: the weights, their updates and the optimizer stay float32. Sampling and evaluation
-    #: always run in float32.
+    #: the weights, their updates and the optimizer stay float32. Sampling and scoring
+    #: always run in float32; a client's evaluation-time fine-tune trains as it does.
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
 
 
@@ -236,12 +236,16 @@ class Task(ABC):
         (on a CPU with AVX-512 BF16, 1.45x a step of HuSCF-GAN's published network:
         ``benchmarks/compute_dtype.py``). No gradient scaler: bfloat16 keeps float32's
         exponent range. ``float32``: nothing changes.
+
+        The cast cache is off: by default autocast keeps each weight's bfloat16 copy for
+        the whole block, and the optimizer steps inside it update the weights in place,
+        so every forward pass after the first would run on the block's first weights.
         """
         if self.params.compute_dtype == "float32":
             return contextlib.nullcontext()
         weights = (p for m in self.modules.values() for p in m.parameters())
         device = next(weights, torch.empty(0)).device.type
-        return torch.autocast(device, dtype=torch.bfloat16)
+        return torch.autocast(device, dtype=torch.bfloat16, cache_enabled=False)
 
     def local_training(self, generator: torch.Generator) -> LocalTraining:
         """Open the batches/optimizers source for one ``train_local`` call."""

@@ -134,18 +134,45 @@ def test_an_unknown_compute_dtype_is_a_config_error_naming_the_choices(mnist_dir
         build_experiment(tiny_config(mnist_dir, **{"task.params.compute_dtype": "float16"}))
 
 
+def test_a_forward_inside_the_block_sees_the_weights_a_step_changed(mnist_dir):
+    # Local training steps its optimizers inside task.autocast(): autocast's default cast
+    # cache would keep serving the weights' first bfloat16 copy, so every step of a round
+    # would compute on the round's starting weights.
+    cfg = tiny_config(mnist_dir, **{"ledger": "false", "task.params.compute_dtype": "bfloat16"})
+    task = build_experiment(cfg).federation.task
+    D = task.modules["discriminator"]
+    x, y = torch.randn(4, 1, 28, 28), torch.arange(4)
+    layers = [m for m in D.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    outputs: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for m in layers]
+    with task.autocast():
+        D(x, y)
+        with torch.no_grad():
+            for p in D.parameters():
+                p.add_(0.1)  # in place, as an optimizer's step
+        D(x, y)
+    for h in hooks:
+        h.remove()
+    first, second = outputs[: len(layers)], outputs[len(layers) :]
+    assert {o.dtype for o in outputs} == {torch.bfloat16}  # inside the block, as asked
+    assert all(not torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
 def test_huscf_discriminator_keeps_p_real_in_float32_under_bfloat16():
-    # A bfloat16 sigmoid rounds P(real) = sigmoid(7) = 0.99909 to exactly 1, where the
-    # published binary cross-entropy saturates; the tail computes it from a float32 logit.
+    # In bfloat16 the logit moves in steps of 0.03 near 7 and its sigmoid rounds every
+    # P(real) above 0.998 to 1, where the published binary cross-entropy saturates; the
+    # tail computes the logit and P(real) in float32.
     from fedgen.split.huscf_gan import FAITHFUL, DiscriminatorTail
 
+    torch.manual_seed(0)
     tail = DiscriminatorTail(FAITHFUL)
     with torch.no_grad():
-        tail[1].weight.zero_()
-        tail[1].bias.fill_(7.0)
-    h = torch.randn(4, FAITHFUL.channels()[3], 3, 3)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        p_real = tail(h)
+        tail[1].bias.fill_(7.0)  # random weights around a confident logit
+    h = torch.randn(64, FAITHFUL.channels()[3], 3, 3)
+    with torch.no_grad():
+        want = torch.sigmoid(tail[1](tail[0](h)))  # float32 throughout
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            p_real = tail(h)
     assert p_real.dtype == torch.float32
-    assert torch.allclose(p_real, torch.full_like(p_real, float(torch.sigmoid(torch.tensor(7.0)))))
     assert bool((p_real < 1).all())
+    torch.testing.assert_close(p_real, want, atol=1e-6, rtol=1e-5)

@@ -92,11 +92,19 @@ def test_bfloat16_compute_halves_the_cut_traffic_but_not_the_blocks(clients):
         wire = 2 * b * (sum(CUT_G[c]) + 3 * sum(CUT_D[c])) * STEPS
         expected[c] = (wire + FLOAT * OWN[c], wire + FLOAT * OWN[c])
     # Execute
-    results = run_round(clients, SplitBackend(cuts=CUTS), compute_dtype="bfloat16")
+    backend = SplitBackend(cuts=CUTS)
+    results = run_round(clients, backend, compute_dtype="bfloat16")
     # Assert
     assert all(r.ok for r in results.values())
     for c, (up, down) in expected.items():
         assert (results[c].bytes_up, results[c].bytes_down) == (up, down), c
+    # The cut plan (the analytic latency and the cut search) costs what crosses: 2 bytes
+    # an activation, a batch of BATCH, at each block's output.
+    assert backend.plan is not None
+    g_out = [2 * BATCH * G_OUT[i] for i in (1, 2, 3, 4)]
+    d_out = [2 * BATCH * D_OUT[i] for i in (1, 2, 3, 4)]
+    assert list(backend.plan.generator_costs.output_bytes[:4]) == g_out
+    assert list(backend.plan.discriminator_costs.output_bytes[:4]) == d_out
 
 
 def test_a_client_that_drops_out_reports_what_crossed_before(clients):

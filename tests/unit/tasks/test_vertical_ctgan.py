@@ -130,6 +130,8 @@ def test_the_vertical_parts_go_together():
         build_experiment(tiny(**{"task.name": "ctgan"}))
     with pytest.raises(ConfigError, match="local_optimizer sgd"):
         build_experiment(tiny(**{"task.params": "{batch_size: 100, local_optimizer: sgd}"}))
+    with pytest.raises(ConfigError, match="compute_dtype bfloat16"):
+        build_experiment(tiny(**{"task.params": "{batch_size: 100, compute_dtype: bfloat16}"}))
     with pytest.raises(ConfigError, match="every client in every round"):
         fed = build_experiment(tiny(**{"strategy.params": "{fraction: 0.5, min_clients: 1}"}))
         fed.federation.run_round(0)

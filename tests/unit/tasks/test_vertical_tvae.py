@@ -196,6 +196,8 @@ def test_the_vertical_tvae_parts_go_together():
         build_experiment(tiny(**{"task.params": "{batch_size: 100, keep_optimizer: true}"}))
     with pytest.raises(ConfigError, match="local_optimizer sgd"):
         build_experiment(tiny(**{"task.params": "{batch_size: 100, local_optimizer: sgd}"}))
+    with pytest.raises(ConfigError, match="compute_dtype bfloat16"):
+        build_experiment(tiny(**{"task.params": "{batch_size: 100, compute_dtype: bfloat16}"}))
     with pytest.raises(ConfigError, match="drop transforms and faults"):
         clipped = tiny(**{"transforms": "[{name: clip, params: {max_norm: 1.0}}]"})
         build_experiment(clipped).federation.run_round(0)

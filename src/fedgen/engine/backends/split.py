@@ -124,17 +124,19 @@ class SplitBackend(Backend):
             _check_task(task)
             ids = sorted(client_ids)
             self._index = {c: i for i, c in enumerate(ids)}
-            self.plan = plan_cuts(
-                task.generator_blocks(),  # type: ignore[attr-defined]
-                task.discriminator_blocks(),  # type: ignore[attr-defined]
-                task.latent_dim,  # type: ignore[attr-defined]
-                task.params.batch_size,
-                len(ids),
-                self.cuts,
-                self.devices,
-                self.profile_seed,
-                self.reproduce_slip,
-            )
+            # Costed in the compute dtype: bfloat16 activations cross the cut at 2 bytes.
+            with task.autocast():
+                self.plan = plan_cuts(
+                    task.generator_blocks(),  # type: ignore[attr-defined]
+                    task.discriminator_blocks(),  # type: ignore[attr-defined]
+                    task.latent_dim,  # type: ignore[attr-defined]
+                    task.params.batch_size,
+                    len(ids),
+                    self.cuts,
+                    self.devices,
+                    self.profile_seed,
+                    self.reproduce_slip,
+                )
             log.info("split cuts (G head, G tail, D head, D tail): %s", self.plan.bits.tolist())
         return self.plan
 

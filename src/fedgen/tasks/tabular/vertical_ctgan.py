@@ -150,6 +150,11 @@ class VerticalCtganTask(VerticalTableTask):
                     "local_optimizer sgd is not built for vertical_ctgan (every party steps "
                     "Adam); leave it adam"
                 )
+            if self.compute_dtype != "float32":
+                raise ValueError(
+                    "compute_dtype bfloat16 is not built for vertical_ctgan (backend vertical "
+                    "runs its joint iteration outside autocast); leave it float32"
+                )
             if self.batch_size % self.pac:
                 raise ValueError(
                     f"batch_size {self.batch_size} must be a multiple of pac {self.pac}"

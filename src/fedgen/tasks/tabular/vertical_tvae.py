@@ -116,6 +116,11 @@ class VerticalTvaeTask(VerticalTableTask):
                     "local_optimizer sgd is not built for vertical_tvae (every party steps "
                     "Adam); leave it adam"
                 )
+            if self.compute_dtype != "float32":
+                raise ValueError(
+                    "compute_dtype bfloat16 is not built for vertical_tvae (backend vertical "
+                    "runs its joint iteration outside autocast); leave it float32"
+                )
             return self
 
     params: Params
