@@ -116,8 +116,11 @@ class ProjectionDiscriminator(nn.Module):
             self.head = sn(self.head)
             self.embed = sn(self.embed)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.logits_and_classes(x, y)[0]
+    def forward(self, x: torch.Tensor, y: torch.Tensor, with_classes: bool = False) -> Any:
+        """The logits ``(B,)``; with ``with_classes`` also the class head's (the form
+        ``torch.func.functional_call`` reaches, which only calls ``forward``)."""
+        logits, classes = self.logits_and_classes(x, y)
+        return (logits, classes) if with_classes else logits
 
     def logits_and_classes(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """The real/fake logits, and the class head's logits (None without a head)."""
@@ -285,10 +288,10 @@ class ConditionalGan(Task):
 
     def functional_training(self) -> GanFunctionalTraining | None:
         """``train_local``'s iteration as a pure function (the vectorized backend's), for
-        the default loss and architecture only (None otherwise: clients train
-        sequentially)."""
+        the BCE loss with one discriminator step and no spectral normalization (None
+        otherwise: clients train sequentially)."""
         p = self.params
-        if p.loss != "bce" or p.spectral_norm or p.d_steps != 1 or p.aux_weight > 0:
+        if p.loss != "bce" or p.spectral_norm or p.d_steps != 1:
             return None
         return GanFunctionalTraining(
             self.modules["generator"],
@@ -300,6 +303,7 @@ class ConditionalGan(Task):
             betas=p.betas,
             uniform_labels=p.fake_labels == "uniform",
             mode_seeking=p.mode_seeking,
+            aux_weight=p.aux_weight,
         )
 
     def _uniform_labels(self, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -8,6 +8,8 @@ changed in between), so its gradient comes from the forward pass's ``vjp`` inste
 of a second forward pass, as ``train_local`` reuses its autograd graph. With the
 mode-seeking term (``mode_seeking`` > 0) the generator's step runs on a fresh paired
 batch instead: one set of labels, two latents per label, as ``train_local`` draws it.
+With AC-GAN's class head (``aux_weight`` > 0) the discriminator's loss adds the head's
+cross-entropy on real labels, and the generator's the head's cross-entropy on its fakes.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class GanFunctionalTraining(FunctionalTraining):
             come with each call).
         uniform_labels: ``fake_labels == "uniform"``.
         mode_seeking: the weight of MSGAN's term in the generator's loss (0: none).
+        aux_weight: the weight of AC-GAN's class cross-entropy in both losses (0: the
+            discriminator has no class head).
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class GanFunctionalTraining(FunctionalTraining):
         betas: tuple[float, float],
         uniform_labels: bool,
         mode_seeking: float = 0.0,
+        aux_weight: float = 0.0,
     ) -> None:
         self.generator = generator
         self.discriminator = discriminator
@@ -62,6 +67,7 @@ class GanFunctionalTraining(FunctionalTraining):
         self.betas = betas
         self.uniform_labels = uniform_labels
         self.mode_seeking = mode_seeking
+        self.aux_weight = aux_weight
 
     def init_state(self, tensors: ModuleTensors, config: dict[str, Any]) -> OptimizerState:
         return {
@@ -124,15 +130,40 @@ class GanFunctionalTraining(FunctionalTraining):
         ) -> torch.Tensor:
             return functional_call(self.discriminator, {**d_all, **d}, (x, y))
 
+        def class_loss(
+            d: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            """The logits of ``x``, and the class head's weighted cross-entropy on ``y``."""
+            logits, classes = functional_call(
+                self.discriminator, {**d_all, **d}, (x, y), {"with_classes": True}
+            )
+            entropy = F.cross_entropy(classes, y, reduction="none")
+            return logits, self.aux_weight * masked_mean(entropy, mask)
+
+        def fooled(
+            d: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+        ) -> torch.Tensor:
+            """The generator's non-saturating loss on fakes ``x`` (plus the class term)."""
+            if self.aux_weight > 0:
+                logits, classes = class_loss(d, x, y, mask)
+                return masked_mean(F.softplus(-logits), mask) + classes
+            return masked_mean(F.softplus(-discriminate(d, x, y)), mask)
+
         # fake (B, C, H, W) and the pullback of the generator at these inputs.
         pullback = vjp(lambda g: generate(g, z, y_fake), g_params)
         fake, generator_vjp = pullback[0], pullback[1]
 
         def loss_d(d: dict[str, torch.Tensor]) -> torch.Tensor:
             # softplus(-D(real)) + softplus(D(fake)): BCE with logits; fakes held fixed.
-            return masked_mean(F.softplus(-discriminate(d, real, y)), m) + masked_mean(
+            # The class head, if any, learns the real labels only.
+            if self.aux_weight > 0:
+                logits_real, classes = class_loss(d, real, y, m)
+            else:
+                logits_real, classes = discriminate(d, real, y), None
+            loss = masked_mean(F.softplus(-logits_real), m) + masked_mean(
                 F.softplus(discriminate(d, fake, y_fake)), m
             )
+            return loss if classes is None else loss + classes
 
         grads_d, value_d = grad_and_value(loss_d)(d_params)
         d_new, state_d = adam_step(d_params, grads_d, state["discriminator"], step, lr, self.betas)
@@ -146,9 +177,7 @@ class GanFunctionalTraining(FunctionalTraining):
 
             def loss_g_paired(g: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
                 fake_g = generate(g, pairs, y_pairs)
-                adversarial = masked_mean(
-                    F.softplus(-discriminate(d_new, fake_g, y_pairs)), m_pairs
-                )
+                adversarial = fooled(d_new, fake_g, y_pairs, m_pairs)
                 seeking = mode_seeking_term(fake_g, pairs, h, m_half)
                 return adversarial + self.mode_seeking * seeking, (adversarial, seeking)
 
@@ -156,15 +185,16 @@ class GanFunctionalTraining(FunctionalTraining):
             extra["loss/mode_seeking"] = seeking
         elif self.uniform_labels:
             y_g, z_g = inputs["y_g"], inputs["z_g"]
+            whole = torch.ones_like(y_g, dtype=real.dtype)  # a fixed-size batch: no padding
 
             def loss_g(g: dict[str, torch.Tensor]) -> torch.Tensor:
-                return F.softplus(-discriminate(d_new, generate(g, z_g, y_g), y_g)).mean()
+                return fooled(d_new, generate(g, z_g, y_g), y_g, whole)
 
             grads_g, value_g = grad_and_value(loss_g)(g_params)
         else:
 
             def loss_g_of_fake(x: torch.Tensor) -> torch.Tensor:
-                return masked_mean(F.softplus(-discriminate(d_new, x, y)), m)
+                return fooled(d_new, x, y, m)
 
             grad_fake, value_g = grad_and_value(loss_g_of_fake)(fake)
             (grads_g,) = generator_vjp(grad_fake)

@@ -80,6 +80,19 @@ VECTORIZING: dict[str, dict[str, str]] = {
             "fake_labels: uniform}"
         ),
     },
+    # AC-GAN's class head: its cross-entropy in both losses, on the reused fakes and on
+    # a uniform paired batch with the mode-seeking term.
+    "cgan-aux": {
+        "task.params": (
+            "{batch_size: 16, generator_width: 16, discriminator_width: 16, aux_weight: 1.0}"
+        ),
+    },
+    "cgan-aux-mode-seeking-uniform": {
+        "task.params": (
+            "{batch_size: 16, generator_width: 16, discriminator_width: 16, aux_weight: 1.0, "
+            "mode_seeking: 0.5, fake_labels: uniform}"
+        ),
+    },
     "cgan-private-discriminator": {
         "task.params": (
             "{batch_size: 16, generator_width: 16, discriminator_width: 16, federate: [generator]}"
@@ -301,7 +314,9 @@ def test_kept_optimizers_resume_and_return_alike(mnist_dir, one_thread, case):
     assert max(counts) > 3  # some client resumed its optimizer in a later round
 
 
-@pytest.mark.parametrize("case", ["cgan", "cgan-mode-seeking", "cvae", "cvae-mlp", "ddpm"])
+@pytest.mark.parametrize(
+    "case", ["cgan", "cgan-mode-seeking", "cgan-aux", "cvae", "cvae-mlp", "ddpm"]
+)
 def test_unequal_steps_and_small_shards(mnist_dir, one_thread, case):
     # Quantity skew and local epochs: clients train different numbers of steps, and some
     # shards are smaller than a batch (padded rows, masked out of the losses); chunks of
