@@ -224,10 +224,7 @@ def evaluate_clients(
                 )
             if finetune_steps > 0:
                 load_client_model(fed, cid)
-                with torch.enable_grad(), task.autocast():
-                    task.train_local(
-                        data, finetune_steps, torch_generator(seed, "finetune", cid), {}
-                    )
+                task.fine_tune(data, finetune_steps, torch_generator(seed, "finetune", cid))
                 scores["finetuned"] = _score(
                     task, quality, labels, proportions, cid, seed, "finetuned"
                 )

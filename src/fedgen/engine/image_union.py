@@ -121,8 +121,7 @@ def own_states(fed: Federation, model: str, finetune_steps: int, seed: int) -> d
             continue  # it never trained: no model of its own to draw from
         load_client_model(fed, cid)
         if model == "finetuned":
-            with torch.enable_grad(), task.autocast():
-                task.train_local(data, finetune_steps, torch_generator(seed, "finetune", cid), {})
+            task.fine_tune(data, finetune_steps, torch_generator(seed, "finetune", cid))
         states[cid] = {**task.federated_state(), **task.private_state()}
     return states
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from fedgen.engine.client_models import load_client_model, union_models
 from fedgen.engine.federation import Federation
@@ -67,10 +66,7 @@ def union_figures(
             for (cid, data), n_quality, n_tstr in zip(clients, quality, tstr, strict=True):
                 load_client_model(fed, cid)
                 if model == "finetuned":
-                    with torch.enable_grad(), task.autocast():
-                        task.train_local(
-                            data, finetune_steps, torch_generator(seed, "finetune", cid), {}
-                        )
+                    task.fine_tune(data, finetune_steps, torch_generator(seed, "finetune", cid))
                 gen = torch_generator(seed, "union-samples", model, cid)
                 # Every client of a row-federated table holds TableClientData (its codes).
                 with task.own_frequencies(data.codes):  # type: ignore[attr-defined]

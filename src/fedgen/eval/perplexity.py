@@ -75,8 +75,7 @@ class PerplexityEvaluator:
         try:
             for c in self.clients:
                 gen = torch_generator(self.seed, "personalize", c.client_id)
-                with task.autocast():  # a client's own fine-tuning, as it trains
-                    task.train_local(c, self.personalize_steps, gen, {})
+                task.fine_tune(c, self.personalize_steps, gen)  # as the client trains
                 x, y = c.heldout_windows(block)
                 out[c.client_id] = task.nll(x[: self.max_windows], y[: self.max_windows])
                 task.load_state(start)

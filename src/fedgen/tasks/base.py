@@ -263,6 +263,13 @@ class Task(ABC):
         per-round overrides from the strategy (e.g. a learning rate).
         """
 
+    def fine_tune(self, data: Any, steps: int, generator: torch.Generator) -> dict[str, float]:
+        """A client's evaluation-time fine-tune of the loaded model on its own ``data``:
+        ``train_local`` as the client trains (in ``autocast()``), with gradients on even
+        when the caller evaluates under ``torch.no_grad()``."""
+        with torch.enable_grad(), self.autocast():
+            return self.train_local(data, steps, generator, {})
+
     def functional_training(self) -> FunctionalTraining | None:
         """``train_local``'s step as a pure function for the vectorized backend, or None
         when this task has none (its clients then train sequentially; see
