@@ -10,6 +10,7 @@ it, and ``verify_run`` recomputes those roots from the entries.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 from types import TracebackType
@@ -81,6 +82,12 @@ class Ledger:
                     f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, isolation_level=None
                 )
             else:
+                if not exists:
+                    # Owner-only, as checkpoints: each round's entry names its cohort, and
+                    # under client-level DP the cohort must stay secret (privacy
+                    # amplification by sampling assumes it). SQLite gives its journal the
+                    # database file's mode.
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 conn = sqlite3.connect(path, isolation_level=None)
         except SQLITE_ERRORS as err:
             raise damaged(path, err) from err

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedgen.errors import ConfigError
+from fedgen.errors import ClientUpdateError, ConfigError
 from fedgen.registry import TRANSFORMS
 from fedgen.transforms.base import TransformContext, UpdateTransform
 from fedgen.types import StateDict
@@ -138,6 +138,13 @@ class NormClip(UpdateTransform):
         self, update: StateDict, ctx: TransformContext
     ) -> tuple[StateDict, dict[str, float]]:
         norm = global_norm(update)
+        if not math.isfinite(norm):
+            # min(1, C / nan) is 1: a NaN update would pass unclipped. The server rejects
+            # it too, but the bound must not rest on that check.
+            raise ClientUpdateError(
+                f"update norm is {norm}: the client's training diverged (NaN or Inf); "
+                "lower the learning rate or check the client's data"
+            )
         scale = min(1.0, self.max_norm / (norm + 1e-12))
         if scale < 1.0:
             covered = set(clipped_keys(update))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import stat
 import subprocess
 import sys
 
@@ -144,6 +145,13 @@ def test_every_connection_writes_with_synchronous_full(tmp_path):
         assert ledger._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
+def test_the_ledger_is_readable_by_its_owner_only(tmp_path):
+    # Each round's entry names the cohort, which client-level DP's accounting assumes
+    # secret (amplification by sampling): owner-only, as checkpoints are.
+    run = build_run(tmp_path / "run", rounds=1)
+    assert stat.S_IMODE(run.ledger_path.stat().st_mode) == 0o600
+
+
 def test_readonly_ledger_refuses_writes(tmp_path):
     run = build_run(tmp_path / "run", rounds=1)
     with Ledger.open(run.ledger_path, readonly=True) as ledger:
@@ -235,7 +243,9 @@ def test_a_write_interrupted_by_a_crash_is_rolled_back_by_the_next_writer(tmp_pa
     with Ledger.open(run.ledger_path, readonly=True) as ledger:
         size, root = ledger.size, ledger.root()
     subprocess.run([sys.executable, "-c", CRASH_MID_APPEND, str(run.ledger_path)], check=False)
-    assert (run.run_dir / "ledger.sqlite-journal").stat().st_size > 0
+    journal = run.run_dir / "ledger.sqlite-journal"
+    assert journal.stat().st_size > 0
+    assert stat.S_IMODE(journal.stat().st_mode) == 0o600  # SQLite takes the file's mode
     with pytest.raises(LedgerError, match=r"interrupted .* open the ledger for writing once"):
         Ledger.open(run.ledger_path, readonly=True)
     assert "interrupted" in verify_run(run.run_dir).problems[0]

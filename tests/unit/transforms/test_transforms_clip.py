@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fedgen.errors import ConfigError
+from fedgen.errors import ClientUpdateError, ConfigError
 from fedgen.transforms.base import TransformContext
 from fedgen.transforms.clip import UNCLIPPED_KEY, NormClip, global_norm
 
@@ -40,6 +40,14 @@ def test_clipped_norm_never_exceeds_the_bound_and_direction_is_kept(scale):
         assert torch.allclose(clipped["w"] * norm / 2.0, update["w"], rtol=1e-5)
         assert metrics["clipped"] == 1.0
     assert metrics["update_norm"] == pytest.approx(norm)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_update_is_refused_not_passed_unclipped(bad):
+    # min(1, C / nan) is 1: without the check a NaN update would leave unscaled.
+    update = {"w": torch.tensor([1000.0, bad]), "b": torch.tensor([100.0])}
+    with pytest.raises(ClientUpdateError, match="NaN or Inf"):
+        NormClip(max_norm=1.0).on_client(update, CTX)
 
 
 def test_adaptive_clip_sends_the_centred_unclipped_bit_outside_the_norm():
