@@ -320,7 +320,9 @@ def test_kept_optimizers_resume_and_return_alike(mnist_dir, one_thread, case):
 def test_unequal_steps_and_small_shards(mnist_dir, one_thread, case):
     # Quantity skew and local epochs: clients train different numbers of steps, and some
     # shards are smaller than a batch (padded rows, masked out of the losses); chunks of
-    # 3 clients cut the cohort of 6.
+    # 3 clients cut the cohort of 6. The example-weighted average dilutes a small
+    # client's update below the tolerance, so a masking error may pass here: one
+    # client's padded step is checked on its own in tests/unit/tasks/test_functional_padding.py.
     overrides = {
         **VECTORIZING[case],
         "data.num_clients": 60,
