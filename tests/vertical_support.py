@@ -1,17 +1,10 @@
 """What the vertical synthesizers' tests share (``tests/`` is on ``sys.path``, see
 ``tiny_federation``): searching encoded wire messages for raw table values (no client's
-rows or columns may cross), and a run interrupted in round 2 and resumed."""
+rows or columns may cross)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import numpy as np
-
-from fedgen.engine.callbacks import CheckpointCallback
-from fedgen.engine.federation import Federation
-from fedgen.experiment import build_experiment, restore_latest
 
 #: fair's numeric columns that client 0 of the tests' split holds.
 NUMERIC = ["age", "yrs_married", "children"]
@@ -53,26 +46,3 @@ def raw_patterns(exp) -> list[np.ndarray]:
         np.ascontiguousarray(numeric, np.float32).view(np.uint32),
         np.ascontiguousarray(numeric, np.float64).view(np.uint32),
     ]
-
-
-def uninterrupted_and_resumed(cfg: Any, tmp_path: Path) -> tuple[Federation, Federation]:
-    """An uninterrupted run of ``cfg``, and one stopped in round 2 (its third backend
-    call), restored from round 1's checkpoint and run to the end."""
-    ref = build_experiment(cfg).federation
-    assert ref.run()
-    meta = {"format": 1, "fingerprint": cfg.fingerprint()}
-    first = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
-    original, calls = first.backend.run, {"n": 0}
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    first.backend.run = run  # type: ignore[method-assign]
-    assert first.run() is False
-    second = build_experiment(cfg, [CheckpointCallback(tmp_path, 1, 2, meta)]).federation
-    assert restore_latest(second, tmp_path, cfg) == 1
-    assert second.run()
-    return ref, second

@@ -625,6 +625,7 @@ class Federation:
             "noise_key": key_to_state(self.noise_key),
             **({"privacy": self.privacy.state_dict()} if self.privacy is not None else {}),
             **({"audit": self.audit.state_dict()} if self.audit is not None else {}),
+            **({"backend": backend} if (backend := self.backend.state_dict()) else {}),
             # A frozen pretrained base is never checkpointed: only its digest, so a resume
             # on another base is refused.
             **({"frozen_digest": digest} if (digest := self._frozen_digest()) else {}),
@@ -665,6 +666,7 @@ class Federation:
                 "run started with"
             )
         self.private_states = {int(k): v for k, v in state["private_states"].items()}
+        self.backend.load_state_dict(state.get("backend", {}))
         self.strategy.load_state_dict(state["strategy"])
         # A strategy's own state (e.g. a moving average) must still give a whole model,
         # or the next round or sample would fail far from the cause.

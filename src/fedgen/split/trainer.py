@@ -18,11 +18,12 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from fedgen.errors import ConfigError
+from fedgen.errors import CheckpointError, ConfigError
 from fedgen.split.cut import Cut
 from fedgen.split.gan_loss import gan_loss
 from fedgen.split.messages import Channel
@@ -112,6 +113,43 @@ class UShapedGanTrainer:
         self.disc_opts = {c: _adam(m, lr, betas) for c, m in self.disc_clients.items()}
         self.gen_server_opt = _adam(self.gen_server, lr, betas)
         self.disc_server_opt = _adam(self.disc_server, lr, betas)
+
+    def set_lr(self, lr: float) -> None:
+        """Every optimizer's learning rate (a round's config may change it)."""
+        for opt in self._optimizers():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """Every Adam's state (moments and step counts), for a checkpoint."""
+        return {
+            "generator": {c: o.state_dict() for c, o in self.gen_opts.items()},
+            "discriminator": {c: o.state_dict() for c, o in self.disc_opts.items()},
+            "generator_server": self.gen_server_opt.state_dict(),
+            "discriminator_server": self.disc_server_opt.state_dict(),
+        }
+
+    def load_optimizer_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``optimizer_state`` returned, for the same clients and cuts."""
+        for name, opts in (("generator", self.gen_opts), ("discriminator", self.disc_opts)):
+            if sorted(state[name]) != sorted(opts):
+                raise CheckpointError(
+                    f"the checkpoint's {name} optimizers are for clients "
+                    f"{sorted(state[name])}, this federation's for {sorted(opts)}; resume "
+                    "with the config the run was started with"
+                )
+            for c, opt in opts.items():
+                opt.load_state_dict(state[name][c])
+        self.gen_server_opt.load_state_dict(state["generator_server"])
+        self.disc_server_opt.load_state_dict(state["discriminator_server"])
+
+    def _optimizers(self) -> list[torch.optim.Adam]:
+        return [
+            *self.gen_opts.values(),
+            *self.disc_opts.values(),
+            self.gen_server_opt,
+            self.disc_server_opt,
+        ]
 
     def _pass(self, name: str) -> SplitPass:
         if name == "generator":

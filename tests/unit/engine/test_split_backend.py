@@ -221,3 +221,64 @@ def test_a_crash_before_training_leaves_the_other_clients_training(clients):
     results = list(SplitBackend(cuts=CUTS).run(plan, work, clients, {}))
     assert [r.client_id for r in results] == sorted(clients)
     assert {r.client_id for r in results if not r.ok} == crashed
+
+
+def adam_steps(backend: SplitBackend) -> set[int]:
+    """The step counts of every Adam of the backend's trainer."""
+    assert backend._trainer is not None
+    opts = backend._trainer._optimizers()
+    return {int(s["step"]) for o in opts for s in o.state.values()}
+
+
+def test_kept_optimizers_carry_adam_moments_across_rounds(clients):
+    # Prepare: two rounds of 2 iterations on one backend, with and without the option.
+    kept, fresh = SplitBackend(cuts=CUTS, keep_optimizers=True), SplitBackend(cuts=CUTS)
+    for backend in (kept, fresh):
+        task = make_task()
+        # Execute
+        for _ in range(2):
+            results, _ = run_round(task, clients, backend=backend)
+            assert all(r.ok for r in results)
+    # Assert: the published code's optimizers step on (4); FedAvg's start again (2).
+    assert adam_steps(kept) == {4} and adam_steps(fresh) == {2}
+    assert "optimizers" in kept.state_dict() and fresh.state_dict() == {}
+
+
+def test_kept_optimizers_refuse_a_partial_cohort(clients):
+    backend = SplitBackend(cuts=CUTS, keep_optimizers=True)
+    task = make_task()
+    plan = RoundPlan(3, [ClientInstruction(c, 100 + c, {}) for c in (0, 2)])
+    work = LocalWork(task, task.federated_state(), [], 2, None, 0)
+    with pytest.raises(ConfigError, match=r"every client in every round.*plans 2 of 3"):
+        list(backend.run(plan, work, clients, {}))
+
+
+def test_a_resumed_run_with_kept_optimizers_ends_bit_identical(mnist_dir, tmp_path):
+    # Prepare: S1's recipe, tiny; stopped in round 2 and resumed from round 1's
+    # checkpoint, whose Adam moments the resumed run must continue from.
+    from resume_support import uninterrupted_and_resumed
+
+    from fedgen.config import load_config
+
+    sets = {
+        "data.num_clients": 3,
+        "data.partition.params.samples_per_client": 48,
+        "task.params.architecture": "light",
+        "task.params.batch_size": 16,
+        "federation.local_steps": 2,
+        "federation.local_epochs": "null",
+        "federation.rounds": 3,
+        "backend.params.keep_optimizers": "true",
+        "eval.every": 0,
+        "eval.final": "false",
+        "ledger": "false",
+        "threads": 1,
+    }
+    cfg = load_config("configs/huscf/s1.yaml", [f"{k}={v}" for k, v in sets.items()])
+    # Execute
+    ref, resumed = uninterrupted_and_resumed(cfg, tmp_path)
+    # Assert
+    assert ref.global_state.keys() == resumed.global_state.keys()
+    assert all(torch.equal(v, resumed.global_state[k]) for k, v in ref.global_state.items())
+    for cid, state in ref.private_states.items():
+        assert all(torch.equal(v, resumed.private_states[cid][k]) for k, v in state.items())

@@ -7,7 +7,8 @@ import json
 
 import pytest
 import torch
-from vertical_support import NUMERIC, found, raw_patterns, uninterrupted_and_resumed
+from resume_support import uninterrupted_and_resumed
+from vertical_support import NUMERIC, found, raw_patterns
 
 from fedgen.config import load_config
 from fedgen.errors import ConfigError

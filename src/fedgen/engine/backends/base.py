@@ -88,6 +88,14 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release workers or connections; called when the run loop stops."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the backend carries between rounds that a resumed run needs (checkpointed
+        with the federation); most backends carry nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional
+        """Restore what ``state_dict`` returned (``{}`` for a checkpoint without one)."""
+
     # -- the clients' side of a secure-aggregation stage ------------------------------
 
     @property

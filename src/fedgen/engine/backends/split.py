@@ -71,6 +71,10 @@ class SplitBackend(Backend):
             as the published code does (for the reported latency only).
         drop_after: fault injection for tests and benchmarks: ``{client: k}`` makes
             the client drop out after its ``k``-th message of every round.
+        keep_optimizers: carry every Adam's moments and step count from round to round
+            (checkpointed), as the published HuSCF-GAN code does (its optimizers are made
+            once); default false, FedAvg's convention: fresh optimizers each round. It
+            needs every client in every round.
     """
 
     class Params(BaseModel):
@@ -83,6 +87,7 @@ class SplitBackend(Backend):
         profile_seed: int = 0
         reproduce_slip: bool = False
         drop_after: dict[int, int] | None = None
+        keep_optimizers: bool = False
 
     def __init__(
         self,
@@ -91,6 +96,7 @@ class SplitBackend(Backend):
         profile_seed: int = 0,
         reproduce_slip: bool = False,
         drop_after: dict[Any, int] | None = None,
+        keep_optimizers: bool = False,
     ) -> None:
         if isinstance(cuts, str) and cuts not in ("exact", "genetic"):
             raise ConfigError(
@@ -111,6 +117,10 @@ class SplitBackend(Backend):
             raise ConfigError(
                 f"backend drop_after={drop_after!r}: use a mapping client id -> message count"
             ) from None
+        self.keep_optimizers = keep_optimizers
+        #: The optimizers' state a checkpoint restored, loaded into the first trainer.
+        self._restored: dict[str, Any] | None = None
+        self._stepped: UShapedGanTrainer | None = None
         self.plan: CutPlan | None = None
         self._index: dict[int, int] = {}
         self._trainer: UShapedGanTrainer | None = None
@@ -157,6 +167,35 @@ class SplitBackend(Backend):
             self._trainer_ids = key
         return self._trainer
 
+    def _check_whole_cohort(
+        self, plan: RoundPlan, work: LocalWork, clients: dict[int, ClientData]
+    ) -> None:
+        """Kept optimizers belong to one trainer of every client: refuse what changes it."""
+        if sorted(plan.client_ids) != sorted(clients):
+            raise ConfigError(
+                f"backend.params.keep_optimizers needs every client in every round, but "
+                f"round {plan.round} plans {len(plan.client_ids)} of {len(clients)}; set "
+                "strategy.params.fraction: 1.0, or keep_optimizers: false"
+            )
+        if work.faults is not None:
+            raise ConfigError(
+                "backend.params.keep_optimizers with injected faults: a crashed client "
+                "changes the round's cohort; drop the faults, or keep_optimizers: false"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The kept optimizers' state (``keep_optimizers``), else nothing."""
+        if not self.keep_optimizers:
+            return {}
+        if self._stepped is not None:
+            return {"optimizers": self._stepped.optimizer_state()}
+        return {"optimizers": self._restored} if self._restored is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Hold a checkpoint's optimizer state for the next round's trainer."""
+        self._restored = state.get("optimizers")
+        self._stepped = None
+
     # -- one round ---------------------------------------------------------------
 
     def run(
@@ -166,6 +205,8 @@ class SplitBackend(Backend):
         clients: dict[int, ClientData],
         private_states: dict[int, StateDict],
     ) -> Iterator[ClientResult]:
+        if self.keep_optimizers:
+            self._check_whole_cohort(plan, work, clients)
         # Injected faults (``fedgen.engine.faults``), drawn per client as run_client does:
         # a client that crashes before training never joins the joint pass.
         faults = {
@@ -190,7 +231,15 @@ class SplitBackend(Backend):
             load_client(trainer, c, sent)
             blocks_down[c] = state_nbytes({k: sent[k] for k in client_keys(trainer, c)})
         config = plan.instructions[0].config
-        trainer.reset_optimizers(float(config.get("lr", task.params.lr)), task.params.betas)
+        lr = float(config.get("lr", task.params.lr))
+        fresh = trainer is not self._stepped  # its optimizers have not stepped yet
+        if fresh or not self.keep_optimizers:
+            trainer.reset_optimizers(lr, task.params.betas)
+        if fresh and self.keep_optimizers and self._restored is not None:
+            trainer.load_optimizer_state(self._restored)  # where the resumed run stopped
+            self._restored = None
+        self._stepped = trainer
+        trainer.set_lr(lr)
         # FedProx: every block is pulled toward the weights it started from.
         mu = proximal_mu(plan.instructions[0])
         anchored = anchored_at_start(trained_parameters(trainer, ids)) if mu else []
