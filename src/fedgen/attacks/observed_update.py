@@ -59,14 +59,21 @@ class GradientTarget:
 
 
 def discriminator_target(task: ConditionalGan) -> GradientTarget:
-    """The real-data half of the GAN discriminator's loss, ``mean softplus(-D(x, y))``.
+    """The real-data half of the GAN discriminator's loss, ``mean softplus(-D(x, y))``,
+    plus the AC-GAN head's weighted cross-entropy on the real labels when it has one
+    (``aux_weight``), as ``train_local`` computes it.
 
     The other half, ``softplus(D(G(z), y))``, depends on no private image, so
     it is left out: the attack is on what the private batch contributes.
     """
     D = task.modules["discriminator"]
+    aux_weight = task.params.aux_weight
 
     def loss(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if aux_weight > 0:
+            logits, classes = D(images * 2 - 1, labels, with_classes=True)
+            real = F.softplus(-logits).mean()
+            return real + aux_weight * F.cross_entropy(classes, labels)
         return F.softplus(-D(images * 2 - 1, labels)).mean()
 
     return GradientTarget("discriminator", [p for p in D.parameters() if p.requires_grad], loss)

@@ -42,6 +42,22 @@ def test_discriminator_gradient_is_that_of_the_real_half_of_the_gan_loss(mnist_s
     assert moved.tolist() == sorted(set(y.tolist()))
 
 
+def test_with_a_class_head_the_gradient_covers_it_as_the_clients_loss_does(mnist_splits):
+    # The AC-GAN head learns the real labels: its cross-entropy is part of the real half
+    # of the discriminator's loss, so every parameter, the head's too, has a gradient.
+    task = ConditionalGan(GanParams(discriminator_width=8, aux_weight=0.5), 10, (1, 28, 28), 0)
+    x, y = batch(mnist_splits)
+    D = task.modules["discriminator"]
+    flat = discriminator_target(task).gradient(x, y)
+    D.zero_grad()
+    logits, classes = D.logits_and_classes(x * 2 - 1, y)
+    loss = torch.nn.functional.softplus(-logits).mean()
+    (loss + 0.5 * torch.nn.functional.cross_entropy(classes, y)).backward()
+    expected = torch.cat([p.grad.reshape(-1) for p in D.parameters()])
+    torch.testing.assert_close(flat, expected)
+    assert D.classify is not None and D.classify.weight.grad.abs().sum() > 0
+
+
 def test_vae_gradient_is_reproducible_with_the_granted_noise(mnist_splits):
     task = ConditionalVae(VaeParams(width=8), 10, (1, 28, 28), seed=0)
     x, y = batch(mnist_splits)
