@@ -130,10 +130,13 @@ class GanFunctionalTraining(FunctionalTraining):
         ) -> torch.Tensor:
             return functional_call(self.discriminator, {**d_all, **d}, (x, y))
 
-        def class_loss(
+        def critic(
             d: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            """The logits of ``x``, and the class head's weighted cross-entropy on ``y``."""
+        ) -> tuple[torch.Tensor, torch.Tensor | float]:
+            """The logits of ``x``, and the class head's weighted cross-entropy on ``y``
+            (0 without a head)."""
+            if self.aux_weight == 0:
+                return discriminate(d, x, y), 0.0
             logits, classes = functional_call(
                 self.discriminator, {**d_all, **d}, (x, y), {"with_classes": True}
             )
@@ -144,10 +147,8 @@ class GanFunctionalTraining(FunctionalTraining):
             d: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
         ) -> torch.Tensor:
             """The generator's non-saturating loss on fakes ``x`` (plus the class term)."""
-            if self.aux_weight > 0:
-                logits, classes = class_loss(d, x, y, mask)
-                return masked_mean(F.softplus(-logits), mask) + classes
-            return masked_mean(F.softplus(-discriminate(d, x, y)), mask)
+            logits, classes = critic(d, x, y, mask)
+            return masked_mean(F.softplus(-logits), mask) + classes
 
         # fake (B, C, H, W) and the pullback of the generator at these inputs.
         pullback = vjp(lambda g: generate(g, z, y_fake), g_params)
@@ -156,14 +157,11 @@ class GanFunctionalTraining(FunctionalTraining):
         def loss_d(d: dict[str, torch.Tensor]) -> torch.Tensor:
             # softplus(-D(real)) + softplus(D(fake)): BCE with logits; fakes held fixed.
             # The class head, if any, learns the real labels only.
-            if self.aux_weight > 0:
-                logits_real, classes = class_loss(d, real, y, m)
-            else:
-                logits_real, classes = discriminate(d, real, y), None
+            logits_real, classes = critic(d, real, y, m)
             loss = masked_mean(F.softplus(-logits_real), m) + masked_mean(
                 F.softplus(discriminate(d, fake, y_fake)), m
             )
-            return loss if classes is None else loss + classes
+            return loss + classes
 
         grads_d, value_d = grad_and_value(loss_d)(d_params)
         d_new, state_d = adam_step(d_params, grads_d, state["discriminator"], step, lr, self.betas)
