@@ -42,6 +42,13 @@ def attack_command(
     client: Annotated[
         int | None, typer.Option(help="the client attacked (inversion) or whose data are members")
     ] = None,
+    untrained: Annotated[
+        bool,
+        typer.Option(
+            help="membership: attack the run's initial weights (the reference: what the "
+            "attack reads from members and non-members alone); needs no checkpoint"
+        ),
+    ] = False,
     batch_size: Annotated[
         int | None, typer.Option(help="inversion: images in the client's batch")
     ] = None,
@@ -67,6 +74,7 @@ def attack_command(
         "samples_per_class": samples_per_class,
         "space": space,
         "client": client,
+        "untrained": untrained or None,
         "batch_size": batch_size,
         "iterations": iterations,
         "restarts": restarts,

@@ -56,6 +56,11 @@ class MembershipOptions(BaseModel):
     samples_per_class: int = Field(1000, ge=1, description="synthetic draws per class (GAN-Leaks)")
     space: Literal["pixel", "features"] = "pixel"
     client: int | None = Field(None, ge=0, description="members from this client only")
+    untrained: bool = Field(
+        False,
+        description="attack the run's initial weights instead of its released ones: the "
+        "reference row, what the attack reads from members and non-members alone",
+    )
     seed: int = 0
 
 
@@ -116,12 +121,13 @@ def run_attack(
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); train one first")
-    if not list_checkpoints(run_dir / "checkpoints"):
+    untrained = kind == "membership" and opts.untrained
+    if not untrained and not list_checkpoints(run_dir / "checkpoints"):
         raise CheckpointError(
             f"{run_dir} holds no checkpoint, so there is no trained model to attack; "
             "let the run finish at least one round (checkpoint.every: 1) and try again"
         )
-    exp = load_run(run_dir)
+    exp = _untrained(run_dir) if untrained else load_run(run_dir)
     out_dir = Path(out) if out is not None else run_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     if kind == "membership":
@@ -131,13 +137,27 @@ def run_attack(
     record.update(
         kind=kind,
         run_dir=str(run_dir),
-        round=exp.federation.next_round - 1,
+        # -1: the initial weights, before any round.
+        round=-1 if untrained else exp.federation.next_round - 1,
         task=exp.config.task.name,
         options=opts.model_dump(),
         figures=figures,
     )
     (out_dir / f"attack_{kind}.json").write_text(json.dumps(record, indent=1))
     return figures
+
+
+def _untrained(run_dir: Path) -> Any:
+    """The run's experiment at its initial weights (the root seed's, or ``init_from``'s).
+
+    Why: the non-members are the test split, which other people wrote than the training
+    digits, so an attack can tell the two sets apart a little without any training; its
+    figures on the untrained model measure that offset, which a trained row's distance
+    from 0.5 includes.
+    """
+    from fedgen.experiment import build_experiment, load_config
+
+    return build_experiment(load_config(run_dir / "config.yaml", validate_components=False))
 
 
 def _clients(exp: Any) -> list[ClientData]:
@@ -222,6 +242,9 @@ def _membership(
     record: dict[str, Any] = {
         "notes": notes + result.notes,
         "descriptions": {
+            "weights": "initial (untrained): the offset members and non-members show alone"
+            if opts.untrained
+            else "released (the newest checkpoint)",
             "members": "clients' training images" if opts.client is None else "one client's",
             "nonmembers": "held-out real images (the test split)",
             "logan": "discriminator logit D(x, y) (white-box, Hayes et al. 2019)",

@@ -37,6 +37,22 @@ def test_membership_writes_json_and_roc_into_the_run_folder(run_copy):
     assert run_attack(run_copy, "membership", n=100, samples_per_class=50, seed=1) != figures
 
 
+def test_the_untrained_reference_attacks_the_initial_weights_and_needs_no_checkpoint(run_copy):
+    # Prepare: the trained figures first, then a folder whose checkpoints are gone.
+    trained = run_attack(run_copy, "membership", n=100, samples_per_class=50)
+    shutil.rmtree(run_copy / "checkpoints")
+    # Execute
+    reference = run_attack(run_copy, "membership", n=100, samples_per_class=50, untrained=True)
+    # Assert: the same candidates scored by other weights, recorded as the initial ones.
+    record = json.loads((run_copy / "attack_membership.json").read_text())
+    assert record["round"] == -1 and record["descriptions"]["weights"].startswith("initial")
+    assert reference["members"] == trained["members"] == 100
+    assert reference["logan_auc"] != trained["logan_auc"]
+    assert run_attack(run_copy, "membership", n=100, samples_per_class=50, untrained=True) == (
+        reference
+    )
+
+
 def test_inversion_writes_json_and_a_picture_of_originals_and_reconstructions(tiny_run, tmp_path):
     # Execute: results go to --out, the shared run folder stays untouched.
     figures = run_attack(tiny_run, "inversion", out=tmp_path, batch_size=2, iterations=15)
