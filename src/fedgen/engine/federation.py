@@ -564,7 +564,6 @@ class Federation:
             seed=derive_seed(self.seed, "server", r),
             num_clients=len(self.clients),
             noise_key=self.noise_key,
-            aggregate_digest=state_digest(agg.delta),
         )
         for transform in reversed(self.transforms):
             agg.delta, t_metrics = transform.on_server(agg.delta, ctx)

@@ -7,11 +7,7 @@ a 256-bit noise key from the operating system's CSPRNG (``secrets``) when it sta
 and every noise draw (client-level DP noise, the adaptive-clipping count noise,
 DP-SGD's noise) is seeded with HMAC-SHA256(key, where it is drawn). The key is kept
 in checkpoints only, so a resumed run stays bit-identical to an uninterrupted one;
-two fresh runs with the same root seed draw different noise. The server's draws are
-keyed on the aggregate they noise as well (``TransformContext.aggregate_digest``): a
-round released, lost in a crash before its checkpoint and trained again on other
-updates gets fresh noise, where the first draw again would leave the difference of the
-two releases noise-free. Checkpoints are
+two fresh runs with the same root seed draw different noise. Checkpoints are
 therefore as secret as the server's state (written owner-readable only).
 
 The key stays with the server. A client gets its own key, HMAC-SHA256(key, its id)

@@ -42,19 +42,9 @@ class TransformContext:
     #: between rounds, in its private state. None where no private state is kept (the
     #: server; a backend that does not carry transforms' private tensors).
     private: StateDict | None = field(default=None, repr=False)
-    #: On the server: the digest (``fedgen.ledger.digest.state_digest``) of the aggregate
-    #: its halves transform. Server noise is keyed on it as well as on the round: a round
-    #: trained again on other updates (after a crash between releasing it and
-    #: checkpointing it, with other survivors) draws fresh noise, where reusing the first
-    #: draw would let the difference of the two releases through without any; a
-    #: deterministic resume sees the same aggregate and draws the same noise.
-    aggregate_digest: str | None = None
 
     def noise_generator(self, *path: str | int) -> torch.Generator:
-        """The generator for DP noise drawn here: keyed by the secret, unless ``root``,
-        and on the server by the aggregate it noises."""
-        if self.aggregate_digest is not None:
-            path = (*path, self.aggregate_digest)
+        """The generator for DP noise drawn here: keyed by the secret, unless ``root``."""
         return noise_generator(self.noise_key, self.seed, *path)
 
 

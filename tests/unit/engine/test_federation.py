@@ -237,49 +237,6 @@ def test_client_level_dp_cohorts_cannot_be_recomputed_from_the_config(mnist_dir)
     assert cohorts(plain) == public
 
 
-class Seen(UpdateTransform):
-    """On the server, keeps the aggregate as it reaches this point of the pipeline."""
-
-    def __init__(self) -> None:
-        self.aggregate: dict[str, torch.Tensor] = {}
-
-    def on_server(self, aggregate, ctx: TransformContext):
-        self.aggregate = {k: v.clone() for k, v in aggregate.items()}
-        return aggregate, {}
-
-
-def _round_noise(mnist_dir, sabotage: dict[int, str]) -> dict[str, torch.Tensor]:
-    """Round 0 of a client-DP run under one fixed key: the noise its server added."""
-    cfg = tiny_config(
-        mnist_dir,
-        **{
-            "strategy.params": "{fraction: 1.0, min_clients: 1, weighted: false, "
-            "sampling: poisson, fixed_denominator: true}",
-            "transforms": CLIENT_DP,
-        },
-    )
-    fed = build_experiment(cfg).federation
-    fed.noise_key = bytes(range(32))
-    # Server halves run in reverse: `before` sees the mean, `after` the noised mean.
-    after, before = Seen(), Seen()
-    fed.transforms[:] = [after, *fed.transforms, before, Sabotage(sabotage)]
-    fed.run_round(0)
-    return {k: after.aggregate[k] - before.aggregate[k] for k in before.aggregate}
-
-
-def test_a_round_trained_again_on_other_updates_draws_fresh_dp_noise(mnist_dir):
-    # Prepare: a deployed server released round 0, crashed before its checkpoint, and
-    # trains round 0 again; this time client 3 drops out.
-    first = _round_noise(mnist_dir, {})
-    # Execute
-    again = _round_noise(mnist_dir, {})
-    other_survivors = _round_noise(mnist_dir, {3: "crash"})
-    # Assert: the same updates draw the same noise (a resume stays bit-identical), other
-    # updates fresh noise (the same draw would cancel in the difference of the releases).
-    assert all(torch.equal(first[k], again[k]) for k in first)
-    assert all(not torch.allclose(first[k], other_survivors[k]) for k in first)
-
-
 def test_a_client_without_private_state_starts_from_the_initial_one(mnist_dir):
     # Prepare: a private discriminator; client 3 trained after three others, and alone.
     from fedgen.engine.backends.base import LocalWork
