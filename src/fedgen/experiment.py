@@ -276,6 +276,7 @@ def build_experiment(
             local_steps=local_steps,
             local_epochs=local_epochs,
             centralized=fed_cfg.centralized,
+            checkpoint_every=cfg.checkpoint.every,
             problems=problems,
         )
     federation = Federation(

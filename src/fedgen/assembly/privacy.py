@@ -61,6 +61,7 @@ def build_privacy(
     local_steps: int | None,
     local_epochs: float | None,
     centralized: bool = False,
+    checkpoint_every: int = 1,
     problems: Sequence[str] = (),
 ) -> PrivacyAccounting | None:
     """Validate and wire the experiment's DP; None when it uses none.
@@ -69,6 +70,7 @@ def build_privacy(
         dpsgd: the ``dpsgd`` section of the config (``DpSgdConfig``) or None.
         strategy, transforms: the built components; None for one that failed to build
             (its problem is in ``problems``; checks that need it are skipped).
+        checkpoint_every: rounds between checkpoints (``checkpoint.every``).
         problems: problems already found while building components; raised with these.
 
     Raises:
@@ -81,12 +83,29 @@ def build_privacy(
         client = _client_level(strategy, built, len(clients), rounds, centralized, found)
         if client is not None or any(isinstance(t, ClientLevelDP) for t in built):
             found.extend(_unnoised_tensors(task))
+            found.extend(_replayable_rounds(checkpoint_every))
     sample = _sample_level(dpsgd, task, clients, rounds, local_steps, local_epochs, found)
     if found:
         raise PrivacyConfigError(found, header="invalid experiment")
     if client is None and sample is None:
         return None
     return PrivacyAccounting(client=client, sample=sample)
+
+
+def _replayable_rounds(checkpoint_every: int) -> list[str]:
+    """Client-level noise is keyed by the round, so that a resumed run is bit-identical.
+    That is safe only if no state leaves the server before it is checkpointed: the
+    checkpoint callback runs before the next round sends the state to its cohort, but with
+    ``every > 1`` a crash would lose rounds already sent, and training them again (other
+    survivors) would add the same noise, so two releases' difference would carry none."""
+    if checkpoint_every == 1:
+        return []
+    return [
+        f"client-level DP: checkpoint.every is {checkpoint_every}, but every round must be "
+        "checkpointed before its model goes to the next cohort: after a crash, rounds sent "
+        "but not checkpointed would be trained again with the same noise on other updates, "
+        "and the difference of the two releases would carry no noise; set checkpoint.every=1"
+    ]
 
 
 def _unnoised_tensors(task: Task) -> list[str]:

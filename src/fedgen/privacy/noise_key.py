@@ -7,7 +7,10 @@ a 256-bit noise key from the operating system's CSPRNG (``secrets``) when it sta
 and every noise draw (client-level DP noise, the adaptive-clipping count noise,
 DP-SGD's noise) is seeded with HMAC-SHA256(key, where it is drawn). The key is kept
 in checkpoints only, so a resumed run stays bit-identical to an uninterrupted one;
-two fresh runs with the same root seed draw different noise. Checkpoints are
+two fresh runs with the same root seed draw different noise. The server's draws repeat
+when a round is trained again, which is safe only because no round leaves the server
+before its checkpoint (client-level DP requires ``checkpoint.every: 1``,
+``fedgen.assembly.privacy``): a round lost in a crash was released to no one. Checkpoints are
 therefore as secret as the server's state (written owner-readable only).
 
 The key stays with the server. A client gets its own key, HMAC-SHA256(key, its id)
