@@ -108,7 +108,7 @@ class UShapedGanTrainer:
         self.reset_optimizers(lr, betas)
 
     def reset_optimizers(self, lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999)) -> None:
-        """Fresh Adam optimizers everywhere (a federated round starts without moments)."""
+        """Fresh Adam optimizers everywhere (each round, unless the backend keeps them)."""
         self.gen_opts = {c: _adam(m, lr, betas) for c, m in self.gen_clients.items()}
         self.disc_opts = {c: _adam(m, lr, betas) for c, m in self.disc_clients.items()}
         self.gen_server_opt = _adam(self.gen_server, lr, betas)

@@ -251,6 +251,9 @@ def test_kept_optimizers_refuse_a_partial_cohort(clients):
     work = LocalWork(task, task.federated_state(), [], 2, None, 0)
     with pytest.raises(ConfigError, match=r"every client in every round.*plans 2 of 3"):
         list(backend.run(plan, work, clients, {}))
+    # A client dropped by the backend's own fault injection changes the cohort too.
+    with pytest.raises(ConfigError, match="keep_optimizers with drop_after"):
+        SplitBackend(cuts=CUTS, keep_optimizers=True, drop_after={1: 3})
 
 
 def test_a_resumed_run_with_kept_optimizers_ends_bit_identical(mnist_dir, tmp_path):

@@ -14,7 +14,8 @@ iterations of all clients in lock-step, and yields one ``ClientResult`` per
 client: its *view* of the whole networks minus the global state as the update,
 its own blocks' keys as ``private_keys``, and the server-side D3 activations'
 batch mean as ``extras["d3"]`` (what the KLD-clustered strategy clusters on).
-Optimizers start fresh every round, so a resumed run is bit-identical. The task
+Optimizers start fresh every round, unless ``keep_optimizers`` carries them (then
+their state is checkpointed with the backend's), so a resumed run is bit-identical. The task
 must expose ``generator_blocks()``, ``discriminator_blocks()``, ``latent_dim``
 and ``capture_block`` (``fedgen.tasks.split_gan.HuscfGan`` does).
 """
@@ -117,6 +118,11 @@ class SplitBackend(Backend):
             raise ConfigError(
                 f"backend drop_after={drop_after!r}: use a mapping client id -> message count"
             ) from None
+        if keep_optimizers and self.drop_after:
+            raise ConfigError(
+                "backend.params.keep_optimizers with drop_after: a dropped client changes "
+                "the round's cohort; drop drop_after, or keep_optimizers: false"
+            )
         self.keep_optimizers = keep_optimizers
         #: The optimizers' state a checkpoint restored, loaded into the first trainer.
         self._restored: dict[str, Any] | None = None
