@@ -728,8 +728,9 @@ def restore_latest(
 
     A corrupted or truncated newest checkpoint (a crash mid-write on a filesystem
     that does not honour the rename, a damaged disk) is skipped with a warning and
-    the previous one is used; the rounds after it are trained again. A checkpoint of
-    another experiment is an error, never skipped.
+    the previous one is used; the rounds after it are trained again, except under
+    client-level DP, where that is refused (they may have been released, and their noise
+    would repeat). A checkpoint of another experiment is an error, never skipped.
     """
     found = list_checkpoints(ckpt_dir)
     if not found:
@@ -761,6 +762,18 @@ def restore_latest(
     state = check_payload(
         payload, path, format=CHECKPOINT_FORMAT, fingerprint=cfg.fingerprint(), advice=advice
     )
+    if damaged and not reading and fed.withholds_cohort:
+        # A damaged checkpoint's round was saved, so it may have been sent to the next
+        # cohort. Client-level noise is keyed by the round: training it again would add
+        # the same noise to other survivors' updates, and the two releases' difference
+        # would carry none.
+        raise CheckpointError(
+            f"under client-level DP the run cannot go on from {path.name} (after round "
+            f"{round_}): the newer checkpoint(s) are damaged, and their rounds may already "
+            "have been released, so training them again would repeat their noise over other "
+            "updates. Restore the damaged checkpoints from a backup, or start a new run "
+            "(whose epsilon adds to this one's). Damage found:\n  " + "\n  ".join(damaged)
+        )
     if damaged:
         log.warning(
             "resuming from %s (after round %d); %d newer checkpoint(s) were damaged "

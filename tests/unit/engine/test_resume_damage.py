@@ -58,3 +58,23 @@ def test_resume_with_every_checkpoint_damaged_says_what_to_do(mnist_dir, tmp_pat
         path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match=r"every checkpoint .* is damaged"):
         run_experiment(_cfg(mnist_dir, 3), run, progress=False, resume=True)
+
+
+def test_under_client_dp_a_damaged_newest_checkpoint_is_not_skipped(mnist_dir, tmp_path):
+    # Prepare: a 2-round client-DP run whose newest checkpoint (round 1) is damaged.
+    dp = {
+        "strategy.params": "{fraction: 0.5, min_clients: 1, weighted: false, "
+        "sampling: poisson, fixed_denominator: true}",
+        "transforms": "[{name: clip, params: {max_norm: 1.0}}, "
+        "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-3}}]",
+    }
+    run = tmp_path / "run"
+    run_experiment(tiny_config(mnist_dir, **{**dp, "federation.rounds": 2}), run, progress=False)
+    newest = list_checkpoints(run / "checkpoints")[-1][1]
+    newest.write_bytes(newest.read_bytes()[:100])
+    # Execute / Assert: round 1 may have gone to the next cohort; training it again would
+    # repeat its noise, so the resume is refused with what to do, and nothing is deleted.
+    cfg = tiny_config(mnist_dir, **{**dp, "federation.rounds": 3})
+    with pytest.raises(CheckpointError, match=r"client-level DP.*Restore the damaged"):
+        run_experiment(cfg, run, progress=False, resume=True)
+    assert len(list_checkpoints(run / "checkpoints")) == 2
