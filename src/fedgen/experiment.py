@@ -276,7 +276,6 @@ def build_experiment(
             local_steps=local_steps,
             local_epochs=local_epochs,
             centralized=fed_cfg.centralized,
-            checkpoint_every=cfg.checkpoint.every,
             problems=problems,
         )
     federation = Federation(
@@ -629,6 +628,10 @@ def _run(
     # Loads data first: a missing set fails here. A resume's checkpoint replaces the
     # starting weights, so their source need not be there any more.
     exp = build_experiment(cfg, callbacks, start_weights=not resume)
+    from fedgen.assembly.privacy import replay_problems
+
+    if exp.federation.withholds_cohort and (found := replay_problems(cfg.checkpoint.every)):
+        raise PrivacyConfigError(found, header="invalid experiment")
     exp_holder["exp"] = exp
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     if not hold.held:
@@ -772,7 +775,9 @@ def restore_latest(
             f"{round_}): the newer checkpoint(s) are damaged, and their rounds may already "
             "have been released, so training them again would repeat their noise over other "
             "updates. Restore the damaged checkpoints from a backup, or start a new run "
-            "(whose epsilon adds to this one's). Damage found:\n  " + "\n  ".join(damaged)
+            "(whose epsilon adds to this one's); deleting them, as the reasons below "
+            "suggest for runs without client-level DP, would not make the replay safe. "
+            "Damage found:\n  " + "\n  ".join(damaged)
         )
     if damaged:
         log.warning(

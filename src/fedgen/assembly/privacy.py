@@ -61,7 +61,6 @@ def build_privacy(
     local_steps: int | None,
     local_epochs: float | None,
     centralized: bool = False,
-    checkpoint_every: int = 1,
     problems: Sequence[str] = (),
 ) -> PrivacyAccounting | None:
     """Validate and wire the experiment's DP; None when it uses none.
@@ -70,7 +69,6 @@ def build_privacy(
         dpsgd: the ``dpsgd`` section of the config (``DpSgdConfig``) or None.
         strategy, transforms: the built components; None for one that failed to build
             (its problem is in ``problems``; checks that need it are skipped).
-        checkpoint_every: rounds between checkpoints (``checkpoint.every``).
         problems: problems already found while building components; raised with these.
 
     Raises:
@@ -83,7 +81,6 @@ def build_privacy(
         client = _client_level(strategy, built, len(clients), rounds, centralized, found)
         if client is not None or any(isinstance(t, ClientLevelDP) for t in built):
             found.extend(_unnoised_tensors(task))
-            found.extend(_replayable_rounds(checkpoint_every))
     sample = _sample_level(dpsgd, task, clients, rounds, local_steps, local_epochs, found)
     if found:
         raise PrivacyConfigError(found, header="invalid experiment")
@@ -92,8 +89,10 @@ def build_privacy(
     return PrivacyAccounting(client=client, sample=sample)
 
 
-def _replayable_rounds(checkpoint_every: int) -> list[str]:
-    """Client-level noise is keyed by the round, so that a resumed run is bit-identical.
+def replay_problems(checkpoint_every: int) -> list[str]:
+    """For a run under client-level DP that checkpoints every ``checkpoint_every`` rounds.
+
+    Client-level noise is keyed by the round, so that a resumed run is bit-identical.
     That is safe only if no state leaves the server before it is checkpointed: the
     checkpoint callback runs before the next round sends the state to its cohort, but with
     ``every > 1`` a crash would lose rounds already sent, and training them again (other

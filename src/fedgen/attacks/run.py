@@ -59,7 +59,8 @@ class MembershipOptions(BaseModel):
     untrained: bool = Field(
         False,
         description="attack the run's initial weights instead of its released ones: the "
-        "reference row, what the attack reads from members and non-members alone",
+        "reference row, what the attack reads from members and non-members alone (the "
+        "root seed's weights, also for a run started from another's)",
     )
     seed: int = 0
 
@@ -148,7 +149,8 @@ def run_attack(
 
 
 def _untrained(run_dir: Path) -> Any:
-    """The run's experiment at its initial weights (the root seed's, or ``init_from``'s).
+    """The run's experiment at the root seed's initial weights (never ``init_from``'s: the
+    run it names may have trained on since, and the reference wants no training at all).
 
     Why: the non-members are the test split, which other people wrote than the training
     digits, so an attack can tell the two sets apart a little without any training; its
@@ -157,7 +159,8 @@ def _untrained(run_dir: Path) -> Any:
     """
     from fedgen.experiment import build_experiment, load_config
 
-    return build_experiment(load_config(run_dir / "config.yaml", validate_components=False))
+    cfg = load_config(run_dir / "config.yaml", validate_components=False)
+    return build_experiment(cfg, start_weights=False)
 
 
 def _clients(exp: Any) -> list[ClientData]:

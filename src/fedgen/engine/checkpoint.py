@@ -58,6 +58,13 @@ def save_checkpoint(
     if before_replace is not None:
         before_replace(hashlib.sha256(data).hexdigest())
     os.replace(tmp, path)
+    # The rename is durable only once the folder is: without this, a power cut could
+    # take the file back although the next round had already sent its model out.
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
     return path
 
 

@@ -168,12 +168,20 @@ def test_client_level_dp_refuses_integer_tensors_it_cannot_noise(mnist_dir):
     assert "extra_norm.num_batches_tracked" in problem and "GroupNorm" in problem
 
 
-def test_client_level_dp_needs_every_round_checkpointed_before_it_is_sent(mnist_dir):
+def test_a_client_level_dp_run_needs_every_round_checkpointed_before_it_is_sent(
+    mnist_dir, tmp_path
+):
     # Prepare: rounds sent to the next cohort but lost in a crash before a checkpoint
     # would be trained again with the same round-keyed noise on other survivors' updates.
+    from fedgen.experiment import run_experiment
+
     cfg = config(mnist_dir, SOUND_STRATEGY, CLIP_AND_NOISE, "checkpoint.every=2")
     # Execute
-    [problem] = problems_of(cfg)
-    # Assert: the fix is named; without client-level DP the setting is free.
+    with pytest.raises(PrivacyConfigError) as info:
+        run_experiment(cfg, tmp_path / "run", progress=False)
+    # Assert: the fix is named, before any round; a finished run of such a config still
+    # opens for reading (the check is the run's, not the experiment's).
+    [problem] = info.value.problems
     assert "checkpoint.every is 2" in problem and "set checkpoint.every=1" in problem
-    build_experiment(config(mnist_dir, "checkpoint.every=2"))
+    assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))
+    build_experiment(cfg)
