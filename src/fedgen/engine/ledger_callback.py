@@ -19,7 +19,7 @@ from fedgen.engine.checkpoint import checkpoint_path
 from fedgen.engine.federation import Callback, Federation, RoundRecord
 from fedgen.engine.keystore import NEW_RUN_ADVICE, KeyStore
 from fedgen.errors import CheckpointError
-from fedgen.ledger import LEDGER_FILE, Ledger, LedgerError, TreeHead, state_digest
+from fedgen.ledger import LEDGER_FILE, Ledger, LedgerError, TreeHead, file_digest, state_digest
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,8 @@ class LedgerCallback(Callback):
             )
         self._claim_folder(audit)
         last = fed.next_round - 1
+        if fed.withholds_cohort:
+            self._refuse_replay(ledger, last)
         ckpt = checkpoint_path(self.checkpoint_dir, last)
         ledger.append(
             "resume",
@@ -105,6 +107,26 @@ class LedgerCallback(Callback):
         )
         head = self._sign(last)
         log.info("ledger: resumed after round %d at entry %d", last, head.size)
+
+    def _refuse_replay(self, ledger: Ledger, last: int) -> None:
+        """Under client-level DP, refuse to train again a round whose checkpoint the log
+        shows was saved, so that its model may have gone to the next cohort (the file was
+        deleted, or a power cut took it back): its round-keyed noise would repeat over
+        other updates. A checkpoint logged but never renamed into place, whose ``.tmp``
+        still holds the logged bytes (the server died while saving it), went to no one."""
+        for entry in ledger.entries(kind="checkpoint"):
+            if int(entry.body["round"]) <= last:
+                continue
+            tmp = self.run_dir / (str(entry.body["file"]) + ".tmp")
+            if tmp.is_file() and file_digest(tmp) == entry.body["digest"]:
+                continue
+            raise CheckpointError(
+                f"under client-level DP the run cannot go on after round {last}: the ledger "
+                f"shows that round {entry.body['round']}'s checkpoint ({entry.body['file']}) "
+                "was saved, so its model may have gone to the next cohort, and training it "
+                "again would repeat its noise over other updates. Restore that checkpoint "
+                "from a backup, or start a new run (whose epsilon adds to this one's)"
+            )
 
     def _claim_folder(self, audit: RunAudit) -> None:
         """Refuse to resume a copy of a run folder while the original still holds the run.

@@ -60,21 +60,46 @@ def test_resume_with_every_checkpoint_damaged_says_what_to_do(mnist_dir, tmp_pat
         run_experiment(_cfg(mnist_dir, 3), run, progress=False, resume=True)
 
 
+#: Client-level DP on the tiny federation (Poisson q = 0.5, clip, noise).
+CLIENT_DP = {
+    "strategy.params": "{fraction: 0.5, min_clients: 1, weighted: false, "
+    "sampling: poisson, fixed_denominator: true}",
+    "transforms": "[{name: clip, params: {max_norm: 1.0}}, "
+    "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-3}}]",
+}
+
+
+def _dp_run(mnist_dir, run, rounds: int, resume: bool = False) -> None:
+    cfg = tiny_config(mnist_dir, **{**CLIENT_DP, "federation.rounds": rounds})
+    run_experiment(cfg, run, progress=False, resume=resume)
+
+
 def test_under_client_dp_a_damaged_newest_checkpoint_is_not_skipped(mnist_dir, tmp_path):
     # Prepare: a 2-round client-DP run whose newest checkpoint (round 1) is damaged.
-    dp = {
-        "strategy.params": "{fraction: 0.5, min_clients: 1, weighted: false, "
-        "sampling: poisson, fixed_denominator: true}",
-        "transforms": "[{name: clip, params: {max_norm: 1.0}}, "
-        "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-3}}]",
-    }
     run = tmp_path / "run"
-    run_experiment(tiny_config(mnist_dir, **{**dp, "federation.rounds": 2}), run, progress=False)
+    _dp_run(mnist_dir, run, 2)
     newest = list_checkpoints(run / "checkpoints")[-1][1]
     newest.write_bytes(newest.read_bytes()[:100])
     # Execute / Assert: round 1 may have gone to the next cohort; training it again would
     # repeat its noise, so the resume is refused with what to do, and nothing is deleted.
-    cfg = tiny_config(mnist_dir, **{**dp, "federation.rounds": 3})
     with pytest.raises(CheckpointError, match=r"client-level DP.*Restore the damaged"):
-        run_experiment(cfg, run, progress=False, resume=True)
+        _dp_run(mnist_dir, run, 3, resume=True)
     assert len(list_checkpoints(run / "checkpoints")) == 2
+
+
+def test_under_client_dp_the_ledger_catches_a_lost_newest_checkpoint(mnist_dir, tmp_path):
+    # Prepare: two 2-round client-DP runs. In one, round 1's checkpoint is gone after it
+    # was saved (deleted; a power cut); in the other the server died while saving it,
+    # before the rename (its .tmp holds the bytes the ledger logged).
+    lost, unsaved = tmp_path / "lost", tmp_path / "unsaved"
+    for run in (lost, unsaved):
+        _dp_run(mnist_dir, run, 2)
+    list_checkpoints(lost / "checkpoints")[-1][1].unlink()
+    kept = list_checkpoints(unsaved / "checkpoints")[-1][1]
+    kept.rename(kept.with_name(kept.name + ".tmp"))
+    # Execute / Assert: the ledger shows round 1 was saved, so it may have been sent:
+    # refused. A checkpoint never renamed into place went to no one: the run goes on.
+    with pytest.raises(CheckpointError, match=r"ledger shows that round 1's checkpoint"):
+        _dp_run(mnist_dir, lost, 3, resume=True)
+    _dp_run(mnist_dir, unsaved, 3, resume=True)
+    assert [r for r, _ in list_checkpoints(unsaved / "checkpoints")][-1] == 2
