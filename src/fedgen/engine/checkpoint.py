@@ -9,6 +9,7 @@ under a real name.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -63,6 +64,11 @@ def save_checkpoint(
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
+    except OSError as exc:
+        # Some filesystems (network mounts) cannot sync a folder; the rename then is as
+        # durable as they make it.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
     finally:
         os.close(folder)
     return path
