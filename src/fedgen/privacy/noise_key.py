@@ -10,8 +10,8 @@ in checkpoints only, so a resumed run stays bit-identical to an uninterrupted on
 two fresh runs with the same root seed draw different noise. The server's draws repeat
 when a round is trained again, which is safe only because no round leaves the server
 before its checkpoint (client-level DP requires ``checkpoint.every: 1``,
-``fedgen.assembly.privacy``): a round lost in a crash was released to no one. Checkpoints are
-therefore as secret as the server's state (written owner-readable only).
+``fedgen.assembly.privacy``): a round lost in a crash was released to no one.
+Checkpoints are therefore as secret as the server's state (written owner-readable only).
 
 The key stays with the server. A client gets its own key, HMAC-SHA256(key, its id)
 (``client_noise_key``), for the noise it draws itself (DP-SGD): from it no client can

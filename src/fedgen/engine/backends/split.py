@@ -15,8 +15,8 @@ client: its *view* of the whole networks minus the global state as the update,
 its own blocks' keys as ``private_keys``, and the server-side D3 activations'
 batch mean as ``extras["d3"]`` (what the KLD-clustered strategy clusters on).
 Optimizers start fresh every round, unless ``keep_optimizers`` carries them (then
-their state is checkpointed with the backend's), so a resumed run is bit-identical. The task
-must expose ``generator_blocks()``, ``discriminator_blocks()``, ``latent_dim``
+their state is checkpointed with the backend's), so a resumed run is bit-identical.
+The task must expose ``generator_blocks()``, ``discriminator_blocks()``, ``latent_dim``
 and ``capture_block`` (``fedgen.tasks.split_gan.HuscfGan`` does).
 """
 
