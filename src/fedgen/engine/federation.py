@@ -564,6 +564,7 @@ class Federation:
             seed=derive_seed(self.seed, "server", r),
             num_clients=len(self.clients),
             noise_key=self.noise_key,
+            noised=agg.noised,
         )
         for transform in reversed(self.transforms):
             agg.delta, t_metrics = transform.on_server(agg.delta, ctx)

@@ -13,8 +13,11 @@ server never holds an individual update.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from fedgen.engine.audit import RoundAudit
 from fedgen.engine.backends.secagg_client import compact_reference, vector_layout
@@ -22,7 +25,7 @@ from fedgen.ledger import state_digest
 from fedgen.seeding import derive_seed
 from fedgen.strategies.base import Aggregate, Strategy
 from fedgen.transforms.base import UpdateTransform
-from fedgen.transforms.codec import decode_arrival
+from fedgen.transforms.codec import decode_arrival, encoded_key
 from fedgen.transforms.secagg import (
     SecAggConfigError,
     SecAggRoundFailedError,
@@ -32,6 +35,7 @@ from fedgen.transforms.secagg.channel import PHASES
 from fedgen.transforms.secagg.codec import from_message, to_message
 from fedgen.transforms.secagg.link import DOWNLOAD_PHASE
 from fedgen.transforms.secagg.protocol import run_secure_sum
+from fedgen.transforms.secagg.requests import LoneRelease, LoneRequest
 from fedgen.types import ClientResult, StateDict
 from fedgen.wire import WireError, decode, encode
 
@@ -39,6 +43,11 @@ if TYPE_CHECKING:
     from fedgen.privacy.budget import PrivacyAccounting
 
 log = logging.getLogger(__name__)
+
+#: The lone release's messages count under this phase (``LoneRequest``).
+LONE_PHASE = "lone_release"
+#: What an auxiliary tensor looks like to ``sum_noise_std`` (a float of shape (1,)).
+_AUX = torch.zeros(1)
 
 #: Sends one encoded request per client and returns each encoded reply (None: none came).
 Exchange = Callable[[dict[int, bytes]], dict[int, bytes | None]]
@@ -62,12 +71,13 @@ class WireLink:
 
     def ask(self, phase: str, requests: Mapping[int, object]) -> dict[int, object]:
         encoded = {cid: encode(to_message(r)) for cid, r in requests.items()}
-        self.bytes_down[DOWNLOAD_PHASE[phase]] += sum(len(b) for b in encoded.values())
+        down = DOWNLOAD_PHASE.get(phase, phase)
+        self.bytes_down[down] = self.bytes_down.get(down, 0) + sum(len(b) for b in encoded.values())
         replies: dict[int, object] = {}
         for cid, data in self._exchange(encoded).items():
             if data is None or cid not in encoded:
                 continue
-            self.bytes_up[phase] += len(data)
+            self.bytes_up[phase] = self.bytes_up.get(phase, 0) + len(data)
             try:
                 message = decode(data)
                 if "error" in message.meta:
@@ -125,13 +135,31 @@ class SecureAggregationStage:
             # The sum of no client is zero: nothing to mask (fixed denominator: noise only).
             return strategy.aggregate_sum(r, {}, 0.0, 0, 0), None
         if len(weights) < 2:
+            if privacy is not None and self._noise_on_server(global_state):
+                # Client-level DP: the lone client adds the round's noise itself, so
+                # the round releases what a secure round would, with the accounted
+                # noise, and the server sees only that. (A failed round, or one
+                # releasing noise alone, would make the round's output depend on
+                # whether this client took part by more than its clipped update.)
+                ((cid, weight),) = weights.items()
+                return self._release_alone(
+                    r,
+                    cid,
+                    weight,
+                    examples[cid],
+                    strategy,
+                    global_state,
+                    auxiliary,
+                    exchange,
+                    audit,
+                )
             if privacy is not None:
-                # Under DP a failed round would reveal that the cohort held one client;
-                # release the noise-only round instead (the fixed-denominator mean of no
-                # client), as a round of zero clients does.
+                # Sample-level DP: the server adds no noise, and the update alone
+                # cannot be hidden; it is left out, as a failed client's is (whether
+                # a client took part is not what sample-level DP protects).
                 log.warning(
                     "round %d: one usable client under secure aggregation; "
-                    "releasing a noise-only round",
+                    "releasing a round of no client",
                     r,
                 )
                 return strategy.aggregate_sum(r, {}, 0.0, 0, 0), None
@@ -175,8 +203,9 @@ class SecureAggregationStage:
         total = secure.weighted_sum
         if compact is not None:
             # The protocol sums in float64; the codec decodes its own dtypes.
-            encoded = {k: v.to(compact[k].dtype) if k in compact else v for k, v in total.items()}
-            total = decode_arrival(self.transforms, encoded, global_state, r, -1)
+            total = decode_arrival(
+                self.transforms, _as_encoded(total, compact), global_state, r, -1
+            )
         aggregate = strategy.aggregate_sum(
             r,
             total,
@@ -185,3 +214,92 @@ class SecureAggregationStage:
             sum(examples[c] for c in secure.survivors),
         )
         return aggregate, link
+
+    def _noise_on_server(self, global_state: StateDict) -> bool:
+        """Whether the server halves add noise to the model's tensors (client-level DP)."""
+        return any(
+            t.sum_noise_std(k, v) > 0 for t in self.transforms for k, v in global_state.items()
+        )
+
+    def _sum_noise_std(self, name: str, held: StateDict, global_state: StateDict) -> float:
+        """The server halves' noise on ``name`` of the held vector, in the sum's units.
+
+        An array of a shared-support codec's encoding holds some of a model tensor's
+        values as they are: it gets that tensor's noise.
+        """
+        key = encoded_key(name)
+        if key is not None and key in global_state:
+            name, value = key, global_state[key]
+        else:
+            value = held.get(name, _AUX)
+        return float(sum(t.sum_noise_std(name, value) for t in self.transforms))
+
+    def _release_alone(
+        self,
+        r: int,
+        cid: int,
+        weight: float,
+        num_examples: int,
+        strategy: Strategy,
+        global_state: StateDict,
+        auxiliary: frozenset[str],
+        exchange: Exchange,
+        audit: RoundAudit | None,
+    ) -> tuple[Aggregate, WireLink]:
+        """The only client's update with the round's noise, added by the client itself.
+
+        Raises ``SecAggRoundFailedError`` when the client does not answer (as a round
+        whose clients drop below the threshold fails).
+        """
+        if weight != 1.0:
+            # The noise is in units of a weight-1 sum (client-level DP's unweighted mean).
+            raise SecAggConfigError(
+                f"round {r}: a lone client's release needs the unweighted, fixed-denominator "
+                f"mean client-level DP uses (weight 1, not {weight}); set strategy.params "
+                "weighted: false and fixed_denominator: true"
+            )
+        # What the client holds: its update, or its compact encoding under a codec
+        # whose support every client shares (values placed as they are: random_mask
+        # without rescale, the only such codec client_dp allows).
+        compact = compact_reference(self.transforms, global_state, r)
+        reference = global_state if compact is None else compact
+        names, shapes = vector_layout(reference, auxiliary)
+        segments = tuple(int(math.prod(shape)) for shape in shapes)
+        stds = tuple(self._sum_noise_std(k, reference, global_state) for k in names)
+        link = WireLink(exchange)
+        reply = link.ask(LONE_PHASE, {cid: LoneRequest(r, 1.0, segments, stds)}).get(cid)
+        if not isinstance(reply, LoneRelease) or reply.client_id != cid or reply.round != r:
+            raise SecAggRoundFailedError(
+                f"round {r}: the round's only client did not send its noised update"
+            )
+        values = torch.from_numpy(reply.values)
+        if values.shape != (sum(segments),) or not bool(torch.isfinite(values).all()):
+            raise SecAggRoundFailedError(
+                f"round {r}: the only client's noised update is malformed "
+                f"({tuple(values.shape)} values, {sum(segments)} expected, or not finite)"
+            )
+        pieces = torch.split(values, list(segments))
+        total = {k: v.reshape(shape) for k, v, shape in zip(names, pieces, shapes, strict=True)}
+        ones = {
+            k: torch.ones(shape, dtype=torch.float64)
+            for k, shape in zip(names, shapes, strict=True)
+        }
+        if compact is not None:
+            # Decoded, the coordinates the codec did not send are zero for every client
+            # and carry no noise yet: the server halves add it there (``noised``).
+            total = decode_arrival(
+                self.transforms, _as_encoded(total, compact), global_state, r, -1
+            )
+            ones = decode_arrival(self.transforms, _as_encoded(ones, compact), global_state, r, -1)
+        if audit is not None:
+            # The server held the noised update only: it logs that.
+            audit.sum_digest = state_digest(total)
+            audit.aggregated = [cid]
+        aggregate = strategy.aggregate_sum(r, total, weight, 1, num_examples)
+        aggregate.noised = {k: v != 0 for k, v in ones.items()}
+        return aggregate, link
+
+
+def _as_encoded(values: StateDict, compact: StateDict) -> StateDict:
+    """Float64 sums in the dtypes of the codec's encoding, for it to decode."""
+    return {k: v.to(compact[k].dtype) if k in compact else v for k, v in values.items()}

@@ -51,6 +51,10 @@ class Aggregate:
     num_clients: int
     metrics: dict[str, float] = field(default_factory=dict)
     private_updates: dict[int, StateDict] = field(default_factory=dict)
+    #: Per tensor of ``delta``, the coordinates (True) that already carry the round's
+    #: DP noise, drawn by the only client of a secure round
+    #: (``fedgen.engine.secure_stage``): the server halves add none there. None: none.
+    noised: StateDict | None = None
 
 
 class Strategy(ABC):

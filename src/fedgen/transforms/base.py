@@ -42,6 +42,11 @@ class TransformContext:
     #: between rounds, in its private state. None where no private state is kept (the
     #: server; a backend that does not carry transforms' private tensors).
     private: StateDict | None = field(default=None, repr=False)
+    #: On the server: per tensor of the aggregate, the coordinates (True) that already
+    #: carry the noise the server halves add (``sum_noise_std``), drawn by the only
+    #: client of a secure round; the server halves add noise only where it is not.
+    #: None: no coordinate does.
+    noised: StateDict | None = field(default=None, repr=False)
 
     def noise_generator(self, *path: str | int) -> torch.Generator:
         """The generator for DP noise drawn here: keyed by the secret, unless ``root``."""
@@ -75,6 +80,16 @@ class UpdateTransform:
     ) -> tuple[StateDict, dict[str, float]]:
         """Transform the aggregate of the round; also return metrics."""
         return aggregate, {}
+
+    def sum_noise_std(self, key: str, value: torch.Tensor) -> float:
+        """The standard deviation of the noise ``on_server`` adds to tensor ``key``, in
+        the units of the round's sum (before the strategy divides it); 0.0 for none.
+
+        The only client of a secure round draws this noise itself, so that the server
+        never sees its update bare (``fedgen.engine.secure_stage``); ``on_server`` then
+        gets ``ctx.noised`` and adds none where it is set.
+        """
+        return 0.0
 
     def state_dict(self) -> dict[str, Any]:
         return {}

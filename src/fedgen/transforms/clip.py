@@ -171,7 +171,9 @@ class NormClip(UpdateTransform):
         # The strategy divided the sum of bits by the expected cohort: undo it.
         count = 0.0 if mean_bit is None else float(mean_bit.sum()) * self.expected_clients
         sigma_b = self.count_noise_stddev or 0.0
-        if sigma_b > 0:
+        # The round's only client may have drawn it already (``sum_noise_std``).
+        drawn = ctx.noised is not None and bool(ctx.noised.get(UNCLIPPED_KEY, False))
+        if sigma_b > 0 and not drawn:
             gen = ctx.noise_generator("clip", "unclipped-count")
             count += sigma_b * float(torch.randn((), generator=gen, dtype=torch.float64))
         unclipped = count / self.expected_clients + 0.5  # undo the clients' centring
@@ -183,6 +185,12 @@ class NormClip(UpdateTransform):
             "next_clip_norm": self.max_norm,
             "unclipped_fraction": unclipped,
         }
+
+    def sum_noise_std(self, key: str, value: torch.Tensor) -> float:
+        """sigma_b on the count of unclipped clients (adaptive clipping), else none."""
+        if key == UNCLIPPED_KEY and self.adaptive:
+            return float(self.count_noise_stddev or 0.0)
+        return 0.0
 
     def state_dict(self) -> dict[str, Any]:
         return {"max_norm": self.max_norm} if self.adaptive else {}

@@ -34,6 +34,14 @@ def part_name(key: str, part: str) -> str:
     return f"{CODEC_PREFIX}{key}/{part}"
 
 
+def encoded_key(name: str) -> str | None:
+    """The model tensor whose encoding holds the array ``name`` (None: not an encoding's)."""
+    if not name.startswith(CODEC_PREFIX):
+        return None
+    key, sep, _ = name.removeprefix(CODEC_PREFIX).rpartition("/")
+    return key if sep else None
+
+
 class UpdateCodec(UpdateTransform):
     """Encode each floating tensor of a client's update; decode it on the server.
 

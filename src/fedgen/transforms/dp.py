@@ -159,6 +159,43 @@ class ClientLevelDP(UpdateTransform):
     def on_server(
         self, aggregate: StateDict, ctx: TransformContext
     ) -> tuple[StateDict, dict[str, float]]:
+        # One client moves the mean by at most its clipped norm (plus what secure
+        # aggregation's rounding may add) over the fixed denominator.
+        sensitivity = self._sensitivity()
+        assert self.update_noise_multiplier is not None and self.expected_clients is not None
+        std = self.update_noise_multiplier * sensitivity / self.expected_clients
+        gen = ctx.noise_generator("client_dp", "noise")
+        done = ctx.noised
+        noised = {}
+        for key, value in aggregate.items():
+            if key.startswith(AUX_PREFIX) or not value.is_floating_point():
+                noised[key] = value  # side channels carry their own noise (see NormClip)
+            else:
+                noise = torch.randn(value.shape, generator=gen, dtype=torch.float64)
+                if done is not None and key in done:
+                    # The round's only client drew these itself (``sum_noise_std``).
+                    noise = noise.masked_fill(done[key], 0.0)
+                noised[key] = (value.double() + std * noise).to(value.dtype)
+        return noised, {
+            "noise_std": std,
+            "noise_multiplier": float(self.noise_multiplier or 0.0),
+        }
+
+    def sum_noise_std(self, key: str, value: torch.Tensor) -> float:
+        """z * C on every model tensor: ``on_server``'s noise before the denominator.
+
+        With secure aggregation's rounding excess too, although a lone client's update
+        is not encoded: every coordinate of every round then has the same noise, and
+        how much does not tell a round of one client from the others.
+        """
+        if key.startswith(AUX_PREFIX) or not value.is_floating_point():
+            return 0.0
+        sensitivity = self._sensitivity()
+        assert self.update_noise_multiplier is not None  # set by bind, as the clip
+        return float(sensitivity * self.update_noise_multiplier)
+
+    def _sensitivity(self) -> float:
+        """C, plus what secure aggregation's rounding may add (``bind_rounding_excess``)."""
         if self.clip is None or self.expected_clients is None:
             raise PrivacyConfigError(
                 [
@@ -166,25 +203,10 @@ class ClientLevelDP(UpdateTransform):
                     "experiment with fedgen.experiment.build_experiment"
                 ]
             )
-        assert self.update_noise_multiplier is not None
-        # One client moves the mean by at most its clipped norm (plus what secure
-        # aggregation's rounding may add) over the fixed denominator.
         sensitivity = self.clip.max_norm
         if self.rounding_excess is not None:
             sensitivity += self.rounding_excess()
-        std = self.update_noise_multiplier * sensitivity / self.expected_clients
-        gen = ctx.noise_generator("client_dp", "noise")
-        noised = {}
-        for key, value in aggregate.items():
-            if key.startswith(AUX_PREFIX) or not value.is_floating_point():
-                noised[key] = value  # side channels carry their own noise (see NormClip)
-            else:
-                noise = torch.randn(value.shape, generator=gen, dtype=torch.float64)
-                noised[key] = (value.double() + std * noise).to(value.dtype)
-        return noised, {
-            "noise_std": std,
-            "noise_multiplier": float(self.noise_multiplier or 0.0),
-        }
+        return sensitivity
 
     def state_dict(self) -> dict[str, Any]:
         # The z a run started with stays its z, even if resumed with more rounds.

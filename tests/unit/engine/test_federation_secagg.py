@@ -17,6 +17,9 @@ from fedgen.engine.federation import WITHHELD_FAILURE
 from fedgen.experiment import build_experiment, restore_latest
 from fedgen.transforms.base import TransformContext, UpdateTransform
 from fedgen.transforms.secagg import SecureAggregation
+from fedgen.transforms.secagg.codec import from_message
+from fedgen.transforms.secagg.requests import LoneRelease, LoneRequest
+from fedgen.wire import decode
 
 torch.set_num_threads(1)
 
@@ -201,19 +204,130 @@ def _client_dp_over_secagg(mnist_dir, **secagg_params: object):
     ).federation
 
 
-def test_under_dp_one_usable_client_releases_a_noise_only_round(mnist_dir):
-    # Prepare: client-level DP over a secure sum; three of four clients crash.
-    fed = _client_dp_over_secagg(mnist_dir)
-    fed.transforms.insert(0, Crash({0, 1, 2}))
-    before = {k: v.clone() for k, v in fed.global_state.items()}
+DP_POISSON = (
+    "{min_clients: 1, weighted: false, fixed_denominator: true, sampling: poisson, fraction: 1.0}"
+)
+DP = "{name: client_dp, params: {noise_multiplier: 1.0, delta: 1.0e-5}}"
+
+
+def _lone_round(mnist_dir, pipeline: str):
+    """Round 0 of four clients, three crashing, ``pipeline`` without and with client
+    DP over secagg; returns both federations, the start state and the stage's messages
+    (each exchange's decoded requests and replies)."""
+    plain = build_experiment(
+        tiny_config(mnist_dir, **{"strategy.params": DP_POISSON, "transforms": f"[{pipeline}]"})
+    ).federation
+    secure = build_experiment(
+        tiny_config(
+            mnist_dir,
+            **{
+                "strategy.params": DP_POISSON,
+                "transforms": f"[{pipeline}, {DP}, {secagg()}]",
+            },
+        )
+    ).federation
+    for fed in (plain, secure):
+        fed.transforms.insert(0, Crash({0, 1, 2}))
+    seen: list[tuple[dict[int, object], dict[int, object]]] = []
+    exchange = secure.backend.exchange
+
+    def spy(round, requests):
+        replies = exchange(round, requests)
+        seen.append(
+            (
+                {c: from_message(decode(b)) for c, b in requests.items()},
+                {c: from_message(decode(b)) for c, b in replies.items() if b is not None},
+            )
+        )
+        return replies
+
+    secure.backend.exchange = spy  # type: ignore[method-assign]
+    before = {k: v.clone() for k, v in secure.global_state.items()}
+    return plain, secure, before, seen
+
+
+def _pieces(values, segments, names):
+    return dict(zip(names, torch.split(torch.from_numpy(values), list(segments)), strict=True))
+
+
+def test_under_client_dp_the_lone_client_adds_the_rounds_noise_and_the_server_none(mnist_dir):
+    # Prepare: client-level DP over a secure sum; three of four clients crash, so the
+    # round has one client, whose update a secure sum cannot hide.
+    plain, secure, before, seen = _lone_round(mnist_dir, CLIP)
     # Execute
-    record = fed.run_round(0)
-    # Assert: no failed round (that would reveal the cohort size); the state moved by
-    # noise alone and the round was charged.
-    assert "round_failed" not in record.metrics
-    assert "examples" not in record.metrics and "failed_clients" not in record.metrics
-    assert any(not torch.equal(before[k], fed.global_state[k]) for k in before)
-    assert record.metrics["epsilon"] > 0
+    plain.run_round(0)
+    metrics = secure.run_round(0).metrics
+    # Assert: one request and one release, the release's noise drawn by the client.
+    ((requests, replies),) = seen
+    request, release = requests[3], replies[3]
+    assert isinstance(request, LoneRequest) and isinstance(release, LoneRelease)
+    m = 4.0  # the fixed denominator: the expected cohort
+    names = list(before)
+    floats = [k for k in names if before[k].is_floating_point()]
+    stds = dict(zip(names, request.stds, strict=True))
+    std = stds[floats[0]]
+    assert std == pytest.approx(1.0, rel=1e-3) and std >= 1.0  # z (C + rounding excess)
+    assert all(stds[k] == std for k in floats)
+    sent = _pieces(release.values, request.segments, names)
+    noise = torch.cat(
+        [
+            (sent[k] - m * (plain.global_state[k].double() - before[k].double()).reshape(-1))
+            for k in floats
+        ]
+    )
+    assert noise.numel() > 10_000 and noise.std().item() == pytest.approx(std, rel=0.03)
+    assert abs(noise.mean().item()) < 0.05
+    # The server added nothing: the model moved by the release over m, to float32.
+    for k in floats:
+        moved = (secure.global_state[k].double() - before[k].double()).reshape(-1)
+        assert torch.allclose(moved, sent[k] / m, atol=1e-5), k
+    assert metrics["clientleveldp/noise_std"] == pytest.approx(std / m)
+    # And the round counts as any other: charged, no failure, no cohort figures.
+    assert "round_failed" not in metrics and metrics["epsilon"] > 0
+    assert "examples" not in metrics and "failed_clients" not in metrics
+
+
+def test_a_lone_client_adds_the_adaptive_clips_count_noise_too(mnist_dir):
+    adaptive = (
+        "{name: clip, params: {max_norm: 0.085, target_quantile: 0.5, count_noise_stddev: 2.0}}"
+    )
+    _, secure, _, seen = _lone_round(mnist_dir, adaptive)
+    metrics = secure.run_round(0).metrics
+    ((requests, replies),) = seen
+    request, release = requests[3], replies[3]
+    # The count's bit is the vector's last tensor, with the clip's own noise (sigma_b).
+    assert request.stds[-1] == 2.0 and request.segments[-1] == 1
+    bit = float(release.values[-1])
+    assert bit not in (-0.5, 0.5)  # noised by the client...
+    # ...and not again by the server: the released fraction is the client's figure.
+    assert metrics["normclip/unclipped_fraction"] == pytest.approx(bit / 4.0 + 0.5)
+
+
+def test_a_lone_client_under_a_shared_mask_codec_noises_what_it_sends(mnist_dir):
+    # Prepare: the clients send a random quarter of each tensor (the same for all).
+    plain, secure, before, seen = _lone_round(
+        mnist_dir, f"{CLIP}, {{name: random_mask, params: {{fraction: 0.25}}}}"
+    )
+    # Execute
+    plain.run_round(0)
+    metrics = secure.run_round(0).metrics
+    # Assert: the client sent (and noised) only its compact encoding...
+    ((requests, replies),) = seen
+    assert isinstance(requests[3], LoneRequest)
+    release = replies[3]
+    floats = [k for k in before if before[k].is_floating_point()]
+    total = sum(before[k].numel() for k in floats)
+    assert 0.2 * total < release.values.size < 0.3 * total
+    # ...and every coordinate of the release carries noise of one std: the client's on
+    # the coordinates it sent, the server's on the others.
+    noise = torch.cat(
+        [
+            (secure.global_state[k].double() - plain.global_state[k].double()).reshape(-1)
+            for k in floats
+        ]
+    )
+    assert int((noise == 0).sum()) == 0
+    assert noise.std().item() == pytest.approx(metrics["clientleveldp/noise_std"], rel=0.03)
 
 
 def test_secure_fedavgm_equals_plain_fedavgm_within_the_fixed_point_bound(mnist_dir):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import pytest
 import torch
 from test_federation import tiny_config
@@ -22,7 +23,7 @@ from fedgen.transforms.secagg import SecAggConfig, secure_aggregate
 from fedgen.transforms.secagg.codec import from_message, to_message
 from fedgen.transforms.secagg.messages import EncryptedShare, KeyDirectory, UnmaskResponse
 from fedgen.transforms.secagg.protocol import rounding_seed, run_secure_sum
-from fedgen.transforms.secagg.requests import MaskRequest, StartRound
+from fedgen.transforms.secagg.requests import LoneRelease, LoneRequest, MaskRequest, StartRound
 from fedgen.wire import WireError, decode, encode
 
 torch.set_num_threads(1)
@@ -148,11 +149,15 @@ def test_codec_round_trips_every_message_and_refuses_garbage():
         StartRound(3, 5, 101, 0.5, 32, 2.0, 20, 4, "nearest"),
         KeyDirectory(3, {1: (b"a" * 32, b"b" * 32), 4: (b"c" * 32, b"d" * 32)}),
         MaskRequest(3, (share, share), 0.25),
+        LoneRequest(3, 1.0, (4, 1), (0.5, 2.0)),
         UnmaskResponse(2, 3, {1: b"\x02" * 33}, {}),
         {"values": None, "held": {3: (b"x", b"y")}, "plan": {"levels": 7}},
     ]
     for message in messages:
         assert from_message(decode(encode(to_message(message)))) == message
+    release = from_message(decode(encode(to_message(LoneRelease(2, 3, np.arange(5.0))))))
+    assert (release.client_id, release.round) == (2, 3)
+    assert np.array_equal(release.values, np.arange(5.0))
     data = bytearray(encode(to_message(messages[2])))
     for i in range(0, len(data), 7):
         bad = bytearray(data)
@@ -163,3 +168,43 @@ def test_codec_round_trips_every_message_and_refuses_garbage():
             from_message(decode(bytes(bad)))
     with pytest.raises(WireError, match="no message"):
         from_message(decode(encode(to_message(messages[0])).replace(b"StartRound", b"StartRoumd")))
+
+
+def test_a_lone_client_adds_the_noise_it_is_asked_for_with_its_own_key():
+    def held(key: bytes | None = b"k" * 32, seed: int = 7) -> dict:
+        return hold_update(
+            0, 3, seed, {"w": torch.ones(6)}, {"w": torch.zeros(6)}, None, frozenset(), key
+        )
+
+    def ask(request: LoneRequest, state: dict) -> tuple[object, dict | None]:
+        reply, kept = answer_phase(encode(to_message(request)), state, 0)
+        message = decode(reply)
+        return (message.meta.get("error") or from_message(message)), kept
+
+    good = LoneRequest(3, 1.0, (2, 4), (0.0, 2.0))
+    # Execute
+    release, kept = ask(good, held())
+    # Assert: no noise where none was asked, noise of the asked std elsewhere; the
+    # client's round is over (it keeps nothing, so a second request gets nothing).
+    assert isinstance(release, LoneRelease) and kept is None
+    assert np.array_equal(release.values[:2], [1.0, 1.0])
+    assert (release.values[2:] != 1.0).all()
+    # The draw is the client's: the same key and round seed draw it again (a resumed
+    # run), another key or round seed another.
+    again, _ = ask(good, held())
+    assert np.array_equal(again.values, release.values)
+    for other in (held(key=b"j" * 32), held(seed=8)):
+        assert not np.array_equal(ask(good, other)[0].values, release.values)
+    # Refused, each in words: a replayed round, a layout that is not the update's, a
+    # negative noise, a weight out of range, a client without a noise seed.
+    no_seed = held()
+    no_seed["noise_seed"] = None
+    for request, state, words in [
+        (LoneRequest(2, 1.0, (6,), (1.0,)), held(), "replayed"),
+        (LoneRequest(3, 1.0, (5,), (1.0,)), held(), "do not cover"),
+        (LoneRequest(3, 1.0, (6,), (-1.0,)), held(), ">= 0"),
+        (LoneRequest(3, 0.0, (6,), (1.0,)), held(), "not in (0, 1]"),
+        (good, no_seed, "no noise seed"),
+    ]:
+        error, kept = ask(request, state)
+        assert isinstance(error, str) and words in error and kept is None, words

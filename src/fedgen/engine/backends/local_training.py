@@ -194,6 +194,7 @@ def run_client(
                 work.global_state if compact is None else compact,
                 work.max_update_norm,
                 auxiliary,
+                own_key,
             )
             result.held = True
         except ClientUpdateError as exc:

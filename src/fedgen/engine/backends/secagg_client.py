@@ -18,6 +18,7 @@ import torch
 
 from fedgen.engine.validation import check_update
 from fedgen.errors import ClientUpdateError
+from fedgen.privacy.noise_key import keyed_seed
 from fedgen.seeding import derive_seed
 from fedgen.transforms.base import TransformContext, UpdateTransform
 from fedgen.transforms.codec import UpdateCodec
@@ -25,6 +26,7 @@ from fedgen.transforms.secagg.client_half import SecAggClientHalf
 from fedgen.transforms.secagg.codec import from_message, to_message
 from fedgen.transforms.secagg.errors import SecAggError
 from fedgen.transforms.secagg.messages import UnmaskResponse
+from fedgen.transforms.secagg.requests import LoneRelease
 from fedgen.types import StateDict
 from fedgen.wire import Message, WireError, decode, encode
 
@@ -39,8 +41,14 @@ def hold_update(
     reference: StateDict,
     max_norm: float | None,
     auxiliary: frozenset[str],
+    noise_key: bytes | None = None,
 ) -> dict[str, Any]:
     """The client's own check of ``update`` before masking, then the half that holds it.
+
+    ``noise_key`` is the client's own DP noise key (``client_noise_key``, or the one a
+    deployed client made): it seeds the noise the client adds if it is left alone in a
+    round of client-level DP (``LoneRequest``); None seeds it from ``client_seed``, the
+    ``noise_seed: root`` mode.
 
     Raises:
         ClientUpdateError: the update has other tensors than ``reference``, NaN or Inf,
@@ -51,7 +59,15 @@ def hold_update(
     names, _ = vector_layout(reference, auxiliary)
     values = torch.cat([update[k].detach().reshape(-1).double() for k in names]).numpy()
     seed = derive_seed(client_seed, "secagg", "rounding")
-    return SecAggClientHalf(client_id, round, np.ascontiguousarray(values), seed).export()
+    noise_seed = (
+        derive_seed(client_seed, "secagg", "lone-noise")
+        if noise_key is None
+        else keyed_seed(noise_key, client_seed, "secagg", "lone-noise")
+    )
+    half = SecAggClientHalf(
+        client_id, round, np.ascontiguousarray(values), seed, noise_seed=noise_seed
+    )
+    return half.export()
 
 
 def compact_reference(
@@ -98,8 +114,9 @@ def answer_phase(
         if half.client_id != client_id:
             raise SecAggError(f"a request for client {client_id} reached client {half.client_id}")
         reply = half.answer(from_message(decode(request)))
-        # After revealing its shares the client's round is over: it keeps nothing.
-        kept = None if isinstance(reply, UnmaskResponse) else half.export()
+        # After revealing its shares (or releasing alone) the client's round is over: it
+        # keeps nothing.
+        kept = None if isinstance(reply, UnmaskResponse | LoneRelease) else half.export()
         return encode(to_message(reply)), kept
     except (SecAggError, WireError, ClientUpdateError) as exc:
         text = f"{type(exc).__name__}: {exc}"

@@ -5,7 +5,9 @@ requests (``requests.py``) with protocol messages: a ``StartRound`` with its
 ``AdvertiseKeys``, the key directory with a ``ShareBatch``, a ``MaskRequest`` with
 its ``MaskedInput`` (the only time the update is used, masked), an
 ``UnmaskRequest`` with its ``UnmaskResponse``. The update never leaves in the
-clear; after masking the client forgets it.
+clear; after masking the client forgets it. A client left alone in a round of
+client-level DP answers a ``LoneRequest`` instead: it adds the round's noise itself,
+with its own secret ``noise_seed``, and sends the noised update (``LoneRelease``).
 
 The same object answers in every backend: in one process for a simulation, or
 rebuilt from ``export()`` for each message where a fresh process answers each
@@ -18,6 +20,7 @@ import os
 from typing import Any
 
 import numpy as np
+import torch
 
 from fedgen.transforms.secagg.client import SecAggClient
 from fedgen.transforms.secagg.config import SecAggConfig
@@ -29,7 +32,13 @@ from fedgen.transforms.secagg.messages import (
     MaskedInput,
     UnmaskRequest,
 )
-from fedgen.transforms.secagg.requests import MaskRequest, ShareBatch, StartRound
+from fedgen.transforms.secagg.requests import (
+    LoneRelease,
+    LoneRequest,
+    MaskRequest,
+    ShareBatch,
+    StartRound,
+)
 
 
 class SecAggClientHalf:
@@ -41,6 +50,8 @@ class SecAggClientHalf:
         values: the update, flattened in the global state's order (float64).
         rounding_seed: seeds the stochastic rounding of the fixed-point encoding.
         entropy: key material source; ``os.urandom`` except in reproducible tests.
+        noise_seed: seeds the DP noise of a lone release, secret to the client (derived
+            from its own noise key); None: the client cannot release alone.
     """
 
     def __init__(
@@ -50,10 +61,12 @@ class SecAggClientHalf:
         values: np.ndarray | None,
         rounding_seed: int,
         entropy: Entropy = os.urandom,
+        noise_seed: int | None = None,
     ) -> None:
         self.client_id = client_id
         self.round = round
         self.rounding_seed = rounding_seed
+        self.noise_seed = noise_seed
         self._values = values
         self._entropy = entropy
         self._client: SecAggClient | None = None
@@ -74,6 +87,8 @@ class SecAggClientHalf:
         """
         if isinstance(request, StartRound):
             return self._start(request)
+        if isinstance(request, LoneRequest):
+            return self._release_alone(request)
         client = self._require_client(type(request).__name__)
         if isinstance(request, KeyDirectory):
             return ShareBatch(self.client_id, self.round, tuple(client.share_keys(request)))
@@ -128,6 +143,50 @@ class SecAggClientHalf:
         self._values = None  # the update is not needed again, so it is not kept
         return masked
 
+    def _release_alone(self, request: LoneRequest) -> LoneRelease:
+        """The update scaled by its weight, plus the noise the request names."""
+        if self._client is not None:
+            raise SecAggError(
+                f"client {self.client_id}: a lone release after the round's StartRound; "
+                "a client alone is never masked"
+            )
+        if request.round != self.round:
+            raise ShareTamperedError(
+                f"client {self.client_id}: asked to release round {request.round} with the "
+                f"update of round {self.round} (replayed); refusing"
+            )
+        if self._values is None:
+            raise SecAggError(f"client {self.client_id}: its update was already sent")
+        if self.noise_seed is None:
+            raise SecAggError(
+                f"client {self.client_id} holds no noise seed, so it cannot add the noise of "
+                "a lone release itself; it will not send its update without it"
+            )
+        segments, stds = request.segments, request.stds
+        if not (isinstance(request.weight, float) and 0.0 < request.weight <= 1.0):
+            raise SecAggError(
+                f"client {self.client_id}: weight {request.weight!r:.30} is not in (0, 1]"
+            )
+        if (
+            len(segments) != len(stds)
+            or not all(isinstance(n, int) and n >= 0 for n in segments)
+            or sum(segments) != self._values.shape[0]
+        ):
+            raise SecAggError(
+                f"client {self.client_id}: the lone request's segments do not cover its update "
+                f"of {self._values.shape[0]} values; client and server built different models"
+            )
+        if not all(isinstance(s, float) and np.isfinite(s) and s >= 0.0 for s in stds):
+            raise SecAggError(
+                f"client {self.client_id}: the lone request's noise must be finite and >= 0"
+            )
+        # torch's generator, as every other DP draw of fedgen (``noise_generator``).
+        gen = torch.Generator().manual_seed(self.noise_seed)
+        noise = torch.randn(self._values.shape[0], generator=gen, dtype=torch.float64).numpy()
+        released = self._values * request.weight + np.repeat(np.asarray(stds), segments) * noise
+        self._values = None  # sent once: a second request gets nothing
+        return LoneRelease(self.client_id, self.round, released)
+
     def _require_client(self, what: str) -> SecAggClient:
         if self._client is None:
             raise SecAggError(
@@ -147,6 +206,7 @@ class SecAggClientHalf:
             "clip": self._clip,
             "values": self._values,
             "client": None if self._client is None else self._client.export(),
+            "noise_seed": self.noise_seed,
         }
 
     @classmethod
@@ -159,6 +219,7 @@ class SecAggClientHalf:
                 state["values"],
                 int(state["rounding_seed"]),
                 entropy,
+                None if state.get("noise_seed") is None else int(state["noise_seed"]),
             )
             half._clip = float(state["clip"])
             if state["client"] is not None:

@@ -25,7 +25,13 @@ from fedgen.transforms.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from fedgen.transforms.secagg.requests import MaskRequest, ShareBatch, StartRound
+from fedgen.transforms.secagg.requests import (
+    LoneRelease,
+    LoneRequest,
+    MaskRequest,
+    ShareBatch,
+    StartRound,
+)
 from fedgen.wire import Message, WireError
 
 #: The dataclasses a message may hold, by name.
@@ -41,6 +47,8 @@ KINDS: dict[str, type] = {
         MaskedInput,
         UnmaskResponse,
         EncryptedShare,
+        LoneRequest,
+        LoneRelease,
     )
 }
 #: Nesting a hostile message may not exceed (a share inside a batch is three levels).

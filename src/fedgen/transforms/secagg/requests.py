@@ -7,11 +7,19 @@ so the client resolves the same plan), asks for its masked input with a
 ``MaskRequest`` (the encrypted shares addressed to it and its public weight), and
 the client answers the key directory with one ``ShareBatch``. Sizes count as in
 ``messages.py``.
+
+A round left with one client cannot be summed securely: the sum would be its update.
+Under client-level DP the server instead sends that client a ``LoneRequest`` with the
+noise its own server halves would have added to the sum, and the client answers with
+a ``LoneRelease``: its update with that noise already in it, drawn with the client's
+own key. The server then sees only what the round releases.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from fedgen.transforms.secagg.messages import ID_BYTES, ROUND_BYTES, EncryptedShare
 
@@ -66,3 +74,36 @@ class MaskRequest:
     @property
     def nbytes(self) -> int:
         return ROUND_BYTES + 8 + sum(s.nbytes for s in self.inbox)
+
+
+@dataclass(frozen=True)
+class LoneRequest:
+    """Server -> client, instead of phase 0 when the client is the round's only one.
+
+    The vector is cut into ``segments`` (lengths, in the layout's order); the client
+    adds Gaussian noise of standard deviation ``stds[i]`` to every coordinate of
+    segment i of its update scaled by ``weight``, in the units of the round's sum (the
+    strategy divides by its denominator afterwards, as it divides a secure sum).
+    """
+
+    round: int
+    weight: float
+    segments: tuple[int, ...]
+    stds: tuple[float, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return ROUND_BYTES + 8 + 12 * len(self.segments)
+
+
+@dataclass(frozen=True)
+class LoneRelease:
+    """Client -> server: the lone client's weighted update with the round's noise in it."""
+
+    client_id: int
+    round: int
+    values: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return ID_BYTES + ROUND_BYTES + 8 * int(self.values.size)
