@@ -17,15 +17,20 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from fedgen.engine.audit import RoundAudit
-from fedgen.engine.backends.secagg_client import compact_reference, vector_layout
+from fedgen.engine.backends.secagg_client import (
+    compact_reference,
+    lone_noise_stds,
+    vector_layout,
+)
 from fedgen.ledger import state_digest
 from fedgen.seeding import derive_seed
 from fedgen.strategies.base import Aggregate, Strategy
 from fedgen.transforms.base import UpdateTransform
-from fedgen.transforms.codec import decode_arrival, encoded_key
+from fedgen.transforms.codec import decode_arrival
 from fedgen.transforms.secagg import (
     SecAggConfigError,
     SecAggRoundFailedError,
@@ -46,8 +51,6 @@ log = logging.getLogger(__name__)
 
 #: The lone release's messages count under this phase (``LoneRequest``).
 LONE_PHASE = "lone_release"
-#: What an auxiliary tensor looks like to ``sum_noise_std`` (a float of shape (1,)).
-_AUX = torch.zeros(1)
 
 #: Sends one encoded request per client and returns each encoded reply (None: none came).
 Exchange = Callable[[dict[int, bytes]], dict[int, bytes | None]]
@@ -131,29 +134,32 @@ class SecureAggregationStage:
         for res in results:
             weights[res.client_id] = strategy.client_weight(res.num_examples)
             examples[res.client_id] = res.num_examples
+        config = self.secagg.round_config()
+        # Public (it follows the clip bound), and set in every round whatever its cohort,
+        # so that its presence does not tell rounds of fewer than two clients apart.
+        metrics["secagg/clip_range"] = config.clip
         if not weights:
             # The sum of no client is zero: nothing to mask (fixed denominator: noise only).
             return strategy.aggregate_sum(r, {}, 0.0, 0, 0), None
         if len(weights) < 2:
-            if privacy is not None and self._noise_on_server(global_state):
+            if privacy is not None and privacy.unit == "client":
                 # Client-level DP: the lone client adds the round's noise itself, so
                 # the round releases what a secure round would, with the accounted
                 # noise, and the server sees only that. (A failed round, or one
                 # releasing noise alone, would make the round's output depend on
                 # whether this client took part by more than its clipped update.)
                 ((cid, weight),) = weights.items()
-                return self._release_alone(
-                    r,
-                    cid,
-                    weight,
-                    examples[cid],
-                    strategy,
-                    global_state,
-                    auxiliary,
-                    exchange,
-                    audit,
+                lone = self._release_alone(
+                    r, cid, weight, examples[cid], strategy, global_state, auxiliary, exchange
                 )
-            if privacy is not None:
+                if lone is not None:
+                    aggregate, link = lone
+                    if audit is not None:
+                        # The server held the noised update only: it logs that.
+                        audit.sum_digest = state_digest(aggregate.delta)
+                        audit.aggregated = [cid]
+                    return aggregate, link
+            elif privacy is not None:
                 # Sample-level DP: the server adds no noise, and the update alone
                 # cannot be hidden; it is left out, as a failed client's is (whether
                 # a client took part is not what sample-level DP protects).
@@ -162,14 +168,13 @@ class SecureAggregationStage:
                     "releasing a round of no client",
                     r,
                 )
-                return strategy.aggregate_sum(r, {}, 0.0, 0, 0), None
-            raise SecAggRoundFailedError(
-                f"round {r}: only {len(examples)} usable client update, and secure "
-                "aggregation of one client would reveal it; sample more clients per round"
-            )
-        config = self.secagg.round_config()
+            else:
+                raise SecAggRoundFailedError(
+                    f"round {r}: only {len(examples)} usable client update, and secure "
+                    "aggregation of one client would reveal it; sample more clients per round"
+                )
+            return strategy.aggregate_sum(r, {}, 0.0, 0, 0), None
         drops = self.secagg.dropouts(weights, seed, r)
-        metrics["secagg/clip_range"] = config.clip
         metrics["secagg/dropped"] = float(len(drops))
         compact = compact_reference(self.transforms, global_state, r)
         names, shapes = vector_layout(global_state if compact is None else compact, auxiliary)
@@ -215,25 +220,6 @@ class SecureAggregationStage:
         )
         return aggregate, link
 
-    def _noise_on_server(self, global_state: StateDict) -> bool:
-        """Whether the server halves add noise to the model's tensors (client-level DP)."""
-        return any(
-            t.sum_noise_std(k, v) > 0 for t in self.transforms for k, v in global_state.items()
-        )
-
-    def _sum_noise_std(self, name: str, held: StateDict, global_state: StateDict) -> float:
-        """The server halves' noise on ``name`` of the held vector, in the sum's units.
-
-        An array of a shared-support codec's encoding holds some of a model tensor's
-        values as they are: it gets that tensor's noise.
-        """
-        key = encoded_key(name)
-        if key is not None and key in global_state:
-            name, value = key, global_state[key]
-        else:
-            value = held.get(name, _AUX)
-        return float(sum(t.sum_noise_std(name, value) for t in self.transforms))
-
     def _release_alone(
         self,
         r: int,
@@ -244,12 +230,14 @@ class SecureAggregationStage:
         global_state: StateDict,
         auxiliary: frozenset[str],
         exchange: Exchange,
-        audit: RoundAudit | None,
-    ) -> tuple[Aggregate, WireLink]:
-        """The only client's update with the round's noise, added by the client itself.
+    ) -> tuple[Aggregate, WireLink] | None:
+        """The only client's update with the round's noise, added by the client itself;
+        None when the client sent nothing usable (it counts as a failed client).
 
-        Raises ``SecAggRoundFailedError`` when the client does not answer (as a round
-        whose clients drop below the threshold fails).
+        A server that sent this request to a client that was not alone would get that
+        client's update with the round's noise: local DP at the accounted multiplier, for
+        that round, instead of secure aggregation's guarantee. The client refuses any
+        noise but its own recipe's, and any second release.
         """
         if weight != 1.0:
             # The noise is in units of a weight-1 sum (client-level DP's unweighted mean).
@@ -265,38 +253,49 @@ class SecureAggregationStage:
         reference = global_state if compact is None else compact
         names, shapes = vector_layout(reference, auxiliary)
         segments = tuple(int(math.prod(shape)) for shape in shapes)
-        stds = tuple(self._sum_noise_std(k, reference, global_state) for k in names)
+        stds = lone_noise_stds(self.transforms, global_state, reference, names)
         link = WireLink(exchange)
-        reply = link.ask(LONE_PHASE, {cid: LoneRequest(r, 1.0, segments, stds)}).get(cid)
+        reply = link.ask(LONE_PHASE, {cid: LoneRequest(r, segments, stds)}).get(cid)
+        values = getattr(reply, "values", None)
+        problem = None
         if not isinstance(reply, LoneRelease) or reply.client_id != cid or reply.round != r:
-            raise SecAggRoundFailedError(
-                f"round {r}: the round's only client did not send its noised update"
+            problem = link.refused.get(cid, "no release came")
+        elif not isinstance(values, np.ndarray) or values.shape != (sum(segments),):
+            problem = f"a release of {getattr(values, 'shape', type(values))} values"
+        else:
+            # An honest release is within the clip range plus its noise (10 standard
+            # deviations: 1e-23 per coordinate); anything past it is refused, as
+            # secure aggregation's fixed-point range refuses it.
+            bound = self.secagg.round_config().clip + 10 * np.repeat(np.asarray(stds), segments)
+            if not bool(np.all(np.abs(values) <= bound)):  # NaN fails too
+                problem = "a release outside the clip range and its noise"
+        if problem is not None:
+            # As a failed client: the round releases the noise of no client's update.
+            log.warning(
+                "round %d: the only client's noised update is unusable (%s); it counts as failed",
+                r,
+                problem,
             )
-        values = torch.from_numpy(reply.values)
-        if values.shape != (sum(segments),) or not bool(torch.isfinite(values).all()):
-            raise SecAggRoundFailedError(
-                f"round {r}: the only client's noised update is malformed "
-                f"({tuple(values.shape)} values, {sum(segments)} expected, or not finite)"
-            )
-        pieces = torch.split(values, list(segments))
+            return None
+        assert isinstance(values, np.ndarray)
+        pieces = torch.split(torch.from_numpy(values), list(segments))
         total = {k: v.reshape(shape) for k, v, shape in zip(names, pieces, shapes, strict=True)}
-        ones = {
-            k: torch.ones(shape, dtype=torch.float64)
-            for k, shape in zip(names, shapes, strict=True)
+        # Where the client drew noise (1), for the server halves to draw none there.
+        drawn = {
+            k: torch.full(shape, float(std > 0), dtype=torch.float64)
+            for k, shape, std in zip(names, shapes, stds, strict=True)
         }
         if compact is not None:
             # Decoded, the coordinates the codec did not send are zero for every client
-            # and carry no noise yet: the server halves add it there (``noised``).
+            # and carry no noise yet: the server halves add it there.
             total = decode_arrival(
                 self.transforms, _as_encoded(total, compact), global_state, r, -1
             )
-            ones = decode_arrival(self.transforms, _as_encoded(ones, compact), global_state, r, -1)
-        if audit is not None:
-            # The server held the noised update only: it logs that.
-            audit.sum_digest = state_digest(total)
-            audit.aggregated = [cid]
+            drawn = decode_arrival(
+                self.transforms, _as_encoded(drawn, compact), global_state, r, -1
+            )
         aggregate = strategy.aggregate_sum(r, total, weight, 1, num_examples)
-        aggregate.noised = {k: v != 0 for k, v in ones.items()}
+        aggregate.noised = {k: v != 0 for k, v in drawn.items()}
         return aggregate, link
 
 

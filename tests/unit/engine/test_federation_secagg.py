@@ -11,15 +11,16 @@ from __future__ import annotations
 import pytest
 import torch
 from test_federation import interrupt_at, tiny_config
+from tiny_federation import TINY_DPSGD
 
 from fedgen.engine.callbacks import CheckpointCallback
 from fedgen.engine.federation import WITHHELD_FAILURE
 from fedgen.experiment import build_experiment, restore_latest
 from fedgen.transforms.base import TransformContext, UpdateTransform
 from fedgen.transforms.secagg import SecureAggregation
-from fedgen.transforms.secagg.codec import from_message
+from fedgen.transforms.secagg.codec import from_message, to_message
 from fedgen.transforms.secagg.requests import LoneRelease, LoneRequest
-from fedgen.wire import decode
+from fedgen.wire import decode, encode
 
 torch.set_num_threads(1)
 
@@ -285,6 +286,69 @@ def test_under_client_dp_the_lone_client_adds_the_rounds_noise_and_the_server_no
     # And the round counts as any other: charged, no failure, no cohort figures.
     assert "round_failed" not in metrics and metrics["epsilon"] > 0
     assert "examples" not in metrics and "failed_clients" not in metrics
+
+
+def test_a_lone_round_shows_the_same_figures_as_a_round_of_more_clients(mnist_dir):
+    # Under client-level DP the cohort's size stays secret: the figures a round
+    # releases must not tell a round of one client from a round of three.
+    lone = _client_dp_over_secagg(mnist_dir)
+    lone.transforms.insert(0, Crash({0, 1, 2}))
+    more = _client_dp_over_secagg(mnist_dir)
+    more.transforms.insert(0, Crash({0}))
+    a, b = lone.run_round(0).metrics, more.run_round(0).metrics
+    assert "secagg/survivors" not in b  # withheld: the figure that would count them
+    assert set(a) == set(b)
+
+
+def test_a_lone_client_that_sends_garbage_counts_as_failed(mnist_dir):
+    # Prepare: the lone client's release is replaced by a finite but huge vector.
+    _, secure, before, _ = _lone_round(mnist_dir, CLIP)
+    exchange = secure.backend.exchange
+
+    def hostile(round, requests):
+        replies = exchange(round, requests)
+        release = from_message(decode(replies[3]))
+        if isinstance(release, LoneRelease):
+            forged = LoneRelease(3, release.round, release.values * 0 + 1e30)
+            replies[3] = encode(to_message(forged))
+        return replies
+
+    secure.backend.exchange = hostile  # type: ignore[method-assign]
+    # Execute
+    metrics = secure.run_round(0).metrics
+    # Assert: no failure shows; the round released the noise of no client's update
+    # (the model moved by noise of the round's std, not by 1e30 / m).
+    assert "round_failed" not in metrics and metrics["epsilon"] > 0
+    moved = torch.cat(
+        [
+            (secure.global_state[k] - before[k]).reshape(-1)
+            for k in before
+            if before[k].is_floating_point()
+        ]
+    )
+    assert moved.abs().max() < 10 * metrics["clientleveldp/noise_std"]
+    assert moved.std().item() == pytest.approx(metrics["clientleveldp/noise_std"], rel=0.05)
+
+
+def test_under_sample_level_dp_a_lone_clients_update_is_left_out(mnist_dir):
+    # DP-SGD noises on the clients and the server adds none: there is no noise for a
+    # lone client to add, and its update alone cannot be hidden, so it is left out.
+    fed = build_experiment(
+        tiny_config(
+            mnist_dir,
+            **TINY_DPSGD,
+            **{"strategy.params": "{min_clients: 1}", "transforms": f"[{CLIP}, {secagg()}]"},
+        )
+    ).federation
+    fed.transforms.insert(0, Crash({0, 1, 2}))
+    asked: list[object] = []
+    fed.backend.exchange = lambda round, requests: asked.append(requests) or {}  # type: ignore[method-assign]
+    before = {k: v.clone() for k, v in fed.global_state.items()}
+    metrics = fed.run_round(0).metrics
+    # (The strategy then has no client to average, which min_clients fails; the size of
+    # the cohort is not what sample-level DP hides.)
+    assert "0 usable client updates" in metrics["round_failed"] and not asked
+    assert all(torch.equal(before[k], fed.global_state[k]) for k in before)
 
 
 def test_a_lone_client_adds_the_adaptive_clips_count_noise_too(mnist_dir):

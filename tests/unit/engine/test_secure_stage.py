@@ -149,7 +149,7 @@ def test_codec_round_trips_every_message_and_refuses_garbage():
         StartRound(3, 5, 101, 0.5, 32, 2.0, 20, 4, "nearest"),
         KeyDirectory(3, {1: (b"a" * 32, b"b" * 32), 4: (b"c" * 32, b"d" * 32)}),
         MaskRequest(3, (share, share), 0.25),
-        LoneRequest(3, 1.0, (4, 1), (0.5, 2.0)),
+        LoneRequest(3, (4, 1), (0.5, 2.0)),
         UnmaskResponse(2, 3, {1: b"\x02" * 33}, {}),
         {"values": None, "held": {3: (b"x", b"y")}, "plan": {"levels": 7}},
     ]
@@ -170,22 +170,34 @@ def test_codec_round_trips_every_message_and_refuses_garbage():
         from_message(decode(encode(to_message(messages[0])).replace(b"StartRound", b"StartRoumd")))
 
 
-def test_a_lone_client_adds_the_noise_it_is_asked_for_with_its_own_key():
-    def held(key: bytes | None = b"k" * 32, seed: int = 7) -> dict:
+def test_a_lone_client_adds_its_recipes_noise_with_its_own_key():
+    own = (0.0, 2.0)
+
+    def held(key: bytes | None = b"k" * 32, seed: int = 7, stds=own) -> dict:
         return hold_update(
-            0, 3, seed, {"w": torch.ones(6)}, {"w": torch.zeros(6)}, None, frozenset(), key
+            0,
+            3,
+            seed,
+            {"a": torch.ones(2), "b": torch.ones(4)},
+            {"a": torch.zeros(2), "b": torch.zeros(4)},
+            None,
+            frozenset(),
+            key,
+            stds,
         )
 
     def ask(request: LoneRequest, state: dict) -> tuple[object, dict | None]:
+        # The client keeps its state as a ClientApp keeps it: encoded between messages.
+        state = from_message(decode(encode(to_message(state))))
         reply, kept = answer_phase(encode(to_message(request)), state, 0)
         message = decode(reply)
         return (message.meta.get("error") or from_message(message)), kept
 
-    good = LoneRequest(3, 1.0, (2, 4), (0.0, 2.0))
+    good = LoneRequest(3, (2, 4), own)
     # Execute
     release, kept = ask(good, held())
-    # Assert: no noise where none was asked, noise of the asked std elsewhere; the
-    # client's round is over (it keeps nothing, so a second request gets nothing).
+    # Assert: no noise where none is set, noise elsewhere; the client's round is over
+    # (it keeps nothing, so a second request gets nothing).
     assert isinstance(release, LoneRelease) and kept is None
     assert np.array_equal(release.values[:2], [1.0, 1.0])
     assert (release.values[2:] != 1.0).all()
@@ -195,16 +207,15 @@ def test_a_lone_client_adds_the_noise_it_is_asked_for_with_its_own_key():
     assert np.array_equal(again.values, release.values)
     for other in (held(key=b"j" * 32), held(seed=8)):
         assert not np.array_equal(ask(good, other)[0].values, release.values)
-    # Refused, each in words: a replayed round, a layout that is not the update's, a
-    # negative noise, a weight out of range, a client without a noise seed.
-    no_seed = held()
-    no_seed["noise_seed"] = None
+    # Refused, each in words: less noise (or more) than the client's own recipe sets, a
+    # replayed round, a layout that is not the update's, a client whose recipe adds no
+    # noise on the server.
     for request, state, words in [
-        (LoneRequest(2, 1.0, (6,), (1.0,)), held(), "replayed"),
-        (LoneRequest(3, 1.0, (5,), (1.0,)), held(), "do not cover"),
-        (LoneRequest(3, 1.0, (6,), (-1.0,)), held(), ">= 0"),
-        (LoneRequest(3, 0.0, (6,), (1.0,)), held(), "not in (0, 1]"),
-        (good, no_seed, "no noise seed"),
+        (LoneRequest(3, (2, 4), (0.0, 1.0)), held(), "noise its own recipe sets"),
+        (LoneRequest(3, (2, 4), (0.0, 4.0)), held(), "noise its own recipe sets"),
+        (LoneRequest(2, (2, 4), own), held(), "replayed"),
+        (LoneRequest(3, (1, 5), own), held(), "do not cover"),
+        (good, held(stds=None), "will not send its update alone"),
     ]:
         error, kept = ask(request, state)
         assert isinstance(error, str) and words in error and kept is None, words

@@ -20,7 +20,12 @@ import torch
 
 from fedgen.data.client_data import ClientData
 from fedgen.engine.backends.base import LocalWork
-from fedgen.engine.backends.secagg_client import compact_reference, hold_update
+from fedgen.engine.backends.secagg_client import (
+    compact_reference,
+    hold_update,
+    lone_noise_stds,
+    vector_layout,
+)
 from fedgen.engine.backends.signing import ClientKeys, sign_result
 from fedgen.engine.client_side import ClientKit
 from fedgen.engine.ditto import ditto_settings, train_personal
@@ -186,15 +191,21 @@ def run_client(
                 # The checks are of the update itself; what is masked is its compact
                 # encoding (a shared-support codec), so the masked vector is as small.
                 check_update(plain, work.global_state, work.max_update_norm, auxiliary)
+            reference = work.global_state if compact is None else compact
+            # The noise this client adds if it is left alone in a round of client-level
+            # DP, from its own recipe (None: its server adds none, it never goes alone).
+            names, _ = vector_layout(reference, auxiliary)
+            lone = lone_noise_stds(work.transforms, work.global_state, reference, names)
             held[ins.client_id] = hold_update(
                 ins.client_id,
                 work.round,
                 ins.seed,
                 plain if compact is None else update,
-                work.global_state if compact is None else compact,
+                reference,
                 work.max_update_norm,
                 auxiliary,
                 own_key,
+                lone if any(lone) else None,
             )
             result.held = True
         except ClientUpdateError as exc:

@@ -10,6 +10,7 @@ client's private state, a Flower ClientApp in its node's ``Context``.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from fedgen.errors import ClientUpdateError
 from fedgen.privacy.noise_key import keyed_seed
 from fedgen.seeding import derive_seed
 from fedgen.transforms.base import TransformContext, UpdateTransform
-from fedgen.transforms.codec import UpdateCodec
+from fedgen.transforms.codec import UpdateCodec, encoded_key
 from fedgen.transforms.secagg.client_half import SecAggClientHalf
 from fedgen.transforms.secagg.codec import from_message, to_message
 from fedgen.transforms.secagg.errors import SecAggError
@@ -31,6 +32,9 @@ from fedgen.types import StateDict
 from fedgen.wire import Message, WireError, decode, encode
 
 log = logging.getLogger(__name__)
+
+#: What an auxiliary tensor looks like to ``sum_noise_std`` (a float of shape (1,)).
+_AUX = torch.zeros(1)
 
 
 def hold_update(
@@ -42,13 +46,16 @@ def hold_update(
     max_norm: float | None,
     auxiliary: frozenset[str],
     noise_key: bytes | None = None,
+    lone_stds: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
     """The client's own check of ``update`` before masking, then the half that holds it.
 
     ``noise_key`` is the client's own DP noise key (``client_noise_key``, or the one a
     deployed client made): it seeds the noise the client adds if it is left alone in a
     round of client-level DP (``LoneRequest``); None seeds it from ``client_seed``, the
-    ``noise_seed: root`` mode.
+    ``noise_seed: root`` mode. ``lone_stds`` is that noise per tensor, as the client's
+    own recipe sets it (``lone_noise_stds``); the client refuses any other (None: it
+    never releases alone).
 
     Raises:
         ClientUpdateError: the update has other tensors than ``reference``, NaN or Inf,
@@ -56,7 +63,7 @@ def hold_update(
     """
     check_update(update, reference, max_norm, auxiliary)
     # Flattened in the order the server unflattens the sum by (``vector_layout``).
-    names, _ = vector_layout(reference, auxiliary)
+    names, shapes = vector_layout(reference, auxiliary)
     values = torch.cat([update[k].detach().reshape(-1).double() for k in names]).numpy()
     seed = derive_seed(client_seed, "secagg", "rounding")
     noise_seed = (
@@ -65,7 +72,14 @@ def hold_update(
         else keyed_seed(noise_key, client_seed, "secagg", "lone-noise")
     )
     half = SecAggClientHalf(
-        client_id, round, np.ascontiguousarray(values), seed, noise_seed=noise_seed
+        client_id,
+        round,
+        np.ascontiguousarray(values),
+        seed,
+        noise_seed=noise_seed,
+        lone_noise=None
+        if lone_stds is None
+        else (tuple(int(math.prod(shape)) for shape in shapes), lone_stds),
     )
     return half.export()
 
@@ -86,6 +100,30 @@ def compact_reference(
     zeros = {k: torch.zeros_like(v) for k, v in reference.items()}
     encoded, _ = codec.on_client(zeros, ctx)
     return encoded
+
+
+def lone_noise_stds(
+    transforms: Sequence[UpdateTransform],
+    global_state: StateDict,
+    held: StateDict,
+    names: Sequence[str],
+) -> tuple[float, ...]:
+    """The noise the server halves add to each tensor ``names`` of a held vector (the
+    round's sum units: ``sum_noise_std``), which a round's only client adds itself.
+
+    ``held`` is what the vector holds (the update's tensors, or a shared-support codec's
+    encoding, whose arrays hold some of a model tensor's values as they are and get that
+    tensor's noise). Two transforms' noises on one tensor add in quadrature.
+    """
+    stds = []
+    for name in names:
+        key = encoded_key(name)
+        if key is not None and key in global_state:
+            name, value = key, global_state[key]
+        else:
+            value = held.get(name, _AUX)
+        stds.append(math.sqrt(sum(t.sum_noise_std(name, value) ** 2 for t in transforms)))
+    return tuple(stds)
 
 
 def vector_layout(

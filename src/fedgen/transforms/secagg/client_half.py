@@ -52,6 +52,9 @@ class SecAggClientHalf:
         entropy: key material source; ``os.urandom`` except in reproducible tests.
         noise_seed: seeds the DP noise of a lone release, secret to the client (derived
             from its own noise key); None: the client cannot release alone.
+        lone_noise: the noise of a lone release, as the client's own recipe sets it: the
+            vector's segments (one per tensor, their lengths) and each one's standard
+            deviation; a request for any other is refused (None: never released alone).
     """
 
     def __init__(
@@ -62,11 +65,17 @@ class SecAggClientHalf:
         rounding_seed: int,
         entropy: Entropy = os.urandom,
         noise_seed: int | None = None,
+        lone_noise: tuple[tuple[int, ...], tuple[float, ...]] | None = None,
     ) -> None:
         self.client_id = client_id
         self.round = round
         self.rounding_seed = rounding_seed
         self.noise_seed = noise_seed
+        self.lone_noise = (
+            None
+            if lone_noise is None
+            else (tuple(int(n) for n in lone_noise[0]), tuple(float(x) for x in lone_noise[1]))
+        )
         self._values = values
         self._entropy = entropy
         self._client: SecAggClient | None = None
@@ -144,7 +153,7 @@ class SecAggClientHalf:
         return masked
 
     def _release_alone(self, request: LoneRequest) -> LoneRelease:
-        """The update scaled by its weight, plus the noise the request names."""
+        """The update plus the noise the client's own recipe sets (the request's)."""
         if self._client is not None:
             raise SecAggError(
                 f"client {self.client_id}: a lone release after the round's StartRound; "
@@ -157,33 +166,29 @@ class SecAggClientHalf:
             )
         if self._values is None:
             raise SecAggError(f"client {self.client_id}: its update was already sent")
-        if self.noise_seed is None:
+        if self.noise_seed is None or self.lone_noise is None:
             raise SecAggError(
-                f"client {self.client_id} holds no noise seed, so it cannot add the noise of "
-                "a lone release itself; it will not send its update without it"
+                f"client {self.client_id} holds no noise of its own for a lone release (its "
+                "recipe adds no noise on the server); it will not send its update alone"
             )
-        segments, stds = request.segments, request.stds
-        if not (isinstance(request.weight, float) and 0.0 < request.weight <= 1.0):
+        # Only the noise the client's own recipe sets, on its own layout: a server asking
+        # for less gets nothing, nor one asking for more (two releases of one update
+        # under two noise scales of the same draw would cancel it).
+        segments, stds = self.lone_noise
+        if request.stds != stds:
             raise SecAggError(
-                f"client {self.client_id}: weight {request.weight!r:.30} is not in (0, 1]"
+                f"client {self.client_id}: a lone release is sent with the noise its own "
+                f"recipe sets (stds {stds!r:.80}); the request asked for {request.stds!r:.80}"
             )
-        if (
-            len(segments) != len(stds)
-            or not all(isinstance(n, int) and n >= 0 for n in segments)
-            or sum(segments) != self._values.shape[0]
-        ):
+        if request.segments != segments:
             raise SecAggError(
                 f"client {self.client_id}: the lone request's segments do not cover its update "
-                f"of {self._values.shape[0]} values; client and server built different models"
-            )
-        if not all(isinstance(s, float) and np.isfinite(s) and s >= 0.0 for s in stds):
-            raise SecAggError(
-                f"client {self.client_id}: the lone request's noise must be finite and >= 0"
+                f"as it holds it ({segments!r:.80}); client and server built different models"
             )
         # torch's generator, as every other DP draw of fedgen (``noise_generator``).
         gen = torch.Generator().manual_seed(self.noise_seed)
         noise = torch.randn(self._values.shape[0], generator=gen, dtype=torch.float64).numpy()
-        released = self._values * request.weight + np.repeat(np.asarray(stds), segments) * noise
+        released = self._values + np.repeat(np.asarray(stds), segments) * noise
         self._values = None  # sent once: a second request gets nothing
         return LoneRelease(self.client_id, self.round, released)
 
@@ -207,6 +212,7 @@ class SecAggClientHalf:
             "values": self._values,
             "client": None if self._client is None else self._client.export(),
             "noise_seed": self.noise_seed,
+            "lone_noise": self.lone_noise,
         }
 
     @classmethod
@@ -220,6 +226,7 @@ class SecAggClientHalf:
                 int(state["rounding_seed"]),
                 entropy,
                 None if state.get("noise_seed") is None else int(state["noise_seed"]),
+                state.get("lone_noise"),
             )
             half._clip = float(state["clip"])
             if state["client"] is not None:

@@ -82,23 +82,24 @@ class LoneRequest:
 
     The vector is cut into ``segments`` (lengths, in the layout's order); the client
     adds Gaussian noise of standard deviation ``stds[i]`` to every coordinate of
-    segment i of its update scaled by ``weight``, in the units of the round's sum (the
-    strategy divides by its denominator afterwards, as it divides a secure sum).
+    segment i of its update, in the units of the round's sum (the strategy divides by
+    its denominator afterwards, as it divides a secure sum; the weight is 1, as
+    client-level DP's unweighted mean has it). The client checks ``stds`` against its
+    own recipe's.
     """
 
     round: int
-    weight: float
     segments: tuple[int, ...]
     stds: tuple[float, ...]
 
     @property
     def nbytes(self) -> int:
-        return ROUND_BYTES + 8 + 12 * len(self.segments)
+        return ROUND_BYTES + 12 * len(self.segments)
 
 
 @dataclass(frozen=True)
 class LoneRelease:
-    """Client -> server: the lone client's weighted update with the round's noise in it."""
+    """Client -> server: the lone client's update with the round's noise in it."""
 
     client_id: int
     round: int
