@@ -59,7 +59,7 @@ from fedgen.registry import (
     TRANSFORMS,
 )
 from fedgen.seeding import derive_seed, torch_generator
-from fedgen.tasks.base import Task
+from fedgen.tasks.base import Task, bfloat16_is_slow
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,12 @@ def build_experiment(
             assert local_epochs is not None
             local_epochs *= cohort / cfg.data.num_clients
     task = build_task(cfg, spec)
+    if getattr(task.params, "compute_dtype", "float32") == "bfloat16":
+        slow = bfloat16_is_slow()
+        if slow is not None:
+            # Not an error: the recipe is right, only slow here (another machine may
+            # have AVX-512 BF16); a long run should know before it starts.
+            log.warning("%s", slow)
     if fed_cfg.init_from is not None and start_weights:
         _start_from(task, fed_cfg.init_from, cfg, problems)
     strategy = _build_or_note(

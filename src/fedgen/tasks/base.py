@@ -48,6 +48,29 @@ class TaskParams(BaseModel):
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
 
 
+def bfloat16_is_slow() -> str | None:
+    """Why ``compute_dtype: bfloat16`` would slow this CPU down, or None where it would not.
+
+    oneDNN runs bfloat16 on AVX-512 (natively with AVX-512 BF16 or AMX); on a CPU with
+    AVX2 only, torch emulates it, and a step took 8-10x as long as in float32 on an
+    AVX2 AMD EPYC (``benchmarks/compute_dtype.py``, 2026-12-07: the default cGAN 9.5x,
+    the MNIST DDPM 8.3x), where AVX-512 BF16 made it 1.1-1.65x faster.
+    """
+    try:
+        supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return None  # this torch cannot say; assume the user knows their machine
+    if supported:
+        return None
+    capability = torch.backends.cpu.get_cpu_capability()
+    return (
+        f"task.params.compute_dtype=bfloat16 on a CPU without bfloat16 support (torch's CPU "
+        f"capability here: {capability}): torch emulates it, and a step takes about 8-10x "
+        "as long as in float32 (benchmarks/compute_dtype.py); set "
+        "task.params.compute_dtype=float32 on this machine"
+    )
+
+
 class LocalTraining:
     """Where ``train_local`` gets its batches and optimizers: plain, unless a privacy
     engine is attached to the task.
