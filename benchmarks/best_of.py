@@ -6,7 +6,7 @@ best-of-m form, Azadi et al. 2019) reads only the released model, so under DP it
 post-processing and free in privacy. This evaluates a run folder's newest checkpoint
 (the model its own final evaluation sampled, ``eval.model``) with each m, every row with
 the run's own evaluation seeds, so m = 1 gives the run's own final figures back and the
-rows differ by the sampling alone:
+rows differ by the sampling alone (a run can sample this way itself: ``eval.best_of``):
 
     .venv/bin/python benchmarks/best_of.py RUN_DIR --best-of 1 2 4 8 \\
         --table benchmarks/results/best_of.md
@@ -19,14 +19,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from fedgen.engine.image_union import load_run_model
 from fedgen.experiment import load_run, make_evaluator
 from fedgen.report.results_table import ResultsTable
 from fedgen.seeding import torch_generator
+from fedgen.tasks.best_of import scores_samples
 
 COLUMNS = [
     "run",
@@ -40,21 +38,6 @@ COLUMNS = [
 ]
 
 
-class BestOf:
-    """A cGAN task whose ``sample`` keeps the best of ``m`` draws (``sample_best_of``)."""
-
-    def __init__(self, task: Any, m: int) -> None:
-        self.task = task
-        self.m = m
-
-    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        images: torch.Tensor = self.task.sample_best_of(labels, generator, self.m)
-        return images
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.task, name)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", type=Path, help="a run folder of a conditional GAN")
@@ -66,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     exp = load_run(args.run_dir)
     fed, cfg = exp.federation, exp.config
-    if not hasattr(fed.task, "sample_best_of"):
+    if not scores_samples(fed.task):
         sys.exit(
             f"task {cfg.task.name!r} has no discriminator to score draws with; this measures "
             "the conditional GAN (task cgan)"
@@ -90,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     for m in args.best_of:
         # The seeds of the run's own final evaluation (``experiment.evaluate_task``).
         gen = torch_generator(cfg.seed, "eval-samples", fed.next_round)
-        model = load_run_model(fed, cfg.eval.model, gen)
+        model = load_run_model(fed, cfg.eval.model, gen, m)
         t0 = time.perf_counter()
-        figures = evaluator.evaluate_task(BestOf(model, m), gen, final=True)
+        figures = evaluator.evaluate_task(model, gen, final=True)
         row = {
             "run": args.run_dir.name,
             "round": fed.next_round,

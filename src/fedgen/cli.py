@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from fedgen.attacks.command import attack_command
-from fedgen.errors import FedgenError
+from fedgen.errors import ConfigError, FedgenError
 from fedgen.samples.export_format import ExportFormat
 from fedgen.samples.model_choice import ModelChoice
 from fedgen.version import __version__
@@ -230,6 +230,15 @@ def sample(
         str | None,
         typer.Option(help="tables: N rows whose categorical COLUMN holds VALUE (COLUMN=VALUE)"),
     ] = None,
+    best_of: Annotated[
+        int | None,
+        typer.Option(
+            "--best-of",
+            min=1,
+            help="conditional GANs: each image the best of N draws by the discriminator's "
+            "score (default: the run's eval.best_of)",
+        ),
+    ] = None,
 ) -> None:
     """Draw samples from a run's newest checkpoint (the command's help says how)."""
     from fedgen.engine.client_models import load_chosen_model, model_label
@@ -238,6 +247,7 @@ def sample(
     from fedgen.registry import SAMPLE_WRITERS
     from fedgen.samples.image_dataset import check_grid_size, check_parent, image_shape
     from fedgen.seeding import torch_generator
+    from fedgen.tasks.best_of import keep_best_of
 
     if fmt is not None and (prompt is not None or condition is not None):
         _fail(FedgenError("--format exports images per class; drop --prompt and --condition"))
@@ -251,6 +261,13 @@ def sample(
             task, chosen = union, None
         else:
             task, chosen = load_chosen_model(exp.federation, exp.config.eval.model, model, client)
+        draws = exp.config.eval.best_of if best_of is None else best_of
+        if draws > 1 and union is not None:
+            raise ConfigError(
+                f"best-of-{draws} sampling draws from one model, not the union of the clients' "
+                "own; add --best-of 1, or --model global"
+            )
+        task = keep_best_of(task, draws)
     except FedgenError as exc:
         _fail(exc)
         return
@@ -363,6 +380,8 @@ def _export_dataset(
         # The model sampled: null for the global one, else the client whose own it is.
         "client": client,
         "model": label or model_label(client),
+        # Each image the best of this many draws by the discriminator (1: plain draws).
+        "best_of": getattr(task, "best_of", 1),
         "fedgen_version": __version__,
     }
     privacy = exp.federation.privacy

@@ -255,6 +255,10 @@ class EvalConfig(_Strict):
     #: round records its choice (``metrics.jsonl``'s ``evaluated_model``), and ``fedgen
     #: sample``/``eval`` and the downstream generator follow it by default.
     model: Literal["auto", "global", "largest_client", "union"] = "auto"
+    #: Conditional GANs: each image the evaluations, sample grids and ``fedgen sample``
+    #: draw is the best of this many generator draws by the released discriminator's
+    #: score (``fedgen.tasks.best_of``): post-processing, free under DP. 1: plain draws.
+    best_of: int = Field(1, ge=1, le=64)
 
 
 class CheckpointConfig(_Strict):

@@ -60,6 +60,7 @@ from fedgen.registry import (
 )
 from fedgen.seeding import derive_seed, torch_generator
 from fedgen.tasks.base import Task, bfloat16_is_slow
+from fedgen.tasks.best_of import scores_samples
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,18 @@ def build_experiment(
             # Not an error: the recipe is right, only slow here (another machine may
             # have AVX-512 BF16); a long run should know before it starts.
             log.warning("%s", slow)
+    if cfg.eval.best_of > 1:
+        if not scores_samples(task):
+            problems.append(
+                f"eval.best_of={cfg.eval.best_of}: task {cfg.task.name} has no scorer of its "
+                "samples to keep the best draw by (task cgan has its discriminator); set "
+                "eval.best_of: 1"
+            )
+        if cfg.eval.model == "union":
+            problems.append(
+                "eval.best_of > 1 draws from one model, not the union of the clients' own "
+                "models; set eval.model to global or largest_client, or eval.best_of: 1"
+            )
     if fed_cfg.init_from is not None and start_weights:
         _start_from(task, fed_cfg.init_from, cfg, problems)
     strategy = _build_or_note(
@@ -541,7 +554,7 @@ def evaluate_task(exp: Experiment, tstr: bool) -> dict[str, float]:
         exp.evaluator = make_evaluator(exp.config, exp.data, exp.task.modality)
     gen = torch_generator(exp.config.seed, "eval-samples", exp.federation.next_round)
     # The global model, the largest client's own, or the union of the clients' own models.
-    model = load_run_model(exp.federation, exp.config.eval.model, gen)
+    model = load_run_model(exp.federation, exp.config.eval.model, gen, exp.config.eval.best_of)
     figures: dict[str, float] = exp.evaluator.evaluate_task(model, gen, final=tstr)
     if tstr and (exp.config.eval.per_client or exp.config.eval.union):
         from fedgen.assembly.personalization import per_client_figures
@@ -609,6 +622,7 @@ def _run(
         final=cfg.eval.final,
         model=cfg.eval.model,
         tstr_every=cfg.eval.tstr_every,
+        best_of=cfg.eval.best_of,
     )
     ledger_cb = LedgerCallback(run_dir, cfg.fingerprint(), ckpt_dir)
     callbacks: list[Callback] = [

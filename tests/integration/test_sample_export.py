@@ -16,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cli_runner import fedgen
 from PIL import Image
 from tiny_federation import TINY_DPSGD, tiny_config
 from typer.testing import CliRunner
 
 from fedgen.cli import app
-from fedgen.experiment import load_run, run_experiment
+from fedgen.errors import ConfigError
+from fedgen.experiment import build_experiment, load_run, run_experiment
 from fedgen.samples import image_dataset
 from fedgen.samples.export_format import ExportFormat
 from fedgen.samples.image_dataset import export_image_dataset
@@ -264,3 +266,31 @@ def test_an_npz_beside_a_run_summary_leaves_summary_json_alone(run_dir, tmp_path
     assert result.exit_code == 0, result.output
     assert summary.read_text() == '{"status": "completed"}'
     assert json.loads((tmp_path / "summary.npz.json").read_text())["format"] == "npz"
+
+
+def test_best_of_exports_the_discriminators_favourites_and_says_so(run_dir, task, tmp_path):
+    # Execute: the same seed, plain draws and the best of 4 (in-process)
+    images = {}
+    for m in (1, 4):
+        out = tmp_path / f"best{m}"
+        args = ["--per-class", str(PER_CLASS), "--format", "npz", "--best-of", str(m)]
+        result = invoke(run_dir, *args, "--out", str(out))
+        assert result.exit_code == 0, result.output
+        assert check_manifest(out.with_suffix(".npz.json"), run_dir, "npz")["best_of"] == m
+        with np.load(out.with_suffix(".npz")) as data:
+            images[m] = torch.from_numpy(data["images"]).float() / 255
+    # Assert: the discriminator scores the kept images higher than plain draws.
+    labels = torch.from_numpy(LABELS)
+    with torch.no_grad():
+        score = {
+            m: task.modules["discriminator"](x * 2 - 1, labels).mean() for m, x in images.items()
+        }
+    assert score[4] > score[1]
+
+
+def test_best_of_needs_a_task_that_scores_its_samples(mnist_dir):
+    cfg = tiny_config(
+        mnist_dir, **{"task.name": "cvae", "task.params": "{batch_size: 16}", "eval.best_of": 2}
+    )
+    with pytest.raises(ConfigError, match=r"eval\.best_of=2: task cvae has no scorer"):
+        build_experiment(cfg)

@@ -57,9 +57,11 @@ class EvaluationCallback(Callback):
         final: bool = True,
         model: str = "global",
         tstr_every: int = 0,
+        best_of: int = 1,
     ) -> None:
         self.evaluate = evaluate
         self.model = model
+        self.best_of = best_of
         self.every = every
         self.tstr_every = tstr_every
         self.final = final
@@ -87,6 +89,7 @@ class EvaluationCallback(Callback):
             self.grid_per_class,
             self.seed,
             self.model,
+            self.best_of,
         )
         figures["eval_seconds"] = time.perf_counter() - t0
         record.metrics.update(figures)
@@ -95,14 +98,19 @@ class EvaluationCallback(Callback):
 
 
 def save_samples(
-    fed: Federation, path: Path, per_condition: int, seed: int, model: str = "global"
+    fed: Federation,
+    path: Path,
+    per_condition: int,
+    seed: int,
+    model: str = "global",
+    best_of: int = 1,
 ) -> Path:
     """Samples of the evaluated model (``eval.model``: the global one, the own model of
     the largest client when clients keep private tensors, or the union of the clients' own
     models) a person can look at, written by the sample writer of the task's modality
-    (images: a PNG grid, one row per class; fixed noise across rounds). ``path`` has no
-    suffix; the writer adds its own."""
-    task = load_run_model(fed, model, torch_generator(seed, "grid-union"))
+    (images: a PNG grid, one row per class; fixed noise across rounds; each the best of
+    ``best_of`` draws). ``path`` has no suffix; the writer adds its own."""
+    task = load_run_model(fed, model, torch_generator(seed, "grid-union"), best_of)
     writer = SAMPLE_WRITERS.get(str(task.modality))
     written: Path = writer(task, path, per_condition, torch_generator(seed, "grid"))
     if task.modality == Modality.TEXT and task.initial_private_state():

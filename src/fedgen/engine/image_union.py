@@ -36,6 +36,7 @@ from fedgen.errors import ConfigError
 from fedgen.modality import Conditioning, Modality
 from fedgen.seeding import torch_generator
 from fedgen.tasks.base import Task
+from fedgen.tasks.best_of import keep_best_of
 from fedgen.types import StateDict
 
 #: ``eval.model``'s value (and ``fedgen sample --model``'s) for the union.
@@ -178,15 +179,18 @@ def run_model_label(fed: Federation, choice: str) -> str:
     return model_label(evaluated_client(fed, choice))
 
 
-def load_run_model(fed: Federation, choice: str, generator: torch.Generator) -> Any:
+def load_run_model(
+    fed: Federation, choice: str, generator: torch.Generator, best_of: int = 1
+) -> Any:
     """The model a run's evaluations and sample grids draw from (``eval.model``): the
     union of the clients' own models (``union``; ``generator`` draws each image's client
     when the caller passes none), or the task with the global or the largest client's
-    model loaded (``fedgen.engine.client_models.load_evaluated_model``)."""
+    model loaded (``fedgen.engine.client_models.load_evaluated_model``), drawing each
+    sample as the best of ``best_of`` (``eval.best_of``)."""
     if choice == UNION:
         return personal_union(fed, generator)
     task, _ = load_evaluated_model(fed, choice)
-    return task
+    return keep_best_of(task, best_of)
 
 
 def describe_union_model(clients: int) -> str:

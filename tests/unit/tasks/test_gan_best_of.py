@@ -2,9 +2,13 @@
 
 import pytest
 import torch
+from tiny_federation import tiny_config
 
+from fedgen.engine.image_union import load_run_model
+from fedgen.experiment import build_experiment
 from fedgen.registry import TASKS
 from fedgen.seeding import torch_generator
+from fedgen.tasks.best_of import BestOfSampling
 
 
 def make():
@@ -43,3 +47,14 @@ def test_each_image_is_the_discriminators_favourite_of_its_draws():
 def test_best_of_zero_is_refused():
     with pytest.raises(ValueError, match="best_of must be >= 1"):
         make().sample_best_of(torch.tensor([1]), torch_generator(0), 0)
+
+
+def test_a_runs_evaluated_model_samples_by_its_eval_best_of(mnist_dir):
+    cfg = tiny_config(mnist_dir, **{"eval.best_of": 3})
+    fed = build_experiment(cfg).federation
+    model = load_run_model(fed, cfg.eval.model, torch_generator(0), cfg.eval.best_of)
+    assert isinstance(model, BestOfSampling) and model.best_of == 3
+    labels = torch.arange(10)
+    expected = fed.task.sample_best_of(labels, torch_generator(1), 3)
+    assert torch.equal(model.sample(labels, torch_generator(1)), expected)
+    assert load_run_model(fed, cfg.eval.model, torch_generator(0)) is fed.task
