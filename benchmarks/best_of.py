@@ -5,8 +5,9 @@ generator by D(x, y) and keeping the best (discriminator rejection sampling in i
 best-of-m form, Azadi et al. 2019) reads only the released model, so under DP it is
 post-processing and free in privacy. This evaluates a run folder's newest checkpoint
 (the model its own final evaluation sampled, ``eval.model``) with each m, every row with
-the run's own evaluation seeds, so m = 1 gives the run's own final figures back and the
-rows differ by the sampling alone (a run can sample this way itself: ``eval.best_of``):
+the run's own evaluation seeds, so the row of the run's own ``eval.best_of`` (1 unless
+set) gives its final figures back and the rows differ by the sampling alone (a run
+samples this way itself with ``eval.best_of``):
 
     .venv/bin/python benchmarks/best_of.py RUN_DIR --best-of 1 2 4 8 \\
         --table benchmarks/results/best_of.md
@@ -24,7 +25,7 @@ from fedgen.engine.image_union import load_run_model
 from fedgen.experiment import load_run, make_evaluator
 from fedgen.report.results_table import ResultsTable
 from fedgen.seeding import torch_generator
-from fedgen.tasks.best_of import scores_samples
+from fedgen.tasks.best_of import best_of_problems
 
 COLUMNS = [
     "run",
@@ -49,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
 
     exp = load_run(args.run_dir)
     fed, cfg = exp.federation, exp.config
-    if not scores_samples(fed.task):
-        sys.exit(
-            f"task {cfg.task.name!r} has no discriminator to score draws with; this measures "
-            "the conditional GAN (task cgan)"
-        )
+    problems = best_of_problems(fed.task)
+    if cfg.eval.model == "union":
+        problems.append("the run evaluates the union of its clients' own models")
+    if problems:
+        sys.exit("best-of-m cannot be measured on this run: " + "; ".join(problems))
     summary = args.run_dir / "summary.json"
     own = json.loads(summary.read_text()) if summary.is_file() else {}
     evaluator = make_evaluator(cfg, exp.data, fed.task.modality)
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         [
             f"run: `{args.run_dir}` ({cfg.task.name}, {cfg.data.num_clients} clients, newest "
             f"checkpoint after round {fed.next_round}, model `{cfg.eval.model}`; the run's own "
-            f"final TSTR {own.get('tstr_accuracy', '-')})",
+            f"final TSTR {own.get('tstr_accuracy', '-')}, drawn with its eval.best_of "
+            f"{cfg.eval.best_of})",
             "best_of m: each image the highest-scoring of m generator draws by D(x, y), the "
             "released discriminator's logit; every row with the run's own evaluation seeds",
             f"TSTR: a CNN trained {cfg.eval.tstr_epochs} epochs on {cfg.eval.tstr_samples} "

@@ -235,6 +235,7 @@ def sample(
         typer.Option(
             "--best-of",
             min=1,
+            max=64,
             help="conditional GANs: each image the best of N draws by the discriminator's "
             "score (default: the run's eval.best_of)",
         ),
@@ -261,11 +262,12 @@ def sample(
             task, chosen = union, None
         else:
             task, chosen = load_chosen_model(exp.federation, exp.config.eval.model, model, client)
-        draws = exp.config.eval.best_of if best_of is None else best_of
+        # The run's eval.best_of by default (plain draws for a union, which it cannot do).
+        draws = best_of or (1 if union is not None else exp.config.eval.best_of)
         if draws > 1 and union is not None:
             raise ConfigError(
-                f"best-of-{draws} sampling draws from one model, not the union of the clients' "
-                "own; add --best-of 1, or --model global"
+                f"--best-of {draws} draws from one model, not the union of the clients' "
+                "own; drop --best-of, or add --model global"
             )
         task = keep_best_of(task, draws)
     except FedgenError as exc:

@@ -258,6 +258,8 @@ class EvalConfig(_Strict):
     #: Conditional GANs: each image the evaluations, sample grids and ``fedgen sample``
     #: draw is the best of this many generator draws by the released discriminator's
     #: score (``fedgen.tasks.best_of``): post-processing, free under DP. 1: plain draws.
+    #: Per-client and union figures, the downstream generator and the attacks' samples
+    #: draw plainly.
     best_of: int = Field(1, ge=1, le=64)
 
 

@@ -60,7 +60,7 @@ from fedgen.registry import (
 )
 from fedgen.seeding import derive_seed, torch_generator
 from fedgen.tasks.base import Task, bfloat16_is_slow
-from fedgen.tasks.best_of import scores_samples
+from fedgen.tasks.best_of import best_of_problems
 
 log = logging.getLogger(__name__)
 
@@ -157,19 +157,15 @@ def build_experiment(
             assert local_epochs is not None
             local_epochs *= cohort / cfg.data.num_clients
     task = build_task(cfg, spec)
-    if getattr(task.params, "compute_dtype", "float32") == "bfloat16":
+    if start_weights and getattr(task.params, "compute_dtype", "float32") == "bfloat16":
         slow = bfloat16_is_slow()
         if slow is not None:
             # Not an error: the recipe is right, only slow here (another machine may
-            # have AVX-512 BF16); a long run should know before it starts.
+            # have AVX-512 BF16); a run about to train should know before it starts (a
+            # loaded run samples in float32 and is not warned).
             log.warning("%s", slow)
     if cfg.eval.best_of > 1:
-        if not scores_samples(task):
-            problems.append(
-                f"eval.best_of={cfg.eval.best_of}: task {cfg.task.name} has no scorer of its "
-                "samples to keep the best draw by (task cgan has its discriminator); set "
-                "eval.best_of: 1"
-            )
+        problems.extend(f"eval.best_of={cfg.eval.best_of}: {p}" for p in best_of_problems(task))
         if cfg.eval.model == "union":
             problems.append(
                 "eval.best_of > 1 draws from one model, not the union of the clients' own "
@@ -554,8 +550,13 @@ def evaluate_task(exp: Experiment, tstr: bool) -> dict[str, float]:
         exp.evaluator = make_evaluator(exp.config, exp.data, exp.task.modality)
     gen = torch_generator(exp.config.seed, "eval-samples", exp.federation.next_round)
     # The global model, the largest client's own, or the union of the clients' own models.
-    model = load_run_model(exp.federation, exp.config.eval.model, gen, exp.config.eval.best_of)
+    best_of = exp.config.eval.best_of
+    model = load_run_model(exp.federation, exp.config.eval.model, gen, best_of)
     figures: dict[str, float] = exp.evaluator.evaluate_task(model, gen, final=tstr)
+    if best_of > 1:
+        # Which draws the figures are of (the per-client and union figures below, the
+        # downstream generator and the attacks draw plainly).
+        figures["best_of"] = float(best_of)
     if tstr and (exp.config.eval.per_client or exp.config.eval.union):
         from fedgen.assembly.personalization import per_client_figures
 

@@ -292,5 +292,5 @@ def test_best_of_needs_a_task_that_scores_its_samples(mnist_dir):
     cfg = tiny_config(
         mnist_dir, **{"task.name": "cvae", "task.params": "{batch_size: 16}", "eval.best_of": 2}
     )
-    with pytest.raises(ConfigError, match=r"eval\.best_of=2: task cvae has no scorer"):
+    with pytest.raises(ConfigError, match=r"eval\.best_of=2: ConditionalVae has no scorer"):
         build_experiment(cfg)

@@ -188,6 +188,11 @@ def load_run_model(
     model loaded (``fedgen.engine.client_models.load_evaluated_model``), drawing each
     sample as the best of ``best_of`` (``eval.best_of``)."""
     if choice == UNION:
+        if best_of > 1:
+            raise ConfigError(
+                f"best-of-{best_of} sampling draws from one model, not the union of the "
+                "clients' own models; choose the global model, or best_of 1"
+            )
         return personal_union(fed, generator)
     task, _ = load_evaluated_model(fed, choice)
     return keep_best_of(task, best_of)

@@ -16,9 +16,17 @@ import torch
 from fedgen.errors import ConfigError
 
 
-def scores_samples(task: Any) -> bool:
-    """Whether ``task`` can keep the best of several draws (``sample_best_of``)."""
-    return callable(getattr(task, "sample_best_of", None))
+def best_of_problems(task: Any) -> list[str]:
+    """Why ``task`` cannot keep the best of several draws by its released scorer, each
+    with its fix (empty: it can)."""
+    if not callable(getattr(task, "sample_best_of", None)):
+        return [
+            f"{type(task).__name__} has no scorer of its samples, so it cannot keep the best "
+            "of several draws (task cgan scores them by its discriminator); draw plainly "
+            "(best_of 1)"
+        ]
+    problems: list[str] = task.best_of_problems()
+    return problems
 
 
 class BestOfSampling:
@@ -26,11 +34,9 @@ class BestOfSampling:
     attribute is the task's own."""
 
     def __init__(self, task: Any, best_of: int) -> None:
-        if not scores_samples(task):
-            raise ConfigError(
-                f"{type(task).__name__} has no scorer of its samples, so it cannot keep the "
-                "best of several draws; best_of needs task cgan (set eval.best_of: 1)"
-            )
+        problems = best_of_problems(task)
+        if problems:
+            raise ConfigError("; ".join(problems))
         if best_of < 1:
             raise ConfigError(f"best_of must be >= 1, got {best_of}")
         self.task = task
@@ -50,4 +56,4 @@ def keep_best_of(task: Any, m: int) -> Any:
     return task if m == 1 else BestOfSampling(task, m)
 
 
-__all__ = ["BestOfSampling", "keep_best_of", "scores_samples"]
+__all__ = ["BestOfSampling", "best_of_problems", "keep_best_of"]

@@ -22,6 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from fedgen.data.client_data import ClientData
+from fedgen.modality import TensorKind
 from fedgen.registry import TASKS
 from fedgen.tasks.base import Task, TaskParams
 from fedgen.tasks.gan_functional import GanFunctionalTraining, mode_seeking_term
@@ -127,6 +128,11 @@ class ProjectionDiscriminator(nn.Module):
         h = self.features(x)  # (B, 2w*49)
         logits = self.head(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
         return logits, None if self.classify is None else self.classify(h)
+
+
+FEDERATED = TensorKind.FEDERATED
+#: Draws of best-of-m sampling that pass through the networks at once (memory bound).
+BEST_OF_BATCH = 4096
 
 
 @TASKS.register("cgan")
@@ -316,6 +322,28 @@ class ConditionalGan(Task):
         z = torch.randn(labels.shape[0], self.params.latent_dim, generator=generator)
         return (G(z, labels) + 1) / 2
 
+    def best_of_problems(self) -> list[str]:
+        """Why ``sample_best_of`` would not score draws by the released discriminator
+        here, each with its fix (empty: it would)."""
+        problems = []
+        D = self.modules["discriminator"]
+        kept = [k for k in D.state_dict() if self.tensor_kind("discriminator", k) != FEDERATED]
+        if kept:
+            problems.append(
+                f"best-of-m sampling scores draws by the federated discriminator, but its "
+                f"tensors {kept[:3]} are not federated (a client's own, or never trained by "
+                "the server's model); federate the whole discriminator, or draw plainly "
+                "(best_of 1)"
+            )
+        if self.params.spectral_norm:
+            problems.append(
+                "best-of-m sampling with spectral_norm: the discriminator's power-iteration "
+                "vectors are averaged across clients (and noised under DP), so its "
+                "evaluation-time scale, and the order of its scores, cannot be trusted; "
+                "draw plainly (best_of 1)"
+            )
+        return problems
+
     @torch.no_grad()
     def sample_best_of(
         self, labels: torch.Tensor, generator: torch.Generator, best_of: int
@@ -332,11 +360,13 @@ class ConditionalGan(Task):
         G, D = self.modules["generator"], self.modules["discriminator"]
         G.eval()
         D.eval()
-        n = labels.shape[0]
-        candidates = labels.repeat_interleave(best_of)
-        z = torch.randn(n * best_of, self.params.latent_dim, generator=generator)
-        images = G(z, candidates)
-        scores = D(images, candidates).view(n, best_of)
-        best = scores.argmax(dim=1)
-        picked = images.view(n, best_of, *images.shape[1:])[torch.arange(n), best]
-        return (picked + 1) / 2
+        picked = []
+        # At most BEST_OF_BATCH draws through the networks at once, whatever n * m.
+        for chunk in labels.split(max(1, BEST_OF_BATCH // best_of)):
+            n = chunk.shape[0]
+            candidates = chunk.repeat_interleave(best_of)
+            z = torch.randn(n * best_of, self.params.latent_dim, generator=generator)
+            images = G(z, candidates)
+            best = D(images, candidates).view(n, best_of).argmax(dim=1)
+            picked.append(images.view(n, best_of, *images.shape[1:])[torch.arange(n), best])
+        return (torch.cat(picked) + 1) / 2

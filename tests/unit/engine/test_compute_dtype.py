@@ -178,15 +178,19 @@ def test_huscf_discriminator_keeps_p_real_in_float32_under_bfloat16():
     torch.testing.assert_close(p_real, want, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_a_bfloat16_recipe_warns_where_the_cpu_would_emulate_it(mnist_dir, dtype, caplog):
-    # The oracle is oneDNN's own answer for this machine (AVX-512 or not): the warning
-    # must follow it, on whichever CPU the suite runs.
-    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+def test_a_bfloat16_recipe_warns_where_the_cpu_would_emulate_it(
+    mnist_dir, dtype, native, caplog, monkeypatch
+):
+    # oneDNN's answer for the machine decides; both answers are played here.
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
     cfg = tiny_config(mnist_dir, **{"task.params": f"{{compute_dtype: {dtype}}}"})
     with caplog.at_level(logging.WARNING, logger="fedgen.experiment"):
         build_experiment(cfg)
+        # A loaded run samples in float32 and trains nothing: it is not warned.
+        build_experiment(cfg, start_weights=False)
     warned = [r.getMessage() for r in caplog.records if "without bfloat16 support" in r.message]
-    assert bool(warned) == (dtype == "bfloat16" and not native)
+    assert len(warned) == (dtype == "bfloat16" and not native)
     if warned:
         assert "set task.params.compute_dtype=float32" in warned[0]

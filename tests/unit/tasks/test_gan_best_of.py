@@ -1,11 +1,14 @@
 """The cGAN's best-of-m sampling: each image the best of m draws by the discriminator."""
 
+import json
+
 import pytest
 import torch
 from tiny_federation import tiny_config
 
 from fedgen.engine.image_union import load_run_model
-from fedgen.experiment import build_experiment
+from fedgen.errors import ConfigError
+from fedgen.experiment import build_experiment, run_experiment
 from fedgen.registry import TASKS
 from fedgen.seeding import torch_generator
 from fedgen.tasks.best_of import BestOfSampling
@@ -58,3 +61,28 @@ def test_a_runs_evaluated_model_samples_by_its_eval_best_of(mnist_dir):
     expected = fed.task.sample_best_of(labels, torch_generator(1), 3)
     assert torch.equal(model.sample(labels, torch_generator(1)), expected)
     assert load_run_model(fed, cfg.eval.model, torch_generator(0)) is fed.task
+
+
+def test_best_of_is_refused_where_the_discriminator_is_not_the_released_one(mnist_dir):
+    # A discriminator layer kept by each client (FedPer-style), and spectral norm, whose
+    # averaged power-iteration vectors make the scores' order untrustworthy.
+    for params, says in [
+        ("{personal: [discriminator.head]}", "are not federated"),
+        ("{spectral_norm: true}", "spectral_norm"),
+    ]:
+        cfg = tiny_config(mnist_dir, **{"task.params": params, "eval.best_of": 2})
+        with pytest.raises(ConfigError, match=says):
+            build_experiment(cfg)
+        fed = build_experiment(tiny_config(mnist_dir, **{"task.params": params})).federation
+        with pytest.raises(ConfigError, match=says):
+            BestOfSampling(fed.task, 2)
+
+
+def test_a_runs_own_evaluation_draws_the_best_of_and_says_so(mnist_dir, tmp_path):
+    cfg = tiny_config(
+        mnist_dir,
+        **{"federation.rounds": 1, "eval.best_of": 3, "eval.tstr_samples": 200, "ledger": "false"},
+    )
+    run_experiment(cfg, tmp_path / "run", progress=False)
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["best_of"] == 3 and "tstr_accuracy" in last
