@@ -177,14 +177,7 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
     round = meta.get("round")
     if type(round) is not int or round < 0:
         raise ValueError(f"a job without a round number (round={round!r:.20})")
-    # A node draws DP noise itself under DP-SGD, and when it may be a secure round's only
-    # client under client-level DP (``LoneRequest``: its server halves add noise).
-    draws_noise = kit.task.privacy_engine is not None or any(
-        t.sum_noise_std(k, v) > 0
-        for t in kit.transforms
-        for k, v in kit.task.federated_state().items()
-    )
-    _check_noise(meta.get("noise_key"), draws_noise, context)
+    _check_noise(meta.get("noise_key"), kit.task.privacy_engine is not None, context)
     admit = None
     sample = kit.sample_budget
     if sample is not None:
@@ -224,16 +217,23 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
     )
     if kept:
         store.save(round, kept)
+    mine = held.get(client_id)
+    root_seeded = meta.get("noise_key") is None
+    if mine is not None and root_seeded and context.node_config.get("root-noise") is not True:
+        # Root-seeded noise the server could regenerate: this node will not release its
+        # update alone (``LoneRequest``), which would then be bare to the server; its
+        # round counts it as failed instead.
+        mine["noise_seed"] = None
     # A secure round's update stays on this node until the stage's requests come.
-    _keep_held(context, held.get(client_id))
+    _keep_held(context, mine)
     return reply
 
 
 def _check_noise(noise_key: object, draws_noise: bool, context: Any) -> None:
     """Refuse a job whose DP noise the server could know: one that hands this node a
-    noise key, or, when the node draws noise itself (DP-SGD, or a secure round's lone
-    release), seeds it from the root seed (``noise_seed: root``) unless the node's
-    operator accepted that."""
+    noise key, or, when the node draws noise itself (DP-SGD), seeds it from the root
+    seed (``noise_seed: root``) unless the node's operator accepted that. (A secure
+    round's lone release is refused alone in that case: see ``_train``.)"""
     if noise_key not in (OWN_NOISE_KEY, None):
         raise ValueError(
             "the job carries a DP noise key: this node draws its noise with a key of its "
@@ -241,9 +241,8 @@ def _check_noise(noise_key: object, draws_noise: bool, context: Any) -> None:
         )
     if noise_key is None and draws_noise and context.node_config.get("root-noise") is not True:
         raise ValueError(
-            "the run seeds the noise this node draws (DP-SGD's, or a lone secure release's) "
-            "from the root seed (noise_seed: root), which the server can regenerate, so "
-            "this node's data would have no privacy from it; "
+            "the run seeds DP-SGD's noise from the root seed (noise_seed: root), which the "
+            "server can regenerate, so this node's examples would have no privacy from it; "
             "start the node with --node-config 'root-noise=true' to accept that"
         )
 

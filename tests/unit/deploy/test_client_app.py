@@ -414,3 +414,57 @@ def test_the_noise_binding_covers_the_private_state():
     assert job_binding("job", mine) == job_binding("job", {"d.weight": torch.ones(3)})
     assert job_binding("job", mine) != job_binding("job", {"d.weight": torch.zeros(3)})
     assert job_binding("job", None) == job_binding("job", {}) != job_binding("job2", None)
+
+
+@pytest.mark.parametrize(
+    ("noise_seed", "node_config", "released"),
+    [("secret", {}, True), ("root", {}, False), ("root", {"root-noise": True}, True)],
+)
+def test_a_node_alone_in_a_secure_dp_round_adds_its_own_noise_or_keeps_its_update(
+    mnist_dir, tmp_path, noise_seed, node_config, released
+):
+    from tiny_federation import tiny_config
+
+    from fedgen.engine.backends.local_training import job_message
+    from fedgen.engine.backends.secagg_client import lone_noise_stds, vector_layout
+    from fedgen.experiment import build_experiment
+    from fedgen.transforms.secagg.codec import from_message, to_message
+    from fedgen.transforms.secagg.requests import LoneRelease, LoneRequest
+    from fedgen.types import ClientInstruction
+
+    # Prepare: client-level DP over a secure sum, the job as the Flower backend sends it
+    # (the node draws with its own key), or with root-seeded noise, which the server
+    # could regenerate and subtract.
+    cfg = tiny_config(
+        mnist_dir,
+        **{
+            "ledger": "false",
+            "noise_seed": noise_seed,
+            "federation.local_steps": 1,
+            "strategy.params": "{min_clients: 1, weighted: false, fixed_denominator: true, "
+            "sampling: poisson, fraction: 1.0}",
+            "transforms": "[{name: clip, params: {max_norm: 1.0}}, {name: client_dp, "
+            "params: {noise_multiplier: 1.0, delta: 1.0e-5}}, {name: secagg}]",
+        },
+    )
+    fed = build_experiment(cfg).federation
+    work = fed.local_work(fed.global_state, 0)
+    job = job_message(ClientInstruction(1, 7), work, 4, key_at_client=noise_seed == "secret")
+    names, shapes = vector_layout(fed.global_state, frozenset())
+    stds = lone_noise_stds(fed.transforms, fed.global_state, fed.global_state, names)
+    segments = tuple(int(np.prod(s)) for s in shapes)
+    # Execute: the node trains and holds its update; the server finds it alone.
+    context = _context({"client-id": 1, "state-dir": str(tmp_path), **node_config})
+    _ask(HELLO, _hello(RecipeClientSide(cfg).recipe), context)
+    trained = flwr_app.Message(pack(encode(job)), dst_node_id=2, message_type=TRAIN)
+    assert decode(unpack(answer(trained, context).content)).meta["failure"] is None
+    lone = encode(to_message(LoneRequest(0, segments, stds)))
+    request = flwr_app.Message(pack(lone), dst_node_id=2, message_type=HELLO)
+    reply = decode(unpack(answer(request, context).content))
+    # Assert: the update comes back with the recipe's noise in it, or not at all.
+    if released:
+        release = from_message(reply)
+        assert isinstance(release, LoneRelease) and release.values.shape == (sum(segments),)
+        assert release.values.std() > 0.5  # z C = 1 per coordinate, far above the update
+    else:
+        assert "will not send its update alone" in str(reply.meta["error"])

@@ -168,8 +168,9 @@ class SecAggClientHalf:
             raise SecAggError(f"client {self.client_id}: its update was already sent")
         if self.noise_seed is None or self.lone_noise is None:
             raise SecAggError(
-                f"client {self.client_id} holds no noise of its own for a lone release (its "
-                "recipe adds no noise on the server); it will not send its update alone"
+                f"client {self.client_id} cannot add the noise of a lone release itself (its "
+                "recipe adds no noise on the server, or its noise would be root-seeded, which "
+                "the server can regenerate); it will not send its update alone"
             )
         # Only the noise the client's own recipe sets, on its own layout: a server asking
         # for less gets nothing, nor one asking for more (two releases of one update
