@@ -153,10 +153,10 @@ class SecureAggregationStage:
                     r, cid, weight, examples[cid], strategy, global_state, auxiliary, exchange
                 )
                 if lone is not None:
-                    aggregate, link = lone
+                    aggregate, link, noised_sum = lone
                     if audit is not None:
-                        # The server held the noised update only: it logs that.
-                        audit.sum_digest = state_digest(aggregate.delta)
+                        # The server held the noised update only: it logs that sum.
+                        audit.sum_digest = state_digest(noised_sum)
                         audit.aggregated = [cid]
                     return aggregate, link
             elif privacy is not None:
@@ -230,9 +230,10 @@ class SecureAggregationStage:
         global_state: StateDict,
         auxiliary: frozenset[str],
         exchange: Exchange,
-    ) -> tuple[Aggregate, WireLink] | None:
-        """The only client's update with the round's noise, added by the client itself;
-        None when the client sent nothing usable (it counts as a failed client).
+    ) -> tuple[Aggregate, WireLink, StateDict] | None:
+        """The only client's update with the round's noise, added by the client itself
+        (the aggregate, the link, and the noised sum as it arrived); None when the client
+        sent nothing usable (it counts as a failed client).
 
         A server that sent this request to a client that was not alone would get that
         client's update with the round's noise: local DP at the accounted multiplier, for
@@ -280,6 +281,7 @@ class SecureAggregationStage:
         assert isinstance(values, np.ndarray)
         pieces = torch.split(torch.from_numpy(values), list(segments))
         total = {k: v.reshape(shape) for k, v, shape in zip(names, pieces, shapes, strict=True)}
+        arrived = total
         # Where the client drew noise (1), for the server halves to draw none there.
         drawn = {
             k: torch.full(shape, float(std > 0), dtype=torch.float64)
@@ -296,7 +298,7 @@ class SecureAggregationStage:
             )
         aggregate = strategy.aggregate_sum(r, total, weight, 1, num_examples)
         aggregate.noised = {k: v != 0 for k, v in drawn.items()}
-        return aggregate, link
+        return aggregate, link, arrived
 
 
 def _as_encoded(values: StateDict, compact: StateDict) -> StateDict:
