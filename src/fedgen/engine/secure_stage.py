@@ -13,7 +13,6 @@ server never holds an individual update.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +22,7 @@ import torch
 from fedgen.engine.audit import RoundAudit
 from fedgen.engine.backends.secagg_client import (
     compact_reference,
-    lone_noise_stds,
+    lone_noise,
     vector_layout,
 )
 from fedgen.ledger import state_digest
@@ -150,7 +149,15 @@ class SecureAggregationStage:
                 # whether this client took part by more than its clipped update.)
                 ((cid, weight),) = weights.items()
                 lone = self._release_alone(
-                    r, cid, weight, examples[cid], strategy, global_state, auxiliary, exchange
+                    r,
+                    cid,
+                    weight,
+                    examples[cid],
+                    strategy,
+                    global_state,
+                    auxiliary,
+                    exchange,
+                    config.clip,
                 )
                 if lone is not None:
                     aggregate, link, noised_sum = lone
@@ -230,6 +237,7 @@ class SecureAggregationStage:
         global_state: StateDict,
         auxiliary: frozenset[str],
         exchange: Exchange,
+        clip: float,
     ) -> tuple[Aggregate, WireLink, StateDict] | None:
         """The only client's update with the round's noise, added by the client itself
         (the aggregate, the link, and the noised sum as it arrived); None when the client
@@ -253,8 +261,7 @@ class SecureAggregationStage:
         compact = compact_reference(self.transforms, global_state, r)
         reference = global_state if compact is None else compact
         names, shapes = vector_layout(reference, auxiliary)
-        segments = tuple(int(math.prod(shape)) for shape in shapes)
-        stds = lone_noise_stds(self.transforms, global_state, reference, names)
+        segments, stds = lone_noise(self.transforms, global_state, reference, auxiliary)
         link = WireLink(exchange)
         reply = link.ask(LONE_PHASE, {cid: LoneRequest(r, segments, stds)}).get(cid)
         values = getattr(reply, "values", None)
@@ -267,7 +274,7 @@ class SecureAggregationStage:
             # An honest release is within the clip range plus its noise (10 standard
             # deviations: 1e-23 per coordinate); anything past it is refused, as
             # secure aggregation's fixed-point range refuses it.
-            bound = self.secagg.round_config().clip + 10 * np.repeat(np.asarray(stds), segments)
+            bound = clip + 10 * np.repeat(np.asarray(stds), segments)
             if not bool(np.all(np.abs(values) <= bound)):  # NaN fails too
                 problem = "a release outside the clip range and its noise"
         if problem is not None:

@@ -426,7 +426,7 @@ def test_a_node_alone_in_a_secure_dp_round_adds_its_own_noise_or_keeps_its_updat
     from tiny_federation import tiny_config
 
     from fedgen.engine.backends.local_training import job_message
-    from fedgen.engine.backends.secagg_client import lone_noise_stds, vector_layout
+    from fedgen.engine.backends.secagg_client import lone_noise
     from fedgen.experiment import build_experiment
     from fedgen.transforms.secagg.codec import from_message, to_message
     from fedgen.transforms.secagg.requests import LoneRelease, LoneRequest
@@ -450,9 +450,7 @@ def test_a_node_alone_in_a_secure_dp_round_adds_its_own_noise_or_keeps_its_updat
     fed = build_experiment(cfg).federation
     work = fed.local_work(fed.global_state, 0)
     job = job_message(ClientInstruction(1, 7), work, 4, key_at_client=noise_seed == "secret")
-    names, shapes = vector_layout(fed.global_state, frozenset())
-    stds = lone_noise_stds(fed.transforms, fed.global_state, fed.global_state, names)
-    segments = tuple(int(np.prod(s)) for s in shapes)
+    segments, stds = lone_noise(fed.transforms, fed.global_state, fed.global_state, frozenset())
     # Execute: the node trains and holds its update; the server finds it alone.
     context = _context({"client-id": 1, "state-dir": str(tmp_path), **node_config})
     _ask(HELLO, _hello(RecipeClientSide(cfg).recipe), context)

@@ -183,7 +183,7 @@ def test_a_lone_client_adds_its_recipes_noise_with_its_own_key():
             None,
             frozenset(),
             key,
-            stds,
+            None if stds is None else ((2, 4), stds),
         )
 
     def ask(request: LoneRequest, state: dict) -> tuple[object, dict | None]:

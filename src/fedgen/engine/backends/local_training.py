@@ -23,8 +23,7 @@ from fedgen.engine.backends.base import LocalWork
 from fedgen.engine.backends.secagg_client import (
     compact_reference,
     hold_update,
-    lone_noise_stds,
-    vector_layout,
+    lone_noise,
 )
 from fedgen.engine.backends.signing import ClientKeys, sign_result
 from fedgen.engine.client_side import ClientKit
@@ -194,8 +193,7 @@ def run_client(
             reference = work.global_state if compact is None else compact
             # The noise this client adds if it is left alone in a round of client-level
             # DP, from its own recipe (None: its server adds none, it never goes alone).
-            names, _ = vector_layout(reference, auxiliary)
-            lone = lone_noise_stds(work.transforms, work.global_state, reference, names)
+            lone = lone_noise(work.transforms, work.global_state, reference, auxiliary)
             held[ins.client_id] = hold_update(
                 ins.client_id,
                 work.round,
@@ -205,7 +203,7 @@ def run_client(
                 work.max_update_norm,
                 auxiliary,
                 own_key,
-                lone if any(lone) else None,
+                lone if any(lone[1]) else None,
             )
             result.held = True
         except ClientUpdateError as exc:

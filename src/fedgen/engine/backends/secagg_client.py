@@ -46,16 +46,15 @@ def hold_update(
     max_norm: float | None,
     auxiliary: frozenset[str],
     noise_key: bytes | None = None,
-    lone_stds: tuple[float, ...] | None = None,
+    lone: LoneNoise | None = None,
 ) -> dict[str, Any]:
     """The client's own check of ``update`` before masking, then the half that holds it.
 
     ``noise_key`` is the client's own DP noise key (``client_noise_key``, or the one a
     deployed client made): it seeds the noise the client adds if it is left alone in a
     round of client-level DP (``LoneRequest``); None seeds it from ``client_seed``, the
-    ``noise_seed: root`` mode. ``lone_stds`` is that noise per tensor, as the client's
-    own recipe sets it (``lone_noise_stds``); the client refuses any other (None: it
-    never releases alone).
+    ``noise_seed: root`` mode. ``lone`` is that noise, as the client's own recipe sets
+    it (``lone_noise``); the client refuses any other (None: it never releases alone).
 
     Raises:
         ClientUpdateError: the update has other tensors than ``reference``, NaN or Inf,
@@ -63,7 +62,7 @@ def hold_update(
     """
     check_update(update, reference, max_norm, auxiliary)
     # Flattened in the order the server unflattens the sum by (``vector_layout``).
-    names, shapes = vector_layout(reference, auxiliary)
+    names, _ = vector_layout(reference, auxiliary)
     values = torch.cat([update[k].detach().reshape(-1).double() for k in names]).numpy()
     seed = derive_seed(client_seed, "secagg", "rounding")
     noise_seed = (
@@ -77,9 +76,7 @@ def hold_update(
         np.ascontiguousarray(values),
         seed,
         noise_seed=noise_seed,
-        lone_noise=None
-        if lone_stds is None
-        else (tuple(int(math.prod(shape)) for shape in shapes), lone_stds),
+        lone_noise=lone,
     )
     return half.export()
 
@@ -102,19 +99,25 @@ def compact_reference(
     return encoded
 
 
-def lone_noise_stds(
+#: A lone release's noise: the held vector's segments (one per tensor, their lengths, in
+#: ``vector_layout``'s order) and each one's standard deviation.
+LoneNoise = tuple[tuple[int, ...], tuple[float, ...]]
+
+
+def lone_noise(
     transforms: Sequence[UpdateTransform],
     global_state: StateDict,
     held: StateDict,
-    names: Sequence[str],
-) -> tuple[float, ...]:
-    """The noise the server halves add to each tensor ``names`` of a held vector (the
-    round's sum units: ``sum_noise_std``), which a round's only client adds itself.
+    auxiliary: frozenset[str],
+) -> LoneNoise:
+    """The noise the server halves add to each tensor of a held vector (the round's sum
+    units: ``sum_noise_std``), which a round's only client adds itself.
 
     ``held`` is what the vector holds (the update's tensors, or a shared-support codec's
     encoding, whose arrays hold some of a model tensor's values as they are and get that
     tensor's noise). Two transforms' noises on one tensor add in quadrature.
     """
+    names, shapes = vector_layout(held, auxiliary)
     stds = []
     for name in names:
         key = encoded_key(name)
@@ -123,7 +126,7 @@ def lone_noise_stds(
         else:
             value = held.get(name, _AUX)
         stds.append(math.sqrt(sum(t.sum_noise_std(name, value) ** 2 for t in transforms)))
-    return tuple(stds)
+    return tuple(math.prod(shape) for shape in shapes), tuple(stds)
 
 
 def vector_layout(
