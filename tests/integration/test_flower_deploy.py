@@ -1,9 +1,10 @@
 """A real Flower deployment on loopback: one SuperLink, three SuperNodes, TLS and node
 authentication, fedgen's ServerApp and ClientApp; the model it trains is the one the
-in-process simulation trains, bit for bit.
+in-process simulation trains, bit for bit. And a deployment of one SuperNode, whose
+client releases its own noised update in every round (client-level DP's lone round).
 
 Slow by nature (Flower polls every 3 s and starts a ClientApp process per message):
-about two minutes for the module.
+about four minutes for the module.
 """
 
 from __future__ import annotations
@@ -147,6 +148,73 @@ def _without_seconds(line: str) -> dict[str, object]:
     record = json.loads(line)
     record.pop("seconds", None)  # withheld under client-level DP (it grows with the cohort)
     return record
+
+
+#: One client under client-level DP over secure aggregation: every round is a lone
+#: round, which a secure sum cannot hide, so the node adds the round's noise itself
+#: (drawn with its own key) and releases the noised update (``LoneRequest``). The noise
+#: is tiny here (z = 1e-5: its norm over the model is about 0.003, the update's about
+#: 0.09), so a release shows as the simulation's model, and a round that released only
+#: noise (a refused or unusable release) as a model that did not move.
+LONE = """\
+seed: 3
+strategy:
+  params: {fraction: 1.0, sampling: poisson, weighted: false, fixed_denominator: true,
+           min_clients: 1}
+transforms:
+  - name: clip
+    params: {max_norm: 1.0}
+  - name: client_dp
+    params: {noise_multiplier: 1.0e-5, delta: 1.0e-5}
+  - name: secagg
+federation: {rounds: 2, local_steps: 2}
+"""
+
+
+def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([v.double().reshape(-1) for v in state.values() if v.is_floating_point()])
+
+
+def _states(run_dir: Path) -> list[torch.Tensor]:
+    return [
+        _flat(load_checkpoint(path)["federation"]["global_state"])
+        for _, path in list_checkpoints(run_dir / "checkpoints")
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order is the smallest alpha")
+def test_a_deployed_lone_client_releases_its_noised_update(mnist_dir, tmp_path):
+    # Prepare: a deployment of one SuperNode and a one-client recipe (BASE's 3 clients
+    # cut to 1): client-level DP over secure aggregation, the noise drawn with the node's
+    # own key (not root-seeded, so the node agrees to release alone).
+    recipe = _recipe(tmp_path / "recipe.yaml", mnist_dir, LONE)
+    recipe.write_text(recipe.read_text().replace("num_clients: 3", "num_clients: 1"))
+    folder = tmp_path / "deployment"
+    local.up(folder, 1)
+    try:
+        # Execute
+        outcome = local.run(folder, recipe, tmp_path / "deployed", timeout=600)
+    finally:
+        local.down(folder)
+    run_experiment(load_config(recipe), tmp_path / "simulated", progress=False)
+    # Assert: both rounds released (no failure, epsilon charged, the figures a round of
+    # more clients shows) and the ledger verifies.
+    assert outcome.ok, outcome.log.read_text()[-3000:]
+    deployed_lines = (tmp_path / "deployed" / "metrics.jsonl").read_text().splitlines()
+    simulated_lines = (tmp_path / "simulated" / "metrics.jsonl").read_text().splitlines()
+    rounds = [json.loads(x) for x in deployed_lines]
+    assert [r["round"] for r in rounds] == [0, 1]
+    for deployed_round, simulated_round in zip(rounds, simulated_lines, strict=True):
+        assert "round_failed" not in deployed_round and deployed_round["epsilon"] > 0
+        assert deployed_round.keys() == json.loads(simulated_round).keys()
+    assert verify_run(tmp_path / "deployed").ok
+    # The deployed model is the simulation's up to the two draws of tiny noise: the
+    # node's update reached the model in both rounds.
+    deployed, simulated = _states(tmp_path / "deployed"), _states(tmp_path / "simulated")
+    moved = (simulated[1] - simulated[0]).norm()
+    assert moved > 0.02
+    for d, s in zip(deployed, simulated, strict=True):
+        assert (d - s).norm() < 0.2 * moved
 
 
 def test_a_node_naming_a_client_the_partition_lacks_is_refused(deployment, mnist_dir, tmp_path):
