@@ -18,10 +18,15 @@ same threads (the roofline fraction), and the speed-up against the first tree's 
 the same network and threads. ``--trees`` names source trees (e.g. ``git worktree``
 checkouts of an older commit): the children import ``fedgen`` from ``<tree>/src`` and
 read ``<tree>/configs``, and the rows name each tree's commit. ``--repeats`` alternates
-the trees (A B A B) so that a shared machine's load falls on both.
+the trees (A B A B) so that a shared machine's load falls on both. ``--versus NETWORK``
+compares networks instead of trees: each row's speed-up is against that network's row of
+the same tree and threads in the same repeat (list it first in ``--archs``); the
+``_bf16`` networks compute in bfloat16, the ``_nhwc`` ones in channels-last layout.
 
     taskset -c 0 .venv/bin/python benchmarks/split_speed.py --trees /tmp/base . \
         [--archs light faithful] [--threads 1] [--steps 5] [--rounds 2]
+    taskset -c 0,1 .venv/bin/python benchmarks/split_speed.py --threads 2 --repeats 3 \
+        --archs faithful_bf16 faithful_bf16_nhwc --versus faithful_bf16
 
 Rows are appended one at a time to ``benchmarks/results/speed.md``.
 """
@@ -46,6 +51,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ARCHS: dict[str, list[str]] = {
     "light": ["task.params.architecture=light", "task.params.aux_weight=1.0"],
     "faithful": [],
+    "faithful_nhwc": ["task.params.channels_last=true"],
+    "faithful_bf16": ["task.params.compute_dtype=bfloat16"],
+    "faithful_bf16_nhwc": ["task.params.compute_dtype=bfloat16", "task.params.channels_last=true"],
 }
 COLUMNS = [
     "commit",
@@ -142,9 +150,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="iterations per round")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds")
     parser.add_argument("--repeats", type=int, default=1, help="alternate the trees this often")
+    parser.add_argument(
+        "--versus",
+        choices=list(ARCHS),
+        help="speed-up against this network's row (same tree, threads and repeat), not the "
+        "first tree's",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/speed.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.versus and args.archs[0] != args.versus:
+        parser.error(f"--versus {args.versus}: list it first in --archs")
     if args.child:
         reply(measure(**json.loads(args.child)))
         return
@@ -163,10 +179,15 @@ def main(argv: list[str] | None = None) -> None:
             f"round, one counted round, {args.rounds} timed rounds (median); trees "
             + ", ".join(f"{commits[t]} ({t})" for t in trees),
             f"pinned to CPUs {sorted(os.sched_getaffinity(0))}; speed-up: against the row of "
-            f"{commits[trees[0]]} with the same network and threads in the same repeat",
+            + (
+                f"network {args.versus} with the same tree and threads in the same repeat"
+                if args.versus
+                else f"{commits[trees[0]]} with the same network and threads in the same repeat"
+            ),
         ],
     )
     for _ in range(args.repeats):
+        versus: dict[tuple[Path, int], dict[str, Any]] = {}
         for arch in args.archs:
             for threads in args.threads:
                 base: dict[str, Any] | None = None
@@ -185,6 +206,10 @@ def main(argv: list[str] | None = None) -> None:
                         print(f"   failed: {exc}", flush=True)
                         continue
                     base = base or out
+                    if args.versus:
+                        if arch == args.versus:
+                            versus[tree, threads] = out
+                        base = versus.get((tree, threads), out)
                     row = {
                         "commit": commits[tree],
                         "network": arch,

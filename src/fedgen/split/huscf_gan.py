@@ -42,6 +42,10 @@ class HuscfGanSpec:
     groups: int = 8
     #: D5 also returns class logits: its output is ``(B, 1 + num_classes)``.
     aux_classifier: bool = False
+    #: G1 hands G2 its feature maps in channels-last layout (NHWC), the layout of
+    #: convolutions whose weights are channels-last (``HuscfGan`` converts the blocks).
+    #: Layout only: the same function, in other rounding.
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.norm not in ("batch", "group", "none"):
@@ -86,6 +90,7 @@ class GeneratorStem(nn.Module):
         self.norm1d = nn.BatchNorm1d(c * 7 * 7) if spec.norm == "batch" else None
         self.norm2d = _norm2d(spec, c) if spec.norm != "batch" else None
         self.act = nn.ReLU()
+        self.to_channels_last = spec.channels_last
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.fc(torch.cat([z, self.label_embedding(y)], dim=1))  # (B, c*49)
@@ -94,7 +99,8 @@ class GeneratorStem(nn.Module):
         h = h.view(-1, self.channels, 7, 7)
         if self.norm2d is not None:
             h = self.norm2d(h)
-        return self.act(h)
+        h = self.act(h)
+        return h.contiguous(memory_format=torch.channels_last) if self.to_channels_last else h
 
 
 class DiscriminatorStem(nn.Module):

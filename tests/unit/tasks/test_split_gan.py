@@ -76,6 +76,37 @@ def test_whole_model_is_the_blocks_in_order() -> None:
     assert task.modules["discriminator"](h, y).shape == (4, 1)
 
 
+def test_channels_last_computes_the_same_networks_in_nhwc() -> None:
+    # Prepare: the published network twice, the second in channels-last layout with
+    # the first's weights.
+    plain, nhwc = make(architecture="faithful"), make(architecture="faithful", channels_last=True)
+    state = plain.federated_state()
+    nhwc.load_state(state)
+    loaded = nhwc.federated_state()
+    for key, value in loaded.items():
+        if value.dim() == 4 and value.shape[1] > 1:
+            assert value.is_contiguous(memory_format=torch.channels_last), key
+            assert not state[key].is_contiguous(memory_format=torch.channels_last), key
+    z, y = torch.randn(8, 100, generator=torch.Generator().manual_seed(0)), torch.arange(8)
+    # Execute: G1..G5, then D1..D5 on the result, block by block.
+    outputs = {}
+    for name, task in (("plain", plain), ("nhwc", nhwc)):
+        h, maps = task.generator_blocks()[0](z, y), []
+        for block in [*task.generator_blocks()[1:], *task.discriminator_blocks()]:
+            maps.append(h)
+            h = block(h) if block is not task.discriminator_blocks()[0] else block(h, y)
+        outputs[name] = (maps, h)
+    # Assert: the same values; in NHWC every feature map of more than one channel.
+    for a, b in zip(*(outputs[n][0] for n in ("plain", "nhwc")), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+        assert b.shape[1] == 1 or b.is_contiguous(memory_format=torch.channels_last)
+        assert a.shape[1] == 1 or not a.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(outputs["nhwc"][1], outputs["plain"][1], rtol=1e-4, atol=1e-5)
+    # The state keeps its keys and values (checkpoints and digests see no layout).
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in loaded.items())
+
+
 def test_unsplit_training_learns_and_sampling_is_deterministic(client) -> None:
     # Prepare
     task = make(architecture="light")
