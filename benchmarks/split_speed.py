@@ -145,7 +145,7 @@ def tree_commit(tree: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trees", nargs="+", type=Path, default=[ROOT])
-    parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    parser.add_argument("--archs", nargs="+", default=["light", "faithful"], choices=list(ARCHS))
     parser.add_argument("--threads", nargs="+", type=int, default=[1])
     parser.add_argument("--steps", type=int, default=5, help="iterations per round")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds")
@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.versus and args.archs[0] != args.versus:
         parser.error(f"--versus {args.versus}: list it first in --archs")
+    if len(set(args.archs)) != len(args.archs):
+        parser.error("--archs: name each network once (use --repeats to measure it again)")
     if args.child:
         reply(measure(**json.loads(args.child)))
         return
@@ -205,11 +207,13 @@ def main(argv: list[str] | None = None) -> None:
                     except RuntimeError as exc:
                         print(f"   failed: {exc}", flush=True)
                         continue
-                    base = base or out
+                    # No baseline (its run failed): no speed-up, rather than a row against itself.
                     if args.versus:
                         if arch == args.versus:
                             versus[tree, threads] = out
-                        base = versus.get((tree, threads), out)
+                        base = versus.get((tree, threads))
+                    elif tree == trees[0]:
+                        base = out
                     row = {
                         "commit": commits[tree],
                         "network": arch,
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
                         "s / iteration": out["wall"],
                         "CPU s / iteration": out["cpu"],
                         "iterations / s": 1 / out["wall"],
-                        "speed-up": base["wall"] / out["wall"],
+                        "speed-up": base["wall"] / out["wall"] if base else None,
                         "GFLOP / iteration": out["gflop"],
                         "GFLOP/s": out["gflops"],
                         "sgemm GFLOP/s": out["sgemm"],

@@ -10,6 +10,7 @@ about four minutes for the module.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import time
@@ -153,9 +154,9 @@ def _without_seconds(line: str) -> dict[str, object]:
 #: One client under client-level DP over secure aggregation: every round is a lone
 #: round, which a secure sum cannot hide, so the node adds the round's noise itself
 #: (drawn with its own key) and releases the noised update (``LoneRequest``). The noise
-#: is tiny here (z = 1e-5: its norm over the model is about 0.003, the update's about
-#: 0.09), so a release shows as the simulation's model, and a round that released only
-#: noise (a refused or unusable release) as a model that did not move.
+#: is tiny here (z = 1e-5: its norm over the model's 77k floats is about 0.003, the
+#: update's about 0.09), so a release shows as the simulation's model, and a round that
+#: released only noise (a refused or unusable release) as a model that did not move.
 LONE = """\
 seed: 3
 strategy:
@@ -189,6 +190,7 @@ def test_a_deployed_lone_client_releases_its_noised_update(mnist_dir, tmp_path):
     # own key (not root-seeded, so the node agrees to release alone).
     recipe = _recipe(tmp_path / "recipe.yaml", mnist_dir, LONE)
     recipe.write_text(recipe.read_text().replace("num_clients: 3", "num_clients: 1"))
+    assert load_config(recipe).data.num_clients == 1
     folder = tmp_path / "deployment"
     local.up(folder, 1)
     try:
@@ -211,10 +213,18 @@ def test_a_deployed_lone_client_releases_its_noised_update(mnist_dir, tmp_path):
     # The deployed model is the simulation's up to the two draws of tiny noise: the
     # node's update reached the model in both rounds.
     deployed, simulated = _states(tmp_path / "deployed"), _states(tmp_path / "simulated")
+    assert len(deployed) == len(simulated) == 2
     moved = (simulated[1] - simulated[0]).norm()
     assert moved > 0.02
     for d, s in zip(deployed, simulated, strict=True):
         assert (d - s).norm() < 0.2 * moved
+    # And the release carried the round's noise: round 0 trained the same update in
+    # both runs, so the two models differ by two independent draws of noise (the
+    # deployed node's key, the simulation's), sqrt(2) std sqrt(P) in norm; a release
+    # without noise would differ by one draw (1/sqrt(2) of it).
+    std = rounds[0]["clientleveldp/noise_std"]  # of the mean; m = 1 here
+    expected = math.sqrt(2) * std * math.sqrt(deployed[0].numel())
+    assert 0.9 * expected < float((deployed[0] - simulated[0]).norm()) < 1.1 * expected
 
 
 def test_a_node_naming_a_client_the_partition_lacks_is_refused(deployment, mnist_dir, tmp_path):

@@ -73,7 +73,8 @@ class FaultPlan:
             return update
         out = dict(update)
         if fault == "nan":
-            bad = out[key].clone()
+            # Contiguous: a channels-last weight (huscf_cgan's channels_last) has no flat view.
+            bad = out[key].clone(memory_format=torch.contiguous_format)
             bad.view(-1)[0] = float("nan")
             out[key] = bad
         elif fault == "wrong_shape":

@@ -42,9 +42,9 @@ class HuscfGanSpec:
     groups: int = 8
     #: D5 also returns class logits: its output is ``(B, 1 + num_classes)``.
     aux_classifier: bool = False
-    #: G1 hands G2 its feature maps in channels-last layout (NHWC), the layout of
-    #: convolutions whose weights are channels-last (``HuscfGan`` converts the blocks).
-    #: Layout only: the same function, in other rounding.
+    #: Channels-last layout (NHWC): the blocks' 4-D weights are built channels-last, so
+    #: each convolution's output is too, and G1 hands G2 channels-last maps. Layout only:
+    #: the same function, in other rounding.
     channels_last: bool = False
 
     def __post_init__(self) -> None:
@@ -152,28 +152,46 @@ def _down(spec: HuscfGanSpec, c_in: int, c_out: int, k: int, s: int) -> nn.Seque
     return nn.Sequential(nn.Conv2d(c_in, c_out, k, s, 1), _norm2d(spec, c_out), nn.LeakyReLU(0.2))
 
 
+def _laid_out(spec: HuscfGanSpec, blocks: list[nn.Module]) -> list[nn.Module]:
+    """``blocks`` with their 4-D weights channels-last if the spec asks (what
+    ``Module.to(memory_format=...)`` converts); split copies of a block keep the layout,
+    and a state loaded into them (copied in place) takes it."""
+    if spec.channels_last:
+        for block in blocks:
+            for param in block.parameters():
+                if param.dim() == 4:
+                    param.data = param.data.contiguous(memory_format=torch.channels_last)
+    return blocks
+
+
 def generator_blocks(spec: HuscfGanSpec = FAITHFUL) -> list[nn.Module]:
     """G1..G5: 7x7 -> 14x14 (G2) -> 14x14 (G3) -> 28x28 (G4) -> image in [-1, 1] (G5)."""
     c256, c128, c64, _ = spec.channels()
-    return [
-        GeneratorStem(spec),
-        _up(spec, c256, c128, 4, 2),  # (B, c128, 14, 14)
-        _up(spec, c128, c128, 3, 1),  # (B, c128, 14, 14)
-        _up(spec, c128, c64, 4, 2),  # (B, c64, 28, 28)
-        nn.Sequential(nn.ConvTranspose2d(c64, 1, 3, 1, 1), nn.Tanh()),  # (B, 1, 28, 28)
-    ]
+    return _laid_out(
+        spec,
+        [
+            GeneratorStem(spec),
+            _up(spec, c256, c128, 4, 2),  # (B, c128, 14, 14)
+            _up(spec, c128, c128, 3, 1),  # (B, c128, 14, 14)
+            _up(spec, c128, c64, 4, 2),  # (B, c64, 28, 28)
+            nn.Sequential(nn.ConvTranspose2d(c64, 1, 3, 1, 1), nn.Tanh()),  # (B, 1, 28, 28)
+        ],
+    )
 
 
 def discriminator_blocks(spec: HuscfGanSpec = FAITHFUL) -> list[nn.Module]:
     """D1..D5: 14x14 (D1) -> 7x7 (D2) -> 7x7 (D3) -> 3x3 (D4) -> P(real) (D5)."""
     _, c128, c64, c256 = spec.channels()
-    return [
-        DiscriminatorStem(spec),
-        _down(spec, c64, c128, 4, 2),  # (B, c128, 7, 7)
-        _down(spec, c128, c128, 3, 1),  # (B, c128, 7, 7)
-        _down(spec, c128, c256, 4, 2),  # (B, c256, 3, 3)
-        DiscriminatorTail(spec),  # (B, 1) or (B, 1 + K)
-    ]
+    return _laid_out(
+        spec,
+        [
+            DiscriminatorStem(spec),
+            _down(spec, c64, c128, 4, 2),  # (B, c128, 7, 7)
+            _down(spec, c128, c128, 3, 1),  # (B, c128, 7, 7)
+            _down(spec, c128, c256, 4, 2),  # (B, c256, 3, 3)
+            DiscriminatorTail(spec),  # (B, 1) or (B, 1 + K)
+        ],
+    )
 
 
 #: Index of D3, the block whose server-side output HuSCF-GAN clusters clients by.

@@ -57,10 +57,10 @@ class HuscfGanParams(TaskParams):
     width: float | None = Field(None, gt=0)
     #: Weight of the AC-GAN class loss on a class head of D5 (0: published, no head).
     aux_weight: float = Field(0.0, ge=0)
-    #: Convolutions in channels-last layout (NHWC): the same networks, computed in
-    #: oneDNN's faster layout. The published network's iteration took 7-16% less time
-    #: in bfloat16 and about 13% less in float32 (``benchmarks/split_speed.py``,
-    #: ``speed.md``); results differ from the default layout in rounding only.
+    #: Convolutions in channels-last layout (NHWC): the same networks, in other rounding.
+    #: On S1 in bfloat16 an iteration ran 1.06x as fast (median of three side-by-side
+    #: pairs, 0.995-1.20x; float32 about 1.0x once each process's matmul speed is
+    #: divided out): ``benchmarks/split_speed.py --versus``, ``speed.md`` 2026-12-07.
     channels_last: bool = False
 
 
@@ -102,19 +102,10 @@ class HuscfGan(Task):
                 "use MNIST-like sources"
             )
         self.spec = spec_for(self.params, self.num_classes)
-        modules: dict[str, nn.Module] = {
+        return {
             "generator": BlockChain(generator_blocks(self.spec)),
             "discriminator": BlockChain(discriminator_blocks(self.spec)),
         }
-        if self.spec.channels_last:
-            # Weights channels-last, so each convolution's output is too (G1's by the
-            # spec). Split copies of a block keep the layout, and a state loaded into
-            # them (copied in place) takes it.
-            for module in modules.values():
-                for param in module.parameters():
-                    if param.dim() == 4:  # what Module.to(memory_format=...) converts
-                        param.data = param.data.contiguous(memory_format=torch.channels_last)
-        return modules
 
     @property
     def latent_dim(self) -> int:

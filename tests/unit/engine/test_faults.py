@@ -62,3 +62,15 @@ def test_faults_are_part_of_the_fingerprint():
         load_config(None).fingerprint()
         != load_config(None, ["faults={crash_before: 0.1}"]).fingerprint()
     )
+
+
+def test_a_nan_fault_corrupts_a_channels_last_weight():
+    # Prepare: an update whose first float tensor is a channels-last conv weight (as
+    # huscf_cgan's channels_last gives), which has no flat view.
+    weight = torch.ones(4, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+    plan = FaultPlan.from_config(FaultsConfig(nan=1.0))
+    # Execute
+    out = plan.corrupt("nan", {"w": weight, "steps": torch.tensor(3)})
+    # Assert: one NaN, the rest and the original untouched.
+    assert int(torch.isnan(out["w"]).sum()) == 1 and out["w"].shape == weight.shape
+    assert not torch.isnan(weight).any() and torch.equal(out["steps"], torch.tensor(3))

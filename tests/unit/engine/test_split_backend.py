@@ -117,7 +117,15 @@ def test_channels_last_trains_the_same_round_up_to_rounding(clients):
 
     # Execute: one split round of two iterations each.
     plain, _ = run_round(task(False), clients)
-    nhwc, _ = run_round(task(True), clients)
+    backend = SplitBackend(cuts=CUTS)
+    nhwc, _ = run_round(task(True), clients, backend=backend)
+    # Assert: every client's and the server's copy of a block computes channels-last.
+    trainer = backend._trainer
+    assert trainer is not None
+    segments = [trainer.gen_server, trainer.disc_server]
+    segments += [*trainer.gen_clients.values(), *trainer.disc_clients.values()]
+    weights = [p for s in segments for p in s.parameters() if p.dim() == 4 and p.shape[1] > 1]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
     # Assert: every client's update and D3 activations agree but for rounding (Adam's
     # first steps divide by tiny second moments, so a few coordinates differ more).
     for a, b in zip(plain, nhwc, strict=True):

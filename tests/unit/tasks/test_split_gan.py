@@ -77,9 +77,15 @@ def test_whole_model_is_the_blocks_in_order() -> None:
 
 
 def test_channels_last_computes_the_same_networks_in_nhwc() -> None:
-    # Prepare: the published network twice, the second in channels-last layout with
-    # the first's weights.
-    plain, nhwc = make(architecture="faithful"), make(architecture="faithful", channels_last=True)
+    # Prepare: the published network twice, the second (another seed's draw) in
+    # channels-last layout with the first's weights loaded.
+    plain = make(architecture="faithful")
+    params = HuscfGanParams(batch_size=16, architecture="faithful", channels_last=True)
+    nhwc = HuscfGan(params, 10, (1, 28, 28), seed=1)
+    assert not torch.equal(
+        nhwc.federated_state()["generator.1.0.weight"],
+        plain.federated_state()["generator.1.0.weight"],
+    )
     state = plain.federated_state()
     nhwc.load_state(state)
     loaded = nhwc.federated_state()
