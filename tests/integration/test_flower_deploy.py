@@ -151,25 +151,16 @@ def _without_seconds(line: str) -> dict[str, object]:
     return record
 
 
-#: One client under client-level DP over secure aggregation: every round is a lone
+#: DP's recipe with the noise drawn by each node's own key (not root-seeded) and tiny,
+#: for one client (the test cuts BASE to 1): every round is a lone
 #: round, which a secure sum cannot hide, so the node adds the round's noise itself
 #: (drawn with its own key) and releases the noised update (``LoneRequest``). The noise
 #: is tiny here (z = 1e-5: its norm over the model's 77k floats is about 0.003, the
 #: update's about 0.09), so a release shows as the simulation's model, and a round that
 #: released only noise (a refused or unusable release) as a model that did not move.
-LONE = """\
-seed: 3
-strategy:
-  params: {fraction: 1.0, sampling: poisson, weighted: false, fixed_denominator: true,
-           min_clients: 1}
-transforms:
-  - name: clip
-    params: {max_norm: 1.0}
-  - name: client_dp
-    params: {noise_multiplier: 1.0e-5, delta: 1.0e-5}
-  - name: secagg
-federation: {rounds: 2, local_steps: 2}
-"""
+LONE = DP.replace("noise_multiplier: 0.5", "noise_multiplier: 1.0e-5").replace(
+    "noise_seed: root\n", ""
+)
 
 
 def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -190,7 +181,9 @@ def test_a_deployed_lone_client_releases_its_noised_update(mnist_dir, tmp_path):
     # own key (not root-seeded, so the node agrees to release alone).
     recipe = _recipe(tmp_path / "recipe.yaml", mnist_dir, LONE)
     recipe.write_text(recipe.read_text().replace("num_clients: 3", "num_clients: 1"))
-    assert load_config(recipe).data.num_clients == 1
+    config = load_config(recipe)
+    assert config.data.num_clients == 1 and config.noise_seed != "root"
+    assert "noise_multiplier: 1.0e-5" in LONE
     folder = tmp_path / "deployment"
     local.up(folder, 1)
     try:
