@@ -8,6 +8,8 @@ lets a resumed run end bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -30,3 +32,23 @@ def torch_generator(root: int, *path: str | int) -> torch.Generator:
 def numpy_rng(root: int, *path: str | int) -> np.random.Generator:
     """A NumPy ``Generator`` seeded with ``derive_seed(root, *path)``."""
     return np.random.default_rng(derive_seed(root, *path))
+
+
+def seed_from(generator: torch.Generator) -> int:
+    """A 62-bit seed drawn from ``generator``, for an RNG that cannot take a generator."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator))
+
+
+@contextmanager
+def global_rng_from(generator: torch.Generator) -> Iterator[None]:
+    """Runs the block with torch's global CPU RNG seeded from ``generator``, then restores it.
+
+    Dropout and ``scaled_dot_product_attention``'s dropout take no generator: they draw
+    from the global RNG, which no checkpoint holds. Seeded from the client's generator
+    (itself derived from the root seed, round and client), they repeat exactly after a
+    resume, and the caller's global RNG is left as it was.
+    """
+    seed = seed_from(generator)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -20,6 +20,7 @@ from pydantic import Field
 from torch import nn
 
 from fedgen.registry import TASKS
+from fedgen.seeding import global_rng_from
 from fedgen.tasks.base import TaskParams
 from fedgen.tasks.text_task import TextTask
 
@@ -145,13 +146,16 @@ class ByteGptTask(TextTask):
         model.train()
         batches = data.batches(p.batch_size, generator, p.block_size)
         total = 0.0
-        for _ in range(steps):
-            x, y = next(batches)
-            loss = self.loss(x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
+        # Dropout draws from the global RNG, which no checkpoint holds: seed it from the
+        # client's generator so a resumed run repeats the same masks.
+        with global_rng_from(generator):
+            for _ in range(steps):
+                x, y = next(batches)
+                loss = self.loss(x, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach())
         return {"loss/lm": total / max(steps, 1)}
 
     @torch.no_grad()

@@ -38,7 +38,7 @@ from torch import nn
 from fedgen.errors import ConfigError
 from fedgen.modality import DataSpec, TensorKind
 from fedgen.registry import TASKS
-from fedgen.seeding import torch_generator
+from fedgen.seeding import global_rng_from, torch_generator
 from fedgen.tasks.base import TaskParams
 from fedgen.tasks.lm_base import (
     BaseModelError,
@@ -254,8 +254,7 @@ class LoraLmTask(TextTask):
         batches = data.batches(p.batch_size, generator, p.block_size)
         total = 0.0
         # LoRA dropout draws from the global RNG: seed it from the client's generator.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        with global_rng_from(generator):
             lm.train()
             for _ in range(steps):
                 x, y = next(batches)
@@ -281,8 +280,7 @@ class LoraLmTask(TextTask):
             if ids.numel() == 0:
                 ids = torch.tensor([start])
             # generate() samples from the global RNG: seed it from ``generator``.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+            with global_rng_from(generator):
                 written = lm.generate(  # type: ignore[operator]
                     input_ids=ids.view(1, -1),
                     attention_mask=torch.ones(1, ids.numel(), dtype=torch.long),

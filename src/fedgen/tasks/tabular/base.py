@@ -23,6 +23,7 @@ from pydantic import Field
 
 from fedgen.data.table_encoder import CategoricalEncoding, TableEncoder
 from fedgen.modality import Conditioning, DataSpec, Modality
+from fedgen.seeding import seed_from
 from fedgen.tasks.base import Task, TaskParams
 from fedgen.tasks.tabular import optimizer_state
 from fedgen.tasks.tabular.condition_block import ConditionBlock
@@ -262,11 +263,6 @@ def apply_activations(
     return torch.cat(parts, dim=1)
 
 
-def seeded_global_rng(generator: torch.Generator) -> int:
-    """A seed drawn from ``generator`` for the global RNG (dropout, Gumbel noise)."""
-    return int(torch.randint(0, 2**62, (1,), generator=generator))
-
-
 def draw_conditions(
     n: int,
     categorical: list[tuple[CategoricalEncoding, Any]],
@@ -290,7 +286,7 @@ def draw_conditions(
         column, category = condition
         cond[:, offsets[column] + category] = 1.0
     elif categorical:
-        rng = np.random.default_rng(seeded_global_rng(generator))
+        rng = np.random.default_rng(seed_from(generator))
         columns = rng.integers(len(categorical), size=n) if only is None else np.full(n, only)
         for i, (enc, _) in enumerate(categorical):
             picked = np.flatnonzero(columns == i)

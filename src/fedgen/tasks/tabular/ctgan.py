@@ -42,12 +42,12 @@ from torch import nn
 
 from fedgen.data.table_data import TableClientData
 from fedgen.registry import TASKS
+from fedgen.seeding import global_rng_from, seed_from
 from fedgen.tasks.tabular.base import (
     TableTask,
     TableTaskParams,
     apply_activations,
     draw_conditions,
-    seeded_global_rng,
 )
 from fedgen.tasks.tabular.condition_block import condition_block
 from fedgen.tasks.tabular.ctgan_functional import DROPOUT, CtganFunctionalTraining
@@ -265,11 +265,10 @@ class CtganTask(TableTask):
         opt_d = self.make_optimizer("critic", lr=lr, betas=p.betas, weight_decay=p.weight_decay)
         gen.train()
         critic.train()
-        rng = np.random.default_rng(seeded_global_rng(generator))
+        rng = np.random.default_rng(seed_from(generator))
         b = p.batch_size
         totals = {"loss/generator": 0.0, "loss/critic": 0.0}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seeded_global_rng(generator))
+        with global_rng_from(generator):
             for _ in range(steps):
                 # Critic: real rows of the sampled categories against fakes of the same
                 # conditions, in a shuffled order (as CTGAN pairs them).
@@ -306,8 +305,7 @@ class CtganTask(TableTask):
     ) -> torch.Tensor:
         cond = self.generation_conditions(n, generator, condition)
         z = torch.randn(n, self.params.noise_dim, generator=generator)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seeded_global_rng(generator))
+        with global_rng_from(generator):
             return apply_activations(
                 self.modules["generator"](z, cond), self.spans, self.params.tau
             )

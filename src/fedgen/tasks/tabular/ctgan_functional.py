@@ -31,8 +31,8 @@ from torch.func import functional_call, grad, grad_and_value
 
 from fedgen.data.table_data import TableClientData
 from fedgen.data.table_encoder import Span
+from fedgen.seeding import seed_from
 from fedgen.tasks.functional import FunctionalTraining, ModuleTensors, OptimizerState, StepInputs
-from fedgen.tasks.tabular.base import seeded_global_rng
 from fedgen.tasks.tabular.optimizer_state import FunctionalAdams
 
 #: ``CtganTask._training_conditions``: (data, n, rng) -> cond, columns, categories, rows.
@@ -109,9 +109,9 @@ class CtganFunctionalTraining(FunctionalTraining):
     def source(self, data: Any, batch_size: int, generator: torch.Generator) -> CtganSource:
         # train_local's first two draws from the client's generator: the NumPy seed,
         # then the global RNG's.
-        rng = np.random.default_rng(seeded_global_rng(generator))
+        rng = np.random.default_rng(seed_from(generator))
         noise = torch.Generator()
-        noise.manual_seed(seeded_global_rng(generator))
+        noise.manual_seed(seed_from(generator))
         return CtganSource(data, rng, noise)
 
     def _gumbels(self, noise: torch.Generator) -> torch.Tensor:

@@ -35,11 +35,11 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from fedgen.registry import TASKS
+from fedgen.seeding import global_rng_from
 from fedgen.tasks.tabular.base import (
     TableTaskParams,
     apply_activations,
     draw_conditions,
-    seeded_global_rng,
 )
 from fedgen.tasks.tabular.vertical_base import VerticalTableTask, init_as_slices_of_one_layer
 
@@ -212,8 +212,7 @@ class VerticalCtganTask(VerticalTableTask):
         )
         z = torch.randn(n, self.params.noise_dim, generator=generator)
         rows = torch.zeros(n, self.encoder.dim)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seeded_global_rng(generator))
+        with global_rng_from(generator):
             h = self.modules[BODY](z, cond)
             for i in range(self.num_parties):
                 raw = self.modules[head_name(i)](h)

@@ -65,7 +65,8 @@ from torch import nn
 
 from fedgen.data.table_data import TableClientData
 from fedgen.data.table_encoder import CategoricalEncoding, Span
-from fedgen.tasks.tabular.base import apply_activations, seeded_global_rng
+from fedgen.seeding import global_rng_from
+from fedgen.tasks.tabular.base import apply_activations
 from fedgen.tasks.tabular.vertical_channel import SERVER, WireChannel, party
 from fedgen.tasks.tabular.vertical_ctgan import (
     BODY,
@@ -358,8 +359,7 @@ class VerticalTrainer:
             module.train()
         totals = {"loss/generator": 0.0, "loss/critic": 0.0}
         # Dropout and the Gumbel-softmax draw from the global RNG: seed it in a fork.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seeded_global_rng(self.noise))
+        with global_rng_from(self.noise):
             for _ in range(steps):
                 totals["loss/critic"] += self.critic_step()
                 totals["loss/generator"] += self.generator_step()
