@@ -18,6 +18,9 @@ Rules:
   adaptive), or set >= ``max_norm`` with a fixed bound;
 - the configuration resolves for every cohort the strategy can sample: the expected
   one (threshold) and the largest (modulus: a Poisson cohort can hold every client);
+  under client-level DP, every cohort of 2 up to the largest (a round secure
+  aggregation cannot run would fail instead of releasing its noised sum, and whether
+  it fails would depend on who took part: a leak the accountant does not cover);
 - under client-level DP, fixed-point rounding (up to one quantum per coordinate) can
   push a clipped update past the clip bound; ``client_dp`` is bound to that excess and
   adds noise for the larger sensitivity, and an excess above
@@ -28,13 +31,14 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 
 from fedgen.strategies.base import Needs, Strategy
 from fedgen.transforms.base import UpdateTransform
 from fedgen.transforms.clip import NormClip
 from fedgen.transforms.dp import ClientLevelDP
-from fedgen.transforms.secagg.errors import SecAggConfigError
+from fedgen.transforms.secagg.errors import SecAggConfigError, SecAggSecurityWarning
 from fedgen.transforms.secagg.transform import SecureAggregation
 
 log = logging.getLogger(__name__)
@@ -109,8 +113,41 @@ def secagg_problems(
             except SecAggConfigError as exc:
                 problems.append(f"secagg, for {what} {cohort} clients per round: {exc}")
                 return problems
+        if any(isinstance(t, ClientLevelDP) for t in transforms):
+            problems.extend(_cohort_problems_under_dp(secagg, largest))
+            if problems:
+                return problems
         problems.extend(_rounding_problems(secagg, transforms, dimension, largest))
     return problems
+
+
+def _cohort_problems_under_dp(secagg: SecureAggregation, largest: int) -> list[str]:
+    """Under client-level DP, the first cohort of 2 to ``largest`` clients that secure
+    aggregation cannot run over, as a problem with its fix; [] if every one resolves.
+
+    A Poisson cohort (and clients failing) can leave any number of usable updates. One
+    is released by the client itself and none is noise alone; from 2 up, the secure sum
+    must run, because a failed round keeps the model unchanged where a neighbouring
+    cohort releases a noised sum: the output would then depend on one client's taking
+    part by more than its clipped update.
+    """
+    config = secagg.round_config()
+    with warnings.catch_warnings():
+        # The sub-majority warning was given, once, for the planned cohort.
+        warnings.simplefilter("ignore", SecAggSecurityWarning)
+        for n in range(2, largest + 1):
+            try:
+                config.plan(n)
+            except SecAggConfigError as exc:
+                return [
+                    f"secagg under client-level DP cannot run a round of {n} usable "
+                    f"clients, which Poisson sampling or failing clients can leave: {exc}. "
+                    "That round would fail instead of releasing its noised sum, and whether "
+                    "it fails depends on who took part, which the accountant does not "
+                    "cover; set secagg threshold to a fraction above 0.5 (e.g. 0.67), "
+                    "which resolves for every cohort of 2 or more"
+                ]
+    return []
 
 
 def _rounding_problems(

@@ -198,10 +198,24 @@ class SecureAggregationStage:
                 drop_after_sharing=drops,
             )
         except SecAggConfigError as exc:
-            # A cohort the recipe's plan could not foresee (e.g. clients failed).
+            # A cohort the recipe's plan could not foresee (e.g. clients failed). Under
+            # client-level DP the build checked every cohort size, so this cannot happen.
             raise SecAggRoundFailedError(
                 f"round {r}: secure aggregation cannot run over {len(weights)} clients: {exc}"
             ) from exc
+        except SecAggRoundFailedError:
+            if privacy is not None and privacy.unit == "client":
+                # Too few survived to unmask: the round releases nothing and is not
+                # charged, but that it failed can depend on who took part, which the
+                # Gaussian mechanism's analysis does not cover. Rare with a large cohort
+                # and a fractional threshold; said once per failed round.
+                log.warning(
+                    "round %d: secure aggregation failed under client-level DP; the "
+                    "failure itself is outside the accountant's guarantee (keep dropouts "
+                    "rare: sample more clients per round or lower secagg threshold)",
+                    r,
+                )
+            raise
         metrics.update({f"secagg/{k}": v for k, v in secure.metrics().items()})
         if audit is not None:
             # The server never held an individual update: it logs the unmasked sum.

@@ -86,10 +86,28 @@ def tiny_config(mnist_dir, **overrides):
             },
             "past clip max_norm by up to",
         ),
+        (
+            # Under client-level DP a Poisson cohort of 2 (of 4 expected) must resolve too:
+            # 3 shares of 2 holders cannot.
+            {
+                "strategy.params": DP_STRATEGY,
+                "transforms": f"[{CLIP}, {DP}, {{name: secagg, params: {{threshold: 3}}}}]",
+            },
+            "cannot run a round of 2 usable clients",
+        ),
+        (
+            # Half of 2 holders is one share, which would reveal the secret.
+            {
+                "strategy.params": DP_STRATEGY,
+                "transforms": f"[{CLIP}, {DP}, {{name: secagg, params: {{threshold: 0.5}}}}]",
+            },
+            "set secagg threshold to a fraction above 0.5",
+        ),
     ],
     ids=["before-clip", "not-last", "range-below-clip", "fixed-range-adaptive", "no-range",
          "kld-clustered", "split-backend", "centralized",
-         "threshold-above-cohort", "poisson-cohort-above-plan", "dp-rounding-excess"],
+         "threshold-above-cohort", "poisson-cohort-above-plan", "dp-rounding-excess",
+         "dp-small-cohort-integer-threshold", "dp-small-cohort-half-threshold"],
 )  # fmt: skip
 def test_unsound_combination_raises_with_its_fix(mnist_dir, overrides, fix):
     with pytest.raises(ConfigError) as err:
@@ -126,6 +144,19 @@ def test_clip_dp_secagg_builds_and_the_range_follows_the_clip(mnist_dir):
     assert secagg.round_config().clip == 2.0
     clip.max_norm = 3.0  # as adaptive clipping would move it
     assert secagg.round_config().clip == 3.0
+
+
+def test_without_dp_a_small_cohort_may_fail_its_round(mnist_dir):
+    # Prepare: the same threshold 3 as under DP, for the planned 4 clients per round
+    cfg = tiny_config(
+        mnist_dir,
+        **{
+            "strategy.params": DP_STRATEGY,
+            "transforms": f"[{CLIP}, {{name: secagg, params: {{threshold: 3}}}}]",
+        },
+    )
+    # Execute / Assert: no DP, so a cohort of 2 only fails its round (nothing leaks)
+    assert build_experiment(cfg).federation.secagg is not None
 
 
 def test_an_explicit_range_at_least_the_clip_bound_is_kept(mnist_dir):
