@@ -261,11 +261,14 @@ def _sample_level(
         return max(1, math.ceil(local_epochs * sizes[cid] / batch)) * per_step
 
     if 0 < cfg.delta < 1:
-        smallest = min(sizes.values(), default=0)
-        if smallest > 0 and cfg.delta >= 1.0 / smallest:
+        # delta bounds the chance of a total failure, e.g. each example released in the
+        # clear with probability delta: that leaks delta * n examples of a client of n,
+        # so delta must sit below 1/n for every client, the largest included.
+        largest = max(sizes.values(), default=0)
+        if largest > 0 and cfg.delta >= 1.0 / largest:
             problems.append(
-                f"dpsgd.delta={cfg.delta:g} is not below 1/(examples of the smallest "
-                f"client)={1 / smallest:g}; use e.g. delta=1e-5"
+                f"dpsgd.delta={cfg.delta:g} is not below 1/(examples of the largest "
+                f"client)={1 / largest:g}; use e.g. delta=1e-5"
             )
         for cid, n in sorted(sizes.items()):
             taken = min(rounds, cfg.rounds_per_client or rounds)  # rounds it can take part in

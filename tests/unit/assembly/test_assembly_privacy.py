@@ -116,6 +116,24 @@ def test_dpsgd_bad_input(mnist_dir, dpsgd, needle):
     assert any(needle in p for p in problems), problems
 
 
+def test_dpsgd_delta_must_sit_below_one_over_the_largest_clients_examples(mnist_dir):
+    # Prepare: Dirichlet label skew gives clients of different sizes
+    skewed = ("data.partition={kind: dirichlet, params: {alpha: 0.5}}",)
+    sizes = [
+        c.num_examples
+        for c in build_experiment(config(mnist_dir, *skewed)).federation.clients.values()
+    ]
+    smallest, largest = min(sizes), max(sizes)
+    assert smallest < largest, sizes
+    # Between 1/largest and 1/smallest: below the smallest client's bound, not the largest's
+    delta = 1.0 / largest
+    dpsgd = f"dpsgd={{epsilon: 10, delta: {delta!r}, max_grad_norm: 1.0}}"
+    # Execute
+    problems = problems_of(config(mnist_dir, *skewed, "task.params.fake_labels=uniform", dpsgd))
+    # Assert
+    assert any("not below 1/(examples of the largest client)" in p for p in problems), problems
+
+
 def test_a_module_opacus_cannot_make_private_is_named_with_its_fix():
     # Prepare: a cGAN whose discriminator gained a BatchNorm layer.
     task = ConditionalGan(GanParams(fake_labels="uniform"), 10, (1, 28, 28), seed=0)
