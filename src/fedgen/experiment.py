@@ -44,6 +44,7 @@ from fedgen.engine.ledger_callback import LedgerCallback
 from fedgen.engine.modes import schedule_for
 from fedgen.engine.run_lock import Hold, folder_hold
 from fedgen.errors import CheckpointError, ConfigError
+from fedgen.files import write_text_atomic
 from fedgen.modality import DataSpec, Modality
 from fedgen.params import ParamsError, validate_params
 from fedgen.privacy.errors import PrivacyConfigError
@@ -667,14 +668,14 @@ def _run(
     audit = exp.federation.audit
     if audit is not None:  # a copy of the folder would extend the same run id's log
         holds.enter_context(audit.store.hold(audit.run_id))
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
     partition = exp.data.to_json()
     if exp.federation.privacy is not None:
         # Each client's label counts and size are functions of its data, which the DP
         # guarantee does not cover (the simulation knows them; a server would not).
         partition = {k: v for k, v in partition.items() if k not in WITHHELD_UNDER_DP}
         partition["withheld"] = "each client's label counts and size (differential privacy)"
-    (run_dir / "partition.json").write_text(json.dumps(partition, indent=1))
+    write_text_atomic(run_dir / "partition.json", json.dumps(partition, indent=1))
     if cfg.attack is not None:  # who the simulated attackers are
         from fedgen.assembly.attack import choose_attackers
 
@@ -885,7 +886,7 @@ def write_summary(
             descriptions.update(per_client_descriptions(exp.config, exp.task.modality))
     if descriptions:
         summary["descriptions"] = descriptions
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 

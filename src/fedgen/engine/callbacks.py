@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from fedgen.engine.checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
 from fedgen.engine.federation import Callback, Federation, RoundRecord
 from fedgen.engine.image_union import load_run_model, run_model_label
+from fedgen.files import write_text_atomic
 from fedgen.modality import Modality
 from fedgen.registry import SAMPLE_WRITERS
 from fedgen.seeding import torch_generator
@@ -180,9 +180,7 @@ class MetricsWriter(Callback):
         # the checkpoint, cannot survive into the resumed run.
         if fed.next_round > 0 or self.path.exists():
             text = "".join(json.dumps(_jsonable(m)) + "\n" for m in fed.history)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, text)
 
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
         with open(self.path, "a") as f:
