@@ -586,7 +586,6 @@ def ledger_verify(
             public_key_from_hex(server_key)
         except FedgenError as exc:
             _fail(FedgenError(f"--server-key: {exc}"))
-    anchors, unreadable = checkpoint_anchors(run_dir / "checkpoints")
     # What the server kept outside the run folder pins the log: its key and its heads.
     store = KeyStore()
     try:
@@ -594,7 +593,18 @@ def ledger_verify(
             run_id = str((ledger.run_start or {}).get("run_id", ""))
     except FedgenError:
         run_id = ""  # verify_run names what is wrong with the file
+    anchors, unreadable = checkpoint_anchors(run_dir / "checkpoints", run_id)
     stored_key, stored_heads = store.pins(run_id)
+    if stored_key is None and not stored_heads and run_id:
+        # A log the store does not know, in a folder where the store records another
+        # run: the log was replaced (a new run id re-signed under a key of one's own).
+        others = [r for r in store.runs_in(run_dir) if r != run_id]
+        if others:
+            unreadable.append(
+                f"the key store {store.directory} records run {others[-1][:12]}… in this "
+                f"folder, but its ledger names run {run_id[:12]}…, which the store does not "
+                "know: the log was replaced"
+            )
     recorded = recorded_elsewhere(store, run_id, run_dir) if run_id.isalnum() else None
     if recorded is not None:
         typer.echo(

@@ -11,7 +11,7 @@ from cli_runner import fedgen_here
 from tiny_federation import tiny_config
 
 from fedgen.engine.backends import local_training
-from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
+from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from fedgen.engine.keystore import KeyStore
 from fedgen.errors import CheckpointError
 from fedgen.experiment import run_experiment
@@ -273,3 +273,61 @@ def test_verify_does_not_call_a_moved_run_a_copy_of_a_new_run_at_its_old_path(mn
     result = _verify(archived)
     # Assert: the archive verifies, and is not called a copy.
     assert "ledger verified" in result.stdout and "is a copy" not in result.stdout
+
+
+def test_a_log_replaced_by_one_signed_under_a_key_of_ones_own_is_caught(
+    mnist_dir, tmp_path, monkeypatch
+):
+    # Prepare: the victim's run, and the attacker's run of the same recipe kept with a key
+    # store of their own (so the store knows neither its run id nor its key).
+    victim = tmp_path / "victim"
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 1}), victim, progress=False)
+    kept = str(KeyStore().directory)
+    monkeypatch.setenv("FEDGEN_KEY_DIR", str(tmp_path / "attacker-keys"))
+    forged = tmp_path / "forged"
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 1}), forged, progress=False)
+    monkeypatch.setenv("FEDGEN_KEY_DIR", kept)
+    assert "ledger verified" in _verify(victim).stdout
+    # Execute: the attacker, holding the victim's folder only, swaps in their log and
+    # checkpoints, every signature and head consistent with one another.
+    shutil.copyfile(forged / LEDGER_FILE, victim / LEDGER_FILE)
+    shutil.rmtree(victim / "checkpoints")
+    shutil.copytree(forged / "checkpoints", victim / "checkpoints")
+    result = _verify(victim, check=False)
+    # Assert
+    assert result.returncode == 1, result.stdout
+    assert "which the store does not know: the log was replaced" in result.stdout
+
+
+def test_a_checkpoint_of_another_run_is_named(run_dir, mnist_dir, tmp_path):
+    # Prepare: a copy of the run whose newest checkpoint is another run's
+    other = tmp_path / "other"
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 1}), other, progress=False)
+    swapped = tmp_path / "swapped"
+    shutil.copytree(run_dir, swapped)
+    _, newest = list_checkpoints(swapped / "checkpoints")[-1]
+    _, theirs = list_checkpoints(other / "checkpoints")[-1]
+    shutil.copyfile(theirs, newest)
+    # Execute
+    result = _verify(swapped, check=False)
+    # Assert
+    assert result.returncode == 1
+    assert f"checkpoint {newest.name} belongs to run" in result.stdout
+
+
+def test_resume_refuses_a_checkpoint_replaced_with_a_well_formed_other_model(mnist_dir, tmp_path):
+    # Prepare: a 2-round run whose newest checkpoint is rewritten with another model,
+    # with a valid checksum (what someone holding the folder, not the key store, can do)
+    run = tmp_path / "run"
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 2}), run, progress=False)
+    _, newest = list_checkpoints(run / "checkpoints")[-1]
+    payload = load_checkpoint(newest)
+    state = payload["federation"]["global_state"]
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 1.0
+    save_checkpoint(newest, payload)
+    # Execute / Assert
+    with pytest.raises(CheckpointError, match="is not the one the ledger logged for round 1"):
+        run_experiment(
+            _cfg(mnist_dir, **{"federation.rounds": 3}), run, progress=False, resume=True
+        )

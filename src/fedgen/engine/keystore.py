@@ -101,6 +101,23 @@ class KeyStore:
             return None
         return Path(text) if text else None
 
+    def runs_in(self, folder: Path) -> list[str]:
+        """The run ids whose log the store records in ``folder`` (sorted)."""
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for record in sorted(self.directory.glob("*.folder")):
+            run_id = record.name[: -len(".folder")]
+            recorded = self.folder(run_id)
+            if recorded is None or not recorded.exists():
+                continue
+            try:
+                if os.path.samefile(recorded, folder):
+                    found.append(run_id)
+            except OSError:
+                continue
+        return found
+
     def set_folder(self, run_id: str, folder: Path) -> None:
         """Record the run folder whose log the store's heads pin (its absolute path)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -97,16 +97,39 @@ class LedgerCallback(Callback):
         if fed.withholds_cohort:
             self._refuse_replay(ledger, last)
         ckpt = checkpoint_path(self.checkpoint_dir, last)
+        digest = self._check_logged(ledger, last, ckpt)
         ledger.append(
             "resume",
             {
                 "from_round": last,
                 "checkpoint": self._relative(ckpt),
+                "digest": digest,
                 "head_size": audit.anchor[0] if audit.anchor else 0,
             },
         )
         head = self._sign(last)
         log.info("ledger: resumed after round %d at entry %d", last, head.size)
+
+    def _check_logged(self, ledger: Ledger, last: int, ckpt: Path) -> str:
+        """The digest of the checkpoint the run resumes from, which must be the one the
+        log recorded for it: every checkpoint is logged before it takes its name, so a
+        file the log does not name, or names with other bytes, was put there by hand."""
+        digest = file_digest(ckpt)
+        file = self._relative(ckpt)
+        logged = [
+            e.body["digest"]
+            for e in ledger.entries(kind="checkpoint")
+            if e.body["file"] == file and int(e.body["round"]) == last
+        ]
+        if not logged or logged[-1] != digest:
+            what = "is not the one the ledger logged" if logged else "was never logged"
+            raise CheckpointError(
+                f"{ckpt} {what} for round {last} (sha256 {digest[:12]}…): it was replaced "
+                "after the run saved it, so resuming from it would continue another model "
+                "under this run's log. Restore the run's own checkpoint from a backup, or "
+                "delete this one to resume from the one before"
+            )
+        return digest
 
     def _refuse_replay(self, ledger: Ledger, last: int) -> None:
         """Under client-level DP, refuse to train again a round whose checkpoint the log
@@ -221,8 +244,11 @@ class LedgerCallback(Callback):
         return path.resolve().relative_to(self.run_dir.resolve()).as_posix()
 
 
-def checkpoint_anchors(checkpoint_dir: Path) -> tuple[list[tuple[int, str]], list[str]]:
-    """The tree heads that the checkpoints on disk hold, and why any could not be read.
+def checkpoint_anchors(
+    checkpoint_dir: Path, run_id: str = ""
+) -> tuple[list[tuple[int, str]], list[str]]:
+    """The tree heads that the checkpoints on disk hold, and why any could not be read
+    or belongs to another run than ``run_id`` (the ledger's; "" skips that check).
 
     ``fedgen ledger verify`` passes them to ``verify_run`` as anchors: a ledger cut
     back to an earlier, still valid, prefix is inconsistent with them.
@@ -234,12 +260,24 @@ def checkpoint_anchors(checkpoint_dir: Path) -> tuple[list[tuple[int, str]], lis
     for round_, path in list_checkpoints(checkpoint_dir):
         try:
             state = load_checkpoint(path).get("federation", {})
-            anchor = state.get("audit", {}).get("anchor") if isinstance(state, dict) else None
         except CheckpointError as exc:
             problems.append(f"round {round_}: checkpoint {path.name} is unreadable: {exc}")
             continue
-        if anchor:
-            anchors.append((int(anchor[0]), str(anchor[1])))
+        audit = state.get("audit") if isinstance(state, dict) else None
+        if not isinstance(audit, dict):
+            continue  # a run without a ledger; verify_run reports the missing log
+        if run_id and str(audit.get("run_id", "")) != run_id:
+            problems.append(
+                f"round {round_}: checkpoint {path.name} belongs to run "
+                f"{str(audit.get('run_id'))[:12]}…, the ledger to run {run_id[:12]}…: "
+                "the log or the checkpoint was replaced"
+            )
+        anchor = audit.get("anchor")
+        try:
+            if anchor:
+                anchors.append((int(anchor[0]), str(anchor[1])))
+        except (TypeError, ValueError, IndexError):
+            problems.append(f"round {round_}: checkpoint {path.name} holds a malformed head")
     return anchors, problems
 
 

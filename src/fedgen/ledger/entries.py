@@ -14,7 +14,8 @@ kind            body fields                                                     
 ``failure``     round, client_id (or null for the whole round), reason              body's
 ``aggregate``   round, digest, secure, sum_digest (hex or null), clients            body's
 ``checkpoint``  round, file (relative to the run folder), digest                    body's
-``resume``      from_round, checkpoint (file), head_size                            none
+``resume``      from_round, checkpoint (file), head_size; optional digest (of the   none
+                checkpoint resumed from, which must be the one logged for it)
 ==============  =================================================================  =========
 
 Bodies may carry more fields than these; the named ones must be present and well-typed.

@@ -216,6 +216,12 @@ class ProtocolCheck:
             self.problems.append(
                 f"round {f}: resume from {file}, which no checkpoint entry for round {f} names"
             )
+        elif "digest" in e.body and e.body["digest"] != logged[-1].body["digest"]:
+            # Logs written before resumes recorded the digest carry none.
+            self.problems.append(
+                f"round {f}: resumed from {file} with sha256 {_short(str(e.body['digest']))}, not "
+                f"the checkpoint logged for it ({_short(logged[-1].body['digest'])})"
+            )
         self.resume = e
         self.current = None
         # Re-logged rounds start from the checkpoint's state: its round's aggregate.

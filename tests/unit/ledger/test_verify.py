@@ -85,6 +85,23 @@ def test_a_resumed_run_verifies_and_notes_rounds_whose_aggregate_changed(tmp_pat
     assert report.counts["resumes"] == 1
 
 
+@pytest.mark.parametrize("digest", ["logged", "other"])
+def test_a_resume_from_other_bytes_than_the_logged_checkpoint_is_a_problem(tmp_path, digest):
+    # Prepare: a resume naming round 1's checkpoint, with its logged digest or another
+    run = build_run(tmp_path / "run", rounds=3)
+    with Ledger.open(run.ledger_path, readonly=True) as ledger:
+        [logged] = [e for e in ledger.entries(kind="checkpoint") if e.round == 1]
+    named = logged.body["digest"] if digest == "logged" else "0" * 64
+    resume_from(run, 1, digest=named)
+    log_round(run, 2)
+    # Execute
+    report = verify_run(run.run_dir, anchors=run.anchors)
+    # Assert
+    problem = "round 1: resumed from checkpoints/round_0001.ckpt with sha256 000000000000"
+    assert report.ok == (digest == "logged"), report.lines()
+    assert any(problem in p for p in report.problems) == (digest == "other")
+
+
 def test_a_run_stopped_mid_round_is_noted_and_its_unsigned_tail_is_a_problem(tmp_path):
     run = build_run(tmp_path / "run", rounds=2)
     with Ledger.open(run.ledger_path) as ledger:
