@@ -151,8 +151,13 @@ def _say_summary(summary: dict[str, Any], run_dir: Path, resume: str) -> None:
     if summary["status"] == "interrupted":
         from fedgen.engine.checkpoint import list_checkpoints
 
-        if list_checkpoints(run_dir / "checkpoints"):
-            said = f"interrupted after round {summary['rounds'] - 1}; continue with: {resume}"
+        if kept := list_checkpoints(run_dir / "checkpoints"):
+            # With checkpoint.every > 1 the newest checkpoint may trail the last round.
+            newest = kept[-1][0]
+            said = (
+                f"interrupted after round {summary['rounds'] - 1}; the newest checkpoint is "
+                f"round {newest}'s, so a resume trains from round {newest + 1}: {resume}"
+            )
         else:
             # Nothing to resume from: the advice is to start again, and where.
             said = (

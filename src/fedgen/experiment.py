@@ -583,7 +583,8 @@ def run_experiment(
 
     Raises ``CheckpointError`` when resuming from a corrupted checkpoint or one
     of another experiment, ``RunHeldError`` when another process writes the run. On
-    Ctrl-C the last complete round is kept and the summary says ``"status": "interrupted"``.
+    Ctrl-C the summary says ``"status": "interrupted"``; a resume goes on from the newest
+    checkpoint.
     """
     run_dir = Path(out)
     # One process writes a run folder at a time (engine/run_lock.py): held from before an

@@ -82,6 +82,22 @@ def test_an_interruption_before_any_checkpoint_says_to_start_again(tmp_path, cap
     assert "--resume" not in said
 
 
+def test_an_interruption_names_the_round_a_resume_trains_from(tmp_path, capsys):
+    from fedgen.cli import _say_summary
+    from fedgen.engine.checkpoint import checkpoint_path
+
+    # Prepare: 5 rounds done, checkpoints every 3 rounds (the newest is round 2's)
+    checkpoint_path(tmp_path / "checkpoints", 2).parent.mkdir()
+    checkpoint_path(tmp_path / "checkpoints", 2).write_bytes(b"")
+    # Execute
+    with pytest.raises(typer.Exit):
+        _say_summary({"status": "interrupted", "rounds": 5}, tmp_path, "fedgen run --resume x")
+    # Assert
+    said = " ".join(capsys.readouterr().err.split())
+    assert "interrupted after round 4; the newest checkpoint is round 2's" in said
+    assert "a resume trains from round 3: fedgen run --resume x" in said
+
+
 def test_sample_on_a_run_whose_checkpoints_are_all_damaged_does_not_advise_resuming(
     run_dir, tmp_path
 ):

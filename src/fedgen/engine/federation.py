@@ -173,8 +173,8 @@ class Federation:
     def run(self) -> bool:
         """Run the remaining rounds; return False if interrupted (Ctrl-C).
 
-        On interruption the partial round is dropped: the state stays at the
-        last complete round, which the checkpoint callback has already saved.
+        On interruption the partial round is dropped; a resume goes on from the newest
+        checkpoint (the last complete round when ``checkpoint.every`` is 1).
         """
         if self.audit is not None:
             # Before any state that names the run id can be checkpointed.
