@@ -331,3 +331,16 @@ def test_resume_refuses_a_checkpoint_replaced_with_a_well_formed_other_model(mni
         run_experiment(
             _cfg(mnist_dir, **{"federation.rounds": 3}), run, progress=False, resume=True
         )
+
+
+def test_a_ledger_run_cannot_go_on_without_its_ledger_through_an_edited_config(mnist_dir, tmp_path):
+    # Prepare: a run with a ledger whose config.yaml was edited to turn it off
+    run = tmp_path / "run"
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 1}), run, progress=False)
+    config = run / "config.yaml"
+    assert "\nledger: true\n" in config.read_text()
+    config.write_text(config.read_text().replace("\nledger: true\n", "\nledger: false\n"))
+    off = _cfg(mnist_dir, **{"federation.rounds": 2, "ledger": False})
+    # Execute / Assert
+    with pytest.raises(CheckpointError, match="belongs to a run that keeps a ledger"):
+        run_experiment(off, run, progress=False, resume=True)

@@ -702,6 +702,16 @@ class Federation:
                     + NEW_RUN_ADVICE
                 )
             self.audit.load_state_dict(state["audit"])
+        elif "audit" in state:
+            # The run kept a ledger: going on without one would leave its later rounds
+            # out of the log (a hand-edited config.yaml is the way here).
+            from fedgen.errors import CheckpointError
+
+            raise CheckpointError(
+                "the checkpoint belongs to a run that keeps a ledger, but this one does not; "
+                "set ledger: true in the run folder's config.yaml (a resume cannot turn the "
+                "ledger off)"
+            )
         # Checkpoints from before schedules hold none: they were synchronous.
         self.schedule.load_state_dict(state.get("schedule", {}))
         if self.downlink is not None:
