@@ -870,6 +870,8 @@ def write_summary(
     descriptions: dict[str, str] = {}
     if fed.privacy is not None:
         summary.update(fed.privacy.describe())
+        # root: anyone holding config.yaml can regenerate the noise; the report says so.
+        summary["noise_seed"] = exp.config.noise_seed
         descriptions.update(_privacy_descriptions(fed.privacy.unit))
     if exp.evaluator is not None:
         descriptions.update(exp.evaluator.describe())

@@ -322,6 +322,13 @@ def _privacy_section(summary: dict[str, Any] | None) -> str:
         "Clients' losses and update norms stay on the clients (not in the metrics); "
         "the server's clip bound and noised unclipped fraction are released.</p>"
     )
+    if summary.get("noise_seed") == "root":
+        parts.append(
+            "<p><b>Only against those without this run's config:</b> its noise was drawn "
+            "from the root seed (noise_seed: root), so anyone holding config.yaml can "
+            "regenerate the noise and remove it. Keep the default noise_seed: secret for a "
+            "guarantee that holds against them too.</p>"
+        )
     if summary.get("cohort_metrics"):
         parts.append(
             f"<p class='muted'>Per-round cohorts: {_esc(str(summary['cohort_metrics']))}.</p>"
