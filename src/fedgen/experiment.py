@@ -912,8 +912,9 @@ def _privacy_descriptions(unit: str) -> dict[str, str]:
     who = "a whole client's data" if unit == "client" else "any one training example"
     return {
         "epsilon": f"(epsilon, delta)-DP spent by the rounds run, protecting {who}; from "
-        "Opacus's accountant (sample level: the largest over clients). Per-round losses "
-        "and norms in metrics.jsonl are not noised and not covered",
+        "Opacus's accountant (sample level: the largest over clients). Clients' per-round "
+        "losses and update norms stay on the clients; the evaluation figures are computed "
+        "on the released model (post-processing)",
         "delta": "the delta of the guarantee",
     }
 

@@ -100,9 +100,9 @@ def budget_problems(
             "(or leave it unset and give epsilon to have it calibrated)"
         )
     if sample_rate is not None and not 0 < sample_rate <= 1:
-        problems.append(f"sample rate {sample_rate}: must be in (0, 1]")
+        problems.append(f"{where}sample rate {sample_rate}: must be in (0, 1]")
     if steps is not None and steps < 1:
-        problems.append(f"steps {steps}: must be >= 1")
+        problems.append(f"{where}steps {steps}: must be >= 1")
     if accountant is not None and accountant not in ACCOUNTANTS:
         problems.append(f"{where}accountant={accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
     return problems

@@ -219,9 +219,11 @@ class PrivacyAccounting:
             out["dpsgd_noise_multiplier"] = self.sample.noise_multiplier
             if self.sample.client_noise is not None:
                 out["dpsgd_noise_multiplier_min"] = min(self.sample.client_noise.values())
-            out.setdefault("accountant", self.sample.mechanism)
+            # With both levels the flat keys are the client level's (as epsilon is).
+            prefix = "dpsgd_" if self.client is not None else ""
+            out[f"{prefix}accountant"] = self.sample.mechanism
             if self.sample.target is not None:
-                out.setdefault("epsilon_budget", self.sample.target)
+                out[f"{prefix}epsilon_budget"] = self.sample.target
         return out
 
     def state_dict(self) -> dict[str, Any]:

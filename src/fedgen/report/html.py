@@ -312,6 +312,8 @@ def _privacy_section(summary: dict[str, Any] | None) -> str:
             ("client_sample_rate", "client sampling rate"),
             ("dpsgd_noise_multiplier", "DP-SGD noise multiplier"),
             ("dpsgd_noise_multiplier_min", "per client down to"),
+            ("dpsgd_accountant", "DP-SGD accountant"),
+            ("dpsgd_epsilon_budget", "DP-SGD budget &epsilon;"),
         )
         if key in summary
     ]

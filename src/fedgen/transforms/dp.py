@@ -46,7 +46,9 @@ class ClientLevelDP(UpdateTransform):
     rounds, or both (z is used and the run stops before epsilon would be exceeded).
 
     Args:
-        noise_multiplier: z, the noise standard deviation in units of the clip bound.
+        noise_multiplier: z, the accounted noise standard deviation in units of the clip
+            bound (with adaptive clipping's count noise, the update noise is drawn with
+            the larger ``update_noise_multiplier``, so that the two together give z).
         epsilon: the target (budget) epsilon for the whole run.
         delta: the delta of the guarantee (keep it well below 1 / number of clients).
         accountant: ``"rdp"`` or ``"prv"`` (Opacus's accountants).

@@ -131,6 +131,18 @@ def test_sample_level_reports_the_largest_epsilon_over_clients(mnist_dir):
     assert not any("examples" in m for m in fed.history)
 
 
+def test_with_both_levels_the_summary_keeps_each_levels_accountant_and_budget(mnist_dir):
+    # Prepare: client-level DP with a fixed multiplier, DP-SGD with an epsilon budget
+    both = [*CLIENT_DP, "task.params.fake_labels=uniform"]
+    both.append("dpsgd={epsilon: 8.0, max_grad_norm: 1.0, delta: 1.0e-5, accountant: prv}")
+    privacy = build_experiment(config(mnist_dir, *both, rounds=2)).federation.privacy
+    # Execute
+    summary = privacy.describe()
+    # Assert: the flat keys are the client level's; DP-SGD's own are named as such
+    assert summary["privacy_unit"] == "client" and "epsilon_budget" not in summary
+    assert summary["dpsgd_accountant"] == "prv" and summary["dpsgd_epsilon_budget"] == 8.0
+
+
 @pytest.mark.parametrize("items", [CLIENT_DP, SAMPLE_DP], ids=["client-level", "dp-sgd"])
 def test_dp_noise_is_keyed_by_a_secret_not_by_the_config(mnist_dir, items):
     # Two fresh runs of one config (same root seed) draw different noise: the config
