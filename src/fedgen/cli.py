@@ -600,7 +600,7 @@ def ledger_verify(
         run_id = ""  # verify_run names what is wrong with the file
     anchors, unreadable = checkpoint_anchors(run_dir / "checkpoints", run_id)
     stored_key, stored_heads = store.pins(run_id)
-    if stored_key is None and not stored_heads and run_id:
+    if stored_key is None and not stored_heads and run_id and server_key is None:
         # A log the store does not know, in a folder where the store records another
         # run: the log was replaced (a new run id re-signed under a key of one's own).
         others = [r for r in store.runs_in(run_dir) if r != run_id]
@@ -608,7 +608,8 @@ def ledger_verify(
             unreadable.append(
                 f"the key store {store.directory} records run {others[-1][:12]}… in this "
                 f"folder, but its ledger names run {run_id[:12]}…, which the store does not "
-                "know: the log was replaced"
+                "know: the log was replaced, or this run's keys are in another key store "
+                "(set FEDGEN_KEY_DIR to it, or pass --server-key)"
             )
     recorded = recorded_elsewhere(store, run_id, run_dir) if run_id.isalnum() else None
     if recorded is not None:

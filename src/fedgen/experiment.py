@@ -810,6 +810,12 @@ def restore_latest(
             round_,
             len(damaged),
         )
+    if reading and fed.audit is None:
+        # Reading a ledger run built without its ledger (a folder received without the
+        # key store, its config.yaml set to ledger: false): nothing is logged, so the
+        # audit state is not needed. A resume keeps the refusal (its rounds would go
+        # unlogged).
+        state = {k: v for k, v in state.items() if k != "audit"}
     restore_state(fed, state, path, fed.task.private_state())
     if fed.privacy is not None and cfg.noise_seed == "secret" and fed.noise_key is None:
         # A checkpoint from before noise keys were kept: its run drew its noise from the
@@ -871,7 +877,8 @@ def write_summary(
     if fed.privacy is not None:
         summary.update(fed.privacy.describe())
         # root: anyone holding config.yaml can regenerate the noise; the report says so.
-        summary["noise_seed"] = exp.config.noise_seed
+        # What the run drew with (a resumed old run may hold no key despite its config).
+        summary["noise_seed"] = "root" if fed.noise_key is None else "secret"
         descriptions.update(_privacy_descriptions(fed.privacy.unit))
     if exp.evaluator is not None:
         descriptions.update(exp.evaluator.describe())
@@ -913,8 +920,9 @@ def _privacy_descriptions(unit: str) -> dict[str, str]:
     return {
         "epsilon": f"(epsilon, delta)-DP spent by the rounds run, protecting {who}; from "
         "Opacus's accountant (sample level: the largest over clients). Clients' per-round "
-        "losses and update norms stay on the clients; the evaluation figures are computed "
-        "on the released model (post-processing)",
+        "losses and update norms stay on the clients. Figures of the released model "
+        "against public data are post-processing; figures computed on clients' own "
+        "held-out data (a text task's perplexity) are not covered",
         "delta": "the delta of the guarantee",
     }
 

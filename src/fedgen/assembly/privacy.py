@@ -268,7 +268,7 @@ def _sample_level(
         if largest > 0 and cfg.delta >= 1.0 / largest:
             problems.append(
                 f"dpsgd.delta={cfg.delta:g} is not below 1/(examples of the largest "
-                f"client)={1 / largest:g}; use e.g. delta=1e-5"
+                f"client)={1 / largest:g}; use e.g. delta={min(1e-5, 0.1 / largest):.1g}"
             )
         for cid, n in sorted(sizes.items()):
             taken = min(rounds, cfg.rounds_per_client or rounds)  # rounds it can take part in

@@ -11,6 +11,7 @@ possible.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -147,8 +148,9 @@ class ByteGptTask(TextTask):
         batches = data.batches(p.batch_size, generator, p.block_size)
         total = 0.0
         # Dropout draws from the global RNG, which no checkpoint holds: seed it from the
-        # client's generator so a resumed run repeats the same masks.
-        with global_rng_from(generator):
+        # client's generator so a resumed run repeats the same masks. Without dropout the
+        # generator is not drawn from, so such runs keep their batches of before.
+        with global_rng_from(generator) if p.dropout > 0 else contextlib.nullcontext():
             for _ in range(steps):
                 x, y = next(batches)
                 loss = self.loss(x, y)
