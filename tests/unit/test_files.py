@@ -18,7 +18,7 @@ def test_the_new_text_replaces_the_old(tmp_path):
 
 
 def test_a_write_that_fails_midway_leaves_the_old_file_whole(tmp_path):
-    # Prepare: a lone surrogate cannot be encoded, so the write fails after it began
+    # Prepare: a lone surrogate cannot be encoded, so the write fails once the file is open
     path = tmp_path / "config.yaml"
     path.write_text("seed: 0\n")
     # Execute
