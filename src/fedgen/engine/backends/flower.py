@@ -335,10 +335,15 @@ class FlowerBackend(Backend):
         else:
             try:
                 result = result_from_reply(reply.message)
-                result.bytes_down, result.bytes_up = down, reply.nbytes
             except WireError as exc:
-                failure = f"malformed reply: {exc}"
-                result = ClientResult(cid, 0, failure=failure, bytes_down=down)
+                result = ClientResult(cid, 0, failure=f"malformed reply: {exc}")
+            if result.client_id != cid:
+                # The node answers for the client its job went to, never for another
+                # (whose update it would replace, or whose weight it would take).
+                failure = f"the reply names client {result.client_id}, the job went to {cid}"
+                result = ClientResult(cid, 0, failure=failure)
+        # What came up the wire counts, a refusal's or a malformed reply's too.
+        result.bytes_down, result.bytes_up = down, reply.nbytes
         if result.failure is not None:
             log.warning("client %d failed: %s", cid, result.failure)
         return result
@@ -421,6 +426,9 @@ def _read(reply: Any) -> _Reply:
         return _Reply(None, error=f"the node failed: {reply.error.reason}", timed_out=gone)
     try:
         data = unpack(reply.content)
-        return _Reply(decode(data), len(data), data=data)
     except WireError as exc:
         return _Reply(None, error=f"malformed reply: {exc}")
+    try:
+        return _Reply(decode(data), len(data), data=data)
+    except WireError as exc:
+        return _Reply(None, len(data), error=f"malformed reply: {exc}")
