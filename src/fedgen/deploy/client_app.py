@@ -37,6 +37,7 @@ import json
 import logging
 from typing import Any
 
+from fedgen.config import parse_config
 from fedgen.deploy.node_budget import NodeBudget
 from fedgen.deploy.node_files import check_run_id, locked, node_path, state_dir, write_owner_only
 from fedgen.deploy.private_store import PrivateStore
@@ -185,6 +186,7 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
         per_step = kit.task.private_batches_per_step()
         # The noise key's fingerprint (stable while the key is, revealing nothing of it).
         key_id = keyed_run_id(bytes.fromhex(str(setup["noise_key"])))
+        recipe_id = _recipe_fingerprint(str(setup["recipe"]))
 
         def admit(ins: ClientInstruction, work: LocalWork) -> None:
             # Recorded once the job is checked, before training: a crash mid-job still
@@ -197,7 +199,12 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
             steps = local_steps_for(work, kit.data(client_id).num_examples) * per_step
             # What the noise is bound to; under root-seeded noise, the same job's name.
             bound = work.noise_binding or job_binding(job_digest(message), private)
-            budget.admit(work.round, bound, steps, sample, key_id)
+            # The record also names the recipe's weight-shaping settings: a hello that
+            # changed them (the clip bound, the learning rate, the data), then the same
+            # job again, would draw the same noise over another update, and the two
+            # answers' difference would carry none. Rounds and eval may change.
+            record = hashlib.sha256(f"{bound}\n{recipe_id}".encode()).hexdigest()
+            budget.admit(work.round, record, steps, sample, key_id)
 
     store = PrivateStore(context, run_id, client_id)
     private = store.load(before_round=round)
@@ -245,6 +252,12 @@ def _check_noise(noise_key: object, draws_noise: bool, context: Any) -> None:
             "server can regenerate, so this node's examples would have no privacy from it; "
             "start the node with --node-config 'root-noise=true' to accept that"
         )
+
+
+def _recipe_fingerprint(recipe: str) -> str:
+    """The fingerprint (``ExperimentConfig.fingerprint``) of a recipe received as JSON:
+    what shapes the weights, not how many rounds run or what is evaluated."""
+    return parse_config(json.loads(recipe)).fingerprint()
 
 
 def _budget_run_id(run_id: str, recipe: str) -> str:

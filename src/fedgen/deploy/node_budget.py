@@ -10,7 +10,10 @@ config, steps) and the DP-SGD it will take (sigma, sampling rate, steps), in its
 - a round it trained before, sent again as another job, from another private state
   or under a recipe with other noise (its noise is bound to the job and the private
   state, so each would be a fresh noisy answer that no accounting counts); the same job
-  resent, as a resumed run resends it, draws the same noise and is not charged again;
+  resent, as a resumed run resends it, draws the same noise and is not charged again,
+  unless a hello since changed a setting that shapes the weights (the recipe's
+  fingerprint, recorded with the job): the same noise over another update would cancel
+  in the two answers' difference;
 - any job of a run whose noise key changed since its rounds were recorded (a replaced
   key file would make a resent round's noise independent of the first);
 - a job asking for more DP-SGD steps than the recipe plans for this client;

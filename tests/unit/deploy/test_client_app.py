@@ -370,6 +370,32 @@ def test_a_dpsgd_node_refuses_extra_steps_and_sends_no_losses(mnist_dir, tmp_pat
     assert not any(k.startswith("loss/") for k in honest.meta["metrics"]), honest.meta["metrics"]
 
 
+def test_a_hello_that_changes_the_recipe_gets_no_second_answer_with_the_same_noise(
+    mnist_dir, tmp_path
+):
+    from fedgen.engine.backends.local_training import job_message
+    from fedgen.experiment import build_experiment
+    from fedgen.types import ClientInstruction
+
+    # Prepare: round 0's DP-SGD job, answered once under the run's recipe
+    cfg = _dpsgd_config(mnist_dir)
+    fed = build_experiment(cfg).federation
+    job = job_message(ClientInstruction(1, 5), fed.local_work(fed.global_state, 0), 4, True)
+    node = {"state-dir": str(tmp_path)}
+    first = _train_on_node(RecipeClientSide(cfg).recipe, job, node)
+    # Execute: the same job after a hello whose recipe runs longer (a resume may), then
+    # after one whose clip bound differs (the same noise over another update)
+    longer = _dpsgd_config(mnist_dir, **{"federation.rounds": 9})
+    again = _train_on_node(RecipeClientSide(longer).recipe, job, node)
+    clip = "{noise_multiplier: 1.0, max_grad_norm: 2.0, delta: 1.0e-5}"
+    reclipped = _dpsgd_config(mnist_dir, dpsgd=clip)
+    other = _train_on_node(RecipeClientSide(reclipped).recipe, job, node)
+    # Assert
+    assert first.meta["failure"] is None and again.meta["failure"] is None
+    assert all(torch.equal(first.arrays[k], again.arrays[k]) for k in first.arrays)
+    assert "round 0 was trained here as another job" in str(other.meta["failure"])
+
+
 def test_a_nodes_refusal_reaches_the_server_in_its_own_words():
     from fedgen.engine.backends.flower import FlowerBackend, _Reply
 
