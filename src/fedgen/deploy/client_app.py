@@ -222,7 +222,9 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
         own_noise_key=noise_key,
         admit=admit,
     )
-    if kept:
+    # A refused or failed job hands back the state it loaded (the same object): nothing
+    # was trained, and a version filed under the round it named could push real ones out.
+    if kept and kept is not private:
         store.save(round, kept)
     mine = held.get(client_id)
     root_seeded = meta.get("noise_key") is None

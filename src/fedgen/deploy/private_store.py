@@ -60,7 +60,9 @@ class PrivateStore:
             return None
 
     def save(self, round: int, state: StateDict) -> None:
-        """Keep ``state`` as trained in ``round``; drop versions beyond the newest ``KEEP``."""
+        """Keep ``state`` as trained in ``round``; drop the versions of later rounds (a
+        timeline the server threw away when it resumed from further back) and all but
+        the newest ``KEEP`` of the rest, never the one just written."""
         data = encode(Message(state))
         if self.folder is None:
             from flwr.app import Array, ArrayRecord
@@ -68,13 +70,13 @@ class PrivateStore:
             held = self.context.state.get(STATE_VERSIONS)
             arrays = {} if held is None else dict(held.items())
             arrays[f"round-{round}"] = Array(np.frombuffer(data, dtype=np.uint8).copy())
-            for name in sorted(arrays, key=lambda n: int(n.split("-")[1]))[:-KEEP]:
-                del arrays[name]
+            for old in _dropped([int(n.split("-")[1]) for n in arrays], round):
+                del arrays[f"round-{old}"]
             self.context.state[STATE_VERSIONS] = ArrayRecord(array_dict=arrays)
             return
         # A crash mid-write leaves the previous versions whole.
         write_owner_only(self.folder / f"round-{round}.wire", data)
-        for old in sorted(self._versions())[:-KEEP]:
+        for old in _dropped(self._versions(), round):
             (self.folder / f"round-{old}.wire").unlink(missing_ok=True)
 
     def _versions(self) -> list[int]:
@@ -90,3 +92,11 @@ class PrivateStore:
             data: bytes = self.context.state[STATE_VERSIONS][f"round-{round}"].numpy().tobytes()
             return data
         return (self.folder / f"round-{round}.wire").read_bytes()
+
+
+def _dropped(versions: list[int], saved: int) -> list[int]:
+    """The versions to delete once round ``saved``'s is written: every later round's,
+    and the oldest beyond ``KEEP`` of the rest."""
+    later = [r for r in versions if r > saved]
+    kept = sorted(r for r in versions if r <= saved)
+    return later + kept[:-KEEP]

@@ -396,6 +396,32 @@ def test_a_hello_that_changes_the_recipe_gets_no_second_answer_with_the_same_noi
     assert "round 0 was trained here as another job" in str(other.meta["failure"])
 
 
+def test_a_refused_job_files_no_private_state_under_the_round_it_names(mnist_dir, tmp_path):
+    from tiny_federation import tiny_config
+
+    from fedgen.engine.backends.local_training import job_message
+    from fedgen.experiment import build_experiment
+    from fedgen.types import ClientInstruction
+
+    # Prepare: FedPer's personal layers stay on the node, one version per round trained
+    personal = (
+        "{batch_size: 16, generator_width: 8, discriminator_width: 8, personal: [generator.embed]}"
+    )
+    cfg = tiny_config(mnist_dir, **{"task.params": personal, "ledger": "false"})
+    fed = build_experiment(cfg).federation
+    recipe = RecipeClientSide(cfg).recipe
+    node = {"state-dir": str(tmp_path)}
+    honest = job_message(ClientInstruction(1, 5), fed.local_work(fed.global_state, 0), 4, True)
+    trained = _train_on_node(recipe, honest, node)
+    assert "error" not in trained.meta and trained.meta["failure"] is None, trained.meta
+    # Execute: a job for another client, named round 99, reaches client 1's node
+    stray = job_message(ClientInstruction(2, 5), fed.local_work(fed.global_state, 99), 4, True)
+    refused = _train_on_node(recipe, stray, node)
+    # Assert: refused, and only round 0's version is kept
+    assert "reached client 1" in str(refused.meta.get("failure")), refused.meta
+    assert sorted(p.name for p in tmp_path.rglob("round-*.wire")) == ["round-0.wire"]
+
+
 def test_a_nodes_refusal_reaches_the_server_in_its_own_words():
     from fedgen.engine.backends.flower import FlowerBackend, _Reply
 

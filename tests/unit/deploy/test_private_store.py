@@ -58,3 +58,17 @@ def test_an_unreadable_version_starts_afresh_with_a_warning(tmp_path, caplog):
     (store.folder / "round-4.wire").write_bytes(b"torn")  # type: ignore[operator]
     assert store.load(before_round=6) is None
     assert "unreadable" in caplog.text
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_a_resume_from_further_back_keeps_the_round_it_trains_again(tmp_path, on_disk):
+    # Prepare: rounds 12-19 kept, then the server resumes from round 10's checkpoint
+    config = {"state-dir": str(tmp_path)} if on_disk else {}
+    store = PrivateStore(_context(config), "ab" * 16, 3)
+    for r in range(12, 12 + KEEP):
+        store.save(r, _state(r))
+    # Execute
+    store.save(11, _state(11))
+    # Assert: round 11's version is the newest (the later ones were another timeline's)
+    loaded = store.load(before_round=12 + KEEP)
+    assert loaded is not None and torch.equal(loaded["head.weight"], _state(11)["head.weight"])
