@@ -169,7 +169,11 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
     from fedgen.experiment import RecipeClientSide
 
     if STATE_CONFIG not in context.state:
-        raise ValueError("a job before the hello: this node has no recipe for the run")
+        raise ValueError(
+            "a job before the hello: this node has no recipe for the run (a SuperNode "
+            "restarted mid-run forgets it; its client sits out the run until the ServerApp "
+            "is resumed too, which says hello again: fedgen deploy run with the same --out)"
+        )
     setup = context.state[STATE_CONFIG]
     kit = RecipeClientSide.from_json(str(setup["recipe"])).open()
     run_id = str(setup["run_id"])
