@@ -1,36 +1,49 @@
-"""Files written whole or not at all.
+"""Files written whole or not at all, readable by their owner only.
 
 A run folder's ``config.yaml`` is the only copy of its recipe (checkpoints keep its
-fingerprint only), so a kill while it is rewritten must not leave it cut short:
-the text goes to a temporary file, reaches the disk, then takes the name.
+fingerprint only), and a node's keys and private state are its own: a kill or a power
+cut while one is rewritten must leave the previous file, never a part of either. The
+bytes go to a temporary file of their own name, reach the disk, then take the name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import tempfile
 from pathlib import Path
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path``'s content with ``text`` (UTF-8) in one step: a reader, or a run
-    killed meanwhile, sees the old file or the new one, never a part of either."""
-    tmp = path.with_name(path.name + ".tmp")
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path``'s content with ``data`` in one step, durably (the rename too),
+    readable by its owner only; the folder is made if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A name of its own: two writers of one file never truncate each other's partial.
+    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.replace(partial, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)  # no half-written leftover beside the file
+        with contextlib.suppress(OSError):
+            os.unlink(partial)  # no half-written leftover beside the file
         raise
-    os.replace(tmp, path)
+    # The rename itself is durable only once the folder's entry is on disk.
     folder = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(folder)  # the rename survives a power cut
+        os.fsync(folder)
     except OSError as exc:
         # Some filesystems (network mounts) cannot sync a folder.
         if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
             raise
     finally:
         os.close(folder)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """``write_atomic`` of ``text`` in UTF-8 (encoded first: a text that cannot be
+    encoded leaves the file as it was)."""
+    write_atomic(path, text.encode("utf-8"))

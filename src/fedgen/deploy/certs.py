@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -19,16 +18,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedgen.files import write_atomic
+
 #: How long the generated certificates stay valid.
 VALID_DAYS = 30
 
 
 def _write_secret(path: Path, data: bytes) -> None:
-    """Write a private key readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    """Write a private key readable by its owner only: a new file, so an existing one's
+    looser mode is not kept (and a crash leaves the old key whole)."""
+    write_atomic(path, data)
 
 
 def _name(common_name: str) -> x509.Name:

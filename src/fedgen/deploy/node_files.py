@@ -11,10 +11,11 @@ import contextlib
 import fcntl
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from fedgen.files import write_atomic
 
 
 def state_dir(context: Any) -> Path | None:
@@ -48,27 +49,9 @@ def node_path(context: Any, kind: str, run_id: str, client_id: int) -> Path | No
 
 
 def write_owner_only(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all, durably (a crash or power loss mid-write
-    leaves the previous file), readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A name of its own: two writers of one file never truncate each other's partial.
-    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
-    # The rename itself is durable only once the folder's entry is on disk.
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    """Write ``path`` whole or not at all, durably, readable by its owner only
+    (``fedgen.files.write_atomic``)."""
+    write_atomic(path, data)
 
 
 @contextlib.contextmanager
