@@ -8,7 +8,8 @@ its node is gone. Each message holds one ``fedgen.wire`` message
 (``flower_records``), the same bytes the process pool sends, so a result's
 ``bytes_down`` and ``bytes_up`` are the same figures in simulation and deployment, but
 for one field: where a simulated job carries the client's noise key (64 hex digits),
-a deployed one says ``own`` (61 bytes fewer), since the node made its key itself.
+a deployed one says ``own`` (61 header bytes fewer, 56 or 64 once the header is
+padded to 8 bytes), since the node made its key itself.
 
 Before the first round the backend says *hello* to every online node: it sends the
 recipe (as JSON) and the run id; each node answers with the client id its node
@@ -17,8 +18,8 @@ signing key it made for this run (``RunAudit.enrol``). A node that cannot read t
 recipe, names no client, a client the partition does not have, or one another node
 already holds, is refused with its own words before any round runs.
 
-A client's private state (personal layers, adapters) stays on its SuperNode, in
-the run's Flower ``Context``; the server never sees it.
+A client's private state (personal layers, adapters) stays on its SuperNode, in its
+``state-dir`` (else in the run's Flower ``Context``); the server never sees it.
 """
 
 from __future__ import annotations
