@@ -920,9 +920,11 @@ def _privacy_descriptions(unit: str) -> dict[str, str]:
     return {
         "epsilon": f"(epsilon, delta)-DP spent by the rounds run, protecting {who}; from "
         "Opacus's accountant (sample level: the largest over clients). Clients' per-round "
-        "losses and update norms stay on the clients. Figures of the released model "
-        "against public data are post-processing; figures computed on clients' own "
-        "held-out data (a text task's perplexity) are not covered",
+        "losses and update norms stay on the clients. TSTR (generated images, the public "
+        "test split) is post-processing; figures that also read the clients' data are not "
+        "covered: the Frechet distance, KID, precision/recall and IS-like score (their "
+        "feature classifier is trained on the pooled training split the clients hold) "
+        "and a text task's held-out perplexity",
         "delta": "the delta of the guarantee",
     }
 

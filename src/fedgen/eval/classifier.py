@@ -221,7 +221,8 @@ class FeatureClassifier:
     """A ``SmallCNN`` trained on one real data set, used as feature extractor and label model.
 
     Build it with ``load_or_train``; it records its accuracy on the real test split
-    (the ceiling any TSTR score can reach) and a one-line ``description``.
+    (a short training's: TSTR, trained longer, can pass it) and a one-line
+    ``description``.
     """
 
     def __init__(

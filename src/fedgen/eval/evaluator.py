@@ -237,7 +237,8 @@ class Evaluator:
             f"{PRECISION_RECALL_K}, Kynkaanniemi et al. 2019) on {features}",
             "real_test_accuracy": f"accuracy on all {len(self.test)} real {self.test.name} "
             f"test images of the classifier that extracts the features "
-            f"({self.classifier.description}): the ceiling for tstr_accuracy",
+            f"({self.classifier.description}); not a ceiling for tstr_accuracy, which "
+            "trains longer (benchmarks/tstr_ceiling.py measures that)",
             "tstr_accuracy": f"accuracy of a {tstr}",
             "tstr_precision": f"macro precision of a {tstr}",
             "tstr_recall": f"macro recall of a {tstr}",

@@ -322,7 +322,10 @@ def _privacy_section(summary: dict[str, Any] | None) -> str:
     parts.append(
         ".</p><p class='muted'>Computed with Opacus's accountant from the rounds that ran. "
         "Clients' losses and update norms stay on the clients (not in the metrics); "
-        "the server's clip bound and noised unclipped fraction are released.</p>"
+        "the server's clip bound and noised unclipped fraction are released. Figures that "
+        "also read the clients' data are not covered: an image run's Frechet distance, "
+        "KID and precision/recall (their feature classifier is trained on the pooled "
+        "training split) and a text run's held-out perplexity; TSTR is.</p>"
     )
     if summary.get("noise_seed") == "root":
         parts.append(

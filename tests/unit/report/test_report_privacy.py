@@ -15,4 +15,5 @@ def test_root_seeded_noise_limits_the_guarantee_to_those_without_the_config(nois
     html = _privacy_section({**SUMMARY, "noise_seed": noise_seed})
     # Assert: the guarantee is stated either way; the caveat only for root-seeded noise
     assert "differentially private for a whole client" in html
+    assert "Frechet distance, KID and precision/recall" in html  # not covered: said so
     assert ("anyone holding config.yaml can regenerate the noise" in html) == (noise_seed == "root")
