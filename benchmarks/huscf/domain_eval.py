@@ -58,6 +58,7 @@ def evaluate_domains(
     num_quality_samples: int = 2000,
     classifier_epochs: int = 1,
     averaged: bool = True,
+    tstr_schedule: str = "cosine",
 ) -> dict[str, dict[str, Any]]:
     """``{source: figures}``: quality and TSTR of the domain's client generator on that domain."""
     cfg = exp.config
@@ -76,6 +77,7 @@ def evaluate_domains(
             tstr_samples=tstr_samples,
             tstr_epochs=tstr_epochs,
             classifier_epochs=classifier_epochs,
+            tstr_schedule=tstr_schedule,
         )
         task.load_state(client_generator_state(fed, cid, averaged))
         gen = torch_generator(cfg.seed, "domain-eval", name)

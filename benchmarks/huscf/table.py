@@ -298,7 +298,11 @@ def run_one(
         variants[f"{method} no-EMA"] = False
     evaluated = {
         name: evaluate_domains(
-            exp, tstr_samples=args.tstr_samples, tstr_epochs=args.tstr_epochs, averaged=averaged
+            exp,
+            tstr_samples=args.tstr_samples,
+            tstr_epochs=args.tstr_epochs,
+            averaged=averaged,
+            tstr_schedule=args.tstr_schedule,
         )
         for name, averaged in variants.items()
     }
@@ -408,6 +412,13 @@ def main() -> None:
     parser.add_argument("--tstr-samples", type=int, default=PAPER_TSTR_SAMPLES)
     parser.add_argument("--tstr-epochs", type=int, default=15, help="the paper's CNN: 15 epochs")
     parser.add_argument(
+        "--tstr-schedule",
+        choices=["cosine", "constant"],
+        default="cosine",
+        help="the final TSTR classifier's learning rate: cosine decay (fedgen's, every row "
+        "before 2026-12-08) or constant (the authors' evaluation code: Adam 1e-3)",
+    )
+    parser.add_argument(
         "--compare-raw",
         action="store_true",
         help="with a moving average, also evaluate the weights as trained (a second row)",
@@ -442,7 +453,8 @@ def main() -> None:
             f"on {machine_description()}\n\n"
             f"Command: `{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}` "
             f"({args.minutes:g} min per run, local steps {args.local_steps or 'from recipe'}, "
-            f"TSTR {args.tstr_samples} samples x {args.tstr_epochs} epochs)\n\n"
+            f"TSTR {args.tstr_samples} samples x {args.tstr_epochs} epochs, "
+            f"{args.tstr_schedule} learning rate)\n\n"
             "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
         )
     for scenario in args.scenarios:

@@ -99,6 +99,10 @@ def _check_images_labels(images: torch.Tensor, labels: torch.Tensor, num_classes
         )
 
 
+#: Learning-rate schedules ``train_classifier`` knows.
+SCHEDULES = ("cosine", "constant")
+
+
 def train_classifier(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -108,11 +112,14 @@ def train_classifier(
     lr: float = 1e-3,
     seed: int = 0,
     callback: EpochCallback | None = None,
+    schedule: str = "cosine",
 ) -> SmallCNN:
     """Train a fresh ``SmallCNN`` with Adam and cross-entropy; the same seed gives the same weights.
 
-    The learning rate decays from ``lr`` to zero along a half cosine over all steps,
-    which lets short runs (one or a few epochs) end close to a good minimum.
+    ``schedule="cosine"`` decays the learning rate from ``lr`` to zero along a half
+    cosine over all steps, which lets short runs (one or a few epochs) end close to a
+    good minimum; ``"constant"`` keeps ``lr`` throughout, as HuSCF-GAN's evaluation
+    code trains its classifier (Adam 1e-3, no scheduler).
 
     Args:
         images: float ``(N, 1, 28, 28)`` in [0, 1].
@@ -128,6 +135,8 @@ def train_classifier(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
     # Initialise from a derived seed without touching the caller's global RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "small-cnn", "init"))
@@ -140,7 +149,11 @@ def train_classifier(
     shuffle = torch_generator(seed, "small-cnn", "shuffle")
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     total_steps = epochs * math.ceil(n / batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    decay = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        if schedule == "cosine"
+        else None
+    )
     model.train()
     for epoch in range(1, epochs + 1):
         order = torch.randperm(n, generator=shuffle)
@@ -151,7 +164,8 @@ def train_classifier(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
+            if decay is not None:
+                decay.step()
             total_loss += float(loss.detach()) * batch.numel()
         if callback is not None:
             callback(epoch, total_loss / n)

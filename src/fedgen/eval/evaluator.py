@@ -16,7 +16,7 @@ import torch
 
 from fedgen.config import EvalConfig
 from fedgen.data.dataset import ImageDataset
-from fedgen.eval.classifier import FEATURE_CLASSIFIER_EPOCHS, FeatureClassifier
+from fedgen.eval.classifier import FEATURE_CLASSIFIER_EPOCHS, SCHEDULES, FeatureClassifier
 from fedgen.eval.frechet import frechet_distance
 from fedgen.eval.inception_like import inception_like_score
 from fedgen.eval.kid import kernel_distance
@@ -88,6 +88,7 @@ class Evaluator:
         tstr_epochs: int = TSTR_EPOCHS,
         classifier_epochs: int = FEATURE_CLASSIFIER_EPOCHS,
         tstr_repeats: int = 1,
+        tstr_schedule: str = "cosine",
     ) -> None:
         minimum = max(INCEPTION_LIKE_SPLITS, PRECISION_RECALL_K + 1)
         if num_quality_samples < minimum:
@@ -99,6 +100,10 @@ class Evaluator:
             raise ValueError(
                 "tstr_samples, tstr_epochs and tstr_repeats must be >= 1, got "
                 f"{tstr_samples}, {tstr_epochs}, {tstr_repeats}"
+            )
+        if tstr_schedule not in SCHEDULES:
+            raise ValueError(
+                f"tstr_schedule {tstr_schedule!r}: choose one of {', '.join(SCHEDULES)}"
             )
         if train.num_classes != test.num_classes:
             raise ValueError(
@@ -113,6 +118,8 @@ class Evaluator:
         self.tstr_samples = tstr_samples
         self.tstr_epochs = tstr_epochs
         self.tstr_repeats = tstr_repeats
+        #: The TSTR classifier's learning-rate schedule (``train_classifier``).
+        self.tstr_schedule = tstr_schedule
         self.classifier = FeatureClassifier.load_or_train(
             train, test, cache_dir=cache_dir, seed=REFERENCE_SEED, epochs=classifier_epochs
         )
@@ -164,6 +171,7 @@ class Evaluator:
             self.num_classes,
             epochs=self.tstr_epochs,
             seed=derive_seed(self.seed, "eval", "tstr-classifier", *tail),
+            schedule=self.tstr_schedule,
         )
         return result.as_dict()
 
@@ -206,8 +214,9 @@ class Evaluator:
         features = f"128-d penultimate features; {samples}; {extractor}"
         kid_size = min(KID_SUBSET_SIZE, n)
         epochs = f"{self.tstr_epochs} epoch{'s' if self.tstr_epochs != 1 else ''}"
+        lr = "" if self.tstr_schedule == "cosine" else f", {self.tstr_schedule} learning rate"
         tstr = (
-            f"fresh SmallCNN trained {epochs} on {self.tstr_samples} generated images (labels "
+            f"fresh SmallCNN trained {epochs}{lr} on {self.tstr_samples} generated images (labels "
             f"balanced; fewer if evaluate() was given tstr_samples), tested on all "
             f"{len(self.test)} real {self.test.name} test images"
         )

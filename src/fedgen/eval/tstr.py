@@ -100,6 +100,7 @@ def train_synthetic_test_real(
     batch_size: int = 64,
     seed: int = 0,
     callback: EpochCallback | None = None,
+    schedule: str = "cosine",
 ) -> TstrResult:
     """Train a fresh ``SmallCNN`` on the synthetic images and score it on the real ones.
 
@@ -121,6 +122,7 @@ def train_synthetic_test_real(
         batch_size=batch_size,
         seed=seed,
         callback=callback,
+        schedule=schedule,
     )
     predictions = predict_labels(model, test_images.float())
     return classification_scores(confusion_matrix(test_labels, predictions, num_classes))

@@ -130,3 +130,30 @@ def test_real_training_images_score_high_shuffled_labels_score_chance(
     assert real.f1 > 0.7
     assert real.fpr < 0.03
     assert noise.accuracy < 0.2
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_the_classifiers_learning_rate_follows_its_schedule(monkeypatch, schedule) -> None:
+    # Prepare: record the learning rate Adam steps with (64 tiny images, 4 steps)
+    seen: list[float] = []
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    images = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    # Execute
+    train_classifier(images, torch.arange(64) % 10, 10, epochs=2, batch_size=32, schedule=schedule)
+    # Assert: constant keeps 1e-3 (the authors' Adam); cosine decays from it
+    assert len(seen) == 4 and seen[0] == pytest.approx(1e-3)
+    if schedule == "constant":
+        assert seen == pytest.approx([1e-3] * 4)
+    else:
+        assert seen == sorted(seen, reverse=True) and seen[-1] < 0.2e-3
+
+
+def test_an_unknown_schedule_is_refused() -> None:
+    with pytest.raises(ValueError, match="choose one of cosine, constant"):
+        train_classifier(torch.rand(4, 1, 28, 28), torch.arange(4), 10, 1, schedule="step")
