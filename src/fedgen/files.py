@@ -32,15 +32,20 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.unlink(partial)  # no half-written leftover beside the file
         raise
     # The rename itself is durable only once the folder's entry is on disk.
-    folder = os.open(path.parent, os.O_RDONLY)
+    sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync ``folder``, so a rename into it survives a power cut. Some filesystems
+    (network mounts) cannot sync a folder; a rename there is as durable as they make it."""
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(folder)
+        os.fsync(fd)
     except OSError as exc:
-        # Some filesystems (network mounts) cannot sync a folder.
         if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
             raise
     finally:
-        os.close(folder)
+        os.close(fd)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

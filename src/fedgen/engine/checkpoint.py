@@ -9,7 +9,6 @@ under a real name.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import logging
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 import torch
 
 from fedgen.errors import CheckpointError, FedgenError
+from fedgen.files import sync_folder
 from fedgen.privacy.noise_key import key_from_state
 from fedgen.transforms.base import FREE_SHAPE, PRIVATE_PREFIX
 from fedgen.types import StateDict
@@ -61,16 +61,7 @@ def save_checkpoint(
     os.replace(tmp, path)
     # The rename is durable only once the folder is: without this, a power cut could
     # take the file back although the next round had already sent its model out.
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    except OSError as exc:
-        # Some filesystems (network mounts) cannot sync a folder; the rename then is as
-        # durable as they make it.
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(folder)
+    sync_folder(path.parent)
     return path
 
 
