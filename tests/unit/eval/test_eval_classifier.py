@@ -53,7 +53,9 @@ def test_second_load_reads_the_cache(
     calls = _count_training(monkeypatch)
     first = FeatureClassifier.load_or_train(small_train, small_test, cache_dir=tmp_path, epochs=1)
     expected_path = (
-        tmp_path / "classifiers" / f"fashion-mnist-{dataset_fingerprint(small_train)}-e1-s0.pt"
+        tmp_path
+        / "classifiers"
+        / f"fashion-mnist-{dataset_fingerprint(small_train)}-e1-lr0.002-cosine-s0.pt"
     )
     # Execute
     _forbid_training(monkeypatch)
@@ -105,6 +107,18 @@ def test_other_training_data_gets_another_cache_file(small_train: ImageDataset) 
     assert FeatureClassifier.cache_path(other, Path("/c")) != FeatureClassifier.cache_path(
         small_train, Path("/c")
     )
+
+
+def test_another_learning_rate_or_schedule_gets_another_cache_file(
+    small_train: ImageDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A classifier cached under one recipe must not be read back after the recipe changed.
+    base = FeatureClassifier.cache_path(small_train, Path("/c"))
+    monkeypatch.setattr(classifier_module, "FEATURE_CLASSIFIER_LR", 1e-3)
+    other_lr = FeatureClassifier.cache_path(small_train, Path("/c"))
+    monkeypatch.setattr(classifier_module, "FEATURE_CLASSIFIER_SCHEDULE", "constant")
+    other_schedule = FeatureClassifier.cache_path(small_train, Path("/c"))
+    assert len({base, other_lr, other_schedule}) == 3
 
 
 def test_features_probs_and_description(
