@@ -155,6 +155,10 @@ class IterationBudget(Callback):
 
     def on_run_start(self, fed: Federation) -> None:
         self.done = iterations_in(fed.history)  # a resumed run counts its earlier parts
+        if self.done >= self.iterations:
+            # A finished run resumed (e.g. to evaluate it again with another TSTR
+            # protocol) trains no further round.
+            fed.rounds = fed.next_round
 
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
         self.done += int(record.metrics.get("steps", 0))
