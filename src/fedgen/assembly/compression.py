@@ -84,6 +84,8 @@ def compression_problems(
         )
     i_codec, codec = codecs[0]
     for i, t in enumerate(transforms):
+        if t is None:
+            continue  # failed to build: its own problem is reported, its placement unknown
         if isinstance(t, NormClip) and i > i_codec:
             problems.append(
                 f"transforms: clip (transforms[{i}]) comes after the codec {codec.codec_name} "

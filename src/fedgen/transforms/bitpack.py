@@ -32,9 +32,13 @@ def pack(values: torch.Tensor, bits: int) -> torch.Tensor:
     """``values`` (integers in [0, 2**bits)) as a flat uint8 tensor of ``packed_size`` bytes.
 
     Raises:
-        ValueError: ``bits`` is not one of ``WIDTHS`` or a value does not fit in it.
+        ValueError: ``bits`` is not one of ``WIDTHS``, a value is NaN or Inf, or does not
+            fit in ``bits``.
     """
     _check_bits(bits)
+    if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+        # Cast to int64, NaN becomes an arbitrary integer: say what the values were.
+        raise ValueError(f"values to pack in {bits} bits hold NaN or Inf")
     flat = values.reshape(-1).to(torch.int64)
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= 1 << bits):
         raise ValueError(f"values must be integers in [0, {1 << bits}) to pack in {bits} bits")

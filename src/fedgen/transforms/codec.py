@@ -180,8 +180,10 @@ def whole_update_keys(
 
 def check_scales(scales: torch.Tensor) -> None:
     """Raise ``ValueError`` unless every scale is finite and not negative."""
-    if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
-        raise ValueError("a scale that is negative or not finite")
+    if not bool(torch.isfinite(scales).all()):
+        raise ValueError("a scale of NaN or Inf: the encoded update was not finite")
+    if bool((scales < 0).any()):
+        raise ValueError("a negative scale")
 
 
 def codecs_of(transforms: Sequence[UpdateTransform]) -> list[UpdateCodec]:
@@ -227,7 +229,8 @@ def decode_arrival(
     read only. Without a codec, or without an update, the update is returned unchanged.
 
     Raises:
-        ClientUpdateError: the update is not a well-formed encoding (a failure value).
+        ClientUpdateError: the update is not a well-formed encoding (a failure value);
+            nothing else is raised, so a client's bytes never end the run.
     """
     codecs = codecs_of(transforms)
     if update is None or not codecs:
@@ -236,7 +239,7 @@ def decode_arrival(
     try:
         for codec in reversed(codecs):
             update = codec.decode(update, reference, ctx)
-    except (ValueError, TypeError, IndexError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # whatever a client's bytes make a decoder raise (as check_update)
         raise ClientUpdateError(f"undecodable {codecs[0].codec_name} update: {exc}") from exc
     return update
 

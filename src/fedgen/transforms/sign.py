@@ -44,7 +44,7 @@ from fedgen.transforms.codec import (
     passed_through,
     whole_update_keys,
 )
-from fedgen.transforms.quantize import buckets
+from fedgen.transforms.quantize import bucket_width, buckets, unpadded
 from fedgen.transforms.sparsify import keep_residual, shared_support, with_residual
 from fedgen.types import StateDict
 
@@ -62,7 +62,8 @@ class ScaledSign(UpdateCodec):
 
     Args:
         fraction: of each tensor's coordinates sent each round (1: all of them).
-        bucket_size: values (of those sent) sharing one float32 scale.
+        bucket_size: values (of those sent) sharing one float32 scale (fewer sent: one
+            bucket).
         error_feedback: keep what was not sent in the client's private state and add it
             to the next update (a compressed downlink has its own, on the server: there
             it must be off).
@@ -133,9 +134,8 @@ class ScaledSign(UpdateCodec):
         kept = flat if support is None else flat[support]
         n = kept.numel()
         rows = buckets(kept, self.bucket_size)  # zero-padded: the padding adds no magnitude
-        counts = torch.full((rows.shape[0],), float(self.bucket_size))
-        if n:  # an empty tensor has no bucket
-            counts[-1] = n - (rows.shape[0] - 1) * self.bucket_size
+        # The mean over each bucket's own values: the last one's padding is not counted.
+        counts = unpadded(n, self.bucket_size).sum(dim=1).to(torch.float32)
         scale = rows.abs().sum(dim=1) / counts
         positive = (kept >= 0).to(torch.int64)
         if self.error_feedback and ctx.private is not None:
@@ -150,7 +150,8 @@ class ScaledSign(UpdateCodec):
 
     def _values(self, positive: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """The sent values: +-scale of each value's bucket."""
-        per_value = scale.repeat_interleave(self.bucket_size)[: positive.numel()]
+        width = bucket_width(positive.numel(), self.bucket_size)
+        per_value = scale.repeat_interleave(width)[: positive.numel()]
         return per_value * (2.0 * positive.to(torch.float32) - 1.0)
 
     def decode(self, update: StateDict, reference: StateDict, ctx: TransformContext) -> StateDict:
@@ -162,7 +163,7 @@ class ScaledSign(UpdateCodec):
         keys = whole_update_keys(update, reference, PARTS, self.codec_name)
         supports = {k: self._support(k, reference[k].numel(), ctx.round) for k in keys}
         kept = [reference[k].numel() if s is None else s.numel() for k, s in supports.items()]
-        rows = [math.ceil(n / self.bucket_size) for n in kept]
+        rows = [math.ceil(n / bucket_width(n, self.bucket_size)) for n in kept]
         signs = unpack(
             expect(update.get(SIGNS), "signs", torch.uint8, packed_size(sum(kept), 1)), 1, sum(kept)
         )

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -31,8 +32,12 @@ from fedgen.transforms.codec import UpdateCodec, check_parts, expect, fitting_in
 
 
 def kept_count(numel: int, fraction: float) -> int:
-    """Coordinates a tensor of ``numel`` keeps at ``fraction`` (at least one)."""
-    return min(numel, max(1, math.ceil(fraction * numel)))
+    """Coordinates a tensor of ``numel`` keeps at ``fraction`` (at least one).
+
+    ``fraction`` counts as the decimal it is written as: the float 0.07 is a hair
+    above 7/100, so ``ceil(0.07 * 100)`` would keep 8 of 100, not 7.
+    """
+    return min(numel, max(1, math.ceil(Fraction(str(fraction)) * numel)))
 
 
 def residual_key(key: str, codec: str = "topk") -> str:
@@ -207,7 +212,7 @@ class RandomMask(UpdateCodec):
         n = reference.numel()
         index = self.mask(key, n, ctx.round)
         values = expect(parts.get("values"), "values", torch.float32, index.numel())
-        if self.rescale:
+        if self.rescale and index.numel():  # an empty tensor keeps nothing to scale
             values = values * (n / index.numel())
         return _scatter(values, index, reference)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from tiny_federation import tiny_config as shared_tiny_config
 
+from fedgen.assembly.compression import compression_problems
 from fedgen.errors import ConfigError
 from fedgen.experiment import build_experiment
 from fedgen.seeding import derive_seed
-from fedgen.transforms.sparsify import RandomMask
+from fedgen.transforms.sparsify import RandomMask, TopK
 
 CLIP = "{name: clip, params: {max_norm: 2.0}}"
 DP_STRATEGY = (
@@ -137,3 +138,14 @@ def test_a_codec_leaves_the_epsilon_spent_unchanged(mnist_dir, plain, compressed
         spent.append(record.metrics["epsilon"])
     assert spent[0] > 0
     assert spent[1] == spent[0]
+
+
+def test_a_transform_that_failed_to_build_is_skipped_not_reported_as_after_the_codec():
+    # Prepare: the second transform failed to build (None); its own error is reported.
+    transforms = [TopK(0.1), None]
+    # Execute
+    problems = compression_problems(
+        transforms=transforms, backend="inprocess", root_seed=0, dpsgd=False
+    )
+    # Assert
+    assert problems == []

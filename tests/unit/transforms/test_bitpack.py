@@ -40,3 +40,9 @@ def test_a_value_too_wide_or_a_wrong_length_is_refused():
         unpack(torch.zeros(3, dtype=torch.uint8), 4, 4)
     with pytest.raises(ValueError, match="bits must be one of"):
         pack(torch.tensor([1]), 9)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_is_refused_as_such_not_as_an_out_of_range_integer(bad):
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        pack(torch.tensor([1.0, bad]), 4)

@@ -11,9 +11,9 @@ from fedgen.transforms.cast import CastCodec
 from fedgen.transforms.clip import UNCLIPPED_KEY
 from fedgen.transforms.codec import CODEC_PREFIX, decode_arrival, part_name
 from fedgen.transforms.lowrank import LowRank
-from fedgen.transforms.quantize import QSGD, StochasticQuantization
+from fedgen.transforms.quantize import QSGD, StochasticQuantization, buckets, unpadded
 from fedgen.transforms.sign import SCALES, ScaledSign
-from fedgen.transforms.sparsify import RandomMask, TopK, residual_key
+from fedgen.transforms.sparsify import RandomMask, TopK, kept_count, residual_key
 from fedgen.wire import Message, decode, encode
 
 #: A small model's update: a matrix (several buckets), a vector, an integer buffer.
@@ -371,3 +371,104 @@ def test_a_malformed_encoding_is_a_client_update_error(codec, change, message):
 def test_encoded_names_are_side_channels_not_model_keys():
     assert part_name("net.w", "q") == f"{CODEC_PREFIX}net.w/q"
     assert CODEC_PREFIX.startswith("__")
+
+
+def test_a_short_last_bucket_spans_its_own_values_not_the_zero_padding():
+    # Prepare: 7 values in buckets of 4; the second bucket's fourth slot is padding.
+    x = {"a": torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 5.5, 6.0])}
+    codec = StochasticQuantization(1, bucket_size=4)
+    # Execute
+    sent, _ = codec.on_client(x, ctx())
+    got = codec.decode(sent, x, ctx())
+    # Assert: the second bucket's minimum 5 and step 1 (not 0 and 6), in the same bytes.
+    assert torch.equal(sent[part_name("a", "scale")], torch.tensor([1.0, 3.0, 5.0, 1.0]))
+    assert sent[part_name("a", "q")].numel() == 1
+    assert float(got["a"][4:].min()) >= 5.0 and float(got["a"][4:].max()) <= 6.0
+    # A tensor shorter than its bucket is one bucket of its own values.
+    one, _ = codec.on_client({"a": torch.tensor([5.0, 5.5, 6.0])}, ctx())
+    assert torch.equal(one[part_name("a", "scale")], torch.tensor([5.0, 1.0]))
+
+
+EMPTY_CAPABLE = [
+    StochasticQuantization(4),
+    QSGD(4),
+    QSGD(2),
+    TopK(0.5),
+    RandomMask(0.5),
+    RandomMask(0.5, rescale=True),
+    ScaledSign(0.5, bucket_size=4),
+]
+
+
+@pytest.mark.parametrize(
+    "codec", EMPTY_CAPABLE, ids=lambda c: f"{c.codec_name}-{getattr(c, 'rescale', '')}"
+)
+def test_empty_tensors_round_trip_to_empty_tensors_of_their_shape(codec):
+    x = {"a": torch.zeros(0), "c": torch.zeros(3, 0, 2), "b": torch.tensor([-0.5, 0.25])}
+    got = decode_arrival([codec], wire(codec.on_client(x, ctx())[0]), x, 0, 2)
+    assert got is not None
+    assert got["a"].shape == (0,) and got["c"].shape == (3, 0, 2)
+    assert got["b"].shape == (2,)
+
+
+def test_any_error_decoding_a_client_update_is_a_client_update_error():
+    # A decoder that fails in a way nobody foresaw must reject the update, not end the run.
+    class Fragile(RandomMask):
+        def decode_tensor(self, key, parts, reference, ctx):
+            return 1 / 0
+
+    codec = Fragile(0.5)
+    with pytest.raises(ClientUpdateError, match="division by zero"):
+        decode_arrival([codec], codec.on_client(update(), ctx())[0], REFERENCE, 0, 2)
+
+
+@pytest.mark.parametrize(
+    "codec",
+    [*(StochasticQuantization(b, bucket_size=64) for b in (1, 2, 4, 8)), QSGD(2), QSGD(4), QSGD(8)],
+    ids=lambda c: f"{c.codec_name}-{c.bits}",
+)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_update_is_sent_and_rejected_by_the_server_as_not_finite(codec, bad):
+    # Prepare: one bad value in one bucket of the matrix; the rest of the update is fine.
+    poisoned = update()
+    poisoned["net.w"][3, 7] = bad
+    # Execute: the client encodes it (as topk, sign and lowrank do) ...
+    sent, _ = codec.on_client(poisoned, ctx())
+    # Assert: ... and the server refuses it, naming why.
+    with pytest.raises(ClientUpdateError, match="NaN or Inf"):
+        decode_arrival([codec], wire(sent), REFERENCE, 0, 2)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda size: StochasticQuantization(4, bucket_size=size),
+        lambda size: QSGD(4, bucket_size=size),
+        lambda size: ScaledSign(bucket_size=size, error_feedback=False),
+    ],
+    ids=["quantize", "qsgd", "sign"],
+)
+def test_a_bucket_larger_than_a_tensor_is_the_tensor(make):
+    # Prepare: buckets of a million values, and of exactly the largest tensor's 1,200.
+    huge, exact = make(10**6), make(1200)
+    # Execute
+    sent, _ = huge.on_client(update(), ctx())
+    same, _ = exact.on_client(update(), ctx())
+    got = decode_arrival([huge], wire(sent), REFERENCE, 0, 2)
+    # Assert: no row of a million padded values, and the very same message.
+    assert buckets(torch.ones(7), 10**8).shape == (1, 7)
+    assert unpadded(7, 10**8).shape == (1, 7)
+    assert sent.keys() == same.keys() and all(torch.equal(sent[k], same[k]) for k in sent)
+    assert got is not None and got["net.b"].shape == (7,)
+
+
+def test_kept_count_takes_the_fraction_as_the_decimal_it_is_written_as():
+    # ceil(0.07 * 100) is 8 in floating point (0.07 * 100 == 7.000000000000001).
+    assert kept_count(100, 0.07) == 7
+    assert kept_count(1000, 0.07) == 70
+    assert kept_count(100, 0.071) == 8
+    assert kept_count(3, 1 / 3) == 1
+    assert kept_count(10**9, 0.07) == 7 * 10**7
+    assert kept_count(100, 1e-9) == 1 and kept_count(5, 1.0) == 5
+    # Client and server draw supports of that size.
+    assert RandomMask(0.07).mask("net.w", 100, round=0).numel() == 7
