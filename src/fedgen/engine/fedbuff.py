@@ -17,7 +17,9 @@ run ends bit-identical to an uninterrupted one.
 
 With equal speeds and ``buffer_size`` = ``concurrency`` = every client, every
 update is fresh (s = 0) and a step is exactly a synchronous FedAvg round with all
-clients (the job seeds are the sync loop's).
+clients (the job seeds are the sync loop's). A job carries the config the strategy
+gives every client of the round it was sent in (FedProx's mu, Ditto's settings), as
+a synchronous round's instructions do.
 """
 
 from __future__ import annotations
@@ -47,6 +49,17 @@ def staleness_weight(staleness: int, exponent: float) -> float:
     if staleness < 0:
         raise ValueError(f"staleness must be >= 0, got {staleness}")
     return 1.0 / (1.0 + staleness) ** exponent
+
+
+def strategy_client_config(fed: RoundLoop, round: int) -> dict[str, Any]:
+    """What the strategy tells every client sent work in ``round`` besides its seed.
+
+    The config a synchronous round's ``strategy.configure`` puts in each instruction
+    (``FedAvg.client_config``: FedProx's ``proximal_mu``, Ditto's ``ditto_lambda``);
+    {} for a strategy that tells its clients nothing.
+    """
+    config = getattr(fed.strategy, "client_config", None)
+    return {} if config is None else dict(config(round))
 
 
 @dataclass(frozen=True)
@@ -103,12 +116,34 @@ class FedBuffSchedule(Schedule):
 
     def check(self, fed: RoundLoop) -> None:
         refuse_server_stages(fed, self.mode)
-        fewest = getattr(fed.strategy, "min_clients", 1)
+        strategy = fed.strategy
+        problems = []
+        fewest = getattr(strategy, "min_clients", 1)
         if isinstance(fewest, int) and fewest > self.buffer_size:
-            raise ConfigError(
+            problems.append(
                 f"strategy min_clients={fewest} exceeds federation.fedbuff.buffer_size="
                 f"{self.buffer_size}: no server step could aggregate; lower min_clients"
             )
+        required = getattr(strategy, "required_results", None)
+        if callable(required) and required() > self.buffer_size:
+            # A robust rule's sync check compares its planned cohort, which FedBuff has not.
+            rule = getattr(strategy, "rule", type(strategy).__name__)
+            byzantine = getattr(strategy, "byzantine", "?")
+            problems.append(
+                f"strategy {rule} with byzantine={byzantine} needs at least {required()} "
+                f"results a server step, but federation.fedbuff.buffer_size={self.buffer_size}:"
+                f" no server step could aggregate; raise buffer_size to {required()} (and "
+                "concurrency with it) or lower byzantine"
+            )
+        if getattr(strategy, "fixed_denominator", False):
+            problems.append(
+                "strategy fixed_denominator=true divides by a sampled cohort's planned size, "
+                "and a FedBuff server step has no cohort (it takes the next buffer_size "
+                "arrivals); remove strategy.params.fixed_denominator (FedBuff divides by the "
+                "arrivals' weights) or set federation.mode=sync"
+            )
+        if problems:
+            raise ConfigError("; ".join(problems))
 
     # -- the round -------------------------------------------------------------
 
@@ -125,9 +160,16 @@ class FedBuffSchedule(Schedule):
             by_version.setdefault(job.version, []).append(job)
         # Work carries this step's round, not the start version: clients sign their update
         # for the ledger entry it is logged in (the simulation knows it at arrival).
+        # Each job is told what the strategy tells the clients of the round it was sent in.
         jobs = [
             Job(
-                RoundPlan(r, [ClientInstruction(j.client_id, j.seed) for j in group]),
+                RoundPlan(
+                    r,
+                    [
+                        ClientInstruction(j.client_id, j.seed, strategy_client_config(fed, v))
+                        for j in group
+                    ],
+                ),
                 versions[v],
                 r,
             )

@@ -8,6 +8,9 @@ that keeps jobs running between rounds (``supports_async``: the process pool,
 Flower SuperNodes). A client that finishes is sent the newest model at once; a
 slow one keeps training on the version it was sent. Nothing waits for a cohort.
 
+Whenever clients arrive, the free places (up to ``concurrency`` in flight) go to
+clients drawn from every idle one, as on the simulated clock, by a generator keyed
+by the run's seed and the model version sent (no generator state to checkpoint).
 Real timing is not reproducible: two runs of one recipe differ in who arrives
 when. A checkpoint keeps the model and the counts, not the jobs in flight: a
 resumed run sends fresh jobs from the checkpointed model. Each client signs its
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedgen.config import FedBuffConfig
-from fedgen.engine.fedbuff import FedBuffSchedule
+from fedgen.engine.fedbuff import FedBuffSchedule, strategy_client_config
 from fedgen.engine.schedule import Job, RoundLoop, Step
 from fedgen.errors import ConfigError
 from fedgen.seeding import derive_seed, numpy_rng
@@ -32,10 +35,11 @@ from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict
 
 @dataclass(frozen=True)
 class _Sent:
-    """A job in flight: the version its client started from and its seed."""
+    """A job in flight: the version its client started from, its seed and config."""
 
     version: int
     seed: int
+    config: dict[str, Any]
 
 
 class WallClockFedBuff(FedBuffSchedule):
@@ -66,16 +70,24 @@ class WallClockFedBuff(FedBuffSchedule):
         arrived: list[ClientResult] = fed.backend.arrivals(self.buffer_size)
         groups: dict[int, list[ClientResult]] = {}
         staleness: dict[int, int] = {}
-        seeds: dict[int, int] = {}
+        sent_as: dict[int, _Sent] = {}
         for res in arrived:
             sent = self.sent.pop(res.client_id)
             groups.setdefault(sent.version, []).append(res)
             staleness[res.client_id] = r - sent.version
-            seeds[res.client_id] = sent.seed
+            sent_as[res.client_id] = sent
         jobs = [
             Job(
                 RoundPlan(
-                    r, [ClientInstruction(res.client_id, seeds[res.client_id]) for res in rs]
+                    r,
+                    [
+                        ClientInstruction(
+                            res.client_id,
+                            sent_as[res.client_id].seed,
+                            sent_as[res.client_id].config,
+                        )
+                        for res in rs
+                    ],
                 ),
                 self.states[v],
                 v,
@@ -90,8 +102,11 @@ class WallClockFedBuff(FedBuffSchedule):
         arrived: list[int] = step.notes["arrived"]
         for cid in arrived:
             self.jobs_done[cid] = self.jobs_done.get(cid, 0) + 1
-        # The clients that just arrived are idle: they get the model of this step.
-        self._send(fed, arrived, r + 1)
+        # The free places go to clients drawn from every idle one (those that just arrived
+        # and those never sent, or not sent since), as the simulated schedule draws them:
+        # re-sending only the arrivals would leave the first draw's others idle for good.
+        idle = [c for c in self.client_ids if c not in self.sent]
+        self._send(fed, idle, r + 1)
         assert self.began is not None
         stale = [float(s) for s in step.notes["staleness"].values()] or [0.0]
         metrics["wall_time"] = time.monotonic() - self.began
@@ -110,11 +125,14 @@ class WallClockFedBuff(FedBuffSchedule):
             return
         self.states[version] = fed.global_state
         work = fed.local_work(fed.global_state, version)
+        config = strategy_client_config(fed, version)
         for cid in chosen:
             again = self.jobs_done.get(cid, 0)
             seed = derive_seed(self.seed, "round", version, "client", cid, "job", again)
-            self.sent[cid] = _Sent(version, seed)
-            fed.backend.submit(ClientInstruction(cid, seed), work, fed.clients, fed.private_states)
+            self.sent[cid] = _Sent(version, seed, config)
+            fed.backend.submit(
+                ClientInstruction(cid, seed, dict(config)), work, fed.clients, fed.private_states
+            )
         live = {s.version for s in self.sent.values()}
         self.states = {v: st for v, st in self.states.items() if v in live}
 

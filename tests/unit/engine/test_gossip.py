@@ -9,7 +9,14 @@ import pytest
 import torch
 from tiny_federation import tiny_config
 
-from fedgen.engine.topology import average, consensus_distance, mix, mixing_matrix, neighbours
+from fedgen.engine.topology import (
+    average,
+    consensus_distance,
+    mix,
+    mixing_matrix,
+    neighbours,
+    switched_harary_graph,
+)
 from fedgen.errors import ConfigError
 from fedgen.experiment import build_experiment
 
@@ -87,11 +94,44 @@ def test_random_regular_graph_is_seeded_connected_and_regular():
         ("regular", 4, 4, "does not exist"),
         ("star", 4, 3, "ring, regular or complete"),
         ("ring", 1, 3, "at least 2 clients"),
+        ("regular", 6, 1, "never connected"),
     ],
 )
 def test_impossible_graphs_are_refused(topology, n, degree, message):
     with pytest.raises(ConfigError, match=message):
         neighbours(topology, n, np.random.default_rng(0), degree)
+
+
+def assert_connected_regular(adj: list[set[int]], degree: int) -> None:
+    assert all(len(n) == degree and i not in n for i, n in enumerate(adj))
+    assert all(i in adj[j] for i, n in enumerate(adj) for j in n)  # undirected
+    seen, todo = {0}, [0]
+    while todo:
+        for j in adj[todo.pop()] - seen:
+            seen.add(j)
+            todo.append(j)
+    assert len(seen) == len(adj)
+
+
+@pytest.mark.parametrize(
+    ("n", "degree"), [(20, 7), (16, 8), (30, 12), (10, 9), (2, 1), (60, 2), (12, 3)]
+)
+def test_random_regular_graphs_of_any_valid_degree_are_drawn(n, degree):
+    # The pairing model alone is simple with probability ~exp(-(d^2 - 1) / 4): about
+    # 6e-6 at degree 7, so it used to give up on most of these.
+    a = neighbours("regular", n, np.random.default_rng(3), degree)
+    assert_connected_regular(a, degree)
+    assert a == neighbours("regular", n, np.random.default_rng(3), degree)
+
+
+def test_switched_harary_graph_is_seeded_random_and_joins_what_switches_split():
+    # Degree 2: switches cut the Harary ring into several cycles; joins make one again.
+    for seed in range(3):
+        assert_connected_regular(switched_harary_graph(300, 2, np.random.default_rng(seed)), 2)
+    a = switched_harary_graph(40, 5, np.random.default_rng(1))
+    assert_connected_regular(a, 5)
+    assert a == switched_harary_graph(40, 5, np.random.default_rng(1))
+    assert a != switched_harary_graph(40, 5, np.random.default_rng(2))
 
 
 def test_gossip_run_reports_consensus_and_evaluates_the_average(mnist_dir):
@@ -172,3 +212,53 @@ def test_resumed_gossip_run_ends_bit_identical(mnist_dir, tmp_path):
         for k, v in model.items():
             assert torch.equal(v, second.schedule.models[cid][k]), (cid, k)
     assert [m["sim_time"] for m in second.history] == [m["sim_time"] for m in ref.history]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"strategy.name": "krum"}, "strategy Krum"),
+        ({"strategy.name": "median", "strategy.params": "{byzantine: 1}"}, "strategy Coordinate"),
+        ({"detection": "{threshold: 3.5}"}, "the detection section"),
+        ({"strategy.name": "fedprox", "strategy.params": "{mu: 0.1}"}, "proximal_mu"),
+        ({"strategy.name": "ditto"}, "ditto_lambda"),
+        ({"strategy.name": "fedavgm"}, "strategy FedAvgM"),
+        ({"strategy.params": "{ema_decay: 0.9}"}, "ema_decay=0.9"),
+        ({"strategy.params": "{fraction: 0.4}"}, "fraction=0.4"),
+        ({"strategy.params": "{server_lr: 0.5}"}, "server_lr=0.5"),
+    ],
+)
+def test_gossip_refuses_strategy_settings_it_would_ignore(mnist_dir, overrides, message):
+    cfg = tiny_config(mnist_dir, **{"federation.mode": "gossip", **overrides})
+    with pytest.raises(ConfigError, match=message) as refused:
+        build_experiment(cfg)
+    assert "gossip uses no strategy setting" in str(refused.value)
+
+
+def test_gossip_rounds_in_which_every_client_failed_stop_the_run(mnist_dir):
+    # Prepare: every client crashes before training, every round.
+    fed = build_experiment(
+        tiny_config(
+            mnist_dir,
+            **{
+                "federation.mode": "gossip",
+                "federation.rounds": 5,
+                "federation.max_failed_rounds": 2,
+                "federation.clock": "{speeds: equal}",
+                "faults": "{crash_before: 1.0}",
+            },
+        )
+    ).federation
+    start = {k: v.clone() for k, v in fed.global_state.items()}
+
+    # Execute
+    assert fed.run()
+
+    # Assert: two failed rounds, then the stop, as in a sync run; nothing moved but time.
+    assert fed.stop_status == "failed" and "max_failed_rounds=2" in (fed.stop_reason or "")
+    assert len(fed.history) == 2
+    assert all("no client's update arrived" in m["round_failed"] for m in fed.history)
+    assert [m["sim_time"] for m in fed.history] == [2.0, 4.0]
+    assert fed.schedule.models == {}
+    for k, v in start.items():
+        assert torch.equal(fed.global_state[k], v), k

@@ -1,0 +1,132 @@
+"""FedBuff and the strategy: clients get the strategy's config, and settings FedBuff
+cannot honour are refused before round 1; wall-clock refills draw from every idle client."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from tiny_federation import tiny_config
+
+from fedgen.config import FedBuffConfig
+from fedgen.engine.fedbuff_wall import WallClockFedBuff
+from fedgen.errors import ConfigError
+from fedgen.experiment import build_experiment
+from fedgen.strategies.fedprox import FedProx
+from fedgen.types import ClientInstruction, ClientResult
+
+FEDBUFF = {"federation.mode": "fedbuff", "federation.fedbuff": "{buffer_size: 2}"}
+
+
+@pytest.mark.parametrize(
+    ("strategy", "params", "expected"),
+    [
+        ("fedprox", "{min_clients: 2, mu: 0.25}", {"proximal_mu": 0.25}),
+        (
+            "ditto",
+            "{min_clients: 2, lam: 0.5, personal_steps: 3}",
+            {"ditto_lambda": 0.5, "ditto_steps": 3},
+        ),
+        ("fedavg", "{min_clients: 2}", {}),
+    ],
+)
+def test_fedbuff_jobs_carry_the_strategys_client_config(mnist_dir, strategy, params, expected):
+    # Prepare
+    fed = build_experiment(
+        tiny_config(mnist_dir, **FEDBUFF, **{"strategy.name": strategy, "strategy.params": params})
+    ).federation
+
+    # Execute: the first server step's plan (begin changes nothing; nobody trains).
+    step = fed.schedule.begin(0, fed)
+
+    # Assert: every instruction the backend runs is told what a sync round's would be.
+    sync_plan = fed.strategy.configure(0, sorted(fed.clients), np.random.default_rng(0))
+    assert sync_plan.instructions[0].config == expected
+    instructions = [ins for job in step.jobs for ins in job.plan.instructions]
+    assert len(instructions) == 2
+    assert all(ins.config == expected for ins in instructions)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"strategy.params": "{min_clients: 2, weighted: false, fixed_denominator: true}"},
+            "fixed_denominator=true divides by a sampled cohort",
+        ),
+        (
+            {
+                "strategy.name": "krum",
+                "strategy.params": "{min_clients: 2, byzantine: 1}",
+                "federation.fedbuff": "{buffer_size: 4}",
+            },
+            "krum with byzantine=1 needs at least 5 results a server step",
+        ),
+        (
+            {
+                "strategy.name": "median",
+                "strategy.params": "{min_clients: 2, byzantine: 1}",
+                "detection": "{threshold: 3.5}",
+            },
+            "median with byzantine=1 needs at least 3 results",
+        ),
+    ],
+    ids=["fixed-denominator", "krum", "median-behind-detection"],
+)
+def test_fedbuff_refuses_strategy_settings_it_cannot_honour(mnist_dir, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_experiment(tiny_config(mnist_dir, **{**FEDBUFF, **overrides}))
+
+
+class QueueBackend:
+    """Keeps jobs in flight; they arrive first in, first out."""
+
+    supports_async = True
+
+    def __init__(self) -> None:
+        self.queue: list[ClientInstruction] = []
+        self.submitted: list[ClientInstruction] = []
+
+    def submit(self, ins: ClientInstruction, work: Any, clients: Any, private: Any) -> None:
+        self.queue.append(ins)
+        self.submitted.append(ins)
+
+    def arrivals(self, n: int) -> list[ClientResult]:
+        now, self.queue = self.queue[:n], self.queue[n:]
+        return [ClientResult(ins.client_id, 10, {"w": torch.zeros(1)}) for ins in now]
+
+
+def wall_run(rounds: int, seed: int = 7) -> QueueBackend:
+    """``rounds`` wall-clock steps of 6 clients, 2 in flight, one arrival a step."""
+    backend = QueueBackend()
+    fed = SimpleNamespace(
+        backend=backend,
+        strategy=FedProx(mu=0.5, min_clients=1),
+        global_state={"w": torch.zeros(1)},
+        clients={},
+        private_states={},
+        local_work=lambda state, version: None,
+    )
+    schedule = WallClockFedBuff(FedBuffConfig(buffer_size=1, concurrency=2), range(6), seed)
+    for r in range(rounds):
+        step = schedule.begin(r, fed)  # type: ignore[arg-type]
+        schedule.end(r, fed, step, {})  # type: ignore[arg-type]
+    return backend
+
+
+def test_wall_clock_refills_draw_from_every_idle_client_deterministically():
+    # Execute
+    backend = wall_run(30)
+
+    # Assert: all six clients train (not only the first two drawn), two in flight at a
+    # time, the draws are the seed's, and every job is told FedProx's mu.
+    assert {ins.client_id for ins in backend.submitted} == set(range(6))
+    assert len(backend.queue) == 2
+    assert [i.client_id for i in wall_run(30).submitted] == [i.client_id for i in backend.submitted]
+    assert [i.client_id for i in wall_run(30, seed=8).submitted] != [
+        i.client_id for i in backend.submitted
+    ]
+    assert all(ins.config == {"proximal_mu": 0.5} for ins in backend.submitted)
