@@ -162,14 +162,16 @@ class ByteGptTask(TextTask):
 
     @torch.no_grad()
     def sample(self, condition: Any, generator: torch.Generator) -> list[str]:
-        """One continuation per prompt in ``condition`` (a list of strings), as text."""
+        """One continuation per prompt in ``condition`` (a list of strings; a bare string
+        is a ``TypeError``), as text."""
         from fedgen.data.text_data import ByteTokenizer
 
+        prompts = self.prompts(condition)
         p, tok = self.params, ByteTokenizer()
         model = self.modules["model"]
         model.eval()
         out = []
-        for prompt in condition:
+        for prompt in prompts:
             ids = tok.encode(prompt).long()[-(p.block_size - 1) :]
             if ids.numel() == 0:
                 ids = torch.tensor([ord("\n")])

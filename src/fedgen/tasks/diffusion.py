@@ -149,6 +149,18 @@ class DdpmParams(TaskParams):
         return self
 
     @model_validator(mode="after")
+    def _guidance_needs_dropped_labels(self) -> DdpmParams:
+        # Guidance (any scale but 1) reads the "no label" embedding, which only examples
+        # whose label was dropped train: without dropout it stays at its random init.
+        if self.label_dropout == 0 and self.guidance_scale != 1:
+            raise ValueError(
+                f"guidance_scale {self.guidance_scale} mixes in the unconditional "
+                "prediction, which label_dropout 0 never trains: set label_dropout > 0 "
+                "(e.g. 0.1), or guidance_scale: 1 (plain conditional sampling)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _lora_needs_a_base(self) -> DdpmParams:
         if self.lora_rank and self.base_weights is None:
             raise ValueError(

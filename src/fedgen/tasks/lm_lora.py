@@ -268,14 +268,16 @@ class LoraLmTask(TextTask):
 
     @torch.no_grad()
     def sample(self, condition: Any, generator: torch.Generator) -> list[str]:
-        """One continuation per prompt in ``condition`` (a list of strings), as text; it
-        ends early where the model writes its end-of-text token."""
+        """One continuation per prompt in ``condition`` (a list of strings; a bare string
+        is a ``TypeError``), as text; it ends early where the model writes its end-of-text
+        token."""
+        prompts = self.prompts(condition)
         p, tok = self.params, load_tokenizer(self.location)
         lm = self.modules["lm"]
         lm.eval()
         start = tok.hf.bos_token_id if tok.hf.bos_token_id is not None else tok.hf.eos_token_id
         out = []
-        for prompt in condition:
+        for prompt in prompts:
             ids = tok.encode(prompt).long()[-(p.block_size - 1) :]
             if ids.numel() == 0:
                 ids = torch.tensor([start])

@@ -8,7 +8,8 @@ the loss it trains on and the negative log-likelihood perplexity is computed fro
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import ClassVar
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,24 @@ class TextTask(Task):
             f"task {self.task_name} does not train through DP-SGD yet; drop the dpsgd "
             "section (client-level DP with transforms clip and client_dp works)"
         ]
+
+    def prompts(self, condition: Any) -> list[str]:
+        """``sample``'s ``condition`` as its list of prompts.
+
+        Raises ``TypeError`` for a bare string, which would otherwise be iterated as one
+        prompt per character.
+        """
+        if isinstance(condition, str | bytes):
+            raise TypeError(
+                f"task {self.task_name} samples one continuation per prompt: pass a list of "
+                f"prompts, e.g. [{condition!r}], not a bare string"
+            )
+        if not isinstance(condition, Iterable):
+            raise TypeError(
+                f"task {self.task_name} samples from a list of prompts, got "
+                f"{type(condition).__name__}"
+            )
+        return list(condition)
 
     @abstractmethod
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from fedgen.data.client_data import ClientData
@@ -28,19 +28,36 @@ from fedgen.tasks.base import Task, TaskParams
 from fedgen.tasks.bernoulli import bernoulli_nll
 from fedgen.tasks.vae_functional import VaeFunctionalTraining
 
+#: GroupNorm groups of the convolutional networks: their widths are multiples of it.
+NORM_GROUPS = 8
+
 
 class VaeParams(TaskParams):
     """Hyper-parameters of the conditional VAE."""
 
-    lr: float = 1e-3
+    lr: float = Field(1e-3, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    latent_dim: int = 16
-    width: int = 32
-    beta: float = 1.0
+    latent_dim: int = Field(16, ge=1)
+    #: The convolutional networks' channels at 14x14 (twice that at 7x7): a multiple of
+    #: ``NORM_GROUPS`` (``architecture: conv`` only).
+    width: int = Field(32, ge=1)
+    #: Weight of the KL term (beta-VAE; 1: the ELBO).
+    beta: float = Field(1.0, ge=0)
     architecture: Literal["conv", "mlp"] = "conv"
     #: The MLP's hidden units (``architecture: mlp``; Kingma & Welling used 500).
     hidden: int = Field(default=400, ge=1)
     federate: list[str] = Field(default_factory=lambda: ["encoder", "decoder"])
+
+    @model_validator(mode="after")
+    def _width_fills_the_groups(self) -> VaeParams:
+        # Otherwise GroupNorm fails inside torch at build, naming no parameter.
+        if self.architecture == "conv" and self.width % NORM_GROUPS:
+            raise ValueError(
+                f"task.params.width must be a positive multiple of {NORM_GROUPS} (the "
+                f"GroupNorm groups), got {self.width}; e.g. "
+                f"{max(NORM_GROUPS, round(self.width / NORM_GROUPS) * NORM_GROUPS)}"
+            )
+        return self
 
 
 def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -58,10 +75,10 @@ class Encoder(nn.Module):
         self.num_classes = num_classes
         self.features = nn.Sequential(
             nn.Conv2d(channels + num_classes, width, 4, 2, 1),  # 28 -> 14
-            nn.GroupNorm(8, width),
+            nn.GroupNorm(NORM_GROUPS, width),
             nn.LeakyReLU(0.2),
             nn.Conv2d(width, 2 * width, 4, 2, 1),  # 14 -> 7
-            nn.GroupNorm(8, 2 * width),
+            nn.GroupNorm(NORM_GROUPS, 2 * width),
             nn.LeakyReLU(0.2),
             nn.Flatten(),
         )
@@ -83,10 +100,10 @@ class Decoder(nn.Module):
         self.width = width
         self.project = nn.Linear(latent_dim + num_classes, 2 * width * 49)
         self.body = nn.Sequential(
-            nn.GroupNorm(8, 2 * width),
+            nn.GroupNorm(NORM_GROUPS, 2 * width),
             nn.LeakyReLU(0.2),
             nn.ConvTranspose2d(2 * width, width, 4, 2, 1),  # 7 -> 14
-            nn.GroupNorm(8, width),
+            nn.GroupNorm(NORM_GROUPS, width),
             nn.LeakyReLU(0.2),
             nn.ConvTranspose2d(width, channels, 4, 2, 1),  # 14 -> 28
         )

@@ -165,6 +165,16 @@ def test_a_negative_guidance_scale_is_refused_with_what_it_means():
     assert "task.params.guidance_scale" in message and "must be >= 0" in message
 
 
+def test_guidance_without_dropped_labels_is_refused_saying_what_to_set():
+    # The "no label" embedding trains only on dropped labels; guidance (default 2.0, and
+    # 0: unconditional) reads it.
+    for guidance in (2.0, 0.0):
+        message = params_error(label_dropout=0.0, guidance_scale=guidance)
+        assert "set label_dropout > 0 (e.g. 0.1), or guidance_scale: 1" in message
+    # Plain conditional sampling never reads it.
+    assert DdpmParams(label_dropout=0.0, guidance_scale=1.0).label_dropout == 0.0
+
+
 def test_more_ddim_steps_than_training_steps_is_refused():
     message = params_error(timesteps=100, sampling_steps=200)
     assert "sampling_steps (200) cannot exceed the 100 training timesteps" in message

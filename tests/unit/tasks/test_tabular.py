@@ -64,17 +64,15 @@ def test_ctgan_samples_rows_conditioned_on_a_columns_value(fair):
     assert len(rows) == 30 and (rows["had_affair"] == "yes").all()
 
 
-def test_tvae_samples_conditioned_rows_by_filtering_and_says_when_too_few_match(fair):
+def test_tvae_samples_conditioned_rows_by_filtering(fair):
     # TVAE takes no conditional vector: its rows are generated and kept when they match.
     task = _task(TvaeTask, fair)
     task.train_local(fair.clients[0], 30, torch.Generator().manual_seed(0), {})
     rows = task.sample((30, {"had_affair": "yes"}), torch.Generator().manual_seed(1))
     assert len(rows) == 30 and (rows["had_affair"] == "yes").all()
     assert list(rows.columns) == fair.schema.names
-    # Asked for more than the tries can find: a clear error, not fewer rows.
-    task.params.sample_batch = 10
-    with pytest.raises(ValueError, match=r"generated only \d+ rows with had_affair == 'yes'"):
-        task.sample((10_000, {"had_affair": "yes"}), torch.Generator().manual_seed(2))
+    # Too few matching rows are a clear error, not fewer rows: see
+    # test_conditioned_sampling_scales_its_batches_with_n_and_stays_bounded.
 
 
 def test_a_conditional_tvae_reads_its_column_and_generates_rows_for_drawn_categories(fair):
@@ -251,6 +249,80 @@ def test_ctgan_conditioned_on_two_columns_generates_from_their_pooled_cells(fair
     assert np.all(np.abs(got - given) < 4 * np.sqrt(given * (1 - given) / n) + 1e-9)
     rows = task.sample(50, torch.Generator().manual_seed(3))
     assert len(rows) == 50
+
+
+@pytest.mark.parametrize(
+    "condition_on", ["had_affair", ["occupation", "had_affair"]], ids=["one", "pair"]
+)
+def test_ctgan_asked_for_another_column_draws_the_conditions_it_trained_on(fair, condition_on):
+    # Prepare: every training vector holds one category of each condition_on column.
+    task = _task(CtganTask, fair, condition_on=condition_on)
+    block = task.condition
+    assert block is not None
+    offsets = task._cond_offsets()
+    asked = task.condition_index("religious", "3")
+    # Execute: the conditions of rows asked for a column outside condition_on.
+    cond = task.generation_conditions(500, torch.Generator().manual_seed(0), asked)
+    # Assert: each condition_on column's slot sums to 1 in every row and nothing else is
+    # set (the asked column's one-hot alone is an input the generator never saw); the
+    # asked category is met by filtering.
+    for index, width in zip(block.indices, block.widths, strict=True):
+        slot = cond[:, offsets[index] : offsets[index] + width]
+        assert torch.equal(slot.sum(dim=1), torch.ones(500)), task.encoder.categorical()[index]
+    assert torch.equal(cond.sum(dim=1), torch.full((500,), float(len(block.indices))))
+    rows = task.sample((20, {"religious": "3"}), torch.Generator().manual_seed(1))
+    assert len(rows) == 20 and (rows["religious"] == "3").all()
+
+
+def _generating(fair, task, value: str, every: int = 1):
+    """A stand-in for ``task.generate``: real encoded rows holding ``had_affair ==
+    value``, one row in ``every`` (the rest the other answer); the batch sizes asked
+    are recorded in its ``calls``."""
+    client = fair.clients[0]
+    index = task.encoder.encoding("had_affair").index(value)
+    match = client.encoded[client.codes["had_affair"] == index]
+    other = client.encoded[client.codes["had_affair"] != index]
+    calls: list[int] = []
+
+    def generate(n: int, generator: torch.Generator, condition: object) -> torch.Tensor:
+        made = sum(calls)
+        calls.append(n)
+        hits = (made + torch.arange(n)) % every == 0
+        rows = other[torch.arange(n) % len(other)].clone()
+        rows[hits] = match[torch.arange(int(hits.sum())) % len(match)]
+        return rows
+
+    generate.calls = calls  # type: ignore[attr-defined]
+    return generate
+
+
+def test_conditioned_sampling_scales_its_batches_with_n_and_stays_bounded(fair, monkeypatch):
+    # Prepare: a model whose every row matches, sampling 10 rows a batch.
+    task = _task(TvaeTask, fair, sample_batch=10)
+    every_row = _generating(fair, task, "yes")
+    monkeypatch.setattr(task, "generate", every_row)
+    # Execute / Assert: 600 rows need 60 batches, more than a fixed 50 would allow.
+    rows = task.sample((600, {"had_affair": "yes"}), torch.Generator().manual_seed(0))
+    assert len(rows) == 600 and (rows["had_affair"] == "yes").all()
+    assert every_row.calls == [10] * 60
+    # A condition that never matches fails after 50 batches, with what to do.
+    never = _generating(fair, task, "no")
+    monkeypatch.setattr(task, "generate", never)
+    with pytest.raises(ValueError, match=r"generated only 0 rows with had_affair == 'yes' in 50"):
+        task.sample((600, {"had_affair": "yes"}), torch.Generator().manual_seed(0))
+    assert len(never.calls) == 50
+    # One row in 100 matching cannot fill 600 rows within 50 x 60 batches: refused once
+    # the first 50 batches show the rate, not after the whole budget.
+    rare = _generating(fair, task, "yes", every=100)
+    monkeypatch.setattr(task, "generate", rare)
+    with pytest.raises(ValueError, match=r"need more than the 3000 batches allowed"):
+        task.sample((600, {"had_affair": "yes"}), torch.Generator().manual_seed(0))
+    assert len(rare.calls) == 50
+    # One row in 10 matching can: 600 rows in 600 batches.
+    some = _generating(fair, task, "yes", every=10)
+    monkeypatch.setattr(task, "generate", some)
+    assert len(task.sample((600, {"had_affair": "yes"}), torch.Generator().manual_seed(0))) == 600
+    assert len(some.calls) == 600
 
 
 def test_conditioning_on_a_category_absent_from_training_is_a_clear_error(fair):

@@ -7,6 +7,7 @@ from torch import nn
 from fedgen.data.client_data import ClientData
 from fedgen.data.sources import get_source
 from fedgen.modality import Modality
+from fedgen.params import ParamsError, validate_params
 from fedgen.registry import TASKS
 from fedgen.seeding import torch_generator
 
@@ -109,3 +110,25 @@ def test_vae_networks_take_labels_as_indices_or_one_hot():
         assert all(torch.equal(a, b) for a, b in zip(enc(x, y), enc(x, hot), strict=True))
         z = torch.randn(5, task.params.latent_dim)
         assert torch.equal(dec(z, y), dec(z, hot))
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"beta": -1.0}, "task.params.beta"),
+        ({"lr": 0.0}, "task.params.lr"),
+        ({"latent_dim": 0}, "task.params.latent_dim"),
+        ({"width": 12}, "task.params.width must be a positive multiple of 8"),
+        ({"width": 0}, "task.params.width"),
+    ],
+    ids=["beta", "lr", "latent_dim", "width-groups", "width-zero"],
+)
+def test_cvae_params_it_cannot_train_with_are_refused_naming_the_key(params, message):
+    with pytest.raises(ParamsError) as info:
+        validate_params(TASKS.get("cvae"), params, "task.params")
+    assert message in str(info.value)
+
+
+def test_the_mlp_cvae_has_no_group_norm_to_fill():
+    params = validate_params(TASKS.get("cvae"), {"architecture": "mlp", "width": 12}, "p")
+    assert params.width == 12  # type: ignore[attr-defined]

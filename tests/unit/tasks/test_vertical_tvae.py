@@ -14,6 +14,7 @@ from vertical_support import NUMERIC, found, raw_patterns
 from fedgen.config import load_config
 from fedgen.errors import ConfigError
 from fedgen.experiment import build_experiment
+from fedgen.params import validate_params
 from fedgen.tasks.tabular import TvaeTask
 from fedgen.tasks.tabular.tvae_functional import SIGMA_RANGE
 from fedgen.tasks.tabular.vertical_channel import SERVER, WireChannel, party
@@ -21,6 +22,7 @@ from fedgen.tasks.tabular.vertical_training import JointSeeds
 from fedgen.tasks.tabular.vertical_tvae import (
     DECODER_BODY,
     ENCODER_TOP,
+    VerticalTvaeTask,
     decoder_head_name,
     encoder_bottom_name,
 )
@@ -202,6 +204,12 @@ def test_the_vertical_tvae_parts_go_together():
     with pytest.raises(ConfigError, match="drop transforms and faults"):
         clipped = tiny(**{"transforms": "[{name: clip, params: {max_norm: 1.0}}]"})
         build_experiment(clipped).federation.run_round(0)
+
+
+def test_vertical_tvae_refuses_condition_on_rather_than_ignore_it():
+    # Inherited from TVAE's params but never built: it would train an unconditional model.
+    with pytest.raises(ConfigError, match="condition_on is not built for vertical_tvae"):
+        validate_params(VerticalTvaeTask, {"condition_on": "had_affair"}, "task.params")
 
 
 def test_the_clients_shared_draws_are_keyed_by_the_runs_secret():

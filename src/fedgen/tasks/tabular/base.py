@@ -4,13 +4,15 @@ A table task models rows in the reversible encoding of ``fedgen.data.table_encod
 (fitted federatedly before round 1 and carried by ``DataSpec.table``); it generates
 encoded rows with ``generate`` and this base decodes them to a ``pandas.DataFrame``.
 ``sample`` takes an int (n unconditioned rows) or ``(n, {column: value})``: n rows
-whose categorical ``column`` holds ``value``, which a conditional model (CTGAN) is
-asked for directly and every model's output is filtered for. A category absent from
-the training rows is a ``ValueError`` that lists the ones there are.
+whose categorical ``column`` holds ``value``, which a conditional model is asked for
+directly when it trained on conditions naming that column (CTGAN, a ``condition_on``
+column) and every model's output is filtered for. A category absent from the training
+rows is a ``ValueError`` that lists the ones there are.
 """
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,7 +31,8 @@ from fedgen.tasks.tabular import optimizer_state
 from fedgen.tasks.tabular.condition_block import ConditionBlock
 from fedgen.types import StateDict
 
-#: Batches ``sample`` generates, at most, while filtering for a condition.
+#: Batches ``sample`` generates, at most, while filtering for a condition, per batch
+#: that the ``n`` rows asked fill: a model whose rows match 1 in 50 or more fills any n.
 MAX_CONDITION_TRIES = 50
 
 
@@ -212,37 +215,45 @@ class TableTask(Task):
         """``n`` decoded rows, all with ``column == value`` when a column is given.
 
         Conditioned rows are generated (with the condition, for a conditional model) and
-        filtered; ``ValueError`` when too few match after ``MAX_CONDITION_TRIES`` batches.
+        filtered, in at most ``MAX_CONDITION_TRIES`` times the batches ``n`` rows fill;
+        ``ValueError`` when the rows matching so far say that budget cannot give ``n``.
         """
         if n < 0:
             raise ValueError(f"n is {n}; ask for 0 or more rows")
         for module in self.modules.values():
             module.eval()
+        batch_size: int = self.params.sample_batch  # type: ignore[attr-defined]
         if column is None:
             parts = []
-            for start in range(0, n, self.params.sample_batch):  # type: ignore[attr-defined]
-                count = min(self.params.sample_batch, n - start)  # type: ignore[attr-defined]
+            for start in range(0, n, batch_size):
+                count = min(batch_size, n - start)
                 parts.append(self.generate(count, generator, None).numpy())
             rows = np.concatenate(parts) if parts else np.zeros((0, self.encoder.dim))
             return self.encoder.decode(rows)
         condition = self.condition_index(column, value)
         wanted = self.encoder.categorical()[condition[0]][0].categories[condition[1]]
+        # The budget grows with n (a fixed one refused large n even when every row
+        # matched); it stays bounded, so a condition that never matches still fails.
+        budget = MAX_CONDITION_TRIES * max(math.ceil(n / batch_size), 1)
         kept: list[pd.DataFrame] = []
-        have = 0
-        for _ in range(MAX_CONDITION_TRIES):
-            batch = self.encoder.decode(
-                self.generate(self.params.sample_batch, generator, condition).numpy()  # type: ignore[attr-defined]
-            )
+        have = tries = 0
+        while have < n:
+            # After the first MAX_CONDITION_TRIES batches the match rate is known well
+            # enough to stop early when it cannot fill n rows within the budget.
+            projected = math.inf if have == 0 else tries * n / have
+            if tries >= budget or (tries >= MAX_CONDITION_TRIES and projected > budget):
+                raise ValueError(
+                    f"the model generated only {have} rows with {column} == {wanted!r} in "
+                    f"{tries} batches of {batch_size}; {n} rows at that rate need more than "
+                    f"the {budget} batches allowed: train it longer or ask for fewer rows"
+                )
+            batch = self.encoder.decode(self.generate(batch_size, generator, condition).numpy())
             match = batch[batch[column] == wanted]
             kept.append(match)
             have += len(match)
-            if have >= n:
-                break
-        if have < n:
-            raise ValueError(
-                f"the model generated only {have} rows with {column} == {wanted!r} in "
-                f"{MAX_CONDITION_TRIES} batches; train it longer or ask for fewer rows"
-            )
+            tries += 1
+        if not kept:  # n == 0
+            return self.encoder.decode(np.zeros((0, self.encoder.dim)))
         return pd.concat(kept, ignore_index=True).iloc[:n].reset_index(drop=True)
 
 

@@ -316,16 +316,17 @@ class CtganTask(TableTask):
         """The conditional vectors ``(n, cond_dim)`` of ``n`` generated rows.
 
         Unconditioned rows draw them from the merged frequencies (the table's own), as
-        the ctgan library samples; a joint ``condition_on`` pair from its merged cells,
-        the other column given the asked one when ``condition`` names one of the pair. A
-        condition on a column outside the pair sets that one-hot alone, as it does for a
-        single ``condition_on``."""
+        the ctgan library samples; a ``condition_on`` column from its merged counts, a
+        joint pair from its merged cells, the other column given the asked one when
+        ``condition`` names one of the pair. A condition on a column outside
+        ``condition_on`` draws as an unconditioned row does (``sample_rows`` keeps the
+        matching rows), as TVAE's block does."""
         block = self.condition
-        if (
-            block is None
-            or len(block.columns) == 1
-            or (condition is not None and condition[0] not in block.indices)
-        ):
+        if block is not None and condition is not None and condition[0] not in block.indices:
+            # Training sets exactly the condition_on slots in every vector; one naming
+            # another column alone (those slots all zero) is an input the generator never saw.
+            condition = None
+        if block is None or len(block.columns) == 1:
             return draw_conditions(
                 n,
                 self.encoder.categorical(),

@@ -99,7 +99,8 @@ class VerticalTvaeTask(VerticalTableTask):
     task_name = "vertical_tvae"
 
     class Params(TvaeTask.Params):
-        """``task.params`` of ``vertical_tvae`` (TVAE's, without kept optimizer moments)."""
+        """``task.params`` of ``vertical_tvae`` (TVAE's, without kept optimizer moments or
+        ``condition_on``)."""
 
         #: Not built here: backend vertical starts every party's optimizer each round.
         keep_optimizer: bool = False
@@ -120,6 +121,14 @@ class VerticalTvaeTask(VerticalTableTask):
                 raise ValueError(
                     "compute_dtype bfloat16 is not built for vertical_tvae (backend vertical "
                     "runs its joint iteration outside autocast); leave it float32"
+                )
+            # Inherited from TVAE but not built: the server's decoder body would need the
+            # column's one-hot, which only its owner holds. Accepted, it would silently
+            # train an unconditional model.
+            if self.condition_on is not None:
+                raise ValueError(
+                    "condition_on is not built for vertical_tvae (its decoder is not given "
+                    "the column); drop condition_on, or use task tvae on a table split by rows"
                 )
             return self
 
