@@ -46,9 +46,9 @@ class ClientResult:
     and tail blocks). Server-side validation and FedAvg ignore both.
 
     ``bytes_up`` / ``bytes_down`` count what this client actually sent / received
-    this round, failed or not. ``bytes_down`` = 0 means the backend does not count it
-    (the client received the whole global state); the split backend fills it with
-    the client's own blocks plus the activations and gradients sent down to it.
+    this round, failed or not; every backend sets both. ``bytes_down`` = 0 means
+    nothing reached the client (its job could not be encoded); the split backend
+    counts the client's own blocks plus the activations and gradients sent down to it.
     """
 
     client_id: int

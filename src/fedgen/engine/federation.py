@@ -445,10 +445,10 @@ class Federation:
         metrics["failures"] = len(failures)
         if failures:
             metrics["failed_clients"] = {str(k): v for k, v in sorted(failures.items())}
-        # Backends that know what they sent a client (split learning: its own blocks
-        # and the activations) say so; the others sent it the global state.
+        # What each backend sent a client (split learning: its own blocks and the
+        # activations); 0 when nothing was (a job that could not be encoded).
         sent = state_nbytes(self.global_state)
-        down = [bytes_down.get(c) or sent for c in plan.client_ids]
+        down = [bytes_down.get(c, sent) for c in plan.client_ids]
         metrics["bytes_down"] = sum(down)
         up = [bytes_up.get(c, 0) for c in plan.client_ids]
         metrics["bytes_up"] = sum(up)
@@ -571,6 +571,11 @@ class Federation:
             metrics.update(
                 {f"{type(transform).__name__.lower()}/{k}": v for k, v in t_metrics.items()}
             )
+        if agg.num_clients == 0 and not any(bool(v.any()) for v in agg.delta.values()):
+            # Nothing arrived and no server half added anything (no DP noise): no delta,
+            # so a server optimizer leaves the model and its moments as they were,
+            # instead of stepping its momentum on a zero.
+            agg.delta = {}
         self.global_state = self.strategy.apply(r, self.global_state, agg)
         # Per-client tensors a strategy hands back (e.g. a cluster's shared head
         # and tail in clustered split learning) replace those clients' private state.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import torch
 from tiny_federation import tiny_config
 
 from fedgen.experiment import build_experiment, run_experiment
@@ -85,3 +86,67 @@ def test_a_healthy_run_counts_no_failed_rounds(mnist_dir, tmp_path):
         progress=False,
     )
     assert summary["status"] == "completed" and summary["failed_rounds"] == 0
+
+
+def test_an_empty_fixed_denominator_round_leaves_a_server_optimizer_where_it_was(mnist_dir):
+    # Prepare: FedAvgM over a fixed denominator; every client's update is NaN, so no
+    # round has a client to average (a zero mean, not a failed round). The momentum
+    # holds a step from earlier rounds.
+    fed = build_experiment(
+        _cfg(
+            mnist_dir,
+            **{
+                "strategy.name": "fedavgm",
+                "strategy.params": "{weighted: false, fixed_denominator: true, min_clients: 1}",
+                "federation.rounds": 1,
+            },
+        )
+    ).federation
+    floats = {k: v.clone() for k, v in fed.global_state.items() if v.is_floating_point()}
+    fed.strategy.moments["momentum"] = {
+        k: torch.ones_like(v, dtype=torch.float64) for k, v in floats.items()
+    }
+    # Execute
+    fed.run()
+    # Assert: nothing arrived and nothing was added, so neither the model nor the
+    # momentum moved (a step on the zero mean would have moved every weight by 0.9).
+    assert fed.history[-1]["clients"] == 0
+    for k, v in floats.items():
+        assert torch.equal(fed.global_state[k], v), k
+        assert torch.equal(fed.strategy.moments["momentum"][k], torch.ones_like(v).double()), k
+
+
+def test_a_client_whose_job_could_not_be_sent_counts_no_bytes_down(mnist_dir, monkeypatch):
+    # Prepare: client 0's job cannot be encoded, so it crashes and nothing reaches it.
+    from fedgen.engine.backends import inprocess
+    from fedgen.errors import FedgenError
+
+    real_run, real_job = inprocess.run_client, inprocess.job_message
+
+    def run_client(ins, *args, **kwargs):
+        if ins.client_id == 0:
+            raise RuntimeError("job could not be sent")
+        return real_run(ins, *args, **kwargs)
+
+    def job_message(ins, *args, **kwargs):
+        if ins.client_id == 0:
+            raise FedgenError("unencodable job")
+        return real_job(ins, *args, **kwargs)
+
+    monkeypatch.setattr(inprocess, "run_client", run_client)
+    monkeypatch.setattr(inprocess, "job_message", job_message)
+    fed = build_experiment(
+        tiny_config(
+            mnist_dir,
+            **{"federation.rounds": 1, "eval.every": 0, "eval.final": False},
+            **{"strategy.params": "{fraction: 1.0, min_clients: 1}"},
+        )
+    ).federation
+    # Execute
+    fed.run()
+    # Assert: the backend's 0 is kept (it was counted as the whole model before);
+    # every other client received its job.
+    per_client = fed.history[-1]["bytes_by_client"]
+    down = dict(zip(per_client["clients"], per_client["down"], strict=True))
+    assert down[0] == 0
+    assert all(b > 0 for c, b in down.items() if c != 0)
