@@ -774,7 +774,7 @@ def restore_latest(
             f"every checkpoint in {ckpt_dir} is damaged, {what}. Damage found:\n  "
             + "\n  ".join(damaged)
         )
-    round_, path, payload = newest
+    round_, path, payload, digest = newest
     # Intact bytes that do not fit this experiment are an error, never skipped.
     advice = (
         # fedgen sample/eval read the run's own config.yaml: if it does not fit, it was
@@ -817,6 +817,7 @@ def restore_latest(
         # unlogged).
         state = {k: v for k, v in state.items() if k != "audit"}
     restore_state(fed, state, path, fed.task.private_state())
+    fed.restored_digest = digest
     if fed.privacy is not None and cfg.noise_seed == "secret" and fed.noise_key is None:
         # A checkpoint from before noise keys were kept: its run drew its noise from the
         # root seed, and continues so (bit-identical), which the config does not say.

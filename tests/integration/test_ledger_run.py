@@ -10,6 +10,7 @@ import torch
 from cli_runner import fedgen_here
 from tiny_federation import tiny_config
 
+from fedgen import experiment
 from fedgen.engine.backends import local_training
 from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from fedgen.engine.keystore import KeyStore
@@ -327,6 +328,32 @@ def test_resume_refuses_a_checkpoint_replaced_with_a_well_formed_other_model(mni
     state[name] = state[name] + 1.0
     save_checkpoint(newest, payload)
     # Execute / Assert
+    with pytest.raises(CheckpointError, match="is not the one the ledger logged for round 1"):
+        run_experiment(
+            _cfg(mnist_dir, **{"federation.rounds": 3}), run, progress=False, resume=True
+        )
+
+
+def test_resume_checks_the_bytes_it_loaded_not_the_file_after(mnist_dir, tmp_path, monkeypatch):
+    # Prepare: the newest checkpoint holds another model when the run loads it, and
+    # the logged bytes are put back right after (before the ledger looks at the file).
+    run = tmp_path / "run"
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 2}), run, progress=False)
+    _, newest = list_checkpoints(run / "checkpoints")[-1]
+    logged = newest.read_bytes()
+    payload = load_checkpoint(newest)
+    state = payload["federation"]["global_state"]
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 1.0
+    save_checkpoint(newest, payload)
+    real_restore = experiment.restore_state
+
+    def restore_then_put_back(*args, **kwargs):
+        real_restore(*args, **kwargs)
+        newest.write_bytes(logged)
+
+    monkeypatch.setattr(experiment, "restore_state", restore_then_put_back)
+    # Execute / Assert: the model loaded is not the logged one, whatever the file says now.
     with pytest.raises(CheckpointError, match="is not the one the ledger logged for round 1"):
         run_experiment(
             _cfg(mnist_dir, **{"federation.rounds": 3}), run, progress=False, resume=True

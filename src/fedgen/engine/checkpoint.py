@@ -67,6 +67,14 @@ def save_checkpoint(
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint; raise ``CheckpointError`` if it is truncated or corrupted."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], str]:
+    """A checkpoint's payload and the sha256 (hex) of the very bytes it was read from
+    (what the ledger logs for the file), so that a check of the digest is a check of the
+    model loaded, not of whatever the file holds by then; ``CheckpointError`` as
+    ``load_checkpoint``."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -88,7 +96,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} could not be decoded: {exc}") from exc
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} holds {type(payload).__name__}, not a checkpoint dict")
-    return payload
+    return payload, hashlib.sha256(raw).hexdigest()
 
 
 def checkpoint_path(directory: Path, round: int) -> Path:
@@ -110,15 +118,15 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 
 def newest_intact(
     found: list[tuple[int, Path]],
-) -> tuple[tuple[int, Path, dict[str, Any]] | None, list[str]]:
+) -> tuple[tuple[int, Path, dict[str, Any], str] | None, list[str]]:
     """The newest of ``found`` (``list_checkpoints``) whose bytes read intact, as
-    ``(round, path, payload)`` or None when none does, and the damage skipped on the way
-    (``"name: why"``, newest first; each is logged). A crash mid-write or a damaged disk
-    costs the rounds after the previous checkpoint, never the run."""
+    ``(round, path, payload, sha256 of its bytes)`` or None when none does, and the damage
+    skipped on the way (``"name: why"``, newest first; each is logged). A crash mid-write
+    or a damaged disk costs the rounds after the previous checkpoint, never the run."""
     damaged: list[str] = []
     for round_, path in reversed(found):
         try:
-            return (round_, path, load_checkpoint(path)), damaged
+            return (round_, path, *read_checkpoint(path)), damaged
         except CheckpointError as exc:
             log.warning("skipping a damaged checkpoint: %s", exc)
             damaged.append(f"{path.name}: {exc}")

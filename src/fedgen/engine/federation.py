@@ -161,6 +161,9 @@ class Federation:
         self.private_states: dict[int, StateDict] = {}
         self.next_round = 0
         self.history: list[dict[str, Any]] = []
+        #: The sha256 of the checkpoint file the state was restored from (set by
+        #: ``restore_latest``; the ledger checks it is the one it logged), else None.
+        self.restored_digest: str | None = None
         #: What one round is: a synchronous cohort (default), a FedBuff step, a gossip step.
         self.schedule: Schedule = schedule or SynchronousSchedule()
         self.schedule.check(self)

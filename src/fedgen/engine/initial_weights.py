@@ -46,7 +46,7 @@ def read_initial_weights(source: Path | str) -> InitialWeights:
             raise CheckpointError(
                 "federation.init_from: every checkpoint is damaged: " + "; ".join(damaged)
             )
-        _, checkpoint, payload = newest
+        _, checkpoint, payload, _ = newest
         run_dir = ckpt_dir.parent if ckpt_dir.name == "checkpoints" else ckpt_dir
     elif path.is_file():
         payload, checkpoint = load_checkpoint(path), path

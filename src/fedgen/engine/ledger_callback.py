@@ -97,7 +97,7 @@ class LedgerCallback(Callback):
         if fed.withholds_cohort:
             self._refuse_replay(ledger, last)
         ckpt = checkpoint_path(self.checkpoint_dir, last)
-        digest = self._check_logged(ledger, last, ckpt)
+        digest = self._check_logged(ledger, last, ckpt, fed.restored_digest)
         ledger.append(
             "resume",
             {
@@ -110,11 +110,15 @@ class LedgerCallback(Callback):
         head = self._sign(last)
         log.info("ledger: resumed after round %d at entry %d", last, head.size)
 
-    def _check_logged(self, ledger: Ledger, last: int, ckpt: Path) -> str:
+    def _check_logged(
+        self, ledger: Ledger, last: int, ckpt: Path, restored: str | None = None
+    ) -> str:
         """The digest of the checkpoint the run resumes from, which must be the one the
         log recorded for it: every checkpoint is logged before it takes its name, so a
-        file the log does not name, or names with other bytes, was put there by hand."""
-        digest = file_digest(ckpt)
+        file the log does not name, or names with other bytes, was put there by hand.
+        ``restored``: the digest of the bytes the state was loaded from, which is what
+        counts (the file could be put back between the load and this check)."""
+        digest = restored if restored is not None else file_digest(ckpt)
         file = self._relative(ckpt)
         logged = [
             e.body["digest"]
