@@ -9,17 +9,26 @@ example-weighted mean, stepped with ``server_lr``: the paper's eta), so the serv
 halves of the transforms and the ledger run per server step as in a sync round.
 
 One round of the loop is one server step. Time is simulated: a job finishes at its
-dispatch time plus ``ClientClock.duration``; arrivals are taken in (finish time,
-client id) order, so the run is a pure function of the root seed. A client trains
-when its result arrives, from the version it was dispatched with: the version
-states still in flight and the event queue are kept in the checkpoint, so a resumed
-run ends bit-identical to an uninterrupted one.
+start time plus ``ClientClock.duration``; arrivals are taken in (finish time, client
+id) order, so the run is a pure function of the root seed. As in the paper's
+Algorithm 1, nobody waits for the server step: the moment a job finishes, its update
+joins the buffer and a job starts for a client drawn from those idle then (the one
+that just arrived among them), from the server's current model. During step ``r``
+that is version ``r``, so a replacement may itself arrive before the buffer fills
+(fresh, s = 0). The arrival that fills the buffer, and any arriving at that same
+instant, are replaced after the step, from version ``r + 1``. The loop takes one
+update per client a step, so a client whose second job ends before the buffer fills
+keeps its place until the next step takes that result first, at the instant the
+buffer emptied (its replacement starts then). A client trains when its result
+arrives, from the version it was started from: the version states still in flight
+and the event queue are kept in the checkpoint, so a resumed run ends bit-identical
+to an uninterrupted one.
 
-With equal speeds and ``buffer_size`` = ``concurrency`` = every client, every
-update is fresh (s = 0) and a step is exactly a synchronous FedAvg round with all
-clients (the job seeds are the sync loop's). A job carries the config the strategy
-gives every client of the round it was sent in (FedProx's mu, Ditto's settings), as
-a synchronous round's instructions do.
+With equal speeds and ``buffer_size`` = ``concurrency`` = every client, all clients
+arrive at the step's instant, every update is fresh (s = 0) and a step is exactly a
+synchronous FedAvg round with all clients (the job seeds are the sync loop's). A job
+carries the config the strategy gives every client of the round it was sent in
+(FedProx's mu, Ditto's settings), as a synchronous round's instructions do.
 """
 
 from __future__ import annotations
@@ -148,13 +157,48 @@ class FedBuffSchedule(Schedule):
     # -- the round -------------------------------------------------------------
 
     def begin(self, r: int, fed: RoundLoop) -> Step:
-        in_flight, versions, last_start = self.in_flight, self.versions, self.last_start
+        in_flight, last_start = self.in_flight, self.last_start
         if not self.started:
             # The first round dispatches the first jobs, from the initial state.
-            in_flight, last_start = self._dispatch(fed, [], self.client_ids, r, 0.0, last_start)
-            versions = {r: fed.global_state}
+            in_flight, last_start = self._dispatch(
+                fed, [], self.client_ids, r, 0.0, last_start, self.jobs_done, (r,)
+            )
+        # Clients freed before the buffer fills are sent the current model, version r.
+        versions = {**self.versions}
+        versions.setdefault(r, fed.global_state)
+        jobs_done = dict(self.jobs_done)
         queue = sorted(in_flight, key=lambda j: (j.finish, j.client_id))
-        arrivals = queue[: self.buffer_size]
+        arrivals: list[InFlight] = []
+        at = self.now
+        while len(arrivals) < self.buffer_size:
+            # The loop takes one update per client a step: a client's second job that
+            # ends before the buffer fills waits for the next step (from the step's instant).
+            arrived = {j.client_id for j in arrivals}
+            eligible = [j for j in queue if j.client_id not in arrived]
+            job = eligible[0]
+            queue.remove(job)
+            arrivals.append(job)
+            jobs_done[job.client_id] = jobs_done.get(job.client_id, 0) + 1
+            at = max(job.finish, self.now)
+            # A job started now ends later (durations are > 0): if the jobs still to
+            # arrive at this instant fill the buffer, the step happens now, and ``end``
+            # sends this client's replacement the new model.
+            ties = sum(1 for j in eligible[1:] if max(j.finish, self.now) == at)
+            if len(arrivals) + ties >= self.buffer_size:
+                continue
+            new, last_start = self._dispatch(
+                fed,
+                queue,
+                self._idle(queue),
+                r,
+                at,
+                last_start,
+                jobs_done,
+                (r, "arrival", len(arrivals) - 1),
+            )
+            queue = sorted(queue + new, key=lambda j: (j.finish, j.client_id))
+        # The arrivals at the step's instant, whose replacements ``end`` sends.
+        at_step = [i for i, j in enumerate(arrivals) if max(j.finish, self.now) == at]
         by_version: dict[int, list[InFlight]] = {}
         for job in arrivals:
             by_version.setdefault(job.version, []).append(job)
@@ -182,9 +226,12 @@ class FedBuffSchedule(Schedule):
             jobs,
             {
                 "arrivals": arrivals,
-                "in_flight": in_flight,
+                "in_flight": queue,
                 "versions": versions,
                 "last_start": last_start,
+                "jobs_done": jobs_done,
+                "time": at,
+                "at_step": at_step,
                 "staleness": staleness,
             },
         )
@@ -206,17 +253,26 @@ class FedBuffSchedule(Schedule):
 
     def end(self, r: int, fed: RoundLoop, step: Step, metrics: dict[str, Any]) -> None:
         arrivals: list[InFlight] = step.notes["arrivals"]
-        arrived = {j.client_id for j in arrivals}
-        self.now = max(j.finish for j in arrivals)
-        for j in arrivals:
-            self.jobs_done[j.client_id] = self.jobs_done.get(j.client_id, 0) + 1
-        remaining = [j for j in step.notes["in_flight"] if j.client_id not in arrived]
-        busy = {j.client_id for j in remaining}
-        idle = [c for c in self.client_ids if c not in busy]
-        new, self.last_start = self._dispatch(
-            fed, remaining, idle, r + 1, self.now, step.notes["last_start"]
-        )
-        self.in_flight = remaining + new
+        self.now = step.notes["time"]
+        self.jobs_done = step.notes["jobs_done"]
+        in_flight: list[InFlight] = step.notes["in_flight"]
+        last_start: dict[int, tuple[int, int]] = step.notes["last_start"]
+        # One at a time in arrival order: those after the one being replaced count as busy.
+        for i in step.notes["at_step"]:
+            busy = in_flight + arrivals[i + 1 :]
+            new, last_start = self._dispatch(
+                fed,
+                busy,
+                self._idle(busy),
+                r + 1,
+                self.now,
+                last_start,
+                self.jobs_done,
+                (r, "arrival", i),
+            )
+            in_flight = in_flight + new
+        self.in_flight = in_flight
+        self.last_start = last_start
         self.started = True
         self.versions = {**step.notes["versions"], r + 1: fed.global_state}
         live = {j.version for j in self.in_flight}
@@ -226,6 +282,11 @@ class FedBuffSchedule(Schedule):
         metrics["staleness_mean"] = sum(stale) / len(stale)
         metrics["staleness_max"] = max(stale)
 
+    def _idle(self, busy: list[InFlight]) -> list[int]:
+        """Clients with no job among ``busy``."""
+        taken = {j.client_id for j in busy}
+        return [c for c in self.client_ids if c not in taken]
+
     def _dispatch(
         self,
         fed: RoundLoop,
@@ -234,11 +295,17 @@ class FedBuffSchedule(Schedule):
         version: int,
         now: float,
         last_start: dict[int, tuple[int, int]],
+        jobs_done: dict[int, int],
+        draw: tuple[str | int, ...],
     ) -> tuple[list[InFlight], dict[int, tuple[int, int]]]:
-        """Jobs for idle clients (up to ``concurrency`` in flight) from ``version`` at ``now``."""
+        """Jobs for idle clients (up to ``concurrency`` in flight) from ``version`` at ``now``.
+
+        ``draw`` names the event (the first dispatch, or the ``i``-th arrival of a step)
+        whose generator picks the clients when more are idle than places are free.
+        """
         free = self.concurrency - len(busy)
         if free < len(idle):
-            rng = numpy_rng(self.seed, "fedbuff", "dispatch", version)
+            rng = numpy_rng(self.seed, "fedbuff", "dispatch", *draw)
             idle = sorted(rng.choice(idle, size=free, replace=False).tolist())
         last = dict(last_start)
         new = []
@@ -251,8 +318,7 @@ class FedBuffSchedule(Schedule):
             if again:
                 seed = derive_seed(self.seed, "round", version, "client", cid, "again", again)
             last[cid] = (version, again + 1)
-            job = self.jobs_done.get(cid, 0)
-            finish = now + self.clock.duration(cid, job, client_steps(fed, cid))
+            finish = now + self.clock.duration(cid, jobs_done.get(cid, 0), client_steps(fed, cid))
             new.append(InFlight(cid, version, now, finish, seed))
         return new, last
 

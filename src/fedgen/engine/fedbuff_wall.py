@@ -5,12 +5,18 @@ The same algorithm as ``fedgen.engine.fedbuff`` (Nguyen et al., AISTATS 2022:
 arrivals, an update ``s`` versions stale weighted ``1 / (1 + s) ** a``), but the
 order of arrivals is the order in which results really come back from a backend
 that keeps jobs running between rounds (``supports_async``: the process pool,
-Flower SuperNodes). A client that finishes is sent the newest model at once; a
-slow one keeps training on the version it was sent. Nothing waits for a cohort.
+Flower SuperNodes). A slow client keeps training on the version it was sent;
+nothing waits for a cohort or for the server step.
 
-Whenever clients arrive, the free places (up to ``concurrency`` in flight) go to
-clients drawn from every idle one, as on the simulated clock, by a generator keyed
-by the run's seed and the model version sent (no generator state to checkpoint).
+Results are read one at a time: the moment one arrives, its place (up to
+``concurrency`` in flight) goes to a client drawn from every idle one (the one that
+just arrived among them), sent the server's current model: version ``r`` during
+step ``r``; for the arrival that fills the buffer, version ``r + 1`` after the
+step. The loop takes one update per client a step, so a client's second result
+within one step is held for the next. The draws are made as on the simulated
+clock, by a generator keyed by the run's seed and the arrival (no generator state
+to checkpoint).
+
 Real timing is not reproducible: two runs of one recipe differ in who arrives
 when. A checkpoint keeps the model and the counts, not the jobs in flight: a
 resumed run sends fresh jobs from the checkpointed model. Each client signs its
@@ -50,6 +56,8 @@ class WallClockFedBuff(FedBuffSchedule):
         super().__init__(config, clock=None, client_ids=list(client_ids), seed=seed)  # type: ignore[arg-type]
         self.sent: dict[int, _Sent] = {}
         self.states: dict[int, StateDict] = {}
+        #: Results of clients that arrived twice in one step, for the next step.
+        self.held: list[ClientResult] = []
         self.began: float | None = None
 
     def check(self, fed: RoundLoop) -> None:
@@ -66,16 +74,32 @@ class WallClockFedBuff(FedBuffSchedule):
             self.began = time.monotonic()
         if not self.sent:
             # The first round (or the first after a resume) sends the first jobs.
-            self._send(fed, self.client_ids, r)
-        arrived: list[ClientResult] = fed.backend.arrivals(self.buffer_size)
+            self._send(fed, self.client_ids, r, (r,))
+        arrived: list[ClientResult] = []
         groups: dict[int, list[ClientResult]] = {}
         staleness: dict[int, int] = {}
         sent_as: dict[int, _Sent] = {}
-        for res in arrived:
+        starts: dict[int, StateDict] = {}
+        held, self.held = self.held, []
+        while len(arrived) < self.buffer_size:
+            res = held.pop(0) if held else next(iter(fed.backend.arrivals(1)), None)
+            if res is None:
+                break  # nothing left in flight
+            if res.client_id in sent_as:
+                self.held.append(res)  # its second result this step: the next step's
+                continue
+            arrived.append(res)
             sent = self.sent.pop(res.client_id)
             groups.setdefault(sent.version, []).append(res)
             staleness[res.client_id] = r - sent.version
             sent_as[res.client_id] = sent
+            starts[sent.version] = self.states[sent.version]
+            self.jobs_done[res.client_id] = self.jobs_done.get(res.client_id, 0) + 1
+            if len(arrived) < self.buffer_size:
+                # Its place is filled at once, from the model the server has now.
+                idle = [c for c in self.client_ids if c not in self.sent]
+                self._send(fed, idle, r, (r, "arrival", len(arrived) - 1))
+        self.held = held + self.held
         jobs = [
             Job(
                 RoundPlan(
@@ -89,7 +113,7 @@ class WallClockFedBuff(FedBuffSchedule):
                         for res in rs
                     ],
                 ),
-                self.states[v],
+                starts[v],
                 v,
                 results=rs,
             )
@@ -100,13 +124,11 @@ class WallClockFedBuff(FedBuffSchedule):
 
     def end(self, r: int, fed: RoundLoop, step: Step, metrics: dict[str, Any]) -> None:
         arrived: list[int] = step.notes["arrived"]
-        for cid in arrived:
-            self.jobs_done[cid] = self.jobs_done.get(cid, 0) + 1
-        # The free places go to clients drawn from every idle one (those that just arrived
-        # and those never sent, or not sent since), as the simulated schedule draws them:
-        # re-sending only the arrivals would leave the first draw's others idle for good.
+        # The place of the arrival that filled the buffer goes to a client drawn from every
+        # idle one (it, and those not sent since an earlier draw passed them over), sent
+        # the new model: re-sending only arrivals would leave the first draw's others idle.
         idle = [c for c in self.client_ids if c not in self.sent]
-        self._send(fed, idle, r + 1)
+        self._send(fed, idle, r + 1, (r, "arrival", max(len(arrived) - 1, 0)))
         assert self.began is not None
         stale = [float(s) for s in step.notes["staleness"].values()] or [0.0]
         metrics["wall_time"] = time.monotonic() - self.began
@@ -114,12 +136,15 @@ class WallClockFedBuff(FedBuffSchedule):
         metrics["staleness_max"] = max(stale)
         metrics["in_flight"] = len(self.sent)
 
-    def _send(self, fed: RoundLoop, idle: Sequence[int], version: int) -> None:
-        """Send idle clients (up to ``concurrency`` in flight) the model of ``version``."""
+    def _send(
+        self, fed: RoundLoop, idle: Sequence[int], version: int, draw: tuple[str | int, ...]
+    ) -> None:
+        """Send idle clients (up to ``concurrency`` in flight) the model of ``version``;
+        ``draw`` names the event whose generator picks them when places are fewer."""
         free = self.concurrency - len(self.sent)
         chosen = sorted(idle)
         if free < len(chosen):
-            rng = numpy_rng(self.seed, "fedbuff", "dispatch", version)
+            rng = numpy_rng(self.seed, "fedbuff", "dispatch", *draw)
             chosen = sorted(rng.choice(chosen, size=free, replace=False).tolist())
         if not chosen:
             return
@@ -143,4 +168,4 @@ class WallClockFedBuff(FedBuffSchedule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.jobs_done = {int(k): int(v) for k, v in state.get("jobs_done", {}).items()}
-        self.sent, self.states = {}, {}
+        self.sent, self.states, self.held = {}, {}, []

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from test_federation import interrupt_at
 from tiny_federation import tiny_config
 
-from fedgen.config import ClockConfig
+from fedgen.config import ClockConfig, FedBuffConfig
 from fedgen.engine.callbacks import CheckpointCallback
 from fedgen.engine.client_clock import ClientClock
-from fedgen.engine.fedbuff import staleness_weight
+from fedgen.engine.fedbuff import FedBuffSchedule, staleness_weight
 from fedgen.errors import ConfigError
 from fedgen.experiment import build_experiment, restore_latest
 
@@ -94,6 +96,73 @@ def test_a_server_step_is_the_staleness_weighted_mean_of_its_arrivals(mnist_dir)
     assert max(m["staleness_max"] for m in fed.history) >= 1
     times = [m["sim_time"] for m in fed.history]
     assert times == sorted(times)
+
+
+def test_a_client_that_arrives_early_starts_again_at_once_from_the_current_model():
+    # Prepare: 3 clients, one local step each finishing at t=1, 3 and 10 (client 2 is the
+    # straggler); the buffer takes 2 arrivals, all 3 clients train at once.
+    clock = ClientClock(ClockConfig(), range(3), seed=0)
+    clock.step_seconds = {0: 1.0, 1: 3.0, 2: 10.0}
+    schedule = FedBuffSchedule(FedBuffConfig(buffer_size=2, concurrency=3), clock, [0, 1, 2], 0)
+    fed = SimpleNamespace(strategy=SimpleNamespace(), global_state={"w": torch.zeros(1)})
+    fed.local_steps = 1
+
+    # Execute: the first server step (the global model becomes version 1 at t=3).
+    step = schedule.begin(0, fed)  # type: ignore[arg-type]
+    fed.global_state = {"w": torch.ones(1)}
+    metrics: dict = {}
+    schedule.end(0, fed, step, metrics)  # type: ignore[arg-type]
+
+    # Assert: client 0 arrived at t=1 and was sent version 0 (the server's model until the
+    # buffer filled) at once, not at t=3; client 1 filled the buffer and was sent version 1.
+    assert [(j.client_id, j.finish) for j in step.notes["arrivals"]] == [(0, 1.0), (1, 3.0)]
+    assert metrics["sim_time"] == 3.0
+    started = {j.client_id: (j.start, j.version) for j in schedule.in_flight}
+    assert started == {0: (1.0, 0), 1: (3.0, 1), 2: (0.0, 0)}
+    assert sorted(schedule.versions) == [0, 1]  # version 0 stays while jobs train from it
+
+    # Execute: the next step.
+    step = schedule.begin(1, fed)  # type: ignore[arg-type]
+    schedule.end(1, fed, step, metrics)  # type: ignore[arg-type]
+
+    # Assert: client 0's second job (done at t=2) joins the next buffer (one update per
+    # client a step), one version stale; the step ends when client 1 is back, at t=6.
+    assert [j.client_id for j in step.notes["arrivals"]] == [0, 1]
+    assert step.notes["staleness"] == {0: 1, 1: 0}
+    assert metrics["sim_time"] == 6.0
+
+
+def test_heterogeneous_speeds_with_a_full_buffer_finish_sooner_than_sync(mnist_dir):
+    # Prepare: K = concurrency = all 4 clients, lognormal speeds with per-job jitter.
+    clock_cfg = "{speeds: lognormal, sigma: 1.0, jitter: 0.5}"
+    sync_cfg = tiny_config(mnist_dir, **{"federation.clock": clock_cfg})
+    buff_cfg = tiny_config(
+        mnist_dir,
+        **FEDBUFF,
+        **{"federation.fedbuff": "{buffer_size: 4}", "federation.clock": clock_cfg},
+    )
+    sync = build_experiment(sync_cfg).federation
+    buff = build_experiment(buff_cfg).federation
+
+    # Execute
+    assert sync.run() and buff.run()
+
+    # Assert: a hand-run of the event clock. Nobody waits for the step: a client's job k
+    # starts when its job k-1 is done, or (if that came before the buffer could take it)
+    # at step k-2's instant; step k ends when every client's job k is taken.
+    clock = ClientClock(buff_cfg.federation.clock, range(4), seed=buff_cfg.seed)
+    finish = dict.fromkeys(range(4), 0.0)
+    steps = [0.0, 0.0]  # the instants of steps k-2 and k-1
+    expected = []
+    for k in range(3):
+        for c in range(4):
+            finish[c] = max(finish[c], steps[-2]) + clock.duration(c, k, 2)
+        steps.append(max(*finish.values(), steps[-1]))
+        expected.append(steps[-1])
+    times = [m["sim_time"] for m in buff.history]
+    assert times == pytest.approx(expected)
+    # The synchronous run waits for the slowest client every round.
+    assert times[-1] < sync.history[-1]["sim_time"]
 
 
 def test_resumed_fedbuff_run_ends_bit_identical(mnist_dir, tmp_path):

@@ -1,5 +1,6 @@
 """FedBuff and the strategy: clients get the strategy's config, and settings FedBuff
-cannot honour are refused before round 1; wall-clock refills draw from every idle client."""
+cannot honour are refused before round 1; wall-clock refills draw from every idle client,
+the moment a result arrives."""
 
 from __future__ import annotations
 
@@ -130,3 +131,79 @@ def test_wall_clock_refills_draw_from_every_idle_client_deterministically():
         i.client_id for i in backend.submitted
     ]
     assert all(ins.config == {"proximal_mu": 0.5} for ins in backend.submitted)
+
+
+class EventBackend(QueueBackend):
+    """A ``QueueBackend`` that logs every job sent and result read, in order; with
+    ``newest_first`` the job sent last comes back first (a fast client)."""
+
+    def __init__(self, newest_first: bool = False) -> None:
+        super().__init__()
+        self.newest_first = newest_first
+        self.events: list[tuple[str, int]] = []
+
+    def submit(self, ins: ClientInstruction, work: Any, clients: Any, private: Any) -> None:
+        super().submit(ins, work, clients, private)
+        self.events.append(("sent", ins.client_id))
+
+    def arrivals(self, n: int) -> list[ClientResult]:
+        if self.newest_first:
+            self.queue.reverse()
+        out = super().arrivals(n)
+        if self.newest_first:
+            self.queue.reverse()
+        self.events.extend(("read", res.client_id) for res in out)
+        return out
+
+
+def wall_steps(backend: EventBackend, rounds: int) -> tuple[WallClockFedBuff, list[Any]]:
+    """``rounds`` wall-clock steps of 3 clients, all in flight, 2 arrivals a step."""
+    fed = SimpleNamespace(
+        backend=backend,
+        strategy=FedProx(mu=0.5, min_clients=1),
+        global_state={"w": torch.zeros(1)},
+        clients={},
+        private_states={},
+        local_work=lambda state, version: None,
+    )
+    schedule = WallClockFedBuff(FedBuffConfig(buffer_size=2, concurrency=3), range(3), 7)
+    steps = []
+    for r in range(rounds):
+        step = schedule.begin(r, fed)  # type: ignore[arg-type]
+        fed.global_state = {"w": torch.full((1,), float(r + 1))}  # the server stepped
+        schedule.end(r, fed, step, {})  # type: ignore[arg-type]
+        steps.append(step)
+    return schedule, steps
+
+
+def test_wall_clock_sends_a_new_job_the_moment_a_result_arrives():
+    # Execute: one server step; results come back first in, first out.
+    backend = EventBackend()
+    schedule, _ = wall_steps(backend, 1)
+
+    # Assert: client 0's place is filled before the second result is read, with the
+    # model the server had then (version 0); the arrival that filled the buffer is
+    # replaced after the step, with version 1.
+    assert backend.events == [
+        ("sent", 0),
+        ("sent", 1),
+        ("sent", 2),
+        ("read", 0),
+        ("sent", 0),
+        ("read", 1),
+        ("sent", 1),
+    ]
+    assert {cid: sent.version for cid, sent in schedule.sent.items()} == {0: 0, 1: 1, 2: 0}
+
+
+def test_wall_clock_holds_a_clients_second_result_for_the_next_step():
+    # Execute: the job sent last comes back first, so client 2's replacement returns
+    # before the buffer has filled.
+    backend = EventBackend(newest_first=True)
+    _, steps = wall_steps(backend, 2)
+
+    # Assert: one update per client a step; the held one leads the next step, stale.
+    assert steps[0].notes["arrived"] == [2, 1]
+    assert steps[1].notes["arrived"][0] == 2
+    assert steps[1].notes["staleness"][2] == 1
+    assert all(len(set(s.notes["arrived"])) == 2 for s in steps)
