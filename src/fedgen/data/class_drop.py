@@ -16,6 +16,8 @@ rest (750 in the paper):
 
 Unlike the other partitioners this one subsamples: the shares are disjoint
 but do not cover every example (the paper gives 80 clients 750 of 60,000).
+A draw that leaves a client empty (``samples_per_client`` below ``1 / ratio``,
+or a tiny share holding only dropped classes) raises ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -109,4 +111,36 @@ class ClassDropPartitioner(Partitioner):
                 ratio = float(rng.choice(ratios, p=np.asarray(ratio_p)))
                 limit = int(np.floor(ratio * self.samples_per_client + 1e-9))
                 parts[client] = kept[:limit]  # ``share`` is already shuffled
+                if len(parts[client]) == 0:
+                    # A check, not a redraw: splits that work today stay bit-identical.
+                    source = None if domains is None else domain
+                    raise self._empty_client_error(int(client), source, len(share), limit, ratio)
         return parts
+
+    def _empty_client_error(
+        self, client: int, domain: object | None, share_size: int, limit: int, ratio: float
+    ) -> ConfigError:
+        """The ``ConfigError`` for a client left with no examples, saying what to change.
+
+        ``domain`` is the client's domain id, ``None`` for single-source data.
+        """
+        where = f"class_drop scheme {self.scheme!r} left client {client} with no examples"
+        share = "its share" if domain is None else f"its share of domain {domain}"
+        if limit == 0:
+            # Smallest samples_per_client whose smallest size ratio still keeps one example.
+            smallest = min(SCHEMES[self.scheme][1][0])
+            needed = int(np.ceil(1 / smallest - 1e-9))
+            return ConfigError(
+                f"{where}: it drew size ratio {ratio:.3g} and floor({ratio:.3g} x "
+                f"samples_per_client={self.samples_per_client}) = 0. Raise samples_per_client "
+                f"to at least {needed} (paper: 750)"
+            )
+        held = (
+            f"{share} was empty (fewer examples than clients)"
+            if share_size == 0
+            else f"{share} held {share_size} example(s), all in the classes it dropped"
+        )
+        return ConfigError(
+            f"{where}: {held}. Raising samples_per_client does not help here; give each "
+            "client more data (fewer clients, or more examples per domain)"
+        )

@@ -399,6 +399,7 @@ class MultiDomainPartitioner(Partitioner):
                 "sources of similar size"
             )
         home = np.arange(num_clients) % num_domains
+        _check_groups_fill_clients(flow, home, domain_ids, domain_sizes)
         chunks: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
         for d, domain in enumerate(domain_ids):
             rows = rng.permutation(np.flatnonzero(domains == domain))
@@ -410,6 +411,35 @@ class MultiDomainPartitioner(Partitioner):
                 ):
                     chunks[client].append(piece)
         return [np.concatenate(c) for c in chunks]
+
+
+def _check_groups_fill_clients(
+    flow: np.ndarray, home: np.ndarray, domain_ids: np.ndarray, domain_sizes: np.ndarray
+) -> None:
+    """Raise ``ConfigError`` if some client of a domain's group would get no examples.
+
+    Each domain's rows for a group are split with ``np.array_split`` among the
+    group's clients, so client ``k`` of the group gets something only if some
+    domain sends the group more than ``k`` rows: at most ``flow[:, g].max()``
+    of the group's clients hold any data.
+    """
+    num_domains = len(domain_ids)
+    capacity = flow.max(axis=0)  # (D,): clients each group can fill
+    members = np.bincount(home, minlength=num_domains)
+    for g in np.flatnonzero(members > capacity):
+        # Client i is in group i % D, so group g fits capacity[g] clients while
+        # num_clients <= capacity[g] * D + g.
+        most = int((capacity * num_domains + np.arange(num_domains)).min())
+        fix = (
+            f"use at most {most} clients, or more data for domain {domain_ids[g]}"
+            if most >= num_domains
+            else f"give domain {domain_ids[g]} more examples"
+        )
+        raise ConfigError(
+            f"multi_domain: domain {domain_ids[g]} has {domain_sizes[g]} examples, too few "
+            f"for its {members[g]} clients (clients take turns over the {num_domains} domains): "
+            f"only {capacity[g]} of them would get any data; {fix}"
+        )
 
 
 def _domain_flow(sizes: np.ndarray, purity: float) -> np.ndarray | None:

@@ -86,7 +86,8 @@ class Source:
     """A real data set: its files, where they are looked for, and how they are read.
 
     ``requires_module`` / ``pip_package`` name a Python package that holds the
-    data itself (scikit-learn's digits) instead of files.
+    data itself (scikit-learn's digits) instead of files; the reader then
+    verifies the data's checksum (``ChecksumError``).
     """
 
     name: str
@@ -373,15 +374,42 @@ def _read_kmnist(paths: Mapping[str, Path], split: Split) -> tuple[np.ndarray, n
     return images[rows], labels[rows]
 
 
+# sha256 of scikit-learn's digits as ``load_digits()`` returns them, taken from
+# scikit-learn 1.9.1: see ``digits_sha256``. The arrays are hashed rather than the
+# bundled digits.csv.gz because they are what the reader uses, and a release that
+# only re-compresses the same file still passes.
+DIGITS_SHA256 = "f6d9e39f37dc45d327f6db33428ee58970ccceabb2535a5c179de35886b70443"
+DIGITS_PINNED_SKLEARN = "1.9.1"
+
+
+def digits_sha256(images: np.ndarray, target: np.ndarray) -> str:
+    """Hex sha256 of scikit-learn's digits: ``images`` (N, 8, 8) as little-endian float64,
+    then ``target`` (N,) as little-endian int64, so the digest is the same on every machine."""
+    digest = hashlib.sha256(np.ascontiguousarray(images, dtype="<f8").tobytes())
+    digest.update(np.ascontiguousarray(target, dtype="<i8").tobytes())
+    return digest.hexdigest()
+
+
 @lru_cache(maxsize=1)
 def _digits_28x28() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits, checked against ``DIGITS_SHA256`` and resized to 28x28."""
     try:
+        from sklearn import __version__ as sklearn_version
         from sklearn.datasets import load_digits
     except ImportError as exc:
         raise DataMissingError(
             "the digits source needs scikit-learn; run: pip install scikit-learn"
         ) from exc
     digits = load_digits()
+    actual = digits_sha256(digits.images, digits.target)
+    if actual != DIGITS_SHA256:
+        raise ChecksumError(
+            f"scikit-learn {sklearn_version}'s digits (sklearn.datasets.load_digits) have "
+            f"sha256 {actual} but fedgen expects {DIGITS_SHA256}, taken from scikit-learn "
+            f"{DIGITS_PINNED_SKLEARN}: the installed copy is corrupted or another version "
+            "changed the data. Reinstall it: pip install --force-reinstall "
+            f"scikit-learn=={DIGITS_PINNED_SKLEARN}"
+        )
     # (N, 8, 8) in 0..16 -> 0..255, then bilinear to 28x28 so every task sees one shape.
     small = torch.from_numpy(digits.images).float().unsqueeze(1) * (255.0 / 16.0)
     large = torch.nn.functional.interpolate(

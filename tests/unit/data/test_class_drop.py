@@ -71,3 +71,28 @@ def test_bad_parameters_are_config_errors() -> None:
         ClassDropPartitioner("non_iid").split(
             np.tile(np.arange(3), 50), 2, np.random.default_rng(0)
         )
+
+
+def test_empty_client_is_config_error_naming_client_and_samples_per_client() -> None:
+    # Prepare: ratio 1/6 of 5 samples rounds down to 0 (p = 0.2 per client).
+    labels = np.tile(np.arange(10), 500)
+    part = ClassDropPartitioner("highly_non_iid", samples_per_client=5)
+    # Execute / Assert: seed 0 draws ratio 1/6 for client 0.
+    with pytest.raises(
+        ConfigError, match=r"highly_non_iid.*client 0.*samples_per_client to at least 6"
+    ):
+        part.split(labels, 10, np.random.default_rng(0))
+    # 6 is enough for every draw.
+    parts = ClassDropPartitioner("highly_non_iid", 6).split(labels, 10, np.random.default_rng(0))
+    assert min(len(p) for p in parts) >= 1
+
+
+def test_share_of_only_dropped_classes_is_config_error() -> None:
+    # Prepare: 2 examples per client, and highly_non_iid drops 2 or 3 of 10 classes.
+    labels = np.tile(np.arange(10), 2)
+    part = ClassDropPartitioner("highly_non_iid", samples_per_client=750)
+    # Execute / Assert: seed 0 leaves client 0 with only dropped classes.
+    with pytest.raises(
+        ConfigError, match=r"client 0 .*all in the classes it dropped.*fewer clients"
+    ):
+        part.split(labels, 10, np.random.default_rng(0))

@@ -183,6 +183,19 @@ def test_multi_domain_infeasible_purity_names_the_lowest(
         _split(MultiDomainPartitioner(purity=0.6), labels, 4, seed=0, domains=domains)
 
 
+def test_multi_domain_too_few_examples_for_a_domains_clients() -> None:
+    # Prepare: domain 1 holds 10 examples; 22 clients give it 11 (purity 1: no mixing).
+    labels = np.arange(1010) % 10
+    domains = np.repeat([0, 1], [1000, 10])
+    partitioner = MultiDomainPartitioner(purity=1.0)
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=r"domain 1 has 10 examples.*11 clients.*at most 21"):
+        _split(partitioner, labels, 22, seed=0, domains=domains)
+    parts = _split(partitioner, labels, 21, seed=0, domains=domains)
+    _assert_partition(parts, len(labels), 21)
+    assert min(len(p) for p in parts) == 1
+
+
 def test_multi_domain_errors() -> None:
     labels = np.zeros(100, np.int64)
     domains = np.repeat(np.arange(4), 25)

@@ -184,6 +184,36 @@ def test_digits_resized_to_28x28() -> None:
     ]
 
 
+def test_changed_sklearn_digits_are_checksum_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("sklearn.datasets", reason="digits needs scikit-learn")
+    from fedgen.data import sources
+
+    # Prepare: scikit-learn's digits with one pixel changed.
+    real = datasets.load_digits
+
+    def changed_digits() -> object:
+        digits = real()
+        digits.images[0, 3, 3] += 1
+        return digits
+
+    monkeypatch.setattr(datasets, "load_digits", changed_digits)
+    sources._digits_28x28.cache_clear()
+    try:
+        # Execute / Assert
+        with pytest.raises(ChecksumError, match=r"sha256.*force-reinstall scikit-learn"):
+            DIGITS.load("train")
+    finally:
+        sources._digits_28x28.cache_clear()  # later tests must read the real digits
+
+
+def test_pinned_digits_digest_matches_installed_sklearn() -> None:
+    datasets = pytest.importorskip("sklearn.datasets", reason="digits needs scikit-learn")
+    from fedgen.data.sources import DIGITS_SHA256, digits_sha256
+
+    digits = datasets.load_digits()
+    assert digits_sha256(digits.images, digits.target) == DIGITS_SHA256
+
+
 def test_digits_without_sklearn_says_pip_install() -> None:
     no_sklearn = dataclasses.replace(DIGITS, requires_module="no_such_module_for_fedgen")
     assert not no_sklearn.status().present
