@@ -105,6 +105,16 @@ class UShapedGanTrainer:
         self.gen_server = ServerSegments(generator_blocks, generator_cuts, "generator")
         self.disc_server = ServerSegments(discriminator_blocks, discriminator_cuts, "discriminator")
         self.disc_server.capture_block = capture_block
+        # The segments are deep copies of the task's blocks, which keep their mode: after
+        # an evaluation sampled the task (eval mode), a trainer built then would train
+        # with BatchNorm frozen on its running statistics.
+        for segment in (
+            self.gen_server,
+            self.disc_server,
+            *self.gen_clients.values(),
+            *self.disc_clients.values(),
+        ):
+            segment.train()
         self.reset_optimizers(lr, betas)
 
     def reset_optimizers(self, lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999)) -> None:

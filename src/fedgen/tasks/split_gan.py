@@ -180,6 +180,10 @@ class HuscfGan(Task):
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         G = self.modules["generator"]
+        mode = G.training
         G.eval()  # BatchNorm (faithful) uses its running statistics
-        z = torch.randn(labels.shape[0], self.latent_dim, generator=generator)
-        return (G(z, labels) + 1) / 2
+        try:
+            z = torch.randn(labels.shape[0], self.latent_dim, generator=generator)
+            return (G(z, labels) + 1) / 2
+        finally:
+            G.train(mode)  # as it was: sampling must not change how training runs next

@@ -109,6 +109,24 @@ def test_same_round_twice_is_bit_identical(clients):
         assert torch.equal(a.extras["d3"], b.extras["d3"])
 
 
+def test_a_trainer_built_after_sampling_trains_as_one_built_before(clients):
+    # Prepare: the faithful network (BatchNorm); one task samples first, as every
+    # evaluation does, before its backend builds a trainer.
+    def faithful() -> HuscfGan:
+        return HuscfGan(
+            HuscfGanParams(architecture="faithful", batch_size=16), 10, (1, 28, 28), seed=1
+        )
+
+    sampled = faithful()
+    sampled.sample(torch.arange(10), torch.Generator().manual_seed(0))
+    # Execute
+    reference, _ = run_round(faithful(), clients)
+    after, _ = run_round(sampled, clients)
+    # Assert: the same updates (BatchNorm in training mode in both).
+    for a, b in zip(reference, after, strict=True):
+        assert all(torch.equal(a.update[k], b.update[k]) for k in a.update), a.client_id
+
+
 def test_channels_last_trains_the_same_round_up_to_rounding(clients):
     # Prepare: the published network (BatchNorm, full width) in both layouts, same seed.
     def task(channels_last: bool) -> HuscfGan:
