@@ -79,6 +79,11 @@ def test_every_arm_is_measured_and_the_top_up_matches_the_partition(run, mnist_d
         assert len(figures["per_class_accuracy"]) == 10
         assert 0.0 <= figures["membership"]["loss_auc"] <= 1.0
         assert summary[f"downstream_{arm}_accuracy"] == figures["accuracy"]
+        # No exact chance baseline: the untrained reference beside every arm.
+        reference = record["membership_reference"]["loss_auc"]
+        assert figures["membership"]["untrained_loss_auc"] == reference
+        assert summary[f"downstream_{arm}_membership_auc_untrained"] == reference
+    assert "no exact chance baseline" in summary["downstream_membership_note"]
     # The top-up is what topup_counts asks of every client's label counts (ratio 1, cap 20).
     # (From the partition itself: under DP, partition.json withholds them.)
     monkeypatch.setenv("FEDGEN_DATA_DIR", str(mnist_dir))  # where the run's CLI found it

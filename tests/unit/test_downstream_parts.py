@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from fedgen.config import load_config
+from fedgen.data.dataset import ImageDataset
 from fedgen.downstream.errors import DownstreamError
 from fedgen.downstream.one_shot import allocate, client_message
 from fedgen.downstream.pipeline import classifier_pipeline
 from fedgen.downstream.privacy_note import privacy_note, synthetic_only_note
+from fedgen.downstream.run import _check_test_examples, scored_test_split
+from fedgen.downstream.stratified import stratified_counts
 from fedgen.downstream.topup import topup_counts
 from fedgen.errors import ConfigError
 from fedgen.tasks.classifier import ClassifierParams, ClassifierTask
@@ -104,3 +107,37 @@ def test_a_fine_tuning_arm_without_server_steps_is_refused(mode):
     with pytest.raises(ConfigError, match=f"server_steps is 0, so arm {mode} would never"):
         load_config(None, [f"downstream.modes=[real, {mode}]", "downstream.server_steps=0"])
     load_config(None, ["downstream.modes=[real, one_shot]", "downstream.server_steps=0"])
+
+
+def test_stratified_counts_share_equally_and_pass_on_what_a_small_class_lacks():
+    # Class 0 holds 1 image: its share of 9 (3) falls to 1, the other two take 4 each.
+    assert stratified_counts([1, 50, 50], 9, order=[0, 1, 2]) == [1, 4, 4]
+    # 10 over 3 classes: 3 each, the one left over to the first class in the seeded order.
+    assert stratified_counts([50, 50, 50], 10, order=[2, 0, 1]) == [3, 3, 4]
+    assert stratified_counts([2, 3], 99, order=[0, 1]) == [2, 3]  # never more than exist
+
+
+def test_a_small_scored_test_split_holds_every_class():
+    # Prepare: a test split of 1,000 images, 900 of them class 0, 100 spread over 1..9.
+    labels = torch.cat([torch.zeros(900, dtype=torch.int64), torch.arange(100) % 9 + 1])
+    images = torch.zeros(1000, 1, 28, 28, dtype=torch.uint8)
+    test = ImageDataset("toy", images, labels, tuple(str(d) for d in range(10)))
+    # Execute
+    subset = scored_test_split(test, 10, seed=0)
+    # Assert: one image of each class, so no arm's worst class is 0 for want of one.
+    assert torch.bincount(subset.labels, minlength=10).tolist() == [1] * 10
+    assert scored_test_split(test, 20, seed=0).labels.tolist() == (
+        scored_test_split(test, 20, seed=0).labels.tolist()
+    )  # seeded: every arm scores on the same images
+    assert scored_test_split(test, None, seed=0) is test
+    with pytest.raises(DownstreamError, match="test_examples is 5 but the data has 10 classes"):
+        scored_test_split(test, 5, seed=0)
+
+
+def test_test_examples_below_the_class_count_is_refused_before_anything_trains():
+    cfg = load_config(None, ["downstream.test_examples=10"])
+    # The recipe's bound (>= 10) is every image source's class count today; below it:
+    dcfg = cfg.downstream.model_copy(update={"test_examples": 9})
+    with pytest.raises(DownstreamError, match="set test_examples >= 10"):
+        _check_test_examples(cfg, dcfg)
+    _check_test_examples(cfg, cfg.downstream)

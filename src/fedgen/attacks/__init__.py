@@ -17,6 +17,7 @@ from typing import Any
 # Exports load on first use (PEP 562): the CLI imports ``attack_command`` from this
 # package, and every ``fedgen`` call should not pay for torch models and scipy.
 _EXPORTS = {
+    "CandidateDraw": "membership",
     "InversionConfig": "inversion",
     "RocCurve": "roc",
     "draw_candidates": "membership",
@@ -37,6 +38,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CandidateDraw",
     "InversionConfig",
     "RocCurve",
     "draw_candidates",

@@ -2,7 +2,8 @@
 
 Runs every attack the task exposes what it needs for, on the same seeded,
 equal-sized sets of members (the clients' training images) and non-members
-(held-out real images of the same distribution, the test split):
+(held-out real images of the same distribution, the test split, with the members'
+label mix):
 
 - ``logan``: the discriminator's logit (white-box; ``ConditionalGan``), Hayes et al. 2019;
 - ``elbo``: the evidence lower bound (white-box; ``ConditionalVae``), Hilprecht et al. 2019;
@@ -14,7 +15,8 @@ Each is reported as ROC AUC and TPR at 1% FPR (``roc.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +30,8 @@ from fedgen.errors import ConfigError
 from fedgen.tasks.base import Task
 from fedgen.tasks.gan import ConditionalGan
 from fedgen.tasks.vae import ConditionalVae
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,12 +54,43 @@ class MembershipResult:
     notes: list[str] = field(default_factory=list)
 
 
+#: What the non-members are, for the records of every attack drawn by ``draw_candidates``.
+NONMEMBERS_DESCRIPTION = (
+    "held-out real images (the test split), class-matched: as many of each label as the "
+    "members drawn"
+)
+
+
+@dataclass(frozen=True)
+class CandidateDraw:
+    """Members and class-matched non-members; ``notes`` says where a class fell short.
+
+    Unpacks as ``(members, nonmembers)``.
+    """
+
+    members: LabelledImages
+    nonmembers: LabelledImages
+    notes: tuple[str, ...] = ()
+
+    def __iter__(self) -> Iterator[LabelledImages]:
+        return iter((self.members, self.nonmembers))
+
+
 def draw_candidates(
     members: ImageDataset, nonmembers: ImageDataset, n: int | None, generator: torch.Generator
-) -> tuple[LabelledImages, LabelledImages]:
-    """``n`` random members and ``n`` random non-members (``None``: as many as both allow, <= 1000).
+) -> CandidateDraw:
+    """``n`` random members and as many non-members of the same labels (``None``: as many
+    as both sets allow, <= 1000).
 
-    Raises ``ConfigError`` if ``n`` exceeds either set.
+    Non-members are class-matched: for every label, as many as the members drawn of it.
+    The attacks' scores differ by class (a digit's ink, the generator's fit of it), so
+    with another label mix (one client's shard under label skew against the whole test
+    split) the AUC would measure the mix, not leakage. When the held-out set has fewer
+    images of a label than the members drawn, all of them are used and the members of
+    that label cut to match; ``notes`` (and the log) say so.
+
+    Raises ``ConfigError`` if ``n`` exceeds either set, or no label of the members
+    drawn has held-out images.
     """
     available = min(len(members), len(nonmembers))
     if available == 0:
@@ -67,12 +102,36 @@ def draw_candidates(
             f"asked for {n} members and {n} non-members but only {len(members)} members and "
             f"{len(nonmembers)} held-out images exist; pass n <= {available}"
         )
+    member_rows = torch.randperm(len(members), generator=generator)[:n]
+    member_labels = members.labels[member_rows]
+    kept: list[torch.Tensor] = []
+    matched: list[torch.Tensor] = []
+    notes: list[str] = []
+    for cls in torch.unique(member_labels).tolist():  # increasing: a seed gives one draw
+        mine = member_rows[member_labels == cls]
+        pool = torch.nonzero(nonmembers.labels == cls).squeeze(1)
+        k = min(len(mine), len(pool))
+        if k < len(mine):
+            name = members.class_names[cls] if cls < len(members.class_names) else cls
+            notes.append(
+                f"class {name}: only {len(pool)} held-out images for {len(mine)} members "
+                f"drawn, so {len(mine) - k} of those members were left out"
+            )
+        kept.append(mine[:k])
+        matched.append(pool[torch.randperm(len(pool), generator=generator)[:k]])
+    member_rows, nonmember_rows = torch.cat(kept), torch.cat(matched)
+    if len(member_rows) == 0:
+        raise ConfigError(
+            "the held-out set has no image of any label the members hold; attack members "
+            "of classes the test split has"
+        )
+    for note in notes:
+        log.warning("membership candidates: %s", note)
 
-    def pick(data: ImageDataset) -> LabelledImages:
-        rows = torch.randperm(len(data), generator=generator)[:n]
+    def pick(data: ImageDataset, rows: torch.Tensor) -> LabelledImages:
         return LabelledImages(data.images[rows].float().div(255.0), data.labels[rows])
 
-    return pick(members), pick(nonmembers)
+    return CandidateDraw(pick(members, member_rows), pick(nonmembers, nonmember_rows), tuple(notes))
 
 
 def membership_attack(

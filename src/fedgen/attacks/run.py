@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,17 +27,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedgen.attacks.image_similarity import reconstruction_figures
 from fedgen.attacks.inversion import InversionConfig, invert_gradients
-from fedgen.attacks.membership import draw_candidates, membership_attack
+from fedgen.attacks.membership import NONMEMBERS_DESCRIPTION, draw_candidates, membership_attack
 from fedgen.attacks.observed_update import (
     dp_update,
     gradient_target,
     secure_sum,
     share_of_sum,
 )
+from fedgen.attacks.white_box import white_box_access
 from fedgen.data.client_data import ClientData
 from fedgen.data.dataset import ImageDataset
 from fedgen.engine.checkpoint import list_checkpoints
 from fedgen.errors import CheckpointError, ConfigError
+from fedgen.eval.classifier import FeatureClassifier
 from fedgen.images.grid import save_grid
 from fedgen.report.svg import line_chart
 from fedgen.seeding import derive_seed, torch_generator
@@ -193,6 +196,19 @@ def _members(exp: Any, client: int | None) -> ImageDataset:
     )
 
 
+def _split_for_embedder(test: ImageDataset, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """A seeded half of ``test`` to train the feature space on, and the other half.
+
+    The halves get their own name, so the embedder's cache file is told apart from the
+    evaluator's by name as well as by the data's fingerprint.
+    """
+    rows = torch.randperm(len(test), generator=torch_generator(seed, "attack", "embedder-split"))
+    half = len(test) // 2
+    trained_on = test.subset(rows[:half].sort().values)
+    rest = test.subset(rows[half:].sort().values)
+    return replace(trained_on, name=f"{test.name} attack-embedder half"), rest
+
+
 def _membership(
     exp: Any, opts: MembershipOptions, out_dir: Path
 ) -> tuple[dict[str, float], dict[str, Any]]:
@@ -200,43 +216,46 @@ def _membership(
     # The released weights: the global model the server holds (a client's own private
     # tensors are never released), whichever model `fedgen sample` draws by default.
     task = fed.load_global_into_task()
-    notes: list[str] = []
-    # The white-box scores need networks the server holds: the discriminator (cGAN)
-    # or encoder and decoder (cVAE). One that stays on the clients is out of reach.
-    needed = {"discriminator"} if "discriminator" in task.modules else {"encoder", "decoder"}
-    white_box = needed <= set(task.federated_modules())
-    if not white_box:
-        notes.append(f"{'/'.join(sorted(needed))} not federated: no white-box attack")
-    elif needed == {"discriminator"} and fed.strategy.averaging:
-        # No one releases a discriminator, and the server's moving average of it is no
-        # network anyone holds: every participant holds the global one as trained.
-        task.load_state(
-            {k: v for k, v in fed.global_state.items() if k.startswith("discriminator.")}
-        )
-        notes.append("LOGAN scores the global discriminator as trained (what clients receive)")
+    access = white_box_access(fed, task)
+    notes = list(access.notes)
+    members_pool = _members(exp, opts.client)
+    nonmember_pool: ImageDataset = exp.data.test
     embed = None
     if opts.space == "features":
-        from fedgen.experiment import make_evaluator
-
-        classifier = make_evaluator(exp.config, exp.data).classifier
+        # An embedding trained on the members would set them apart whatever the
+        # generator did (the evaluator's classifier trains on the pooled training
+        # split): train one on half the test split, draw non-members from the other.
+        embedder_data, nonmember_pool = _split_for_embedder(exp.data.test, opts.seed)
+        classifier = FeatureClassifier.load_or_train(
+            embedder_data,
+            nonmember_pool,
+            seed=derive_seed(opts.seed, "attack", "membership", "embedder") % (2**31),
+            epochs=exp.config.eval.classifier_epochs,
+        )
         embed = classifier.features
-        notes.append(f"GAN-Leaks distances in the feature space of a {classifier.description}")
+        notes.append(
+            f"GAN-Leaks distances in the feature space of a SmallCNN trained "
+            f"{classifier.epochs} epoch(s) on {len(embedder_data)} test-split images that are "
+            f"neither members nor non-members (accuracy {classifier.test_accuracy:.3f} on "
+            f"the other {len(nonmember_pool)}, the non-members' pool)"
+        )
     else:
         notes.append("GAN-Leaks distances are L2 in pixel space ([0, 1] intensities)")
-    members, nonmembers = draw_candidates(
-        _members(exp, opts.client),
-        exp.data.test,
+    draw = draw_candidates(
+        members_pool,
+        nonmember_pool,
         opts.n,
         torch_generator(opts.seed, "attack", "membership", "candidates"),
     )
+    notes.extend(draw.notes)
     result = membership_attack(
         task,
-        members,
-        nonmembers,
+        draw.members,
+        draw.nonmembers,
         torch_generator(opts.seed, "attack", "membership", "scores"),
         samples_per_class=opts.samples_per_class,
         embed=embed,
-        white_box=white_box,
+        white_box=access.white_box,
     )
     series = {name: curve.points() for name, curve in result.curves.items()}
     series["chance"] = [(0.0, 0.0), (1.0, 1.0)]
@@ -244,12 +263,18 @@ def _membership(
     (out_dir / "attack_membership_roc.svg").write_text(svg)
     record: dict[str, Any] = {
         "notes": notes + result.notes,
+        "nonmembers_class_matched": True,
         "descriptions": {
             "weights": "initial (untrained): the offset members and non-members show alone"
             if opts.untrained
             else "released (the newest checkpoint)",
             "members": "clients' training images" if opts.client is None else "one client's",
-            "nonmembers": "held-out real images (the test split)",
+            "nonmembers": NONMEMBERS_DESCRIPTION
+            + (
+                "; half the test split (the other half trained the feature space)"
+                if opts.space == "features"
+                else ""
+            ),
             "logan": "discriminator logit D(x, y) (white-box, Hayes et al. 2019)",
             "elbo": "Monte Carlo ELBO of the cVAE (white-box, Hilprecht et al. 2019)",
             "ganleaks": "-min L2 distance to synthetic samples of the same class "

@@ -20,25 +20,30 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from fedgen.attacks.classifier_membership import classifier_membership
-from fedgen.attacks.membership import draw_candidates, membership_attack
 from fedgen.config import DownstreamConfig, ExperimentConfig
 from fedgen.data.client_data import ClientData
 from fedgen.data.dataset import ImageDataset
 from fedgen.data.federated import FederatedData, make_federated_data
+from fedgen.data.sources import get_source
 from fedgen.downstream.accuracy import class_accuracy
 from fedgen.downstream.classifier_federation import ArmResult, federate_classifier
 from fedgen.downstream.errors import DownstreamError
 from fedgen.downstream.generator_run import GeneratorRun, check_classes, open_generator_run
+from fedgen.downstream.membership import (
+    MEMBERSHIP_NOTE,
+    classifier_attack,
+    generator_membership,
+    pooled,  # noqa: F401  (re-exported: benchmarks import it from here)
+)
 from fedgen.downstream.one_shot import EnsembleSet, ensemble_set, one_shot_federation
 from fedgen.downstream.pipeline import Pipeline, classifier_pipeline
 from fedgen.downstream.privacy_note import privacy_note, synthetic_only_note
 from fedgen.downstream.server_finetune import ServerFineTune
+from fedgen.downstream.stratified import stratified_subset
 from fedgen.downstream.synthetic import balanced_counts, synthesize
 from fedgen.downstream.topup import topped_up
 from fedgen.engine.run_lock import folder_hold
+from fedgen.errors import FedgenError
 from fedgen.eval.classifier import train_classifier
 from fedgen.experiment import run_experiment
 from fedgen.params import validate_params
@@ -100,6 +105,7 @@ def _run_held(
     def keep_held(exp: Any) -> None:
         held.enter_context(folder_hold(out))
 
+    _check_test_examples(cfg, dcfg)  # before the generator trains, not after
     if dcfg.generator_run is None:
         summary = run_experiment(cfg, out, progress=progress, resume=resume, on_ready=keep_held)
         if summary["status"] in ("interrupted", "failed"):
@@ -117,17 +123,44 @@ def _run_held(
         (out / "config.yaml").write_text(cfg.to_yaml())
         summary = {"status": "completed", "generator_run": str(dcfg.generator_run)}
     data = downstream_data(cfg, generator)
-    if dcfg.test_examples is not None and dcfg.test_examples < len(data.test):
-        # A seeded subset, the same for every arm: quick runs score on fewer images.
-        rows = torch.randperm(len(data.test), generator=torch_generator(cfg.seed, "ds-test"))
-        test = data.test.subset(rows[: dcfg.test_examples].sort().values)
-        data = FederatedData(clients=data.clients, train=data.train, test=test)
+    test = scored_test_split(data.test, dcfg.test_examples, cfg.seed)
+    data = FederatedData(clients=data.clients, train=data.train, test=test)
     kept = _finished_arms(out) if resume else {}
     record = run_arms(cfg, dcfg, generator, data, out, progress=progress, on_arm=on_arm, kept=kept)
     summary.update(flat_figures(record))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     write_report(out)  # now with the downstream section
     return summary
+
+
+def scored_test_split(test: ImageDataset, test_examples: int | None, seed: int) -> ImageDataset:
+    """The test images every arm is scored on: all of ``test``, or ``test_examples`` of them.
+
+    The subset is seeded (the same for every arm) and drawn per class, as evenly as the
+    split allows: a plain random draw of a few images misses classes, and a missing
+    class reports a worst-class accuracy of 0 for every arm. Raises ``DownstreamError``
+    if ``test_examples`` is below the number of classes.
+    """
+    if test_examples is None or test_examples >= len(test):
+        return test
+    return stratified_subset(test, test_examples, torch_generator(seed, "ds-test"))
+
+
+def _check_test_examples(cfg: ExperimentConfig, dcfg: DownstreamConfig) -> None:
+    """Refuse ``test_examples`` below the class count before anything trains (the data's
+    classes are known from its first source; ``stratified_subset`` checks again)."""
+    if dcfg.test_examples is None:
+        return
+    try:
+        classes = len(dcfg.classes or get_source(cfg.data.sources[0]).class_names)
+    except FedgenError:
+        return  # not an image source: the recipe fails elsewhere, with its own message
+    if dcfg.test_examples < classes:
+        raise DownstreamError(
+            f"downstream.test_examples is {dcfg.test_examples} but the data has {classes} "
+            f"classes, so a class would have no test image; set test_examples >= {classes} "
+            "(or null for the whole test split)"
+        )
 
 
 def _finished_arms(out: Path) -> dict[str, Any]:
@@ -184,6 +217,9 @@ def run_arms(
         )
     epsilon = generator.epsilon
     delta = generator.summary.get("delta")
+    gen_attack = generator_membership(generator, dcfg.attack_candidates)
+    # The same candidates for every arm, and the untrained reference beside each.
+    attack = classifier_attack(data, dcfg.attack_candidates, cfg.seed)
     record: dict[str, Any] = {
         "generator_run": str(generator.folder),
         "generator_task": generator.experiment.config.task.name,
@@ -193,11 +229,12 @@ def run_arms(
         "generator_epsilon": epsilon,
         "generator_delta": delta,
         "synthetic_only_privacy": synthetic_only_note(epsilon, delta),
-        "generator_membership": generator_membership(generator, dcfg.attack_candidates),
+        "generator_membership": gen_attack.figures,
+        "generator_membership_notes": gen_attack.notes,
+        **attack.record(),
         "arms": {},
     }
     gen_task = generator.task
-    members = pooled(data.clients, data.train)
     common = dict(
         rounds=dcfg.rounds,
         local_steps=dcfg.local_steps,
@@ -354,13 +391,7 @@ def run_arms(
             )
         arm_record = arm.figures()
         arm_record["privacy"] = privacy_note(mode, epsilon, delta, arm.own_privacy)
-        candidates = draw_candidates(
-            members,
-            data.test,
-            min(dcfg.attack_candidates, len(data.test)),
-            torch_generator(cfg.seed, "downstream", "mia"),
-        )
-        arm_record["membership"] = classifier_membership(arm.model, *candidates)
+        arm_record["membership"] = attack.figures(arm.model)
         record["arms"][mode] = arm_record
         (out / "downstream.json").write_text(json.dumps(record, indent=1))
         if on_arm is not None:
@@ -370,39 +401,6 @@ def run_arms(
     return record
 
 
-def pooled(clients: list[ClientData], like: ImageDataset) -> ImageDataset:
-    """Every client's real training images in one set: the members an attack tests."""
-    return ImageDataset(
-        name=f"{like.name} (clients' shards)",
-        images=torch.cat([c.data.images for c in clients]),
-        labels=torch.cat([c.data.labels for c in clients]),
-        class_names=like.class_names,
-    )
-
-
-def generator_membership(generator: GeneratorRun, n: int) -> dict[str, float]:
-    """The generator's own membership inference (white-box where the server holds the
-    networks, and GAN-Leaks), beside which the classifiers' are read."""
-    exp = generator.experiment
-    task = generator.task
-    needed = {"discriminator"} if "discriminator" in task.modules else {"encoder", "decoder"}
-    members = pooled(list(exp.data.clients), exp.data.train)
-    candidates = draw_candidates(
-        members,
-        exp.data.test,
-        min(n, len(exp.data.test)),
-        torch_generator(0, "downstream", "gen-mia"),
-    )
-    result = membership_attack(
-        task,
-        *candidates,
-        torch_generator(0, "downstream", "gen-mia-scores"),
-        samples_per_class=200,
-        white_box=needed <= set(task.federated_modules()),
-    )
-    return result.figures
-
-
 def flat_figures(record: dict[str, Any]) -> dict[str, Any]:
     """``downstream_<arm>_<figure>`` keys for ``summary.json``, and the privacy notes."""
     flat: dict[str, Any] = {}
@@ -410,7 +408,13 @@ def flat_figures(record: dict[str, Any]) -> dict[str, Any]:
         for key in ("accuracy", "worst_class_accuracy", "rounds", "bytes_total", "seconds"):
             flat[f"downstream_{arm}_{key}"] = figures[key]
         flat[f"downstream_{arm}_membership_auc"] = figures["membership"]["loss_auc"]
+        # No exact chance baseline (MEMBERSHIP_NOTE): the untrained reference beside it.
+        untrained = figures["membership"].get("untrained_loss_auc")
+        if untrained is not None:
+            flat[f"downstream_{arm}_membership_auc_untrained"] = untrained
         flat[f"downstream_{arm}_privacy"] = figures["privacy"]
+    if record["arms"]:
+        flat["downstream_membership_note"] = record.get("membership_note", MEMBERSHIP_NOTE)
     if record.get("synthetic_only_privacy"):
         flat["downstream_privacy"] = record["synthetic_only_privacy"]
     return flat

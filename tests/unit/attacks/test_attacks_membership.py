@@ -7,6 +7,7 @@ import torch
 
 from fedgen.attacks.membership import draw_candidates, membership_attack
 from fedgen.data.client_data import ClientData
+from fedgen.data.dataset import ImageDataset
 from fedgen.errors import ConfigError
 from fedgen.tasks.gan import ConditionalGan, GanParams
 from fedgen.tasks.vae import ConditionalVae, VaeParams
@@ -77,3 +78,43 @@ def test_asking_for_more_candidates_than_exist_is_a_clear_error(few_members, mni
     members, _ = few_members
     with pytest.raises(ConfigError, match="pass n <= 64"):
         draw_candidates(members, mnist_splits[1], 65, torch.Generator().manual_seed(0))
+
+
+def labelled(counts: dict[int, int], start: int = 0) -> ImageDataset:
+    """``counts[c]`` images of class c; row i's pixels all equal ``(start + i) % 256``."""
+    labels = torch.cat([torch.full((k,), c, dtype=torch.int64) for c, k in counts.items()])
+    values = (torch.arange(len(labels)) + start) % 256
+    images = values.to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 28, 28).clone()
+    return ImageDataset("toy", images, labels, tuple(str(d) for d in range(10)))
+
+
+def label_counts(labels: torch.Tensor) -> list[int]:
+    return torch.bincount(labels, minlength=10).tolist()
+
+
+def test_nonmembers_have_the_label_mix_of_the_members_under_label_skew():
+    # Prepare: one client's shard under label skew (classes 1 and 7), a uniform test split.
+    members = labelled({1: 30, 7: 10})
+    test = labelled({c: 40 for c in range(10)}, start=100)
+    # Execute
+    draw = draw_candidates(members, test, 40, torch.Generator().manual_seed(0))
+    # Assert: as many non-members of each label as members; nothing cut, nothing noted.
+    expected = [0, 30, 0, 0, 0, 0, 0, 10, 0, 0]
+    assert label_counts(draw.members.labels) == label_counts(draw.nonmembers.labels) == expected
+    assert draw.notes == ()
+    inside, outside = draw  # unpacks as the (members, nonmembers) pair it used to be
+    assert inside is draw.members and outside is draw.nonmembers
+
+
+def test_a_class_short_of_held_out_images_cuts_its_members_to_match_and_says_so():
+    # Prepare: 10 members of class 7 but only 4 held-out images of it.
+    members = labelled({1: 30, 7: 10})
+    test = labelled({1: 50, 7: 4}, start=100)
+    # Execute
+    draw = draw_candidates(members, test, 40, torch.Generator().manual_seed(0))
+    # Assert: class 7 keeps 4 members and all 4 held-out images; the cut is noted.
+    expected = [0, 30, 0, 0, 0, 0, 0, 4, 0, 0]
+    assert label_counts(draw.members.labels) == label_counts(draw.nonmembers.labels) == expected
+    assert (
+        len(draw.notes) == 1 and "class 7: only 4 held-out images for 10 members" in (draw.notes[0])
+    )

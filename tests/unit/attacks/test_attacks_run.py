@@ -184,3 +184,45 @@ def test_logan_scores_the_discriminator_clients_hold_not_the_servers_average(
         expected = fed.global_state[k] if k.startswith("discriminator.") else average[k]
         assert torch.equal(v, expected), k
     assert any(not torch.equal(average[k], fed.global_state[k]) for k in seen["d"])
+
+
+def test_the_feature_space_is_trained_on_neither_members_nor_nonmembers(run_copy, monkeypatch):
+    # Prepare: spies on what the embedding trains on and what the attack scores; an
+    # untrained stand-in for the embedding keeps the test cheap.
+    import torch
+
+    from fedgen.attacks import run as attack_run
+    from fedgen.eval.classifier import FeatureClassifier, SmallCNN
+
+    trained_on = []
+
+    def fake_load_or_train(train, test, **kwargs):
+        trained_on.append(train)
+        model = SmallCNN(train.num_classes)
+        return FeatureClassifier(
+            model, dataset_name=train.name, num_train=len(train), epochs=1, test_accuracy=0.0
+        )
+
+    monkeypatch.setattr(FeatureClassifier, "load_or_train", fake_load_or_train)
+    scored = {}
+    real_attack = attack_run.membership_attack
+
+    def spy(task, members, nonmembers, *args, **kwargs):
+        scored.update(members=members, nonmembers=nonmembers)
+        return real_attack(task, members, nonmembers, *args, **kwargs)
+
+    monkeypatch.setattr(attack_run, "membership_attack", spy)
+
+    def rows(images: torch.Tensor) -> set[bytes]:
+        as_bytes = images if images.dtype == torch.uint8 else images.mul(255).round().byte()
+        return {row.numpy().tobytes() for row in as_bytes}
+
+    # Execute
+    run_attack(run_copy, "membership", n=100, samples_per_class=5, space="features")
+    # Assert: one embedding, trained on images that are neither members nor non-members.
+    (embedder_data,) = trained_on
+    candidates = rows(scored["members"].images) | rows(scored["nonmembers"].images)
+    assert len(embedder_data) > 0 and not rows(embedder_data.images) & candidates
+    record = json.loads((run_copy / "attack_membership.json").read_text())
+    assert any("neither members nor non-members" in note for note in record["notes"])
+    assert record["nonmembers_class_matched"] is True
