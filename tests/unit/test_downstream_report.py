@@ -41,3 +41,15 @@ def test_section_lists_every_arm_with_its_figures_and_privacy():
 def test_no_record_or_no_arms_renders_nothing():
     assert downstream_section(None) == ""
     assert downstream_section({"arms": {}}) == ""
+
+
+def test_each_arms_auc_shows_the_untrained_reference_and_the_note_replaces_chance():
+    # A record written with the untrained classifier's AUC as the chance reference.
+    topup = arm(0.7401, 0.3125, "inherit")
+    topup["membership"]["untrained_loss_auc"] = 0.537
+    record = {"membership_note": "no exact chance baseline", "arms": {"topup": topup}}
+
+    page = downstream_section(record)
+
+    assert "0.512 (untrained 0.537)" in page
+    assert "no exact chance baseline" in page and "0.5 is chance" not in page

@@ -34,11 +34,11 @@ def downstream_section(record: dict[str, Any] | None) -> str:
     for arm, f in record["arms"].items():
         if not isinstance(f, dict):
             continue
-        auc = (
-            f.get("membership", {}).get("loss_auc")
-            if isinstance(f.get("membership"), dict)
-            else None
-        )
+        membership = f.get("membership") if isinstance(f.get("membership"), dict) else {}
+        auc = membership.get("loss_auc")
+        # The untrained classifier's AUC on the same candidates: the offset the member and
+        # non-member sets show before any training (records from before it have none).
+        untrained = membership.get("untrained_loss_auc")
         cells = [
             ARMS.get(arm, arm),
             _pct(f.get("accuracy")),
@@ -46,7 +46,8 @@ def downstream_section(record: dict[str, Any] | None) -> str:
             str(f.get("rounds", "-")),
             format_bytes(f["bytes_total"]) if isinstance(f.get("bytes_total"), int) else "-",
             format_duration(f["seconds"]) if isinstance(f.get("seconds"), int | float) else "-",
-            f"{auc:.3f}" if isinstance(auc, int | float) else "-",
+            (f"{auc:.3f}" if isinstance(auc, int | float) else "-")
+            + (f" (untrained {untrained:.3f})" if isinstance(untrained, int | float) else ""),
             str(f.get("privacy", "")),
         ]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
@@ -63,7 +64,11 @@ def downstream_section(record: dict[str, Any] | None) -> str:
         f"({html.escape(str(record.get('generator_task', '')))}{html.escape(drawn)}); "
         "membership AUC: the loss "
         "attack on the classifier, clients' training images against the test split "
-        "(0.5 is chance).</p>",
+        + (
+            f"({html.escape(str(record['membership_note']))}).</p>"
+            if record.get("membership_note")
+            else "(0.5 is chance).</p>"
+        ),
         f"<table>{head}{''.join(rows)}</table>",
     ]
     gen = record.get("generator_membership")
