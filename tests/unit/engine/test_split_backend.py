@@ -127,6 +127,22 @@ def test_a_trainer_built_after_sampling_trains_as_one_built_before(clients):
         assert all(torch.equal(a.update[k], b.update[k]) for k in a.update), a.client_id
 
 
+def test_a_clip_acts_on_what_the_round_trained_not_on_the_clusters_head(clients):
+    # Prepare: client 1's head starts from its cluster's (global + 1); at lr 0 the round
+    # trains nothing (the light network has no BatchNorm statistics), under a clip of 1.
+    from fedgen.transforms.clip import NormClip
+
+    task = make_task()
+    g = task.federated_state()
+    own = {k: v + 1.0 for k, v in g.items() if k.startswith("generator.0.")}
+    plan = RoundPlan(2, [ClientInstruction(c, 100 + c, {"lr": 0.0}) for c in sorted(clients)])
+    work = LocalWork(task, g, [NormClip(max_norm=1.0)], 2, None, 2)
+    # Execute
+    results = {r.client_id: r for r in SplitBackend(cuts=CUTS).run(plan, work, clients, {1: own})}
+    # Assert: the strategy's global + update rebuilds the head it started from, unclipped.
+    assert all(torch.equal(g[k] + results[1].update[k], own[k]) for k in own)
+
+
 def test_channels_last_trains_the_same_round_up_to_rounding(clients):
     # Prepare: the published network (BatchNorm, full width) in both layouts, same seed.
     def task(channels_last: bool) -> HuscfGan:

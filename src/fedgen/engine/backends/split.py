@@ -231,10 +231,12 @@ class SplitBackend(Backend):
         trainer = self.trainer(task, ids, cut_plan)
         load_server(trainer, work.global_state)
         blocks_down: dict[int, int] = {}  # bytes of each client's blocks, sent at round start
+        own_start: dict[int, StateDict] = {}  # each client's own blocks where they started
         for c in ids:
             private = private_states.get(c)
             sent = {**work.global_state, **private} if private else work.global_state
             load_client(trainer, c, sent)
+            own_start[c] = {k: sent[k] for k in client_keys(trainer, c)}
             blocks_down[c] = state_nbytes({k: sent[k] for k in client_keys(trainer, c)})
         config = plan.instructions[0].config
         lr = float(config.get("lr", task.params.lr))
@@ -333,6 +335,7 @@ class SplitBackend(Backend):
                 features.get(c),
                 blocks_down[c],
                 faults[c],
+                own_start[c],
             )
 
     def _with_crashed(
@@ -369,6 +372,7 @@ class SplitBackend(Backend):
         feature: torch.Tensor | None,
         blocks_down: int,
         fault: str | None = None,
+        own_start: StateDict | None = None,
     ) -> ClientResult:
         view = client_view(trainer, cid)
         update = {k: view[k] - work.global_state[k] for k in work.global_state}
@@ -380,11 +384,25 @@ class SplitBackend(Backend):
             num_clients=num_clients,
             noise_key=work.own_noise_key(cid),
         )
+        # The strategy rebuilds a client's own blocks as global + update, but they started
+        # from its private state (a cluster's head): the transforms act on what the round
+        # trained, not on that standing offset (a clip would pull every head toward the
+        # global one, and a client's share of the middle would shrink with it).
+        start = own_start or {}
+        offset = {
+            k: start[k] - work.global_state[k]
+            for k in start
+            if k in own and not torch.equal(start[k], work.global_state[k])
+        }
+        if work.transforms and offset:
+            update = {k: v - offset[k] if k in offset else v for k, v in update.items()}
         for transform in work.transforms:
             update, t_metrics = transform.on_client(update, ctx)
             metrics.update(
                 {f"{type(transform).__name__.lower()}/{k}": v for k, v in t_metrics.items()}
             )
+        if work.transforms and offset:
+            update = {k: v + offset[k].to(v.dtype) if k in offset else v for k, v in update.items()}
         if work.faults is not None:
             update = work.faults.corrupt(fault, update)
         # Uploaded: its activations and gradients, then its own blocks for aggregation
