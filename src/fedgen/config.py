@@ -563,8 +563,30 @@ class RecipeLoader(yaml.SafeLoader):
     and reads ``1e-3`` as text), and ``2024-05-01`` stays text (no implicit dates: no
     setting takes one). Everything else is YAML 1.1: ``5`` an int, ``0.5`` a float,
     ``true``/``false``/``null``, ``[a, b]`` a list, ``{k: v}`` a mapping. Quote a value
-    to keep it text: ``name='1e-3'``.
+    to keep it text: ``name='1e-3'``. A key given twice in one mapping is an error
+    (PyYAML would keep the last silently, and a second ``federation:`` section would
+    drop the first one's settings to their defaults).
     """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *anchor`` merges defaults that the keys beside it override
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # an unhashable key: the base class says what is wrong
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"found the key {key!r} twice; merge the two into one",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep)
 
 
 RecipeLoader.yaml_implicit_resolvers = {

@@ -1,6 +1,6 @@
 import pytest
 
-from fedgen.config import ExperimentConfig, load_config
+from fedgen.config import ExperimentConfig, load_config, read_yaml
 from fedgen.errors import ConfigError
 
 
@@ -97,6 +97,19 @@ def test_malformed_yaml_and_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match=r"dotted\.key=value"):
         load_config(None, ["rounds"])
+
+
+def test_a_key_given_twice_is_an_error_not_the_last_one_kept(tmp_path):
+    # A second section would silently reset the first one's settings to defaults.
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("federation:\n  rounds: 5\nfederation:\n  local_steps: 3\n")
+    with pytest.raises(ConfigError, match="'federation' twice"):
+        load_config(twice)
+    with pytest.raises(ConfigError, match="'rounds' twice"):
+        load_config(None, ["federation={rounds: 5, rounds: 6}"])
+    # A merge key's defaults may still be overridden beside it.
+    merged = read_yaml("a: &d {x: 1, y: 2}\nb:\n  <<: *d\n  x: 3\n", "test")
+    assert merged["b"] == {"x": 3, "y": 2}
 
 
 def test_fingerprint_ignores_rounds_and_eval_but_not_training():
