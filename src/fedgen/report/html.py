@@ -277,7 +277,7 @@ def _failure_box(summary: dict[str, Any] | None) -> str:
     failed = summary.get("failed_rounds")
     if _is_number(failed) and failed > 0:
         return (
-            f'<div class="notes">{failed:g} of {_value(summary.get("rounds"))} rounds had no '
+            f'<div class="notes">{failed:g} of {_esc(_value(summary.get("rounds")))} rounds had no '
             "usable client update and kept the previous model (<code>round_failed</code> "
             "in <code>metrics.jsonl</code>).</div>"
         )

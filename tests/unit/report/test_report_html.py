@@ -271,6 +271,17 @@ def test_text_from_the_run_is_escaped(tmp_path):
     assert all(chart is not None for chart in svgs(text))
 
 
+def test_a_summary_from_a_received_folder_is_escaped_in_the_failed_rounds_note(tmp_path):
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    (tmp_path / "summary.json").write_text(
+        json.dumps({"status": "completed", "failed_rounds": 1, "rounds": "<img src=x>"})
+    )
+
+    text = write_report(tmp_path).read_text(encoding="utf-8")
+
+    assert "<img src=x>" not in text and "&lt;img src=x&gt;" in text
+
+
 def test_missing_run_folder_raises_with_a_hint(tmp_path):
     with pytest.raises(FileNotFoundError, match="pass the folder a training run wrote"):
         write_report(tmp_path / "nope")
