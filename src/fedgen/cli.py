@@ -477,8 +477,22 @@ def eval_(
         return
     figures["round"] = exp.federation.next_round - 1
     figures["evaluated_model"] = which
-    (run_dir / "eval.json").write_text(json.dumps(figures, indent=1))
-    typer.echo(json.dumps(figures, indent=1))
+    text = json.dumps(figures, indent=1)
+    # The figures first: they cost minutes, and a folder that cannot be written (a
+    # read-only copy of a run) must not lose them to a traceback.
+    typer.echo(text)
+    from fedgen.files import write_text_atomic
+
+    try:
+        write_text_atomic(run_dir / "eval.json", text)
+    except OSError as exc:
+        _fail(
+            FedgenError(
+                f"could not write {run_dir / 'eval.json'} ({exc.strerror or exc}); the "
+                "figures are printed above. Copy the run to a folder you can write to, "
+                "to keep them beside it"
+            )
+        )
 
 
 @app.command()

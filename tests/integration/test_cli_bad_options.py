@@ -38,6 +38,25 @@ def test_eval_with_too_few_tstr_samples_is_a_clear_error(run_dir):
     assert not (run_dir / "eval.json").exists()
 
 
+def test_eval_into_a_folder_it_cannot_write_prints_the_figures_then_a_clear_error(
+    run_dir, monkeypatch
+):
+    # Prepare: the run folder refuses writes (a read-only copy; root ignores chmod).
+    from fedgen import files
+
+    def refuse(path, text):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(files, "write_text_atomic", refuse)
+    # Execute
+    proc = fedgen_here("eval", str(run_dir), "--tstr-samples", "10", check=False)
+    # Assert: the figures the evaluation cost are printed, and the error says why.
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert '"tstr_accuracy"' in proc.stdout
+    assert "could not write" in proc.stderr and "Permission denied" in proc.stderr
+
+
 def test_a_mistyped_command_suggests_the_nearest_one_once():
     proc = fedgen_here("evaluate", check=False)
     assert proc.returncode == 2
