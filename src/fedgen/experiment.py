@@ -686,9 +686,12 @@ def _run(
         (run_dir / "attackers.json").write_text(json.dumps(record, indent=1))
     if on_ready is not None:
         on_ready(exp)
+    # A resumed run's time adds its earlier parts' rounds (and their evaluations).
+    earlier = exp.federation.history[: exp.federation.next_round]
+    earlier_seconds = sum(m.get("seconds", 0.0) + m.get("eval_seconds", 0.0) for m in earlier)
     t0 = time.perf_counter()
     completed = exp.federation.run()
-    summary = write_summary(exp, run_dir, completed, time.perf_counter() - t0)
+    summary = write_summary(exp, run_dir, completed, earlier_seconds + time.perf_counter() - t0)
     from fedgen.report.html import write_report
 
     write_report(run_dir)
@@ -833,9 +836,15 @@ def restore_latest(
 def write_summary(
     exp: Experiment, run_dir: Path, completed: bool, seconds: float
 ) -> dict[str, Any]:
-    """Flat final figures: the last evaluation, totals, status, and what each figure means."""
+    """Flat final figures: the last evaluation, totals, status, and what each figure means.
+
+    ``seconds``: the wall time of every part of the run (a resumed part adds the earlier
+    parts' rounds and evaluations).
+    """
     fed = exp.federation
     history = fed.history
+    # What an earlier part of the run said that this part cannot (it evaluated nothing).
+    previous = _read_summary(run_dir / "summary.json")
     # The federation says why it stopped: the budget, or failed rounds.
     status = (fed.stop_status or "completed") if completed else "interrupted"
     summary: dict[str, Any] = {
@@ -895,10 +904,26 @@ def write_summary(
             summary["evaluated_model"] = evaluated_model(exp.task, client, fed)
         if exp.config.eval.per_client or exp.config.eval.union:
             descriptions.update(per_client_descriptions(exp.config, exp.task.modality))
+    elif evaluated and previous.get("evaluated_round") == summary.get("evaluated_round"):
+        # A resumed part that evaluated nothing (a finished run resumed, or eval.final
+        # off): the figures are the earlier part's, and so is what they were computed on.
+        if isinstance(previous.get("evaluated_model"), str):
+            summary["evaluated_model"] = previous["evaluated_model"]
+        if isinstance(previous.get("descriptions"), dict):
+            descriptions = {**previous["descriptions"], **descriptions}
     if descriptions:
         summary["descriptions"] = descriptions
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    """An earlier part's ``summary.json``, or {} (none yet, or unreadable)."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _withheld(fed: Federation) -> dict[str, Any]:
@@ -906,6 +931,8 @@ def _withheld(fed: Federation) -> dict[str, Any]:
     if not fed.withholds_cohort:
         return {}
     return {
+        # The run's time follows the cohorts' sizes, as its per-round seconds (withheld).
+        "seconds": None,
         "bytes_up": None,
         "bytes_down": None,
         "bytes_total": None,

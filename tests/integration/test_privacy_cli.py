@@ -104,6 +104,8 @@ def test_two_round_client_dp_run_writes_epsilon_everywhere(tmp_path, mnist_dir):
     assert summary["status"] == "completed"
     assert summary["epsilon"] == lines[-1]["epsilon"] and summary["delta"] == 1e-3
     assert summary["privacy_unit"] == "client" and summary["accountant"] == "rdp"
+    # The run's time follows its cohorts' sizes, as the withheld per-round seconds do.
+    assert summary["seconds"] is None and all("seconds" not in m for m in lines)
     html = (out / "report.html").read_text()
     assert "<h2>Privacy</h2>" in html and "differentially private" in html
     # Each client's label counts and size are its data's, which DP does not cover.

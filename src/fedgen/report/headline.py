@@ -103,7 +103,11 @@ def _from_summary(summary: dict[str, Any]) -> list[Headline]:
     out.append(_privacy(summary))
     out.append(_bytes(summary.get("bytes_total"), summary.get("bytes_up"), summary))
     rounds = summary.get("rounds")
-    out.append(_time(summary.get("seconds"), rounds, summary.get("status")))
+    if summary.get("seconds") is None and "cohort_metrics" in summary:
+        # Withheld under client-level DP: the run's time follows its cohorts' sizes.
+        out.append(Headline("time", "withheld", "client-level DP keeps the cohorts secret"))
+    else:
+        out.append(_time(summary.get("seconds"), rounds, summary.get("status")))
     return out
 
 

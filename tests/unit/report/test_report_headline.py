@@ -42,6 +42,9 @@ def test_withheld_bytes_say_so_and_unfinished_runs_use_their_rounds():
     withheld = {"bytes_total": None, "cohort_metrics": "withheld", "seconds": 3.0}
     figures = {f.label: f for f in headline_figures(withheld, [])}
     assert figures["data sent"].value == "withheld"
+    # A run under client-level DP withholds its time as well (from 2026-12-07).
+    figures = {f.label: f for f in headline_figures({**withheld, "seconds": None}, [])}
+    assert figures["time"].value == "withheld"
     rows = [{"round": 0, "bytes_up": 2e6, "bytes_down": 1e6, "seconds": 70.0, "kid": 0.5}]
     figures = {f.label: f for f in headline_figures(None, rows)}
     assert figures["data sent"].value == "3.0 MB"
