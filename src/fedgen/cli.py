@@ -111,6 +111,17 @@ def run(
                 run_dir = out or DEFAULT_RUNS / (
                     cfg.name + ("-centralized" if cfg.federation.centralized else "")
                 )
+                if (
+                    config is not None
+                    and (run_dir / "config.yaml").resolve() == Path(config).resolve()
+                ):
+                    # The run writes its resolved config.yaml there: the user's own recipe,
+                    # comments and all, would be replaced.
+                    raise FedgenError(
+                        f"--out {run_dir} would overwrite the recipe {config} with the run's "
+                        "config.yaml; give the run a folder of its own (e.g. --out "
+                        f"{run_dir / 'run'})"
+                    )
             if cfg.downstream is not None:
                 # Generator, then the classifier arms that use it (fedgen.downstream); a
                 # resume finishes both (the arms it finished are kept).

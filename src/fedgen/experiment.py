@@ -708,6 +708,13 @@ def _check_run_folder(run_dir: Path, cfg: ExperimentConfig, resume: bool) -> Non
     change of whether the run keeps a ledger."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file, not a folder; choose another --out")
+    # A file on the way (``afile/run``) would fail only after the data had loaded.
+    blocking = next((p for p in run_dir.absolute().parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(
+            f"--out {run_dir} cannot be made: {blocking} is a file, not a folder; choose "
+            "another --out"
+        )
     if resume:
         kept = run_dir / "config.yaml"
         before = load_config(kept).ledger if kept.is_file() else cfg.ledger

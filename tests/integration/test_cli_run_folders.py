@@ -57,6 +57,25 @@ def test_a_file_as_out_is_refused_before_anything_loads(tmp_path):
     assert afile.read_text() == "mine"
 
 
+def test_a_folder_under_a_file_is_refused_before_anything_loads(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    proc = fedgen("run", "--no-progress", "--out", str(afile / "run"), *TINY_RUN)
+    _refused(proc, "cannot be made", "is a file, not a folder")
+    assert afile.read_text() == "mine"
+
+
+def test_out_holding_the_recipe_itself_is_refused_and_the_recipe_kept(tmp_path):
+    # Prepare: a hand-written recipe in the folder the run is pointed at.
+    recipe = tmp_path / "config.yaml"
+    recipe.write_text("# my notes\nfederation: {rounds: 1}\n")
+    # Execute
+    proc = fedgen("run", str(recipe), "--no-progress", "--out", str(tmp_path), *TINY_RUN)
+    # Assert
+    _refused(proc, "would overwrite the recipe", "a folder of its own")
+    assert recipe.read_text() == "# my notes\nfederation: {rounds: 1}\n"
+
+
 def test_a_run_folder_given_as_the_recipe_points_to_resume(run_dir):
     proc = fedgen("run", str(run_dir))
     _refused(proc, "is a run folder, not a recipe", f"--resume {run_dir}")
