@@ -268,6 +268,9 @@ def sample(
 
     if fmt is not None and (prompt is not None or condition is not None):
         _fail(FedgenError("--format exports images per class; drop --prompt and --condition"))
+    if out is not None:
+        # ``--out .`` has no name to put a suffix on or to build a sibling from.
+        out = out.absolute() if out.name else out.resolve()
     union = None
     try:
         exp = load_run(run_dir)

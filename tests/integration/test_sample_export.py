@@ -190,6 +190,18 @@ def test_an_out_on_or_under_a_file_is_a_one_line_error(fmt, out, run_dir, tmp_pa
     assert (tmp_path / "afile").read_text() == "mine"
 
 
+def test_out_dot_exports_into_the_current_folder(run_dir, tmp_path, monkeypatch):
+    # ``--out .`` has no name of its own (a ValueError traceback before).
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+
+    result = invoke(run_dir, "--format", "folder", "--per-class", "1", "--out", ".")
+
+    assert result.exit_code == 0, result.output
+    assert (here / "labels.csv").is_file() and (here / "manifest.json").is_file()
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
