@@ -728,6 +728,7 @@ def deploy_run(
         # Read here first: a bad recipe fails before anything is submitted.
         cfg = load_config(config, set_ or [])
         run_dir = out or DEFAULT_RUNS / cfg.name
+        local.LocalDeployment.load(folder)  # none yet: say so before writing into it
         recipe = config or _default_recipe(folder)
         outcome = local.run(folder, recipe, run_dir, set_ or [], timeout=timeout)
     except FedgenError as exc:

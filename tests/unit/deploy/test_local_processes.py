@@ -33,3 +33,21 @@ def test_stopping_a_live_group_ends_it_without_waiting_out_the_grace(tmp_path):
     # Assert: SIGTERM ended it, and the leader's zombie did not hold the wait to the end.
     assert time.monotonic() - start < 5.0
     assert not _running(pid)
+
+
+def test_deploy_run_before_deploy_up_says_to_start_one(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from fedgen.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "nodeployment"
+    folder.mkdir()
+
+    result = CliRunner().invoke(
+        app, ["deploy", "run", "--folder", str(folder), "--out", str(tmp_path / "r")]
+    )
+
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 2
+    assert "start one with fedgen deploy up" in " ".join(result.output.split())
+    assert list(folder.iterdir()) == []  # nothing written into it
