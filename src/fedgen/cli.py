@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -389,7 +388,9 @@ def _export_dataset(
     round_ = exp.federation.next_round - 1
     found = dict(list_checkpoints(run_dir / "checkpoints"))
     checkpoint = found.get(round_)
-    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest() if checkpoint else None
+    # The digest of the bytes the model was loaded from, not of the file now (a run
+    # going on beside may have replaced or pruned it since).
+    digest = exp.federation.restored_digest
     provenance = {
         "run": str(run_dir.resolve()),
         "task": exp.config.task.name,
