@@ -208,6 +208,8 @@ def test_the_classifier_federation_takes_client_dp_and_composes_the_guarantees(r
     assert f"({gen_eps + own_eps:.3g}, 0.002)" in arms["topup"]["privacy"]
     # Client-level DP withholds the rounds' bytes (they reveal the cohort): none, not 0.
     assert arms["real"]["bytes_total"] is None and arms["real"]["bytes_up"] is None
+    # and their time, which follows the cohorts' sizes as well.
+    assert arms["real"]["seconds"] is None and arms["topup"]["seconds"] is None
 
 
 def test_a_codec_shrinks_the_classifiers_uploads(run, tmp_path):

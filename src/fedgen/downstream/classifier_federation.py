@@ -33,7 +33,7 @@ class ArmResult:
     #: every round's bytes (they would reveal the sampled cohort).
     bytes_up: int | None
     bytes_down: int | None
-    seconds: float
+    seconds: float | None
     model: SmallCNN
     synthetic_examples: int = 0
     #: The classifier federation's own DP figures (``PrivacyAccounting.describe``), if any.
@@ -142,7 +142,8 @@ def federate_classifier(
         # Withheld under client-level DP: summing the missing figures would report 0.
         bytes_up=None if fed.withholds_cohort else sum(m.get("bytes_up", 0) for m in history),
         bytes_down=None if fed.withholds_cohort else sum(m.get("bytes_down", 0) for m in history),
-        seconds=seconds,
+        # Withheld as well: the time follows the cohorts' sizes.
+        seconds=None if fed.withholds_cohort else seconds,
         model=model.network,
         curve=curve,
         own_privacy=fed.privacy.describe() if fed.privacy is not None else {},

@@ -317,7 +317,8 @@ def run_arms(
                 pipeline=pipeline_for(clients),
                 **common,  # type: ignore[arg-type]
             )
-            arm.seconds += sampling
+            if arm.seconds is not None:  # withheld under client-level DP
+                arm.seconds += sampling
             arm.synthetic_examples = added
             arm.notes.append(
                 f"clients drew {added} synthetic examples before round 1 "
@@ -377,7 +378,8 @@ def run_arms(
             # The clients' generators crossed the wire once, before round 1.
             if arm.bytes_up is not None:
                 arm.bytes_up += ens.bytes_up
-            arm.seconds += ens.seconds
+            if arm.seconds is not None:
+                arm.seconds += ens.seconds
             arm.synthetic_examples = len(ens.data)
             arm.notes.append(
                 f"{dcfg.server_steps} server steps after every round on {len(ens.data)} "
