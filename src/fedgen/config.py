@@ -556,6 +556,9 @@ MAX_INT = 2**64
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class RecipeLoader(yaml.SafeLoader):
     """How recipes and ``--set`` values are read: YAML's safe loader, with two YAML 1.2 rules.
 
@@ -568,25 +571,24 @@ class RecipeLoader(yaml.SafeLoader):
     drop the first one's settings to their defaults).
     """
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        # Checked as written, before any ``<<:`` merge is flattened into a mapping (a
+        # merged key and the one beside it that overrides it are no duplicate).
+        node: yaml.MappingNode = super().compose_mapping_node(anchor)
+        seen: set[tuple[str, str]] = set()
         for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # ``<<: *anchor`` merges defaults that the keys beside it override
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:
-                continue  # an unhashable key: the base class says what is wrong
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in seen:
+                raise yaml.composer.ComposerError(
                     "while reading a mapping",
                     node.start_mark,
-                    f"found the key {key!r} twice; merge the two into one",
+                    f"found the key {key_node.value!r} twice; merge the two into one",
                     key_node.start_mark,
                 )
-        return super().construct_mapping(node, deep)
+            seen.add(key)
+        return node
 
 
 RecipeLoader.yaml_implicit_resolvers = {

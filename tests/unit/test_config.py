@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from fedgen.config import ExperimentConfig, load_config, read_yaml
 from fedgen.errors import ConfigError
@@ -110,6 +111,12 @@ def test_a_key_given_twice_is_an_error_not_the_last_one_kept(tmp_path):
     # A merge key's defaults may still be overridden beside it.
     merged = read_yaml("a: &d {x: 1, y: 2}\nb:\n  <<: *d\n  x: 3\n", "test")
     assert merged["b"] == {"x": 3, "y": 2}
+    # and a merged mapping that itself merges (flattened in place before it is read).
+    text = (
+        "task:\n  params: &s\n    <<: {batch_size: 32, lr: 0.001}\n    batch_size: 64\n"
+        "downstream:\n  <<: *s\n  rounds: 5\n"
+    )
+    assert read_yaml(text, "t") == yaml.safe_load(text)  # whatever PyYAML makes of it
 
 
 def test_fingerprint_ignores_rounds_and_eval_but_not_training():
