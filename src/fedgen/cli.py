@@ -110,17 +110,7 @@ def run(
                 run_dir = out or DEFAULT_RUNS / (
                     cfg.name + ("-centralized" if cfg.federation.centralized else "")
                 )
-                if (
-                    config is not None
-                    and (run_dir / "config.yaml").resolve() == Path(config).resolve()
-                ):
-                    # The run writes its resolved config.yaml there: the user's own recipe,
-                    # comments and all, would be replaced.
-                    raise FedgenError(
-                        f"--out {run_dir} would overwrite the recipe {config} with the run's "
-                        "config.yaml; give the run a folder of its own (e.g. --out "
-                        f"{run_dir / 'run'})"
-                    )
+                _refuse_recipe_overwrite(config, run_dir)
             if cfg.downstream is not None:
                 # Generator, then the classifier arms that use it (fedgen.downstream); a
                 # resume finishes both (the arms it finished are kept).
@@ -137,6 +127,16 @@ def run(
         _fail(exc)
         return
     _say_summary(summary, run_dir, f"fedgen run --resume {run_dir}")
+
+
+def _refuse_recipe_overwrite(config: Path | None, run_dir: Path) -> None:
+    """The run writes its resolved config.yaml into ``run_dir``: refuse when that file is
+    the user's own recipe (comments and all, it would be replaced)."""
+    if config is not None and (run_dir / "config.yaml").resolve() == config.resolve():
+        raise FedgenError(
+            f"--out {run_dir} would overwrite the recipe {config} with the run's "
+            f"config.yaml; give the run a folder of its own (e.g. --out {run_dir / 'run'})"
+        )
 
 
 def _say_summary(summary: dict[str, Any], run_dir: Path, resume: str) -> None:
@@ -268,8 +268,11 @@ def sample(
     if fmt is not None and (prompt is not None or condition is not None):
         _fail(FedgenError("--format exports images per class; drop --prompt and --condition"))
     if out is not None:
-        # ``--out .`` has no name to put a suffix on or to build a sibling from.
-        out = out.absolute() if out.name else out.resolve()
+        out = out.resolve()  # ``--out .`` has no name of its own to build others from
+        if out.is_dir() and fmt != ExportFormat.FOLDER:
+            # A folder takes the files under their default name, inside it: its own name
+            # with a suffix would be a file beside it, outside the folder.
+            out = out / "samples"
     union = None
     try:
         exp = load_run(run_dir)
@@ -373,7 +376,7 @@ def _export_dataset(
     """`fedgen sample --format`: the data set, and a manifest naming the checkpoint it
     came from (round and the sha256 of its file, as the run's ledger records it);
     ``label`` names the model when it is no one model (the union)."""
-    from fedgen.engine.checkpoint import list_checkpoints
+    from fedgen.engine.checkpoint import checkpoint_path
     from fedgen.engine.client_models import model_label
     from fedgen.modality import Modality
     from fedgen.samples.image_dataset import export_image_dataset
@@ -386,8 +389,8 @@ def _export_dataset(
             )
         )
     round_ = exp.federation.next_round - 1
-    found = dict(list_checkpoints(run_dir / "checkpoints"))
-    checkpoint = found.get(round_)
+    # The file the model was loaded from, named whether or not it is still there.
+    checkpoint = checkpoint_path(run_dir / "checkpoints", round_)
     # The digest of the bytes the model was loaded from, not of the file now (a run
     # going on beside may have replaced or pruned it since).
     digest = exp.federation.restored_digest
@@ -395,7 +398,7 @@ def _export_dataset(
         "run": str(run_dir.resolve()),
         "task": exp.config.task.name,
         "checkpoint_round": round_,
-        "checkpoint_file": checkpoint.name if checkpoint else None,
+        "checkpoint_file": checkpoint.name,
         "checkpoint_sha256": digest,
         "config_fingerprint": exp.config.fingerprint(),
         "seed": seed,
@@ -729,6 +732,7 @@ def deploy_run(
         # Read here first: a bad recipe fails before anything is submitted.
         cfg = load_config(config, set_ or [])
         run_dir = out or DEFAULT_RUNS / cfg.name
+        _refuse_recipe_overwrite(config, run_dir)
         local.LocalDeployment.load(folder)  # none yet: say so before writing into it
         recipe = config or _default_recipe(folder)
         outcome = local.run(folder, recipe, run_dir, set_ or [], timeout=timeout)

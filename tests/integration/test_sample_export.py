@@ -200,6 +200,16 @@ def test_out_dot_exports_into_the_current_folder(run_dir, tmp_path, monkeypatch)
 
     assert result.exit_code == 0, result.output
     assert (here / "labels.csv").is_file() and (here / "manifest.json").is_file()
+    # A file format into a folder: its default name inside it, nothing beside it.
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    result = invoke(run_dir, "--format", "npz", "--per-class", "1", "--out", ".")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in other.iterdir()) == ["samples.npz", "samples.npz.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "other"]
+    manifest = json.loads((other / "samples.npz.json").read_text())
+    assert manifest["checkpoint_file"] == "round_0000.ckpt"
 
 
 @pytest.mark.parametrize(

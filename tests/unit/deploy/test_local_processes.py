@@ -51,3 +51,18 @@ def test_deploy_run_before_deploy_up_says_to_start_one(tmp_path, monkeypatch):
     assert isinstance(result.exception, SystemExit) and result.exit_code == 2
     assert "start one with fedgen deploy up" in " ".join(result.output.split())
     assert list(folder.iterdir()) == []  # nothing written into it
+
+
+def test_deploy_run_refuses_an_out_holding_its_own_recipe(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedgen.cli import app
+
+    recipe = tmp_path / "config.yaml"
+    recipe.write_text("# mine\nfederation: {rounds: 1}\n")
+
+    result = CliRunner().invoke(app, ["deploy", "run", str(recipe), "--out", str(tmp_path)])
+
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 2
+    assert "would overwrite the recipe" in " ".join(result.output.split())
+    assert recipe.read_text() == "# mine\nfederation: {rounds: 1}\n"
