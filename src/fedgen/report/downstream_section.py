@@ -34,7 +34,9 @@ def downstream_section(record: dict[str, Any] | None) -> str:
     for arm, f in record["arms"].items():
         if not isinstance(f, dict):
             continue
-        membership = f.get("membership") if isinstance(f.get("membership"), dict) else {}
+        membership: dict[str, Any] = (
+            f["membership"] if isinstance(f.get("membership"), dict) else {}
+        )
         auc = membership.get("loss_auc")
         # The untrained classifier's AUC on the same candidates: the offset the member and
         # non-member sets show before any training (records from before it have none).
