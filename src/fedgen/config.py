@@ -501,11 +501,27 @@ class ExperimentConfig(_Strict):
         return self.dpsgd is not None or any(t.name == "client_dp" for t in self.transforms)
 
     def fingerprint(self) -> str:
-        """Hash of everything that shapes the trained weights (not rounds, eval, logging).
+        """Hash of everything that shapes the trained weights (not rounds, eval, logging,
+        nor where the data sets lie: their files are checked by checksum).
 
         A checkpoint from a run with another fingerprint cannot be resumed.
         """
+        return self._fingerprint(with_data_dir=False)
+
+    def fingerprints(self) -> tuple[str, ...]:
+        """Every fingerprint a checkpoint or ledger of this config may carry: the current
+        one, and for a config that names ``data.data_dir`` the one from before 2026-12-07,
+        which hashed that folder too (such runs resume where their data was)."""
+        if self.data.data_dir is None:
+            return (self.fingerprint(),)
+        return (self.fingerprint(), self._fingerprint(with_data_dir=True))
+
+    def _fingerprint(self, with_data_dir: bool) -> str:
         d = self.model_dump(mode="json")
+        if not with_data_dir:
+            # Where the data lies moves with the machine; a run copied elsewhere goes on.
+            # (Hashed as unset, the default experiment's fingerprint is unchanged.)
+            d["data"]["data_dir"] = None
         for key in ("eval", "checkpoint", "name", "ledger", "tensorboard"):
             d.pop(key)  # (tensorboard: watching a run does not change its weights)
         # How long to go on (and when failures end a run) never changes a round's weights.

@@ -796,7 +796,7 @@ def restore_latest(
         else RESUME_ADVICE
     )
     state = check_payload(
-        payload, path, format=CHECKPOINT_FORMAT, fingerprint=cfg.fingerprint(), advice=advice
+        payload, path, format=CHECKPOINT_FORMAT, fingerprint=cfg.fingerprints(), advice=advice
     )
     if damaged and not reading and fed.withholds_cohort:
         # A damaged checkpoint's round was saved, so it may have been sent to the next

@@ -119,6 +119,17 @@ def test_a_key_given_twice_is_an_error_not_the_last_one_kept(tmp_path):
     assert read_yaml(text, "t") == yaml.safe_load(text)  # whatever PyYAML makes of it
 
 
+def test_where_the_data_lies_is_no_part_of_the_fingerprint_but_old_runs_still_match():
+    # A run moved to another machine (its data elsewhere) is the same experiment.
+    here = load_config(None, ["data.data_dir=/a"])
+    there = load_config(None, ["data.data_dir=/b"])
+    assert here.fingerprint() == there.fingerprint() == load_config().fingerprint()
+    # A run from before 2026-12-07 hashed its data_dir: still accepted where it was.
+    legacy = here.fingerprints()[1]
+    assert legacy != here.fingerprint() and legacy not in there.fingerprints()
+    assert load_config().fingerprints() == (load_config().fingerprint(),)
+
+
 def test_fingerprint_ignores_rounds_and_eval_but_not_training():
     base = load_config()
     assert (

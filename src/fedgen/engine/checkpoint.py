@@ -162,7 +162,7 @@ def restore_checkpoint(
     path: Path,
     *,
     format: int,
-    fingerprint: str,
+    fingerprint: str | tuple[str, ...],
     private_reference: StateDict | None = None,
 ) -> dict[str, Any]:
     """Load the checkpoint at ``path`` into ``target``; return its payload.
@@ -187,10 +187,11 @@ def check_payload(
     path: Path,
     *,
     format: int,
-    fingerprint: str,
+    fingerprint: str | tuple[str, ...],
     advice: str = RESUME_ADVICE,
 ) -> Any:
-    """The payload's federation state, if the payload is of ``format`` and ``fingerprint``.
+    """The payload's federation state, if the payload is of ``format`` and ``fingerprint``
+    (or one of several: ``ExperimentConfig.fingerprints``).
 
     Raises ``CheckpointError`` otherwise, with ``advice`` for another fingerprint. Values
     are compared by type first: a payload can hold a tensor where a number belongs, and
@@ -199,11 +200,12 @@ def check_payload(
     found = payload.get("format")
     if type(found) is not int or found != format:
         raise CheckpointError(f"{path} has format {_short(found)}, expected {format}")
+    accepted = (fingerprint,) if isinstance(fingerprint, str) else fingerprint
     found = payload.get("fingerprint")
-    if not isinstance(found, str) or found != fingerprint:
+    if not isinstance(found, str) or found not in accepted:
         raise CheckpointError(
             f"{path} belongs to a different experiment (fingerprint {_short(found)} != "
-            f"{fingerprint}); {advice}"
+            f"{accepted[0]}); {advice}"
         )
     if not isinstance(payload.get("federation"), dict):
         raise CheckpointError(f"{path} holds no federation state; it is not a run checkpoint")

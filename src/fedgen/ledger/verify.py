@@ -32,7 +32,7 @@ LEDGER_FILE = "ledger.sqlite"
 CONFIG_FILE = "config.yaml"
 #: What may change in ``config.yaml`` without changing its fingerprint
 #: (``ExperimentConfig.fingerprint``): what does not shape the trained weights.
-_UNFINGERPRINTED = "federation.rounds, eval, checkpoint, name, ledger, tensorboard"
+_UNFINGERPRINTED = "federation.rounds, eval, checkpoint, name, ledger, tensorboard, data.data_dir"
 
 
 @dataclass
@@ -245,7 +245,7 @@ def _check_config(
         )
         return
     try:
-        found = load_config(path, validate_components=False).fingerprint()
+        found_all = load_config(path, validate_components=False).fingerprints()
     except ConfigError as err:
         problems.append(
             f"{CONFIG_FILE}: cannot be read as the run's recipe, so it cannot be checked "
@@ -253,9 +253,9 @@ def _check_config(
             f"run's own {CONFIG_FILE}"
         )
         return
-    if found != logged:
+    if logged not in found_all:
         problems.append(
-            f"{CONFIG_FILE}: its fingerprint {found} is not {logged}, which the ledger's "
+            f"{CONFIG_FILE}: its fingerprint {found_all[0]} is not {logged}, which the ledger's "
             f"{where} signed: a setting that shapes the trained weights was changed after the "
             f"run (only {_UNFINGERPRINTED} may change), so fedgen sample/eval refuse the run; "
             f"restore the run's own {CONFIG_FILE}"
