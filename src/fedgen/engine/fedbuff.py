@@ -33,6 +33,7 @@ carries the config the strategy gives every client of the round it was sent in
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -51,6 +52,8 @@ from fedgen.errors import ConfigError
 from fedgen.seeding import derive_seed, numpy_rng
 from fedgen.strategies.base import Aggregate
 from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict
+
+log = logging.getLogger(__name__)
 
 
 def staleness_weight(staleness: int, exponent: float) -> float:
@@ -153,6 +156,18 @@ class FedBuffSchedule(Schedule):
             )
         if problems:
             raise ConfigError("; ".join(problems))
+        sampler = getattr(getattr(strategy, "inner", strategy), "sampler", None)
+        fraction = getattr(sampler, "fraction", 1.0)
+        if fraction != 1.0 or getattr(sampler, "name", "fixed") != "fixed":
+            # Not refused (the default recipe samples 0.4 of the clients a round): said.
+            log.warning(
+                "federation.mode=fedbuff ignores strategy.params fraction=%g and sampling=%s: "
+                "concurrency (%d) clients train at once, each replaced the moment it "
+                "reports",
+                fraction,
+                getattr(sampler, "name", "fixed"),
+                self.concurrency,
+            )
 
     # -- the round -------------------------------------------------------------
 

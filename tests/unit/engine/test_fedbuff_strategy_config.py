@@ -82,6 +82,18 @@ def test_fedbuff_refuses_strategy_settings_it_cannot_honour(mnist_dir, overrides
         build_experiment(tiny_config(mnist_dir, **{**FEDBUFF, **overrides}))
 
 
+def test_fedbuff_says_it_ignores_client_sampling(mnist_dir, caplog):
+    # Not refused (the default recipe samples a fraction of the clients), but said.
+    params = "{min_clients: 2, fraction: 0.5}"
+    with caplog.at_level("WARNING", logger="fedgen.engine.fedbuff"):
+        build_experiment(tiny_config(mnist_dir, **FEDBUFF, **{"strategy.params": params}))
+    assert "ignores strategy.params fraction=0.5" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fedgen.engine.fedbuff"):
+        build_experiment(tiny_config(mnist_dir, **FEDBUFF))
+    assert "ignores" not in caplog.text
+
+
 class QueueBackend:
     """Keeps jobs in flight; they arrive first in, first out."""
 
