@@ -112,10 +112,9 @@ class QueueBackend:
         return [ClientResult(ins.client_id, 10, {"w": torch.zeros(1)}) for ins in now]
 
 
-def wall_run(rounds: int, seed: int = 7) -> QueueBackend:
-    """``rounds`` wall-clock steps of 6 clients, 2 in flight, one arrival a step."""
-    backend = QueueBackend()
-    fed = SimpleNamespace(
+def fake_round_loop(backend: Any) -> SimpleNamespace:
+    """What the wall-clock schedule reads of the round loop: a FedProx strategy, one tensor."""
+    return SimpleNamespace(
         backend=backend,
         strategy=FedProx(mu=0.5, min_clients=1),
         global_state={"w": torch.zeros(1)},
@@ -123,6 +122,12 @@ def wall_run(rounds: int, seed: int = 7) -> QueueBackend:
         private_states={},
         local_work=lambda state, version: None,
     )
+
+
+def wall_run(rounds: int, seed: int = 7) -> QueueBackend:
+    """``rounds`` wall-clock steps of 6 clients, 2 in flight, one arrival a step."""
+    backend = QueueBackend()
+    fed = fake_round_loop(backend)
     schedule = WallClockFedBuff(FedBuffConfig(buffer_size=1, concurrency=2), range(6), seed)
     for r in range(rounds):
         step = schedule.begin(r, fed)  # type: ignore[arg-type]
@@ -170,14 +175,7 @@ class EventBackend(QueueBackend):
 
 def wall_steps(backend: EventBackend, rounds: int) -> tuple[WallClockFedBuff, list[Any]]:
     """``rounds`` wall-clock steps of 3 clients, all in flight, 2 arrivals a step."""
-    fed = SimpleNamespace(
-        backend=backend,
-        strategy=FedProx(mu=0.5, min_clients=1),
-        global_state={"w": torch.zeros(1)},
-        clients={},
-        private_states={},
-        local_work=lambda state, version: None,
-    )
+    fed = fake_round_loop(backend)
     schedule = WallClockFedBuff(FedBuffConfig(buffer_size=2, concurrency=3), range(3), 7)
     steps = []
     for r in range(rounds):
