@@ -47,6 +47,7 @@ from fedgen.engine.schedule import (
     Step,
     client_steps,
     refuse_server_stages,
+    strategy_client_config,
 )
 from fedgen.errors import ConfigError
 from fedgen.seeding import derive_seed, numpy_rng
@@ -61,17 +62,6 @@ def staleness_weight(staleness: int, exponent: float) -> float:
     if staleness < 0:
         raise ValueError(f"staleness must be >= 0, got {staleness}")
     return 1.0 / (1.0 + staleness) ** exponent
-
-
-def strategy_client_config(fed: RoundLoop, round: int) -> dict[str, Any]:
-    """What the strategy tells every client sent work in ``round`` besides its seed.
-
-    The config a synchronous round's ``strategy.configure`` puts in each instruction
-    (``FedAvg.client_config``: FedProx's ``proximal_mu``, Ditto's ``ditto_lambda``);
-    {} for a strategy that tells its clients nothing.
-    """
-    config = getattr(fed.strategy, "client_config", None)
-    return {} if config is None else dict(config(round))
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedgen.config import FedBuffConfig
-from fedgen.engine.fedbuff import FedBuffSchedule, strategy_client_config
-from fedgen.engine.schedule import Job, RoundLoop, Step
+from fedgen.engine.fedbuff import FedBuffSchedule
+from fedgen.engine.schedule import Job, RoundLoop, Step, strategy_client_config
 from fedgen.errors import ConfigError
 from fedgen.seeding import derive_seed, numpy_rng
 from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict

@@ -26,7 +26,6 @@ from typing import Any
 
 from fedgen.config import GossipConfig
 from fedgen.engine.client_clock import ClientClock
-from fedgen.engine.fedbuff import strategy_client_config
 from fedgen.engine.schedule import (
     Job,
     RoundLoop,
@@ -34,6 +33,7 @@ from fedgen.engine.schedule import (
     Step,
     client_steps,
     refuse_server_stages,
+    strategy_client_config,
 )
 from fedgen.engine.topology import average, consensus_distance, mix, mixing_matrix, neighbours
 from fedgen.errors import ConfigError, RoundFailedError

@@ -204,3 +204,14 @@ def refuse_server_stages(fed: RoundLoop, mode: str) -> None:
             f"federation.mode={mode} has no privacy accounting for its rounds; remove the "
             "DP transform / dpsgd section or set federation.mode=sync"
         )
+
+
+def strategy_client_config(fed: RoundLoop, round: int) -> dict[str, Any]:
+    """What the strategy tells every client sent work in ``round`` besides its seed.
+
+    The config a synchronous round's ``strategy.configure`` puts in each instruction
+    (``FedAvg.client_config``: FedProx's ``proximal_mu``, Ditto's ``ditto_lambda``);
+    {} for a strategy that tells its clients nothing.
+    """
+    config = getattr(fed.strategy, "client_config", None)
+    return {} if config is None else dict(config(round))
