@@ -6,7 +6,8 @@ activations up; the server runs its blocks on all of them and sends each
 client its output; clients run their tails and compute losses locally;
 gradients w.r.t. the tails' inputs go up, the server back-propagates and
 returns to each client only the gradient w.r.t. the activation it sent.
-A client whose message does not arrive is left out of the rest of the pass.
+A client whose message does not arrive, or whose own computation raises (a head with
+BatchNorm given one example), is left out of the rest of the pass; the others go on.
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ class SplitPass:
     def forward(self, inputs: Mapping[int, tuple[torch.Tensor, ...]]) -> dict[int, torch.Tensor]:
         """Client outputs (they never leave the client) for every client still connected."""
         for cid, args in inputs.items():
-            h = self.clients[cid].forward_head(*args)
+            try:
+                h = self.clients[cid].forward_head(*args)
+            except Exception as exc:  # the client's own code: it fails alone
+                self.failures[cid] = client_error(exc)
+                continue
             try:
                 msg = self.channel.send("activation", "up", self.name, cid, h)
             except ClientDroppedError as exc:
@@ -60,7 +65,10 @@ class SplitPass:
                 continue
             self._server_out[cid] = h
             self._tail_in[cid] = received(msg, needs_grad=True)
-            outputs[cid] = self.clients[cid].forward_tail(self._tail_in[cid])
+            try:
+                outputs[cid] = self.clients[cid].forward_tail(self._tail_in[cid])
+            except Exception as exc:
+                self.failures[cid] = client_error(exc)
         return outputs
 
     def backward(self) -> None:
@@ -91,4 +99,12 @@ class SplitPass:
                 self.failures[cid] = str(exc)
                 continue
             if self._head_out[cid].requires_grad:  # a head without parameters has no graph
-                self._head_out[cid].backward(msg.tensor)
+                try:
+                    self._head_out[cid].backward(msg.tensor)
+                except Exception as exc:
+                    self.failures[cid] = client_error(exc)
+
+
+def client_error(exc: BaseException) -> str:
+    """Why a client's own computation failed, as its entry in ``failures``."""
+    return f"{type(exc).__name__} on the client: {exc}"

@@ -9,8 +9,8 @@ binary cross-entropy on the client; Adam (2e-4, betas (0.5, 0.999)) on every
 client's head/tail and on the server's blocks (with ``aux_weight`` > 0 and a
 class head on the last discriminator block, plus the AC-GAN class term of
 ``fedgen.split.gan_loss``, on the client too). Only activations and their
-gradients cross the ``Channel``; a client that drops out mid-iteration is
-reported in ``failures`` and the iteration goes on with the rest.
+gradients cross the ``Channel``; a client that drops out mid-iteration, or whose own
+computation raises, is reported in ``failures`` and the iteration goes on with the rest.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from fedgen.errors import CheckpointError, ConfigError
 from fedgen.split.cut import Cut
 from fedgen.split.gan_loss import gan_loss
 from fedgen.split.messages import Channel
-from fedgen.split.protocol import SplitPass
+from fedgen.split.protocol import SplitPass, client_error
 from fedgen.split.segments import ClientSegments, ServerSegments
 
 
@@ -209,10 +209,12 @@ class UShapedGanTrainer:
             alive = [c for c in images if c not in failures]
             probs = p.forward({c: (images[c], batches[c][1]) for c in alive})
             failures.update(p.failures)
-            losses = {
-                c: gan_loss(out, batches[c][1], target, classify, self.aux_weight)
-                for c, out in probs.items()
-            }
+            losses: dict[int, torch.Tensor] = {}
+            for c, out in probs.items():
+                try:
+                    losses[c] = gan_loss(out, batches[c][1], target, classify, self.aux_weight)
+                except Exception as exc:  # computed on the client: it fails alone
+                    failures[c] = client_error(exc)
             if losses:
                 torch.stack(list(losses.values())).sum().backward()
             p.backward()

@@ -148,6 +148,27 @@ def test_client_dropping_mid_iteration_is_a_failure_value_and_the_rest_train() -
     assert all(torch.isfinite(torch.tensor(v)) for v in (result.d_loss_real, result.g_loss))
 
 
+def test_client_whose_own_computation_raises_fails_alone() -> None:
+    # Prepare: client 1 holds one example, and its generator head has a BatchNorm that
+    # cannot normalise a batch of one in training (torch raises on the client).
+    torch.manual_seed(0)
+    cuts = {0: Cut(1, 1), 1: Cut(1, 1), 2: Cut(1, 2)}
+    spec = HuscfGanSpec(width=0.25, norm="batch")
+    trainer = UShapedGanTrainer(generator_blocks(spec), discriminator_blocks(spec), cuts, cuts, 100)
+    batches = _batches(list(cuts))
+    batches[1] = (batches[1][0][:1], batches[1][1][:1])
+    before = {k: v.clone() for k, v in trainer.gen_clients[1].named_parameters()}
+    # Execute
+    result = trainer.step(batches, torch.Generator().manual_seed(1))
+    # Assert: the others trained, the one-example client is a failure with torch's reason
+    assert set(result.failures) == {1} and "on the client" in result.failures[1]
+    assert "more than 1 value per channel" in result.failures[1]
+    assert result.clients == [0, 2]
+    for key, value in trainer.gen_clients[1].named_parameters():
+        assert torch.equal(value, before[key])
+    assert all(torch.isfinite(torch.tensor(v)) for v in (result.d_loss_real, result.g_loss))
+
+
 def test_mismatched_clients_and_unknown_batches_are_config_errors() -> None:
     g, d = generator_blocks(LIGHT), discriminator_blocks(LIGHT)
     with pytest.raises(ConfigError, match="same clients"):
