@@ -128,14 +128,18 @@ class FedBuffSchedule(Schedule):
             )
         required = getattr(strategy, "required_results", None)
         if callable(required) and required() > self.buffer_size:
-            # A robust rule's sync check compares its planned cohort, which FedBuff has not.
-            rule = getattr(strategy, "rule", type(strategy).__name__)
-            byzantine = getattr(strategy, "byzantine", "?")
+            # The strategy's sync check compares its planned cohort, which FedBuff has not.
+            why = getattr(strategy, "required_why", None)
+            if callable(why):
+                who, lower = why(), "or lower what it asks"
+            else:
+                rule = getattr(strategy, "rule", type(strategy).__name__)
+                byzantine = getattr(strategy, "byzantine", "?")
+                who, lower = f"strategy {rule} with byzantine={byzantine}", "or lower byzantine"
             problems.append(
-                f"strategy {rule} with byzantine={byzantine} needs at least {required()} "
-                f"results a server step, but federation.fedbuff.buffer_size={self.buffer_size}:"
-                f" no server step could aggregate; raise buffer_size to {required()} (and "
-                "concurrency with it) or lower byzantine"
+                f"{who} needs at least {required()} results a server step, but "
+                f"federation.fedbuff.buffer_size={self.buffer_size}: no server step could "
+                f"aggregate; raise buffer_size to {required()} (and concurrency with it) {lower}"
             )
         if getattr(strategy, "fixed_denominator", False):
             problems.append(

@@ -334,6 +334,18 @@ class KldClustered(Strategy):
         self._pending: tuple[dict[int, int], dict[int, StateDict], dict[int, frozenset[str]]]
         self._pending = ({}, {}, {})
 
+    def required_results(self) -> int:
+        """The fewest results a clustered round aggregates: ``num_clusters`` (k-means needs a
+        client per cluster), and never fewer than ``min_clients``."""
+        return max(self.min_clients, self.aggregator.num_clusters or 1)
+
+    def required_why(self) -> str:
+        """Why ``required_results`` is what it is, for the schedules' refusals."""
+        return (
+            f"strategy kld_clustered with num_clusters={self.aggregator.num_clusters} and "
+            f"min_clients={self.min_clients}"
+        )
+
     def configure(self, round: int, client_ids: list[int], rng: np.random.Generator) -> RoundPlan:
         k = self.aggregator.num_clusters
         if k is not None and k > len(client_ids):

@@ -74,8 +74,12 @@ def test_fedbuff_jobs_carry_the_strategys_client_config(mnist_dir, strategy, par
             },
             "median with byzantine=1 needs at least 3 results",
         ),
+        (
+            {"strategy.name": "kld_clustered", "strategy.params": "{num_clusters: 3}"},
+            "kld_clustered with num_clusters=3 and min_clients=1 needs at least 3 results",
+        ),
     ],
-    ids=["fixed-denominator", "krum", "median-behind-detection"],
+    ids=["fixed-denominator", "krum", "median-behind-detection", "clusters"],
 )
 def test_fedbuff_refuses_strategy_settings_it_cannot_honour(mnist_dir, overrides, message):
     with pytest.raises(ConfigError, match=message):
