@@ -190,7 +190,9 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
         per_step = kit.task.private_batches_per_step()
         # The noise key's fingerprint (stable while the key is, revealing nothing of it).
         key_id = keyed_run_id(bytes.fromhex(str(setup["noise_key"])))
-        recipe_id = _recipe_fingerprint(str(setup["recipe"]))
+        # The current fingerprint first; a record written by an older fedgen names the
+        # job under the recipe's legacy one (which hashed data.data_dir).
+        recipe_ids = _recipe_fingerprints(str(setup["recipe"]))
 
         def admit(ins: ClientInstruction, work: LocalWork) -> None:
             # Recorded once the job is checked, before training: a crash mid-job still
@@ -207,8 +209,11 @@ def _train(job: bytes, client_id: int, context: Any) -> bytes:
             # changed them (the clip bound, the learning rate, the data), then the same
             # job again, would draw the same noise over another update, and the two
             # answers' difference would carry none. Rounds and eval may change.
-            record = hashlib.sha256(f"{bound}\n{recipe_id}".encode()).hexdigest()
-            budget.admit(work.round, record, steps, sample, key_id)
+            record, *legacy = (
+                hashlib.sha256(f"{bound}\n{recipe_id}".encode()).hexdigest()
+                for recipe_id in recipe_ids
+            )
+            budget.admit(work.round, record, steps, sample, key_id, also=legacy)
 
     store = PrivateStore(context, run_id, client_id)
     private = store.load(before_round=round)
@@ -260,10 +265,11 @@ def _check_noise(noise_key: object, draws_noise: bool, context: Any) -> None:
         )
 
 
-def _recipe_fingerprint(recipe: str) -> str:
-    """The fingerprint (``ExperimentConfig.fingerprint``) of a recipe received as JSON:
-    what shapes the weights, not how many rounds run or what is evaluated."""
-    return parse_config(json.loads(recipe)).fingerprint()
+def _recipe_fingerprints(recipe: str) -> tuple[str, ...]:
+    """The fingerprints (``ExperimentConfig.fingerprints``, the current one first) of a
+    recipe received as JSON: what shapes the weights, not how many rounds run or what
+    is evaluated."""
+    return parse_config(json.loads(recipe)).fingerprints()
 
 
 def _budget_run_id(run_id: str, recipe: str) -> str:

@@ -31,8 +31,9 @@ refuses reaches the server as that client's failure, in the node's words.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,20 @@ class NodeBudget:
         return self.path.is_file()
 
     def admit(
-        self, round: int, job: str, steps: int, sample: SampleLevelBudget, key_id: str
+        self,
+        round: int,
+        job: str,
+        steps: int,
+        sample: SampleLevelBudget,
+        key_id: str,
+        also: Sequence[str] = (),
     ) -> float:
         """Record the job ``job`` (``job_binding``) of ``round``, which takes ``steps``
         DP-SGD steps with the noise key whose fingerprint is ``key_id``, before it trains;
-        the epsilon this client will have spent in the run. Raises ``ValueError`` (the
-        job is refused, nothing recorded) when the module docstring's rules forbid it."""
+        the epsilon this client will have spent in the run. ``also``: the names the same
+        job had when recorded by an older fedgen (the recipe's legacy fingerprints), a
+        resend under which is the same job. Raises ``ValueError`` (the job is refused,
+        nothing recorded) when the module docstring's rules forbid it."""
         cid = self.client_id
         planned = sample.steps_of(cid)
         if steps != planned:
@@ -103,6 +112,8 @@ class NodeBudget:
                     "new run)"
                 )
             seen = rounds.get(round)
+            if seen is not None and seen.job in also:
+                seen = dataclasses.replace(seen, job=job)
             if seen == this:
                 return _epsilon(rounds.values(), sample.mechanism, sample.delta)
             if seen is not None:

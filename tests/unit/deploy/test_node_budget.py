@@ -57,6 +57,22 @@ def test_a_resent_job_is_admitted_once_and_another_job_for_its_round_is_refused(
     assert _budget(tmp_path).admit(1, "job1", steps, sample, KEY) > first
 
 
+def test_a_round_recorded_under_the_recipes_legacy_name_is_the_same_job(sample, tmp_path):
+    # Prepare: round 0 recorded by an older fedgen, whose recipe fingerprint hashed
+    # data.data_dir, so the job's record had another name.
+    steps = sample.steps_of(1)
+    first = _budget(tmp_path).admit(0, "job0-legacy", steps, sample, KEY)
+    # Execute / Assert: resent by this fedgen, which names it job0 and knows the old name
+    assert _budget(tmp_path).admit(0, "job0", steps, sample, KEY, also=["job0-legacy"]) == first
+    # Without the old name it reads as another job for round 0, as before.
+    with pytest.raises(ValueError, match="round 0 was trained here as another job"):
+        _budget(tmp_path).admit(0, "job0", steps, sample, KEY)
+    # A legacy name does not excuse other noise: the rest of the record must match.
+    other = dataclasses.replace(sample, noise_multiplier=2 * sample.noise_multiplier)
+    with pytest.raises(ValueError, match="another job or with other noise"):
+        _budget(tmp_path).admit(0, "job0", steps, other, KEY, also=["job0-legacy"])
+
+
 def test_a_job_asking_for_more_steps_than_the_recipe_plans_is_refused(sample, tmp_path):
     with pytest.raises(ValueError, match=r"asks for 20 DP-SGD steps, the recipe plans \d+"):
         _budget(tmp_path).admit(0, "job0", 20, sample, KEY)
