@@ -24,6 +24,7 @@ from fedgen.engine.backends.local_training import (
 from fedgen.errors import FedgenError
 from fedgen.privacy.noise_key import client_noise_key
 from fedgen.transforms.clip import NormClip
+from fedgen.transforms.secagg import SecureAggregation
 from fedgen.types import ClientInstruction, ClientResult
 from fedgen.wire import Message, WireError, decode, encode, message_nbytes
 
@@ -625,6 +626,24 @@ def test_a_job_with_another_pipeline_is_refused():
     message = job_message(ClientInstruction(0, 1), work, 1)
     with pytest.raises(WireError, match="1 transform states, the client has 0"):
         work_from_job(message, None, [], None, None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("recipe_secure", [True, False])
+def test_a_job_whose_secure_flag_disagrees_with_the_clients_recipe_is_refused(recipe_secure):
+    # Prepare: the client's recipe masks its updates (or not); the job says the opposite.
+    # A server that cleared the flag would otherwise get every update in the clear.
+    def pipeline():
+        return [NormClip(1.0), *([SecureAggregation()] if recipe_secure else [])]
+
+    work = LocalWork(None, {}, pipeline(), 2, None, secure=not recipe_secure)  # type: ignore[arg-type]
+    message = decode(encode(job_message(ClientInstruction(0, 1), work, 3)))
+    # Execute / Assert
+    with pytest.raises(WireError, match=f"secure={not recipe_secure}.*refused"):
+        work_from_job(message, None, pipeline(), None, None)  # type: ignore[arg-type]
+    # The same job with the recipe's own flag is read as before.
+    work = LocalWork(None, {}, pipeline(), 2, None, secure=recipe_secure)  # type: ignore[arg-type]
+    message = decode(encode(job_message(ClientInstruction(0, 1), work, 3)))
+    assert work_from_job(message, None, pipeline(), None, None)[1].secure is recipe_secure  # type: ignore[arg-type]
 
 
 # -- the backends send these messages and count their bytes --------------------------------

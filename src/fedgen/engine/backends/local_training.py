@@ -37,6 +37,7 @@ from fedgen.ledger import canonical_json, state_digest
 from fedgen.tasks.base import Task
 from fedgen.transforms.base import TransformContext, UpdateTransform, split_transform_private
 from fedgen.transforms.codec import decode_arrival
+from fedgen.transforms.secagg import SecureAggregation
 from fedgen.types import ClientInstruction, ClientResult, StateDict
 from fedgen.wire import Message, WireError, decode, encode
 
@@ -372,6 +373,15 @@ def work_from_job(
             client_key: bytes | None = own_noise_key
         else:
             client_key = None if key is None else bytes.fromhex(key)
+        # Whether the update is masked is the client's recipe's to say, not the job's:
+        # a server that could clear the flag would get every update in the clear.
+        secure = any(isinstance(t, SecureAggregation) for t in transforms)
+        if meta["secure"] is not secure:
+            raise WireError(
+                f"the job says secure={meta['secure']!r:.10}, and this client's recipe "
+                f"{'has' if secure else 'has no'} a secagg transform: refused (a client "
+                "sends its update only as its own recipe says)"
+            )
         norm = meta["max_update_norm"]
         if norm is not None and (type(norm) not in (int, float) or not norm > 0):
             raise WireError(f"the job's max_update_norm {norm!r:.30} is not a number > 0")
@@ -388,7 +398,7 @@ def work_from_job(
             None,  # the run's key stays with the server
             faults,
             keys,
-            secure=meta["secure"] is True,
+            secure=secure,
             max_update_norm=norm,
             downlink=None
             if downlink is None
