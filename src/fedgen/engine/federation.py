@@ -371,6 +371,7 @@ class Federation:
                             self.auxiliary_keys,
                             max_examples=self.clients[cid].num_examples,
                             client_id=cid,
+                            secure=self.stage is not None,
                         )
                     except ClientUpdateError as exc:
                         res.failure, res.update = f"rejected update: {exc}", None

@@ -114,6 +114,7 @@ def check_result(
     auxiliary: frozenset[str] = frozenset(),
     max_examples: int | None = None,
     client_id: int | None = None,
+    secure: bool | None = None,
 ) -> float:
     """Check every field of a result a client reports as a success; return its update's norm.
 
@@ -122,6 +123,8 @@ def check_result(
     weight the aggregate and land in the run's metrics:
 
     - ``client_id`` is the id the server sent the work to (``client_id``, when given);
+    - ``held`` (the update kept for secure aggregation) is what the round asked for
+      (``secure``, when given): a held update in a plain round has nothing to aggregate;
     - ``num_examples`` is an int in 1..``max_examples`` (the client's shard size, public
       in fedgen: a weight of 0 fails a secure-aggregation round, a huge one takes over
       the weighted mean);
@@ -147,6 +150,12 @@ def check_result(
         raise ClientUpdateError(f"the client reported a failure: {_short(result.failure, 200)}")
     if result.held is not False and result.held is not True:
         raise ClientUpdateError(f"held must be true or false, got {_short(result.held)}")
+    if secure is not None and result.held is not secure:
+        raise ClientUpdateError(
+            "the client says it holds its update for secure aggregation, in a round without it"
+            if result.held
+            else "the client sent its update in plain, in a round of secure aggregation"
+        )
     if result.held and result.update is not None:
         raise ClientUpdateError("the client says it holds its update, and sent it")
     if result.update is None and not result.held:

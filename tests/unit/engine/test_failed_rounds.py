@@ -150,3 +150,34 @@ def test_a_client_whose_job_could_not_be_sent_counts_no_bytes_down(mnist_dir, mo
     down = dict(zip(per_client["clients"], per_client["down"], strict=True))
     assert down[0] == 0
     assert all(b > 0 for c, b in down.items() if c != 0)
+
+
+def test_a_held_reply_in_a_plain_round_fails_its_client_not_the_run(mnist_dir, monkeypatch):
+    # Prepare: client 0 answers as if it held its update for secure aggregation (a buggy
+    # or hostile node), in a round without it: nothing of its update reached the server.
+    from fedgen.engine.backends import inprocess
+
+    real_run = inprocess.run_client
+
+    def run_client(ins, *args, **kwargs):
+        result, private = real_run(ins, *args, **kwargs)
+        if ins.client_id == 0:
+            result.update, result.held, result.signature = None, True, None
+        return result, private
+
+    monkeypatch.setattr(inprocess, "run_client", run_client)
+    fed = build_experiment(
+        tiny_config(
+            mnist_dir,
+            **{"federation.rounds": 1, "eval.every": 0, "eval.final": False},
+            # Without a ledger no signature check stands in the way.
+            **{"strategy.params": "{fraction: 1.0, min_clients: 1}", "ledger": False},
+        )
+    ).federation
+    # Execute
+    fed.run()
+    # Assert: the round aggregated the others; client 0 is a failure that says why.
+    record = fed.history[-1]
+    assert record["failures"] == 1
+    assert "holds its update for secure aggregation" in record["failed_clients"]["0"]
+    assert record["clients"] == len(fed.clients) - 1
