@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -190,6 +190,33 @@ def rounding_seed(seed: int, round: int, client_id: int) -> int:
     return derive_seed(seed, "secagg", "rounding", round, client_id)
 
 
+def _own(replies: Mapping[int, Any], asked: Sequence[int]) -> list[Any]:
+    """The replies of the clients ``asked`` that name the client that sent them.
+
+    The link knows who answered; a message names its client itself. One that names
+    another client (a node speaking for a neighbour) is dropped, so its sender, not the
+    client it names, is the phase's dropout.
+    """
+    return [replies[c] for c in asked if c in replies and _names(replies[c], "client_id", c)]
+
+
+def _own_shares(cid: int, batch: Any) -> tuple[Any, ...]:
+    """The shares of client ``cid``'s batch, if the batch is well formed and every share
+    names ``cid`` as its sender; else none (``cid`` did not share: a dropout of phase 1)."""
+    if not isinstance(batch, ShareBatch) or not _names(batch, "client_id", cid):
+        return ()
+    shares = batch.shares
+    if not isinstance(shares, tuple) or not all(_names(x, "sender", cid) for x in shares):
+        return ()
+    return shares
+
+
+def _names(message: Any, field: str, cid: int) -> bool:
+    """Whether ``message``'s ``field`` is exactly the id ``cid`` (an int, not a bool)."""
+    value = getattr(message, field, None)
+    return type(value) is int and value == cid
+
+
 def run_secure_sum(
     weights: Mapping[int, float],
     *,
@@ -247,15 +274,10 @@ def run_secure_sum(
     )
     phase = "advertise_keys"
     adverts = link.ask(phase, dict.fromkeys(ids, start))
-    directories = timed(phase, server.collect_keys, [adverts[c] for c in ids if c in adverts])
+    directories = timed(phase, server.collect_keys, _own(adverts, ids))
     phase = "share_keys"
     batches = link.ask(phase, directories)
-    shares = [
-        share
-        for cid in sorted(batches)
-        if isinstance(batch := batches[cid], ShareBatch) and batch.client_id == cid
-        for share in batch.shares
-    ]
+    shares = [share for cid in sorted(batches) for share in _own_shares(cid, batches[cid])]
     inboxes = timed(phase, server.route_shares, shares)
     phase = "masked_input"
     dropped = set(drop_after_sharing)
@@ -265,11 +287,12 @@ def run_secure_sum(
         if cid not in dropped
     }
     masked = link.ask(phase, asks)
-    requests = timed(phase, server.collect_masked, [masked[c] for c in sorted(masked)])
+    requests = timed(phase, server.collect_masked, _own(masked, sorted(asks)))
     phase = "unmasking"
     # A dropout is offline: a masked input forged in its name gets no answer.
-    responses = link.ask(phase, {c: r for c, r in requests.items() if c not in dropped})
-    total = timed(phase, server.unmask, [responses[c] for c in sorted(responses)])
+    asked = {c: r for c, r in requests.items() if c not in dropped}
+    responses = link.ask(phase, asked)
+    total = timed(phase, server.unmask, _own(responses, sorted(asked)))
 
     survivors = tuple(sorted(server.masked))
     decoded = decode_sum(total, plan.levels, plan.modulus_bits)

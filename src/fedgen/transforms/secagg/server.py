@@ -122,10 +122,12 @@ class SecAggServer:
     def route_shares(self, shares: Sequence[EncryptedShare]) -> dict[int, list[EncryptedShare]]:
         """Phase 1: forward each ciphertext to its receiver; the senders form U2.
 
-        A sender whose shares are malformed, or who did not send one to each neighbour in
-        U1, is left out of U2 and none of its shares is forwarded: a dropout, whose
-        neighbours then hold no share of it and add no mask with it. A share that cannot
-        be attributed to a sender, or a second one for the same receiver, aborts the round.
+        A sender whose shares are malformed, go to a client not its neighbour in U1, or
+        are not exactly one to each neighbour in U1, is left out of U2 and none of its
+        shares is forwarded: a dropout, whose neighbours then hold no share of it and add
+        no mask with it (``run_secure_sum`` passes only shares that name the client that
+        sent them, so one client cannot drop another). A share that cannot be attributed
+        to a sender aborts the round.
         """
         sent: dict[int, list[EncryptedShare]] = defaultdict(list)
         for s in shares:
@@ -140,15 +142,13 @@ class SecAggServer:
                 continue
             self._check_round(s.sender, s.round, "an encrypted share")
             if s.sender not in self.public_keys or s.receiver not in self.graph.get(s.sender, ()):
-                raise ShareTamperedError(
-                    f"server: share from client {s.sender} to {s.receiver}, who are not "
-                    "neighbours in this round; round aborted"
+                self.refused[s.sender] = (
+                    f"encrypted share to client {s.receiver}, not its neighbour in U1"
                 )
+                continue
             if any(m.receiver == s.receiver for m in sent[s.sender]):
-                raise ShareTamperedError(
-                    f"server: client {s.sender} sent two shares to client {s.receiver} "
-                    "(replayed or swapped); round aborted"
-                )
+                self.refused[s.sender] = f"two encrypted shares to client {s.receiver}"
+                continue
             sent[s.sender].append(s)
         inbox: dict[int, list[EncryptedShare]] = defaultdict(list)
         for sender, messages in sorted(sent.items()):
@@ -245,9 +245,9 @@ class SecAggServer:
             if why is not None:
                 continue  # a response the server cannot read counts as none
             if set(r.self_mask_shares) & set(r.key_shares):
-                raise ShareTamperedError(
-                    f"client {r.client_id} revealed both shares of one client; round aborted"
-                )
+                # Both shares of one client would unmask its update: neither is used, and
+                # the response counts as none (one client cannot abort the round).
+                continue
             try:
                 seeds = {u: share_from_bytes(d) for u, d in r.self_mask_shares.items()}
                 keys = {u: share_from_bytes(d) for u, d in r.key_shares.items()}
