@@ -341,6 +341,9 @@ class RecipeClientSide(ClientSide):
         #: A table's merged encoder (JSON values), as the server would send it after
         #: merging the clients' statistics: the client side does not fit it again.
         self.table_encoder = table_encoder
+        #: A resumed run's DP-SGD sigma and per-client sigmas (``keep_dpsgd_noise``),
+        #: which no recipe field can pin; None when the recipe says it all.
+        self.client_noise: tuple[float, dict[int, float]] | None = None
 
     @classmethod
     def from_json(cls, recipe: str) -> RecipeClientSide:
@@ -348,7 +351,21 @@ class RecipeClientSide(ClientSide):
         side = cls.__new__(cls)
         side.recipe = recipe
         side.table_encoder = None
+        side.client_noise = None
         return side
+
+    def keep_dpsgd_noise(
+        self, noise_multiplier: float, client_noise: dict[int, float] | None
+    ) -> None:
+        """Pin a resumed run's DP-SGD sigma: one sigma goes into the recipe itself
+        (``dpsgd.noise_multiplier``, with ``epsilon`` left as the budget), so a deployed
+        client's hello carries it; per-client sigmas are applied by ``open``."""
+        recipe = json.loads(self.recipe)
+        if client_noise is None:
+            recipe["dpsgd"]["noise_multiplier"] = noise_multiplier
+            self.recipe = json.dumps(recipe, sort_keys=True)
+        else:
+            self.client_noise = (noise_multiplier, dict(client_noise))
 
     def open(self) -> ClientKit:
         """Build the kit; ``ClientBuildError`` when this fedgen cannot read the recipe."""
@@ -370,10 +387,20 @@ class RecipeClientSide(ClientSide):
         # start from it.
         initial = None if fed.downlink is None else fed.downlink.initial
         sample = None if fed.privacy is None else fed.privacy.sample
+        if sample is not None and self.client_noise is not None:
+            # As PrivacyState.load_state_dict restores them on the server.
+            sample.noise_multiplier, sample.client_noise = self.client_noise
+            sample.client_noise = dict(sample.client_noise)
+            if sample.engine is not None:
+                sample.engine.noise_multiplier = sample.noise_multiplier
+                sample.engine.client_noise = sample.client_noise
         return ClientKit(fed.task, fed.transforms, fed.faults, fed.clients, initial, sample)
 
     def fingerprint(self) -> tuple[object, ...]:
-        return (self.recipe,)
+        if self.client_noise is None:
+            return (self.recipe, None)
+        z, per_client = self.client_noise
+        return (self.recipe, z, sorted(per_client.items()))
 
 
 def _start_from(task: Task, source: str, cfg: ExperimentConfig, problems: list[str]) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedgen.config import load_config
-from fedgen.engine.backends.flower import FlowerBackend
+from fedgen.engine.backends.flower import DeploymentError, FlowerBackend
 from fedgen.engine.checkpoint import list_checkpoints
 from fedgen.errors import ConfigError
 from fedgen.experiment import Experiment, RecipeClientSide, run_experiment
@@ -49,6 +49,14 @@ def serve(grid: Any, context: Any) -> None:
         backend = fed.backend
         side = fed.client_side
         assert isinstance(backend, FlowerBackend) and isinstance(side, RecipeClientSide)
+        if side.client_noise is not None:
+            # A node calibrates its sigma from the recipe it is sent, which cannot say
+            # each client's: it would train with other noise than the run accounts.
+            raise DeploymentError(
+                "the run's per-client DP-SGD sigmas (dpsgd.noise_per_client) were "
+                "calibrated for the rounds it planned, and the recipe now plans others: "
+                f"resume with the run folder's own federation.rounds ({run_dir / 'config.yaml'})"
+            )
         backend.attach(grid)
         backend.hello(side.recipe, sorted(fed.clients), fed.audit, fed.deployment_run_id)
 

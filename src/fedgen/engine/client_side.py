@@ -79,6 +79,14 @@ class ClientSide(ABC):
     def fingerprint(self) -> tuple[object, ...]:
         """Equal for two descriptions that build the same kit (workers are reused)."""
 
+    def keep_dpsgd_noise(  # noqa: B027 (a hook: most client sides need nothing)
+        self, noise_multiplier: float, client_noise: dict[int, float] | None
+    ) -> None:
+        """A resumed run's DP-SGD sigma (``client_noise``: each client's), which a kit built
+        from the recipe must train with: the recipe would calibrate it afresh for the
+        rounds now planned. Objects of this process were restored with the run; nothing
+        to do here."""
+
 
 class LocalClientSide(ClientSide):
     """Objects that already exist in this process, handed over as they are."""

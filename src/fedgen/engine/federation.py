@@ -701,7 +701,18 @@ class Federation:
                     "the checkpoint holds no privacy accounting, but this run uses DP; "
                     "resume with the run folder's own config.yaml"
                 )
+            sample = self.privacy.sample
+            planned = None if sample is None else (sample.noise_multiplier, sample.client_noise)
             self.privacy.load_state_dict(state["privacy"])
+            # The recipe may now calibrate another DP-SGD sigma (e.g. for other rounds);
+            # the run keeps its own, and clients built elsewhere must train with it too.
+            changed = sample is not None and planned != (
+                sample.noise_multiplier,
+                sample.client_noise,
+            )
+            if changed and self.client_side is not None:
+                assert sample is not None
+                self.client_side.keep_dpsgd_noise(sample.noise_multiplier, sample.client_noise)
         if self.audit is not None:
             if "audit" not in state:
                 from fedgen.errors import CheckpointError

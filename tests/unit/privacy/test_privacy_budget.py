@@ -301,3 +301,28 @@ def test_noise_per_client_needs_an_epsilon_to_calibrate_from(mnist_dir):
     fixed = "dpsgd={noise_multiplier: 1.0, max_grad_norm: 1.0, noise_per_client: true}"
     with pytest.raises(ConfigError, match="noise_per_client calibrates each client"):
         build_experiment(config(mnist_dir, "task.params.fake_labels=uniform", fixed))
+
+
+@pytest.mark.parametrize("per_client", [False, True], ids=["one-sigma", "per-client"])
+def test_a_resume_planning_other_rounds_keeps_the_runs_sigma_in_clients_built_elsewhere(
+    mnist_dir, per_client
+):
+    # Prepare: a run whose DP-SGD sigma was calibrated for 2 rounds, resumed from a recipe
+    # that plans 6 (rounds are no part of the fingerprint), which calibrates another.
+    items = [*SAMPLE_DP_PER_CLIENT, "ledger=false"]  # (no run folder holds its keys)
+    if not per_client:
+        items[-2] = items[-2].replace("true", "false")
+    first = build_experiment(config(mnist_dir, *items, rounds=2)).federation
+    resumed = build_experiment(config(mnist_dir, *items, rounds=6)).federation
+    run_sigma = (first.privacy.sample.noise_multiplier, first.privacy.sample.client_noise)
+    assert resumed.privacy.sample.noise_multiplier != run_sigma[0]
+    # Execute
+    resumed.load_state_dict(first.state_dict())
+    # Assert: the server keeps the run's sigma, and so does a client built from the recipe
+    # elsewhere (a worker process, a Flower node), whose noise the server accounts for.
+    sample = resumed.privacy.sample
+    assert (sample.noise_multiplier, sample.client_noise) == run_sigma
+    kit = resumed.client_side.open()
+    budget = kit.sample_budget
+    assert (budget.noise_multiplier, budget.client_noise) == run_sigma
+    assert kit.task.privacy_engine.noise_multiplier == run_sigma[0]
