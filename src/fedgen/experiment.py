@@ -27,6 +27,7 @@ from fedgen.engine.callbacks import (
     EvaluationCallback,
     MetricsWriter,
     ProgressCallback,
+    PublishSamples,
 )
 from fedgen.engine.checkpoint import (
     RESUME_ADVICE,
@@ -666,6 +667,8 @@ def _run(
             meta,
             on_written=ledger_cb.log_checkpoint,
         ),
+        # The round's samples leave once the checkpoint that ends it is written.
+        PublishSamples(eval_cb),
         MetricsWriter(run_dir / "metrics.jsonl"),
         ProgressCallback(
             cfg.name + (" (centralized)" if cfg.federation.centralized else ""), enabled=progress

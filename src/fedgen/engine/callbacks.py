@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -70,6 +72,29 @@ class EvaluationCallback(Callback):
         self.seed = seed
         self.latest: dict[str, float] = {}
 
+    @property
+    def pending_dir(self) -> Path:
+        """Where a round's samples wait until its checkpoint is written (``publish``)."""
+        return self.samples_dir / ".pending"
+
+    def on_run_start(self, fed: Federation) -> None:
+        # Samples of a round whose checkpoint was never written were never released: the
+        # resumed run trains that round again, and its own samples replace them.
+        shutil.rmtree(self.pending_dir, ignore_errors=True)
+
+    def publish(self) -> None:
+        """Move the round's samples into ``samples_dir``, once its checkpoint is written.
+
+        Under client-level DP a round trained again after a crash draws the same noise
+        (keyed by round) over a sum that may differ; a release of the first attempt
+        beside the second would tell the difference without noise. So nothing of a
+        round leaves before the checkpoint that makes a resume start after it.
+        """
+        if not self.pending_dir.is_dir():
+            return
+        for path in sorted(self.pending_dir.iterdir()):
+            os.replace(path, self.samples_dir / path.name)
+
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
         last = fed.is_final_round(record.round)
         periodic = self.every > 0 and (record.round + 1) % self.every == 0
@@ -83,9 +108,10 @@ class EvaluationCallback(Callback):
         # the largest client that trained can change from one evaluation to the next.
         evaluated = run_model_label(fed, self.model)
         figures = self.evaluate(fed, with_tstr)
+        self.pending_dir.mkdir(parents=True, exist_ok=True)
         save_samples(
             fed,
-            self.samples_dir / f"round_{record.round:04d}",
+            self.pending_dir / f"round_{record.round:04d}",
             self.grid_per_class,
             self.seed,
             self.model,
@@ -126,6 +152,17 @@ def save_samples(
             )
         fed.load_global_into_task()
     return written
+
+
+class PublishSamples(Callback):
+    """After the checkpoint callback: the evaluation's samples of the round leave
+    ``.pending`` for the samples folder (``EvaluationCallback.publish``)."""
+
+    def __init__(self, evaluation: EvaluationCallback) -> None:
+        self.evaluation = evaluation
+
+    def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
+        self.evaluation.publish()
 
 
 #: How many clients' own samples a text run with personal tensors writes per evaluation.
