@@ -53,6 +53,9 @@ class ProtocolCheck:
     last_aggregate: Entry | None = None
     checkpoints: dict[str, list[Entry]] = field(default_factory=dict)
     rounds: set[int] = field(default_factory=set)
+    #: (client, round signed for, update digest) -> the round it was logged in: a signed
+    #: update counts in one round of a timeline only.
+    signed_updates: dict[tuple[Any, int, str], int] = field(default_factory=dict)
 
     def run(self, entries: list[Entry], planned_rounds: int | None = None) -> None:
         if not entries:
@@ -156,6 +159,14 @@ class ProtocolCheck:
             self.problems.append(f"round {r}, client {c}: update from a client never enrolled")
         elif key is not None:
             signed = e.body.get("signed_round", e.body["round"])
+            seen = self.signed_updates.setdefault((c, signed, e.body["digest"]), r)
+            if seen != r:
+                # Its signature verifies, but it was the client's part of round `seen`:
+                # logged again, it would count the client in a round it took no part in.
+                self.problems.append(
+                    f"round {r}, client {c}: the update signed for round {signed} was "
+                    f"already logged in round {seen} (seq {e.seq}): replayed"
+                )
             message = update_message(self.run_id, signed, c, e.body["digest"])
             if not verify_signature(key, message, e.body["signature"]):
                 self.problems.append(
@@ -224,6 +235,8 @@ class ProtocolCheck:
             )
         self.resume = e
         self.current = None
+        # Rounds after the checkpoint are logged again: their updates count once more.
+        self.signed_updates = {k: v for k, v in self.signed_updates.items() if v <= f}
         # Re-logged rounds start from the checkpoint's state: its round's aggregate.
         self.last_aggregate = self.latest_aggregate.get(f)
 

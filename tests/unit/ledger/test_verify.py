@@ -215,6 +215,49 @@ def test_an_update_re_signed_with_a_new_key_is_named(tmp_path):
     problem(report, "round 1: tree head", "signed root differs")
 
 
+def test_a_signed_update_logged_again_in_a_later_round_is_a_replay(tmp_path):
+    # Prepare: the server itself logs round 2 with client 2's round-1 update (its own
+    # valid signature, "signed_round": 1) and signs the heads over it, forging client 2's
+    # part in a round it took no part in.
+    run = start_run(tmp_path / "run", rounds=3)
+    log_round(run, 0)
+    log_round(run, 1)
+    old = body_of(run, seqs_of(run, "update", round=1)[2])
+    with Ledger.open(run.ledger_path) as ledger:
+        ledger.append(
+            "round_start",
+            {
+                "round": 2,
+                "global_digest": state_digest(run.state),
+                "cohort": [0, 1, 2],
+                "config": {"lr": 0.05, "local_steps": 2},
+            },
+        )
+        for c in (0, 1):
+            digest = "%064x" % (c + 7)
+            signature = sign(run.client_keys[c], update_message(run.run_id, 2, c, digest))
+            body = {"round": 2, "client_id": c, "digest": digest, "num_examples": 100 + c}
+            ledger.append("update", {**body, "signature": signature})
+        ledger.append("update", {**old, "round": 2, "signed_round": 1})
+        ledger.append(
+            "aggregate",
+            {
+                "round": 2,
+                "digest": state_digest(run.state),
+                "secure": False,
+                "sum_digest": None,
+                "clients": [0, 1, 2],
+            },
+        )
+        save_checkpoint(run, ledger, 2)
+        run.anchors.append(ledger.sign_head(2, run.server_key).anchor)
+    # Execute
+    report = verify_run(run.run_dir)
+    # Assert: named as a replay; its signature alone verifies, so nothing else would.
+    problem(report, "round 2, client 2: the update signed for round 1", "already logged in round 1")
+    assert len(report.problems) == 1, report.problems
+
+
 def test_re_enrolling_a_client_under_a_new_key_is_caught_by_the_first_head(tmp_path):
     run = build_run(tmp_path / "run", rounds=2)
     mallory = generate_key()
