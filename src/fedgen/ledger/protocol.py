@@ -159,8 +159,9 @@ class ProtocolCheck:
             self.problems.append(f"round {r}, client {c}: update from a client never enrolled")
         elif key is not None:
             signed = e.body.get("signed_round", e.body["round"])
-            seen = self.signed_updates.setdefault((c, signed, e.body["digest"]), r)
-            if seen != r:
+            logged_in: int = e.body["round"]
+            seen = self.signed_updates.setdefault((c, signed, e.body["digest"]), logged_in)
+            if seen != logged_in:
                 # Its signature verifies, but it was the client's part of round `seen`:
                 # logged again, it would count the client in a round it took no part in.
                 self.problems.append(
