@@ -48,17 +48,29 @@ def save_checkpoint(
     body = buf.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    # A leftover of a crashed write (or a link planted in its place) is removed, not
+    # reused: O_TRUNC would keep its mode and follow its link.
+    tmp.unlink(missing_ok=True)
     # Owner-only: a checkpoint holds the server's state, including the secret that
     # seeds DP noise (``fedgen.privacy.noise_key``).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        data = MAGIC + hashlib.sha256(body).digest() + body
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    if before_replace is not None:
-        before_replace(hashlib.sha256(data).hexdigest())
-    os.replace(tmp, path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    logged = False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            data = MAGIC + hashlib.sha256(body).digest() + body
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(hashlib.sha256(data).hexdigest())
+        logged = True
+        os.replace(tmp, path)
+    except BaseException:
+        # Nothing half-written stays beside the checkpoints; once the ledger logged the
+        # bytes, they stay: a resume reads them as the round that went to no one.
+        if not logged:
+            tmp.unlink(missing_ok=True)
+        raise
     # The rename is durable only once the folder is: without this, a power cut could
     # take the file back although the next round had already sent its model out.
     sync_folder(path.parent)

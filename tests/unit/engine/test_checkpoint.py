@@ -29,6 +29,36 @@ def test_checkpoints_are_readable_by_their_owner_only(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o600
 
 
+def test_a_leftover_temporary_file_or_link_is_not_reused(tmp_path):
+    # Prepare: a crashed write left a world-readable .tmp; another, a link to a file
+    # elsewhere, planted where the next write goes.
+    path = checkpoint_path(tmp_path, 0)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(b"left over")
+    tmp.chmod(0o644)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"not a checkpoint")
+    # Execute / Assert: written owner-only all the same
+    save_checkpoint(path, payload())
+    assert path.stat().st_mode & 0o777 == 0o600 and not tmp.exists()
+    other = checkpoint_path(tmp_path, 1)
+    other.with_name(other.name + ".tmp").symlink_to(elsewhere)
+    save_checkpoint(other, payload())
+    assert elsewhere.read_bytes() == b"not a checkpoint"
+    assert other.stat().st_mode & 0o777 == 0o600 and not other.is_symlink()
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    path = checkpoint_path(tmp_path, 0)
+
+    def refuse(digest: str) -> None:
+        raise OSError("the ledger could not log it")
+
+    with pytest.raises(OSError, match="could not log"):
+        save_checkpoint(path, payload(), before_replace=refuse)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_malformed_noise_key_in_a_checkpoint_is_a_checkpoint_error(mnist_dir):
     from tiny_federation import tiny_config
 
