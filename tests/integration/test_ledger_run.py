@@ -263,6 +263,47 @@ def test_a_copied_run_folder_cannot_fork_the_log_but_a_moved_one_resumes(mnist_d
     assert "ledger verified" in result.stdout and "records this run" not in result.stdout
 
 
+def test_a_resume_refused_at_the_start_closes_its_ledger_and_backend(
+    mnist_dir, tmp_path, monkeypatch
+):
+    # Prepare: a copy of a run folder, whose resume the ledger callback refuses after it
+    # opened the log; note every log opened and closed, and the backend's close.
+    from fedgen.engine.backends.inprocess import InProcessBackend
+
+    run = tmp_path / "run"
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 1}), run, progress=False)
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    opened, closed, backends = [], [], []
+    real_open, real_close = Ledger.open.__func__, Ledger.close
+    real_backend_close = InProcessBackend.close
+
+    def spy_open(cls, *args, **kwargs):
+        ledger = real_open(cls, *args, **kwargs)
+        opened.append(ledger)
+        return ledger
+
+    def spy_close(self):
+        closed.append(self)
+        real_close(self)
+
+    def spy_backend_close(self):
+        backends.append(self)
+        real_backend_close(self)
+
+    monkeypatch.setattr(Ledger, "open", classmethod(spy_open))
+    monkeypatch.setattr(Ledger, "close", spy_close)
+    monkeypatch.setattr(InProcessBackend, "close", spy_backend_close)
+    # Execute
+    with pytest.raises(CheckpointError, match="is a copy of the run in"):
+        run_experiment(
+            _cfg(mnist_dir, **{"federation.rounds": 2}), copy, progress=False, resume=True
+        )
+    # Assert: nothing of the refused run stays open
+    assert opened and all(any(c is o for c in closed) for o in opened)
+    assert len(backends) == 1
+
+
 def test_verify_does_not_call_a_moved_run_a_copy_of_a_new_run_at_its_old_path(mnist_dir, tmp_path):
     # Prepare: a run moved to an archive, and a new run started at the old path.
     first = tmp_path / "runs" / "x"

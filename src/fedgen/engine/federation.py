@@ -179,11 +179,16 @@ class Federation:
         On interruption the partial round is dropped; a resume goes on from the newest
         checkpoint (the last complete round when ``checkpoint.every`` is 1).
         """
-        if self.audit is not None:
-            # Before any state that names the run id can be checkpointed.
-            self.audit.save_keys()
-        for cb in self.callbacks:
-            cb.on_run_start(self)
+        try:
+            if self.audit is not None:
+                # Before any state that names the run id can be checkpointed.
+                self.audit.save_keys()
+            for cb in self.callbacks:
+                cb.on_run_start(self)
+        except BaseException:
+            # No round will run, nor on_run_end: the backend's workers must not outlive it.
+            self.backend.close()
+            raise
         # What exists now (the clients' shards, the task, the backend's workers' handles)
         # lives for the whole run: moved out of the collector's reach, the periodic full
         # collections no longer scan it every few rounds (about 7% of a round of 1,000

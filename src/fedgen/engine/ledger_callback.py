@@ -39,10 +39,15 @@ class LedgerCallback(Callback):
         if fed.audit is None:
             return
         self.audit = audit = fed.audit
-        if fed.next_round == 0:
-            self._start(fed, audit)
-        elif fed.next_round < fed.rounds:
-            self._resume(fed, audit)
+        try:
+            if fed.next_round == 0:
+                self._start(fed, audit)
+            elif fed.next_round < fed.rounds:
+                self._resume(fed, audit)
+        except BaseException:
+            # The run does not start: on_run_end will not come to close the log.
+            self.on_run_end(fed, completed=False)
+            raise
         # A resume of a run with every round done (a downstream run finishing its arms,
         # say) trains nothing, so it logs nothing: a copy of a finished run may do that.
 
