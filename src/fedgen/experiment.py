@@ -783,6 +783,11 @@ def _set_aside_ledger(run_dir: Path) -> None:
     while (aside := run_dir / f"ledger.abandoned-{n}.sqlite").exists():
         n += 1
     ledger.rename(aside)
+    journal = ledger.with_name(ledger.name + "-journal")
+    if journal.exists():
+        # Its rollback journal goes with it: SQLite would delete it when the new, empty
+        # log opens, and the old log, cut mid-append, could then not be rolled back.
+        journal.rename(aside.with_name(aside.name + "-journal"))
     log.warning("%s belonged to a run that never checkpointed; kept as %s", ledger, aside.name)
 
 

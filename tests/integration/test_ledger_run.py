@@ -416,3 +416,21 @@ def test_a_ledger_run_cannot_go_on_without_its_ledger_through_an_edited_config(m
     sampled = fedgen_here("sample", str(run), "--out", str(tmp_path / "s.png"), check=False)
     assert sampled.returncode == 0, sampled.stderr
     assert (tmp_path / "s.png").is_file()
+
+
+def test_a_log_set_aside_keeps_its_rollback_journal(mnist_dir, tmp_path):
+    # Prepare: a folder whose run was killed mid-append before any checkpoint: its log
+    # and the journal that would roll the append back.
+    out = tmp_path / "run"
+    out.mkdir()
+    with Ledger.open(out / LEDGER_FILE, create=True):
+        pass
+    (out / (LEDGER_FILE + "-journal")).write_bytes(b"the journal of a cut append")
+    # Execute: a fresh run in the folder sets the old log aside
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 1}), out, progress=False)
+    # Assert: the journal went with it, as it was
+    aside = out / "ledger.abandoned-1.sqlite"
+    assert aside.is_file()
+    assert (
+        out / "ledger.abandoned-1.sqlite-journal"
+    ).read_bytes() == b"the journal of a cut append"
