@@ -64,7 +64,12 @@ class SecAggConfig:
         if isinstance(t, bool) or not isinstance(t, int | float):
             problems.append(f"threshold must be a number, got {t!r}")
         elif isinstance(t, int) and t < 2:
-            problems.append(f"threshold {t} must be >= 2 shares (or a fraction in (0, 1])")
+            # (An integer counts share holders; 1 would let any one holder rebuild a
+            # secret. Every holder, as a fraction, is 1.0.)
+            problems.append(
+                f"threshold {t} must be >= 2 shares, or a fraction in (0, 1] written with a "
+                "decimal point (1.0 for every share holder)"
+            )
         elif isinstance(t, float) and not 0 < t <= 1:
             problems.append(f"threshold {t} must be a fraction in (0, 1] or an integer >= 2")
         if not 8 <= self.modulus_bits <= 64:

@@ -52,3 +52,10 @@ def test_secagg_plus_rounds_the_degree_up_to_even_and_falls_back_to_full():
     plan = SecAggConfig(neighbours=5).plan(20)
     assert (plan.neighbours, plan.holders, plan.threshold) == (6, 7, 5)
     assert SecAggConfig(neighbours=8).plan(9).neighbours is None
+
+
+def test_an_integer_threshold_of_one_says_how_to_write_every_holder():
+    # YAML's `threshold: 1` is an int (one share holder), not the fraction 1.0.
+    with pytest.raises(SecAggConfigError, match=r"1.0 for every share holder"):
+        SecAggConfig(threshold=1)
+    assert SecAggConfig(threshold=1.0).plan(5).threshold == 5
