@@ -54,6 +54,7 @@ from fedgen.engine.backends.local_training import (
 from fedgen.engine.backends.secagg_client import answer_phase
 from fedgen.engine.backends.signing import ClientKeys
 from fedgen.engine.ditto import ditto_settings
+from fedgen.errors import FedgenError
 from fedgen.ledger import (
     generate_key,
     private_key_from_hex,
@@ -64,7 +65,7 @@ from fedgen.privacy.noise_key import keyed_run_id, new_noise_key
 from fedgen.transforms.secagg.codec import from_message, to_message
 from fedgen.types import ClientInstruction
 from fedgen.version import __version__
-from fedgen.wire import Message, WireError, decode, encode
+from fedgen.wire import Message, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ def answer(message: Any, context: Any) -> Any:
             reply = _hello(request, client_id, context)
         else:
             reply = _train(unpack(message.content), client_id, context)
-    except (WireError, ValueError, KeyError) as exc:
+    except (FedgenError, OSError, ValueError, KeyError) as exc:
+        # In the node's words, to the server's log (a ClientBuildError, a missing data
+        # set, a damaged key file, a full disk): not Flower's generic error for a raise.
         reply = _error(f"{type(exc).__name__}: {exc}")
     return FlowerMessage(pack(reply), reply_to=message)
 

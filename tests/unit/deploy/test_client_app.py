@@ -109,6 +109,22 @@ def test_a_recipe_this_fedgen_cannot_read_is_refused(recipe):
     assert "federation.rounds" in str(said["error"])
 
 
+def test_a_node_whose_data_set_is_missing_says_so_in_its_own_words(recipe, monkeypatch):
+    # A fedgen error outside the wire's (here: the node's copy of the data set is gone)
+    # reaches the server as the node's reply, not as Flower's generic error for a raise.
+    from fedgen.errors import DataMissingError
+
+    def missing(self):
+        raise DataMissingError("mnist is not in /srv/data; set FEDGEN_DATA_DIR")
+
+    context = _context({"client-id": 0})
+    assert "error" not in _ask(HELLO, _hello(recipe), context)
+    # The data went missing after the hello, before the first job.
+    monkeypatch.setattr(RecipeClientSide, "open", missing)
+    said = _ask(TRAIN, encode(Message({}, {"round": 0})), context)
+    assert said["error"] == "DataMissingError: mnist is not in /srv/data; set FEDGEN_DATA_DIR"
+
+
 def test_a_client_the_partition_lacks_is_refused(recipe):
     said = _ask(HELLO, _hello(recipe), _context({"client-id": 7}))
     assert "client 7 does not exist: the recipe's partition has clients 0..3" in str(said["error"])
