@@ -434,3 +434,43 @@ def test_a_log_set_aside_keeps_its_rollback_journal(mnist_dir, tmp_path):
     assert (
         out / "ledger.abandoned-1.sqlite-journal"
     ).read_bytes() == b"the journal of a cut append"
+
+
+@pytest.mark.parametrize("rehash", [True, False], ids=["rehashed", "stale-hash"])
+def test_a_resume_refuses_to_sign_over_an_edited_entry(mnist_dir, tmp_path, rehash):
+    # Prepare: a 1-round run whose log has one update's digest edited in the database,
+    # its leaf hash recomputed to match (or not).
+    import json
+
+    from fedgen.ledger.entries import leaf_data
+    from fedgen.ledger.errors import LedgerError
+    from fedgen.ledger.merkle import leaf_hash
+
+    run = tmp_path / "run"
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 1}), run, progress=False)
+    db = sqlite3.connect(run / LEDGER_FILE)
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+        db.execute(f"DROP TRIGGER {name}")
+    seq, round_, body = db.execute(
+        "SELECT seq, round, body FROM entries WHERE kind='update' LIMIT 1"
+    ).fetchone()
+    forged = json.loads(body)
+    forged["digest"] = "0" * 64
+    text = json.dumps(forged, sort_keys=True, separators=(",", ":"))
+    leaf = leaf_hash(leaf_data("update", round_, json.loads(text))).hex()
+    if rehash:
+        db.execute("UPDATE entries SET body=?, leaf_hash=? WHERE seq=?", (text, leaf, seq))
+    else:
+        db.execute("UPDATE entries SET body=? WHERE seq=?", (text, seq))
+    db.commit()
+    db.close()
+    # Execute / Assert: the resume signs no new head over the edited log
+    with pytest.raises((CheckpointError, LedgerError)) as refused:
+        run_experiment(
+            _cfg(mnist_dir, **{"federation.rounds": 2}), run, progress=False, resume=True
+        )
+    said = str(refused.value)
+    if rehash:
+        assert "are not those whose root this run signed" in said
+    else:
+        assert "leaf hash does not match its content" in said

@@ -97,6 +97,17 @@ class LedgerCallback(Callback):
                 f"{self.run_dir} carries this one's model over, unless DP protects the data "
                 "it was trained on)"
             )
+        # The log must still be the one those heads were signed over: an entry edited and
+        # rehashed would otherwise get new heads signed over it by this resume.
+        signed = [*audit.store.heads(audit.run_id), *([audit.anchor] if audit.anchor else [])]
+        for size, root in signed:
+            if size > ledger.size or ledger.root(size) != root:
+                raise CheckpointError(
+                    f"{self.path}'s first {size} entries are not those whose root this run "
+                    f"signed ({root[:12]}…): the log was edited since; `fedgen ledger verify "
+                    f"{self.run_dir}` names the entries. Restore the log from a backup, or "
+                    + NEW_RUN_ADVICE
+                )
         self._claim_folder(audit)
         last = fed.next_round - 1
         if fed.withholds_cohort:

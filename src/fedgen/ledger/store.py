@@ -155,10 +155,17 @@ class Ledger:
                 return
             try:
                 self.tree.append(bytes.fromhex(stored_hash))
-                self._remember(kind, json.loads(body))
+                parsed = json.loads(body)
+                self._remember(kind, parsed)
             except (TypeError, ValueError) as err:
                 self._damage = f"entry seq {seq} is malformed ({err})"
                 return
+            if self._damage is None and leaf_hash(leaf_data(kind, _round, parsed)).hex() != (
+                stored_hash
+            ):
+                # An entry edited in place: no new head may be signed over it. (Loading
+                # goes on from the stored hashes: verify names every such entry.)
+                self._damage = f"entry seq {seq}'s leaf hash does not match its content"
 
     def _remember(self, kind: str, body: Any) -> None:
         if not isinstance(body, dict) or body_problems(kind, body, None):
