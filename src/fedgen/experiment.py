@@ -683,7 +683,9 @@ def _run(
     exp = build_experiment(cfg, callbacks, start_weights=not resume)
     from fedgen.assembly.privacy import replay_problems
 
-    if exp.federation.withholds_cohort and (found := replay_problems(cfg.checkpoint.every)):
+    privacy = exp.federation.privacy
+    unit = "client" if exp.federation.withholds_cohort else "example"
+    if privacy is not None and (found := replay_problems(cfg.checkpoint.every, unit)):
         raise PrivacyConfigError(found, header="invalid experiment")
     exp_holder["exp"] = exp
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)

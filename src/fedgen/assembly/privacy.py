@@ -89,21 +89,28 @@ def build_privacy(
     return PrivacyAccounting(client=client, sample=sample)
 
 
-def replay_problems(checkpoint_every: int) -> list[str]:
-    """For a run under client-level DP that checkpoints every ``checkpoint_every`` rounds.
+def replay_problems(checkpoint_every: int, unit: str = "client") -> list[str]:
+    """For a run under DP (``unit``: "client" for client-level, "example" for DP-SGD)
+    that checkpoints every ``checkpoint_every`` rounds.
 
-    Client-level noise is keyed by the round, so that a resumed run is bit-identical.
-    That is safe only if no state leaves the server before it is checkpointed: the
-    checkpoint callback runs before the next round sends the state to its cohort, but with
-    ``every > 1`` a crash would lose rounds already sent, and training them again (other
-    survivors) would add the same noise, so two releases' difference would carry none."""
+    The noise is keyed by the round (client-level: the server's; DP-SGD: each client's,
+    with its batches), so that a resumed run is bit-identical. That is safe only if
+    nothing of a round leaves the server before it is checkpointed: the checkpoint
+    callback runs before the next round sends the state out and before the round's
+    samples and figures are published, but with ``every > 1`` a crash would lose rounds
+    already released, and training them again (other survivors, other start states)
+    would draw the same noise over other updates, so two releases' difference would
+    carry none, and the accountant, restored from the checkpoint, would not count the
+    first release."""
     if checkpoint_every == 1:
         return []
+    what = "client-level DP" if unit == "client" else "DP-SGD"
     return [
-        f"client-level DP: checkpoint.every is {checkpoint_every}, but every round must be "
-        "checkpointed before its model goes to the next cohort: after a crash, rounds sent "
-        "but not checkpointed would be trained again with the same noise on other updates, "
-        "and the difference of the two releases would carry no noise; set checkpoint.every=1"
+        f"{what}: checkpoint.every is {checkpoint_every}, but every round must be "
+        "checkpointed before its model goes out: after a crash, rounds released but not "
+        "checkpointed would be trained again with the same noise on other updates, and "
+        "the difference of the two releases would carry no noise (nor would the accountant "
+        "count the first); set checkpoint.every=1"
     ]
 
 

@@ -203,3 +203,23 @@ def test_a_client_level_dp_run_needs_every_round_checkpointed_before_it_is_sent(
     assert "checkpoint.every is 2" in problem and "set checkpoint.every=1" in problem
     assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))
     build_experiment(cfg)
+
+
+def test_a_dpsgd_run_needs_every_round_checkpointed_before_it_is_released(mnist_dir, tmp_path):
+    # DP-SGD's noise and batches are keyed by the round too: rounds released but lost in
+    # a crash would be trained again with the same noise from another start, and the
+    # accountant, restored from the checkpoint, would not count the first release.
+    from fedgen.experiment import run_experiment
+
+    cfg = config(
+        mnist_dir,
+        "task.params.fake_labels=uniform",
+        "dpsgd={noise_multiplier: 1.0, max_grad_norm: 1.0}",
+        "checkpoint.every=3",
+    )
+    with pytest.raises(PrivacyConfigError) as info:
+        run_experiment(cfg, tmp_path / "run", progress=False)
+    [problem] = info.value.problems
+    assert (
+        problem.startswith("DP-SGD: checkpoint.every is 3") and "set checkpoint.every=1" in problem
+    )
