@@ -87,6 +87,11 @@ class RunAudit:
         """The keys backends sign with, on the clients' behalf."""
         return ClientKeys(self.run_id, dict(self._client_private))
 
+    def made_by_server(self, client_id: int) -> bool:
+        """Whether ``client_id``'s enrolled key is one this server made (in a deployment:
+        a client no node held when the run enrolled it), not the client's own."""
+        return client_id in self._client_private
+
     def enrol(self, client_id: int, public_hex: str) -> None:
         """Enrol a key that the client made itself (a deployed client): the server then
         holds only its public half, and the simulation's key for it is dropped."""

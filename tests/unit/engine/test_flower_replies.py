@@ -65,3 +65,62 @@ def test_a_refusal_counts_the_bytes_it_came_in():
     refusal.meta["error"] = "a job before the hello"
     result = FlowerBackend()._result(3, 7, _Reply(refusal, 42))
     assert result.failure is not None and result.bytes_up == 42
+
+
+def test_a_node_holding_a_client_enrolled_without_one_sits_out_a_resumed_run(
+    tmp_path, monkeypatch, caplog
+):
+    # Prepare: a run started while no node held client 2, so the ledger enrolled a key
+    # the server made for it; resumed after a node for client 2 came up.
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedgen.engine.audit import RunAudit
+    from fedgen.engine.keystore import KeyStore
+    from fedgen.ledger import generate_key, public_key_hex
+    from fedgen.version import __version__
+    from fedgen.wire import Message
+
+    for name, value in (("_run_id", 1), ("_node_id", 2), ("_task_id", 3)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+    own = {c: public_key_hex(generate_key()) for c in range(3)}
+
+    def hello_with(nodes: dict[int, int]) -> FlowerBackend:
+        backend = FlowerBackend()
+        grid = type("Grid", (), {"get_node_ids": lambda self: list(nodes)})()
+        backend.attach(grid)
+
+        def exchange(messages, timeout):
+            return [
+                _Reply(
+                    Message(
+                        {},
+                        {
+                            "client_id": nodes[m.metadata.dst_node_id],
+                            "num_examples": 10,
+                            "public_key": own[nodes[m.metadata.dst_node_id]],
+                            "fedgen": __version__,
+                        },
+                    ),
+                    nbytes=64,
+                )
+                for m in messages
+            ]
+
+        monkeypatch.setattr(backend, "_exchange", exchange)
+        return backend
+
+    store = KeyStore(tmp_path / "keys")
+    first = RunAudit([0, 1, 2], store)
+    backend = hello_with({10: 0, 11: 1})
+    backend.nodes_timeout = 0.0
+    backend.hello("{}", [0, 1, 2], first)
+    first.save_keys()
+    resumed = RunAudit([0, 1, 2], store)
+    resumed.load_state_dict(first.state_dict())
+    # Execute: every client's node answers the resumed run's hello
+    backend = hello_with({10: 0, 11: 1, 12: 2})
+    backend.hello("{}", [0, 1, 2], resumed)
+    # Assert: the run goes on; the late node sits out, said why; the others are held
+    assert sorted(backend.nodes) == [0, 1]
+    assert resumed.client_public[2] == first.client_public[2] != own[2]
+    assert "holds client 2, which joined after the run enrolled" in caplog.text

@@ -52,6 +52,8 @@ class KeyEnrolment(Protocol):
 
     def enrol(self, client_id: int, public_hex: str) -> None: ...
 
+    def made_by_server(self, client_id: int) -> bool: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -226,8 +228,20 @@ class FlowerBackend(Backend):
         if missing:
             log.warning("no SuperNode holds clients %s: they fail when sampled", missing)
         if audit is not None:
-            for hello in holders.values():
+            for hello in list(holders.values()):
                 enrolled = audit.client_public.get(hello.client_id)
+                if audit.restored and audit.made_by_server(hello.client_id):
+                    # No node held the client when the run enrolled it: the ledger has a
+                    # key the server made, under which this node's updates cannot verify.
+                    log.warning(
+                        "SuperNode %d holds client %d, which joined after the run enrolled "
+                        "its clients: it sits out this run (its updates could not be "
+                        "verified in the ledger); start a new run to include it",
+                        hello.node_id,
+                        hello.client_id,
+                    )
+                    del holders[hello.client_id]
+                    continue
                 if audit.restored and enrolled != hello.public_key:
                     raise DeploymentError(
                         f"client {hello.client_id}'s signing key changed since it enrolled in "
