@@ -67,60 +67,78 @@ def test_a_refusal_counts_the_bytes_it_came_in():
     assert result.failure is not None and result.bytes_up == 42
 
 
+def _inside_flower(monkeypatch) -> None:
+    # Flower stamps every new message with the identity of the process it runs in.
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_node_id", 2), ("_task_id", 3)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def _hello_backend(monkeypatch, said_by: dict[int, dict[str, object]]) -> FlowerBackend:
+    """A backend whose nodes (node id -> what its hello says) answer at once."""
+    from fedgen.wire import Message
+
+    backend = FlowerBackend()
+    backend.attach(type("Grid", (), {"get_node_ids": lambda self: list(said_by)})())
+    backend.nodes_timeout = 0.0
+
+    def exchange(messages, timeout):
+        return [_Reply(Message({}, said_by[m.metadata.dst_node_id]), nbytes=64) for m in messages]
+
+    monkeypatch.setattr(backend, "_exchange", exchange)
+    return backend
+
+
 def test_a_node_holding_a_client_enrolled_without_one_sits_out_a_resumed_run(
     tmp_path, monkeypatch, caplog
 ):
     # Prepare: a run started while no node held client 2, so the ledger enrolled a key
     # the server made for it; resumed after a node for client 2 came up.
-    from flwr.supercore.task_identity import TaskIdentity
-
     from fedgen.engine.audit import RunAudit
     from fedgen.engine.keystore import KeyStore
     from fedgen.ledger import generate_key, public_key_hex
     from fedgen.version import __version__
-    from fedgen.wire import Message
 
-    for name, value in (("_run_id", 1), ("_node_id", 2), ("_task_id", 3)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+    _inside_flower(monkeypatch)
     own = {c: public_key_hex(generate_key()) for c in range(3)}
 
-    def hello_with(nodes: dict[int, int]) -> FlowerBackend:
-        backend = FlowerBackend()
-        grid = type("Grid", (), {"get_node_ids": lambda self: list(nodes)})()
-        backend.attach(grid)
-
-        def exchange(messages, timeout):
-            return [
-                _Reply(
-                    Message(
-                        {},
-                        {
-                            "client_id": nodes[m.metadata.dst_node_id],
-                            "num_examples": 10,
-                            "public_key": own[nodes[m.metadata.dst_node_id]],
-                            "fedgen": __version__,
-                        },
-                    ),
-                    nbytes=64,
-                )
-                for m in messages
-            ]
-
-        monkeypatch.setattr(backend, "_exchange", exchange)
-        return backend
+    def said(c: int) -> dict[str, object]:
+        return {"client_id": c, "num_examples": 10, "public_key": own[c], "fedgen": __version__}
 
     store = KeyStore(tmp_path / "keys")
     first = RunAudit([0, 1, 2], store)
-    backend = hello_with({10: 0, 11: 1})
-    backend.nodes_timeout = 0.0
-    backend.hello("{}", [0, 1, 2], first)
+    _hello_backend(monkeypatch, {10: said(0), 11: said(1)}).hello("{}", [0, 1, 2], first)
     first.save_keys()
     resumed = RunAudit([0, 1, 2], store)
     resumed.load_state_dict(first.state_dict())
     # Execute: every client's node answers the resumed run's hello
-    backend = hello_with({10: 0, 11: 1, 12: 2})
+    backend = _hello_backend(monkeypatch, {10: said(0), 11: said(1), 12: said(2)})
     backend.hello("{}", [0, 1, 2], resumed)
     # Assert: the run goes on; the late node sits out, said why; the others are held
     assert sorted(backend.nodes) == [0, 1]
     assert resumed.client_public[2] == first.client_public[2] != own[2]
     assert "holds client 2, which joined after the run enrolled" in caplog.text
+
+
+def test_a_hello_with_loosely_typed_fields_or_a_bad_key_is_a_named_refusal(monkeypatch):
+    # A client id of True, "1" or 2.9 reads as 1, "1" and 2 to int(); a key that is not
+    # Ed25519 once ended the run from the ledger, outside the list of node problems.
+    from fedgen.engine.audit import RunAudit
+    from fedgen.engine.backends.flower import DeploymentError
+    from fedgen.version import __version__
+
+    _inside_flower(monkeypatch)
+    base = {"num_examples": 10, "fedgen": __version__}
+    key = RunAudit([0]).client_public[0]
+    said_by = {
+        10: {**base, "client_id": True, "public_key": key},
+        11: {**base, "client_id": "1", "public_key": key},
+        12: {**base, "client_id": 2, "public_key": "ab" * 8},
+    }
+    with pytest.raises(DeploymentError) as refused:
+        _hello_backend(monkeypatch, said_by).hello("{}", [0, 1, 2], RunAudit([0, 1, 2]))
+    said = str(refused.value)
+    assert "SuperNode 10: a malformed hello (client_id must be an int, got True)" in said
+    assert "SuperNode 11: a malformed hello (client_id must be an int, got '1')" in said
+    assert "SuperNode 12: a malformed hello" in said

@@ -37,6 +37,7 @@ from fedgen.engine.backends.base import Backend, LocalWork
 from fedgen.engine.backends.flower_records import pack, unpack
 from fedgen.engine.backends.local_training import job_message, result_from_reply
 from fedgen.errors import ConfigError, FedgenError
+from fedgen.ledger import LedgerError, public_key_from_hex
 from fedgen.registry import BACKENDS
 from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict
 from fedgen.wire import Message, WireError, decode, encode
@@ -81,6 +82,15 @@ class _Reply:
     timed_out: bool = False
     #: The reply as it came off the wire.
     data: bytes = b""
+
+
+def _exact(value: Any, kind: type, name: str) -> Any:
+    """``value`` if it is exactly of ``kind`` (an int, not a bool, "3" or 3.9); else
+    ``TypeError`` naming the field."""
+    if type(value) is not kind:
+        article = "an" if kind is int else "a"
+        raise TypeError(f"{name} must be {article} {kind.__name__}, got {value!r:.40}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -201,13 +211,15 @@ class FlowerBackend(Backend):
             try:
                 hello = NodeHello(
                     node,
-                    int(said["client_id"]),
-                    int(said["num_examples"]),
-                    str(said["public_key"]),
-                    str(said["fedgen"]),
+                    _exact(said["client_id"], int, "client_id"),
+                    _exact(said["num_examples"], int, "num_examples"),
+                    _exact(said["public_key"], str, "public_key"),
+                    _exact(said["fedgen"], str, "fedgen"),
                 )
-            except (KeyError, TypeError, ValueError) as exc:
-                problems.append(f"SuperNode {node}: a malformed hello ({exc!r})")
+                if audit is not None:
+                    public_key_from_hex(hello.public_key)  # enrolled later: refused here
+            except (KeyError, TypeError, ValueError, LedgerError) as exc:
+                problems.append(f"SuperNode {node}: a malformed hello ({exc})")
                 continue
             if hello.client_id not in client_ids:
                 problems.append(
