@@ -61,13 +61,16 @@ def save_checkpoint(
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        # From here the ledger may log the bytes (``before_replace`` commits the entry,
+        # then signs a head, which may fail): they stay, and a resume reads them as the
+        # round that went to no one. A .tmp it never logged is harmless (the digests
+        # differ) and the next save removes it.
+        logged = True
         if before_replace is not None:
             before_replace(hashlib.sha256(data).hexdigest())
-        logged = True
         os.replace(tmp, path)
     except BaseException:
-        # Nothing half-written stays beside the checkpoints; once the ledger logged the
-        # bytes, they stay: a resume reads them as the round that went to no one.
+        # Nothing half-written, and never logged, stays beside the checkpoints.
         if not logged:
             tmp.unlink(missing_ok=True)
         raise

@@ -48,15 +48,36 @@ def test_a_leftover_temporary_file_or_link_is_not_reused(tmp_path):
     assert other.stat().st_mode & 0o777 == 0o600 and not other.is_symlink()
 
 
-def test_a_failed_write_leaves_no_temporary_file(tmp_path):
-    path = checkpoint_path(tmp_path, 0)
+def test_a_write_that_fails_before_the_ledger_sees_it_leaves_no_temporary_file(
+    tmp_path, monkeypatch
+):
+    import os
 
-    def refuse(digest: str) -> None:
-        raise OSError("the ledger could not log it")
+    def full_disk(fd: int) -> None:
+        raise OSError("No space left on device")
 
-    with pytest.raises(OSError, match="could not log"):
-        save_checkpoint(path, payload(), before_replace=refuse)
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(checkpoint_path(tmp_path, 0), payload())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bytes_the_ledger_may_have_logged_stay_when_signing_fails(tmp_path):
+    # The ledger commits the checkpoint entry, then signing its head fails: the .tmp
+    # keeps the logged bytes, which a resume reads as a round that went to no one.
+    from fedgen.ledger import file_digest
+
+    path = checkpoint_path(tmp_path, 0)
+    logged = []
+
+    def log_then_fail(digest: str) -> None:
+        logged.append(digest)
+        raise OSError("the key store could not be written")
+
+    with pytest.raises(OSError, match="key store"):
+        save_checkpoint(path, payload(), before_replace=log_then_fail)
+    tmp = path.with_name(path.name + ".tmp")
+    assert not path.exists() and file_digest(tmp) == logged[0]
 
 
 def test_a_malformed_noise_key_in_a_checkpoint_is_a_checkpoint_error(mnist_dir):
