@@ -78,12 +78,24 @@ class EvaluationCallback(Callback):
         return self.samples_dir / ".pending"
 
     def on_run_start(self, fed: Federation) -> None:
-        # Samples of a round whose checkpoint was never written were never released: the
-        # resumed run trains that round again, and its own samples replace them.
-        shutil.rmtree(self.pending_dir, ignore_errors=True)
+        # Samples of a round the resumed run trains again (its checkpoint was never
+        # written) were never released: dropped, its own replace them. Those of a round
+        # the checkpoint covers (a stop between the checkpoint and ``publish``) are
+        # published: nothing would make them again.
+        if not self.pending_dir.is_dir():
+            return
+        for path in sorted(self.pending_dir.iterdir()):
+            round_ = _round_of(path.name)
+            if round_ is not None and round_ < fed.next_round:
+                os.replace(path, self.samples_dir / path.name)
+            elif path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
     def publish(self) -> None:
-        """Move the round's samples into ``samples_dir``, once its checkpoint is written.
+        """Move the round's samples into ``samples_dir``, once the checkpoint callback has
+        run (under DP, which checkpoints every round: once the round's checkpoint is written).
 
         Under client-level DP a round trained again after a crash draws the same noise
         (keyed by round) over a sum that may differ; a release of the first attempt
@@ -152,6 +164,12 @@ def save_samples(
             )
         fed.load_global_into_task()
     return written
+
+
+def _round_of(name: str) -> int | None:
+    """The round of a sample file named ``round_NNNN...`` (None for any other name)."""
+    digits = name.removeprefix("round_")[:4]
+    return int(digits) if name.startswith("round_") and digits.isdigit() else None
 
 
 class PublishSamples(Callback):

@@ -29,9 +29,9 @@ class TensorBoardCallback(Callback):
 
     Args:
         log_dir: where the event files go (``RUN/tensorboard``).
-        samples_dir: where the evaluation callback writes ``round_NNNN.png`` grids; the
+        samples_dir: where ``round_NNNN.png`` grids are published (``PublishSamples``); the
             grid of an evaluated round is logged as image ``samples`` at that step. This
-            callback must come after the evaluation callback.
+            callback must come after ``PublishSamples``.
 
     Raises:
         ConfigError: if the ``tensorboard`` package is not installed.

@@ -30,17 +30,19 @@ def test_samples_are_published_after_the_rounds_checkpoint(mnist_dir, tmp_path, 
     assert not any((tmp_path / "samples" / ".pending").iterdir())
 
 
-def test_samples_of_a_round_without_its_checkpoint_are_never_published(mnist_dir, tmp_path):
+def test_pending_samples_are_published_if_checkpointed_else_dropped(mnist_dir, tmp_path):
     # Prepare: grids left pending by an attempt that crashed before its checkpoint (of a
     # round the resumed run does not evaluate again, so nothing overwrites them).
     cfg = tiny_config(mnist_dir, **{"federation.rounds": 1, "eval.every": 1, "eval.final": False})
     run_experiment(cfg, tmp_path, progress=False)
     pending = tmp_path / "samples" / ".pending"
     (pending / "round_0007.png").write_bytes(b"from an attempt that never checkpointed")
+    # ... and one of round 0, whose checkpoint was written before a stop kept it pending.
+    (pending / "round_0000_denoising.png").write_bytes(b"of a checkpointed round")
     # Execute: resume for a second round
     cfg2 = tiny_config(mnist_dir, **{"federation.rounds": 2, "eval.every": 1, "eval.final": False})
     run_experiment(cfg2, tmp_path, progress=False, resume=True)
     # Assert: the stale grid was dropped, never published; the resumed round's is out.
     published = sorted(p.name for p in (tmp_path / "samples").glob("round_*"))
-    assert published == ["round_0000.png", "round_0001.png"]
+    assert published == ["round_0000.png", "round_0000_denoising.png", "round_0001.png"]
     assert not any(pending.iterdir())
