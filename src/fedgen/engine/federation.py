@@ -179,15 +179,20 @@ class Federation:
         On interruption the partial round is dropped; a resume goes on from the newest
         checkpoint (the last complete round when ``checkpoint.every`` is 1).
         """
+        started: list[Callback] = []
         try:
             if self.audit is not None:
                 # Before any state that names the run id can be checkpointed.
                 self.audit.save_keys()
             for cb in self.callbacks:
                 cb.on_run_start(self)
+                started.append(cb)
         except BaseException:
-            # No round will run, nor on_run_end: the backend's workers must not outlive it.
+            # No round will run: what started (the backend's workers, a callback's open
+            # ledger or writer) must not outlive the run.
             self.backend.close()
+            for cb in started:
+                cb.on_run_end(self, False)
             raise
         # What exists now (the clients' shards, the task, the backend's workers' handles)
         # lives for the whole run: moved out of the collector's reach, the periodic full

@@ -181,3 +181,35 @@ def test_a_held_reply_in_a_plain_round_fails_its_client_not_the_run(mnist_dir, m
     assert record["failures"] == 1
     assert "holds its update for secure aggregation" in record["failed_clients"]["0"]
     assert record["clients"] == len(fed.clients) - 1
+
+
+def test_a_callback_failing_at_the_start_ends_those_already_started(mnist_dir):
+    # Prepare: the second callback cannot start (its disk is full, say).
+    from fedgen.engine.federation import Callback
+
+    events: list[str] = []
+
+    class Opens(Callback):
+        def on_run_start(self, fed):
+            events.append("opened")
+
+        def on_run_end(self, fed, completed):
+            events.append(f"closed completed={completed}")
+
+    class Fails(Callback):
+        def on_run_start(self, fed):
+            raise OSError("No space left on device")
+
+        def on_run_end(self, fed, completed):
+            events.append("ended a callback that never started")
+
+    cfg = tiny_config(mnist_dir, **{"federation.rounds": 1, "eval.every": 0})
+    fed = build_experiment(cfg, [Opens(), Fails()]).federation
+    # Execute / Assert: the first is ended, the failing one is not, nothing trained
+    try:
+        fed.run()
+    except OSError as exc:
+        assert "No space left" in str(exc)
+    else:
+        raise AssertionError("the run started")
+    assert events == ["opened", "closed completed=False"] and fed.next_round == 0
