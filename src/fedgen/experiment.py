@@ -674,7 +674,7 @@ def _run(
             cfg.name + (" (centralized)" if cfg.federation.centralized else ""), enabled=progress
         ),
     ]
-    if cfg.tensorboard:  # after the evaluation callback, whose sample grids it logs
+    if cfg.tensorboard:  # after PublishSamples, which puts the grids it logs in samples/
         from fedgen.engine.tensorboard_callback import TensorBoardCallback
 
         callbacks.append(TensorBoardCallback(run_dir / "tensorboard", run_dir / "samples"))
@@ -835,18 +835,19 @@ def restore_latest(
     state = check_payload(
         payload, path, format=CHECKPOINT_FORMAT, fingerprint=cfg.fingerprints(), advice=advice
     )
-    if damaged and not reading and fed.withholds_cohort:
+    if damaged and not reading and fed.privacy is not None:
         # A damaged checkpoint's round was saved, so it may have been sent to the next
-        # cohort. Client-level noise is keyed by the round: training it again would add
-        # the same noise to other survivors' updates, and the two releases' difference
-        # would carry none.
+        # cohort. DP noise is keyed by the round (the server's under client-level DP,
+        # each client's under DP-SGD): training it again would add the same noise to
+        # other updates, and the two releases' difference would carry none.
         raise CheckpointError(
-            f"under client-level DP the run cannot go on from {path.name} (after round "
+            f"under differential privacy (client-level DP or DP-SGD) the run cannot go "
+            f"on from {path.name} (after round "
             f"{round_}): the newer checkpoint(s) are damaged, and their rounds may already "
             "have been released, so training them again would repeat their noise over other "
             "updates. Restore the damaged checkpoints from a backup, or start a new run "
             "(whose epsilon adds to this one's); deleting them, as the reasons below "
-            "suggest for runs without client-level DP, would not make the replay safe. "
+            "suggest for runs without DP, would not make the replay safe. "
             "Damage found:\n  " + "\n  ".join(damaged)
         )
     if damaged:

@@ -110,7 +110,7 @@ class LedgerCallback(Callback):
                 )
         self._claim_folder(audit)
         last = fed.next_round - 1
-        if fed.withholds_cohort:
+        if fed.privacy is not None:
             self._refuse_replay(ledger, last)
         ckpt = checkpoint_path(self.checkpoint_dir, last)
         digest = self._check_logged(ledger, last, ckpt, fed.restored_digest)
@@ -152,7 +152,7 @@ class LedgerCallback(Callback):
         return digest
 
     def _refuse_replay(self, ledger: Ledger, last: int) -> None:
-        """Under client-level DP, refuse to train again a round whose checkpoint the log
+        """Under DP (client-level or DP-SGD), refuse to train again a round whose checkpoint the log
         shows was saved, so that its model may have gone to the next cohort (the file was
         deleted, or a power cut took it back): its round-keyed noise would repeat over
         other updates. A checkpoint logged but never renamed into place, whose ``.tmp``
@@ -164,7 +164,7 @@ class LedgerCallback(Callback):
             if tmp.is_file() and file_digest(tmp) == entry.body["digest"]:
                 continue
             raise CheckpointError(
-                f"under client-level DP the run cannot go on after round {last}: the ledger "
+                f"under DP the run cannot go on after round {last}: the ledger "
                 f"shows that round {entry.body['round']}'s checkpoint ({entry.body['file']}) "
                 "was saved, so its model may have gone to the next cohort, and training it "
                 "again would repeat its noise over other updates. Restore that checkpoint "
