@@ -271,8 +271,17 @@ def _check_noise(noise_key: object, draws_noise: bool, context: Any) -> None:
 def _recipe_fingerprints(recipe: str) -> tuple[str, ...]:
     """The fingerprints (``ExperimentConfig.fingerprints``, the current one first) of a
     recipe received as JSON: what shapes the weights, not how many rounds run or what
-    is evaluated."""
-    return parse_config(json.loads(recipe)).fingerprints()
+    is evaluated. A recipe with both ``dpsgd.epsilon`` and ``noise_multiplier`` may be a
+    resumed run's, whose server pinned the sigma it started with
+    (``RecipeClientSide.keep_dpsgd_noise``): the recipe it started from, without the
+    pin, names the same jobs (the records' sigma still guards the noise)."""
+    cfg = parse_config(json.loads(recipe))
+    names = list(cfg.fingerprints())
+    dpsgd = cfg.dpsgd
+    if dpsgd is not None and dpsgd.epsilon is not None and dpsgd.noise_multiplier is not None:
+        unpinned = dpsgd.model_copy(update={"noise_multiplier": None})
+        names += cfg.model_copy(update={"dpsgd": unpinned}).fingerprints()
+    return tuple(names)
 
 
 def _budget_run_id(run_id: str, recipe: str) -> str:

@@ -168,3 +168,17 @@ def test_a_run_id_that_is_not_a_plain_name_is_refused(run, tmp_path):
     # The server chooses the run id, and it names the node's files.
     with pytest.raises(ValueError, match=r"run id|without an id"):
         NodeBudget(_context({"state-dir": str(tmp_path)}), run, 1)
+
+
+def test_a_resumed_runs_pinned_sigma_names_the_jobs_of_the_recipe_it_started_from(mnist_dir):
+    # A resumed DP-SGD run pins its sigma in the recipe (dpsgd.noise_multiplier beside
+    # epsilon); a node that trained a round under the unpinned recipe knows it again.
+    from fedgen.deploy.client_app import _recipe_fingerprints
+    from fedgen.experiment import RecipeClientSide
+
+    cfg = tiny_config(mnist_dir, **{**TINY_DPSGD, "dpsgd": "{epsilon: 8.0, max_grad_norm: 1.0}"})
+    side = RecipeClientSide(cfg)
+    started = _recipe_fingerprints(side.recipe)
+    side.keep_dpsgd_noise(0.9, None)
+    pinned = _recipe_fingerprints(side.recipe)
+    assert pinned[0] != started[0] and started[0] in pinned
