@@ -160,15 +160,17 @@ class Ledger:
             except (TypeError, ValueError) as err:
                 self._damage = f"entry seq {seq} is malformed ({err})"
                 return
-            if (
-                not self.readonly
-                and self._damage is None
-                and leaf_hash(leaf_data(kind, _round, parsed)).hex() != stored_hash
-            ):
+            if not self.readonly and self._damage is None:
                 # An entry edited in place: no new head may be signed over it. (Loading
                 # goes on from the stored hashes: verify, which opens the log readonly,
                 # checks every leaf itself and names each such entry.)
-                self._damage = f"entry seq {seq}'s leaf hash does not match its content"
+                try:
+                    same = leaf_hash(leaf_data(kind, _round, parsed)).hex() == stored_hash
+                except LedgerError as err:  # a body no entry could hold (NaN, 1e999)
+                    self._damage = f"entry seq {seq} is malformed ({err})"
+                    continue
+                if not same:
+                    self._damage = f"entry seq {seq}'s leaf hash does not match its content"
 
     def _remember(self, kind: str, body: Any) -> None:
         if not isinstance(body, dict) or body_problems(kind, body, None):

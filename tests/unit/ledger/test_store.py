@@ -253,3 +253,29 @@ def test_a_write_interrupted_by_a_crash_is_rolled_back_by_the_next_writer(tmp_pa
     with Ledger.open(run.ledger_path, readonly=True) as ledger:
         assert (ledger.size, ledger.root()) == (size, root)
     assert verify_run(run.run_dir).ok
+
+
+def test_a_body_edited_to_hold_nan_marks_a_writable_log_damaged_naming_the_entry(tmp_path):
+    import sqlite3
+
+    from fedgen.ledger import Ledger, LedgerError
+
+    path = tmp_path / "ledger.sqlite"
+    with Ledger.open(path, create=True) as ledger:
+        ledger.append(
+            "run_start",
+            {
+                "run_id": "ab" * 16,
+                "server_public_key": "00" * 32,
+                "fingerprint": "f" * 64,
+                "rounds": 1,
+            },
+        )
+    db = sqlite3.connect(path)
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+        db.execute(f"DROP TRIGGER {name}")
+    db.execute("UPDATE entries SET body=? WHERE seq=0", ('{"rounds":NaN}',))
+    db.commit()
+    db.close()
+    with Ledger.open(path) as ledger, pytest.raises(LedgerError, match="entry seq 0 is malformed"):
+        ledger.append("enrol", {"client_id": 0, "public_key": "00" * 32})
