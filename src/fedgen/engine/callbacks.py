@@ -106,6 +106,7 @@ class EvaluationCallback(Callback):
             return
         for path in sorted(self.pending_dir.iterdir()):
             os.replace(path, self.samples_dir / path.name)
+        self.pending_dir.rmdir()  # an empty folder a user would wonder about
 
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
         last = fed.is_final_round(record.round)

@@ -27,7 +27,7 @@ def test_samples_are_published_after_the_rounds_checkpoint(mnist_dir, tmp_path, 
         "round_0000.png",
         "round_0001.png",
     ]
-    assert not any((tmp_path / "samples" / ".pending").iterdir())
+    assert not (tmp_path / "samples" / ".pending").exists()
 
 
 def test_pending_samples_are_published_if_checkpointed_else_dropped(mnist_dir, tmp_path):
@@ -36,6 +36,7 @@ def test_pending_samples_are_published_if_checkpointed_else_dropped(mnist_dir, t
     cfg = tiny_config(mnist_dir, **{"federation.rounds": 1, "eval.every": 1, "eval.final": False})
     run_experiment(cfg, tmp_path, progress=False)
     pending = tmp_path / "samples" / ".pending"
+    pending.mkdir()
     (pending / "round_0007.png").write_bytes(b"from an attempt that never checkpointed")
     # ... and one of round 0, whose checkpoint was written before a stop kept it pending.
     (pending / "round_0000_denoising.png").write_bytes(b"of a checkpointed round")
@@ -45,4 +46,4 @@ def test_pending_samples_are_published_if_checkpointed_else_dropped(mnist_dir, t
     # Assert: the stale grid was dropped, never published; the resumed round's is out.
     published = sorted(p.name for p in (tmp_path / "samples").glob("round_*"))
     assert published == ["round_0000.png", "round_0000_denoising.png", "round_0001.png"]
-    assert not any(pending.iterdir())
+    assert not pending.exists()
