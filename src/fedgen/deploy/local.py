@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -31,6 +32,9 @@ from typing import Any
 from fedgen.deploy.app_dir import write_app
 from fedgen.deploy.certs import make_ca, make_node_key, make_server_cert
 from fedgen.errors import FedgenError
+from fedgen.files import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 #: The connection name the deployment's Flower CLI config uses.
 CONNECTION = "fedgen-local"
@@ -50,13 +54,31 @@ class LocalDeployment:
     #: Process-group ids: the SuperLink's, then each SuperNode's.
     superlink: int = 0
     supernodes: list[int] = field(default_factory=list)
+    #: Each group leader's start time (``/proc``), by process-group id as text: ``down``
+    #: signals a group only while its leader is still the process this deployment began
+    #: (after a reboot the ids name other processes).
+    started: dict[str, int] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def save(self) -> None:
-        (Path(self.folder) / "deployment.json").write_text(json.dumps(asdict(self), indent=1))
+        """Write ``deployment.json`` (atomically), with the start time of every group
+        leader it names (saved right after the processes start or restart)."""
+        self.started = {
+            str(pgid): when
+            for pgid in [self.superlink, *self.supernodes]
+            if pgid and (when := start_time(pgid)) is not None
+        }
+        text = json.dumps(asdict(self), indent=1)
+        write_text_atomic(Path(self.folder) / "deployment.json", text)
+
+    def still_ours(self, pgid: int) -> bool:
+        """Whether process group ``pgid``'s leader is the process this deployment started
+        (True where start times cannot be read, as before they were recorded)."""
+        recorded = self.started.get(str(pgid))
+        return recorded is None or start_time(pgid) == recorded
 
     @classmethod
     def load(cls, folder: Path) -> LocalDeployment:
@@ -64,6 +86,18 @@ class LocalDeployment:
         if not path.is_file():
             raise DeployError(f"{folder} holds no deployment; start one with fedgen deploy up")
         return cls(**json.loads(path.read_text()))
+
+
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (``/proc/PID/stat`` field
+    22); None where that cannot be read (no such process, not Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
 
 
 def free_port() -> int:
@@ -440,6 +474,8 @@ def down(folder: Path) -> None:
     folder = folder.resolve()
     dep = LocalDeployment.load(folder)
     for pgid in [*dep.supernodes, dep.superlink]:
-        if pgid:
+        if pgid and dep.still_ours(pgid):
             kill_group(pgid)
+        elif pgid:
+            log.warning("process group %d is no longer this deployment's (left alone)", pgid)
     (folder / "deployment.json").unlink()

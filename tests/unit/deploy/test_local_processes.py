@@ -66,3 +66,30 @@ def test_deploy_run_refuses_an_out_holding_its_own_recipe(tmp_path):
     assert isinstance(result.exception, SystemExit) and result.exit_code == 2
     assert "would overwrite the recipe" in " ".join(result.output.split())
     assert recipe.read_text() == "# mine\nfederation: {rounds: 1}\n"
+
+
+def test_down_leaves_alone_a_group_whose_leader_is_not_the_process_it_started(tmp_path):
+    # Prepare: a deployment whose recorded SuperLink group id now names another process
+    # (after a reboot, ids are reused): its recorded start time no longer matches.
+    import json
+
+    from fedgen.deploy.local import LocalDeployment, down
+
+    pid = _start([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "c.log", {})
+    try:
+        dep = LocalDeployment(str(tmp_path), port=1, nodes=0, superlink=pid)
+        dep.save()
+        saved = json.loads((tmp_path / "deployment.json").read_text())
+        assert saved["started"][str(pid)] > 0
+        saved["started"][str(pid)] += 1  # the process of that id started at another time
+        (tmp_path / "deployment.json").write_text(json.dumps(saved))
+        # Execute
+        down(tmp_path)
+        # Assert: not signalled, and the deployment's file is gone all the same
+        assert _running(pid) and not (tmp_path / "deployment.json").exists()
+        # The deployment's own process, recorded as it started, is stopped.
+        dep.save()
+        down(tmp_path)
+        assert not _running(pid)
+    finally:
+        kill_group(pid, grace=1.0)
