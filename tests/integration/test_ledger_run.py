@@ -474,3 +474,23 @@ def test_a_resume_refuses_to_sign_over_an_edited_entry(mnist_dir, tmp_path, reha
         assert "are not those whose root this run signed" in said
     else:
         assert "leaf hash does not match its content" in said
+
+
+def test_a_resume_of_a_log_holding_a_nan_says_it_is_damaged(mnist_dir, tmp_path):
+    # An edited entry whose body no entry could hold (NaN): the resume says the log is
+    # damaged and what to do, not "another run's log" or a bare ValueError.
+    run = tmp_path / "run"
+    run_experiment(_cfg(mnist_dir, **{"federation.rounds": 1}), run, progress=False)
+    db = sqlite3.connect(run / LEDGER_FILE)
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+        db.execute(f"DROP TRIGGER {name}")
+    (body,) = db.execute("SELECT body FROM entries WHERE seq=0").fetchone()
+    db.execute(
+        "UPDATE entries SET body=? WHERE seq=0", (body.replace('"rounds":1', '"rounds":NaN'),)
+    )
+    db.commit()
+    db.close()
+    with pytest.raises(CheckpointError, match=r"is damaged \(entry seq 0 is malformed"):
+        run_experiment(
+            _cfg(mnist_dir, **{"federation.rounds": 2}), run, progress=False, resume=True
+        )

@@ -54,10 +54,11 @@ class LocalDeployment:
     #: Process-group ids: the SuperLink's, then each SuperNode's.
     superlink: int = 0
     supernodes: list[int] = field(default_factory=list)
-    #: Each group leader's start time (``/proc``), by process-group id as text: ``down``
-    #: signals a group only while its leader is still the process this deployment began
-    #: (after a reboot the ids name other processes).
+    #: Each group leader's start time (``/proc``), by process-group id as text, taken
+    #: when the deployment first saved it, and the boot they belong to: ``down`` leaves
+    #: a group alone once its id names another process (a reboot, or a reused id).
     started: dict[str, int] = field(default_factory=dict)
+    boot_id: str | None = None
 
     @property
     def address(self) -> str:
@@ -66,19 +67,28 @@ class LocalDeployment:
     def save(self) -> None:
         """Write ``deployment.json`` (atomically), with the start time of every group
         leader it names (saved right after the processes start or restart)."""
-        self.started = {
-            str(pgid): when
-            for pgid in [self.superlink, *self.supernodes]
-            if pgid and (when := start_time(pgid)) is not None
-        }
+        live = [str(p) for p in [self.superlink, *self.supernodes] if p]
+        # A group keeps the time taken when it was first saved (just after it started).
+        started = {k: v for k, v in self.started.items() if k in live}
+        for key in live:
+            if key not in started and (when := start_time(int(key))) is not None:
+                started[key] = when
+        self.started, self.boot_id = started, self.boot_id or boot_id()
         text = json.dumps(asdict(self), indent=1)
         write_text_atomic(Path(self.folder) / "deployment.json", text)
 
     def still_ours(self, pgid: int) -> bool:
-        """Whether process group ``pgid``'s leader is the process this deployment started
-        (True where start times cannot be read, as before they were recorded)."""
+        """Whether process group ``pgid`` may still be this deployment's: not after a
+        reboot, nor once a live leader started at another time than recorded. A leader
+        gone in the same boot may have left its children in the group: still ours. (True
+        where nothing was recorded, as before start times were.)"""
         recorded = self.started.get(str(pgid))
-        return recorded is None or start_time(pgid) == recorded
+        if recorded is None:
+            return True
+        if self.boot_id is not None and boot_id() != self.boot_id:
+            return False
+        now = start_time(pgid)
+        return now is None or now == recorded
 
     @classmethod
     def load(cls, folder: Path) -> LocalDeployment:
@@ -98,6 +108,14 @@ def start_time(pid: int) -> int | None:
     # The command name (field 2) is in parentheses and may hold spaces: split after it.
     fields = stat[stat.rfind(")") + 2 :].split()
     return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
+def boot_id() -> str | None:
+    """This boot's id (``/proc/sys/kernel/random/boot_id``); None where it cannot be read."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def free_port() -> int:

@@ -55,8 +55,8 @@ def serve(grid: Any, context: Any) -> None:
             raise DeploymentError(
                 "the run's per-client DP-SGD sigmas (dpsgd.noise_per_client) were "
                 "calibrated for the rounds it planned, and the recipe now plans others: "
-                "resume with the federation.rounds the run started with (its ledger's "
-                f"run_start entry records them: fedgen ledger show {run_dir})"
+                "resume with the federation.rounds the run started with (a run that keeps "
+                f"a ledger records them in its run_start entry: fedgen ledger show {run_dir})"
             )
         backend.attach(grid)
         backend.hello(side.recipe, sorted(fed.clients), fed.audit, fed.deployment_run_id)

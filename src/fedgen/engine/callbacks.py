@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -77,11 +78,12 @@ class EvaluationCallback(Callback):
         """Where a round's samples wait until its checkpoint is written (``publish``)."""
         return self.samples_dir / ".pending"
 
-    def on_run_start(self, fed: Federation) -> None:
-        # Samples of a round the resumed run trains again (its checkpoint was never
-        # written) were never released: dropped, its own replace them. Those of a round
-        # the checkpoint covers (a stop between the checkpoint and ``publish``) are
-        # published: nothing would make them again.
+    def sort_pending(self, fed: Federation) -> None:
+        """At the start of a run (``PublishSamples``, after the checkpoint and ledger
+        callbacks have accepted the resume): samples of a round the resumed run trains
+        again (its checkpoint was never written) were never released and are dropped,
+        its own replace them; those of a round the checkpoint covers (a stop between the
+        checkpoint and ``publish``) are published, since nothing would make them again."""
         if not self.pending_dir.is_dir():
             return
         for path in sorted(self.pending_dir.iterdir()):
@@ -92,6 +94,7 @@ class EvaluationCallback(Callback):
                 shutil.rmtree(path)
             else:
                 path.unlink()
+        self.pending_dir.rmdir()
 
     def publish(self) -> None:
         """Move the round's samples into ``samples_dir``, once the checkpoint callback has
@@ -168,9 +171,10 @@ def save_samples(
 
 
 def _round_of(name: str) -> int | None:
-    """The round of a sample file named ``round_NNNN...`` (None for any other name)."""
-    digits = name.removeprefix("round_")[:4]
-    return int(digits) if name.startswith("round_") and digits.isdigit() else None
+    """The round of a sample file named ``round_NNNN...`` (every digit: a run past round
+    9,999 writes five), None for any other name."""
+    found = re.match(r"round_(\d+)", name)
+    return int(found.group(1)) if found else None
 
 
 class PublishSamples(Callback):
@@ -179,6 +183,9 @@ class PublishSamples(Callback):
 
     def __init__(self, evaluation: EvaluationCallback) -> None:
         self.evaluation = evaluation
+
+    def on_run_start(self, fed: Federation) -> None:
+        self.evaluation.sort_pending(fed)
 
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
         self.evaluation.publish()

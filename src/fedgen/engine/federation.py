@@ -25,6 +25,7 @@ same for every schedule.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -192,7 +193,9 @@ class Federation:
             # ledger or writer) must not outlive the run.
             self.backend.close()
             for cb in started:
-                cb.on_run_end(self, False)
+                # Each is ended even if another's ending fails; the first error stands.
+                with contextlib.suppress(Exception):
+                    cb.on_run_end(self, False)
             raise
         # What exists now (the clients' shards, the task, the backend's workers' handles)
         # lives for the whole run: moved out of the collector's reach, the periodic full

@@ -79,6 +79,12 @@ class LedgerCallback(Callback):
             )
         # Opening for writing rolls back an append a kill cut short.
         self.ledger = ledger = Ledger.open(self.path)
+        if ledger.damage is not None:
+            raise CheckpointError(
+                f"{self.path} is damaged ({ledger.damage}), so the resumed rounds could not "
+                f"be logged after the earlier ones; `fedgen ledger verify {self.run_dir}` "
+                "names what changed. Restore the log from a backup, or " + NEW_RUN_ADVICE
+            )
         start = ledger.run_start
         if start is None or start.get("run_id") != audit.run_id:
             raise CheckpointError(

@@ -183,6 +183,12 @@ class Ledger:
     # -- reading ---------------------------------------------------------------------------
 
     @property
+    def damage(self) -> str | None:
+        """What makes the log unfit to append to (an entry out of order, malformed, or
+        whose leaf hash does not match it: writable opens only), None if nothing."""
+        return self._damage
+
+    @property
     def size(self) -> int:
         """The number of entries (leaves)."""
         return self.tree.size

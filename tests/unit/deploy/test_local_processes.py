@@ -93,3 +93,47 @@ def test_down_leaves_alone_a_group_whose_leader_is_not_the_process_it_started(tm
         assert not _running(pid)
     finally:
         kill_group(pid, grace=1.0)
+
+
+def test_down_stops_the_children_of_a_leader_gone_and_spares_groups_of_another_boot(tmp_path):
+    # Prepare: a SuperLink-like leader that started a child in its group and then died
+    # (reaped): its children still run and are the deployment's to stop.
+    import json
+    import os
+
+    from fedgen.deploy.local import LocalDeployment, down
+
+    child_pid = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(child_pid)!r}, 'w').write(str(p.pid))"
+    )
+    leader = _start([sys.executable, "-c", code], tmp_path / "d.log", {})
+    dep = LocalDeployment(str(tmp_path), port=1, nodes=0, superlink=leader)
+    dep.save()
+    deadline = time.monotonic() + 30
+    while (_running(leader) or not child_pid.exists()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(child_pid.read_text())
+    try:
+        # A copy of the record from another boot is left alone (its ids name others).
+        saved = json.loads((tmp_path / "deployment.json").read_text())
+        (tmp_path / "deployment.json").write_text(json.dumps({**saved, "boot_id": "other"}))
+        down(tmp_path)
+        os.kill(child, 0)  # still running
+        # Execute: this boot's record stops the group, whose leader is gone
+        (tmp_path / "deployment.json").write_text(json.dumps(saved))
+        down(tmp_path)
+        # Assert
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the leader's child outlived down")
+    finally:
+        kill_group(leader, grace=1.0)

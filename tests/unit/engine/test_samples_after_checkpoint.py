@@ -47,3 +47,11 @@ def test_pending_samples_are_published_if_checkpointed_else_dropped(mnist_dir, t
     published = sorted(p.name for p in (tmp_path / "samples").glob("round_*"))
     assert published == ["round_0000.png", "round_0000_denoising.png", "round_0001.png"]
     assert not pending.exists()
+
+
+def test_a_sample_files_round_is_read_from_every_digit():
+    from fedgen.engine.callbacks import _round_of
+
+    assert _round_of("round_0007_denoising.png") == 7
+    assert _round_of("round_10000.png") == 10000  # past round 9,999: five digits
+    assert _round_of("grid.png") is None
