@@ -84,17 +84,7 @@ class EvaluationCallback(Callback):
         again (its checkpoint was never written) were never released and are dropped,
         its own replace them; those of a round the checkpoint covers (a stop between the
         checkpoint and ``publish``) are published, since nothing would make them again."""
-        if not self.pending_dir.is_dir():
-            return
-        for path in sorted(self.pending_dir.iterdir()):
-            round_ = _round_of(path.name)
-            if round_ is not None and round_ < fed.next_round:
-                os.replace(path, self.samples_dir / path.name)
-            elif path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        self.pending_dir.rmdir()
+        self._release(before=fed.next_round)
 
     def publish(self) -> None:
         """Move the round's samples into ``samples_dir``, once the checkpoint callback has
@@ -105,11 +95,22 @@ class EvaluationCallback(Callback):
         beside the second would tell the difference without noise. So nothing of a
         round leaves before the checkpoint that makes a resume start after it.
         """
+        self._release(before=None)
+
+    def _release(self, before: int | None) -> None:
+        """Publish the pending files (those of rounds under ``before``, if given), drop
+        the rest, and remove the emptied folder a user would wonder about."""
         if not self.pending_dir.is_dir():
             return
         for path in sorted(self.pending_dir.iterdir()):
-            os.replace(path, self.samples_dir / path.name)
-        self.pending_dir.rmdir()  # an empty folder a user would wonder about
+            round_ = _round_of(path.name)
+            if before is None or (round_ is not None and round_ < before):
+                os.replace(path, self.samples_dir / path.name)
+            elif path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        self.pending_dir.rmdir()
 
     def on_round_end(self, fed: Federation, record: RoundRecord) -> None:
         last = fed.is_final_round(record.round)

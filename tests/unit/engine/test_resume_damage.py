@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tiny_federation import tiny_config
+from tiny_federation import TINY_DPSGD, tiny_config
 
 from fedgen.engine.checkpoint import list_checkpoints, load_checkpoint
 from fedgen.errors import CheckpointError
@@ -108,20 +108,12 @@ def test_under_client_dp_the_ledger_catches_a_lost_newest_checkpoint(mnist_dir, 
 def test_under_dpsgd_the_ledger_catches_a_lost_newest_checkpoint(mnist_dir, tmp_path):
     # DP-SGD's noise and batches are keyed by the round too: round 1's checkpoint was
     # saved (so its model may have gone out), then lost; training it again is refused.
-    cfg = tiny_config(
-        mnist_dir,
-        **{
-            "task.params.fake_labels": "uniform",
-            "task.params.batch_size": 32,
-            "dpsgd": "{noise_multiplier: 1.0, max_grad_norm: 1.0, delta: 1.0e-5}",
-            "eval.every": 0,
-            "eval.final": False,
-        },
-    )
+    def cfg(rounds: int):
+        extra = {"eval.every": 0, "eval.final": False, "federation.rounds": rounds}
+        return tiny_config(mnist_dir, **{**TINY_DPSGD, **extra})
+
     run = tmp_path / "run"
-    two = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"rounds": 2})})
-    three = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"rounds": 3})})
-    run_experiment(two, run, progress=False)
+    run_experiment(cfg(2), run, progress=False)
     list_checkpoints(run / "checkpoints")[-1][1].unlink()
     with pytest.raises(CheckpointError, match=r"under DP the run cannot go on after round 0"):
-        run_experiment(three, run, progress=False, resume=True)
+        run_experiment(cfg(3), run, progress=False, resume=True)
