@@ -457,12 +457,17 @@ def kill_group(pgid: int, grace: float = 3.0) -> None:
 
 def stop_supernode(dep: LocalDeployment, i: int, crash: bool = True) -> None:
     """Stop SuperNode ``i`` (and its ClientApp): with SIGKILL as a crash would (the
-    SuperLink notices after two missed 30 s heartbeats), or politely (it signs off)."""
+    SuperLink notices after two missed 30 s heartbeats), or politely (it signs off).
+    A group whose id now names another process (see ``still_ours``) is left alone."""
+    pgid = dep.supernodes[i]
+    if not dep.still_ours(pgid):
+        log.warning("process group %d is no longer SuperNode %d's (left alone)", pgid, i)
+        return
     if crash:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(dep.supernodes[i], signal.SIGKILL)
+            os.killpg(pgid, signal.SIGKILL)
     else:
-        kill_group(dep.supernodes[i])
+        kill_group(pgid)
 
 
 def restart_supernode(dep: LocalDeployment, i: int) -> None:

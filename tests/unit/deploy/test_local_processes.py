@@ -137,3 +137,25 @@ def test_down_stops_the_children_of_a_leader_gone_and_spares_groups_of_another_b
             raise AssertionError("the leader's child outlived down")
     finally:
         kill_group(leader, grace=1.0)
+
+
+def test_stopping_a_supernode_spares_a_group_whose_leader_is_another_process(tmp_path):
+    # Prepare: SuperNode 0's recorded group id now names a process that started at
+    # another time than recorded (ids are reused), as `down` already checks.
+    from fedgen.deploy.local import LocalDeployment, stop_supernode
+
+    pid = _start([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "e.log", {})
+    try:
+        dep = LocalDeployment(str(tmp_path), port=1, nodes=1, supernodes=[pid])
+        dep.save()
+        dep.started[str(pid)] += 1
+        # Execute: both ways of stopping it
+        stop_supernode(dep, 0, crash=True)
+        stop_supernode(dep, 0, crash=False)
+        assert _running(pid)
+        # Assert: with the start time as recorded, it is stopped.
+        dep.started[str(pid)] -= 1
+        stop_supernode(dep, 0, crash=False)
+        assert not _running(pid)
+    finally:
+        kill_group(pid, grace=1.0)
