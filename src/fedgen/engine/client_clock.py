@@ -60,5 +60,18 @@ class ClientClock:
         seconds = self.step_seconds[client_id] * steps
         if self.config.jitter > 0:
             z = numpy_rng(self.seed, "clock", "job", client_id, job).standard_normal()
-            seconds *= math.exp(self.config.jitter * float(z))
+            seconds *= math.exp(min(self.config.jitter * float(z), 709.0))
+        if not math.isfinite(seconds):
+            raise ConfigError(
+                f"federation.clock gives client {client_id}'s job {job} no finite duration "
+                f"({self.step_seconds[client_id]!r} s a step x {steps} steps); lower "
+                "seconds_per_step, sigma or jitter"
+            )
         return seconds
+
+    @staticmethod
+    def finish(start: float, seconds: float) -> float:
+        """When a job started at ``start`` ends: strictly later, even where ``seconds`` is
+        below the float spacing at ``start`` (a long simulation of very unequal speeds),
+        since schedules rely on a job sent at an instant not arriving at that instant."""
+        return max(start + seconds, math.nextafter(start, math.inf))

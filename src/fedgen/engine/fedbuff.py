@@ -327,7 +327,8 @@ class FedBuffSchedule(Schedule):
             if again:
                 seed = derive_seed(self.seed, "round", version, "client", cid, "again", again)
             last[cid] = (version, again + 1)
-            finish = now + self.clock.duration(cid, jobs_done.get(cid, 0), client_steps(fed, cid))
+            seconds = self.clock.duration(cid, jobs_done.get(cid, 0), client_steps(fed, cid))
+            finish = self.clock.finish(now, seconds)
             new.append(InFlight(cid, version, now, finish, seed))
         return new, last
 

@@ -240,3 +240,27 @@ def test_a_synchronous_round_lasts_as_long_as_its_slowest_client(mnist_dir):
     assert [m["sim_time"] for m in fed.history] == pytest.approx(
         [slowest, 2 * slowest, 3 * slowest]
     )
+
+
+def test_a_job_ends_after_it_starts_even_below_the_float_spacing_of_a_long_clock():
+    # Prepare: a straggler whose step takes 1e16 s (the clock's float spacing there is 2 s)
+    # and a client whose step takes a millisecond: sent at 1e16, it would end at its start.
+    clock = ClientClock(ClockConfig(), range(2), seed=0)
+    clock.step_seconds = {0: 1e-3, 1: 1e16}
+    schedule = FedBuffSchedule(FedBuffConfig(buffer_size=2, concurrency=2), clock, [0, 1], 0)
+    fed = SimpleNamespace(strategy=SimpleNamespace(), global_state={"w": torch.zeros(1)})
+    fed.local_steps = 1
+    metrics: dict = {}
+    for r in range(3):
+        # Execute
+        step = schedule.begin(r, fed)  # type: ignore[arg-type]
+        schedule.end(r, fed, step, metrics)  # type: ignore[arg-type]
+        # Assert: every job in flight ends strictly after it was sent (the schedule's
+        # invariant: a job sent at an instant does not arrive at that instant).
+        assert all(j.finish > j.start for j in schedule.in_flight), schedule.in_flight
+
+
+def test_a_clock_whose_job_time_overflows_is_refused_with_what_to_lower():
+    clock = ClientClock(ClockConfig(seconds_per_step=1e300), range(1), seed=0)
+    with pytest.raises(ConfigError, match=r"no finite duration.*lower seconds_per_step"):
+        clock.duration(0, 0, 10**9)
