@@ -159,6 +159,10 @@ def build_experiment(
             assert local_epochs is not None
             local_epochs *= cohort / cfg.data.num_clients
     task = build_task(cfg, spec)
+    if spec.modality == Modality.TEXT:
+        from fedgen.data.text_data import heldout_problems
+
+        problems.extend(heldout_problems(list(data.clients), task.params.block_size))
     if start_weights and getattr(task.params, "compute_dtype", "float32") == "bfloat16":
         slow = bfloat16_is_slow()
         if slow is not None:

@@ -108,3 +108,16 @@ def test_text_and_image_settings_do_not_mix():
         build_experiment(load_config(None, [*TINY, "data.partition={kind: iid, params: {}}"]))
     with pytest.raises(ConfigError, match="generates images"):
         build_experiment(load_config(None, [*TINY, "task.name=cgan", "task.params={}"]))
+
+
+def test_a_federation_whose_clients_hold_no_heldout_text_is_refused_before_round_one(tmp_path):
+    # Prepare: nothing held out, so no client's perplexity can be measured at evaluation.
+    items = [
+        *TINY,
+        "data.partition={kind: themes, params: {themes_per_client: 1, "
+        "max_bytes_per_client: 20000, heldout_fraction: 0}}",
+    ]
+    # Execute / Assert: refused at build, naming what to change, and nothing written.
+    with pytest.raises(ConfigError, match=r"held-out tokens.*heldout_fraction"):
+        run_experiment(load_config(None, items), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()

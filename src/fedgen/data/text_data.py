@@ -133,6 +133,21 @@ class TextClientData:
         return used[:-1].reshape(count, block_size), used[1:].reshape(count, block_size)
 
 
+def heldout_problems(clients: list[TextClientData], block_size: int) -> list[str]:
+    """Why held-out perplexity could not be measured for every client ([] if it can): each
+    client needs one window of ``block_size + 1`` held-out tokens. Checked before round 1,
+    since the first evaluation would fail and keep its round from being checkpointed."""
+    short = [c.client_id for c in clients if c.heldout.numel() <= block_size]
+    if not short:
+        return []
+    return [
+        f"text clients {short} hold fewer than block_size + 1 = {block_size + 1} held-out "
+        "tokens, so their held-out perplexity cannot be measured (a client keeping one "
+        "document holds none out); raise data.partition.params.heldout_fraction (> 0) or "
+        "max_bytes_per_client, use fewer data.num_clients, or lower task.params.block_size"
+    ]
+
+
 @dataclass(frozen=True)
 class FederatedText:
     """Every client's text, the pooled held-out text for central evaluation, and the settings.
