@@ -162,7 +162,8 @@ def build_experiment(
     if spec.modality == Modality.TEXT:
         from fedgen.data.text_data import heldout_problems
 
-        problems.extend(heldout_problems(list(data.clients), task.params.block_size))
+        block_size = int(task.params.block_size)  # type: ignore[attr-defined]
+        problems.extend(heldout_problems(list(data.clients), block_size))
     if start_weights and getattr(task.params, "compute_dtype", "float32") == "bfloat16":
         slow = bfloat16_is_slow()
         if slow is not None:
