@@ -815,8 +815,25 @@ COHORT_KEYS = (
 )
 
 
+#: Where clients' own figures live: their losses, their step counts, and split
+#: learning's per-iteration figures. A client figure named otherwise is recorded as
+#: ``client/NAME``: a client must not write a figure the loop, a schedule or the
+#: evaluator owns (``round_failed`` would count a good round as failed; ``eval_seconds``
+#: would make its forged ``tstr_accuracy`` the summary's).
+CLIENT_METRIC_NAMESPACES = ("loss/", "split/")
+CLIENT_METRIC_NAMES = frozenset({"steps"})
+
+
+def client_metric_name(name: str) -> str:
+    """The name a client's figure ``name`` is recorded under (see ``CLIENT_METRIC_NAMESPACES``)."""
+    if name in CLIENT_METRIC_NAMES or name.startswith(CLIENT_METRIC_NAMESPACES):
+        return name
+    return f"client/{name}"
+
+
 def _weighted_means(client_metrics: list[dict[str, float]]) -> dict[str, float]:
-    """Example-weighted means of per-client numeric metrics (e.g. losses).
+    """Example-weighted means of per-client numeric metrics (e.g. losses), each under
+    ``client_metric_name``.
 
     Each key is averaged over the clients that reported it: a client without a
     figure (e.g. a loss its task does not have) is left out, not counted as 0.
@@ -827,7 +844,7 @@ def _weighted_means(client_metrics: list[dict[str, float]]) -> dict[str, float]:
         reporting = [m for m in client_metrics if key in m]
         total = sum(m["examples"] for m in reporting)
         if total > 0:
-            means[key] = sum(m[key] * m["examples"] for m in reporting) / total
+            means[client_metric_name(key)] = sum(m[key] * m["examples"] for m in reporting) / total
         else:
-            means[key] = sum(m[key] for m in reporting) / len(reporting)
+            means[client_metric_name(key)] = sum(m[key] for m in reporting) / len(reporting)
     return means

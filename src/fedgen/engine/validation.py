@@ -213,8 +213,17 @@ def _check_metrics(metrics: object) -> None:
             raise ClientUpdateError(
                 f"metric names must be text of 1..{MAX_METRIC_NAME} characters, got {_short(name)}"
             )
-        if type(value) not in (int, float) or not math.isfinite(value):
+        # An int beyond a float's range (JSON allows 10**400) overflows math.isfinite.
+        if type(value) not in (int, float) or not math.isfinite(_as_float(value)):
             raise ClientUpdateError(f"metric {name!r} must be a finite number, got {_short(value)}")
+
+
+def _as_float(value: float) -> float:
+    """``value`` as a float; infinite where it is beyond a float's range."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def _dense(value: object, key: str, device: torch.device | None) -> torch.Tensor:

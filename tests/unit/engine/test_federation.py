@@ -257,3 +257,25 @@ def test_a_client_without_private_state_starts_from_the_initial_one(mnist_dir):
     after_others, alone = client_3_update([0, 1, 2, 3]), client_3_update([3])
     # Assert: the same update, whoever trained on the task instance before it.
     assert all(torch.equal(after_others[k], alone[k]) for k in alone)
+
+
+def test_a_clients_figure_cannot_write_one_the_loop_or_the_evaluator_owns(mnist_dir):
+    # Prepare: clients report, beside their losses, figures named as the loop's and the
+    # evaluator's own (a failed round, an evaluation and its TSTR accuracy).
+    exp = build_experiment(tiny_config(mnist_dir))
+    fed = exp.federation
+    original = fed.task.train_local
+
+    def train_local(*args, **kwargs):
+        forged = {"round_failed": 1.0, "eval_seconds": 1.0, "tstr_accuracy": 1.0}
+        return {**original(*args, **kwargs), **forged}
+
+    fed.task.train_local = train_local  # type: ignore[method-assign]
+    # Execute
+    record = fed.run_round(0)
+    # Assert: the round stands, the clients' losses keep their names, and what they
+    # named otherwise is recorded as theirs.
+    assert "round_failed" not in record.metrics and "eval_seconds" not in record.metrics
+    assert "tstr_accuracy" not in record.metrics
+    assert record.metrics["client/tstr_accuracy"] == 1.0
+    assert any(k.startswith("loss/") for k in record.metrics) and record.metrics["steps"] > 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -206,3 +207,14 @@ def test_any_result_is_rejected_or_safe_to_aggregate(result: Any) -> None:
     assert all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in result.extras.items())
     assert isinstance(result.private_keys, frozenset) and result.private_keys <= set(REFERENCE)
     assert_fits(result.update, norm, MAX_NORM, frozenset())
+
+
+def test_a_metric_beyond_a_floats_range_is_a_client_error_not_a_crash():
+    # A JSON integer may have thousands of digits; math.isfinite overflows on it.
+    with pytest.raises(ClientUpdateError, match="finite number"):
+        check_result(
+            ClientResult(4, 10, update=dict(REFERENCE), metrics={"loss": 10**400}),
+            REFERENCE,
+            50.0,
+            client_id=4,
+        )
