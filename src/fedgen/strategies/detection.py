@@ -66,7 +66,10 @@ class OutlierDetector:
 
     def statistics(self, results: list[ClientResult]) -> dict[str, torch.Tensor]:
         """Per statistic, one value per result (in ``results``' order)."""
-        names = sorted(results[0].update or {})
+        # Float tensors only: an integer one (a BatchNorm's step counter) is no gradient,
+        # and its delta (the local step count) would outweigh every weight in the norm.
+        first = results[0].update or {}
+        names = sorted(k for k, t in first.items() if t.is_floating_point())
         rows = torch.stack(
             [torch.cat([(r.update or {})[k].double().reshape(-1) for k in names]) for r in results]
         )

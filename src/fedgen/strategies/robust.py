@@ -132,15 +132,27 @@ class RobustAggregation(FedAvg):
 
     def aggregate(self, round: int, results: Iterable[ClientResult]) -> Aggregate:
         rows: list[torch.Tensor] = []
+        counters: list[torch.Tensor] = []
         names: list[str] = []
+        counted: list[str] = []
         shapes: list[torch.Size] = []
+        counted_shapes: list[torch.Size] = []
+        order: list[str] = []
         examples = 0
         for res in results:
             assert res.update is not None  # the loop passes successful results only
-            if not names:
-                names = list(res.update)
+            if not order:
+                order = list(res.update)
+                # The rule sees the float tensors only: an integer one (a BatchNorm's
+                # step counter, whose delta is the local step count) would dominate
+                # norms and distances while being no gradient (Sun et al. bound the
+                # model's update). Counters take the coordinate-wise median.
+                names = [k for k, t in res.update.items() if t.is_floating_point()]
+                counted = [k for k in res.update if k not in names]
                 shapes = [res.update[k].shape for k in names]
-            rows.append(torch.cat([res.update[k].to(torch.float64).reshape(-1) for k in names]))
+                counted_shapes = [res.update[k].shape for k in counted]
+            rows.append(_flat(res.update, names))
+            counters.append(_flat(res.update, counted))
             examples += res.num_examples
         n = len(rows)
         need = max(self.required_results(), self.min_clients)
@@ -150,12 +162,11 @@ class RobustAggregation(FedAvg):
                 f"byzantine={self.byzantine} needs at least {need} ({self.tolerance()})"
             )
         vector, metrics = self.combine(torch.stack(canonical_order(rows)))
-        delta: StateDict = {}
-        offset = 0
-        for name, shape in zip(names, shapes, strict=True):
-            size = shape.numel()
-            delta[name] = vector[offset : offset + size].reshape(shape)
-            offset += size
+        parts = _unflat(vector, names, shapes)
+        if counted:
+            median = torch.quantile(torch.stack(counters), 0.5, dim=0)
+            parts.update(_unflat(median, counted, counted_shapes))
+        delta = {k: parts[k] for k in order}
         return Aggregate(delta=delta, num_examples=examples, num_clients=n, metrics=metrics)
 
     def combine(self, updates: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -184,6 +195,24 @@ class TrimmedMean(RobustAggregation):
         f = self.byzantine
         ordered = torch.sort(updates, dim=0).values
         return ordered[f : updates.shape[0] - f].mean(dim=0), {}
+
+
+def _flat(update: StateDict, names: list[str]) -> torch.Tensor:
+    """``update``'s tensors ``names`` as one float64 vector (empty for no names)."""
+    if not names:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.cat([update[k].to(torch.float64).reshape(-1) for k in names])
+
+
+def _unflat(vector: torch.Tensor, names: list[str], shapes: list[torch.Size]) -> StateDict:
+    """``vector`` cut back into tensors ``names`` of ``shapes`` (``_flat``'s inverse)."""
+    out: StateDict = {}
+    offset = 0
+    for name, shape in zip(names, shapes, strict=True):
+        size = shape.numel()
+        out[name] = vector[offset : offset + size].reshape(shape)
+        offset += size
+    return out
 
 
 def canonical_order(rows: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -111,3 +111,14 @@ def test_secagg_and_client_dp_refuse_the_detection_stage(mnist_dir):
     )
     with pytest.raises(ConfigError, match="remove the detection section"):
         build_experiment(private)
+
+
+def test_a_client_that_took_fewer_steps_is_not_an_outlier_by_its_step_counter():
+    # Prepare: near-equal honest updates; one client took 3 local steps, the rest 30, so
+    # their BatchNorm step counters' deltas differ (as under local_epochs on unequal shards).
+    updates = results(honest())
+    for i, res in enumerate(updates):
+        assert res.update is not None
+        res.update["bn.num_batches_tracked"] = torch.tensor(3 if i == 0 else 30)
+    # Execute / Assert: the counter is no gradient; nobody is flagged by norm or cosine.
+    assert OutlierDetector(3.5).flag(updates) == {}

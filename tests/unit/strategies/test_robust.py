@@ -213,3 +213,19 @@ def test_bulyan_by_hand():
     # 0.4, 0.5 -> 0.45 (mean 0.47); third: 0.
     assert agg.metrics["selected"] == 5.0
     assert _flat(agg).tolist() == pytest.approx([0.65 / 3, 0.45, 0.0], abs=1e-6)
+
+
+def test_norm_bound_leaves_an_integer_step_counter_out_of_the_norm():
+    # Prepare: a BatchNorm step counter beside the weights; its delta is the local step
+    # count.
+    def result(i: int, w: list[float], steps: int) -> ClientResult:
+        counter = torch.tensor(steps, dtype=torch.int64)
+        return ClientResult(i, 10, update={"w": torch.tensor(w), "bn.num_batches_tracked": counter})
+
+    bounded = STRATEGIES.get("norm_bound")(max_norm=1.0, min_clients=1)
+    # Execute / Assert: norms 0.5, below the bound: nothing is scaled, and the counter
+    # takes the median of the clients' deltas.
+    agg = bounded.aggregate(0, [result(0, [0.3, 0.4], 30), result(1, [0.3, 0.4], 30)])
+    assert agg.delta["w"].tolist() == pytest.approx([0.3, 0.4]) and agg.metrics["clipped"] == 0
+    assert agg.delta["bn.num_batches_tracked"].item() == 30
+    assert list(agg.delta) == ["w", "bn.num_batches_tracked"]
