@@ -775,6 +775,33 @@ def _check_run_folder(run_dir: Path, cfg: ExperimentConfig, resume: bool) -> Non
             f"{run_dir} holds another run's results ({metrics.name}, no checkpoints to "
             "resume from); choose another --out, or move them away to start over here"
         )
+    # A run writes config.yaml, summary.json and report.html over what is there: only
+    # its own, from a run that ended before its first round, may be replaced.
+    foreign = _foreign_files(run_dir)
+    if foreign:
+        raise ConfigError(
+            f"{run_dir} holds {', '.join(foreign)}, which a new run would overwrite; "
+            "choose another --out, or move them away to start over here"
+        )
+
+
+def _foreign_files(run_dir: Path) -> list[str]:
+    """Files in ``run_dir`` a new run would overwrite that are not a roundless run's own:
+    a downstream run's results, a summary with finished rounds, a config.yaml that is no
+    run recipe."""
+    found = []
+    if (run_dir / "downstream.json").exists():
+        found.append("downstream.json (a downstream run's results)")
+    rounds = _read_summary(run_dir / "summary.json").get("rounds")
+    if (run_dir / "summary.json").exists() and rounds != 0:
+        found.append("summary.json (another run's results)")
+    kept = run_dir / "config.yaml"
+    if kept.is_file():
+        try:
+            load_config(kept, validate_components=False)
+        except (ConfigError, OSError, UnicodeDecodeError):
+            found.append("config.yaml (not a fedgen run's recipe)")
+    return found
 
 
 def _set_aside_ledger(run_dir: Path) -> None:

@@ -23,7 +23,8 @@ from fedgen.ledger import LEDGER_FILE, Ledger
 def run_dir(tmp_path_factory, mnist_dir) -> Path:
     """A finished one-round cgan run (no evaluation) on three MNIST clients."""
     out = tmp_path_factory.mktemp("cli-run-folders") / "run"
-    assert fedgen("run", "--no-progress", "--out", str(out), *TINY_RUN).exit_code == 0
+    first = fedgen("run", "--no-progress", "--out", str(out), *TINY_RUN)
+    assert first.exit_code == 0, first.output[-1500:]
     return out
 
 
@@ -168,3 +169,23 @@ def test_a_resume_while_another_process_writes_the_run_is_refused(run_dir, tmp_p
         said = (f"run {run_id[:12]}", "being written by another process", f"follow {run_dir}")
         _refused(proc, *said)
     assert _files(run) == before
+
+
+@pytest.mark.parametrize(
+    "name, text, said",
+    [
+        ("config.yaml", "mine: [1, 2\n", "config.yaml (not a fedgen run's recipe)"),
+        ("downstream.json", "{}", "downstream.json (a downstream run's results)"),
+        ("summary.json", '{"rounds": 3}', "summary.json (another run's results)"),
+    ],
+)
+def test_a_folder_holding_files_a_run_would_overwrite_is_refused(tmp_path, name, text, said):
+    # Prepare: a folder without checkpoints or metrics, holding a file the run writes too.
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / name).write_text(text)
+    # Execute
+    proc = fedgen("run", "--no-progress", "--out", str(folder), *TINY_RUN)
+    # Assert: refused, naming the file, and the file is as it was.
+    _refused(proc, said, "choose another --out")
+    assert [p.name for p in folder.iterdir()] == [name] and (folder / name).read_text() == text

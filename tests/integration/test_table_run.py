@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from cli_runner import fedgen, fedgen_here
@@ -124,3 +125,18 @@ def test_the_centralized_ceiling_pools_every_clients_rows_under_the_same_encoder
     assert pooled.num_examples == sum(c.num_examples for c in federated.data.clients)
     assert central.task.encoder.dim == federated.task.encoder.dim
     assert central.federation.local_steps == 3 * 2  # the cohort's steps per round
+
+
+def test_the_membership_attack_on_a_table_run_says_it_reads_images(tmp_path):
+    # Prepare: a table recipe's run folder; the attack on its initial weights needs no
+    # training to reach the modality check.
+    from fedgen.attacks.run import run_attack
+    from fedgen.config import load_config
+    from fedgen.errors import ConfigError
+
+    cfg = load_config(Path("configs/tabular_fair_ctgan.yaml"), TINY[1::2])
+    (tmp_path / "config.yaml").write_text(cfg.to_yaml())
+    # Execute / Assert: a clear error naming what the attack reads, not an AttributeError.
+    with pytest.raises(ConfigError, match="membership attack reads images"):
+        run_attack(tmp_path, "membership", untrained=True)
+    assert not (tmp_path / "attack_membership.json").exists()

@@ -41,6 +41,7 @@ from fedgen.engine.checkpoint import list_checkpoints
 from fedgen.errors import CheckpointError, ConfigError
 from fedgen.eval.classifier import FeatureClassifier
 from fedgen.images.grid import save_grid
+from fedgen.modality import Modality
 from fedgen.report.svg import line_chart
 from fedgen.seeding import derive_seed, torch_generator
 
@@ -132,6 +133,13 @@ def run_attack(
             "let the run finish at least one round (checkpoint.every: 1) and try again"
         )
     exp = _untrained(run_dir) if untrained else load_run(run_dir)
+    if kind == "membership" and exp.task.modality != Modality.IMAGES:
+        raise ConfigError(
+            f"the membership attack reads images (members: the clients' training images; "
+            f"non-members: the test split); task {exp.config.task.name} makes "
+            f"{exp.task.modality}. For tables, the run's dcr_* figures measure how close "
+            "synthetic rows come to training rows"
+        )
     out_dir = Path(out) if out is not None else run_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     if kind == "membership":
