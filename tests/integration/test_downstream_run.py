@@ -145,6 +145,19 @@ def test_a_finished_generator_run_is_reused(run, tmp_path):
     assert record["arms"]["real"]["accuracy"] == first["accuracy"]  # same seed, same arm
 
 
+def test_a_downstream_run_into_another_runs_folder_is_refused_and_changes_nothing(run, tmp_path):
+    # Prepare: a copy of a finished run (generator and arms in one folder) as --out of a
+    # downstream run that reuses the original generator.
+    full = tmp_path / "full"
+    shutil.copytree(run, full)
+    before = {p.name: p.read_bytes() for p in full.iterdir() if p.is_file()}
+    items = [*TINY, DOWNSTREAM, f"downstream.generator_run={run}", "downstream.modes=[real]"]
+    # Execute / Assert
+    with pytest.raises(DownstreamError, match=r"holds config.yaml, summary.json.*choose another"):
+        run_downstream(load_config(None, items), full, progress=False)
+    assert {p.name: p.read_bytes() for p in full.iterdir() if p.is_file()} == before
+
+
 def test_an_unfinished_generator_run_is_refused(run, tmp_path):
     # A run killed before its end leaves config.yaml and checkpoints but no summary.
     killed = tmp_path / "killed"

@@ -46,6 +46,7 @@ from fedgen.engine.run_lock import folder_hold
 from fedgen.errors import FedgenError
 from fedgen.eval.classifier import train_classifier
 from fedgen.experiment import run_experiment
+from fedgen.files import write_text_atomic
 from fedgen.params import validate_params
 from fedgen.registry import PARTITIONERS
 from fedgen.report.html import write_report
@@ -118,9 +119,19 @@ def _run_held(
                 "another folder so the generator's config and summary stay as they are"
             )
         generator = open_generator_run(dcfg.generator_run, cfg)
+        if not resume:
+            # A fresh downstream run writes these over what is there: another run's
+            # results (a generator trained in this folder, an earlier downstream run).
+            found = [n for n in _RUN_FILES if (out / n).exists()]
+            if found:
+                raise DownstreamError(
+                    f"--out {out} holds {', '.join(found)} of another run, which this run "
+                    "would overwrite; choose another --out (or --resume a downstream run "
+                    "stopped there)"
+                )
         out.mkdir(parents=True, exist_ok=True)
         keep_held(None)
-        (out / "config.yaml").write_text(cfg.to_yaml())
+        write_text_atomic(out / "config.yaml", cfg.to_yaml())
         summary = {"status": "completed", "generator_run": str(dcfg.generator_run)}
     data = downstream_data(cfg, generator)
     test = scored_test_split(data.test, dcfg.test_examples, cfg.seed)
@@ -128,9 +139,13 @@ def _run_held(
     kept = _finished_arms(out) if resume else {}
     record = run_arms(cfg, dcfg, generator, data, out, progress=progress, on_arm=on_arm, kept=kept)
     summary.update(flat_figures(record))
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
     write_report(out)  # now with the downstream section
     return summary
+
+
+#: What a run writes into its folder: a fresh downstream run refuses a folder holding them.
+_RUN_FILES = ("config.yaml", "summary.json", "downstream.json", "metrics.jsonl", "checkpoints")
 
 
 def scored_test_split(test: ImageDataset, test_examples: int | None, seed: int) -> ImageDataset:
@@ -395,11 +410,11 @@ def run_arms(
         arm_record["privacy"] = privacy_note(mode, epsilon, delta, arm.own_privacy)
         arm_record["membership"] = attack.figures(arm.model)
         record["arms"][mode] = arm_record
-        (out / "downstream.json").write_text(json.dumps(record, indent=1))
+        write_text_atomic(out / "downstream.json", json.dumps(record, indent=1))
         if on_arm is not None:
             on_arm(arm, arm_record)
     # Kept arms after the last trained one are in the record, in the recipe's order.
-    (out / "downstream.json").write_text(json.dumps(record, indent=1))
+    write_text_atomic(out / "downstream.json", json.dumps(record, indent=1))
     return record
 
 
