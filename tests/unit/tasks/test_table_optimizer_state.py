@@ -138,3 +138,19 @@ def test_one_local_sgd_step_is_minus_lr_times_the_gradient(fair):
             if key == "sigma" or q.grad is None:
                 continue
             assert torch.allclose(after[key], q.detach() - 0.05 * q.grad, atol=1e-7), key
+
+
+def test_tvae_trains_with_the_betas_it_is_given_and_torchs_by_default(fair):
+    # Prepare: the default (torch's Adam betas, as the ctgan library's TVAE), the same
+    # betas given explicitly, and other betas.
+    def trained(**betas):
+        params = TvaeTask.Params(batch_size=100, hidden=32, **betas)
+        task = TvaeTask.from_spec(params, fair.spec(), 0)
+        _train(task, fair, 1)
+        return task
+
+    default = trained()
+    # Execute / Assert
+    assert TvaeTask.Params(batch_size=100).betas == (0.9, 0.999)
+    assert _same(default, trained(betas=(0.9, 0.999)))
+    assert not _same(default, trained(betas=(0.5, 0.9)))

@@ -87,6 +87,9 @@ class TvaeTask(TableTask):
         hidden: int = Field(128, ge=1)
         loss_factor: float = Field(2.0, gt=0)
         weight_decay: float = Field(1e-5, ge=0)
+        #: Adam's betas: torch's defaults, as the ctgan library's TVAE trains (the GAN
+        #: tasks' 0.5 would not be the library's).
+        betas: tuple[float, float] = (0.9, 0.999)
         #: How a generated row's categories (and modes) are read from the decoder's
         #: logits: ``sample`` draws them from the softmax (the model's own likelihood, as
         #: the offsets are drawn from theirs); ``argmax`` takes the most likely, as the
@@ -135,7 +138,7 @@ class TvaeTask(TableTask):
         adams = FunctionalAdams(
             self.optimizer_groups(),
             keep=p.keep_optimizer,
-            betas=(0.9, 0.999),  # torch.optim.Adam's defaults, as train_local's optimizer
+            betas=p.betas,  # as train_local's optimizer
             weight_decay=p.weight_decay,
         )
         return TvaeFunctionalTraining(
@@ -155,7 +158,7 @@ class TvaeTask(TableTask):
         assert isinstance(data, TableClientData)
         p = self.params
         lr = float(config.get("lr", p.lr))
-        opt = self.make_optimizer("vae", lr=lr, weight_decay=p.weight_decay)
+        opt = self.make_optimizer("vae", lr=lr, weight_decay=p.weight_decay, betas=p.betas)
         for m in self.modules.values():
             m.train()
         batches = data.batches(p.batch_size, generator)

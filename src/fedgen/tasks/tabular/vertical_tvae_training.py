@@ -86,7 +86,7 @@ class VerticalTvaeTrainer:
         p = task.params
         self.task, self.channel, self.p = task, channel, p
         self.top, self.body = task.modules[ENCODER_TOP], task.modules[DECODER_BODY]
-        adam: dict[str, Any] = {"lr": lr, "weight_decay": p.weight_decay}  # default betas
+        adam: dict[str, Any] = {"lr": lr, "weight_decay": p.weight_decay, "betas": p.betas}
         server_params = [*self.top.parameters(), *self.body.parameters()]
         self.opt_server = torch.optim.Adam(server_params, **adam)
         self.parties = []
