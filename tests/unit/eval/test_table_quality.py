@@ -93,3 +93,14 @@ def test_tstr_repeats_below_one_is_refused(fair_split):
     train, holdout = fair_split
     with pytest.raises(ValueError, match="tstr_repeats must be >= 1, got 0"):
         TableEvaluator(train, holdout, FAIR.schema, "had_affair", seed=0, tstr_repeats=0)
+
+
+def test_rows_as_close_to_the_holdout_as_to_training_read_as_no_memorisation(fair_split):
+    # Prepare: a holdout that is the training rows themselves, and synthetic rows copied
+    # from them: every synthetic row ties (distance 0 to both sets).
+    train, _ = fair_split
+    rows = train.head(400)
+    # Execute
+    figures = distance_to_closest_record(rows, rows, rows, FAIR.schema, np.random.default_rng(0))
+    # Assert: a tie says nothing either way, so the share reads 0.5, not 0.
+    assert figures["dcr_closer_to_train"] == pytest.approx(0.5)
