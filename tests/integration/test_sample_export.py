@@ -316,3 +316,26 @@ def test_best_of_needs_a_task_that_scores_its_samples(mnist_dir):
     )
     with pytest.raises(ConfigError, match=r"eval\.best_of=2: ConditionalVae has no scorer"):
         build_experiment(cfg)
+
+
+@pytest.mark.parametrize("fmt", [ExportFormat.NPZ, ExportFormat.PNG])
+def test_an_export_whose_manifest_cannot_be_written_leaves_nothing(
+    task, tmp_path, monkeypatch, fmt
+):
+    # Prepare: the manifest's write fails (a full disk after a large data set, say).
+    names = [str(i) for i in range(CLASSES)]
+    real_write = image_dataset._write_atomically
+
+    def full_disk(path: Path, data: bytes) -> None:
+        if path.name.endswith(".json"):
+            raise OSError(28, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(image_dataset, "_write_atomically", full_disk)
+    # Execute
+    with pytest.raises(OSError, match="No space"):
+        export_image_dataset(
+            task, tmp_path / "s", PER_CLASS, fmt, torch_generator(0, "t"), names, {}
+        )
+    # Assert: no data set without its manifest (a retry would be refused by it).
+    assert list(tmp_path.iterdir()) == []

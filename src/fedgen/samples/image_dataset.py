@@ -171,7 +171,12 @@ def export_image_dataset(
         # The manifest goes in with the images, so the folder appears whole or not at all.
         _write_folder(batches, class_names, target, record)
     else:
-        _write_atomically(manifest, (json.dumps(record, indent=1) + "\n").encode())
+        try:
+            _write_atomically(manifest, (json.dumps(record, indent=1) + "\n").encode())
+        except BaseException:
+            # A data set without its manifest is no export (and would block the retry).
+            target.unlink(missing_ok=True)
+            raise
     return target, manifest
 
 
