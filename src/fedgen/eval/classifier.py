@@ -221,6 +221,21 @@ def dataset_fingerprint(data: ImageDataset) -> str:
     return digest.hexdigest()[:16]
 
 
+def _cache_or_warn(obj: Any, path: Path) -> None:
+    """Cache a trained classifier; where the cache cannot be written (a read-only home or
+    FEDGEN_CACHE_DIR), say so and go on: the cache only saves the training next time,
+    and a failed evaluation would keep its round from being checkpointed."""
+    try:
+        _atomic_torch_save(obj, path)
+    except OSError as exc:
+        logger.warning(
+            "cannot cache the feature classifier at %s (%s); it is kept in memory and "
+            "trained again next time (set FEDGEN_CACHE_DIR to a writable folder)",
+            path,
+            exc.strerror or exc,
+        )
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -335,7 +350,7 @@ class FeatureClassifier:
             epochs=epochs,
             test_accuracy=test_accuracy,
         )
-        _atomic_torch_save(
+        _cache_or_warn(
             {
                 "format": _CACHE_FORMAT,
                 "state_dict": model.state_dict(),

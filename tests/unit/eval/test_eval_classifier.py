@@ -138,3 +138,21 @@ def test_features_probs_and_description(
     assert feature_classifier.description.startswith(
         "SmallCNN trained 1 epoch on fashion-mnist train (12000 images), real test accuracy 0."
     )
+
+
+def test_a_cache_that_cannot_be_written_is_said_and_the_classifier_still_returned(
+    small_train, small_test, tmp_path, caplog
+):
+    # Prepare: the cache folder would sit under a file (as a read-only home would refuse;
+    # permissions do not stop root, a file in the way does).
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    # Execute
+    with caplog.at_level("WARNING"):
+        classifier = FeatureClassifier.load_or_train(
+            small_train, small_test, cache_dir=blocker / "cache", epochs=1
+        )
+    # Assert: the evaluation goes on with the classifier in memory, and the log says why.
+    assert classifier.test_accuracy > 0.5
+    assert "cannot cache the feature classifier" in caplog.text
+    assert blocker.read_text() == "mine"
