@@ -15,7 +15,7 @@ from fedgen.errors import ConfigError, RoundFailedError
 from fedgen.registry import STRATEGIES
 from fedgen.strategies.base import Aggregate, Needs, Strategy
 from fedgen.strategies.moving_average import EmaWarmup, effective_decay, ema_update
-from fedgen.strategies.sampling import build_sampler, round_plan
+from fedgen.strategies.sampling import PoissonSampler, build_sampler, round_plan
 from fedgen.types import ClientResult, RoundPlan, StateDict
 
 
@@ -113,6 +113,18 @@ class FedAvg(Strategy):
         return self.sampler.name
 
     def configure(self, round: int, client_ids: list[int], rng: np.random.Generator) -> RoundPlan:
+        expected = self.expected_clients(len(client_ids))
+        poisson = isinstance(self.sampler, PoissonSampler)
+        if poisson and not self.fixed_denominator and expected < self.min_clients:
+            # Poisson cohorts are never raised to min_clients: most rounds would fail and
+            # keep the old model, and ten in a row end the run. Refused before any trains.
+            raise ConfigError(
+                f"strategy {type(self).__name__}: Poisson sampling at fraction "
+                f"{self.sampler.fraction:g} plans {expected:g} of {len(client_ids)} clients a "
+                f"round, fewer than min_clients={self.min_clients} (rounds with fewer results "
+                "fail); raise strategy.params.fraction, lower min_clients, or set "
+                "fixed_denominator: true (weighted: false)"
+            )
         chosen = self.sampler.sample(round, client_ids, rng)
         self._denominator = self.expected_clients(len(client_ids))
         return round_plan(round, chosen, self.root_seed, self.client_config(round))

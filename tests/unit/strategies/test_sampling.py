@@ -56,3 +56,17 @@ def test_round_plan_derives_each_clients_seed_from_the_root():
     assert a.client_ids == [1, 4] and a.instructions[0].config == {"proximal_mu": 0.1}
     assert a.instructions[0].seed != b.instructions[0].seed
     assert a.instructions[0].config is not a.instructions[1].config
+
+
+def test_poisson_cohorts_planned_below_min_clients_are_refused_before_any_round():
+    # Prepare: 10 clients at q = 0.1 plan one client a round; min_clients is 2.
+    fedavg = STRATEGIES.get("fedavg")
+    ids = list(range(10))
+    rng = np.random.default_rng(0)
+    # Execute / Assert: refused, naming the fixes; with the fixed denominator every
+    # round aggregates, so the same sampling is fine.
+    with pytest.raises(ConfigError, match=r"plans 1 of 10 clients.*fixed_denominator"):
+        fedavg(sampling="poisson", fraction=0.1, min_clients=2).configure(0, ids, rng)
+    fixed = fedavg(sampling="poisson", fraction=0.1, weighted=False, fixed_denominator=True)
+    fixed.configure(0, ids, rng)
+    fedavg(sampling="poisson", fraction=0.3, min_clients=2).configure(0, ids, rng)
