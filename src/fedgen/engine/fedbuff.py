@@ -52,6 +52,7 @@ from fedgen.engine.schedule import (
 from fedgen.errors import ConfigError
 from fedgen.seeding import derive_seed, numpy_rng
 from fedgen.strategies.base import Aggregate
+from fedgen.strategies.detection import DetectingStrategy
 from fedgen.types import ClientInstruction, ClientResult, RoundPlan, StateDict
 
 log = logging.getLogger(__name__)
@@ -250,15 +251,18 @@ class FedBuffSchedule(Schedule):
     ) -> Aggregate | None:
         staleness: dict[int, int] = step.notes["staleness"]
 
-        def weighted() -> Iterator[ClientResult]:
-            for res in results:
-                assert res.update is not None  # the loop passes accepted results only
-                w = staleness_weight(staleness[res.client_id], self.exponent)
-                if w != 1.0:
-                    res.update = {k: v * w for k, v in res.update.items()}
-                yield res
+        def weigh(res: ClientResult) -> ClientResult:
+            assert res.update is not None  # the loop passes accepted results only
+            w = staleness_weight(staleness[res.client_id], self.exponent)
+            if w != 1.0:
+                res.update = {k: v * w for k, v in res.update.items()}
+            return res
 
-        return fed.strategy.aggregate(r, weighted())
+        if isinstance(fed.strategy, DetectingStrategy):
+            # Detection judges each update as its client sent it, then the kept ones
+            # are weighted for staleness.
+            return fed.strategy.aggregate(r, results, scale=weigh)
+        return fed.strategy.aggregate(r, map(weigh, results))
 
     def end(self, r: int, fed: RoundLoop, step: Step, metrics: dict[str, Any]) -> None:
         arrivals: list[InFlight] = step.notes["arrivals"]

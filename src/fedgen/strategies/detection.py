@@ -21,7 +21,7 @@ covers): it then judges by the norm and the cosine alone.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -126,13 +126,21 @@ class DetectingStrategy(Strategy):
     def configure(self, round: int, client_ids: list[int], rng: Any) -> RoundPlan:
         return self.inner.configure(round, client_ids, rng)
 
-    def aggregate(self, round: int, results: Iterable[ClientResult]) -> Aggregate:
+    def aggregate(
+        self,
+        round: int,
+        results: Iterable[ClientResult],
+        scale: Callable[[ClientResult], ClientResult] | None = None,
+    ) -> Aggregate:
+        """Flag outliers among ``results`` as the clients sent them, then aggregate the
+        kept ones, each through ``scale`` first if given (FedBuff's staleness weight: a
+        stale update scaled down is no sign of a free rider)."""
         received = list(results)
         flagged = self.detector.flag(received)
         if flagged:
             log.info("round %d: detection flags clients %s", round, flagged)
         kept = [r for r in received if r.client_id not in flagged] if self.exclude else received
-        agg = self.inner.aggregate(round, kept)
+        agg = self.inner.aggregate(round, kept if scale is None else [scale(r) for r in kept])
         agg.metrics["detect/flagged"] = float(len(flagged))
         agg.metrics.update({f"detect/flag/{cid}": 1.0 for cid in sorted(flagged)})
         return agg

@@ -264,3 +264,31 @@ def test_a_clock_whose_job_time_overflows_is_refused_with_what_to_lower():
     clock = ClientClock(ClockConfig(seconds_per_step=1e300), range(1), seed=0)
     with pytest.raises(ConfigError, match=r"no finite duration.*lower seconds_per_step"):
         clock.duration(0, 0, 10**9)
+
+
+def test_detection_behind_fedbuff_judges_updates_before_their_staleness_weight():
+    # Prepare: seven near-equal updates; client 4's is 8 server steps stale, so FedBuff
+    # weighs it by 1 / 3 (exponent 0.5).
+    from fedgen.engine.schedule import Step
+    from fedgen.strategies.detection import DetectingStrategy, OutlierDetector
+    from fedgen.strategies.fedavg import FedAvg
+    from fedgen.types import ClientResult, RoundPlan
+
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(50, generator=gen)
+    results = [
+        ClientResult(i, 10, update={"w": base + 0.05 * torch.randn(50, generator=gen)})
+        for i in range(7)
+    ]
+    strategy = DetectingStrategy(FedAvg(weighted=False), OutlierDetector(), exclude=True)
+    clock = ClientClock(ClockConfig(), range(7), seed=0)
+    schedule = FedBuffSchedule(FedBuffConfig(buffer_size=7), clock, list(range(7)), 0)
+    step = Step(RoundPlan(0, []), [], {"staleness": {i: 8 if i == 4 else 0 for i in range(7)}})
+    # Execute
+    agg = schedule.combine(0, SimpleNamespace(strategy=strategy), step, iter(results))  # type: ignore[arg-type]
+    # Assert: nobody flagged, all seven aggregated, client 4's update weighted by 1/3.
+    assert agg is not None and agg.metrics["detect/flagged"] == 0 and agg.num_clients == 7
+    expected = sum(r.update["w"] for r in results if r.client_id != 4)  # type: ignore[index]
+    assert results[4].update is not None
+    expected = (expected + results[4].update["w"]) / 7  # already weighted in place
+    assert torch.allclose(agg.delta["w"].float(), expected.float(), atol=1e-6)
