@@ -22,7 +22,12 @@ QUALITY: tuple[tuple[str, str, Callable[[float], str], str], ...] = (
     ("frechet_distance", "Fréchet distance", format_number, "lower is better"),
     ("precision", "precision", format_share, "fidelity, higher is better"),
     ("recall", "recall", format_share, "diversity, higher is better"),
-    ("kid", "KID", format_number, "lower is better"),
+    (
+        "kid",
+        "kernel distance",
+        format_number,
+        "on a small CNN's features (not Inception), lower is better",
+    ),
     ("perplexity", "perplexity", format_number, "held-out text, lower is better"),
     ("quality_score", "quality score", format_share, "SDMetrics, higher is better"),
     ("ml_efficacy", "ML efficacy", format_number, "train on synthetic rows, test on real"),

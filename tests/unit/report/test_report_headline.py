@@ -49,7 +49,7 @@ def test_withheld_bytes_say_so_and_unfinished_runs_use_their_rounds():
     figures = {f.label: f for f in headline_figures(None, rows)}
     assert figures["data sent"].value == "3.0 MB"
     assert figures["time"].value == "1 min 10 s"
-    assert figures["KID"].value == "0.5"
+    assert figures["kernel distance"].value == "0.5"
 
 
 def test_a_table_partition_is_drawn_client_by_target_category(tmp_path):
