@@ -133,8 +133,9 @@ class DirichletPartitioner(Partitioner):
         model_config = ConfigDict(extra="forbid")
 
         alpha: float = Field(gt=0, allow_inf_nan=False)
-        #: The fewest examples any client may hold.
-        min_size: int = Field(10, ge=0)
+        #: The fewest examples any client may hold (at least 1: a client without data
+        #: would fail every round it is sampled in).
+        min_size: int = Field(10, ge=1)
         #: Draws of the whole split before giving up.
         max_tries: int = Field(100, ge=1)
 
@@ -302,8 +303,9 @@ class QuantitySkewPartitioner(Partitioner):
         model_config = ConfigDict(extra="forbid")
 
         alpha: float = Field(gt=0, allow_inf_nan=False)
-        #: Examples every client gets before the Dirichlet draw shares the rest.
-        min_size: int = Field(1, ge=0)
+        #: Examples every client gets before the Dirichlet draw shares the rest (at
+        #: least 1: a client without data would fail every round it is sampled in).
+        min_size: int = Field(1, ge=1)
 
     alpha: float
     min_size: int = 1

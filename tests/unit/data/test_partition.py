@@ -246,3 +246,14 @@ def test_one_example_per_client() -> None:
     parts = _split(IIDPartitioner(), labels, 5, seed=0)
     _assert_partition(parts, 5, 5)
     assert [len(p) for p in parts] == [1] * 5
+
+
+@pytest.mark.parametrize("kind", ["dirichlet", "quantity"])
+def test_a_partition_that_allows_empty_clients_is_refused_by_name(kind):
+    # A client without data fails every round it is sampled in: refused before loading.
+    from fedgen.params import validate_params
+
+    with pytest.raises(ConfigError, match=r"data.partition.params.*min_size"):
+        validate_params(
+            PARTITIONERS.get(kind), {"alpha": 0.1, "min_size": 0}, "data.partition.params"
+        )
