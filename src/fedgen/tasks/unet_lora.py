@@ -48,7 +48,20 @@ def load_unet_weights(unet: nn.Module, path: str) -> None:
         saved = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a file that is not its own
         raise ConfigError(f"task.params.base_weights: {file} is not a torch file: {exc}") from exc
-    state = {k.removeprefix("unet."): v for k, v in dict(saved).items()}
+    if isinstance(saved, dict) and {"format", "state"} <= set(saved):
+        raise ConfigError(
+            f"task.params.base_weights: {file} is a fedgen checkpoint, not a UNet's "
+            "tensors; start from a run with federation.init_from, or export the UNet with "
+            "torch.save(task.federated_state(), path)"
+        )
+    if not isinstance(saved, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in saved.items()
+    ):
+        raise ConfigError(
+            f"task.params.base_weights: {file} holds a {type(saved).__name__}, not a UNet's "
+            "named tensors; export one with torch.save(task.federated_state(), path)"
+        )
+    state = {k.removeprefix("unet."): v for k, v in saved.items()}
     expected = unet.state_dict()
     missing = sorted(set(expected) - set(state))
     wrong = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)

@@ -190,3 +190,21 @@ def test_dp_sgd_trains_the_adapters_and_leaves_the_frozen_base_alone(base_file, 
     # lora_B starts at zero and DP noise moves every coordinate of a trained tensor.
     assert all(not torch.equal(before[k], fed.global_state[k]) for k in before if ".lora_B." in k)
     assert all(torch.equal(v, fed.task.frozen_tensors()[k]) for k, v in frozen.items())
+
+
+@pytest.mark.parametrize(
+    "saved, says",
+    [
+        ([torch.zeros(1)], "holds a list, not a UNet's named tensors"),
+        ({"format": 1, "state": {"w": torch.zeros(1)}}, "is a fedgen checkpoint"),
+    ],
+)
+def test_base_weights_of_another_kind_of_torch_file_are_refused_by_name(tmp_path, saved, says):
+    from torch import nn
+
+    from fedgen.tasks.unet_lora import load_unet_weights
+
+    path = tmp_path / "w.pt"
+    torch.save(saved, path)
+    with pytest.raises(ConfigError, match=f"task.params.base_weights: .*{says}"):
+        load_unet_weights(nn.Linear(1, 1), str(path))
