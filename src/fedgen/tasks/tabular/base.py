@@ -288,7 +288,9 @@ def draw_conditions(
 
     ``condition`` ``(column, category)`` sets that one-hot in every row; without it,
     each row picks a categorical column uniformly (column ``only`` when given) and a
-    category by its frequency, as the ctgan library samples: the encoder's merged
+    category by its frequency (the ctgan library's docstring says the same, but its
+    ``DataSampler.sample_original_condvec`` draws from the log-frequencies it trains
+    with; raw frequencies give the table's own category mix): the encoder's merged
     counts, or ``counts[i]`` for column ``i`` when given (one client's own).
     ``offsets[i]`` is where column ``i``'s one-hot starts.
     """

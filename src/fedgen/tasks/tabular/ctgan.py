@@ -315,10 +315,11 @@ class CtganTask(TableTask):
     ) -> torch.Tensor:
         """The conditional vectors ``(n, cond_dim)`` of ``n`` generated rows.
 
-        Unconditioned rows draw them from the merged frequencies (the table's own), as
-        the ctgan library samples; a ``condition_on`` column from its merged counts, a
-        joint pair from its merged cells, the other column given the asked one when
-        ``condition`` names one of the pair. A condition on a column outside
+        Unconditioned rows draw them from the merged frequencies (the table's own; the
+        ctgan library draws from log-frequencies, see ``draw_conditions``); a
+        ``condition_on`` column from its merged counts, a joint pair from its merged
+        cells, the other column given the asked one when ``condition`` names one of the
+        pair. A condition on a column outside
         ``condition_on`` draws as an unconditioned row does (``sample_rows`` keeps the
         matching rows), as TVAE's block does."""
         block = self.condition
