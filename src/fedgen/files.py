@@ -14,6 +14,10 @@ import os
 import tempfile
 from pathlib import Path
 
+#: The first bytes of a fedgen checkpoint file (``fedgen.engine.checkpoint``), here so
+#: that a layer below the engine can tell a checkpoint from a plain torch file.
+CHECKPOINT_MAGIC = b"FEDGENC1"
+
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path``'s content with ``data`` in one step, durably (the rename too),

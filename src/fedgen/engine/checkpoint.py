@@ -21,14 +21,14 @@ from typing import Any, Protocol
 import torch
 
 from fedgen.errors import CheckpointError, FedgenError
-from fedgen.files import sync_folder
+from fedgen.files import CHECKPOINT_MAGIC, sync_folder
 from fedgen.privacy.noise_key import key_from_state
 from fedgen.transforms.base import FREE_SHAPE, PRIVATE_PREFIX
 from fedgen.types import StateDict
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"FEDGENC1"
+MAGIC = CHECKPOINT_MAGIC
 _NAME = re.compile(r"round_(\d{4,})\.ckpt$")
 
 

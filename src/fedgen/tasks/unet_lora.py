@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from fedgen.errors import ConfigError
+from fedgen.files import CHECKPOINT_MAGIC
 
 #: Names (last component) of the Linear layers adapters go on; see the module docstring.
 ADAPTED_LAYERS = ("qkv", "proj", "emb", "time_embed.0", "time_embed.2")
@@ -44,16 +45,18 @@ def load_unet_weights(unet: nn.Module, path: str) -> None:
             f"task.params.base_weights: no file {file}; export a trained ddpm UNet with "
             "torch.save(task.federated_state(), path) (benchmarks/diffusion.py does)"
         )
-    try:
-        saved = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a file that is not its own
-        raise ConfigError(f"task.params.base_weights: {file} is not a torch file: {exc}") from exc
-    if isinstance(saved, dict) and {"format", "state"} <= set(saved):
+    with file.open("rb") as handle:
+        checkpoint = handle.read(len(CHECKPOINT_MAGIC)) == CHECKPOINT_MAGIC
+    if checkpoint:
         raise ConfigError(
             f"task.params.base_weights: {file} is a fedgen checkpoint, not a UNet's "
             "tensors; start from a run with federation.init_from, or export the UNet with "
             "torch.save(task.federated_state(), path)"
         )
+    try:
+        saved = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a file that is not its own
+        raise ConfigError(f"task.params.base_weights: {file} is not a torch file: {exc}") from exc
     if not isinstance(saved, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in saved.items()
     ):

@@ -196,15 +196,19 @@ def test_dp_sgd_trains_the_adapters_and_leaves_the_frozen_base_alone(base_file, 
     "saved, says",
     [
         ([torch.zeros(1)], "holds a list, not a UNet's named tensors"),
-        ({"format": 1, "state": {"w": torch.zeros(1)}}, "is a fedgen checkpoint"),
+        ("checkpoint", "is a fedgen checkpoint.*federation.init_from"),
     ],
 )
 def test_base_weights_of_another_kind_of_torch_file_are_refused_by_name(tmp_path, saved, says):
     from torch import nn
 
+    from fedgen.engine.checkpoint import save_checkpoint
     from fedgen.tasks.unet_lora import load_unet_weights
 
     path = tmp_path / "w.pt"
-    torch.save(saved, path)
+    if saved == "checkpoint":  # a fedgen checkpoint file, as a run writes one
+        save_checkpoint(path, {"format": 1, "federation": {"w": torch.zeros(1)}})
+    else:
+        torch.save(saved, path)
     with pytest.raises(ConfigError, match=f"task.params.base_weights: .*{says}"):
         load_unet_weights(nn.Linear(1, 1), str(path))
