@@ -159,7 +159,8 @@ def build_experiment(
             assert local_epochs is not None
             local_epochs *= cohort / cfg.data.num_clients
     task = build_task(cfg, spec)
-    if spec.modality == Modality.TEXT:
+    if spec.modality == Modality.TEXT and (cfg.eval.every > 0 or cfg.eval.final):
+        # Only a run that evaluates needs held-out text (perplexity).
         from fedgen.data.text_data import heldout_problems
 
         block_size = int(task.params.block_size)  # type: ignore[attr-defined]

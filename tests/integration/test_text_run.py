@@ -121,3 +121,5 @@ def test_a_federation_whose_clients_hold_no_heldout_text_is_refused_before_round
     with pytest.raises(ConfigError, match=r"held-out tokens.*heldout_fraction"):
         run_experiment(load_config(None, items), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()
+    # A run that never evaluates needs no held-out text.
+    build_experiment(load_config(None, [*items, "eval.every=0", "eval.final=false"]))

@@ -115,7 +115,9 @@ class FedAvg(Strategy):
     def configure(self, round: int, client_ids: list[int], rng: np.random.Generator) -> RoundPlan:
         expected = self.expected_clients(len(client_ids))
         poisson = isinstance(self.sampler, PoissonSampler)
-        if poisson and not self.fixed_denominator and expected < self.min_clients:
+        # Round 0 only: later the pool may shrink (DP-SGD's clients with no rounds left),
+        # which the loop's own check ends cleanly; the recipe is what is refused here.
+        if round == 0 and poisson and not self.fixed_denominator and expected < self.min_clients:
             # Poisson cohorts are never raised to min_clients: most rounds would fail and
             # keep the old model, and ten in a row end the run. Refused before any trains.
             raise ConfigError(
