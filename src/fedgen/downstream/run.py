@@ -125,9 +125,9 @@ def _run_held(
             found = [n for n in _RUN_FILES if (out / n).exists()]
             if found:
                 raise DownstreamError(
-                    f"--out {out} holds {', '.join(found)} of another run, which this run "
-                    "would overwrite; choose another --out (or --resume a downstream run "
-                    "stopped there)"
+                    f"--out {out} holds {', '.join(found)}, which this run would "
+                    "overwrite; choose another --out, or, if this downstream run stopped "
+                    f"there, continue it with fedgen run --resume {out}"
                 )
         out.mkdir(parents=True, exist_ok=True)
         keep_held(None)
