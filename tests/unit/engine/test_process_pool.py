@@ -176,3 +176,27 @@ def test_a_round_abandoned_midway_leaves_nothing_for_the_next(mnist_dir):
     for a, b in zip(got, want, strict=True):
         assert a.ok and b.ok
         assert all(torch.equal(a.update[k], b.update[k]) for k in a.update)
+
+
+def test_a_client_that_rejects_its_own_secure_update_keeps_its_private_tensors(mnist_dir):
+    # Prepare: FedPer's personal layers in a secure round whose norm bound every update
+    # exceeds: each client trains, then refuses to mask its own update.
+    overrides = {
+        "task.params": "{batch_size: 16, generator_width: 8, discriminator_width: 8, "
+        "personal: [generator.embed, discriminator.head]}",
+        "transforms": "[{name: clip, params: {max_norm: 1.0}}, {name: secagg}]",
+        "federation.max_update_norm": "1.0e-9",
+    }
+    kept = {}
+    for backend in ("inprocess", "process_pool"):
+        fed = build_experiment(tiny_config(mnist_dir, **overrides, **{"backend.name": backend}))
+        fed = fed.federation
+        # Execute
+        record = fed.run_round(0)
+        assert record.metrics["failures"] == len(fed.clients)  # every update refused
+        kept[backend] = fed.private_states
+        fed.backend.close()
+    # Assert: the process pool keeps what the clients trained, as inprocess does.
+    assert sorted(kept["process_pool"]) == sorted(kept["inprocess"]) != []
+    for cid, state in kept["inprocess"].items():
+        assert all(torch.equal(state[k], kept["process_pool"][cid][k]) for k in state)

@@ -455,6 +455,11 @@ class ProcessPoolBackend(Backend):
             except (WireError, ValueError, TypeError) as exc:
                 self._fail(job, f"malformed reply: {exc}", down, len(reply))
                 continue
+            # Kept whatever the result: a client that rejected its own update (a secure
+            # round's check) still trained its private tensors, as inprocess and a
+            # deployed client keep them.
+            if private:
+                job.private_states[ins.client_id] = private
             if result.failure is not None:
                 log.warning(
                     "client %d failed in round %d: %s",
@@ -464,8 +469,6 @@ class ProcessPoolBackend(Backend):
                 )
                 self._fail(job, result.failure, down, len(reply))
                 continue
-            if private:
-                job.private_states[ins.client_id] = private
             result.bytes_down, result.bytes_up = down, len(reply)
             self._finish(job, result)
 
