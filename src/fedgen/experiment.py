@@ -44,7 +44,7 @@ from fedgen.engine.image_union import UNION, describe_union_model, load_run_mode
 from fedgen.engine.ledger_callback import LedgerCallback
 from fedgen.engine.modes import schedule_for
 from fedgen.engine.run_lock import Hold, folder_hold
-from fedgen.errors import CheckpointError, ConfigError
+from fedgen.errors import CheckpointError, ConfigError, FedgenError
 from fedgen.files import write_text_atomic
 from fedgen.modality import DataSpec, Modality
 from fedgen.params import ParamsError, validate_params
@@ -159,6 +159,18 @@ def build_experiment(
             assert local_epochs is not None
             local_epochs *= cohort / cfg.data.num_clients
     task = build_task(cfg, spec)
+    if spec.modality == Modality.IMAGES:
+        # The run's sample grid is one picture built in memory, as fedgen sample's is.
+        from fedgen.samples.image_dataset import check_grid_size, image_shape
+
+        try:
+            check_grid_size(task.num_classes, cfg.eval.grid_per_class, image_shape(task))
+        except FedgenError:
+            problems.append(
+                f"eval.grid_per_class={cfg.eval.grid_per_class}: the sample grid would pass "
+                "the size a picture built in memory may have; lower eval.grid_per_class "
+                "(fedgen sample --format npz exports many images in batches)"
+            )
     if spec.modality == Modality.TEXT and (cfg.eval.every > 0 or cfg.eval.final):
         # Only a run that evaluates needs held-out text (perplexity).
         from fedgen.data.text_data import heldout_problems

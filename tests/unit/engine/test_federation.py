@@ -279,3 +279,12 @@ def test_a_clients_figure_cannot_write_one_the_loop_or_the_evaluator_owns(mnist_
     assert "tstr_accuracy" not in record.metrics
     assert record.metrics["client/tstr_accuracy"] == 1.0
     assert any(k.startswith("loss/") for k in record.metrics) and record.metrics["steps"] > 0
+
+
+def test_a_sample_grid_too_large_to_draw_is_refused_before_round_one(mnist_dir):
+    # The run's grid is one picture built in memory; 20,000 images a class would not fit.
+    from fedgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval.grid_per_class=20000: .*lower"):
+        build_experiment(tiny_config(mnist_dir, **{"eval.grid_per_class": "20000"}))
+    build_experiment(tiny_config(mnist_dir, **{"eval.grid_per_class": "10"}))
