@@ -57,6 +57,8 @@ def test_a_text_federation_trains_evaluates_samples_and_reports(text_run):
     assert len(samples) == 2 and "--- prompt 'The '" in samples[-1].read_text()
     report = (out / "report.html").read_text()
     assert "Generated text" in report and "perplexity" in report
+    # A perplexity is per token of its tokenizer: said beside the figure.
+    assert "per byte (not comparable" in summary["descriptions"]["perplexity"]
     partition = json.loads((out / "partition.json").read_text())
     assert partition  # themes and token counts per client
     assert "ledger verified" in fedgen_here("ledger", "verify", str(out)).stdout

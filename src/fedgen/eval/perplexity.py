@@ -34,11 +34,18 @@ class PerplexityEvaluator:
     """
 
     def __init__(
-        self, clients: list[Any], max_windows: int = 64, personalize_steps: int = 0, seed: int = 0
+        self,
+        clients: list[Any],
+        max_windows: int = 64,
+        personalize_steps: int = 0,
+        seed: int = 0,
+        tokens: str = "token",
     ) -> None:
         if not clients:
             raise ValueError("perplexity needs at least one client with held-out text")
         self.clients = clients
+        #: What one token is (perplexities of different tokenizers do not compare).
+        self.tokens = tokens
         self.max_windows = max_windows
         self.personalize_steps = personalize_steps
         self.seed = seed
@@ -87,7 +94,8 @@ class PerplexityEvaluator:
         """What each key was computed on."""
         where = (
             f"the held-out text each of {len(self.clients)} clients keeps (up to "
-            f"{self.max_windows} windows of the task's context length each)"
+            f"{self.max_windows} windows of the task's context length each), per "
+            f"{self.tokens} (not comparable across tokenizers)"
         )
         return {
             "perplexity": f"exp(mean next-token NLL) per client, mean over clients, on {where}",
@@ -113,6 +121,10 @@ def _summarise(key: str, nll: dict[int, tuple[float, int]]) -> dict[str, float]:
 @EVALUATORS.register("text")
 def text_evaluator(data: Any, *, seed: int, settings: EvalConfig) -> PerplexityEvaluator:
     """The text evaluator of a run: ``data.clients`` hold each client's held-out text."""
+    tokenizer = getattr(getattr(data, "tokenizer", None), "name", None)
     return PerplexityEvaluator(
-        list(data.clients), personalize_steps=settings.personalize_steps, seed=seed
+        list(data.clients),
+        personalize_steps=settings.personalize_steps,
+        seed=seed,
+        tokens={None: "token", "bytes": "byte"}.get(tokenizer, f"{tokenizer} token"),
     )
