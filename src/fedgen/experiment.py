@@ -36,7 +36,7 @@ from fedgen.engine.checkpoint import (
     newest_intact,
     restore_state,
 )
-from fedgen.engine.client_models import evaluated_client
+from fedgen.engine.client_models import evaluated_client, has_personal_models, load_client_model
 from fedgen.engine.client_side import ClientBuildError, ClientKit, ClientSide
 from fedgen.engine.faults import FaultPlan
 from fedgen.engine.federation import Callback, Federation
@@ -604,6 +604,15 @@ def evaluate_task(exp: Experiment, tstr: bool) -> dict[str, float]:
         # Which draws the figures are of (the per-client and union figures below, the
         # downstream generator and the attacks draw plainly).
         figures["best_of"] = float(best_of)
+    fed = exp.federation
+    if exp.task.modality == Modality.TEXT and fed.privacy is None and has_personal_models(fed):
+        # Clients keeping private tensors (personal layers, adapters) are scored with
+        # their own model too, as their samples are drawn (not under DP: the figures
+        # would describe their unnoised private tensors).
+        figures.update(
+            exp.evaluator.own_model_figures(fed.task, lambda c: load_client_model(fed, c))
+        )
+        fed.load_global_into_task()  # text evaluates the global model (evaluated_client)
     if tstr and (exp.config.eval.per_client or exp.config.eval.union):
         from fedgen.assembly.personalization import per_client_figures
 
@@ -1051,6 +1060,9 @@ _FIGURES = (
     "perplexity",
     "perplexity_worst_decile",
     "perplexity_pooled",
+    "perplexity_personal",
+    "perplexity_personal_worst_decile",
+    "perplexity_personal_pooled",
     "perplexity_personalized",
     "perplexity_personalized_worst_decile",
     "perplexity_personalized_pooled",

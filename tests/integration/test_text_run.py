@@ -125,3 +125,20 @@ def test_a_federation_whose_clients_hold_no_heldout_text_is_refused_before_round
     assert not (tmp_path / "run" / "checkpoints").exists()
     # A run that never evaluates needs no held-out text.
     build_experiment(load_config(None, [*items, "eval.every=0", "eval.final=false"]))
+
+
+def test_clients_with_personal_layers_are_scored_with_their_own_model_too(tmp_path):
+    # Prepare: each client keeps its own output head (FedPer's personal layer).
+    items = [
+        *TINY,
+        "task.params={block_size: 32, layers: 1, heads: 2, width: 32, batch_size: 8, "
+        "max_new_tokens: 20, personal: [model.head]}",
+        "eval.personalize_steps=0",
+    ]
+    # Execute
+    summary = run_experiment(load_config(None, items), tmp_path / "run", progress=False)
+    # Assert: the own-model figure is there, and it is not the global model's (whose head
+    # is the initial one no client trained), but each client's trained head: far better.
+    assert summary["status"] == "completed"
+    assert summary["perplexity_personal"] < summary["perplexity"]
+    assert "own model" in summary["descriptions"]["perplexity_personal"]

@@ -200,5 +200,5 @@ def evaluated_model(task: Task, client: int | None = None, fed: Federation | Non
         f"the global model: the federated tensors with the {len(private)} private tensors "
         f"({count} of {total} values: personal layers or unfederated blocks) at their "
         "initial values, as no client holds them; each client's own model is measured by "
-        "eval.per_client (client_*_personal)"
+        "eval.per_client (client_*_personal; text: perplexity_personal)"
     )

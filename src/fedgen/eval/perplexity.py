@@ -71,6 +71,18 @@ class PerplexityEvaluator:
             figures.update(_summarise("perplexity_personalized", self.personalized_nll(task)))
         return figures
 
+    def own_model_figures(self, task: Any, load_own: Any) -> dict[str, float]:
+        """``perplexity_personal*``: each client scored with its own model, loaded into
+        ``task`` by ``load_own(client_id)`` (the federated tensors and its private ones:
+        FedPer's personal layers or adapters), as its samples are drawn. The caller
+        loads the model it evaluates again afterwards."""
+        block, nll = task.params.block_size, {}
+        for c in self.clients:
+            load_own(c.client_id)
+            x, y = c.heldout_windows(block)
+            nll[c.client_id] = task.nll(x[: self.max_windows], y[: self.max_windows])
+        return _summarise("perplexity_personal", nll)
+
     def personalized_nll(self, task: Any) -> dict[int, tuple[float, int]]:
         """Held-out NLL of each client after fine-tuning the loaded model on its own text.
 
@@ -101,6 +113,8 @@ class PerplexityEvaluator:
             "perplexity": f"exp(mean next-token NLL) per client, mean over clients, on {where}",
             "perplexity_worst_decile": f"the 90th percentile over clients of it, on {where}",
             "perplexity_pooled": f"exp(mean next-token NLL) over all tokens pooled, on {where}",
+            "perplexity_personal": "the same with each client's own model (the federated "
+            f"tensors and its private ones, e.g. personal layers), on {where}",
             "perplexity_personalized": f"the same after {self.personalize_steps} local "
             f"fine-tuning steps of the final global model on each client's own training "
             f"text, on {where}",
