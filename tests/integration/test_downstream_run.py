@@ -153,7 +153,9 @@ def test_a_downstream_run_into_another_runs_folder_is_refused_and_changes_nothin
     before = {p.name: p.read_bytes() for p in full.iterdir() if p.is_file()}
     items = [*TINY, DOWNSTREAM, f"downstream.generator_run={run}", "downstream.modes=[real]"]
     # Execute / Assert
-    with pytest.raises(DownstreamError, match=r"holds config.yaml, summary.json.*choose another --out"):
+    with pytest.raises(
+        DownstreamError, match=r"holds config.yaml, summary.json.*choose another --out"
+    ):
         run_downstream(load_config(None, items), full, progress=False)
     assert {p.name: p.read_bytes() for p in full.iterdir() if p.is_file()} == before
 
