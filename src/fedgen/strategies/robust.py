@@ -135,22 +135,19 @@ class RobustAggregation(FedAvg):
         counters: list[torch.Tensor] = []
         names: list[str] = []
         counted: list[str] = []
-        shapes: list[torch.Size] = []
-        counted_shapes: list[torch.Size] = []
-        order: list[str] = []
+        #: Every tensor's shape, in the update's order (the delta keeps it).
+        shapes: dict[str, torch.Size] = {}
         examples = 0
         for res in results:
             assert res.update is not None  # the loop passes successful results only
-            if not order:
-                order = list(res.update)
+            if not shapes:
+                shapes = {k: t.shape for k, t in res.update.items()}
                 # The rule sees the float tensors only: an integer one (a BatchNorm's
                 # step counter, whose delta is the local step count) would dominate
                 # norms and distances while being no gradient (Sun et al. bound the
                 # model's update). Counters take the coordinate-wise median.
                 names = [k for k, t in res.update.items() if t.is_floating_point()]
                 counted = [k for k in res.update if k not in names]
-                shapes = [res.update[k].shape for k in names]
-                counted_shapes = [res.update[k].shape for k in counted]
             rows.append(_flat(res.update, names))
             counters.append(_flat(res.update, counted))
             examples += res.num_examples
@@ -165,8 +162,8 @@ class RobustAggregation(FedAvg):
         parts = _unflat(vector, names, shapes)
         if counted:
             median = torch.quantile(torch.stack(counters), 0.5, dim=0)
-            parts.update(_unflat(median, counted, counted_shapes))
-        delta = {k: parts[k] for k in order}
+            parts.update(_unflat(median, counted, shapes))
+        delta = {k: parts[k] for k in shapes}
         return Aggregate(delta=delta, num_examples=examples, num_clients=n, metrics=metrics)
 
     def combine(self, updates: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -204,11 +201,12 @@ def _flat(update: StateDict, names: list[str]) -> torch.Tensor:
     return torch.cat([update[k].to(torch.float64).reshape(-1) for k in names])
 
 
-def _unflat(vector: torch.Tensor, names: list[str], shapes: list[torch.Size]) -> StateDict:
+def _unflat(vector: torch.Tensor, names: list[str], shapes: dict[str, torch.Size]) -> StateDict:
     """``vector`` cut back into tensors ``names`` of ``shapes`` (``_flat``'s inverse)."""
     out: StateDict = {}
     offset = 0
-    for name, shape in zip(names, shapes, strict=True):
+    for name in names:
+        shape = shapes[name]
         size = shape.numel()
         out[name] = vector[offset : offset + size].reshape(shape)
         offset += size
